@@ -1,0 +1,268 @@
+//! Map ABI shared by the XDP program (`balancer-ebpf`) and the agent (`balancer-user`).
+//!
+//! Every type here is `#[repr(C)]` with explicit padding, holds no `bool` or `Option`,
+//! and has a compile-time size assertion: the kernel and userspace see the same bytes.
+//!
+//! Byte order: fields named `*_addr` and `*_port` are in **network byte order** (as on the
+//! wire, so the kernel copies them without swapping); every other integer is in host
+//! byte order.
+#![no_std]
+
+/// Maximum number of VIPs (sizes `VIPS`, `VIP_STATS`, `RR_STATE` and the ring).
+pub const MAX_VIPS: u32 = 32;
+/// Maximum number of backends over all pools (sizes `BACKENDS` and `BACKEND_STATS`).
+pub const MAX_BACKENDS: u32 = 4096;
+/// Largest ring a VIP may use (a prime, Maglev's default `M`).
+pub const MAX_RING_SIZE: u32 = 65537;
+/// Each VIP owns two ring slices of `MAX_RING_SIZE` slots; the agent writes the inactive
+/// one and then flips `VipMeta::ring_base`, so no packet sees a half-written ring.
+pub const RING_SLICES_PER_VIP: u32 = 2;
+/// Entries of the `RING` array.
+pub const RING_ENTRIES: u32 = MAX_VIPS * RING_SLICES_PER_VIP * MAX_RING_SIZE;
+/// Default capacity of each connection-table LRU (forward and reply direction).
+pub const CONN_TABLE_SIZE: u32 = 1 << 20;
+/// How many consecutive SNAT ports the kernel tries for a new flow before giving up.
+pub const SNAT_PORT_PROBES: u32 = 16;
+/// A backend id meaning "no backend".
+pub const NO_BACKEND: u32 = u32::MAX;
+
+/// Names of the maps in the object file (userspace looks them up by these).
+pub mod map_names {
+    pub const VIPS: &str = "VIPS";
+    pub const RING: &str = "RING";
+    pub const BACKENDS: &str = "BACKENDS";
+    pub const CONNS: &str = "CONNS";
+    pub const NAT: &str = "NAT";
+    pub const SETTINGS: &str = "SETTINGS";
+    pub const VIP_STATS: &str = "VIP_STATS";
+    pub const BACKEND_STATS: &str = "BACKEND_STATS";
+    pub const GLOBAL_STATS: &str = "GLOBAL_STATS";
+    pub const RR_STATE: &str = "RR_STATE";
+}
+
+/// Name of the XDP program in the object file.
+pub const PROGRAM_NAME: &str = "balancer";
+
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+
+/// Key of `VIPS`: the destination a client uses.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct VipKey {
+    /// IPv4 address, network byte order.
+    pub addr: u32,
+    /// Port, network byte order.
+    pub port: u16,
+    /// IP protocol number (`PROTO_TCP` or `PROTO_UDP`).
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+/// Scheduler of a VIP (`VipMeta::scheduler`).
+pub const SCHED_MAGLEV: u32 = 0;
+pub const SCHED_ROUND_ROBIN: u32 = 1;
+
+/// Value of `VIPS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct VipMeta {
+    /// Index into `VIP_STATS` and `RR_STATE`; `< MAX_VIPS`.
+    pub vip_id: u32,
+    /// `SCHED_MAGLEV` or `SCHED_ROUND_ROBIN`.
+    pub scheduler: u32,
+    /// First `RING` index of the active slice.
+    pub ring_base: u32,
+    /// Slots in use from `ring_base`; 0 means no backend can take new flows.
+    pub ring_size: u32,
+}
+
+/// Value of `BACKENDS` (indexed by backend id).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Backend {
+    /// Backend IPv4 address, network byte order.
+    pub addr: u32,
+    /// Source address the balancer uses towards this backend (SNAT), network byte order.
+    pub snat_addr: u32,
+    /// Backend port, network byte order.
+    pub port: u16,
+    pub _pad: u16,
+    /// `BACKEND_F_*` bits.
+    pub flags: u32,
+}
+
+/// The backend slot holds a configured backend.
+pub const BACKEND_F_PRESENT: u32 = 1;
+
+/// Key of both connection tables. In `CONNS` it is the client's tuple as received
+/// (client -> VIP); in `NAT` it is the reply's tuple as received (backend -> SNAT address).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FlowKey {
+    /// Network byte order.
+    pub src_addr: u32,
+    /// Network byte order.
+    pub dst_addr: u32,
+    /// Network byte order.
+    pub src_port: u16,
+    /// Network byte order.
+    pub dst_port: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Flow state bits (`Conn::state`, `NatEntry::state`).
+/// A FIN or RST was seen: the entry lives only `Settings::closing_timeout_ns` more.
+pub const FLOW_CLOSING: u32 = 1;
+
+/// Value of `CONNS`: where a client flow goes and how it is translated.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Conn {
+    /// Backend address, network byte order (kept here so a flow outlives its backend's
+    /// removal from the configuration: established flows are never moved).
+    pub backend_addr: u32,
+    /// SNAT source address, network byte order.
+    pub snat_addr: u32,
+    /// Backend port, network byte order.
+    pub backend_port: u16,
+    /// SNAT source port, network byte order.
+    pub snat_port: u16,
+    /// Backend id (for counters and for flushing a backend's flows).
+    pub backend_id: u32,
+    /// VIP id (for counters).
+    pub vip_id: u32,
+    /// `FLOW_*` bits.
+    pub state: u32,
+    /// Last packet seen, `bpf_ktime_get_coarse_ns` clock (CLOCK_MONOTONIC_COARSE).
+    pub last_seen_ns: u64,
+}
+
+/// Value of `NAT`: how a reply is translated back to the client.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct NatEntry {
+    /// Client address, network byte order.
+    pub client_addr: u32,
+    /// VIP address, network byte order.
+    pub vip_addr: u32,
+    /// Client port, network byte order.
+    pub client_port: u16,
+    /// VIP port, network byte order.
+    pub vip_port: u16,
+    pub backend_id: u32,
+    pub vip_id: u32,
+    /// `FLOW_*` bits.
+    pub state: u32,
+    pub last_seen_ns: u64,
+}
+
+/// The single entry of the `SETTINGS` array: knobs the agent sets at start.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Settings {
+    /// Idle timeout of a TCP flow.
+    pub tcp_timeout_ns: u64,
+    /// Idle timeout of a UDP flow.
+    pub udp_timeout_ns: u64,
+    /// Lifetime of a TCP flow after FIN or RST.
+    pub closing_timeout_ns: u64,
+    /// SNAT port range, inclusive, host byte order.
+    pub snat_port_min: u16,
+    pub snat_port_max: u16,
+    pub _pad: u32,
+}
+
+/// Counters per VIP (`VIP_STATS`) and per backend (`BACKEND_STATS`), per CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FlowStats {
+    /// Packets and bytes from clients (towards backends).
+    pub packets: u64,
+    pub bytes: u64,
+    /// Flows scheduled (connection-table misses).
+    pub new_flows: u64,
+    /// Reply packets and bytes (backends towards clients).
+    pub reply_packets: u64,
+    pub reply_bytes: u64,
+}
+
+/// Index of `GLOBAL_STATS` (a per-CPU array of u64): verdicts, then drop/pass reasons.
+pub mod stat {
+    pub const XDP_PASS: u32 = 0;
+    pub const XDP_TX: u32 = 1;
+    pub const XDP_REDIRECT: u32 = 2;
+    pub const XDP_DROP: u32 = 3;
+    pub const XDP_ABORTED: u32 = 4;
+    /// Dropped: truncated or malformed Ethernet/IPv4/TCP/UDP header.
+    pub const DROP_MALFORMED: u32 = 5;
+    /// Dropped: a new flow for a VIP with no usable backend.
+    pub const DROP_NO_BACKEND: u32 = 6;
+    /// Dropped: every probed SNAT port was taken.
+    pub const DROP_SNAT_EXHAUSTED: u32 = 7;
+    /// Dropped: the FIB has no route (or forwarding is off, or the egress is unusable).
+    pub const DROP_FIB: u32 = 8;
+    /// Dropped: connection table insert failed.
+    pub const DROP_CONN_TABLE: u32 = 9;
+    /// Passed rewritten to the stack: no neighbour entry yet, the stack resolves it.
+    pub const PASS_NO_NEIGH: u32 = 10;
+    /// Passed: IPv4 fragment (ports unknown; not balanced).
+    pub const PASS_FRAGMENT: u32 = 11;
+    /// A reply translated back to a client.
+    pub const NAT_REPLY: u32 = 12;
+    /// A flow table entry found expired and replaced.
+    pub const CONN_EXPIRED: u32 = 13;
+    pub const COUNT: u32 = 14;
+
+    /// Human names, indexed like the constants.
+    pub const NAMES: [&str; COUNT as usize] = [
+        "xdp_pass",
+        "xdp_tx",
+        "xdp_redirect",
+        "xdp_drop",
+        "xdp_aborted",
+        "drop_malformed",
+        "drop_no_backend",
+        "drop_snat_exhausted",
+        "drop_fib",
+        "drop_conn_table",
+        "pass_no_neigh",
+        "pass_fragment",
+        "nat_reply",
+        "conn_expired",
+    ];
+}
+
+/// Round-robin position of a VIP on one CPU (`RR_STATE`, per-CPU array by vip id).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct RrState {
+    pub next: u32,
+    pub _pad: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<VipKey>() == 8);
+const _: () = assert!(core::mem::size_of::<VipMeta>() == 16);
+const _: () = assert!(core::mem::size_of::<Backend>() == 16);
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 16);
+const _: () = assert!(core::mem::size_of::<Conn>() == 32);
+const _: () = assert!(core::mem::size_of::<NatEntry>() == 32);
+const _: () = assert!(core::mem::size_of::<Settings>() == 32);
+const _: () = assert!(core::mem::size_of::<FlowStats>() == 40);
+const _: () = assert!(core::mem::size_of::<RrState>() == 8);
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all types are repr(C), Copy, with explicit padding and no invalid bit patterns.
+    unsafe impl aya::Pod for VipKey {}
+    unsafe impl aya::Pod for VipMeta {}
+    unsafe impl aya::Pod for Backend {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for Conn {}
+    unsafe impl aya::Pod for NatEntry {}
+    unsafe impl aya::Pod for Settings {}
+    unsafe impl aya::Pod for FlowStats {}
+    unsafe impl aya::Pod for RrState {}
+}
