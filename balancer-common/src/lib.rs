@@ -155,7 +155,9 @@ pub struct NatEntry {
     pub vip_id: u32,
     /// `FLOW_*` bits.
     pub state: u32,
-    pub last_seen_ns: u64,
+    /// When the flow was created, `bpf_ktime_get_coarse_ns` clock. Whether a reply entry is
+    /// still in use is decided by its forward (`CONNS`) entry, not by this time.
+    pub created_ns: u64,
 }
 
 /// The single entry of the `SETTINGS` array: knobs the agent sets at start.

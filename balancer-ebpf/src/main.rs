@@ -1,4 +1,64 @@
+//! XDP entry point: maps the fallible body's result to a verdict and counts it.
 #![no_std]
 #![no_main]
+
+mod conntrack;
+mod csum;
+mod forward;
+mod maps;
+mod nat;
+mod parse;
+mod select;
+mod stats;
+
+use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use balancer_common::{stat, VipKey};
+
+/// Why a packet was dropped: an index into `GLOBAL_STATS` (`balancer_common::stat`).
+pub type DropReason = u32;
+
+#[xdp]
+pub fn balancer(ctx: XdpContext) -> u32 {
+    let verdict = match try_balancer(&ctx) {
+        Ok(verdict) => verdict,
+        Err(reason) => {
+            stats::count(reason);
+            xdp_action::XDP_DROP
+        }
+    };
+    stats::count_verdict(verdict);
+    verdict
+}
+
+/// Parse, then either balance a packet for a VIP, translate a reply back to its client,
+/// or leave the packet alone.
+#[inline(always)]
+fn try_balancer(ctx: &XdpContext) -> Result<u32, DropReason> {
+    let Some(pkt) = parse::parse(ctx)? else {
+        return Ok(xdp_action::XDP_PASS);
+    };
+    let vip_key = VipKey {
+        addr: pkt.key.dst_addr,
+        port: pkt.key.dst_port,
+        proto: pkt.key.proto,
+        _pad: 0,
+    };
+    // SAFETY: the value is copied out at once; the agent replaces VIP entries whole.
+    if let Some(vip) = unsafe { maps::VIPS.get(&vip_key) } {
+        let vip = *vip;
+        return nat::to_backend(ctx, &pkt, &vip);
+    }
+    if let Some(verdict) = nat::to_client(ctx, &pkt)? {
+        return Ok(verdict);
+    }
+    Ok(xdp_action::XDP_PASS)
+}
+
+#[cfg(not(test))]
 #[panic_handler]
-fn panic(_: &core::panic::PanicInfo) -> ! { loop {} }
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+// Keep the stat index type honest: DROP reasons are stat indices.
+const _: () = assert!(stat::DROP_MALFORMED < stat::COUNT);

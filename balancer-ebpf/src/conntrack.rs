@@ -1,0 +1,43 @@
+//! Connection-table policy: idle timeouts (TCP, UDP, closing TCP) and TCP FIN/RST handling.
+use balancer_common::{Conn, Settings, FLOW_CLOSING};
+
+use crate::parse::{Packet, TCP_FIN, TCP_RST, TCP_SYN};
+
+/// Refresh `last_seen_ns` only when it is this much older: saves a cache-line write per
+/// packet; timeouts are whole seconds, so the error is negligible.
+const TOUCH_INTERVAL_NS: u64 = 250_000_000;
+
+#[inline(always)]
+fn timeout_ns(conn: &Conn, pkt: &Packet, settings: &Settings) -> u64 {
+    if conn.state & FLOW_CLOSING != 0 {
+        settings.closing_timeout_ns
+    } else if pkt.is_tcp() {
+        settings.tcp_timeout_ns
+    } else {
+        settings.udp_timeout_ns
+    }
+}
+
+/// Is this entry still the flow of this packet? An idle-expired entry is not, and neither
+/// is a closing one when the client opens the same tuple again with a SYN.
+#[inline(always)]
+pub fn is_live(conn: &Conn, pkt: &Packet, settings: &Settings, now: u64) -> bool {
+    if now.saturating_sub(conn.last_seen_ns) > timeout_ns(conn, pkt, settings) {
+        return false;
+    }
+    !(conn.state & FLOW_CLOSING != 0 && pkt.tcp_flags & TCP_SYN != 0 && pkt.tcp_flags & 0x10 == 0)
+}
+
+/// Updates the entry for a packet of its flow: FIN/RST start the closing timeout.
+#[inline(always)]
+pub fn touch(conn: *mut Conn, pkt: &Packet, now: u64) {
+    // SAFETY: `conn` points into a map value; racing writers only store whole fields.
+    unsafe {
+        if pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0 && (*conn).state & FLOW_CLOSING == 0 {
+            (*conn).state |= FLOW_CLOSING;
+            (*conn).last_seen_ns = now;
+        } else if now.saturating_sub((*conn).last_seen_ns) > TOUCH_INTERVAL_NS {
+            (*conn).last_seen_ns = now;
+        }
+    }
+}

@@ -1,0 +1,37 @@
+//! Incremental Internet checksum updates (RFC 1624, eqn. 3: HC' = ~(~HC + ~m + m')).
+//!
+//! All values are 16/32-bit words as they sit in the packet, read in host order: the
+//! one's-complement sum is byte-order independent, so no swapping is needed.
+
+/// Accumulated changes to one checksum.
+#[derive(Clone, Copy, Default)]
+pub struct Diff(u64);
+
+impl Diff {
+    /// A 32-bit field changes from `old` to `new`.
+    #[inline(always)]
+    pub fn u32(self, old: u32, new: u32) -> Self {
+        let not_old = !old;
+        Diff(self.0 + (not_old & 0xffff) as u64 + (not_old >> 16) as u64 + (new & 0xffff) as u64 + (new >> 16) as u64)
+    }
+
+    /// A 16-bit field changes from `old` to `new`.
+    #[inline(always)]
+    pub fn u16(self, old: u16, new: u16) -> Self {
+        Diff(self.0 + (!old) as u64 + new as u64)
+    }
+
+    /// The checksum `check` with the changes applied.
+    #[inline(always)]
+    pub fn apply(self, check: u16) -> u16 {
+        !fold((!check) as u64 + self.0)
+    }
+}
+
+#[inline(always)]
+fn fold(mut sum: u64) -> u16 {
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum as u16
+}

@@ -1,0 +1,48 @@
+//! The BPF maps of the data plane; their key and value types live in `balancer-common`.
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+};
+use balancer_common::{
+    stat, Backend, Conn, FlowKey, FlowStats, NatEntry, RrState, Settings, VipKey, VipMeta,
+    CONN_TABLE_SIZE, MAX_BACKENDS, MAX_VIPS, RING_ENTRIES,
+};
+
+/// (address, port, protocol) -> VIP id, scheduler and active ring slice.
+#[map]
+pub static VIPS: HashMap<VipKey, VipMeta> = HashMap::with_max_entries(MAX_VIPS, 0);
+
+/// Backend ids, `MAX_RING_SIZE` slots per ring slice, two slices per VIP.
+#[map]
+pub static RING: Array<u32> = Array::with_max_entries(RING_ENTRIES, 0);
+
+/// Backend id -> address, port, SNAT address.
+#[map]
+pub static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
+
+/// Client tuple -> backend and translation. A shared (not per-CPU) LRU: with NAT the
+/// reply side must find the flow whichever CPU the client's packets landed on.
+#[map]
+pub static CONNS: LruHashMap<FlowKey, Conn> = LruHashMap::with_max_entries(CONN_TABLE_SIZE, 0);
+
+/// Reply tuple (backend -> SNAT address:port) -> client and VIP.
+#[map]
+pub static NAT: LruHashMap<FlowKey, NatEntry> = LruHashMap::with_max_entries(CONN_TABLE_SIZE, 0);
+
+/// One entry: timeouts and the SNAT port range.
+#[map]
+pub static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
+
+/// Round-robin position per VIP and CPU.
+#[map]
+pub static RR_STATE: PerCpuArray<RrState> = PerCpuArray::with_max_entries(MAX_VIPS, 0);
+
+#[map]
+pub static VIP_STATS: PerCpuArray<FlowStats> = PerCpuArray::with_max_entries(MAX_VIPS, 0);
+
+#[map]
+pub static BACKEND_STATS: PerCpuArray<FlowStats> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
+
+/// Verdicts and drop/pass reasons, indexed by `balancer_common::stat`.
+#[map]
+pub static GLOBAL_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);

@@ -1,0 +1,289 @@
+//! Full NAT: client -> VIP becomes SNAT address:port -> backend, and the reply
+//! backend -> SNAT address:port becomes VIP -> client. Allocates the SNAT port of a new flow
+//! and keeps IPv4 and TCP/UDP checksums right by incremental updates.
+use aya_ebpf::{
+    bindings::{BPF_ANY, BPF_NOEXIST},
+    helpers::bpf_ktime_get_coarse_ns,
+    programs::XdpContext,
+};
+use balancer_common::{
+    stat, Backend, Conn, FlowKey, NatEntry, Settings, VipMeta, BACKEND_F_PRESENT, FLOW_CLOSING,
+    PROTO_TCP, PROTO_UDP, SNAT_PORT_PROBES,
+};
+use network_types::ip::Ipv4Hdr;
+
+use crate::{
+    conntrack, csum,
+    forward::transmit,
+    maps::{BACKENDS, CONNS, NAT, SETTINGS},
+    parse::{ptr_at, Packet, TCP_FIN, TCP_RST},
+    select,
+    stats::{self, Dir},
+    DropReason,
+};
+
+/// Offset of the checksum field in the TCP and UDP headers.
+const TCP_CHECK_OFF: usize = 16;
+const UDP_CHECK_OFF: usize = 6;
+
+#[inline(always)]
+fn settings() -> Result<&'static Settings, DropReason> {
+    SETTINGS.get(0).ok_or(stat::DROP_CONN_TABLE)
+}
+
+/// A packet for a VIP: find or create its flow, translate it, send it to the backend.
+#[inline(always)]
+pub fn to_backend(ctx: &XdpContext, pkt: &Packet, vip: &VipMeta) -> Result<u32, DropReason> {
+    let settings = settings()?;
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+
+    let mut new_flow = false;
+    let conn = match CONNS.get_ptr_mut(&pkt.key) {
+        // SAFETY: map value pointer, read whole.
+        Some(entry) if conntrack::is_live(unsafe { &*entry }, pkt, settings, now) => {
+            conntrack::touch(entry, pkt, now);
+            unsafe { *entry }
+        }
+        stale => {
+            if stale.is_some() {
+                stats::count(stat::CONN_EXPIRED);
+            }
+            new_flow = true;
+            schedule(pkt, vip, settings, now)?
+        }
+    };
+
+    stats::count_flow(vip.vip_id, conn.backend_id, pkt.len, Dir::ToBackend, new_flow);
+    rewrite(
+        ctx,
+        pkt,
+        conn.snat_addr,
+        conn.backend_addr,
+        conn.snat_port,
+        conn.backend_port,
+    )?;
+    transmit(
+        ctx,
+        pkt,
+        conn.snat_addr,
+        conn.backend_addr,
+        conn.snat_port,
+        conn.backend_port,
+    )
+}
+
+/// A new flow: pick a backend, allocate a SNAT port, record both directions.
+#[inline(always)]
+fn schedule(pkt: &Packet, vip: &VipMeta, settings: &Settings, now: u64) -> Result<Conn, DropReason> {
+    let hash = select::flow_hash(&pkt.key);
+    let backend_id = select::pick_backend(vip, hash).ok_or(stat::DROP_NO_BACKEND)?;
+    let backend = *BACKENDS.get(backend_id).ok_or(stat::DROP_NO_BACKEND)?;
+    if backend.flags & BACKEND_F_PRESENT == 0 {
+        return Err(stat::DROP_NO_BACKEND);
+    }
+    let state = if pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0 { FLOW_CLOSING } else { 0 };
+    let snat_port = allocate_port(pkt, vip, &backend, backend_id, settings, now, hash)?;
+    let conn = Conn {
+        backend_addr: backend.addr,
+        snat_addr: backend.snat_addr,
+        backend_port: backend.port,
+        snat_port,
+        backend_id,
+        vip_id: vip.vip_id,
+        state,
+        last_seen_ns: now,
+    };
+    CONNS
+        .insert(&pkt.key, &conn, BPF_ANY as u64)
+        .map_err(|_| stat::DROP_CONN_TABLE)?;
+    Ok(conn)
+}
+
+/// Claims a free SNAT port towards `backend` for this flow: a hash-chosen start in the
+/// configured range, then the next ports, `SNAT_PORT_PROBES` tries in all. A taken port is
+/// reclaimed when the flow holding it is gone (its forward entry expired or replaced).
+#[inline(always)]
+fn allocate_port(
+    pkt: &Packet,
+    vip: &VipMeta,
+    backend: &Backend,
+    backend_id: u32,
+    settings: &Settings,
+    now: u64,
+    hash: u64,
+) -> Result<u16, DropReason> {
+    let min = settings.snat_port_min as u32;
+    let max = settings.snat_port_max as u32;
+    if max < min {
+        return Err(stat::DROP_SNAT_EXHAUSTED);
+    }
+    // At most 65536 and never zero (the check above lets the compiler see it, too).
+    let range = max - min + 1;
+    let start = ((hash >> 32) % range as u64) as u32;
+    let entry = NatEntry {
+        client_addr: pkt.key.src_addr,
+        vip_addr: pkt.key.dst_addr,
+        client_port: pkt.key.src_port,
+        vip_port: pkt.key.dst_port,
+        backend_id,
+        vip_id: vip.vip_id,
+        state: 0,
+        created_ns: now,
+    };
+    let mut i = 0;
+    while i < SNAT_PORT_PROBES {
+        let port = ((min + (start + i) % range) as u16).to_be();
+        let reply_key = FlowKey {
+            src_addr: backend.addr,
+            dst_addr: backend.snat_addr,
+            src_port: backend.port,
+            dst_port: port,
+            proto: pkt.key.proto,
+            _pad: [0; 3],
+        };
+        if NAT.insert(&reply_key, &entry, BPF_NOEXIST as u64).is_ok() {
+            return Ok(port);
+        }
+        if let Some(holder) = unsafe { NAT.get(&reply_key) } {
+            if !holder_alive(holder, &reply_key, settings, now)
+                && NAT.insert(&reply_key, &entry, BPF_ANY as u64).is_ok()
+            {
+                return Ok(port);
+            }
+        }
+        i += 1;
+    }
+    Err(stat::DROP_SNAT_EXHAUSTED)
+}
+
+/// Does the client flow that owns this reply entry still use it?
+#[inline(always)]
+fn holder_alive(holder: &NatEntry, reply_key: &FlowKey, settings: &Settings, now: u64) -> bool {
+    let client_key = FlowKey {
+        src_addr: holder.client_addr,
+        dst_addr: holder.vip_addr,
+        src_port: holder.client_port,
+        dst_port: holder.vip_port,
+        proto: reply_key.proto,
+        _pad: [0; 3],
+    };
+    // SAFETY: read-only look at a map value.
+    match unsafe { CONNS.get(&client_key) } {
+        Some(conn) => {
+            let timeout = if conn.state & FLOW_CLOSING != 0 {
+                settings.closing_timeout_ns
+            } else if reply_key.proto == PROTO_TCP {
+                settings.tcp_timeout_ns
+            } else {
+                settings.udp_timeout_ns
+            };
+            conn.snat_port == reply_key.dst_port
+                && conn.backend_addr == reply_key.src_addr
+                && now.saturating_sub(conn.last_seen_ns) <= timeout
+        }
+        None => false,
+    }
+}
+
+/// A reply from a backend to a SNAT address:port: translate it back to the client.
+/// `Ok(None)` when the packet is not a reply of a balanced flow.
+#[inline(always)]
+pub fn to_client(ctx: &XdpContext, pkt: &Packet) -> Result<Option<u32>, DropReason> {
+    let settings = settings()?;
+    let port = u16::from_be(pkt.key.dst_port);
+    if port < settings.snat_port_min || port > settings.snat_port_max {
+        return Ok(None);
+    }
+    // SAFETY: the value is copied out at once.
+    let Some(entry) = (unsafe { NAT.get(&pkt.key) }) else {
+        return Ok(None);
+    };
+    let entry = *entry;
+    if pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+        mark_closing(&entry, pkt);
+    }
+    stats::count(stat::NAT_REPLY);
+    stats::count_flow(entry.vip_id, entry.backend_id, pkt.len, Dir::ToClient, false);
+    rewrite(
+        ctx,
+        pkt,
+        entry.vip_addr,
+        entry.client_addr,
+        entry.vip_port,
+        entry.client_port,
+    )?;
+    transmit(
+        ctx,
+        pkt,
+        entry.vip_addr,
+        entry.client_addr,
+        entry.vip_port,
+        entry.client_port,
+    )
+    .map(Some)
+}
+
+/// A FIN or RST from the backend starts the flow's closing timeout.
+#[inline(always)]
+fn mark_closing(entry: &NatEntry, pkt: &Packet) {
+    let client_key = FlowKey {
+        src_addr: entry.client_addr,
+        dst_addr: entry.vip_addr,
+        src_port: entry.client_port,
+        dst_port: entry.vip_port,
+        proto: pkt.key.proto,
+        _pad: [0; 3],
+    };
+    if let Some(conn) = CONNS.get_ptr_mut(&client_key) {
+        // SAFETY: plain read-modify-write of one map value.
+        unsafe { conntrack::touch(conn, pkt, bpf_ktime_get_coarse_ns()) };
+    }
+}
+
+/// Rewrites addresses and ports (all network byte order) and fixes both checksums.
+#[inline(always)]
+fn rewrite(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    src_addr: u32,
+    dst_addr: u32,
+    src_port: u16,
+    dst_port: u16,
+) -> Result<(), DropReason> {
+    let ip: *mut Ipv4Hdr = ptr_at(ctx, pkt.ip_off)?;
+    let addr_diff = csum::Diff::default()
+        .u32(pkt.key.src_addr, src_addr)
+        .u32(pkt.key.dst_addr, dst_addr);
+    // SAFETY: ptr_at checked the bounds.
+    unsafe {
+        (*ip).src_addr = src_addr.to_ne_bytes();
+        (*ip).dst_addr = dst_addr.to_ne_bytes();
+        let check = u16::from_ne_bytes((*ip).check);
+        (*ip).check = addr_diff.apply(check).to_ne_bytes();
+    }
+
+    // Source and destination ports are the first 4 bytes of both TCP and UDP headers.
+    let ports: *mut [u16; 2] = ptr_at(ctx, pkt.l4_off)?;
+    let l4_diff = addr_diff
+        .u16(pkt.key.src_port, src_port)
+        .u16(pkt.key.dst_port, dst_port);
+    // SAFETY: ptr_at checked the bounds.
+    unsafe { *ports = [src_port, dst_port] };
+    if pkt.key.proto == PROTO_UDP {
+        let check: *mut u16 = ptr_at(ctx, pkt.l4_off + UDP_CHECK_OFF)?;
+        // SAFETY: ptr_at checked the bounds.
+        unsafe {
+            // A zero UDP checksum means "none" and stays zero; a computed zero is sent as 0xffff.
+            if *check != 0 {
+                let new = l4_diff.apply(*check);
+                *check = if new == 0 { 0xffff } else { new };
+            }
+        }
+    } else {
+        let check: *mut u16 = ptr_at(ctx, pkt.l4_off + TCP_CHECK_OFF)?;
+        // SAFETY: ptr_at checked the bounds.
+        unsafe { *check = l4_diff.apply(*check) };
+    }
+    Ok(())
+}

@@ -1,0 +1,150 @@
+//! Header parsing: Ethernet (with one 802.1Q/802.1ad tag), IPv4 (with options), TCP, UDP.
+use core::mem;
+
+use aya_ebpf::programs::XdpContext;
+use balancer_common::{stat, FlowKey, PROTO_TCP, PROTO_UDP};
+use network_types::{eth::EthHdr, ip::Ipv4Hdr, tcp::TcpHdr, udp::UdpHdr};
+
+use crate::{stats, DropReason};
+
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88a8;
+const VLAN_HDR_LEN: usize = 4;
+/// IPv4 "more fragments" flag and fragment offset bits.
+const IP_MF_OFFSET: u16 = 0x3fff;
+
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+/// Offsets of the data-offset and flags bytes in the TCP header.
+const TCP_DOFF_OFF: usize = 12;
+const TCP_FLAGS_OFF: usize = 13;
+
+/// What the rest of the program needs to know about a parsed packet.
+pub struct Packet {
+    /// Offset of the IPv4 header from the start of the frame.
+    pub ip_off: usize,
+    /// Offset of the TCP/UDP header.
+    pub l4_off: usize,
+    /// The tuple as received (addresses and ports in network byte order).
+    pub key: FlowKey,
+    /// TCP flags (0 for UDP).
+    pub tcp_flags: u8,
+    /// Frame length in bytes (for counters).
+    pub len: u64,
+    /// IPv4 total length, host byte order (for the FIB's MTU check).
+    pub ip_len: u16,
+    pub tos: u8,
+}
+
+impl Packet {
+    #[inline(always)]
+    pub fn is_tcp(&self) -> bool {
+        self.key.proto == PROTO_TCP
+    }
+}
+
+/// The one bounds-checked accessor: a pointer to a `T` at `offset`, or a drop reason when
+/// the frame is too short to hold it.
+#[inline(always)]
+pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Result<*mut T, DropReason> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + offset + mem::size_of::<T>() > end {
+        return Err(stat::DROP_MALFORMED);
+    }
+    Ok((start + offset) as *mut T)
+}
+
+/// `Ok(None)`: not IPv4 TCP/UDP (or a fragment), pass it. `Err`: malformed, drop it.
+#[inline(always)]
+pub fn parse(ctx: &XdpContext) -> Result<Option<Packet>, DropReason> {
+    let eth: *const EthHdr = ptr_at(ctx, 0)?;
+    // SAFETY: ptr_at checked the bounds.
+    let mut ether_type = u16::from_be(unsafe { (*eth).ether_type });
+    let mut ip_off = EthHdr::LEN;
+    if ether_type == ETH_P_8021Q || ether_type == ETH_P_8021AD {
+        // The tag's TCI, then the inner EtherType.
+        let inner: *const [u8; 2] = ptr_at(ctx, EthHdr::LEN + 2)?;
+        ether_type = u16::from_be_bytes(unsafe { *inner });
+        ip_off += VLAN_HDR_LEN;
+    }
+    if ether_type != ETH_P_IP {
+        return Ok(None);
+    }
+
+    let ip: *const Ipv4Hdr = ptr_at(ctx, ip_off)?;
+    // SAFETY: ptr_at checked the bounds.
+    let (vihl, frags, tot_len, proto, tos, src, dst) = unsafe {
+        (
+            (*ip).vihl,
+            u16::from_be_bytes((*ip).frags),
+            u16::from_be_bytes((*ip).tot_len),
+            (*ip).proto,
+            (*ip).tos,
+            u32::from_ne_bytes((*ip).src_addr),
+            u32::from_ne_bytes((*ip).dst_addr),
+        )
+    };
+    let ihl = ((vihl & 0x0f) as usize) * 4;
+    if vihl >> 4 != 4 || ihl < Ipv4Hdr::LEN || (tot_len as usize) < ihl {
+        return Err(stat::DROP_MALFORMED);
+    }
+    if ctx.data() + ip_off + tot_len as usize > ctx.data_end() {
+        return Err(stat::DROP_MALFORMED);
+    }
+    if frags & IP_MF_OFFSET != 0 {
+        // Only the first fragment carries ports: fragments are not balanced.
+        stats::count(stat::PASS_FRAGMENT);
+        return Ok(None);
+    }
+
+    let l4_off = ip_off + ihl;
+    let (src_port, dst_port, tcp_flags) = match proto {
+        PROTO_TCP => {
+            // One pointer for every TCP field read: the verifier tracks bounds per pointer.
+            let tcp: *const [u8; TcpHdr::LEN] = ptr_at(ctx, l4_off)?;
+            // SAFETY: ptr_at checked the bounds.
+            let tcp = unsafe { &*tcp };
+            let doff = (tcp[TCP_DOFF_OFF] >> 4) as usize * 4;
+            if doff < TcpHdr::LEN || doff > tot_len as usize - ihl {
+                return Err(stat::DROP_MALFORMED);
+            }
+            (
+                u16::from_ne_bytes([tcp[0], tcp[1]]),
+                u16::from_ne_bytes([tcp[2], tcp[3]]),
+                tcp[TCP_FLAGS_OFF],
+            )
+        }
+        PROTO_UDP => {
+            let udp: *const UdpHdr = ptr_at(ctx, l4_off)?;
+            // SAFETY: ptr_at checked the bounds.
+            unsafe {
+                let udp_len = u16::from_be_bytes((*udp).len) as usize;
+                if udp_len < UdpHdr::LEN || udp_len > tot_len as usize - ihl {
+                    return Err(stat::DROP_MALFORMED);
+                }
+                (u16::from_ne_bytes((*udp).src), u16::from_ne_bytes((*udp).dst), 0)
+            }
+        }
+        _ => return Ok(None),
+    };
+
+    Ok(Some(Packet {
+        ip_off,
+        l4_off,
+        key: FlowKey {
+            src_addr: src,
+            dst_addr: dst,
+            src_port,
+            dst_port,
+            proto,
+            _pad: [0; 3],
+        },
+        tcp_flags,
+        len: (ctx.data_end() - ctx.data()) as u64,
+        ip_len: tot_len,
+        tos,
+    }))
+}

@@ -1,0 +1,50 @@
+//! Backend selection for new flows: 5-tuple hash into the VIP's Maglev ring, or the next
+//! step of its weighted round-robin sequence. Both rings are built in userspace; the kernel
+//! only indexes them (O(1)).
+use balancer_common::{FlowKey, VipMeta, NO_BACKEND, SCHED_ROUND_ROBIN};
+
+use crate::maps::{RING, RR_STATE};
+
+/// A well-mixed 64-bit hash of the flow tuple (MurmurHash3's finalizer over two words).
+/// Deterministic, so another balancer with the same ring picks the same backend.
+#[inline(always)]
+pub fn flow_hash(key: &FlowKey) -> u64 {
+    let addrs = ((key.src_addr as u64) << 32) | key.dst_addr as u64;
+    let rest = ((key.src_port as u64) << 32) | ((key.dst_port as u64) << 16) | key.proto as u64;
+    fmix64(addrs ^ fmix64(rest ^ 0x9e37_79b9_7f4a_7c15))
+}
+
+#[inline(always)]
+fn fmix64(mut x: u64) -> u64 {
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    x ^ (x >> 33)
+}
+
+/// The backend id for a new flow of `vip`, or `None` when the VIP has no usable backend.
+#[inline(always)]
+pub fn pick_backend(vip: &VipMeta, hash: u64) -> Option<u32> {
+    let size = vip.ring_size;
+    if size == 0 {
+        return None;
+    }
+    let slot = if vip.scheduler == SCHED_ROUND_ROBIN {
+        let state = RR_STATE.get_ptr_mut(vip.vip_id)?;
+        // SAFETY: per-CPU slot, no other writer while this program runs on this CPU.
+        unsafe {
+            let slot = if (*state).next < size { (*state).next } else { 0 };
+            (*state).next = slot + 1;
+            slot
+        }
+    } else {
+        (hash % size as u64) as u32
+    };
+    let id = *RING.get(vip.ring_base.wrapping_add(slot))?;
+    if id == NO_BACKEND {
+        None
+    } else {
+        Some(id)
+    }
+}

@@ -1,0 +1,209 @@
+//! `balancer run`: load and attach the XDP program, fill its maps from the configuration,
+//! serve the control socket, and detach cleanly on SIGINT/SIGTERM.
+use std::{
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{bail, Context};
+use aya::{
+    programs::{Xdp, XdpMode as AyaXdpMode},
+    Ebpf, EbpfLoader,
+};
+use balancer_common::PROGRAM_NAME;
+use tokio::{
+    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
+    net::{UnixListener, UnixStream},
+    signal::unix::{signal, SignalKind},
+    sync::{mpsc, oneshot},
+};
+
+use crate::{
+    balancer::Balancer,
+    config::{self, XdpMode},
+    control::{self, Request, Response},
+    maps::AyaMaps,
+};
+
+/// The XDP object built by `cargo xtask build-ebpf`, embedded at compile time.
+pub static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/balancer.bpf.o"));
+
+/// Loads the embedded program into the kernel (maps created, program verified).
+pub fn load_program() -> anyhow::Result<Ebpf> {
+    if EBPF_OBJECT.is_empty() {
+        bail!("this balancer binary was built without its XDP program; build it with `cargo xtask build`");
+    }
+    let mut ebpf = EbpfLoader::new()
+        .load(EBPF_OBJECT)
+        .context("loading the XDP object (are you root?)")?;
+    let program: &mut Xdp = ebpf
+        .program_mut(PROGRAM_NAME)
+        .context("the XDP object has no program named `balancer`")?
+        .try_into()
+        .context("program `balancer` is not an XDP program")?;
+    program
+        .load()
+        .context("the kernel refused the XDP program (verifier)")?;
+    Ok(ebpf)
+}
+
+/// Attaches to one interface in the requested mode; `auto` tries driver mode first.
+fn attach(program: &mut Xdp, iface: &str, mode: XdpMode) -> anyhow::Result<&'static str> {
+    match mode {
+        XdpMode::Driver => {
+            program
+                .attach(iface, AyaXdpMode::Driver)
+                .with_context(|| format!("attaching XDP to {iface} in driver mode"))?;
+            Ok("driver")
+        }
+        XdpMode::Skb => {
+            program
+                .attach(iface, AyaXdpMode::Skb)
+                .with_context(|| format!("attaching XDP to {iface} in skb mode"))?;
+            Ok("skb")
+        }
+        XdpMode::Auto => match program.attach(iface, AyaXdpMode::Driver) {
+            Ok(_) => Ok("driver"),
+            Err(e) => {
+                log::warn!(
+                    "{iface}: driver-mode XDP unavailable ({e}); falling back to skb (generic) mode, which is slower"
+                );
+                program
+                    .attach(iface, AyaXdpMode::Skb)
+                    .with_context(|| format!("attaching XDP to {iface} in skb mode"))?;
+                Ok("skb")
+            }
+        },
+    }
+}
+
+/// Warns when the kernel would refuse the FIB lookups the program needs.
+fn check_forwarding(iface: &str) {
+    let path = format!("/proc/sys/net/ipv4/conf/{iface}/forwarding");
+    match std::fs::read_to_string(&path) {
+        Ok(v) if v.trim() == "1" => {}
+        Ok(_) => log::warn!(
+            "{iface}: IPv4 forwarding is off, so FIB lookups fail and VIP traffic is dropped; \
+             enable it: sysctl -w net.ipv4.conf.{iface}.forwarding=1 (or net.ipv4.ip_forward=1)"
+        ),
+        Err(e) => log::warn!("{iface}: cannot read {path}: {e}"),
+    }
+}
+
+type Job = (Request, oneshot::Sender<Response>);
+
+pub struct RunOptions {
+    pub config: PathBuf,
+    pub socket: Option<PathBuf>,
+    pub xdp_mode: Option<XdpMode>,
+}
+
+pub async fn run(options: RunOptions) -> anyhow::Result<()> {
+    let config = config::load(&options.config)?;
+    let socket_path = options
+        .socket
+        .unwrap_or_else(|| config.agent.control_socket.clone());
+    let mode = options.xdp_mode.unwrap_or(config.agent.xdp_mode);
+
+    let mut ebpf = load_program()?;
+    let maps = AyaMaps::new(&mut ebpf)?;
+    let mut lb = Balancer::from_config(maps, &config).context("applying the configuration")?;
+    {
+        let program: &mut Xdp = ebpf
+            .program_mut(PROGRAM_NAME)
+            .expect("loaded above")
+            .try_into()?;
+        for iface in &config.agent.interfaces {
+            let used = attach(program, iface, mode)?;
+            check_forwarding(iface);
+            log::info!("{iface}: XDP attached ({used} mode)");
+        }
+    }
+
+    let listener = bind_socket(&socket_path)?;
+    log::info!(
+        "serving {} VIP(s); control socket {}",
+        config.vips.len(),
+        socket_path.display()
+    );
+    let (jobs_tx, mut jobs) = mpsc::channel::<Job>(64);
+    tokio::spawn(accept_loop(listener, jobs_tx));
+
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    loop {
+        tokio::select! {
+            Some((request, reply)) = jobs.recv() => {
+                let response = control::handle(&mut lb, request);
+                let _ = reply.send(response);
+            }
+            _ = sigterm.recv() => { log::info!("SIGTERM: detaching"); break; }
+            _ = sigint.recv() => { log::info!("SIGINT: detaching"); break; }
+        }
+    }
+    let _ = std::fs::remove_file(&socket_path);
+    // Dropping the program detaches it from every interface.
+    drop(lb);
+    drop(ebpf);
+    log::info!("stopped");
+    Ok(())
+}
+
+fn bind_socket(path: &Path) -> anyhow::Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| {
+            format!("creating the control socket's directory {}", dir.display())
+        })?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            bail!(
+                "another agent is already serving {} (stop it first)",
+                path.display()
+            );
+        }
+        std::fs::remove_file(path)
+            .with_context(|| format!("removing stale control socket {}", path.display()))?;
+    }
+    let listener = UnixListener::bind(path)
+        .with_context(|| format!("binding the control socket {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("restricting {} to root", path.display()))?;
+    Ok(listener)
+}
+
+async fn accept_loop(listener: UnixListener, jobs: mpsc::Sender<Job>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                tokio::spawn(serve_client(stream, jobs.clone()));
+            }
+            Err(e) => log::warn!("control socket accept: {e}"),
+        }
+    }
+}
+
+/// Requests on one connection, one JSON object per line, answered in order.
+async fn serve_client(stream: UnixStream, jobs: mpsc::Sender<Job>) {
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let response = match serde_json::from_str::<Request>(&line) {
+            Ok(request) => {
+                let (tx, rx) = oneshot::channel();
+                if jobs.send((request, tx)).await.is_err() {
+                    return;
+                }
+                rx.await
+                    .unwrap_or_else(|_| Response::error("agent is shutting down"))
+            }
+            Err(e) => Response::error(format!("bad request: {e}")),
+        };
+        let mut out = serde_json::to_string(&response).expect("responses serialize");
+        out.push('\n');
+        if write.write_all(out.as_bytes()).await.is_err() {
+            return;
+        }
+    }
+}

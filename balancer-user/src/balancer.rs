@@ -1,0 +1,602 @@
+//! The balancer: the agent's view of VIPs, pools and backends (the source of truth), and an
+//! API shaped like Katran's `KatranLb` (`add_vip`, `del_vip`, `add_backend`, ...) that keeps
+//! the data plane's maps derived from it.
+use std::{
+    collections::{BTreeMap, VecDeque},
+    net::{Ipv4Addr, SocketAddrV4, UdpSocket},
+};
+
+use balancer_common::{
+    stat, Backend, FlowStats, Settings, VipKey, VipMeta, BACKEND_F_PRESENT, MAX_BACKENDS,
+    MAX_RING_SIZE, MAX_VIPS, NO_BACKEND, PROTO_TCP, PROTO_UDP, RING_SLICES_PER_VIP, SCHED_MAGLEV,
+    SCHED_ROUND_ROBIN,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    config::{self, Config, NatConfig, Protocol, Scheduler, Timeouts, VipConfig},
+    maps::{Maps, MapsError},
+    ring::{self, RingBackend},
+};
+
+/// Largest backend weight (HAProxy caps at 256; more is allowed, the ring has 65537 slots).
+pub const MAX_WEIGHT: u32 = 10_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BalancerError {
+    #[error("unknown VIP {0:?}")]
+    UnknownVip(String),
+    #[error("no pool or VIP named {0:?}")]
+    UnknownTarget(String),
+    #[error("VIP {0:?} already exists")]
+    DuplicateVip(String),
+    #[error("VIP {name:?} already serves {address}:{port}/{protocol}")]
+    DuplicateVipAddress {
+        name: String,
+        address: Ipv4Addr,
+        port: u16,
+        protocol: Protocol,
+    },
+    #[error("backend {backend} is already in pool {pool:?}")]
+    DuplicateBackend { pool: String, backend: SocketAddrV4 },
+    #[error("backend {backend} is not in pool {pool:?}")]
+    UnknownBackend { pool: String, backend: SocketAddrV4 },
+    #[error("invalid {what}: {why}")]
+    Invalid { what: &'static str, why: String },
+    #[error("too many VIPs (the data plane holds {MAX_VIPS})")]
+    TooManyVips,
+    #[error("too many backends (the data plane holds {MAX_BACKENDS} over all pools)")]
+    TooManyBackends,
+    #[error("no source address towards backend {backend}: {why}")]
+    NoSourceAddress { backend: SocketAddrV4, why: String },
+    #[error("data plane update failed: {0}")]
+    Maps(#[from] MapsError),
+}
+
+/// How the SNAT source address towards a backend is chosen.
+#[derive(Clone, Copy, Debug)]
+pub enum SnatSource {
+    /// Always this address.
+    Fixed(Ipv4Addr),
+    /// The address the routing table would use to reach the backend.
+    Route,
+}
+
+impl SnatSource {
+    fn resolve(self, backend: SocketAddrV4) -> Result<Ipv4Addr, BalancerError> {
+        match self {
+            SnatSource::Fixed(addr) => Ok(addr),
+            SnatSource::Route => {
+                // connect() on a UDP socket sends nothing; it asks the kernel for the route.
+                let err = |e: std::io::Error| BalancerError::NoSourceAddress {
+                    backend,
+                    why: e.to_string(),
+                };
+                let socket = UdpSocket::bind("0.0.0.0:0").map_err(err)?;
+                socket.connect(backend).map_err(err)?;
+                match socket.local_addr().map_err(err)?.ip() {
+                    std::net::IpAddr::V4(addr) => Ok(addr),
+                    other => Err(BalancerError::NoSourceAddress {
+                        backend,
+                        why: format!("route gives non-IPv4 source {other}"),
+                    }),
+                }
+            }
+        }
+    }
+}
+
+/// Counters of a VIP or a backend, summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+    pub reply_packets: u64,
+    pub reply_bytes: u64,
+}
+
+impl From<FlowStats> for Counters {
+    fn from(s: FlowStats) -> Self {
+        Counters {
+            packets: s.packets,
+            bytes: s.bytes,
+            new_flows: s.new_flows,
+            reply_packets: s.reply_packets,
+            reply_bytes: s.reply_bytes,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VipStatus {
+    pub name: String,
+    pub address: Ipv4Addr,
+    pub port: u16,
+    pub protocol: Protocol,
+    pub scheduler: Scheduler,
+    pub ring_size: u32,
+    pub pool: String,
+    /// Backends that take new flows (weight > 0).
+    pub active_backends: usize,
+    pub counters: Counters,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BackendStatus {
+    pub address: Ipv4Addr,
+    pub port: u16,
+    pub weight: u32,
+    /// "active" or "drained" (weight 0).
+    pub state: String,
+    pub counters: Counters,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PoolStatus {
+    pub name: String,
+    pub backends: Vec<BackendStatus>,
+}
+
+/// Everything `balancer status` shows.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    pub vips: Vec<VipStatus>,
+    pub pools: Vec<PoolStatus>,
+    /// Verdicts and drop/pass reasons (`balancer_common::stat::NAMES`).
+    pub global: BTreeMap<String, u64>,
+}
+
+#[derive(Clone, Debug)]
+struct PoolBackend {
+    addr: SocketAddrV4,
+    weight: u32,
+    id: u32,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Pool {
+    backends: Vec<PoolBackend>,
+}
+
+#[derive(Clone, Debug)]
+struct Vip {
+    config: VipConfig,
+    id: u32,
+    /// Which ring slice the kernel reads (0 or 1).
+    active_slice: u32,
+    /// What each slice holds in the kernel, so a rebuild writes only changed slots.
+    slices: [Vec<u32>; 2],
+}
+
+impl Vip {
+    fn key(&self) -> VipKey {
+        vip_key(&self.config)
+    }
+}
+
+fn vip_key(c: &VipConfig) -> VipKey {
+    VipKey {
+        addr: u32::from_ne_bytes(c.address.octets()),
+        port: c.port.to_be(),
+        proto: match c.protocol {
+            Protocol::Tcp => PROTO_TCP,
+            Protocol::Udp => PROTO_UDP,
+        },
+        _pad: 0,
+    }
+}
+
+/// Hands out ids, reusing freed ones oldest-first (so stale references age out).
+#[derive(Debug)]
+struct IdAllocator {
+    next: u32,
+    limit: u32,
+    free: VecDeque<u32>,
+}
+
+impl IdAllocator {
+    fn new(limit: u32) -> Self {
+        Self {
+            next: 0,
+            limit,
+            free: VecDeque::new(),
+        }
+    }
+    fn available(&self) -> usize {
+        (self.limit - self.next) as usize + self.free.len()
+    }
+    fn alloc(&mut self) -> Option<u32> {
+        if self.next < self.limit {
+            self.next += 1;
+            Some(self.next - 1)
+        } else {
+            self.free.pop_front()
+        }
+    }
+    fn release(&mut self, id: u32) {
+        self.free.push_back(id);
+    }
+}
+
+/// Kernel settings derived from the configuration.
+pub fn settings(timeouts: &Timeouts, nat: &NatConfig) -> Settings {
+    Settings {
+        tcp_timeout_ns: timeouts.tcp.as_nanos() as u64,
+        udp_timeout_ns: timeouts.udp.as_nanos() as u64,
+        closing_timeout_ns: timeouts.tcp_closing.as_nanos() as u64,
+        snat_port_min: nat.port_min,
+        snat_port_max: nat.port_max,
+        _pad: 0,
+    }
+}
+
+/// The one owner of the data plane's maps.
+pub struct Balancer<M: Maps> {
+    maps: M,
+    snat: SnatSource,
+    pools: BTreeMap<String, Pool>,
+    vips: BTreeMap<String, Vip>,
+    vip_ids: IdAllocator,
+    backend_ids: IdAllocator,
+}
+
+impl<M: Maps> Balancer<M> {
+    pub fn new(mut maps: M, settings: &Settings, snat: SnatSource) -> Result<Self, BalancerError> {
+        maps.set_settings(settings)?;
+        Ok(Self {
+            maps,
+            snat,
+            pools: BTreeMap::new(),
+            vips: BTreeMap::new(),
+            vip_ids: IdAllocator::new(MAX_VIPS),
+            backend_ids: IdAllocator::new(MAX_BACKENDS),
+        })
+    }
+
+    /// A balancer set up from a configuration file's contents.
+    pub fn from_config(maps: M, config: &Config) -> Result<Self, BalancerError> {
+        let snat = match config.nat.source_address {
+            Some(addr) => SnatSource::Fixed(addr),
+            None => SnatSource::Route,
+        };
+        let mut lb = Self::new(maps, &settings(&config.timeouts, &config.nat), snat)?;
+        for pool in &config.pools {
+            lb.add_pool(&pool.name)?;
+            for b in &pool.backends {
+                lb.add_backend(&pool.name, SocketAddrV4::new(b.address, b.port), b.weight)?;
+            }
+        }
+        for vip in &config.vips {
+            lb.add_vip(vip.clone())?;
+        }
+        Ok(lb)
+    }
+
+    pub fn maps(&self) -> &M {
+        &self.maps
+    }
+
+    /// Creates an empty pool (no-op if it exists).
+    pub fn add_pool(&mut self, name: &str) -> Result<(), BalancerError> {
+        if !config::is_valid_name(name) {
+            return Err(BalancerError::Invalid {
+                what: "pool name",
+                why: format!("{name:?} (use 1-64 of A-Z a-z 0-9 _ . -)"),
+            });
+        }
+        self.pools.entry(name.to_string()).or_default();
+        Ok(())
+    }
+
+    /// Adds a VIP; its pool is created empty if it does not exist yet.
+    pub fn add_vip(&mut self, config: VipConfig) -> Result<(), BalancerError> {
+        if !config::is_valid_name(&config.name) {
+            return Err(BalancerError::Invalid {
+                what: "VIP name",
+                why: format!("{:?} (use 1-64 of A-Z a-z 0-9 _ . -)", config.name),
+            });
+        }
+        if self.vips.contains_key(&config.name) {
+            return Err(BalancerError::DuplicateVip(config.name));
+        }
+        if let Some(other) = self.vips.values().find(|v| v.key() == vip_key(&config)) {
+            return Err(BalancerError::DuplicateVipAddress {
+                name: other.config.name.clone(),
+                address: config.address,
+                port: config.port,
+                protocol: config.protocol,
+            });
+        }
+        if config.port == 0 {
+            return Err(BalancerError::Invalid {
+                what: "VIP port",
+                why: "0".into(),
+            });
+        }
+        if config.ring_size > MAX_RING_SIZE || !ring::is_prime(config.ring_size) {
+            return Err(BalancerError::Invalid {
+                what: "ring size",
+                why: format!(
+                    "{} (Maglev needs a prime <= {MAX_RING_SIZE}, e.g. 65537)",
+                    config.ring_size
+                ),
+            });
+        }
+        self.add_pool(&config.pool)?;
+        let id = self.vip_ids.alloc().ok_or(BalancerError::TooManyVips)?;
+        let name = config.name.clone();
+        let vip = Vip {
+            config,
+            id,
+            active_slice: 1,
+            slices: [Vec::new(), Vec::new()],
+        };
+        self.vips.insert(name.clone(), vip);
+        let result = self
+            .maps
+            .clear_vip_stats(id)
+            .map_err(BalancerError::from)
+            .and_then(|()| self.apply_ring(&name));
+        if let Err(e) = result {
+            // Leave no half-added VIP behind.
+            let vip = self.vips.remove(&name).expect("just inserted");
+            let _ = self.maps.del_vip(&vip.key());
+            self.vip_ids.release(id);
+            return Err(e);
+        }
+        log::info!("vip {name}: added");
+        Ok(())
+    }
+
+    pub fn del_vip(&mut self, name: &str) -> Result<(), BalancerError> {
+        let vip = self
+            .vips
+            .get(name)
+            .ok_or_else(|| BalancerError::UnknownVip(name.to_string()))?;
+        self.maps.del_vip(&vip.key())?;
+        let vip = self.vips.remove(name).expect("checked above");
+        self.vip_ids.release(vip.id);
+        log::info!("vip {name}: deleted");
+        Ok(())
+    }
+
+    /// The pool a CLI target names: a pool, or the pool of a VIP of that name.
+    fn pool_name(&self, target: &str) -> Result<String, BalancerError> {
+        if self.pools.contains_key(target) {
+            Ok(target.to_string())
+        } else if let Some(vip) = self.vips.get(target) {
+            Ok(vip.config.pool.clone())
+        } else {
+            Err(BalancerError::UnknownTarget(target.to_string()))
+        }
+    }
+
+    pub fn add_backend(
+        &mut self,
+        target: &str,
+        addr: SocketAddrV4,
+        weight: u32,
+    ) -> Result<(), BalancerError> {
+        let pool_name = self.pool_name(target)?;
+        check_weight(weight)?;
+        if addr.port() == 0 || addr.ip().is_unspecified() {
+            return Err(BalancerError::Invalid {
+                what: "backend address",
+                why: format!("{addr}"),
+            });
+        }
+        let pool = &self.pools[&pool_name];
+        if pool.backends.iter().any(|b| b.addr == addr) {
+            return Err(BalancerError::DuplicateBackend {
+                pool: pool_name,
+                backend: addr,
+            });
+        }
+        if self.backend_ids.available() == 0 {
+            return Err(BalancerError::TooManyBackends);
+        }
+        let snat_addr = self.snat.resolve(addr)?;
+        let id = self
+            .backend_ids
+            .alloc()
+            .ok_or(BalancerError::TooManyBackends)?;
+        let entry = Backend {
+            addr: u32::from_ne_bytes(addr.ip().octets()),
+            snat_addr: u32::from_ne_bytes(snat_addr.octets()),
+            port: addr.port().to_be(),
+            _pad: 0,
+            flags: BACKEND_F_PRESENT,
+        };
+        if let Err(e) = self
+            .maps
+            .clear_backend_stats(id)
+            .and_then(|()| self.maps.set_backend(id, &entry))
+        {
+            self.backend_ids.release(id);
+            return Err(e.into());
+        }
+        self.pools
+            .get_mut(&pool_name)
+            .expect("checked above")
+            .backends
+            .push(PoolBackend { addr, weight, id });
+        self.apply_pool(&pool_name)?;
+        log::info!("pool {pool_name}: backend {addr} added (weight {weight}, source {snat_addr})");
+        Ok(())
+    }
+
+    /// Removes a backend: it takes no new flows; its established flows are not moved to
+    /// other backends (the connection table keeps sending them to its address).
+    pub fn del_backend(&mut self, target: &str, addr: SocketAddrV4) -> Result<(), BalancerError> {
+        let pool_name = self.pool_name(target)?;
+        let pool = self.pools.get_mut(&pool_name).expect("resolved");
+        let index = pool
+            .backends
+            .iter()
+            .position(|b| b.addr == addr)
+            .ok_or_else(|| BalancerError::UnknownBackend {
+                pool: pool_name.clone(),
+                backend: addr,
+            })?;
+        let removed = pool.backends.remove(index);
+        self.apply_pool(&pool_name)?;
+        self.maps.set_backend(removed.id, &Backend::default())?;
+        self.backend_ids.release(removed.id);
+        log::info!("pool {pool_name}: backend {addr} deleted");
+        Ok(())
+    }
+
+    /// Sets a backend's weight; 0 drains it (no new flows, established ones stay).
+    pub fn set_weight(
+        &mut self,
+        target: &str,
+        addr: SocketAddrV4,
+        weight: u32,
+    ) -> Result<(), BalancerError> {
+        check_weight(weight)?;
+        let pool_name = self.pool_name(target)?;
+        let pool = self.pools.get_mut(&pool_name).expect("resolved");
+        let backend = pool
+            .backends
+            .iter_mut()
+            .find(|b| b.addr == addr)
+            .ok_or_else(|| BalancerError::UnknownBackend {
+                pool: pool_name.clone(),
+                backend: addr,
+            })?;
+        let old = std::mem::replace(&mut backend.weight, weight);
+        self.apply_pool(&pool_name)?;
+        log::info!("pool {pool_name}: backend {addr} weight {old} -> {weight}");
+        Ok(())
+    }
+
+    /// Rebuilds the rings of every VIP that uses `pool`.
+    fn apply_pool(&mut self, pool: &str) -> Result<(), BalancerError> {
+        let names: Vec<String> = self
+            .vips
+            .values()
+            .filter(|v| v.config.pool == pool)
+            .map(|v| v.config.name.clone())
+            .collect();
+        for name in names {
+            self.apply_ring(&name)?;
+        }
+        Ok(())
+    }
+
+    /// Builds the VIP's ring, writes it to the inactive slice (only the slots that differ
+    /// from what that slice holds), then flips the VIP to it in one map update.
+    fn apply_ring(&mut self, name: &str) -> Result<(), BalancerError> {
+        let vip = self.vips.get(name).expect("caller checked");
+        let pool = self.pools.get(&vip.config.pool).expect("VIP pools exist");
+        let backends: Vec<RingBackend> = pool
+            .backends
+            .iter()
+            .map(|b| RingBackend {
+                id: b.id,
+                key: ring::backend_key(*b.addr.ip(), b.addr.port()),
+                weight: b.weight,
+            })
+            .collect();
+        let active = &vip.slices[vip.active_slice as usize];
+        let table = match vip.config.scheduler {
+            Scheduler::Maglev => {
+                let prev = (active.len() == vip.config.ring_size as usize).then_some(&active[..]);
+                ring::maglev(&backends, vip.config.ring_size, prev)
+            }
+            Scheduler::RoundRobin => ring::round_robin(&backends, MAX_RING_SIZE),
+        };
+        let usable = table.iter().any(|&id| id != NO_BACKEND);
+
+        let target = 1 - vip.active_slice;
+        let base = (vip.id * RING_SLICES_PER_VIP + target) * MAX_RING_SIZE;
+        let key = vip.key();
+        let meta = VipMeta {
+            vip_id: vip.id,
+            scheduler: match vip.config.scheduler {
+                Scheduler::Maglev => SCHED_MAGLEV,
+                Scheduler::RoundRobin => SCHED_ROUND_ROBIN,
+            },
+            ring_base: base,
+            ring_size: if usable { table.len() as u32 } else { 0 },
+        };
+        // What the inactive slice holds is unknown while it is being written.
+        let shadow =
+            std::mem::take(&mut self.vips.get_mut(name).expect("checked").slices[target as usize]);
+        for (slot, &id) in table.iter().enumerate() {
+            if shadow.get(slot) != Some(&id) {
+                self.maps.set_ring_slot(base + slot as u32, id)?;
+            }
+        }
+        let vip = self.vips.get_mut(name).expect("caller checked");
+        vip.slices[target as usize] = table;
+        self.maps.set_vip(&key, &meta)?;
+        vip.active_slice = target;
+        Ok(())
+    }
+
+    pub fn status(&self) -> Result<Status, BalancerError> {
+        let mut vips = Vec::new();
+        for vip in self.vips.values() {
+            let c = &vip.config;
+            let active_backends = self
+                .pools
+                .get(&c.pool)
+                .map_or(0, |p| p.backends.iter().filter(|b| b.weight > 0).count());
+            vips.push(VipStatus {
+                name: c.name.clone(),
+                address: c.address,
+                port: c.port,
+                protocol: c.protocol,
+                scheduler: c.scheduler,
+                ring_size: c.ring_size,
+                pool: c.pool.clone(),
+                active_backends,
+                counters: self.maps.vip_stats(vip.id)?.into(),
+            });
+        }
+        let mut pools = Vec::new();
+        for (name, pool) in &self.pools {
+            let mut backends = Vec::new();
+            for b in &pool.backends {
+                backends.push(BackendStatus {
+                    address: *b.addr.ip(),
+                    port: b.addr.port(),
+                    weight: b.weight,
+                    state: if b.weight > 0 { "active" } else { "drained" }.to_string(),
+                    counters: self.maps.backend_stats(b.id)?.into(),
+                });
+            }
+            pools.push(PoolStatus {
+                name: name.clone(),
+                backends,
+            });
+        }
+        let global = self
+            .maps
+            .global_stats()?
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| (stat::NAMES[i].to_string(), v))
+            .collect();
+        Ok(Status {
+            vips,
+            pools,
+            global,
+        })
+    }
+}
+
+fn check_weight(weight: u32) -> Result<(), BalancerError> {
+    if weight > MAX_WEIGHT {
+        return Err(BalancerError::Invalid {
+            what: "weight",
+            why: format!("{weight} (0..={MAX_WEIGHT})"),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,224 @@
+//! Unit tests of the balancer API over in-memory maps.
+use std::{collections::HashSet, net::SocketAddrV4};
+
+use balancer_common::{MAX_RING_SIZE, NO_BACKEND, SCHED_ROUND_ROBIN};
+
+use super::*;
+use crate::maps::FakeMaps;
+
+const SNAT: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 1);
+
+fn lb() -> Balancer<FakeMaps> {
+    let settings = settings(&Timeouts::default(), &NatConfig::default());
+    Balancer::new(FakeMaps::default(), &settings, SnatSource::Fixed(SNAT)).unwrap()
+}
+
+fn vip(name: &str, port: u16, scheduler: Scheduler) -> VipConfig {
+    VipConfig {
+        name: name.into(),
+        address: Ipv4Addr::new(10, 0, 100, 1),
+        port,
+        protocol: Protocol::Tcp,
+        scheduler,
+        ring_size: 65537,
+        pool: "web".into(),
+    }
+}
+
+fn backend(i: u8) -> SocketAddrV4 {
+    SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 10 + i), 80)
+}
+
+/// Backend addresses a VIP's active ring can schedule to.
+fn ring_members(lb: &Balancer<FakeMaps>, name: &str) -> HashSet<SocketAddrV4> {
+    let key = lb.vips[name].key();
+    lb.maps()
+        .active_ring(&key)
+        .into_iter()
+        .filter(|&id| id != NO_BACKEND)
+        .map(|id| {
+            let b = lb.maps().backends[&id];
+            SocketAddrV4::new(Ipv4Addr::from(b.addr.to_ne_bytes()), u16::from_be(b.port))
+        })
+        .collect()
+}
+
+#[test]
+fn add_vip_writes_vip_and_full_ring() {
+    let mut lb = lb();
+    lb.add_pool("web").unwrap();
+    for i in 1..=3 {
+        lb.add_backend("web", backend(i), 1).unwrap();
+    }
+    lb.add_vip(vip("web", 80, Scheduler::Maglev)).unwrap();
+    let key = lb.vips["web"].key();
+    let meta = lb.maps().vips[&key];
+    assert_eq!(meta.ring_size, 65537);
+    assert_eq!(key.port, 80u16.to_be());
+    assert_eq!(ring_members(&lb, "web"), (1..=3).map(backend).collect());
+    let b = lb.maps().backends.values().next().unwrap();
+    assert_eq!(Ipv4Addr::from(b.snat_addr.to_ne_bytes()), SNAT);
+    assert_eq!(b.flags, BACKEND_F_PRESENT);
+}
+
+#[test]
+fn ring_update_flips_slices_and_writes_only_changes() {
+    let mut lb = lb();
+    for i in 1..=3 {
+        lb.add_pool("web").unwrap();
+        lb.add_backend("web", backend(i), 1).unwrap();
+    }
+    lb.add_vip(vip("web", 80, Scheduler::Maglev)).unwrap();
+    let key = lb.vips["web"].key();
+    let base_before = lb.maps().vips[&key].ring_base;
+    lb.add_backend("web", backend(4), 1).unwrap();
+    let base_after_add = lb.maps().vips[&key].ring_base;
+    assert_ne!(
+        base_before, base_after_add,
+        "ring must flip to the other slice"
+    );
+    let writes = lb.maps().ring_writes;
+    lb.del_backend("web", backend(4)).unwrap();
+    assert_eq!(lb.maps().vips[&key].ring_base, base_before);
+    let rewrite = lb.maps().ring_writes - writes;
+    // The old slice already holds the 3-backend ring: nothing (or nearly nothing) to write.
+    assert!(
+        rewrite < 100,
+        "rewrote {rewrite} slots for a ring the slice already held"
+    );
+    assert_eq!(ring_members(&lb, "web"), (1..=3).map(backend).collect());
+}
+
+#[test]
+fn del_backend_removes_it_from_the_ring_and_clears_its_slot() {
+    let mut lb = lb();
+    lb.add_vip(vip("web", 80, Scheduler::Maglev)).unwrap();
+    for i in 1..=3 {
+        lb.add_backend("web", backend(i), 1).unwrap();
+    }
+    lb.del_backend("web", backend(2)).unwrap();
+    assert_eq!(ring_members(&lb, "web"), [backend(1), backend(3)].into());
+    let present: Vec<_> = lb
+        .maps()
+        .backends
+        .values()
+        .filter(|b| b.flags & BACKEND_F_PRESENT != 0)
+        .collect();
+    assert_eq!(present.len(), 2);
+}
+
+#[test]
+fn drain_keeps_backend_listed_but_out_of_the_ring() {
+    let mut lb = lb();
+    lb.add_vip(vip("web", 80, Scheduler::RoundRobin)).unwrap();
+    for i in 1..=3 {
+        lb.add_backend("web", backend(i), 1).unwrap();
+    }
+    lb.set_weight("web", backend(1), 0).unwrap();
+    assert_eq!(ring_members(&lb, "web"), [backend(2), backend(3)].into());
+    let status = lb.status().unwrap();
+    let b1 = &status.pools[0].backends[0];
+    assert_eq!((b1.weight, b1.state.as_str()), (0, "drained"));
+    assert_eq!(status.vips[0].active_backends, 2);
+    let meta = lb.maps().vips[&lb.vips["web"].key()];
+    assert_eq!(meta.scheduler, SCHED_ROUND_ROBIN);
+    assert_eq!(meta.ring_size, 2);
+}
+
+#[test]
+fn all_drained_means_ring_size_zero() {
+    let mut lb = lb();
+    lb.add_vip(vip("web", 80, Scheduler::Maglev)).unwrap();
+    assert_eq!(lb.maps().vips[&lb.vips["web"].key()].ring_size, 0);
+    lb.add_backend("web", backend(1), 1).unwrap();
+    assert_eq!(lb.maps().vips[&lb.vips["web"].key()].ring_size, 65537);
+    lb.set_weight("web", backend(1), 0).unwrap();
+    assert_eq!(lb.maps().vips[&lb.vips["web"].key()].ring_size, 0);
+}
+
+#[test]
+fn errors_name_what_is_wrong_and_change_nothing() {
+    let mut lb = lb();
+    lb.add_vip(vip("web", 80, Scheduler::Maglev)).unwrap();
+    lb.add_backend("web", backend(1), 1).unwrap();
+    let before = lb.status().unwrap();
+
+    let e = lb.del_vip("nope").unwrap_err().to_string();
+    assert!(e.contains("nope"), "{e}");
+    let e = lb
+        .add_backend("web", backend(1), 1)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("10.0.2.11:80") && e.contains("already"), "{e}");
+    let e = lb
+        .add_backend("nopool", backend(2), 1)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("nopool"), "{e}");
+    let e = lb.del_backend("web", backend(9)).unwrap_err().to_string();
+    assert!(e.contains("10.0.2.19:80"), "{e}");
+    let e = lb
+        .add_vip(vip("web", 81, Scheduler::Maglev))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("web") && e.contains("already"), "{e}");
+    let e = lb
+        .add_vip(vip("web2", 80, Scheduler::Maglev))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("10.0.100.1:80/tcp"), "{e}");
+    let mut bad = vip("bad", 82, Scheduler::Maglev);
+    bad.ring_size = 65536;
+    let e = lb.add_vip(bad).unwrap_err().to_string();
+    assert!(e.contains("65536") && e.contains("prime"), "{e}");
+    let e = lb
+        .set_weight("web", backend(1), MAX_WEIGHT + 1)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("weight"), "{e}");
+
+    assert_eq!(
+        lb.status().unwrap(),
+        before,
+        "a refused request changed the state"
+    );
+}
+
+#[test]
+fn vip_ids_are_limited_and_reused() {
+    let mut lb = lb();
+    for i in 0..MAX_VIPS {
+        lb.add_vip(vip(
+            &format!("v{i}"),
+            1000 + i as u16,
+            Scheduler::RoundRobin,
+        ))
+        .unwrap();
+    }
+    let e = lb
+        .add_vip(vip("extra", 999, Scheduler::RoundRobin))
+        .unwrap_err();
+    assert!(matches!(e, BalancerError::TooManyVips), "{e}");
+    lb.del_vip("v3").unwrap();
+    lb.add_vip(vip("extra", 999, Scheduler::RoundRobin))
+        .unwrap();
+    let ids: HashSet<u32> = lb.vips.values().map(|v| v.id).collect();
+    assert_eq!(ids.len(), MAX_VIPS as usize);
+    assert!(lb.vips.values().all(|v| v.id < MAX_VIPS));
+    // Every ring slice stays inside the RING map.
+    for v in lb.vips.values() {
+        let meta = lb.maps().vips[&v.key()];
+        assert!(meta.ring_base + MAX_RING_SIZE <= balancer_common::RING_ENTRIES);
+    }
+}
+
+#[test]
+fn backend_target_may_name_a_vip() {
+    let mut lb = lb();
+    let mut v = vip("front", 80, Scheduler::Maglev);
+    v.pool = "servers".into();
+    lb.add_vip(v).unwrap();
+    lb.add_backend("front", backend(1), 1).unwrap();
+    assert_eq!(lb.status().unwrap().pools[0].name, "servers");
+    assert_eq!(ring_members(&lb, "front"), [backend(1)].into());
+}

@@ -1,0 +1,459 @@
+//! Command line: `balancer run` starts the agent; every other command talks to it over the
+//! control socket and prints the result.
+use std::{
+    fmt::Write as _,
+    net::{Ipv4Addr, SocketAddrV4},
+    path::PathBuf,
+};
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::{
+    balancer::{Status, MAX_WEIGHT},
+    config::{self, Protocol, Scheduler, XdpMode},
+    control::{self, ClientError, Request},
+};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "balancer",
+    version,
+    about = "XDP layer-4 load balancer: agent and CLI"
+)]
+pub struct Cli {
+    /// Control socket of the agent [default: the config's agent.control_socket for `run`,
+    /// else /run/balancer/balancer.sock]
+    #[arg(long, global = true, env = "BALANCER_SOCKET")]
+    pub socket: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the agent: load and attach the XDP program and serve the control socket.
+    Run {
+        /// Configuration file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// XDP attach mode; overrides the config's agent.xdp_mode.
+        #[arg(long, value_parser = parse_xdp_mode)]
+        xdp_mode: Option<XdpMode>,
+    },
+    /// Add, delete or list virtual IPs.
+    #[command(subcommand)]
+    Vip(VipCommand),
+    /// Add, delete, drain or list the backends of a pool.
+    #[command(subcommand)]
+    Backend(BackendCommand),
+    /// VIPs, backends, weights and counters.
+    Status {
+        /// Print JSON instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum VipCommand {
+    /// Add a VIP: `vip add web 10.0.100.1:80/tcp --pool web`.
+    Add {
+        name: String,
+        /// ADDRESS:PORT/PROTOCOL, e.g. 10.0.100.1:80/tcp
+        #[arg(value_parser = parse_vip_spec)]
+        spec: VipSpec,
+        /// Backend pool (created empty if it does not exist).
+        #[arg(long)]
+        pool: String,
+        #[arg(long, default_value = "maglev", value_parser = parse_scheduler)]
+        scheduler: Scheduler,
+        /// Maglev ring size (a prime <= 65537).
+        #[arg(long, default_value_t = config::DEFAULT_RING_SIZE)]
+        ring_size: u32,
+    },
+    /// Delete a VIP by name.
+    Del { name: String },
+    /// List VIPs.
+    List,
+}
+
+#[derive(Debug, Args)]
+pub struct BackendRef {
+    /// Pool name, or the name of a VIP (meaning its pool).
+    pub pool: String,
+    /// Backend ADDRESS:PORT, e.g. 10.0.2.11:80
+    #[arg(value_parser = parse_backend_addr)]
+    pub address: SocketAddrV4,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BackendCommand {
+    /// Add a backend to a pool.
+    Add {
+        #[command(flatten)]
+        backend: BackendRef,
+        /// Weight, 0..=10000 (0 = drained).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=MAX_WEIGHT as i64))]
+        weight: u32,
+    },
+    /// Remove a backend: no new flows; established flows are not moved elsewhere.
+    Del {
+        #[command(flatten)]
+        backend: BackendRef,
+    },
+    /// Drain a backend (weight 0): no new flows, established flows continue.
+    Drain {
+        #[command(flatten)]
+        backend: BackendRef,
+    },
+    /// Set a backend's weight (0 drains it).
+    Weight {
+        #[command(flatten)]
+        backend: BackendRef,
+        #[arg(value_parser = clap::value_parser!(u32).range(0..=MAX_WEIGHT as i64))]
+        weight: u32,
+    },
+    /// List backends (of one pool or VIP, or of all pools).
+    List { pool: Option<String> },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VipSpec {
+    pub address: Ipv4Addr,
+    pub port: u16,
+    pub protocol: Protocol,
+}
+
+fn parse_vip_spec(s: &str) -> Result<VipSpec, String> {
+    let (addr, protocol) = s
+        .split_once('/')
+        .ok_or_else(|| format!("{s:?} is not ADDRESS:PORT/PROTOCOL (e.g. 10.0.100.1:80/tcp)"))?;
+    let addr: SocketAddrV4 = addr
+        .parse()
+        .map_err(|_| format!("{addr:?} is not an IPv4 ADDRESS:PORT"))?;
+    if addr.port() == 0 {
+        return Err("port 0 is not a valid VIP port".into());
+    }
+    let protocol = protocol.parse::<Protocol>().map_err(|e| e.to_string())?;
+    Ok(VipSpec {
+        address: *addr.ip(),
+        port: addr.port(),
+        protocol,
+    })
+}
+
+fn parse_backend_addr(s: &str) -> Result<SocketAddrV4, String> {
+    let addr: SocketAddrV4 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not an IPv4 ADDRESS:PORT (e.g. 10.0.2.11:80)"))?;
+    if addr.port() == 0 || addr.ip().is_unspecified() {
+        return Err(format!("{s:?}: address and port must be non-zero"));
+    }
+    Ok(addr)
+}
+
+fn parse_scheduler(s: &str) -> Result<Scheduler, String> {
+    s.parse::<Scheduler>().map_err(|e| e.to_string())
+}
+
+fn parse_xdp_mode(s: &str) -> Result<XdpMode, String> {
+    s.parse::<XdpMode>().map_err(|e| e.to_string())
+}
+
+/// Runs a client command against the agent and returns what to print.
+pub fn client(socket: PathBuf, command: Command) -> Result<String, ClientError> {
+    let (request, render): (Request, Box<dyn Fn(&Status) -> String>) = match command {
+        Command::Run { .. } => unreachable!("run is not a client command"),
+        Command::Status { json: true } => (
+            Request::Status,
+            Box::new(|s| serde_json::to_string_pretty(s).expect("status serializes")),
+        ),
+        Command::Status { json: false } => (Request::Status, Box::new(render_status)),
+        Command::Vip(VipCommand::List) => (Request::Status, Box::new(render_vips)),
+        Command::Vip(VipCommand::Add {
+            name,
+            spec,
+            pool,
+            scheduler,
+            ring_size,
+        }) => {
+            let done = format!(
+                "vip {name} added: {}:{}/{} -> pool {pool}",
+                spec.address, spec.port, spec.protocol
+            );
+            (
+                Request::VipAdd {
+                    name,
+                    address: spec.address,
+                    port: spec.port,
+                    protocol: spec.protocol,
+                    scheduler,
+                    ring_size,
+                    pool,
+                },
+                Box::new(move |_| done.clone()),
+            )
+        }
+        Command::Vip(VipCommand::Del { name }) => {
+            let done = format!("vip {name} deleted");
+            (Request::VipDel { name }, Box::new(move |_| done.clone()))
+        }
+        Command::Backend(BackendCommand::Add { backend, weight }) => {
+            let done = format!(
+                "backend {} added to {} (weight {weight})",
+                backend.address, backend.pool
+            );
+            (
+                Request::BackendAdd {
+                    target: backend.pool,
+                    address: backend.address,
+                    weight,
+                },
+                Box::new(move |_| done.clone()),
+            )
+        }
+        Command::Backend(BackendCommand::Del { backend }) => {
+            let done = format!("backend {} deleted from {}", backend.address, backend.pool);
+            (
+                Request::BackendDel {
+                    target: backend.pool,
+                    address: backend.address,
+                },
+                Box::new(move |_| done.clone()),
+            )
+        }
+        Command::Backend(BackendCommand::Drain { backend }) => {
+            let done = format!(
+                "backend {} in {} drained (weight 0)",
+                backend.address, backend.pool
+            );
+            (
+                Request::BackendWeight {
+                    target: backend.pool,
+                    address: backend.address,
+                    weight: 0,
+                },
+                Box::new(move |_| done.clone()),
+            )
+        }
+        Command::Backend(BackendCommand::Weight { backend, weight }) => {
+            let done = format!(
+                "backend {} in {}: weight {weight}",
+                backend.address, backend.pool
+            );
+            (
+                Request::BackendWeight {
+                    target: backend.pool,
+                    address: backend.address,
+                    weight,
+                },
+                Box::new(move |_| done.clone()),
+            )
+        }
+        Command::Backend(BackendCommand::List { pool }) => {
+            let status = control::request(&socket, &Request::Status)?;
+            return render_backends(&status, pool.as_deref());
+        }
+    };
+    let status = control::request(&socket, &request)?;
+    Ok(render(&status))
+}
+
+fn render_vips(status: &Status) -> String {
+    let mut out = format!(
+        "{:<16} {:<24} {:<12} {:<16} {:>8}\n",
+        "VIP", "ADDRESS", "SCHEDULER", "POOL", "ACTIVE"
+    );
+    for v in &status.vips {
+        let _ = writeln!(
+            out,
+            "{:<16} {:<24} {:<12} {:<16} {:>8}",
+            v.name,
+            format!("{}:{}/{}", v.address, v.port, v.protocol),
+            v.scheduler.to_string(),
+            v.pool,
+            v.active_backends
+        );
+    }
+    out.trim_end().to_string()
+}
+
+fn render_backends(status: &Status, target: Option<&str>) -> Result<String, ClientError> {
+    let pool = match target {
+        None => None,
+        Some(t) => {
+            let name = if status.pools.iter().any(|p| p.name == t) {
+                t.to_string()
+            } else if let Some(v) = status.vips.iter().find(|v| v.name == t) {
+                v.pool.clone()
+            } else {
+                return Err(ClientError::Refused(format!("no pool or VIP named {t:?}")));
+            };
+            Some(name)
+        }
+    };
+    let mut out = format!(
+        "{:<16} {:<22} {:>6} {:<8} {:>12} {:>10}\n",
+        "POOL", "BACKEND", "WEIGHT", "STATE", "PACKETS", "NEW FLOWS"
+    );
+    for p in status
+        .pools
+        .iter()
+        .filter(|p| pool.as_ref().is_none_or(|n| *n == p.name))
+    {
+        for b in &p.backends {
+            let _ = writeln!(
+                out,
+                "{:<16} {:<22} {:>6} {:<8} {:>12} {:>10}",
+                p.name,
+                format!("{}:{}", b.address, b.port),
+                b.weight,
+                b.state,
+                b.counters.packets + b.counters.reply_packets,
+                b.counters.new_flows
+            );
+        }
+    }
+    Ok(out.trim_end().to_string())
+}
+
+fn render_status(status: &Status) -> String {
+    let mut out = String::from("VIPs\n");
+    out += &render_vips(status);
+    out += "\n\nVIP counters\n";
+    let _ = writeln!(
+        out,
+        "{:<16} {:>12} {:>14} {:>12} {:>14} {:>10}",
+        "VIP", "IN PKTS", "IN BYTES", "OUT PKTS", "OUT BYTES", "NEW FLOWS"
+    );
+    for v in &status.vips {
+        let c = &v.counters;
+        let _ = writeln!(
+            out,
+            "{:<16} {:>12} {:>14} {:>12} {:>14} {:>10}",
+            v.name, c.packets, c.bytes, c.reply_packets, c.reply_bytes, c.new_flows
+        );
+    }
+    out += "\nBackends\n";
+    out += &render_backends(status, None).unwrap_or_default();
+    out += "\n\nData plane\n";
+    for (name, value) in status.global.iter().filter(|(_, v)| **v > 0) {
+        let _ = writeln!(out, "  {name:<22} {value}");
+    }
+    out.trim_end().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("balancer").chain(args.iter().copied()))
+    }
+
+    fn error_of(args: &[&str]) -> String {
+        parse(args).expect_err("must be refused").to_string()
+    }
+
+    #[test]
+    fn vip_add_parses_address_port_protocol() {
+        let cli = parse(&["vip", "add", "web", "10.0.100.1:80/tcp", "--pool", "web"]).unwrap();
+        let Command::Vip(VipCommand::Add {
+            spec,
+            scheduler,
+            ring_size,
+            ..
+        }) = cli.command
+        else {
+            panic!("parsed as {:?}", cli.command);
+        };
+        assert_eq!(spec.address, Ipv4Addr::new(10, 0, 100, 1));
+        assert_eq!(spec.port, 80);
+        assert_eq!(spec.protocol, Protocol::Tcp);
+        assert_eq!(scheduler, Scheduler::Maglev);
+        assert_eq!(ring_size, 65537);
+    }
+
+    #[test]
+    fn vip_spec_errors_name_the_bad_part() {
+        assert!(
+            error_of(&["vip", "add", "w", "10.0.100.1:80", "--pool", "p"])
+                .contains("ADDRESS:PORT/PROTOCOL")
+        );
+        assert!(
+            error_of(&["vip", "add", "w", "10.0.100.300:80/tcp", "--pool", "p"])
+                .contains("10.0.100.300:80")
+        );
+        assert!(
+            error_of(&["vip", "add", "w", "10.0.100.1:80/sctp", "--pool", "p"]).contains("sctp")
+        );
+        assert!(
+            error_of(&["vip", "add", "w", "10.0.100.1:0/tcp", "--pool", "p"]).contains("port 0")
+        );
+        assert!(error_of(&["vip", "add", "w", "10.0.100.1:80/tcp"]).contains("--pool"));
+    }
+
+    #[test]
+    fn backend_errors_name_the_bad_value() {
+        assert!(error_of(&["backend", "add", "web", "notanaddress"]).contains("notanaddress"));
+        assert!(error_of(&["backend", "add", "web", "10.0.2.11"]).contains("10.0.2.11"));
+        assert!(
+            error_of(&["backend", "add", "web", "10.0.2.11:80", "--weight", "10001"])
+                .contains("10001")
+        );
+        assert!(
+            error_of(&["backend", "add", "web", "10.0.2.11:80", "--weight", "-1"]).contains("-1")
+        );
+        assert!(error_of(&["backend", "drain", "web"]).contains("ADDRESS"));
+        assert!(error_of(&[
+            "vip",
+            "add",
+            "w",
+            "10.0.100.1:80/tcp",
+            "--pool",
+            "p",
+            "--scheduler",
+            "random"
+        ])
+        .contains("random"));
+        assert!(error_of(&["run"]).contains("--config"));
+        assert!(error_of(&["run", "--config", "x", "--xdp-mode", "hw"]).contains("hw"));
+    }
+
+    #[test]
+    fn backend_commands_parse() {
+        let cli = parse(&["backend", "add", "web", "10.0.2.11:80", "--weight", "5"]).unwrap();
+        let Command::Backend(BackendCommand::Add { backend, weight }) = cli.command else {
+            panic!("parsed as {:?}", cli.command);
+        };
+        assert_eq!(backend.pool, "web");
+        assert_eq!(backend.address, "10.0.2.11:80".parse().unwrap());
+        assert_eq!(weight, 5);
+        let cli = parse(&[
+            "--socket",
+            "/tmp/s",
+            "backend",
+            "drain",
+            "web",
+            "10.0.2.11:80",
+        ])
+        .unwrap();
+        assert_eq!(cli.socket, Some(PathBuf::from("/tmp/s")));
+        assert!(matches!(
+            cli.command,
+            Command::Backend(BackendCommand::Drain { .. })
+        ));
+    }
+
+    #[test]
+    fn agent_not_running_is_a_clear_error() {
+        let err = client(
+            PathBuf::from("/nonexistent/balancer.sock"),
+            Command::Status { json: false },
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("/nonexistent/balancer.sock"), "{err}");
+        assert!(err.contains("balancer run"), "{err}");
+    }
+}

@@ -1,0 +1,244 @@
+//! The data plane's maps behind a trait: `AyaMaps` writes the kernel's, `FakeMaps` keeps
+//! them in memory for unit tests.
+use std::collections::HashMap as StdHashMap;
+
+use aya::{
+    maps::{Array, HashMap, MapData, PerCpuArray, PerCpuValues},
+    Ebpf,
+};
+use balancer_common::{map_names, stat, Backend, FlowStats, Settings, VipKey, VipMeta};
+
+#[derive(Debug, thiserror::Error)]
+pub enum MapsError {
+    #[error("map {0} is missing from the XDP object")]
+    Missing(&'static str),
+    #[error("map {map}: {source}")]
+    Aya {
+        map: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("map {map}: {message}")]
+    Other { map: &'static str, message: String },
+}
+
+fn aya_err(map: &'static str) -> impl FnOnce(aya::maps::MapError) -> MapsError {
+    move |source| MapsError::Aya { map, source }
+}
+
+/// Everything the agent writes to or reads from the data plane.
+pub trait Maps {
+    fn set_settings(&mut self, settings: &Settings) -> Result<(), MapsError>;
+    fn set_vip(&mut self, key: &VipKey, meta: &VipMeta) -> Result<(), MapsError>;
+    fn del_vip(&mut self, key: &VipKey) -> Result<(), MapsError>;
+    fn set_backend(&mut self, id: u32, backend: &Backend) -> Result<(), MapsError>;
+    fn set_ring_slot(&mut self, index: u32, backend_id: u32) -> Result<(), MapsError>;
+    /// Counters summed over CPUs.
+    fn vip_stats(&self, vip_id: u32) -> Result<FlowStats, MapsError>;
+    fn backend_stats(&self, backend_id: u32) -> Result<FlowStats, MapsError>;
+    fn clear_vip_stats(&mut self, vip_id: u32) -> Result<(), MapsError>;
+    fn clear_backend_stats(&mut self, backend_id: u32) -> Result<(), MapsError>;
+    /// `balancer_common::stat::COUNT` counters summed over CPUs.
+    fn global_stats(&self) -> Result<Vec<u64>, MapsError>;
+}
+
+/// The kernel maps of a loaded program.
+pub struct AyaMaps {
+    vips: HashMap<MapData, VipKey, VipMeta>,
+    ring: Array<MapData, u32>,
+    backends: Array<MapData, Backend>,
+    settings: Array<MapData, Settings>,
+    vip_stats: PerCpuArray<MapData, FlowStats>,
+    backend_stats: PerCpuArray<MapData, FlowStats>,
+    global_stats: PerCpuArray<MapData, u64>,
+}
+
+fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, MapsError>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(MapsError::Missing(name))?;
+    T::try_from(map).map_err(aya_err(name))
+}
+
+impl AyaMaps {
+    /// Takes the maps the agent owns out of a loaded program.
+    pub fn new(ebpf: &mut Ebpf) -> Result<Self, MapsError> {
+        Ok(Self {
+            vips: take(ebpf, map_names::VIPS)?,
+            ring: take(ebpf, map_names::RING)?,
+            backends: take(ebpf, map_names::BACKENDS)?,
+            settings: take(ebpf, map_names::SETTINGS)?,
+            vip_stats: take(ebpf, map_names::VIP_STATS)?,
+            backend_stats: take(ebpf, map_names::BACKEND_STATS)?,
+            global_stats: take(ebpf, map_names::GLOBAL_STATS)?,
+        })
+    }
+}
+
+fn sum_stats(values: &PerCpuValues<FlowStats>) -> FlowStats {
+    values.iter().fold(FlowStats::default(), |a, b| FlowStats {
+        packets: a.packets + b.packets,
+        bytes: a.bytes + b.bytes,
+        new_flows: a.new_flows + b.new_flows,
+        reply_packets: a.reply_packets + b.reply_packets,
+        reply_bytes: a.reply_bytes + b.reply_bytes,
+    })
+}
+
+fn zeroed_per_cpu<T: aya::Pod + Default>(map: &'static str) -> Result<PerCpuValues<T>, MapsError> {
+    let cpus = aya::util::nr_cpus().map_err(|(_, e)| MapsError::Other {
+        map,
+        message: format!("cannot count CPUs: {e}"),
+    })?;
+    PerCpuValues::try_from(vec![T::default(); cpus]).map_err(|e| MapsError::Other {
+        map,
+        message: e.to_string(),
+    })
+}
+
+impl Maps for AyaMaps {
+    fn set_settings(&mut self, settings: &Settings) -> Result<(), MapsError> {
+        self.settings
+            .set(0, settings, 0)
+            .map_err(aya_err(map_names::SETTINGS))
+    }
+
+    fn set_vip(&mut self, key: &VipKey, meta: &VipMeta) -> Result<(), MapsError> {
+        self.vips
+            .insert(key, meta, 0)
+            .map_err(aya_err(map_names::VIPS))
+    }
+
+    fn del_vip(&mut self, key: &VipKey) -> Result<(), MapsError> {
+        self.vips.remove(key).map_err(aya_err(map_names::VIPS))
+    }
+
+    fn set_backend(&mut self, id: u32, backend: &Backend) -> Result<(), MapsError> {
+        self.backends
+            .set(id, backend, 0)
+            .map_err(aya_err(map_names::BACKENDS))
+    }
+
+    fn set_ring_slot(&mut self, index: u32, backend_id: u32) -> Result<(), MapsError> {
+        self.ring
+            .set(index, backend_id, 0)
+            .map_err(aya_err(map_names::RING))
+    }
+
+    fn vip_stats(&self, vip_id: u32) -> Result<FlowStats, MapsError> {
+        let values = self
+            .vip_stats
+            .get(&vip_id, 0)
+            .map_err(aya_err(map_names::VIP_STATS))?;
+        Ok(sum_stats(&values))
+    }
+
+    fn backend_stats(&self, backend_id: u32) -> Result<FlowStats, MapsError> {
+        let values = self
+            .backend_stats
+            .get(&backend_id, 0)
+            .map_err(aya_err(map_names::BACKEND_STATS))?;
+        Ok(sum_stats(&values))
+    }
+
+    fn clear_vip_stats(&mut self, vip_id: u32) -> Result<(), MapsError> {
+        let zero = zeroed_per_cpu(map_names::VIP_STATS)?;
+        self.vip_stats
+            .set(vip_id, zero, 0)
+            .map_err(aya_err(map_names::VIP_STATS))
+    }
+
+    fn clear_backend_stats(&mut self, backend_id: u32) -> Result<(), MapsError> {
+        let zero = zeroed_per_cpu(map_names::BACKEND_STATS)?;
+        self.backend_stats
+            .set(backend_id, zero, 0)
+            .map_err(aya_err(map_names::BACKEND_STATS))
+    }
+
+    fn global_stats(&self) -> Result<Vec<u64>, MapsError> {
+        (0..stat::COUNT)
+            .map(|i| {
+                self.global_stats
+                    .get(&i, 0)
+                    .map(|v| v.iter().sum())
+                    .map_err(aya_err(map_names::GLOBAL_STATS))
+            })
+            .collect()
+    }
+}
+
+/// In-memory maps with the kernel's semantics that matter to the agent.
+#[derive(Debug, Default)]
+pub struct FakeMaps {
+    pub settings: Settings,
+    pub vips: StdHashMap<VipKey, VipMeta>,
+    pub ring: StdHashMap<u32, u32>,
+    pub backends: StdHashMap<u32, Backend>,
+    pub vip_stats: StdHashMap<u32, FlowStats>,
+    pub backend_stats: StdHashMap<u32, FlowStats>,
+    /// Number of ring slot writes (to check that ring updates write only what changed).
+    pub ring_writes: usize,
+}
+
+impl FakeMaps {
+    /// The backend ids a packet of this VIP can be scheduled to, slot by slot.
+    pub fn active_ring(&self, key: &VipKey) -> Vec<u32> {
+        let Some(meta) = self.vips.get(key) else {
+            return Vec::new();
+        };
+        (0..meta.ring_size)
+            .map(|slot| {
+                self.ring
+                    .get(&(meta.ring_base + slot))
+                    .copied()
+                    .unwrap_or(0)
+            })
+            .collect()
+    }
+}
+
+impl Maps for FakeMaps {
+    fn set_settings(&mut self, settings: &Settings) -> Result<(), MapsError> {
+        self.settings = *settings;
+        Ok(())
+    }
+    fn set_vip(&mut self, key: &VipKey, meta: &VipMeta) -> Result<(), MapsError> {
+        self.vips.insert(*key, *meta);
+        Ok(())
+    }
+    fn del_vip(&mut self, key: &VipKey) -> Result<(), MapsError> {
+        self.vips.remove(key);
+        Ok(())
+    }
+    fn set_backend(&mut self, id: u32, backend: &Backend) -> Result<(), MapsError> {
+        self.backends.insert(id, *backend);
+        Ok(())
+    }
+    fn set_ring_slot(&mut self, index: u32, backend_id: u32) -> Result<(), MapsError> {
+        self.ring_writes += 1;
+        self.ring.insert(index, backend_id);
+        Ok(())
+    }
+    fn vip_stats(&self, vip_id: u32) -> Result<FlowStats, MapsError> {
+        Ok(self.vip_stats.get(&vip_id).copied().unwrap_or_default())
+    }
+    fn backend_stats(&self, backend_id: u32) -> Result<FlowStats, MapsError> {
+        Ok(self
+            .backend_stats
+            .get(&backend_id)
+            .copied()
+            .unwrap_or_default())
+    }
+    fn clear_vip_stats(&mut self, vip_id: u32) -> Result<(), MapsError> {
+        self.vip_stats.remove(&vip_id);
+        Ok(())
+    }
+    fn clear_backend_stats(&mut self, backend_id: u32) -> Result<(), MapsError> {
+        self.backend_stats.remove(&backend_id);
+        Ok(())
+    }
+    fn global_stats(&self) -> Result<Vec<u64>, MapsError> {
+        Ok(vec![0; stat::COUNT as usize])
+    }
+}
