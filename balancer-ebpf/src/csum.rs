@@ -12,7 +12,13 @@ impl Diff {
     #[inline(always)]
     pub fn u32(self, old: u32, new: u32) -> Self {
         let not_old = !old;
-        Diff(self.0 + (not_old & 0xffff) as u64 + (not_old >> 16) as u64 + (new & 0xffff) as u64 + (new >> 16) as u64)
+        Diff(
+            self.0
+                + (not_old & 0xffff) as u64
+                + (not_old >> 16) as u64
+                + (new & 0xffff) as u64
+                + (new >> 16) as u64,
+        )
     }
 
     /// A 16-bit field changes from `old` to `new`.

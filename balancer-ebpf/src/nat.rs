@@ -54,7 +54,13 @@ pub fn to_backend(ctx: &XdpContext, pkt: &Packet, vip: &VipMeta) -> Result<u32, 
         }
     };
 
-    stats::count_flow(vip.vip_id, conn.backend_id, pkt.len, Dir::ToBackend, new_flow);
+    stats::count_flow(
+        vip.vip_id,
+        conn.backend_id,
+        pkt.len,
+        Dir::ToBackend,
+        new_flow,
+    );
     rewrite(
         ctx,
         pkt,
@@ -75,14 +81,23 @@ pub fn to_backend(ctx: &XdpContext, pkt: &Packet, vip: &VipMeta) -> Result<u32, 
 
 /// A new flow: pick a backend, allocate a SNAT port, record both directions.
 #[inline(always)]
-fn schedule(pkt: &Packet, vip: &VipMeta, settings: &Settings, now: u64) -> Result<Conn, DropReason> {
+fn schedule(
+    pkt: &Packet,
+    vip: &VipMeta,
+    settings: &Settings,
+    now: u64,
+) -> Result<Conn, DropReason> {
     let hash = select::flow_hash(&pkt.key);
     let backend_id = select::pick_backend(vip, hash).ok_or(stat::DROP_NO_BACKEND)?;
     let backend = *BACKENDS.get(backend_id).ok_or(stat::DROP_NO_BACKEND)?;
     if backend.flags & BACKEND_F_PRESENT == 0 {
         return Err(stat::DROP_NO_BACKEND);
     }
-    let state = if pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0 { FLOW_CLOSING } else { 0 };
+    let state = if pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+        FLOW_CLOSING
+    } else {
+        0
+    };
     let snat_port = allocate_port(pkt, vip, &backend, backend_id, settings, now, hash)?;
     let conn = Conn {
         backend_addr: backend.addr,
@@ -204,7 +219,13 @@ pub fn to_client(ctx: &XdpContext, pkt: &Packet) -> Result<Option<u32>, DropReas
         mark_closing(&entry, pkt);
     }
     stats::count(stat::NAT_REPLY);
-    stats::count_flow(entry.vip_id, entry.backend_id, pkt.len, Dir::ToClient, false);
+    stats::count_flow(
+        entry.vip_id,
+        entry.backend_id,
+        pkt.len,
+        Dir::ToClient,
+        false,
+    );
     rewrite(
         ctx,
         pkt,

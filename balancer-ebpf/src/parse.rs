@@ -125,7 +125,11 @@ pub fn parse(ctx: &XdpContext) -> Result<Option<Packet>, DropReason> {
                 if udp_len < UdpHdr::LEN || udp_len > tot_len as usize - ihl {
                     return Err(stat::DROP_MALFORMED);
                 }
-                (u16::from_ne_bytes((*udp).src), u16::from_ne_bytes((*udp).dst), 0)
+                (
+                    u16::from_ne_bytes((*udp).src),
+                    u16::from_ne_bytes((*udp).dst),
+                    0,
+                )
             }
         }
         _ => return Ok(None),

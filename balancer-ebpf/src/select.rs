@@ -34,7 +34,11 @@ pub fn pick_backend(vip: &VipMeta, hash: u64) -> Option<u32> {
         let state = RR_STATE.get_ptr_mut(vip.vip_id)?;
         // SAFETY: per-CPU slot, no other writer while this program runs on this CPU.
         unsafe {
-            let slot = if (*state).next < size { (*state).next } else { 0 };
+            let slot = if (*state).next < size {
+                (*state).next
+            } else {
+                0
+            };
             (*state).next = slot + 1;
             slot
         }

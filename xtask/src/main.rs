@@ -1,0 +1,104 @@
+//! Developer tasks for balancer: `cargo xtask setup | build-ebpf | build | test | demo`.
+
+/// Prints a visible progress line: `[xtask] ...`.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        eprintln!("[xtask] {}", format_args!($($arg)*))
+    };
+}
+
+mod cmd;
+mod ebpf;
+mod setup;
+mod tasks;
+
+use std::ffi::OsString;
+use std::fs;
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::{Context as _, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Developer tasks for balancer (run as `cargo xtask <command>`)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what is missing: rust-src (nightly), bpf-linker, Debian packages, bpffs.
+    Setup,
+    /// Build the XDP program (balancer-ebpf) with nightly for bpfel-unknown-none.
+    BuildEbpf {
+        /// Cargo profile of the eBPF build.
+        #[arg(long, value_enum, default_value_t = ebpf::Profile::Release)]
+        profile: ebpf::Profile,
+    },
+    /// build-ebpf, then every binary of the workspace (stable).
+    Build,
+    /// As root: setup, build, then the workspace's tests one at a time.
+    Test {
+        /// Extra arguments for the test harness (after `--test-threads=1`), e.g. a name filter.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+    /// As root: setup, build, then run the demo.
+    Demo {
+        /// Arguments passed to the demo.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+}
+
+/// The workspace root (the parent of this crate).
+pub fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in a subdirectory of the workspace")
+}
+
+/// Whether the effective user is root, from the `Uid:` line of /proc/self/status.
+pub fn is_root() -> Result<bool> {
+    let status =
+        fs::read_to_string("/proc/self/status").context("cannot read /proc/self/status")?;
+    let euid = status
+        .lines()
+        .find_map(|line| line.strip_prefix("Uid:"))
+        .and_then(|uids| uids.split_whitespace().nth(1))
+        .context("no effective uid in /proc/self/status")?;
+    Ok(euid == "0")
+}
+
+fn run(task: Task) -> Result<i32> {
+    match task {
+        Task::Setup => {
+            setup::setup()?;
+        }
+        Task::BuildEbpf { profile } => {
+            let toolchain = setup::ebpf_toolchain()?;
+            ebpf::build(&toolchain, profile)?;
+        }
+        Task::Build => {
+            let toolchain = setup::ebpf_toolchain()?;
+            tasks::build(&toolchain)?;
+        }
+        Task::Test { args } => return tasks::test(&args),
+        Task::Demo { args } => return tasks::demo(&args),
+    }
+    Ok(0)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli.command) {
+        Ok(0) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1).max(1)),
+        Err(err) => {
+            say!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

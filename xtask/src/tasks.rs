@@ -1,0 +1,121 @@
+//! `cargo xtask build | test | demo`: the host workspace on top of the eBPF object.
+
+use std::env;
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::{bail, Result};
+
+use crate::cmd;
+use crate::ebpf::{self, Profile};
+use crate::setup::{self, EbpfToolchain};
+
+/// What `build` produces.
+pub struct Artifacts {
+    /// The XDP object (embedded by balancer-user's build.rs).
+    pub object: PathBuf,
+    /// The `balancer` agent binary.
+    pub balancer: PathBuf,
+    /// The host target directory (`target/` unless CARGO_TARGET_DIR says otherwise).
+    pub target_dir: PathBuf,
+}
+
+/// The stable cargo that runs xtask.
+fn cargo() -> Command {
+    let mut cargo = Command::new(env::var_os("CARGO").unwrap_or_else(|| OsString::from("cargo")));
+    cargo.current_dir(crate::root());
+    cargo
+}
+
+fn target_dir() -> PathBuf {
+    let root = crate::root();
+    ["CARGO_TARGET_DIR", "CARGO_BUILD_TARGET_DIR"]
+        .iter()
+        .find_map(|var| env::var_os(var).filter(|v| !v.is_empty()))
+        .map(|dir| root.join(dir))
+        .unwrap_or_else(|| root.join("target"))
+}
+
+fn require_root(task: &str) -> Result<()> {
+    if !crate::is_root()? {
+        bail!(
+            "`cargo xtask {task}` must run as root: it creates network namespaces and attaches \
+             XDP programs"
+        );
+    }
+    Ok(())
+}
+
+/// build-ebpf (release), then every binary of the host workspace.
+pub fn build(toolchain: &EbpfToolchain) -> Result<Artifacts> {
+    let object = ebpf::build(toolchain, Profile::Release)?;
+    say!("build: host workspace...");
+    cmd::run(
+        cargo()
+            .args(["build", "--workspace", "--bins"])
+            .env("BALANCER_EBPF_OBJ", &object),
+    )?;
+    let target_dir = target_dir();
+    let balancer = target_dir.join("debug/balancer");
+    if !balancer.is_file() {
+        bail!(
+            "the build succeeded but {} does not exist (no `balancer` binary in the workspace?)",
+            balancer.display()
+        );
+    }
+    say!("build: {}", balancer.display());
+    Ok(Artifacts {
+        object,
+        balancer,
+        target_dir,
+    })
+}
+
+/// `cargo xtask test`: returns cargo test's exit code.
+pub fn test(harness_args: &[OsString]) -> Result<i32> {
+    require_root("test")?;
+    let toolchain = setup::setup()?;
+    let built = build(&toolchain)?;
+    say!("test: one test at a time (end-to-end tests each build network namespaces)");
+    let status = cmd::status(
+        cargo()
+            .args([
+                "test",
+                "--workspace",
+                "--no-fail-fast",
+                "--",
+                "--test-threads=1",
+            ])
+            .args(harness_args)
+            .env("BALANCER_BIN", &built.balancer)
+            .env("BALANCER_EBPF_OBJ", &built.object),
+    )?;
+    let code = cmd::exit_code(status);
+    say!("test: cargo test exited with code {code}");
+    Ok(code)
+}
+
+/// `cargo xtask demo`: returns the demo's exit code.
+pub fn demo(demo_args: &[OsString]) -> Result<i32> {
+    require_root("demo")?;
+    let toolchain = setup::setup()?;
+    let built = build(&toolchain)?;
+    let demo = built.target_dir.join("debug/demo");
+    if !demo.is_file() {
+        bail!(
+            "no demo binary at {} (it is the `demo` bin of the tests crate)",
+            demo.display()
+        );
+    }
+    let status = cmd::status(
+        Command::new(&demo)
+            .args(demo_args)
+            .current_dir(crate::root())
+            .env("BALANCER_BIN", &built.balancer)
+            .env("BALANCER_EBPF_OBJ", &built.object),
+    )?;
+    let code = cmd::exit_code(status);
+    say!("demo: exited with code {code}");
+    Ok(code)
+}
