@@ -1,0 +1,576 @@
+//! Packet fixtures through the kernel's BPF_PROG_TEST_RUN: a frame in, the expected verdict
+//! and frame out. Runs the real XDP program in a fresh namespace whose routes and permanent
+//! neighbour entries make the FIB lookups (and so the output MACs) deterministic.
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use aya::{programs::Xdp, Ebpf, TestRun, TestRunOptions};
+use balancer::{
+    balancer::{settings, Balancer, SnatSource},
+    config::{NatConfig, Protocol, Scheduler, Timeouts, VipConfig},
+    maps::{AyaMaps, Maps},
+};
+use balancer_common::stat;
+use balancer_tests::{
+    netns::Netns,
+    require_root,
+    wire::{self, Mac, Spec, L4, TCP_ACK, TCP_FIN, TCP_SYN},
+};
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const XDP_REDIRECT: u32 = 4;
+
+const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 2);
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 0, 100, 1);
+const SNAT: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 1);
+const WEB_BACKEND: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 11);
+const DNS_BACKEND: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 12);
+/// MACs of the balancer's interfaces and of the neighbours (permanent entries).
+const LB_CLIENT_MAC: Mac = [0x02, 0, 0, 0, 0x01, 0x01];
+const LB_BACKEND_MAC: Mac = [0x02, 0, 0, 0, 0x02, 0x01];
+const CLIENT_MAC: Mac = [0x02, 0, 0, 0, 0x01, 0x02];
+const WEB_BACKEND_MAC: Mac = [0x02, 0, 0, 0, 0x02, 0x11];
+const DNS_BACKEND_MAC: Mac = [0x02, 0, 0, 0, 0x02, 0x12];
+
+struct Fixture {
+    ebpf: Ebpf,
+    lb: Balancer<AyaMaps>,
+    client_if: u32,
+    backend_if: u32,
+    // Dropped last: the namespace outlives the program's use of it.
+    _ns: Netns,
+}
+
+fn mac(m: &Mac) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        Fixture::with_timeouts(Timeouts::default())
+    }
+
+    fn with_timeouts(timeouts: Timeouts) -> Fixture {
+        require_root();
+        let ns = Netns::unique("fx").expect("create the fixture namespace");
+        let cmds: Vec<Vec<String>> = [
+            "ip link set lo up".to_string(),
+            "ip link add fxc type veth peer name fxc-peer".into(),
+            "ip link add fxb type veth peer name fxb-peer".into(),
+            format!("ip link set fxc address {}", mac(&LB_CLIENT_MAC)),
+            format!("ip link set fxb address {}", mac(&LB_BACKEND_MAC)),
+            "ip addr add 10.0.1.1/24 dev fxc".into(),
+            "ip addr add 10.0.2.1/24 dev fxb".into(),
+            "ip link set fxc up".into(),
+            "ip link set fxc-peer up".into(),
+            "ip link set fxb up".into(),
+            "ip link set fxb-peer up".into(),
+            format!(
+                "ip neigh replace {CLIENT} lladdr {} dev fxc nud permanent",
+                mac(&CLIENT_MAC)
+            ),
+            format!(
+                "ip neigh replace {WEB_BACKEND} lladdr {} dev fxb nud permanent",
+                mac(&WEB_BACKEND_MAC)
+            ),
+            format!(
+                "ip neigh replace {DNS_BACKEND} lladdr {} dev fxb nud permanent",
+                mac(&DNS_BACKEND_MAC)
+            ),
+            "sysctl -qw net.ipv4.ip_forward=1".into(),
+            "sysctl -qw net.ipv4.conf.all.forwarding=1".into(),
+        ]
+        .iter()
+        .map(|c| c.split_whitespace().map(String::from).collect())
+        .collect();
+        for cmd in &cmds {
+            let args: Vec<&str> = cmd.iter().map(String::as_str).collect();
+            ns.run(&args).unwrap_or_else(|e| {
+                panic!("fixture namespace set-up `{}` failed: {e:#}", cmd.join(" "))
+            });
+        }
+        // BPF_PROG_TEST_RUN resolves the ingress ifindex and the FIB in the caller's namespace.
+        ns.enter_current_thread()
+            .expect("enter the fixture namespace");
+        let ifindex = |name: &str| {
+            let c = std::ffi::CString::new(name).unwrap();
+            // SAFETY: plain libc call with a valid C string.
+            let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
+            assert!(i != 0, "interface {name} missing in the fixture namespace");
+            i
+        };
+        let (client_if, backend_if) = (ifindex("fxc"), ifindex("fxb"));
+
+        let mut ebpf = balancer::agent::load_program().expect("load the XDP program");
+        let maps = AyaMaps::new(&mut ebpf).expect("take the program's maps");
+        let settings = settings(&timeouts, &NatConfig::default());
+        let mut lb = Balancer::new(maps, &settings, SnatSource::Fixed(SNAT)).unwrap();
+        let vip = |name: &str, port, protocol| VipConfig {
+            name: name.into(),
+            address: VIP,
+            port,
+            protocol,
+            scheduler: Scheduler::Maglev,
+            ring_size: 65537,
+            pool: name.into(),
+        };
+        lb.add_vip(vip("web", 80, Protocol::Tcp)).unwrap();
+        lb.add_backend("web", SocketAddrV4::new(WEB_BACKEND, 80), 1)
+            .unwrap();
+        lb.add_vip(vip("dns", 5300, Protocol::Udp)).unwrap();
+        lb.add_backend("dns", SocketAddrV4::new(DNS_BACKEND, 5300), 1)
+            .unwrap();
+        lb.add_vip(vip("empty", 81, Protocol::Tcp)).unwrap();
+        Fixture {
+            ebpf,
+            lb,
+            client_if,
+            backend_if,
+            _ns: ns,
+        }
+    }
+
+    /// Runs the program once on `frame` as if received on `ingress`.
+    fn run(&mut self, frame: &[u8], ingress: u32) -> (u32, Vec<u8>) {
+        // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex
+        let ctx: Vec<u8> = [0, frame.len() as u32, 0, ingress, 0, 0]
+            .iter()
+            .flat_map(|v: &u32| v.to_ne_bytes())
+            .collect();
+        let mut out = vec![0u8; frame.len() + 256];
+        let program: &mut Xdp = self
+            .ebpf
+            .program_mut("balancer")
+            .unwrap()
+            .try_into()
+            .unwrap();
+        let result = program
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ctx_in: Some(&ctx),
+                ..TestRunOptions::default()
+            })
+            .expect("BPF_PROG_TEST_RUN");
+        out.truncate(result.data_size_out as usize);
+        (result.return_value, out)
+    }
+
+    fn from_client(&mut self, spec: &Spec) -> (u32, Vec<u8>) {
+        let frame = wire::build(spec);
+        let ingress = self.client_if;
+        self.run(&frame, ingress)
+    }
+
+    fn global(&self, index: u32) -> u64 {
+        self.lb.maps().global_stats().unwrap()[index as usize]
+    }
+}
+
+fn syn() -> Spec {
+    Spec {
+        src_mac: CLIENT_MAC,
+        dst_mac: LB_CLIENT_MAC,
+        src: CLIENT,
+        dst: VIP,
+        sport: 40000,
+        dport: 80,
+        ..Spec::default()
+    }
+}
+
+fn parsed(out: &[u8]) -> wire::Parsed {
+    wire::parse(out).unwrap_or_else(|e| panic!("output frame does not parse: {e}"))
+}
+
+fn assert_nat_forward(out: &wire::Parsed, input: &Spec, backend: Ipv4Addr, backend_mac: Mac) {
+    assert_eq!(
+        out.dst_mac, backend_mac,
+        "destination MAC must be the backend's (from the FIB)"
+    );
+    assert_eq!(
+        out.src_mac, LB_BACKEND_MAC,
+        "source MAC must be the egress interface's"
+    );
+    assert_eq!(out.src, SNAT, "source address must be the SNAT address");
+    assert_eq!(out.dst, backend, "destination must be the backend");
+    assert!(
+        (20000..=32767).contains(&out.sport),
+        "SNAT port {} outside the configured range",
+        out.sport
+    );
+    assert_eq!(out.dport, input.dport, "backend port");
+    assert_eq!(out.ttl, input.ttl);
+    assert!(
+        out.ip_checksum_ok,
+        "IPv4 header checksum is wrong after NAT"
+    );
+    assert_ne!(
+        out.l4_checksum_ok,
+        Some(false),
+        "L4 checksum is wrong after NAT"
+    );
+    assert_eq!(out.payload, input.payload, "payload must be untouched");
+}
+
+#[test]
+fn syn_to_vip_is_translated_to_the_backend() {
+    let mut fx = Fixture::new();
+    let spec = syn();
+    let (verdict, out) = fx.from_client(&spec);
+    assert_eq!(verdict, XDP_REDIRECT, "SYN to the VIP: verdict");
+    let out = parsed(&out);
+    assert_nat_forward(&out, &spec, WEB_BACKEND, WEB_BACKEND_MAC);
+    assert_eq!(out.l4_checksum_ok, Some(true));
+    assert_eq!(out.tcp_flags, TCP_SYN);
+    let counters = fx
+        .lb
+        .status()
+        .unwrap()
+        .vips
+        .into_iter()
+        .find(|v| v.name == "web")
+        .unwrap()
+        .counters;
+    assert_eq!((counters.packets, counters.new_flows), (1, 1));
+}
+
+#[test]
+fn reply_is_translated_back_to_the_client() {
+    let mut fx = Fixture::new();
+    let (_, out) = fx.from_client(&syn());
+    let fwd = parsed(&out);
+    let reply = Spec {
+        src_mac: WEB_BACKEND_MAC,
+        dst_mac: LB_BACKEND_MAC,
+        src: WEB_BACKEND,
+        dst: SNAT,
+        sport: 80,
+        dport: fwd.sport,
+        l4: L4::Tcp {
+            flags: TCP_SYN | TCP_ACK,
+            seq: 5000,
+            ack: 1001,
+        },
+        payload: b"welcome".to_vec(),
+        ..Spec::default()
+    };
+    let ingress = fx.backend_if;
+    let (verdict, out) = fx.run(&wire::build(&reply), ingress);
+    assert_eq!(verdict, XDP_REDIRECT, "reply: verdict");
+    let out = parsed(&out);
+    assert_eq!(
+        (out.src, out.sport),
+        (VIP, 80),
+        "reply must come from the VIP"
+    );
+    assert_eq!(
+        (out.dst, out.dport),
+        (CLIENT, 40000),
+        "reply must go to the client"
+    );
+    assert_eq!(out.dst_mac, CLIENT_MAC);
+    assert_eq!(out.src_mac, LB_CLIENT_MAC);
+    assert!(
+        out.ip_checksum_ok && out.l4_checksum_ok == Some(true),
+        "checksums after reverse NAT"
+    );
+    assert_eq!(out.payload, b"welcome");
+    assert_eq!(fx.global(stat::NAT_REPLY), 1);
+}
+
+#[test]
+fn later_packets_of_a_flow_keep_backend_and_port() {
+    let mut fx = Fixture::new();
+    let (_, first) = fx.from_client(&syn());
+    let ack = Spec {
+        l4: L4::Tcp {
+            flags: TCP_ACK,
+            seq: 1001,
+            ack: 5001,
+        },
+        ..syn()
+    };
+    let (verdict, second) = fx.from_client(&ack);
+    assert_eq!(verdict, XDP_REDIRECT);
+    let (first, second) = (parsed(&first), parsed(&second));
+    assert_eq!(
+        (second.dst, second.sport),
+        (first.dst, first.sport),
+        "same flow, same translation"
+    );
+    let other = Spec {
+        sport: 40001,
+        ..syn()
+    };
+    let (_, third) = fx.from_client(&other);
+    assert_ne!(
+        parsed(&third).sport,
+        first.sport,
+        "another flow needs another SNAT port"
+    );
+    let web = fx
+        .lb
+        .status()
+        .unwrap()
+        .vips
+        .into_iter()
+        .find(|v| v.name == "web")
+        .unwrap();
+    assert_eq!((web.counters.packets, web.counters.new_flows), (3, 2));
+}
+
+#[test]
+fn fin_then_syn_on_same_tuple_starts_a_new_flow_but_fin_alone_does_not() {
+    let mut fx = Fixture::new();
+    let (_, first) = fx.from_client(&syn());
+    let fin = Spec {
+        l4: L4::Tcp {
+            flags: TCP_FIN | TCP_ACK,
+            seq: 1001,
+            ack: 5001,
+        },
+        ..syn()
+    };
+    let (verdict, after_fin) = fx.from_client(&fin);
+    assert_eq!(verdict, XDP_REDIRECT);
+    assert_eq!(
+        parsed(&after_fin).sport,
+        parsed(&first).sport,
+        "FIN belongs to the flow"
+    );
+    let (_, again) = fx.from_client(&syn());
+    assert_eq!(parsed(&again).dst, WEB_BACKEND);
+    let web = fx
+        .lb
+        .status()
+        .unwrap()
+        .vips
+        .into_iter()
+        .find(|v| v.name == "web")
+        .unwrap();
+    assert_eq!(
+        web.counters.new_flows, 2,
+        "a SYN on a closing tuple is a new flow"
+    );
+}
+
+#[test]
+fn udp_to_vip_is_translated_and_zero_checksum_stays_zero() {
+    let mut fx = Fixture::new();
+    let spec = Spec {
+        dport: 5300,
+        l4: L4::Udp { checksum: true },
+        payload: b"query".to_vec(),
+        ..syn()
+    };
+    let (verdict, out) = fx.from_client(&spec);
+    assert_eq!(verdict, XDP_REDIRECT);
+    let out = parsed(&out);
+    assert_nat_forward(&out, &spec, DNS_BACKEND, DNS_BACKEND_MAC);
+    assert_eq!(out.l4_checksum_ok, Some(true));
+
+    let spec = Spec {
+        sport: 40002,
+        l4: L4::Udp { checksum: false },
+        ..spec
+    };
+    let (verdict, out) = fx.from_client(&spec);
+    assert_eq!(verdict, XDP_REDIRECT);
+    assert_eq!(
+        parsed(&out).l4_checksum_ok,
+        None,
+        "a zero UDP checksum must stay zero"
+    );
+}
+
+#[test]
+fn non_vip_traffic_passes_unchanged() {
+    let mut fx = Fixture::new();
+    let cases = [
+        (
+            "VIP address, other port",
+            Spec {
+                dport: 8080,
+                ..syn()
+            },
+        ),
+        (
+            "VIP address and port, other protocol",
+            Spec {
+                l4: L4::Udp { checksum: true },
+                ..syn()
+            },
+        ),
+        (
+            "the balancer's own address",
+            Spec {
+                dst: Ipv4Addr::new(10, 0, 1, 1),
+                dport: 22,
+                ..syn()
+            },
+        ),
+        (
+            "another host",
+            Spec {
+                dst: Ipv4Addr::new(10, 9, 9, 9),
+                ..syn()
+            },
+        ),
+    ];
+    for (what, spec) in cases {
+        let frame = wire::build(&spec);
+        let ingress = fx.client_if;
+        let (verdict, out) = fx.run(&frame, ingress);
+        assert_eq!(verdict, XDP_PASS, "{what}: verdict");
+        assert_eq!(out, frame, "{what}: frame must be untouched");
+    }
+    // Not IPv4 at all: ARP.
+    let mut arp = vec![0xff; 6];
+    arp.extend_from_slice(&CLIENT_MAC);
+    arp.extend_from_slice(&wire::ETH_P_ARP.to_be_bytes());
+    arp.extend_from_slice(&[0u8; 28]);
+    let ingress = fx.client_if;
+    let (verdict, out) = fx.run(&arp, ingress);
+    assert_eq!((verdict, out), (XDP_PASS, arp), "ARP must pass untouched");
+    // A reply-looking packet with no NAT entry.
+    let stray = Spec {
+        src: WEB_BACKEND,
+        dst: SNAT,
+        sport: 80,
+        dport: 25000,
+        ..syn()
+    };
+    let frame = wire::build(&stray);
+    let ingress = fx.backend_if;
+    let (verdict, out) = fx.run(&frame, ingress);
+    assert_eq!(
+        (verdict, out),
+        (XDP_PASS, frame),
+        "a packet to an unused SNAT port must pass"
+    );
+}
+
+#[test]
+fn truncated_and_malformed_headers_are_never_forwarded() {
+    let mut fx = Fixture::new();
+    let good = wire::build(&syn());
+    let ip = 14;
+    let mut cases: Vec<(&str, Vec<u8>)> = vec![
+        ("IPv4 header cut short", good[..ip + 12].to_vec()),
+        ("TCP header cut short", good[..ip + 20 + 10].to_vec()),
+    ];
+    let mut bad_ihl = good.clone();
+    bad_ihl[ip] = 0x44;
+    cases.push(("IHL below 5", bad_ihl));
+    let mut bad_version = good.clone();
+    bad_version[ip] = 0x65;
+    cases.push(("IP version 6 in an IPv4 frame", bad_version));
+    let mut long_total = good.clone();
+    long_total[ip + 2..ip + 4].copy_from_slice(&2000u16.to_be_bytes());
+    cases.push(("total length beyond the frame", long_total));
+    let mut bad_doff = good.clone();
+    bad_doff[ip + 20 + 12] = 0x20;
+    cases.push(("TCP data offset below 5", bad_doff));
+    let options_past_end = wire::build(&Spec {
+        ip_options: vec![1; 40],
+        ..syn()
+    });
+    cases.push((
+        "IPv4 options but frame cut in TCP",
+        options_past_end[..ip + 60 + 8].to_vec(),
+    ));
+
+    let before = fx.global(stat::DROP_MALFORMED);
+    for (what, frame) in &cases {
+        let ingress = fx.client_if;
+        let (verdict, _) = fx.run(frame, ingress);
+        assert_eq!(
+            verdict, XDP_DROP,
+            "{what}: must be dropped, not forwarded or passed"
+        );
+    }
+    assert_eq!(fx.global(stat::DROP_MALFORMED) - before, cases.len() as u64);
+}
+
+#[test]
+fn vlan_tagged_syn_is_translated_and_keeps_its_tag() {
+    let mut fx = Fixture::new();
+    let spec = Spec {
+        vlan: Some(0x2064),
+        ..syn()
+    };
+    let (verdict, out) = fx.from_client(&spec);
+    assert_eq!(verdict, XDP_REDIRECT);
+    let out = parsed(&out);
+    assert_eq!(out.vlan, Some(0x2064), "802.1Q tag must be kept");
+    assert_nat_forward(&out, &spec, WEB_BACKEND, WEB_BACKEND_MAC);
+}
+
+#[test]
+fn ipv4_options_are_skipped_and_kept() {
+    let mut fx = Fixture::new();
+    let spec = Spec {
+        ip_options: vec![1, 1, 1, 0],
+        ..syn()
+    };
+    let (verdict, out) = fx.from_client(&spec);
+    assert_eq!(verdict, XDP_REDIRECT);
+    assert_nat_forward(&parsed(&out), &spec, WEB_BACKEND, WEB_BACKEND_MAC);
+    assert_eq!(out[14] & 0x0f, 6, "IHL with options must be kept");
+}
+
+#[test]
+fn vip_without_backends_drops_new_flows() {
+    let mut fx = Fixture::new();
+    let (verdict, _) = fx.from_client(&Spec { dport: 81, ..syn() });
+    assert_eq!(verdict, XDP_DROP);
+    assert_eq!(fx.global(stat::DROP_NO_BACKEND), 1);
+}
+
+#[test]
+fn fragments_pass_unchanged() {
+    let mut fx = Fixture::new();
+    let mut frame = wire::build(&syn());
+    frame[14 + 6] = 0x20; // more fragments
+    let c = {
+        frame[14 + 10] = 0;
+        frame[14 + 11] = 0;
+        wire::checksum(&frame[14..34])
+    };
+    frame[14 + 10..14 + 12].copy_from_slice(&c.to_be_bytes());
+    let ingress = fx.client_if;
+    let (verdict, out) = fx.run(&frame, ingress);
+    assert_eq!((verdict, out), (XDP_PASS, frame));
+    assert_eq!(fx.global(stat::PASS_FRAGMENT), 1);
+}
+
+#[test]
+fn idle_flows_expire_per_protocol() {
+    let mut fx = Fixture::with_timeouts(Timeouts {
+        tcp: std::time::Duration::from_secs(30),
+        udp: std::time::Duration::from_secs(1),
+        tcp_closing: std::time::Duration::from_secs(1),
+    });
+    let udp = Spec { dport: 5300, l4: L4::Udp { checksum: true }, ..syn() };
+    let new_flows = |fx: &Fixture, vip: &str| {
+        fx.lb.status().unwrap().vips.into_iter().find(|v| v.name == vip).unwrap().counters.new_flows
+    };
+    fx.from_client(&udp);
+    fx.from_client(&syn());
+    fx.from_client(&udp);
+    assert_eq!((new_flows(&fx, "dns"), new_flows(&fx, "web")), (1, 1));
+    // Past the UDP timeout (the coarse clock ticks in jiffies) but well within TCP's.
+    std::thread::sleep(std::time::Duration::from_millis(1600));
+    let ack = Spec { l4: L4::Tcp { flags: TCP_ACK, seq: 1001, ack: 1 }, ..syn() };
+    let (verdict, _) = fx.from_client(&ack);
+    assert_eq!(verdict, XDP_REDIRECT);
+    let (verdict, _) = fx.from_client(&udp);
+    assert_eq!(verdict, XDP_REDIRECT);
+    assert_eq!(new_flows(&fx, "web"), 1, "the TCP flow must still be live");
+    assert_eq!(new_flows(&fx, "dns"), 2, "the idle UDP flow must have expired");
+    assert_eq!(fx.global(stat::CONN_EXPIRED), 1);
+}
