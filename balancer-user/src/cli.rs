@@ -160,9 +160,12 @@ fn parse_xdp_mode(s: &str) -> Result<XdpMode, String> {
     s.parse::<XdpMode>().map_err(|e| e.to_string())
 }
 
+/// Turns the agent's status after a request into what the CLI prints.
+type Render = Box<dyn Fn(&Status) -> String>;
+
 /// Runs a client command against the agent and returns what to print.
 pub fn client(socket: PathBuf, command: Command) -> Result<String, ClientError> {
-    let (request, render): (Request, Box<dyn Fn(&Status) -> String>) = match command {
+    let (request, render): (Request, Render) = match command {
         Command::Run { .. } => unreachable!("run is not a client command"),
         Command::Status { json: true } => (
             Request::Status,

@@ -132,7 +132,7 @@ pub fn build(spec: &Spec) -> Vec<u8> {
 
     let ihl = 20 + spec.ip_options.len();
     assert!(
-        ihl % 4 == 0 && ihl <= 60,
+        ihl.is_multiple_of(4) && ihl <= 60,
         "IPv4 options must pad to 4 bytes"
     );
     let mut ip = Vec::with_capacity(ihl);

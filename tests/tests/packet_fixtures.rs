@@ -159,7 +159,7 @@ impl Fixture {
         (result.return_value, out)
     }
 
-    fn from_client(&mut self, spec: &Spec) -> (u32, Vec<u8>) {
+    fn send_from_client(&mut self, spec: &Spec) -> (u32, Vec<u8>) {
         let frame = wire::build(spec);
         let ingress = self.client_if;
         self.run(&frame, ingress)
@@ -220,7 +220,7 @@ fn assert_nat_forward(out: &wire::Parsed, input: &Spec, backend: Ipv4Addr, backe
 fn syn_to_vip_is_translated_to_the_backend() {
     let mut fx = Fixture::new();
     let spec = syn();
-    let (verdict, out) = fx.from_client(&spec);
+    let (verdict, out) = fx.send_from_client(&spec);
     assert_eq!(verdict, XDP_REDIRECT, "SYN to the VIP: verdict");
     let out = parsed(&out);
     assert_nat_forward(&out, &spec, WEB_BACKEND, WEB_BACKEND_MAC);
@@ -241,7 +241,7 @@ fn syn_to_vip_is_translated_to_the_backend() {
 #[test]
 fn reply_is_translated_back_to_the_client() {
     let mut fx = Fixture::new();
-    let (_, out) = fx.from_client(&syn());
+    let (_, out) = fx.send_from_client(&syn());
     let fwd = parsed(&out);
     let reply = Spec {
         src_mac: WEB_BACKEND_MAC,
@@ -285,7 +285,7 @@ fn reply_is_translated_back_to_the_client() {
 #[test]
 fn later_packets_of_a_flow_keep_backend_and_port() {
     let mut fx = Fixture::new();
-    let (_, first) = fx.from_client(&syn());
+    let (_, first) = fx.send_from_client(&syn());
     let ack = Spec {
         l4: L4::Tcp {
             flags: TCP_ACK,
@@ -294,7 +294,7 @@ fn later_packets_of_a_flow_keep_backend_and_port() {
         },
         ..syn()
     };
-    let (verdict, second) = fx.from_client(&ack);
+    let (verdict, second) = fx.send_from_client(&ack);
     assert_eq!(verdict, XDP_REDIRECT);
     let (first, second) = (parsed(&first), parsed(&second));
     assert_eq!(
@@ -306,7 +306,7 @@ fn later_packets_of_a_flow_keep_backend_and_port() {
         sport: 40001,
         ..syn()
     };
-    let (_, third) = fx.from_client(&other);
+    let (_, third) = fx.send_from_client(&other);
     assert_ne!(
         parsed(&third).sport,
         first.sport,
@@ -326,7 +326,7 @@ fn later_packets_of_a_flow_keep_backend_and_port() {
 #[test]
 fn fin_then_syn_on_same_tuple_starts_a_new_flow_but_fin_alone_does_not() {
     let mut fx = Fixture::new();
-    let (_, first) = fx.from_client(&syn());
+    let (_, first) = fx.send_from_client(&syn());
     let fin = Spec {
         l4: L4::Tcp {
             flags: TCP_FIN | TCP_ACK,
@@ -335,14 +335,14 @@ fn fin_then_syn_on_same_tuple_starts_a_new_flow_but_fin_alone_does_not() {
         },
         ..syn()
     };
-    let (verdict, after_fin) = fx.from_client(&fin);
+    let (verdict, after_fin) = fx.send_from_client(&fin);
     assert_eq!(verdict, XDP_REDIRECT);
     assert_eq!(
         parsed(&after_fin).sport,
         parsed(&first).sport,
         "FIN belongs to the flow"
     );
-    let (_, again) = fx.from_client(&syn());
+    let (_, again) = fx.send_from_client(&syn());
     assert_eq!(parsed(&again).dst, WEB_BACKEND);
     let web = fx
         .lb
@@ -367,7 +367,7 @@ fn udp_to_vip_is_translated_and_zero_checksum_stays_zero() {
         payload: b"query".to_vec(),
         ..syn()
     };
-    let (verdict, out) = fx.from_client(&spec);
+    let (verdict, out) = fx.send_from_client(&spec);
     assert_eq!(verdict, XDP_REDIRECT);
     let out = parsed(&out);
     assert_nat_forward(&out, &spec, DNS_BACKEND, DNS_BACKEND_MAC);
@@ -378,7 +378,7 @@ fn udp_to_vip_is_translated_and_zero_checksum_stays_zero() {
         l4: L4::Udp { checksum: false },
         ..spec
     };
-    let (verdict, out) = fx.from_client(&spec);
+    let (verdict, out) = fx.send_from_client(&spec);
     assert_eq!(verdict, XDP_REDIRECT);
     assert_eq!(
         parsed(&out).l4_checksum_ok,
@@ -503,7 +503,7 @@ fn vlan_tagged_syn_is_translated_and_keeps_its_tag() {
         vlan: Some(0x2064),
         ..syn()
     };
-    let (verdict, out) = fx.from_client(&spec);
+    let (verdict, out) = fx.send_from_client(&spec);
     assert_eq!(verdict, XDP_REDIRECT);
     let out = parsed(&out);
     assert_eq!(out.vlan, Some(0x2064), "802.1Q tag must be kept");
@@ -517,7 +517,7 @@ fn ipv4_options_are_skipped_and_kept() {
         ip_options: vec![1, 1, 1, 0],
         ..syn()
     };
-    let (verdict, out) = fx.from_client(&spec);
+    let (verdict, out) = fx.send_from_client(&spec);
     assert_eq!(verdict, XDP_REDIRECT);
     assert_nat_forward(&parsed(&out), &spec, WEB_BACKEND, WEB_BACKEND_MAC);
     assert_eq!(out[14] & 0x0f, 6, "IHL with options must be kept");
@@ -526,7 +526,7 @@ fn ipv4_options_are_skipped_and_kept() {
 #[test]
 fn vip_without_backends_drops_new_flows() {
     let mut fx = Fixture::new();
-    let (verdict, _) = fx.from_client(&Spec { dport: 81, ..syn() });
+    let (verdict, _) = fx.send_from_client(&Spec { dport: 81, ..syn() });
     assert_eq!(verdict, XDP_DROP);
     assert_eq!(fx.global(stat::DROP_NO_BACKEND), 1);
 }
@@ -555,22 +555,45 @@ fn idle_flows_expire_per_protocol() {
         udp: std::time::Duration::from_secs(1),
         tcp_closing: std::time::Duration::from_secs(1),
     });
-    let udp = Spec { dport: 5300, l4: L4::Udp { checksum: true }, ..syn() };
-    let new_flows = |fx: &Fixture, vip: &str| {
-        fx.lb.status().unwrap().vips.into_iter().find(|v| v.name == vip).unwrap().counters.new_flows
+    let udp = Spec {
+        dport: 5300,
+        l4: L4::Udp { checksum: true },
+        ..syn()
     };
-    fx.from_client(&udp);
-    fx.from_client(&syn());
-    fx.from_client(&udp);
+    let new_flows = |fx: &Fixture, vip: &str| {
+        fx.lb
+            .status()
+            .unwrap()
+            .vips
+            .into_iter()
+            .find(|v| v.name == vip)
+            .unwrap()
+            .counters
+            .new_flows
+    };
+    fx.send_from_client(&udp);
+    fx.send_from_client(&syn());
+    fx.send_from_client(&udp);
     assert_eq!((new_flows(&fx, "dns"), new_flows(&fx, "web")), (1, 1));
     // Past the UDP timeout (the coarse clock ticks in jiffies) but well within TCP's.
     std::thread::sleep(std::time::Duration::from_millis(1600));
-    let ack = Spec { l4: L4::Tcp { flags: TCP_ACK, seq: 1001, ack: 1 }, ..syn() };
-    let (verdict, _) = fx.from_client(&ack);
+    let ack = Spec {
+        l4: L4::Tcp {
+            flags: TCP_ACK,
+            seq: 1001,
+            ack: 1,
+        },
+        ..syn()
+    };
+    let (verdict, _) = fx.send_from_client(&ack);
     assert_eq!(verdict, XDP_REDIRECT);
-    let (verdict, _) = fx.from_client(&udp);
+    let (verdict, _) = fx.send_from_client(&udp);
     assert_eq!(verdict, XDP_REDIRECT);
     assert_eq!(new_flows(&fx, "web"), 1, "the TCP flow must still be live");
-    assert_eq!(new_flows(&fx, "dns"), 2, "the idle UDP flow must have expired");
+    assert_eq!(
+        new_flows(&fx, "dns"),
+        2,
+        "the idle UDP flow must have expired"
+    );
     assert_eq!(fx.global(stat::CONN_EXPIRED), 1);
 }

@@ -1,0 +1,71 @@
+//! Test support for the balancer: network-namespace topologies, test servers, an agent driver and client helpers.
+//!
+//! Every end-to-end test builds its own hosts out of network namespaces and veth pairs
+//! (see `shared/TESTNET.md`):
+//!
+//! ```text
+//!  client ns ──veth── lb ns ──veth── switch ns (Linux bridge br0) ──veth── backend ns 1..N
+//! ```
+//!
+//! A typical test:
+//!
+//! ```no_run
+//! use balancer_tests::{default_config, require_root, Agent, Topology};
+//! use std::time::Duration;
+//!
+//! require_root();
+//! let topo = Topology::new(3).unwrap();
+//! let _servers = topo.start_backends().unwrap();
+//! let agent = Agent::start(&topo, &default_config(&topo, "maglev")).unwrap();
+//! let client = topo.client_ns().unwrap();
+//! let name = client.http_get(Topology::vip_http(), Duration::from_secs(2)).unwrap();
+//! assert!(name.starts_with('b'));
+//! # drop(agent);
+//! ```
+//!
+//! Everything cleans up after itself through `Drop` guards, also when a test panics.
+
+pub mod agent;
+pub mod client;
+pub mod netns;
+pub mod servers;
+pub mod topology;
+pub mod util;
+pub mod wire;
+
+pub use agent::{balancer_cli, balancer_path, config_for, default_config, Agent, CliOutput};
+pub use client::{
+    http_get, http_get_many, http_request, udp_request, udp_request_many, ClientNs, HttpResponse,
+    KeepAlive, Tally, DEFAULT_TIMEOUT,
+};
+pub use netns::{Netns, NsThread};
+pub use servers::{testsrv_path, Servers};
+pub use topology::{
+    Topology, CLIENT_ADDR, HTTP_PORT, LB_BACKEND_ADDR, LB_CLIENT_ADDR, LB_INTERFACES, UDP_PORT, VIP,
+};
+
+use std::process::{Command, Stdio};
+
+/// Panics with a clear message unless the process runs as root and iproute2's `ip` exists.
+///
+/// The end-to-end tests never skip silently: CI runs them as root, and a skipped test there
+/// would hide a broken balancer.
+pub fn require_root() {
+    const HOW: &str = "these tests need root and iproute2 to create network namespaces; \
+                       run them with `cargo xtask test` as root";
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    if euid != 0 {
+        panic!("{HOW} (effective uid is {euid}, not 0)");
+    }
+    let ip_ok = Command::new("ip")
+        .arg("-V")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !ip_ok {
+        panic!("{HOW} (`ip -V` could not be run: is iproute2 installed and in PATH?)");
+    }
+}

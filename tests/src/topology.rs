@@ -1,0 +1,301 @@
+//! The client / lb / switch / backends test network, built from namespaces and veth pairs and torn down on drop.
+
+use crate::client::ClientNs;
+use crate::netns::{unique_prefix, Netns};
+use crate::util::{SerialGuard, TempDir};
+use anyhow::{bail, Context, Result};
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::path::{Path, PathBuf};
+
+/// Address of the client (`cli0` in the client namespace).
+pub const CLIENT_ADDR: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 2);
+/// Balancer address on the client side (`lbc0`); the client's route to the VIPs points here.
+pub const LB_CLIENT_ADDR: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 1);
+/// Balancer address on the backend side (`lbs0`); the NAT source address backends reply to.
+pub const LB_BACKEND_ADDR: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 1);
+/// The virtual IP clients connect to (inside 10.0.100.0/24, routed to the balancer).
+pub const VIP: Ipv4Addr = Ipv4Addr::new(10, 0, 100, 1);
+/// Port of the HTTP (TCP) VIP and of the backends' HTTP servers.
+pub const HTTP_PORT: u16 = 80;
+/// Port of the UDP VIP and of the backends' UDP servers.
+pub const UDP_PORT: u16 = 5300;
+/// The balancer's interfaces in the lb namespace: client side, backend side.
+pub const LB_INTERFACES: [&str; 2] = ["lbc0", "lbs0"];
+
+/// Largest number of backends (addresses 10.0.2.11 ..= 10.0.2.(10+N)).
+const MAX_BACKENDS: usize = 200;
+
+/// A test network:
+///
+/// ```text
+///  client ns ──veth── lb ns ──veth── switch ns (Linux bridge br0) ──veth── backend ns 1..N
+///  cli0 10.0.1.2     lbc0 10.0.1.1   swlb, sw1..swN                     eth0 10.0.2.(10+i)
+///                    lbs0 10.0.2.1
+/// ```
+///
+/// The client routes 10.0.100.0/24 (the VIPs) via the lb; the lb forwards (sysctl) and
+/// holds both subnets; backends only know their own subnet (NAT mode). Nothing is created
+/// in the root namespace. Dropping the topology deletes every namespace (and so every
+/// interface), also when building it failed halfway.
+///
+/// Only one topology exists at a time per process: `new` waits for the previous one to be
+/// dropped (see [`SerialGuard`]). Never hold two in one thread.
+pub struct Topology {
+    prefix: String,
+    // Fields drop in declaration order: namespaces first, then the run dir, then the lock.
+    backends: Vec<Netns>,
+    switch: Netns,
+    lb: Netns,
+    client: Netns,
+    run_dir: TempDir,
+    _serial: SerialGuard,
+}
+
+impl Topology {
+    /// Builds the topology with `n_backends` backend namespaces (1-based: `b1`..`bN`).
+    pub fn new(n_backends: usize) -> Result<Topology> {
+        if n_backends == 0 || n_backends > MAX_BACKENDS {
+            bail!("a topology needs 1..={MAX_BACKENDS} backends, not {n_backends}");
+        }
+        let serial = SerialGuard::acquire();
+        let prefix = unique_prefix();
+        let run_dir = TempDir::new(&prefix)?;
+        // Each Netns deletes itself if a later step fails and returns early.
+        let client = Netns::new(&format!("{prefix}-cli"))?;
+        let lb = Netns::new(&format!("{prefix}-lb"))?;
+        let switch = Netns::new(&format!("{prefix}-sw"))?;
+        let backends = (1..=n_backends)
+            .map(|i| Netns::new(&format!("{prefix}-b{i}")))
+            .collect::<Result<Vec<_>>>()?;
+        let topo = Topology {
+            prefix,
+            backends,
+            switch,
+            lb,
+            client,
+            run_dir,
+            _serial: serial,
+        };
+        topo.wire()
+            .with_context(|| format!("building test topology {}", topo.prefix))?;
+        Ok(topo)
+    }
+
+    fn wire(&self) -> Result<()> {
+        let (c, l, s) = (&self.client, &self.lb, &self.switch);
+
+        // Links: each veth is created in one test namespace with its peer in another.
+        c.ip(&[
+            "link",
+            "add",
+            "cli0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "lbc0",
+            "netns",
+            l.name(),
+        ])?;
+        l.ip(&[
+            "link",
+            "add",
+            "lbs0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "swlb",
+            "netns",
+            s.name(),
+        ])?;
+        s.ip(&["link", "add", "br0", "type", "bridge"])?;
+        s.ip(&["link", "set", "swlb", "master", "br0"])?;
+        for (idx, b) in self.backends.iter().enumerate() {
+            let sw = format!("sw{}", idx + 1);
+            s.ip(&[
+                "link",
+                "add",
+                &sw,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                b.name(),
+            ])?;
+            s.ip(&["link", "set", &sw, "master", "br0"])?;
+        }
+
+        // Addresses.
+        c.ip(&["addr", "add", &format!("{CLIENT_ADDR}/24"), "dev", "cli0"])?;
+        l.ip(&[
+            "addr",
+            "add",
+            &format!("{LB_CLIENT_ADDR}/24"),
+            "dev",
+            "lbc0",
+        ])?;
+        l.ip(&[
+            "addr",
+            "add",
+            &format!("{LB_BACKEND_ADDR}/24"),
+            "dev",
+            "lbs0",
+        ])?;
+        for (idx, b) in self.backends.iter().enumerate() {
+            let addr = self.backend_addr(idx + 1);
+            b.ip(&["addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;
+        }
+
+        // Forwarding in the lb namespace (sysctls of net.* are per namespace).
+        l.run(&["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])?;
+        l.run(&["sysctl", "-q", "-w", "net.ipv4.conf.all.forwarding=1"])?;
+
+        // veth + XDP gotchas (shared/TOOLCHAIN.md): senders must put full checksums in
+        // packets that XDP forwards, and the peers of the balancer's veths must have GRO
+        // on, or XDP_REDIRECT into the veth delivers nothing.
+        c.run(&["ethtool", "-K", "cli0", "tx", "off"])?;
+        c.run(&["ethtool", "-K", "cli0", "gro", "on"])?;
+        s.run(&["ethtool", "-K", "swlb", "gro", "on"])?;
+        for b in &self.backends {
+            b.run(&["ethtool", "-K", "eth0", "tx", "off"])?;
+        }
+
+        // Everything up.
+        for ns in self.all_namespaces() {
+            ns.ip(&["link", "set", "lo", "up"])?;
+        }
+        c.ip(&["link", "set", "cli0", "up"])?;
+        l.ip(&["link", "set", "lbc0", "up"])?;
+        l.ip(&["link", "set", "lbs0", "up"])?;
+        s.ip(&["link", "set", "br0", "up"])?;
+        s.ip(&["link", "set", "swlb", "up"])?;
+        for idx in 1..=self.backends.len() {
+            s.ip(&["link", "set", &format!("sw{idx}"), "up"])?;
+        }
+        for b in &self.backends {
+            b.ip(&["link", "set", "eth0", "up"])?;
+        }
+
+        // The client reaches the VIP range through the balancer; backends get no route.
+        c.ip(&[
+            "route",
+            "add",
+            "10.0.100.0/24",
+            "via",
+            &LB_CLIENT_ADDR.to_string(),
+        ])?;
+        Ok(())
+    }
+
+    fn all_namespaces(&self) -> impl Iterator<Item = &Netns> {
+        [&self.client, &self.lb, &self.switch]
+            .into_iter()
+            .chain(self.backends.iter())
+    }
+
+    /// The prefix shared by this topology's namespace names (`blt{pid}-{n}`).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The client namespace (`cli0`, 10.0.1.2/24).
+    pub fn client(&self) -> &Netns {
+        &self.client
+    }
+
+    /// The balancer's namespace (`lbc0` 10.0.1.1/24, `lbs0` 10.0.2.1/24, forwarding on).
+    pub fn lb(&self) -> &Netns {
+        &self.lb
+    }
+
+    /// The switch namespace (bridge `br0` with ports `swlb`, `sw1`..`swN`).
+    pub fn switch(&self) -> &Netns {
+        &self.switch
+    }
+
+    /// The backend namespaces, in order (index 0 is backend 1).
+    pub fn backends(&self) -> &[Netns] {
+        &self.backends
+    }
+
+    /// Backend `i` (1-based).
+    pub fn backend(&self, i: usize) -> &Netns {
+        self.check_index(i);
+        &self.backends[i - 1]
+    }
+
+    /// Number of backend namespaces.
+    pub fn n_backends(&self) -> usize {
+        self.backends.len()
+    }
+
+    /// Address of backend `i` (1-based): 10.0.2.(10+i).
+    pub fn backend_addr(&self, i: usize) -> Ipv4Addr {
+        self.check_index(i);
+        Ipv4Addr::new(10, 0, 2, 10 + i as u8)
+    }
+
+    /// Name backend `i` answers with (`b{i}`).
+    pub fn backend_name(&self, i: usize) -> String {
+        self.check_index(i);
+        format!("b{i}")
+    }
+
+    /// The index of the backend that answers with `name` (`"b2"` -> 2).
+    pub fn backend_index(&self, name: &str) -> Option<usize> {
+        let i: usize = name.strip_prefix('b')?.parse().ok()?;
+        (1..=self.backends.len()).contains(&i).then_some(i)
+    }
+
+    /// `ADDR:80` of backend `i`, as the CLI takes it (`10.0.2.12:80`).
+    pub fn backend_http(&self, i: usize) -> SocketAddrV4 {
+        SocketAddrV4::new(self.backend_addr(i), HTTP_PORT)
+    }
+
+    /// `ADDR:5300` of backend `i`.
+    pub fn backend_udp(&self, i: usize) -> SocketAddrV4 {
+        SocketAddrV4::new(self.backend_addr(i), UDP_PORT)
+    }
+
+    /// The balancer's interfaces: `["lbc0", "lbs0"]`.
+    pub fn lb_interfaces(&self) -> [&'static str; 2] {
+        LB_INTERFACES
+    }
+
+    /// The HTTP VIP, 10.0.100.1:80.
+    pub fn vip_http() -> SocketAddrV4 {
+        SocketAddrV4::new(VIP, HTTP_PORT)
+    }
+
+    /// The UDP VIP, 10.0.100.1:5300.
+    pub fn vip_udp() -> SocketAddrV4 {
+        SocketAddrV4::new(VIP, UDP_PORT)
+    }
+
+    /// A directory private to this topology, removed on drop.
+    pub fn run_dir(&self) -> &Path {
+        self.run_dir.path()
+    }
+
+    /// The agent control socket path for this topology (in [`Topology::run_dir`]); used
+    /// by [`crate::default_config`] and [`crate::Agent::start`].
+    pub fn control_socket(&self) -> PathBuf {
+        self.run_dir.path().join("balancer.sock")
+    }
+
+    /// A worker thread inside the client namespace with the client helpers.
+    pub fn client_ns(&self) -> Result<ClientNs> {
+        ClientNs::new(&self.client)
+    }
+
+    fn check_index(&self, i: usize) {
+        assert!(
+            (1..=self.backends.len()).contains(&i),
+            "backend index {i} out of range 1..={}",
+            self.backends.len()
+        );
+    }
+}
