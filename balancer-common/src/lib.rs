@@ -75,7 +75,14 @@ pub struct VipMeta {
     pub ring_base: u32,
     /// Slots in use from `ring_base`; 0 means no backend can take new flows.
     pub ring_size: u32,
+    /// `VIP_F_*` bits.
+    pub flags: u32,
+    pub _pad: u32,
 }
+
+/// New flows of a VIP with no usable backend go to the stack (`XDP_PASS`) instead of
+/// being dropped (`on_all_down = "pass"`).
+pub const VIP_F_PASS_ALL_DOWN: u32 = 1;
 
 /// Value of `BACKENDS` (indexed by backend id).
 #[repr(C)]
@@ -94,6 +101,9 @@ pub struct Backend {
 
 /// The backend slot holds a configured backend.
 pub const BACKEND_F_PRESENT: u32 = 1;
+/// The backend is down and its pinned flows must move (`on_backend_down = "shutdown"`): a
+/// connection-table hit on it is treated as a miss and the flow is scheduled again.
+pub const BACKEND_F_RESCHEDULE: u32 = 2;
 
 /// Key of both connection tables. In `CONNS` it is the client's tuple as received
 /// (client -> VIP); in `NAT` it is the reply's tuple as received (backend -> SNAT address).
@@ -215,7 +225,11 @@ pub mod stat {
     pub const NAT_REPLY: u32 = 12;
     /// A flow table entry found expired and replaced.
     pub const CONN_EXPIRED: u32 = 13;
-    pub const COUNT: u32 = 14;
+    /// A flow moved off a backend that went down (`on_backend_down = "shutdown"`).
+    pub const CONN_RESCHEDULED: u32 = 14;
+    /// Passed: a new flow for a VIP whose backends are all down, with `on_all_down = "pass"`.
+    pub const PASS_ALL_DOWN: u32 = 15;
+    pub const COUNT: u32 = 16;
 
     /// Human names, indexed like the constants.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -233,6 +247,8 @@ pub mod stat {
         "pass_fragment",
         "nat_reply",
         "conn_expired",
+        "conn_rescheduled",
+        "pass_all_down",
     ];
 }
 
@@ -245,7 +261,7 @@ pub struct RrState {
 }
 
 const _: () = assert!(core::mem::size_of::<VipKey>() == 8);
-const _: () = assert!(core::mem::size_of::<VipMeta>() == 16);
+const _: () = assert!(core::mem::size_of::<VipMeta>() == 24);
 const _: () = assert!(core::mem::size_of::<Backend>() == 16);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 16);
 const _: () = assert!(core::mem::size_of::<Conn>() == 32);

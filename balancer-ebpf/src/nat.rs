@@ -2,13 +2,14 @@
 //! backend -> SNAT address:port becomes VIP -> client. Allocates the SNAT port of a new flow
 //! and keeps IPv4 and TCP/UDP checksums right by incremental updates.
 use aya_ebpf::{
-    bindings::{BPF_ANY, BPF_NOEXIST},
+    bindings::{xdp_action, BPF_ANY, BPF_NOEXIST},
     helpers::bpf_ktime_get_coarse_ns,
     programs::XdpContext,
 };
 use balancer_common::{
-    stat, Backend, Conn, FlowKey, NatEntry, Settings, VipMeta, BACKEND_F_PRESENT, FLOW_CLOSING,
-    PROTO_TCP, PROTO_UDP, SNAT_PORT_PROBES,
+    stat, Backend, Conn, FlowKey, NatEntry, Settings, VipMeta, BACKEND_F_PRESENT,
+    BACKEND_F_RESCHEDULE, FLOW_CLOSING, PROTO_TCP, PROTO_UDP, SNAT_PORT_PROBES,
+    VIP_F_PASS_ALL_DOWN,
 };
 use network_types::ip::Ipv4Hdr;
 
@@ -38,20 +39,30 @@ pub fn to_backend(ctx: &XdpContext, pkt: &Packet, vip: &VipMeta) -> Result<u32, 
     // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
 
-    let mut new_flow = false;
-    let conn = match CONNS.get_ptr_mut(&pkt.key) {
-        // SAFETY: map value pointer, read whole.
-        Some(entry) if conntrack::is_live(unsafe { &*entry }, pkt, settings, now) => {
-            conntrack::touch(entry, pkt, now);
-            unsafe { *entry }
-        }
-        stale => {
-            if stale.is_some() {
+    let live = match CONNS.get_ptr_mut(&pkt.key) {
+        Some(entry) => {
+            // SAFETY: map value pointer, copied out whole.
+            let conn = unsafe { *entry };
+            if !conntrack::is_live(&conn, pkt, settings, now) {
                 stats::count(stat::CONN_EXPIRED);
+                None
+            } else if must_move(&conn) {
+                stats::count(stat::CONN_RESCHEDULED);
+                None
+            } else {
+                conntrack::touch(entry, pkt, now);
+                Some(conn)
             }
-            new_flow = true;
-            schedule(pkt, vip, settings, now)?
         }
+        None => None,
+    };
+    let new_flow = live.is_none();
+    let conn = match live {
+        Some(conn) => conn,
+        None => match schedule(pkt, vip, settings, now)? {
+            Some(conn) => conn,
+            None => return all_down(vip),
+        },
     };
 
     stats::count_flow(
@@ -79,19 +90,43 @@ pub fn to_backend(ctx: &XdpContext, pkt: &Packet, vip: &VipMeta) -> Result<u32, 
     )
 }
 
-/// A new flow: pick a backend, allocate a SNAT port, record both directions.
+/// Is the flow's backend down with a policy that moves its flows?
+#[inline(always)]
+fn must_move(conn: &Conn) -> bool {
+    BACKENDS
+        .get(conn.backend_id)
+        .is_some_and(|b| b.flags & BACKEND_F_RESCHEDULE != 0)
+}
+
+/// No backend can take a new flow: drop it, or pass it to the stack if the VIP says so.
+#[inline(always)]
+fn all_down(vip: &VipMeta) -> Result<u32, DropReason> {
+    if vip.flags & VIP_F_PASS_ALL_DOWN != 0 {
+        stats::count(stat::PASS_ALL_DOWN);
+        Ok(xdp_action::XDP_PASS)
+    } else {
+        Err(stat::DROP_NO_BACKEND)
+    }
+}
+
+/// A new flow: pick a backend, allocate a SNAT port, record both directions. `None` when
+/// the VIP has no usable backend.
 #[inline(always)]
 fn schedule(
     pkt: &Packet,
     vip: &VipMeta,
     settings: &Settings,
     now: u64,
-) -> Result<Conn, DropReason> {
+) -> Result<Option<Conn>, DropReason> {
     let hash = select::flow_hash(&pkt.key);
-    let backend_id = select::pick_backend(vip, hash).ok_or(stat::DROP_NO_BACKEND)?;
-    let backend = *BACKENDS.get(backend_id).ok_or(stat::DROP_NO_BACKEND)?;
+    let Some(backend_id) = select::pick_backend(vip, hash) else {
+        return Ok(None);
+    };
+    let Some(backend) = BACKENDS.get(backend_id).copied() else {
+        return Ok(None);
+    };
     if backend.flags & BACKEND_F_PRESENT == 0 {
-        return Err(stat::DROP_NO_BACKEND);
+        return Ok(None);
     }
     let state = if pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
         FLOW_CLOSING
@@ -112,7 +147,7 @@ fn schedule(
     CONNS
         .insert(&pkt.key, &conn, BPF_ANY as u64)
         .map_err(|_| stat::DROP_CONN_TABLE)?;
-    Ok(conn)
+    Ok(Some(conn))
 }
 
 /// Claims a free SNAT port towards `backend` for this flow: a hash-chosen start in the

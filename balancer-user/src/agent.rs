@@ -18,11 +18,15 @@ use tokio::{
     sync::{mpsc, oneshot},
 };
 
+use std::{collections::HashSet, net::SocketAddrV4};
+
 use crate::{
     balancer::Balancer,
     config::{self, XdpMode},
     control::{self, Request, Response},
+    health::{Checker, HealthEvent},
     maps::AyaMaps,
+    maps::Maps,
 };
 
 /// The XDP object built by `cargo xtask build-ebpf`, embedded at compile time.
@@ -129,6 +133,10 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     );
     let (jobs_tx, mut jobs) = mpsc::channel::<Job>(64);
     tokio::spawn(accept_loop(listener, jobs_tx));
+    let (health_tx, mut health) = mpsc::channel::<HealthEvent>(1024);
+    let mut checker = Checker::new(health_tx);
+    let mut checked = HashSet::new();
+    sync_checks(&lb, &mut checker, &mut checked);
 
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
@@ -136,7 +144,13 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         tokio::select! {
             Some((request, reply)) = jobs.recv() => {
                 let response = control::handle(&mut lb, request);
+                sync_checks(&lb, &mut checker, &mut checked);
                 let _ = reply.send(response);
+            }
+            Some(event) = health.recv() => {
+                if let Err(e) = lb.record_health(&event) {
+                    log::error!("pool {}: backend {}: applying health {:?}: {e}", event.pool, event.backend, event.health);
+                }
             }
             _ = sigterm.recv() => { log::info!("SIGTERM: detaching"); break; }
             _ = sigint.recv() => { log::info!("SIGINT: detaching"); break; }
@@ -148,6 +162,28 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     drop(ebpf);
     log::info!("stopped");
     Ok(())
+}
+
+/// Starts checks for backends that gained one and stops those of removed backends.
+fn sync_checks<M: Maps>(
+    lb: &Balancer<M>,
+    checker: &mut Checker,
+    running: &mut HashSet<(String, SocketAddrV4)>,
+) {
+    let wanted = lb.checks();
+    let keys: HashSet<(String, SocketAddrV4)> = wanted
+        .iter()
+        .map(|(pool, addr, ..)| (pool.clone(), *addr))
+        .collect();
+    for (pool, addr) in running.difference(&keys) {
+        checker.stop(pool, *addr);
+    }
+    for (pool, addr, check, health) in &wanted {
+        if !running.contains(&(pool.clone(), *addr)) {
+            checker.start(pool, *addr, check, *health);
+        }
+    }
+    *running = keys;
 }
 
 fn bind_socket(path: &Path) -> anyhow::Result<UnixListener> {

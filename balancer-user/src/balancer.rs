@@ -4,17 +4,22 @@
 use std::{
     collections::{BTreeMap, VecDeque},
     net::{Ipv4Addr, SocketAddrV4, UdpSocket},
+    time::Instant,
 };
 
 use balancer_common::{
-    stat, Backend, FlowStats, Settings, VipKey, VipMeta, BACKEND_F_PRESENT, MAX_BACKENDS,
-    MAX_RING_SIZE, MAX_VIPS, NO_BACKEND, PROTO_TCP, PROTO_UDP, RING_SLICES_PER_VIP, SCHED_MAGLEV,
-    SCHED_ROUND_ROBIN,
+    stat, Backend, FlowStats, Settings, VipKey, VipMeta, BACKEND_F_PRESENT, BACKEND_F_RESCHEDULE,
+    MAX_BACKENDS, MAX_RING_SIZE, MAX_VIPS, NO_BACKEND, PROTO_TCP, PROTO_UDP, RING_SLICES_PER_VIP,
+    SCHED_MAGLEV, SCHED_ROUND_ROBIN, VIP_F_PASS_ALL_DOWN,
 };
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    config::{self, Config, NatConfig, Protocol, Scheduler, Timeouts, VipConfig},
+    config::{
+        self, AllDownPolicy, CheckConfig, Config, DownPolicy, NatConfig, PoolConfig, Protocol,
+        Scheduler, Timeouts, VipConfig,
+    },
+    health::{Health, HealthEvent},
     maps::{Maps, MapsError},
     ring::{self, RingBackend},
 };
@@ -117,9 +122,19 @@ pub struct VipStatus {
     pub scheduler: Scheduler,
     pub ring_size: u32,
     pub pool: String,
-    /// Backends that take new flows (weight > 0).
+    /// Backends that take new flows (weight > 0 and up).
     pub active_backends: usize,
+    /// What new flows get when no backend is usable.
+    pub on_all_down: AllDownPolicy,
     pub counters: Counters,
+}
+
+/// The newest health check of a backend.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LastCheck {
+    pub ok: bool,
+    pub latency_ms: f64,
+    pub reason: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -127,14 +142,23 @@ pub struct BackendStatus {
     pub address: Ipv4Addr,
     pub port: u16,
     pub weight: u32,
-    /// "active" or "drained" (weight 0).
+    /// "active", "drained" (weight 0) or "down" (failed its health checks).
     pub state: String,
+    pub health: Health,
+    /// Check type ("none", "tcp", "http", "udp").
+    pub check: String,
+    pub last_check: Option<LastCheck>,
+    /// Seconds since the health last changed (or since the backend was added).
+    pub since_change_secs: f64,
+    /// Why the health last changed.
+    pub change_reason: String,
     pub counters: Counters,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PoolStatus {
     pub name: String,
+    pub on_backend_down: DownPolicy,
     pub backends: Vec<BackendStatus>,
 }
 
@@ -152,11 +176,28 @@ struct PoolBackend {
     addr: SocketAddrV4,
     weight: u32,
     id: u32,
+    /// Source address the data plane uses towards this backend.
+    snat_addr: Ipv4Addr,
+    check: CheckConfig,
+    health: Health,
+    last_check: Option<LastCheck>,
+    changed_at: Instant,
+    change_reason: String,
+}
+
+impl PoolBackend {
+    /// Takes new flows: not drained and not down.
+    fn usable(&self) -> bool {
+        self.weight > 0 && self.health == Health::Up
+    }
 }
 
 #[derive(Clone, Debug, Default)]
 struct Pool {
     backends: Vec<PoolBackend>,
+    /// Check of backends added later (from the CLI).
+    check: CheckConfig,
+    on_backend_down: DownPolicy,
 }
 
 #[derive(Clone, Debug)]
@@ -262,9 +303,10 @@ impl<M: Maps> Balancer<M> {
         };
         let mut lb = Self::new(maps, &settings(&config.timeouts, &config.nat), snat)?;
         for pool in &config.pools {
-            lb.add_pool(&pool.name)?;
+            lb.configure_pool(pool)?;
             for b in &pool.backends {
-                lb.add_backend(&pool.name, SocketAddrV4::new(b.address, b.port), b.weight)?;
+                let addr = SocketAddrV4::new(b.address, b.port);
+                lb.insert_backend(&pool.name, addr, b.weight, b.check.clone())?;
             }
         }
         for vip in &config.vips {
@@ -286,6 +328,15 @@ impl<M: Maps> Balancer<M> {
             });
         }
         self.pools.entry(name.to_string()).or_default();
+        Ok(())
+    }
+
+    /// Creates a pool (if needed) with the configuration's check and down policy.
+    pub fn configure_pool(&mut self, config: &PoolConfig) -> Result<(), BalancerError> {
+        self.add_pool(&config.name)?;
+        let pool = self.pools.get_mut(&config.name).expect("just added");
+        pool.check = config.check.clone();
+        pool.on_backend_down = config.on_backend_down;
         Ok(())
     }
 
@@ -372,11 +423,24 @@ impl<M: Maps> Balancer<M> {
         }
     }
 
+    /// Adds a backend with its pool's health check.
     pub fn add_backend(
         &mut self,
         target: &str,
         addr: SocketAddrV4,
         weight: u32,
+    ) -> Result<(), BalancerError> {
+        let pool_name = self.pool_name(target)?;
+        let check = self.pools[&pool_name].check.clone();
+        self.insert_backend(&pool_name, addr, weight, check)
+    }
+
+    fn insert_backend(
+        &mut self,
+        target: &str,
+        addr: SocketAddrV4,
+        weight: u32,
+        check: CheckConfig,
     ) -> Result<(), BalancerError> {
         let pool_name = self.pool_name(target)?;
         check_weight(weight)?;
@@ -401,13 +465,23 @@ impl<M: Maps> Balancer<M> {
             .backend_ids
             .alloc()
             .ok_or(BalancerError::TooManyBackends)?;
-        let entry = Backend {
-            addr: u32::from_ne_bytes(addr.ip().octets()),
-            snat_addr: u32::from_ne_bytes(snat_addr.octets()),
-            port: addr.port().to_be(),
-            _pad: 0,
-            flags: BACKEND_F_PRESENT,
+        let health = if check.is_enabled() {
+            check.initial_state
+        } else {
+            Health::Up
         };
+        let backend = PoolBackend {
+            addr,
+            weight,
+            id,
+            snat_addr,
+            check,
+            health,
+            last_check: None,
+            changed_at: Instant::now(),
+            change_reason: format!("initial state {}", health.as_str()),
+        };
+        let entry = backend_entry(&backend, self.pools[&pool_name].on_backend_down);
         if let Err(e) = self
             .maps
             .clear_backend_stats(id)
@@ -420,7 +494,7 @@ impl<M: Maps> Balancer<M> {
             .get_mut(&pool_name)
             .expect("checked above")
             .backends
-            .push(PoolBackend { addr, weight, id });
+            .push(backend);
         self.apply_pool(&pool_name)?;
         log::info!("pool {pool_name}: backend {addr} added (weight {weight}, source {snat_addr})");
         Ok(())
@@ -496,7 +570,7 @@ impl<M: Maps> Balancer<M> {
             .map(|b| RingBackend {
                 id: b.id,
                 key: ring::backend_key(*b.addr.ip(), b.addr.port()),
-                weight: b.weight,
+                weight: if b.usable() { b.weight } else { 0 },
             })
             .collect();
         let active = &vip.slices[vip.active_slice as usize];
@@ -520,6 +594,11 @@ impl<M: Maps> Balancer<M> {
             },
             ring_base: base,
             ring_size: if usable { table.len() as u32 } else { 0 },
+            flags: match vip.config.on_all_down {
+                AllDownPolicy::Drop => 0,
+                AllDownPolicy::Pass => VIP_F_PASS_ALL_DOWN,
+            },
+            _pad: 0,
         };
         // What the inactive slice holds is unknown while it is being written.
         let shadow =
@@ -543,7 +622,7 @@ impl<M: Maps> Balancer<M> {
             let active_backends = self
                 .pools
                 .get(&c.pool)
-                .map_or(0, |p| p.backends.iter().filter(|b| b.weight > 0).count());
+                .map_or(0, |p| p.backends.iter().filter(|b| b.usable()).count());
             vips.push(VipStatus {
                 name: c.name.clone(),
                 address: c.address,
@@ -553,6 +632,7 @@ impl<M: Maps> Balancer<M> {
                 ring_size: c.ring_size,
                 pool: c.pool.clone(),
                 active_backends,
+                on_all_down: c.on_all_down,
                 counters: self.maps.vip_stats(vip.id)?.into(),
             });
         }
@@ -560,16 +640,29 @@ impl<M: Maps> Balancer<M> {
         for (name, pool) in &self.pools {
             let mut backends = Vec::new();
             for b in &pool.backends {
+                let state = if b.health == Health::Down {
+                    "down"
+                } else if b.weight == 0 {
+                    "drained"
+                } else {
+                    "active"
+                };
                 backends.push(BackendStatus {
                     address: *b.addr.ip(),
                     port: b.addr.port(),
                     weight: b.weight,
-                    state: if b.weight > 0 { "active" } else { "drained" }.to_string(),
+                    state: state.to_string(),
+                    health: b.health,
+                    check: b.check.kind.check_type().to_string(),
+                    last_check: b.last_check.clone(),
+                    since_change_secs: b.changed_at.elapsed().as_secs_f64(),
+                    change_reason: b.change_reason.clone(),
                     counters: self.maps.backend_stats(b.id)?.into(),
                 });
             }
             pools.push(PoolStatus {
                 name: name.clone(),
+                on_backend_down: pool.on_backend_down,
                 backends,
             });
         }
@@ -585,6 +678,78 @@ impl<M: Maps> Balancer<M> {
             pools,
             global,
         })
+    }
+}
+
+impl<M: Maps> Balancer<M> {
+    /// Every checked backend: (pool, address, check, current health), for the agent to keep
+    /// its health checker in step.
+    pub fn checks(&self) -> Vec<(String, SocketAddrV4, CheckConfig, Health)> {
+        self.pools
+            .iter()
+            .flat_map(|(name, pool)| {
+                pool.backends
+                    .iter()
+                    .filter(|b| b.check.is_enabled())
+                    .map(move |b| (name.clone(), b.addr, b.check.clone(), b.health))
+            })
+            .collect()
+    }
+
+    /// Takes one health check result; a transition updates the ring and the backend's
+    /// flags at once. Results for backends deleted meanwhile are ignored.
+    pub fn record_health(&mut self, event: &HealthEvent) -> Result<(), BalancerError> {
+        let Some(pool) = self.pools.get_mut(&event.pool) else {
+            return Ok(());
+        };
+        let policy = pool.on_backend_down;
+        let Some(backend) = pool.backends.iter_mut().find(|b| b.addr == event.backend) else {
+            return Ok(());
+        };
+        backend.last_check = Some(LastCheck {
+            ok: event.outcome.ok,
+            latency_ms: event.outcome.latency.as_secs_f64() * 1000.0,
+            reason: event.outcome.reason.clone(),
+        });
+        if backend.health == event.health {
+            return Ok(());
+        }
+        let old = std::mem::replace(&mut backend.health, event.health);
+        backend.changed_at = Instant::now();
+        backend.change_reason = event.outcome.reason.clone();
+        let (id, addr) = (backend.id, backend.addr);
+        let entry = backend_entry(backend, policy);
+        let pool_name = event.pool.clone();
+        // Down: leave the ring first, then flag the pinned flows. Up: the reverse.
+        if event.health == Health::Down {
+            self.apply_pool(&pool_name)?;
+            self.maps.set_backend(id, &entry)?;
+        } else {
+            self.maps.set_backend(id, &entry)?;
+            self.apply_pool(&pool_name)?;
+        }
+        log::info!(
+            "pool {pool_name}: backend {addr} {} -> {} ({})",
+            old.as_str(),
+            event.health.as_str(),
+            event.outcome.reason
+        );
+        Ok(())
+    }
+}
+
+/// The data plane's view of a backend.
+fn backend_entry(b: &PoolBackend, policy: DownPolicy) -> Backend {
+    let mut flags = BACKEND_F_PRESENT;
+    if b.health == Health::Down && policy == DownPolicy::Shutdown {
+        flags |= BACKEND_F_RESCHEDULE;
+    }
+    Backend {
+        addr: u32::from_ne_bytes(b.addr.ip().octets()),
+        snat_addr: u32::from_ne_bytes(b.snat_addr.octets()),
+        port: b.addr.port().to_be(),
+        _pad: 0,
+        flags,
     }
 }
 

@@ -296,8 +296,17 @@ fn render_backends(status: &Status, target: Option<&str>) -> Result<String, Clie
         }
     };
     let mut out = format!(
-        "{:<16} {:<22} {:>6} {:<8} {:>12} {:>10}\n",
-        "POOL", "BACKEND", "WEIGHT", "STATE", "PACKETS", "NEW FLOWS"
+        "{:<12} {:<21} {:>6} {:<8} {:<5} {:<6} {:>9} {:<28} {:>10} {:>9}\n",
+        "POOL",
+        "BACKEND",
+        "WEIGHT",
+        "STATE",
+        "CHECK",
+        "HEALTH",
+        "SINCE",
+        "LAST CHECK",
+        "PACKETS",
+        "NEW FLOWS"
     );
     for p in status
         .pools
@@ -305,19 +314,37 @@ fn render_backends(status: &Status, target: Option<&str>) -> Result<String, Clie
         .filter(|p| pool.as_ref().is_none_or(|n| *n == p.name))
     {
         for b in &p.backends {
+            let last = match &b.last_check {
+                Some(c) => format!("{:.1}ms {}", c.latency_ms, c.reason),
+                None => "-".to_string(),
+            };
             let _ = writeln!(
                 out,
-                "{:<16} {:<22} {:>6} {:<8} {:>12} {:>10}",
+                "{:<12} {:<21} {:>6} {:<8} {:<5} {:<6} {:>9} {:<28} {:>10} {:>9}",
                 p.name,
                 format!("{}:{}", b.address, b.port),
                 b.weight,
                 b.state,
+                b.check,
+                b.health.as_str(),
+                format_age(b.since_change_secs),
+                last,
                 b.counters.packets + b.counters.reply_packets,
                 b.counters.new_flows
             );
         }
     }
     Ok(out.trim_end().to_string())
+}
+
+/// "42s", "7m03s", "2h05m": time since a backend's last health change.
+fn format_age(secs: f64) -> String {
+    let s = secs.max(0.0) as u64;
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+    }
 }
 
 fn render_status(status: &Status) -> String {

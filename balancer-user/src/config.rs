@@ -18,7 +18,7 @@
 
 use std::collections::HashMap;
 use std::fmt::{self, Write as _};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -27,6 +27,8 @@ use std::time::Duration;
 use humantime_serde::re::humantime;
 use serde::Deserialize;
 use toml::Spanned;
+
+use crate::health::Health;
 
 /// Control socket path used when `[agent].control_socket` is absent.
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/balancer/balancer.sock";
@@ -62,6 +64,32 @@ pub const MAX_WEIGHT: u32 = 10_000;
 pub const MAX_NAME_LEN: usize = 64;
 /// Longest Linux interface name in bytes (IFNAMSIZ minus the NUL).
 pub const MAX_IFNAME_LEN: usize = 15;
+/// Health check interval used when `[pool.check]` gives no `interval` (HAProxy's `inter`).
+pub const DEFAULT_CHECK_INTERVAL: Duration = Duration::from_secs(2);
+/// Consecutive successes that bring a down backend up, by default (HAProxy's `rise`).
+pub const DEFAULT_RISE: u32 = 2;
+/// Consecutive failures that take an up backend down, by default (HAProxy's `fall`).
+pub const DEFAULT_FALL: u32 = 3;
+/// Largest `rise` and `fall`.
+pub const MAX_RISE_FALL: u32 = 100;
+/// Shortest allowed health check interval or timeout.
+pub const MIN_CHECK_DURATION: Duration = Duration::from_millis(10);
+/// Longest allowed health check interval or timeout.
+pub const MAX_CHECK_DURATION: Duration = Duration::from_secs(60 * 60);
+/// HTTP check method used when none is given.
+pub const DEFAULT_HTTP_METHOD: &str = "GET";
+/// HTTP check path used when none is given.
+pub const DEFAULT_HTTP_PATH: &str = "/";
+/// HTTP statuses a check accepts when `expect_status` is absent.
+pub const DEFAULT_EXPECT_STATUS: &str = "200-399";
+/// Longest `method` of an HTTP check.
+pub const MAX_HTTP_METHOD_LEN: usize = 32;
+/// Longest `path` or `host` of an HTTP check, in bytes.
+pub const MAX_HTTP_FIELD_LEN: usize = 2048;
+/// Longest `expect_body` (HTTP) or `expect` (UDP) substring, in bytes.
+pub const MAX_EXPECT_LEN: usize = 4096;
+/// Longest UDP check `payload` in bytes (the largest UDP payload over IPv4).
+pub const MAX_UDP_PAYLOAD: usize = 65507;
 
 // ---------------------------------------------------------------------------
 // Enumerations
@@ -74,6 +102,17 @@ pub struct ParseValueError {
     what: &'static str,
     value: String,
     expected: &'static str,
+}
+
+impl ParseValueError {
+    /// `value` is not a valid `what`; `expected` lists the accepted words.
+    pub(crate) fn new(what: &'static str, value: &str, expected: &'static str) -> Self {
+        ParseValueError {
+            what,
+            value: value.to_owned(),
+            expected,
+        }
+    }
 }
 
 /// Transport protocol of a VIP.
@@ -205,6 +244,153 @@ impl FromStr for XdpMode {
     }
 }
 
+/// What a pool does with established flows of a backend that health checks took down.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum DownPolicy {
+    /// Flows pinned to the backend are rescheduled to a backend that is up
+    /// (HAProxy's `on-marked-down shutdown-sessions`, IPVS's `expire_nodest_conn`).
+    #[default]
+    Shutdown,
+    /// Flows stay on the backend until they end.
+    Keep,
+}
+
+impl DownPolicy {
+    /// The configuration spelling: `"shutdown"` or `"keep"`.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            DownPolicy::Shutdown => "shutdown",
+            DownPolicy::Keep => "keep",
+        }
+    }
+}
+
+impl fmt::Display for DownPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for DownPolicy {
+    type Err = ParseValueError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "shutdown" => Ok(DownPolicy::Shutdown),
+            "keep" => Ok(DownPolicy::Keep),
+            _ => Err(ParseValueError::new(
+                "on_backend_down policy",
+                s,
+                "\"shutdown\" or \"keep\"",
+            )),
+        }
+    }
+}
+
+/// What new flows of a VIP get while none of its backends is up.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum AllDownPolicy {
+    /// They are dropped.
+    #[default]
+    Drop,
+    /// They are passed to the host's stack (`XDP_PASS`), e.g. for a local sorry server.
+    Pass,
+}
+
+impl AllDownPolicy {
+    /// The configuration spelling: `"drop"` or `"pass"`.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            AllDownPolicy::Drop => "drop",
+            AllDownPolicy::Pass => "pass",
+        }
+    }
+}
+
+impl fmt::Display for AllDownPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for AllDownPolicy {
+    type Err = ParseValueError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "drop" => Ok(AllDownPolicy::Drop),
+            "pass" => Ok(AllDownPolicy::Pass),
+            _ => Err(ParseValueError::new(
+                "on_all_down policy",
+                s,
+                "\"drop\" or \"pass\"",
+            )),
+        }
+    }
+}
+
+/// The `type` of a health check.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum CheckType {
+    /// No checks: the backend is always up (HAProxy without `check`).
+    #[default]
+    None,
+    /// A TCP connect.
+    Tcp,
+    /// An HTTP request; the status (and optionally the body) decide.
+    Http,
+    /// A UDP datagram that must be answered.
+    Udp,
+}
+
+impl CheckType {
+    /// The configuration spelling: `"none"`, `"tcp"`, `"http"` or `"udp"`.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            CheckType::None => "none",
+            CheckType::Tcp => "tcp",
+            CheckType::Http => "http",
+            CheckType::Udp => "udp",
+        }
+    }
+}
+
+impl fmt::Display for CheckType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for CheckType {
+    type Err = ParseValueError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "none" => Ok(CheckType::None),
+            "tcp" => Ok(CheckType::Tcp),
+            "http" => Ok(CheckType::Http),
+            "udp" => Ok(CheckType::Udp),
+            _ => Err(ParseValueError::new(
+                "check type",
+                s,
+                "\"tcp\", \"http\", \"udp\" or \"none\"",
+            )),
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Validated configuration
 // ---------------------------------------------------------------------------
@@ -277,6 +463,10 @@ impl Default for Timeouts {
 pub struct PoolConfig {
     pub name: String,
     pub backends: Vec<BackendConfig>,
+    /// `[pool.check]` as written for the pool (each backend holds its effective one).
+    pub check: CheckConfig,
+    /// What happens to flows of a backend that went down.
+    pub on_backend_down: DownPolicy,
 }
 
 /// One entry of a pool's `backends`.
@@ -286,6 +476,234 @@ pub struct BackendConfig {
     pub port: u16,
     /// 0 means drained: no new flows.
     pub weight: u32,
+    /// The effective health check: the pool's, with this backend's `check` fields over it.
+    pub check: CheckConfig,
+}
+
+impl BackendConfig {
+    /// The backend's address and port.
+    #[must_use]
+    pub fn socket_addr(&self) -> SocketAddrV4 {
+        SocketAddrV4::new(self.address, self.port)
+    }
+}
+
+/// A health check (`[pool.check]`, or a backend's `check` merged over it), defaults applied.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckConfig {
+    /// The check's `type`, with the fields that only that type has.
+    pub kind: CheckKind,
+    /// Time between checks while the backend is steadily up (HAProxy `inter`).
+    pub interval: Duration,
+    /// Longest a single check may take: connect, request and response (`timeout check`).
+    pub timeout: Duration,
+    /// Consecutive successes that bring a down backend up.
+    pub rise: u32,
+    /// Consecutive failures that take an up backend down.
+    pub fall: u32,
+    /// Time between checks while a transition is pending (HAProxy `fastinter`).
+    pub fastinter: Duration,
+    /// Time between checks while the backend is down (HAProxy `downinter`).
+    pub downinter: Duration,
+    /// State before the first checks complete (HAProxy `init-state`).
+    pub initial_state: Health,
+    /// Port to check instead of the backend's.
+    pub port: Option<u16>,
+    /// Address to check instead of the backend's.
+    pub address: Option<Ipv4Addr>,
+}
+
+impl Default for CheckConfig {
+    /// Type `none` (the backend is always up) with the default timings.
+    fn default() -> Self {
+        CheckConfig {
+            kind: CheckKind::None,
+            interval: DEFAULT_CHECK_INTERVAL,
+            timeout: DEFAULT_CHECK_INTERVAL,
+            rise: DEFAULT_RISE,
+            fall: DEFAULT_FALL,
+            fastinter: DEFAULT_CHECK_INTERVAL,
+            downinter: DEFAULT_CHECK_INTERVAL,
+            initial_state: Health::Up,
+            port: None,
+            address: None,
+        }
+    }
+}
+
+impl CheckConfig {
+    /// The check's `type`.
+    #[must_use]
+    pub fn check_type(&self) -> CheckType {
+        self.kind.check_type()
+    }
+
+    /// Whether the backend is checked at all (type is not `none`).
+    #[must_use]
+    pub fn is_enabled(&self) -> bool {
+        self.check_type() != CheckType::None
+    }
+
+    /// Where checks of `backend` go: its address and port unless `address` or
+    /// `port` override them.
+    #[must_use]
+    pub fn target(&self, backend: SocketAddrV4) -> SocketAddrV4 {
+        SocketAddrV4::new(
+            self.address.unwrap_or(*backend.ip()),
+            self.port.unwrap_or(backend.port()),
+        )
+    }
+}
+
+/// A check's type and the fields that only that type has.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum CheckKind {
+    #[default]
+    None,
+    Tcp,
+    Http(HttpCheck),
+    Udp(UdpCheck),
+}
+
+impl CheckKind {
+    /// The `type` word of this kind.
+    #[must_use]
+    pub fn check_type(&self) -> CheckType {
+        match self {
+            CheckKind::None => CheckType::None,
+            CheckKind::Tcp => CheckType::Tcp,
+            CheckKind::Http(_) => CheckType::Http,
+            CheckKind::Udp(_) => CheckType::Udp,
+        }
+    }
+}
+
+/// The fields of an HTTP check.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpCheck {
+    /// Request method, an uppercase token.
+    pub method: String,
+    /// Request target, starting with `/`.
+    pub path: String,
+    /// `Host` header; `None`: the checked address (and port, if not 80).
+    pub host: Option<String>,
+    /// Statuses that count as success.
+    pub expect_status: StatusRanges,
+    /// A substring the body must contain.
+    pub expect_body: Option<String>,
+}
+
+impl Default for HttpCheck {
+    fn default() -> Self {
+        HttpCheck {
+            method: DEFAULT_HTTP_METHOD.to_owned(),
+            path: DEFAULT_HTTP_PATH.to_owned(),
+            host: None,
+            expect_status: StatusRanges::default(),
+            expect_body: None,
+        }
+    }
+}
+
+/// The fields of a UDP check.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UdpCheck {
+    /// The datagram sent (may be empty).
+    pub payload: String,
+    /// A substring the reply must contain; `None`: any reply counts.
+    pub expect: Option<String>,
+}
+
+/// A list of HTTP status codes and inclusive ranges, e.g. `200,204,301-302`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StatusRanges(Vec<(u16, u16)>);
+
+impl StatusRanges {
+    /// Whether `status` is listed.
+    #[must_use]
+    pub fn contains(&self, status: u16) -> bool {
+        self.0.iter().any(|&(lo, hi)| (lo..=hi).contains(&status))
+    }
+
+    /// The listed `(first, last)` ranges; a single code is `(code, code)`.
+    #[must_use]
+    pub fn ranges(&self) -> &[(u16, u16)] {
+        &self.0
+    }
+}
+
+impl Default for StatusRanges {
+    /// `200-399`.
+    fn default() -> Self {
+        StatusRanges(vec![(200, 399)])
+    }
+}
+
+impl fmt::Display for StatusRanges {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, &(lo, hi)) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            if lo == hi {
+                write!(f, "{lo}")?;
+            } else {
+                write!(f, "{lo}-{hi}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Why an `expect_status` list is not valid.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum StatusRangesError {
+    #[error("must list at least one status code or range")]
+    Empty,
+    #[error("{0:?} is not a status code")]
+    NotACode(String),
+    #[error("code {0} is out of range 100..=599")]
+    OutOfRange(u32),
+    #[error("range {0}-{1} is not ordered ({0} > {1})")]
+    Unordered(u16, u16),
+}
+
+impl FromStr for StatusRanges {
+    type Err = StatusRangesError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        fn code(text: &str) -> Result<u16, StatusRangesError> {
+            let text = text.trim();
+            if text.is_empty() || text.len() > 9 || !text.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(StatusRangesError::NotACode(text.to_owned()));
+            }
+            let n: u32 = text
+                .parse()
+                .map_err(|_| StatusRangesError::NotACode(text.to_owned()))?;
+            u16::try_from(n)
+                .ok()
+                .filter(|c| (100..=599).contains(c))
+                .ok_or(StatusRangesError::OutOfRange(n))
+        }
+        if s.trim().is_empty() {
+            return Err(StatusRangesError::Empty);
+        }
+        let mut ranges = Vec::new();
+        for item in s.split(',') {
+            let (lo, hi) = match item.split_once('-') {
+                Some((lo, hi)) => (code(lo)?, code(hi)?),
+                None => {
+                    let c = code(item)?;
+                    (c, c)
+                }
+            };
+            if lo > hi {
+                return Err(StatusRangesError::Unordered(lo, hi));
+            }
+            ranges.push((lo, hi));
+        }
+        Ok(StatusRanges(ranges))
+    }
 }
 
 /// `[[vip]]`: a virtual service.
@@ -298,6 +716,8 @@ pub struct VipConfig {
     pub scheduler: Scheduler,
     pub ring_size: u32,
     pub pool: String,
+    /// What new flows get while no backend of the pool is up.
+    pub on_all_down: AllDownPolicy,
 }
 
 // ---------------------------------------------------------------------------
@@ -513,6 +933,10 @@ struct RawTimeouts {
 struct RawPool {
     name: Spanned<String>,
     #[serde(default)]
+    on_backend_down: Option<Spanned<String>>,
+    #[serde(default)]
+    check: Option<RawCheck>,
+    #[serde(default)]
     backends: Vec<Spanned<RawBackend>>,
 }
 
@@ -523,6 +947,58 @@ struct RawBackend {
     port: Spanned<Int>,
     #[serde(default)]
     weight: Option<Spanned<Int>>,
+    #[serde(default)]
+    check: Option<RawCheck>,
+}
+
+/// `[pool.check]`, or a backend's `check`: every field optional, so a
+/// backend's table can be merged over its pool's field by field.
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+struct RawCheck {
+    #[serde(default, rename = "type")]
+    kind: Option<Spanned<String>>,
+    #[serde(default)]
+    interval: Option<Spanned<String>>,
+    #[serde(default)]
+    timeout: Option<Spanned<String>>,
+    #[serde(default)]
+    rise: Option<Spanned<Int>>,
+    #[serde(default)]
+    fall: Option<Spanned<Int>>,
+    #[serde(default)]
+    fastinter: Option<Spanned<String>>,
+    #[serde(default)]
+    downinter: Option<Spanned<String>>,
+    #[serde(default)]
+    initial_state: Option<Spanned<String>>,
+    #[serde(default)]
+    port: Option<Spanned<Int>>,
+    #[serde(default)]
+    address: Option<Spanned<String>>,
+    // http
+    #[serde(default)]
+    method: Option<Spanned<String>>,
+    #[serde(default)]
+    path: Option<Spanned<String>>,
+    #[serde(default)]
+    host: Option<Spanned<String>>,
+    #[serde(default)]
+    expect_status: Option<Spanned<String>>,
+    #[serde(default)]
+    expect_body: Option<Spanned<String>>,
+    // udp
+    #[serde(default)]
+    payload: Option<Spanned<String>>,
+    #[serde(default)]
+    expect: Option<Spanned<String>>,
+}
+
+/// One table of a merged check and the key path it was written at
+/// (`pool[0] ("web").check`, `pool[0] ("web").backends[1].check`).
+struct CheckLayer<'r> {
+    raw: &'r RawCheck,
+    field: String,
 }
 
 #[derive(Deserialize)]
@@ -537,6 +1013,8 @@ struct RawVip {
     #[serde(default)]
     ring_size: Option<Spanned<Int>>,
     pool: Spanned<String>,
+    #[serde(default)]
+    on_all_down: Option<Spanned<String>>,
 }
 
 /// A TOML integer; range checks happen in the validator so their messages can
@@ -715,20 +1193,31 @@ impl Validator<'_> {
         let Some(raw) = raw else {
             return Ok(default);
         };
+        // MIN_TIMEOUT and MAX_TIMEOUT.
+        self.duration(&raw, field, MIN_TIMEOUT..=MAX_TIMEOUT, "1s and 24h")
+    }
+
+    /// A duration such as `"30s"` within `range` (`bounds` spells it for the message).
+    fn duration(
+        &self,
+        raw: &Spanned<String>,
+        field: impl fmt::Display,
+        range: std::ops::RangeInclusive<Duration>,
+        bounds: &str,
+    ) -> Checked<Duration> {
         let text = raw.get_ref();
         let d = humantime::parse_duration(text).map_err(|e| {
             self.error(
                 raw.span(),
-                field,
+                &field,
                 format!("invalid duration {text:?}: {e} (write e.g. \"30s\", \"5m\" or \"1h\")"),
             )
         })?;
-        if d < MIN_TIMEOUT || d > MAX_TIMEOUT {
+        if !range.contains(&d) {
             return Err(self.error(
                 raw.span(),
                 field,
-                // MIN_TIMEOUT and MAX_TIMEOUT.
-                format!("{text:?} is out of range: must be between 1s and 24h"),
+                format!("{text:?} is out of range: must be between {bounds}"),
             ));
         }
         Ok(d)
@@ -797,6 +1286,17 @@ impl Validator<'_> {
             }
             names.insert(name.clone(), (pi, self.line(&pool.name.span())));
 
+            let on_backend_down = match &pool.on_backend_down {
+                None => DownPolicy::default(),
+                Some(p) => self.word(p, format_args!("{field}.on_backend_down"))?,
+            };
+            let empty = RawCheck::default();
+            let pool_layer = CheckLayer {
+                raw: pool.check.as_ref().unwrap_or(&empty),
+                field: format!("{field}.check"),
+            };
+            let check = self.check(std::slice::from_ref(&pool_layer))?;
+
             // (address, port) -> index in this pool
             let mut endpoints: HashMap<(Ipv4Addr, u16), usize> = HashMap::new();
             let mut backends = Vec::with_capacity(pool.backends.len());
@@ -839,13 +1339,35 @@ impl Validator<'_> {
                         format!("duplicate backend {address}:{port} (already listed as backends[{first}])"),
                     ));
                 }
+                let check = match &backend.check {
+                    None => check.clone(),
+                    Some(raw) => {
+                        let layers = [
+                            CheckLayer {
+                                raw: pool_layer.raw,
+                                field: pool_layer.field.clone(),
+                            },
+                            CheckLayer {
+                                raw,
+                                field: format!("{bfield}.check"),
+                            },
+                        ];
+                        self.check(&layers)?
+                    }
+                };
                 backends.push(BackendConfig {
                     address,
                     port,
                     weight,
+                    check,
                 });
             }
-            pools.push(PoolConfig { name, backends });
+            pools.push(PoolConfig {
+                name,
+                backends,
+                check,
+                on_backend_down,
+            });
         }
         Ok(pools)
     }
@@ -937,6 +1459,11 @@ impl Validator<'_> {
             }
             listeners.insert(key, (vi, name.clone(), self.line(&span)));
 
+            let on_all_down = match &vip.on_all_down {
+                None => AllDownPolicy::default(),
+                Some(p) => self.word(p, format_args!("{field}.on_all_down"))?,
+            };
+
             vips.push(VipConfig {
                 name,
                 address,
@@ -945,10 +1472,244 @@ impl Validator<'_> {
                 scheduler,
                 ring_size,
                 pool: pool_name.clone(),
+                on_all_down,
             });
         }
         Ok(vips)
     }
+
+    /// A health check from `layers`, the pool's table first and a backend's
+    /// over it: each field comes from the last layer that sets it, and
+    /// defaults are applied after merging (so `timeout` follows the merged
+    /// `interval`). Fields of one check type (`path`, `payload`, ...) are
+    /// inherited only while the type stays the same; set in a layer whose
+    /// type (as merged so far) is another one, they are an error.
+    fn check(&self, layers: &[CheckLayer<'_>]) -> Checked<CheckConfig> {
+        // The merged type after each layer.
+        let mut types = Vec::with_capacity(layers.len());
+        let mut ty = CheckType::None;
+        for layer in layers {
+            if let Some(t) = &layer.raw.kind {
+                ty = self.word(t, format_args!("{}.type", layer.field))?;
+            }
+            types.push(ty);
+        }
+
+        // The last layer that sets a field, with the field's key path.
+        fn pick<'r, T>(
+            layers: &[CheckLayer<'r>],
+            name: &str,
+            get: impl Fn(&'r RawCheck) -> Option<&'r T>,
+        ) -> Option<(&'r T, String)> {
+            layers
+                .iter()
+                .rev()
+                .find_map(|l| get(l.raw).map(|v| (v, format!("{}.{name}", l.field))))
+        }
+        // Like `pick` for a field of check type `owner`.
+        let pick_typed = |name: &str,
+                          owner: CheckType,
+                          get: &dyn Fn(&RawCheck) -> Option<&Spanned<String>>|
+         -> Checked<Option<(&Spanned<String>, String)>> {
+            let mut found = None;
+            for (layer, &layer_ty) in layers.iter().zip(&types).rev() {
+                let Some(value) = get(layer.raw) else {
+                    continue;
+                };
+                let field = format!("{}.{name}", layer.field);
+                if layer_ty != owner {
+                    return Err(self.error(
+                        value.span(),
+                        field,
+                        format!("only allowed with type = \"{owner}\" (this check's type is \"{layer_ty}\")"),
+                    ));
+                }
+                if layer_ty == ty && found.is_none() {
+                    found = Some((value, field));
+                }
+            }
+            Ok(found)
+        };
+
+        let bounds = MIN_CHECK_DURATION..=MAX_CHECK_DURATION;
+        // MIN_CHECK_DURATION and MAX_CHECK_DURATION.
+        let spelled = "10ms and 1h";
+        let duration = |name: &str, get: fn(&RawCheck) -> Option<&Spanned<String>>| {
+            pick(layers, name, get)
+                .map(|(raw, field)| self.duration(raw, field, bounds.clone(), spelled))
+                .transpose()
+        };
+        let count = |name: &str, get: fn(&RawCheck) -> Option<&Spanned<Int>>, default: u32| {
+            let Some((raw, field)) = pick(layers, name, get) else {
+                return Ok(default);
+            };
+            let v = raw.get_ref().0;
+            u32::try_from(v)
+                .ok()
+                .filter(|n| (1..=MAX_RISE_FALL).contains(n))
+                .ok_or_else(|| {
+                    self.error(
+                        raw.span(),
+                        field,
+                        format!("{name} {v} is out of range 1..={MAX_RISE_FALL}"),
+                    )
+                })
+        };
+
+        let interval =
+            duration("interval", |r| r.interval.as_ref())?.unwrap_or(DEFAULT_CHECK_INTERVAL);
+        let timeout = duration("timeout", |r| r.timeout.as_ref())?.unwrap_or(interval);
+        let fastinter = duration("fastinter", |r| r.fastinter.as_ref())?.unwrap_or(interval);
+        let downinter = duration("downinter", |r| r.downinter.as_ref())?.unwrap_or(interval);
+        let rise = count("rise", |r| r.rise.as_ref(), DEFAULT_RISE)?;
+        let fall = count("fall", |r| r.fall.as_ref(), DEFAULT_FALL)?;
+        let initial_state = match pick(layers, "initial_state", |r| r.initial_state.as_ref()) {
+            None => Health::Up,
+            Some((raw, field)) => self.word(raw, field)?,
+        };
+        let port = pick(layers, "port", |r| r.port.as_ref())
+            .map(|(raw, field)| self.port(raw, field))
+            .transpose()?;
+        let address = pick(layers, "address", |r| r.address.as_ref())
+            .map(|(raw, field)| self.ipv4(raw, field))
+            .transpose()?;
+
+        let method = pick_typed("method", CheckType::Http, &|r| r.method.as_ref())?;
+        let path = pick_typed("path", CheckType::Http, &|r| r.path.as_ref())?;
+        let host = pick_typed("host", CheckType::Http, &|r| r.host.as_ref())?;
+        let expect_status = pick_typed("expect_status", CheckType::Http, &|r| {
+            r.expect_status.as_ref()
+        })?;
+        let expect_body = pick_typed("expect_body", CheckType::Http, &|r| r.expect_body.as_ref())?;
+        let payload = pick_typed("payload", CheckType::Udp, &|r| r.payload.as_ref())?;
+        let expect = pick_typed("expect", CheckType::Udp, &|r| r.expect.as_ref())?;
+
+        let kind = match ty {
+            CheckType::None => CheckKind::None,
+            CheckType::Tcp => CheckKind::Tcp,
+            CheckType::Http => {
+                let mut http = HttpCheck::default();
+                if let Some((raw, field)) = method {
+                    http.method = self.text_field(raw, field, "method", method_problem)?;
+                }
+                if let Some((raw, field)) = path {
+                    http.path = self.text_field(raw, field, "path", path_problem)?;
+                }
+                if let Some((raw, field)) = host {
+                    http.host = Some(self.text_field(raw, field, "host", host_problem)?);
+                }
+                if let Some((raw, field)) = expect_status {
+                    let text = raw.get_ref();
+                    http.expect_status = text.parse().map_err(|e: StatusRangesError| {
+                        self.error(
+                            raw.span(),
+                            field,
+                            format!("invalid status list {text:?}: {e} (write e.g. \"200\", \"200-299\" or \"200,204,301-302\")"),
+                        )
+                    })?;
+                }
+                if let Some((raw, field)) = expect_body {
+                    http.expect_body =
+                        Some(self.text_field(raw, field, "expect_body", expect_problem)?);
+                }
+                CheckKind::Http(http)
+            }
+            CheckType::Udp => {
+                let mut udp = UdpCheck::default();
+                if let Some((raw, field)) = payload {
+                    udp.payload = self.text_field(raw, field, "payload", payload_problem)?;
+                }
+                if let Some((raw, field)) = expect {
+                    udp.expect = Some(self.text_field(raw, field, "expect", expect_problem)?);
+                }
+                CheckKind::Udp(udp)
+            }
+        };
+
+        Ok(CheckConfig {
+            kind,
+            interval,
+            timeout,
+            rise,
+            fall,
+            fastinter,
+            downinter,
+            initial_state,
+            port,
+            address,
+        })
+    }
+
+    /// A string field that `problem` accepts (it returns why not).
+    fn text_field(
+        &self,
+        raw: &Spanned<String>,
+        field: impl fmt::Display,
+        what: &str,
+        problem: fn(&str) -> Option<String>,
+    ) -> Checked<String> {
+        let value = raw.get_ref();
+        match problem(value) {
+            None => Ok(value.clone()),
+            Some(why) => Err(self.error(
+                raw.span(),
+                field,
+                format!("invalid {what} {value:?}: {why}"),
+            )),
+        }
+    }
+}
+
+fn method_problem(s: &str) -> Option<String> {
+    if s.is_empty() {
+        return Some("must not be empty".to_owned());
+    }
+    if s.len() > MAX_HTTP_METHOD_LEN {
+        return Some(format!("is longer than {MAX_HTTP_METHOD_LEN} bytes"));
+    }
+    if !s
+        .bytes()
+        .all(|b| b.is_ascii_uppercase() || b == b'-' || b == b'_')
+    {
+        return Some("must be an uppercase token such as \"GET\" or \"HEAD\"".to_owned());
+    }
+    None
+}
+
+/// Bytes allowed in a request target or a `Host` value: visible ASCII.
+fn visible_ascii_problem(s: &str) -> Option<String> {
+    if s.len() > MAX_HTTP_FIELD_LEN {
+        return Some(format!("is longer than {MAX_HTTP_FIELD_LEN} bytes"));
+    }
+    s.bytes()
+        .any(|b| !b.is_ascii_graphic())
+        .then(|| "must be visible ASCII without spaces (percent-encode other bytes)".to_owned())
+}
+
+fn path_problem(s: &str) -> Option<String> {
+    if !s.starts_with('/') {
+        return Some("must start with '/'".to_owned());
+    }
+    visible_ascii_problem(s)
+}
+
+fn host_problem(s: &str) -> Option<String> {
+    if s.is_empty() {
+        return Some("must not be empty".to_owned());
+    }
+    visible_ascii_problem(s)
+}
+
+fn expect_problem(s: &str) -> Option<String> {
+    if s.is_empty() {
+        return Some("must not be empty (leave the field out to accept anything)".to_owned());
+    }
+    (s.len() > MAX_EXPECT_LEN).then(|| format!("is longer than {MAX_EXPECT_LEN} bytes"))
+}
+
+fn payload_problem(s: &str) -> Option<String> {
+    (s.len() > MAX_UDP_PAYLOAD)
+        .then(|| format!("is longer than {MAX_UDP_PAYLOAD} bytes (the largest UDP payload)"))
 }
 
 /// Parses `"MIN-MAX"` with `MIN_NAT_PORT <= MIN <= MAX <= 65535`.
@@ -1476,22 +2237,29 @@ port_range = "20000-32767"
                             address: ip("10.0.2.11"),
                             port: 80,
                             weight: 1,
+                            check: CheckConfig::default(),
                         },
                         BackendConfig {
                             address: ip("10.0.2.12"),
                             port: 80,
                             weight: 1,
+                            check: CheckConfig::default(),
                         },
                         BackendConfig {
                             address: ip("10.0.2.13"),
                             port: 8080,
                             weight: 0,
+                            check: CheckConfig::default(),
                         },
                     ],
+                    check: CheckConfig::default(),
+                    on_backend_down: DownPolicy::Shutdown,
                 },
                 PoolConfig {
                     name: "dns".into(),
                     backends: vec![],
+                    check: CheckConfig::default(),
+                    on_backend_down: DownPolicy::Shutdown,
                 },
             ],
             vips: vec![
@@ -1503,6 +2271,7 @@ port_range = "20000-32767"
                     scheduler: Scheduler::Maglev,
                     ring_size: 65537,
                     pool: "web".into(),
+                    on_all_down: AllDownPolicy::Drop,
                 },
                 VipConfig {
                     name: "dns".into(),
@@ -1512,6 +2281,7 @@ port_range = "20000-32767"
                     scheduler: Scheduler::RoundRobin,
                     ring_size: 251,
                     pool: "dns".into(),
+                    on_all_down: AllDownPolicy::Drop,
                 },
             ],
         };
@@ -2214,6 +2984,583 @@ w = 2024-01-01 10:00:00
             key_path_at(bom, bom.find('x').unwrap()).as_deref(),
             Some("agent.x")
         );
+    }
+
+    /// Health checks: a pool check, per-backend overrides and both policies; line
+    /// numbers are used by the tests below.
+    const CHECKS: &str = r#"[agent]
+interfaces = ["lbc0"]
+[[pool]]
+name = "web"
+on_backend_down = "keep"
+backends = [
+  { address = "10.0.2.11", port = 80, check = { port = 8081 } },
+  { address = "10.0.2.12", port = 80 },
+  { address = "10.0.2.13", port = 80, check = { type = "tcp", interval = "10s" } },
+]
+[pool.check]
+type = "http"
+interval = "2s"
+timeout = "1s"
+rise = 4
+fall = 5
+fastinter = "500ms"
+downinter = "5s"
+initial_state = "down"
+path = "/health"
+host = "example.org"
+expect_status = "200,204,301-302"
+expect_body = "ok"
+method = "HEAD"
+[[vip]]
+name = "web"
+address = "10.0.100.1"
+port = 80
+protocol = "tcp"
+pool = "web"
+on_all_down = "pass"
+"#;
+
+    /// Asserts that replacing `from` by `to` in [`CHECKS`] fails at the first `at` on
+    /// `line` (which `to` puts there), naming `field` and saying `fragment`.
+    fn assert_check_error(
+        from: &str,
+        to: &str,
+        line: usize,
+        at: &str,
+        field: &str,
+        fragment: &str,
+    ) {
+        let text = with(CHECKS, from, to);
+        let line_text = text.lines().nth(line - 1).unwrap();
+        let column = line_text
+            .find(at)
+            .unwrap_or_else(|| panic!("{at:?} not on line {line}: {line_text:?}"))
+            + 1;
+        assert_error(
+            &text,
+            &format!("balancer.toml:{line}:{column}: {field}: "),
+            fragment,
+        );
+    }
+
+    #[test]
+    fn checks_parse() {
+        let config = parse(CHECKS, ORIGIN).unwrap();
+        let pool = &config.pools[0];
+        assert_eq!(pool.on_backend_down, DownPolicy::Keep);
+        assert_eq!(config.vips[0].on_all_down, AllDownPolicy::Pass);
+        let http = HttpCheck {
+            method: "HEAD".into(),
+            path: "/health".into(),
+            host: Some("example.org".into()),
+            expect_status: "200,204,301-302".parse().unwrap(),
+            expect_body: Some("ok".into()),
+        };
+        let expected = CheckConfig {
+            kind: CheckKind::Http(http),
+            interval: Duration::from_secs(2),
+            timeout: Duration::from_secs(1),
+            rise: 4,
+            fall: 5,
+            fastinter: Duration::from_millis(500),
+            downinter: Duration::from_secs(5),
+            initial_state: Health::Down,
+            port: None,
+            address: None,
+        };
+        assert_eq!(pool.check, expected);
+        // The override of backends[0] changes the port only.
+        assert_eq!(
+            pool.backends[0].check,
+            CheckConfig {
+                port: Some(8081),
+                ..expected.clone()
+            }
+        );
+        assert_eq!(
+            pool.backends[0]
+                .check
+                .target(pool.backends[0].socket_addr()),
+            "10.0.2.11:8081".parse().unwrap()
+        );
+        // backends[1] has no override.
+        assert_eq!(pool.backends[1].check, expected);
+        // backends[2] changes the type: the HTTP fields are not inherited, the rest is.
+        assert_eq!(
+            pool.backends[2].check,
+            CheckConfig {
+                kind: CheckKind::Tcp,
+                interval: Duration::from_secs(10),
+                ..expected.clone()
+            }
+        );
+        assert!(pool.check.is_enabled());
+        assert_eq!(pool.check.check_type(), CheckType::Http);
+    }
+
+    #[test]
+    fn check_defaults() {
+        // No [pool.check]: type none, default timings, both policies at their defaults.
+        let config = parse(ONE_VIP, ORIGIN).unwrap();
+        assert_eq!(config.pools[0].check, CheckConfig::default());
+        assert!(!config.pools[0].check.is_enabled());
+        assert_eq!(config.pools[0].on_backend_down, DownPolicy::Shutdown);
+        assert_eq!(config.vips[0].on_all_down, AllDownPolicy::Drop);
+
+        let pool = |check: &str| {
+            let text = format!(
+                "[agent]\ninterfaces = [\"lbc0\"]\n[[pool]]\nname = \"p\"\n\
+                 backends = [{{ address = \"10.0.2.1\", port = 53, check = {{ interval = \"4s\" }} }}]\n\
+                 [pool.check]\n{check}\n"
+            );
+            parse(&text, ORIGIN).unwrap().pools.remove(0)
+        };
+        let tcp = pool("type = \"tcp\"");
+        assert_eq!(
+            tcp.check,
+            CheckConfig {
+                kind: CheckKind::Tcp,
+                ..CheckConfig::default()
+            }
+        );
+        assert_eq!(tcp.check.interval, Duration::from_secs(2));
+        assert_eq!(tcp.check.timeout, Duration::from_secs(2));
+        assert_eq!((tcp.check.rise, tcp.check.fall), (2, 3));
+        assert_eq!(tcp.check.initial_state, Health::Up);
+        // Timings that default to the interval follow the backend's merged interval.
+        let b = &tcp.backends[0].check;
+        let four = Duration::from_secs(4);
+        assert_eq!(
+            (b.interval, b.timeout, b.fastinter, b.downinter),
+            (four, four, four, four)
+        );
+
+        let http = pool("type = \"HTTP\"\ninterval = \"300ms\"");
+        assert_eq!(http.check.kind, CheckKind::Http(HttpCheck::default()));
+        assert_eq!(http.check.timeout, Duration::from_millis(300));
+        let CheckKind::Http(h) = &http.check.kind else {
+            unreachable!()
+        };
+        assert_eq!((h.method.as_str(), h.path.as_str()), ("GET", "/"));
+        assert_eq!(h.expect_status.to_string(), "200-399");
+
+        let udp = pool("type = \"udp\"\npayload = \"ping\"");
+        assert_eq!(
+            udp.check.kind,
+            CheckKind::Udp(UdpCheck {
+                payload: "ping".into(),
+                expect: None,
+            })
+        );
+        assert_eq!(
+            pool("type = \"udp\"").check.kind,
+            CheckKind::Udp(UdpCheck::default())
+        );
+        // The bounds are accepted.
+        let edge =
+            pool("type = \"tcp\"\ninterval = \"1h\"\ntimeout = \"10ms\"\nrise = 1\nfall = 100");
+        assert_eq!(edge.check.interval, MAX_CHECK_DURATION);
+        assert_eq!(edge.check.timeout, MIN_CHECK_DURATION);
+        assert_eq!((edge.check.rise, edge.check.fall), (1, 100));
+    }
+
+    #[test]
+    fn backend_check_override_merges_field_by_field() {
+        let text = r#"[agent]
+interfaces = ["lbc0"]
+[[pool]]
+name = "web"
+backends = [
+  { address = "10.0.2.11", port = 80, check = { port = 8081 } },
+  { address = "10.0.2.12", port = 80, check = { path = "/ready", fall = 1 } },
+  { address = "10.0.2.13", port = 80, check = { address = "10.0.3.13", type = "http" } },
+]
+[pool.check]
+type = "http"
+path = "/health"
+expect_status = "200"
+"#;
+        let pool = parse(text, ORIGIN).unwrap().pools.remove(0);
+        let http = |path: &str| {
+            CheckKind::Http(HttpCheck {
+                path: path.into(),
+                expect_status: "200".parse().unwrap(),
+                ..HttpCheck::default()
+            })
+        };
+        let b = &pool.backends;
+        assert_eq!(b[0].check.kind, http("/health"));
+        assert_eq!(b[0].check.port, Some(8081));
+        assert_eq!(b[1].check.kind, http("/ready"));
+        assert_eq!(
+            (b[1].check.rise, b[1].check.fall, b[1].check.port),
+            (2, 1, None)
+        );
+        // Repeating the same type keeps the pool's HTTP fields.
+        assert_eq!(b[2].check.kind, http("/health"));
+        assert_eq!(
+            b[2].check.target(b[2].socket_addr()),
+            "10.0.3.13:80".parse().unwrap()
+        );
+        // The pool's own check has no override.
+        assert_eq!(pool.check.port, None);
+    }
+
+    #[test]
+    fn check_errors_name_line_and_field() {
+        let pc = "pool[0] (\"web\").check";
+        let cases: &[(&str, &str, usize, &str, String, &str)] = &[
+            (
+                "interval = \"2s\"",
+                "interval = \"5ms\"",
+                13,
+                "\"5ms\"",
+                format!("{pc}.interval"),
+                "\"5ms\" is out of range: must be between 10ms and 1h",
+            ),
+            (
+                "timeout = \"1s\"",
+                "timeout = \"61m\"",
+                14,
+                "\"61m\"",
+                format!("{pc}.timeout"),
+                "\"61m\" is out of range: must be between 10ms and 1h",
+            ),
+            (
+                "fastinter = \"500ms\"",
+                "fastinter = \"fast\"",
+                17,
+                "\"fast\"",
+                format!("{pc}.fastinter"),
+                "invalid duration \"fast\"",
+            ),
+            (
+                "downinter = \"5s\"",
+                "downinter = \"0s\"",
+                18,
+                "\"0s\"",
+                format!("{pc}.downinter"),
+                "is out of range",
+            ),
+            (
+                "rise = 4",
+                "rise = 0",
+                15,
+                "0",
+                format!("{pc}.rise"),
+                "rise 0 is out of range 1..=100",
+            ),
+            (
+                "fall = 5",
+                "fall = 101",
+                16,
+                "101",
+                format!("{pc}.fall"),
+                "fall 101 is out of range 1..=100",
+            ),
+            (
+                "type = \"http\"",
+                "type = \"icmp\"",
+                12,
+                "\"icmp\"",
+                format!("{pc}.type"),
+                "invalid check type \"icmp\": expected \"tcp\", \"http\", \"udp\" or \"none\"",
+            ),
+            (
+                "initial_state = \"down\"",
+                "initial_state = \"maybe\"",
+                19,
+                "\"maybe\"",
+                format!("{pc}.initial_state"),
+                "invalid initial state \"maybe\": expected \"up\" or \"down\"",
+            ),
+            (
+                "expect_status = \"200,204,301-302\"",
+                "expect_status = \"200,99\"",
+                22,
+                "\"200",
+                format!("{pc}.expect_status"),
+                "invalid status list \"200,99\": code 99 is out of range 100..=599",
+            ),
+            (
+                "expect_status = \"200,204,301-302\"",
+                "expect_status = \"302-301\"",
+                22,
+                "\"302",
+                format!("{pc}.expect_status"),
+                "range 302-301 is not ordered (302 > 301)",
+            ),
+            (
+                "expect_status = \"200,204,301-302\"",
+                "expect_status = \"2xx\"",
+                22,
+                "\"2xx",
+                format!("{pc}.expect_status"),
+                "\"2xx\" is not a status code",
+            ),
+            (
+                "expect_status = \"200,204,301-302\"",
+                "expect_status = \" \"",
+                22,
+                "\" \"",
+                format!("{pc}.expect_status"),
+                "must list at least one status code",
+            ),
+            (
+                "expect_status = \"200,204,301-302\"",
+                "expect_status = \"600\"",
+                22,
+                "\"600",
+                format!("{pc}.expect_status"),
+                "code 600 is out of range 100..=599",
+            ),
+            (
+                "method = \"HEAD\"",
+                "method = \"get\"",
+                24,
+                "\"get\"",
+                format!("{pc}.method"),
+                "invalid method \"get\": must be an uppercase token",
+            ),
+            (
+                "method = \"HEAD\"",
+                "method = \"GET /x\"",
+                24,
+                "\"GET",
+                format!("{pc}.method"),
+                "must be an uppercase token",
+            ),
+            (
+                "path = \"/health\"",
+                "path = \"health\"",
+                20,
+                "\"health\"",
+                format!("{pc}.path"),
+                "invalid path \"health\": must start with '/'",
+            ),
+            (
+                "path = \"/health\"",
+                "path = \"/a b\"",
+                20,
+                "\"/a b\"",
+                format!("{pc}.path"),
+                "must be visible ASCII without spaces",
+            ),
+            (
+                "host = \"example.org\"",
+                "host = \"\"",
+                21,
+                "\"\"",
+                format!("{pc}.host"),
+                "must not be empty",
+            ),
+            (
+                "expect_body = \"ok\"",
+                "expect_body = \"\"",
+                23,
+                "\"\"",
+                format!("{pc}.expect_body"),
+                "must not be empty",
+            ),
+            // Fields of another check type.
+            (
+                "method = \"HEAD\"",
+                "payload = \"ping\"",
+                24,
+                "\"ping\"",
+                format!("{pc}.payload"),
+                "only allowed with type = \"udp\" (this check's type is \"http\")",
+            ),
+            (
+                "method = \"HEAD\"",
+                "expect = \"pong\"",
+                24,
+                "\"pong\"",
+                format!("{pc}.expect"),
+                "only allowed with type = \"udp\" (this check's type is \"http\")",
+            ),
+            (
+                "type = \"http\"",
+                "type = \"tcp\"",
+                24,
+                "\"HEAD\"",
+                format!("{pc}.method"),
+                "only allowed with type = \"http\" (this check's type is \"tcp\")",
+            ),
+            (
+                "type = \"http\"\n",
+                "\n",
+                24,
+                "\"HEAD\"",
+                format!("{pc}.method"),
+                "only allowed with type = \"http\" (this check's type is \"none\")",
+            ),
+            (
+                "port = 8081",
+                "port = 0",
+                7,
+                "0 }",
+                "pool[0] (\"web\").backends[0].check.port".into(),
+                "port 0 is out of range 1..=65535",
+            ),
+            (
+                "port = 8081",
+                "address = \"10.0.2\"",
+                7,
+                "\"10.0.2\"",
+                "pool[0] (\"web\").backends[0].check.address".into(),
+                "invalid IPv4 address \"10.0.2\"",
+            ),
+            (
+                "port = 8081",
+                "rise = 200",
+                7,
+                "200",
+                "pool[0] (\"web\").backends[0].check.rise".into(),
+                "rise 200 is out of range 1..=100",
+            ),
+            (
+                "interval = \"10s\"",
+                "path = \"/x\"",
+                9,
+                "\"/x\"",
+                "pool[0] (\"web\").backends[2].check.path".into(),
+                "only allowed with type = \"http\" (this check's type is \"tcp\")",
+            ),
+            (
+                "interval = \"10s\"",
+                "timeout = \"2ms\"",
+                9,
+                "\"2ms\"",
+                "pool[0] (\"web\").backends[2].check.timeout".into(),
+                "must be between 10ms and 1h",
+            ),
+            (
+                "on_backend_down = \"keep\"",
+                "on_backend_down = \"drain\"",
+                5,
+                "\"drain\"",
+                "pool[0] (\"web\").on_backend_down".into(),
+                "invalid on_backend_down policy \"drain\": expected \"shutdown\" or \"keep\"",
+            ),
+            (
+                "on_all_down = \"pass\"",
+                "on_all_down = \"reject\"",
+                31,
+                "\"reject\"",
+                "vip[0] (\"web\").on_all_down".into(),
+                "invalid on_all_down policy \"reject\": expected \"drop\" or \"pass\"",
+            ),
+        ];
+        for (from, to, line, at, field, fragment) in cases {
+            assert_check_error(from, to, *line, at, field, fragment);
+        }
+    }
+
+    #[test]
+    fn check_schema_errors_name_line_and_field() {
+        assert_check_error(
+            "path = \"/health\"",
+            "pathh = \"/health\"",
+            20,
+            "pathh",
+            "pool[0] (\"web\").check.pathh",
+            "unknown field `pathh`",
+        );
+        assert_check_error(
+            "check = { port = 8081 }",
+            "check = { prot = 8081 }",
+            7,
+            "prot",
+            "pool[0] (\"web\").backends[0].check.prot",
+            "unknown field `prot`",
+        );
+        assert_check_error(
+            "rise = 4",
+            "rise = \"4\"",
+            15,
+            "\"4\"",
+            "pool[0] (\"web\").check.rise",
+            "invalid type: string \"4\", expected an integer",
+        );
+    }
+
+    #[test]
+    fn status_ranges() {
+        let r: StatusRanges = " 200 , 204,301-302 ".parse().unwrap();
+        assert_eq!(r.ranges(), &[(200, 200), (204, 204), (301, 302)]);
+        assert_eq!(r.to_string(), "200,204,301-302");
+        for (code, listed) in [
+            (200, true),
+            (201, false),
+            (204, true),
+            (301, true),
+            (302, true),
+            (303, false),
+        ] {
+            assert_eq!(r.contains(code), listed, "{code}");
+        }
+        assert!(StatusRanges::default().contains(399));
+        assert!(!StatusRanges::default().contains(400));
+        assert_eq!(
+            "200,".parse::<StatusRanges>(),
+            Err(StatusRangesError::NotACode(String::new()))
+        );
+        assert_eq!(
+            "99999999999".parse::<StatusRanges>(),
+            Err(StatusRangesError::NotACode("99999999999".into()))
+        );
+        assert_eq!(
+            "-".parse::<StatusRanges>(),
+            Err(StatusRangesError::NotACode(String::new()))
+        );
+        assert_eq!(
+            "200-300-400".parse::<StatusRanges>(),
+            Err(StatusRangesError::NotACode("300-400".into()))
+        );
+    }
+
+    #[test]
+    fn policy_and_check_type_words() {
+        for p in [DownPolicy::Shutdown, DownPolicy::Keep] {
+            assert_eq!(p.to_string().parse::<DownPolicy>(), Ok(p));
+        }
+        for p in [AllDownPolicy::Drop, AllDownPolicy::Pass] {
+            assert_eq!(p.to_string().parse::<AllDownPolicy>(), Ok(p));
+        }
+        for t in [
+            CheckType::None,
+            CheckType::Tcp,
+            CheckType::Http,
+            CheckType::Udp,
+        ] {
+            assert_eq!(t.to_string().parse::<CheckType>(), Ok(t));
+        }
+        assert_eq!(DownPolicy::default(), DownPolicy::Shutdown);
+        assert_eq!(AllDownPolicy::default(), AllDownPolicy::Drop);
+        assert_eq!(
+            serde_json::to_string(&AllDownPolicy::Pass).unwrap(),
+            "\"pass\""
+        );
+    }
+
+    #[test]
+    fn mangled_check_tables_never_panic() {
+        for end in (0..=CHECKS.len()).filter(|i| CHECKS.is_char_boundary(*i)) {
+            if let Err(e) = parse(&CHECKS[..end], ORIGIN) {
+                assert!(e.line().is_some());
+            }
+        }
+        for i in 0..CHECKS.len() {
+            for c in ["\"", "{", "}", "=", "\n", "-", "0", "é"] {
+                let mut text = CHECKS.to_owned();
+                text.replace_range(i..=i, c);
+                if let Err(e) = parse(&text, ORIGIN) {
+                    assert!(e.to_string().starts_with("balancer.toml:"));
+                }
+            }
+        }
     }
 
     #[test]

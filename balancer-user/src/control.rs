@@ -90,6 +90,7 @@ pub fn handle<M: Maps>(lb: &mut Balancer<M>, request: Request) -> Response {
             scheduler,
             ring_size,
             pool,
+            on_all_down: crate::config::AllDownPolicy::Drop,
         }),
         Request::VipDel { name } => lb.del_vip(&name),
         Request::BackendAdd {

@@ -5,5 +5,6 @@ pub mod balancer;
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod health;
 pub mod maps;
 pub mod ring;

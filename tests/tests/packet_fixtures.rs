@@ -116,6 +116,7 @@ impl Fixture {
             scheduler: Scheduler::Maglev,
             ring_size: 65537,
             pool: name.into(),
+            on_all_down: balancer::config::AllDownPolicy::Drop,
         };
         lb.add_vip(vip("web", 80, Protocol::Tcp)).unwrap();
         lb.add_backend("web", SocketAddrV4::new(WEB_BACKEND, 80), 1)

@@ -43,6 +43,11 @@ pub const PACKAGES: &[Package] = &[
         command: "curl",
         package: "curl",
     },
+    // Health-check tests make a backend drop packets silently.
+    Package {
+        command: "nft",
+        package: "nftables",
+    },
 ];
 
 /// Variables the outer (stable) cargo sets that would break a nested nightly cargo.

@@ -22,6 +22,7 @@ fn vip(name: &str, port: u16, scheduler: Scheduler) -> VipConfig {
         scheduler,
         ring_size: 65537,
         pool: "web".into(),
+        on_all_down: crate::config::AllDownPolicy::Drop,
     }
 }
 
@@ -141,7 +142,15 @@ fn errors_name_what_is_wrong_and_change_nothing() {
     let mut lb = lb();
     lb.add_vip(vip("web", 80, Scheduler::Maglev)).unwrap();
     lb.add_backend("web", backend(1), 1).unwrap();
-    let before = lb.status().unwrap();
+    // The state, without the clock-driven age of each backend's health.
+    let state = |lb: &Balancer<FakeMaps>| {
+        let mut status = lb.status().unwrap();
+        for b in status.pools.iter_mut().flat_map(|p| p.backends.iter_mut()) {
+            b.since_change_secs = 0.0;
+        }
+        status
+    };
+    let before = state(&lb);
 
     let e = lb.del_vip("nope").unwrap_err().to_string();
     assert!(e.contains("nope"), "{e}");
@@ -177,11 +186,7 @@ fn errors_name_what_is_wrong_and_change_nothing() {
         .to_string();
     assert!(e.contains("weight"), "{e}");
 
-    assert_eq!(
-        lb.status().unwrap(),
-        before,
-        "a refused request changed the state"
-    );
+    assert_eq!(state(&lb), before, "a refused request changed the state");
 }
 
 #[test]
@@ -221,4 +226,119 @@ fn backend_target_may_name_a_vip() {
     lb.add_backend("front", backend(1), 1).unwrap();
     assert_eq!(lb.status().unwrap().pools[0].name, "servers");
     assert_eq!(ring_members(&lb, "front"), [backend(1)].into());
+}
+
+fn event(addr: SocketAddrV4, health: Health, reason: &str) -> HealthEvent {
+    HealthEvent {
+        pool: "web".into(),
+        backend: addr,
+        outcome: crate::health::CheckOutcome {
+            ok: health == Health::Up,
+            latency: std::time::Duration::from_millis(3),
+            reason: reason.into(),
+        },
+        transition: None,
+        health,
+    }
+}
+
+fn checked_pool(policy: DownPolicy) -> Balancer<FakeMaps> {
+    let mut lb = lb();
+    let check = CheckConfig {
+        kind: crate::config::CheckKind::Tcp,
+        ..CheckConfig::default()
+    };
+    lb.configure_pool(&PoolConfig {
+        name: "web".into(),
+        backends: Vec::new(),
+        check,
+        on_backend_down: policy,
+    })
+    .unwrap();
+    lb.add_vip(vip("web", 80, Scheduler::Maglev)).unwrap();
+    for i in 1..=3 {
+        lb.add_backend("web", backend(i), 1).unwrap();
+    }
+    lb
+}
+
+fn flags_of(lb: &Balancer<FakeMaps>, addr: SocketAddrV4) -> u32 {
+    lb.maps()
+        .backends
+        .values()
+        .find(|b| b.addr == u32::from_ne_bytes(addr.ip().octets()) && b.flags != 0)
+        .map(|b| b.flags)
+        .expect("backend present")
+}
+
+#[test]
+fn down_backend_leaves_the_ring_and_flags_its_flows_under_shutdown() {
+    let mut lb = checked_pool(DownPolicy::Shutdown);
+    assert_eq!(lb.checks().len(), 3, "every backend of the pool is checked");
+    let before = lb.maps().active_ring(&lb.vips["web"].key());
+    lb.record_health(&event(backend(2), Health::Down, "connect refused"))
+        .unwrap();
+    assert_eq!(ring_members(&lb, "web"), [backend(1), backend(3)].into());
+    assert_eq!(
+        flags_of(&lb, backend(2)),
+        BACKEND_F_PRESENT | BACKEND_F_RESCHEDULE
+    );
+    // Survivors keep their slots (minimal disruption).
+    let after = lb.maps().active_ring(&lb.vips["web"].key());
+    let b2 = lb.pools["web"].backends[1].id;
+    assert!(before
+        .iter()
+        .zip(&after)
+        .all(|(old, new)| old == new || *old == b2));
+    let status = lb.status().unwrap();
+    let b = &status.pools[0].backends[1];
+    assert_eq!((b.state.as_str(), b.health), ("down", Health::Down));
+    assert_eq!(b.change_reason, "connect refused");
+    assert_eq!(b.last_check.as_ref().unwrap().reason, "connect refused");
+    assert_eq!(status.vips[0].active_backends, 2);
+
+    lb.record_health(&event(backend(2), Health::Up, "ok"))
+        .unwrap();
+    assert_eq!(ring_members(&lb, "web"), (1..=3).map(backend).collect());
+    assert_eq!(flags_of(&lb, backend(2)), BACKEND_F_PRESENT);
+    // Coming back, it takes slots only from the others, never moving any between them.
+    let restored = lb.maps().active_ring(&lb.vips["web"].key());
+    let moved_elsewhere = after
+        .iter()
+        .zip(&restored)
+        .filter(|(old, new)| old != new && **new != b2)
+        .count();
+    assert_eq!(moved_elsewhere, 0, "slots moved between surviving backends");
+}
+
+#[test]
+fn keep_policy_leaves_flows_alone() {
+    let mut lb = checked_pool(DownPolicy::Keep);
+    lb.record_health(&event(backend(1), Health::Down, "timeout after 1s"))
+        .unwrap();
+    assert_eq!(ring_members(&lb, "web"), [backend(2), backend(3)].into());
+    assert_eq!(flags_of(&lb, backend(1)), BACKEND_F_PRESENT);
+}
+
+#[test]
+fn drained_backend_is_still_checked_and_results_for_deleted_ones_are_ignored() {
+    let mut lb = checked_pool(DownPolicy::Shutdown);
+    lb.set_weight("web", backend(1), 0).unwrap();
+    assert!(lb.checks().iter().any(|(_, a, ..)| *a == backend(1)));
+    lb.del_backend("web", backend(3)).unwrap();
+    lb.record_health(&event(backend(3), Health::Down, "late result"))
+        .unwrap();
+    assert_eq!(lb.checks().len(), 2);
+}
+
+#[test]
+fn all_down_policy_is_a_vip_flag() {
+    let mut lb = lb();
+    let mut v = vip("web", 80, Scheduler::Maglev);
+    v.on_all_down = AllDownPolicy::Pass;
+    lb.add_vip(v).unwrap();
+    let meta = lb.maps().vips[&lb.vips["web"].key()];
+    assert_eq!((meta.ring_size, meta.flags), (0, VIP_F_PASS_ALL_DOWN));
+    lb.add_vip(vip("other", 81, Scheduler::Maglev)).unwrap();
+    assert_eq!(lb.maps().vips[&lb.vips["other"].key()].flags, 0);
 }
