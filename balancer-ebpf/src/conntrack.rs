@@ -1,5 +1,5 @@
 //! Connection-table policy: idle timeouts (TCP, UDP, closing TCP) and TCP FIN/RST handling.
-use balancer_common::{Conn, Settings, FLOW_CLOSING};
+use balancer_common::{Conn, Settings, FLOW_CLOSING, PROTO_TCP};
 
 use crate::parse::{Packet, TCP_FIN, TCP_RST, TCP_SYN};
 
@@ -7,11 +7,12 @@ use crate::parse::{Packet, TCP_FIN, TCP_RST, TCP_SYN};
 /// packet; timeouts are whole seconds, so the error is negligible.
 const TOUCH_INTERVAL_NS: u64 = 250_000_000;
 
+/// How long an entry of protocol `proto` may stay idle.
 #[inline(always)]
-fn timeout_ns(conn: &Conn, pkt: &Packet, settings: &Settings) -> u64 {
+pub fn timeout_ns(conn: &Conn, proto: u8, settings: &Settings) -> u64 {
     if conn.state & FLOW_CLOSING != 0 {
         settings.closing_timeout_ns
-    } else if pkt.is_tcp() {
+    } else if proto == PROTO_TCP {
         settings.tcp_timeout_ns
     } else {
         settings.udp_timeout_ns
@@ -22,7 +23,7 @@ fn timeout_ns(conn: &Conn, pkt: &Packet, settings: &Settings) -> u64 {
 /// is a closing one when the client opens the same tuple again with a SYN.
 #[inline(always)]
 pub fn is_live(conn: &Conn, pkt: &Packet, settings: &Settings, now: u64) -> bool {
-    if now.saturating_sub(conn.last_seen_ns) > timeout_ns(conn, pkt, settings) {
+    if now.saturating_sub(conn.last_seen_ns) > timeout_ns(conn, pkt.key.proto, settings) {
         return false;
     }
     !(conn.state & FLOW_CLOSING != 0 && pkt.tcp_flags & TCP_SYN != 0 && pkt.tcp_flags & 0x10 == 0)

@@ -8,8 +8,7 @@ use aya_ebpf::{
 };
 use balancer_common::{
     stat, Backend, Conn, FlowKey, NatEntry, Settings, VipMeta, BACKEND_F_PRESENT,
-    BACKEND_F_RESCHEDULE, FLOW_CLOSING, PROTO_TCP, PROTO_UDP, SNAT_PORT_PROBES,
-    VIP_F_PASS_ALL_DOWN,
+    BACKEND_F_RESCHEDULE, FLOW_CLOSING, PROTO_UDP, SNAT_PORT_PROBES, VIP_F_PASS_ALL_DOWN,
 };
 use network_types::ip::Ipv4Hdr;
 
@@ -207,30 +206,30 @@ fn allocate_port(
     Err(stat::DROP_SNAT_EXHAUSTED)
 }
 
+/// The client's tuple (the `CONNS` key) of the flow a reply entry belongs to.
+#[inline(always)]
+fn client_key(entry: &NatEntry, proto: u8) -> FlowKey {
+    FlowKey {
+        src_addr: entry.client_addr,
+        dst_addr: entry.vip_addr,
+        src_port: entry.client_port,
+        dst_port: entry.vip_port,
+        proto,
+        _pad: [0; 3],
+    }
+}
+
 /// Does the client flow that owns this reply entry still use it?
 #[inline(always)]
 fn holder_alive(holder: &NatEntry, reply_key: &FlowKey, settings: &Settings, now: u64) -> bool {
-    let client_key = FlowKey {
-        src_addr: holder.client_addr,
-        dst_addr: holder.vip_addr,
-        src_port: holder.client_port,
-        dst_port: holder.vip_port,
-        proto: reply_key.proto,
-        _pad: [0; 3],
-    };
+    let client_key = client_key(holder, reply_key.proto);
     // SAFETY: read-only look at a map value.
     match unsafe { CONNS.get(&client_key) } {
         Some(conn) => {
-            let timeout = if conn.state & FLOW_CLOSING != 0 {
-                settings.closing_timeout_ns
-            } else if reply_key.proto == PROTO_TCP {
-                settings.tcp_timeout_ns
-            } else {
-                settings.udp_timeout_ns
-            };
             conn.snat_port == reply_key.dst_port
                 && conn.backend_addr == reply_key.src_addr
-                && now.saturating_sub(conn.last_seen_ns) <= timeout
+                && now.saturating_sub(conn.last_seen_ns)
+                    <= conntrack::timeout_ns(conn, reply_key.proto, settings)
         }
         None => false,
     }
@@ -283,14 +282,7 @@ pub fn to_client(ctx: &XdpContext, pkt: &Packet) -> Result<Option<u32>, DropReas
 /// A FIN or RST from the backend starts the flow's closing timeout.
 #[inline(always)]
 fn mark_closing(entry: &NatEntry, pkt: &Packet) {
-    let client_key = FlowKey {
-        src_addr: entry.client_addr,
-        dst_addr: entry.vip_addr,
-        src_port: entry.client_port,
-        dst_port: entry.vip_port,
-        proto: pkt.key.proto,
-        _pad: [0; 3],
-    };
+    let client_key = client_key(entry, pkt.key.proto);
     if let Some(conn) = CONNS.get_ptr_mut(&client_key) {
         // SAFETY: plain read-modify-write of one map value.
         unsafe { conntrack::touch(conn, pkt, bpf_ktime_get_coarse_ns()) };

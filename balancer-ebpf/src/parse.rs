@@ -38,13 +38,6 @@ pub struct Packet {
     pub tos: u8,
 }
 
-impl Packet {
-    #[inline(always)]
-    pub fn is_tcp(&self) -> bool {
-        self.key.proto == PROTO_TCP
-    }
-}
-
 /// The one bounds-checked accessor: a pointer to a `T` at `offset`, or a drop reason when
 /// the frame is too short to hold it.
 #[inline(always)]

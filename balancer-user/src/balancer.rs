@@ -115,17 +115,10 @@ impl From<FlowStats> for Counters {
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct VipStatus {
-    pub name: String,
-    pub address: Ipv4Addr,
-    pub port: u16,
-    pub protocol: Protocol,
-    pub scheduler: Scheduler,
-    pub ring_size: u32,
-    pub pool: String,
+    #[serde(flatten)]
+    pub config: VipConfig,
     /// Backends that take new flows (weight > 0 and up).
     pub active_backends: usize,
-    /// What new flows get when no backend is usable.
-    pub on_all_down: AllDownPolicy,
     pub counters: Counters,
 }
 
@@ -624,15 +617,8 @@ impl<M: Maps> Balancer<M> {
                 .get(&c.pool)
                 .map_or(0, |p| p.backends.iter().filter(|b| b.usable()).count());
             vips.push(VipStatus {
-                name: c.name.clone(),
-                address: c.address,
-                port: c.port,
-                protocol: c.protocol,
-                scheduler: c.scheduler,
-                ring_size: c.ring_size,
-                pool: c.pool.clone(),
+                config: c.clone(),
                 active_backends,
-                on_all_down: c.on_all_down,
                 counters: self.maps.vip_stats(vip.id)?.into(),
             });
         }

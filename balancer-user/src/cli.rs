@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::{
     balancer::{Status, MAX_WEIGHT},
-    config::{self, Protocol, Scheduler, XdpMode},
+    config::{self, AllDownPolicy, Protocol, Scheduler, VipConfig, XdpMode},
     control::{self, ClientError, Request},
 };
 
@@ -70,6 +70,9 @@ pub enum VipCommand {
         /// Maglev ring size (a prime <= 65537).
         #[arg(long, default_value_t = config::DEFAULT_RING_SIZE)]
         ring_size: u32,
+        /// What new flows get when no backend is up: drop or pass (to the local stack).
+        #[arg(long, default_value = "drop", value_parser = parse_all_down)]
+        on_all_down: AllDownPolicy,
     },
     /// Delete a VIP by name.
     Del { name: String },
@@ -156,6 +159,10 @@ fn parse_scheduler(s: &str) -> Result<Scheduler, String> {
     s.parse::<Scheduler>().map_err(|e| e.to_string())
 }
 
+fn parse_all_down(s: &str) -> Result<AllDownPolicy, String> {
+    s.parse::<AllDownPolicy>().map_err(|e| e.to_string())
+}
+
 fn parse_xdp_mode(s: &str) -> Result<XdpMode, String> {
     s.parse::<XdpMode>().map_err(|e| e.to_string())
 }
@@ -179,23 +186,23 @@ pub fn client(socket: PathBuf, command: Command) -> Result<String, ClientError> 
             pool,
             scheduler,
             ring_size,
+            on_all_down,
         }) => {
             let done = format!(
                 "vip {name} added: {}:{}/{} -> pool {pool}",
                 spec.address, spec.port, spec.protocol
             );
-            (
-                Request::VipAdd {
-                    name,
-                    address: spec.address,
-                    port: spec.port,
-                    protocol: spec.protocol,
-                    scheduler,
-                    ring_size,
-                    pool,
-                },
-                Box::new(move |_| done.clone()),
-            )
+            let vip = VipConfig {
+                name,
+                address: spec.address,
+                port: spec.port,
+                protocol: spec.protocol,
+                scheduler,
+                ring_size,
+                pool,
+                on_all_down,
+            };
+            (Request::VipAdd { vip }, Box::new(move |_| done.clone()))
         }
         Command::Vip(VipCommand::Del { name }) => {
             let done = format!("vip {name} deleted");
@@ -264,18 +271,20 @@ pub fn client(socket: PathBuf, command: Command) -> Result<String, ClientError> 
 
 fn render_vips(status: &Status) -> String {
     let mut out = format!(
-        "{:<16} {:<24} {:<12} {:<16} {:>8}\n",
-        "VIP", "ADDRESS", "SCHEDULER", "POOL", "ACTIVE"
+        "{:<16} {:<24} {:<12} {:<16} {:>8} {:<8}\n",
+        "VIP", "ADDRESS", "SCHEDULER", "POOL", "ACTIVE", "ALL DOWN"
     );
-    for v in &status.vips {
+    for status in &status.vips {
+        let v = &status.config;
         let _ = writeln!(
             out,
-            "{:<16} {:<24} {:<12} {:<16} {:>8}",
+            "{:<16} {:<24} {:<12} {:<16} {:>8} {:<8}",
             v.name,
             format!("{}:{}/{}", v.address, v.port, v.protocol),
             v.scheduler.to_string(),
             v.pool,
-            v.active_backends
+            status.active_backends,
+            v.on_all_down.to_string()
         );
     }
     out.trim_end().to_string()
@@ -287,8 +296,8 @@ fn render_backends(status: &Status, target: Option<&str>) -> Result<String, Clie
         Some(t) => {
             let name = if status.pools.iter().any(|p| p.name == t) {
                 t.to_string()
-            } else if let Some(v) = status.vips.iter().find(|v| v.name == t) {
-                v.pool.clone()
+            } else if let Some(v) = status.vips.iter().find(|v| v.config.name == t) {
+                v.config.pool.clone()
             } else {
                 return Err(ClientError::Refused(format!("no pool or VIP named {t:?}")));
             };
@@ -361,7 +370,7 @@ fn render_status(status: &Status) -> String {
         let _ = writeln!(
             out,
             "{:<16} {:>12} {:>14} {:>12} {:>14} {:>10}",
-            v.name, c.packets, c.bytes, c.reply_packets, c.reply_bytes, c.new_flows
+            v.config.name, c.packets, c.bytes, c.reply_packets, c.reply_bytes, c.new_flows
         );
     }
     out += "\nBackends\n";

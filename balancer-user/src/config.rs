@@ -706,8 +706,8 @@ impl FromStr for StatusRanges {
     }
 }
 
-/// `[[vip]]`: a virtual service.
-#[derive(Clone, Debug, PartialEq)]
+/// `[[vip]]`: a virtual service (also what a `vip add` request carries and `status` shows).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct VipConfig {
     pub name: String,
     pub address: Ipv4Addr,
@@ -813,28 +813,8 @@ pub fn is_valid_interface_name(s: &str) -> bool {
     interface_name_problem(s).is_none()
 }
 
-/// Whether `n` is a prime number.
-#[must_use]
-pub fn is_prime(n: u32) -> bool {
-    if n < 2 {
-        return false;
-    }
-    if n < 4 {
-        return true;
-    }
-    if n.is_multiple_of(2) {
-        return false;
-    }
-    let n = u64::from(n);
-    let mut d = 3u64;
-    while d * d <= n {
-        if n.is_multiple_of(d) {
-            return false;
-        }
-        d += 2;
-    }
-    true
-}
+/// Whether `n` is a prime number (Maglev ring sizes must be).
+pub use crate::ring::is_prime;
 
 fn name_problem(s: &str) -> Option<String> {
     if s.is_empty() {

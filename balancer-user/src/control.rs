@@ -3,7 +3,7 @@
 //! the CLI is the client.
 use std::{
     io::{BufRead, BufReader, Write},
-    net::{Ipv4Addr, SocketAddrV4},
+    net::SocketAddrV4,
     os::unix::net::UnixStream,
     path::Path,
     time::Duration,
@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     balancer::{Balancer, BalancerError, Status},
-    config::{Protocol, Scheduler, VipConfig},
+    config::VipConfig,
     maps::Maps,
 };
 
@@ -23,13 +23,8 @@ use crate::{
 pub enum Request {
     Status,
     VipAdd {
-        name: String,
-        address: Ipv4Addr,
-        port: u16,
-        protocol: Protocol,
-        scheduler: Scheduler,
-        ring_size: u32,
-        pool: String,
+        #[serde(flatten)]
+        vip: VipConfig,
     },
     VipDel {
         name: String,
@@ -74,24 +69,7 @@ impl Response {
 pub fn handle<M: Maps>(lb: &mut Balancer<M>, request: Request) -> Response {
     let result: Result<(), BalancerError> = match request {
         Request::Status => Ok(()),
-        Request::VipAdd {
-            name,
-            address,
-            port,
-            protocol,
-            scheduler,
-            ring_size,
-            pool,
-        } => lb.add_vip(VipConfig {
-            name,
-            address,
-            port,
-            protocol,
-            scheduler,
-            ring_size,
-            pool,
-            on_all_down: crate::config::AllDownPolicy::Drop,
-        }),
+        Request::VipAdd { vip } => lb.add_vip(vip),
         Request::VipDel { name } => lb.del_vip(&name),
         Request::BackendAdd {
             target,

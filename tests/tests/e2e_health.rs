@@ -79,8 +79,10 @@ fn stopped_server_leaves_the_ring_and_no_new_connection_fails_after_detection() 
             client.run(move || {
                 let mut results = Vec::new();
                 while !stop.load(Ordering::Relaxed) {
+                    // Stamped with its start: one started after detection must not fail.
+                    let started = Instant::now();
                     let r = balancer_tests::http_get(Topology::vip_http(), DEFAULT_TIMEOUT);
-                    results.push((Instant::now(), r.map_err(|e| format!("{e:#}"))));
+                    results.push((started, r.map_err(|e| format!("{e:#}"))));
                     thread::sleep(Duration::from_millis(5));
                 }
                 results
@@ -90,8 +92,14 @@ fn stopped_server_leaves_the_ring_and_no_new_connection_fails_after_detection() 
     thread::sleep(Duration::from_millis(300));
     servers.stop(2);
     let down_seen = wait_health(&agent, "web", &b2, "down", Duration::from_secs(5));
-    let reason = backend_status(&agent, "web", &b2)["change_reason"].clone();
+    let down = backend_status(&agent, "web", &b2);
+    let reason = down["change_reason"].clone();
     thread::sleep(Duration::from_millis(1500));
+    let still_down = backend_status(&agent, "web", &b2);
+    assert_eq!(
+        still_down["counters"]["new_flows"], down["counters"]["new_flows"],
+        "new flows were scheduled to b2 while it was down"
+    );
     servers.start(2).expect("restarting b2");
     let up_seen = wait_health(&agent, "web", &b2, "up", Duration::from_secs(5));
     thread::sleep(Duration::from_millis(1000));
@@ -111,14 +119,6 @@ fn stopped_server_leaves_the_ring_and_no_new_connection_fails_after_detection() 
         failures.len(),
         after_down.len(),
         failures.first()
-    );
-    let to_b2_while_down = results
-        .iter()
-        .filter(|(t, r)| *t > down_seen && *t < up_seen && r.as_deref() == Ok("b2"))
-        .count();
-    assert_eq!(
-        to_b2_while_down, 0,
-        "connections reached b2 while it was down"
     );
     let to_b2_after_up = results
         .iter()

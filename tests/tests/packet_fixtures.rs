@@ -233,7 +233,7 @@ fn syn_to_vip_is_translated_to_the_backend() {
         .unwrap()
         .vips
         .into_iter()
-        .find(|v| v.name == "web")
+        .find(|v| v.config.name == "web")
         .unwrap()
         .counters;
     assert_eq!((counters.packets, counters.new_flows), (1, 1));
@@ -319,7 +319,7 @@ fn later_packets_of_a_flow_keep_backend_and_port() {
         .unwrap()
         .vips
         .into_iter()
-        .find(|v| v.name == "web")
+        .find(|v| v.config.name == "web")
         .unwrap();
     assert_eq!((web.counters.packets, web.counters.new_flows), (3, 2));
 }
@@ -351,7 +351,7 @@ fn fin_then_syn_on_same_tuple_starts_a_new_flow_but_fin_alone_does_not() {
         .unwrap()
         .vips
         .into_iter()
-        .find(|v| v.name == "web")
+        .find(|v| v.config.name == "web")
         .unwrap();
     assert_eq!(
         web.counters.new_flows, 2,
@@ -567,7 +567,7 @@ fn idle_flows_expire_per_protocol() {
             .unwrap()
             .vips
             .into_iter()
-            .find(|v| v.name == vip)
+            .find(|v| v.config.name == vip)
             .unwrap()
             .counters
             .new_flows
