@@ -6,6 +6,7 @@ use aya_ebpf::{
     helpers::bpf_ktime_get_coarse_ns,
     programs::XdpContext,
 };
+use aya_log_ebpf::warn;
 use balancer_common::{
     stat, Backend, Conn, FlowKey, NatEntry, Settings, VipMeta, BACKEND_F_PRESENT,
     BACKEND_F_RESCHEDULE, FLOW_CLOSING, PROTO_UDP, SNAT_PORT_PROBES, VIP_F_PASS_ALL_DOWN,
@@ -58,9 +59,21 @@ pub fn to_backend(ctx: &XdpContext, pkt: &Packet, vip: &VipMeta) -> Result<u32, 
     let new_flow = live.is_none();
     let conn = match live {
         Some(conn) => conn,
-        None => match schedule(pkt, vip, settings, now)? {
-            Some(conn) => conn,
-            None => return all_down(vip),
+        None => match schedule(pkt, vip, settings, now) {
+            Ok(Some(conn)) => conn,
+            Ok(None) => return all_down(vip),
+            Err(reason) => {
+                if reason == stat::DROP_SNAT_EXHAUSTED {
+                    warn!(
+                        ctx,
+                        "vip {}: no free SNAT port for a new flow from {:i} ({} ports probed); widen nat.port_range",
+                        vip.vip_id,
+                        u32::from_be(pkt.key.src_addr),
+                        SNAT_PORT_PROBES
+                    );
+                }
+                return Err(reason);
+            }
         },
     };
 

@@ -33,14 +33,31 @@ use crate::{
 pub static EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/balancer.bpf.o"));
 
+/// The data plane's log records (aya-log) go to the agent's logger.
+pub type DataPlaneLogger = aya_log::EbpfLogger<&'static dyn log::Log>;
+
 /// Loads the embedded program into the kernel (maps created, program verified).
 pub fn load_program() -> anyhow::Result<Ebpf> {
+    load_program_with_logger().map(|(ebpf, _)| ebpf)
+}
+
+/// Like [`load_program`], also returning the reader of the program's log ring, which must
+/// be polled (see [`forward_logs`]) for the records to reach the agent's log.
+pub fn load_program_with_logger() -> anyhow::Result<(Ebpf, Option<DataPlaneLogger>)> {
     if EBPF_OBJECT.is_empty() {
         bail!("this balancer binary was built without its XDP program; build it with `cargo xtask build`");
     }
     let mut ebpf = EbpfLoader::new()
         .load(EBPF_OBJECT)
         .context("loading the XDP object (are you root?)")?;
+    // Before the program is loaded: the logger holds the log map's descriptor.
+    let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
+        Ok(logger) => Some(logger),
+        Err(e) => {
+            log::warn!("data plane log records are not available: {e}");
+            None
+        }
+    };
     let program: &mut Xdp = ebpf
         .program_mut(PROGRAM_NAME)
         .context("the XDP object has no program named `balancer`")?
@@ -49,7 +66,30 @@ pub fn load_program() -> anyhow::Result<Ebpf> {
     program
         .load()
         .context("the kernel refused the XDP program (verifier)")?;
-    Ok(ebpf)
+    Ok((ebpf, logger))
+}
+
+/// Copies the data plane's log records to the agent's log as they arrive.
+async fn forward_logs(logger: DataPlaneLogger) {
+    // SAFETY: the logger owns its ring buffer's descriptor, which stays open and the same
+    // for as long as the AsyncFd owns the logger.
+    let registered = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
+    };
+    let mut fd = match registered {
+        Ok(fd) => fd,
+        Err(e) => {
+            log::warn!("cannot poll the data plane's log ring: {e}");
+            return;
+        }
+    };
+    loop {
+        let Ok(mut guard) = fd.readable_mut().await else {
+            return;
+        };
+        guard.get_inner_mut().flush();
+        guard.clear_ready();
+    }
 }
 
 /// Attaches to one interface in the requested mode; `auto` tries driver mode first.
@@ -110,7 +150,10 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         .unwrap_or_else(|| config.agent.control_socket.clone());
     let mode = options.xdp_mode.unwrap_or(config.agent.xdp_mode);
 
-    let mut ebpf = load_program()?;
+    let (mut ebpf, logger) = load_program_with_logger()?;
+    if let Some(logger) = logger {
+        tokio::spawn(forward_logs(logger));
+    }
     let maps = AyaMaps::new(&mut ebpf)?;
     let mut lb = Balancer::from_config(maps, &config).context("applying the configuration")?;
     {
