@@ -170,6 +170,14 @@ fn parse_xdp_mode(s: &str) -> Result<XdpMode, String> {
 /// Turns the agent's status after a request into what the CLI prints.
 type Render = Box<dyn Fn(&Status) -> String>;
 
+/// Drops the padding the last column of a table leaves at the end of each line.
+fn trim_lines(text: &str) -> String {
+    text.lines()
+        .map(str::trim_end)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// Runs a client command against the agent and returns what to print.
 pub fn client(socket: PathBuf, command: Command) -> Result<String, ClientError> {
     let (request, render): (Request, Render) = match command {
@@ -262,11 +270,11 @@ pub fn client(socket: PathBuf, command: Command) -> Result<String, ClientError> 
         }
         Command::Backend(BackendCommand::List { pool }) => {
             let status = control::request(&socket, &Request::Status)?;
-            return render_backends(&status, pool.as_deref());
+            return render_backends(&status, pool.as_deref()).map(|t| trim_lines(&t));
         }
     };
     let status = control::request(&socket, &request)?;
-    Ok(render(&status))
+    Ok(trim_lines(&render(&status)))
 }
 
 fn render_vips(status: &Status) -> String {
