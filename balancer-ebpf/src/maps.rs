@@ -1,5 +1,6 @@
 //! The BPF maps of the data plane; their key and value types live in `balancer-common`.
 use aya_ebpf::{
+    bindings::BPF_F_MMAPABLE,
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
@@ -12,9 +13,10 @@ use balancer_common::{
 #[map]
 pub static VIPS: HashMap<VipKey, VipMeta> = HashMap::with_max_entries(MAX_VIPS, 0);
 
-/// Backend ids, `MAX_RING_SIZE` slots per ring slice, two slices per VIP.
+/// Backend ids, `MAX_RING_SIZE` slots per ring slice, two slices per VIP. Memory-mapped by
+/// the agent, which writes slots as plain stores instead of one syscall each.
 #[map]
-pub static RING: Array<u32> = Array::with_max_entries(RING_ENTRIES, 0);
+pub static RING: Array<u32> = Array::with_max_entries(RING_ENTRIES, BPF_F_MMAPABLE);
 
 /// Backend id -> address, port, SNAT address.
 #[map]

@@ -186,7 +186,10 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     loop {
         tokio::select! {
             Some((request, reply)) = jobs.recv() => {
+                let started = std::time::Instant::now();
+                let what = format!("{request:?}");
                 let response = control::handle(&mut lb, request);
+                log::debug!("control request applied in {:?}: {what}", started.elapsed());
                 sync_checks(&lb, &mut checker, &mut checked);
                 let _ = reply.send(response);
             }

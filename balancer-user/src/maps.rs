@@ -1,12 +1,18 @@
 //! The data plane's maps behind a trait: `AyaMaps` writes the kernel's, `FakeMaps` keeps
 //! them in memory for unit tests.
-use std::collections::HashMap as StdHashMap;
+use std::{
+    collections::HashMap as StdHashMap,
+    os::fd::{AsFd, AsRawFd},
+    ptr::NonNull,
+};
 
 use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray, PerCpuValues},
     Ebpf,
 };
-use balancer_common::{map_names, stat, Backend, FlowStats, Settings, VipKey, VipMeta};
+use balancer_common::{
+    map_names, stat, Backend, FlowStats, Settings, VipKey, VipMeta, RING_ENTRIES,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MapsError {
@@ -45,7 +51,7 @@ pub trait Maps {
 /// The kernel maps of a loaded program.
 pub struct AyaMaps {
     vips: HashMap<MapData, VipKey, VipMeta>,
-    ring: Array<MapData, u32>,
+    ring: MappedRing,
     backends: Array<MapData, Backend>,
     settings: Array<MapData, Settings>,
     vip_stats: PerCpuArray<MapData, FlowStats>,
@@ -66,13 +72,96 @@ impl AyaMaps {
     pub fn new(ebpf: &mut Ebpf) -> Result<Self, MapsError> {
         Ok(Self {
             vips: take(ebpf, map_names::VIPS)?,
-            ring: take(ebpf, map_names::RING)?,
+            ring: MappedRing::new(ebpf)?,
             backends: take(ebpf, map_names::BACKENDS)?,
             settings: take(ebpf, map_names::SETTINGS)?,
             vip_stats: take(ebpf, map_names::VIP_STATS)?,
             backend_stats: take(ebpf, map_names::BACKEND_STATS)?,
             global_stats: take(ebpf, map_names::GLOBAL_STATS)?,
         })
+    }
+}
+
+/// The `RING` array (created `BPF_F_MMAPABLE`) mapped into the agent's memory: a slot
+/// write is a store, not a syscall, so a whole 65537-slot ring is written in well under a
+/// millisecond. The VIP's flip to the new slice is a map update (a syscall, so a full
+/// barrier): the kernel never reads a slice before it is complete.
+struct MappedRing {
+    /// The kernel stores array elements 8-byte aligned (`round_up(value_size, 8)`), so
+    /// slot `i`'s u32 sits at byte `8 * i`.
+    base: NonNull<u64>,
+    len: usize,
+    // Kept open for clarity; the mapping itself also holds a reference to the map.
+    _map: MapData,
+}
+
+/// Bytes between two slots of an array map's memory.
+const RING_STRIDE: usize = 8;
+
+impl MappedRing {
+    fn new(ebpf: &mut Ebpf) -> Result<Self, MapsError> {
+        let name = map_names::RING;
+        let map = match ebpf.take_map(name).ok_or(MapsError::Missing(name))? {
+            aya::maps::Map::Array(data) => data,
+            _ => {
+                return Err(MapsError::Other {
+                    map: name,
+                    message: "is not an array".into(),
+                })
+            }
+        };
+        let len = RING_ENTRIES as usize;
+        let bytes = len * RING_STRIDE;
+        // SAFETY: a shared mapping of the map's fd; the kernel checks size and permissions.
+        let addr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                map.fd().as_fd().as_raw_fd(),
+                0,
+            )
+        };
+        if addr == libc::MAP_FAILED {
+            return Err(MapsError::Other {
+                map: name,
+                message: format!(
+                    "mmap of {bytes} bytes failed (is the map BPF_F_MMAPABLE?): {}",
+                    std::io::Error::last_os_error()
+                ),
+            });
+        }
+        Ok(MappedRing {
+            base: NonNull::new(addr.cast()).expect("mmap returned a non-null address"),
+            len,
+            _map: map,
+        })
+    }
+
+    fn set(&mut self, index: u32, value: u32) -> Result<(), MapsError> {
+        if index as usize >= self.len {
+            return Err(MapsError::Other {
+                map: map_names::RING,
+                message: format!("slot {index} out of range ({} slots)", self.len),
+            });
+        }
+        // SAFETY: in bounds of a live mapping; an aligned u32 store is atomic for readers.
+        unsafe {
+            self.base
+                .as_ptr()
+                .add(index as usize)
+                .cast::<u32>()
+                .write_volatile(value)
+        };
+        Ok(())
+    }
+}
+
+impl Drop for MappedRing {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping made in `new`.
+        unsafe { libc::munmap(self.base.as_ptr().cast(), self.len * RING_STRIDE) };
     }
 }
 
@@ -121,9 +210,7 @@ impl Maps for AyaMaps {
     }
 
     fn set_ring_slot(&mut self, index: u32, backend_id: u32) -> Result<(), MapsError> {
-        self.ring
-            .set(index, backend_id, 0)
-            .map_err(aya_err(map_names::RING))
+        self.ring.set(index, backend_id)
     }
 
     fn vip_stats(&self, vip_id: u32) -> Result<FlowStats, MapsError> {
