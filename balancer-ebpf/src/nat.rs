@@ -208,7 +208,11 @@ fn allocate_port(
             return Ok(port);
         }
         if let Some(holder) = unsafe { NAT.get(&reply_key) } {
-            if !holder_alive(holder, &reply_key, settings, now)
+            // A flow replacing its own tuple (the client reused its port) takes back the
+            // same SNAT port: the backend then sees the very tuple sequence the client
+            // makes, so its TIME_WAIT/PAWS checks pass as they would without NAT.
+            let same_client = client_key(holder, pkt.key.proto) == pkt.key;
+            if (same_client || !holder_alive(holder, &reply_key, settings, now))
                 && NAT.insert(&reply_key, &entry, BPF_ANY as u64).is_ok()
             {
                 return Ok(port);

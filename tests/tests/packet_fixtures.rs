@@ -345,6 +345,12 @@ fn fin_then_syn_on_same_tuple_starts_a_new_flow_but_fin_alone_does_not() {
     );
     let (_, again) = fx.send_from_client(&syn());
     assert_eq!(parsed(&again).dst, WEB_BACKEND);
+    assert_eq!(
+        parsed(&again).sport,
+        parsed(&first).sport,
+        "a client reusing its port gets its SNAT port back, so the backend's TIME_WAIT \
+         sees the client's own tuple sequence"
+    );
     let web = fx
         .lb
         .status()
