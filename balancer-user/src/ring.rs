@@ -361,8 +361,12 @@ pub fn maglev(backends: &[RingBackend], m: u32, prev: Option<&[u32]>) -> Vec<u32
     let mut active: Vec<u32> = (0..n as u32)
         .filter(|&i| count[i as usize] < quota[i as usize])
         .collect();
+    let mut free = owner.iter().filter(|&&o| o == FREE).count();
+    // Filling the last few free slots by permutation walks costs most of the probes
+    // (each walk passes ever more taken slots): the endgame below takes over for them.
+    let endgame = m_len / ENDGAME_FRACTION;
     let mut fallback_scan = 0usize;
-    while !active.is_empty() {
+    while !active.is_empty() && free > endgame {
         for &i in &active {
             let p = &mut perms[i as usize];
             let slot = loop {
@@ -387,12 +391,34 @@ pub fn maglev(backends: &[RingBackend], m: u32, prev: Option<&[u32]>) -> Vec<u32
             taken[slot / 64] |= 1 << (slot % 64);
             owner[slot] = i;
             count[i as usize] += 1;
+            free -= 1;
         }
         active.retain(|&i| count[i as usize] < quota[i as usize]);
     }
 
+    // Endgame: the remaining free slots, in slot order, go round-robin to the backends
+    // still below quota (in sorted order). Quotas sum to m, so the deficits add up to
+    // exactly the free slots; the result stays deterministic and exactly balanced.
+    let mut turns = Vec::with_capacity(free);
+    while !active.is_empty() {
+        for &i in &active {
+            turns.push(i);
+            count[i as usize] += 1;
+        }
+        active.retain(|&i| count[i as usize] < quota[i as usize]);
+    }
+    let free_slots = owner.iter_mut().filter(|o| **o == FREE);
+    for (slot, i) in free_slots.zip(turns) {
+        *slot = i;
+    }
+
     owner.into_iter().map(|i| live[i as usize].id).collect()
 }
+
+/// The permutation walks stop when `m / ENDGAME_FRACTION` slots are left free (about 3%):
+/// walking to the very last free slot costs about ln(m) probes per slot in all, the
+/// endgame cuts that to about ln(ENDGAME_FRACTION).
+const ENDGAME_FRACTION: usize = 32;
 
 /// Greatest common divisor.
 fn gcd(mut a: u64, mut b: u64) -> u64 {
