@@ -82,9 +82,10 @@ fn ring_update_flips_slices_and_writes_only_changes() {
     lb.del_backend("web", backend(4)).unwrap();
     assert_eq!(lb.maps().vips[&key].ring_base, base_before);
     let rewrite = lb.maps().ring_writes - writes;
-    // The old slice already holds the 3-backend ring: nothing (or nearly nothing) to write.
+    // The old slice already holds the 3-backend ring: only the few slots the rebuild
+    // placed differently are written, not the whole slice.
     assert!(
-        rewrite < 100,
+        rewrite < 65537 / 100,
         "rewrote {rewrite} slots for a ring the slice already held"
     );
     assert_eq!(ring_members(&lb, "web"), (1..=3).map(backend).collect());
