@@ -1,4 +1,4 @@
-//! Developer tasks for balancer: `cargo xtask setup | build-ebpf | build | test | demo`.
+//! Developer tasks for balancer: `cargo xtask setup | build-ebpf | build | test | demo | bench`.
 
 /// Prints a visible progress line: `[xtask] ...`.
 macro_rules! say {
@@ -7,6 +7,7 @@ macro_rules! say {
     };
 }
 
+mod bench;
 mod cmd;
 mod ebpf;
 mod setup;
@@ -51,6 +52,12 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
+    /// As root: setup, release build, then the benchmark; writes results/bench.md and .png.
+    Bench {
+        /// Arguments passed to the bench (e.g. `--quick`, `--only xdp,maglev`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
 }
 
 /// The workspace root (the parent of this crate).
@@ -87,6 +94,7 @@ fn run(task: Task) -> Result<i32> {
         }
         Task::Test { args } => return tasks::test(&args),
         Task::Demo { args } => return tasks::demo(&args),
+        Task::Bench { args } => return bench::bench(&args),
     }
     Ok(0)
 }

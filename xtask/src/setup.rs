@@ -50,6 +50,27 @@ pub const PACKAGES: &[Package] = &[
     },
 ];
 
+/// What only `cargo xtask bench` needs: the load generator, the backends and peers it
+/// compares with, and perf (where the time goes).
+pub const BENCH_PACKAGES: &[Package] = &[
+    Package {
+        command: "wrk",
+        package: "wrk",
+    },
+    Package {
+        command: "haproxy",
+        package: "haproxy",
+    },
+    Package {
+        command: "nginx",
+        package: "nginx-light",
+    },
+    Package {
+        command: "perf",
+        package: "linux-perf",
+    },
+];
+
 /// Variables the outer (stable) cargo sets that would break a nested nightly cargo.
 const REMOVED_VARS: &[&str] = &[
     "RUSTC",
