@@ -47,13 +47,20 @@ fn require_root(task: &str) -> Result<()> {
     Ok(())
 }
 
-/// build-ebpf (release), then every binary of the host workspace.
+/// build-ebpf (release), then every binary of the host workspace, the bench included (so a
+/// change that breaks it fails `cargo xtask test`, not only `cargo xtask bench`).
 pub fn build(toolchain: &EbpfToolchain) -> Result<Artifacts> {
     let object = ebpf::build(toolchain, Profile::Release)?;
     say!("build: host workspace...");
     cmd::run(
         cargo()
-            .args(["build", "--workspace", "--bins"])
+            .args([
+                "build",
+                "--workspace",
+                "--bins",
+                "--features",
+                "balancer-tests/bench",
+            ])
             .env("BALANCER_EBPF_OBJ", &object),
     )?;
     let target_dir = target_dir();
