@@ -119,7 +119,10 @@ pub struct FlowKey {
     /// Network byte order.
     pub dst_port: u16,
     pub proto: u8,
-    pub _pad: [u8; 3],
+    // Two fields, not `[u8; 3]`: the BPF target turns zeroing a 3-byte array into a
+    // memset call per packet.
+    pub _pad0: u8,
+    pub _pad1: u16,
 }
 
 /// Flow state bits (`Conn::state`, `NatEntry::state`).

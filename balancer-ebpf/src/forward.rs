@@ -27,8 +27,12 @@ pub fn transmit(
     src_port: u16,
     dst_port: u16,
 ) -> Result<u32, DropReason> {
-    // SAFETY: an all-zero bpf_fib_lookup is a valid request to fill in.
-    let mut params: bpf_fib_lookup = unsafe { mem::zeroed() };
+    let mut storage = mem::MaybeUninit::<bpf_fib_lookup>::uninit();
+    // SAFETY: zero_params writes all 64 bytes; all-zero is a valid bpf_fib_lookup.
+    let params = unsafe {
+        zero_params(storage.as_mut_ptr());
+        &mut *storage.as_mut_ptr()
+    };
     params.family = AF_INET;
     params.l4_protocol = pkt.key.proto;
     params.sport = src_port;
@@ -44,7 +48,7 @@ pub fn transmit(
     let rc = unsafe {
         fib_lookup(
             ctx.as_ptr(),
-            &mut params,
+            params,
             mem::size_of::<bpf_fib_lookup>() as i32,
             0,
         )
@@ -53,10 +57,7 @@ pub fn transmit(
         BPF_FIB_LKUP_RET_SUCCESS => {
             let eth: *mut EthHdr = crate::parse::ptr_at(ctx, 0)?;
             // SAFETY: ptr_at checked the bounds.
-            unsafe {
-                (*eth).dst_addr = params.dmac;
-                (*eth).src_addr = params.smac;
-            }
+            unsafe { set_macs(eth, &params.dmac, &params.smac) };
             if params.ifindex == ingress {
                 Ok(xdp_action::XDP_TX)
             } else {
@@ -69,5 +70,36 @@ pub fn transmit(
             Ok(xdp_action::XDP_PASS)
         }
         _ => Err(stat::DROP_FIB),
+    }
+}
+
+/// Writes both MACs with six single-byte stores each (an array assignment becomes a
+/// memmove call on the BPF target).
+#[inline(always)]
+unsafe fn set_macs(eth: *mut EthHdr, dst: &[u8; 6], src: &[u8; 6]) {
+    let frame = eth.cast::<u8>();
+    let mut i = 0;
+    while i < 6 {
+        // SAFETY: the caller passes a bounds-checked Ethernet header (12 bytes of MACs).
+        unsafe {
+            *frame.add(i) = dst[i];
+            *frame.add(6 + i) = src[i];
+        }
+        i += 1;
+    }
+}
+
+const _: () = assert!(mem::size_of::<bpf_fib_lookup>() == 64);
+
+/// Zeroes a `bpf_fib_lookup` in place by eight 8-byte stores: `mem::zeroed()` (or any
+/// copy of a zeroed value) becomes a memset call on the BPF target.
+#[inline(always)]
+unsafe fn zero_params(params: *mut bpf_fib_lookup) {
+    let words = params.cast::<u64>();
+    let mut i = 0;
+    while i < 8 {
+        // SAFETY: eight u64 words are exactly the 64 bytes of the struct (asserted above).
+        unsafe { words.add(i).write_volatile(0) };
+        i += 1;
     }
 }

@@ -202,7 +202,8 @@ fn allocate_port(
             src_port: backend.port,
             dst_port: port,
             proto: pkt.key.proto,
-            _pad: [0; 3],
+            _pad0: 0,
+            _pad1: 0,
         };
         if NAT.insert(&reply_key, &entry, BPF_NOEXIST as u64).is_ok() {
             return Ok(port);
@@ -232,7 +233,8 @@ fn client_key(entry: &NatEntry, proto: u8) -> FlowKey {
         src_port: entry.client_port,
         dst_port: entry.vip_port,
         proto,
-        _pad: [0; 3],
+        _pad0: 0,
+        _pad1: 0,
     }
 }
 
