@@ -38,6 +38,7 @@ pub mod map_names {
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
     pub const GLOBAL_STATS: &str = "GLOBAL_STATS";
     pub const RR_STATE: &str = "RR_STATE";
+    pub const NEXT_HOPS: &str = "NEXT_HOPS";
 }
 
 /// Name of the XDP program in the object file.
@@ -255,6 +256,27 @@ pub mod stat {
     ];
 }
 
+/// A backend's next hop as the FIB gave it (`NEXT_HOPS`, per-CPU array by backend id), so
+/// the forward path needs no FIB lookup per packet. Trusted only while `addr` is the
+/// flow's backend address and `at_ns` is younger than `NEXT_HOP_TTL_NS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct NextHop {
+    /// Backend address it was looked up for, network byte order.
+    pub addr: u32,
+    /// Egress interface; 0 = nothing cached.
+    pub ifindex: u32,
+    pub dmac: [u8; 6],
+    pub smac: [u8; 6],
+    pub _pad: u32,
+    /// When it was looked up, `bpf_ktime_get_coarse_ns` clock.
+    pub at_ns: u64,
+}
+
+/// How long a cached next hop is used before the FIB is asked again (a neighbour's MAC
+/// or a route change is picked up within this time).
+pub const NEXT_HOP_TTL_NS: u64 = 1_000_000_000;
+
 /// Round-robin position of a VIP on one CPU (`RR_STATE`, per-CPU array by vip id).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -272,6 +294,7 @@ const _: () = assert!(core::mem::size_of::<NatEntry>() == 32);
 const _: () = assert!(core::mem::size_of::<Settings>() == 32);
 const _: () = assert!(core::mem::size_of::<FlowStats>() == 40);
 const _: () = assert!(core::mem::size_of::<RrState>() == 8);
+const _: () = assert!(core::mem::size_of::<NextHop>() == 32);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -286,4 +309,5 @@ mod pod {
     unsafe impl aya::Pod for Settings {}
     unsafe impl aya::Pod for FlowStats {}
     unsafe impl aya::Pod for RrState {}
+    unsafe impl aya::Pod for NextHop {}
 }

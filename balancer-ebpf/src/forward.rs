@@ -10,10 +10,10 @@ use aya_ebpf::{
     programs::XdpContext,
     EbpfContext,
 };
-use balancer_common::stat;
+use balancer_common::{stat, NextHop, NEXT_HOP_TTL_NS};
 use network_types::eth::EthHdr;
 
-use crate::{parse::Packet, stats, DropReason};
+use crate::{maps::NEXT_HOPS, parse::Packet, stats, DropReason};
 
 const AF_INET: u8 = 2;
 
@@ -26,6 +26,62 @@ pub fn transmit(
     dst_addr: u32,
     src_port: u16,
     dst_port: u16,
+) -> Result<u32, DropReason> {
+    transmit_via_fib(ctx, pkt, src_addr, dst_addr, src_port, dst_port, None)
+}
+
+/// Sends a packet to backend `backend_id` at `dst_addr`: by the backend's cached next hop
+/// while it is fresh, otherwise by a FIB lookup whose result refreshes the cache. (A
+/// cached hop skips the FIB's MTU check; the cache lives at most `NEXT_HOP_TTL_NS`.)
+#[inline(always)]
+pub fn transmit_to_backend(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    src_addr: u32,
+    dst_addr: u32,
+    src_port: u16,
+    dst_port: u16,
+    backend_id: u32,
+    now: u64,
+) -> Result<u32, DropReason> {
+    let cache = NEXT_HOPS.get_ptr_mut(backend_id);
+    if let Some(hop) = cache {
+        // SAFETY: this CPU's slot; no other writer while the program runs here.
+        let hop = unsafe { &*hop };
+        if hop.addr == dst_addr && hop.ifindex != 0 && now.wrapping_sub(hop.at_ns) < NEXT_HOP_TTL_NS
+        {
+            let eth: *mut EthHdr = crate::parse::ptr_at(ctx, 0)?;
+            // SAFETY: ptr_at checked the bounds.
+            unsafe { set_macs(eth, &hop.dmac, &hop.smac) };
+            return Ok(send(ctx, hop.ifindex));
+        }
+    }
+    let refresh = cache.map(|hop| (hop, dst_addr, now));
+    transmit_via_fib(ctx, pkt, src_addr, dst_addr, src_port, dst_port, refresh)
+}
+
+/// `XDP_TX` back out of the ingress interface, else a redirect to `ifindex`.
+#[inline(always)]
+fn send(ctx: &XdpContext, ifindex: u32) -> u32 {
+    if ifindex == ctx.ingress_ifindex() as u32 {
+        xdp_action::XDP_TX
+    } else {
+        // SAFETY: plain helper call.
+        unsafe { bpf_redirect(ifindex, 0) as u32 }
+    }
+}
+
+/// The FIB lookup path; a successful result is stored in `refresh` (cache slot, backend
+/// address, now) when given.
+#[inline(always)]
+fn transmit_via_fib(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    src_addr: u32,
+    dst_addr: u32,
+    src_port: u16,
+    dst_port: u16,
+    refresh: Option<(*mut NextHop, u32, u64)>,
 ) -> Result<u32, DropReason> {
     let mut storage = mem::MaybeUninit::<bpf_fib_lookup>::uninit();
     // SAFETY: zero_params writes all 64 bytes; all-zero is a valid bpf_fib_lookup.
@@ -58,18 +114,33 @@ pub fn transmit(
             let eth: *mut EthHdr = crate::parse::ptr_at(ctx, 0)?;
             // SAFETY: ptr_at checked the bounds.
             unsafe { set_macs(eth, &params.dmac, &params.smac) };
-            if params.ifindex == ingress {
-                Ok(xdp_action::XDP_TX)
-            } else {
-                // SAFETY: plain helper call.
-                Ok(unsafe { bpf_redirect(params.ifindex, 0) } as u32)
+            if let Some((hop, addr, now)) = refresh {
+                // SAFETY: this CPU's slot of NEXT_HOPS.
+                unsafe {
+                    (*hop).addr = addr;
+                    (*hop).ifindex = params.ifindex;
+                    copy_mac(&mut (*hop).dmac, &params.dmac);
+                    copy_mac(&mut (*hop).smac, &params.smac);
+                    (*hop).at_ns = now;
+                }
             }
+            Ok(send(ctx, params.ifindex))
         }
         BPF_FIB_LKUP_RET_NO_NEIGH => {
             stats::count(stat::PASS_NO_NEIGH);
             Ok(xdp_action::XDP_PASS)
         }
         _ => Err(stat::DROP_FIB),
+    }
+}
+
+/// Copies a MAC byte by byte (an array assignment becomes a memmove call on BPF).
+#[inline(always)]
+fn copy_mac(to: &mut [u8; 6], from: &[u8; 6]) {
+    let mut i = 0;
+    while i < 6 {
+        to[i] = from[i];
+        i += 1;
     }
 }
 

@@ -5,7 +5,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use balancer_common::{
-    stat, Backend, Conn, FlowKey, FlowStats, NatEntry, RrState, Settings, VipKey, VipMeta,
+    stat, Backend, Conn, FlowKey, FlowStats, NatEntry, NextHop, RrState, Settings, VipKey, VipMeta,
     CONN_TABLE_SIZE, MAX_BACKENDS, MAX_VIPS, RING_ENTRIES,
 };
 
@@ -38,6 +38,10 @@ pub static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
 /// Round-robin position per VIP and CPU.
 #[map]
 pub static RR_STATE: PerCpuArray<RrState> = PerCpuArray::with_max_entries(MAX_VIPS, 0);
+
+/// Per-CPU next hop of each backend (no FIB lookup per forwarded packet).
+#[map]
+pub static NEXT_HOPS: PerCpuArray<NextHop> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
 
 #[map]
 pub static VIP_STATS: PerCpuArray<FlowStats> = PerCpuArray::with_max_entries(MAX_VIPS, 0);

@@ -15,7 +15,7 @@ use network_types::ip::Ipv4Hdr;
 
 use crate::{
     conntrack, csum,
-    forward::transmit,
+    forward::{transmit, transmit_to_backend},
     maps::{BACKENDS, CONNS, NAT, SETTINGS},
     parse::{ptr_at, Packet, TCP_FIN, TCP_RST},
     select,
@@ -92,13 +92,15 @@ pub fn to_backend(ctx: &XdpContext, pkt: &Packet, vip: &VipMeta) -> Result<u32, 
         conn.snat_port,
         conn.backend_port,
     )?;
-    transmit(
+    transmit_to_backend(
         ctx,
         pkt,
         conn.snat_addr,
         conn.backend_addr,
         conn.snat_port,
         conn.backend_port,
+        conn.backend_id,
+        now,
     )
 }
 

@@ -303,6 +303,13 @@ fn later_packets_of_a_flow_keep_backend_and_port() {
         (first.dst, first.sport),
         "same flow, same translation"
     );
+    // The second packet takes the backend's cached next hop instead of a FIB lookup.
+    assert_eq!(
+        (second.dst_mac, second.src_mac),
+        (WEB_BACKEND_MAC, LB_BACKEND_MAC),
+        "cached next hop must give the FIB's MACs"
+    );
+    assert!(second.ip_checksum_ok && second.l4_checksum_ok == Some(true));
     let other = Spec {
         sport: 40001,
         ..syn()
