@@ -1,7 +1,6 @@
 //! `cargo xtask bench`: set up, build (release) and run the `bench` binary, which writes
 //! `results/bench.md` and `results/bench.png`.
 
-use std::env;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -12,6 +11,7 @@ use anyhow::{bail, Context as _, Result};
 use crate::cmd;
 use crate::ebpf::{self, Profile};
 use crate::setup;
+use crate::tasks::{cargo, target_dir};
 
 /// `cargo xtask bench` as a whole (set-up, build, run) stays under this.
 const TOTAL_BUDGET: Duration = Duration::from_secs(15 * 60);
@@ -21,22 +21,6 @@ const MARGIN: Duration = Duration::from_secs(90);
 /// The chart's font (`bench` registers it for plotters), and the package that ships it.
 const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
 const FONT_PACKAGE: &str = "fonts-dejavu-core";
-
-/// The stable cargo that runs xtask.
-fn cargo() -> Command {
-    let mut cargo = Command::new(env::var_os("CARGO").unwrap_or_else(|| OsString::from("cargo")));
-    cargo.current_dir(crate::root());
-    cargo
-}
-
-fn target_dir() -> PathBuf {
-    let root = crate::root();
-    ["CARGO_TARGET_DIR", "CARGO_BUILD_TARGET_DIR"]
-        .iter()
-        .find_map(|var| env::var_os(var).filter(|v| !v.is_empty()))
-        .map(|dir| root.join(dir))
-        .unwrap_or_else(|| root.join("target"))
-}
 
 /// Installs the chart's font when it is missing (a file, not a command: not in `PACKAGES`).
 fn font() -> Result<()> {

@@ -22,13 +22,14 @@ pub struct Artifacts {
 }
 
 /// The stable cargo that runs xtask.
-fn cargo() -> Command {
+pub(crate) fn cargo() -> Command {
     let mut cargo = Command::new(env::var_os("CARGO").unwrap_or_else(|| OsString::from("cargo")));
     cargo.current_dir(crate::root());
     cargo
 }
 
-fn target_dir() -> PathBuf {
+/// The host target directory (`target/` unless CARGO_TARGET_DIR says otherwise).
+pub(crate) fn target_dir() -> PathBuf {
     let root = crate::root();
     ["CARGO_TARGET_DIR", "CARGO_BUILD_TARGET_DIR"]
         .iter()
