@@ -123,78 +123,12 @@ pub enum Protocol {
     Udp,
 }
 
-impl Protocol {
-    /// The configuration spelling: `"tcp"` or `"udp"`.
-    #[must_use]
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Protocol::Tcp => "tcp",
-            Protocol::Udp => "udp",
-        }
-    }
-}
-
-impl fmt::Display for Protocol {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Protocol {
-    type Err = ParseValueError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.to_ascii_lowercase().as_str() {
-            "tcp" => Ok(Protocol::Tcp),
-            "udp" => Ok(Protocol::Udp),
-            _ => Err(ParseValueError {
-                what: "protocol",
-                value: s.to_owned(),
-                expected: "\"tcp\" or \"udp\"",
-            }),
-        }
-    }
-}
-
 /// How a VIP spreads new flows over its pool's backends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Scheduler {
     Maglev,
     RoundRobin,
-}
-
-impl Scheduler {
-    /// The configuration spelling: `"maglev"` or `"round-robin"`.
-    #[must_use]
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Scheduler::Maglev => "maglev",
-            Scheduler::RoundRobin => "round-robin",
-        }
-    }
-}
-
-impl fmt::Display for Scheduler {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Scheduler {
-    type Err = ParseValueError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.to_ascii_lowercase().as_str() {
-            "maglev" => Ok(Scheduler::Maglev),
-            "round-robin" | "rr" => Ok(Scheduler::RoundRobin),
-            _ => Err(ParseValueError {
-                what: "scheduler",
-                value: s.to_owned(),
-                expected: "\"maglev\" or \"round-robin\" (or \"rr\")",
-            }),
-        }
-    }
 }
 
 /// How the XDP program is attached to the interfaces.
@@ -207,41 +141,6 @@ pub enum XdpMode {
     Skb,
     /// Try driver mode, fall back to SKB mode.
     Auto,
-}
-
-impl XdpMode {
-    /// The configuration spelling: `"driver"`, `"skb"` or `"auto"`.
-    #[must_use]
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            XdpMode::Driver => "driver",
-            XdpMode::Skb => "skb",
-            XdpMode::Auto => "auto",
-        }
-    }
-}
-
-impl fmt::Display for XdpMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for XdpMode {
-    type Err = ParseValueError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.to_ascii_lowercase().as_str() {
-            "driver" => Ok(XdpMode::Driver),
-            "skb" => Ok(XdpMode::Skb),
-            "auto" => Ok(XdpMode::Auto),
-            _ => Err(ParseValueError {
-                what: "XDP mode",
-                value: s.to_owned(),
-                expected: "\"driver\", \"skb\" or \"auto\"",
-            }),
-        }
-    }
 }
 
 /// What a pool does with established flows of a backend that health checks took down.
@@ -258,39 +157,6 @@ pub enum DownPolicy {
     Keep,
 }
 
-impl DownPolicy {
-    /// The configuration spelling: `"shutdown"` or `"keep"`.
-    #[must_use]
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            DownPolicy::Shutdown => "shutdown",
-            DownPolicy::Keep => "keep",
-        }
-    }
-}
-
-impl fmt::Display for DownPolicy {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for DownPolicy {
-    type Err = ParseValueError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.to_ascii_lowercase().as_str() {
-            "shutdown" => Ok(DownPolicy::Shutdown),
-            "keep" => Ok(DownPolicy::Keep),
-            _ => Err(ParseValueError::new(
-                "on_backend_down policy",
-                s,
-                "\"shutdown\" or \"keep\"",
-            )),
-        }
-    }
-}
-
 /// What new flows of a VIP get while none of its backends is up.
 #[derive(
     Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
@@ -302,39 +168,6 @@ pub enum AllDownPolicy {
     Drop,
     /// They are passed to the host's stack (`XDP_PASS`), e.g. for a local sorry server.
     Pass,
-}
-
-impl AllDownPolicy {
-    /// The configuration spelling: `"drop"` or `"pass"`.
-    #[must_use]
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            AllDownPolicy::Drop => "drop",
-            AllDownPolicy::Pass => "pass",
-        }
-    }
-}
-
-impl fmt::Display for AllDownPolicy {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for AllDownPolicy {
-    type Err = ParseValueError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.to_ascii_lowercase().as_str() {
-            "drop" => Ok(AllDownPolicy::Drop),
-            "pass" => Ok(AllDownPolicy::Pass),
-            _ => Err(ParseValueError::new(
-                "on_all_down policy",
-                s,
-                "\"drop\" or \"pass\"",
-            )),
-        }
-    }
 }
 
 /// The `type` of a health check.
@@ -354,42 +187,45 @@ pub enum CheckType {
     Udp,
 }
 
-impl CheckType {
-    /// The configuration spelling: `"none"`, `"tcp"`, `"http"` or `"udp"`.
-    #[must_use]
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            CheckType::None => "none",
-            CheckType::Tcp => "tcp",
-            CheckType::Http => "http",
-            CheckType::Udp => "udp",
+/// Implements `as_str`, `Display` and case-insensitive `FromStr` for an enum of
+/// configuration words, so each variant's spelling (and its accepted aliases) is written once.
+macro_rules! config_words {
+    ($ty:ident, $what:literal, $expected:literal, { $($variant:ident => $word:literal $(| $alias:literal)*),+ $(,)? }) => {
+        impl $ty {
+            /// The configuration spelling.
+            #[must_use]
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $($ty::$variant => $word,)+
+                }
+            }
         }
-    }
-}
 
-impl fmt::Display for CheckType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for CheckType {
-    type Err = ParseValueError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.to_ascii_lowercase().as_str() {
-            "none" => Ok(CheckType::None),
-            "tcp" => Ok(CheckType::Tcp),
-            "http" => Ok(CheckType::Http),
-            "udp" => Ok(CheckType::Udp),
-            _ => Err(ParseValueError::new(
-                "check type",
-                s,
-                "\"tcp\", \"http\", \"udp\" or \"none\"",
-            )),
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
         }
-    }
+
+        impl FromStr for $ty {
+            type Err = ParseValueError;
+
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                match s.to_ascii_lowercase().as_str() {
+                    $($word $(| $alias)* => Ok($ty::$variant),)+
+                    _ => Err(ParseValueError::new($what, s, $expected)),
+                }
+            }
+        }
+    };
 }
+
+config_words!(Protocol, "protocol", "\"tcp\" or \"udp\"", { Tcp => "tcp", Udp => "udp" });
+config_words!(Scheduler, "scheduler", "\"maglev\" or \"round-robin\" (or \"rr\")", { Maglev => "maglev", RoundRobin => "round-robin" | "rr" });
+config_words!(XdpMode, "XDP mode", "\"driver\", \"skb\" or \"auto\"", { Driver => "driver", Skb => "skb", Auto => "auto" });
+config_words!(DownPolicy, "on_backend_down policy", "\"shutdown\" or \"keep\"", { Shutdown => "shutdown", Keep => "keep" });
+config_words!(AllDownPolicy, "on_all_down policy", "\"drop\" or \"pass\"", { Drop => "drop", Pass => "pass" });
+config_words!(CheckType, "check type", "\"tcp\", \"http\", \"udp\" or \"none\"", { None => "none", Tcp => "tcp", Http => "http", Udp => "udp" });
 
 // ---------------------------------------------------------------------------
 // Validated configuration
