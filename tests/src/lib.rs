@@ -28,6 +28,7 @@
 pub mod agent;
 pub mod client;
 pub mod netns;
+pub mod running;
 pub mod servers;
 pub mod topology;
 pub mod util;
@@ -39,6 +40,7 @@ pub use client::{
     KeepAlive, Tally, DEFAULT_TIMEOUT,
 };
 pub use netns::{Netns, NsThread};
+pub use running::Running;
 pub use servers::{testsrv_path, Servers};
 pub use topology::{
     Topology, CLIENT_ADDR, HTTP_PORT, LB_BACKEND_ADDR, LB_CLIENT_ADDR, LB_INTERFACES, UDP_PORT, VIP,

@@ -1,47 +1,20 @@
 //! End-to-end: draining a backend keeps its established connections and stops new ones; deleting a backend stops new flows to it.
 
-use balancer_tests::{default_config, require_root, Agent, Topology, DEFAULT_TIMEOUT};
+use balancer_tests::{Running, Topology, DEFAULT_TIMEOUT};
 
 const NEW_CONNECTIONS: usize = 60;
 
 #[test]
 fn drain_keeps_established_and_stops_new() {
-    require_root();
-    let topo = Topology::new(3).expect("building the topology");
-    let _servers = topo.start_backends().expect("starting the test servers");
-    let agent = Agent::start(&topo, &default_config(&topo, "maglev")).expect("starting the agent");
-    let client = topo
-        .client_ns()
-        .expect("worker thread in the client namespace");
-
-    let mut ka = client
-        .keepalive(Topology::vip_http())
-        .expect("opening a keep-alive connection to the VIP");
-    let x = ka
-        .get()
-        .unwrap_or_else(|e| panic!("first keep-alive request failed: {e:#}"));
-    let xi = topo
-        .backend_index(&x)
-        .unwrap_or_else(|| panic!("the VIP was answered by {x:?}, not by a test backend"));
+    let run = Running::start(3, "maglev");
+    let (topo, agent, client) = (&run.topo, &run.agent, &run.client);
+    let (mut ka, x, xi) = run.pinned_connection();
     let x_addr = topo.backend_http(xi).to_string();
 
     agent
         .cli_ok(&["backend", "drain", "web", &x_addr])
         .expect("draining the backend of the established connection");
-
-    for k in 1..=3 {
-        match ka.get() {
-            Ok(name) => assert_eq!(
-                name, x,
-                "after draining {x}: expected the established connection to stay on {x}, \
-                 request {k} was answered by {name}"
-            ),
-            Err(e) => panic!(
-                "after draining {x}: expected the established connection to keep working, \
-                 request {k} failed: {e:#}"
-            ),
-        }
-    }
+    ka.expect_backend(&x, 3, &format!("draining {x}"));
 
     let tally = client.http_get_many(Topology::vip_http(), NEW_CONNECTIONS, DEFAULT_TIMEOUT);
     assert!(
@@ -58,20 +31,12 @@ fn drain_keeps_established_and_stops_new() {
         .get()
         .unwrap_or_else(|e| panic!("the drained connection failed at the end: {e:#}"));
     assert_eq!(again, x, "the drained connection moved to another backend");
-    drop(ka);
-    drop(client);
-    drop(agent);
 }
 
 #[test]
 fn del_stops_new_flows() {
-    require_root();
-    let topo = Topology::new(3).expect("building the topology");
-    let _servers = topo.start_backends().expect("starting the test servers");
-    let agent = Agent::start(&topo, &default_config(&topo, "maglev")).expect("starting the agent");
-    let client = topo
-        .client_ns()
-        .expect("worker thread in the client namespace");
+    let run = Running::start(3, "maglev");
+    let (topo, agent, client) = (&run.topo, &run.agent, &run.client);
 
     let y = topo.backend_name(2);
     let y_ip = topo.backend_addr(2).to_string();
@@ -106,6 +71,4 @@ fn del_stops_new_flows() {
         !after.contains(&y_ip),
         "expected `backend list web` to no longer show {y_ip}, got:\n{after}"
     );
-    drop(client);
-    drop(agent);
 }

@@ -1,18 +1,13 @@
 //! End-to-end: UDP datagrams to the VIP are balanced over the backends and answered through NAT.
 
-use balancer_tests::{default_config, require_root, Agent, Topology, DEFAULT_TIMEOUT};
+use balancer_tests::{Running, Topology, DEFAULT_TIMEOUT};
 
 const REQUESTS: usize = 60;
 
 #[test]
 fn udp_through_vip_reaches_backends() {
-    require_root();
-    let topo = Topology::new(3).expect("building the topology");
-    let _servers = topo.start_backends().expect("starting the test servers");
-    let agent = Agent::start(&topo, &default_config(&topo, "maglev")).expect("starting the agent");
-    let client = topo
-        .client_ns()
-        .expect("worker thread in the client namespace");
+    let run = Running::start(3, "maglev");
+    let (topo, client) = (&run.topo, &run.client);
 
     let tally = client.udp_request_many(Topology::vip_udp(), REQUESTS, DEFAULT_TIMEOUT);
     assert!(
@@ -31,6 +26,4 @@ fn udp_through_vip_reaches_backends() {
         tally.distinct() >= 2,
         "expected at least 2 distinct backends to answer {REQUESTS} UDP flows: {tally}"
     );
-    drop(client);
-    drop(agent);
 }
