@@ -153,6 +153,20 @@ impl Topology {
         l.run(&["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])?;
         l.run(&["sysctl", "-q", "-w", "net.ipv4.conf.all.forwarding=1"])?;
 
+        // A switch, not a firewall: when br_netfilter is loaded (it is by default on some
+        // hosts), bridged IPv4 would also run through iptables/nftables hooks in the switch
+        // namespace, costing CPU a real switch does not. `-e`: the keys exist only with
+        // that module loaded.
+        s.run(&[
+            "sysctl",
+            "-q",
+            "-e",
+            "-w",
+            "net.bridge.bridge-nf-call-iptables=0",
+            "net.bridge.bridge-nf-call-ip6tables=0",
+            "net.bridge.bridge-nf-call-arptables=0",
+        ])?;
+
         // veth + XDP gotchas (shared/TOOLCHAIN.md): senders must put full checksums in
         // packets that XDP forwards, and the peers of the balancer's veths must have GRO
         // on, or XDP_REDIRECT into the veth delivers nothing.
