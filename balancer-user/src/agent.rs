@@ -149,6 +149,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         .socket
         .unwrap_or_else(|| config.agent.control_socket.clone());
     let mode = options.xdp_mode.unwrap_or(config.agent.xdp_mode);
+    raise_open_files_limit();
 
     let (mut ebpf, logger) = load_program_with_logger()?;
     if let Some(logger) = logger {
@@ -179,7 +180,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     let (health_tx, mut health) = mpsc::channel::<HealthEvent>(1024);
     let mut checker = Checker::new(health_tx);
     let mut checked = HashSet::new();
-    sync_checks(&lb, &mut checker, &mut checked);
+    sync_checks(&mut lb, &mut checker, &mut checked);
 
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
@@ -190,7 +191,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
                 let what = format!("{request:?}");
                 let response = control::handle(&mut lb, request);
                 log::debug!("control request applied in {:?}: {what}", started.elapsed());
-                sync_checks(&lb, &mut checker, &mut checked);
+                sync_checks(&mut lb, &mut checker, &mut checked);
                 let _ = reply.send(response);
             }
             Some(event) = health.recv() => {
@@ -210,9 +211,41 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Raises the soft limit of open files to the hard limit, as HAProxy and nginx do: every
+/// TCP-checked backend keeps a socket open (`health::Prober`), and the usual soft limit of
+/// 1024 would end at about a thousand backends.
+fn raise_open_files_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes only the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        log::warn!(
+            "cannot read the open files limit: {}",
+            std::io::Error::last_os_error()
+        );
+        return;
+    }
+    if limit.rlim_cur >= limit.rlim_max {
+        return;
+    }
+    let old = limit.rlim_cur;
+    limit.rlim_cur = limit.rlim_max;
+    // SAFETY: setrlimit reads only the struct it is given.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } == 0 {
+        log::debug!("open files limit raised from {old} to {}", limit.rlim_cur);
+    } else {
+        log::warn!(
+            "cannot raise the open files limit from {old}: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
 /// Starts checks for backends that gained one and stops those of removed backends.
 fn sync_checks<M: Maps>(
-    lb: &Balancer<M>,
+    lb: &mut Balancer<M>,
     checker: &mut Checker,
     running: &mut HashSet<(String, SocketAddrV4)>,
 ) {
@@ -226,7 +259,9 @@ fn sync_checks<M: Maps>(
     }
     for (pool, addr, check, health) in &wanted {
         if !running.contains(&(pool.clone(), *addr)) {
-            checker.start(pool, *addr, check, *health);
+            if let Some(slot) = checker.start(pool, *addr, check, *health) {
+                lb.set_latest_slot(pool, *addr, slot);
+            }
         }
     }
     *running = keys;

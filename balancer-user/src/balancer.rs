@@ -19,7 +19,7 @@ use crate::{
         self, AllDownPolicy, CheckConfig, Config, DownPolicy, NatConfig, PoolConfig, Protocol,
         Scheduler, Timeouts, VipConfig,
     },
-    health::{Health, HealthEvent},
+    health::{self, Health, HealthEvent, LatestSlot},
     maps::{Maps, MapsError},
     ring::{self, RingBackend},
 };
@@ -174,11 +174,26 @@ struct PoolBackend {
     check: CheckConfig,
     health: Health,
     last_check: Option<LastCheck>,
+    /// Where the backend's check task keeps its newest check (newer than `last_check`,
+    /// which only changes with the result).
+    latest: Option<LatestSlot>,
     changed_at: Instant,
     change_reason: String,
 }
 
 impl PoolBackend {
+    /// The newest check: from the check task's slot when there is one.
+    fn newest_check(&self) -> Option<LastCheck> {
+        let from_slot = self.latest.as_ref().and_then(|slot| {
+            health::latest(slot).outcome.map(|o| LastCheck {
+                ok: o.ok,
+                latency_ms: o.latency.as_secs_f64() * 1000.0,
+                reason: o.reason,
+            })
+        });
+        from_slot.or_else(|| self.last_check.clone())
+    }
+
     /// Takes new flows: not drained and not down.
     fn usable(&self) -> bool {
         self.weight > 0 && self.health == Health::Up
@@ -471,6 +486,7 @@ impl<M: Maps> Balancer<M> {
             check,
             health,
             last_check: None,
+            latest: None,
             changed_at: Instant::now(),
             change_reason: format!("initial state {}", health.as_str()),
         };
@@ -640,7 +656,7 @@ impl<M: Maps> Balancer<M> {
                     state: state.to_string(),
                     health: b.health,
                     check: b.check.kind.check_type().to_string(),
-                    last_check: b.last_check.clone(),
+                    last_check: b.newest_check(),
                     since_change_secs: b.changed_at.elapsed().as_secs_f64(),
                     change_reason: b.change_reason.clone(),
                     counters: self.maps.backend_stats(b.id)?.into(),
@@ -680,6 +696,18 @@ impl<M: Maps> Balancer<M> {
                     .map(move |b| (name.clone(), b.addr, b.check.clone(), b.health))
             })
             .collect()
+    }
+
+    /// Gives a backend the slot where its check task keeps the newest check (see
+    /// [`health::Checker::start`]); unknown backends are ignored.
+    pub fn set_latest_slot(&mut self, pool: &str, backend: SocketAddrV4, slot: LatestSlot) {
+        if let Some(b) = self
+            .pools
+            .get_mut(pool)
+            .and_then(|p| p.backends.iter_mut().find(|b| b.addr == backend))
+        {
+            b.latest = Some(slot);
+        }
     }
 
     /// Takes one health check result; a transition updates the ring and the backend's

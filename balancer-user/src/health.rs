@@ -12,20 +12,22 @@
 //!   opposite results seen, not yet enough); every `downinter` while the backend is down.
 //! * The first check of a backend is delayed by a random fraction of `interval`, and every
 //!   later delay is varied by +-10%, so that many backends are not checked in lock step.
-//!   Start times are then rounded up to a tick of at most 10 ms, so that the checks of many
+//!   Start times are then rounded up to a tick of at most 25 ms, so that the checks of many
 //!   backends run in small batches: one wake-up of the runtime (and of the owner task) per
 //!   batch rather than per check.
 //! * One check (connect, request, response) never takes longer than `timeout`.
 //! * TCP and HTTP check connections are closed with a reset (zero linger), as HAProxy
-//!   does, so that checks leave no `TIME_WAIT` sockets behind on the balancer host.
+//!   does, so that checks leave no `TIME_WAIT` sockets behind on the balancer host. A TCP
+//!   check reuses one socket per backend (see [`tcp`]).
 //!
 //! Type `none` means "not checked": the backend is always up and no task runs.
 //!
 //! The checks run on a current-thread tokio runtime in a thread of the [`Checker`]'s own.
-//! Measured cost (`health_cpu_1000_tcp_backends`, release build, 2-vCPU VM): 1000 TCP
-//! checks a second over loopback take 8.5-10% of one core, most of it the kernel's socket,
-//! connect and close (on loopback they include the listening side's handshake): the same
-//! connects from a plain blocking loop, without tokio, cost 5.5-6%.
+//! Measured cost (`cargo xtask bench -- --only health`: the real agent, 1000 TCP-checked
+//! backends at 1 s in another namespace whose packets another CPU handles, 2-vCPU VM):
+//! 6.6-6.8% of one core for the agent process, most of it the kernel's connect, reset and
+//! packet hand-over; `health_cpu_1000_tcp_backends` measures the same over loopback,
+//! where the listening side's half of each handshake is billed to the checker too.
 
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
@@ -34,6 +36,7 @@ use std::hash::{BuildHasher, Hasher};
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
 use std::str::FromStr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use humantime_serde::re::humantime;
@@ -42,6 +45,10 @@ use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
+
+mod tcp;
+
+use tcp::CheckSocket;
 
 use crate::config::{
     CheckConfig, CheckKind, HttpCheck, ParseValueError, UdpCheck, MIN_CHECK_DURATION,
@@ -213,39 +220,79 @@ pub struct CheckOutcome {
 ///
 /// `target` is probed as given: [`CheckConfig::target`] applies the check's `address`
 /// and `port` overrides to a backend's address (the [`Checker`] does that itself).
-/// Type `none` succeeds at once without touching the network.
+/// Type `none` succeeds at once without touching the network. (The [`Checker`]'s tasks
+/// use a [`Prober`] each, which keeps its TCP check socket between checks.)
 pub async fn check_once(check: &CheckConfig, target: SocketAddr) -> CheckOutcome {
-    let start = Instant::now();
-    let probe = async {
-        match &check.kind {
-            CheckKind::None => Ok(()),
-            CheckKind::Tcp => tcp_probe(target).await,
-            CheckKind::Http(http) => http_probe(http, target).await,
-            CheckKind::Udp(udp) => udp_probe(udp, target).await,
+    Prober::default().check(check, target).await
+}
+
+/// Runs the checks of one backend, one after the other, keeping what can be reused between
+/// them: the socket of TCP checks (see [`tcp`]).
+#[derive(Default)]
+pub struct Prober {
+    tcp: Option<CheckSocket>,
+}
+
+impl Prober {
+    /// Like [`check_once`].
+    pub async fn check(&mut self, check: &CheckConfig, target: SocketAddr) -> CheckOutcome {
+        let start = Instant::now();
+        let result = match &check.kind {
+            CheckKind::Tcp => self.tcp_probe(check, target).await,
+            kind => {
+                let probe = async {
+                    match kind {
+                        CheckKind::Http(http) => http_probe(http, target).await,
+                        CheckKind::Udp(udp) => udp_probe(udp, target).await,
+                        CheckKind::None | CheckKind::Tcp => Ok(()),
+                    }
+                };
+                tokio::time::timeout(check.timeout, probe)
+                    .await
+                    .unwrap_or_else(|_| Err(timeout_reason(check)))
+            }
+        };
+        let latency = start.elapsed();
+        match result {
+            Ok(()) => CheckOutcome {
+                ok: true,
+                latency,
+                reason: "ok".to_owned(),
+            },
+            Err(reason) => CheckOutcome {
+                ok: false,
+                latency,
+                reason,
+            },
         }
-    };
-    let result = match tokio::time::timeout(check.timeout, probe).await {
-        Ok(result) => result,
-        Err(_) => {
-            let after = humantime::format_duration(check.timeout);
-            Err(match check.kind {
-                CheckKind::Udp(_) => format!("no reply (timeout after {after})"),
-                _ => format!("timeout after {after}"),
-            })
+    }
+
+    /// Connects the kept socket (a new one the first time, or after an error), then
+    /// resets the connection.
+    async fn tcp_probe(&mut self, check: &CheckConfig, target: SocketAddr) -> Probe {
+        let mut socket = match self.tcp.take() {
+            Some(socket) if socket.fits(target) => socket,
+            _ => CheckSocket::new(target).map_err(|e| format!("cannot create a socket: {e}"))?,
+        };
+        let result = match tokio::time::timeout(check.timeout, socket.connect(target)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(connect_reason(&e)),
+            Err(_) => Err(timeout_reason(check)),
+        };
+        // A socket that cannot be reset is dropped (closed); the next check makes another.
+        match socket.reset() {
+            Ok(()) => self.tcp = Some(socket),
+            Err(e) => log::debug!("{target}: resetting the check socket: {e}"),
         }
-    };
-    let latency = start.elapsed();
-    match result {
-        Ok(()) => CheckOutcome {
-            ok: true,
-            latency,
-            reason: "ok".to_owned(),
-        },
-        Err(reason) => CheckOutcome {
-            ok: false,
-            latency,
-            reason,
-        },
+        result
+    }
+}
+
+fn timeout_reason(check: &CheckConfig) -> String {
+    let after = humantime::format_duration(check.timeout);
+    match check.kind {
+        CheckKind::Udp(_) => format!("no reply (timeout after {after})"),
+        _ => format!("timeout after {after}"),
     }
 }
 
@@ -267,10 +314,6 @@ async fn connect(target: SocketAddr) -> Result<TcpStream, String> {
     // host. A zero linger never blocks the closing thread.
     let _ = stream.set_zero_linger();
     Ok(stream)
-}
-
-async fn tcp_probe(target: SocketAddr) -> Probe {
-    connect(target).await.map(drop)
 }
 
 /// The `Host` header when the check gives none: the address, with the port unless 80.
@@ -469,7 +512,10 @@ async fn udp_probe(udp: &UdpCheck, target: SocketAddr) -> Probe {
 // Periodic checks
 // ---------------------------------------------------------------------------
 
-/// Event sent to the agent's owner task after every check of a backend.
+/// Event sent to the agent's owner task after a backend's first check, after every check
+/// whose result (`ok` and reason) differs from the previous check's, and after every check
+/// that changed the backend's state. The other checks only update the backend's
+/// [`LatestCheck`], so that a thousand steady backends cost the owner nothing.
 #[derive(Clone, Debug)]
 pub struct HealthEvent {
     pub pool: String,
@@ -479,6 +525,25 @@ pub struct HealthEvent {
     pub transition: Option<(Health, Health)>,
     /// The state after this check.
     pub health: Health,
+    /// Which check of the backend's task this was (1 = the first).
+    pub check: u64,
+}
+
+/// The newest check of one backend, written by its check task after every check.
+#[derive(Clone, Debug, Default)]
+pub struct LatestCheck {
+    pub outcome: Option<CheckOutcome>,
+    /// Checks run so far by the task.
+    pub checks: u64,
+}
+
+/// A backend's [`LatestCheck`], shared by its check task and the agent (`status`).
+pub type LatestSlot = Arc<Mutex<LatestCheck>>;
+
+/// A copy of the newest check in `slot` (none before the first check).
+#[must_use]
+pub fn latest(slot: &LatestSlot) -> LatestCheck {
+    slot.lock().map(|l| l.clone()).unwrap_or_default()
 }
 
 /// A small pseudo-random generator (SplitMix64) for check jitter; seeded from the
@@ -516,7 +581,8 @@ impl Jitter {
 }
 
 /// Runs the checks of many backends concurrently on tokio: one task per checked
-/// backend, each sending a [`HealthEvent`] after every check. Dropping the checker
+/// backend, each keeping its [`LatestCheck`] and sending a [`HealthEvent`] when its result
+/// changes. Dropping the checker
 /// stops all its tasks.
 ///
 /// The tasks run on a current-thread tokio runtime in a thread of the checker's own
@@ -569,16 +635,19 @@ impl Checker {
     /// is simply up. Events of a replaced task that are already queued are still
     /// delivered. (Without the checker's own thread, this must be called within a tokio
     /// runtime; outside one, the error is logged and nothing is started.)
+    ///
+    /// Returns the slot where the task keeps the backend's newest check (`None` when
+    /// nothing was started).
     pub fn start(
         &mut self,
         pool: &str,
         backend: SocketAddrV4,
         check: &CheckConfig,
         initial: Health,
-    ) {
+    ) -> Option<LatestSlot> {
         self.stop(pool, backend);
         if !check.is_enabled() {
-            return;
+            return None;
         }
         let runtime = match self
             .runtime
@@ -588,22 +657,25 @@ impl Checker {
             Ok(runtime) => runtime,
             Err(e) => {
                 log::error!("pool {pool}: backend {backend}: cannot start health checks: {e}");
-                return;
+                return None;
             }
         };
         self.started = self.started.wrapping_add(1);
-        let task = run_checks(
-            pool.to_owned(),
+        let latest = LatestSlot::default();
+        let task = CheckTask {
+            pool: pool.to_owned(),
             backend,
-            check.clone(),
+            check: check.clone(),
             initial,
-            self.events.clone(),
-            Jitter::seeded(self.started),
-            self.epoch,
-        );
-        let handle = runtime.spawn(task);
+            events: self.events.clone(),
+            latest: Arc::clone(&latest),
+            jitter: Jitter::seeded(self.started),
+            epoch: self.epoch,
+        };
+        let handle = runtime.spawn(task.run());
         self.tasks
             .insert((pool.to_owned(), backend), handle.abort_handle());
+        Some(latest)
     }
 
     /// Stops checking a backend (no-op if unknown).
@@ -664,10 +736,10 @@ fn spawn_runtime() -> io::Result<(tokio::runtime::Handle, oneshot::Sender<()>)> 
 /// Longest tick that checks start on.
 const TICK: Duration = Duration::from_millis(10);
 
-/// `now + pause`, rounded up to the next tick since `epoch`. A tick is a 16th of `pause`,
+/// `now + pause`, rounded up to the next tick since `epoch`. A tick is a 40th of `pause`,
 /// between 1 ms and [`TICK`]: checks of many backends then start in small batches, and the
 /// runtime wakes up once per batch instead of once per check (with 1000 backends at a 1 s
-/// interval: at most 100 wake-ups a second instead of 1000), for at most 1/16 more delay.
+/// interval: at most 40 wake-ups a second instead of 1000), for at most 1/40 more delay.
 fn aligned_deadline(epoch: Instant, now: Instant, pause: Duration) -> Instant {
     let tick = (pause / 16)
         .clamp(Duration::from_millis(1), TICK)
@@ -681,58 +753,99 @@ fn aligned_deadline(epoch: Instant, now: Instant, pause: Duration) -> Instant {
         .unwrap_or(now)
 }
 
-/// The loop of one backend's check task; ends when the event receiver is gone.
-async fn run_checks(
+/// One backend's check task: what it checks and where it reports.
+struct CheckTask {
     pool: String,
     backend: SocketAddrV4,
     check: CheckConfig,
     initial: Health,
     events: mpsc::Sender<HealthEvent>,
-    mut jitter: Jitter,
+    latest: LatestSlot,
+    jitter: Jitter,
+    /// Origin of the ticks that checks start on (see [`aligned_deadline`]).
     epoch: Instant,
-) {
-    let target = SocketAddr::V4(check.target(backend));
-    let mut tracker = Tracker::new(initial, check.rise, check.fall);
-    let first = jitter.below(check.interval);
-    tokio::time::sleep_until(aligned_deadline(epoch, Instant::now(), first)).await;
-    loop {
-        let outcome = check_once(&check, target).await;
-        let transition = tracker.record(outcome.ok);
-        if let Some((old, new)) = transition {
-            let (count, what) = match new {
-                Health::Down => (tracker.fall(), "failure"),
-                Health::Up => (tracker.rise(), "success"),
-            };
-            let plural = match (count, new) {
-                (1, _) => "",
-                (_, Health::Down) => "s",
-                (_, Health::Up) => "es",
-            };
-            log::info!(
-                "pool {pool}: backend {backend} {} -> {} ({}, {count} consecutive {what}{plural})",
-                old.as_upper_str(),
-                new.as_upper_str(),
-                outcome.reason,
-            );
+}
+
+impl CheckTask {
+    /// The loop of the task; ends when the event receiver is gone.
+    async fn run(mut self) {
+        let (pool, backend, check) = (&self.pool, self.backend, &self.check);
+        let target = SocketAddr::V4(check.target(backend));
+        let mut tracker = Tracker::new(self.initial, check.rise, check.fall);
+        let mut prober = Prober::default();
+        // `ok` and reason of the previous check.
+        let mut previous: Option<(bool, String)> = None;
+        let mut checks = 0u64;
+        let first = self.jitter.below(check.interval);
+        tokio::time::sleep_until(aligned_deadline(self.epoch, Instant::now(), first)).await;
+        loop {
+            let outcome = prober.check(check, target).await;
+            checks += 1;
+            let transition = tracker.record(outcome.ok);
+            if let Some((old, new)) = transition {
+                log_transition(pool, backend, old, new, &tracker, &outcome.reason);
+            }
+            let changed = transition.is_some()
+                || previous
+                    .as_ref()
+                    .is_none_or(|(ok, reason)| *ok != outcome.ok || *reason != outcome.reason);
+            if changed {
+                previous = Some((outcome.ok, outcome.reason.clone()));
+            }
+            let event = changed.then(|| HealthEvent {
+                pool: pool.clone(),
+                backend,
+                outcome: outcome.clone(),
+                transition,
+                health: tracker.health(),
+                check: checks,
+            });
+            if let Ok(mut latest) = self.latest.lock() {
+                latest.outcome = Some(outcome);
+                latest.checks = checks;
+            }
+            if let Some(event) = event {
+                // Let the other checks of this tick finish first, so that their events
+                // reach the owner together and wake it once rather than once each.
+                tokio::task::yield_now().await;
+                if self.events.send(event).await.is_err() {
+                    log::debug!("pool {pool}: backend {backend}: event receiver gone, checks stop");
+                    return;
+                }
+            } else if self.events.is_closed() {
+                return;
+            }
+            let pause = self.jitter.around(tracker.next_interval(check));
+            let pause = pause.max(MIN_CHECK_DURATION);
+            tokio::time::sleep_until(aligned_deadline(self.epoch, Instant::now(), pause)).await;
         }
-        let event = HealthEvent {
-            pool: pool.clone(),
-            backend,
-            outcome,
-            transition,
-            health: tracker.health(),
-        };
-        // Let the other checks of this tick finish first, so that their events reach the
-        // owner together and wake it once rather than once each.
-        tokio::task::yield_now().await;
-        if events.send(event).await.is_err() {
-            log::debug!("pool {pool}: backend {backend}: event receiver gone, checks stop");
-            return;
-        }
-        let pause = jitter.around(tracker.next_interval(&check));
-        let pause = pause.max(MIN_CHECK_DURATION);
-        tokio::time::sleep_until(aligned_deadline(epoch, Instant::now(), pause)).await;
     }
+}
+
+/// Logs a state change: `pool web: backend 10.0.2.11:80 UP -> DOWN (connect refused, 3
+/// consecutive failures)`.
+fn log_transition(
+    pool: &str,
+    backend: SocketAddrV4,
+    old: Health,
+    new: Health,
+    tracker: &Tracker,
+    reason: &str,
+) {
+    let (count, what) = match new {
+        Health::Down => (tracker.fall(), "failure"),
+        Health::Up => (tracker.rise(), "success"),
+    };
+    let plural = match (count, new) {
+        (1, _) => "",
+        (_, Health::Down) => "s",
+        (_, Health::Up) => "es",
+    };
+    log::info!(
+        "pool {pool}: backend {backend} {} -> {} ({reason}, {count} consecutive {what}{plural})",
+        old.as_upper_str(),
+        new.as_upper_str(),
+    );
 }
 
 #[cfg(test)]
@@ -935,15 +1048,17 @@ mod tests {
     fn check_task_is_small() {
         // One task per backend, up to 4096 of them: its future must not hold buffers.
         let (tx, _events) = mpsc::channel(1);
-        let task = run_checks(
-            "p".into(),
-            SocketAddrV4::new(LOCALHOST, 80),
-            CheckConfig::default(),
-            Health::Up,
-            tx,
-            Jitter::seeded(1),
-            Instant::now(),
-        );
+        let task = CheckTask {
+            pool: "p".into(),
+            backend: SocketAddrV4::new(LOCALHOST, 80),
+            check: CheckConfig::default(),
+            initial: Health::Up,
+            events: tx,
+            latest: LatestSlot::default(),
+            jitter: Jitter::seeded(1),
+            epoch: Instant::now(),
+        }
+        .run();
         let size = std::mem::size_of_val(&task);
         assert!(size < 4096, "a check task's future takes {size} bytes");
     }
@@ -976,6 +1091,65 @@ mod tests {
         let outcome = check_once(&check(CheckKind::Tcp, ms(1000)), closed_port()).await;
         assert!(!outcome.ok);
         assert!(outcome.reason.contains("refused"), "{outcome:?}");
+    }
+
+    /// The kept socket's descriptor, asserting there is one.
+    fn kept_fd(prober: &Prober) -> i32 {
+        use std::os::fd::AsRawFd as _;
+        prober
+            .tcp
+            .as_ref()
+            .expect("a kept TCP socket")
+            .fd()
+            .as_raw_fd()
+    }
+
+    /// A listener whose accept queue holds one connection (backlog 0), so a second SYN
+    /// before an accept is dropped silently.
+    fn tiny_listener(port: u16) -> TcpListener {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_reuseaddr(true).unwrap();
+        socket.bind(SocketAddr::from((LOCALHOST, port))).unwrap();
+        socket.listen(0).unwrap()
+    }
+
+    #[tokio::test]
+    async fn prober_keeps_one_socket_through_success_timeout_and_refusal() {
+        let tcp = check(CheckKind::Tcp, ms(300));
+        let listener = tiny_listener(0);
+        let target = listener.local_addr().unwrap();
+        let mut prober = Prober::default();
+
+        let first = prober.check(&tcp, target).await;
+        assert!(first.ok, "{first:?}");
+        let fd = kept_fd(&prober);
+        // The check's connection is already reset, not left open.
+        let (mut conn, _) = listener.accept().await.unwrap();
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(ms(1000), conn.read(&mut byte)).await;
+        assert!(
+            matches!(read, Ok(Err(ref e)) if e.kind() == io::ErrorKind::ConnectionReset),
+            "the backend should see a reset, got {read:?}"
+        );
+
+        // Unaccepted, the next connection fills the queue; the one after times out.
+        assert!(prober.check(&tcp, target).await.ok);
+        let timed_out = prober.check(&tcp, target).await;
+        assert_eq!(timed_out.reason, "timeout after 300ms", "{timed_out:?}");
+        assert_eq!(kept_fd(&prober), fd);
+        drop(listener.accept().await.unwrap());
+        let after_timeout = prober.check(&tcp, target).await;
+        assert!(after_timeout.ok, "{after_timeout:?}");
+
+        drop(listener);
+        let refused = prober.check(&tcp, target).await;
+        assert!(refused.reason.contains("refused"), "{refused:?}");
+        assert_eq!(kept_fd(&prober), fd);
+
+        let _listener = tiny_listener(target.port());
+        let back = prober.check(&tcp, target).await;
+        assert!(back.ok, "{back:?}");
+        assert_eq!(kept_fd(&prober), fd, "one socket for every check");
     }
 
     #[tokio::test]
@@ -1161,23 +1335,32 @@ mod tests {
             .expect("the checker is alive")
     }
 
-    /// Receives events until a transition; returns it and the run of results just before
-    /// it that agree with it (including its own).
-    async fn until_transition(events: &mut mpsc::Receiver<HealthEvent>) -> (HealthEvent, u32) {
-        let mut run = 0;
+    /// Receives events until a transition; returns it and how many checks in a row, up to
+    /// and including it, agreed with it (from the event that began the run: events come
+    /// only when a result changes).
+    async fn until_transition(events: &mut mpsc::Receiver<HealthEvent>) -> (HealthEvent, u64) {
+        let mut run_start: Option<u64> = None;
         loop {
             let event = next_event(events).await;
-            let towards_down = !event.outcome.ok;
+            let towards = event.outcome.ok;
             if event.transition.is_some() {
-                return (event, run + 1);
+                let start = run_start.unwrap_or(event.check);
+                return (event.clone(), event.check - start + 1);
             }
-            // A run of results counts only while it goes one way.
-            if towards_down == (event.health == Health::Up) {
-                run += 1;
+            // A result that differs from the current health starts a run; one that
+            // agrees with it ends the run.
+            let against = towards != (event.health == Health::Up);
+            run_start = if against {
+                run_start.or(Some(event.check))
             } else {
-                run = 0;
-            }
+                None
+            };
         }
+    }
+
+    /// Checks the task ran so far.
+    fn checks_run(slot: &LatestSlot) -> u64 {
+        latest(slot).checks
     }
 
     #[tokio::test]
@@ -1198,16 +1381,27 @@ mod tests {
         };
         let (tx, mut events) = mpsc::channel(16);
         let mut checker = Checker::new(tx);
-        checker.start("web", addr, &check, Health::Up);
+        let slot = checker
+            .start("web", addr, &check, Health::Up)
+            .expect("a check task");
         assert!(checker.is_checking("web", addr));
 
-        for _ in 0..2 {
-            let event = next_event(&mut events).await;
-            assert_eq!((event.pool.as_str(), event.backend), ("web", addr));
-            assert!(event.outcome.ok, "{event:?}");
-            assert_eq!(event.transition, None);
-            assert_eq!(event.health, Health::Up);
-        }
+        // The first check reports; the same result again only updates the slot.
+        let event = next_event(&mut events).await;
+        assert_eq!((event.pool.as_str(), event.backend), ("web", addr));
+        assert!(event.outcome.ok, "{event:?}");
+        assert_eq!(
+            (event.transition, event.health, event.check),
+            (None, Health::Up, 1)
+        );
+        tokio::time::sleep(ms(150)).await;
+        assert!(
+            events.try_recv().is_err(),
+            "an unchanged result sends no event"
+        );
+        let latest_now = latest(&slot);
+        assert!(latest_now.checks >= 2, "{latest_now:?}");
+        assert!(latest_now.outcome.is_some_and(|o| o.ok));
 
         drop(listener);
         let (event, run) = until_transition(&mut events).await;
@@ -1224,11 +1418,10 @@ mod tests {
 
         checker.stop("web", addr);
         assert!(!checker.is_checking("web", addr));
-        // Drain what was queued; then nothing more comes.
         tokio::time::sleep(ms(20)).await;
-        while events.try_recv().is_ok() {}
+        let stopped_at = checks_run(&slot);
         tokio::time::sleep(ms(200)).await;
-        assert!(events.try_recv().is_err(), "no checks after stop");
+        assert_eq!(checks_run(&slot), stopped_at, "no checks after stop");
         drop(listener);
     }
 
@@ -1250,22 +1443,37 @@ mod tests {
         };
         let (tx, mut events) = mpsc::channel(16);
         let mut checker = Checker::new(tx);
-        checker.start("p", backend, &check, Health::Down);
+        let first_slot = checker
+            .start("p", backend, &check, Health::Down)
+            .expect("a check task");
         let first = next_event(&mut events).await;
         assert_eq!((first.health, first.transition), (Health::Down, None));
         let second = next_event(&mut events).await;
         assert_eq!(second.transition, Some((Health::Down, Health::Up)));
 
-        // Restarting replaces the task (one task: events keep their pace) and takes the
-        // given state; type none stops it.
-        checker.start("p", backend, &check, Health::Up);
+        // Restarting replaces the task (the old one stops) and takes the given state;
+        // type none stops it.
+        let slot = checker
+            .start("p", backend, &check, Health::Up)
+            .expect("a check task");
         assert!(checker.is_checking("p", backend));
-        checker.start("p", backend, &CheckConfig::default(), Health::Up);
+        tokio::time::sleep(ms(20)).await;
+        let old_task_at = checks_run(&first_slot);
+        tokio::time::sleep(ms(100)).await;
+        assert_eq!(
+            checks_run(&first_slot),
+            old_task_at,
+            "the replaced task stopped"
+        );
+        assert!(checks_run(&slot) >= 1, "the new task checks");
+        assert!(checker
+            .start("p", backend, &CheckConfig::default(), Health::Up)
+            .is_none());
         assert!(!checker.is_checking("p", backend));
         tokio::time::sleep(ms(20)).await;
-        while events.try_recv().is_ok() {}
+        let stopped_at = checks_run(&slot);
         tokio::time::sleep(ms(150)).await;
-        assert!(events.try_recv().is_err());
+        assert_eq!(checks_run(&slot), stopped_at, "type none stops the checks");
         checker.stop("p", backend);
         checker.stop("nope", backend);
         drop(listener);
@@ -1380,12 +1588,11 @@ mod tests {
         let (checks, failures, process) = runtime.block_on(async {
             let (tx, mut events) = mpsc::channel::<HealthEvent>(1024);
             let counter = tokio::spawn(async move {
-                let (mut checks, mut failures) = (0u64, 0u64);
+                let mut failures = 0u64;
                 while let Some(event) = events.recv().await {
-                    checks += 1;
                     failures += u64::from(!event.outcome.ok);
                 }
-                (checks, failures)
+                failures
             });
             let check = CheckConfig {
                 kind: CheckKind::Tcp,
@@ -1397,16 +1604,21 @@ mod tests {
             };
             let mut checker = Checker::new(tx);
             let start = cpu(libc::RUSAGE_SELF);
-            for i in 0..BACKENDS {
-                let [_, _, hi, lo] = (0x0ac8_0000 + i).to_be_bytes();
-                let backend = SocketAddrV4::new(Ipv4Addr::new(10, 200, hi, lo), 80);
-                checker.start("cpu", backend, &check, Health::Up);
-            }
+            let slots: Vec<LatestSlot> = (0..BACKENDS)
+                .map(|i| {
+                    let [_, _, hi, lo] = (0x0ac8_0000 + i).to_be_bytes();
+                    let backend = SocketAddrV4::new(Ipv4Addr::new(10, 200, hi, lo), 80);
+                    checker
+                        .start("cpu", backend, &check, Health::Up)
+                        .expect("a check task")
+                })
+                .collect();
             tokio::time::sleep(RUN).await;
             let end = cpu(libc::RUSAGE_SELF);
             let process = [end[0] - start[0], end[1] - start[1]];
             drop(checker);
-            let (checks, failures) = counter.await.unwrap();
+            let checks: u64 = slots.iter().map(|s| latest(s).checks).sum();
+            let failures = counter.await.unwrap();
             (checks, failures, process)
         });
         stop.store(true, Ordering::Relaxed);

@@ -240,6 +240,7 @@ fn event(addr: SocketAddrV4, health: Health, reason: &str) -> HealthEvent {
         },
         transition: None,
         health,
+        check: 1,
     }
 }
 
@@ -342,4 +343,34 @@ fn all_down_policy_is_a_vip_flag() {
     assert_eq!((meta.ring_size, meta.flags), (0, VIP_F_PASS_ALL_DOWN));
     lb.add_vip(vip("other", 81, Scheduler::Maglev)).unwrap();
     assert_eq!(lb.maps().vips[&lb.vips["other"].key()].flags, 0);
+}
+
+#[test]
+fn status_shows_the_newest_check_from_the_task_slot() {
+    let mut lb = checked_pool(DownPolicy::Shutdown);
+    lb.record_health(&event(backend(1), Health::Up, "ok"))
+        .unwrap();
+    let slot = crate::health::LatestSlot::default();
+    lb.set_latest_slot("web", backend(1), slot.clone());
+    // An empty slot (no check yet) falls back to the last event.
+    let last =
+        |lb: &Balancer<FakeMaps>| lb.status().unwrap().pools[0].backends[0].last_check.clone();
+    assert_eq!(last(&lb).unwrap().latency_ms, 3.0);
+    {
+        let mut newest = slot.lock().unwrap();
+        newest.checks = 7;
+        newest.outcome = Some(crate::health::CheckOutcome {
+            ok: true,
+            latency: std::time::Duration::from_micros(1500),
+            reason: "ok".into(),
+        });
+    }
+    let shown = last(&lb).unwrap();
+    assert_eq!(
+        (shown.ok, shown.latency_ms, shown.reason.as_str()),
+        (true, 1.5, "ok")
+    );
+    // Unknown backends and pools are ignored.
+    lb.set_latest_slot("web", backend(9), slot.clone());
+    lb.set_latest_slot("nope", backend(1), slot);
 }
