@@ -2,6 +2,7 @@
 //! end-to-end comparisons in namespaces, scale and control-plane figures, and the report.
 
 pub mod e2e;
+pub mod health;
 pub mod maglev;
 pub mod perf;
 pub mod report;

@@ -4,7 +4,7 @@
 //! ```text
 //! bench [--out DIR] [--budget SECS] [--quick] [--only PARTS] [--skip PARTS] [--rounds N]
 //!       [--http-secs N] [--udp-secs N] [--peers PATHS]
-//! PARTS: comma-separated of xdp, profile, fulltable, maglev, memory, e2e
+//! PARTS: comma-separated of xdp, profile, fulltable, maglev, memory, health, e2e
 //! PATHS: comma-separated of direct, direct+xdp, balancer, nftables, haproxy (the e2e paths)
 //! ```
 //! Run it through `cargo xtask bench` (root, release build, every package installed). The
@@ -25,14 +25,22 @@ use balancer_tests::require_root;
 use bench::e2e::{self, Params};
 use bench::report::{self, Environment, Part, Results};
 use bench::xdp::{self, Plan};
-use bench::{maglev, Stop, INTERRUPTED};
+use bench::{health, maglev, Stop, INTERRUPTED};
 
 const USAGE: &str =
     "usage: bench [--out DIR] [--budget SECS] [--quick] [--only PARTS] [--skip PARTS] \
                      [--rounds N] [--http-secs N] [--udp-secs N] [--peers PATHS]\n\
-                     PARTS: comma-separated of xdp, profile, fulltable, maglev, memory, e2e\n\
+                     PARTS: comma-separated of xdp, profile, fulltable, maglev, memory, health, e2e\n\
                      PATHS: comma-separated of direct, direct+xdp, balancer, nftables, haproxy";
-const PARTS: [&str; 6] = ["xdp", "profile", "fulltable", "maglev", "memory", "e2e"];
+const PARTS: [&str; 7] = [
+    "xdp",
+    "profile",
+    "fulltable",
+    "maglev",
+    "memory",
+    "health",
+    "e2e",
+];
 /// By default the bench stops starting new steps after this long (`--budget SECS`).
 const BUDGET: Duration = Duration::from_secs(13 * 60);
 
@@ -44,6 +52,7 @@ struct Args {
     xdp: Plan,
     ring_builds: usize,
     memory_entries: Vec<u32>,
+    health: health::Plan,
     e2e: Params,
 }
 
@@ -144,6 +153,10 @@ fn parse_args() -> Result<Args> {
             vec![xdp::default_entries()]
         } else {
             vec![1_000_000, 10_000_000]
+        },
+        health: health::Plan {
+            backends: 1000,
+            window: Duration::from_secs(if quick { 5 } else { 10 }),
         },
         e2e,
     })
@@ -248,6 +261,9 @@ fn run(args: &Args) -> Result<bool> {
             .map(|&n| xdp::map_memory(n))
             .collect()
     });
+    r.health = part(args, "health", &stop, || {
+        health::measure(args.health, &stop)
+    });
     r.e2e = part(args, "e2e", &stop, || e2e::run(&args.e2e, &stop));
     r.env.load_end = loadavg();
     r.env.elapsed = started.elapsed();
@@ -272,6 +288,7 @@ fn run(args: &Args) -> Result<bool> {
         r.full_table.as_ref().map(|p| p.is_err()),
         r.rings.as_ref().map(|p| p.is_err()),
         r.memory.as_ref().map(|p| p.is_err()),
+        r.health.as_ref().map(|p| p.is_err()),
         r.e2e.as_ref().map(|p| p.is_err()),
     ]
     .contains(&Some(true));
