@@ -352,16 +352,24 @@ pub fn maglev(backends: &[RingBackend], m: u32, prev: Option<&[u32]>) -> Vec<u32
     // The quotas sum to m, so a backend below quota always has a free slot to find,
     // and slots never become free again, so no free slot lies behind its cursor.
     // Probing uses a bitmap of taken slots (m / 8 bytes, cache-friendly).
+    // From here on `owner` holds backend ids (the output) and `taken` tells which slots
+    // have one.
+    let ids: Vec<u32> = live.iter().map(|b| b.id).collect();
     let mut taken = vec![0u64; m_len.div_ceil(64)];
-    for (s, &o) in owner.iter().enumerate() {
-        if o != FREE {
-            taken[s / 64] |= 1 << (s % 64);
+    let mut free = m_len;
+    if prev.is_some() {
+        for (s, o) in owner.iter_mut().enumerate() {
+            if *o != FREE {
+                taken[s / 64] |= 1 << (s % 64);
+                free -= 1;
+                *o = ids[*o as usize];
+            }
         }
     }
+    let is_taken = |taken: &[u64], s: usize| taken[s / 64] & (1 << (s % 64)) != 0;
     let mut active: Vec<u32> = (0..n as u32)
         .filter(|&i| count[i as usize] < quota[i as usize])
         .collect();
-    let mut free = owner.iter().filter(|&&o| o == FREE).count();
     // Filling the last few free slots by permutation walks costs most of the probes
     // (each walk passes ever more taken slots): the endgame below takes over for them.
     let endgame = m_len / ENDGAME_FRACTION;
@@ -369,27 +377,31 @@ pub fn maglev(backends: &[RingBackend], m: u32, prev: Option<&[u32]>) -> Vec<u32
     while !active.is_empty() && free > endgame {
         for &i in &active {
             let p = &mut perms[i as usize];
+            // The walk runs on locals (registers), written back once per slot taken.
+            let (mut cursor, mut passed) = (p.cursor, p.passed);
+            let (skip, back) = (p.skip, m - p.skip);
             let slot = loop {
-                if p.passed >= m {
+                if passed >= m {
                     // Only reachable for non-prime m: take the first free slot.
-                    while owner[fallback_scan] != FREE {
+                    while is_taken(&taken, fallback_scan) {
                         fallback_scan += 1;
                     }
                     break fallback_scan;
                 }
-                let s = p.cursor as usize;
-                p.passed += 1;
-                p.cursor = if p.cursor >= m - p.skip {
-                    p.cursor - (m - p.skip)
+                let s = cursor as usize;
+                passed += 1;
+                cursor = if cursor >= back {
+                    cursor - back
                 } else {
-                    p.cursor + p.skip
+                    cursor + skip
                 };
-                if taken[s / 64] & (1 << (s % 64)) == 0 {
+                if !is_taken(&taken, s) {
                     break s;
                 }
             };
+            (p.cursor, p.passed) = (cursor, passed);
             taken[slot / 64] |= 1 << (slot % 64);
-            owner[slot] = i;
+            owner[slot] = ids[i as usize];
             count[i as usize] += 1;
             free -= 1;
         }
@@ -407,12 +419,11 @@ pub fn maglev(backends: &[RingBackend], m: u32, prev: Option<&[u32]>) -> Vec<u32
         }
         active.retain(|&i| count[i as usize] < quota[i as usize]);
     }
-    let free_slots = owner.iter_mut().filter(|o| **o == FREE);
+    let free_slots = (0..m_len).filter(|&s| !is_taken(&taken, s));
     for (slot, i) in free_slots.zip(turns) {
-        *slot = i;
+        owner[slot] = ids[i as usize];
     }
-
-    owner.into_iter().map(|i| live[i as usize].id).collect()
+    owner
 }
 
 /// The permutation walks stop when `m / ENDGAME_FRACTION` slots are left free (about 3%):
