@@ -253,6 +253,23 @@ impl Drop for Agent {
     }
 }
 
+/// The `[agent]` and `[nat]` sections for an agent in `topo`'s lb namespace: XDP on both
+/// of its interfaces, the topology's control socket, NAT from the backend-side address.
+pub fn agent_and_nat(topo: &Topology) -> String {
+    let [lbc, lbs] = topo.lb_interfaces();
+    format!(
+        r#"[agent]
+interfaces = ["{lbc}", "{lbs}"]
+xdp_mode = "auto"
+control_socket = "{socket}"
+
+[nat]
+source_address = "{LB_BACKEND_ADDR}"
+"#,
+        socket = topo.control_socket().display(),
+    )
+}
+
 /// The standard test configuration: backends 1..=3 of `topo` (fewer if the topology has
 /// fewer) in pool "web" (HTTP, port 80) and pool "dns" (UDP, port 5300), VIP "web" on
 /// 10.0.100.1:80/tcp and VIP "dns" on 10.0.100.1:5300/udp, both with `scheduler`
@@ -275,17 +292,9 @@ pub fn config_for(topo: &Topology, scheduler: &str, backends: &[usize]) -> Strin
             })
             .collect()
     };
-    let [lbc, lbs] = topo.lb_interfaces();
     format!(
         r#"# Written by balancer-tests for topology {prefix}.
-[agent]
-interfaces = ["{lbc}", "{lbs}"]
-xdp_mode = "auto"
-control_socket = "{socket}"
-
-[nat]
-source_address = "{LB_BACKEND_ADDR}"
-
+{head}
 [[pool]]
 name = "web"
 backends = [
@@ -313,7 +322,7 @@ scheduler = "{scheduler}"
 pool = "dns"
 "#,
         prefix = topo.prefix(),
-        socket = topo.control_socket().display(),
+        head = agent_and_nat(topo),
         web = pool(HTTP_PORT),
         dns = pool(UDP_PORT),
     )

@@ -20,7 +20,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context as _, Result};
-use balancer_tests::{Agent, Topology, HTTP_PORT, LB_BACKEND_ADDR, VIP};
+use balancer_tests::{agent::agent_and_nat, Agent, Topology, HTTP_PORT, VIP};
 
 use super::Stop;
 
@@ -269,16 +269,8 @@ fn config(topo: &Topology, backends: usize) -> String {
             )
         })
         .collect();
-    let [lbc, lbs] = topo.lb_interfaces();
     format!(
-        r#"[agent]
-interfaces = ["{lbc}", "{lbs}"]
-xdp_mode = "auto"
-control_socket = "{socket}"
-
-[nat]
-source_address = "{LB_BACKEND_ADDR}"
-
+        r#"{head}
 [[pool]]
 name = "checked"
 check = {{ type = "tcp", interval = "1s", timeout = "1s" }}
@@ -293,7 +285,7 @@ protocol = "tcp"
 scheduler = "maglev"
 pool = "checked"
 "#,
-        socket = topo.control_socket().display(),
+        head = agent_and_nat(topo),
     )
 }
 
