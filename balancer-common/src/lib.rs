@@ -39,6 +39,7 @@ pub mod map_names {
     pub const GLOBAL_STATS: &str = "GLOBAL_STATS";
     pub const RR_STATE: &str = "RR_STATE";
     pub const NEXT_HOPS: &str = "NEXT_HOPS";
+    pub const CLIENT_HOPS: &str = "CLIENT_HOPS";
 }
 
 /// Name of the XDP program in the object file.
@@ -276,6 +277,11 @@ pub struct NextHop {
 /// How long a cached next hop is used before the FIB is asked again (a neighbour's MAC
 /// or a route change is picked up within this time).
 pub const NEXT_HOP_TTL_NS: u64 = 1_000_000_000;
+
+/// Slots of the per-CPU next-hop cache of replies (`CLIENT_HOPS`), direct-mapped by a
+/// hash of the client address (a power of two). A client whose slot holds another client
+/// costs a FIB lookup, which then takes the slot.
+pub const CLIENT_HOP_SLOTS: u32 = 4096;
 
 /// Round-robin position of a VIP on one CPU (`RR_STATE`, per-CPU array by vip id).
 #[repr(C)]

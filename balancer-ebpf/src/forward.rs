@@ -1,7 +1,8 @@
 //! Next hop from the kernel's FIB: rewrite the MACs and transmit (XDP_TX on the ingress
 //! interface, redirect to another one). Without a neighbour entry the rewritten packet
 //! goes to the stack, which resolves the neighbour (ARP) and forwards it; later packets
-//! then take the fast path.
+//! then take the fast path. Next hops are cached per CPU: per backend, and for replies per
+//! client address in a small direct-mapped table, each asked again of the FIB every second.
 use core::mem;
 
 use aya_ebpf::{
@@ -10,45 +11,69 @@ use aya_ebpf::{
     programs::XdpContext,
     EbpfContext,
 };
-use balancer_common::{stat, NextHop, NEXT_HOP_TTL_NS};
+use balancer_common::{stat, NextHop, CLIENT_HOP_SLOTS, NEXT_HOP_TTL_NS};
 use network_types::eth::EthHdr;
 
-use crate::{maps::NEXT_HOPS, parse::Packet, stats, DropReason};
+use crate::{
+    maps::{CLIENT_HOPS, NEXT_HOPS},
+    nat::Rewrite,
+    parse::Packet,
+    stats, DropReason,
+};
 
 const AF_INET: u8 = 2;
 
-/// Sends the (already rewritten) packet towards `dst_addr`.
-#[inline(always)]
-pub fn transmit(
-    ctx: &XdpContext,
-    pkt: &Packet,
-    src_addr: u32,
-    dst_addr: u32,
-    src_port: u16,
-    dst_port: u16,
-) -> Result<u32, DropReason> {
-    transmit_via_fib(ctx, pkt, src_addr, dst_addr, src_port, dst_port, None)
-}
-
-/// Sends a packet to backend `backend_id` at `dst_addr`: by the backend's cached next hop
-/// while it is fresh, otherwise by a FIB lookup whose result refreshes the cache. (A
-/// cached hop skips the FIB's MTU check; the cache lives at most `NEXT_HOP_TTL_NS`.)
+/// Sends a rewritten packet to backend `backend_id` at `dst_addr` (see [`transmit_cached`]).
 #[inline(always)]
 pub fn transmit_to_backend(
     ctx: &XdpContext,
     pkt: &Packet,
-    src_addr: u32,
-    dst_addr: u32,
-    src_port: u16,
-    dst_port: u16,
+    to: &Rewrite,
     backend_id: u32,
     now: u64,
 ) -> Result<u32, DropReason> {
-    let cache = NEXT_HOPS.get_ptr_mut(backend_id);
+    transmit_cached(ctx, pkt, to, NEXT_HOPS.get_ptr_mut(backend_id), now)
+}
+
+/// Sends a rewritten reply to its client at `to.dst_addr` (see [`transmit_cached`]),
+/// through this CPU's slot of `CLIENT_HOPS` for that address.
+#[inline(always)]
+pub fn transmit_to_client(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    to: &Rewrite,
+    now: u64,
+) -> Result<u32, DropReason> {
+    let slot = client_hop_slot(to.dst_addr);
+    transmit_cached(ctx, pkt, to, CLIENT_HOPS.get_ptr_mut(slot), now)
+}
+
+/// The `CLIENT_HOPS` slot of a client address (network byte order).
+#[inline(always)]
+fn client_hop_slot(addr: u32) -> u32 {
+    // Fibonacci hashing: the top bits of the product are well mixed.
+    (addr.wrapping_mul(0x9e37_79b9) >> (32 - CLIENT_HOP_SLOTS.trailing_zeros()))
+        & (CLIENT_HOP_SLOTS - 1)
+}
+
+/// Sends a rewritten packet towards `to.dst_addr` by the next hop cached in `cache` while it
+/// is fresh and for that address, otherwise by a FIB lookup whose result refreshes the
+/// cache. (A cached hop is keyed by destination only and skips the FIB's MTU check; it
+/// lives at most `NEXT_HOP_TTL_NS`.)
+#[inline(always)]
+fn transmit_cached(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    to: &Rewrite,
+    cache: Option<*mut NextHop>,
+    now: u64,
+) -> Result<u32, DropReason> {
     if let Some(hop) = cache {
         // SAFETY: this CPU's slot; no other writer while the program runs here.
         let hop = unsafe { &*hop };
-        if hop.addr == dst_addr && hop.ifindex != 0 && now.wrapping_sub(hop.at_ns) < NEXT_HOP_TTL_NS
+        if hop.addr == to.dst_addr
+            && hop.ifindex != 0
+            && now.wrapping_sub(hop.at_ns) < NEXT_HOP_TTL_NS
         {
             let eth: *mut EthHdr = crate::parse::ptr_at(ctx, 0)?;
             // SAFETY: ptr_at checked the bounds.
@@ -56,8 +81,8 @@ pub fn transmit_to_backend(
             return Ok(send(ctx, hop.ifindex));
         }
     }
-    let refresh = cache.map(|hop| (hop, dst_addr, now));
-    transmit_via_fib(ctx, pkt, src_addr, dst_addr, src_port, dst_port, refresh)
+    let refresh = cache.map(|hop| (hop, now));
+    transmit_via_fib(ctx, pkt, to, refresh)
 }
 
 /// `XDP_TX` back out of the ingress interface, else a redirect to `ifindex`.
@@ -71,17 +96,14 @@ fn send(ctx: &XdpContext, ifindex: u32) -> u32 {
     }
 }
 
-/// The FIB lookup path; a successful result is stored in `refresh` (cache slot, backend
-/// address, now) when given.
+/// The FIB lookup path; a successful result is stored in `refresh` (cache slot, now)
+/// when given.
 #[inline(always)]
 fn transmit_via_fib(
     ctx: &XdpContext,
     pkt: &Packet,
-    src_addr: u32,
-    dst_addr: u32,
-    src_port: u16,
-    dst_port: u16,
-    refresh: Option<(*mut NextHop, u32, u64)>,
+    to: &Rewrite,
+    refresh: Option<(*mut NextHop, u64)>,
 ) -> Result<u32, DropReason> {
     let mut storage = mem::MaybeUninit::<bpf_fib_lookup>::uninit();
     // SAFETY: zero_params writes all 64 bytes; all-zero is a valid bpf_fib_lookup.
@@ -91,12 +113,12 @@ fn transmit_via_fib(
     };
     params.family = AF_INET;
     params.l4_protocol = pkt.key.proto;
-    params.sport = src_port;
-    params.dport = dst_port;
+    params.sport = to.src_port;
+    params.dport = to.dst_port;
     params.__bindgen_anon_1.tot_len = pkt.ip_len;
     params.__bindgen_anon_2.tos = pkt.tos;
-    params.__bindgen_anon_3.ipv4_src = src_addr;
-    params.__bindgen_anon_4.ipv4_dst = dst_addr;
+    params.__bindgen_anon_3.ipv4_src = to.src_addr;
+    params.__bindgen_anon_4.ipv4_dst = to.dst_addr;
     let ingress = ctx.ingress_ifindex() as u32;
     params.ifindex = ingress;
 
@@ -114,10 +136,10 @@ fn transmit_via_fib(
             let eth: *mut EthHdr = crate::parse::ptr_at(ctx, 0)?;
             // SAFETY: ptr_at checked the bounds.
             unsafe { set_macs(eth, &params.dmac, &params.smac) };
-            if let Some((hop, addr, now)) = refresh {
-                // SAFETY: this CPU's slot of NEXT_HOPS.
+            if let Some((hop, now)) = refresh {
+                // SAFETY: this CPU's slot of NEXT_HOPS or CLIENT_HOPS.
                 unsafe {
-                    (*hop).addr = addr;
+                    (*hop).addr = to.dst_addr;
                     (*hop).ifindex = params.ifindex;
                     copy_mac(&mut (*hop).dmac, &params.dmac);
                     copy_mac(&mut (*hop).smac, &params.smac);

@@ -6,7 +6,7 @@ use aya_ebpf::{
 };
 use balancer_common::{
     stat, Backend, Conn, FlowKey, FlowStats, NatEntry, NextHop, RrState, Settings, VipKey, VipMeta,
-    CONN_TABLE_SIZE, MAX_BACKENDS, MAX_VIPS, RING_ENTRIES,
+    CLIENT_HOP_SLOTS, CONN_TABLE_SIZE, MAX_BACKENDS, MAX_VIPS, RING_ENTRIES,
 };
 
 /// (address, port, protocol) -> VIP id, scheduler and active ring slice.
@@ -42,6 +42,10 @@ pub static RR_STATE: PerCpuArray<RrState> = PerCpuArray::with_max_entries(MAX_VI
 /// Per-CPU next hop of each backend (no FIB lookup per forwarded packet).
 #[map]
 pub static NEXT_HOPS: PerCpuArray<NextHop> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
+
+/// Per-CPU next hop of reply destinations (clients), direct-mapped by client address.
+#[map]
+pub static CLIENT_HOPS: PerCpuArray<NextHop> = PerCpuArray::with_max_entries(CLIENT_HOP_SLOTS, 0);
 
 #[map]
 pub static VIP_STATS: PerCpuArray<FlowStats> = PerCpuArray::with_max_entries(MAX_VIPS, 0);

@@ -15,7 +15,7 @@ use network_types::ip::Ipv4Hdr;
 
 use crate::{
     conntrack, csum,
-    forward::{transmit, transmit_to_backend},
+    forward::{transmit_to_backend, transmit_to_client},
     maps::{BACKENDS, CONNS, NAT, SETTINGS},
     parse::{ptr_at, Packet, TCP_FIN, TCP_RST},
     select,
@@ -84,24 +84,14 @@ pub fn to_backend(ctx: &XdpContext, pkt: &Packet, vip: &VipMeta) -> Result<u32, 
         Dir::ToBackend,
         new_flow,
     );
-    rewrite(
-        ctx,
-        pkt,
-        conn.snat_addr,
-        conn.backend_addr,
-        conn.snat_port,
-        conn.backend_port,
-    )?;
-    transmit_to_backend(
-        ctx,
-        pkt,
-        conn.snat_addr,
-        conn.backend_addr,
-        conn.snat_port,
-        conn.backend_port,
-        conn.backend_id,
-        now,
-    )
+    let to = Rewrite {
+        src_addr: conn.snat_addr,
+        dst_addr: conn.backend_addr,
+        src_port: conn.snat_port,
+        dst_port: conn.backend_port,
+    };
+    rewrite(ctx, pkt, &to)?;
+    transmit_to_backend(ctx, pkt, &to, conn.backend_id, now)
 }
 
 /// Is the flow's backend down with a policy that moves its flows?
@@ -281,23 +271,16 @@ pub fn to_client(ctx: &XdpContext, pkt: &Packet) -> Result<Option<u32>, DropReas
         Dir::ToClient,
         false,
     );
-    rewrite(
-        ctx,
-        pkt,
-        entry.vip_addr,
-        entry.client_addr,
-        entry.vip_port,
-        entry.client_port,
-    )?;
-    transmit(
-        ctx,
-        pkt,
-        entry.vip_addr,
-        entry.client_addr,
-        entry.vip_port,
-        entry.client_port,
-    )
-    .map(Some)
+    let to = Rewrite {
+        src_addr: entry.vip_addr,
+        dst_addr: entry.client_addr,
+        src_port: entry.vip_port,
+        dst_port: entry.client_port,
+    };
+    rewrite(ctx, pkt, &to)?;
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    transmit_to_client(ctx, pkt, &to, now).map(Some)
 }
 
 /// A FIN or RST from the backend starts the flow's closing timeout.
@@ -310,16 +293,23 @@ fn mark_closing(entry: &NatEntry, pkt: &Packet) {
     }
 }
 
-/// Rewrites addresses and ports (all network byte order) and fixes both checksums.
+/// The addresses and ports (network byte order) a translated packet leaves with.
+pub struct Rewrite {
+    pub src_addr: u32,
+    pub dst_addr: u32,
+    pub src_port: u16,
+    pub dst_port: u16,
+}
+
+/// Rewrites addresses and ports to `to` and fixes both checksums.
 #[inline(always)]
-fn rewrite(
-    ctx: &XdpContext,
-    pkt: &Packet,
-    src_addr: u32,
-    dst_addr: u32,
-    src_port: u16,
-    dst_port: u16,
-) -> Result<(), DropReason> {
+fn rewrite(ctx: &XdpContext, pkt: &Packet, to: &Rewrite) -> Result<(), DropReason> {
+    let &Rewrite {
+        src_addr,
+        dst_addr,
+        src_port,
+        dst_port,
+    } = to;
     let ip: *mut Ipv4Hdr = ptr_at(ctx, pkt.ip_off)?;
     let addr_diff = csum::Diff::default()
         .u32(pkt.key.src_addr, src_addr)
