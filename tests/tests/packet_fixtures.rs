@@ -9,7 +9,7 @@ use balancer::{
     config::{NatConfig, Protocol, Scheduler, Timeouts, VipConfig},
     maps::{AyaMaps, Maps},
 };
-use balancer_common::stat;
+use balancer_common::{map_names, stat, NextHop, CLIENT_HOP_SLOTS};
 use balancer_tests::{
     netns::Netns,
     require_root,
@@ -169,6 +169,25 @@ impl Fixture {
     fn global(&self, index: u32) -> u64 {
         self.lb.maps().global_stats().unwrap()[index as usize]
     }
+
+    /// Every cached reply next hop, over all slots and CPUs.
+    fn client_hops(&self) -> Vec<NextHop> {
+        let map = self
+            .ebpf
+            .map(map_names::CLIENT_HOPS)
+            .expect("the object has CLIENT_HOPS");
+        let hops = aya::maps::PerCpuArray::<_, NextHop>::try_from(map).expect("a per-CPU array");
+        (0..CLIENT_HOP_SLOTS)
+            .flat_map(|i| {
+                hops.get(&i, 0)
+                    .expect("a slot")
+                    .iter()
+                    .copied()
+                    .collect::<Vec<_>>()
+            })
+            .filter(|h| h.ifindex != 0)
+            .collect()
+    }
 }
 
 fn syn() -> Spec {
@@ -281,6 +300,20 @@ fn reply_is_translated_back_to_the_client() {
     );
     assert_eq!(out.payload, b"welcome");
     assert_eq!(fx.global(stat::NAT_REPLY), 1);
+
+    // The client's next hop is now cached, and the next reply leaves the same way.
+    let hops = fx.client_hops();
+    assert_eq!(hops.len(), 1, "one cached reply next hop: {hops:?}");
+    assert_eq!(hops[0].addr, u32::from_ne_bytes(CLIENT.octets()));
+    assert_eq!((hops[0].dmac, hops[0].smac), (CLIENT_MAC, LB_CLIENT_MAC));
+    let (verdict, again) = fx.run(&wire::build(&reply), ingress);
+    assert_eq!(verdict, XDP_REDIRECT, "second reply: verdict");
+    let again = parsed(&again);
+    assert_eq!(
+        (again.dst, again.dst_mac, again.src_mac),
+        (CLIENT, CLIENT_MAC, LB_CLIENT_MAC)
+    );
+    assert_eq!(fx.global(stat::NAT_REPLY), 2);
 }
 
 #[test]
