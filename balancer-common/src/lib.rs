@@ -40,6 +40,7 @@ pub mod map_names {
     pub const RR_STATE: &str = "RR_STATE";
     pub const NEXT_HOPS: &str = "NEXT_HOPS";
     pub const CLIENT_HOPS: &str = "CLIENT_HOPS";
+    pub const VIP_ADDRS: &str = "VIP_ADDRS";
 }
 
 /// Name of the XDP program in the object file.
@@ -278,10 +279,26 @@ pub struct NextHop {
 /// or a route change is picked up within this time).
 pub const NEXT_HOP_TTL_NS: u64 = 1_000_000_000;
 
-/// Slots of the per-CPU next-hop cache of replies (`CLIENT_HOPS`), direct-mapped by a
-/// hash of the client address (a power of two). A client whose slot holds another client
-/// costs a FIB lookup, which then takes the slot.
-pub const CLIENT_HOP_SLOTS: u32 = 4096;
+/// Slots of the per-CPU next-hop cache of replies (`CLIENT_HOPS`), direct-mapped by
+/// [`addr_slot`] of the client address. A client whose slot holds another client costs a
+/// FIB lookup, which then takes the slot.
+pub const CLIENT_HOP_SLOTS: u32 = 1 << ADDR_SLOT_BITS;
+
+/// Slots of `VIP_ADDRS`: how many VIPs have an address whose [`addr_slot`] is the index.
+/// A packet whose destination's slot counts none is for no VIP, so the `VIPS` lookup is
+/// skipped (replies and other traffic then cost an array read, not a hash lookup).
+pub const VIP_ADDR_SLOTS: u32 = 1 << ADDR_SLOT_BITS;
+
+/// `CLIENT_HOPS` and `VIP_ADDRS` have 2^12 slots.
+pub const ADDR_SLOT_BITS: u32 = 12;
+
+/// The slot of an IPv4 address (as stored in keys: network byte order in a `u32`) in a
+/// table of 2^[`ADDR_SLOT_BITS`] slots: Fibonacci hashing, whose top bits are well mixed.
+/// The agent and the kernel must agree on it.
+#[inline(always)]
+pub const fn addr_slot(addr: u32) -> u32 {
+    addr.wrapping_mul(0x9e37_79b9) >> (32 - ADDR_SLOT_BITS)
+}
 
 /// Round-robin position of a VIP on one CPU (`RR_STATE`, per-CPU array by vip id).
 #[repr(C)]

@@ -11,7 +11,7 @@ use aya_ebpf::{
     programs::XdpContext,
     EbpfContext,
 };
-use balancer_common::{stat, NextHop, CLIENT_HOP_SLOTS, NEXT_HOP_TTL_NS};
+use balancer_common::{addr_slot, stat, NextHop, NEXT_HOP_TTL_NS};
 use network_types::eth::EthHdr;
 
 use crate::{
@@ -44,16 +44,8 @@ pub fn transmit_to_client(
     to: &Rewrite,
     now: u64,
 ) -> Result<u32, DropReason> {
-    let slot = client_hop_slot(to.dst_addr);
+    let slot = addr_slot(to.dst_addr);
     transmit_cached(ctx, pkt, to, CLIENT_HOPS.get_ptr_mut(slot), now)
-}
-
-/// The `CLIENT_HOPS` slot of a client address (network byte order).
-#[inline(always)]
-fn client_hop_slot(addr: u32) -> u32 {
-    // Fibonacci hashing: the top bits of the product are well mixed.
-    (addr.wrapping_mul(0x9e37_79b9) >> (32 - CLIENT_HOP_SLOTS.trailing_zeros()))
-        & (CLIENT_HOP_SLOTS - 1)
 }
 
 /// Sends a rewritten packet towards `to.dst_addr` by the next hop cached in `cache` while it

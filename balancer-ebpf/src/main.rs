@@ -12,7 +12,7 @@ mod select;
 mod stats;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
-use balancer_common::{stat, VipKey};
+use balancer_common::{addr_slot, stat, VipKey};
 
 /// Why a packet was dropped: an index into `GLOBAL_STATS` (`balancer_common::stat`).
 pub type DropReason = u32;
@@ -43,15 +43,26 @@ fn try_balancer(ctx: &XdpContext) -> Result<u32, DropReason> {
         proto: pkt.key.proto,
         _pad: 0,
     };
-    // SAFETY: the value is copied out at once; the agent replaces VIP entries whole.
-    if let Some(vip) = unsafe { maps::VIPS.get(&vip_key) } {
-        let vip = *vip;
-        return nat::to_backend(ctx, &pkt, &vip);
+    if maybe_vip(pkt.key.dst_addr) {
+        // SAFETY: the value is copied out at once; the agent replaces VIP entries whole.
+        if let Some(vip) = unsafe { maps::VIPS.get(&vip_key) } {
+            let vip = *vip;
+            return nat::to_backend(ctx, &pkt, &vip);
+        }
     }
     if let Some(verdict) = nat::to_client(ctx, &pkt)? {
         return Ok(verdict);
     }
     Ok(xdp_action::XDP_PASS)
+}
+
+/// Whether some VIP may have this address: `VIP_ADDRS` counts one in its slot. (The
+/// agent counts a VIP in before adding it and out after deleting it.)
+#[inline(always)]
+fn maybe_vip(addr: u32) -> bool {
+    maps::VIP_ADDRS
+        .get(addr_slot(addr))
+        .is_some_and(|&count| count != 0)
 }
 
 #[cfg(not(test))]

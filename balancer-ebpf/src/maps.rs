@@ -6,12 +6,16 @@ use aya_ebpf::{
 };
 use balancer_common::{
     stat, Backend, Conn, FlowKey, FlowStats, NatEntry, NextHop, RrState, Settings, VipKey, VipMeta,
-    CLIENT_HOP_SLOTS, CONN_TABLE_SIZE, MAX_BACKENDS, MAX_VIPS, RING_ENTRIES,
+    CLIENT_HOP_SLOTS, CONN_TABLE_SIZE, MAX_BACKENDS, MAX_VIPS, RING_ENTRIES, VIP_ADDR_SLOTS,
 };
 
 /// (address, port, protocol) -> VIP id, scheduler and active ring slice.
 #[map]
 pub static VIPS: HashMap<VipKey, VipMeta> = HashMap::with_max_entries(MAX_VIPS, 0);
+
+/// How many VIPs have an address in each `addr_slot` (a filter in front of `VIPS`).
+#[map]
+pub static VIP_ADDRS: Array<u32> = Array::with_max_entries(VIP_ADDR_SLOTS, 0);
 
 /// Backend ids, `MAX_RING_SIZE` slots per ring slice, two slices per VIP. Memory-mapped by
 /// the agent, which writes slots as plain stores instead of one syscall each.

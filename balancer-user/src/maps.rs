@@ -1,7 +1,7 @@
 //! The data plane's maps behind a trait: `AyaMaps` writes the kernel's, `FakeMaps` keeps
 //! them in memory for unit tests.
 use std::{
-    collections::HashMap as StdHashMap,
+    collections::{HashMap as StdHashMap, HashSet},
     os::fd::{AsFd, AsRawFd},
     ptr::NonNull,
 };
@@ -11,7 +11,7 @@ use aya::{
     Ebpf,
 };
 use balancer_common::{
-    map_names, stat, Backend, FlowStats, Settings, VipKey, VipMeta, RING_ENTRIES,
+    addr_slot, map_names, stat, Backend, FlowStats, Settings, VipKey, VipMeta, RING_ENTRIES,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -48,9 +48,49 @@ pub trait Maps {
     fn global_stats(&self) -> Result<Vec<u64>, MapsError>;
 }
 
+/// The counts of `VIP_ADDRS`: how many present VIPs have an address in each
+/// [`addr_slot`]. Both map implementations keep one; a count goes up before its VIP is
+/// added and down after it is deleted, so the kernel never skips a present VIP.
+#[derive(Debug, Default)]
+pub struct VipAddrCounts {
+    keys: HashSet<VipKey>,
+    counts: StdHashMap<u32, u32>,
+}
+
+impl VipAddrCounts {
+    /// A VIP is being set: `Some((slot, new count))` when it is new.
+    fn added(&mut self, key: &VipKey) -> Option<(u32, u32)> {
+        if !self.keys.insert(*key) {
+            return None;
+        }
+        let slot = addr_slot(key.addr);
+        let count = self.counts.entry(slot).or_default();
+        *count += 1;
+        Some((slot, *count))
+    }
+
+    /// A VIP was deleted: `Some((slot, new count))` when it was present.
+    fn removed(&mut self, key: &VipKey) -> Option<(u32, u32)> {
+        if !self.keys.remove(key) {
+            return None;
+        }
+        let slot = addr_slot(key.addr);
+        let count = self.counts.entry(slot).or_default();
+        *count = count.saturating_sub(1);
+        Some((slot, *count))
+    }
+
+    /// The count of a slot.
+    pub fn count(&self, slot: u32) -> u32 {
+        self.counts.get(&slot).copied().unwrap_or(0)
+    }
+}
+
 /// The kernel maps of a loaded program.
 pub struct AyaMaps {
     vips: HashMap<MapData, VipKey, VipMeta>,
+    vip_addrs: Array<MapData, u32>,
+    vip_counts: VipAddrCounts,
     ring: MappedRing,
     backends: Array<MapData, Backend>,
     settings: Array<MapData, Settings>,
@@ -72,6 +112,8 @@ impl AyaMaps {
     pub fn new(ebpf: &mut Ebpf) -> Result<Self, MapsError> {
         Ok(Self {
             vips: take(ebpf, map_names::VIPS)?,
+            vip_addrs: take(ebpf, map_names::VIP_ADDRS)?,
+            vip_counts: VipAddrCounts::default(),
             ring: MappedRing::new(ebpf)?,
             backends: take(ebpf, map_names::BACKENDS)?,
             settings: take(ebpf, map_names::SETTINGS)?,
@@ -194,13 +236,26 @@ impl Maps for AyaMaps {
     }
 
     fn set_vip(&mut self, key: &VipKey, meta: &VipMeta) -> Result<(), MapsError> {
+        if let Some((slot, count)) = self.vip_counts.added(key) {
+            let written = self.vip_addrs.set(slot, count, 0);
+            if let Err(e) = written {
+                self.vip_counts.removed(key);
+                return Err(aya_err(map_names::VIP_ADDRS)(e));
+            }
+        }
         self.vips
             .insert(key, meta, 0)
             .map_err(aya_err(map_names::VIPS))
     }
 
     fn del_vip(&mut self, key: &VipKey) -> Result<(), MapsError> {
-        self.vips.remove(key).map_err(aya_err(map_names::VIPS))
+        self.vips.remove(key).map_err(aya_err(map_names::VIPS))?;
+        if let Some((slot, count)) = self.vip_counts.removed(key) {
+            self.vip_addrs
+                .set(slot, count, 0)
+                .map_err(aya_err(map_names::VIP_ADDRS))?;
+        }
+        Ok(())
     }
 
     fn set_backend(&mut self, id: u32, backend: &Backend) -> Result<(), MapsError> {
@@ -260,6 +315,7 @@ impl Maps for AyaMaps {
 pub struct FakeMaps {
     pub settings: Settings,
     pub vips: StdHashMap<VipKey, VipMeta>,
+    pub vip_counts: VipAddrCounts,
     pub ring: StdHashMap<u32, u32>,
     pub backends: StdHashMap<u32, Backend>,
     pub vip_stats: StdHashMap<u32, FlowStats>,
@@ -291,11 +347,13 @@ impl Maps for FakeMaps {
         Ok(())
     }
     fn set_vip(&mut self, key: &VipKey, meta: &VipMeta) -> Result<(), MapsError> {
+        self.vip_counts.added(key);
         self.vips.insert(*key, *meta);
         Ok(())
     }
     fn del_vip(&mut self, key: &VipKey) -> Result<(), MapsError> {
         self.vips.remove(key);
+        self.vip_counts.removed(key);
         Ok(())
     }
     fn set_backend(&mut self, id: u32, backend: &Backend) -> Result<(), MapsError> {
@@ -327,5 +385,50 @@ impl Maps for FakeMaps {
     }
     fn global_stats(&self) -> Result<Vec<u64>, MapsError> {
         Ok(vec![0; stat::COUNT as usize])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(addr: [u8; 4], port: u16) -> VipKey {
+        VipKey {
+            addr: u32::from_ne_bytes(addr),
+            port: port.to_be(),
+            proto: balancer_common::PROTO_TCP,
+            _pad: 0,
+        }
+    }
+
+    #[test]
+    fn vip_addr_counts_follow_present_vips() {
+        let mut c = VipAddrCounts::default();
+        let (web, dns) = (key([10, 0, 100, 1], 80), key([10, 0, 100, 1], 53));
+        let slot = addr_slot(web.addr);
+        assert_eq!(c.added(&web), Some((slot, 1)));
+        // Setting a present VIP again (a ring flip) counts nothing.
+        assert_eq!(c.added(&web), None);
+        assert_eq!(c.added(&dns), Some((slot, 2)), "same address, another port");
+        assert_eq!(c.removed(&web), Some((slot, 1)));
+        assert_eq!(
+            c.removed(&web),
+            None,
+            "deleting an absent VIP counts nothing"
+        );
+        assert_eq!(c.count(slot), 1);
+        assert_eq!(c.removed(&dns), Some((slot, 0)));
+        assert_eq!(c.count(slot), 0);
+    }
+
+    #[test]
+    fn fake_maps_keep_the_counts() {
+        let mut m = FakeMaps::default();
+        let web = key([10, 0, 100, 7], 80);
+        m.set_vip(&web, &VipMeta::default()).unwrap();
+        m.set_vip(&web, &VipMeta::default()).unwrap();
+        assert_eq!(m.vip_counts.count(addr_slot(web.addr)), 1);
+        m.del_vip(&web).unwrap();
+        assert_eq!(m.vip_counts.count(addr_slot(web.addr)), 0);
     }
 }
