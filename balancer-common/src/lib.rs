@@ -41,6 +41,7 @@ pub mod map_names {
     pub const NEXT_HOPS: &str = "NEXT_HOPS";
     pub const CLIENT_HOPS: &str = "CLIENT_HOPS";
     pub const VIP_ADDRS: &str = "VIP_ADDRS";
+    pub const VIP_GENS: &str = "VIP_GENS";
 }
 
 /// Name of the XDP program in the object file.
@@ -80,7 +81,9 @@ pub struct VipMeta {
     pub ring_size: u32,
     /// `VIP_F_*` bits.
     pub flags: u32,
-    pub _pad: u32,
+    /// Which VIP holds `vip_id` (never 0; a new number each time a VIP is added): the
+    /// VIP's flows carry it, and `VIP_GENS[vip_id]` holds it while the VIP exists.
+    pub generation: u32,
 }
 
 /// New flows of a VIP with no usable backend go to the stack (`XDP_PASS`) instead of
@@ -151,6 +154,10 @@ pub struct Conn {
     pub vip_id: u32,
     /// `FLOW_*` bits.
     pub state: u32,
+    /// The VIP's `generation` when the flow began: the flow is the VIP's only while
+    /// `VIP_GENS[vip_id]` still holds it (a deleted VIP's flows stop at once).
+    pub vip_gen: u32,
+    pub _pad: u32,
     /// Last packet seen, `bpf_ktime_get_coarse_ns` clock (CLOCK_MONOTONIC_COARSE).
     pub last_seen_ns: u64,
 }
@@ -312,7 +319,7 @@ const _: () = assert!(core::mem::size_of::<VipKey>() == 8);
 const _: () = assert!(core::mem::size_of::<VipMeta>() == 24);
 const _: () = assert!(core::mem::size_of::<Backend>() == 16);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 16);
-const _: () = assert!(core::mem::size_of::<Conn>() == 32);
+const _: () = assert!(core::mem::size_of::<Conn>() == 40);
 const _: () = assert!(core::mem::size_of::<NatEntry>() == 32);
 const _: () = assert!(core::mem::size_of::<Settings>() == 32);
 const _: () = assert!(core::mem::size_of::<FlowStats>() == 40);

@@ -30,8 +30,9 @@ pub fn balancer(ctx: XdpContext) -> u32 {
     verdict
 }
 
-/// Parse, then either balance a packet for a VIP, translate a reply back to its client,
-/// or leave the packet alone.
+/// Parse, then either balance a packet for a VIP (an established flow by the connection
+/// table alone, a new one by its VIP), translate a reply back to its client, or leave the
+/// packet alone.
 #[inline(always)]
 fn try_balancer(ctx: &XdpContext) -> Result<u32, DropReason> {
     let Some(pkt) = parse::parse(ctx)? else {
@@ -44,10 +45,14 @@ fn try_balancer(ctx: &XdpContext) -> Result<u32, DropReason> {
         _pad: 0,
     };
     if maybe_vip(pkt.key.dst_addr) {
+        // Established flows first: one connection-table lookup, no VIPS lookup.
+        if let Some(verdict) = nat::established(ctx, &pkt)? {
+            return Ok(verdict);
+        }
         // SAFETY: the value is copied out at once; the agent replaces VIP entries whole.
         if let Some(vip) = unsafe { maps::VIPS.get(&vip_key) } {
             let vip = *vip;
-            return nat::to_backend(ctx, &pkt, &vip);
+            return nat::new_flow(ctx, &pkt, &vip);
         }
     }
     if let Some(verdict) = nat::to_client(ctx, &pkt)? {

@@ -17,6 +17,11 @@ pub static VIPS: HashMap<VipKey, VipMeta> = HashMap::with_max_entries(MAX_VIPS, 
 #[map]
 pub static VIP_ADDRS: Array<u32> = Array::with_max_entries(VIP_ADDR_SLOTS, 0);
 
+/// VIP id -> the `generation` of the VIP holding it, 0 when none: lets a packet of an
+/// established flow skip the `VIPS` lookup.
+#[map]
+pub static VIP_GENS: Array<u32> = Array::with_max_entries(MAX_VIPS, 0);
+
 /// Backend ids, `MAX_RING_SIZE` slots per ring slice, two slices per VIP. Memory-mapped by
 /// the agent, which writes slots as plain stores instead of one syscall each.
 #[map]

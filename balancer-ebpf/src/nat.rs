@@ -16,7 +16,7 @@ use network_types::ip::Ipv4Hdr;
 use crate::{
     conntrack, csum,
     forward::{transmit_to_backend, transmit_to_client},
-    maps::{BACKENDS, CONNS, NAT, SETTINGS},
+    maps::{BACKENDS, CONNS, NAT, SETTINGS, VIP_GENS},
     parse::{ptr_at, Packet, TCP_FIN, TCP_RST},
     select,
     stats::{self, Dir},
@@ -32,53 +32,72 @@ fn settings() -> Result<&'static Settings, DropReason> {
     SETTINGS.get(0).ok_or(stat::DROP_CONN_TABLE)
 }
 
-/// A packet for a VIP: find or create its flow, translate it, send it to the backend.
+/// A packet of an established flow: found in `CONNS`, still its VIP's, not expired, its
+/// backend not to be left: translate it and send it to the backend. `Ok(None)` otherwise
+/// (the caller then looks the VIP up and schedules a new flow). No `VIPS` lookup here.
 #[inline(always)]
-pub fn to_backend(ctx: &XdpContext, pkt: &Packet, vip: &VipMeta) -> Result<u32, DropReason> {
+pub fn established(ctx: &XdpContext, pkt: &Packet) -> Result<Option<u32>, DropReason> {
+    let Some(entry) = CONNS.get_ptr_mut(&pkt.key) else {
+        return Ok(None);
+    };
+    // SAFETY: map value pointer, copied out whole.
+    let conn = unsafe { *entry };
+    if VIP_GENS.get(conn.vip_id).copied() != Some(conn.vip_gen) {
+        // Its VIP was deleted (or its id now names another VIP).
+        return Ok(None);
+    }
     let settings = settings()?;
     // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
+    if !conntrack::is_live(&conn, pkt, settings, now) {
+        stats::count(stat::CONN_EXPIRED);
+        return Ok(None);
+    }
+    if must_move(&conn) {
+        stats::count(stat::CONN_RESCHEDULED);
+        return Ok(None);
+    }
+    conntrack::touch(entry, pkt, now);
+    forward(ctx, pkt, &conn, now, false).map(Some)
+}
 
-    let live = match CONNS.get_ptr_mut(&pkt.key) {
-        Some(entry) => {
-            // SAFETY: map value pointer, copied out whole.
-            let conn = unsafe { *entry };
-            if !conntrack::is_live(&conn, pkt, settings, now) {
-                stats::count(stat::CONN_EXPIRED);
-                None
-            } else if must_move(&conn) {
-                stats::count(stat::CONN_RESCHEDULED);
-                None
-            } else {
-                conntrack::touch(entry, pkt, now);
-                Some(conn)
+/// A packet for `vip` that is no established flow: schedule a new flow, translate the
+/// packet, send it to the backend.
+#[inline(always)]
+pub fn new_flow(ctx: &XdpContext, pkt: &Packet, vip: &VipMeta) -> Result<u32, DropReason> {
+    let settings = settings()?;
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let conn = match schedule(pkt, vip, settings, now) {
+        Ok(Some(conn)) => conn,
+        Ok(None) => return all_down(vip),
+        Err(reason) => {
+            if reason == stat::DROP_SNAT_EXHAUSTED {
+                warn!(
+                    ctx,
+                    "vip {}: no free SNAT port for a new flow from {:i} ({} ports probed); widen nat.port_range",
+                    vip.vip_id,
+                    u32::from_be(pkt.key.src_addr),
+                    SNAT_PORT_PROBES
+                );
             }
+            return Err(reason);
         }
-        None => None,
     };
-    let new_flow = live.is_none();
-    let conn = match live {
-        Some(conn) => conn,
-        None => match schedule(pkt, vip, settings, now) {
-            Ok(Some(conn)) => conn,
-            Ok(None) => return all_down(vip),
-            Err(reason) => {
-                if reason == stat::DROP_SNAT_EXHAUSTED {
-                    warn!(
-                        ctx,
-                        "vip {}: no free SNAT port for a new flow from {:i} ({} ports probed); widen nat.port_range",
-                        vip.vip_id,
-                        u32::from_be(pkt.key.src_addr),
-                        SNAT_PORT_PROBES
-                    );
-                }
-                return Err(reason);
-            }
-        },
-    };
+    forward(ctx, pkt, &conn, now, true)
+}
 
+/// Counts, translates and sends a packet of `conn` to its backend.
+#[inline(always)]
+fn forward(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    conn: &Conn,
+    now: u64,
+    new_flow: bool,
+) -> Result<u32, DropReason> {
     stats::count_flow(
-        vip.vip_id,
+        conn.vip_id,
         conn.backend_id,
         pkt.len,
         Dir::ToBackend,
@@ -146,6 +165,8 @@ fn schedule(
         backend_id,
         vip_id: vip.vip_id,
         state,
+        vip_gen: vip.generation,
+        _pad: 0,
         last_seen_ns: now,
     };
     CONNS

@@ -212,6 +212,8 @@ struct Pool {
 struct Vip {
     config: VipConfig,
     id: u32,
+    /// Distinguishes this VIP from earlier holders of `id` (`VipMeta::generation`).
+    generation: u32,
     /// Which ring slice the kernel reads (0 or 1).
     active_slice: u32,
     /// What each slice holds in the kernel, so a rebuild writes only changed slots.
@@ -288,6 +290,8 @@ pub struct Balancer<M: Maps> {
     vips: BTreeMap<String, Vip>,
     vip_ids: IdAllocator,
     backend_ids: IdAllocator,
+    /// The last `Vip::generation` given (never 0).
+    vip_generation: u32,
 }
 
 impl<M: Maps> Balancer<M> {
@@ -300,6 +304,7 @@ impl<M: Maps> Balancer<M> {
             vips: BTreeMap::new(),
             vip_ids: IdAllocator::new(MAX_VIPS),
             backend_ids: IdAllocator::new(MAX_BACKENDS),
+            vip_generation: 0,
         })
     }
 
@@ -385,9 +390,11 @@ impl<M: Maps> Balancer<M> {
         self.add_pool(&config.pool)?;
         let id = self.vip_ids.alloc().ok_or(BalancerError::TooManyVips)?;
         let name = config.name.clone();
+        self.vip_generation = self.vip_generation.checked_add(1).unwrap_or(1);
         let vip = Vip {
             config,
             id,
+            generation: self.vip_generation,
             active_slice: 1,
             slices: [Vec::new(), Vec::new()],
         };
@@ -607,7 +614,7 @@ impl<M: Maps> Balancer<M> {
                 AllDownPolicy::Drop => 0,
                 AllDownPolicy::Pass => VIP_F_PASS_ALL_DOWN,
             },
-            _pad: 0,
+            generation: vip.generation,
         };
         // What the inactive slice holds is unknown while it is being written.
         let shadow =

@@ -1,7 +1,7 @@
 //! The data plane's maps behind a trait: `AyaMaps` writes the kernel's, `FakeMaps` keeps
 //! them in memory for unit tests.
 use std::{
-    collections::{HashMap as StdHashMap, HashSet},
+    collections::HashMap as StdHashMap,
     os::fd::{AsFd, AsRawFd},
     ptr::NonNull,
 };
@@ -48,19 +48,22 @@ pub trait Maps {
     fn global_stats(&self) -> Result<Vec<u64>, MapsError>;
 }
 
-/// The counts of `VIP_ADDRS`: how many present VIPs have an address in each
-/// [`addr_slot`]. Both map implementations keep one; a count goes up before its VIP is
-/// added and down after it is deleted, so the kernel never skips a present VIP.
+/// The VIPs present in the kernel, for the two arrays that let it skip the `VIPS` hash:
+/// `VIP_ADDRS` (how many VIPs have an address in each [`addr_slot`]) and `VIP_GENS` (the
+/// generation of the VIP holding each id). Both map implementations keep one. A VIP is
+/// counted in (and its generation written) before it is added, and out after it is
+/// deleted, so the kernel never skips a present VIP.
 #[derive(Debug, Default)]
-pub struct VipAddrCounts {
-    keys: HashSet<VipKey>,
+pub struct PresentVips {
+    /// Key -> VIP id.
+    ids: StdHashMap<VipKey, u32>,
     counts: StdHashMap<u32, u32>,
 }
 
-impl VipAddrCounts {
+impl PresentVips {
     /// A VIP is being set: `Some((slot, new count))` when it is new.
-    fn added(&mut self, key: &VipKey) -> Option<(u32, u32)> {
-        if !self.keys.insert(*key) {
+    fn added(&mut self, key: &VipKey, vip_id: u32) -> Option<(u32, u32)> {
+        if self.ids.insert(*key, vip_id).is_some() {
             return None;
         }
         let slot = addr_slot(key.addr);
@@ -69,15 +72,13 @@ impl VipAddrCounts {
         Some((slot, *count))
     }
 
-    /// A VIP was deleted: `Some((slot, new count))` when it was present.
-    fn removed(&mut self, key: &VipKey) -> Option<(u32, u32)> {
-        if !self.keys.remove(key) {
-            return None;
-        }
+    /// A VIP was deleted: `Some((slot, new count, its id))` when it was present.
+    fn removed(&mut self, key: &VipKey) -> Option<(u32, u32, u32)> {
+        let vip_id = self.ids.remove(key)?;
         let slot = addr_slot(key.addr);
         let count = self.counts.entry(slot).or_default();
         *count = count.saturating_sub(1);
-        Some((slot, *count))
+        Some((slot, *count, vip_id))
     }
 
     /// The count of a slot.
@@ -90,7 +91,8 @@ impl VipAddrCounts {
 pub struct AyaMaps {
     vips: HashMap<MapData, VipKey, VipMeta>,
     vip_addrs: Array<MapData, u32>,
-    vip_counts: VipAddrCounts,
+    vip_gens: Array<MapData, u32>,
+    present: PresentVips,
     ring: MappedRing,
     backends: Array<MapData, Backend>,
     settings: Array<MapData, Settings>,
@@ -113,7 +115,8 @@ impl AyaMaps {
         Ok(Self {
             vips: take(ebpf, map_names::VIPS)?,
             vip_addrs: take(ebpf, map_names::VIP_ADDRS)?,
-            vip_counts: VipAddrCounts::default(),
+            vip_gens: take(ebpf, map_names::VIP_GENS)?,
+            present: PresentVips::default(),
             ring: MappedRing::new(ebpf)?,
             backends: take(ebpf, map_names::BACKENDS)?,
             settings: take(ebpf, map_names::SETTINGS)?,
@@ -236,11 +239,19 @@ impl Maps for AyaMaps {
     }
 
     fn set_vip(&mut self, key: &VipKey, meta: &VipMeta) -> Result<(), MapsError> {
-        if let Some((slot, count)) = self.vip_counts.added(key) {
-            let written = self.vip_addrs.set(slot, count, 0);
+        if let Some((slot, count)) = self.present.added(key, meta.vip_id) {
+            let written = self
+                .vip_gens
+                .set(meta.vip_id, meta.generation, 0)
+                .map_err(aya_err(map_names::VIP_GENS))
+                .and_then(|()| {
+                    self.vip_addrs
+                        .set(slot, count, 0)
+                        .map_err(aya_err(map_names::VIP_ADDRS))
+                });
             if let Err(e) = written {
-                self.vip_counts.removed(key);
-                return Err(aya_err(map_names::VIP_ADDRS)(e));
+                self.present.removed(key);
+                return Err(e);
             }
         }
         self.vips
@@ -250,7 +261,10 @@ impl Maps for AyaMaps {
 
     fn del_vip(&mut self, key: &VipKey) -> Result<(), MapsError> {
         self.vips.remove(key).map_err(aya_err(map_names::VIPS))?;
-        if let Some((slot, count)) = self.vip_counts.removed(key) {
+        if let Some((slot, count, vip_id)) = self.present.removed(key) {
+            self.vip_gens
+                .set(vip_id, 0, 0)
+                .map_err(aya_err(map_names::VIP_GENS))?;
             self.vip_addrs
                 .set(slot, count, 0)
                 .map_err(aya_err(map_names::VIP_ADDRS))?;
@@ -315,7 +329,7 @@ impl Maps for AyaMaps {
 pub struct FakeMaps {
     pub settings: Settings,
     pub vips: StdHashMap<VipKey, VipMeta>,
-    pub vip_counts: VipAddrCounts,
+    pub present: PresentVips,
     pub ring: StdHashMap<u32, u32>,
     pub backends: StdHashMap<u32, Backend>,
     pub vip_stats: StdHashMap<u32, FlowStats>,
@@ -347,13 +361,13 @@ impl Maps for FakeMaps {
         Ok(())
     }
     fn set_vip(&mut self, key: &VipKey, meta: &VipMeta) -> Result<(), MapsError> {
-        self.vip_counts.added(key);
+        self.present.added(key, meta.vip_id);
         self.vips.insert(*key, *meta);
         Ok(())
     }
     fn del_vip(&mut self, key: &VipKey) -> Result<(), MapsError> {
         self.vips.remove(key);
-        self.vip_counts.removed(key);
+        self.present.removed(key);
         Ok(())
     }
     fn set_backend(&mut self, id: u32, backend: &Backend) -> Result<(), MapsError> {
@@ -402,22 +416,26 @@ mod tests {
     }
 
     #[test]
-    fn vip_addr_counts_follow_present_vips() {
-        let mut c = VipAddrCounts::default();
+    fn present_vips_count_addresses_and_remember_ids() {
+        let mut c = PresentVips::default();
         let (web, dns) = (key([10, 0, 100, 1], 80), key([10, 0, 100, 1], 53));
         let slot = addr_slot(web.addr);
-        assert_eq!(c.added(&web), Some((slot, 1)));
+        assert_eq!(c.added(&web, 3), Some((slot, 1)));
         // Setting a present VIP again (a ring flip) counts nothing.
-        assert_eq!(c.added(&web), None);
-        assert_eq!(c.added(&dns), Some((slot, 2)), "same address, another port");
-        assert_eq!(c.removed(&web), Some((slot, 1)));
+        assert_eq!(c.added(&web, 3), None);
+        assert_eq!(
+            c.added(&dns, 4),
+            Some((slot, 2)),
+            "same address, another port"
+        );
+        assert_eq!(c.removed(&web), Some((slot, 1, 3)));
         assert_eq!(
             c.removed(&web),
             None,
             "deleting an absent VIP counts nothing"
         );
         assert_eq!(c.count(slot), 1);
-        assert_eq!(c.removed(&dns), Some((slot, 0)));
+        assert_eq!(c.removed(&dns), Some((slot, 0, 4)));
         assert_eq!(c.count(slot), 0);
     }
 
@@ -427,8 +445,8 @@ mod tests {
         let web = key([10, 0, 100, 7], 80);
         m.set_vip(&web, &VipMeta::default()).unwrap();
         m.set_vip(&web, &VipMeta::default()).unwrap();
-        assert_eq!(m.vip_counts.count(addr_slot(web.addr)), 1);
+        assert_eq!(m.present.count(addr_slot(web.addr)), 1);
         m.del_vip(&web).unwrap();
-        assert_eq!(m.vip_counts.count(addr_slot(web.addr)), 0);
+        assert_eq!(m.present.count(addr_slot(web.addr)), 0);
     }
 }

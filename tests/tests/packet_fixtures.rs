@@ -108,16 +108,6 @@ impl Fixture {
         let maps = AyaMaps::new(&mut ebpf).expect("take the program's maps");
         let settings = settings(&timeouts, &NatConfig::default());
         let mut lb = Balancer::new(maps, &settings, SnatSource::Fixed(SNAT)).unwrap();
-        let vip = |name: &str, port, protocol| VipConfig {
-            name: name.into(),
-            address: VIP,
-            port,
-            protocol,
-            scheduler: Scheduler::Maglev,
-            ring_size: 65537,
-            pool: name.into(),
-            on_all_down: balancer::config::AllDownPolicy::Drop,
-        };
         lb.add_vip(vip("web", 80, Protocol::Tcp)).unwrap();
         lb.add_backend("web", SocketAddrV4::new(WEB_BACKEND, 80), 1)
             .unwrap();
@@ -170,6 +160,17 @@ impl Fixture {
         self.lb.maps().global_stats().unwrap()[index as usize]
     }
 
+    /// New flows counted for VIP "web".
+    fn vip_new_flows(&self) -> u64 {
+        self.lb
+            .status()
+            .unwrap()
+            .vips
+            .iter()
+            .find(|v| v.config.name == "web")
+            .map_or(0, |v| v.counters.new_flows)
+    }
+
     /// Every cached reply next hop, over all slots and CPUs.
     fn client_hops(&self) -> Vec<NextHop> {
         let map = self
@@ -187,6 +188,20 @@ impl Fixture {
             })
             .filter(|h| h.ifindex != 0)
             .collect()
+    }
+}
+
+/// VIP `name` on the fixture's VIP address, Maglev over pool `name`.
+fn vip(name: &str, port: u16, protocol: Protocol) -> VipConfig {
+    VipConfig {
+        name: name.into(),
+        address: VIP,
+        port,
+        protocol,
+        scheduler: Scheduler::Maglev,
+        ring_size: 65537,
+        pool: name.into(),
+        on_all_down: balancer::config::AllDownPolicy::Drop,
     }
 }
 
@@ -432,6 +447,35 @@ fn udp_to_vip_is_translated_and_zero_checksum_stays_zero() {
         None,
         "a zero UDP checksum must stay zero"
     );
+}
+
+#[test]
+fn a_deleted_vips_established_flow_is_no_longer_forwarded() {
+    let mut fx = Fixture::new();
+    let (verdict, _) = fx.send_from_client(&syn());
+    assert_eq!(verdict, XDP_REDIRECT);
+    let ack = Spec {
+        l4: L4::Tcp {
+            flags: TCP_ACK,
+            seq: 1001,
+            ack: 5001,
+        },
+        ..syn()
+    };
+    assert_eq!(fx.send_from_client(&ack).0, XDP_REDIRECT);
+    // The flow's connection-table entry outlives its VIP, but it is the VIP's no more.
+    fx.lb.del_vip("web").unwrap();
+    let (verdict, out) = fx.send_from_client(&ack);
+    assert_eq!(
+        verdict, XDP_PASS,
+        "a flow of a deleted VIP goes to the stack"
+    );
+    assert_eq!(out, wire::build(&ack), "and leaves untouched");
+    // A VIP added again on the same address and port takes the tuple as a new flow.
+    fx.lb.add_vip(vip("web", 80, Protocol::Tcp)).unwrap();
+    let new_flows = fx.vip_new_flows();
+    assert_eq!(fx.send_from_client(&ack).0, XDP_REDIRECT);
+    assert_eq!(fx.vip_new_flows(), new_flows + 1, "scheduled anew");
 }
 
 #[test]

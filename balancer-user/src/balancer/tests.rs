@@ -374,3 +374,18 @@ fn status_shows_the_newest_check_from_the_task_slot() {
     lb.set_latest_slot("web", backend(9), slot.clone());
     lb.set_latest_slot("nope", backend(1), slot);
 }
+
+#[test]
+fn every_added_vip_gets_a_new_generation() {
+    let mut lb = lb();
+    lb.add_pool("web").unwrap();
+    lb.add_backend("web", backend(1), 1).unwrap();
+    lb.add_vip(vip("web", 80, Scheduler::Maglev)).unwrap();
+    let first = lb.maps().vips[&lb.vips["web"].key()];
+    assert_ne!(first.generation, 0);
+    lb.del_vip("web").unwrap();
+    lb.add_vip(vip("web", 81, Scheduler::Maglev)).unwrap();
+    let second = lb.maps().vips[&lb.vips["web"].key()];
+    assert_ne!(second.generation, first.generation);
+    assert_ne!(second.generation, 0);
+}

@@ -1389,8 +1389,8 @@ pub fn analysis(r: &Results) -> Vec<String> {
                 let _ = write!(
                     p,
                     "An established TCP packet costs {:.0} ns net of the harness floor; a \
-                     packet that is not for a VIP costs {:.0} ns net (two hash lookups that \
-                     miss). ",
+                     packet that is not for a VIP costs {:.0} ns net (one array read: no VIP \
+                     has an address in its `VIP_ADDRS` slot). ",
                     pp.net(c),
                     pp.case("not for a VIP").map_or(f64::NAN, |c| pp.net(c))
                 );
@@ -1398,11 +1398,13 @@ pub fn analysis(r: &Results) -> Vec<String> {
             let _ = write!(
                 p,
                 "The program is {} translated instructions ({} bytes of JIT code). The \
-                 established path does, per packet: the VIPS hash lookup, the SETTINGS array \
-                 read, a coarse clock read, the CONNS LRU lookup and its update (last seen, \
-                 TCP flags), a BACKENDS read (is the flow's backend to be rescheduled?), three \
-                 per-CPU counter updates (VIP, backend, verdict), the incremental IPv4 and \
-                 TCP checksum updates, `bpf_fib_lookup` and `bpf_redirect`. ",
+                 established path does, per packet: the `VIP_ADDRS` array read, the CONNS LRU \
+                 lookup (the only hash lookup: the flow's VIP is checked by its generation in \
+                 the `VIP_GENS` array, not by a VIPS lookup) and its update (last seen, TCP \
+                 flags), the SETTINGS array read, a coarse clock read, a BACKENDS read (is the \
+                 flow's backend to be rescheduled?), three per-CPU counter updates (VIP, \
+                 backend, verdict), the incremental IPv4 and TCP checksum updates, the \
+                 per-CPU next-hop cache read and `bpf_redirect`. ",
                 pp.program
                     .xlated_insns
                     .map_or("?".into(), |n| n.to_string()),
@@ -1425,15 +1427,13 @@ pub fn analysis(r: &Results) -> Vec<String> {
             );
         }
         p.push_str(
-            "The FIB lookup alone takes about the whole 100 ns budget or more: a \
-             100 ns forward (Katran's class) is reached by not looking up the FIB per packet \
-             (Katran sends everything to one configured gateway MAC). Ways to close the gap, \
-             for the data-plane owners: cache the next hop (egress ifindex and both MACs) per \
-             backend in its BACKENDS entry (filled by the agent from netlink neighbour events, \
-             or by the program after a successful lookup) and call `bpf_fib_lookup` only on a \
-             miss; merge the VIP, backend and verdict counters into one per-CPU value per flow \
-             direction; read BACKENDS only when a reschedule generation says some backend is \
-             down; and keep SETTINGS in a global (`.rodata`/`.data`) instead of an array map.",
+            "The FIB is asked once a second per backend and per client slot (`NEXT_HOPS`, \
+             `CLIENT_HOPS`), not per packet. What is left to close the gap to 100 ns: the \
+             CONNS LRU lookup itself (a helper call that hashes the 16-byte key and walks a \
+             bucket), merging the VIP, backend and verdict counters into one per-CPU value \
+             per flow direction, reading BACKENDS only when a reschedule generation says some \
+             backend is down, and keeping SETTINGS in a global (`.rodata`/`.data`) instead \
+             of an array map.",
         );
         out.push(p);
     }
