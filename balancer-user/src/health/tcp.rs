@@ -9,6 +9,12 @@
 //! `connect(AF_UNSPEC)` + `getsockopt(SO_ERROR)` that leave the socket clean for the next
 //! check.
 //!
+//! The socket has `TCP_DEFER_ACCEPT` set, which on a connecting socket delays the
+//! handshake's last ACK (expecting data to carry it): the reset follows the SYN-ACK at
+//! once, so a check is three packets (SYN, SYN-ACK, RST) instead of four, and the backend
+//! never gets a connection to accept (no accept/close per check in its logs). What the
+//! check learns is the same: the backend's kernel answered for a listening socket.
+//!
 //! The socket is registered with the runtime only while it connects: tokio keeps a hang-up
 //! as a final readiness state, and a dissolved connection reports one, so a socket kept
 //! registered would look writable forever after its first check.
@@ -100,9 +106,27 @@ impl CheckSocket {
         if raw < 0 {
             return Err(io::Error::last_os_error());
         }
+        // SAFETY: `raw` is a new descriptor that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        // A connecting socket with TCP_DEFER_ACCEPT set delays the handshake's last ACK
+        // (expecting data to carry it); the reset that ends the check comes first, so the
+        // ACK is never sent.
+        let seconds: libc::c_int = 1;
+        // SAFETY: `seconds` is a valid c_int of the size passed.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_DEFER_ACCEPT,
+                (&raw const seconds).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
         Ok(CheckSocket {
-            // SAFETY: `raw` is a new descriptor that nothing else owns.
-            fd: unsafe { OwnedFd::from_raw_fd(raw) },
+            fd,
             ipv6: target.is_ipv6(),
         })
     }

@@ -774,7 +774,8 @@ fn section_health(md: &mut String, r: &Results) {
     let _ = writeln!(
         md,
         "The agent (`balancer run`, release build) checks {} backends with `type = \"tcp\"` \
-         every {:.0} s (connect, then close with a reset). The backends stand for other hosts: \
+         every {:.0} s (connect, then a reset before the handshake's last ACK). The backends \
+         stand for other hosts: \
          one listener in a backend namespace accepts for all their addresses over a veth pair \
          of its own, with that namespace's packets steered (RPS) to CPU 1 and the listener \
          pinned there; the agent is pinned to CPU 0 and its received packets are steered to \
@@ -785,7 +786,7 @@ fn section_health(md: &mut String, r: &Results) {
     let _ = writeln!(
         md,
         "| figure | value |\n|---|---|\n\
-         | checks/s (connections the backends accepted) | {:.0} |\n\
+         | checks/s (SYN-ACKs the backends sent) | {:.0} |\n\
          | backends up with a passing last check at the end | {} of {} |\n\
          | agent process CPU (user + system, /proc/PID/stat) | {:.2}% of one core (user {:.2}, system {:.2}) |\n\
          | agent's CPU busy (wall time not idle, all contexts; /proc/stat idle) | {:.2}% ({:.2}% idle baseline before the agent started: {:.2}% net) |\n",
