@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use balancer_tests::{default_config, require_root, Agent, Servers, Topology, DEFAULT_TIMEOUT};
+use balancer_tests::{default_config, require_root, Agent, Running, Topology, DEFAULT_TIMEOUT};
 
 /// The default test config with a health check on a pool (inline TOML table) and a policy.
 fn config_with_check(topo: &Topology, pool: &str, check: &str, on_down: &str) -> String {
@@ -62,17 +62,17 @@ fn wait_health(agent: &Agent, pool: &str, addr: &str, want: &str, within: Durati
 
 #[test]
 fn stopped_server_leaves_the_ring_and_no_new_connection_fails_after_detection() {
-    require_root();
-    let topo = Topology::new(3).expect("building the topology");
-    let mut servers: Servers = topo.start_backends().expect("starting the test servers");
-    let config = config_with_check(&topo, "web", FAST_HTTP_CHECK, "shutdown");
-    let agent = Agent::start(&topo, &config).expect("starting the agent");
-    let b2 = topo.backend_addr(2).to_string();
-    wait_health(&agent, "web", &b2, "up", Duration::from_secs(3));
+    let mut run = Running::start_with(3, |topo| {
+        config_with_check(topo, "web", FAST_HTTP_CHECK, "shutdown")
+    });
+    let b2 = run.topo.backend_addr(2).to_string();
+    wait_health(&run.agent, "web", &b2, "up", Duration::from_secs(3));
 
-    // A client loops new connections through the VIP for the whole test.
+    // A client loops new connections through the VIP for the whole test; the client
+    // worker moves into the loop's thread (the rest of `run` stays usable).
     let stop = Arc::new(AtomicBool::new(false));
-    let client = topo.client_ns().expect("client namespace");
+    let client = run.client;
+    let (agent, servers) = (&run.agent, &mut run.servers);
     let looping = {
         let stop = stop.clone();
         thread::spawn(move || {
@@ -91,17 +91,17 @@ fn stopped_server_leaves_the_ring_and_no_new_connection_fails_after_detection() 
     };
     thread::sleep(Duration::from_millis(300));
     servers.stop(2);
-    let down_seen = wait_health(&agent, "web", &b2, "down", Duration::from_secs(5));
-    let down = backend_status(&agent, "web", &b2);
+    let down_seen = wait_health(agent, "web", &b2, "down", Duration::from_secs(5));
+    let down = backend_status(agent, "web", &b2);
     let reason = down["change_reason"].clone();
     thread::sleep(Duration::from_millis(1500));
-    let still_down = backend_status(&agent, "web", &b2);
+    let still_down = backend_status(agent, "web", &b2);
     assert_eq!(
         still_down["counters"]["new_flows"], down["counters"]["new_flows"],
         "new flows were scheduled to b2 while it was down"
     );
     servers.start(2).expect("restarting b2");
-    let up_seen = wait_health(&agent, "web", &b2, "up", Duration::from_secs(5));
+    let up_seen = wait_health(agent, "web", &b2, "up", Duration::from_secs(5));
     thread::sleep(Duration::from_millis(1000));
     stop.store(true, Ordering::Relaxed);
     let results = looping.join().expect("client loop");
@@ -179,19 +179,18 @@ fn http_check_marks_a_backend_answering_500_down() {
 
 #[test]
 fn silently_dropping_backend_is_caught_by_the_timeout() {
-    require_root();
-    let topo = Topology::new(3).expect("building the topology");
-    let _servers = topo.start_backends().expect("starting the test servers");
-    let config = config_with_check(&topo, "web", FAST_HTTP_CHECK, "shutdown");
-    let agent = Agent::start(&topo, &config).expect("starting the agent");
+    let run = Running::start_with(3, |topo| {
+        config_with_check(topo, "web", FAST_HTTP_CHECK, "shutdown")
+    });
+    let (topo, agent) = (&run.topo, &run.agent);
     let b1 = topo.backend_addr(1).to_string();
-    wait_health(&agent, "web", &b1, "up", Duration::from_secs(3));
+    wait_health(agent, "web", &b1, "up", Duration::from_secs(3));
     // The host drops every packet to port 80 without answering (no RST).
     topo.backend(1)
         .run(&["nft", "add table inet blackhole; add chain inet blackhole in { type filter hook input priority 0; }; add rule inet blackhole in tcp dport 80 drop"])
         .expect("nft drop rule in backend 1");
-    wait_health(&agent, "web", &b1, "down", Duration::from_secs(5));
-    let b = backend_status(&agent, "web", &b1);
+    wait_health(agent, "web", &b1, "down", Duration::from_secs(5));
+    let b = backend_status(agent, "web", &b1);
     assert!(
         b["change_reason"]
             .as_str()
@@ -204,14 +203,10 @@ fn silently_dropping_backend_is_caught_by_the_timeout() {
 /// UDP flows from one socket, pinned to backend X; X's check (TCP to port 80) fails
 /// while its UDP service keeps answering; where does the flow's next datagram go?
 fn pinned_flow_after_failure(on_down: &str) -> (String, String) {
-    require_root();
-    let topo = Topology::new(3).expect("building the topology");
-    let _servers = topo.start_backends().expect("starting the test servers");
     let check =
         r#"{ type = "tcp", port = 80, interval = "200ms", timeout = "150ms", rise = 2, fall = 2 }"#;
-    let config = config_with_check(&topo, "dns", check, on_down);
-    let agent = Agent::start(&topo, &config).expect("starting the agent");
-    let client = topo.client_ns().expect("client namespace");
+    let run = Running::start_with(3, |topo| config_with_check(topo, "dns", check, on_down));
+    let (topo, agent, client) = (&run.topo, &run.agent, &run.client);
     let socket = client
         .run(|| UdpSocket::bind("0.0.0.0:0"))
         .expect("UDP socket in the client namespace");
@@ -235,7 +230,7 @@ fn pinned_flow_after_failure(on_down: &str) -> (String, String) {
         .run(&["nft", "add table inet refuse; add chain inet refuse in { type filter hook input priority 0; }; add rule inet refuse in tcp dport 80 reject with tcp reset"])
         .expect("nft reject rule");
     wait_health(
-        &agent,
+        agent,
         "dns",
         &topo.backend_addr(x).to_string(),
         "down",

@@ -2,9 +2,7 @@
 //! socket on SIGTERM, and refuses a bad configuration file with a clear one-line error.
 use std::process::Command;
 
-use balancer_tests::{
-    balancer_path, default_config, require_root, Agent, Topology, DEFAULT_TIMEOUT,
-};
+use balancer_tests::{balancer_path, default_config, Running, Topology, DEFAULT_TIMEOUT};
 
 /// The XDP attachment of each balancer interface as `ip link` shows it ("xdp", "xdpgeneric", or none).
 fn xdp_modes(topo: &Topology) -> Vec<Option<String>> {
@@ -25,32 +23,28 @@ fn xdp_modes(topo: &Topology) -> Vec<Option<String>> {
 
 #[test]
 fn agent_attaches_in_driver_mode_and_detaches_on_sigterm() {
-    require_root();
-    let topo = Topology::new(1).expect("building the topology");
-    let _servers = topo.start_backends().expect("starting the test servers");
-    let config =
-        default_config(&topo, "maglev").replace("xdp_mode = \"auto\"", "xdp_mode = \"driver\"");
-    let mut agent = Agent::start(&topo, &config).expect("starting the agent");
+    let mut run = Running::start_with(1, |topo| {
+        default_config(topo, "maglev").replace("xdp_mode = \"auto\"", "xdp_mode = \"driver\"")
+    });
     assert_eq!(
-        xdp_modes(&topo),
+        xdp_modes(&run.topo),
         vec![Some("xdp".to_string()); 2],
         "driver-mode XDP expected on both balancer interfaces"
     );
-    let client = topo.client_ns().expect("client namespace");
-    client
+    run.client
         .http_get(Topology::vip_http(), DEFAULT_TIMEOUT)
         .expect("a request through the VIP while the agent runs");
 
-    let socket = agent.socket().to_path_buf();
-    let code = agent.stop();
+    let socket = run.agent.socket().to_path_buf();
+    let code = run.agent.stop();
     assert_eq!(
         code,
         Some(0),
         "the agent must exit 0 on SIGTERM; log:\n{}",
-        agent.log()
+        run.agent.log()
     );
     assert_eq!(
-        xdp_modes(&topo),
+        xdp_modes(&run.topo),
         vec![None, None],
         "XDP must be detached after the agent exits"
     );
@@ -63,15 +57,14 @@ fn agent_attaches_in_driver_mode_and_detaches_on_sigterm() {
 
 #[test]
 fn skb_mode_is_honoured() {
-    require_root();
-    let topo = Topology::new(1).expect("building the topology");
-    let _servers = topo.start_backends().expect("starting the test servers");
-    let config =
-        default_config(&topo, "round-robin").replace("xdp_mode = \"auto\"", "xdp_mode = \"skb\"");
-    let _agent = Agent::start(&topo, &config).expect("starting the agent");
-    assert_eq!(xdp_modes(&topo), vec![Some("xdpgeneric".to_string()); 2]);
-    let client = topo.client_ns().expect("client namespace");
-    client
+    let run = Running::start_with(1, |topo| {
+        default_config(topo, "round-robin").replace("xdp_mode = \"auto\"", "xdp_mode = \"skb\"")
+    });
+    assert_eq!(
+        xdp_modes(&run.topo),
+        vec![Some("xdpgeneric".to_string()); 2]
+    );
+    run.client
         .http_get(Topology::vip_http(), DEFAULT_TIMEOUT)
         .expect("a request through the VIP with generic XDP");
 }

@@ -1,6 +1,6 @@
 //! End-to-end: new HTTP connections through the VIP reach every backend, with the maglev and the round-robin scheduler.
 
-use balancer_tests::{default_config, require_root, Agent, Topology, DEFAULT_TIMEOUT};
+use balancer_tests::{Running, Topology, DEFAULT_TIMEOUT};
 
 const REQUESTS: usize = 90;
 
@@ -8,13 +8,8 @@ const REQUESTS: usize = 90;
 /// after checking that none failed and every backend answered at least `min` times and at
 /// most `max` times.
 fn spread(scheduler: &str, min: usize, max: usize) {
-    require_root();
-    let topo = Topology::new(3).expect("building the topology");
-    let _servers = topo.start_backends().expect("starting the test servers");
-    let agent = Agent::start(&topo, &default_config(&topo, scheduler)).expect("starting the agent");
-    let client = topo
-        .client_ns()
-        .expect("worker thread in the client namespace");
+    let run = Running::start(3, scheduler);
+    let (topo, client) = (&run.topo, &run.client);
 
     let tally = client.http_get_many(Topology::vip_http(), REQUESTS, DEFAULT_TIMEOUT);
     assert!(
@@ -36,8 +31,6 @@ fn spread(scheduler: &str, min: usize, max: usize) {
         REQUESTS,
         "{scheduler}: answers from unknown backends: {tally}"
     );
-    drop(client);
-    drop(agent);
 }
 
 #[test]

@@ -2,25 +2,24 @@
 //! it, and says so through its log (aya-log), which the agent prints.
 use std::time::{Duration, Instant};
 
-use balancer_tests::{config_for, require_root, Agent, Topology};
+use balancer_tests::{config_for, Running, Topology};
 
 #[test]
 fn exhausted_snat_ports_drop_the_new_flow_and_log_it() {
-    require_root();
-    let topo = Topology::new(1).expect("building the topology");
-    let _servers = topo.start_backends().expect("starting the test servers");
     // One backend and a single SNAT port: a second concurrent flow cannot be translated.
-    let config = config_for(&topo, "maglev", &[1]).replacen(
-        "[nat]\n",
-        "[nat]\nport_range = \"20000-20000\"\n",
-        1,
-    );
-    assert!(
-        config.contains("port_range"),
-        "config layout changed:\n{config}"
-    );
-    let agent = Agent::start(&topo, &config).expect("starting the agent");
-    let client = topo.client_ns().expect("client namespace");
+    let run = Running::start_with(1, |topo| {
+        let config = config_for(topo, "maglev", &[1]).replacen(
+            "[nat]\n",
+            "[nat]\nport_range = \"20000-20000\"\n",
+            1,
+        );
+        assert!(
+            config.contains("port_range"),
+            "config layout changed:\n{config}"
+        );
+        config
+    });
+    let (agent, client) = (&run.agent, &run.client);
 
     let mut first = client
         .keepalive(Topology::vip_http())
