@@ -419,8 +419,16 @@ pub fn maglev(backends: &[RingBackend], m: u32, prev: Option<&[u32]>) -> Vec<u32
         }
         active.retain(|&i| count[i as usize] < quota[i as usize]);
     }
-    let free_slots = (0..m_len).filter(|&s| !is_taken(&taken, s));
-    for (slot, i) in free_slots.zip(turns) {
+    // Free slots in order, a bitmap word at a time.
+    let free_slots = taken.iter().enumerate().flat_map(|(w, &word)| {
+        let mut free = !word;
+        std::iter::from_fn(move || {
+            let bit = (free != 0).then(|| free.trailing_zeros() as usize)?;
+            free &= free - 1;
+            Some(w * 64 + bit)
+        })
+    });
+    for (slot, i) in free_slots.take_while(|&s| s < m_len).zip(turns) {
         owner[slot] = ids[i as usize];
     }
     owner
