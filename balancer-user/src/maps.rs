@@ -231,6 +231,21 @@ fn zeroed_per_cpu<T: aya::Pod + Default>(map: &'static str) -> Result<PerCpuValu
     })
 }
 
+impl AyaMaps {
+    /// Counts a VIP that is not (or no longer) in `VIPS` out of `VIP_ADDRS` and clears its
+    /// `VIP_GENS` entry. Best effort: a count left too high only costs a `VIPS` lookup.
+    fn forget_vip(&mut self, key: &VipKey) {
+        if let Some((slot, count, vip_id)) = self.present.removed(key) {
+            if let Err(e) = self.vip_gens.set(vip_id, 0, 0) {
+                log::warn!("clearing VIP_GENS[{vip_id}]: {e}");
+            }
+            if let Err(e) = self.vip_addrs.set(slot, count, 0) {
+                log::warn!("writing VIP_ADDRS[{slot}]: {e}");
+            }
+        }
+    }
+}
+
 impl Maps for AyaMaps {
     fn set_settings(&mut self, settings: &Settings) -> Result<(), MapsError> {
         self.settings
@@ -239,7 +254,8 @@ impl Maps for AyaMaps {
     }
 
     fn set_vip(&mut self, key: &VipKey, meta: &VipMeta) -> Result<(), MapsError> {
-        if let Some((slot, count)) = self.present.added(key, meta.vip_id) {
+        let new = self.present.added(key, meta.vip_id);
+        if let Some((slot, count)) = new {
             let written = self
                 .vip_gens
                 .set(meta.vip_id, meta.generation, 0)
@@ -250,25 +266,30 @@ impl Maps for AyaMaps {
                         .map_err(aya_err(map_names::VIP_ADDRS))
                 });
             if let Err(e) = written {
-                self.present.removed(key);
+                self.forget_vip(key);
                 return Err(e);
             }
         }
-        self.vips
+        let inserted = self
+            .vips
             .insert(key, meta, 0)
-            .map_err(aya_err(map_names::VIPS))
+            .map_err(aya_err(map_names::VIPS));
+        if inserted.is_err() && new.is_some() {
+            // Not in the kernel after all: count it out again.
+            self.forget_vip(key);
+        }
+        inserted
     }
 
     fn del_vip(&mut self, key: &VipKey) -> Result<(), MapsError> {
-        self.vips.remove(key).map_err(aya_err(map_names::VIPS))?;
-        if let Some((slot, count, vip_id)) = self.present.removed(key) {
-            self.vip_gens
-                .set(vip_id, 0, 0)
-                .map_err(aya_err(map_names::VIP_GENS))?;
-            self.vip_addrs
-                .set(slot, count, 0)
-                .map_err(aya_err(map_names::VIP_ADDRS))?;
+        match self.vips.remove(key) {
+            Ok(()) => {}
+            // Already absent (e.g. its insert failed): only the bookkeeping is left.
+            Err(aya::maps::MapError::SyscallError(ref e))
+                if e.io_error.raw_os_error() == Some(libc::ENOENT) => {}
+            Err(e) => return Err(aya_err(map_names::VIPS)(e)),
         }
+        self.forget_vip(key);
         Ok(())
     }
 
