@@ -205,6 +205,18 @@ fn vip(name: &str, port: u16, protocol: Protocol) -> VipConfig {
     }
 }
 
+/// The client's ACK after the handshake of [`syn`]'s flow.
+fn ack() -> Spec {
+    Spec {
+        l4: L4::Tcp {
+            flags: TCP_ACK,
+            seq: 1001,
+            ack: 5001,
+        },
+        ..syn()
+    }
+}
+
 fn syn() -> Spec {
     Spec {
         src_mac: CLIENT_MAC,
@@ -335,14 +347,7 @@ fn reply_is_translated_back_to_the_client() {
 fn later_packets_of_a_flow_keep_backend_and_port() {
     let mut fx = Fixture::new();
     let (_, first) = fx.send_from_client(&syn());
-    let ack = Spec {
-        l4: L4::Tcp {
-            flags: TCP_ACK,
-            seq: 1001,
-            ack: 5001,
-        },
-        ..syn()
-    };
+    let ack = ack();
     let (verdict, second) = fx.send_from_client(&ack);
     assert_eq!(verdict, XDP_REDIRECT);
     let (first, second) = (parsed(&first), parsed(&second));
@@ -454,14 +459,7 @@ fn a_deleted_vips_established_flow_is_no_longer_forwarded() {
     let mut fx = Fixture::new();
     let (verdict, _) = fx.send_from_client(&syn());
     assert_eq!(verdict, XDP_REDIRECT);
-    let ack = Spec {
-        l4: L4::Tcp {
-            flags: TCP_ACK,
-            seq: 1001,
-            ack: 5001,
-        },
-        ..syn()
-    };
+    let ack = ack();
     assert_eq!(fx.send_from_client(&ack).0, XDP_REDIRECT);
     // The flow's connection-table entry outlives its VIP, but it is the VIP's no more.
     fx.lb.del_vip("web").unwrap();
