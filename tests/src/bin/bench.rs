@@ -119,7 +119,7 @@ fn parse_args() -> Result<Args> {
         parts.retain(|p| !skipped.contains(p));
     }
     let e2e = Params {
-        rounds: rounds.unwrap_or(if quick { 1 } else { 2 }),
+        rounds: rounds.unwrap_or(if quick { 1 } else { 3 }),
         http_duration: Duration::from_secs(http_secs.unwrap_or(if quick { 3 } else { 10 })),
         udp_duration: Duration::from_secs(udp_secs.unwrap_or(if quick { 2 } else { 5 })),
         wrk_threads: 3,
