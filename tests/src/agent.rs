@@ -5,6 +5,7 @@ use crate::util::{exit_code, find_binary, output_with_timeout, terminate, TempDi
 use anyhow::{bail, Context, Result};
 use std::fmt;
 use std::fs::File;
+use std::net::Ipv4Addr;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -281,21 +282,27 @@ pub fn default_config(topo: &Topology, scheduler: &str) -> String {
 
 /// Like [`default_config`] with an explicit list of backend indices (1-based) in both pools.
 pub fn config_for(topo: &Topology, scheduler: &str, backends: &[usize]) -> String {
+    let addrs: Vec<Ipv4Addr> = backends.iter().map(|&i| topo.backend_addr(i)).collect();
+    format!(
+        "# Written by balancer-tests for topology {prefix}.\n{head}\n{pools}",
+        prefix = topo.prefix(),
+        head = agent_and_nat(topo),
+        pools = web_and_dns(&addrs, scheduler),
+    )
+}
+
+/// Pool "web" (`backends` at port 80) and pool "dns" (the same addresses at port 5300), VIP
+/// "web" on 10.0.100.1:80/tcp and VIP "dns" on 10.0.100.1:5300/udp, both with `scheduler`:
+/// the configuration's `[[pool]]` and `[[vip]]` tables.
+pub fn web_and_dns(backends: &[Ipv4Addr], scheduler: &str) -> String {
     let pool = |port: u16| -> String {
         backends
             .iter()
-            .map(|&i| {
-                format!(
-                    "  {{ address = \"{}\", port = {port}, weight = 1 }},\n",
-                    topo.backend_addr(i)
-                )
-            })
+            .map(|addr| format!("  {{ address = \"{addr}\", port = {port}, weight = 1 }},\n"))
             .collect()
     };
     format!(
-        r#"# Written by balancer-tests for topology {prefix}.
-{head}
-[[pool]]
+        r#"[[pool]]
 name = "web"
 backends = [
 {web}]
@@ -321,8 +328,6 @@ protocol = "udp"
 scheduler = "{scheduler}"
 pool = "dns"
 "#,
-        prefix = topo.prefix(),
-        head = agent_and_nat(topo),
         web = pool(HTTP_PORT),
         dns = pool(UDP_PORT),
     )

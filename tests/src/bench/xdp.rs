@@ -18,9 +18,11 @@ use aya::{maps::Map, maps::MapData, programs::Xdp, Ebpf, EbpfLoader};
 use balancer::{agent::EBPF_OBJECT, balancer::Balancer, config, maps::AyaMaps};
 use balancer_common::{map_names, CONN_TABLE_SIZE, PROGRAM_NAME};
 use balancer_tests::{
+    agent::web_and_dns,
     netns::Netns,
     util::TempDir,
     wire::{self, Mac, Spec, L4, TCP_ACK, TCP_SYN},
+    CLIENT_ADDR, HTTP_PORT, LB_BACKEND_ADDR, UDP_PORT, VIP,
 };
 
 use super::stats::{summarize, Summary};
@@ -29,11 +31,8 @@ use super::{perf, Stop};
 pub const XDP_PASS: u32 = 2;
 pub const XDP_REDIRECT: u32 = 4;
 
-const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 2);
-const VIP: Ipv4Addr = Ipv4Addr::new(10, 0, 100, 1);
-const SNAT: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 1);
-const HTTP_PORT: u16 = 80;
-const UDP_PORT: u16 = 5300;
+const CLIENT: Ipv4Addr = CLIENT_ADDR;
+const SNAT: Ipv4Addr = LB_BACKEND_ADDR;
 /// Backends of both VIPs: 10.0.2.11 ..= 10.0.2.110.
 pub const N_BACKENDS: usize = 100;
 const LB_CLIENT_MAC: Mac = [0x02, 0, 0, 0, 0x01, 0x01];
@@ -360,53 +359,11 @@ fn ifindex(name: &str) -> Result<u32> {
 /// The configuration of the bench: VIP "web" (TCP :80) and VIP "dns" (UDP :5300), Maglev,
 /// each with the same 100 backends; SNAT from 10.0.2.1.
 fn bench_config() -> Result<config::Config> {
-    let pool = |port: u16| -> String {
-        (0..N_BACKENDS)
-            .map(|i| {
-                format!(
-                    "  {{ address = \"{}\", port = {port}, weight = 1 }},\n",
-                    backend_addr(i)
-                )
-            })
-            .collect()
-    };
+    let backends: Vec<Ipv4Addr> = (0..N_BACKENDS).map(backend_addr).collect();
     let text = format!(
-        r#"[agent]
-interfaces = ["{CLIENT_IF}", "{BACKEND_IF}"]
-
-[nat]
-source_address = "{SNAT}"
-
-[[pool]]
-name = "web"
-backends = [
-{web}]
-
-[[pool]]
-name = "dns"
-backends = [
-{dns}]
-
-[[vip]]
-name = "web"
-address = "{VIP}"
-port = {HTTP_PORT}
-protocol = "tcp"
-scheduler = "maglev"
-ring_size = 65537
-pool = "web"
-
-[[vip]]
-name = "dns"
-address = "{VIP}"
-port = {UDP_PORT}
-protocol = "udp"
-scheduler = "maglev"
-ring_size = 65537
-pool = "dns"
-"#,
-        web = pool(HTTP_PORT),
-        dns = pool(UDP_PORT),
+        "[agent]\ninterfaces = [\"{CLIENT_IF}\", \"{BACKEND_IF}\"]\n\n\
+         [nat]\nsource_address = \"{SNAT}\"\n\n{}",
+        web_and_dns(&backends, "maglev")
     );
     config::parse(&text, "bench.toml").context("the bench configuration does not parse")
 }
