@@ -5,7 +5,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use aya::{programs::Xdp, Ebpf, TestRun, TestRunOptions};
 use balancer::{
-    balancer::{settings, Balancer, SnatSource},
+    balancer::{settings, Balancer, Counters, SnatSource},
     config::{NatConfig, Protocol, Scheduler, Timeouts, VipConfig},
     maps::{AyaMaps, Maps},
 };
@@ -160,15 +160,16 @@ impl Fixture {
         self.lb.maps().global_stats().unwrap()[index as usize]
     }
 
-    /// New flows counted for VIP "web".
-    fn vip_new_flows(&self) -> u64 {
+    /// The counters of VIP "web".
+    fn web_counters(&self) -> Counters {
         self.lb
             .status()
             .unwrap()
             .vips
-            .iter()
+            .into_iter()
             .find(|v| v.config.name == "web")
-            .map_or(0, |v| v.counters.new_flows)
+            .expect("VIP web in the status")
+            .counters
     }
 
     /// Every cached reply next hop, over all slots and CPUs.
@@ -273,15 +274,7 @@ fn syn_to_vip_is_translated_to_the_backend() {
     assert_nat_forward(&out, &spec, WEB_BACKEND, WEB_BACKEND_MAC);
     assert_eq!(out.l4_checksum_ok, Some(true));
     assert_eq!(out.tcp_flags, TCP_SYN);
-    let counters = fx
-        .lb
-        .status()
-        .unwrap()
-        .vips
-        .into_iter()
-        .find(|v| v.config.name == "web")
-        .unwrap()
-        .counters;
+    let counters = fx.web_counters();
     assert_eq!((counters.packets, counters.new_flows), (1, 1));
 }
 
@@ -373,15 +366,8 @@ fn later_packets_of_a_flow_keep_backend_and_port() {
         first.sport,
         "another flow needs another SNAT port"
     );
-    let web = fx
-        .lb
-        .status()
-        .unwrap()
-        .vips
-        .into_iter()
-        .find(|v| v.config.name == "web")
-        .unwrap();
-    assert_eq!((web.counters.packets, web.counters.new_flows), (3, 2));
+    let web = fx.web_counters();
+    assert_eq!((web.packets, web.new_flows), (3, 2));
 }
 
 #[test]
@@ -411,16 +397,9 @@ fn fin_then_syn_on_same_tuple_starts_a_new_flow_but_fin_alone_does_not() {
         "a client reusing its port gets its SNAT port back, so the backend's TIME_WAIT \
          sees the client's own tuple sequence"
     );
-    let web = fx
-        .lb
-        .status()
-        .unwrap()
-        .vips
-        .into_iter()
-        .find(|v| v.config.name == "web")
-        .unwrap();
     assert_eq!(
-        web.counters.new_flows, 2,
+        fx.web_counters().new_flows,
+        2,
         "a SYN on a closing tuple is a new flow"
     );
 }
@@ -471,9 +450,9 @@ fn a_deleted_vips_established_flow_is_no_longer_forwarded() {
     assert_eq!(out, wire::build(&ack), "and leaves untouched");
     // A VIP added again on the same address and port takes the tuple as a new flow.
     fx.lb.add_vip(vip("web", 80, Protocol::Tcp)).unwrap();
-    let new_flows = fx.vip_new_flows();
+    let new_flows = fx.web_counters().new_flows;
     assert_eq!(fx.send_from_client(&ack).0, XDP_REDIRECT);
-    assert_eq!(fx.vip_new_flows(), new_flows + 1, "scheduled anew");
+    assert_eq!(fx.web_counters().new_flows, new_flows + 1, "scheduled anew");
 }
 
 #[test]
