@@ -1,15 +1,38 @@
-//! Small helpers shared by the test-support modules: temporary directories, binary lookup, commands with a deadline, and the one-topology-at-a-time lock.
+//! Small helpers shared by the test-support modules: temporary directories, binary lookup, commands with a deadline, the one-topology-at-a-time lock, and the interrupt flag of the demo and bench binaries.
 
 use anyhow::{bail, Context, Result};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 static TEMP_COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// Set by SIGINT/SIGTERM once [`install_signal_handlers`] ran.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+/// Ctrl-C and SIGTERM only set a flag ([`interrupted`]): a long-running binary (demo,
+/// bench) stops at its next step and its Drop guards tear namespaces and processes down.
+pub fn install_signal_handlers() {
+    let handler = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe {
+        libc::signal(libc::SIGINT, handler);
+        libc::signal(libc::SIGTERM, handler);
+    }
+}
+
+/// Whether SIGINT or SIGTERM came.
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
 
 /// A directory under the system temp dir, unique to this process, removed (with its
 /// contents) on drop.

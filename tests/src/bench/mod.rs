@@ -10,14 +10,10 @@ pub mod stats;
 pub mod udpload;
 pub mod xdp;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use balancer_tests::util::interrupted;
 use std::time::Instant;
 
 use anyhow::{bail, Result};
-
-/// Set by SIGINT/SIGTERM (and by the overall deadline): every loop stops at its next check
-/// and the Drop guards tear the namespaces and processes down.
-pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
 /// Whether the bench must stop: a signal came, or the time budget is spent.
 pub struct Stop {
@@ -30,12 +26,12 @@ impl Stop {
     }
 
     pub fn stopped(&self) -> bool {
-        INTERRUPTED.load(Ordering::SeqCst) || Instant::now() >= self.deadline
+        interrupted() || Instant::now() >= self.deadline
     }
 
     /// An error when the bench must stop.
     pub fn check(&self) -> Result<()> {
-        if INTERRUPTED.load(Ordering::SeqCst) {
+        if interrupted() {
             bail!("interrupted");
         }
         if Instant::now() >= self.deadline {

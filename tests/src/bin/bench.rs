@@ -16,16 +16,17 @@ mod bench;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::Ordering;
+
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
 use balancer_tests::require_root;
+use balancer_tests::util::{install_signal_handlers, interrupted};
 
 use bench::e2e::{self, Params};
 use bench::report::{self, Environment, Part, Results};
 use bench::xdp::{self, Plan};
-use bench::{health, maglev, Stop, INTERRUPTED};
+use bench::{health, maglev, Stop};
 
 const USAGE: &str =
     "usage: bench [--out DIR] [--budget SECS] [--quick] [--only PARTS] [--skip PARTS] \
@@ -162,21 +163,6 @@ fn parse_args() -> Result<Args> {
     })
 }
 
-extern "C" fn on_signal(_: libc::c_int) {
-    INTERRUPTED.store(true, Ordering::SeqCst);
-}
-
-/// Ctrl-C and SIGTERM only set a flag: the bench stops at its next step and the Drop guards
-/// tear the namespaces and processes down.
-fn install_signal_handlers() {
-    let handler = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
-    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-    unsafe {
-        libc::signal(libc::SIGINT, handler);
-        libc::signal(libc::SIGTERM, handler);
-    }
-}
-
 fn say(msg: &str) {
     eprintln!("[bench] {msg}");
 }
@@ -292,7 +278,7 @@ fn run(args: &Args) -> Result<bool> {
         r.e2e.as_ref().map(|p| p.is_err()),
     ]
     .contains(&Some(true));
-    Ok(!failed && !INTERRUPTED.load(Ordering::SeqCst))
+    Ok(!failed && !interrupted())
 }
 
 fn main() -> ExitCode {

@@ -1,33 +1,12 @@
 //! `demo`: builds a test network, runs the balancer agent in it, sends 300 HTTP requests through the VIP and shows how they were spread.
 
+use balancer_tests::util::{install_signal_handlers, interrupted};
 use balancer_tests::{default_config, require_root, Agent, Topology, DEFAULT_TIMEOUT};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 const BACKENDS: usize = 3;
 const REQUESTS: usize = 300;
-
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    INTERRUPTED.store(true, Ordering::SeqCst);
-}
-
-/// Ctrl-C and SIGTERM only set a flag: the demo stops at the next step and its Drop
-/// guards tear the network down.
-fn install_signal_handlers() {
-    let handler = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
-    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-    unsafe {
-        libc::signal(libc::SIGINT, handler);
-        libc::signal(libc::SIGTERM, handler);
-    }
-}
-
-fn interrupted() -> bool {
-    INTERRUPTED.load(Ordering::SeqCst)
-}
 
 fn main() -> ExitCode {
     require_root();
