@@ -131,7 +131,7 @@ pub struct FlowKey {
     pub _pad1: u16,
 }
 
-/// Flow state bits (`Conn::state`, `NatEntry::state`).
+/// Flow state bits (`Conn::state`).
 /// A FIN or RST was seen: the entry lives only `Settings::closing_timeout_ns` more.
 pub const FLOW_CLOSING: u32 = 1;
 
@@ -162,7 +162,8 @@ pub struct Conn {
     pub last_seen_ns: u64,
 }
 
-/// Value of `NAT`: how a reply is translated back to the client.
+/// Value of `NAT`: how a reply is translated back to the client. Whether an entry is still
+/// in use is decided by its flow's forward (`CONNS`) entry, so it holds no clock or state.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct NatEntry {
@@ -176,11 +177,6 @@ pub struct NatEntry {
     pub vip_port: u16,
     pub backend_id: u32,
     pub vip_id: u32,
-    /// `FLOW_*` bits.
-    pub state: u32,
-    /// When the flow was created, `bpf_ktime_get_coarse_ns` clock. Whether a reply entry is
-    /// still in use is decided by its forward (`CONNS`) entry, not by this time.
-    pub created_ns: u64,
 }
 
 /// The single entry of the `SETTINGS` array: knobs the agent sets at start.
@@ -320,7 +316,7 @@ const _: () = assert!(core::mem::size_of::<VipMeta>() == 24);
 const _: () = assert!(core::mem::size_of::<Backend>() == 16);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 16);
 const _: () = assert!(core::mem::size_of::<Conn>() == 40);
-const _: () = assert!(core::mem::size_of::<NatEntry>() == 32);
+const _: () = assert!(core::mem::size_of::<NatEntry>() == 20);
 const _: () = assert!(core::mem::size_of::<Settings>() == 32);
 const _: () = assert!(core::mem::size_of::<FlowStats>() == 40);
 const _: () = assert!(core::mem::size_of::<RrState>() == 8);

@@ -44,18 +44,20 @@ fn try_balancer(ctx: &XdpContext) -> Result<u32, DropReason> {
         proto: pkt.key.proto,
         _pad: 0,
     };
+    let settings = nat::settings()?;
     if maybe_vip(pkt.key.dst_addr) {
+        let now = nat::now();
         // Established flows first: one connection-table lookup, no VIPS lookup.
-        if let Some(verdict) = nat::established(ctx, &pkt)? {
+        if let Some(verdict) = nat::established(ctx, &pkt, settings, now)? {
             return Ok(verdict);
         }
         // SAFETY: the value is copied out at once; the agent replaces VIP entries whole.
         if let Some(vip) = unsafe { maps::VIPS.get(&vip_key) } {
             let vip = *vip;
-            return nat::new_flow(ctx, &pkt, &vip);
+            return nat::new_flow(ctx, &pkt, &vip, settings, now);
         }
     }
-    if let Some(verdict) = nat::to_client(ctx, &pkt)? {
+    if let Some(verdict) = nat::to_client(ctx, &pkt, settings)? {
         return Ok(verdict);
     }
     Ok(xdp_action::XDP_PASS)

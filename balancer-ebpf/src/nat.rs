@@ -27,16 +27,29 @@ use crate::{
 const TCP_CHECK_OFF: usize = 16;
 const UDP_CHECK_OFF: usize = 6;
 
+/// The agent's knobs (timeouts, SNAT port range): read once per packet by the caller.
 #[inline(always)]
-fn settings() -> Result<&'static Settings, DropReason> {
+pub fn settings() -> Result<&'static Settings, DropReason> {
     SETTINGS.get(0).ok_or(stat::DROP_CONN_TABLE)
+}
+
+/// The connection table's clock (`bpf_ktime_get_coarse_ns`).
+#[inline(always)]
+pub fn now() -> u64 {
+    // SAFETY: plain helper call.
+    unsafe { bpf_ktime_get_coarse_ns() }
 }
 
 /// A packet of an established flow: found in `CONNS`, still its VIP's, not expired, its
 /// backend not to be left: translate it and send it to the backend. `Ok(None)` otherwise
 /// (the caller then looks the VIP up and schedules a new flow). No `VIPS` lookup here.
 #[inline(always)]
-pub fn established(ctx: &XdpContext, pkt: &Packet) -> Result<Option<u32>, DropReason> {
+pub fn established(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    settings: &Settings,
+    now: u64,
+) -> Result<Option<u32>, DropReason> {
     let Some(entry) = CONNS.get_ptr_mut(&pkt.key) else {
         return Ok(None);
     };
@@ -46,9 +59,6 @@ pub fn established(ctx: &XdpContext, pkt: &Packet) -> Result<Option<u32>, DropRe
         // Its VIP was deleted (or its id now names another VIP).
         return Ok(None);
     }
-    let settings = settings()?;
-    // SAFETY: plain helper call.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
     if !conntrack::is_live(&conn, pkt, settings, now) {
         stats::count(stat::CONN_EXPIRED);
         return Ok(None);
@@ -64,10 +74,13 @@ pub fn established(ctx: &XdpContext, pkt: &Packet) -> Result<Option<u32>, DropRe
 /// A packet for `vip` that is no established flow: schedule a new flow, translate the
 /// packet, send it to the backend.
 #[inline(always)]
-pub fn new_flow(ctx: &XdpContext, pkt: &Packet, vip: &VipMeta) -> Result<u32, DropReason> {
-    let settings = settings()?;
-    // SAFETY: plain helper call.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
+pub fn new_flow(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    vip: &VipMeta,
+    settings: &Settings,
+    now: u64,
+) -> Result<u32, DropReason> {
     let conn = match schedule(pkt, vip, settings, now) {
         Ok(Some(conn)) => conn,
         Ok(None) => return all_down(vip),
@@ -203,8 +216,6 @@ fn allocate_port(
         vip_port: pkt.key.dst_port,
         backend_id,
         vip_id: vip.vip_id,
-        state: 0,
-        created_ns: now,
     };
     let mut i = 0;
     while i < SNAT_PORT_PROBES {
@@ -270,8 +281,11 @@ fn holder_alive(holder: &NatEntry, reply_key: &FlowKey, settings: &Settings, now
 /// A reply from a backend to a SNAT address:port: translate it back to the client.
 /// `Ok(None)` when the packet is not a reply of a balanced flow.
 #[inline(always)]
-pub fn to_client(ctx: &XdpContext, pkt: &Packet) -> Result<Option<u32>, DropReason> {
-    let settings = settings()?;
+pub fn to_client(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    settings: &Settings,
+) -> Result<Option<u32>, DropReason> {
     let port = u16::from_be(pkt.key.dst_port);
     if port < settings.snat_port_min || port > settings.snat_port_max {
         return Ok(None);
@@ -281,8 +295,9 @@ pub fn to_client(ctx: &XdpContext, pkt: &Packet) -> Result<Option<u32>, DropReas
         return Ok(None);
     };
     let entry = *entry;
+    let now = now();
     if pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
-        mark_closing(&entry, pkt);
+        mark_closing(&entry, pkt, now);
     }
     stats::count(stat::NAT_REPLY);
     stats::count_flow(
@@ -299,18 +314,15 @@ pub fn to_client(ctx: &XdpContext, pkt: &Packet) -> Result<Option<u32>, DropReas
         dst_port: entry.client_port,
     };
     rewrite(ctx, pkt, &to)?;
-    // SAFETY: plain helper call.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
     transmit_to_client(ctx, pkt, &to, now).map(Some)
 }
 
 /// A FIN or RST from the backend starts the flow's closing timeout.
 #[inline(always)]
-fn mark_closing(entry: &NatEntry, pkt: &Packet) {
+fn mark_closing(entry: &NatEntry, pkt: &Packet, now: u64) {
     let client_key = client_key(entry, pkt.key.proto);
     if let Some(conn) = CONNS.get_ptr_mut(&client_key) {
-        // SAFETY: plain read-modify-write of one map value.
-        unsafe { conntrack::touch(conn, pkt, bpf_ktime_get_coarse_ns()) };
+        conntrack::touch(conn, pkt, now);
     }
 }
 
