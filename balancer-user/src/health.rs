@@ -227,8 +227,8 @@ pub async fn check_once(check: &CheckConfig, target: SocketAddr) -> CheckOutcome
     Prober::default().check(check, target).await
 }
 
-/// Runs the checks of one backend, one after the other, keeping what can be reused between
-/// them: the socket of TCP checks (see [`tcp`]).
+/// Runs the checks of one backend (one target address), one after the other, keeping what
+/// can be reused between them: the socket of TCP checks (see [`tcp`]).
 #[derive(Default)]
 pub struct Prober {
     tcp: Option<CheckSocket>,
@@ -272,8 +272,8 @@ impl Prober {
     /// resets the connection.
     async fn tcp_probe(&mut self, check: &CheckConfig, target: SocketAddr) -> Probe {
         let mut socket = match self.tcp.take() {
-            Some(socket) if socket.fits(target) => socket,
-            _ => CheckSocket::new(target).map_err(|e| format!("cannot create a socket: {e}"))?,
+            Some(socket) => socket,
+            None => CheckSocket::new(target).map_err(|e| format!("cannot create a socket: {e}"))?,
         };
         let result = match tokio::time::timeout(check.timeout, socket.connect(target)).await {
             Ok(Ok(())) => Ok(()),
@@ -776,37 +776,34 @@ impl CheckTask {
         let target = SocketAddr::V4(check.target(backend));
         let mut tracker = Tracker::new(self.initial, check.rise, check.fall);
         let mut prober = Prober::default();
-        // `ok` and reason of the previous check.
-        let mut previous: Option<(bool, String)> = None;
-        let mut checks = 0u64;
         let first = self.jitter.below(check.interval);
         tokio::time::sleep_until(aligned_deadline(self.epoch, Instant::now(), first)).await;
         loop {
             let outcome = prober.check(check, target).await;
-            checks += 1;
             let transition = tracker.record(outcome.ok);
             if let Some((old, new)) = transition {
                 log_transition(pool, backend, old, new, &tracker, &outcome.reason);
             }
-            let changed = transition.is_some()
-                || previous
-                    .as_ref()
-                    .is_none_or(|(ok, reason)| *ok != outcome.ok || *reason != outcome.reason);
-            if changed {
-                previous = Some((outcome.ok, outcome.reason.clone()));
-            }
-            let event = changed.then(|| HealthEvent {
-                pool: pool.clone(),
-                backend,
-                outcome: outcome.clone(),
-                transition,
-                health: tracker.health(),
-                check: checks,
-            });
-            if let Ok(mut latest) = self.latest.lock() {
+            // The slot holds the previous check: an event only when the result changed.
+            let event = {
+                let mut latest = self.latest.lock().unwrap_or_else(|e| e.into_inner());
+                latest.checks += 1;
+                let changed = transition.is_some()
+                    || latest
+                        .outcome
+                        .as_ref()
+                        .is_none_or(|p| p.ok != outcome.ok || p.reason != outcome.reason);
+                let event = changed.then(|| HealthEvent {
+                    pool: pool.clone(),
+                    backend,
+                    outcome: outcome.clone(),
+                    transition,
+                    health: tracker.health(),
+                    check: latest.checks,
+                });
                 latest.outcome = Some(outcome);
-                latest.checks = checks;
-            }
+                event
+            };
             if let Some(event) = event {
                 // Let the other checks of this tick finish first, so that their events
                 // reach the owner together and wake it once rather than once each.

@@ -39,7 +39,6 @@ impl AsRawFd for Unowned {
 /// A non-blocking TCP socket for repeated connect checks to one address family.
 pub struct CheckSocket {
     fd: OwnedFd,
-    ipv6: bool,
 }
 
 /// `target` as a `sockaddr_storage` and its length.
@@ -125,21 +124,13 @@ impl CheckSocket {
         if rc != 0 {
             return Err(io::Error::last_os_error());
         }
-        Ok(CheckSocket {
-            fd,
-            ipv6: target.is_ipv6(),
-        })
+        Ok(CheckSocket { fd })
     }
 
     /// The registered descriptor.
     #[cfg(test)]
     pub fn fd(&self) -> &OwnedFd {
         &self.fd
-    }
-
-    /// Whether this socket can connect to `target` (same address family).
-    pub fn fits(&self, target: SocketAddr) -> bool {
-        self.ipv6 == target.is_ipv6()
     }
 
     /// Connects to `target` and returns once the connection is established (or failed);
