@@ -51,30 +51,50 @@ pub trait Maps {
 /// The VIPs present in the kernel, for the two arrays that let it skip the `VIPS` hash:
 /// `VIP_ADDRS` (how many VIPs have an address in each [`addr_slot`]) and `VIP_GENS` (the
 /// generation of the VIP holding each id). Both map implementations keep one. A VIP is
-/// counted in (and its generation written) before it is added, and out after it is
-/// deleted, so the kernel never skips a present VIP.
+/// counted in (and its generation written) before its `VIPS` entry, recorded here once
+/// that entry is written, and counted out after it is deleted, so the kernel never skips a
+/// present VIP.
 #[derive(Debug, Default)]
 pub struct PresentVips {
-    /// Key -> VIP id.
-    ids: StdHashMap<VipKey, u32>,
+    /// Key -> (VIP id, generation).
+    vips: StdHashMap<VipKey, (u32, u32)>,
     counts: StdHashMap<u32, u32>,
 }
 
+/// What setting a VIP must write to the two arrays.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct VipWrites {
+    /// `VIP_ADDRS[slot] = count`, before the `VIPS` entry: the VIP is new.
+    pub count: Option<(u32, u32)>,
+    /// `VIP_GENS[id] = generation`, before the `VIPS` entry: the VIP is new or its id or
+    /// generation changed.
+    pub generation: Option<(u32, u32)>,
+    /// `VIP_GENS[id] = 0`, after the `VIPS` entry: the key's previous, other id.
+    pub clear: Option<u32>,
+}
+
 impl PresentVips {
-    /// A VIP is being set: `Some((slot, new count))` when it is new.
-    fn added(&mut self, key: &VipKey, vip_id: u32) -> Option<(u32, u32)> {
-        if self.ids.insert(*key, vip_id).is_some() {
-            return None;
-        }
+    /// What setting VIP `key` with `vip_id` and `generation` must write (changes nothing).
+    fn writes_for(&self, key: &VipKey, vip_id: u32, generation: u32) -> VipWrites {
+        let before = self.vips.get(key).copied();
         let slot = addr_slot(key.addr);
-        let count = self.counts.entry(slot).or_default();
-        *count += 1;
-        Some((slot, *count))
+        VipWrites {
+            count: before.is_none().then(|| (slot, self.count(slot) + 1)),
+            generation: (before != Some((vip_id, generation))).then_some((vip_id, generation)),
+            clear: before.map(|(id, _)| id).filter(|&id| id != vip_id),
+        }
+    }
+
+    /// The `VIPS` entry of `key` was written.
+    fn record(&mut self, key: &VipKey, vip_id: u32, generation: u32) {
+        if self.vips.insert(*key, (vip_id, generation)).is_none() {
+            *self.counts.entry(addr_slot(key.addr)).or_default() += 1;
+        }
     }
 
     /// A VIP was deleted: `Some((slot, new count, its id))` when it was present.
     fn removed(&mut self, key: &VipKey) -> Option<(u32, u32, u32)> {
-        let vip_id = self.ids.remove(key)?;
+        let (vip_id, _) = self.vips.remove(key)?;
         let slot = addr_slot(key.addr);
         let count = self.counts.entry(slot).or_default();
         *count = count.saturating_sub(1);
@@ -231,21 +251,6 @@ fn zeroed_per_cpu<T: aya::Pod + Default>(map: &'static str) -> Result<PerCpuValu
     })
 }
 
-impl AyaMaps {
-    /// Counts a VIP that is not (or no longer) in `VIPS` out of `VIP_ADDRS` and clears its
-    /// `VIP_GENS` entry. Best effort: a count left too high only costs a `VIPS` lookup.
-    fn forget_vip(&mut self, key: &VipKey) {
-        if let Some((slot, count, vip_id)) = self.present.removed(key) {
-            if let Err(e) = self.vip_gens.set(vip_id, 0, 0) {
-                log::warn!("clearing VIP_GENS[{vip_id}]: {e}");
-            }
-            if let Err(e) = self.vip_addrs.set(slot, count, 0) {
-                log::warn!("writing VIP_ADDRS[{slot}]: {e}");
-            }
-        }
-    }
-}
-
 impl Maps for AyaMaps {
     fn set_settings(&mut self, settings: &Settings) -> Result<(), MapsError> {
         self.settings
@@ -254,42 +259,46 @@ impl Maps for AyaMaps {
     }
 
     fn set_vip(&mut self, key: &VipKey, meta: &VipMeta) -> Result<(), MapsError> {
-        let new = self.present.added(key, meta.vip_id);
-        if let Some((slot, count)) = new {
-            let written = self
-                .vip_gens
-                .set(meta.vip_id, meta.generation, 0)
-                .map_err(aya_err(map_names::VIP_GENS))
-                .and_then(|()| {
-                    self.vip_addrs
-                        .set(slot, count, 0)
-                        .map_err(aya_err(map_names::VIP_ADDRS))
-                });
-            if let Err(e) = written {
-                self.forget_vip(key);
-                return Err(e);
-            }
+        let writes = self.present.writes_for(key, meta.vip_id, meta.generation);
+        if let Some((id, generation)) = writes.generation {
+            self.vip_gens
+                .set(id, generation, 0)
+                .map_err(aya_err(map_names::VIP_GENS))?;
         }
-        let inserted = self
-            .vips
+        if let Some((slot, count)) = writes.count {
+            self.vip_addrs
+                .set(slot, count, 0)
+                .map_err(aya_err(map_names::VIP_ADDRS))?;
+        }
+        // A failure here leaves at most a count one too high (a VIPS lookup more).
+        self.vips
             .insert(key, meta, 0)
-            .map_err(aya_err(map_names::VIPS));
-        if inserted.is_err() && new.is_some() {
-            // Not in the kernel after all: count it out again.
-            self.forget_vip(key);
+            .map_err(aya_err(map_names::VIPS))?;
+        self.present.record(key, meta.vip_id, meta.generation);
+        if let Some(id) = writes.clear {
+            self.vip_gens
+                .set(id, 0, 0)
+                .map_err(aya_err(map_names::VIP_GENS))?;
         }
-        inserted
+        Ok(())
     }
 
     fn del_vip(&mut self, key: &VipKey) -> Result<(), MapsError> {
         match self.vips.remove(key) {
             Ok(()) => {}
-            // Already absent (e.g. its insert failed): only the bookkeeping is left.
+            // Absent already: only the bookkeeping (if any) is left.
             Err(aya::maps::MapError::SyscallError(ref e))
                 if e.io_error.raw_os_error() == Some(libc::ENOENT) => {}
             Err(e) => return Err(aya_err(map_names::VIPS)(e)),
         }
-        self.forget_vip(key);
+        if let Some((slot, count, vip_id)) = self.present.removed(key) {
+            self.vip_gens
+                .set(vip_id, 0, 0)
+                .map_err(aya_err(map_names::VIP_GENS))?;
+            self.vip_addrs
+                .set(slot, count, 0)
+                .map_err(aya_err(map_names::VIP_ADDRS))?;
+        }
         Ok(())
     }
 
@@ -382,8 +391,8 @@ impl Maps for FakeMaps {
         Ok(())
     }
     fn set_vip(&mut self, key: &VipKey, meta: &VipMeta) -> Result<(), MapsError> {
-        self.present.added(key, meta.vip_id);
         self.vips.insert(*key, *meta);
+        self.present.record(key, meta.vip_id, meta.generation);
         Ok(())
     }
     fn del_vip(&mut self, key: &VipKey) -> Result<(), MapsError> {
@@ -441,13 +450,28 @@ mod tests {
         let mut c = PresentVips::default();
         let (web, dns) = (key([10, 0, 100, 1], 80), key([10, 0, 100, 1], 53));
         let slot = addr_slot(web.addr);
-        assert_eq!(c.added(&web, 3), Some((slot, 1)));
-        // Setting a present VIP again (a ring flip) counts nothing.
-        assert_eq!(c.added(&web, 3), None);
+        let writes = |count, generation, clear| VipWrites {
+            count,
+            generation,
+            clear,
+        };
         assert_eq!(
-            c.added(&dns, 4),
-            Some((slot, 2)),
+            c.writes_for(&web, 3, 7),
+            writes(Some((slot, 1)), Some((3, 7)), None)
+        );
+        c.record(&web, 3, 7);
+        // Setting a present VIP again (a ring flip) writes nothing.
+        assert_eq!(c.writes_for(&web, 3, 7), writes(None, None, None));
+        assert_eq!(
+            c.writes_for(&dns, 4, 8),
+            writes(Some((slot, 2)), Some((4, 8)), None),
             "same address, another port"
+        );
+        c.record(&dns, 4, 8);
+        // The same key under another id and generation: the old id is cleared.
+        assert_eq!(
+            c.writes_for(&web, 5, 9),
+            writes(None, Some((5, 9)), Some(3))
         );
         assert_eq!(c.removed(&web), Some((slot, 1, 3)));
         assert_eq!(
