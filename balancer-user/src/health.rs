@@ -18,7 +18,9 @@
 //! * One check (connect, request, response) never takes longer than `timeout`.
 //! * TCP and HTTP check connections are closed with a reset (zero linger), as HAProxy
 //!   does, so that checks leave no `TIME_WAIT` sockets behind on the balancer host. A TCP
-//!   check reuses one socket per backend and resets before the handshake's last ACK (see
+//!   check of an IPv4 target is a bare SYN sent in a batch from a raw socket, whose SYN-ACK
+//!   the kernel resets (see [`syn`]); without raw sockets (no `CAP_NET_RAW`) or for IPv6, it
+//!   reuses one socket per backend and resets before the handshake's last ACK (see
 //!   [`tcp`]).
 //!
 //! Type `none` means "not checked": the backend is always up and no task runs.
@@ -26,9 +28,9 @@
 //! The checks run on a current-thread tokio runtime in a thread of the [`Checker`]'s own.
 //! Measured cost (`cargo xtask bench -- --only health`: the real agent, 1000 TCP-checked
 //! backends at 1 s in another namespace whose packets another CPU handles, 2-vCPU VM):
-//! 6.0-6.8% of one core for the agent process, most of it the kernel's connect, reset and
-//! packet hand-over; `health_cpu_1000_tcp_backends` measures the same over loopback,
-//! where the listening side's half of each handshake is billed to the checker too.
+//! about 3% of one core for the agent process with SYN checks (6.0-6.8% with a socket per
+//! backend); `health_cpu_1000_tcp_backends` measures the same over loopback, where the
+//! listening side's half of each handshake is billed to the checker too.
 
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
@@ -47,8 +49,10 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
+mod syn;
 mod tcp;
 
+use syn::{SynClient, SynProber};
 use tcp::CheckSocket;
 
 use crate::config::{
@@ -228,13 +232,20 @@ pub async fn check_once(check: &CheckConfig, target: SocketAddr) -> CheckOutcome
 }
 
 /// Runs the checks of one backend (one target address), one after the other, keeping what
-/// can be reused between them: the socket of TCP checks (see [`tcp`]).
+/// can be reused between them: the socket of TCP checks (see [`tcp`]), unless TCP checks
+/// of IPv4 targets go to a SYN engine (see [`syn`]).
 #[derive(Default)]
 pub struct Prober {
     tcp: Option<CheckSocket>,
+    syn: Option<SynClient>,
 }
 
 impl Prober {
+    /// A prober whose TCP checks of IPv4 targets are sent by `syn`'s engine.
+    fn with_syn(syn: Option<SynClient>) -> Prober {
+        Prober { tcp: None, syn }
+    }
+
     /// Like [`check_once`].
     pub async fn check(&mut self, check: &CheckConfig, target: SocketAddr) -> CheckOutcome {
         let start = Instant::now();
@@ -268,9 +279,18 @@ impl Prober {
         }
     }
 
-    /// Connects the kept socket (a new one the first time, or after an error), then
-    /// resets the connection.
+    /// Sends a SYN through the engine (IPv4 targets, when there is one); otherwise connects
+    /// the kept socket (a new one the first time, or after an error), then resets the
+    /// connection.
     async fn tcp_probe(&mut self, check: &CheckConfig, target: SocketAddr) -> Probe {
+        if self.syn.as_ref().is_some_and(|syn| !syn.is_running()) {
+            self.syn = None;
+        }
+        if let (Some(syn), SocketAddr::V4(v4)) = (&self.syn, target) {
+            return tokio::time::timeout(check.timeout, syn.probe(v4))
+                .await
+                .unwrap_or_else(|_| Err(timeout_reason(check)));
+        }
         let mut socket = match self.tcp.take() {
             Some(socket) => socket,
             None => CheckSocket::new(target).map_err(|e| format!("cannot create a socket: {e}"))?,
@@ -600,6 +620,8 @@ pub struct Checker {
     epoch: Instant,
     /// The checker's own runtime, if its thread started.
     runtime: Option<tokio::runtime::Handle>,
+    /// The engine of TCP checks to IPv4 targets, if its raw sockets opened.
+    syn: Option<SynProber>,
     /// Dropped with the checker, which ends that thread (and its runtime with it).
     _stop: Option<oneshot::Sender<()>>,
 }
@@ -618,12 +640,31 @@ impl Checker {
                 (None, None)
             }
         };
+        let syn = match runtime
+            .clone()
+            .map_or_else(tokio::runtime::Handle::try_current, Ok)
+            .map_err(io::Error::other)
+            .and_then(|runtime| SynProber::start(&runtime))
+        {
+            Ok(syn) => {
+                log::info!(
+                    "TCP checks of IPv4 backends: SYNs from a raw socket, source port {}",
+                    syn.port()
+                );
+                Some(syn)
+            }
+            Err(e) => {
+                log::warn!("TCP checks connect a socket per backend: no raw sockets ({e})");
+                None
+            }
+        };
         Checker {
             events,
             tasks: HashMap::new(),
             started: 0,
             epoch: Instant::now(),
             runtime,
+            syn,
             _stop: stop,
         }
     }
@@ -672,6 +713,7 @@ impl Checker {
             latest: Arc::clone(&latest),
             jitter: Jitter::seeded(self.started),
             epoch: self.epoch,
+            syn: self.syn.as_ref().map(SynProber::client),
         };
         let handle = runtime.spawn(task.run());
         self.tasks
@@ -767,6 +809,8 @@ struct CheckTask {
     jitter: Jitter,
     /// Origin of the ticks that checks start on (see [`aligned_deadline`]).
     epoch: Instant,
+    /// The engine of TCP checks to IPv4 targets, if any.
+    syn: Option<SynClient>,
 }
 
 impl CheckTask {
@@ -775,7 +819,7 @@ impl CheckTask {
         let (pool, backend, check) = (&self.pool, self.backend, &self.check);
         let target = SocketAddr::V4(check.target(backend));
         let mut tracker = Tracker::new(self.initial, check.rise, check.fall);
-        let mut prober = Prober::default();
+        let mut prober = Prober::with_syn(self.syn.take());
         let first = self.jitter.below(check.interval);
         tokio::time::sleep_until(aligned_deadline(self.epoch, Instant::now(), first)).await;
         loop {
@@ -1057,6 +1101,7 @@ mod tests {
             latest: LatestSlot::default(),
             jitter: Jitter::seeded(1),
             epoch: Instant::now(),
+            syn: None,
         }
         .run();
         let size = std::mem::size_of_val(&task);

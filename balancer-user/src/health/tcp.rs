@@ -1,4 +1,5 @@
-//! The TCP check socket a backend's check task keeps from one check to the next.
+//! The TCP check socket a backend's check task keeps from one check to the next (when TCP
+//! checks cannot be bare SYNs from a raw socket, see [`super::syn`]).
 //!
 //! A TCP check is a connect followed by a reset (HAProxy's zero-linger close). Doing that
 //! with a new socket each time costs `socket()`, `setsockopt(SO_LINGER)` and a `close()`

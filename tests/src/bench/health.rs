@@ -50,7 +50,7 @@ pub struct HealthCpu {
     pub interval_secs: f64,
     pub window_secs: f64,
     /// TCP segments the backends sent per second in the window: one SYN-ACK per check (a
-    /// check resets its connection before the handshake's last ACK, so the backends accept
+    /// check is a SYN, the SYN-ACK and the checking host's reset: the backends accept
     /// nothing).
     pub checks_per_sec: f64,
     /// Backends up with a successful last check at the end.

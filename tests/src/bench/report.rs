@@ -774,7 +774,7 @@ fn section_health(md: &mut String, r: &Results) {
     let _ = writeln!(
         md,
         "The agent (`balancer run`, release build) checks {} backends with `type = \"tcp\"` \
-         every {:.0} s (connect, then a reset before the handshake's last ACK). The backends \
+         every {:.0} s (a SYN from a raw socket, the SYN-ACK, the kernel's reset). The backends \
          stand for other hosts: \
          one listener in a backend namespace accepts for all their addresses over a veth pair \
          of its own, with that namespace's packets steered (RPS) to CPU 1 and the listener \
@@ -1677,21 +1677,16 @@ pub fn analysis(r: &Results) -> Vec<String> {
             out.push(format!(
                 "**Health checks.** {} TCP checks a second cost the agent process {:.1}% of one \
                  core (its CPU was {:.1}% busier than idle, softirq work in other contexts \
-                 included). A check is already as small as a connect check gets with sockets: \
-                 one kept socket per backend (no socket, close or linger per check), \
-                 `connect()`, the SYN-ACK, a reset before the handshake's last ACK \
-                 (`TCP_DEFER_ACCEPT` on the connecting socket), `getpeername()` and \
-                 `getsockopt(SO_ERROR)`; the check task wakes on a 10 ms grid in batches and \
-                 only changed results reach the agent's main task. perf of the agent puts most \
-                 of the rest in the kernel: the TCP connect and transmit path, the reset, \
-                 and the hand-over of each packet to the backends' CPU (an inter-processor \
-                 interrupt, a VM exit on this machine: about a fifth of the agent's samples; \
-                 a NIC's doorbell stands in for it on a real host), then the epoll \
-                 registration per check (tokio keeps a hang-up as a final readiness state, so \
-                 the socket is registered only while it connects). Going lower means leaving \
-                 sockets: SYNs sent in batches from a raw socket (one `sendmmsg` per batch, \
-                 SYN-ACKs read with one `recvmmsg`, the kernel resetting them), or a private \
-                 epoll set for the check sockets.",
+                 included). A check is already three packets and no socket: the SYNs of a \
+                 10 ms batch are written with one `sendmmsg` on a raw socket, the SYN-ACKs \
+                 read with `recvmmsg` from a packet socket that a classic BPF filter limits \
+                 to the answers, and the kernel resets each SYN-ACK; only changed results \
+                 reach the agent's main task. What remains is per packet in the kernel: the \
+                 raw transmit path (route lookup, neighbour output) of each SYN, the receive \
+                 path and reset of each SYN-ACK, and the hand-over of each batch to the \
+                 backends' CPU (an inter-processor interrupt, a VM exit on this machine). \
+                 `perf record -p` of the agent shows which of them dominates on a given \
+                 host.",
                 h.checks_per_sec,
                 h.agent_pct,
                 h.cpu_net_pct()
