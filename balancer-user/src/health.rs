@@ -12,9 +12,10 @@
 //!   opposite results seen, not yet enough); every `downinter` while the backend is down.
 //! * The first check of a backend is delayed by a random fraction of `interval`, and every
 //!   later delay is varied by +-10%, so that many backends are not checked in lock step.
-//!   Start times are then rounded up to a tick of at most 10 ms, so that the checks of many
-//!   backends run in small batches: one wake-up of the runtime per batch rather than per
-//!   check (and the owner task hears only of results that changed).
+//!   Start times are then rounded up to a tick (a 16th of the pause, at most 50 ms), so that
+//!   the checks of many backends run in batches: one wake-up of the runtime, and for TCP
+//!   checks one `sendmmsg()`, per batch rather than per check (and the owner task hears
+//!   only of results that changed).
 //! * One check (connect, request, response) never takes longer than `timeout`.
 //! * TCP and HTTP check connections are closed with a reset (zero linger), as HAProxy
 //!   does, so that checks leave no `TIME_WAIT` sockets behind on the balancer host. A TCP
@@ -28,7 +29,7 @@
 //! The checks run on a current-thread tokio runtime in a thread of the [`Checker`]'s own.
 //! Measured cost (`cargo xtask bench -- --only health`: the real agent, 1000 TCP-checked
 //! backends at 1 s in another namespace whose packets another CPU handles, 2-vCPU VM):
-//! about 3% of one core for the agent process with SYN checks (6.0-6.8% with a socket per
+//! about 2% of one core for the agent process with SYN checks (6.0-6.8% with a socket per
 //! backend); `health_cpu_1000_tcp_backends` measures the same over loopback, where the
 //! listening side's half of each handshake is billed to the checker too.
 
@@ -777,21 +778,28 @@ fn spawn_runtime() -> io::Result<(tokio::runtime::Handle, oneshot::Sender<()>)> 
 }
 
 /// Longest tick that checks start on.
-const TICK: Duration = Duration::from_millis(10);
+const TICK: Duration = Duration::from_millis(50);
 
-/// `now + pause`, rounded up to the next tick since `epoch`. A tick is a 16th of `pause`,
-/// between 1 ms and [`TICK`]: checks of many backends then start in small batches, and the
-/// runtime wakes up once per batch instead of once per check (with 1000 backends at a 1 s
-/// interval: at most 100 wake-ups a second instead of 1000), for at most one tick more
-/// delay. (A 25 ms and a 4 ms tick both cost more CPU in `cargo xtask bench -- --only
-/// health`.)
+/// `now + pause`, rounded to the nearest tick since `epoch` (never to `now` or earlier). A
+/// tick is a 16th of `pause`, between 1 ms and [`TICK`]: checks of many backends then
+/// start in batches, and the runtime wakes up once per batch instead of once per check
+/// (with 1000 backends at a 1 s interval: at most 20 wake-ups a second instead of 1000),
+/// each check at most half a tick early or late, and on time on average. With SYN checks
+/// the cost is per batch more than per check (the wake-ups, and the interrupts that hand
+/// a batch's packets between CPUs): `cargo xtask bench -- --only health` measured
+/// 3.1-4.6% of one core with a 10 ms tick, 2.4-2.5% with 25 ms and 1.7-1.9% with 50 ms.
 fn aligned_deadline(epoch: Instant, now: Instant, pause: Duration) -> Instant {
     let tick = (pause / 16)
         .clamp(Duration::from_millis(1), TICK)
         .as_nanos();
-    let since = now.saturating_duration_since(epoch).saturating_add(pause);
-    let rounded = since.as_nanos().div_ceil(tick).saturating_mul(tick);
-    let rounded = Duration::from_nanos(u64::try_from(rounded).unwrap_or(u64::MAX));
+    let elapsed = now.saturating_duration_since(epoch).as_nanos();
+    let since = elapsed.saturating_add(pause.as_nanos());
+    let mut ticks = since.saturating_add(tick / 2) / tick;
+    if ticks.saturating_mul(tick) <= elapsed {
+        ticks += 1;
+    }
+    let rounded =
+        Duration::from_nanos(u64::try_from(ticks.saturating_mul(tick)).unwrap_or(u64::MAX));
     epoch
         .checked_add(rounded)
         .or_else(|| now.checked_add(pause))
@@ -1086,6 +1094,33 @@ mod tests {
         assert!(below.iter().any(|b| *b < ms(200)));
         assert!(below.iter().any(|b| *b > ms(800)));
         let _ = j.around(Duration::MAX);
+    }
+
+    #[test]
+    fn deadlines_fall_on_ticks_and_keep_the_interval_on_average() {
+        let epoch = Instant::now();
+        let mut jitter = Jitter::seeded(7);
+        let pause = ms(1000);
+        let tick = TICK.as_nanos();
+        let mut total = 0i128;
+        const N: u32 = 1000;
+        for _ in 0..N {
+            let now = epoch + jitter.below(Duration::from_secs(3600));
+            let deadline = aligned_deadline(epoch, now, pause);
+            let offset = (deadline - epoch).as_nanos();
+            assert_eq!(offset % tick, 0, "on a tick");
+            let late = (deadline - now).as_nanos() as i128 - pause.as_nanos() as i128;
+            assert!(late.unsigned_abs() <= tick / 2, "{late} ns off");
+            total += late;
+        }
+        // Rounding to the nearest tick neither delays nor hastens checks on average.
+        let mean = total / i128::from(N);
+        assert!(mean.unsigned_abs() < tick / 10, "mean {mean} ns off");
+
+        // A pause shorter than half a tick still ends after now.
+        let now = epoch + ms(10);
+        assert!(aligned_deadline(epoch, now, Duration::from_micros(100)) > now);
+        assert!(aligned_deadline(epoch, now, Duration::ZERO) > now);
     }
 
     #[test]

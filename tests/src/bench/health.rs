@@ -106,7 +106,7 @@ fn pin_process(pid: u32, cpu: usize) -> Result<()> {
 
 /// Idle + iowait time of one CPU from /proc/stat, in clock ticks. Under NO_HZ the kernel
 /// measures idle time exactly (the busy fields are only sampled at each tick, which
-/// check batches on a 10 ms grid can alias with), so busy time is taken as wall time
+/// check batches on a grid of ticks can alias with), so busy time is taken as wall time
 /// minus this.
 fn cpu_idle_ticks(cpu: usize) -> Result<u64> {
     let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;

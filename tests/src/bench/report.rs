@@ -1678,7 +1678,7 @@ pub fn analysis(r: &Results) -> Vec<String> {
                 "**Health checks.** {} TCP checks a second cost the agent process {:.1}% of one \
                  core (its CPU was {:.1}% busier than idle, softirq work in other contexts \
                  included). A check is already three packets and no socket: the SYNs of a \
-                 10 ms batch are written with one `sendmmsg` on a raw socket, the SYN-ACKs \
+                 batch (a tick of up to 50 ms) are written with one `sendmmsg` on a raw socket, the SYN-ACKs \
                  read with `recvmmsg` from a packet socket that a classic BPF filter limits \
                  to the answers, and the kernel resets each SYN-ACK; only changed results \
                  reach the agent's main task. What remains is per packet in the kernel: the \
