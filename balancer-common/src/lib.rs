@@ -42,6 +42,7 @@ pub mod map_names {
     pub const CLIENT_HOPS: &str = "CLIENT_HOPS";
     pub const VIP_ADDRS: &str = "VIP_ADDRS";
     pub const VIP_GENS: &str = "VIP_GENS";
+    pub const FLOW_CACHE: &str = "FLOW_CACHE";
 }
 
 /// Name of the XDP program in the object file.
@@ -303,6 +304,36 @@ pub const fn addr_slot(addr: u32) -> u32 {
     addr.wrapping_mul(0x9e37_79b9) >> (32 - ADDR_SLOT_BITS)
 }
 
+/// Slots of the per-CPU flow cache (`FLOW_CACHE`), direct-mapped by [`flow_slot`].
+pub const FLOW_CACHE_SLOTS: u32 = 1 << FLOW_CACHE_BITS;
+/// `FLOW_CACHE` has 2^12 slots per CPU (64 bytes each: 256 KiB per CPU).
+pub const FLOW_CACHE_BITS: u32 = 12;
+
+/// The slot of a client tuple in `FLOW_CACHE`: the tuple folded to one 64-bit word, then
+/// Fibonacci hashing (the top bits of the product are well mixed).
+#[inline(always)]
+pub const fn flow_slot(key: &FlowKey) -> u32 {
+    let addrs = ((key.src_addr as u64) << 32) | key.dst_addr as u64;
+    let rest = ((key.src_port as u64) << 24) | ((key.dst_port as u64) << 8) | key.proto as u64;
+    let folded = addrs ^ rest.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    (folded.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - FLOW_CACHE_BITS)) as u32
+}
+
+/// Value of `FLOW_CACHE` (a per-CPU array, one cache line per slot): a copy of an
+/// established flow's `CONNS` entry as this CPU last left it, with its key. The data plane
+/// forwards from it, without the `CONNS` lookup, while the copy's `last_seen_ns` is less
+/// than the touch interval old (when touching the `CONNS` entry would change nothing) and
+/// the packet has no SYN, FIN or RST; everything else takes the `CONNS` path, which
+/// refreshes the copy. The VIP's generation and the backend's flags are checked on every
+/// packet either way.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FlowCacheEntry {
+    pub key: FlowKey,
+    pub conn: Conn,
+    pub _pad: u64,
+}
+
 /// Round-robin position of a VIP on one CPU (`RR_STATE`, per-CPU array by vip id).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -321,6 +352,7 @@ const _: () = assert!(core::mem::size_of::<Settings>() == 32);
 const _: () = assert!(core::mem::size_of::<FlowStats>() == 40);
 const _: () = assert!(core::mem::size_of::<RrState>() == 8);
 const _: () = assert!(core::mem::size_of::<NextHop>() == 32);
+const _: () = assert!(core::mem::size_of::<FlowCacheEntry>() == 64);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -336,4 +368,5 @@ mod pod {
     unsafe impl aya::Pod for FlowStats {}
     unsafe impl aya::Pod for RrState {}
     unsafe impl aya::Pod for NextHop {}
+    unsafe impl aya::Pod for FlowCacheEntry {}
 }

@@ -29,6 +29,19 @@ pub fn is_live(conn: &Conn, pkt: &Packet, settings: &Settings, now: u64) -> bool
     !(conn.state & FLOW_CLOSING != 0 && pkt.tcp_flags & TCP_SYN != 0 && pkt.tcp_flags & 0x10 == 0)
 }
 
+/// May a packet of this flow be forwarded from a cached copy of its entry? Only when the
+/// packet has no SYN, FIN or RST (which may change or end the flow), the flow is not
+/// closing, it is live, and touching the entry would change nothing (`last_seen_ns` is
+/// less than [`TOUCH_INTERVAL_NS`] old): then the `CONNS` path would do exactly what the
+/// copy does.
+#[inline(always)]
+pub fn cache_serves(conn: &Conn, pkt: &Packet, settings: &Settings, now: u64) -> bool {
+    pkt.tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) == 0
+        && conn.state & FLOW_CLOSING == 0
+        && now.saturating_sub(conn.last_seen_ns) <= TOUCH_INTERVAL_NS
+        && is_live(conn, pkt, settings, now)
+}
+
 /// Updates the entry for a packet of its flow: FIN/RST start the closing timeout.
 #[inline(always)]
 pub fn touch(conn: *mut Conn, pkt: &Packet, now: u64) {

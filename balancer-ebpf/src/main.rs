@@ -47,7 +47,11 @@ fn try_balancer(ctx: &XdpContext) -> Result<u32, DropReason> {
     let settings = nat::settings()?;
     if maybe_vip(pkt.key.dst_addr) {
         let now = nat::now();
-        // Established flows first: one connection-table lookup, no VIPS lookup.
+        // Established flows first: from this CPU's flow cache (an array read), else by one
+        // connection-table lookup; no VIPS lookup either way.
+        if let Some(verdict) = nat::cached(ctx, &pkt, settings, now)? {
+            return Ok(verdict);
+        }
         if let Some(verdict) = nat::established(ctx, &pkt, settings, now)? {
             return Ok(verdict);
         }

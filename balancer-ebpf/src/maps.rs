@@ -5,8 +5,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use balancer_common::{
-    stat, Backend, Conn, FlowKey, FlowStats, NatEntry, NextHop, RrState, Settings, VipKey, VipMeta,
-    CLIENT_HOP_SLOTS, CONN_TABLE_SIZE, MAX_BACKENDS, MAX_VIPS, RING_ENTRIES, VIP_ADDR_SLOTS,
+    stat, Backend, Conn, FlowCacheEntry, FlowKey, FlowStats, NatEntry, NextHop, RrState, Settings,
+    VipKey, VipMeta, CLIENT_HOP_SLOTS, CONN_TABLE_SIZE, FLOW_CACHE_SLOTS, MAX_BACKENDS, MAX_VIPS,
+    RING_ENTRIES, VIP_ADDR_SLOTS,
 };
 
 /// (address, port, protocol) -> VIP id, scheduler and active ring slice.
@@ -35,6 +36,12 @@ pub static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
 /// reply side must find the flow whichever CPU the client's packets landed on.
 #[map]
 pub static CONNS: LruHashMap<FlowKey, Conn> = LruHashMap::with_max_entries(CONN_TABLE_SIZE, 0);
+
+/// Per-CPU copies of recently used `CONNS` entries, direct-mapped by `flow_slot` (an
+/// exact-match cache: an array read and a key compare instead of a hash-table lookup).
+#[map]
+pub static FLOW_CACHE: PerCpuArray<FlowCacheEntry> =
+    PerCpuArray::with_max_entries(FLOW_CACHE_SLOTS, 0);
 
 /// Reply tuple (backend -> SNAT address:port) -> client and VIP.
 #[map]

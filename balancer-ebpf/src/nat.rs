@@ -8,15 +8,16 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use balancer_common::{
-    stat, Backend, Conn, FlowKey, NatEntry, Settings, VipMeta, BACKEND_F_PRESENT,
-    BACKEND_F_RESCHEDULE, FLOW_CLOSING, PROTO_UDP, SNAT_PORT_PROBES, VIP_F_PASS_ALL_DOWN,
+    flow_slot, stat, Backend, Conn, FlowCacheEntry, FlowKey, NatEntry, Settings, VipMeta,
+    BACKEND_F_PRESENT, BACKEND_F_RESCHEDULE, FLOW_CLOSING, PROTO_UDP, SNAT_PORT_PROBES,
+    VIP_F_PASS_ALL_DOWN,
 };
 use network_types::ip::Ipv4Hdr;
 
 use crate::{
     conntrack, csum,
     forward::{transmit_to_backend, transmit_to_client},
-    maps::{BACKENDS, CONNS, NAT, SETTINGS, VIP_GENS},
+    maps::{BACKENDS, CONNS, FLOW_CACHE, NAT, SETTINGS, VIP_GENS},
     parse::{ptr_at, Packet, TCP_FIN, TCP_RST},
     select,
     stats::{self, Dir},
@@ -38,6 +39,50 @@ pub fn settings() -> Result<&'static Settings, DropReason> {
 pub fn now() -> u64 {
     // SAFETY: plain helper call.
     unsafe { bpf_ktime_get_coarse_ns() }
+}
+
+/// A packet of an established flow that this CPU's `FLOW_CACHE` holds and may serve (see
+/// [`conntrack::cache_serves`]), still its VIP's, its backend not to be left: translate it
+/// and send it to the backend, without the `CONNS` lookup. `Ok(None)` otherwise (the
+/// caller then tries [`established`]).
+#[inline(always)]
+pub fn cached(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    settings: &Settings,
+    now: u64,
+) -> Result<Option<u32>, DropReason> {
+    let Some(slot) = FLOW_CACHE.get_ptr(flow_slot(&pkt.key)) else {
+        return Ok(None);
+    };
+    // SAFETY: per-CPU map value, written only by this CPU (not while this program runs).
+    let cached = unsafe { &*slot };
+    if cached.key != pkt.key {
+        return Ok(None);
+    }
+    let conn = cached.conn;
+    if !conntrack::cache_serves(&conn, pkt, settings, now)
+        || VIP_GENS.get(conn.vip_id).copied() != Some(conn.vip_gen)
+        || must_move(&conn)
+    {
+        return Ok(None);
+    }
+    forward(ctx, pkt, &conn, now, false).map(Some)
+}
+
+/// Keeps a copy of the flow's `CONNS` entry in this CPU's `FLOW_CACHE`.
+#[inline(always)]
+fn remember(key: &FlowKey, conn: &Conn) {
+    if let Some(slot) = FLOW_CACHE.get_ptr_mut(flow_slot(key)) {
+        // SAFETY: per-CPU map value; no other writer while this program runs on this CPU.
+        unsafe {
+            *slot = FlowCacheEntry {
+                key: *key,
+                conn: *conn,
+                _pad: 0,
+            }
+        };
+    }
 }
 
 /// A packet of an established flow: found in `CONNS`, still its VIP's, not expired, its
@@ -68,6 +113,8 @@ pub fn established(
         return Ok(None);
     }
     conntrack::touch(entry, pkt, now);
+    // SAFETY: as above; the copy as touched.
+    remember(&pkt.key, unsafe { &*entry });
     forward(ctx, pkt, &conn, now, false).map(Some)
 }
 
@@ -97,6 +144,7 @@ pub fn new_flow(
             return Err(reason);
         }
     };
+    remember(&pkt.key, &conn);
     forward(ctx, pkt, &conn, now, true)
 }
 

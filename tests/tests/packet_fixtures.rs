@@ -9,7 +9,9 @@ use balancer::{
     config::{NatConfig, Protocol, Scheduler, Timeouts, VipConfig},
     maps::{AyaMaps, Maps},
 };
-use balancer_common::{map_names, stat, NextHop, CLIENT_HOP_SLOTS};
+use balancer_common::{
+    map_names, stat, Conn, FlowCacheEntry, FlowKey, NextHop, CLIENT_HOP_SLOTS, FLOW_CACHE_SLOTS,
+};
 use balancer_tests::{
     netns::Netns,
     require_root,
@@ -192,6 +194,70 @@ impl Fixture {
     }
 }
 
+impl Fixture {
+    /// Every filled slot of the per-CPU flow cache, over all CPUs.
+    fn flow_cache(&self) -> Vec<FlowCacheEntry> {
+        let map = self
+            .ebpf
+            .map(map_names::FLOW_CACHE)
+            .expect("the object has FLOW_CACHE");
+        let cache =
+            aya::maps::PerCpuArray::<_, FlowCacheEntry>::try_from(map).expect("a per-CPU array");
+        (0..FLOW_CACHE_SLOTS)
+            .flat_map(|i| {
+                cache
+                    .get(&i, 0)
+                    .expect("a slot")
+                    .iter()
+                    .copied()
+                    .collect::<Vec<_>>()
+            })
+            .filter(|e| e.key != FlowKey::default())
+            .collect()
+    }
+
+    /// Removes a flow's `CONNS` entry (nothing but the cache then knows the flow).
+    fn forget_conn(&mut self, key: &FlowKey) {
+        let map = self
+            .ebpf
+            .map_mut(map_names::CONNS)
+            .expect("the object has CONNS");
+        let mut conns =
+            aya::maps::HashMap::<_, FlowKey, Conn>::try_from(map).expect("an LRU hash map");
+        conns.remove(key).expect("the flow's CONNS entry");
+    }
+}
+
+/// The `CONNS` key of a client packet built from `spec` (TCP).
+fn client_key(spec: &Spec) -> FlowKey {
+    FlowKey {
+        src_addr: u32::from_ne_bytes(spec.src.octets()),
+        dst_addr: u32::from_ne_bytes(spec.dst.octets()),
+        src_port: spec.sport.to_be(),
+        dst_port: spec.dport.to_be(),
+        proto: 6,
+        ..FlowKey::default()
+    }
+}
+
+/// Keeps the calling thread on one CPU, so that a per-CPU map's slot of this CPU is the
+/// one every test run reads and writes.
+fn pin_to_one_cpu() {
+    // SAFETY: an all-zero cpu_set_t is an empty set; CPU_SET and sched_setaffinity only
+    // touch the set given.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        let rc = libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+        assert_eq!(
+            rc,
+            0,
+            "sched_setaffinity: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
 /// VIP `name` on the fixture's VIP address, Maglev over pool `name`.
 fn vip(name: &str, port: u16, protocol: Protocol) -> VipConfig {
     VipConfig {
@@ -368,6 +434,56 @@ fn later_packets_of_a_flow_keep_backend_and_port() {
     );
     let web = fx.web_counters();
     assert_eq!((web.packets, web.new_flows), (3, 2));
+}
+
+#[test]
+fn established_packets_are_forwarded_from_the_cpus_flow_cache_but_fin_and_syn_are_not() {
+    pin_to_one_cpu();
+    let mut fx = Fixture::new();
+    let (verdict, first) = fx.send_from_client(&syn());
+    assert_eq!(verdict, XDP_REDIRECT);
+    let first = parsed(&first);
+    // The new flow left a copy of its CONNS entry in this CPU's cache.
+    let key = client_key(&syn());
+    let cached = fx.flow_cache();
+    assert_eq!(cached.len(), 1, "one cached flow: {cached:?}");
+    assert_eq!(cached[0].key, key);
+    assert_eq!(
+        cached[0].conn.backend_addr,
+        u32::from_ne_bytes(WEB_BACKEND.octets())
+    );
+    assert_eq!(cached[0].conn.snat_port, first.sport.to_be());
+
+    // With the CONNS entry gone, only the cache knows the flow: the ACK still goes to the
+    // same backend with the same SNAT port, and no flow is scheduled.
+    fx.forget_conn(&key);
+    let (verdict, second) = fx.send_from_client(&ack());
+    assert_eq!(verdict, XDP_REDIRECT);
+    let second = parsed(&second);
+    assert_eq!((second.dst, second.sport), (first.dst, first.sport));
+    assert!(second.ip_checksum_ok && second.l4_checksum_ok == Some(true));
+    assert_eq!(fx.web_counters().new_flows, 1, "served from the cache");
+
+    // A FIN may change the flow: it takes the CONNS path, which misses, so it schedules.
+    let fin = Spec {
+        l4: L4::Tcp {
+            flags: TCP_FIN | TCP_ACK,
+            seq: 1001,
+            ack: 5001,
+        },
+        ..syn()
+    };
+    let (verdict, _) = fx.send_from_client(&fin);
+    assert_eq!(verdict, XDP_REDIRECT);
+    assert_eq!(
+        fx.web_counters().new_flows,
+        2,
+        "a FIN is never served from the cache"
+    );
+    // The closing flow's copy is not served either: a SYN on the tuple starts a new flow.
+    let (verdict, _) = fx.send_from_client(&syn());
+    assert_eq!(verdict, XDP_REDIRECT);
+    assert_eq!(fx.web_counters().new_flows, 3);
 }
 
 #[test]
