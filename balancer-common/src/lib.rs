@@ -193,7 +193,11 @@ pub struct Settings {
     /// SNAT port range, inclusive, host byte order.
     pub snat_port_min: u16,
     pub snat_port_max: u16,
-    pub _pad: u32,
+    /// Changes after every write to `BACKENDS` or `VIP_GENS` (the agent's maps layer
+    /// counts it; whoever else builds a `Settings` leaves it 0): a `FLOW_CACHE` entry of
+    /// another epoch is not used, so the cache never hides a deleted VIP or a backend
+    /// whose flows must move.
+    pub flow_epoch: u32,
 }
 
 /// Counters per VIP (`VIP_STATS`) and per backend (`BACKEND_STATS`), per CPU.
@@ -322,16 +326,18 @@ pub const fn flow_slot(key: &FlowKey) -> u32 {
 /// Value of `FLOW_CACHE` (a per-CPU array, one cache line per slot): a copy of an
 /// established flow's `CONNS` entry as this CPU last left it, with its key. The data plane
 /// forwards from it, without the `CONNS` lookup, while the copy's `last_seen_ns` is less
-/// than the touch interval old (when touching the `CONNS` entry would change nothing) and
-/// the packet has no SYN, FIN or RST; everything else takes the `CONNS` path, which
-/// refreshes the copy. The VIP's generation and the backend's flags are checked on every
-/// packet either way.
+/// than the touch interval old (when touching the `CONNS` entry would change nothing), the
+/// packet has no SYN, FIN or RST, and `Settings::flow_epoch` is still the one the copy was
+/// made in (the VIP's generation and the backend's flags were checked then); everything
+/// else takes the `CONNS` path, which refreshes the copy.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct FlowCacheEntry {
     pub key: FlowKey,
     pub conn: Conn,
-    pub _pad: u64,
+    /// `Settings::flow_epoch` when the copy was made.
+    pub epoch: u32,
+    pub _pad: u32,
 }
 
 /// Round-robin position of a VIP on one CPU (`RR_STATE`, per-CPU array by vip id).

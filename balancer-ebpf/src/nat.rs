@@ -42,9 +42,10 @@ pub fn now() -> u64 {
 }
 
 /// A packet of an established flow that this CPU's `FLOW_CACHE` holds and may serve (see
-/// [`conntrack::cache_serves`]), still its VIP's, its backend not to be left: translate it
-/// and send it to the backend, without the `CONNS` lookup. `Ok(None)` otherwise (the
-/// caller then tries [`established`]).
+/// [`conntrack::cache_serves`]), copied in the current `flow_epoch` (so still its VIP's,
+/// its backend not to be left, as checked when the copy was made): translate it and send
+/// it to the backend, without the `CONNS`, `VIP_GENS` and `BACKENDS` lookups. `Ok(None)`
+/// otherwise (the caller then tries [`established`]).
 #[inline(always)]
 pub fn cached(
     ctx: &XdpContext,
@@ -57,28 +58,27 @@ pub fn cached(
     };
     // SAFETY: per-CPU map value, written only by this CPU (not while this program runs).
     let cached = unsafe { &*slot };
-    if cached.key != pkt.key {
+    if cached.key != pkt.key || cached.epoch != settings.flow_epoch {
         return Ok(None);
     }
     let conn = cached.conn;
-    if !conntrack::cache_serves(&conn, pkt, settings, now)
-        || VIP_GENS.get(conn.vip_id).copied() != Some(conn.vip_gen)
-        || must_move(&conn)
-    {
+    if !conntrack::cache_serves(&conn, pkt, settings, now) {
         return Ok(None);
     }
     forward(ctx, pkt, &conn, now, false).map(Some)
 }
 
-/// Keeps a copy of the flow's `CONNS` entry in this CPU's `FLOW_CACHE`.
+/// Keeps a copy of the flow's `CONNS` entry in this CPU's `FLOW_CACHE`, made in `epoch`
+/// (read before the VIP and backend checks the caller did).
 #[inline(always)]
-fn remember(key: &FlowKey, conn: &Conn) {
+fn remember(key: &FlowKey, conn: &Conn, epoch: u32) {
     if let Some(slot) = FLOW_CACHE.get_ptr_mut(flow_slot(key)) {
         // SAFETY: per-CPU map value; no other writer while this program runs on this CPU.
         unsafe {
             *slot = FlowCacheEntry {
                 key: *key,
                 conn: *conn,
+                epoch,
                 _pad: 0,
             }
         };
@@ -114,7 +114,7 @@ pub fn established(
     }
     conntrack::touch(entry, pkt, now);
     // SAFETY: as above; the copy as touched.
-    remember(&pkt.key, unsafe { &*entry });
+    remember(&pkt.key, unsafe { &*entry }, settings.flow_epoch);
     forward(ctx, pkt, &conn, now, false).map(Some)
 }
 
@@ -144,7 +144,7 @@ pub fn new_flow(
             return Err(reason);
         }
     };
-    remember(&pkt.key, &conn);
+    remember(&pkt.key, &conn, settings.flow_epoch);
     forward(ctx, pkt, &conn, now, true)
 }
 

@@ -278,7 +278,7 @@ pub fn settings(timeouts: &Timeouts, nat: &NatConfig) -> Settings {
         closing_timeout_ns: timeouts.tcp_closing.as_nanos() as u64,
         snat_port_min: nat.port_min,
         snat_port_max: nat.port_max,
-        _pad: 0,
+        flow_epoch: 0,
     }
 }
 

@@ -116,6 +116,10 @@ pub struct AyaMaps {
     ring: MappedRing,
     backends: Array<MapData, Backend>,
     settings: Array<MapData, Settings>,
+    /// What `SETTINGS` holds (once written), with the `flow_epoch` this layer counts.
+    written_settings: Option<Settings>,
+    /// Changed after every write to `BACKENDS` or `VIP_GENS`, see [`Settings::flow_epoch`].
+    flow_epoch: u32,
     vip_stats: PerCpuArray<MapData, FlowStats>,
     backend_stats: PerCpuArray<MapData, FlowStats>,
     global_stats: PerCpuArray<MapData, u64>,
@@ -140,6 +144,8 @@ impl AyaMaps {
             ring: MappedRing::new(ebpf)?,
             backends: take(ebpf, map_names::BACKENDS)?,
             settings: take(ebpf, map_names::SETTINGS)?,
+            written_settings: None,
+            flow_epoch: 0,
             vip_stats: take(ebpf, map_names::VIP_STATS)?,
             backend_stats: take(ebpf, map_names::BACKEND_STATS)?,
             global_stats: take(ebpf, map_names::GLOBAL_STATS)?,
@@ -251,11 +257,31 @@ fn zeroed_per_cpu<T: aya::Pod + Default>(map: &'static str) -> Result<PerCpuValu
     })
 }
 
+impl AyaMaps {
+    /// Starts a new `flow_epoch` after a write to `BACKENDS` or `VIP_GENS`: the data plane's
+    /// per-CPU flow cache then uses no copy made before the write (each flow's next packet
+    /// takes the connection-table path, which checks the VIP and the backend again).
+    fn new_flow_epoch(&mut self) -> Result<(), MapsError> {
+        self.flow_epoch = self.flow_epoch.wrapping_add(1);
+        match self.written_settings {
+            Some(settings) => self.set_settings(&settings),
+            // Nothing reads the flow cache before SETTINGS exists.
+            None => Ok(()),
+        }
+    }
+}
+
 impl Maps for AyaMaps {
     fn set_settings(&mut self, settings: &Settings) -> Result<(), MapsError> {
+        let settings = Settings {
+            flow_epoch: self.flow_epoch,
+            ..*settings
+        };
         self.settings
             .set(0, settings, 0)
-            .map_err(aya_err(map_names::SETTINGS))
+            .map_err(aya_err(map_names::SETTINGS))?;
+        self.written_settings = Some(settings);
+        Ok(())
     }
 
     fn set_vip(&mut self, key: &VipKey, meta: &VipMeta) -> Result<(), MapsError> {
@@ -264,6 +290,7 @@ impl Maps for AyaMaps {
             self.vip_gens
                 .set(id, generation, 0)
                 .map_err(aya_err(map_names::VIP_GENS))?;
+            self.new_flow_epoch()?;
         }
         if let Some((slot, count)) = writes.count {
             self.vip_addrs
@@ -279,6 +306,7 @@ impl Maps for AyaMaps {
             self.vip_gens
                 .set(id, 0, 0)
                 .map_err(aya_err(map_names::VIP_GENS))?;
+            self.new_flow_epoch()?;
         }
         Ok(())
     }
@@ -295,6 +323,7 @@ impl Maps for AyaMaps {
             self.vip_gens
                 .set(vip_id, 0, 0)
                 .map_err(aya_err(map_names::VIP_GENS))?;
+            self.new_flow_epoch()?;
             self.vip_addrs
                 .set(slot, count, 0)
                 .map_err(aya_err(map_names::VIP_ADDRS))?;
@@ -305,7 +334,8 @@ impl Maps for AyaMaps {
     fn set_backend(&mut self, id: u32, backend: &Backend) -> Result<(), MapsError> {
         self.backends
             .set(id, backend, 0)
-            .map_err(aya_err(map_names::BACKENDS))
+            .map_err(aya_err(map_names::BACKENDS))?;
+        self.new_flow_epoch()
     }
 
     fn set_ring_slot(&mut self, index: u32, backend_id: u32) -> Result<(), MapsError> {

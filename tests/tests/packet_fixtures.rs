@@ -7,6 +7,7 @@ use aya::{programs::Xdp, Ebpf, TestRun, TestRunOptions};
 use balancer::{
     balancer::{settings, Balancer, Counters, SnatSource},
     config::{NatConfig, Protocol, Scheduler, Timeouts, VipConfig},
+    health::{CheckOutcome, Health, HealthEvent},
     maps::{AyaMaps, Maps},
 };
 use balancer_common::{
@@ -484,6 +485,35 @@ fn established_packets_are_forwarded_from_the_cpus_flow_cache_but_fin_and_syn_ar
     let (verdict, _) = fx.send_from_client(&syn());
     assert_eq!(verdict, XDP_REDIRECT);
     assert_eq!(fx.web_counters().new_flows, 3);
+}
+
+#[test]
+fn a_cached_flow_of_a_backend_that_went_down_is_moved_at_its_next_packet() {
+    pin_to_one_cpu();
+    let mut fx = Fixture::new();
+    let (verdict, _) = fx.send_from_client(&syn());
+    assert_eq!(verdict, XDP_REDIRECT);
+    assert_eq!(fx.flow_cache().len(), 1, "the flow is cached");
+    // The web pool's only backend fails its checks (`on_backend_down = shutdown`, the
+    // default): its flows must move, and the cached copy must not hide that.
+    let down = HealthEvent {
+        pool: "web".into(),
+        backend: SocketAddrV4::new(WEB_BACKEND, 80),
+        outcome: CheckOutcome {
+            ok: false,
+            latency: std::time::Duration::from_millis(1),
+            reason: "connect refused".into(),
+        },
+        transition: Some((Health::Up, Health::Down)),
+        health: Health::Down,
+        check: 3,
+    };
+    fx.lb
+        .record_health(&down)
+        .expect("record the health change");
+    let (verdict, _) = fx.send_from_client(&ack());
+    assert_eq!(verdict, XDP_DROP, "no backend is left to move the flow to");
+    assert_eq!(fx.global(stat::CONN_RESCHEDULED), 1);
 }
 
 #[test]
