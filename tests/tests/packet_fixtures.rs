@@ -285,6 +285,18 @@ fn ack() -> Spec {
     }
 }
 
+/// The client's FIN on [`syn`]'s flow, after the handshake.
+fn fin() -> Spec {
+    Spec {
+        l4: L4::Tcp {
+            flags: TCP_FIN | TCP_ACK,
+            seq: 1001,
+            ack: 5001,
+        },
+        ..syn()
+    }
+}
+
 fn syn() -> Spec {
     Spec {
         src_mac: CLIENT_MAC,
@@ -466,14 +478,7 @@ fn established_packets_are_forwarded_from_the_cpus_flow_cache_but_fin_and_syn_ar
     assert_eq!(fx.web_counters().new_flows, 1, "served from the cache");
 
     // A FIN may change the flow: it takes the CONNS path, which misses, so it schedules.
-    let fin = Spec {
-        l4: L4::Tcp {
-            flags: TCP_FIN | TCP_ACK,
-            seq: 1001,
-            ack: 5001,
-        },
-        ..syn()
-    };
+    let fin = fin();
     let (verdict, _) = fx.send_from_client(&fin);
     assert_eq!(verdict, XDP_REDIRECT);
     assert_eq!(
@@ -520,14 +525,7 @@ fn a_cached_flow_of_a_backend_that_went_down_is_moved_at_its_next_packet() {
 fn fin_then_syn_on_same_tuple_starts_a_new_flow_but_fin_alone_does_not() {
     let mut fx = Fixture::new();
     let (_, first) = fx.send_from_client(&syn());
-    let fin = Spec {
-        l4: L4::Tcp {
-            flags: TCP_FIN | TCP_ACK,
-            seq: 1001,
-            ack: 5001,
-        },
-        ..syn()
-    };
+    let fin = fin();
     let (verdict, after_fin) = fx.send_from_client(&fin);
     assert_eq!(verdict, XDP_REDIRECT);
     assert_eq!(
