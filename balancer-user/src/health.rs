@@ -648,9 +648,11 @@ impl Checker {
             .and_then(|runtime| SynProber::start(&runtime))
         {
             Ok(syn) => {
+                let ports = syn.ports();
                 log::info!(
-                    "TCP checks of IPv4 backends: SYNs from a raw socket, source port {}",
-                    syn.port()
+                    "TCP checks of IPv4 backends: SYNs from a raw socket, source ports {}-{}",
+                    ports.start(),
+                    ports.end()
                 );
                 Some(syn)
             }

@@ -8,11 +8,12 @@
 //! wake-up, a `getpeername()` and a reset, all per check. Here the checks of a batch (the
 //! tasks that wake on one tick) are queued to one engine task, which
 //!
-//! * writes their SYNs with one `sendmmsg()` on a raw IPPROTO_RAW socket, from one source
-//!   port reserved by a bound (never listening) TCP socket, each with a random sequence
-//!   number that identifies the check;
+//! * writes their SYNs with one `sendmmsg()` on a raw IPPROTO_RAW socket, from a few
+//!   consecutive source ports reserved by bound (never listening) TCP sockets and taken in
+//!   turn by each target's checks, each SYN with a random sequence number that identifies
+//!   the check;
 //! * reads the answers with `recvmmsg()` from an `AF_PACKET` socket whose classic BPF
-//!   filter lets through only TCP segments to that port with SYN+ACK or RST set and ICMP
+//!   filter lets through only TCP segments to those ports with SYN+ACK or RST set and ICMP
 //!   destination-unreachable messages (which quote the SYN); the filter runs before the
 //!   packet is cloned, so other traffic costs almost nothing;
 //! * leaves the answer to the kernel: a SYN-ACK to a port with no connection gets a reset,
@@ -59,6 +60,12 @@ const IPV4_LEN: usize = 20;
 const TCP_LEN: usize = 24;
 /// Bytes of the SYN packet.
 const SYN_LEN: usize = IPV4_LEN + TCP_LEN;
+/// Source ports of the SYNs: this many consecutive ports, reserved by bound sockets. The
+/// checks of one target take them in turn, so that checks of the same target in flight
+/// at once (two pools checking one backend, in one batch) are different connections to
+/// the backend: on one port, the backend would answer the second SYN with the first
+/// one's SYN-ACK (RFC 9293 3.10.7.4), and the second check would go unanswered.
+pub const SOURCE_PORTS: u16 = 8;
 /// How often pending checks whose callers gave up (timed out) are forgotten.
 const SWEEP: Duration = Duration::from_secs(1);
 
@@ -204,15 +211,20 @@ fn ipv4_header(packet: &[u8]) -> Option<(usize, u8, Ipv4Addr, Ipv4Addr)> {
     Some((header_len, packet[9], ipv4(packet, 12)?, ipv4(packet, 16)?))
 }
 
+/// Whether `port` is one of the [`SOURCE_PORTS`] from `first` on.
+fn is_source_port(port: u16, first: u16) -> bool {
+    port.wrapping_sub(first) < SOURCE_PORTS
+}
+
 /// The answer `packet` (an IPv4 packet from its header on) carries for a check sent from
-/// `port`, if it is one: a SYN-ACK or reset to `port`, or an ICMP destination-unreachable
-/// quoting a segment from `port`.
-fn parse_answer(packet: &[u8], port: u16) -> Option<Answer> {
+/// the source ports from `first` on, if it is one: a SYN-ACK or reset to one of them, or
+/// an ICMP destination-unreachable quoting a segment from one of them.
+fn parse_answer(packet: &[u8], first: u16) -> Option<Answer> {
     let (header_len, protocol, source, _) = ipv4_header(packet)?;
     let payload = &packet[header_len..];
     match i32::from(protocol) {
         libc::IPPROTO_TCP => {
-            if be16(payload, 2)? != port {
+            if !is_source_port(be16(payload, 2)?, first) {
                 return None;
             }
             let flags = *payload.get(13)? & TCP_FIN_SYN_RST_ACK;
@@ -235,7 +247,9 @@ fn parse_answer(packet: &[u8], port: u16) -> Option<Answer> {
             let quoted = payload.get(8..)?;
             let (quoted_len, quoted_protocol, _, target) = ipv4_header(quoted)?;
             let segment = &quoted[quoted_len..];
-            if i32::from(quoted_protocol) != libc::IPPROTO_TCP || be16(segment, 0)? != port {
+            if i32::from(quoted_protocol) != libc::IPPROTO_TCP
+                || !is_source_port(be16(segment, 0)?, first)
+            {
                 return None;
             }
             Some(Answer {
@@ -268,17 +282,18 @@ fn jump(at: usize, code: u32, k: u32, yes: usize, no: usize) -> libc::sock_filte
     }
 }
 
-/// The packet socket's filter (offsets from the IPv4 header): TCP segments to `port` with
-/// SYN+ACK or RST set, and ICMP destination-unreachable messages, of packets that are not
-/// a later fragment; everything else is dropped before it is queued.
-fn answer_filter(port: u16) -> Vec<libc::sock_filter> {
+/// The packet socket's filter (offsets from the IPv4 header): TCP segments to the
+/// [`SOURCE_PORTS`] from `first` on with SYN+ACK or RST set, and ICMP
+/// destination-unreachable messages, of packets that are not a later fragment; everything
+/// else is dropped before it is queued.
+fn answer_filter(first: u16) -> Vec<libc::sock_filter> {
     use libc::{
-        BPF_ABS, BPF_ALU, BPF_AND, BPF_B, BPF_H, BPF_IND, BPF_JEQ, BPF_JSET, BPF_K, BPF_LD,
-        BPF_LDX, BPF_MSH, BPF_RET,
+        BPF_ABS, BPF_ALU, BPF_AND, BPF_B, BPF_H, BPF_IND, BPF_JEQ, BPF_JGT, BPF_JSET, BPF_K,
+        BPF_LD, BPF_LDX, BPF_MSH, BPF_RET, BPF_SUB,
     };
-    const ICMP: usize = 11;
-    const ACCEPT: usize = 17;
-    const DROP: usize = 18;
+    const ICMP: usize = 12;
+    const ACCEPT: usize = 18;
+    const DROP: usize = 19;
     vec![
         /* 0 */ op(BPF_LD | BPF_B | BPF_ABS, 9),
         /* 1 */ jump(1, BPF_JEQ, libc::IPPROTO_TCP as u32, 2, ICMP),
@@ -286,19 +301,22 @@ fn answer_filter(port: u16) -> Vec<libc::sock_filter> {
         /* 3 */ jump(3, BPF_JSET, 0x1fff, DROP, 4),
         /* 4 */ op(BPF_LDX | BPF_B | BPF_MSH, 0),
         /* 5 */ op(BPF_LD | BPF_H | BPF_IND, 2),
-        /* 6 */ jump(6, BPF_JEQ, u32::from(port), 7, DROP),
-        /* 7 */ op(BPF_LD | BPF_B | BPF_IND, 13),
-        /* 8 */ jump(8, BPF_JSET, u32::from(TCP_RST), ACCEPT, 9),
-        /* 9 */ op(BPF_ALU | BPF_AND | BPF_K, u32::from(TCP_SYN | TCP_ACK)),
-        /* 10 */ jump(10, BPF_JEQ, u32::from(TCP_SYN | TCP_ACK), ACCEPT, DROP),
-        /* 11 */ jump(ICMP, BPF_JEQ, libc::IPPROTO_ICMP as u32, 12, DROP),
-        /* 12 */ op(BPF_LD | BPF_H | BPF_ABS, 6),
-        /* 13 */ jump(13, BPF_JSET, 0x1fff, DROP, 14),
-        /* 14 */ op(BPF_LDX | BPF_B | BPF_MSH, 0),
-        /* 15 */ op(BPF_LD | BPF_B | BPF_IND, 0),
-        /* 16 */ jump(16, BPF_JEQ, u32::from(ICMP_DEST_UNREACH), ACCEPT, DROP),
-        /* 17 */ op(BPF_RET | BPF_K, SNAP as u32),
-        /* 18 */ op(BPF_RET | BPF_K, 0),
+        // Destination port - first, as an unsigned 32-bit number: below the range wraps.
+        /* 6 */
+        op(BPF_ALU | BPF_SUB | BPF_K, u32::from(first)),
+        /* 7 */ jump(7, BPF_JGT, u32::from(SOURCE_PORTS - 1), DROP, 8),
+        /* 8 */ op(BPF_LD | BPF_B | BPF_IND, 13),
+        /* 9 */ jump(9, BPF_JSET, u32::from(TCP_RST), ACCEPT, 10),
+        /* 10 */ op(BPF_ALU | BPF_AND | BPF_K, u32::from(TCP_SYN | TCP_ACK)),
+        /* 11 */ jump(11, BPF_JEQ, u32::from(TCP_SYN | TCP_ACK), ACCEPT, DROP),
+        /* 12 */ jump(ICMP, BPF_JEQ, libc::IPPROTO_ICMP as u32, 13, DROP),
+        /* 13 */ op(BPF_LD | BPF_H | BPF_ABS, 6),
+        /* 14 */ jump(14, BPF_JSET, 0x1fff, DROP, 15),
+        /* 15 */ op(BPF_LDX | BPF_B | BPF_MSH, 0),
+        /* 16 */ op(BPF_LD | BPF_B | BPF_IND, 0),
+        /* 17 */ jump(17, BPF_JEQ, u32::from(ICMP_DEST_UNREACH), ACCEPT, DROP),
+        /* 18 */ op(BPF_RET | BPF_K, SNAP as u32),
+        /* 19 */ op(BPF_RET | BPF_K, 0),
     ]
 }
 
@@ -372,27 +390,60 @@ struct Sockets {
     send: OwnedFd,
     /// UDP socket connected to a target to learn the source address routing picks.
     route: OwnedFd,
-    /// TCP socket bound to the source port and never listening: keeps other sockets off
-    /// the port, so the kernel resets every SYN-ACK that reaches it.
-    _reserved: OwnedFd,
-    port: u16,
+    /// TCP sockets bound to the source ports and never listening: keep other sockets off
+    /// the ports, so the kernel resets every SYN-ACK that reaches them.
+    _reserved: Vec<OwnedFd>,
+    /// The first of the [`SOURCE_PORTS`].
+    first_port: u16,
+}
+
+/// A TCP socket bound to `port` of any address (0: a free port the kernel picks).
+fn bound_tcp_socket(port: u16) -> io::Result<OwnedFd> {
+    let fd = socket(libc::AF_INET, libc::SOCK_STREAM, 0)?;
+    let any = sockaddr_in(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port));
+    // SAFETY: `any` is a valid sockaddr_in of the length passed.
+    check(unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&raw const any).cast(),
+            size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    })?;
+    Ok(fd)
+}
+
+/// Reserves [`SOURCE_PORTS`] consecutive ports: the kernel picks a free first one, the
+/// others are bound after it; when one of them is taken, another first port is tried.
+fn reserve_ports() -> io::Result<(u16, Vec<OwnedFd>)> {
+    for _ in 0..64 {
+        let first = bound_tcp_socket(0)?;
+        let port = local_addr(&first)?.port();
+        if port > u16::MAX - (SOURCE_PORTS - 1) {
+            continue;
+        }
+        let mut reserved = vec![first];
+        for next in port + 1..port + SOURCE_PORTS {
+            match bound_tcp_socket(next) {
+                Ok(fd) => reserved.push(fd),
+                Err(e) if e.raw_os_error() == Some(libc::EADDRINUSE) => break,
+                Err(e) => return Err(e),
+            }
+        }
+        if reserved.len() == usize::from(SOURCE_PORTS) {
+            return Ok((port, reserved));
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::AddrInUse,
+        format!("no {SOURCE_PORTS} consecutive free ports for TCP check SYNs"),
+    ))
 }
 
 impl Sockets {
     /// Opens the sockets, and the `AF_PACKET` socket of incoming IPv4 packets, filtered to
-    /// the answers to SYNs from the port; must run in a tokio runtime's context.
+    /// the answers to SYNs from the source ports; must run in a tokio runtime's context.
     fn open() -> io::Result<(Sockets, AsyncFd<OwnedFd>)> {
-        let reserved = socket(libc::AF_INET, libc::SOCK_STREAM, 0)?;
-        let any = sockaddr_in(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0));
-        // SAFETY: `any` is a valid sockaddr_in of the length passed.
-        check(unsafe {
-            libc::bind(
-                reserved.as_raw_fd(),
-                (&raw const any).cast(),
-                size_of::<libc::sockaddr_in>() as libc::socklen_t,
-            )
-        })?;
-        let port = local_addr(&reserved)?.port();
+        let (first_port, reserved) = reserve_ports()?;
         let send = socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW)?;
         setsockopt(&send, libc::SOL_SOCKET, libc::SO_SNDBUF, &SOCKET_BUFFER)?;
         let answers = socket(
@@ -400,7 +451,7 @@ impl Sockets {
             libc::SOCK_DGRAM,
             i32::from((libc::ETH_P_IP as u16).to_be()),
         )?;
-        let filter = answer_filter(port);
+        let filter = answer_filter(first_port);
         let program = libc::sock_fprog {
             len: filter.len() as u16,
             filter: filter.as_ptr().cast_mut(),
@@ -425,7 +476,7 @@ impl Sockets {
             send,
             route,
             _reserved: reserved,
-            port,
+            first_port,
         };
         Ok((sockets, answers))
     }
@@ -572,7 +623,7 @@ impl SynClient {
 /// The engine task of SYN checks; stops it when dropped.
 pub struct SynProber {
     client: SynClient,
-    port: u16,
+    first_port: u16,
     task: AbortHandle,
 }
 
@@ -583,7 +634,7 @@ impl SynProber {
             let _context = runtime.enter();
             Sockets::open()?
         };
-        let port = sockets.port;
+        let first_port = sockets.first_port;
         let shared = Arc::new(Shared {
             queue: Mutex::new(Vec::new()),
             wake: Notify::new(),
@@ -598,6 +649,7 @@ impl SynProber {
                 shared: Arc::clone(&shared),
                 pending: HashMap::new(),
                 sources: HashMap::new(),
+                turns: Turns::default(),
                 seqs: RandomState::new(),
                 next: 0,
                 swept: Instant::now(),
@@ -606,7 +658,7 @@ impl SynProber {
         let task = runtime.spawn(engine.run()).abort_handle();
         Ok(SynProber {
             client: SynClient { shared },
-            port,
+            first_port,
             task,
         })
     }
@@ -616,16 +668,16 @@ impl SynProber {
         self.client.clone()
     }
 
-    /// The source port of the SYNs.
-    pub fn port(&self) -> u16 {
-        self.port
+    /// The source ports of the SYNs.
+    pub fn ports(&self) -> std::ops::RangeInclusive<u16> {
+        self.first_port..=self.first_port + (SOURCE_PORTS - 1)
     }
 }
 
 impl std::fmt::Debug for SynProber {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SynProber")
-            .field("port", &self.port)
+            .field("ports", &self.ports())
             .finish_non_exhaustive()
     }
 }
@@ -633,6 +685,27 @@ impl std::fmt::Debug for SynProber {
 impl Drop for SynProber {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+/// For each target, which of the [`SOURCE_PORTS`] its next check takes: they go round, so
+/// up to that many checks of one target in flight at once are different connections.
+#[derive(Default)]
+struct Turns(HashMap<SocketAddrV4, (u16, Instant)>);
+
+impl Turns {
+    /// The offset from the first source port for a check of `target` now.
+    fn next(&mut self, target: SocketAddrV4, now: Instant) -> u16 {
+        let turn = self.0.entry(target).or_insert((0, now));
+        let offset = turn.0 % SOURCE_PORTS;
+        *turn = (turn.0.wrapping_add(1), now);
+        offset
+    }
+
+    /// Forgets the targets not checked for `age`.
+    fn forget_older_than(&mut self, now: Instant, age: Duration) {
+        self.0
+            .retain(|_, (_, used)| now.duration_since(*used) < age);
     }
 }
 
@@ -651,6 +724,8 @@ struct State {
     pending: HashMap<(SocketAddrV4, u32), oneshot::Sender<Probe>>,
     /// Source address for each target address, and when it was learnt.
     sources: HashMap<Ipv4Addr, (Ipv4Addr, Instant)>,
+    /// Which of the source ports each target's next check takes.
+    turns: Turns,
     /// Keys the sequence numbers, so that they cannot be guessed from outside.
     seqs: RandomState,
     next: u64,
@@ -702,7 +777,7 @@ impl Engine {
 impl State {
     fn answer(&mut self, buffers: &[[u8; SNAP]], lengths: &[usize]) {
         for (buffer, &len) in buffers.iter().zip(lengths) {
-            let waiting = parse_answer(&buffer[..len], self.sockets.port)
+            let waiting = parse_answer(&buffer[..len], self.sockets.first_port)
                 .and_then(|a| Some((a, self.pending.remove(&(a.target, a.seq))?)));
             match waiting {
                 Some((answer, reply)) => {
@@ -737,6 +812,7 @@ impl State {
             self.pending.retain(|_, reply| !reply.is_closed());
             self.sources
                 .retain(|_, (_, learnt)| now.duration_since(*learnt) < SOURCE_TTL);
+            self.turns.forget_older_than(now, SOURCE_TTL);
             self.swept = now;
         }
         let mut batch = Vec::with_capacity(requests.len().min(BATCH));
@@ -750,7 +826,8 @@ impl State {
             };
             self.next = self.next.wrapping_add(1);
             let seq = self.seqs.hash_one(self.next) as u32;
-            let segment = syn_packet(source, self.sockets.port, request.target, seq);
+            let port = self.sockets.first_port + self.turns.next(request.target, now);
+            let segment = syn_packet(source, port, request.target, seq);
             self.pending.insert((request.target, seq), request.reply);
             batch.push((segment, sockaddr_in(request.target), (request.target, seq)));
             if batch.len() == BATCH {
@@ -928,11 +1005,16 @@ mod tests {
     #[test]
     fn other_packets_are_not_answers() {
         let port = 40000;
-        // To another port; a bare ACK; a SYN; a FIN-ACK.
-        assert_eq!(
-            parse_answer(&tcp_answer(TARGET, port + 1, TCP_SYN | TCP_ACK, 1), port),
-            None
-        );
+        // To a port outside the source ports (either side); a bare ACK; a SYN; a FIN-ACK.
+        let last = port + SOURCE_PORTS - 1;
+        assert!(parse_answer(&tcp_answer(TARGET, last, TCP_SYN | TCP_ACK, 1), port).is_some());
+        for other in [port - 1, last + 1] {
+            assert_eq!(
+                parse_answer(&tcp_answer(TARGET, other, TCP_SYN | TCP_ACK, 1), port),
+                None,
+                "to port {other}"
+            );
+        }
         assert_eq!(
             parse_answer(&tcp_answer(TARGET, port, TCP_ACK, 1), port),
             None
@@ -954,7 +1036,7 @@ mod tests {
         fragment[7] = 1;
         assert_eq!(parse_answer(&fragment, port), None);
         // ICMP that is not destination-unreachable, or quotes a segment from another port.
-        let quoted = syn_packet(SOURCE, port + 1, TARGET, 1);
+        let quoted = syn_packet(SOURCE, port + SOURCE_PORTS, TARGET, 1);
         let mut icmp = vec![ICMP_DEST_UNREACH, 1, 0, 0, 0, 0, 0, 0];
         icmp.extend_from_slice(&quoted[..IPV4_LEN + 8]);
         assert_eq!(
@@ -966,6 +1048,27 @@ mod tests {
             parse_answer(&ipv4_packet(SOURCE, SOURCE, 1, &icmp), port),
             None
         );
+    }
+
+    #[test]
+    fn checks_of_one_target_take_the_source_ports_in_turn() {
+        let mut turns = Turns::default();
+        let now = Instant::now();
+        let other = SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 12), 80);
+        let offsets: Vec<u16> = (0..2 * SOURCE_PORTS)
+            .map(|i| {
+                // Another target's checks in between change nothing for this one.
+                if i % 3 == 0 {
+                    turns.next(other, now);
+                }
+                turns.next(TARGET, now)
+            })
+            .collect();
+        let expected: Vec<u16> = (0..2 * SOURCE_PORTS).map(|i| i % SOURCE_PORTS).collect();
+        assert_eq!(offsets, expected);
+        // A target not checked for a while starts again at the first port.
+        turns.forget_older_than(now + SOURCE_TTL, SOURCE_TTL);
+        assert_eq!(turns.next(TARGET, now + SOURCE_TTL), 0);
     }
 
     #[test]
@@ -1062,5 +1165,32 @@ mod tests {
             0,
             "the filter let through packets that answer no check"
         );
+    }
+
+    #[tokio::test]
+    async fn concurrent_checks_of_one_target_are_all_answered() {
+        // Two pools can check the same backend, and their checks can fall in one batch:
+        // each must be matched to its own answer (by sequence number). (Over loopback a
+        // SYN is answered and reset before the next is sent; that checks in flight at
+        // once use different source ports is `checks_of_one_target_take_the_source_ports_
+        // in_turn`.)
+        let engine = SynProber::start(&tokio::runtime::Handle::current())
+            .expect("raw and packet sockets need CAP_NET_RAW: run the tests as root");
+        let client = engine.client();
+        let (_listener, target) = listener(1024);
+        for round in 0..5 {
+            let checks: Vec<_> = (0..4)
+                .map(|_| {
+                    let client = client.clone();
+                    tokio::spawn(async move {
+                        tokio::time::timeout(Duration::from_millis(500), client.probe(target)).await
+                    })
+                })
+                .collect();
+            for check in checks {
+                let result = check.await.unwrap();
+                assert_eq!(result, Ok(Ok(())), "round {round}: a check got no answer");
+            }
+        }
     }
 }
