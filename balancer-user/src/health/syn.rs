@@ -446,17 +446,27 @@ impl Sockets {
         let (first_port, reserved) = reserve_ports()?;
         let send = socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW)?;
         setsockopt(&send, libc::SOL_SOCKET, libc::SO_SNDBUF, &SOCKET_BUFFER)?;
-        let answers = socket(
-            libc::AF_PACKET,
-            libc::SOCK_DGRAM,
-            i32::from((libc::ETH_P_IP as u16).to_be()),
-        )?;
+        // Protocol 0: the socket receives nothing until it is bound below, after its
+        // filter is in place (bound at once, it would queue whatever arrived before).
+        let answers = socket(libc::AF_PACKET, libc::SOCK_DGRAM, 0)?;
         let filter = answer_filter(first_port);
         let program = libc::sock_fprog {
             len: filter.len() as u16,
             filter: filter.as_ptr().cast_mut(),
         };
         setsockopt(&answers, libc::SOL_SOCKET, libc::SO_ATTACH_FILTER, &program)?;
+        // SAFETY: an all-zero sockaddr_ll is valid; ifindex 0 means every interface.
+        let mut ll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        ll.sll_family = libc::AF_PACKET as u16;
+        ll.sll_protocol = (libc::ETH_P_IP as u16).to_be();
+        // SAFETY: `ll` is a valid sockaddr_ll of the length passed.
+        check(unsafe {
+            libc::bind(
+                answers.as_raw_fd(),
+                (&raw const ll).cast(),
+                size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+            )
+        })?;
         if setsockopt(
             &answers,
             libc::SOL_SOCKET,
