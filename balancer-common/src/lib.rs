@@ -43,6 +43,7 @@ pub mod map_names {
     pub const VIP_ADDRS: &str = "VIP_ADDRS";
     pub const VIP_GENS: &str = "VIP_GENS";
     pub const FLOW_CACHE: &str = "FLOW_CACHE";
+    pub const FLOW_EVICTIONS: &str = "FLOW_EVICTIONS";
 }
 
 /// Name of the XDP program in the object file.
@@ -327,9 +328,11 @@ pub const fn flow_slot(key: &FlowKey) -> u32 {
 /// established flow's `CONNS` entry as this CPU last left it, with its key. The data plane
 /// forwards from it, without the `CONNS` lookup, while the copy's `last_seen_ns` is less
 /// than the touch interval old (when touching the `CONNS` entry would change nothing), the
-/// packet has no SYN, FIN or RST, and `Settings::flow_epoch` is still the one the copy was
-/// made in (the VIP's generation and the backend's flags were checked then); everything
-/// else takes the `CONNS` path, which refreshes the copy.
+/// packet has no SYN, FIN or RST, `Settings::flow_epoch` is still the one the copy was
+/// made in (the VIP's generation and the backend's flags were checked then), and
+/// `FLOW_EVICTIONS` has not changed since (no SNAT port was taken from a flow whose `CONNS`
+/// entry the LRU evicted: it could be this one's); everything else takes the `CONNS`
+/// path, which refreshes the copy.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct FlowCacheEntry {
@@ -337,7 +340,8 @@ pub struct FlowCacheEntry {
     pub conn: Conn,
     /// `Settings::flow_epoch` when the copy was made.
     pub epoch: u32,
-    pub _pad: u32,
+    /// `FLOW_EVICTIONS[0]` when the copy was made.
+    pub evictions: u32,
 }
 
 /// Round-robin position of a VIP on one CPU (`RR_STATE`, per-CPU array by vip id).

@@ -47,18 +47,19 @@ fn try_balancer(ctx: &XdpContext) -> Result<u32, DropReason> {
     let settings = nat::settings()?;
     if maybe_vip(pkt.key.dst_addr) {
         let now = nat::now();
+        let stamp = nat::stamp(settings);
         // Established flows first: from this CPU's flow cache (an array read), else by one
         // connection-table lookup; no VIPS lookup either way.
-        if let Some(verdict) = nat::cached(ctx, &pkt, settings, now)? {
+        if let Some(verdict) = nat::cached(ctx, &pkt, settings, stamp, now)? {
             return Ok(verdict);
         }
-        if let Some(verdict) = nat::established(ctx, &pkt, settings, now)? {
+        if let Some(verdict) = nat::established(ctx, &pkt, settings, stamp, now)? {
             return Ok(verdict);
         }
         // SAFETY: the value is copied out at once; the agent replaces VIP entries whole.
         if let Some(vip) = unsafe { maps::VIPS.get(&vip_key) } {
             let vip = *vip;
-            return nat::new_flow(ctx, &pkt, &vip, settings, now);
+            return nat::new_flow(ctx, &pkt, &vip, settings, stamp, now);
         }
     }
     if let Some(verdict) = nat::to_client(ctx, &pkt, settings)? {

@@ -43,6 +43,12 @@ pub static CONNS: LruHashMap<FlowKey, Conn> = LruHashMap::with_max_entries(CONN_
 pub static FLOW_CACHE: PerCpuArray<FlowCacheEntry> =
     PerCpuArray::with_max_entries(FLOW_CACHE_SLOTS, 0);
 
+/// One counter, changed whenever a new flow takes the SNAT port of a flow whose `CONNS`
+/// entry is gone (evicted): every `FLOW_CACHE` copy made before is then stale, as it may
+/// be of that flow.
+#[map]
+pub static FLOW_EVICTIONS: Array<u32> = Array::with_max_entries(1, 0);
+
 /// Reply tuple (backend -> SNAT address:port) -> client and VIP.
 #[map]
 pub static NAT: LruHashMap<FlowKey, NatEntry> = LruHashMap::with_max_entries(CONN_TABLE_SIZE, 0);

@@ -17,7 +17,7 @@ use network_types::ip::Ipv4Hdr;
 use crate::{
     conntrack, csum,
     forward::{transmit_to_backend, transmit_to_client},
-    maps::{BACKENDS, CONNS, FLOW_CACHE, NAT, SETTINGS, VIP_GENS},
+    maps::{BACKENDS, CONNS, FLOW_CACHE, FLOW_EVICTIONS, NAT, SETTINGS, VIP_GENS},
     parse::{ptr_at, Packet, TCP_FIN, TCP_RST},
     select,
     stats::{self, Dir},
@@ -41,16 +41,41 @@ pub fn now() -> u64 {
     unsafe { bpf_ktime_get_coarse_ns() }
 }
 
+/// What a `FLOW_CACHE` copy must have been made under to be used: the agent's
+/// `flow_epoch` and the `FLOW_EVICTIONS` count.
+#[derive(Clone, Copy)]
+pub struct Stamp {
+    epoch: u32,
+    evictions: u32,
+}
+
+/// The current [`Stamp`], read once per packet before any check whose result a copy
+/// records (a change after this read then makes the copy stale at once).
+#[inline(always)]
+pub fn stamp(settings: &Settings) -> Stamp {
+    // SAFETY: volatile reads of map values: loaded here, not later where they are used.
+    unsafe {
+        Stamp {
+            epoch: core::ptr::read_volatile(&settings.flow_epoch),
+            evictions: FLOW_EVICTIONS
+                .get_ptr(0)
+                .map_or(0, |count| core::ptr::read_volatile(count)),
+        }
+    }
+}
+
 /// A packet of an established flow that this CPU's `FLOW_CACHE` holds and may serve (see
-/// [`conntrack::cache_serves`]), copied in the current `flow_epoch` (so still its VIP's,
-/// its backend not to be left, as checked when the copy was made): translate it and send
-/// it to the backend, without the `CONNS`, `VIP_GENS` and `BACKENDS` lookups. `Ok(None)`
-/// otherwise (the caller then tries [`established`]).
+/// [`conntrack::cache_serves`]), copied under the current [`Stamp`] (so still its VIP's,
+/// its backend not to be left, as checked when the copy was made, and its SNAT port not
+/// given to another flow): translate it and send it to the backend, without the `CONNS`,
+/// `VIP_GENS` and `BACKENDS` lookups. `Ok(None)` otherwise (the caller then tries
+/// [`established`]).
 #[inline(always)]
 pub fn cached(
     ctx: &XdpContext,
     pkt: &Packet,
     settings: &Settings,
+    stamp: Stamp,
     now: u64,
 ) -> Result<Option<u32>, DropReason> {
     let Some(slot) = FLOW_CACHE.get_ptr(flow_slot(&pkt.key)) else {
@@ -58,7 +83,7 @@ pub fn cached(
     };
     // SAFETY: per-CPU map value, written only by this CPU (not while this program runs).
     let cached = unsafe { &*slot };
-    if cached.key != pkt.key || cached.epoch != settings.flow_epoch {
+    if cached.key != pkt.key || cached.epoch != stamp.epoch || cached.evictions != stamp.evictions {
         return Ok(None);
     }
     let conn = cached.conn;
@@ -68,18 +93,18 @@ pub fn cached(
     forward(ctx, pkt, &conn, now, false).map(Some)
 }
 
-/// Keeps a copy of the flow's `CONNS` entry in this CPU's `FLOW_CACHE`, made in `epoch`
+/// Keeps a copy of the flow's `CONNS` entry in this CPU's `FLOW_CACHE`, under `stamp`
 /// (read before the VIP and backend checks the caller did).
 #[inline(always)]
-fn remember(key: &FlowKey, conn: &Conn, epoch: u32) {
+fn remember(key: &FlowKey, conn: &Conn, stamp: Stamp) {
     if let Some(slot) = FLOW_CACHE.get_ptr_mut(flow_slot(key)) {
         // SAFETY: per-CPU map value; no other writer while this program runs on this CPU.
         unsafe {
             *slot = FlowCacheEntry {
                 key: *key,
                 conn: *conn,
-                epoch,
-                _pad: 0,
+                epoch: stamp.epoch,
+                evictions: stamp.evictions,
             }
         };
     }
@@ -93,6 +118,7 @@ pub fn established(
     ctx: &XdpContext,
     pkt: &Packet,
     settings: &Settings,
+    stamp: Stamp,
     now: u64,
 ) -> Result<Option<u32>, DropReason> {
     let Some(entry) = CONNS.get_ptr_mut(&pkt.key) else {
@@ -114,7 +140,7 @@ pub fn established(
     }
     conntrack::touch(entry, pkt, now);
     // SAFETY: as above; the copy as touched.
-    remember(&pkt.key, unsafe { &*entry }, settings.flow_epoch);
+    remember(&pkt.key, unsafe { &*entry }, stamp);
     forward(ctx, pkt, &conn, now, false).map(Some)
 }
 
@@ -126,6 +152,7 @@ pub fn new_flow(
     pkt: &Packet,
     vip: &VipMeta,
     settings: &Settings,
+    stamp: Stamp,
     now: u64,
 ) -> Result<u32, DropReason> {
     let conn = match schedule(pkt, vip, settings, now) {
@@ -144,7 +171,7 @@ pub fn new_flow(
             return Err(reason);
         }
     };
-    remember(&pkt.key, &conn, settings.flow_epoch);
+    remember(&pkt.key, &conn, stamp);
     forward(ctx, pkt, &conn, now, true)
 }
 
@@ -285,10 +312,20 @@ fn allocate_port(
             // same SNAT port: the backend then sees the very tuple sequence the client
             // makes, so its TIME_WAIT/PAWS checks pass as they would without NAT.
             let same_client = client_key(holder, pkt.key.proto) == pkt.key;
-            if (same_client || !holder_alive(holder, &reply_key, settings, now))
-                && NAT.insert(&reply_key, &entry, BPF_ANY as u64).is_ok()
-            {
-                return Ok(port);
+            let holder = if same_client {
+                Holder::Gone
+            } else {
+                holder_state(holder, &reply_key, settings, now)
+            };
+            if holder != Holder::Alive {
+                if holder == Holder::Evicted {
+                    // The evicted flow may still be forwarded from a CPU's FLOW_CACHE,
+                    // with this port: no copy made before this point may be used.
+                    count_eviction();
+                }
+                if NAT.insert(&reply_key, &entry, BPF_ANY as u64).is_ok() {
+                    return Ok(port);
+                }
             }
         }
         i += 1;
@@ -310,19 +347,43 @@ fn client_key(entry: &NatEntry, proto: u8) -> FlowKey {
     }
 }
 
+/// Whether the client flow that owns a reply entry still uses it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Holder {
+    Alive,
+    /// Expired, or its tuple now has another flow.
+    Gone,
+    /// Its `CONNS` entry is gone (the LRU evicted it).
+    Evicted,
+}
+
 /// Does the client flow that owns this reply entry still use it?
 #[inline(always)]
-fn holder_alive(holder: &NatEntry, reply_key: &FlowKey, settings: &Settings, now: u64) -> bool {
+fn holder_state(holder: &NatEntry, reply_key: &FlowKey, settings: &Settings, now: u64) -> Holder {
     let client_key = client_key(holder, reply_key.proto);
     // SAFETY: read-only look at a map value.
     match unsafe { CONNS.get(&client_key) } {
-        Some(conn) => {
-            conn.snat_port == reply_key.dst_port
+        Some(conn)
+            if conn.snat_port == reply_key.dst_port
                 && conn.backend_addr == reply_key.src_addr
                 && now.saturating_sub(conn.last_seen_ns)
-                    <= conntrack::timeout_ns(conn, reply_key.proto, settings)
+                    <= conntrack::timeout_ns(conn, reply_key.proto, settings) =>
+        {
+            Holder::Alive
         }
-        None => false,
+        Some(_) => Holder::Gone,
+        None => Holder::Evicted,
+    }
+}
+
+/// Changes `FLOW_EVICTIONS` (a lost update of a racing CPU still changes it).
+#[inline(always)]
+fn count_eviction() {
+    if let Some(count) = FLOW_EVICTIONS.get_ptr_mut(0) {
+        // SAFETY: map value; any store that changes it will do.
+        unsafe {
+            core::ptr::write_volatile(count, core::ptr::read_volatile(count).wrapping_add(1))
+        };
     }
 }
 

@@ -57,6 +57,10 @@ impl Fixture {
     }
 
     fn with_timeouts(timeouts: Timeouts) -> Fixture {
+        Fixture::with(timeouts, NatConfig::default())
+    }
+
+    fn with(timeouts: Timeouts, nat: NatConfig) -> Fixture {
         require_root();
         let ns = Netns::unique("fx").expect("create the fixture namespace");
         let cmds: Vec<Vec<String>> = [
@@ -109,7 +113,7 @@ impl Fixture {
 
         let mut ebpf = balancer::agent::load_program().expect("load the XDP program");
         let maps = AyaMaps::new(&mut ebpf).expect("take the program's maps");
-        let settings = settings(&timeouts, &NatConfig::default());
+        let settings = settings(&timeouts, &nat);
         let mut lb = Balancer::new(maps, &settings, SnatSource::Fixed(SNAT)).unwrap();
         lb.add_vip(vip("web", 80, Protocol::Tcp)).unwrap();
         lb.add_backend("web", SocketAddrV4::new(WEB_BACKEND, 80), 1)
@@ -519,6 +523,39 @@ fn a_cached_flow_of_a_backend_that_went_down_is_moved_at_its_next_packet() {
     let (verdict, _) = fx.send_from_client(&ack());
     assert_eq!(verdict, XDP_DROP, "no backend is left to move the flow to");
     assert_eq!(fx.global(stat::CONN_RESCHEDULED), 1);
+}
+
+#[test]
+fn a_cached_flow_whose_snat_port_went_to_another_flow_is_not_forwarded() {
+    pin_to_one_cpu();
+    // One SNAT port: a second flow can only have it by taking it from the first.
+    let nat = NatConfig {
+        port_min: 20000,
+        port_max: 20000,
+        ..NatConfig::default()
+    };
+    let mut fx = Fixture::with(Timeouts::default(), nat);
+    let (verdict, _) = fx.send_from_client(&syn());
+    assert_eq!(verdict, XDP_REDIRECT);
+    assert_eq!(fx.flow_cache().len(), 1, "the first flow is cached");
+    // The LRU evicts the first flow's CONNS entry; a second client flow then takes the
+    // port, whose holder it no longer finds.
+    fx.forget_conn(&client_key(&syn()));
+    let second = Spec {
+        sport: 40001,
+        ..syn()
+    };
+    let (verdict, out) = fx.send_from_client(&second);
+    assert_eq!(verdict, XDP_REDIRECT, "the second flow takes the port");
+    assert_eq!(parsed(&out).sport, 20000);
+    // The first flow's copy must not be used now: forwarded, it would arrive on the
+    // second flow's tuple. Its CONNS path finds no flow and no free port.
+    let (verdict, _) = fx.send_from_client(&ack());
+    assert_eq!(
+        verdict, XDP_DROP,
+        "the evicted flow's packet must not be forwarded"
+    );
+    assert_eq!(fx.global(stat::DROP_SNAT_EXHAUSTED), 1);
 }
 
 #[test]
