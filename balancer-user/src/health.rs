@@ -280,23 +280,24 @@ impl Prober {
         }
     }
 
-    /// Sends a SYN through the engine (IPv4 targets, when there is one); otherwise connects
+    /// Sends a SYN through the engine (IPv4 targets, while there is one); otherwise connects
     /// the kept socket (a new one the first time, or after an error), then resets the
-    /// connection.
+    /// connection. Both within the check's timeout.
     async fn tcp_probe(&mut self, check: &CheckConfig, target: SocketAddr) -> Probe {
-        if self.syn.as_ref().is_some_and(|syn| !syn.is_running()) {
-            self.syn = None;
-        }
+        let deadline = Instant::now() + check.timeout;
         if let (Some(syn), SocketAddr::V4(v4)) = (&self.syn, target) {
-            return tokio::time::timeout(check.timeout, syn.probe(v4))
-                .await
-                .unwrap_or_else(|_| Err(timeout_reason(check)));
+            match tokio::time::timeout_at(deadline, syn.probe(v4)).await {
+                Ok(Some(result)) => return result,
+                // The engine has stopped: this check and the next ones use the socket.
+                Ok(None) => self.syn = None,
+                Err(_) => return Err(timeout_reason(check)),
+            }
         }
         let mut socket = match self.tcp.take() {
             Some(socket) => socket,
             None => CheckSocket::new(target).map_err(|e| format!("cannot create a socket: {e}"))?,
         };
-        let result = match tokio::time::timeout(check.timeout, socket.connect(target)).await {
+        let result = match tokio::time::timeout_at(deadline, socket.connect(target)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(connect_reason(&e)),
             Err(_) => Err(timeout_reason(check)),

@@ -23,9 +23,11 @@
 //! The check's source address is the one the kernel's routing picks for the target
 //! (learnt from a connected UDP socket, refreshed every [`SOURCE_TTL`]); it is needed for
 //! the TCP checksum. Answers are matched by the target's address and port and the
-//! acknowledged (or, in an ICMP error, quoted) sequence number. A check that gets no
-//! answer is left to its caller's timeout. Opening the raw and packet sockets needs
-//! `CAP_NET_RAW`; without it the checker falls back to [`super::tcp`].
+//! acknowledged (or, in an ICMP error, quoted) sequence number. A SYN without an answer
+//! is sent again (same port and sequence number) after 1 s, then 2 s more, and so on, as
+//! `connect()` does, until the caller's timeout ends the check. Opening the raw and packet
+//! sockets needs `CAP_NET_RAW`; without it, or once the engine has stopped, the checker
+//! uses [`super::tcp`].
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
@@ -66,8 +68,12 @@ const SYN_LEN: usize = IPV4_LEN + TCP_LEN;
 /// the backend: on one port, the backend would answer the second SYN with the first
 /// one's SYN-ACK (RFC 9293 3.10.7.4), and the second check would go unanswered.
 pub const SOURCE_PORTS: u16 = 8;
-/// How often pending checks whose callers gave up (timed out) are forgotten.
-const SWEEP: Duration = Duration::from_secs(1);
+/// How long a SYN waits for its answer before it is sent again (the kernel's initial
+/// retransmission timeout, `TCP_TIMEOUT_INIT`), doubling each time, as `connect()` does:
+/// one lost SYN or SYN-ACK does not fail a check whose timeout allows a resend.
+const FIRST_RESEND: Duration = Duration::from_secs(1);
+/// How often the engine resends due SYNs and forgets checks whose callers gave up.
+const MAINTAIN: Duration = Duration::from_millis(250);
 
 const TCP_FIN_SYN_RST_ACK: u8 = 0x17;
 const TCP_SYN: u8 = 0x02;
@@ -422,7 +428,7 @@ fn reserve_ports() -> io::Result<(u16, Vec<OwnedFd>)> {
             continue;
         }
         let mut reserved = vec![first];
-        for next in port + 1..port + SOURCE_PORTS {
+        for next in port + 1..=port + (SOURCE_PORTS - 1) {
             match bound_tcp_socket(next) {
                 Ok(fd) => reserved.push(fd),
                 Err(e) if e.raw_os_error() == Some(libc::EADDRINUSE) => break,
@@ -445,7 +451,17 @@ impl Sockets {
     fn open() -> io::Result<(Sockets, AsyncFd<OwnedFd>)> {
         let (first_port, reserved) = reserve_ports()?;
         let send = socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW)?;
-        setsockopt(&send, libc::SOL_SOCKET, libc::SO_SNDBUF, &SOCKET_BUFFER)?;
+        // SO_SNDBUF alone is capped at net.core.wmem_max (about 600 SYNs by default).
+        if setsockopt(
+            &send,
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUFFORCE,
+            &SOCKET_BUFFER,
+        )
+        .is_err()
+        {
+            setsockopt(&send, libc::SOL_SOCKET, libc::SO_SNDBUF, &SOCKET_BUFFER)?;
+        }
         // Protocol 0: the socket receives nothing until it is bound below, after its
         // filter is in place (bound at once, it would queue whatever arrived before).
         let answers = socket(libc::AF_PACKET, libc::SOCK_DGRAM, 0)?;
@@ -581,6 +597,8 @@ pub struct SynStats {
     pub answered: AtomicU64,
     /// Packets that passed the filter but answer no check (late or foreign).
     pub unmatched: AtomicU64,
+    /// SYNs sent again for want of an answer.
+    pub resent: AtomicU64,
 }
 
 /// What the checks' tasks and the engine share.
@@ -588,7 +606,7 @@ struct Shared {
     queue: Mutex<Vec<Request>>,
     wake: Notify,
     stats: SynStats,
-    /// Set when the engine task ended on an error of its answer socket.
+    /// Set when the engine task has ended (its answer socket failed, or it was stopped).
     failed: AtomicBool,
 }
 
@@ -599,28 +617,26 @@ pub struct SynClient {
 }
 
 impl SynClient {
-    /// Whether the engine still runs (its answer socket has not failed): the callers fall
-    /// back to sockets when it has.
-    pub fn is_running(&self) -> bool {
-        !self.shared.failed.load(Ordering::Relaxed)
-    }
-
-    /// Sends a SYN to `target` (with the next batch) and waits for the answer: `Ok` for a
-    /// SYN-ACK, the reason for a reset or an ICMP error. Waits forever when nothing
-    /// answers: the caller bounds the time.
-    pub async fn probe(&self, target: SocketAddrV4) -> Probe {
+    /// Sends a SYN to `target` (with the next batch, again after 1 s, 3 s, ... without
+    /// an answer) and waits for the answer: `Ok` for a SYN-ACK, the reason for a reset or
+    /// an ICMP error. Waits forever when nothing answers: the caller bounds the time.
+    /// `None` when the engine has stopped (the caller checks another way).
+    pub async fn probe(&self, target: SocketAddrV4) -> Option<Probe> {
         let (reply, answer) = oneshot::channel();
         let first = {
             let mut queue = self.shared.queue.lock().unwrap_or_else(|e| e.into_inner());
+            // Under the lock that the engine's end takes to set the flag and empty the
+            // queue: a request is either emptied out (its answer fails) or never queued.
+            if self.shared.failed.load(Ordering::Relaxed) {
+                return None;
+            }
             queue.push(Request { target, reply });
             queue.len() == 1
         };
         if first {
             self.shared.wake.notify_one();
         }
-        answer
-            .await
-            .unwrap_or_else(|_| Err("the TCP check engine stopped".to_owned()))
+        answer.await.ok()
     }
 
     /// The engine's counters.
@@ -658,11 +674,11 @@ impl SynProber {
                 sockets,
                 shared: Arc::clone(&shared),
                 pending: HashMap::new(),
+                unsent: Vec::new(),
                 sources: HashMap::new(),
                 turns: Turns::default(),
                 seqs: RandomState::new(),
                 next: 0,
-                swept: Instant::now(),
             },
         };
         let task = runtime.spawn(engine.run()).abort_handle();
@@ -719,6 +735,32 @@ impl Turns {
     }
 }
 
+/// Marks the engine stopped when dropped, and fails the checks still queued (dropping
+/// their senders; the pending ones fail as the engine's state is dropped): each gets
+/// `None` from [`SynClient::probe`] and checks another way.
+struct Stopped(Arc<Shared>);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let mut queue = self.0.queue.lock().unwrap_or_else(|e| e.into_inner());
+        self.0.failed.store(true, Ordering::Relaxed);
+        queue.clear();
+    }
+}
+
+/// A check whose SYN was sent: where its answer goes, and how to send the SYN again.
+struct Pending {
+    reply: oneshot::Sender<Probe>,
+    packet: [u8; SYN_LEN],
+    to: libc::sockaddr_in,
+    /// When the SYN is sent again without an answer, and the wait after that.
+    resend_at: Instant,
+    wait: Duration,
+}
+
+/// A SYN to write: the packet, its destination, and the check it is for.
+type Outgoing = ([u8; SYN_LEN], libc::sockaddr_in, (SocketAddrV4, u32));
+
 /// The engine task: the socket answers arrive on, where they are read to, and the rest.
 struct Engine {
     answers: AsyncFd<OwnedFd>,
@@ -731,7 +773,9 @@ struct State {
     sockets: Sockets,
     shared: Arc<Shared>,
     /// Checks whose SYN was sent, by target and sequence number.
-    pending: HashMap<(SocketAddrV4, u32), oneshot::Sender<Probe>>,
+    pending: HashMap<(SocketAddrV4, u32), Pending>,
+    /// SYNs the kernel had no room for (a full send buffer): written with the next batch.
+    unsent: Vec<Outgoing>,
     /// Source address for each target address, and when it was learnt.
     sources: HashMap<Ipv4Addr, (Ipv4Addr, Instant)>,
     /// Which of the source ports each target's next check takes.
@@ -739,7 +783,6 @@ struct State {
     /// Keys the sequence numbers, so that they cannot be guessed from outside.
     seqs: RandomState,
     next: u64,
-    swept: Instant,
 }
 
 impl Engine {
@@ -749,6 +792,10 @@ impl Engine {
             mut buffers,
             mut state,
         } = self;
+        // However the task ends (an error, a panic, aborted): the clients see it at once.
+        let _stopped = Stopped(Arc::clone(&state.shared));
+        let mut maintain = tokio::time::interval(MAINTAIN);
+        maintain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 ready = answers.readable() => match ready {
@@ -760,6 +807,8 @@ impl Engine {
                             match result {
                                 Ok(lengths) => state.answer(&buffers[..], &lengths),
                                 Err(e) => {
+                                    // Not ready again until the socket says so.
+                                    guard.clear_ready();
                                     log::warn!("TCP checks: reading answers: {e}");
                                     break;
                                 }
@@ -771,14 +820,11 @@ impl Engine {
                             "TCP checks: the answer socket failed ({e}); checks connect a \
                              socket per backend from now on"
                         );
-                        state.shared.failed.store(true, Ordering::Relaxed);
-                        // Dropping the senders of the queued and pending checks fails them
-                        // (one result each).
-                        state.shared.queue.lock().unwrap_or_else(|e| e.into_inner()).clear();
                         return;
                     }
                 },
                 () = state.shared.wake.notified() => state.send_queued(),
+                _ = maintain.tick() => state.maintain(),
             }
         }
     }
@@ -790,10 +836,10 @@ impl State {
             let waiting = parse_answer(&buffer[..len], self.sockets.first_port)
                 .and_then(|a| Some((a, self.pending.remove(&(a.target, a.seq))?)));
             match waiting {
-                Some((answer, reply)) => {
+                Some((answer, pending)) => {
                     self.shared.stats.answered.fetch_add(1, Ordering::Relaxed);
                     // The caller may have given up (timed out) already.
-                    let _ = reply.send(answer.verdict.probe());
+                    let _ = pending.reply.send(answer.verdict.probe());
                 }
                 None => {
                     self.shared.stats.unmatched.fetch_add(1, Ordering::Relaxed);
@@ -818,14 +864,7 @@ impl State {
         let requests =
             std::mem::take(&mut *self.shared.queue.lock().unwrap_or_else(|e| e.into_inner()));
         let now = Instant::now();
-        if now.duration_since(self.swept) >= SWEEP {
-            self.pending.retain(|_, reply| !reply.is_closed());
-            self.sources
-                .retain(|_, (_, learnt)| now.duration_since(*learnt) < SOURCE_TTL);
-            self.turns.forget_older_than(now, SOURCE_TTL);
-            self.swept = now;
-        }
-        let mut batch = Vec::with_capacity(requests.len().min(BATCH));
+        let mut batch = std::mem::take(&mut self.unsent);
         for request in requests {
             let source = match self.source(request.target, now) {
                 Ok(source) => source,
@@ -837,22 +876,54 @@ impl State {
             self.next = self.next.wrapping_add(1);
             let seq = self.seqs.hash_one(self.next) as u32;
             let port = self.sockets.first_port + self.turns.next(request.target, now);
-            let segment = syn_packet(source, port, request.target, seq);
-            self.pending.insert((request.target, seq), request.reply);
-            batch.push((segment, sockaddr_in(request.target), (request.target, seq)));
-            if batch.len() == BATCH {
-                self.send(&mut batch);
-            }
+            let packet = syn_packet(source, port, request.target, seq);
+            let to = sockaddr_in(request.target);
+            self.pending.insert(
+                (request.target, seq),
+                Pending {
+                    reply: request.reply,
+                    packet,
+                    to,
+                    resend_at: now + FIRST_RESEND,
+                    wait: FIRST_RESEND,
+                },
+            );
+            batch.push((packet, to, (request.target, seq)));
         }
-        self.send(&mut batch);
+        self.send(batch);
     }
 
-    /// Writes `batch` and empties it; a SYN the kernel refuses fails its check with the
-    /// error (the kernel's route or neighbour error, as `connect()` would report it).
-    fn send(&mut self, batch: &mut Vec<([u8; SYN_LEN], libc::sockaddr_in, (SocketAddrV4, u32))>) {
+    /// Forgets the checks whose callers gave up and the targets not checked for a while,
+    /// and sends again the SYNs left unanswered for their wait (which then doubles).
+    fn maintain(&mut self) {
+        let now = Instant::now();
+        self.pending.retain(|_, pending| !pending.reply.is_closed());
+        self.sources
+            .retain(|_, (_, learnt)| now.duration_since(*learnt) < SOURCE_TTL);
+        self.turns.forget_older_than(now, SOURCE_TTL);
+        let mut batch = std::mem::take(&mut self.unsent);
+        for (key, pending) in &mut self.pending {
+            if pending.resend_at <= now {
+                pending.wait *= 2;
+                pending.resend_at = now + pending.wait;
+                batch.push((pending.packet, pending.to, *key));
+                self.shared.stats.resent.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.send(batch);
+    }
+
+    /// Writes `batch`, [`BATCH`] SYNs per `sendmmsg()`. A SYN the kernel refuses fails its
+    /// check with the error (the kernel's route or neighbour error, as `connect()` would
+    /// report it); when the send buffer is full, the rest wait for the next batch.
+    fn send(&mut self, batch: Vec<Outgoing>) {
         let mut start = 0;
         while start < batch.len() {
-            let segments: Vec<_> = batch[start..].iter().map(|(s, to, _)| (*s, *to)).collect();
+            let end = batch.len().min(start + BATCH);
+            let segments: Vec<_> = batch[start..end]
+                .iter()
+                .map(|(s, to, _)| (*s, *to))
+                .collect();
             // sendmmsg stops at the first message that fails, and reports its error only
             // when it is the first: the next round starts with it and learns the error.
             let error = match send_batch(self.sockets.send.as_raw_fd(), &segments) {
@@ -867,25 +938,20 @@ impl State {
                 }
                 Err(e) => e,
             };
-            // A full send buffer fails the rest of the batch; any other error only the
-            // check whose SYN it was.
-            let failed = if error.kind() == io::ErrorKind::WouldBlock {
-                log::warn!(
-                    "TCP checks: send buffer full, {} SYNs not sent",
+            if error.kind() == io::ErrorKind::WouldBlock {
+                log::debug!(
+                    "TCP checks: send buffer full, {} SYNs wait for the next batch",
                     batch.len() - start
                 );
-                batch.len()
-            } else {
-                start + 1
-            };
-            for (_, _, key) in &batch[start..failed] {
-                if let Some(reply) = self.pending.remove(key) {
-                    let _ = reply.send(Err(super::connect_reason(&error)));
-                }
+                self.unsent.extend_from_slice(&batch[start..]);
+                return;
             }
-            start = failed;
+            let key = batch[start].2;
+            if let Some(pending) = self.pending.remove(&key) {
+                let _ = pending.reply.send(Err(super::connect_reason(&error)));
+            }
+            start += 1;
         }
-        batch.clear();
     }
 }
 
@@ -1113,7 +1179,7 @@ mod tests {
 
         // A listener with room for one connection in its accept queue.
         let (tiny, target) = listener(0);
-        assert_eq!(client.probe(target).await, Ok(()));
+        assert_eq!(client.probe(target).await, Some(Ok(())));
         // SYN, SYN-ACK and the kernel's reset: nothing reaches the accept queue.
         assert!(
             tokio::time::timeout(ms(200), tiny.accept()).await.is_err(),
@@ -1131,13 +1197,13 @@ mod tests {
         drop(tiny);
         assert_eq!(
             client.probe(target).await,
-            Err("connect refused".to_owned())
+            Some(Err("connect refused".to_owned()))
         );
 
         // A route the kernel refuses (broadcast without SO_BROADCAST): the error of
         // `connect()`; the engine goes on.
         let broadcast = SocketAddrV4::new(Ipv4Addr::BROADCAST, 80);
-        let refused = client.probe(broadcast).await.unwrap_err();
+        let refused = client.probe(broadcast).await.expect("running").unwrap_err();
         assert!(
             refused.starts_with("connect failed: Permission denied"),
             "{refused}"
@@ -1159,7 +1225,7 @@ mod tests {
             } else {
                 Ok(())
             };
-            assert_eq!(result, expected, "{to}");
+            assert_eq!(result, Some(expected), "{to}");
         }
 
         let stats = client.stats();
@@ -1199,8 +1265,75 @@ mod tests {
                 .collect();
             for check in checks {
                 let result = check.await.unwrap();
-                assert_eq!(result, Ok(Ok(())), "round {round}: a check got no answer");
+                assert_eq!(
+                    result,
+                    Ok(Some(Ok(()))),
+                    "round {round}: a check got no answer"
+                );
             }
         }
+    }
+
+    #[tokio::test]
+    async fn an_unanswered_syn_is_sent_again_after_a_second() {
+        let engine = SynProber::start(&tokio::runtime::Handle::current())
+            .expect("raw and packet sockets need CAP_NET_RAW: run the tests as root");
+        let client = engine.client();
+        // A full accept queue drops the first SYN, as a lossy network would.
+        let (tiny, target) = listener(0);
+        let queued = tokio::net::TcpStream::connect(target).await.unwrap();
+        let started = Instant::now();
+        let check = tokio::spawn({
+            let client = client.clone();
+            async move { client.probe(target).await }
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        drop(tiny.accept().await.unwrap());
+        drop(queued);
+        // The queue has room again; the SYN sent again at about 1 s is answered.
+        let result = tokio::time::timeout(Duration::from_secs(3), check)
+            .await
+            .expect("an answer within 3 s")
+            .unwrap();
+        assert_eq!(result, Some(Ok(())));
+        let waited = started.elapsed();
+        assert!(
+            waited >= FIRST_RESEND - MAINTAIN && waited < FIRST_RESEND + 3 * MAINTAIN,
+            "answered after {waited:?}"
+        );
+        assert_eq!(client.stats().resent.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn checks_use_a_socket_once_the_engine_has_stopped() {
+        let engine = SynProber::start(&tokio::runtime::Handle::current())
+            .expect("raw and packet sockets need CAP_NET_RAW: run the tests as root");
+        let client = engine.client();
+        let (_listener, target) = listener(1024);
+        assert_eq!(client.probe(target).await, Some(Ok(())));
+        drop(engine);
+        // The abort takes effect when the runtime next gets to the engine task.
+        for _ in 0..100 {
+            if client.shared.failed.load(Ordering::Relaxed) {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(
+            client.probe(target).await,
+            None,
+            "a stopped engine takes no check"
+        );
+
+        let mut prober = super::super::Prober::with_syn(Some(client));
+        let tcp = crate::config::CheckConfig {
+            kind: crate::config::CheckKind::Tcp,
+            timeout: Duration::from_millis(500),
+            ..crate::config::CheckConfig::default()
+        };
+        let outcome = prober.check(&tcp, std::net::SocketAddr::V4(target)).await;
+        assert!(outcome.ok, "{outcome:?}");
+        assert!(prober.syn.is_none(), "the prober left the stopped engine");
+        assert!(prober.tcp.is_some(), "and checked with its own socket");
     }
 }
