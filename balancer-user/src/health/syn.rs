@@ -1159,6 +1159,12 @@ mod tests {
         assert_eq!(filter.last().map(|i| i.k), Some(0), "ends with drop");
     }
 
+    /// An engine on the test's runtime.
+    fn engine() -> SynProber {
+        SynProber::start(&tokio::runtime::Handle::current())
+            .expect("raw and packet sockets need CAP_NET_RAW: run the tests as root")
+    }
+
     /// A listener on 127.0.0.1 with an accept queue of `backlog`.
     fn listener(backlog: u32) -> (tokio::net::TcpListener, SocketAddrV4) {
         let socket = tokio::net::TcpSocket::new_v4().unwrap();
@@ -1172,8 +1178,7 @@ mod tests {
 
     #[tokio::test]
     async fn syn_checks_find_listening_refusing_and_silent_ports() {
-        let engine = SynProber::start(&tokio::runtime::Handle::current())
-            .expect("raw and packet sockets need CAP_NET_RAW: run the tests as root");
+        let engine = engine();
         let client = engine.client();
         let ms = Duration::from_millis;
 
@@ -1250,8 +1255,7 @@ mod tests {
         // SYN is answered and reset before the next is sent; that checks in flight at
         // once use different source ports is `checks_of_one_target_take_the_source_ports_
         // in_turn`.)
-        let engine = SynProber::start(&tokio::runtime::Handle::current())
-            .expect("raw and packet sockets need CAP_NET_RAW: run the tests as root");
+        let engine = engine();
         let client = engine.client();
         let (_listener, target) = listener(1024);
         for round in 0..5 {
@@ -1276,8 +1280,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_unanswered_syn_is_sent_again_after_a_second() {
-        let engine = SynProber::start(&tokio::runtime::Handle::current())
-            .expect("raw and packet sockets need CAP_NET_RAW: run the tests as root");
+        let engine = engine();
         let client = engine.client();
         // A full accept queue drops the first SYN, as a lossy network would.
         let (tiny, target) = listener(0);
@@ -1306,8 +1309,7 @@ mod tests {
 
     #[tokio::test]
     async fn checks_use_a_socket_once_the_engine_has_stopped() {
-        let engine = SynProber::start(&tokio::runtime::Handle::current())
-            .expect("raw and packet sockets need CAP_NET_RAW: run the tests as root");
+        let engine = engine();
         let client = engine.client();
         let (_listener, target) = listener(1024);
         assert_eq!(client.probe(target).await, Some(Ok(())));
