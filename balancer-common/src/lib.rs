@@ -160,7 +160,7 @@ pub struct Conn {
     /// `VIP_GENS[vip_id]` still holds it (a deleted VIP's flows stop at once).
     pub vip_gen: u32,
     pub _pad: u32,
-    /// Last packet seen, `bpf_ktime_get_coarse_ns` clock (CLOCK_MONOTONIC_COARSE).
+    /// Last packet seen, by the data plane's clock (ns; see `Settings::ns_per_tick`).
     pub last_seen_ns: u64,
 }
 
@@ -199,6 +199,12 @@ pub struct Settings {
     /// another epoch is not used, so the cache never hides a deleted VIP or a backend
     /// whose flows must move.
     pub flow_epoch: u32,
+    /// Length of the kernel's tick (jiffy) in ns, as the resolution of
+    /// `CLOCK_MONOTONIC_COARSE` tells: the data plane's clock is `bpf_jiffies64()` times
+    /// this (an inlined load instead of a helper call). 0: it calls
+    /// `bpf_ktime_get_coarse_ns` instead.
+    pub ns_per_tick: u32,
+    pub _pad: u32,
 }
 
 /// Counters per VIP (`VIP_STATS`) and per backend (`BACKEND_STATS`), per CPU.
@@ -280,7 +286,7 @@ pub struct NextHop {
     pub dmac: [u8; 6],
     pub smac: [u8; 6],
     pub _pad: u32,
-    /// When it was looked up, `bpf_ktime_get_coarse_ns` clock.
+    /// When it was looked up, by the data plane's clock (ns; see `Settings::ns_per_tick`).
     pub at_ns: u64,
 }
 
@@ -358,7 +364,7 @@ const _: () = assert!(core::mem::size_of::<Backend>() == 16);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 16);
 const _: () = assert!(core::mem::size_of::<Conn>() == 40);
 const _: () = assert!(core::mem::size_of::<NatEntry>() == 20);
-const _: () = assert!(core::mem::size_of::<Settings>() == 32);
+const _: () = assert!(core::mem::size_of::<Settings>() == 40);
 const _: () = assert!(core::mem::size_of::<FlowStats>() == 40);
 const _: () = assert!(core::mem::size_of::<RrState>() == 8);
 const _: () = assert!(core::mem::size_of::<NextHop>() == 32);

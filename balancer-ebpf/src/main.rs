@@ -46,7 +46,7 @@ fn try_balancer(ctx: &XdpContext) -> Result<u32, DropReason> {
     };
     let settings = nat::settings()?;
     if maybe_vip(pkt.key.dst_addr) {
-        let now = nat::now();
+        let now = nat::now(settings);
         let stamp = nat::stamp(settings);
         // Established flows first: from this CPU's flow cache (an array read), else by one
         // connection-table lookup; no VIPS lookup either way.

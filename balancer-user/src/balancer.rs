@@ -279,7 +279,27 @@ pub fn settings(timeouts: &Timeouts, nat: &NatConfig) -> Settings {
         snat_port_min: nat.port_min,
         snat_port_max: nat.port_max,
         flow_epoch: 0,
+        ns_per_tick: ns_per_tick(),
+        _pad: 0,
     }
+}
+
+/// The kernel's tick length in ns: the resolution of `CLOCK_MONOTONIC_COARSE`, which
+/// advances once per tick (4 ms at HZ=250). 0 when that cannot be read or makes no sense
+/// (the data plane then uses its coarse clock helper).
+pub fn ns_per_tick() -> u32 {
+    // SAFETY: an all-zero timespec is valid; clock_getres only writes it.
+    let mut res: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: `res` is valid for writes.
+    let rc = unsafe { libc::clock_getres(libc::CLOCK_MONOTONIC_COARSE, &mut res) };
+    if rc != 0 || res.tv_sec != 0 {
+        return 0;
+    }
+    // A tick of HZ = 100 to 1000 (10 ms to 1 ms); anything else is not a jiffy.
+    u32::try_from(res.tv_nsec)
+        .ok()
+        .filter(|ns| (1_000_000..=10_000_000).contains(ns))
+        .unwrap_or(0)
 }
 
 /// The one owner of the data plane's maps.

@@ -389,3 +389,15 @@ fn every_added_vip_gets_a_new_generation() {
     assert_ne!(second.generation, first.generation);
     assert_ne!(second.generation, 0);
 }
+
+#[test]
+fn the_data_plane_clock_gets_this_kernels_tick() {
+    // The resolution of CLOCK_MONOTONIC_COARSE is one jiffy: 1 to 10 ms (HZ 1000 to 100).
+    let tick = ns_per_tick();
+    assert!(
+        (1_000_000..=10_000_000).contains(&tick),
+        "tick of {tick} ns: the data plane would fall back to its clock helper"
+    );
+    let s = settings(&Timeouts::default(), &NatConfig::default());
+    assert_eq!(s.ns_per_tick, tick);
+}
