@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context as _, Result};
 use balancer_tests::{agent::agent_and_nat, Agent, Topology, HTTP_PORT, VIP};
 
-use super::Stop;
+use super::{pin, Stop};
 
 /// The backends' addresses: 10.0.8.1 onwards, inside 10.0.8.0/22.
 const BACKEND_NET: &str = "10.0.8.0/22";
@@ -71,23 +71,6 @@ impl HealthCpu {
     pub fn cpu_net_pct(&self) -> f64 {
         (self.cpu_busy_pct - self.cpu_idle_busy_pct).max(0.0)
     }
-}
-
-/// Pins thread (or process) `tid` to one CPU.
-fn pin(tid: libc::pid_t, cpu: usize) -> Result<()> {
-    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET writes inside it.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `cpu` is below CPU_SETSIZE (checked by the caller's 2-CPU requirement).
-    unsafe { libc::CPU_SET(cpu, &mut set) };
-    // SAFETY: `set` is a valid cpu_set_t of the size passed.
-    let rc = unsafe { libc::sched_setaffinity(tid, std::mem::size_of_val(&set), &set) };
-    if rc != 0 {
-        bail!(
-            "sched_setaffinity({tid}, cpu {cpu}): {}",
-            std::io::Error::last_os_error()
-        );
-    }
-    Ok(())
 }
 
 /// Pins every thread of process `pid`.

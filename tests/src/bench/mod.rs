@@ -40,3 +40,20 @@ impl Stop {
         Ok(())
     }
 }
+
+/// Pins thread (or process) `tid` to one CPU.
+pub fn pin(tid: libc::pid_t, cpu: usize) -> Result<()> {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET writes inside it.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `cpu` is below CPU_SETSIZE (checked by the caller's 2-CPU requirement).
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    // SAFETY: `set` is a valid cpu_set_t of the size passed.
+    let rc = unsafe { libc::sched_setaffinity(tid, std::mem::size_of_val(&set), &set) };
+    if rc != 0 {
+        bail!(
+            "sched_setaffinity({tid}, cpu {cpu}): {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(())
+}

@@ -362,7 +362,8 @@ fn section_per_packet(md: &mut String, r: &Results) {
         md,
         "One TCP VIP (:80) and one UDP VIP (:5300), each with the same 100 backends, Maglev, \
          ring 65537, SNAT; FIB lookups succeed (routes and permanent neighbours in a private \
-         namespace). Each sample is one `BPF_PROG_TEST_RUN` with `repeat = 1` and the original \
+         namespace). Each sample is one `BPF_PROG_TEST_RUN` (from a thread pinned to one CPU, as a \
+         flow's packets are with RSS) with `repeat = 1` and the original \
          frame (this kernel does not restore the input between repeats); the kernel measures \
          `duration`. {} rounds x {} runs per case, interleaved; a warm-up is not counted. \
          The floor is a 2-instruction XDP program (`r0 = XDP_PASS; exit`) loaded with a raw \
