@@ -43,11 +43,15 @@ pub static CONNS: LruHashMap<FlowKey, Conn> = LruHashMap::with_max_entries(CONN_
 pub static FLOW_CACHE: PerCpuArray<FlowCacheEntry> =
     PerCpuArray::with_max_entries(FLOW_CACHE_SLOTS, 0);
 
-/// One counter, changed whenever a new flow takes the SNAT port of a flow whose `CONNS`
-/// entry is gone (evicted): every `FLOW_CACHE` copy made before is then stale, as it may
-/// be of that flow.
+/// One value, changed (to one it never had) whenever a new flow takes the SNAT port of a
+/// flow whose `CONNS` entry is gone (evicted): every `FLOW_CACHE` copy made before is then
+/// stale, as it may be of that flow.
 #[map]
 pub static FLOW_EVICTIONS: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Per CPU, how many times this CPU changed `FLOW_EVICTIONS` (part of the new value).
+#[map]
+pub static EVICTION_SEQ: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 
 /// Reply tuple (backend -> SNAT address:port) -> client and VIP.
 #[map]

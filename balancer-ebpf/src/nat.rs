@@ -3,7 +3,7 @@
 //! and keeps IPv4 and TCP/UDP checksums right by incremental updates.
 use aya_ebpf::{
     bindings::{xdp_action, BPF_ANY, BPF_NOEXIST},
-    helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns},
+    helpers::{bpf_get_smp_processor_id, bpf_jiffies64, bpf_ktime_get_coarse_ns},
     programs::XdpContext,
 };
 use aya_log_ebpf::warn;
@@ -17,7 +17,7 @@ use network_types::ip::Ipv4Hdr;
 use crate::{
     conntrack, csum,
     forward::{transmit_to_backend, transmit_to_client},
-    maps::{BACKENDS, CONNS, FLOW_CACHE, FLOW_EVICTIONS, NAT, SETTINGS, VIP_GENS},
+    maps::{BACKENDS, CONNS, EVICTION_SEQ, FLOW_CACHE, FLOW_EVICTIONS, NAT, SETTINGS, VIP_GENS},
     parse::{ptr_at, Packet, TCP_FIN, TCP_RST},
     select,
     stats::{self, Dir},
@@ -53,7 +53,7 @@ pub fn now(settings: &Settings) -> u64 {
 }
 
 /// What a `FLOW_CACHE` copy must have been made under to be used: the agent's
-/// `flow_epoch` and the `FLOW_EVICTIONS` count.
+/// `flow_epoch` and the `FLOW_EVICTIONS` value.
 #[derive(Clone, Copy)]
 pub struct Stamp {
     epoch: u32,
@@ -387,14 +387,27 @@ fn holder_state(holder: &NatEntry, reply_key: &FlowKey, settings: &Settings, now
     }
 }
 
-/// Changes `FLOW_EVICTIONS` (a lost update of a racing CPU still changes it).
+/// Changes `FLOW_EVICTIONS` to a value it never had: this CPU's number and a count of
+/// this CPU's own (a per-CPU slot, so no race). Whatever order racing CPUs store in, the
+/// last store is new, so no copy was stamped with it. (An increment of the shared value
+/// could be undone by a racing CPU's older store; the BPF target has no atomic add in
+/// Rust's `core`.) The count wraps after 2^20 evictions of one CPU, long after every
+/// copy of that time (at most 250 ms old) is gone.
 #[inline(always)]
 fn count_eviction() {
-    if let Some(count) = FLOW_EVICTIONS.get_ptr_mut(0) {
-        // SAFETY: map value; any store that changes it will do.
-        unsafe {
-            core::ptr::write_volatile(count, core::ptr::read_volatile(count).wrapping_add(1))
-        };
+    let Some(own) = EVICTION_SEQ.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's slot; no other writer while the program runs here.
+    let seq = unsafe {
+        *own = (*own).wrapping_add(1);
+        *own
+    };
+    // SAFETY: plain helper call.
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    if let Some(shared) = FLOW_EVICTIONS.get_ptr_mut(0) {
+        // SAFETY: map value; a single aligned 4-byte store.
+        unsafe { core::ptr::write_volatile(shared, (cpu << 20) | (seq & 0xf_ffff)) };
     }
 }
 

@@ -680,6 +680,7 @@ impl SynProber {
                 seqs: RandomState::new(),
                 next: 0,
             },
+            stopped: Stopped(Arc::clone(&shared)),
         };
         let task = runtime.spawn(engine.run()).abort_handle();
         Ok(SynProber {
@@ -766,6 +767,8 @@ struct Engine {
     answers: AsyncFd<OwnedFd>,
     buffers: Box<[[u8; SNAP]; BATCH]>,
     state: State,
+    /// Dropped with the engine's future, even one never polled.
+    stopped: Stopped,
 }
 
 /// The engine's sockets for sending, its pending checks and their sequence numbers.
@@ -787,13 +790,14 @@ struct State {
 
 impl Engine {
     async fn run(self) {
+        // However the task ends (an error, a panic, aborted, never started): the clients
+        // see it at once, when `_stopped` is dropped.
         let Engine {
             answers,
             mut buffers,
             mut state,
+            stopped: _stopped,
         } = self;
-        // However the task ends (an error, a panic, aborted): the clients see it at once.
-        let _stopped = Stopped(Arc::clone(&state.shared));
         let mut maintain = tokio::time::interval(MAINTAIN);
         maintain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -873,8 +877,14 @@ impl State {
                     continue;
                 }
             };
-            self.next = self.next.wrapping_add(1);
-            let seq = self.seqs.hash_one(self.next) as u32;
+            // A sequence number no other pending check of the target has.
+            let seq = loop {
+                self.next = self.next.wrapping_add(1);
+                let seq = self.seqs.hash_one(self.next) as u32;
+                if !self.pending.contains_key(&(request.target, seq)) {
+                    break seq;
+                }
+            };
             let port = self.sockets.first_port + self.turns.next(request.target, now);
             let packet = syn_packet(source, port, request.target, seq);
             let to = sockaddr_in(request.target);
@@ -916,7 +926,11 @@ impl State {
     /// Writes `batch`, [`BATCH`] SYNs per `sendmmsg()`. A SYN the kernel refuses fails its
     /// check with the error (the kernel's route or neighbour error, as `connect()` would
     /// report it); when the send buffer is full, the rest wait for the next batch.
-    fn send(&mut self, batch: Vec<Outgoing>) {
+    fn send(&mut self, mut batch: Vec<Outgoing>) {
+        // Only SYNs of checks still waiting, each once (a resend may meet its own unsent
+        // first copy): a stale SYN on a reused source port could disturb a live check.
+        let mut keys = std::collections::HashSet::with_capacity(batch.len());
+        batch.retain(|(_, _, key)| self.pending.contains_key(key) && keys.insert(*key));
         let mut start = 0;
         while start < batch.len() {
             let end = batch.len().min(start + BATCH);
@@ -1337,5 +1351,26 @@ mod tests {
         assert!(outcome.ok, "{outcome:?}");
         assert!(prober.syn.is_none(), "the prober left the stopped engine");
         assert!(prober.tcp.is_some(), "and checked with its own socket");
+    }
+
+    #[tokio::test]
+    async fn an_engine_stopped_before_it_ran_takes_no_check() {
+        // On this current-thread runtime the engine's task has not been polled yet.
+        let engine = engine();
+        let client = engine.client();
+        drop(engine);
+        for _ in 0..100 {
+            if client.shared.failed.load(Ordering::Relaxed) {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        let (_listener, target) = listener(16);
+        let probe = tokio::time::timeout(Duration::from_secs(1), client.probe(target));
+        assert_eq!(
+            probe.await,
+            Ok(None),
+            "a check waited for an engine that never ran"
+        );
     }
 }
