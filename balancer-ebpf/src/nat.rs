@@ -255,12 +255,11 @@ fn schedule(
     } else {
         0
     };
-    let snat_port = allocate_port(pkt, vip, &backend, backend_id, settings, now, hash)?;
-    let conn = Conn {
+    let mut conn = Conn {
         backend_addr: backend.addr,
         snat_addr: backend.snat_addr,
         backend_port: backend.port,
-        snat_port,
+        snat_port: 0,
         backend_id,
         vip_id: vip.vip_id,
         state,
@@ -268,25 +267,28 @@ fn schedule(
         _pad: 0,
         last_seen_ns: now,
     };
-    CONNS
-        .insert(&pkt.key, &conn, BPF_ANY as u64)
-        .map_err(|_| stat::DROP_CONN_TABLE)?;
+    allocate_port(pkt, &backend, &mut conn, settings, now, hash)?;
     Ok(Some(conn))
 }
 
-/// Claims a free SNAT port towards `backend` for this flow: a hash-chosen start in the
-/// configured range, then the next ports, `SNAT_PORT_PROBES` tries in all. A taken port is
-/// reclaimed when the flow holding it is gone (its forward entry expired or replaced).
+/// Claims a free SNAT port towards `backend` for this flow and records the flow in both
+/// tables: a hash-chosen start in the configured range, then the next ports,
+/// `SNAT_PORT_PROBES` tries in all. A taken port is reclaimed when the flow holding it is
+/// gone (its forward entry expired, replaced or evicted).
+///
+/// For each port tried, the forward (`CONNS`) entry is written before the reply (`NAT`)
+/// entry: a CPU that then finds this flow's reply entry also finds its holder alive, and
+/// never takes the port in the moment between the two inserts (written the other way
+/// round, it would see the holder as evicted, and two flows would share the tuple).
 #[inline(always)]
 fn allocate_port(
     pkt: &Packet,
-    vip: &VipMeta,
     backend: &Backend,
-    backend_id: u32,
+    conn: &mut Conn,
     settings: &Settings,
     now: u64,
     hash: u64,
-) -> Result<u16, DropReason> {
+) -> Result<(), DropReason> {
     let min = settings.snat_port_min as u32;
     let max = settings.snat_port_max as u32;
     if max < min {
@@ -300,12 +302,16 @@ fn allocate_port(
         vip_addr: pkt.key.dst_addr,
         client_port: pkt.key.src_port,
         vip_port: pkt.key.dst_port,
-        backend_id,
-        vip_id: vip.vip_id,
+        backend_id: conn.backend_id,
+        vip_id: conn.vip_id,
     };
     let mut i = 0;
     while i < SNAT_PORT_PROBES {
         let port = ((min + (start + i) % range) as u16).to_be();
+        conn.snat_port = port;
+        CONNS
+            .insert(&pkt.key, &*conn, BPF_ANY as u64)
+            .map_err(|_| stat::DROP_CONN_TABLE)?;
         let reply_key = FlowKey {
             src_addr: backend.addr,
             dst_addr: backend.snat_addr,
@@ -316,7 +322,7 @@ fn allocate_port(
             _pad1: 0,
         };
         if NAT.insert(&reply_key, &entry, BPF_NOEXIST as u64).is_ok() {
-            return Ok(port);
+            return Ok(());
         }
         if let Some(holder) = unsafe { NAT.get(&reply_key) } {
             // A flow replacing its own tuple (the client reused its port) takes back the
@@ -335,12 +341,14 @@ fn allocate_port(
                     count_eviction();
                 }
                 if NAT.insert(&reply_key, &entry, BPF_ANY as u64).is_ok() {
-                    return Ok(port);
+                    return Ok(());
                 }
             }
         }
         i += 1;
     }
+    // The forward entry names a port this flow does not hold.
+    let _ = CONNS.remove(&pkt.key);
     Err(stat::DROP_SNAT_EXHAUSTED)
 }
 

@@ -221,6 +221,16 @@ impl Fixture {
             .collect()
     }
 
+    /// Whether `CONNS` has an entry for the flow.
+    fn has_conn(&self, key: &FlowKey) -> bool {
+        let map = self
+            .ebpf
+            .map(map_names::CONNS)
+            .expect("the object has CONNS");
+        let conns = aya::maps::HashMap::<_, FlowKey, Conn>::try_from(map).expect("an LRU hash map");
+        conns.get(key, 0).is_ok()
+    }
+
     /// Removes a flow's `CONNS` entry (nothing but the cache then knows the flow).
     fn forget_conn(&mut self, key: &FlowKey) {
         let map = self
@@ -556,6 +566,13 @@ fn a_cached_flow_whose_snat_port_went_to_another_flow_is_not_forwarded() {
         "the evicted flow's packet must not be forwarded"
     );
     assert_eq!(fx.global(stat::DROP_SNAT_EXHAUSTED), 1);
+    // A flow that got no port leaves no forward entry (written before each reply entry
+    // it tries) naming a port it does not hold.
+    assert!(
+        !fx.has_conn(&client_key(&syn())),
+        "a CONNS entry without its port"
+    );
+    assert!(fx.has_conn(&client_key(&second)));
 }
 
 #[test]
