@@ -194,10 +194,10 @@ pub struct Settings {
     /// SNAT port range, inclusive, host byte order.
     pub snat_port_min: u16,
     pub snat_port_max: u16,
-    /// Changes after every write to `BACKENDS` or `VIP_GENS` (the agent's maps layer
-    /// counts it; whoever else builds a `Settings` leaves it 0): a `FLOW_CACHE` entry of
-    /// another epoch is not used, so the cache never hides a deleted VIP or a backend
-    /// whose flows must move.
+    /// Changes after every write to `VIP_GENS` and every write of a backend flagged
+    /// `BACKEND_F_RESCHEDULE` (the agent's maps layer counts it; whoever else builds a
+    /// `Settings` leaves it 0): a `FLOW_CACHE` entry of another epoch is not used, so the
+    /// cache never hides a deleted VIP or a backend whose flows must move.
     pub flow_epoch: u32,
     /// Length of the kernel's tick (jiffy) in ns, as the resolution of
     /// `CLOCK_MONOTONIC_COARSE` tells: the data plane's clock is `bpf_jiffies64()` times

@@ -11,7 +11,8 @@ use aya::{
     Ebpf,
 };
 use balancer_common::{
-    addr_slot, map_names, stat, Backend, FlowStats, Settings, VipKey, VipMeta, RING_ENTRIES,
+    addr_slot, map_names, stat, Backend, FlowStats, Settings, VipKey, VipMeta,
+    BACKEND_F_RESCHEDULE, RING_ENTRIES,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -118,7 +119,8 @@ pub struct AyaMaps {
     settings: Array<MapData, Settings>,
     /// What `SETTINGS` holds (once written), with the `flow_epoch` this layer counts.
     written_settings: Option<Settings>,
-    /// Changed after every write to `BACKENDS` or `VIP_GENS`, see [`Settings::flow_epoch`].
+    /// Changed after every write to `VIP_GENS` and every backend flagged to move its flows,
+    /// see [`Settings::flow_epoch`].
     flow_epoch: u32,
     vip_stats: PerCpuArray<MapData, FlowStats>,
     backend_stats: PerCpuArray<MapData, FlowStats>,
@@ -258,9 +260,10 @@ fn zeroed_per_cpu<T: aya::Pod + Default>(map: &'static str) -> Result<PerCpuValu
 }
 
 impl AyaMaps {
-    /// Starts a new `flow_epoch` after a write to `BACKENDS` or `VIP_GENS`: the data plane's
-    /// per-CPU flow cache then uses no copy made before the write (each flow's next packet
-    /// takes the connection-table path, which checks the VIP and the backend again).
+    /// Starts a new `flow_epoch` after a write to `VIP_GENS`, or of a backend whose flows
+    /// must move: the data plane's per-CPU flow cache then uses no copy made before the
+    /// write (each flow's next packet takes the connection-table path, which checks the
+    /// VIP and the backend again).
     fn new_flow_epoch(&mut self) -> Result<(), MapsError> {
         self.flow_epoch = self.flow_epoch.wrapping_add(1);
         match self.written_settings {
@@ -335,7 +338,12 @@ impl Maps for AyaMaps {
         self.backends
             .set(id, backend, 0)
             .map_err(aya_err(map_names::BACKENDS))?;
-        self.new_flow_epoch()
+        // Of a backend's entry, the established path reads only this flag (its flows'
+        // copies hold address and port): a new epoch is needed only when it is set.
+        if backend.flags & BACKEND_F_RESCHEDULE != 0 {
+            self.new_flow_epoch()?;
+        }
+        Ok(())
     }
 
     fn set_ring_slot(&mut self, index: u32, backend_id: u32) -> Result<(), MapsError> {
