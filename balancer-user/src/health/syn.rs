@@ -524,17 +524,17 @@ impl Sockets {
 
 /// `sendmmsg()` of `segments` to their targets; the number written, which is less than
 /// `segments.len()` when the one after them failed.
-fn send_batch(fd: RawFd, segments: &[([u8; SYN_LEN], libc::sockaddr_in)]) -> io::Result<usize> {
+fn send_batch(fd: RawFd, segments: &[Outgoing]) -> io::Result<usize> {
     let mut iovecs: Vec<libc::iovec> = segments
         .iter()
-        .map(|(segment, _)| libc::iovec {
+        .map(|(segment, _, _)| libc::iovec {
             iov_base: segment.as_ptr().cast_mut().cast(),
             iov_len: SYN_LEN,
         })
         .collect();
     // SAFETY: an all-zero mmsghdr is valid (no name, no buffers).
     let mut messages: Vec<libc::mmsghdr> = vec![unsafe { std::mem::zeroed() }; segments.len()];
-    for ((message, iovec), (_, to)) in messages.iter_mut().zip(&mut iovecs).zip(segments) {
+    for ((message, iovec), (_, to, _)) in messages.iter_mut().zip(&mut iovecs).zip(segments) {
         message.msg_hdr.msg_name = (to as *const libc::sockaddr_in).cast_mut().cast();
         message.msg_hdr.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
         message.msg_hdr.msg_iov = iovec;
@@ -934,13 +934,10 @@ impl State {
         let mut start = 0;
         while start < batch.len() {
             let end = batch.len().min(start + BATCH);
-            let segments: Vec<_> = batch[start..end]
-                .iter()
-                .map(|(s, to, _)| (*s, *to))
-                .collect();
+            let segments = &batch[start..end];
             // sendmmsg stops at the first message that fails, and reports its error only
             // when it is the first: the next round starts with it and learns the error.
-            let error = match send_batch(self.sockets.send.as_raw_fd(), &segments) {
+            let error = match send_batch(self.sockets.send.as_raw_fd(), segments) {
                 Ok(0) => io::Error::other("sendmmsg wrote nothing"),
                 Ok(sent) => {
                     self.shared
