@@ -91,6 +91,9 @@ pub fn test(harness_args: &[OsString]) -> Result<i32> {
             .args([
                 "test",
                 "--workspace",
+                // The bench's own unit tests too (the replay wrapper is loaded for real).
+                "--features",
+                "balancer-tests/bench",
                 "--no-fail-fast",
                 "--",
                 "--test-threads=1",

@@ -5,6 +5,7 @@ pub mod e2e;
 pub mod health;
 pub mod maglev;
 pub mod perf;
+pub mod replay;
 pub mod report;
 pub mod stats;
 pub mod udpload;
