@@ -133,6 +133,22 @@ pub struct FlowKey {
     pub _pad1: u16,
 }
 
+impl FlowKey {
+    /// The key as two words, as it lies in memory (little-endian): two compares instead of
+    /// one per field.
+    #[inline(always)]
+    pub const fn words(&self) -> [u64; 2] {
+        [
+            (self.src_addr as u64) | (self.dst_addr as u64) << 32,
+            (self.src_port as u64)
+                | (self.dst_port as u64) << 16
+                | (self.proto as u64) << 32
+                | (self._pad0 as u64) << 40
+                | (self._pad1 as u64) << 48,
+        ]
+    }
+}
+
 /// Flow state bits (`Conn::state`).
 /// A FIN or RST was seen: the entry lives only `Settings::closing_timeout_ns` more.
 pub const FLOW_CLOSING: u32 = 1;
@@ -324,26 +340,42 @@ pub const FLOW_CACHE_BITS: u32 = 12;
 /// Fibonacci hashing (the top bits of the product are well mixed).
 #[inline(always)]
 pub const fn flow_slot(key: &FlowKey) -> u32 {
-    let addrs = ((key.src_addr as u64) << 32) | key.dst_addr as u64;
-    let rest = ((key.src_port as u64) << 24) | ((key.dst_port as u64) << 8) | key.proto as u64;
+    let [addrs, rest] = key.words();
     let folded = addrs ^ rest.wrapping_mul(0xff51_afd7_ed55_8ccd);
     (folded.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - FLOW_CACHE_BITS)) as u32
 }
 
-/// Value of `FLOW_CACHE` (a per-CPU array, one cache line per slot): a copy of an
-/// established flow's `CONNS` entry as this CPU last left it, with its key. The data plane
-/// forwards from it, without the `CONNS` lookup, while the copy's `last_seen_ns` is less
-/// than the touch interval old (when touching the `CONNS` entry would change nothing), the
-/// packet has no SYN, FIN or RST, `Settings::flow_epoch` is still the one the copy was
-/// made in (the VIP's generation and the backend's flags were checked then), and
-/// `FLOW_EVICTIONS` has not changed since (no SNAT port was taken from a flow whose `CONNS`
-/// entry the LRU evicted: it could be this one's); everything else takes the `CONNS`
-/// path, which refreshes the copy.
-#[repr(C)]
+/// Value of `FLOW_CACHE` (a per-CPU array, one cache line per slot): what forwarding a
+/// packet of an established flow needs, copied from its `CONNS` entry as this CPU last left
+/// it, with the translation's checksum changes worked out. The data plane forwards from it,
+/// without the `CONNS` lookup, while the copy's `last_seen_ns` is less than the touch
+/// interval old (when touching the `CONNS` entry would change nothing), the packet has no
+/// SYN, FIN or RST, `Settings::flow_epoch` is still the one the copy was made in (the VIP's
+/// generation and the backend's flags were checked then), and `FLOW_EVICTIONS` has not
+/// changed since (no SNAT port was taken from a flow whose `CONNS` entry the LRU evicted: it
+/// could be this one's); everything else takes the `CONNS` path, which refreshes the copy.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct FlowCacheEntry {
+    /// The client's tuple (the `CONNS` key).
     pub key: FlowKey,
-    pub conn: Conn,
+    /// `Conn::backend_addr`, `snat_addr`, `backend_port`, `snat_port` (network byte order).
+    pub backend_addr: u32,
+    pub snat_addr: u32,
+    pub backend_port: u16,
+    pub snat_port: u16,
+    /// The translation's change to the IPv4 header checksum: the one's-complement sum of
+    /// the new address words and the complements of the old ones (RFC 1624), folded.
+    pub ip_csum_diff: u16,
+    /// The same for the TCP/UDP checksum: the addresses (pseudo-header) and the ports.
+    pub l4_csum_diff: u16,
+    pub backend_id: u32,
+    pub vip_id: u32,
+    /// `Conn::state`.
+    pub state: u32,
+    pub _pad: u32,
+    /// `Conn::last_seen_ns`.
+    pub last_seen_ns: u64,
     /// `Settings::flow_epoch` when the copy was made.
     pub epoch: u32,
     /// `FLOW_EVICTIONS[0]` when the copy was made.

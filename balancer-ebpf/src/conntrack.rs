@@ -7,10 +7,10 @@ use crate::parse::{Packet, TCP_FIN, TCP_RST, TCP_SYN};
 /// packet; timeouts are whole seconds, so the error is negligible.
 const TOUCH_INTERVAL_NS: u64 = 250_000_000;
 
-/// How long an entry of protocol `proto` may stay idle.
+/// How long an entry in `state` (`FLOW_*` bits) of protocol `proto` may stay idle.
 #[inline(always)]
-pub fn timeout_ns(conn: &Conn, proto: u8, settings: &Settings) -> u64 {
-    if conn.state & FLOW_CLOSING != 0 {
+pub fn timeout_ns(state: u32, proto: u8, settings: &Settings) -> u64 {
+    if state & FLOW_CLOSING != 0 {
         settings.closing_timeout_ns
     } else if proto == PROTO_TCP {
         settings.tcp_timeout_ns
@@ -23,7 +23,7 @@ pub fn timeout_ns(conn: &Conn, proto: u8, settings: &Settings) -> u64 {
 /// is a closing one when the client opens the same tuple again with a SYN.
 #[inline(always)]
 pub fn is_live(conn: &Conn, pkt: &Packet, settings: &Settings, now: u64) -> bool {
-    if now.saturating_sub(conn.last_seen_ns) > timeout_ns(conn, pkt.key.proto, settings) {
+    if now.saturating_sub(conn.last_seen_ns) > timeout_ns(conn.state, pkt.key.proto, settings) {
         return false;
     }
     !(conn.state & FLOW_CLOSING != 0 && pkt.tcp_flags & TCP_SYN != 0 && pkt.tcp_flags & 0x10 == 0)
@@ -35,11 +35,19 @@ pub fn is_live(conn: &Conn, pkt: &Packet, settings: &Settings, now: u64) -> bool
 /// less than [`TOUCH_INTERVAL_NS`] old): then the `CONNS` path would do exactly what the
 /// copy does.
 #[inline(always)]
-pub fn cache_serves(conn: &Conn, pkt: &Packet, settings: &Settings, now: u64) -> bool {
+pub fn cache_serves(
+    state: u32,
+    last_seen_ns: u64,
+    pkt: &Packet,
+    settings: &Settings,
+    now: u64,
+) -> bool {
+    let idle = now.saturating_sub(last_seen_ns);
+    // With no SYN and not closing, `is_live` is this idle check alone.
     pkt.tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) == 0
-        && conn.state & FLOW_CLOSING == 0
-        && now.saturating_sub(conn.last_seen_ns) <= TOUCH_INTERVAL_NS
-        && is_live(conn, pkt, settings, now)
+        && state & FLOW_CLOSING == 0
+        && idle <= TOUCH_INTERVAL_NS
+        && idle <= timeout_ns(state, pkt.key.proto, settings)
 }
 
 /// Updates the entry for a packet of its flow: FIN/RST start the closing timeout.

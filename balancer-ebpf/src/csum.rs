@@ -27,6 +27,18 @@ impl Diff {
         Diff(self.0 + (!old) as u64 + new as u64)
     }
 
+    /// The changes as one 16-bit one's-complement word, to keep (see [`Diff::from_folded`]).
+    #[inline(always)]
+    pub fn folded(self) -> u16 {
+        fold(self.0)
+    }
+
+    /// Changes kept by [`Diff::folded`]: applying them gives the same checksum.
+    #[inline(always)]
+    pub fn from_folded(word: u16) -> Self {
+        Diff(word as u64)
+    }
+
     /// The checksum `check` with the changes applied.
     #[inline(always)]
     pub fn apply(self, check: u16) -> u16 {

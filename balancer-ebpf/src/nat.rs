@@ -94,26 +94,55 @@ pub fn cached(
     };
     // SAFETY: per-CPU map value, written only by this CPU (not while this program runs).
     let cached = unsafe { &*slot };
-    if cached.key != pkt.key || cached.epoch != stamp.epoch || cached.evictions != stamp.evictions {
+    if cached.key.words() != pkt.key.words()
+        || cached.epoch != stamp.epoch
+        || cached.evictions != stamp.evictions
+    {
         return Ok(None);
     }
-    let conn = cached.conn;
-    if !conntrack::cache_serves(&conn, pkt, settings, now) {
+    if !conntrack::cache_serves(cached.state, cached.last_seen_ns, pkt, settings, now) {
         return Ok(None);
     }
-    forward(ctx, pkt, &conn, now, false).map(Some)
+    stats::count_flow(
+        cached.vip_id,
+        cached.backend_id,
+        pkt.len,
+        Dir::ToBackend,
+        false,
+    );
+    let to = Rewrite {
+        src_addr: cached.snat_addr,
+        dst_addr: cached.backend_addr,
+        src_port: cached.snat_port,
+        dst_port: cached.backend_port,
+    };
+    let ip_diff = csum::Diff::from_folded(cached.ip_csum_diff);
+    let l4_diff = csum::Diff::from_folded(cached.l4_csum_diff);
+    rewrite_with(ctx, pkt, &to, ip_diff, l4_diff)?;
+    transmit_to_backend(ctx, pkt, &to, cached.backend_id, now).map(Some)
 }
 
-/// Keeps a copy of the flow's `CONNS` entry in this CPU's `FLOW_CACHE`, under `stamp`
-/// (read before the VIP and backend checks the caller did).
+/// Keeps what forwarding the flow's packets needs, from its `CONNS` entry, in this CPU's
+/// `FLOW_CACHE`, under `stamp` (read before the VIP and backend checks the caller did).
 #[inline(always)]
 fn remember(key: &FlowKey, conn: &Conn, stamp: Stamp) {
     if let Some(slot) = FLOW_CACHE.get_ptr_mut(flow_slot(key)) {
+        let (ip_diff, l4_diff) = csum_diffs(key, &to_backend(conn));
         // SAFETY: per-CPU map value; no other writer while this program runs on this CPU.
         unsafe {
             *slot = FlowCacheEntry {
                 key: *key,
-                conn: *conn,
+                backend_addr: conn.backend_addr,
+                snat_addr: conn.snat_addr,
+                backend_port: conn.backend_port,
+                snat_port: conn.snat_port,
+                ip_csum_diff: ip_diff.folded(),
+                l4_csum_diff: l4_diff.folded(),
+                backend_id: conn.backend_id,
+                vip_id: conn.vip_id,
+                state: conn.state,
+                _pad: 0,
+                last_seen_ns: conn.last_seen_ns,
                 epoch: stamp.epoch,
                 evictions: stamp.evictions,
             }
@@ -202,14 +231,20 @@ fn forward(
         Dir::ToBackend,
         new_flow,
     );
-    let to = Rewrite {
+    let to = to_backend(conn);
+    rewrite(ctx, pkt, &to)?;
+    transmit_to_backend(ctx, pkt, &to, conn.backend_id, now)
+}
+
+/// How a packet of `conn` leaves for its backend.
+#[inline(always)]
+fn to_backend(conn: &Conn) -> Rewrite {
+    Rewrite {
         src_addr: conn.snat_addr,
         dst_addr: conn.backend_addr,
         src_port: conn.snat_port,
         dst_port: conn.backend_port,
-    };
-    rewrite(ctx, pkt, &to)?;
-    transmit_to_backend(ctx, pkt, &to, conn.backend_id, now)
+    }
 }
 
 /// Is the flow's backend down with a policy that moves its flows?
@@ -386,7 +421,7 @@ fn holder_state(holder: &NatEntry, reply_key: &FlowKey, settings: &Settings, now
             if conn.snat_port == reply_key.dst_port
                 && conn.backend_addr == reply_key.src_addr
                 && now.saturating_sub(conn.last_seen_ns)
-                    <= conntrack::timeout_ns(conn, reply_key.proto, settings) =>
+                    <= conntrack::timeout_ns(conn.state, reply_key.proto, settings) =>
         {
             Holder::Alive
         }
@@ -478,6 +513,33 @@ pub struct Rewrite {
 /// Rewrites addresses and ports to `to` and fixes both checksums.
 #[inline(always)]
 fn rewrite(ctx: &XdpContext, pkt: &Packet, to: &Rewrite) -> Result<(), DropReason> {
+    let (ip_diff, l4_diff) = csum_diffs(&pkt.key, to);
+    rewrite_with(ctx, pkt, to, ip_diff, l4_diff)
+}
+
+/// The changes to the IPv4 and the TCP/UDP checksums when the tuple `from` becomes `to`
+/// (the addresses are in both: the TCP/UDP checksum covers a pseudo-header).
+#[inline(always)]
+fn csum_diffs(from: &FlowKey, to: &Rewrite) -> (csum::Diff, csum::Diff) {
+    let addr_diff = csum::Diff::default()
+        .u32(from.src_addr, to.src_addr)
+        .u32(from.dst_addr, to.dst_addr);
+    let l4_diff = addr_diff
+        .u16(from.src_port, to.src_port)
+        .u16(from.dst_port, to.dst_port);
+    (addr_diff, l4_diff)
+}
+
+/// Rewrites addresses and ports to `to` and applies the checksum changes worked out for it
+/// (see [`csum_diffs`]).
+#[inline(always)]
+fn rewrite_with(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    to: &Rewrite,
+    ip_diff: csum::Diff,
+    l4_diff: csum::Diff,
+) -> Result<(), DropReason> {
     let &Rewrite {
         src_addr,
         dst_addr,
@@ -485,22 +547,16 @@ fn rewrite(ctx: &XdpContext, pkt: &Packet, to: &Rewrite) -> Result<(), DropReaso
         dst_port,
     } = to;
     let ip: *mut Ipv4Hdr = ptr_at(ctx, pkt.ip_off)?;
-    let addr_diff = csum::Diff::default()
-        .u32(pkt.key.src_addr, src_addr)
-        .u32(pkt.key.dst_addr, dst_addr);
     // SAFETY: ptr_at checked the bounds.
     unsafe {
         (*ip).src_addr = src_addr.to_ne_bytes();
         (*ip).dst_addr = dst_addr.to_ne_bytes();
         let check = u16::from_ne_bytes((*ip).check);
-        (*ip).check = addr_diff.apply(check).to_ne_bytes();
+        (*ip).check = ip_diff.apply(check).to_ne_bytes();
     }
 
     // Source and destination ports are the first 4 bytes of both TCP and UDP headers.
     let ports: *mut [u16; 2] = ptr_at(ctx, pkt.l4_off)?;
-    let l4_diff = addr_diff
-        .u16(pkt.key.src_port, src_port)
-        .u16(pkt.key.dst_port, dst_port);
     // SAFETY: ptr_at checked the bounds.
     unsafe { *ports = [src_port, dst_port] };
     if pkt.key.proto == PROTO_UDP {

@@ -476,10 +476,10 @@ fn established_packets_are_forwarded_from_the_cpus_flow_cache_but_fin_and_syn_ar
     assert_eq!(cached.len(), 1, "one cached flow: {cached:?}");
     assert_eq!(cached[0].key, key);
     assert_eq!(
-        cached[0].conn.backend_addr,
+        cached[0].backend_addr,
         u32::from_ne_bytes(WEB_BACKEND.octets())
     );
-    assert_eq!(cached[0].conn.snat_port, first.sport.to_be());
+    assert_eq!(cached[0].snat_port, first.sport.to_be());
 
     // With the CONNS entry gone, only the cache knows the flow: the ACK still goes to the
     // same backend with the same SNAT port, and no flow is scheduled.
