@@ -1574,6 +1574,40 @@ pub fn analysis(r: &Results) -> Vec<String> {
             xdp_share(e, Peer::DirectXdpPass),
             xdp_share(e, Peer::Direct),
         );
+        // What a target asks of direct, next to what the control (XDP doing nothing) got.
+        let of_direct = |peer: Peer, m: Metric| -> Option<f64> {
+            match (e.best(peer, m), e.best(Peer::Direct, m)) {
+                (Some(v), Some(d)) if d > 0.0 => Some(v / d),
+                _ => None,
+            }
+        };
+        for m in [ka, cl] {
+            let control = of_direct(Peer::DirectXdpPass, m);
+            let needs: Vec<String> = [(Peer::Nftables, 1.3), (Peer::Haproxy, 1.8)]
+                .iter()
+                .filter_map(|&(peer, goal)| {
+                    let need = goal * of_direct(peer, m)?;
+                    let beyond = control.is_some_and(|c| need > c);
+                    Some(format!(
+                        "{goal}x {} needs {need:.2} of direct{}",
+                        peer.short(),
+                        if beyond {
+                            " (more than the control)"
+                        } else {
+                            ""
+                        }
+                    ))
+                })
+                .collect();
+            if let (Some(c), false) = (control, needs.is_empty()) {
+                let _ = write!(
+                    p,
+                    "{}: {}; the control reached {c:.2}. ",
+                    m.name(),
+                    needs.join(", ")
+                );
+            }
+        }
         let tcp_of = |peer: Peer, side: &str, name: &str| -> u64 {
             e.runs
                 .iter()
