@@ -67,6 +67,14 @@ fn skb_mode_is_honoured() {
     run.client
         .http_get(Topology::vip_http(), DEFAULT_TIMEOUT)
         .expect("a request through the VIP with generic XDP");
+    // UDP too: the bench measures generic mode as the mode to pick on veth.
+    let tally = run
+        .client
+        .udp_request_many(Topology::vip_udp(), 10, DEFAULT_TIMEOUT);
+    assert!(
+        tally.failures.is_empty(),
+        "expected 10 UDP requests through the VIP with generic XDP to be answered: {tally}"
+    );
 }
 
 #[test]

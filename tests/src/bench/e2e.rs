@@ -62,25 +62,42 @@ pub enum Peer {
     /// Direct, with an XDP program that passes everything on the lb's two veths: what XDP
     /// mode costs on veth by itself.
     DirectXdpPass,
+    /// The agent with XDP in driver (native) mode, its default where the driver has it.
     Balancer,
+    /// The agent with XDP in generic (skb) mode: on veth the faster one (see
+    /// [`Peer::TARGETS`]).
+    BalancerGeneric,
     Nftables,
     Haproxy,
 }
 
 impl Peer {
-    pub const ALL: [Peer; 5] = [
+    pub const ALL: [Peer; 6] = [
         Peer::Direct,
         Peer::DirectXdpPass,
         Peer::Balancer,
+        Peer::BalancerGeneric,
         Peer::Nftables,
         Peer::Haproxy,
     ];
+
+    /// The balancer path the end-to-end targets are measured on. The bench runs on veth,
+    /// where the agent's generic (`xdp_mode = "skb"`) mode is the one to pick: the program
+    /// runs on the skb the veth hands over and a redirect passes that skb on, where driver
+    /// mode copies it into an XDP buffer and builds a new skb at the target veth.
+    pub const TARGETS: Peer = Peer::BalancerGeneric;
+
+    /// Whether this path is the agent (in either XDP mode).
+    pub fn is_balancer(self) -> bool {
+        matches!(self, Peer::Balancer | Peer::BalancerGeneric)
+    }
 
     pub fn name(self) -> &'static str {
         match self {
             Peer::Direct => "direct",
             Peer::DirectXdpPass => "direct + XDP_PASS on the lb veths",
-            Peer::Balancer => "balancer (XDP)",
+            Peer::Balancer => "balancer (XDP, driver mode)",
+            Peer::BalancerGeneric => "balancer (XDP, generic mode)",
             Peer::Nftables => "nftables DNAT",
             Peer::Haproxy => "HAProxy (TCP)",
         }
@@ -98,6 +115,7 @@ impl Peer {
             Peer::Direct => "direct",
             Peer::DirectXdpPass => "direct+xdp",
             Peer::Balancer => "balancer",
+            Peer::BalancerGeneric => "balancer-generic",
             Peer::Nftables => "nftables",
             Peer::Haproxy => "HAProxy",
         }
@@ -486,6 +504,15 @@ fn setup(topo: &Topology, peer: Peer, dir: &Path) -> Result<Setup> {
             topo,
             &default_config(topo, "maglev"),
         )?)),
+        Peer::BalancerGeneric => {
+            let config = default_config(topo, "maglev");
+            let generic = config.replace("xdp_mode = \"auto\"", "xdp_mode = \"skb\"");
+            ensure!(
+                generic != config,
+                "the test configuration has no `xdp_mode = \"auto\"` to make generic"
+            );
+            Setup::Agent(Box::new(Agent::start(topo, &generic)?))
+        }
         Peer::Nftables => {
             let file = dir.join("nft.rules");
             std::fs::write(&file, nft_rules(topo))?;
@@ -914,7 +941,7 @@ fn run_case(
                 .collect(),
         ),
         Peer::Haproxy => (format!("http://{VIP}/"), None, vip_http, Vec::new()),
-        Peer::Balancer | Peer::Nftables => (
+        Peer::Balancer | Peer::BalancerGeneric | Peer::Nftables => (
             format!("http://{VIP}/"),
             None,
             vip_http,
@@ -955,7 +982,10 @@ fn run_case(
         ));
         let profiled = !close
             && round == 0
-            && matches!(peer, Peer::Direct | Peer::DirectXdpPass | Peer::Balancer);
+            && matches!(
+                peer,
+                Peer::Direct | Peer::DirectXdpPass | Peer::Balancer | Peer::BalancerGeneric
+            );
         let recording = match p.profile_secs {
             Some(secs) if profiled && perf::available() => {
                 let secs = secs.min(p.http_duration.as_secs().saturating_sub(2)).max(1);
