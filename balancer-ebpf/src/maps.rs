@@ -37,8 +37,9 @@ pub static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
 #[map]
 pub static CONNS: LruHashMap<FlowKey, Conn> = LruHashMap::with_max_entries(CONN_TABLE_SIZE, 0);
 
-/// Per-CPU copies of recently used `CONNS` entries, direct-mapped by `flow_slot` (an
-/// exact-match cache: an array read and a key compare instead of a hash-table lookup).
+/// Per-CPU, what forwarding recently used flows needs (their translation and its checksum
+/// changes, from their `CONNS` entries), direct-mapped by `flow_slot` (an exact-match
+/// cache: an array read and a key compare instead of a hash-table lookup).
 #[map]
 pub static FLOW_CACHE: PerCpuArray<FlowCacheEntry> =
     PerCpuArray::with_max_entries(FLOW_CACHE_SLOTS, 0);

@@ -125,13 +125,22 @@ pub fn cached(
 /// Keeps what forwarding the flow's packets needs, from its `CONNS` entry, in this CPU's
 /// `FLOW_CACHE`, under `stamp` (read before the VIP and backend checks the caller did).
 #[inline(always)]
-fn remember(key: &FlowKey, conn: &Conn, stamp: Stamp) {
+fn remember(key: &FlowKey, conn: &Conn, stamp: Stamp, diffs: (csum::Diff, csum::Diff)) {
     if let Some(slot) = FLOW_CACHE.get_ptr_mut(flow_slot(key)) {
-        let (ip_diff, l4_diff) = csum_diffs(key, &to_backend(conn));
+        let (ip_diff, l4_diff) = diffs;
         // SAFETY: per-CPU map value; no other writer while this program runs on this CPU.
         unsafe {
             *slot = FlowCacheEntry {
-                key: *key,
+                // Field by field: a copy of the whole key becomes a memmove call on BPF.
+                key: FlowKey {
+                    src_addr: key.src_addr,
+                    dst_addr: key.dst_addr,
+                    src_port: key.src_port,
+                    dst_port: key.dst_port,
+                    proto: key.proto,
+                    _pad0: 0,
+                    _pad1: 0,
+                },
                 backend_addr: conn.backend_addr,
                 snat_addr: conn.snat_addr,
                 backend_port: conn.backend_port,
@@ -180,8 +189,9 @@ pub fn established(
     }
     conntrack::touch(entry, pkt, now);
     // SAFETY: as above; the copy as touched.
-    remember(&pkt.key, unsafe { &*entry }, stamp);
-    forward(ctx, pkt, &conn, now, false).map(Some)
+    let diffs = csum_diffs(&pkt.key, &to_backend(&conn));
+    remember(&pkt.key, unsafe { &*entry }, stamp, diffs);
+    forward(ctx, pkt, &conn, now, false, diffs).map(Some)
 }
 
 /// A packet for `vip` that is no established flow: schedule a new flow, translate the
@@ -211,11 +221,13 @@ pub fn new_flow(
             return Err(reason);
         }
     };
-    remember(&pkt.key, &conn, stamp);
-    forward(ctx, pkt, &conn, now, true)
+    let diffs = csum_diffs(&pkt.key, &to_backend(&conn));
+    remember(&pkt.key, &conn, stamp, diffs);
+    forward(ctx, pkt, &conn, now, true, diffs)
 }
 
-/// Counts, translates and sends a packet of `conn` to its backend.
+/// Counts, translates and sends a packet of `conn` to its backend; `diffs` are the
+/// translation's checksum changes ([`csum_diffs`]).
 #[inline(always)]
 fn forward(
     ctx: &XdpContext,
@@ -223,6 +235,7 @@ fn forward(
     conn: &Conn,
     now: u64,
     new_flow: bool,
+    (ip_diff, l4_diff): (csum::Diff, csum::Diff),
 ) -> Result<u32, DropReason> {
     stats::count_flow(
         conn.vip_id,
@@ -232,7 +245,7 @@ fn forward(
         new_flow,
     );
     let to = to_backend(conn);
-    rewrite(ctx, pkt, &to)?;
+    rewrite_with(ctx, pkt, &to, ip_diff, l4_diff)?;
     transmit_to_backend(ctx, pkt, &to, conn.backend_id, now)
 }
 

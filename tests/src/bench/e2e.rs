@@ -49,7 +49,8 @@ pub struct Params {
     pub testsrv_check: bool,
     /// Repetitions of each CLI command timed.
     pub cli_repeats: usize,
-    /// `perf record -a` during the first keep-alive run of direct and of the balancer.
+    /// `perf record -a` during the first keep-alive run of direct, the XDP_PASS control and
+    /// both balancer paths.
     pub profile_secs: Option<u64>,
     /// The paths to run (all by default).
     pub peers: Vec<Peer>,
@@ -82,9 +83,11 @@ impl Peer {
     ];
 
     /// The balancer path the end-to-end targets are measured on. The bench runs on veth,
-    /// where the agent's generic (`xdp_mode = "skb"`) mode is the one to pick: the program
-    /// runs on the skb the veth hands over and a redirect passes that skb on, where driver
-    /// mode copies it into an XDP buffer and builds a new skb at the target veth.
+    /// where the agent's generic (`xdp_mode = "skb"`) mode is the one to pick: both modes
+    /// copy a socket-built skb to give the program its headroom, but in generic mode the
+    /// program runs in the veth's own receive path and a redirect transmits the skb on the
+    /// target veth (`generic_xdp_tx`), where driver mode hands it to the veth's NAPI through
+    /// a ring and builds a new skb from the frame at the target veth.
     pub const TARGETS: Peer = Peer::BalancerGeneric;
 
     /// Whether this path is the agent (in either XDP mode).
@@ -980,12 +983,8 @@ fn run_case(
                 "keep-alive"
             }
         ));
-        let profiled = !close
-            && round == 0
-            && matches!(
-                peer,
-                Peer::Direct | Peer::DirectXdpPass | Peer::Balancer | Peer::BalancerGeneric
-            );
+        let profiled = !close && round == 0 && matches!(peer, Peer::Direct | Peer::DirectXdpPass)
+            || peer.is_balancer();
         let recording = match p.profile_secs {
             Some(secs) if profiled && perf::available() => {
                 let secs = secs.min(p.http_duration.as_secs().saturating_sub(2)).max(1);

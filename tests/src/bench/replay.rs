@@ -123,7 +123,8 @@ fn wrapper(frame: &[u8], prog_array: RawFd) -> Result<Vec<u64>> {
 /// A loaded wrapper that replays one frame into one program.
 pub struct Replay {
     prog: OwnedFd,
-    // The tail-call slot; the wrapper holds its own reference, kept here for clarity.
+    // Must stay open: when the last user reference to a prog array closes, the kernel
+    // empties it, and every tail call would then fail (XDP_ABORTED).
     _prog_array: OwnedFd,
 }
 

@@ -128,15 +128,22 @@ fn ratio_target(e2e: Option<&E2e>, metric: Metric, peer: Peer, goal: f64) -> Tar
         return Target::unknown(&what, &goal_text, "end-to-end section did not run");
     };
     match (e2e.best(Peer::TARGETS, metric), e2e.best(peer, metric)) {
+        (None, _) => Target::unknown(
+            &what,
+            &goal_text,
+            &format!("path {} not run", Peer::TARGETS.short()),
+        ),
         (Some(b), Some(o)) if o > 0.0 => {
             let r = b / o;
             let driver = e2e
                 .best(Peer::Balancer, metric)
                 .map_or("-".into(), |d| format!("{:.2}x", d / o));
             let measured = format!(
-                "{r:.2}x ({} vs {}; generic XDP; driver mode {driver})",
+                "{r:.2}x ({} vs {}; {}; {} {driver})",
                 rate(b),
-                rate(o)
+                rate(o),
+                Peer::TARGETS.name(),
+                Peer::Balancer.name()
             );
             let verdict = if r >= goal {
                 Verdict::Met(format!("by {:+.0}%", (r / goal - 1.0) * 100.0))
@@ -1005,7 +1012,7 @@ fn section_scale(md: &mut String, r: &Results) {
                 md,
                 "CONNS and NAT sized to {} entries, filled first with {} SYNs of fresh tuples \
                  ({:.2} s), then SYNs of further fresh tuples: each one is a new flow that \
-                 evicts least-recently-used entries. Same method as section 1.\n\n\
+                 evicts least-recently-used entries. One run per test run, as in section 1.\n\n\
                  | case | ns/packet median (p10-p90) | net of floor | new flows/s on one CPU |\n\
                  |---|---|---|---|\n\
                  | {} | {} | {net:.0} ns | {} (by the median incl. harness), {} (net) |\n\
@@ -1479,9 +1486,9 @@ pub fn analysis(r: &Results) -> Vec<String> {
                 "The program is {} translated instructions ({} bytes of JIT code). The \
                  established path does, per packet: the `VIP_ADDRS` array read, the SETTINGS \
                  array read, the clock (`bpf_jiffies64`, inlined by the verifier, times the tick \
-                 length), the per-CPU `FLOW_CACHE` read (a copy of the \
-                 flow's CONNS entry, valid for the current `flow_epoch` and 250 ms since the \
-                 entry was touched; the CONNS LRU lookup, the `VIP_GENS` and `BACKENDS` checks \
+                 length), the per-CPU `FLOW_CACHE` read (the flow's translation and checksum \
+                 changes, taken from its CONNS entry, valid for the current `flow_epoch` and \
+                 250 ms since the entry was touched; the CONNS LRU lookup, the `VIP_GENS` and `BACKENDS` checks \
                  and the entry's update run once per flow, CPU and 250 ms), three per-CPU \
                  counter updates (VIP, backend, verdict), the incremental IPv4 and TCP \
                  checksum updates, the per-CPU next-hop cache read and `bpf_redirect`. ",
@@ -1494,7 +1501,7 @@ pub fn analysis(r: &Results) -> Vec<String> {
         if let Some(prof) = ok(&r.profile) {
             let _ = write!(
                 p,
-                "perf over {} runs of that case puts about {:.0} ns per packet in the FIB \
+                "perf over {} one-run-per-test-run runs of that case puts about {:.0} ns per packet in the FIB \
                  lookup (`bpf_ipv4_fib_lookup`, `fib_table_lookup`), {:.0} ns in BPF hash-map \
                  lookups and {:.0} ns in the JIT code itself; the rest of the {:.0} ns per \
                  syscall is the test-run harness (copies of the frame and context, the \
@@ -1573,10 +1580,11 @@ pub fn analysis(r: &Results) -> Vec<String> {
              skb at the target veth (`__build_skb_around`), where kernel forwarding hands the \
              original skb along. The balancer in driver mode reached {} (keep-alive) and {} \
              (per request) of that control. In generic mode (`xdp_mode = \"skb\"`) the \
-             program runs on the skb the veth delivers and a redirect hands that skb to the \
-             other veth (`dev_queue_xmit`), so no XDP buffer is filled and no skb rebuilt: \
-             there the balancer reached {} (keep-alive) and {} (per request) of direct, the \
-             figures the targets use. In the profiles the XDP-specific categories (program, \
+             socket-built skbs are copied too (`netif_skb_check_for_xdp`), but the program runs \
+             in the veth's own receive path and a redirect transmits the skb on the other veth \
+             (`generic_xdp_tx`): no hand-off to the veth's NAPI through a ring and no new skb \
+             built from a frame. There the balancer reached {} (keep-alive) and {} (per \
+             request) of direct, the figures the targets use. In the profiles the XDP-specific categories (program, \
              map lookups, the copy, the rebuild, veth/XDP plumbing) took {} of all samples for \
              the balancer in driver mode, {} in generic mode, {} for the control and {} for \
              direct. With native XDP on a NIC the program runs before any skb exists, so \
@@ -1615,9 +1623,10 @@ pub fn analysis(r: &Results) -> Vec<String> {
             if let (Some(b), false) = (reached, needs.is_empty()) {
                 let _ = write!(
                     p,
-                    "{}: {}; the balancer (generic mode) reached {b:.2}. ",
+                    "{}: {}; {} reached {b:.2}. ",
                     m.name(),
-                    needs.join(", ")
+                    needs.join(", "),
+                    Peer::TARGETS.name()
                 );
             }
         }
@@ -1700,7 +1709,8 @@ pub fn analysis(r: &Results) -> Vec<String> {
              rebuilt as an skb after the redirect, while direct and nftables forward the \
              original skb. The control \"direct + XDP_PASS\" reached {} of direct (its \
              passed packets pay the copy and then the whole kernel forwarding), the balancer \
-             {} in driver mode and {} in generic mode (no copy, no rebuild). shared/TOOLCHAIN.md measured the same veth effect with a minimal XDP router \
+             {} in driver mode and {} in generic mode (a copy, but no NAPI hand-off and no \
+             rebuild). shared/TOOLCHAIN.md measured the same veth effect with a minimal XDP router \
              (0.8x the kernel's forwarding for 18-byte UDP). The echo servers (testsrv, one \
              thread each) and the generator share the same {} CPUs.",
             ratio(e, Peer::DirectXdpPass, Peer::Direct, Metric::Udp),

@@ -221,7 +221,27 @@ pub(super) fn load_xdp(name: &[u8], insns: &[u64]) -> Result<OwnedFd> {
         expected_attach_type: BPF_XDP,
         ..ProgLoadAttr::default()
     };
-    let fd = bpf(BPF_PROG_LOAD, &mut attr).context("BPF_PROG_LOAD")?;
+    let fd = match bpf(BPF_PROG_LOAD, &mut attr) {
+        Ok(fd) => fd,
+        Err(first) => {
+            // Again with the verifier's log, to say why.
+            let mut log = vec![0u8; 1 << 16];
+            attr.log_level = 1;
+            attr.log_size = log.len() as u32;
+            attr.log_buf = log.as_mut_ptr() as u64;
+            let again = bpf(BPF_PROG_LOAD, &mut attr);
+            let text = String::from_utf8_lossy(&log);
+            let text = text.trim_end_matches('\0').trim_end();
+            let tail: Vec<&str> = text.lines().rev().take(8).collect();
+            match again {
+                Ok(fd) => fd,
+                Err(_) => bail!(
+                    "BPF_PROG_LOAD: {first}; verifier log ends:\n{}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                ),
+            }
+        }
+    };
     // SAFETY: the kernel returned a new file descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }

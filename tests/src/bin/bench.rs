@@ -5,7 +5,8 @@
 //! bench [--out DIR] [--budget SECS] [--quick] [--only PARTS] [--skip PARTS] [--rounds N]
 //!       [--http-secs N] [--udp-secs N] [--peers PATHS]
 //! PARTS: comma-separated of xdp, profile, fulltable, maglev, memory, health, e2e
-//! PATHS: comma-separated of direct, direct+xdp, balancer, nftables, haproxy (the e2e paths)
+//! PATHS: comma-separated of direct, direct+xdp, balancer, balancer-generic, nftables, haproxy
+//!        (the e2e paths; the end-to-end targets use balancer-generic)
 //! ```
 //! Run it through `cargo xtask bench` (root, release build, every package installed). The
 //! whole run is bounded (13 minutes, or `--budget`); Ctrl-C stops it at the next step, and every namespace
@@ -32,7 +33,8 @@ const USAGE: &str =
     "usage: bench [--out DIR] [--budget SECS] [--quick] [--only PARTS] [--skip PARTS] \
                      [--rounds N] [--http-secs N] [--udp-secs N] [--peers PATHS]\n\
                      PARTS: comma-separated of xdp, profile, fulltable, maglev, memory, health, e2e\n\
-                     PATHS: comma-separated of direct, direct+xdp, balancer, nftables, haproxy";
+                     PATHS: comma-separated of direct, direct+xdp, balancer, balancer-generic, \
+                     nftables, haproxy";
 const PARTS: [&str; 7] = [
     "xdp",
     "profile",
