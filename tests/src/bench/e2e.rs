@@ -509,10 +509,16 @@ fn setup(topo: &Topology, peer: Peer, dir: &Path) -> Result<Setup> {
         )?)),
         Peer::BalancerGeneric => {
             let config = default_config(topo, "maglev");
-            let generic = config.replace("xdp_mode = \"auto\"", "xdp_mode = \"skb\"");
+            // Its own SNAT ports: it runs right after the driver-mode agent, whose
+            // connections' tuples still sit in TIME-WAIT on the backends (60 s). A new
+            // agent would hand those ports to other client connections, and the backends
+            // reject such SYNs by PAWS (measured: ~1000 per run, each a 1 s SYN resend).
+            let generic = config
+                .replace("xdp_mode = \"auto\"", "xdp_mode = \"skb\"")
+                .replace("[nat]\n", "[nat]\nport_range = \"7000-19999\"\n");
             ensure!(
-                generic != config,
-                "the test configuration has no `xdp_mode = \"auto\"` to make generic"
+                generic.contains("xdp_mode = \"skb\"") && generic.contains("port_range"),
+                "the test configuration has no `xdp_mode = \"auto\"` or `[nat]` to change"
             );
             Setup::Agent(Box::new(Agent::start(topo, &generic)?))
         }

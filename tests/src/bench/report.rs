@@ -638,7 +638,9 @@ fn section_e2e(md: &mut String, r: &Results) {
          - **balancer**: the agent (`default_config`, Maglev, XDP in driver mode on both lb \
          veths, full NAT).\n\
          - **balancer-generic**: the same agent with `xdp_mode = \"skb\"` (generic XDP), the \
-         mode to pick on veth; the targets use this path.\n\
+         mode to pick on veth, and SNAT ports of its own (7000-19999: it runs right after the \
+         driver-mode agent, whose tuples are still in TIME-WAIT on the backends); the targets \
+         use this path.\n\
          - **nftables DNAT**: `dnat to numgen inc mod 3 map {{...}}` in prerouting plus \
          masquerade towards the backends (as kube-proxy's nftables mode does).\n\
          - **HAProxy**: 2.6, `mode tcp`, round-robin, bound to the VIP on the lb's `lo` (no UDP).\n\n\
