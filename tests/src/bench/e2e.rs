@@ -989,8 +989,10 @@ fn run_case(
                 "keep-alive"
             }
         ));
-        let profiled = !close && round == 0 && matches!(peer, Peer::Direct | Peer::DirectXdpPass)
-            || peer.is_balancer();
+        // First keep-alive run only: perf itself costs CPU the run then lacks.
+        let profiled = !close
+            && round == 0
+            && (peer.is_balancer() || matches!(peer, Peer::Direct | Peer::DirectXdpPass));
         let recording = match p.profile_secs {
             Some(secs) if profiled && perf::available() => {
                 let secs = secs.min(p.http_duration.as_secs().saturating_sub(2)).max(1);
