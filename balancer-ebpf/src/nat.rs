@@ -103,23 +103,18 @@ pub fn cached(
     if !conntrack::cache_serves(cached.state, cached.last_seen_ns, pkt, settings, now) {
         return Ok(None);
     }
-    stats::count_flow(
-        cached.vip_id,
-        cached.backend_id,
-        pkt.len,
-        Dir::ToBackend,
-        false,
-    );
     let to = Rewrite {
         src_addr: cached.snat_addr,
         dst_addr: cached.backend_addr,
         src_port: cached.snat_port,
         dst_port: cached.backend_port,
     };
-    let ip_diff = csum::Diff::from_folded(cached.ip_csum_diff);
-    let l4_diff = csum::Diff::from_folded(cached.l4_csum_diff);
-    rewrite_with(ctx, pkt, &to, ip_diff, l4_diff)?;
-    transmit_to_backend(ctx, pkt, &to, cached.backend_id, now).map(Some)
+    let diffs = (
+        csum::Diff::from_folded(cached.ip_csum_diff),
+        csum::Diff::from_folded(cached.l4_csum_diff),
+    );
+    let ids = (cached.vip_id, cached.backend_id);
+    forward(ctx, pkt, ids, &to, diffs, now, false).map(Some)
 }
 
 /// Keeps what forwarding the flow's packets needs, from its `CONNS` entry, in this CPU's
@@ -188,10 +183,12 @@ pub fn established(
         return Ok(None);
     }
     conntrack::touch(entry, pkt, now);
-    // SAFETY: as above; the copy as touched.
-    let diffs = csum_diffs(&pkt.key, &to_backend(&conn));
+    let to = to_backend(&conn);
+    let diffs = csum_diffs(&pkt.key, &to);
+    // SAFETY: as above; the entry as touched.
     remember(&pkt.key, unsafe { &*entry }, stamp, diffs);
-    forward(ctx, pkt, &conn, now, false, diffs).map(Some)
+    let ids = (conn.vip_id, conn.backend_id);
+    forward(ctx, pkt, ids, &to, diffs, now, false).map(Some)
 }
 
 /// A packet for `vip` that is no established flow: schedule a new flow, translate the
@@ -221,32 +218,36 @@ pub fn new_flow(
             return Err(reason);
         }
     };
-    let diffs = csum_diffs(&pkt.key, &to_backend(&conn));
+    let to = to_backend(&conn);
+    let diffs = csum_diffs(&pkt.key, &to);
     remember(&pkt.key, &conn, stamp, diffs);
-    forward(ctx, pkt, &conn, now, true, diffs)
+    forward(
+        ctx,
+        pkt,
+        (conn.vip_id, conn.backend_id),
+        &to,
+        diffs,
+        now,
+        true,
+    )
 }
 
-/// Counts, translates and sends a packet of `conn` to its backend; `diffs` are the
-/// translation's checksum changes ([`csum_diffs`]).
+/// Counts a packet of the flow of VIP and backend `(vip_id, backend_id)`, translates it to
+/// `to` with the checksum changes `diffs` ([`csum_diffs`]) and sends it to the backend:
+/// the last step of the cached, the `CONNS` and the new-flow paths alike.
 #[inline(always)]
 fn forward(
     ctx: &XdpContext,
     pkt: &Packet,
-    conn: &Conn,
+    (vip_id, backend_id): (u32, u32),
+    to: &Rewrite,
+    (ip_diff, l4_diff): (csum::Diff, csum::Diff),
     now: u64,
     new_flow: bool,
-    (ip_diff, l4_diff): (csum::Diff, csum::Diff),
 ) -> Result<u32, DropReason> {
-    stats::count_flow(
-        conn.vip_id,
-        conn.backend_id,
-        pkt.len,
-        Dir::ToBackend,
-        new_flow,
-    );
-    let to = to_backend(conn);
-    rewrite_with(ctx, pkt, &to, ip_diff, l4_diff)?;
-    transmit_to_backend(ctx, pkt, &to, conn.backend_id, now)
+    stats::count_flow(vip_id, backend_id, pkt.len, Dir::ToBackend, new_flow);
+    rewrite_with(ctx, pkt, to, ip_diff, l4_diff)?;
+    transmit_to_backend(ctx, pkt, to, backend_id, now)
 }
 
 /// How a packet of `conn` leaves for its backend.

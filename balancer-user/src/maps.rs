@@ -260,6 +260,14 @@ fn zeroed_per_cpu<T: aya::Pod + Default>(map: &'static str) -> Result<PerCpuValu
 }
 
 impl AyaMaps {
+    /// Writes `VIP_GENS[id]` (0: no VIP holds the id), then starts a new `flow_epoch`.
+    fn set_vip_gen(&mut self, id: u32, generation: u32) -> Result<(), MapsError> {
+        self.vip_gens
+            .set(id, generation, 0)
+            .map_err(aya_err(map_names::VIP_GENS))?;
+        self.new_flow_epoch()
+    }
+
     /// Starts a new `flow_epoch` after a write to `VIP_GENS`, or of a backend whose flows
     /// must move: the data plane's per-CPU flow cache then uses no copy made before the
     /// write (each flow's next packet takes the connection-table path, which checks the
@@ -290,10 +298,7 @@ impl Maps for AyaMaps {
     fn set_vip(&mut self, key: &VipKey, meta: &VipMeta) -> Result<(), MapsError> {
         let writes = self.present.writes_for(key, meta.vip_id, meta.generation);
         if let Some((id, generation)) = writes.generation {
-            self.vip_gens
-                .set(id, generation, 0)
-                .map_err(aya_err(map_names::VIP_GENS))?;
-            self.new_flow_epoch()?;
+            self.set_vip_gen(id, generation)?;
         }
         if let Some((slot, count)) = writes.count {
             self.vip_addrs
@@ -306,10 +311,7 @@ impl Maps for AyaMaps {
             .map_err(aya_err(map_names::VIPS))?;
         self.present.record(key, meta.vip_id, meta.generation);
         if let Some(id) = writes.clear {
-            self.vip_gens
-                .set(id, 0, 0)
-                .map_err(aya_err(map_names::VIP_GENS))?;
-            self.new_flow_epoch()?;
+            self.set_vip_gen(id, 0)?;
         }
         Ok(())
     }
@@ -323,10 +325,7 @@ impl Maps for AyaMaps {
             Err(e) => return Err(aya_err(map_names::VIPS)(e)),
         }
         if let Some((slot, count, vip_id)) = self.present.removed(key) {
-            self.vip_gens
-                .set(vip_id, 0, 0)
-                .map_err(aya_err(map_names::VIP_GENS))?;
-            self.new_flow_epoch()?;
+            self.set_vip_gen(vip_id, 0)?;
             self.vip_addrs
                 .set(slot, count, 0)
                 .map_err(aya_err(map_names::VIP_ADDRS))?;

@@ -566,22 +566,16 @@ impl Case {
         }
     }
 
-    /// `frame` through `replay`, `repeat` runs per test run (each sample is their mean).
-    fn replayed(
-        name: &'static str,
-        replay: &Replay,
-        ingress: u32,
-        expect: u32,
-        frame: &[u8],
-        repeat: u32,
-    ) -> Case {
+    /// This case's `frame` through `replay`, `repeat` runs per test run (each sample is
+    /// their mean).
+    fn replayed(&self, replay: &Replay, frame: &[u8], repeat: u32) -> Case {
         Case {
             repeat,
             ..Case::new(
-                name,
+                self.name,
                 replay.raw_fd(),
-                ingress,
-                expect,
+                self.ingress,
+                self.expect,
                 Frames::Fixed(frame.to_vec()),
             )
         }
@@ -816,14 +810,7 @@ fn per_packet_in_ns(plan: Plan, stop: &Stop) -> Result<PerPacket> {
         };
         let replay = Replay::new(frame, case.fd)
             .with_context(|| format!("a replay wrapper for {}", case.name))?;
-        replayed.push(Case::replayed(
-            case.name,
-            &replay,
-            case.ingress,
-            case.expect,
-            frame,
-            REPEAT,
-        ));
+        replayed.push(case.replayed(&replay, frame, REPEAT));
         wrappers.push(replay);
     }
     let replay_plan = Plan {
