@@ -14,10 +14,60 @@ use super::Stop;
 pub struct RingBuild {
     pub m: u32,
     pub backends: usize,
-    /// "fresh" (no previous table) or "rebuild, 1 removed" (previous table given).
+    /// "fresh" (no previous table), a rebuild from the previous table, or
+    /// [`PAPER`], the reference.
     pub kind: &'static str,
     /// Build times in ms.
     pub ms: Summary,
+}
+
+/// [`RingBuild::kind`] of the reference: the Maglev paper's own population algorithm.
+pub const PAPER: &str = "Maglev paper's populate (reference)";
+
+/// The Maglev paper's population algorithm (Eisenbud et al., NSDI 2016, section 3.4,
+/// Pseudocode 1), as a same-machine reference for the builder: the backends take turns,
+/// each taking the next free slot of its permutation `(offset + j * skip) mod m`, until
+/// every slot is filled. The permutation is stepped on the fly instead of read from the
+/// paper's precomputed N x M table (262 MB for 1000 backends). Offset and skip come from
+/// two halves of the key, which is already a well-mixed hash.
+#[must_use]
+pub fn paper_populate(keys: &[u64], m: u32) -> Vec<u32> {
+    const EMPTY: u32 = u32::MAX;
+    if keys.is_empty() {
+        return Vec::new();
+    }
+    if m < 2 {
+        return vec![0; m as usize];
+    }
+    let mut table = vec![EMPTY; m as usize];
+    let m64 = u64::from(m);
+    // (next slot to try, skip) per backend
+    let mut walk: Vec<(u32, u32)> = keys
+        .iter()
+        .map(|&k| ((k % m64) as u32, ((k >> 32) % (m64 - 1) + 1) as u32))
+        .collect();
+    let mut filled = 0u32;
+    loop {
+        for (i, (next, skip)) in walk.iter_mut().enumerate() {
+            let step = |c: u32| {
+                if c >= m - *skip {
+                    c - (m - *skip)
+                } else {
+                    c + *skip
+                }
+            };
+            let mut c = *next;
+            while table[c as usize] != EMPTY {
+                c = step(c);
+            }
+            table[c as usize] = i as u32;
+            *next = step(c);
+            filled += 1;
+            if filled == m {
+                return table;
+            }
+        }
+    }
 }
 
 fn backends(n: usize) -> Vec<RingBackend> {
@@ -48,9 +98,10 @@ fn time_builds(builds: usize, mut build: impl FnMut() -> Vec<u32>) -> Summary {
     summarize(&ms)
 }
 
-/// Fresh builds for M = 65537 with 10, 100, 1000 backends and M = 655373 with 1000, and
-/// the agent's incremental case: a rebuild from the previous table after removing one of
-/// 1000 backends.
+/// Fresh builds for M = 65537 with 10, 100, 1000 backends and M = 655373 with 1000; the
+/// agent's incremental builds (from the previous table) after removing one of 1000
+/// backends and after adding one to 10 and to 1000; and [`paper_populate`] for M = 65537
+/// with 1000 backends.
 pub fn ring_builds(builds: usize, stop: &Stop) -> Result<Vec<RingBuild>> {
     let mut out = Vec::new();
     for (m, n) in [(65_537, 10), (65_537, 100), (65_537, 1000), (655_373, 1000)] {
@@ -79,5 +130,50 @@ pub fn ring_builds(builds: usize, stop: &Stop) -> Result<Vec<RingBuild>> {
         kind: "rebuild after removing 1 (previous table given)",
         ms: time_builds(builds, || ring::maglev(&fewer, m, Some(&prev))),
     });
+    for before in [10, 1000] {
+        stop.check()?;
+        let more = backends(before + 1);
+        let prev = ring::maglev(&more[..before], m, None);
+        out.push(RingBuild {
+            m,
+            backends: before + 1,
+            kind: "rebuild after adding 1 (previous table given)",
+            ms: time_builds(builds, || ring::maglev(&more, m, Some(&prev))),
+        });
+    }
+    stop.check()?;
+    let keys: Vec<u64> = all.iter().map(|b| b.key).collect();
+    out.push(RingBuild {
+        m,
+        backends: n,
+        kind: PAPER,
+        ms: time_builds(builds, || paper_populate(&keys, m)),
+    });
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paper_populate_fills_every_slot_in_turns() {
+        for (m, n) in [(7u32, 3usize), (251, 10), (65_537, 1000)] {
+            let keys: Vec<u64> = backends(n).iter().map(|b| b.key).collect();
+            let table = paper_populate(&keys, m);
+            assert_eq!(table.len(), m as usize);
+            let mut counts = vec![0u32; n];
+            for &b in &table {
+                counts[b as usize] += 1;
+            }
+            // One slot per turn: the first m % n backends get one more.
+            let (lo, hi) = (m / n as u32, m.div_ceil(n as u32));
+            for (i, &c) in counts.iter().enumerate() {
+                let want = if (i as u32) < m % n as u32 { hi } else { lo };
+                assert_eq!(c, want, "m={m} n={n} backend {i}");
+            }
+        }
+        assert!(paper_populate(&[], 7).is_empty());
+        assert_eq!(paper_populate(&[5], 1), vec![0]);
+    }
 }
