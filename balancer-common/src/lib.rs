@@ -207,6 +207,10 @@ pub struct Settings {
     pub udp_timeout_ns: u64,
     /// Lifetime of a TCP flow after FIN or RST.
     pub closing_timeout_ns: u64,
+    /// How long the SNAT port of a closed TCP flow rests after the flow's last packet
+    /// before another client's flow gets it while other ports are free: the backends'
+    /// TIME-WAIT, during which they may reject that client's SYN (PAWS).
+    pub snat_time_wait_ns: u64,
     /// SNAT port range, inclusive, host byte order.
     pub snat_port_min: u16,
     pub snat_port_max: u16,
@@ -266,7 +270,10 @@ pub mod stat {
     pub const CONN_RESCHEDULED: u32 = 14;
     /// Passed: a new flow for a VIP whose backends are all down, with `on_all_down = "pass"`.
     pub const PASS_ALL_DOWN: u32 = 15;
-    pub const COUNT: u32 = 16;
+    /// A new flow took a SNAT port still resting after its previous flow closed (within
+    /// `Settings::snat_time_wait_ns`), because no probed port was free.
+    pub const SNAT_PORT_REUSED_EARLY: u32 = 16;
+    pub const COUNT: u32 = 17;
 
     /// Human names, indexed like the constants.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -286,6 +293,7 @@ pub mod stat {
         "conn_expired",
         "conn_rescheduled",
         "pass_all_down",
+        "snat_port_reused_early",
     ];
 }
 
@@ -396,7 +404,7 @@ const _: () = assert!(core::mem::size_of::<Backend>() == 16);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 16);
 const _: () = assert!(core::mem::size_of::<Conn>() == 40);
 const _: () = assert!(core::mem::size_of::<NatEntry>() == 20);
-const _: () = assert!(core::mem::size_of::<Settings>() == 40);
+const _: () = assert!(core::mem::size_of::<Settings>() == 48);
 const _: () = assert!(core::mem::size_of::<FlowStats>() == 40);
 const _: () = assert!(core::mem::size_of::<RrState>() == 8);
 const _: () = assert!(core::mem::size_of::<NextHop>() == 32);

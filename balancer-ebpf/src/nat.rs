@@ -9,7 +9,7 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 use balancer_common::{
     flow_slot, stat, Backend, Conn, FlowCacheEntry, FlowKey, NatEntry, Settings, VipMeta,
-    BACKEND_F_PRESENT, BACKEND_F_RESCHEDULE, FLOW_CLOSING, PROTO_UDP, SNAT_PORT_PROBES,
+    BACKEND_F_PRESENT, BACKEND_F_RESCHEDULE, FLOW_CLOSING, PROTO_TCP, PROTO_UDP, SNAT_PORT_PROBES,
     VIP_F_PASS_ALL_DOWN,
 };
 use network_types::ip::Ipv4Hdr;
@@ -323,7 +323,10 @@ fn schedule(
 /// Claims a free SNAT port towards `backend` for this flow and records the flow in both
 /// tables: a hash-chosen start in the configured range, then the next ports,
 /// `SNAT_PORT_PROBES` tries in all. A taken port is reclaimed when the flow holding it is
-/// gone (its forward entry expired, replaced or evicted).
+/// gone (its forward entry expired, replaced or evicted). The port of a closed TCP flow
+/// rests for `Settings::snat_time_wait_ns` first, as the backend may still hold the
+/// tuple in TIME-WAIT and reject another client's SYN on it (PAWS: that client's
+/// timestamps are unrelated); it is only taken when none of the probed ports is free.
 ///
 /// For each port tried, the forward (`CONNS`) entry is written before the reply (`NAT`)
 /// entry: a CPU that then finds this flow's reply entry also finds its holder alive, and
@@ -354,6 +357,8 @@ fn allocate_port(
         backend_id: conn.backend_id,
         vip_id: conn.vip_id,
     };
+    // The first probed port whose closed flow still rests (see above).
+    let mut resting = None;
     let mut i = 0;
     while i < SNAT_PORT_PROBES {
         let port = ((min + (start + i) % range) as u16).to_be();
@@ -361,18 +366,11 @@ fn allocate_port(
         CONNS
             .insert(&pkt.key, &*conn, BPF_ANY as u64)
             .map_err(|_| stat::DROP_CONN_TABLE)?;
-        let reply_key = FlowKey {
-            src_addr: backend.addr,
-            dst_addr: backend.snat_addr,
-            src_port: backend.port,
-            dst_port: port,
-            proto: pkt.key.proto,
-            _pad0: 0,
-            _pad1: 0,
-        };
+        let reply_key = reply_tuple(backend, port, pkt.key.proto);
         if NAT.insert(&reply_key, &entry, BPF_NOEXIST as u64).is_ok() {
             return Ok(());
         }
+        // SAFETY: read-only look at a map value.
         if let Some(holder) = unsafe { NAT.get(&reply_key) } {
             // A flow replacing its own tuple (the client reused its port) takes back the
             // same SNAT port: the backend then sees the very tuple sequence the client
@@ -383,7 +381,10 @@ fn allocate_port(
             } else {
                 holder_state(holder, &reply_key, settings, now)
             };
-            if holder != Holder::Alive {
+            if holder == Holder::Resting && resting.is_none() {
+                resting = Some(port);
+            }
+            if holder == Holder::Gone || holder == Holder::Evicted {
                 if holder == Holder::Evicted {
                     // The evicted flow may still be forwarded from a CPU's FLOW_CACHE,
                     // with this port: no copy made before this point may be used.
@@ -396,9 +397,36 @@ fn allocate_port(
         }
         i += 1;
     }
+    if let Some(port) = resting {
+        // Every probed port is held or resting: better a tuple the backend may still
+        // hold in TIME-WAIT (the client's SYN then passes or is retried) than a drop.
+        conn.snat_port = port;
+        CONNS
+            .insert(&pkt.key, &*conn, BPF_ANY as u64)
+            .map_err(|_| stat::DROP_CONN_TABLE)?;
+        let reply_key = reply_tuple(backend, port, pkt.key.proto);
+        if NAT.insert(&reply_key, &entry, BPF_ANY as u64).is_ok() {
+            stats::count(stat::SNAT_PORT_REUSED_EARLY);
+            return Ok(());
+        }
+    }
     // The forward entry names a port this flow does not hold.
     let _ = CONNS.remove(&pkt.key);
     Err(stat::DROP_SNAT_EXHAUSTED)
+}
+
+/// The tuple of a reply from `backend` to SNAT port `port` (network byte order).
+#[inline(always)]
+fn reply_tuple(backend: &Backend, port: u16, proto: u8) -> FlowKey {
+    FlowKey {
+        src_addr: backend.addr,
+        dst_addr: backend.snat_addr,
+        src_port: backend.port,
+        dst_port: port,
+        proto,
+        _pad0: 0,
+        _pad1: 0,
+    }
 }
 
 /// The client's tuple (the `CONNS` key) of the flow a reply entry belongs to.
@@ -419,6 +447,9 @@ fn client_key(entry: &NatEntry, proto: u8) -> FlowKey {
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Holder {
     Alive,
+    /// A closed TCP flow, expired less than `Settings::snat_time_wait_ns` after its last
+    /// packet: the backend may still hold the tuple in TIME-WAIT.
+    Resting,
     /// Expired, or its tuple now has another flow.
     Gone,
     /// Its `CONNS` entry is gone (the LRU evicted it).
@@ -432,12 +463,19 @@ fn holder_state(holder: &NatEntry, reply_key: &FlowKey, settings: &Settings, now
     // SAFETY: read-only look at a map value.
     match unsafe { CONNS.get(&client_key) } {
         Some(conn)
-            if conn.snat_port == reply_key.dst_port
-                && conn.backend_addr == reply_key.src_addr
-                && now.saturating_sub(conn.last_seen_ns)
-                    <= conntrack::timeout_ns(conn.state, reply_key.proto, settings) =>
+            if conn.snat_port == reply_key.dst_port && conn.backend_addr == reply_key.src_addr =>
         {
-            Holder::Alive
+            let idle = now.saturating_sub(conn.last_seen_ns);
+            if idle <= conntrack::timeout_ns(conn.state, reply_key.proto, settings) {
+                Holder::Alive
+            } else if conn.state & FLOW_CLOSING != 0
+                && reply_key.proto == PROTO_TCP
+                && idle <= settings.snat_time_wait_ns
+            {
+                Holder::Resting
+            } else {
+                Holder::Gone
+            }
         }
         Some(_) => Holder::Gone,
         None => Holder::Evicted,

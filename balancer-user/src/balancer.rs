@@ -276,6 +276,7 @@ pub fn settings(timeouts: &Timeouts, nat: &NatConfig) -> Settings {
         tcp_timeout_ns: timeouts.tcp.as_nanos() as u64,
         udp_timeout_ns: timeouts.udp.as_nanos() as u64,
         closing_timeout_ns: timeouts.tcp_closing.as_nanos() as u64,
+        snat_time_wait_ns: timeouts.snat_time_wait.as_nanos() as u64,
         snat_port_min: nat.port_min,
         snat_port_max: nat.port_max,
         flow_epoch: 0,

@@ -52,6 +52,8 @@ pub const DEFAULT_TCP_TIMEOUT: Duration = Duration::from_secs(300);
 pub const DEFAULT_UDP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default lifetime of a TCP flow after FIN/RST.
 pub const DEFAULT_TCP_CLOSING_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default rest of a closed flow's SNAT port: Linux's TIME-WAIT (`TCP_TIMEWAIT_LEN`).
+pub const DEFAULT_SNAT_TIME_WAIT: Duration = Duration::from_secs(60);
 /// Shortest allowed timeout.
 pub const MIN_TIMEOUT: Duration = Duration::from_secs(1);
 /// Longest allowed timeout.
@@ -282,6 +284,9 @@ pub struct Timeouts {
     pub tcp: Duration,
     pub udp: Duration,
     pub tcp_closing: Duration,
+    /// A closed TCP flow's SNAT port rests this long before another client gets it
+    /// (unless no other port is free): the backends' TIME-WAIT.
+    pub snat_time_wait: Duration,
 }
 
 impl Default for Timeouts {
@@ -290,6 +295,7 @@ impl Default for Timeouts {
             tcp: DEFAULT_TCP_TIMEOUT,
             udp: DEFAULT_UDP_TIMEOUT,
             tcp_closing: DEFAULT_TCP_CLOSING_TIMEOUT,
+            snat_time_wait: DEFAULT_SNAT_TIME_WAIT,
         }
     }
 }
@@ -742,6 +748,8 @@ struct RawTimeouts {
     udp: Option<Spanned<String>>,
     #[serde(default)]
     tcp_closing: Option<Spanned<String>>,
+    #[serde(default)]
+    snat_time_wait: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -996,6 +1004,11 @@ impl Validator<'_> {
                 raw.tcp_closing,
                 "timeouts.tcp_closing",
                 defaults.tcp_closing,
+            )?,
+            snat_time_wait: self.timeout(
+                raw.snat_time_wait,
+                "timeouts.snat_time_wait",
+                defaults.snat_time_wait,
             )?,
         })
     }
@@ -1932,6 +1945,7 @@ port_range = "30000-40000"
 tcp = "10m"
 udp = "45s"
 tcp_closing = "5s"
+snat_time_wait = "2m"
 
 [[pool]]
 name = "web"
@@ -1985,6 +1999,7 @@ interfaces = ["lbc0"]
 tcp = "5m"
 udp = "30s"
 tcp_closing = "10s"
+snat_time_wait = "60s"
 "#;
 
     const NAT: &str = r#"[agent]
@@ -2044,6 +2059,7 @@ port_range = "20000-32767"
                 tcp: Duration::from_secs(600),
                 udp: Duration::from_secs(45),
                 tcp_closing: Duration::from_secs(5),
+                snat_time_wait: Duration::from_secs(120),
             },
             pools: vec![
                 PoolConfig {
@@ -2126,6 +2142,7 @@ port_range = "20000-32767"
                     tcp: Duration::from_secs(300),
                     udp: Duration::from_secs(30),
                     tcp_closing: Duration::from_secs(10),
+                    snat_time_wait: Duration::from_secs(60),
                 },
                 pools: vec![],
                 vips: vec![],
@@ -2469,6 +2486,13 @@ backends = [
                 7,
                 "tcp_closing = \"10s\"",
                 "tcp_closing = \"0s\"",
+                "\"0s\"",
+            ),
+            (
+                "timeouts.snat_time_wait",
+                8,
+                "snat_time_wait = \"60s\"",
+                "snat_time_wait = \"0s\"",
                 "\"0s\"",
             ),
         ];

@@ -603,6 +603,47 @@ fn fin_then_syn_on_same_tuple_starts_a_new_flow_but_fin_alone_does_not() {
 }
 
 #[test]
+fn a_closed_flows_snat_port_rests_before_another_client_gets_it() {
+    pin_to_one_cpu();
+    // Two SNAT ports. A closed flow expires after 1 s; its port rests for the default
+    // snat_time_wait (60 s), the backend's TIME-WAIT for that tuple.
+    let nat = NatConfig {
+        port_min: 20000,
+        port_max: 20001,
+        ..NatConfig::default()
+    };
+    let timeouts = Timeouts {
+        tcp_closing: std::time::Duration::from_secs(1),
+        ..Timeouts::default()
+    };
+    let mut fx = Fixture::with(timeouts, nat);
+    let (_, out) = fx.send_from_client(&syn());
+    let closed_port = parsed(&out).sport;
+    let (verdict, _) = fx.send_from_client(&fin());
+    assert_eq!(verdict, XDP_REDIRECT);
+    // Past the closing timeout (the coarse clock ticks in jiffies): the flow is gone.
+    std::thread::sleep(std::time::Duration::from_millis(1600));
+    let client = |sport| Spec { sport, ..syn() };
+    let (verdict, out) = fx.send_from_client(&client(40001));
+    assert_eq!(verdict, XDP_REDIRECT);
+    assert_ne!(
+        parsed(&out).sport,
+        closed_port,
+        "another client got the closed flow's port while a port was free"
+    );
+    assert_eq!(fx.global(stat::SNAT_PORT_REUSED_EARLY), 0);
+    // No free port left: the resting one is taken rather than dropping the flow.
+    let (verdict, out) = fx.send_from_client(&client(40002));
+    assert_eq!(verdict, XDP_REDIRECT, "a resting port must beat a drop");
+    assert_eq!(parsed(&out).sport, closed_port);
+    assert_eq!(fx.global(stat::SNAT_PORT_REUSED_EARLY), 1);
+    // Now both ports are held by live flows.
+    let (verdict, _) = fx.send_from_client(&client(40003));
+    assert_eq!(verdict, XDP_DROP);
+    assert_eq!(fx.global(stat::DROP_SNAT_EXHAUSTED), 1);
+}
+
+#[test]
 fn udp_to_vip_is_translated_and_zero_checksum_stays_zero() {
     let mut fx = Fixture::new();
     let spec = Spec {
@@ -820,6 +861,7 @@ fn idle_flows_expire_per_protocol() {
         tcp: std::time::Duration::from_secs(30),
         udp: std::time::Duration::from_secs(1),
         tcp_closing: std::time::Duration::from_secs(1),
+        ..Timeouts::default()
     });
     let udp = Spec {
         dport: 5300,
