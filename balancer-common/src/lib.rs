@@ -152,6 +152,10 @@ impl FlowKey {
 /// Flow state bits (`Conn::state`).
 /// A FIN or RST was seen: the entry lives only `Settings::closing_timeout_ns` more.
 pub const FLOW_CLOSING: u32 = 1;
+/// The backend sent the first FIN, and no RST followed: the backend closed actively and
+/// keeps the tuple in TIME-WAIT, so the flow's SNAT port rests (see
+/// `Settings::snat_time_wait_ns`). An RST ends TIME-WAIT (Linux's default, RFC 1337).
+pub const FLOW_BACKEND_CLOSED: u32 = 2;
 
 /// Value of `CONNS`: where a client flow goes and how it is translated.
 #[repr(C)]
@@ -207,9 +211,10 @@ pub struct Settings {
     pub udp_timeout_ns: u64,
     /// Lifetime of a TCP flow after FIN or RST.
     pub closing_timeout_ns: u64,
-    /// How long the SNAT port of a closed TCP flow rests after the flow's last packet
-    /// before another client's flow gets it while other ports are free: the backends'
-    /// TIME-WAIT, during which they may reject that client's SYN (PAWS).
+    /// How long the SNAT port of a flow the backend closed (`FLOW_BACKEND_CLOSED`) rests
+    /// after the flow's last packet before another client's flow gets it while other
+    /// ports are free: the backends' TIME-WAIT, during which they may reject that
+    /// client's SYN (PAWS).
     pub snat_time_wait_ns: u64,
     /// SNAT port range, inclusive, host byte order.
     pub snat_port_min: u16,

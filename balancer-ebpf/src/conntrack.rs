@@ -1,5 +1,5 @@
 //! Connection-table policy: idle timeouts (TCP, UDP, closing TCP) and TCP FIN/RST handling.
-use balancer_common::{Conn, Settings, FLOW_CLOSING, PROTO_TCP};
+use balancer_common::{Conn, Settings, FLOW_BACKEND_CLOSED, FLOW_CLOSING, PROTO_TCP};
 
 use crate::parse::{Packet, TCP_FIN, TCP_RST, TCP_SYN};
 
@@ -50,16 +50,31 @@ pub fn cache_serves(
         && idle <= timeout_ns(state, pkt.key.proto, settings)
 }
 
-/// Updates the entry for a packet of its flow: FIN/RST start the closing timeout.
+/// Which way a packet of a flow goes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum From {
+    Client,
+    Backend,
+}
+
+/// Updates the entry for a packet of its flow: FIN/RST start the closing timeout; the
+/// first FIN from the backend marks it `FLOW_BACKEND_CLOSED`, an RST clears that.
 #[inline(always)]
-pub fn touch(conn: *mut Conn, pkt: &Packet, now: u64) {
+pub fn touch(conn: *mut Conn, pkt: &Packet, from: From, now: u64) {
     // SAFETY: `conn` points into a map value; racing writers only store whole fields.
     unsafe {
-        if pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0 && (*conn).state & FLOW_CLOSING == 0 {
-            (*conn).state |= FLOW_CLOSING;
+        let state = (*conn).state;
+        if pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0 && state & FLOW_CLOSING == 0 {
+            let first_fin = pkt.tcp_flags & TCP_RST == 0 && from == From::Backend;
+            (*conn).state = state | FLOW_CLOSING | if first_fin { FLOW_BACKEND_CLOSED } else { 0 };
             (*conn).last_seen_ns = now;
-        } else if now.saturating_sub((*conn).last_seen_ns) > TOUCH_INTERVAL_NS {
-            (*conn).last_seen_ns = now;
+        } else {
+            if pkt.tcp_flags & TCP_RST != 0 && state & FLOW_BACKEND_CLOSED != 0 {
+                (*conn).state = state & !FLOW_BACKEND_CLOSED;
+            }
+            if now.saturating_sub((*conn).last_seen_ns) > TOUCH_INTERVAL_NS {
+                (*conn).last_seen_ns = now;
+            }
         }
     }
 }

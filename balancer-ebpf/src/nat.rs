@@ -9,8 +9,8 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 use balancer_common::{
     flow_slot, stat, Backend, Conn, FlowCacheEntry, FlowKey, NatEntry, Settings, VipMeta,
-    BACKEND_F_PRESENT, BACKEND_F_RESCHEDULE, FLOW_CLOSING, PROTO_TCP, PROTO_UDP, SNAT_PORT_PROBES,
-    VIP_F_PASS_ALL_DOWN,
+    BACKEND_F_PRESENT, BACKEND_F_RESCHEDULE, FLOW_BACKEND_CLOSED, FLOW_CLOSING, PROTO_UDP,
+    SNAT_PORT_PROBES, VIP_F_PASS_ALL_DOWN,
 };
 use network_types::ip::Ipv4Hdr;
 
@@ -182,7 +182,7 @@ pub fn established(
         stats::count(stat::CONN_RESCHEDULED);
         return Ok(None);
     }
-    conntrack::touch(entry, pkt, now);
+    conntrack::touch(entry, pkt, conntrack::From::Client, now);
     let to = to_backend(&conn);
     let diffs = csum_diffs(&pkt.key, &to);
     // SAFETY: as above; the entry as touched.
@@ -323,10 +323,11 @@ fn schedule(
 /// Claims a free SNAT port towards `backend` for this flow and records the flow in both
 /// tables: a hash-chosen start in the configured range, then the next ports,
 /// `SNAT_PORT_PROBES` tries in all. A taken port is reclaimed when the flow holding it is
-/// gone (its forward entry expired, replaced or evicted). The port of a closed TCP flow
-/// rests for `Settings::snat_time_wait_ns` first, as the backend may still hold the
-/// tuple in TIME-WAIT and reject another client's SYN on it (PAWS: that client's
-/// timestamps are unrelated); it is only taken when none of the probed ports is free.
+/// gone (its forward entry expired, replaced or evicted). The port of a flow the backend
+/// closed rests until `Settings::snat_time_wait_ns` after the flow's last packet, as the
+/// backend still holds the tuple in TIME-WAIT and may reject another client's SYN on it
+/// (PAWS: that client's timestamps are unrelated); when no probed port is free, the one
+/// that has rested longest is taken rather than dropping the flow.
 ///
 /// For each port tried, the forward (`CONNS`) entry is written before the reply (`NAT`)
 /// entry: a CPU that then finds this flow's reply entry also finds its holder alive, and
@@ -357,8 +358,8 @@ fn allocate_port(
         backend_id: conn.backend_id,
         vip_id: conn.vip_id,
     };
-    // The first probed port whose closed flow still rests (see above).
-    let mut resting = None;
+    // The probed port that has rested longest (see above), and for how long.
+    let mut resting: Option<(u16, u64)> = None;
     let mut i = 0;
     while i < SNAT_PORT_PROBES {
         let port = ((min + (start + i) % range) as u16).to_be();
@@ -370,42 +371,33 @@ fn allocate_port(
         if NAT.insert(&reply_key, &entry, BPF_NOEXIST as u64).is_ok() {
             return Ok(());
         }
-        // SAFETY: read-only look at a map value.
-        if let Some(holder) = unsafe { NAT.get(&reply_key) } {
-            // A flow replacing its own tuple (the client reused its port) takes back the
-            // same SNAT port: the backend then sees the very tuple sequence the client
-            // makes, so its TIME_WAIT/PAWS checks pass as they would without NAT.
-            let same_client = client_key(holder, pkt.key.proto) == pkt.key;
-            let holder = if same_client {
-                Holder::Gone
-            } else {
-                holder_state(holder, &reply_key, settings, now)
-            };
-            if holder == Holder::Resting && resting.is_none() {
-                resting = Some(port);
-            }
-            if holder == Holder::Gone || holder == Holder::Evicted {
-                if holder == Holder::Evicted {
-                    // The evicted flow may still be forwarded from a CPU's FLOW_CACHE,
-                    // with this port: no copy made before this point may be used.
-                    count_eviction();
+        match holder_for(pkt, &reply_key, settings, now) {
+            Holder::Alive => {}
+            Holder::Resting(idle) => {
+                if resting.is_none_or(|(_, longest)| idle > longest) {
+                    resting = Some((port, idle));
                 }
-                if NAT.insert(&reply_key, &entry, BPF_ANY as u64).is_ok() {
+            }
+            holder @ (Holder::Gone | Holder::Evicted) => {
+                if take(&reply_key, &entry, holder) {
                     return Ok(());
                 }
             }
         }
         i += 1;
     }
-    if let Some(port) = resting {
+    if let Some((port, _)) = resting {
         // Every probed port is held or resting: better a tuple the backend may still
         // hold in TIME-WAIT (the client's SYN then passes or is retried) than a drop.
+        // Checked again once the forward entry names it, as in the loop: another CPU
+        // may have taken it meanwhile.
         conn.snat_port = port;
         CONNS
             .insert(&pkt.key, &*conn, BPF_ANY as u64)
             .map_err(|_| stat::DROP_CONN_TABLE)?;
         let reply_key = reply_tuple(backend, port, pkt.key.proto);
-        if NAT.insert(&reply_key, &entry, BPF_ANY as u64).is_ok() {
+        let holder = holder_for(pkt, &reply_key, settings, now);
+        if holder != Holder::Alive && take(&reply_key, &entry, holder) {
             stats::count(stat::SNAT_PORT_REUSED_EARLY);
             return Ok(());
         }
@@ -413,6 +405,33 @@ fn allocate_port(
     // The forward entry names a port this flow does not hold.
     let _ = CONNS.remove(&pkt.key);
     Err(stat::DROP_SNAT_EXHAUSTED)
+}
+
+/// What the flow holding the reply tuple `reply_key` means for `pkt`'s new flow, which
+/// wants that SNAT port; `Gone` when no flow holds it.
+#[inline(always)]
+fn holder_for(pkt: &Packet, reply_key: &FlowKey, settings: &Settings, now: u64) -> Holder {
+    // SAFETY: read-only look at a map value.
+    match unsafe { NAT.get(reply_key) } {
+        // A flow replacing its own tuple (the client reused its port) takes back the same
+        // SNAT port: the backend then sees the very tuple sequence the client makes, so
+        // its TIME_WAIT/PAWS checks pass as they would without NAT.
+        Some(holder) if client_key(holder, pkt.key.proto) == pkt.key => Holder::Gone,
+        Some(holder) => holder_state(holder, reply_key, settings, now),
+        None => Holder::Gone,
+    }
+}
+
+/// Takes a SNAT port from a holder that no longer uses it (`Gone`, `Evicted` or
+/// `Resting`): overwrites its reply entry with `entry`.
+#[inline(always)]
+fn take(reply_key: &FlowKey, entry: &NatEntry, holder: Holder) -> bool {
+    if holder == Holder::Evicted {
+        // The evicted flow may still be forwarded from a CPU's FLOW_CACHE, with this
+        // port: no copy made before this point may be used.
+        count_eviction();
+    }
+    NAT.insert(reply_key, entry, BPF_ANY as u64).is_ok()
 }
 
 /// The tuple of a reply from `backend` to SNAT port `port` (network byte order).
@@ -447,9 +466,11 @@ fn client_key(entry: &NatEntry, proto: u8) -> FlowKey {
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Holder {
     Alive,
-    /// A closed TCP flow, expired less than `Settings::snat_time_wait_ns` after its last
-    /// packet: the backend may still hold the tuple in TIME-WAIT.
-    Resting,
+    /// Expired, but closed by the backend less than `Settings::snat_time_wait_ns` (ns
+    /// given) after its last packet: the backend still holds the tuple in TIME-WAIT.
+    /// (A `FLOW_CACHE` copy of it is never used: copies serve only flows touched within
+    /// the last 250 ms, and this one has been idle for its closing timeout, >= 1 s.)
+    Resting(u64),
     /// Expired, or its tuple now has another flow.
     Gone,
     /// Its `CONNS` entry is gone (the LRU evicted it).
@@ -468,11 +489,8 @@ fn holder_state(holder: &NatEntry, reply_key: &FlowKey, settings: &Settings, now
             let idle = now.saturating_sub(conn.last_seen_ns);
             if idle <= conntrack::timeout_ns(conn.state, reply_key.proto, settings) {
                 Holder::Alive
-            } else if conn.state & FLOW_CLOSING != 0
-                && reply_key.proto == PROTO_TCP
-                && idle <= settings.snat_time_wait_ns
-            {
-                Holder::Resting
+            } else if conn.state & FLOW_BACKEND_CLOSED != 0 && idle <= settings.snat_time_wait_ns {
+                Holder::Resting(idle)
             } else {
                 Holder::Gone
             }
@@ -550,7 +568,7 @@ pub fn to_client(
 fn mark_closing(entry: &NatEntry, pkt: &Packet, now: u64) {
     let client_key = client_key(entry, pkt.key.proto);
     if let Some(conn) = CONNS.get_ptr_mut(&client_key) {
-        conntrack::touch(conn, pkt, now);
+        conntrack::touch(conn, pkt, conntrack::From::Backend, now);
     }
 }
 

@@ -284,8 +284,9 @@ pub struct Timeouts {
     pub tcp: Duration,
     pub udp: Duration,
     pub tcp_closing: Duration,
-    /// A closed TCP flow's SNAT port rests this long before another client gets it
-    /// (unless no other port is free): the backends' TIME-WAIT.
+    /// After the backend closed a flow, the flow's SNAT port rests until this long after
+    /// its last packet before another client gets it (unless no other port is free):
+    /// the backends' TIME-WAIT.
     pub snat_time_wait: Duration,
 }
 

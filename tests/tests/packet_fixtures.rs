@@ -16,7 +16,7 @@ use balancer_common::{
 use balancer_tests::{
     netns::Netns,
     require_root,
-    wire::{self, Mac, Spec, L4, TCP_ACK, TCP_FIN, TCP_SYN},
+    wire::{self, Mac, Spec, L4, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
 };
 
 const XDP_DROP: u32 = 1;
@@ -602,45 +602,141 @@ fn fin_then_syn_on_same_tuple_starts_a_new_flow_but_fin_alone_does_not() {
     );
 }
 
-#[test]
-fn a_closed_flows_snat_port_rests_before_another_client_gets_it() {
-    pin_to_one_cpu();
-    // Two SNAT ports. A closed flow expires after 1 s; its port rests for the default
-    // snat_time_wait (60 s), the backend's TIME-WAIT for that tuple.
+/// A fixture whose SNAT range is `ports` ports from 20000, and whose closed flows expire
+/// 1 s after their last packet (their ports then rest for the default snat_time_wait,
+/// 60 s, if the backend closed them).
+fn snat_fixture(ports: u16) -> Fixture {
     let nat = NatConfig {
         port_min: 20000,
-        port_max: 20001,
+        port_max: 20000 + ports - 1,
         ..NatConfig::default()
     };
     let timeouts = Timeouts {
         tcp_closing: std::time::Duration::from_secs(1),
         ..Timeouts::default()
     };
-    let mut fx = Fixture::with(timeouts, nat);
-    let (_, out) = fx.send_from_client(&syn());
-    let closed_port = parsed(&out).sport;
-    let (verdict, _) = fx.send_from_client(&fin());
-    assert_eq!(verdict, XDP_REDIRECT);
-    // Past the closing timeout (the coarse clock ticks in jiffies): the flow is gone.
+    Fixture::with(timeouts, nat)
+}
+
+/// A new flow from client port `sport`; returns the verdict and its SNAT port.
+fn open(fx: &mut Fixture, sport: u16) -> (u32, u16) {
+    let (verdict, out) = fx.send_from_client(&Spec { sport, ..syn() });
+    (
+        verdict,
+        if verdict == XDP_REDIRECT {
+            parsed(&out).sport
+        } else {
+            0
+        },
+    )
+}
+
+/// One TCP segment with `flags` from the web backend to SNAT port `port`.
+fn from_backend(fx: &mut Fixture, port: u16, flags: u8) {
+    let reply = Spec {
+        src_mac: WEB_BACKEND_MAC,
+        dst_mac: LB_BACKEND_MAC,
+        src: WEB_BACKEND,
+        dst: SNAT,
+        sport: 80,
+        dport: port,
+        l4: L4::Tcp {
+            flags,
+            seq: 5001,
+            ack: 1002,
+        },
+        ..Spec::default()
+    };
+    let ingress = fx.backend_if;
+    let (verdict, _) = fx.run(&wire::build(&reply), ingress);
+    assert_eq!(
+        verdict, XDP_REDIRECT,
+        "the backend's segment is a reply of the flow"
+    );
+}
+
+/// One TCP segment with `flags` from client port `sport`.
+fn from_client(fx: &mut Fixture, sport: u16, flags: u8) {
+    let spec = Spec {
+        sport,
+        l4: L4::Tcp {
+            flags,
+            seq: 1001,
+            ack: 5002,
+        },
+        ..syn()
+    };
+    let (verdict, _) = fx.send_from_client(&spec);
+    assert_eq!(
+        verdict, XDP_REDIRECT,
+        "the client's segment belongs to the flow"
+    );
+}
+
+/// Past the 1 s closing timeout of [`snat_fixture`] (the coarse clock ticks in jiffies).
+fn let_closed_flows_expire() {
     std::thread::sleep(std::time::Duration::from_millis(1600));
-    let client = |sport| Spec { sport, ..syn() };
-    let (verdict, out) = fx.send_from_client(&client(40001));
+}
+
+#[test]
+fn a_flow_the_backend_closed_leaves_its_snat_port_resting() {
+    pin_to_one_cpu();
+    let mut fx = snat_fixture(2);
+    let (_, closed) = open(&mut fx, 40000);
+    from_backend(&mut fx, closed, TCP_FIN | TCP_ACK);
+    from_client(&mut fx, 40000, TCP_FIN | TCP_ACK);
+    let_closed_flows_expire();
+    // Client port 40001 probes the closed flow's port first (the client-closed test below
+    // shows it getting that port at once); the free one is taken instead.
+    let (verdict, port) = open(&mut fx, 40001);
     assert_eq!(verdict, XDP_REDIRECT);
     assert_ne!(
-        parsed(&out).sport,
-        closed_port,
-        "another client got the closed flow's port while a port was free"
+        port, closed,
+        "another client got a resting port while a port was free"
     );
     assert_eq!(fx.global(stat::SNAT_PORT_REUSED_EARLY), 0);
     // No free port left: the resting one is taken rather than dropping the flow.
-    let (verdict, out) = fx.send_from_client(&client(40002));
+    let (verdict, port) = open(&mut fx, 40002);
     assert_eq!(verdict, XDP_REDIRECT, "a resting port must beat a drop");
-    assert_eq!(parsed(&out).sport, closed_port);
+    assert_eq!(port, closed);
     assert_eq!(fx.global(stat::SNAT_PORT_REUSED_EARLY), 1);
     // Now both ports are held by live flows.
-    let (verdict, _) = fx.send_from_client(&client(40003));
+    let (verdict, _) = open(&mut fx, 40003);
     assert_eq!(verdict, XDP_DROP);
     assert_eq!(fx.global(stat::DROP_SNAT_EXHAUSTED), 1);
+}
+
+#[test]
+fn a_flow_the_client_closed_frees_its_snat_port_at_expiry() {
+    pin_to_one_cpu();
+    let mut fx = snat_fixture(2);
+    let (_, closed) = open(&mut fx, 40000);
+    // The client closes first: the backend closes passively and keeps no TIME-WAIT.
+    from_client(&mut fx, 40000, TCP_FIN | TCP_ACK);
+    from_backend(&mut fx, closed, TCP_FIN | TCP_ACK);
+    let_closed_flows_expire();
+    let (verdict, port) = open(&mut fx, 40001);
+    assert_eq!(verdict, XDP_REDIRECT);
+    assert_eq!(port, closed, "the expired flow's port is free again");
+    assert_eq!(fx.global(stat::SNAT_PORT_REUSED_EARLY), 0);
+}
+
+#[test]
+fn a_reset_after_the_backends_fin_ends_the_rest() {
+    pin_to_one_cpu();
+    // One port: a resting port could only be had through the counted fallback.
+    let mut fx = snat_fixture(1);
+    let (_, closed) = open(&mut fx, 40000);
+    from_backend(&mut fx, closed, TCP_FIN | TCP_ACK);
+    from_client(&mut fx, 40000, TCP_RST);
+    let_closed_flows_expire();
+    let (verdict, port) = open(&mut fx, 40001);
+    assert_eq!((verdict, port), (XDP_REDIRECT, closed));
+    assert_eq!(
+        fx.global(stat::SNAT_PORT_REUSED_EARLY),
+        0,
+        "an RST ends the backend's TIME-WAIT: the port must not rest"
+    );
 }
 
 #[test]
