@@ -7,7 +7,8 @@
 //! backend set and `m`. Backend `i` owns the permutation
 //! `slot(j) = (offset + j * skip) % m` with `offset = splitmix64(key) % m` and
 //! `skip = fmix64(key ^ SKIP_SEED) % (m - 1) + 1`, a full cycle because `m` is prime
-//! (for a non-prime `m` the skip is raised until it is coprime with `m`).
+//! (for a non-prime `m` the skip steps up, wrapping from `m - 1` to 1, until it is
+//! coprime with `m`).
 //!
 //! 1. **Quotas.** Every backend gets `floor(m * w / W)` slots; the remaining units
 //!    go one each by largest remainder (ties by key, then id). When a previous table
@@ -20,7 +21,10 @@
 //!    owner is still present with weight > 0. An owner that kept more than its
 //!    quota releases the excess slots that come latest in its own permutation.
 //! 3. **Fill.** Maglev rounds in sorted order: each backend below quota advances its
-//!    permutation cursor (starting at 0) to the next free slot and takes it.
+//!    permutation cursor (starting at 0) to the next free slot and takes it. Once a
+//!    round ends with at most `m / 32` slots free, the rest go round-robin, in slot
+//!    order, to the backends still below quota (the endgame: walking to the very last
+//!    free slots would cost most of the probes).
 //!
 //! Guarantees when a previous table is given (argued in comments in [`maglev`]'s
 //! code and checked by the tests). Builds with a previous table depend on history,
@@ -142,7 +146,8 @@ impl Perm {
         } else {
             1
         };
-        // Only a non-prime `m` (a caller's bug) gets here; 1 is coprime with anything.
+        // The loop body only runs for a non-prime `m` (a caller's bug); it ends at the
+        // latest at 1, which is coprime with anything.
         while gcd(u64::from(skip), m64) != 1 {
             skip = skip % (m - 1) + 1;
         }
@@ -309,7 +314,7 @@ fn quotas(live: &[RingBackend], m: u32, kept: Option<&[u32]>) -> Vec<u32> {
 /// Backends with weight 0 are ignored (drained). With no positive weight every slot
 /// is [`NO_BACKEND`]. A `prev` whose length differs from `m` is ignored. A non-prime
 /// `m` still yields a complete, balanced table (never a hang or panic): each skip is
-/// raised until it is coprime with `m`, so every permutation still covers the ring,
+/// stepped until it is coprime with `m`, so every permutation still covers the ring,
 /// but permutations spread less evenly than with a prime `m`.
 ///
 /// Every backend with weight `w` gets `floor(m*w/W)` or that plus one slots. See the
@@ -822,10 +827,18 @@ mod tests {
                 assert_balanced(&b, m, &maglev(&b, m, None));
             }
         }
-        // Non-prime sizes are the caller's bug, but must still terminate and balance.
+        // Non-prime sizes are the caller's bug, but must still terminate and balance,
+        // fresh and from a previous table.
         for m in [1u32, 4, 100, 65536] {
             let b = cycling(30);
-            assert_balanced(&b, m, &maglev(&b, m, None));
+            let prev = maglev(&b, m, None);
+            assert_balanced(&b, m, &prev);
+            let mut fewer = b.clone();
+            fewer.remove(7);
+            assert_balanced(&fewer, m, &maglev(&fewer, m, Some(&prev)));
+            let mut more = b.clone();
+            more.push(backend(30, 25));
+            assert_balanced(&more, m, &maglev(&more, m, Some(&prev)));
         }
     }
 

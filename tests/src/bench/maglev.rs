@@ -28,16 +28,15 @@ pub const PAPER: &str = "Maglev paper's populate (reference)";
 /// Pseudocode 1), as a same-machine reference for the builder: the backends take turns,
 /// each taking the next free slot of its permutation `(offset + j * skip) mod m`, until
 /// every slot is filled. The permutation is stepped on the fly instead of read from the
-/// paper's precomputed N x M table (262 MB for 1000 backends). Offset and skip come from
-/// two halves of the key, which is already a well-mixed hash.
+/// paper's precomputed N x M table (262 MB for 1000 backends). The offset is the key mod
+/// `m`, the skip comes from its upper half (the key is already a well-mixed hash). `m`
+/// must be prime, as in the paper, or a walk could circle forever: an empty table is
+/// returned for a non-prime `m`, as for no keys.
 #[must_use]
 pub fn paper_populate(keys: &[u64], m: u32) -> Vec<u32> {
     const EMPTY: u32 = u32::MAX;
-    if keys.is_empty() {
+    if keys.is_empty() || !ring::is_prime(m) {
         return Vec::new();
-    }
-    if m < 2 {
-        return vec![0; m as usize];
     }
     let mut table = vec![EMPTY; m as usize];
     let m64 = u64::from(m);
@@ -126,7 +125,7 @@ pub fn ring_builds(builds: usize, stop: &Stop) -> Result<Vec<RingBuild>> {
     let fewer: Vec<RingBackend> = all[1..].to_vec();
     out.push(RingBuild {
         m,
-        backends: n,
+        backends: fewer.len(),
         kind: "rebuild after removing 1 (previous table given)",
         ms: time_builds(builds, || ring::maglev(&fewer, m, Some(&prev))),
     });
@@ -174,6 +173,7 @@ mod tests {
             }
         }
         assert!(paper_populate(&[], 7).is_empty());
-        assert_eq!(paper_populate(&[5], 1), vec![0]);
+        assert!(paper_populate(&[5], 8).is_empty(), "non-prime m");
+        assert_eq!(paper_populate(&[5], 2), vec![0, 0]);
     }
 }
