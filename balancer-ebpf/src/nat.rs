@@ -329,8 +329,9 @@ fn schedule(
 /// (PAWS: that client's timestamps are unrelated); when no probed port is free, the one
 /// that has rested longest is taken rather than dropping the flow.
 ///
-/// For each port tried, the forward (`CONNS`) entry is written before the reply (`NAT`)
-/// entry: a CPU that then finds this flow's reply entry also finds its holder alive, and
+/// A port in use is only looked at (two lookups). A port that looks usable is claimed
+/// by [`claim`]: the forward (`CONNS`) entry is written before the reply (`NAT`) entry,
+/// so a CPU that then finds this flow's reply entry also finds its holder alive, and
 /// never takes the port in the moment between the two inserts (written the other way
 /// round, it would see the holder as evicted, and two flows would share the tuple).
 #[inline(always)]
@@ -363,14 +364,7 @@ fn allocate_port(
     let mut i = 0;
     while i < SNAT_PORT_PROBES {
         let port = ((min + (start + i) % range) as u16).to_be();
-        conn.snat_port = port;
-        CONNS
-            .insert(&pkt.key, &*conn, BPF_ANY as u64)
-            .map_err(|_| stat::DROP_CONN_TABLE)?;
         let reply_key = reply_tuple(backend, port, pkt.key.proto);
-        if NAT.insert(&reply_key, &entry, BPF_NOEXIST as u64).is_ok() {
-            return Ok(());
-        }
         match holder_for(pkt, &reply_key, settings, now) {
             Holder::Alive => {}
             Holder::Resting(idle) => {
@@ -378,8 +372,8 @@ fn allocate_port(
                     resting = Some((port, idle));
                 }
             }
-            holder @ (Holder::Gone | Holder::Evicted) => {
-                if take(&reply_key, &entry, holder) {
+            Holder::Gone | Holder::Evicted => {
+                if claim(pkt, &reply_key, conn, &entry, settings, now)? {
                     return Ok(());
                 }
             }
@@ -389,15 +383,8 @@ fn allocate_port(
     if let Some((port, _)) = resting {
         // Every probed port is held or resting: better a tuple the backend may still
         // hold in TIME-WAIT (the client's SYN then passes or is retried) than a drop.
-        // Checked again once the forward entry names it, as in the loop: another CPU
-        // may have taken it meanwhile.
-        conn.snat_port = port;
-        CONNS
-            .insert(&pkt.key, &*conn, BPF_ANY as u64)
-            .map_err(|_| stat::DROP_CONN_TABLE)?;
         let reply_key = reply_tuple(backend, port, pkt.key.proto);
-        let holder = holder_for(pkt, &reply_key, settings, now);
-        if holder != Holder::Alive && take(&reply_key, &entry, holder) {
+        if claim(pkt, &reply_key, conn, &entry, settings, now)? {
             stats::count(stat::SNAT_PORT_REUSED_EARLY);
             return Ok(());
         }
@@ -405,6 +392,31 @@ fn allocate_port(
     // The forward entry names a port this flow does not hold.
     let _ = CONNS.remove(&pkt.key);
     Err(stat::DROP_SNAT_EXHAUSTED)
+}
+
+/// Claims the SNAT port of `reply_key` for `pkt`'s new flow, which a look found usable:
+/// writes the flow's forward entry naming the port, then inserts the reply entry, or,
+/// when one is there, looks at its holder again (another CPU may have claimed the port
+/// since the look) and overwrites it unless the holder is alive. `Ok(false)`: the port
+/// went to another flow.
+#[inline(always)]
+fn claim(
+    pkt: &Packet,
+    reply_key: &FlowKey,
+    conn: &mut Conn,
+    entry: &NatEntry,
+    settings: &Settings,
+    now: u64,
+) -> Result<bool, DropReason> {
+    conn.snat_port = reply_key.dst_port;
+    CONNS
+        .insert(&pkt.key, &*conn, BPF_ANY as u64)
+        .map_err(|_| stat::DROP_CONN_TABLE)?;
+    if NAT.insert(reply_key, entry, BPF_NOEXIST as u64).is_ok() {
+        return Ok(true);
+    }
+    let holder = holder_for(pkt, reply_key, settings, now);
+    Ok(holder != Holder::Alive && take(reply_key, entry, holder))
 }
 
 /// What the flow holding the reply tuple `reply_key` means for `pkt`'s new flow, which
