@@ -673,19 +673,39 @@ fn from_client(fx: &mut Fixture, sport: u16, flags: u8) {
     );
 }
 
-/// Past the 1 s closing timeout of [`snat_fixture`] (the coarse clock ticks in jiffies).
-fn let_closed_flows_expire() {
+/// Who sends a segment.
+enum Side {
+    Client,
+    Backend,
+}
+
+/// A [`snat_fixture`] of `ports` ports in which client port 40000 opened a flow, ended it
+/// with `segments` (TCP flags, in order), and let it expire (past the 1 s closing
+/// timeout; the coarse clock ticks in jiffies). Returns the fixture and the flow's SNAT
+/// port.
+fn ended_flow(ports: u16, segments: &[(Side, u8)]) -> (Fixture, u16) {
+    pin_to_one_cpu();
+    let mut fx = snat_fixture(ports);
+    let (_, port) = open(&mut fx, 40000);
+    for (side, flags) in segments {
+        match side {
+            Side::Client => from_client(&mut fx, 40000, *flags),
+            Side::Backend => from_backend(&mut fx, port, *flags),
+        }
+    }
     std::thread::sleep(std::time::Duration::from_millis(1600));
+    (fx, port)
 }
 
 #[test]
 fn a_flow_the_backend_closed_leaves_its_snat_port_resting() {
-    pin_to_one_cpu();
-    let mut fx = snat_fixture(2);
-    let (_, closed) = open(&mut fx, 40000);
-    from_backend(&mut fx, closed, TCP_FIN | TCP_ACK);
-    from_client(&mut fx, 40000, TCP_FIN | TCP_ACK);
-    let_closed_flows_expire();
+    let (mut fx, closed) = ended_flow(
+        2,
+        &[
+            (Side::Backend, TCP_FIN | TCP_ACK),
+            (Side::Client, TCP_FIN | TCP_ACK),
+        ],
+    );
     // Client port 40001 probes the closed flow's port first (the client-closed test below
     // shows it getting that port at once); the free one is taken instead.
     let (verdict, port) = open(&mut fx, 40001);
@@ -708,13 +728,14 @@ fn a_flow_the_backend_closed_leaves_its_snat_port_resting() {
 
 #[test]
 fn a_flow_the_client_closed_frees_its_snat_port_at_expiry() {
-    pin_to_one_cpu();
-    let mut fx = snat_fixture(2);
-    let (_, closed) = open(&mut fx, 40000);
     // The client closes first: the backend closes passively and keeps no TIME-WAIT.
-    from_client(&mut fx, 40000, TCP_FIN | TCP_ACK);
-    from_backend(&mut fx, closed, TCP_FIN | TCP_ACK);
-    let_closed_flows_expire();
+    let (mut fx, closed) = ended_flow(
+        2,
+        &[
+            (Side::Client, TCP_FIN | TCP_ACK),
+            (Side::Backend, TCP_FIN | TCP_ACK),
+        ],
+    );
     let (verdict, port) = open(&mut fx, 40001);
     assert_eq!(verdict, XDP_REDIRECT);
     assert_eq!(port, closed, "the expired flow's port is free again");
@@ -723,13 +744,11 @@ fn a_flow_the_client_closed_frees_its_snat_port_at_expiry() {
 
 #[test]
 fn a_reset_after_the_backends_fin_ends_the_rest() {
-    pin_to_one_cpu();
     // One port: a resting port could only be had through the counted fallback.
-    let mut fx = snat_fixture(1);
-    let (_, closed) = open(&mut fx, 40000);
-    from_backend(&mut fx, closed, TCP_FIN | TCP_ACK);
-    from_client(&mut fx, 40000, TCP_RST);
-    let_closed_flows_expire();
+    let (mut fx, closed) = ended_flow(
+        1,
+        &[(Side::Backend, TCP_FIN | TCP_ACK), (Side::Client, TCP_RST)],
+    );
     let (verdict, port) = open(&mut fx, 40001);
     assert_eq!((verdict, port), (XDP_REDIRECT, closed));
     assert_eq!(

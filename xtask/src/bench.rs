@@ -88,9 +88,25 @@ pub fn bench(bench_args: &[OsString]) -> Result<i32> {
     let testsrv = built(release.join("testsrv"))?;
     let bench = built(release.join("bench"))?;
 
-    let results = crate::root().join("results");
-    std::fs::create_dir_all(&results)
-        .with_context(|| format!("cannot create {}", results.display()))?;
+    // The bench's own `--out DIR` (which must not exist yet) replaces `results/`.
+    let out = bench_args
+        .iter()
+        .position(|a| a == "--out")
+        .and_then(|i| bench_args.get(i + 1));
+    let results = match out {
+        Some(dir) => PathBuf::from(dir),
+        None => {
+            let results = crate::root().join("results");
+            std::fs::create_dir_all(&results)
+                .with_context(|| format!("cannot create {}", results.display()))?;
+            results
+        }
+    };
+    let own_out: &[OsString] = if out.is_some() {
+        &[]
+    } else {
+        &[OsString::from("--out"), results.clone().into_os_string()]
+    };
     // What is left of the 15 minutes after set-up and build is the bench's budget.
     let mut budget = Vec::new();
     if !bench_args.iter().any(|a| a == "--budget") {
@@ -110,8 +126,7 @@ pub fn bench(bench_args: &[OsString]) -> Result<i32> {
     let started = Instant::now();
     let status = cmd::status(
         Command::new(&bench)
-            .arg("--out")
-            .arg(&results)
+            .args(own_out)
             .args(&budget)
             .args(bench_args)
             .current_dir(crate::root())
