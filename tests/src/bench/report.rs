@@ -1676,6 +1676,14 @@ pub fn analysis(r: &Results) -> Vec<String> {
                 .sum()
         };
         let paws = tcp_of(Peer::TARGETS, "backends", "TcpExtPAWSTimewait");
+        let reused_early: u64 = e
+            .runs
+            .iter()
+            .filter(|r| r.peer == Peer::TARGETS)
+            .flat_map(|r| r.counters.iter())
+            .filter(|(name, _)| name == "snat_port_reused_early")
+            .map(|(_, v)| *v)
+            .sum();
         let syn_retrans = tcp_of(Peer::TARGETS, "client", "TcpExtTCPSynRetrans");
         if paws > 0 || syn_retrans > 0 {
             let busy_of = |peer: Peer| -> String {
@@ -1704,14 +1712,14 @@ pub fn analysis(r: &Results) -> Vec<String> {
                  SYNs (`TcpExtTCPSynRetrans`), each after the 1 s initial RTO (direct: {} and \
                  {}, nftables: {} and {}). The backends see the balancer's SNAT tuple \
                  (10.0.2.1:port, backend:80); nginx closes first (`Connection: close`), so each \
-                 such tuple sits in TIME-WAIT on the backend for 60 s, and the balancer hands \
-                 the same SNAT port out again to a different client connection well before \
-                 that (a port is free once its flow is gone from CONNS: closed flows live \
-                 `tcp_closing` = 10 s, and a client port reused by wrk moves its flow at \
-                 once). nftables' masquerade does not hit this because conntrack keeps a NAT \
-                 tuple reserved for its own TIME-WAIT (120 s). For the data-plane owners: \
-                 keep a SNAT port reserved for at least the backends' TIME-WAIT after the \
-                 flow closed (or prefer never-used ports over reclaimed ones). ",
+                 such tuple sits in TIME-WAIT on the backend for 60 s. Within one agent the \
+                 port of such a flow rests for `timeouts.snat_time_wait` (60 s) before a \
+                 different client connection gets it, unless none of the probed ports is free \
+                 (`snat_port_reused_early`: {reused_early} over these runs). But every run \
+                 starts a fresh agent with empty maps, which knows nothing of the tuples an \
+                 earlier agent left in TIME-WAIT: the two balancer paths get disjoint port \
+                 ranges, the rounds of one path share theirs. nftables' masquerade keeps a \
+                 NAT tuple reserved in conntrack for its own TIME-WAIT (120 s). ",
                 busy_of(Peer::TARGETS),
                 busy_of(Peer::Direct),
                 busy_of(Peer::Nftables),
