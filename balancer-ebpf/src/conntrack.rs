@@ -72,7 +72,11 @@ pub fn touch(conn: *mut Conn, pkt: &Packet, from: From, now: u64) {
             if pkt.tcp_flags & TCP_RST != 0 && state & FLOW_BACKEND_CLOSED != 0 {
                 (*conn).state = state & !FLOW_BACKEND_CLOSED;
             }
-            if now.saturating_sub((*conn).last_seen_ns) > TOUCH_INTERVAL_NS {
+            // Every FIN counts: the backend's TIME-WAIT, which a resting port waits
+            // out, starts at the last one.
+            if pkt.tcp_flags & TCP_FIN != 0
+                || now.saturating_sub((*conn).last_seen_ns) > TOUCH_INTERVAL_NS
+            {
                 (*conn).last_seen_ns = now;
             }
         }

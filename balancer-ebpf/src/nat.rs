@@ -316,7 +316,11 @@ fn schedule(
         _pad: 0,
         last_seen_ns: now,
     };
-    allocate_port(pkt, &backend, &mut conn, settings, now, hash)?;
+    if let Err(reason) = allocate_port(pkt, &backend, &mut conn, settings, now, hash) {
+        // Whatever failed, no forward entry may name a port this flow does not hold.
+        let _ = CONNS.remove(&pkt.key);
+        return Err(reason);
+    }
     Ok(Some(conn))
 }
 
@@ -327,7 +331,8 @@ fn schedule(
 /// closed rests until `Settings::snat_time_wait_ns` after the flow's last packet, as the
 /// backend still holds the tuple in TIME-WAIT and may reject another client's SYN on it
 /// (PAWS: that client's timestamps are unrelated); when no probed port is free, the one
-/// that has rested longest is taken rather than dropping the flow.
+/// that has rested longest is taken rather than dropping the flow. A client reusing its
+/// tuple towards the same backend first tries the port it had.
 ///
 /// A port in use is only looked at (two lookups). A port that looks usable is claimed
 /// by [`claim`]: the forward (`CONNS`) entry is written before the reply (`NAT`) entry,
@@ -359,6 +364,27 @@ fn allocate_port(
         backend_id: conn.backend_id,
         vip_id: conn.vip_id,
     };
+    // A client reusing its tuple towards the same backend tries its old port first, so
+    // the backend sees the client's own tuple sequence on it (see `holder_for`), even
+    // when a port earlier in the probe order has come free meanwhile.
+    // SAFETY: copied out at once.
+    if let Some(old) = unsafe { CONNS.get(&pkt.key) }.copied() {
+        let port = u16::from_be(old.snat_port);
+        if old.backend_addr == backend.addr
+            && old.backend_port == backend.port
+            && old.snat_addr == backend.snat_addr
+            && port >= settings.snat_port_min
+            && port <= settings.snat_port_max
+        {
+            let reply_key = reply_tuple(backend, old.snat_port, pkt.key.proto);
+            // SAFETY: read-only look at a map value.
+            let own = unsafe { NAT.get(&reply_key) }
+                .is_some_and(|e| client_key(e, pkt.key.proto) == pkt.key);
+            if own && claim(pkt, &reply_key, conn, &entry, settings, now)?.is_some() {
+                return Ok(());
+            }
+        }
+    }
     // The probed port that has rested longest (see above), and for how long.
     let mut resting: Option<(u16, u64)> = None;
     let mut i = 0;
@@ -373,7 +399,7 @@ fn allocate_port(
                 }
             }
             Holder::Gone | Holder::Evicted => {
-                if claim(pkt, &reply_key, conn, &entry, settings, now)? {
+                if claim(pkt, &reply_key, conn, &entry, settings, now)?.is_some() {
                     return Ok(());
                 }
             }
@@ -384,21 +410,30 @@ fn allocate_port(
         // Every probed port is held or resting: better a tuple the backend may still
         // hold in TIME-WAIT (the client's SYN then passes or is retried) than a drop.
         let reply_key = reply_tuple(backend, port, pkt.key.proto);
-        if claim(pkt, &reply_key, conn, &entry, settings, now)? {
-            stats::count(stat::SNAT_PORT_REUSED_EARLY);
-            return Ok(());
+        match claim(pkt, &reply_key, conn, &entry, settings, now)? {
+            Some(Holder::Resting(_)) => {
+                stats::count(stat::SNAT_PORT_REUSED_EARLY);
+                return Ok(());
+            }
+            Some(_) => return Ok(()),
+            None => {}
         }
     }
-    // The forward entry names a port this flow does not hold.
-    let _ = CONNS.remove(&pkt.key);
+    // The caller removes the forward entry, which may name a port this flow does not hold.
     Err(stat::DROP_SNAT_EXHAUSTED)
 }
 
 /// Claims the SNAT port of `reply_key` for `pkt`'s new flow, which a look found usable:
 /// writes the flow's forward entry naming the port, then inserts the reply entry, or,
 /// when one is there, looks at its holder again (another CPU may have claimed the port
-/// since the look) and overwrites it unless the holder is alive. `Ok(false)`: the port
-/// went to another flow.
+/// since the look) and overwrites it unless the holder is alive. Returns whom the port
+/// was taken from (`Gone` for a port without a reply entry), or `None` when it went to
+/// another flow.
+///
+/// Two CPUs whose new flows both find the same holder dead may both overwrite its reply
+/// entry; each reads the entry back and gives the port up if it is not its own, but
+/// without an atomic compare-and-swap on the entry a narrow window remains (both read
+/// back before either overwrites), as it did before ports rested.
 #[inline(always)]
 fn claim(
     pkt: &Packet,
@@ -407,16 +442,22 @@ fn claim(
     entry: &NatEntry,
     settings: &Settings,
     now: u64,
-) -> Result<bool, DropReason> {
+) -> Result<Option<Holder>, DropReason> {
     conn.snat_port = reply_key.dst_port;
     CONNS
         .insert(&pkt.key, &*conn, BPF_ANY as u64)
         .map_err(|_| stat::DROP_CONN_TABLE)?;
     if NAT.insert(reply_key, entry, BPF_NOEXIST as u64).is_ok() {
-        return Ok(true);
+        return Ok(Some(Holder::Gone));
     }
     let holder = holder_for(pkt, reply_key, settings, now);
-    Ok(holder != Holder::Alive && take(reply_key, entry, holder))
+    if holder == Holder::Alive || !take(reply_key, entry, holder) {
+        return Ok(None);
+    }
+    // SAFETY: read-only look at a map value.
+    let ours =
+        unsafe { NAT.get(reply_key) }.is_some_and(|e| client_key(e, pkt.key.proto) == pkt.key);
+    Ok(ours.then_some(holder))
 }
 
 /// What the flow holding the reply tuple `reply_key` means for `pkt`'s new flow, which
@@ -575,12 +616,19 @@ pub fn to_client(
     transmit_to_client(ctx, pkt, &to, now).map(Some)
 }
 
-/// A FIN or RST from the backend starts the flow's closing timeout.
+/// A FIN or RST from the backend starts the flow's closing timeout, if the client's
+/// flow is still the one on this reply tuple (not moved to another backend or port).
 #[inline(always)]
 fn mark_closing(entry: &NatEntry, pkt: &Packet, now: u64) {
     let client_key = client_key(entry, pkt.key.proto);
     if let Some(conn) = CONNS.get_ptr_mut(&client_key) {
-        conntrack::touch(conn, pkt, conntrack::From::Backend, now);
+        // SAFETY: `conn` points into a map value; whole-field reads.
+        let current = unsafe {
+            (*conn).snat_port == pkt.key.dst_port && (*conn).backend_addr == pkt.key.src_addr
+        };
+        if current {
+            conntrack::touch(conn, pkt, conntrack::From::Backend, now);
+        }
     }
 }
 

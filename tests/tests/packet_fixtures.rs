@@ -743,6 +743,29 @@ fn a_flow_the_client_closed_frees_its_snat_port_at_expiry() {
 }
 
 #[test]
+fn a_client_reusing_its_tuple_gets_its_old_port_back_though_an_earlier_one_came_free() {
+    // Client ports 40000 and 40001 both probe 20000 first (see above): with 40001 there
+    // first, 40000 gets 20001.
+    pin_to_one_cpu();
+    let mut fx = snat_fixture(2);
+    let (_, first) = open(&mut fx, 40001);
+    let (_, own) = open(&mut fx, 40000);
+    assert_eq!((first, own), (20000, 20001));
+    // 40001's flow ends (client first: its port does not rest) and expires.
+    from_client(&mut fx, 40001, TCP_FIN | TCP_ACK);
+    from_backend(&mut fx, first, TCP_FIN | TCP_ACK);
+    std::thread::sleep(std::time::Duration::from_millis(1600));
+    // 40000 closes and opens its tuple again: 20000 is free now, but it gets 20001 back.
+    from_client(&mut fx, 40000, TCP_FIN | TCP_ACK);
+    let (verdict, again) = open(&mut fx, 40000);
+    assert_eq!(verdict, XDP_REDIRECT);
+    assert_eq!(
+        again, own,
+        "the backend must see the client's own tuple sequence on its old port"
+    );
+}
+
+#[test]
 fn a_reset_after_the_backends_fin_ends_the_rest() {
     // One port: a resting port could only be had through the counted fallback.
     let (mut fx, closed) = ended_flow(

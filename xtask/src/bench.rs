@@ -88,13 +88,14 @@ pub fn bench(bench_args: &[OsString]) -> Result<i32> {
     let testsrv = built(release.join("testsrv"))?;
     let bench = built(release.join("bench"))?;
 
-    // The bench's own `--out DIR` (which must not exist yet) replaces `results/`.
+    // The bench's own `--out DIR` (relative to the repository, where it runs) replaces
+    // `results/`.
     let out = bench_args
         .iter()
         .position(|a| a == "--out")
         .and_then(|i| bench_args.get(i + 1));
     let results = match out {
-        Some(dir) => PathBuf::from(dir),
+        Some(dir) => crate::root().join(dir),
         None => {
             let results = crate::root().join("results");
             std::fs::create_dir_all(&results)
@@ -141,7 +142,7 @@ pub fn bench(bench_args: &[OsString]) -> Result<i32> {
     );
     for file in ["bench.md", "bench.png"] {
         let path = results.join(file);
-        if path.is_file() {
+        if code == 0 && path.is_file() {
             say!("bench: results in {}", path.display());
         }
     }
