@@ -53,13 +53,14 @@ fn try_balancer(ctx: &XdpContext) -> Result<u32, DropReason> {
         if let Some(verdict) = nat::cached(ctx, &pkt, settings, stamp, now)? {
             return Ok(verdict);
         }
-        if let Some(verdict) = nat::established(ctx, &pkt, settings, stamp, now)? {
-            return Ok(verdict);
-        }
+        let ended = match nat::established(ctx, &pkt, settings, stamp, now)? {
+            nat::Established::Sent(verdict) => return Ok(verdict),
+            nat::Established::Ended(ended) => ended,
+        };
         // SAFETY: the value is copied out at once; the agent replaces VIP entries whole.
         if let Some(vip) = unsafe { maps::VIPS.get(&vip_key) } {
             let vip = *vip;
-            return nat::new_flow(ctx, &pkt, &vip, settings, stamp, now);
+            return nat::new_flow(ctx, &pkt, &vip, ended.as_ref(), settings, stamp, now);
         }
     }
     if let Some(verdict) = nat::to_client(ctx, &pkt, settings)? {

@@ -154,9 +154,19 @@ fn remember(key: &FlowKey, conn: &Conn, stamp: Stamp, diffs: (csum::Diff, csum::
     }
 }
 
+/// What [`established`] did with a packet.
+pub enum Established {
+    /// Forwarded to the flow's backend, with this verdict.
+    Sent(u32),
+    /// No live flow on the packet's tuple: the caller looks the VIP up and schedules a
+    /// new flow. `Some` holds the entry of the flow that ended there (its SNAT port is
+    /// the one the new flow tries first).
+    Ended(Option<Conn>),
+}
+
 /// A packet of an established flow: found in `CONNS`, still its VIP's, not expired, its
-/// backend not to be left: translate it and send it to the backend. `Ok(None)` otherwise
-/// (the caller then looks the VIP up and schedules a new flow). No `VIPS` lookup here.
+/// backend not to be left: translate it and send it to the backend. No `VIPS` lookup
+/// here.
 #[inline(always)]
 pub fn established(
     ctx: &XdpContext,
@@ -164,23 +174,23 @@ pub fn established(
     settings: &Settings,
     stamp: Stamp,
     now: u64,
-) -> Result<Option<u32>, DropReason> {
+) -> Result<Established, DropReason> {
     let Some(entry) = CONNS.get_ptr_mut(&pkt.key) else {
-        return Ok(None);
+        return Ok(Established::Ended(None));
     };
     // SAFETY: map value pointer, copied out whole.
     let conn = unsafe { *entry };
     if VIP_GENS.get(conn.vip_id).copied() != Some(conn.vip_gen) {
         // Its VIP was deleted (or its id now names another VIP).
-        return Ok(None);
+        return Ok(Established::Ended(Some(conn)));
     }
     if !conntrack::is_live(&conn, pkt, settings, now) {
         stats::count(stat::CONN_EXPIRED);
-        return Ok(None);
+        return Ok(Established::Ended(Some(conn)));
     }
     if must_move(&conn) {
         stats::count(stat::CONN_RESCHEDULED);
-        return Ok(None);
+        return Ok(Established::Ended(Some(conn)));
     }
     conntrack::touch(entry, pkt, conntrack::From::Client, now);
     let to = to_backend(&conn);
@@ -188,21 +198,22 @@ pub fn established(
     // SAFETY: as above; the entry as touched.
     remember(&pkt.key, unsafe { &*entry }, stamp, diffs);
     let ids = (conn.vip_id, conn.backend_id);
-    forward(ctx, pkt, ids, &to, diffs, now, false).map(Some)
+    forward(ctx, pkt, ids, &to, diffs, now, false).map(Established::Sent)
 }
 
 /// A packet for `vip` that is no established flow: schedule a new flow, translate the
-/// packet, send it to the backend.
+/// packet, send it to the backend. `ended`: the flow that ended on the packet's tuple.
 #[inline(always)]
 pub fn new_flow(
     ctx: &XdpContext,
     pkt: &Packet,
     vip: &VipMeta,
+    ended: Option<&Conn>,
     settings: &Settings,
     stamp: Stamp,
     now: u64,
 ) -> Result<u32, DropReason> {
-    let conn = match schedule(pkt, vip, settings, now) {
+    let conn = match schedule(pkt, vip, ended, settings, now) {
         Ok(Some(conn)) => conn,
         Ok(None) => return all_down(vip),
         Err(reason) => {
@@ -286,6 +297,7 @@ fn all_down(vip: &VipMeta) -> Result<u32, DropReason> {
 fn schedule(
     pkt: &Packet,
     vip: &VipMeta,
+    ended: Option<&Conn>,
     settings: &Settings,
     now: u64,
 ) -> Result<Option<Conn>, DropReason> {
@@ -316,7 +328,7 @@ fn schedule(
         _pad: 0,
         last_seen_ns: now,
     };
-    if let Err(reason) = allocate_port(pkt, &backend, &mut conn, settings, now, hash) {
+    if let Err(reason) = allocate_port(pkt, &backend, &mut conn, ended, settings, now, hash) {
         // Whatever failed, no forward entry may name a port this flow does not hold.
         let _ = CONNS.remove(&pkt.key);
         return Err(reason);
@@ -344,6 +356,7 @@ fn allocate_port(
     pkt: &Packet,
     backend: &Backend,
     conn: &mut Conn,
+    ended: Option<&Conn>,
     settings: &Settings,
     now: u64,
     hash: u64,
@@ -367,8 +380,7 @@ fn allocate_port(
     // A client reusing its tuple towards the same backend tries its old port first, so
     // the backend sees the client's own tuple sequence on it (see `holder_for`), even
     // when a port earlier in the probe order has come free meanwhile.
-    // SAFETY: copied out at once.
-    if let Some(old) = unsafe { CONNS.get(&pkt.key) }.copied() {
+    if let Some(old) = ended {
         let port = u16::from_be(old.snat_port);
         if old.backend_addr == backend.addr
             && old.backend_port == backend.port
