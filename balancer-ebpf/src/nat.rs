@@ -377,6 +377,8 @@ fn allocate_port(
         backend_id: conn.backend_id,
         vip_id: conn.vip_id,
     };
+    // The probed port that has rested longest (see above), and for how long.
+    let mut resting: Option<(u16, u64)> = None;
     // A client reusing its tuple towards the same backend tries its old port first, so
     // the backend sees the client's own tuple sequence on it (see `holder_for`), even
     // when a port earlier in the probe order has come free meanwhile.
@@ -387,34 +389,34 @@ fn allocate_port(
             && old.snat_addr == backend.snat_addr
             && port >= settings.snat_port_min
             && port <= settings.snat_port_max
+            && probe(
+                pkt,
+                backend,
+                old.snat_port,
+                conn,
+                &entry,
+                &mut resting,
+                settings,
+                now,
+            )?
         {
-            let reply_key = reply_tuple(backend, old.snat_port, pkt.key.proto);
-            // SAFETY: read-only look at a map value.
-            let own = unsafe { NAT.get(&reply_key) }
-                .is_some_and(|e| client_key(e, pkt.key.proto) == pkt.key);
-            if own && claim(pkt, &reply_key, conn, &entry, settings, now)?.is_some() {
-                return Ok(());
-            }
+            return Ok(());
         }
     }
-    // The probed port that has rested longest (see above), and for how long.
-    let mut resting: Option<(u16, u64)> = None;
     let mut i = 0;
     while i < SNAT_PORT_PROBES {
         let port = ((min + (start + i) % range) as u16).to_be();
-        let reply_key = reply_tuple(backend, port, pkt.key.proto);
-        match holder_for(pkt, &reply_key, settings, now) {
-            Holder::Alive => {}
-            Holder::Resting(idle) => {
-                if resting.is_none_or(|(_, longest)| idle > longest) {
-                    resting = Some((port, idle));
-                }
-            }
-            Holder::Gone | Holder::Evicted => {
-                if claim(pkt, &reply_key, conn, &entry, settings, now)?.is_some() {
-                    return Ok(());
-                }
-            }
+        if probe(
+            pkt,
+            backend,
+            port,
+            conn,
+            &entry,
+            &mut resting,
+            settings,
+            now,
+        )? {
+            return Ok(());
         }
         i += 1;
     }
@@ -433,6 +435,36 @@ fn allocate_port(
     }
     // The caller removes the forward entry, which may name a port this flow does not hold.
     Err(stat::DROP_SNAT_EXHAUSTED)
+}
+
+/// One candidate SNAT port: looks at its holder and claims the port when that flow is
+/// gone; a resting port is remembered in `resting` if it has rested longest so far.
+/// `Ok(true)`: the port is this flow's.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn probe(
+    pkt: &Packet,
+    backend: &Backend,
+    port: u16,
+    conn: &mut Conn,
+    entry: &NatEntry,
+    resting: &mut Option<(u16, u64)>,
+    settings: &Settings,
+    now: u64,
+) -> Result<bool, DropReason> {
+    let reply_key = reply_tuple(backend, port, pkt.key.proto);
+    match holder_for(pkt, &reply_key, settings, now) {
+        Holder::Alive => Ok(false),
+        Holder::Resting(idle) => {
+            if resting.is_none_or(|(_, longest)| idle > longest) {
+                *resting = Some((port, idle));
+            }
+            Ok(false)
+        }
+        Holder::Gone | Holder::Evicted => {
+            Ok(claim(pkt, &reply_key, conn, entry, settings, now)?.is_some())
+        }
+    }
 }
 
 /// Claims the SNAT port of `reply_key` for `pkt`'s new flow, which a look found usable:
