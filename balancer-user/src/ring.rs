@@ -480,7 +480,7 @@ pub fn maglev(backends: &[RingBackend], m: u32, prev: Option<&[u32]>) -> Vec<u32
 /// The permutation walks stop when `m / ENDGAME_FRACTION` slots are left free (about 3%):
 /// walking to the very last free slot costs about ln(m) probes per slot in all, the
 /// endgame cuts that to about ln(ENDGAME_FRACTION).
-const ENDGAME_FRACTION: usize = 32;
+pub const ENDGAME_FRACTION: usize = 32;
 
 /// Greatest common divisor.
 fn gcd(mut a: u64, mut b: u64) -> u64 {

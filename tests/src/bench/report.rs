@@ -7,6 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
+use balancer::ring;
 use plotters::prelude::*;
 use plotters::style::FontStyle;
 
@@ -1299,11 +1300,11 @@ fn e2e_panel(r: &Results) -> Panel {
 
 /// Slots the Maglev builder's walks take, and the slots they leave free, for `n`
 /// backends of equal weight and ring size `m`: rounds in which every backend below quota
-/// takes one slot, until at most `m / 32` are free (ring.rs, `ENDGAME_FRACTION`).
+/// takes one slot, until at most `m / ENDGAME_FRACTION` are free.
 fn walk_slots(m: u64, n: u64) -> (u64, u64) {
     let (quota, one_more) = (m / n, m % n);
     let (mut free, mut round) = (m, 0);
-    while free > m / 32 {
+    while free > m / ring::ENDGAME_FRACTION as u64 {
         let active = match round.cmp(&quota) {
             Ordering::Less => n,
             Ordering::Equal => one_more,
@@ -1802,7 +1803,7 @@ pub fn analysis(r: &Results) -> Vec<String> {
                     "The Maglev paper's own algorithm (Pseudocode 1, walks to the last slot) \
                      takes {pt:.2} ms here for the same backends: the builder needs {:.2}x its \
                      time, and to be under 1 ms here it would need {:.2}x. The builder walks \
-                     until at most 1/32 of the slots are free ({walked} slots by walks, \
+                     until at most 1/{} of the slots are free ({walked} slots by walks, \
                      {left} left) and deals those out round-robin (its endgame), about \
                      {:.0}k probes; the paper's algorithm probes about {:.0}k for all {m}. \
                      {:.1}x the probes cost {:.1}x the time: in these loops (a different \
@@ -1811,6 +1812,7 @@ pub fn analysis(r: &Results) -> Vec<String> {
                      free?), the costly one. ",
                     t / pt,
                     1.0 / pt,
+                    ring::ENDGAME_FRACTION,
                     probes / 1e3,
                     paper_probes / 1e3,
                     paper_probes / probes,
