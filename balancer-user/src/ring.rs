@@ -138,7 +138,9 @@ struct Perm {
 }
 
 impl Perm {
-    fn new(key: u64, m: u32) -> Perm {
+    /// `prime` tells whether `m` is prime; then every skip in `1..m` is coprime with
+    /// it and the gcd, a chain of 64-bit divisions per backend, is not needed.
+    fn new(key: u64, m: u32, prime: bool) -> Perm {
         let m64 = u64::from(m);
         let offset = (splitmix64(key) % m64) as u32;
         let mut skip = if m > 1 {
@@ -146,10 +148,12 @@ impl Perm {
         } else {
             1
         };
-        // The loop body only runs for a non-prime `m` (a caller's bug); it ends at the
-        // latest at 1, which is coprime with anything.
-        while gcd(u64::from(skip), m64) != 1 {
-            skip = skip % (m - 1) + 1;
+        // Only for a non-prime `m` (a caller's bug); the loop ends at the latest at 1,
+        // which is coprime with anything.
+        if !prime {
+            while gcd(u64::from(skip), m64) != 1 {
+                skip = skip % (m - 1) + 1;
+            }
         }
         Perm { offset, skip }
     }
@@ -333,7 +337,8 @@ pub fn maglev(backends: &[RingBackend], m: u32, prev: Option<&[u32]>) -> Vec<u32
     // owner[slot] = index into `live`, or FREE.
     let mut owner = vec![FREE; m_len];
     let mut count = vec![0u32; n];
-    let perms: Vec<Perm> = live.iter().map(|b| Perm::new(b.key, m)).collect();
+    let prime = is_prime(m);
+    let perms: Vec<Perm> = live.iter().map(|b| Perm::new(b.key, m, prime)).collect();
 
     // Keep phase, part 1: every slot whose previous owner is still live stays put.
     if let Some(prev) = prev {
@@ -784,7 +789,7 @@ mod tests {
         // Non-prime sizes too: their skips are made coprime with m.
         for m in [2u32, 3, 4, 7, 100, 251, 65536, 65537, 655373] {
             for key in 0..20u64 {
-                let p = Perm::new(splitmix64(key), m);
+                let p = Perm::new(splitmix64(key), m, is_prime(m));
                 assert!(p.skip >= 1 && p.skip < m.max(2));
                 assert_eq!(
                     gcd(u64::from(p.skip), u64::from(m)),
