@@ -643,6 +643,20 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
     Validator { text, origin }.config(raw)
 }
 
+/// Why `addr` cannot be a backend's (unicast host) address, if it cannot.
+#[must_use]
+pub fn not_a_host(addr: Ipv4Addr) -> Option<&'static str> {
+    if addr.is_unspecified() {
+        Some("the unspecified address")
+    } else if addr.is_broadcast() {
+        Some("the broadcast address")
+    } else if addr.is_multicast() {
+        Some("a multicast address")
+    } else {
+        None
+    }
+}
+
 /// Whether `s` is a valid pool or VIP name: 1 to 64 characters of
 /// `A-Z a-z 0-9 _ . -`.
 #[must_use]
@@ -1143,6 +1157,13 @@ impl Validator<'_> {
                     ));
                 }
                 let address = self.ipv4(&backend.address, format_args!("{bfield}.address"))?;
+                if let Some(why) = not_a_host(address) {
+                    return Err(self.error(
+                        backend.address.span(),
+                        format_args!("{bfield}.address"),
+                        format!("{address} is {why}, not a backend's address"),
+                    ));
+                }
                 let port = self.port(&backend.port, format_args!("{bfield}.port"))?;
                 let weight = match &backend.weight {
                     None => DEFAULT_WEIGHT,
@@ -1276,6 +1297,18 @@ impl Validator<'_> {
                     vip.pool.span(),
                     format_args!("{field}.pool"),
                     format!("unknown pool {pool_name:?} ({known})"),
+                ));
+            }
+
+            if name != *pool_name && pools.iter().any(|p| p.name == name) {
+                return Err(self.error(
+                    vip.name.span(),
+                    format_args!("{field}.name"),
+                    format!(
+                        "{name:?} is also the name of a pool, and this VIP uses pool {pool_name:?}: \
+                         `backend` commands naming {name:?} would be ambiguous (a VIP may share \
+                         its name only with its own pool)"
+                    ),
                 ));
             }
 
@@ -2228,6 +2261,39 @@ port_range = "20000-32767"
             "balancer.toml:11:8: vip[0] (\"web\").pool: ",
             "unknown pool \"web\" (no [[pool]] is defined)",
         );
+    }
+
+    #[test]
+    fn vip_named_like_another_pool() {
+        // VIP "web" may use pool "web"; with pool "api" it would make `backend add web`
+        // ambiguous.
+        let text = with(ONE_VIP, "[[vip]]", "[[pool]]\nname = \"api\"\n[[vip]]");
+        let text = with(&text, "pool = \"web\"", "pool = \"api\"");
+        assert_error(
+            &text,
+            "balancer.toml:8:8: vip[0] (\"web\").name: ",
+            "\"web\" is also the name of a pool, and this VIP uses pool \"api\"",
+        );
+    }
+
+    #[test]
+    fn backend_address_must_be_a_host() {
+        for (address, why) in [
+            ("0.0.0.0", "the unspecified address"),
+            ("255.255.255.255", "the broadcast address"),
+            ("239.1.2.3", "a multicast address"),
+        ] {
+            let text = with(
+                ONE_VIP,
+                "name = \"web\"\n[[vip]]",
+                &format!("name = \"web\"\n[[pool.backends]]\naddress = \"{address}\"\nport = 80\n[[vip]]"),
+            );
+            assert_error(
+                &text,
+                "balancer.toml:6:11: pool[0] (\"web\").backends[0].address: ",
+                &format!("{address} is {why}, not a backend's address"),
+            );
+        }
     }
 
     #[test]
