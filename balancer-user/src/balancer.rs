@@ -56,6 +56,12 @@ pub enum BalancerError {
     NoSourceAddress { backend: SocketAddrV4, why: String },
     #[error("data plane update failed: {0}")]
     Maps(#[from] MapsError),
+    /// An error while applying one part of a configuration file.
+    #[error("{place}: {error}")]
+    In {
+        place: String,
+        error: Box<BalancerError>,
+    },
 }
 
 /// How the SNAT source address towards a backend is chosen.
@@ -177,6 +183,9 @@ struct PoolBackend {
     /// Where the backend's check task keeps its newest check (newer than `last_check`,
     /// which only changes with the result).
     latest: Option<LatestSlot>,
+    /// Number of that task ([`health::LatestCheck::task`]); results of other tasks are
+    /// ignored. 0 until a task is started.
+    check_task: u64,
     changed_at: Instant,
     change_reason: String,
 }
@@ -336,15 +345,24 @@ impl<M: Maps> Balancer<M> {
             None => SnatSource::Route,
         };
         let mut lb = Self::new(maps, &settings(&config.timeouts, &config.nat), snat)?;
+        let within = |place: String| {
+            move |e| BalancerError::In {
+                place,
+                error: Box::new(e),
+            }
+        };
         for pool in &config.pools {
-            lb.configure_pool(pool)?;
+            lb.configure_pool(pool)
+                .map_err(within(format!("pool {:?}", pool.name)))?;
             for b in &pool.backends {
                 let addr = SocketAddrV4::new(b.address, b.port);
-                lb.insert_backend(&pool.name, addr, b.weight, b.check.clone())?;
+                lb.insert_backend(&pool.name, addr, b.weight, b.check.clone())
+                    .map_err(within(format!("pool {:?}, backend {addr}", pool.name)))?;
             }
         }
         for vip in &config.vips {
-            lb.add_vip(vip.clone())?;
+            lb.add_vip(vip.clone())
+                .map_err(within(format!("vip {:?}", vip.name)))?;
         }
         Ok(lb)
     }
@@ -360,6 +378,18 @@ impl<M: Maps> Balancer<M> {
                 what: "pool name",
                 why: format!("{name:?} (use 1-64 of A-Z a-z 0-9 _ . -)"),
             });
+        }
+        if !self.pools.contains_key(name) {
+            if let Some(vip) = self.vips.get(name) {
+                return Err(BalancerError::Invalid {
+                    what: "pool name",
+                    why: format!(
+                        "{name:?} is the name of VIP {name:?}, which uses pool {:?} \
+                         (backend commands naming {name:?} would be ambiguous)",
+                        vip.config.pool
+                    ),
+                });
+            }
         }
         self.pools.entry(name.to_string()).or_default();
         Ok(())
@@ -396,20 +426,35 @@ impl<M: Maps> Balancer<M> {
         if config.port == 0 {
             return Err(BalancerError::Invalid {
                 what: "VIP port",
-                why: "0".into(),
+                why: format!("0 (VIP {:?})", config.name),
             });
         }
         if config.ring_size > MAX_RING_SIZE || !ring::is_prime(config.ring_size) {
             return Err(BalancerError::Invalid {
                 what: "ring size",
                 why: format!(
-                    "{} (Maglev needs a prime <= {MAX_RING_SIZE}, e.g. 65537)",
-                    config.ring_size
+                    "{} (VIP {:?}: Maglev needs a prime <= {MAX_RING_SIZE}, e.g. 65537)",
+                    config.ring_size, config.name
                 ),
             });
         }
+        if config.pool != config.name && self.pools.contains_key(&config.name) {
+            return Err(BalancerError::Invalid {
+                what: "VIP name",
+                why: format!(
+                    "{:?} is the name of a pool, and this VIP uses pool {:?} (backend commands \
+                     naming {:?} would be ambiguous; a VIP may share its name only with its own pool)",
+                    config.name, config.pool, config.name
+                ),
+            });
+        }
+        if self.vip_ids.available() == 0 {
+            return Err(BalancerError::TooManyVips);
+        }
+        // A pool this call creates goes again if the VIP cannot be added.
+        let new_pool = (!self.pools.contains_key(&config.pool)).then(|| config.pool.clone());
         self.add_pool(&config.pool)?;
-        let id = self.vip_ids.alloc().ok_or(BalancerError::TooManyVips)?;
+        let id = self.vip_ids.alloc().expect("an id is available");
         let name = config.name.clone();
         self.vip_generation = self.vip_generation.checked_add(1).unwrap_or(1);
         let vip = Vip {
@@ -430,6 +475,9 @@ impl<M: Maps> Balancer<M> {
             let vip = self.vips.remove(&name).expect("just inserted");
             let _ = self.maps.del_vip(&vip.key());
             self.vip_ids.release(id);
+            if let Some(pool) = new_pool {
+                self.pools.remove(&pool);
+            }
             return Err(e);
         }
         log::info!("vip {name}: added");
@@ -479,11 +527,17 @@ impl<M: Maps> Balancer<M> {
         check: CheckConfig,
     ) -> Result<(), BalancerError> {
         let pool_name = self.pool_name(target)?;
-        check_weight(weight)?;
-        if addr.port() == 0 || addr.ip().is_unspecified() {
+        check_weight(weight, &pool_name, addr)?;
+        if let Some(why) = config::not_a_host(*addr.ip()) {
             return Err(BalancerError::Invalid {
                 what: "backend address",
-                why: format!("{addr}"),
+                why: format!("{addr} (pool {pool_name:?}): {} is {why}", addr.ip()),
+            });
+        }
+        if addr.port() == 0 {
+            return Err(BalancerError::Invalid {
+                what: "backend address",
+                why: format!("{addr} (pool {pool_name:?}): port 0"),
             });
         }
         let pool = &self.pools[&pool_name];
@@ -515,6 +569,7 @@ impl<M: Maps> Balancer<M> {
             health,
             last_check: None,
             latest: None,
+            check_task: 0,
             changed_at: Instant::now(),
             change_reason: format!("initial state {}", health.as_str()),
         };
@@ -532,7 +587,14 @@ impl<M: Maps> Balancer<M> {
             .expect("checked above")
             .backends
             .push(backend);
-        self.apply_pool(&pool_name)?;
+        let applied = self.apply_pool_or_undo(&pool_name, |lb| {
+            lb.pool_mut(&pool_name).backends.retain(|b| b.addr != addr);
+        });
+        if let Err(e) = applied {
+            let _ = self.maps.set_backend(id, &Backend::default());
+            self.backend_ids.release(id);
+            return Err(e);
+        }
         log::info!("pool {pool_name}: backend {addr} added (weight {weight}, source {snat_addr})");
         Ok(())
     }
@@ -551,8 +613,18 @@ impl<M: Maps> Balancer<M> {
                 backend: addr,
             })?;
         let removed = pool.backends.remove(index);
-        self.apply_pool(&pool_name)?;
-        self.maps.set_backend(removed.id, &Backend::default())?;
+        let put_back = |lb: &mut Self| {
+            lb.pool_mut(&pool_name)
+                .backends
+                .insert(index, removed.clone());
+        };
+        self.apply_pool_or_undo(&pool_name, put_back)?;
+        if let Err(e) = self.maps.set_backend(removed.id, &Backend::default()) {
+            // Keep the backend rather than leave its entry behind with its id released.
+            put_back(self);
+            self.reapply(&pool_name);
+            return Err(e.into());
+        }
         self.backend_ids.release(removed.id);
         log::info!("pool {pool_name}: backend {addr} deleted");
         Ok(())
@@ -565,8 +637,8 @@ impl<M: Maps> Balancer<M> {
         addr: SocketAddrV4,
         weight: u32,
     ) -> Result<(), BalancerError> {
-        check_weight(weight)?;
         let pool_name = self.pool_name(target)?;
+        check_weight(weight, &pool_name, addr)?;
         let pool = self.pools.get_mut(&pool_name).expect("resolved");
         let backend = pool
             .backends
@@ -577,7 +649,11 @@ impl<M: Maps> Balancer<M> {
                 backend: addr,
             })?;
         let old = std::mem::replace(&mut backend.weight, weight);
-        self.apply_pool(&pool_name)?;
+        self.apply_pool_or_undo(&pool_name, |lb| {
+            if let Some(b) = lb.backend_mut(&pool_name, addr) {
+                b.weight = old;
+            }
+        })?;
         log::info!("pool {pool_name}: backend {addr} weight {old} -> {weight}");
         Ok(())
     }
@@ -594,6 +670,43 @@ impl<M: Maps> Balancer<M> {
             self.apply_ring(&name)?;
         }
         Ok(())
+    }
+
+    /// [`Self::apply_pool`] after a change to `pool`. If that fails, `undo` reverts the
+    /// change and the rings are rebuilt from the reverted pool, so that the agent's state
+    /// and the data plane stay as they were; the first error is returned.
+    fn apply_pool_or_undo(
+        &mut self,
+        pool: &str,
+        undo: impl FnOnce(&mut Self),
+    ) -> Result<(), BalancerError> {
+        let Err(e) = self.apply_pool(pool) else {
+            return Ok(());
+        };
+        undo(self);
+        self.reapply(pool);
+        Err(e)
+    }
+
+    /// Rebuilds `pool`'s rings after a change was reverted; a failure here is only logged
+    /// (the caller reports the first one). A VIP whose ring was not rebuilt keeps serving
+    /// its active slice, which the failed update never touched.
+    fn reapply(&mut self, pool: &str) {
+        if let Err(e) = self.apply_pool(pool) {
+            log::error!("pool {pool}: restoring the rings after a failed update: {e}");
+        }
+    }
+
+    fn pool_mut(&mut self, pool: &str) -> &mut Pool {
+        self.pools.get_mut(pool).expect("caller resolved the pool")
+    }
+
+    fn backend_mut(&mut self, pool: &str, addr: SocketAddrV4) -> Option<&mut PoolBackend> {
+        self.pools
+            .get_mut(pool)?
+            .backends
+            .iter_mut()
+            .find(|b| b.addr == addr)
     }
 
     /// Builds the VIP's ring, writes it to the inactive slice (only the slots that differ
@@ -734,18 +847,24 @@ impl<M: Maps> Balancer<M> {
             .get_mut(pool)
             .and_then(|p| p.backends.iter_mut().find(|b| b.addr == backend))
         {
+            b.check_task = health::latest(&slot).task;
             b.latest = Some(slot);
         }
     }
 
     /// Takes one health check result; a transition updates the ring and the backend's
-    /// flags at once. Results for backends deleted meanwhile are ignored.
+    /// flags at once. Results for backends deleted meanwhile, and results of a check task
+    /// that was replaced (a backend deleted and added again), are ignored.
     pub fn record_health(&mut self, event: &HealthEvent) -> Result<(), BalancerError> {
         let Some(pool) = self.pools.get_mut(&event.pool) else {
             return Ok(());
         };
         let policy = pool.on_backend_down;
-        let Some(backend) = pool.backends.iter_mut().find(|b| b.addr == event.backend) else {
+        let Some(backend) = pool
+            .backends
+            .iter_mut()
+            .find(|b| b.addr == event.backend && b.check_task == event.task)
+        else {
             return Ok(());
         };
         backend.last_check = Some(LastCheck {
@@ -757,18 +876,42 @@ impl<M: Maps> Balancer<M> {
             return Ok(());
         }
         let old = std::mem::replace(&mut backend.health, event.health);
-        backend.changed_at = Instant::now();
-        backend.change_reason = event.outcome.reason.clone();
+        let old_since = std::mem::replace(&mut backend.changed_at, Instant::now());
+        let old_reason =
+            std::mem::replace(&mut backend.change_reason, event.outcome.reason.clone());
         let (id, addr) = (backend.id, backend.addr);
         let entry = backend_entry(backend, policy);
         let pool_name = event.pool.clone();
+        // A failed update leaves the backend in its old state, so that the next result
+        // (the check task reports every change of outcome) tries the transition again.
+        let revert = |lb: &mut Self| {
+            if let Some(b) = lb.backend_mut(&pool_name, addr) {
+                b.health = old;
+                b.changed_at = old_since;
+                b.change_reason.clone_from(&old_reason);
+            }
+        };
         // Down: leave the ring first, then flag the pinned flows. Up: the reverse.
         if event.health == Health::Down {
-            self.apply_pool(&pool_name)?;
-            self.maps.set_backend(id, &entry)?;
+            self.apply_pool_or_undo(&pool_name, revert)?;
+            if let Err(e) = self.maps.set_backend(id, &entry) {
+                revert(self);
+                self.reapply(&pool_name);
+                return Err(e.into());
+            }
         } else {
-            self.maps.set_backend(id, &entry)?;
-            self.apply_pool(&pool_name)?;
+            if let Err(e) = self.maps.set_backend(id, &entry) {
+                revert(self);
+                return Err(e.into());
+            }
+            let flagged = self.apply_pool_or_undo(&pool_name, revert);
+            if let Err(e) = flagged {
+                if let Some(b) = self.backend_mut(&pool_name, addr) {
+                    let entry = backend_entry(b, policy);
+                    let _ = self.maps.set_backend(id, &entry);
+                }
+                return Err(e);
+            }
         }
         log::info!(
             "pool {pool_name}: backend {addr} {} -> {} ({})",
@@ -795,11 +938,11 @@ fn backend_entry(b: &PoolBackend, policy: DownPolicy) -> Backend {
     }
 }
 
-fn check_weight(weight: u32) -> Result<(), BalancerError> {
+fn check_weight(weight: u32, pool: &str, addr: SocketAddrV4) -> Result<(), BalancerError> {
     if weight > MAX_WEIGHT {
         return Err(BalancerError::Invalid {
             what: "weight",
-            why: format!("{weight} (0..={MAX_WEIGHT})"),
+            why: format!("{weight} for backend {addr} in pool {pool:?} (0..={MAX_WEIGHT})"),
         });
     }
     Ok(())

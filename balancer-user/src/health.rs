@@ -550,6 +550,9 @@ pub struct HealthEvent {
     pub health: Health,
     /// Which check of the backend's task this was (1 = the first).
     pub check: u64,
+    /// The task's number ([`LatestCheck::task`]): results of a replaced task that were
+    /// already queued must not apply to the backend its successor checks.
+    pub task: u64,
 }
 
 /// The newest check of one backend, written by its check task after every check.
@@ -558,6 +561,9 @@ pub struct LatestCheck {
     pub outcome: Option<CheckOutcome>,
     /// Checks run so far by the task.
     pub checks: u64,
+    /// The number of the check task that writes this slot (never 0 for a started task;
+    /// the checker numbers its tasks from 1).
+    pub task: u64,
 }
 
 /// A backend's [`LatestCheck`], shared by its check task and the agent (`status`).
@@ -679,7 +685,7 @@ impl Checker {
     ///
     /// Type `none` starts nothing (and stops a previous check of the backend): the backend
     /// is simply up. Events of a replaced task that are already queued are still
-    /// delivered. (Without the checker's own thread, this must be called within a tokio
+    /// delivered; they carry that task's number ([`HealthEvent::task`]). (Without the checker's own thread, this must be called within a tokio
     /// runtime; outside one, the error is logged and nothing is started.)
     ///
     /// Returns the slot where the task keeps the backend's newest check (`None` when
@@ -706,8 +712,11 @@ impl Checker {
                 return None;
             }
         };
-        self.started = self.started.wrapping_add(1);
-        let latest = LatestSlot::default();
+        self.started = self.started.wrapping_add(1).max(1);
+        let latest = Arc::new(Mutex::new(LatestCheck {
+            task: self.started,
+            ..LatestCheck::default()
+        }));
         let task = CheckTask {
             pool: pool.to_owned(),
             backend,
@@ -718,6 +727,7 @@ impl Checker {
             jitter: Jitter::seeded(self.started),
             epoch: self.epoch,
             syn: self.syn.as_ref().map(SynProber::client),
+            task: self.started,
         };
         let handle = runtime.spawn(task.run());
         self.tasks
@@ -822,6 +832,8 @@ struct CheckTask {
     epoch: Instant,
     /// The engine of TCP checks to IPv4 targets, if any.
     syn: Option<SynClient>,
+    /// The task's number ([`HealthEvent::task`]).
+    task: u64,
 }
 
 impl CheckTask {
@@ -855,6 +867,7 @@ impl CheckTask {
                     transition,
                     health: tracker.health(),
                     check: latest.checks,
+                    task: self.task,
                 });
                 latest.outcome = Some(outcome);
                 event
@@ -1140,6 +1153,7 @@ mod tests {
             jitter: Jitter::seeded(1),
             epoch: Instant::now(),
             syn: None,
+            task: 1,
         }
         .run();
         let size = std::mem::size_of_val(&task);

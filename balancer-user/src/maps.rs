@@ -403,6 +403,9 @@ pub struct FakeMaps {
     pub backend_stats: StdHashMap<u32, FlowStats>,
     /// Number of ring slot writes (to check that ring updates write only what changed).
     pub ring_writes: usize,
+    /// `Some(n)`: the next `n` writes succeed, the one after fails, and later ones
+    /// succeed again (a transient failure, to test how the balancer recovers).
+    pub fail_write: Option<usize>,
 }
 
 impl FakeMaps {
@@ -422,26 +425,51 @@ impl FakeMaps {
     }
 }
 
+impl FakeMaps {
+    /// Counts one write against [`FakeMaps::fail_write`].
+    fn write(&mut self, map: &'static str) -> Result<(), MapsError> {
+        match &mut self.fail_write {
+            Some(0) => {
+                self.fail_write = None;
+                Err(MapsError::Other {
+                    map,
+                    message: "injected failure".into(),
+                })
+            }
+            Some(n) => {
+                *n -= 1;
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+}
+
 impl Maps for FakeMaps {
     fn set_settings(&mut self, settings: &Settings) -> Result<(), MapsError> {
+        self.write("SETTINGS")?;
         self.settings = *settings;
         Ok(())
     }
     fn set_vip(&mut self, key: &VipKey, meta: &VipMeta) -> Result<(), MapsError> {
+        self.write("VIPS")?;
         self.vips.insert(*key, *meta);
         self.present.record(key, meta.vip_id, meta.generation);
         Ok(())
     }
     fn del_vip(&mut self, key: &VipKey) -> Result<(), MapsError> {
+        self.write("VIPS")?;
         self.vips.remove(key);
         self.present.removed(key);
         Ok(())
     }
     fn set_backend(&mut self, id: u32, backend: &Backend) -> Result<(), MapsError> {
+        self.write("BACKENDS")?;
         self.backends.insert(id, *backend);
         Ok(())
     }
     fn set_ring_slot(&mut self, index: u32, backend_id: u32) -> Result<(), MapsError> {
+        self.write("RING")?;
         self.ring_writes += 1;
         self.ring.insert(index, backend_id);
         Ok(())
@@ -457,10 +485,12 @@ impl Maps for FakeMaps {
             .unwrap_or_default())
     }
     fn clear_vip_stats(&mut self, vip_id: u32) -> Result<(), MapsError> {
+        self.write("VIP_STATS")?;
         self.vip_stats.remove(&vip_id);
         Ok(())
     }
     fn clear_backend_stats(&mut self, backend_id: u32) -> Result<(), MapsError> {
+        self.write("BACKEND_STATS")?;
         self.backend_stats.remove(&backend_id);
         Ok(())
     }

@@ -526,6 +526,8 @@ fn a_cached_flow_of_a_backend_that_went_down_is_moved_at_its_next_packet() {
         transition: Some((Health::Up, Health::Down)),
         health: Health::Down,
         check: 3,
+        // The fixture starts no check tasks: its backends' task number is 0.
+        task: 0,
     };
     fx.lb
         .record_health(&down)

@@ -1,5 +1,5 @@
 //! Unit tests of the balancer API over in-memory maps.
-use std::{collections::HashSet, net::SocketAddrV4};
+use std::{collections::HashSet, net::SocketAddrV4, sync::Arc};
 
 use balancer_common::{MAX_RING_SIZE, NO_BACKEND, SCHED_ROUND_ROBIN};
 
@@ -138,19 +138,20 @@ fn all_drained_means_ring_size_zero() {
     assert_eq!(lb.maps().vips[&lb.vips["web"].key()].ring_size, 0);
 }
 
+/// What `status` shows, without the clock-driven age of each backend's health.
+fn state(lb: &Balancer<FakeMaps>) -> Status {
+    let mut status = lb.status().unwrap();
+    for b in status.pools.iter_mut().flat_map(|p| p.backends.iter_mut()) {
+        b.since_change_secs = 0.0;
+    }
+    status
+}
+
 #[test]
 fn errors_name_what_is_wrong_and_change_nothing() {
     let mut lb = lb();
     lb.add_vip(vip("web", 80, Scheduler::Maglev)).unwrap();
     lb.add_backend("web", backend(1), 1).unwrap();
-    // The state, without the clock-driven age of each backend's health.
-    let state = |lb: &Balancer<FakeMaps>| {
-        let mut status = lb.status().unwrap();
-        for b in status.pools.iter_mut().flat_map(|p| p.backends.iter_mut()) {
-            b.since_change_secs = 0.0;
-        }
-        status
-    };
     let before = state(&lb);
 
     let e = lb.del_vip("nope").unwrap_err().to_string();
@@ -187,7 +188,181 @@ fn errors_name_what_is_wrong_and_change_nothing() {
         .to_string();
     assert!(e.contains("weight"), "{e}");
 
+    let mut zero_port = vip("zero", 0, Scheduler::Maglev);
+    zero_port.pool = "zero".into();
+    let e = lb.add_vip(zero_port).unwrap_err().to_string();
+    assert!(e.contains("\"zero\"") && e.contains("port"), "{e}");
+    for bad in ["0.0.0.0", "255.255.255.255", "224.0.0.1"] {
+        let addr = SocketAddrV4::new(bad.parse().unwrap(), 80);
+        let e = lb.add_backend("web", addr, 1).unwrap_err().to_string();
+        assert!(e.contains(bad) && e.contains("\"web\""), "{e}");
+    }
+
     assert_eq!(state(&lb), before, "a refused request changed the state");
+}
+
+#[test]
+fn a_refused_vip_leaves_no_new_pool_behind() {
+    let mut lb = lb();
+    for i in 0..MAX_VIPS {
+        lb.add_vip(vip(&format!("v{i}"), 1000 + i as u16, Scheduler::Maglev))
+            .unwrap();
+    }
+    let mut extra = vip("extra", 999, Scheduler::Maglev);
+    extra.pool = "new-pool".into();
+    let e = lb.add_vip(extra).unwrap_err();
+    assert!(matches!(e, BalancerError::TooManyVips), "{e}");
+    assert!(
+        !lb.pools.contains_key("new-pool"),
+        "the refused VIP created its pool"
+    );
+}
+
+#[test]
+fn vip_and_pool_names_stay_unambiguous() {
+    let mut lb = lb();
+    // A VIP may share its name with its own pool...
+    lb.add_vip(vip("web", 80, Scheduler::Maglev)).unwrap();
+    // ...but not with another pool,
+    lb.add_pool("api").unwrap();
+    let mut clash = vip("api", 81, Scheduler::Maglev);
+    clash.pool = "web".into();
+    let e = lb.add_vip(clash).unwrap_err().to_string();
+    assert!(e.contains("\"api\" is the name of a pool"), "{e}");
+    // and no pool may take the name of a VIP that uses another pool.
+    let mut front = vip("front", 82, Scheduler::Maglev);
+    front.pool = "servers".into();
+    lb.add_vip(front).unwrap();
+    let e = lb.add_pool("front").unwrap_err().to_string();
+    assert!(e.contains("\"front\" is the name of VIP"), "{e}");
+    let mut other = vip("other", 83, Scheduler::Maglev);
+    other.pool = "front".into();
+    assert!(lb.add_vip(other).is_err());
+    assert!(!lb.pools.contains_key("front"));
+}
+
+/// Each VIP's ring members and the backends the data plane holds.
+fn data_plane(lb: &Balancer<FakeMaps>) -> Vec<(String, Vec<SocketAddrV4>, Vec<Backend>)> {
+    let mut present: Vec<Backend> = lb
+        .maps()
+        .backends
+        .values()
+        .filter(|b| b.flags != 0)
+        .copied()
+        .collect();
+    present.sort_by_key(|b| (b.addr, b.port, b.flags));
+    lb.vips
+        .keys()
+        .map(|name| {
+            let mut members: Vec<SocketAddrV4> = ring_members(lb, name).into_iter().collect();
+            members.sort();
+            (name.clone(), members, present.clone())
+        })
+        .collect()
+}
+
+/// Every change, with each of its map writes failing in turn: the failed change leaves
+/// the state and the data plane as they were, and a retry succeeds.
+#[test]
+fn a_failed_map_write_is_rolled_back() {
+    type Change = fn(&mut Balancer<FakeMaps>) -> Result<(), BalancerError>;
+    let changes: [(&str, Change); 7] = [
+        ("backend add", |lb| lb.add_backend("web", backend(4), 2)),
+        ("backend del", |lb| lb.del_backend("web", backend(2))),
+        ("weight", |lb| lb.set_weight("web", backend(2), 3)),
+        ("drain", |lb| lb.set_weight("web", backend(2), 0)),
+        ("down", |lb| {
+            lb.record_health(&event(backend(2), Health::Down, "refused"))
+        }),
+        ("up", |lb| {
+            lb.record_health(&event(backend(3), Health::Up, "ok"))
+        }),
+        ("vip add", |lb| {
+            let mut v = vip("api", 81, Scheduler::Maglev);
+            v.pool = "api-pool".into();
+            v.ring_size = 13;
+            lb.add_vip(v)
+        }),
+    ];
+    let setup = || {
+        let mut lb = lb();
+        let check = CheckConfig {
+            kind: crate::config::CheckKind::Tcp,
+            ..CheckConfig::default()
+        };
+        lb.configure_pool(&PoolConfig {
+            name: "web".into(),
+            backends: Vec::new(),
+            check,
+            on_backend_down: DownPolicy::Shutdown,
+        })
+        .unwrap();
+        // Two VIPs on the pool: a change rebuilds two rings, and may fail between. Small
+        // rings keep the number of writes (each of which fails once) small.
+        for (name, port, ring_size) in [("web", 80, 31), ("web-alt", 8080, 37)] {
+            let mut v = vip(name, port, Scheduler::Maglev);
+            v.ring_size = ring_size;
+            lb.add_vip(v).unwrap();
+        }
+        for i in 1..=3 {
+            lb.add_backend("web", backend(i), 1).unwrap();
+        }
+        lb.record_health(&event(backend(3), Health::Down, "refused"))
+            .unwrap();
+        lb
+    };
+    for (what, change) in changes {
+        let mut failures = 0;
+        for fail in 0.. {
+            let mut lb = setup();
+            let (status, plane) = (state(&lb), data_plane(&lb));
+            lb.maps.fail_write = Some(fail);
+            if change(&mut lb).is_ok() {
+                assert!(
+                    lb.maps.fail_write.is_some(),
+                    "{what}: write {fail} failed unseen"
+                );
+                break;
+            }
+            failures += 1;
+            // The newest check result is shown even when applying it failed.
+            let mut now = state(&lb);
+            for (b, was) in now.pools[0]
+                .backends
+                .iter_mut()
+                .zip(&status.pools[0].backends)
+            {
+                b.last_check.clone_from(&was.last_check);
+            }
+            assert_eq!(now, status, "{what}, write {fail} failed: state changed");
+            assert_eq!(
+                data_plane(&lb),
+                plane,
+                "{what}, write {fail} failed: maps changed"
+            );
+            change(&mut lb).unwrap_or_else(|e| panic!("{what}: retry after write {fail}: {e}"));
+        }
+        assert!(failures > 0, "{what} writes nothing");
+    }
+}
+
+#[test]
+fn results_of_a_replaced_check_task_are_ignored() {
+    let mut lb = checked_pool(DownPolicy::Shutdown);
+    // Backend 1 was deleted and added again; its new check task is number 7.
+    let slot = Arc::new(std::sync::Mutex::new(crate::health::LatestCheck {
+        task: 7,
+        ..Default::default()
+    }));
+    lb.set_latest_slot("web", backend(1), slot);
+    let mut stale = event(backend(1), Health::Down, "the old task's result");
+    stale.task = 6;
+    lb.record_health(&stale).unwrap();
+    assert_eq!(state(&lb).pools[0].backends[0].health, Health::Up);
+    let mut current = stale.clone();
+    current.task = 7;
+    lb.record_health(&current).unwrap();
+    assert_eq!(state(&lb).pools[0].backends[0].health, Health::Down);
 }
 
 #[test]
@@ -241,6 +416,7 @@ fn event(addr: SocketAddrV4, health: Health, reason: &str) -> HealthEvent {
         transition: None,
         health,
         check: 1,
+        task: 0,
     }
 }
 
@@ -400,4 +576,35 @@ fn the_data_plane_clock_gets_this_kernels_tick() {
     );
     let s = settings(&Timeouts::default(), &NatConfig::default());
     assert_eq!(s.ns_per_tick, tick);
+}
+
+#[test]
+fn configuration_errors_name_the_pool_and_backend() {
+    let text = r#"[agent]
+interfaces = ["lbc0"]
+[nat]
+source_address = "10.0.2.1"
+[[pool]]
+name = "web"
+[[pool.backends]]
+address = "10.0.2.11"
+port = 80
+[[vip]]
+name = "web"
+address = "10.0.100.1"
+port = 80
+protocol = "tcp"
+pool = "web"
+"#;
+    let mut config = crate::config::parse(text, "test.toml").unwrap();
+    // Something only the balancer refuses (the file's validator has no say here).
+    config.pools[0].backends[0].weight = MAX_WEIGHT + 1;
+    let Err(e) = Balancer::from_config(FakeMaps::default(), &config) else {
+        panic!("a weight above {MAX_WEIGHT} was accepted");
+    };
+    let e = e.to_string();
+    assert!(
+        e.starts_with("pool \"web\", backend 10.0.2.11:80: invalid weight"),
+        "{e}"
+    );
 }
