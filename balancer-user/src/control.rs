@@ -67,6 +67,7 @@ impl Response {
 
 /// Applies one request to the balancer (the owner task calls this; nothing else writes maps).
 pub fn handle<M: Maps>(lb: &mut Balancer<M>, request: Request) -> Response {
+    let change = !matches!(request, Request::Status);
     let result: Result<(), BalancerError> = match request {
         Request::Status => Ok(()),
         Request::VipAdd { vip } => lb.add_vip(vip),
@@ -83,11 +84,20 @@ pub fn handle<M: Maps>(lb: &mut Balancer<M>, request: Request) -> Response {
             weight,
         } => lb.set_weight(&target, address, weight),
     };
-    match result.and_then(|()| lb.status()) {
+    if let Err(e) = result {
+        return Response::error(e.to_string());
+    }
+    match lb.status() {
         Ok(status) => Response {
             ok: true,
             error: None,
             status: Some(status),
+        },
+        // The change took effect: saying it was refused would be wrong.
+        Err(e) if change => Response {
+            ok: true,
+            error: Some(format!("reading the status failed: {e}")),
+            status: None,
         },
         Err(e) => Response::error(e.to_string()),
     }
@@ -111,6 +121,8 @@ pub enum ClientError {
     Protocol { path: String, message: String },
     #[error("{0}")]
     Refused(String),
+    #[error("the change was applied, but the agent cannot show the result: {0}")]
+    AppliedWithoutStatus(String),
 }
 
 /// Sends one request and waits for the answer.
@@ -139,6 +151,7 @@ pub fn request(socket: &Path, request: &Request) -> Result<Status, ClientError> 
     match (response.ok, response.status, response.error) {
         (true, Some(status), _) => Ok(status),
         (false, _, Some(error)) => Err(ClientError::Refused(error)),
+        (true, None, Some(error)) => Err(ClientError::AppliedWithoutStatus(error)),
         _ => Err(ClientError::Protocol {
             path,
             message: "neither status nor error".into(),
