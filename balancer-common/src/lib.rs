@@ -185,7 +185,7 @@ pub struct Conn {
 }
 
 /// Value of `NAT`: how a reply is translated back to the client. Whether an entry is still
-/// in use is decided by its flow's forward (`CONNS`) entry, so it holds no clock or state.
+/// in use is decided by its flow's forward (`CONNS`) entry, which replies refresh too.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct NatEntry {
@@ -199,7 +199,15 @@ pub struct NatEntry {
     pub vip_port: u16,
     pub backend_id: u32,
     pub vip_id: u32,
+    /// When a reply last refreshed the flow's `CONNS` entry, in [`REPLY_TICK_SHIFT`] units
+    /// of the data plane's clock (the flow's start when none did yet): replies look
+    /// `CONNS` up once per such tick, not per packet.
+    pub touched: u32,
 }
+
+/// A reply refreshes its flow's `CONNS` entry at most once per `2^REPLY_TICK_SHIFT` ns
+/// (about 268 ms) of the data plane's clock; timeouts are whole seconds.
+pub const REPLY_TICK_SHIFT: u32 = 28;
 
 /// The single entry of the `SETTINGS` array: knobs the agent sets at start.
 #[repr(C)]
@@ -278,7 +286,10 @@ pub mod stat {
     /// A new flow took a SNAT port still resting after its previous flow closed (within
     /// `Settings::snat_time_wait_ns`), because no probed port was free.
     pub const SNAT_PORT_REUSED_EARLY: u32 = 16;
-    pub const COUNT: u32 = 17;
+    /// Dropped: a FIN or RST from a backend to a client whose tuple has another flow now
+    /// (a late segment of an ended flow, which must not close the client's new one).
+    pub const DROP_STALE_REPLY: u32 = 17;
+    pub const COUNT: u32 = 18;
 
     /// Human names, indexed like the constants.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -299,6 +310,7 @@ pub mod stat {
         "conn_rescheduled",
         "pass_all_down",
         "snat_port_reused_early",
+        "drop_stale_reply",
     ];
 }
 
@@ -408,7 +420,7 @@ const _: () = assert!(core::mem::size_of::<VipMeta>() == 24);
 const _: () = assert!(core::mem::size_of::<Backend>() == 16);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 16);
 const _: () = assert!(core::mem::size_of::<Conn>() == 40);
-const _: () = assert!(core::mem::size_of::<NatEntry>() == 20);
+const _: () = assert!(core::mem::size_of::<NatEntry>() == 24);
 const _: () = assert!(core::mem::size_of::<Settings>() == 48);
 const _: () = assert!(core::mem::size_of::<FlowStats>() == 40);
 const _: () = assert!(core::mem::size_of::<RrState>() == 8);

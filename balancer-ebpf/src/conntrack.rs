@@ -1,11 +1,19 @@
 //! Connection-table policy: idle timeouts (TCP, UDP, closing TCP) and TCP FIN/RST handling.
-use balancer_common::{Conn, Settings, FLOW_BACKEND_CLOSED, FLOW_CLOSING, PROTO_TCP};
+use balancer_common::{
+    Conn, Settings, FLOW_BACKEND_CLOSED, FLOW_CLOSING, PROTO_TCP, REPLY_TICK_SHIFT,
+};
 
 use crate::parse::{Packet, TCP_FIN, TCP_RST, TCP_SYN};
 
 /// Refresh `last_seen_ns` only when it is this much older: saves a cache-line write per
 /// packet; timeouts are whole seconds, so the error is negligible.
 const TOUCH_INTERVAL_NS: u64 = 250_000_000;
+
+/// The data plane's clock in units of `2^REPLY_TICK_SHIFT` ns (`NatEntry::touched`).
+#[inline(always)]
+pub fn reply_tick(now: u64) -> u32 {
+    (now >> REPLY_TICK_SHIFT) as u32
+}
 
 /// How long an entry in `state` (`FLOW_*` bits) of protocol `proto` may stay idle.
 #[inline(always)]

@@ -376,6 +376,7 @@ fn allocate_port(
         vip_port: pkt.key.dst_port,
         backend_id: conn.backend_id,
         vip_id: conn.vip_id,
+        touched: conntrack::reply_tick(now),
     };
     // The probed port that has rested longest (see above), and for how long.
     let mut resting: Option<(u16, u64)> = None;
@@ -633,14 +634,22 @@ pub fn to_client(
     if port < settings.snat_port_min || port > settings.snat_port_max {
         return Ok(None);
     }
-    // SAFETY: the value is copied out at once.
-    let Some(entry) = (unsafe { NAT.get(&pkt.key) }) else {
+    let Some(slot) = NAT.get_ptr_mut(&pkt.key) else {
         return Ok(None);
     };
-    let entry = *entry;
+    // SAFETY: map value pointer, copied out whole.
+    let entry = unsafe { *slot };
     let now = now(settings);
-    if pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
-        mark_closing(&entry, pkt, now);
+    let tick = conntrack::reply_tick(now);
+    let closes = pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0;
+    if closes || entry.touched != tick {
+        if !refresh(&entry, pkt, now) && closes {
+            return Err(stat::DROP_STALE_REPLY);
+        }
+        if entry.touched != tick {
+            // SAFETY: map value; a single aligned 4-byte store.
+            unsafe { (*slot).touched = tick };
+        }
     }
     stats::count(stat::NAT_REPLY);
     stats::count_flow(
@@ -660,20 +669,26 @@ pub fn to_client(
     transmit_to_client(ctx, pkt, &to, now).map(Some)
 }
 
-/// A FIN or RST from the backend starts the flow's closing timeout, if the client's
-/// flow is still the one on this reply tuple (not moved to another backend or port).
+/// A reply keeps its flow alive as the client's packets do (a flow in which only the
+/// backend sends does not expire), and a FIN or RST from the backend starts the closing
+/// timeout: [`conntrack::touch`] on the client's `CONNS` entry, if that flow is still
+/// the one on this reply tuple. `false` when the client's tuple has another flow now
+/// (moved to another backend or port); `true` also when the entry is gone (evicted:
+/// nothing tells the reply is stale).
 #[inline(always)]
-fn mark_closing(entry: &NatEntry, pkt: &Packet, now: u64) {
+fn refresh(entry: &NatEntry, pkt: &Packet, now: u64) -> bool {
     let client_key = client_key(entry, pkt.key.proto);
-    if let Some(conn) = CONNS.get_ptr_mut(&client_key) {
-        // SAFETY: `conn` points into a map value; whole-field reads.
-        let current = unsafe {
-            (*conn).snat_port == pkt.key.dst_port && (*conn).backend_addr == pkt.key.src_addr
-        };
-        if current {
-            conntrack::touch(conn, pkt, conntrack::From::Backend, now);
-        }
+    let Some(conn) = CONNS.get_ptr_mut(&client_key) else {
+        return true;
+    };
+    // SAFETY: `conn` points into a map value; whole-field reads.
+    let current = unsafe {
+        (*conn).snat_port == pkt.key.dst_port && (*conn).backend_addr == pkt.key.src_addr
+    };
+    if current {
+        conntrack::touch(conn, pkt, conntrack::From::Backend, now);
     }
+    current
 }
 
 /// The addresses and ports (network byte order) a translated packet leaves with.

@@ -783,6 +783,109 @@ fn a_reset_after_the_backends_fin_ends_the_rest() {
     );
 }
 
+/// The new flows a VIP's counters show.
+fn new_flows(fx: &Fixture, vip: &str) -> u64 {
+    fx.lb
+        .status()
+        .unwrap()
+        .vips
+        .into_iter()
+        .find(|v| v.config.name == vip)
+        .unwrap()
+        .counters
+        .new_flows
+}
+
+#[test]
+fn replies_keep_a_flow_alive_while_its_client_is_quiet() {
+    pin_to_one_cpu();
+    let mut fx = Fixture::with_timeouts(Timeouts {
+        udp: std::time::Duration::from_secs(1),
+        ..Timeouts::default()
+    });
+    let query = Spec {
+        dport: 5300,
+        l4: L4::Udp { checksum: true },
+        ..syn()
+    };
+    let (verdict, out) = fx.send_from_client(&query);
+    assert_eq!(verdict, XDP_REDIRECT);
+    let port = parsed(&out).sport;
+    // The backend streams for 1.6 s, past the 1 s UDP timeout; the client sends nothing.
+    let chunk = Spec {
+        src_mac: DNS_BACKEND_MAC,
+        dst_mac: LB_BACKEND_MAC,
+        src: DNS_BACKEND,
+        dst: SNAT,
+        sport: 5300,
+        dport: port,
+        l4: L4::Udp { checksum: true },
+        payload: b"chunk".to_vec(),
+        ..Spec::default()
+    };
+    for _ in 0..4 {
+        std::thread::sleep(std::time::Duration::from_millis(400));
+        let (verdict, _) = fx.run(&wire::build(&chunk), fx.backend_if);
+        assert_eq!(verdict, XDP_REDIRECT, "a reply of the flow");
+    }
+    let (verdict, out) = fx.send_from_client(&query);
+    assert_eq!(verdict, XDP_REDIRECT);
+    assert_eq!(
+        (parsed(&out).sport, new_flows(&fx, "dns")),
+        (port, 1),
+        "the backend's replies must keep the flow (and its SNAT port) alive"
+    );
+    assert_eq!(fx.global(stat::CONN_EXPIRED), 0);
+}
+
+#[test]
+fn a_late_reset_of_an_ended_flow_does_not_reach_the_clients_new_one() {
+    pin_to_one_cpu();
+    let mut fx = Fixture::new();
+    let (_, old_port) = open(&mut fx, 40000);
+    // The client closes and opens its tuple again, by when the pool has moved on: the
+    // web backend is drained and the DNS server answers on :80 too.
+    from_client(&mut fx, 40000, TCP_FIN | TCP_ACK);
+    fx.lb
+        .add_backend("web", SocketAddrV4::new(DNS_BACKEND, 80), 1)
+        .unwrap();
+    fx.lb
+        .set_weight("web", SocketAddrV4::new(WEB_BACKEND, 80), 0)
+        .unwrap();
+    let (verdict, out) = fx.send_from_client(&Spec {
+        sport: 40000,
+        ..syn()
+    });
+    assert_eq!(verdict, XDP_REDIRECT);
+    assert_eq!(parsed(&out).dst, DNS_BACKEND, "the new flow's backend");
+    // The old backend's late RST on the old flow's reply tuple.
+    let rst = Spec {
+        src_mac: WEB_BACKEND_MAC,
+        dst_mac: LB_BACKEND_MAC,
+        src: WEB_BACKEND,
+        dst: SNAT,
+        sport: 80,
+        dport: old_port,
+        l4: L4::Tcp {
+            flags: TCP_RST,
+            seq: 5001,
+            ack: 0,
+        },
+        ..Spec::default()
+    };
+    let (verdict, _) = fx.run(&wire::build(&rst), fx.backend_if);
+    assert_eq!(verdict, XDP_DROP, "a stale RST must not reach the client");
+    assert_eq!(fx.global(stat::DROP_STALE_REPLY), 1);
+    // The new flow is untouched: not closing, so a SYN on it is no new flow.
+    let (verdict, out) = fx.send_from_client(&Spec {
+        sport: 40000,
+        ..ack()
+    });
+    assert_eq!(verdict, XDP_REDIRECT);
+    assert_eq!(parsed(&out).dst, DNS_BACKEND);
+    assert_eq!(new_flows(&fx, "web"), 2);
+}
+
 #[test]
 fn udp_to_vip_is_translated_and_zero_checksum_stays_zero() {
     let mut fx = Fixture::new();
@@ -1007,17 +1110,6 @@ fn idle_flows_expire_per_protocol() {
         dport: 5300,
         l4: L4::Udp { checksum: true },
         ..syn()
-    };
-    let new_flows = |fx: &Fixture, vip: &str| {
-        fx.lb
-            .status()
-            .unwrap()
-            .vips
-            .into_iter()
-            .find(|v| v.config.name == vip)
-            .unwrap()
-            .counters
-            .new_flows
     };
     fx.send_from_client(&udp);
     fx.send_from_client(&syn());
