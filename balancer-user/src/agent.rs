@@ -135,6 +135,67 @@ fn check_forwarding(iface: &str) {
     }
 }
 
+/// `accept_local` on the XDP interfaces while the agent runs. When the FIB has no
+/// neighbour entry for a backend yet, the program passes the packet to the stack already
+/// translated, from the SNAT address: one of this host's own, which the kernel drops as a
+/// martian source unless `accept_local` is on. Forwarded, the packet makes the kernel
+/// resolve the neighbour, and later packets take the fast path. The old values are put
+/// back when the agent stops.
+struct AcceptLocal {
+    /// (sysctl file, its value before).
+    restore: Vec<(String, String)>,
+}
+
+impl AcceptLocal {
+    fn enable(ifaces: &[String]) -> AcceptLocal {
+        let mut restore = Vec::new();
+        for iface in ifaces {
+            let path = format!("/proc/sys/net/ipv4/conf/{iface}/accept_local");
+            let old = match std::fs::read_to_string(&path) {
+                Ok(old) => old.trim().to_string(),
+                Err(e) => {
+                    log::warn!("{iface}: cannot read {path}: {e}");
+                    continue;
+                }
+            };
+            if old != "1" {
+                match std::fs::write(&path, "1") {
+                    Ok(()) => restore.push((path, old)),
+                    Err(e) => log::warn!(
+                        "{iface}: cannot turn accept_local on ({e}): the first packets to a \
+                         backend whose MAC address is not known yet will be dropped"
+                    ),
+                }
+            }
+            let rp_filter = |dev: &str| {
+                std::fs::read_to_string(format!("/proc/sys/net/ipv4/conf/{dev}/rp_filter"))
+                    .ok()
+                    .and_then(|v| v.trim().parse::<u32>().ok())
+                    .unwrap_or(0)
+            };
+            if rp_filter("all").max(rp_filter(iface)) == 1 {
+                log::warn!(
+                    "{iface}: strict reverse-path filtering (rp_filter = 1) drops the packets \
+                     passed to the stack while a backend's MAC address is not known yet; \
+                     loose mode does not: sysctl -w net.ipv4.conf.{iface}.rp_filter=2 (and \
+                     net.ipv4.conf.all.rp_filter at most 2)"
+                );
+            }
+        }
+        AcceptLocal { restore }
+    }
+}
+
+impl Drop for AcceptLocal {
+    fn drop(&mut self) {
+        for (path, old) in &self.restore {
+            if let Err(e) = std::fs::write(path, old) {
+                log::warn!("cannot restore {path} to {old}: {e}");
+            }
+        }
+    }
+}
+
 type Job = (Request, oneshot::Sender<Response>);
 
 pub struct RunOptions {
@@ -168,6 +229,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
             log::info!("{iface}: XDP attached ({used} mode)");
         }
     }
+    let _accept_local = AcceptLocal::enable(&config.agent.interfaces);
 
     let listener = bind_socket(&socket_path)?;
     log::info!(
