@@ -156,6 +156,9 @@ pub const FLOW_CLOSING: u32 = 1;
 /// keeps the tuple in TIME-WAIT, so the flow's SNAT port rests (see
 /// `Settings::snat_time_wait_ns`). An RST ends TIME-WAIT (Linux's default, RFC 1337).
 pub const FLOW_BACKEND_CLOSED: u32 = 2;
+/// The backend has answered: a TCP flow without it idles out after
+/// `Settings::tcp_unreplied_timeout_ns`, not the full `tcp_timeout_ns`.
+pub const FLOW_REPLIED: u32 = 4;
 
 /// Value of `CONNS`: where a client flow goes and how it is translated.
 #[repr(C)]
@@ -215,6 +218,9 @@ pub const REPLY_TICK_SHIFT: u32 = 28;
 pub struct Settings {
     /// Idle timeout of a TCP flow.
     pub tcp_timeout_ns: u64,
+    /// Idle timeout of a TCP flow its backend has not answered yet (`FLOW_REPLIED` unset):
+    /// a connection attempt that fails, or a spoofed SYN, gives its SNAT port back sooner.
+    pub tcp_unreplied_timeout_ns: u64,
     /// Idle timeout of a UDP flow.
     pub udp_timeout_ns: u64,
     /// Lifetime of a TCP flow after FIN or RST.
@@ -289,7 +295,9 @@ pub mod stat {
     /// Dropped: a FIN or RST from a backend to a client whose tuple has another flow now
     /// (a late segment of an ended flow, which must not close the client's new one).
     pub const DROP_STALE_REPLY: u32 = 17;
-    pub const COUNT: u32 = 18;
+    /// Dropped: a TCP RST from a client for a VIP with no live flow on its tuple.
+    pub const DROP_STRAY_RST: u32 = 18;
+    pub const COUNT: u32 = 19;
 
     /// Human names, indexed like the constants.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -311,6 +319,7 @@ pub mod stat {
         "pass_all_down",
         "snat_port_reused_early",
         "drop_stale_reply",
+        "drop_stray_rst",
     ];
 }
 
@@ -421,7 +430,7 @@ const _: () = assert!(core::mem::size_of::<Backend>() == 16);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 16);
 const _: () = assert!(core::mem::size_of::<Conn>() == 40);
 const _: () = assert!(core::mem::size_of::<NatEntry>() == 24);
-const _: () = assert!(core::mem::size_of::<Settings>() == 48);
+const _: () = assert!(core::mem::size_of::<Settings>() == 56);
 const _: () = assert!(core::mem::size_of::<FlowStats>() == 40);
 const _: () = assert!(core::mem::size_of::<RrState>() == 8);
 const _: () = assert!(core::mem::size_of::<NextHop>() == 32);

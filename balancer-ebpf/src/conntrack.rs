@@ -1,6 +1,6 @@
 //! Connection-table policy: idle timeouts (TCP, UDP, closing TCP) and TCP FIN/RST handling.
 use balancer_common::{
-    Conn, Settings, FLOW_BACKEND_CLOSED, FLOW_CLOSING, PROTO_TCP, REPLY_TICK_SHIFT,
+    Conn, Settings, FLOW_BACKEND_CLOSED, FLOW_CLOSING, FLOW_REPLIED, PROTO_TCP, REPLY_TICK_SHIFT,
 };
 
 use crate::parse::{Packet, TCP_FIN, TCP_RST, TCP_SYN};
@@ -21,7 +21,11 @@ pub fn timeout_ns(state: u32, proto: u8, settings: &Settings) -> u64 {
     if state & FLOW_CLOSING != 0 {
         settings.closing_timeout_ns
     } else if proto == PROTO_TCP {
-        settings.tcp_timeout_ns
+        if state & FLOW_REPLIED != 0 {
+            settings.tcp_timeout_ns
+        } else {
+            settings.tcp_unreplied_timeout_ns
+        }
     } else {
         settings.udp_timeout_ns
     }
@@ -66,12 +70,17 @@ pub enum From {
 }
 
 /// Updates the entry for a packet of its flow: FIN/RST start the closing timeout; the
-/// first FIN from the backend marks it `FLOW_BACKEND_CLOSED`, an RST clears that.
+/// first FIN from the backend marks it `FLOW_BACKEND_CLOSED`, an RST clears that; a packet
+/// from the backend marks it `FLOW_REPLIED`.
 #[inline(always)]
 pub fn touch(conn: *mut Conn, pkt: &Packet, from: From, now: u64) {
     // SAFETY: `conn` points into a map value; racing writers only store whole fields.
     unsafe {
-        let state = (*conn).state;
+        let mut state = (*conn).state;
+        if from == From::Backend && state & FLOW_REPLIED == 0 {
+            state |= FLOW_REPLIED;
+            (*conn).state = state;
+        }
         if pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0 && state & FLOW_CLOSING == 0 {
             let first_fin = pkt.tcp_flags & TCP_RST == 0 && from == From::Backend;
             (*conn).state = state | FLOW_CLOSING | if first_fin { FLOW_BACKEND_CLOSED } else { 0 };

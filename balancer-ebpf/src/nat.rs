@@ -292,7 +292,7 @@ fn all_down(vip: &VipMeta) -> Result<u32, DropReason> {
 }
 
 /// A new flow: pick a backend, allocate a SNAT port, record both directions. `None` when
-/// the VIP has no usable backend.
+/// the VIP has no usable backend. A TCP RST starts no flow: it is dropped.
 #[inline(always)]
 fn schedule(
     pkt: &Packet,
@@ -301,6 +301,11 @@ fn schedule(
     settings: &Settings,
     now: u64,
 ) -> Result<Option<Conn>, DropReason> {
+    if pkt.tcp_flags & TCP_RST != 0 {
+        // Nothing to reset: a new SNAT port would carry it to a backend that never saw
+        // the connection.
+        return Err(stat::DROP_STRAY_RST);
+    }
     let hash = select::flow_hash(&pkt.key);
     let Some(backend_id) = select::pick_backend(vip, hash) else {
         return Ok(None);
@@ -311,7 +316,7 @@ fn schedule(
     if backend.flags & BACKEND_F_PRESENT == 0 {
         return Ok(None);
     }
-    let state = if pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+    let state = if pkt.tcp_flags & TCP_FIN != 0 {
         FLOW_CLOSING
     } else {
         0
@@ -376,7 +381,8 @@ fn allocate_port(
         vip_port: pkt.key.dst_port,
         backend_id: conn.backend_id,
         vip_id: conn.vip_id,
-        touched: conntrack::reply_tick(now),
+        // Not this tick: the first reply refreshes the entry, and marks it replied.
+        touched: conntrack::reply_tick(now).wrapping_sub(1),
     };
     // The probed port that has rested longest (see above), and for how long.
     let mut resting: Option<(u16, u64)> = None;

@@ -54,6 +54,8 @@ pub const DEFAULT_UDP_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_TCP_CLOSING_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default rest of a closed flow's SNAT port: Linux's TIME-WAIT (`TCP_TIMEWAIT_LEN`).
 pub const DEFAULT_SNAT_TIME_WAIT: Duration = Duration::from_secs(60);
+/// A TCP flow its backend never answered: Linux conntrack's and IPVS's SYN_RECV timeout.
+pub const DEFAULT_TCP_UNREPLIED_TIMEOUT: Duration = Duration::from_secs(60);
 /// Shortest allowed timeout.
 pub const MIN_TIMEOUT: Duration = Duration::from_secs(1);
 /// Longest allowed timeout.
@@ -288,6 +290,9 @@ pub struct Timeouts {
     /// its last packet before another client gets it (unless no other port is free):
     /// the backends' TIME-WAIT.
     pub snat_time_wait: Duration,
+    /// Idle timeout of a TCP flow whose backend has not answered yet (at most `tcp`
+    /// applies: the shorter of the two).
+    pub tcp_unreplied: Duration,
 }
 
 impl Default for Timeouts {
@@ -297,6 +302,7 @@ impl Default for Timeouts {
             udp: DEFAULT_UDP_TIMEOUT,
             tcp_closing: DEFAULT_TCP_CLOSING_TIMEOUT,
             snat_time_wait: DEFAULT_SNAT_TIME_WAIT,
+            tcp_unreplied: DEFAULT_TCP_UNREPLIED_TIMEOUT,
         }
     }
 }
@@ -765,6 +771,8 @@ struct RawTimeouts {
     tcp_closing: Option<Spanned<String>>,
     #[serde(default)]
     snat_time_wait: Option<Spanned<String>>,
+    #[serde(default)]
+    tcp_unreplied: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -1024,6 +1032,11 @@ impl Validator<'_> {
                 raw.snat_time_wait,
                 "timeouts.snat_time_wait",
                 defaults.snat_time_wait,
+            )?,
+            tcp_unreplied: self.timeout(
+                raw.tcp_unreplied,
+                "timeouts.tcp_unreplied",
+                defaults.tcp_unreplied,
             )?,
         })
     }
@@ -1980,6 +1993,7 @@ tcp = "10m"
 udp = "45s"
 tcp_closing = "5s"
 snat_time_wait = "2m"
+tcp_unreplied = "20s"
 
 [[pool]]
 name = "web"
@@ -2034,6 +2048,7 @@ tcp = "5m"
 udp = "30s"
 tcp_closing = "10s"
 snat_time_wait = "60s"
+tcp_unreplied = "60s"
 "#;
 
     const NAT: &str = r#"[agent]
@@ -2094,6 +2109,7 @@ port_range = "20000-32767"
                 udp: Duration::from_secs(45),
                 tcp_closing: Duration::from_secs(5),
                 snat_time_wait: Duration::from_secs(120),
+                tcp_unreplied: Duration::from_secs(20),
             },
             pools: vec![
                 PoolConfig {
@@ -2177,6 +2193,7 @@ port_range = "20000-32767"
                     udp: Duration::from_secs(30),
                     tcp_closing: Duration::from_secs(10),
                     snat_time_wait: Duration::from_secs(60),
+                    tcp_unreplied: Duration::from_secs(60),
                 },
                 pools: vec![],
                 vips: vec![],
@@ -2560,6 +2577,13 @@ backends = [
                 8,
                 "snat_time_wait = \"60s\"",
                 "snat_time_wait = \"0s\"",
+                "\"0s\"",
+            ),
+            (
+                "timeouts.tcp_unreplied",
+                9,
+                "tcp_unreplied = \"60s\"",
+                "tcp_unreplied = \"0s\"",
                 "\"0s\"",
             ),
         ];

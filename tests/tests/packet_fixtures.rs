@@ -887,6 +887,55 @@ fn a_late_reset_of_an_ended_flow_does_not_reach_the_clients_new_one() {
 }
 
 #[test]
+fn a_tcp_flow_its_backend_never_answered_idles_out_sooner() {
+    pin_to_one_cpu();
+    let mut fx = Fixture::with_timeouts(Timeouts {
+        tcp: std::time::Duration::from_secs(30),
+        tcp_unreplied: std::time::Duration::from_secs(1),
+        ..Timeouts::default()
+    });
+    // Client port 40000's backend never answers; 40001's does (its SYN-ACK).
+    let (_, _) = open(&mut fx, 40000);
+    let (_, answered) = open(&mut fx, 40001);
+    from_backend(&mut fx, answered, TCP_SYN | TCP_ACK);
+    std::thread::sleep(std::time::Duration::from_millis(1600));
+    from_client(&mut fx, 40001, TCP_ACK);
+    assert_eq!(
+        new_flows(&fx, "web"),
+        2,
+        "the answered flow must still be live"
+    );
+    let (verdict, _) = open(&mut fx, 40000);
+    assert_eq!(verdict, XDP_REDIRECT);
+    assert_eq!(
+        (new_flows(&fx, "web"), fx.global(stat::CONN_EXPIRED)),
+        (3, 1),
+        "the unanswered flow must have expired after timeouts.tcp_unreplied"
+    );
+}
+
+#[test]
+fn a_reset_with_no_flow_starts_none() {
+    let mut fx = Fixture::new();
+    let rst = Spec {
+        l4: L4::Tcp {
+            flags: TCP_RST,
+            seq: 1001,
+            ack: 0,
+        },
+        ..syn()
+    };
+    let (verdict, _) = fx.send_from_client(&rst);
+    assert_eq!(verdict, XDP_DROP);
+    assert_eq!(fx.global(stat::DROP_STRAY_RST), 1);
+    assert!(
+        !fx.has_conn(&client_key(&rst)),
+        "a stray RST must not take a SNAT port"
+    );
+    assert_eq!(new_flows(&fx, "web"), 0);
+}
+
+#[test]
 fn udp_to_vip_is_translated_and_zero_checksum_stays_zero() {
     let mut fx = Fixture::new();
     let spec = Spec {
