@@ -297,7 +297,11 @@ pub mod stat {
     pub const DROP_STALE_REPLY: u32 = 17;
     /// Dropped: a TCP RST from a client for a VIP with no live flow on its tuple.
     pub const DROP_STRAY_RST: u32 = 18;
-    pub const COUNT: u32 = 19;
+    /// An established flow's reply entry had been evicted and its SNAT port taken by a new
+    /// flow meanwhile: the flow moved to another port (a TCP connection breaks; without
+    /// the move two clients would share a tuple towards the backend).
+    pub const SNAT_PORT_LOST: u32 = 19;
+    pub const COUNT: u32 = 20;
 
     /// Human names, indexed like the constants.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -320,6 +324,7 @@ pub mod stat {
         "snat_port_reused_early",
         "drop_stale_reply",
         "drop_stray_rst",
+        "snat_port_lost",
     ];
 }
 

@@ -9,6 +9,13 @@ use crate::parse::{Packet, TCP_FIN, TCP_RST, TCP_SYN};
 /// packet; timeouts are whole seconds, so the error is negligible.
 const TOUCH_INTERVAL_NS: u64 = 250_000_000;
 
+/// Is an entry last touched at `last_seen_ns` due for a refresh ([`touch`] writes
+/// `last_seen_ns` only then)?
+#[inline(always)]
+pub fn touch_due(last_seen_ns: u64, now: u64) -> bool {
+    now.saturating_sub(last_seen_ns) > TOUCH_INTERVAL_NS
+}
+
 /// The data plane's clock in units of `2^REPLY_TICK_SHIFT` ns (`NatEntry::touched`).
 #[inline(always)]
 pub fn reply_tick(now: u64) -> u32 {
@@ -91,9 +98,7 @@ pub fn touch(conn: *mut Conn, pkt: &Packet, from: From, now: u64) {
             }
             // Every FIN counts: the backend's TIME-WAIT, which a resting port waits
             // out, starts at the last one.
-            if pkt.tcp_flags & TCP_FIN != 0
-                || now.saturating_sub((*conn).last_seen_ns) > TOUCH_INTERVAL_NS
-            {
+            if pkt.tcp_flags & TCP_FIN != 0 || touch_due((*conn).last_seen_ns, now) {
                 (*conn).last_seen_ns = now;
             }
         }

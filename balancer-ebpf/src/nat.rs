@@ -192,6 +192,10 @@ pub fn established(
         stats::count(stat::CONN_RESCHEDULED);
         return Ok(Established::Ended(Some(conn)));
     }
+    if conntrack::touch_due(conn.last_seen_ns, now) && !keep_reply_entry(pkt, &conn, now) {
+        stats::count(stat::SNAT_PORT_LOST);
+        return Ok(Established::Ended(Some(conn)));
+    }
     conntrack::touch(entry, pkt, conntrack::From::Client, now);
     let to = to_backend(&conn);
     let diffs = csum_diffs(&pkt.key, &to);
@@ -374,16 +378,7 @@ fn allocate_port(
     // At most 65536 and never zero (the check above lets the compiler see it, too).
     let range = max - min + 1;
     let start = ((hash >> 32) % range as u64) as u32;
-    let entry = NatEntry {
-        client_addr: pkt.key.src_addr,
-        vip_addr: pkt.key.dst_addr,
-        client_port: pkt.key.src_port,
-        vip_port: pkt.key.dst_port,
-        backend_id: conn.backend_id,
-        vip_id: conn.vip_id,
-        // Not this tick: the first reply refreshes the entry, and marks it replied.
-        touched: conntrack::reply_tick(now).wrapping_sub(1),
-    };
+    let entry = nat_entry(pkt, conn, now);
     // The probed port that has rested longest (see above), and for how long.
     let mut resting: Option<(u16, u64)> = None;
     // A client reusing its tuple towards the same backend tries its old port first, so
@@ -472,6 +467,48 @@ fn probe(
             Ok(claim(pkt, &reply_key, conn, entry, settings, now)?.is_some())
         }
     }
+}
+
+/// The reply (`NAT`) entry of `conn`, the flow of client packet `pkt`.
+#[inline(always)]
+fn nat_entry(pkt: &Packet, conn: &Conn, now: u64) -> NatEntry {
+    NatEntry {
+        client_addr: pkt.key.src_addr,
+        vip_addr: pkt.key.dst_addr,
+        client_port: pkt.key.src_port,
+        vip_port: pkt.key.dst_port,
+        backend_id: conn.backend_id,
+        vip_id: conn.vip_id,
+        // Not this tick: the first reply refreshes the entry, and marks it replied.
+        touched: conntrack::reply_tick(now).wrapping_sub(1),
+    }
+}
+
+/// Keeps an established flow's reply (`NAT`) entry, at the client side's periodic
+/// touch ([`conntrack::touch_due`]): looking it up marks it used in the LRU, so a flow
+/// its backend seldom answers keeps it; an entry the LRU evicted is written again. The
+/// SNAT port of a flow without a reply entry looks free to new flows: `false` when one
+/// took it meanwhile (the flow must then leave the port, or two clients would share a
+/// tuple towards the backend).
+#[inline(always)]
+fn keep_reply_entry(pkt: &Packet, conn: &Conn, now: u64) -> bool {
+    let reply_key = FlowKey {
+        src_addr: conn.backend_addr,
+        dst_addr: conn.snat_addr,
+        src_port: conn.backend_port,
+        dst_port: conn.snat_port,
+        proto: pkt.key.proto,
+        _pad0: 0,
+        _pad1: 0,
+    };
+    let ours = |e: &NatEntry| client_key(e, pkt.key.proto) == pkt.key;
+    // SAFETY: read-only looks at a map value.
+    if let Some(entry) = unsafe { NAT.get(&reply_key) } {
+        return ours(entry);
+    }
+    let entry = nat_entry(pkt, conn, now);
+    NAT.insert(&reply_key, &entry, BPF_NOEXIST as u64).is_ok()
+        || unsafe { NAT.get(&reply_key) }.is_some_and(ours)
 }
 
 /// Claims the SNAT port of `reply_key` for `pkt`'s new flow, which a look found usable:

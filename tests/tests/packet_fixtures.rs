@@ -11,7 +11,8 @@ use balancer::{
     maps::{AyaMaps, Maps},
 };
 use balancer_common::{
-    map_names, stat, Conn, FlowCacheEntry, FlowKey, NextHop, CLIENT_HOP_SLOTS, FLOW_CACHE_SLOTS,
+    map_names, stat, Conn, FlowCacheEntry, FlowKey, NatEntry, NextHop, CLIENT_HOP_SLOTS,
+    FLOW_CACHE_SLOTS,
 };
 use balancer_tests::{
     netns::Netns,
@@ -229,6 +230,17 @@ impl Fixture {
             .expect("the object has CONNS");
         let conns = aya::maps::HashMap::<_, FlowKey, Conn>::try_from(map).expect("an LRU hash map");
         conns.get(key, 0).is_ok()
+    }
+
+    /// Removes a reply (`NAT`) entry, as an LRU eviction would.
+    fn forget_reply(&mut self, key: &FlowKey) {
+        let map = self
+            .ebpf
+            .map_mut(map_names::NAT)
+            .expect("the object has NAT");
+        let mut nat =
+            aya::maps::HashMap::<_, FlowKey, NatEntry>::try_from(map).expect("an LRU hash map");
+        nat.remove(key).expect("the flow's NAT entry");
     }
 
     /// Removes a flow's `CONNS` entry (nothing but the cache then knows the flow).
@@ -911,6 +923,56 @@ fn a_tcp_flow_its_backend_never_answered_idles_out_sooner() {
         (new_flows(&fx, "web"), fx.global(stat::CONN_EXPIRED)),
         (3, 1),
         "the unanswered flow must have expired after timeouts.tcp_unreplied"
+    );
+}
+
+/// The reply tuple of the web backend's flow on SNAT port `port`.
+fn web_reply_key(port: u16) -> FlowKey {
+    FlowKey {
+        src_addr: u32::from_ne_bytes(WEB_BACKEND.octets()),
+        dst_addr: u32::from_ne_bytes(SNAT.octets()),
+        src_port: 80u16.to_be(),
+        dst_port: port.to_be(),
+        proto: 6,
+        _pad0: 0,
+        _pad1: 0,
+    }
+}
+
+#[test]
+fn a_flow_whose_reply_entry_was_evicted_writes_it_again_or_leaves_its_port() {
+    pin_to_one_cpu();
+    // One SNAT port: a port without a reply entry is the one a new flow takes.
+    let mut fx = snat_fixture(1);
+    let (_, port) = open(&mut fx, 40000);
+    fx.forget_reply(&web_reply_key(port));
+    // At the client side's next periodic touch (250 ms) the entry is written again, and
+    // the backend's replies reach the client.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    from_client(&mut fx, 40000, TCP_ACK);
+    from_backend(&mut fx, port, TCP_ACK);
+
+    // Evicted again, and before the flow's next touch another client takes the port.
+    fx.forget_reply(&web_reply_key(port));
+    let (verdict, taken) = open(&mut fx, 40001);
+    assert_eq!((verdict, taken), (XDP_REDIRECT, port));
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    // The first flow must not go on sending from the port the second one holds; with the
+    // only port taken, it has none left.
+    let (verdict, _) = fx.send_from_client(&Spec {
+        sport: 40000,
+        ..ack()
+    });
+    assert_eq!(
+        verdict, XDP_DROP,
+        "two clients on one tuple towards the backend"
+    );
+    assert_eq!(
+        (
+            fx.global(stat::SNAT_PORT_LOST),
+            fx.global(stat::DROP_SNAT_EXHAUSTED)
+        ),
+        (1, 1)
     );
 }
 
