@@ -285,18 +285,7 @@ fn a_failed_map_write_is_rolled_back() {
         }),
     ];
     let setup = || {
-        let mut lb = lb();
-        let check = CheckConfig {
-            kind: crate::config::CheckKind::Tcp,
-            ..CheckConfig::default()
-        };
-        lb.configure_pool(&PoolConfig {
-            name: "web".into(),
-            backends: Vec::new(),
-            check,
-            on_backend_down: DownPolicy::Shutdown,
-        })
-        .unwrap();
+        let mut lb = with_checked_pool(DownPolicy::Shutdown);
         // Two VIPs on the pool: a change rebuilds two rings, and may fail between. Small
         // rings keep the number of writes (each of which fails once) small.
         for (name, port, ring_size) in [("web", 80, 31), ("web-alt", 8080, 37)] {
@@ -420,7 +409,8 @@ fn event(addr: SocketAddrV4, health: Health, reason: &str) -> HealthEvent {
     }
 }
 
-fn checked_pool(policy: DownPolicy) -> Balancer<FakeMaps> {
+/// A balancer with an empty pool "web" whose backends get TCP checks, and no VIP.
+fn with_checked_pool(policy: DownPolicy) -> Balancer<FakeMaps> {
     let mut lb = lb();
     let check = CheckConfig {
         kind: crate::config::CheckKind::Tcp,
@@ -433,6 +423,12 @@ fn checked_pool(policy: DownPolicy) -> Balancer<FakeMaps> {
         on_backend_down: policy,
     })
     .unwrap();
+    lb
+}
+
+/// [`with_checked_pool`] with VIP "web" and backends 1 to 3.
+fn checked_pool(policy: DownPolicy) -> Balancer<FakeMaps> {
+    let mut lb = with_checked_pool(policy);
     lb.add_vip(vip("web", 80, Scheduler::Maglev)).unwrap();
     for i in 1..=3 {
         lb.add_backend("web", backend(i), 1).unwrap();
