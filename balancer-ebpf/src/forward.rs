@@ -18,34 +18,29 @@ use crate::{
     maps::{CLIENT_HOPS, NEXT_HOPS},
     nat::Rewrite,
     parse::Packet,
-    stats, DropReason,
+    stats::{self, Dir},
+    DropReason,
 };
 
 const AF_INET: u8 = 2;
 
-/// Sends a rewritten packet to backend `backend_id` at `dst_addr` (see [`transmit_cached`]).
+/// Sends a rewritten packet: to backend `backend_id` at `to.dst_addr` through this CPU's
+/// slot of `NEXT_HOPS` for it, or to a client at `to.dst_addr` through this CPU's slot of
+/// `CLIENT_HOPS` for that address (see [`transmit_cached`]).
 #[inline(always)]
-pub fn transmit_to_backend(
+pub fn transmit(
     ctx: &XdpContext,
     pkt: &Packet,
     to: &Rewrite,
+    dir: Dir,
     backend_id: u32,
     now: u64,
 ) -> Result<u32, DropReason> {
-    transmit_cached(ctx, pkt, to, NEXT_HOPS.get_ptr_mut(backend_id), now)
-}
-
-/// Sends a rewritten reply to its client at `to.dst_addr` (see [`transmit_cached`]),
-/// through this CPU's slot of `CLIENT_HOPS` for that address.
-#[inline(always)]
-pub fn transmit_to_client(
-    ctx: &XdpContext,
-    pkt: &Packet,
-    to: &Rewrite,
-    now: u64,
-) -> Result<u32, DropReason> {
-    let slot = addr_slot(to.dst_addr);
-    transmit_cached(ctx, pkt, to, CLIENT_HOPS.get_ptr_mut(slot), now)
+    let cache = match dir {
+        Dir::ToBackend => NEXT_HOPS.get_ptr_mut(backend_id),
+        Dir::ToClient => CLIENT_HOPS.get_ptr_mut(addr_slot(to.dst_addr)),
+    };
+    transmit_cached(ctx, pkt, to, cache, now)
 }
 
 /// Sends a rewritten packet towards `to.dst_addr` by the next hop cached in `cache` while it

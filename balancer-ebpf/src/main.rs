@@ -15,7 +15,7 @@ mod select;
 mod stats;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
-use balancer_common::{addr_slot, stat, VipKey};
+use balancer_common::{addr_slot, stat, Settings, VipKey};
 
 /// Why a packet was dropped: an index into `GLOBAL_STATS` (`balancer_common::stat`).
 pub type DropReason = u32;
@@ -35,41 +35,55 @@ pub fn balancer(ctx: XdpContext) -> u32 {
 
 /// Parse, then either balance a packet for a VIP (an established flow by the connection
 /// table alone, a new one by its VIP), translate a reply back to its client, or leave the
-/// packet alone.
+/// packet alone. Every translated packet leaves through the one [`nat::deliver`].
 #[inline(always)]
 fn try_balancer(ctx: &XdpContext) -> Result<u32, DropReason> {
     let Some(pkt) = parse::parse(ctx)? else {
         return Ok(xdp_action::XDP_PASS);
     };
-    let vip_key = VipKey {
-        addr: pkt.key.dst_addr,
-        port: pkt.key.dst_port,
-        proto: pkt.key.proto,
-        _pad: 0,
-    };
     let settings = nat::settings()?;
+    let now = nat::now(settings);
+    match route(ctx, &pkt, settings, now)? {
+        nat::Action::Send(send) => nat::deliver(ctx, &pkt, &send, now),
+        nat::Action::Verdict(verdict) => Ok(verdict),
+    }
+}
+
+/// What becomes of a parsed packet ([`try_balancer`]).
+#[inline(always)]
+fn route(
+    ctx: &XdpContext,
+    pkt: &parse::Packet,
+    settings: &Settings,
+    now: u64,
+) -> Result<nat::Action, DropReason> {
     if maybe_vip(pkt.key.dst_addr) {
-        let now = nat::now(settings);
         let stamp = nat::stamp(settings);
         // Established flows first: from this CPU's flow cache (an array read), else by one
         // connection-table lookup; no VIPS lookup either way.
-        if let Some(verdict) = nat::cached(ctx, &pkt, settings, stamp, now)? {
-            return Ok(verdict);
+        if let Some(send) = nat::cached(pkt, settings, stamp, now) {
+            return Ok(nat::Action::Send(send));
         }
-        let ended = match nat::established(ctx, &pkt, settings, stamp, now)? {
-            nat::Established::Sent(verdict) => return Ok(verdict),
+        let ended = match nat::established(pkt, settings, stamp, now)? {
+            nat::Established::Live(send) => return Ok(nat::Action::Send(send)),
             nat::Established::Ended(ended) => ended,
+        };
+        let vip_key = VipKey {
+            addr: pkt.key.dst_addr,
+            port: pkt.key.dst_port,
+            proto: pkt.key.proto,
+            _pad: 0,
         };
         // SAFETY: the value is copied out at once; the agent replaces VIP entries whole.
         if let Some(vip) = unsafe { maps::VIPS.get(&vip_key) } {
             let vip = *vip;
-            return nat::new_flow(ctx, &pkt, &vip, ended.as_ref(), settings, stamp, now);
+            return nat::new_flow(ctx, pkt, &vip, ended.as_ref(), settings, stamp, now);
         }
     }
-    if let Some(verdict) = nat::to_client(ctx, &pkt, settings)? {
-        return Ok(verdict);
-    }
-    Ok(xdp_action::XDP_PASS)
+    Ok(match nat::to_client(pkt, settings, now)? {
+        Some(send) => nat::Action::Send(send),
+        None => nat::Action::Verdict(xdp_action::XDP_PASS),
+    })
 }
 
 /// Whether some VIP may have this address: `VIP_ADDRS` counts one in its slot. (The

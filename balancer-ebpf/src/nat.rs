@@ -16,7 +16,7 @@ use network_types::ip::Ipv4Hdr;
 
 use crate::{
     conntrack, csum,
-    forward::{transmit_to_backend, transmit_to_client},
+    forward::transmit,
     maps::{BACKENDS, CONNS, EVICTION_SEQ, FLOW_CACHE, FLOW_EVICTIONS, NAT, SETTINGS, VIP_GENS},
     parse::{ptr_at, Packet, TCP_FIN, TCP_RST},
     select,
@@ -82,26 +82,18 @@ pub fn stamp(settings: &Settings) -> Stamp {
 /// `VIP_GENS` and `BACKENDS` lookups. `Ok(None)` otherwise (the caller then tries
 /// [`established`]).
 #[inline(always)]
-pub fn cached(
-    ctx: &XdpContext,
-    pkt: &Packet,
-    settings: &Settings,
-    stamp: Stamp,
-    now: u64,
-) -> Result<Option<u32>, DropReason> {
-    let Some(slot) = FLOW_CACHE.get_ptr(flow_slot(&pkt.key)) else {
-        return Ok(None);
-    };
+pub fn cached(pkt: &Packet, settings: &Settings, stamp: Stamp, now: u64) -> Option<Send> {
+    let slot = FLOW_CACHE.get_ptr(flow_slot(&pkt.key))?;
     // SAFETY: per-CPU map value, written only by this CPU (not while this program runs).
     let cached = unsafe { &*slot };
     if cached.key.words() != pkt.key.words()
         || cached.epoch != stamp.epoch
         || cached.evictions != stamp.evictions
     {
-        return Ok(None);
+        return None;
     }
     if !conntrack::cache_serves(cached.state, cached.last_seen_ns, pkt, settings, now) {
-        return Ok(None);
+        return None;
     }
     let to = Rewrite {
         src_addr: cached.snat_addr,
@@ -113,8 +105,12 @@ pub fn cached(
         csum::Diff::from_folded(cached.ip_csum_diff),
         csum::Diff::from_folded(cached.l4_csum_diff),
     );
-    let ids = (cached.vip_id, cached.backend_id);
-    forward(ctx, pkt, ids, &to, diffs, now, false).map(Some)
+    Some(Send::to_backend(
+        (cached.vip_id, cached.backend_id),
+        to,
+        diffs,
+        false,
+    ))
 }
 
 /// Keeps what forwarding the flow's packets needs, from its `CONNS` entry, in this CPU's
@@ -154,10 +150,10 @@ fn remember(key: &FlowKey, conn: &Conn, stamp: Stamp, diffs: (csum::Diff, csum::
     }
 }
 
-/// What [`established`] did with a packet.
+/// What [`established`] found for a packet.
 pub enum Established {
-    /// Forwarded to the flow's backend, with this verdict.
-    Sent(u32),
+    /// A live flow: the packet goes to its backend.
+    Live(Send),
     /// No live flow on the packet's tuple: the caller looks the VIP up and schedules a
     /// new flow. `Some` holds the entry of the flow that ended there (its SNAT port is
     /// the one the new flow tries first).
@@ -165,11 +161,9 @@ pub enum Established {
 }
 
 /// A packet of an established flow: found in `CONNS`, still its VIP's, not expired, its
-/// backend not to be left: translate it and send it to the backend. No `VIPS` lookup
-/// here.
+/// backend not to be left: it goes to the backend. No `VIPS` lookup here.
 #[inline(always)]
 pub fn established(
-    ctx: &XdpContext,
     pkt: &Packet,
     settings: &Settings,
     stamp: Stamp,
@@ -202,11 +196,11 @@ pub fn established(
     // SAFETY: as above; the entry as touched.
     remember(&pkt.key, unsafe { &*entry }, stamp, diffs);
     let ids = (conn.vip_id, conn.backend_id);
-    forward(ctx, pkt, ids, &to, diffs, now, false).map(Established::Sent)
+    Ok(Established::Live(Send::to_backend(ids, to, diffs, false)))
 }
 
-/// A packet for `vip` that is no established flow: schedule a new flow, translate the
-/// packet, send it to the backend. `ended`: the flow that ended on the packet's tuple.
+/// A packet for `vip` that is no established flow: schedule a new flow; the packet goes
+/// to its backend. `ended`: the flow that ended on the packet's tuple.
 #[inline(always)]
 pub fn new_flow(
     ctx: &XdpContext,
@@ -216,10 +210,10 @@ pub fn new_flow(
     settings: &Settings,
     stamp: Stamp,
     now: u64,
-) -> Result<u32, DropReason> {
+) -> Result<Action, DropReason> {
     let conn = match schedule(pkt, vip, ended, settings, now) {
         Ok(Some(conn)) => conn,
-        Ok(None) => return all_down(vip),
+        Ok(None) => return all_down(vip).map(Action::Verdict),
         Err(reason) => {
             if reason == stat::DROP_SNAT_EXHAUSTED {
                 warn!(
@@ -236,33 +230,55 @@ pub fn new_flow(
     let to = to_backend(&conn);
     let diffs = csum_diffs(&pkt.key, &to);
     remember(&pkt.key, &conn, stamp, diffs);
-    forward(
-        ctx,
-        pkt,
-        (conn.vip_id, conn.backend_id),
-        &to,
-        diffs,
-        now,
-        true,
-    )
+    let ids = (conn.vip_id, conn.backend_id);
+    Ok(Action::Send(Send::to_backend(ids, to, diffs, true)))
 }
 
-/// Counts a packet of the flow of VIP and backend `(vip_id, backend_id)`, translates it to
-/// `to` with the checksum changes `diffs` ([`csum_diffs`]) and sends it to the backend:
-/// the last step of the cached, the `CONNS` and the new-flow paths alike.
-#[inline(always)]
-fn forward(
-    ctx: &XdpContext,
-    pkt: &Packet,
-    (vip_id, backend_id): (u32, u32),
-    to: &Rewrite,
-    (ip_diff, l4_diff): (csum::Diff, csum::Diff),
-    now: u64,
+/// What becomes of a packet: it leaves translated, or gets this verdict as it is.
+pub enum Action {
+    Send(Send),
+    Verdict(u32),
+}
+
+/// How a translated packet leaves ([`deliver`]).
+pub struct Send {
+    /// (VIP id, backend id) of its flow: for the counters, and the backend's next hop.
+    ids: (u32, u32),
+    to: Rewrite,
+    /// The changes to the IPv4 and the TCP/UDP checksums ([`csum_diffs`]).
+    diffs: (csum::Diff, csum::Diff),
+    dir: Dir,
     new_flow: bool,
-) -> Result<u32, DropReason> {
-    stats::count_flow(vip_id, backend_id, pkt.len, Dir::ToBackend, new_flow);
-    rewrite_with(ctx, pkt, to, ip_diff, l4_diff)?;
-    transmit_to_backend(ctx, pkt, to, backend_id, now)
+}
+
+impl Send {
+    #[inline(always)]
+    fn to_backend(
+        ids: (u32, u32),
+        to: Rewrite,
+        diffs: (csum::Diff, csum::Diff),
+        new_flow: bool,
+    ) -> Send {
+        Send {
+            ids,
+            to,
+            diffs,
+            dir: Dir::ToBackend,
+            new_flow,
+        }
+    }
+}
+
+/// Counts a translated packet, rewrites it and transmits it: the one exit of the cached,
+/// the `CONNS`, the new-flow and the reply paths, so that the next-hop and transmit code
+/// is in the program once (every inlined copy of it made the common paths slower).
+#[inline(always)]
+pub fn deliver(ctx: &XdpContext, pkt: &Packet, send: &Send, now: u64) -> Result<u32, DropReason> {
+    let (vip_id, backend_id) = send.ids;
+    stats::count_flow(vip_id, backend_id, pkt.len, send.dir, send.new_flow);
+    let (ip_diff, l4_diff) = send.diffs;
+    rewrite_with(ctx, pkt, &send.to, ip_diff, l4_diff)?;
+    transmit(ctx, pkt, &send.to, send.dir, backend_id, now)
 }
 
 /// How a packet of `conn` leaves for its backend.
@@ -665,14 +681,10 @@ fn count_eviction() {
     }
 }
 
-/// A reply from a backend to a SNAT address:port: translate it back to the client.
-/// `Ok(None)` when the packet is not a reply of a balanced flow.
+/// A reply from a backend to a SNAT address:port: it goes back to the client. `Ok(None)`
+/// when the packet is not a reply of a balanced flow.
 #[inline(always)]
-pub fn to_client(
-    ctx: &XdpContext,
-    pkt: &Packet,
-    settings: &Settings,
-) -> Result<Option<u32>, DropReason> {
+pub fn to_client(pkt: &Packet, settings: &Settings, now: u64) -> Result<Option<Send>, DropReason> {
     let port = u16::from_be(pkt.key.dst_port);
     if port < settings.snat_port_min || port > settings.snat_port_max {
         return Ok(None);
@@ -682,7 +694,6 @@ pub fn to_client(
     };
     // SAFETY: map value pointer, copied out whole.
     let entry = unsafe { *slot };
-    let now = now(settings);
     let tick = conntrack::reply_tick(now);
     let closes = pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0;
     if closes || entry.touched != tick {
@@ -695,21 +706,20 @@ pub fn to_client(
         }
     }
     stats::count(stat::NAT_REPLY);
-    stats::count_flow(
-        entry.vip_id,
-        entry.backend_id,
-        pkt.len,
-        Dir::ToClient,
-        false,
-    );
     let to = Rewrite {
         src_addr: entry.vip_addr,
         dst_addr: entry.client_addr,
         src_port: entry.vip_port,
         dst_port: entry.client_port,
     };
-    rewrite(ctx, pkt, &to)?;
-    transmit_to_client(ctx, pkt, &to, now).map(Some)
+    let diffs = csum_diffs(&pkt.key, &to);
+    Ok(Some(Send {
+        ids: (entry.vip_id, entry.backend_id),
+        to,
+        diffs,
+        dir: Dir::ToClient,
+        new_flow: false,
+    }))
 }
 
 /// A reply keeps its flow alive as the client's packets do (a flow in which only the
@@ -740,13 +750,6 @@ pub struct Rewrite {
     pub dst_addr: u32,
     pub src_port: u16,
     pub dst_port: u16,
-}
-
-/// Rewrites addresses and ports to `to` and fixes both checksums.
-#[inline(always)]
-fn rewrite(ctx: &XdpContext, pkt: &Packet, to: &Rewrite) -> Result<(), DropReason> {
-    let (ip_diff, l4_diff) = csum_diffs(&pkt.key, to);
-    rewrite_with(ctx, pkt, to, ip_diff, l4_diff)
 }
 
 /// The changes to the IPv4 and the TCP/UDP checksums when the tuple `from` becomes `to`
