@@ -78,9 +78,8 @@ pub fn stamp(settings: &Settings) -> Stamp {
 /// A packet of an established flow that this CPU's `FLOW_CACHE` holds and may serve (see
 /// [`conntrack::cache_serves`]), copied under the current [`Stamp`] (so still its VIP's,
 /// its backend not to be left, as checked when the copy was made, and its SNAT port not
-/// given to another flow): translate it and send it to the backend, without the `CONNS`,
-/// `VIP_GENS` and `BACKENDS` lookups. `Ok(None)` otherwise (the caller then tries
-/// [`established`]).
+/// given to another flow): it goes to the backend, without the `CONNS`, `VIP_GENS` and
+/// `BACKENDS` lookups. `None` otherwise (the caller then tries [`established`]).
 #[inline(always)]
 pub fn cached(pkt: &Packet, settings: &Settings, stamp: Stamp, now: u64) -> Option<Send> {
     let slot = FLOW_CACHE.get_ptr(flow_slot(&pkt.key))?;
