@@ -507,23 +507,20 @@ fn nat_entry(pkt: &Packet, conn: &Conn, now: u64) -> NatEntry {
 /// tuple towards the backend).
 #[inline(always)]
 fn keep_reply_entry(pkt: &Packet, conn: &Conn, now: u64) -> bool {
-    let reply_key = FlowKey {
-        src_addr: conn.backend_addr,
-        dst_addr: conn.snat_addr,
-        src_port: conn.backend_port,
-        dst_port: conn.snat_port,
-        proto: pkt.key.proto,
-        _pad0: 0,
-        _pad1: 0,
-    };
-    let ours = |e: &NatEntry| client_key(e, pkt.key.proto) == pkt.key;
+    let reply_key = reply_key(
+        conn.backend_addr,
+        conn.snat_addr,
+        conn.backend_port,
+        conn.snat_port,
+        pkt.key.proto,
+    );
     // SAFETY: read-only looks at a map value.
     if let Some(entry) = unsafe { NAT.get(&reply_key) } {
-        return ours(entry);
+        return names(entry, &pkt.key);
     }
     let entry = nat_entry(pkt, conn, now);
     NAT.insert(&reply_key, &entry, BPF_NOEXIST as u64).is_ok()
-        || unsafe { NAT.get(&reply_key) }.is_some_and(ours)
+        || unsafe { NAT.get(&reply_key) }.is_some_and(|e| names(e, &pkt.key))
 }
 
 /// Claims the SNAT port of `reply_key` for `pkt`'s new flow, which a look found usable:
@@ -558,8 +555,7 @@ fn claim(
         return Ok(None);
     }
     // SAFETY: read-only look at a map value.
-    let ours =
-        unsafe { NAT.get(reply_key) }.is_some_and(|e| client_key(e, pkt.key.proto) == pkt.key);
+    let ours = unsafe { NAT.get(reply_key) }.is_some_and(|e| names(e, &pkt.key));
     Ok(ours.then_some(holder))
 }
 
@@ -572,7 +568,7 @@ fn holder_for(pkt: &Packet, reply_key: &FlowKey, settings: &Settings, now: u64) 
         // A flow replacing its own tuple (the client reused its port) takes back the same
         // SNAT port: the backend then sees the very tuple sequence the client makes, so
         // its TIME_WAIT/PAWS checks pass as they would without NAT.
-        Some(holder) if client_key(holder, pkt.key.proto) == pkt.key => Holder::Gone,
+        Some(holder) if names(holder, &pkt.key) => Holder::Gone,
         Some(holder) => holder_state(holder, reply_key, settings, now),
         None => Holder::Gone,
     }
@@ -593,15 +589,41 @@ fn take(reply_key: &FlowKey, entry: &NatEntry, holder: Holder) -> bool {
 /// The tuple of a reply from `backend` to SNAT port `port` (network byte order).
 #[inline(always)]
 fn reply_tuple(backend: &Backend, port: u16, proto: u8) -> FlowKey {
+    reply_key(backend.addr, backend.snat_addr, backend.port, port, proto)
+}
+
+/// The tuple of a reply from `backend_addr:backend_port` to `snat_addr:snat_port`
+/// (network byte order).
+#[inline(always)]
+fn reply_key(
+    backend_addr: u32,
+    snat_addr: u32,
+    backend_port: u16,
+    snat_port: u16,
+    proto: u8,
+) -> FlowKey {
     FlowKey {
-        src_addr: backend.addr,
-        dst_addr: backend.snat_addr,
-        src_port: backend.port,
-        dst_port: port,
+        src_addr: backend_addr,
+        dst_addr: snat_addr,
+        src_port: backend_port,
+        dst_port: snat_port,
         proto,
         _pad0: 0,
         _pad1: 0,
     }
+}
+
+/// Whether the reply entry `entry` belongs to the client flow `key`.
+#[inline(always)]
+fn names(entry: &NatEntry, key: &FlowKey) -> bool {
+    client_key(entry, key.proto) == *key
+}
+
+/// Whether `conn` is the flow on the reply tuple `reply_key` (its backend and SNAT port;
+/// the client may have moved its tuple to another).
+#[inline(always)]
+fn holds(conn: &Conn, reply_key: &FlowKey) -> bool {
+    conn.snat_port == reply_key.dst_port && conn.backend_addr == reply_key.src_addr
 }
 
 /// The client's tuple (the `CONNS` key) of the flow a reply entry belongs to.
@@ -639,9 +661,7 @@ fn holder_state(holder: &NatEntry, reply_key: &FlowKey, settings: &Settings, now
     let client_key = client_key(holder, reply_key.proto);
     // SAFETY: read-only look at a map value.
     match unsafe { CONNS.get(&client_key) } {
-        Some(conn)
-            if conn.snat_port == reply_key.dst_port && conn.backend_addr == reply_key.src_addr =>
-        {
+        Some(conn) if holds(conn, reply_key) => {
             let idle = now.saturating_sub(conn.last_seen_ns);
             if idle <= conntrack::timeout_ns(conn.state, reply_key.proto, settings) {
                 Holder::Alive
@@ -733,10 +753,8 @@ fn refresh(entry: &NatEntry, pkt: &Packet, now: u64) -> bool {
     let Some(conn) = CONNS.get_ptr_mut(&client_key) else {
         return true;
     };
-    // SAFETY: `conn` points into a map value; whole-field reads.
-    let current = unsafe {
-        (*conn).snat_port == pkt.key.dst_port && (*conn).backend_addr == pkt.key.src_addr
-    };
+    // SAFETY: `conn` points into a map value; read whole.
+    let current = holds(unsafe { &*conn }, &pkt.key);
     if current {
         conntrack::touch(conn, pkt, conntrack::From::Backend, now);
     }

@@ -843,11 +843,7 @@ impl<M: Maps> Balancer<M> {
     /// Gives a backend the slot where its check task keeps the newest check (see
     /// [`health::Checker::start`]); unknown backends are ignored.
     pub fn set_latest_slot(&mut self, pool: &str, backend: SocketAddrV4, slot: LatestSlot) {
-        if let Some(b) = self
-            .pools
-            .get_mut(pool)
-            .and_then(|p| p.backends.iter_mut().find(|b| b.addr == backend))
-        {
+        if let Some(b) = self.backend_mut(pool, backend) {
             b.check_task = health::latest(&slot).task;
             b.latest = Some(slot);
         }
