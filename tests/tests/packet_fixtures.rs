@@ -232,26 +232,15 @@ impl Fixture {
         conns.get(key, 0).is_ok()
     }
 
-    /// Removes a reply (`NAT`) entry, as an LRU eviction would.
-    fn forget_reply(&mut self, key: &FlowKey) {
+    /// Removes a flow's entry from `CONNS` (nothing but the cache then knows the flow) or
+    /// from `NAT` (as an LRU eviction would); `V` is the map's value type.
+    fn forget<V: aya::Pod>(&mut self, map: &str, key: &FlowKey) {
         let map = self
             .ebpf
-            .map_mut(map_names::NAT)
-            .expect("the object has NAT");
-        let mut nat =
-            aya::maps::HashMap::<_, FlowKey, NatEntry>::try_from(map).expect("an LRU hash map");
-        nat.remove(key).expect("the flow's NAT entry");
-    }
-
-    /// Removes a flow's `CONNS` entry (nothing but the cache then knows the flow).
-    fn forget_conn(&mut self, key: &FlowKey) {
-        let map = self
-            .ebpf
-            .map_mut(map_names::CONNS)
-            .expect("the object has CONNS");
-        let mut conns =
-            aya::maps::HashMap::<_, FlowKey, Conn>::try_from(map).expect("an LRU hash map");
-        conns.remove(key).expect("the flow's CONNS entry");
+            .map_mut(map)
+            .unwrap_or_else(|| panic!("the object has {map}"));
+        let mut table = aya::maps::HashMap::<_, FlowKey, V>::try_from(map).expect("a hash map");
+        table.remove(key).expect("the flow's entry");
     }
 }
 
@@ -301,21 +290,28 @@ fn vip(name: &str, port: u16, protocol: Protocol) -> VipConfig {
 
 /// The client's ACK after the handshake of [`syn`]'s flow.
 fn ack() -> Spec {
-    Spec {
-        l4: L4::Tcp {
-            flags: TCP_ACK,
-            seq: 1001,
-            ack: 5001,
-        },
-        ..syn()
-    }
+    segment(TCP_ACK)
 }
 
 /// The client's FIN on [`syn`]'s flow, after the handshake.
 fn fin() -> Spec {
+    segment(TCP_FIN | TCP_ACK)
+}
+
+/// A datagram from [`syn`]'s client address and port to the UDP VIP (no payload).
+fn udp() -> Spec {
+    Spec {
+        dport: 5300,
+        l4: L4::Udp { checksum: true },
+        ..syn()
+    }
+}
+
+/// The client's segment with `flags` on [`syn`]'s tuple, after the handshake.
+fn segment(flags: u8) -> Spec {
     Spec {
         l4: L4::Tcp {
-            flags: TCP_FIN | TCP_ACK,
+            flags,
             seq: 1001,
             ack: 5001,
         },
@@ -389,19 +385,8 @@ fn reply_is_translated_back_to_the_client() {
     let (_, out) = fx.send_from_client(&syn());
     let fwd = parsed(&out);
     let reply = Spec {
-        src_mac: WEB_BACKEND_MAC,
-        dst_mac: LB_BACKEND_MAC,
-        src: WEB_BACKEND,
-        dst: SNAT,
-        sport: 80,
-        dport: fwd.sport,
-        l4: L4::Tcp {
-            flags: TCP_SYN | TCP_ACK,
-            seq: 5000,
-            ack: 1001,
-        },
         payload: b"welcome".to_vec(),
-        ..Spec::default()
+        ..web_reply(fwd.sport, TCP_SYN | TCP_ACK)
     };
     let ingress = fx.backend_if;
     let (verdict, out) = fx.run(&wire::build(&reply), ingress);
@@ -495,7 +480,7 @@ fn established_packets_are_forwarded_from_the_cpus_flow_cache_but_fin_and_syn_ar
 
     // With the CONNS entry gone, only the cache knows the flow: the ACK still goes to the
     // same backend with the same SNAT port, and no flow is scheduled.
-    fx.forget_conn(&key);
+    fx.forget::<Conn>(map_names::CONNS, &key);
     let (verdict, second) = fx.send_from_client(&ack());
     assert_eq!(verdict, XDP_REDIRECT);
     let second = parsed(&second);
@@ -564,7 +549,7 @@ fn a_cached_flow_whose_snat_port_went_to_another_flow_is_not_forwarded() {
     assert_eq!(fx.flow_cache().len(), 1, "the first flow is cached");
     // The LRU evicts the first flow's CONNS entry; a second client flow then takes the
     // port, whose holder it no longer finds.
-    fx.forget_conn(&client_key(&syn()));
+    fx.forget::<Conn>(map_names::CONNS, &client_key(&syn()));
     let second = Spec {
         sport: 40001,
         ..syn()
@@ -645,9 +630,9 @@ fn open(fx: &mut Fixture, sport: u16) -> (u32, u16) {
     )
 }
 
-/// One TCP segment with `flags` from the web backend to SNAT port `port`.
-fn from_backend(fx: &mut Fixture, port: u16, flags: u8) {
-    let reply = Spec {
+/// A TCP segment with `flags` from the web backend to SNAT port `port`.
+fn web_reply(port: u16, flags: u8) -> Spec {
+    Spec {
         src_mac: WEB_BACKEND_MAC,
         dst_mac: LB_BACKEND_MAC,
         src: WEB_BACKEND,
@@ -660,7 +645,13 @@ fn from_backend(fx: &mut Fixture, port: u16, flags: u8) {
             ack: 1002,
         },
         ..Spec::default()
-    };
+    }
+}
+
+/// One TCP segment with `flags` from the web backend to SNAT port `port`, which must be
+/// a reply of a flow.
+fn from_backend(fx: &mut Fixture, port: u16, flags: u8) {
+    let reply = web_reply(port, flags);
     let ingress = fx.backend_if;
     let (verdict, _) = fx.run(&wire::build(&reply), ingress);
     assert_eq!(
@@ -673,12 +664,7 @@ fn from_backend(fx: &mut Fixture, port: u16, flags: u8) {
 fn from_client(fx: &mut Fixture, sport: u16, flags: u8) {
     let spec = Spec {
         sport,
-        l4: L4::Tcp {
-            flags,
-            seq: 1001,
-            ack: 5002,
-        },
-        ..syn()
+        ..segment(flags)
     };
     let (verdict, _) = fx.send_from_client(&spec);
     assert_eq!(
@@ -711,15 +697,19 @@ fn ended_flow(ports: u16, segments: &[(Side, u8)]) -> (Fixture, u16) {
     (fx, port)
 }
 
+/// An [`ended_flow`] of 2 ports that `first` closed with a FIN, then the other side.
+fn closed_first_by(first: Side) -> (Fixture, u16) {
+    let fin = TCP_FIN | TCP_ACK;
+    let segments = match first {
+        Side::Client => [(Side::Client, fin), (Side::Backend, fin)],
+        Side::Backend => [(Side::Backend, fin), (Side::Client, fin)],
+    };
+    ended_flow(2, &segments)
+}
+
 #[test]
 fn a_flow_the_backend_closed_leaves_its_snat_port_resting() {
-    let (mut fx, closed) = ended_flow(
-        2,
-        &[
-            (Side::Backend, TCP_FIN | TCP_ACK),
-            (Side::Client, TCP_FIN | TCP_ACK),
-        ],
-    );
+    let (mut fx, closed) = closed_first_by(Side::Backend);
     // Client port 40001 probes the closed flow's port first (the client-closed test below
     // shows it getting that port at once); the free one is taken instead.
     let (verdict, port) = open(&mut fx, 40001);
@@ -743,13 +733,7 @@ fn a_flow_the_backend_closed_leaves_its_snat_port_resting() {
 #[test]
 fn a_flow_the_client_closed_frees_its_snat_port_at_expiry() {
     // The client closes first: the backend closes passively and keeps no TIME-WAIT.
-    let (mut fx, closed) = ended_flow(
-        2,
-        &[
-            (Side::Client, TCP_FIN | TCP_ACK),
-            (Side::Backend, TCP_FIN | TCP_ACK),
-        ],
-    );
+    let (mut fx, closed) = closed_first_by(Side::Client);
     let (verdict, port) = open(&mut fx, 40001);
     assert_eq!(verdict, XDP_REDIRECT);
     assert_eq!(port, closed, "the expired flow's port is free again");
@@ -815,11 +799,7 @@ fn replies_keep_a_flow_alive_while_its_client_is_quiet() {
         udp: std::time::Duration::from_secs(1),
         ..Timeouts::default()
     });
-    let query = Spec {
-        dport: 5300,
-        l4: L4::Udp { checksum: true },
-        ..syn()
-    };
+    let query = udp();
     let (verdict, out) = fx.send_from_client(&query);
     assert_eq!(verdict, XDP_REDIRECT);
     let port = parsed(&out).sport;
@@ -871,20 +851,7 @@ fn a_late_reset_of_an_ended_flow_does_not_reach_the_clients_new_one() {
     assert_eq!(verdict, XDP_REDIRECT);
     assert_eq!(parsed(&out).dst, DNS_BACKEND, "the new flow's backend");
     // The old backend's late RST on the old flow's reply tuple.
-    let rst = Spec {
-        src_mac: WEB_BACKEND_MAC,
-        dst_mac: LB_BACKEND_MAC,
-        src: WEB_BACKEND,
-        dst: SNAT,
-        sport: 80,
-        dport: old_port,
-        l4: L4::Tcp {
-            flags: TCP_RST,
-            seq: 5001,
-            ack: 0,
-        },
-        ..Spec::default()
-    };
+    let rst = web_reply(old_port, TCP_RST);
     let (verdict, _) = fx.run(&wire::build(&rst), fx.backend_if);
     assert_eq!(verdict, XDP_DROP, "a stale RST must not reach the client");
     assert_eq!(fx.global(stat::DROP_STALE_REPLY), 1);
@@ -945,7 +912,7 @@ fn a_flow_whose_reply_entry_was_evicted_writes_it_again_or_leaves_its_port() {
     // One SNAT port: a port without a reply entry is the one a new flow takes.
     let mut fx = snat_fixture(1);
     let (_, port) = open(&mut fx, 40000);
-    fx.forget_reply(&web_reply_key(port));
+    fx.forget::<NatEntry>(map_names::NAT, &web_reply_key(port));
     // At the client side's next periodic touch (250 ms) the entry is written again, and
     // the backend's replies reach the client.
     std::thread::sleep(std::time::Duration::from_millis(300));
@@ -953,7 +920,7 @@ fn a_flow_whose_reply_entry_was_evicted_writes_it_again_or_leaves_its_port() {
     from_backend(&mut fx, port, TCP_ACK);
 
     // Evicted again, and before the flow's next touch another client takes the port.
-    fx.forget_reply(&web_reply_key(port));
+    fx.forget::<NatEntry>(map_names::NAT, &web_reply_key(port));
     let (verdict, taken) = open(&mut fx, 40001);
     assert_eq!((verdict, taken), (XDP_REDIRECT, port));
     std::thread::sleep(std::time::Duration::from_millis(300));
@@ -979,14 +946,7 @@ fn a_flow_whose_reply_entry_was_evicted_writes_it_again_or_leaves_its_port() {
 #[test]
 fn a_reset_with_no_flow_starts_none() {
     let mut fx = Fixture::new();
-    let rst = Spec {
-        l4: L4::Tcp {
-            flags: TCP_RST,
-            seq: 1001,
-            ack: 0,
-        },
-        ..syn()
-    };
+    let rst = segment(TCP_RST);
     let (verdict, _) = fx.send_from_client(&rst);
     assert_eq!(verdict, XDP_DROP);
     assert_eq!(fx.global(stat::DROP_STRAY_RST), 1);
@@ -1001,10 +961,8 @@ fn a_reset_with_no_flow_starts_none() {
 fn udp_to_vip_is_translated_and_zero_checksum_stays_zero() {
     let mut fx = Fixture::new();
     let spec = Spec {
-        dport: 5300,
-        l4: L4::Udp { checksum: true },
         payload: b"query".to_vec(),
-        ..syn()
+        ..udp()
     };
     let (verdict, out) = fx.send_from_client(&spec);
     assert_eq!(verdict, XDP_REDIRECT);
@@ -1217,26 +1175,14 @@ fn idle_flows_expire_per_protocol() {
         tcp_closing: std::time::Duration::from_secs(1),
         ..Timeouts::default()
     });
-    let udp = Spec {
-        dport: 5300,
-        l4: L4::Udp { checksum: true },
-        ..syn()
-    };
+    let udp = udp();
     fx.send_from_client(&udp);
     fx.send_from_client(&syn());
     fx.send_from_client(&udp);
     assert_eq!((new_flows(&fx, "dns"), new_flows(&fx, "web")), (1, 1));
     // Past the UDP timeout (the coarse clock ticks in jiffies) but well within TCP's.
     std::thread::sleep(std::time::Duration::from_millis(1600));
-    let ack = Spec {
-        l4: L4::Tcp {
-            flags: TCP_ACK,
-            seq: 1001,
-            ack: 1,
-        },
-        ..syn()
-    };
-    let (verdict, _) = fx.send_from_client(&ack);
+    let (verdict, _) = fx.send_from_client(&ack());
     assert_eq!(verdict, XDP_REDIRECT);
     let (verdict, _) = fx.send_from_client(&udp);
     assert_eq!(verdict, XDP_REDIRECT);
