@@ -51,6 +51,7 @@ pub const PROGRAM_NAME: &str = "balancer";
 
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
+pub const PROTO_ICMP: u8 = 1;
 
 /// Key of `VIPS`: the destination a client uses.
 #[repr(C)]
@@ -301,7 +302,14 @@ pub mod stat {
     /// flow meanwhile: the flow moved to another port (a TCP connection breaks; without
     /// the move two clients would share a tuple towards the backend).
     pub const SNAT_PORT_LOST: u32 = 19;
-    pub const COUNT: u32 = 20;
+    /// An ICMP error about a packet a backend got from the balancer (port unreachable,
+    /// fragmentation needed, ...) translated for the flow's client and passed to the stack
+    /// to forward.
+    pub const ICMP_TO_CLIENT: u32 = 20;
+    /// An ICMP error about a reply a client got from a VIP translated for the flow's
+    /// backend and passed to the stack to forward.
+    pub const ICMP_TO_BACKEND: u32 = 21;
+    pub const COUNT: u32 = 22;
 
     /// Human names, indexed like the constants.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -325,6 +333,8 @@ pub mod stat {
         "drop_stale_reply",
         "drop_stray_rst",
         "snat_port_lost",
+        "icmp_to_client",
+        "icmp_to_backend",
     ];
 }
 

@@ -8,6 +8,7 @@
 mod conntrack;
 mod csum;
 mod forward;
+mod icmp;
 mod maps;
 mod nat;
 mod parse;
@@ -34,12 +35,14 @@ pub fn balancer(ctx: XdpContext) -> u32 {
 }
 
 /// Parse, then either balance a packet for a VIP (an established flow by the connection
-/// table alone, a new one by its VIP), translate a reply back to its client, or leave the
-/// packet alone. Every translated packet leaves through the one [`nat::deliver`].
+/// table alone, a new one by its VIP), translate a reply back to its client, translate an
+/// ICMP error about a flow for its other end, or leave the packet alone. Every translated packet leaves through the one [`nat::deliver`].
 #[inline(always)]
 fn try_balancer(ctx: &XdpContext) -> Result<u32, DropReason> {
-    let Some(pkt) = parse::parse(ctx)? else {
-        return Ok(xdp_action::XDP_PASS);
+    let pkt = match parse::parse(ctx)? {
+        parse::Parsed::Flow(pkt) => pkt,
+        parse::Parsed::IcmpError(error) => return icmp::translate(ctx, &error, nat::settings()?),
+        parse::Parsed::Other => return Ok(xdp_action::XDP_PASS),
     };
     let settings = nat::settings()?;
     let now = nat::now(settings);
@@ -89,7 +92,7 @@ fn route(
 /// Whether some VIP may have this address: `VIP_ADDRS` counts one in its slot. (The
 /// agent counts a VIP in before adding it and out after deleting it.)
 #[inline(always)]
-fn maybe_vip(addr: u32) -> bool {
+pub(crate) fn maybe_vip(addr: u32) -> bool {
     maps::VIP_ADDRS
         .get(addr_slot(addr))
         .is_some_and(|&count| count != 0)

@@ -18,15 +18,11 @@ use crate::{
     conntrack, csum,
     forward::transmit,
     maps::{BACKENDS, CONNS, EVICTION_SEQ, FLOW_CACHE, FLOW_EVICTIONS, NAT, SETTINGS, VIP_GENS},
-    parse::{ptr_at, Packet, TCP_FIN, TCP_RST},
+    parse::{ptr_at, Packet, TCP_CHECK_OFF, TCP_FIN, TCP_RST, UDP_CHECK_OFF},
     select,
     stats::{self, Dir},
     DropReason,
 };
-
-/// Offset of the checksum field in the TCP and UDP headers.
-const TCP_CHECK_OFF: usize = 16;
-const UDP_CHECK_OFF: usize = 6;
 
 /// The agent's knobs (timeouts, SNAT port range): read once per packet by the caller.
 #[inline(always)]

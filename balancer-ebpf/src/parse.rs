@@ -1,8 +1,9 @@
-//! Header parsing: Ethernet (with one 802.1Q/802.1ad tag), IPv4 (with options), TCP, UDP.
+//! Header parsing: Ethernet (with one 802.1Q/802.1ad tag), IPv4 (with options), TCP, UDP,
+//! and ICMP errors with the header they quote.
 use core::mem;
 
 use aya_ebpf::programs::XdpContext;
-use balancer_common::{stat, FlowKey, PROTO_TCP, PROTO_UDP};
+use balancer_common::{stat, FlowKey, PROTO_ICMP, PROTO_TCP, PROTO_UDP};
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, tcp::TcpHdr, udp::UdpHdr};
 
 use crate::{stats, DropReason};
@@ -13,6 +14,8 @@ const ETH_P_8021AD: u16 = 0x88a8;
 const VLAN_HDR_LEN: usize = 4;
 /// IPv4 "more fragments" flag and fragment offset bits.
 const IP_MF_OFFSET: u16 = 0x3fff;
+/// IPv4 fragment offset bits.
+const IP_OFFSET: u16 = 0x1fff;
 
 pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
@@ -20,6 +23,47 @@ pub const TCP_RST: u8 = 0x04;
 /// Offsets of the data-offset and flags bytes in the TCP header.
 const TCP_DOFF_OFF: usize = 12;
 const TCP_FLAGS_OFF: usize = 13;
+/// Offsets of the checksum field in the TCP and UDP headers.
+pub const TCP_CHECK_OFF: usize = 16;
+pub const UDP_CHECK_OFF: usize = 6;
+
+/// ICMP types that quote the packet they are about (RFC 792): destination unreachable
+/// (with "fragmentation needed", RFC 1191), time exceeded, parameter problem.
+const ICMP_DEST_UNREACH: u8 = 3;
+const ICMP_TIME_EXCEEDED: u8 = 11;
+const ICMP_PARAMETER_PROBLEM: u8 = 12;
+/// ICMP header: type, code, checksum and four more bytes, then the quote.
+const ICMP_HDR_LEN: usize = 8;
+/// Offset of the checksum in the ICMP header.
+pub const ICMP_CHECK_OFF: usize = 2;
+/// Bytes of the quoted packet's TCP/UDP header every ICMP error carries (RFC 792).
+const QUOTED_L4_LEN: usize = 8;
+
+/// What the program does with a frame ([`parse`]).
+pub enum Parsed {
+    /// An IPv4 TCP or UDP packet, not a later fragment.
+    Flow(Packet),
+    /// An ICMP error about an IPv4 TCP or UDP packet.
+    IcmpError(IcmpError),
+    /// Anything else: passed.
+    Other,
+}
+
+/// An ICMP error and the start of the packet it quotes (RFC 792: its IPv4 header and the
+/// first 8 bytes after it, often more).
+pub struct IcmpError {
+    /// Offsets of the IPv4 header, the ICMP header, and the quoted IPv4 and TCP/UDP
+    /// headers.
+    pub ip_off: usize,
+    pub icmp_off: usize,
+    pub quote_ip_off: usize,
+    pub quote_l4_off: usize,
+    /// The error's own addresses, network byte order.
+    pub src_addr: u32,
+    pub dst_addr: u32,
+    /// The quoted packet's tuple as it was sent (addresses and ports in network byte order).
+    pub quote: FlowKey,
+}
 
 /// What the rest of the program needs to know about a parsed packet.
 pub struct Packet {
@@ -50,9 +94,10 @@ pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Result<*mut T, DropReason> 
     Ok((start + offset) as *mut T)
 }
 
-/// `Ok(None)`: not IPv4 TCP/UDP (or a fragment), pass it. `Err`: malformed, drop it.
+/// `Err`: a malformed IPv4 TCP/UDP packet, drop it. (An ICMP error is only looked at: one
+/// whose quote does not parse is `Other`, passed untouched.)
 #[inline(always)]
-pub fn parse(ctx: &XdpContext) -> Result<Option<Packet>, DropReason> {
+pub fn parse(ctx: &XdpContext) -> Result<Parsed, DropReason> {
     let eth: *const EthHdr = ptr_at(ctx, 0)?;
     // SAFETY: ptr_at checked the bounds.
     let mut ether_type = u16::from_be(unsafe { (*eth).ether_type });
@@ -64,7 +109,7 @@ pub fn parse(ctx: &XdpContext) -> Result<Option<Packet>, DropReason> {
         ip_off += VLAN_HDR_LEN;
     }
     if ether_type != ETH_P_IP {
-        return Ok(None);
+        return Ok(Parsed::Other);
     }
 
     let ip: *const Ipv4Hdr = ptr_at(ctx, ip_off)?;
@@ -90,7 +135,7 @@ pub fn parse(ctx: &XdpContext) -> Result<Option<Packet>, DropReason> {
     if frags & IP_MF_OFFSET != 0 {
         // Only the first fragment carries ports: fragments are not balanced.
         stats::count(stat::PASS_FRAGMENT);
-        return Ok(None);
+        return Ok(Parsed::Other);
     }
 
     let l4_off = ip_off + ihl;
@@ -125,10 +170,11 @@ pub fn parse(ctx: &XdpContext) -> Result<Option<Packet>, DropReason> {
                 )
             }
         }
-        _ => return Ok(None),
+        PROTO_ICMP => return Ok(icmp_error(ctx, ip_off, l4_off, src, dst)),
+        _ => return Ok(Parsed::Other),
     };
 
-    Ok(Some(Packet {
+    Ok(Parsed::Flow(Packet {
         ip_off,
         l4_off,
         key: FlowKey {
@@ -145,4 +191,63 @@ pub fn parse(ctx: &XdpContext) -> Result<Option<Packet>, DropReason> {
         ip_len: tot_len,
         tos,
     }))
+}
+
+/// The ICMP message at `icmp_off`, if it is an error quoting a TCP or UDP packet (not a
+/// later fragment: those carry no ports).
+#[inline(always)]
+fn icmp_error(ctx: &XdpContext, ip_off: usize, icmp_off: usize, src: u32, dst: u32) -> Parsed {
+    let Ok(icmp) = ptr_at::<[u8; ICMP_HDR_LEN]>(ctx, icmp_off) else {
+        return Parsed::Other;
+    };
+    // SAFETY: ptr_at checked the bounds.
+    let kind = unsafe { (*icmp)[0] };
+    if kind != ICMP_DEST_UNREACH && kind != ICMP_TIME_EXCEEDED && kind != ICMP_PARAMETER_PROBLEM {
+        return Parsed::Other;
+    }
+    let quote_ip_off = icmp_off + ICMP_HDR_LEN;
+    let Ok(ip) = ptr_at::<Ipv4Hdr>(ctx, quote_ip_off) else {
+        return Parsed::Other;
+    };
+    // SAFETY: ptr_at checked the bounds.
+    let (vihl, frags, proto, quote_src, quote_dst) = unsafe {
+        (
+            (*ip).vihl,
+            u16::from_be_bytes((*ip).frags),
+            (*ip).proto,
+            u32::from_ne_bytes((*ip).src_addr),
+            u32::from_ne_bytes((*ip).dst_addr),
+        )
+    };
+    let ihl = ((vihl & 0x0f) as usize) * 4;
+    if vihl >> 4 != 4
+        || ihl < Ipv4Hdr::LEN
+        || frags & IP_OFFSET != 0
+        || (proto != PROTO_TCP && proto != PROTO_UDP)
+    {
+        return Parsed::Other;
+    }
+    let quote_l4_off = quote_ip_off + ihl;
+    let Ok(l4) = ptr_at::<[u16; QUOTED_L4_LEN / 2]>(ctx, quote_l4_off) else {
+        return Parsed::Other;
+    };
+    // SAFETY: ptr_at checked the bounds.
+    let (src_port, dst_port) = unsafe { ((*l4)[0], (*l4)[1]) };
+    Parsed::IcmpError(IcmpError {
+        ip_off,
+        icmp_off,
+        quote_ip_off,
+        quote_l4_off,
+        src_addr: src,
+        dst_addr: dst,
+        quote: FlowKey {
+            src_addr: quote_src,
+            dst_addr: quote_dst,
+            src_port,
+            dst_port,
+            proto,
+            _pad0: 0,
+            _pad1: 0,
+        },
+    })
 }

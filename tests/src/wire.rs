@@ -1,6 +1,6 @@
 //! Host-side packet building and parsing for fixtures (in the spirit of smoltcp's `wire`):
-//! Ethernet with an optional 802.1Q tag, IPv4 with options, TCP and UDP, checksums computed
-//! from scratch so a test catches any incremental-update mistake in the data plane.
+//! Ethernet with an optional 802.1Q tag, IPv4 with options, TCP, UDP and ICMP, checksums
+//! computed from scratch so a test catches any incremental-update mistake in the data plane.
 use std::net::Ipv4Addr;
 
 pub type Mac = [u8; 6];
@@ -12,6 +12,12 @@ pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
 pub const TCP_RST: u8 = 0x04;
 pub const TCP_ACK: u8 = 0x10;
+pub const PROTO_ICMP: u8 = 1;
+pub const ICMP_DEST_UNREACH: u8 = 3;
+pub const ICMP_PORT_UNREACH: u8 = 3;
+pub const ICMP_FRAG_NEEDED: u8 = 4;
+pub const ICMP_TIME_EXCEEDED: u8 = 11;
+pub const ICMP_ECHO_REQUEST: u8 = 8;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum L4 {
@@ -129,7 +135,47 @@ pub fn build(spec: &Spec) -> Vec<u8> {
         }
         l4[csum_off..csum_off + 2].copy_from_slice(&c.to_be_bytes());
     }
+    ip_frame(spec, proto, &l4)
+}
 
+/// An ICMP message ([`build_icmp`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Icmp {
+    pub kind: u8,
+    pub code: u8,
+    /// The header's last four bytes: unused, or the next-hop MTU (RFC 1191) in the low
+    /// 16 bits of a "fragmentation needed".
+    pub rest: u32,
+    /// What follows the header: for an error, the quoted start of a datagram
+    /// ([`ip_datagram`]).
+    pub body: Vec<u8>,
+}
+
+/// An Ethernet frame with an ICMP message; `spec` gives the Ethernet and IPv4 headers
+/// (its ports, `l4` and payload are not used).
+pub fn build_icmp(spec: &Spec, icmp: &Icmp) -> Vec<u8> {
+    ip_frame(spec, PROTO_ICMP, &icmp_message(icmp))
+}
+
+/// The ICMP message alone, with its checksum (what a raw ICMP socket sends).
+pub fn icmp_message(icmp: &Icmp) -> Vec<u8> {
+    let mut msg = vec![icmp.kind, icmp.code, 0, 0];
+    msg.extend_from_slice(&icmp.rest.to_be_bytes());
+    msg.extend_from_slice(&icmp.body);
+    let c = checksum(&msg);
+    msg[2..4].copy_from_slice(&c.to_be_bytes());
+    msg
+}
+
+/// The IPv4 datagram in a frame: what an ICMP error quotes (the start of).
+pub fn ip_datagram(frame: &[u8]) -> &[u8] {
+    let ether_type = u16::from_be_bytes([frame[12], frame[13]]);
+    let ip_off = if ether_type == ETH_P_8021Q { 18 } else { 14 };
+    &frame[ip_off..]
+}
+
+/// Ethernet and IPv4 headers from `spec` (id 0x1234, DF) around `l4` of protocol `proto`.
+fn ip_frame(spec: &Spec, proto: u8, l4: &[u8]) -> Vec<u8> {
     let ihl = 20 + spec.ip_options.len();
     assert!(
         ihl.is_multiple_of(4) && ihl <= 60,
@@ -158,7 +204,7 @@ pub fn build(spec: &Spec) -> Vec<u8> {
     }
     frame.extend_from_slice(&ETH_P_IP.to_be_bytes());
     frame.extend_from_slice(&ip);
-    frame.extend_from_slice(&l4);
+    frame.extend_from_slice(l4);
     frame
 }
 
@@ -181,7 +227,20 @@ pub struct Parsed {
     pub payload: Vec<u8>,
 }
 
-pub fn parse(frame: &[u8]) -> Result<Parsed, String> {
+/// The Ethernet and IPv4 headers of a frame, and the bytes after them.
+struct Headers<'a> {
+    src_mac: Mac,
+    dst_mac: Mac,
+    vlan: Option<u16>,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    ttl: u8,
+    proto: u8,
+    ip_checksum_ok: bool,
+    l4: &'a [u8],
+}
+
+fn headers(frame: &[u8]) -> Result<Headers<'_>, String> {
     let get = |range: std::ops::Range<usize>| {
         frame
             .get(range.clone())
@@ -203,11 +262,26 @@ pub fn parse(frame: &[u8]) -> Result<Parsed, String> {
     let ihl = ((vihl & 0xf) as usize) * 4;
     let ip = get(ip_off..ip_off + ihl)?;
     let tot_len = u16::from_be_bytes([ip[2], ip[3]]) as usize;
-    let proto = ip[9];
-    let src = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
-    let dst = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
-    let l4 = get(ip_off + ihl..ip_off + tot_len)?;
-    let (hdr_len, tcp_flags, l4_checksum_ok) = match proto {
+    Ok(Headers {
+        src_mac: get(6..12)?.try_into().unwrap(),
+        dst_mac: get(0..6)?.try_into().unwrap(),
+        vlan,
+        src: Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]),
+        dst: Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]),
+        ttl: ip[8],
+        proto: ip[9],
+        ip_checksum_ok: checksum(ip) == 0,
+        l4: get(ip_off + ihl..ip_off + tot_len)?,
+    })
+}
+
+pub fn parse(frame: &[u8]) -> Result<Parsed, String> {
+    let h = headers(frame)?;
+    let (src, dst, l4) = (h.src, h.dst, h.l4);
+    if l4.len() < 8 {
+        return Err(format!("a TCP/UDP header of {} bytes", l4.len()));
+    }
+    let (hdr_len, tcp_flags, l4_checksum_ok) = match h.proto {
         6 => {
             let ok = l4_checksum(src, dst, 6, l4) == 0;
             (((l4[12] >> 4) as usize) * 4, l4[13], Some(ok))
@@ -220,19 +294,58 @@ pub fn parse(frame: &[u8]) -> Result<Parsed, String> {
         p => return Err(format!("IP protocol {p} is neither TCP nor UDP")),
     };
     Ok(Parsed {
-        src_mac: get(6..12)?.try_into().unwrap(),
-        dst_mac: get(0..6)?.try_into().unwrap(),
-        vlan,
+        src_mac: h.src_mac,
+        dst_mac: h.dst_mac,
+        vlan: h.vlan,
         src,
         dst,
-        ttl: ip[8],
-        proto,
+        ttl: h.ttl,
+        proto: h.proto,
         sport: u16::from_be_bytes([l4[0], l4[1]]),
         dport: u16::from_be_bytes([l4[2], l4[3]]),
         tcp_flags,
-        ip_checksum_ok: checksum(ip) == 0,
+        ip_checksum_ok: h.ip_checksum_ok,
         l4_checksum_ok,
         payload: l4[hdr_len..].to_vec(),
+    })
+}
+
+/// A parsed ICMP frame, with its checksums verified from scratch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParsedIcmp {
+    pub src_mac: Mac,
+    pub dst_mac: Mac,
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    pub ttl: u8,
+    pub ip_checksum_ok: bool,
+    pub icmp: Icmp,
+    pub icmp_checksum_ok: bool,
+}
+
+pub fn parse_icmp(frame: &[u8]) -> Result<ParsedIcmp, String> {
+    let h = headers(frame)?;
+    if h.proto != PROTO_ICMP {
+        return Err(format!("IP protocol {} is not ICMP", h.proto));
+    }
+    let msg = h.l4;
+    if msg.len() < 8 {
+        return Err(format!("an ICMP message of {} bytes", msg.len()));
+    }
+    Ok(ParsedIcmp {
+        src_mac: h.src_mac,
+        dst_mac: h.dst_mac,
+        src: h.src,
+        dst: h.dst,
+        ttl: h.ttl,
+        ip_checksum_ok: h.ip_checksum_ok,
+        icmp: Icmp {
+            kind: msg[0],
+            code: msg[1],
+            rest: u32::from_be_bytes(msg[4..8].try_into().unwrap()),
+            body: msg[8..].to_vec(),
+        },
+        icmp_checksum_ok: checksum(msg) == 0,
     })
 }
 
@@ -265,6 +378,27 @@ mod tests {
             assert_eq!(p.vlan, spec.vlan);
             assert_eq!(p.payload, spec.payload);
         }
+    }
+
+    #[test]
+    fn icmp_errors_parse_back_with_their_quote() {
+        let quoted = build(&Spec::default());
+        let icmp = Icmp {
+            kind: ICMP_DEST_UNREACH,
+            code: ICMP_FRAG_NEEDED,
+            rest: 1200,
+            body: ip_datagram(&quoted)[..28].to_vec(),
+        };
+        let spec = Spec {
+            vlan: Some(7),
+            ..Spec::default()
+        };
+        let p = parse_icmp(&build_icmp(&spec, &icmp)).unwrap();
+        assert!(p.ip_checksum_ok && p.icmp_checksum_ok);
+        assert_eq!((p.src, p.dst, p.ttl), (spec.src, spec.dst, spec.ttl));
+        assert_eq!(p.icmp.body[..20], quoted[14..34]);
+        assert_eq!((p.icmp.kind, p.icmp.code, p.icmp.rest), (3, 4, 1200));
+        assert!(parse(&build_icmp(&spec, &icmp)).is_err());
     }
 
     #[test]

@@ -1,0 +1,159 @@
+//! ICMP errors about balanced flows (destination unreachable, "fragmentation needed"
+//! included, time exceeded, parameter problem): translated for the flow's other end as its
+//! packets are, the quoted header included, so that path MTU discovery and "port
+//! unreachable" work across the NAT. They are rare: translated in place, then passed to
+//! the stack, which forwards them (as it does packets without a neighbour entry).
+use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
+use balancer_common::{stat, FlowKey, Settings, PROTO_UDP};
+use network_types::ip::Ipv4Hdr;
+
+use crate::{
+    csum::Diff,
+    maps::{CONNS, NAT},
+    nat::Rewrite,
+    parse::{ptr_at, IcmpError, ICMP_CHECK_OFF, TCP_CHECK_OFF, UDP_CHECK_OFF},
+    stats, DropReason,
+};
+
+/// Translates `error` when it is about a balanced flow; passes it either way.
+///
+/// * About a packet the balancer sent to a backend: the quote is SNAT address:port ->
+///   backend, whose reversal is the flow's reply tuple (`NAT`'s key). The error goes to
+///   the client, from the VIP, quoting client -> VIP.
+/// * About a reply the balancer sent to a client: the quote is VIP -> client, whose
+///   reversal is the flow's key in `CONNS`. The error goes to the backend, from the SNAT
+///   address, quoting backend -> SNAT address:port.
+///
+/// As with Linux's NAT, the new source is the address the other end talks to, whoever
+/// sent the error (the peer itself, or a router on the way).
+#[inline(always)]
+pub fn translate(
+    ctx: &XdpContext,
+    error: &IcmpError,
+    settings: &Settings,
+) -> Result<u32, DropReason> {
+    let quote = &error.quote;
+    // An error goes to the quoted packet's sender; anything else is not about our flow.
+    if error.dst_addr != quote.src_addr {
+        return Ok(xdp_action::XDP_PASS);
+    }
+    let flow = FlowKey {
+        src_addr: quote.dst_addr,
+        dst_addr: quote.src_addr,
+        src_port: quote.dst_port,
+        dst_port: quote.src_port,
+        ..*quote
+    };
+    let Some((to, quoted, counter)) = other_end(&flow, settings) else {
+        return Ok(xdp_action::XDP_PASS);
+    };
+    rewrite(ctx, error, to, &quoted)?;
+    stats::count(counter);
+    Ok(xdp_action::XDP_PASS)
+}
+
+/// For the flow whose reversed tuple an error quotes: the error's new addresses (source,
+/// destination), the tuple its quote gets, and the counter of its direction. `None` when
+/// no balanced flow has that tuple.
+#[inline(always)]
+fn other_end(flow: &FlowKey, settings: &Settings) -> Option<((u32, u32), Rewrite, u32)> {
+    let port = u16::from_be(flow.dst_port);
+    if port >= settings.snat_port_min && port <= settings.snat_port_max {
+        // SAFETY: the value is copied out at once.
+        if let Some(entry) = unsafe { NAT.get(flow) }.copied() {
+            let quoted = Rewrite {
+                src_addr: entry.client_addr,
+                dst_addr: entry.vip_addr,
+                src_port: entry.client_port,
+                dst_port: entry.vip_port,
+            };
+            return Some((
+                (entry.vip_addr, entry.client_addr),
+                quoted,
+                stat::ICMP_TO_CLIENT,
+            ));
+        }
+    }
+    if !crate::maybe_vip(flow.dst_addr) {
+        return None;
+    }
+    // SAFETY: the value is copied out at once.
+    let conn = unsafe { CONNS.get(flow) }.copied()?;
+    let quoted = Rewrite {
+        src_addr: conn.backend_addr,
+        dst_addr: conn.snat_addr,
+        src_port: conn.backend_port,
+        dst_port: conn.snat_port,
+    };
+    Some((
+        (conn.snat_addr, conn.backend_addr),
+        quoted,
+        stat::ICMP_TO_BACKEND,
+    ))
+}
+
+/// Rewrites the quoted packet's tuple to `quoted` and the error's own addresses to
+/// `(src, dst)`. Checksums are updated incrementally: the quoted IPv4 header's, the quoted
+/// TCP/UDP checksum when the quote reaches it, the ICMP checksum (which covers the whole
+/// quote, so every word changed in it) and the outer IPv4 header's.
+#[inline(always)]
+fn rewrite(
+    ctx: &XdpContext,
+    error: &IcmpError,
+    (src, dst): (u32, u32),
+    quoted: &Rewrite,
+) -> Result<(), DropReason> {
+    let quote = &error.quote;
+    let addr_diff = Diff::default()
+        .u32(quote.src_addr, quoted.src_addr)
+        .u32(quote.dst_addr, quoted.dst_addr);
+    let l4_diff = addr_diff
+        .u16(quote.src_port, quoted.src_port)
+        .u16(quote.dst_port, quoted.dst_port);
+
+    let ip: *mut Ipv4Hdr = ptr_at(ctx, error.quote_ip_off)?;
+    // SAFETY: ptr_at checked the bounds.
+    let mut icmp_diff = unsafe {
+        let old = u16::from_ne_bytes((*ip).check);
+        let new = addr_diff.apply(old);
+        (*ip).src_addr = quoted.src_addr.to_ne_bytes();
+        (*ip).dst_addr = quoted.dst_addr.to_ne_bytes();
+        (*ip).check = new.to_ne_bytes();
+        l4_diff.u16(old, new)
+    };
+    let ports: *mut [u16; 2] = ptr_at(ctx, error.quote_l4_off)?;
+    // SAFETY: ptr_at checked the bounds.
+    unsafe { *ports = [quoted.src_port, quoted.dst_port] };
+    let udp = quote.proto == PROTO_UDP;
+    let check_off = if udp { UDP_CHECK_OFF } else { TCP_CHECK_OFF };
+    if let Ok(check) = ptr_at::<u16>(ctx, error.quote_l4_off + check_off) {
+        // SAFETY: ptr_at checked the bounds.
+        unsafe {
+            let old = *check;
+            // A zero UDP checksum means "none" and stays zero.
+            if !(udp && old == 0) {
+                let new = match l4_diff.apply(old) {
+                    0 if udp => 0xffff,
+                    new => new,
+                };
+                *check = new;
+                icmp_diff = icmp_diff.u16(old, new);
+            }
+        }
+    }
+    let check: *mut u16 = ptr_at(ctx, error.icmp_off + ICMP_CHECK_OFF)?;
+    // SAFETY: ptr_at checked the bounds.
+    unsafe { *check = icmp_diff.apply(*check) };
+
+    let ip: *mut Ipv4Hdr = ptr_at(ctx, error.ip_off)?;
+    let outer = Diff::default()
+        .u32(error.src_addr, src)
+        .u32(error.dst_addr, dst);
+    // SAFETY: ptr_at checked the bounds.
+    unsafe {
+        (*ip).src_addr = src.to_ne_bytes();
+        (*ip).dst_addr = dst.to_ne_bytes();
+        (*ip).check = outer.apply(u16::from_ne_bytes((*ip).check)).to_ne_bytes();
+    }
+    Ok(())
+}
