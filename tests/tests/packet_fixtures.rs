@@ -17,7 +17,10 @@ use balancer_common::{
 use balancer_tests::{
     netns::Netns,
     require_root,
-    wire::{self, Mac, Spec, L4, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+    wire::{
+        self, Icmp, Mac, Spec, ICMP_DEST_UNREACH, ICMP_ECHO_REQUEST, ICMP_FRAG_NEEDED,
+        ICMP_PORT_UNREACH, ICMP_TIME_EXCEEDED, L4, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
+    },
 };
 
 const XDP_DROP: u32 = 1;
@@ -1165,6 +1168,245 @@ fn fragments_pass_unchanged() {
     let (verdict, out) = fx.run(&frame, ingress);
     assert_eq!((verdict, out), (XDP_PASS, frame));
     assert_eq!(fx.global(stat::PASS_FRAGMENT), 1);
+}
+
+/// A router on the backends' side of the balancer, and one on the clients' side.
+const BACKEND_ROUTER: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 254);
+const CLIENT_ROUTER: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 254);
+
+/// An ICMP error `(kind, code, rest)` from `from` (Ethernet: `from_mac` to the balancer's
+/// `to_mac`) to `to`, quoting `quoted`.
+fn icmp_error(
+    (from, from_mac): (Ipv4Addr, Mac),
+    (to, to_mac): (Ipv4Addr, Mac),
+    (kind, code, rest): (u8, u8, u32),
+    quoted: &[u8],
+) -> Vec<u8> {
+    let outer = Spec {
+        src_mac: from_mac,
+        dst_mac: to_mac,
+        src: from,
+        dst: to,
+        ..Spec::default()
+    };
+    let icmp = Icmp {
+        kind,
+        code,
+        rest,
+        body: quoted.to_vec(),
+    };
+    wire::build_icmp(&outer, &icmp)
+}
+
+fn parsed_icmp(out: &[u8]) -> wire::ParsedIcmp {
+    wire::parse_icmp(out).unwrap_or_else(|e| panic!("output frame is no ICMP message: {e}"))
+}
+
+/// Checks a translated ICMP error: passed to the stack (MACs as received), now `from` ->
+/// `to`, type, code and rest of header as sent, quoting `quoted`, checksums right.
+fn assert_icmp_translated(
+    what: &str,
+    (verdict, out): (u32, Vec<u8>),
+    sent: &[u8],
+    (from, to): (Ipv4Addr, Ipv4Addr),
+    quoted: &[u8],
+) {
+    assert_eq!(verdict, XDP_PASS, "{what}: verdict (the stack forwards it)");
+    let (out, sent) = (parsed_icmp(&out), parsed_icmp(sent));
+    assert_eq!((out.src, out.dst), (from, to), "{what}: addresses");
+    assert!(out.ip_checksum_ok, "{what}: IPv4 header checksum");
+    assert!(out.icmp_checksum_ok, "{what}: ICMP checksum");
+    assert_eq!(
+        (out.src_mac, out.dst_mac, out.ttl),
+        (sent.src_mac, sent.dst_mac, sent.ttl),
+        "{what}: Ethernet header and TTL"
+    );
+    let (icmp, sent) = (&out.icmp, &sent.icmp);
+    assert_eq!(
+        (icmp.kind, icmp.code, icmp.rest),
+        (sent.kind, sent.code, sent.rest),
+        "{what}: type, code and rest of header (the MTU)"
+    );
+    assert_eq!(
+        icmp.body, quoted,
+        "{what}: the quote must be the packet as the other end sent it"
+    );
+}
+
+#[test]
+fn icmp_errors_from_the_backends_side_reach_the_client_translated() {
+    // (what, the client's packet, the error's source, (type, code))
+    let cases = [
+        (
+            "UDP port unreachable from the backend",
+            udp(),
+            DNS_BACKEND,
+            (ICMP_DEST_UNREACH, ICMP_PORT_UNREACH),
+        ),
+        (
+            "TCP time exceeded from a router",
+            syn(),
+            BACKEND_ROUTER,
+            (ICMP_TIME_EXCEEDED, 0),
+        ),
+    ];
+    for (what, client_packet, from, (kind, code)) in cases {
+        // The whole datagram quoted (the quoted TCP/UDP checksum changes too), and only
+        // its IPv4 header and 8 bytes (RFC 792's minimum, short of the TCP checksum).
+        for quote_len in [None, Some(28)] {
+            let what = format!("{what}, quoting {quote_len:?} bytes");
+            let mut fx = Fixture::new();
+            let (verdict, forwarded) = fx.send_from_client(&client_packet);
+            assert_eq!(verdict, XDP_REDIRECT, "{what}: the client's packet");
+            let quote_of = |frame: &[u8]| -> Vec<u8> {
+                let datagram = wire::ip_datagram(frame);
+                datagram[..quote_len.unwrap_or(datagram.len())].to_vec()
+            };
+            let error = icmp_error(
+                (from, WEB_BACKEND_MAC),
+                (SNAT, LB_BACKEND_MAC),
+                (kind, code, 0),
+                &quote_of(&forwarded),
+            );
+            let ingress = fx.backend_if;
+            let out = fx.run(&error, ingress);
+            let original = quote_of(&wire::build(&client_packet));
+            assert_icmp_translated(&what, out, &error, (VIP, CLIENT), &original);
+            assert_eq!(fx.global(stat::ICMP_TO_CLIENT), 1, "{what}: counted");
+        }
+    }
+}
+
+#[test]
+fn fragmentation_needed_from_the_clients_side_reaches_the_backend_translated() {
+    for quote_len in [None, Some(28)] {
+        let what = format!("quoting {quote_len:?} bytes");
+        let mut fx = Fixture::new();
+        let (_, forwarded) = fx.send_from_client(&syn());
+        let reply = Spec {
+            payload: vec![b'x'; 1400],
+            ..web_reply(parsed(&forwarded).sport, TCP_ACK)
+        };
+        let reply = wire::build(&reply);
+        let ingress = fx.backend_if;
+        let (verdict, to_client) = fx.run(&reply, ingress);
+        assert_eq!(verdict, XDP_REDIRECT, "{what}: the backend's reply");
+        let quote_of = |frame: &[u8]| -> Vec<u8> {
+            let datagram = wire::ip_datagram(frame);
+            datagram[..quote_len.unwrap_or(datagram.len())].to_vec()
+        };
+        // A router between the balancer and the client cannot forward the reply whole.
+        let error = icmp_error(
+            (CLIENT_ROUTER, CLIENT_MAC),
+            (VIP, LB_CLIENT_MAC),
+            (ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, 1200),
+            &quote_of(&to_client),
+        );
+        let ingress = fx.client_if;
+        let out = fx.run(&error, ingress);
+        assert_icmp_translated(&what, out, &error, (SNAT, WEB_BACKEND), &quote_of(&reply));
+        assert_eq!(fx.global(stat::ICMP_TO_BACKEND), 1, "{what}: counted");
+    }
+}
+
+#[test]
+fn icmp_messages_not_about_a_balanced_flow_pass_unchanged() {
+    let mut fx = Fixture::new();
+    let (_, forwarded) = fx.send_from_client(&udp());
+    let quoted = wire::ip_datagram(&forwarded).to_vec();
+    let unreachable = (ICMP_DEST_UNREACH, ICMP_PORT_UNREACH, 0);
+    let from_backend = (DNS_BACKEND, DNS_BACKEND_MAC);
+    let to_snat = (SNAT, LB_BACKEND_MAC);
+    let mut later_fragment = quoted.clone();
+    later_fragment[6..8].copy_from_slice(&[0x00, 0x10]); // offset 128 bytes
+    let other_port = wire::build(&Spec {
+        src: SNAT,
+        dst: DNS_BACKEND,
+        sport: 25000,
+        dport: 5300,
+        ..udp()
+    });
+    let unknown_reply = wire::build(&Spec {
+        src: VIP,
+        dst: CLIENT,
+        sport: 80,
+        dport: 40001,
+        ..syn()
+    });
+    let cases = [
+        (
+            "an echo request to the VIP",
+            icmp_error(
+                (CLIENT, CLIENT_MAC),
+                (VIP, LB_CLIENT_MAC),
+                (ICMP_ECHO_REQUEST, 0, 0x0001_0001),
+                b"ping",
+            ),
+            fx.client_if,
+        ),
+        (
+            "an error about a SNAT port without a flow",
+            icmp_error(
+                from_backend,
+                to_snat,
+                unreachable,
+                wire::ip_datagram(&other_port),
+            ),
+            fx.backend_if,
+        ),
+        (
+            "an error about a reply to a client without a flow",
+            icmp_error(
+                (CLIENT_ROUTER, CLIENT_MAC),
+                (VIP, LB_CLIENT_MAC),
+                (ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, 1200),
+                wire::ip_datagram(&unknown_reply),
+            ),
+            fx.client_if,
+        ),
+        (
+            "an error sent to another address than the quoted packet's source",
+            icmp_error(
+                from_backend,
+                (Ipv4Addr::new(10, 0, 2, 2), LB_BACKEND_MAC),
+                unreachable,
+                &quoted,
+            ),
+            fx.backend_if,
+        ),
+        (
+            "an error quoting a later fragment (no ports)",
+            icmp_error(from_backend, to_snat, unreachable, &later_fragment),
+            fx.backend_if,
+        ),
+        (
+            "an error whose quote ends inside the IPv4 header",
+            icmp_error(from_backend, to_snat, unreachable, &quoted[..16]),
+            fx.backend_if,
+        ),
+        (
+            "an error whose quote ends before the ports",
+            icmp_error(from_backend, to_snat, unreachable, &quoted[..22]),
+            fx.backend_if,
+        ),
+    ];
+    for (what, frame, ingress) in cases {
+        let (verdict, out) = fx.run(&frame, ingress);
+        assert_eq!(verdict, XDP_PASS, "{what}: verdict");
+        assert_eq!(out, frame, "{what}: the frame must be untouched");
+    }
+    // The flow was there all along: the same error, well formed, is translated.
+    let error = icmp_error(from_backend, to_snat, unreachable, &quoted);
+    let ingress = fx.backend_if;
+    assert_eq!(fx.run(&error, ingress).0, XDP_PASS);
+    assert_eq!(
+        (
+            fx.global(stat::ICMP_TO_CLIENT),
+            fx.global(stat::ICMP_TO_BACKEND)
+        ),
+        (1, 0),
+        "only the last error is about the flow"
+    );
 }
 
 #[test]
