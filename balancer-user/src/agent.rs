@@ -1,5 +1,7 @@
-//! `balancer run`: load and attach the XDP program, fill its maps from the configuration,
-//! serve the control socket, and detach cleanly on SIGINT/SIGTERM.
+//! `balancer run`: load and attach the XDP program (taking over the flow tables and XDP
+//! links a previous agent pinned), fill its maps from the configuration, serve the control
+//! socket, and detach cleanly on SIGINT/SIGTERM (or leave the data plane running, with
+//! `keep_attached`).
 use std::{
     os::unix::fs::{FileTypeExt, PermissionsExt},
     path::{Path, PathBuf},
@@ -7,7 +9,7 @@ use std::{
 
 use anyhow::{bail, Context};
 use aya::{
-    programs::{Xdp, XdpMode as AyaXdpMode},
+    programs::{xdp::XdpLinkId, Xdp, XdpMode as AyaXdpMode},
     Ebpf, EbpfLoader,
 };
 use balancer_common::PROGRAM_NAME;
@@ -27,6 +29,7 @@ use crate::{
     health::{Checker, HealthEvent},
     maps::AyaMaps,
     maps::Maps,
+    pins::Pins,
 };
 
 /// The XDP object built by `cargo xtask build-ebpf`, embedded at compile time.
@@ -36,18 +39,26 @@ pub static EBPF_OBJECT: &[u8] =
 /// The data plane's log records (aya-log) go to the agent's logger.
 pub type DataPlaneLogger = aya_log::EbpfLogger<&'static dyn log::Log>;
 
-/// Loads the embedded program into the kernel (maps created, program verified).
+/// Loads the embedded program into the kernel (maps created, none pinned, program
+/// verified).
 pub fn load_program() -> anyhow::Result<Ebpf> {
-    load_program_with_logger().map(|(ebpf, _)| ebpf)
+    load_program_with_logger(None).map(|(ebpf, _)| ebpf)
 }
 
-/// Like [`load_program`], also returning the reader of the program's log ring, which must
-/// be polled (see [`forward_logs`]) for the records to reach the agent's log.
-pub fn load_program_with_logger() -> anyhow::Result<(Ebpf, Option<DataPlaneLogger>)> {
+/// Like [`load_program`], with the flow tables pinned in `pins` (taken over when pinned
+/// already), also returning the reader of the program's log ring, which must be polled
+/// (see [`forward_logs`]) for the records to reach the agent's log.
+pub fn load_program_with_logger(
+    pins: Option<&Pins>,
+) -> anyhow::Result<(Ebpf, Option<DataPlaneLogger>)> {
     if EBPF_OBJECT.is_empty() {
         bail!("this balancer binary was built without its XDP program; build it with `cargo xtask build`");
     }
-    let mut ebpf = EbpfLoader::new()
+    let mut loader = EbpfLoader::new();
+    if let Some(pins) = pins {
+        pins.tables(&mut loader);
+    }
+    let mut ebpf = loader
         .load(EBPF_OBJECT)
         .context("loading the XDP object (are you root?)")?;
     // Before the program is loaded: the logger holds the log map's descriptor.
@@ -93,32 +104,43 @@ async fn forward_logs(logger: DataPlaneLogger) {
 }
 
 /// Attaches to one interface in the requested mode; `auto` tries driver mode first.
-fn attach(program: &mut Xdp, iface: &str, mode: XdpMode) -> anyhow::Result<&'static str> {
+fn attach(
+    program: &mut Xdp,
+    iface: &str,
+    mode: XdpMode,
+) -> anyhow::Result<(XdpLinkId, &'static str)> {
+    let mut attach_as = |aya_mode: AyaXdpMode, name: &'static str| {
+        program
+            .attach(iface, aya_mode)
+            .with_context(|| format!("attaching XDP to {iface} in {name} mode"))
+            .map(|id| (id, name))
+    };
     match mode {
-        XdpMode::Driver => {
-            program
-                .attach(iface, AyaXdpMode::Driver)
-                .with_context(|| format!("attaching XDP to {iface} in driver mode"))?;
-            Ok("driver")
+        XdpMode::Driver => attach_as(AyaXdpMode::Driver, "driver"),
+        XdpMode::Skb => attach_as(AyaXdpMode::Skb, "skb"),
+        XdpMode::Auto => attach_as(AyaXdpMode::Driver, "driver").or_else(|e| {
+            log::warn!(
+                "{iface}: driver-mode XDP unavailable ({e:#}); falling back to skb (generic) mode, which is slower"
+            );
+            attach_as(AyaXdpMode::Skb, "skb")
+        }),
+    }
+}
+
+/// The agent's pin directory, if it has one that works. Without `keep_attached` a
+/// directory that is not on a bpf filesystem only costs the flows at the next restart:
+/// a warning. (`keep_attached` needs it: an error.)
+fn open_pins(agent: &config::AgentConfig) -> anyhow::Result<Option<Pins>> {
+    let Some(dir) = &agent.pin_dir else {
+        return Ok(None);
+    };
+    match Pins::open(dir) {
+        Ok(pins) => Ok(Some(pins)),
+        Err(e) if agent.keep_attached => Err(e).context("agent.keep_attached"),
+        Err(e) => {
+            log::warn!("agent.pin_dir: {e}; flows will not survive a restart of the agent");
+            Ok(None)
         }
-        XdpMode::Skb => {
-            program
-                .attach(iface, AyaXdpMode::Skb)
-                .with_context(|| format!("attaching XDP to {iface} in skb mode"))?;
-            Ok("skb")
-        }
-        XdpMode::Auto => match program.attach(iface, AyaXdpMode::Driver) {
-            Ok(_) => Ok("driver"),
-            Err(e) => {
-                log::warn!(
-                    "{iface}: driver-mode XDP unavailable ({e}); falling back to skb (generic) mode, which is slower"
-                );
-                program
-                    .attach(iface, AyaXdpMode::Skb)
-                    .with_context(|| format!("attaching XDP to {iface} in skb mode"))?;
-                Ok("skb")
-            }
-        },
     }
 }
 
@@ -212,7 +234,8 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     let mode = options.xdp_mode.unwrap_or(config.agent.xdp_mode);
     raise_open_files_limit();
 
-    let (mut ebpf, logger) = load_program_with_logger()?;
+    let pins = open_pins(&config.agent)?;
+    let (mut ebpf, logger) = load_program_with_logger(pins.as_ref())?;
     if let Some(logger) = logger {
         tokio::spawn(forward_logs(logger));
     }
@@ -224,12 +247,27 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
             .expect("loaded above")
             .try_into()?;
         for iface in &config.agent.interfaces {
-            let used = attach(program, iface, mode)?;
+            let taken = pins.as_ref().and_then(|p| p.take_over(program, iface));
+            let id = match taken {
+                Some(id) => {
+                    log::info!(
+                        "{iface}: took over the XDP link the previous agent left (its mode stays)"
+                    );
+                    id
+                }
+                None => {
+                    let (id, used) = attach(program, iface, mode)?;
+                    log::info!("{iface}: XDP attached ({used} mode)");
+                    id
+                }
+            };
             check_forwarding(iface);
-            log::info!("{iface}: XDP attached ({used} mode)");
+            if let (true, Some(pins)) = (config.agent.keep_attached, &pins) {
+                pins.keep_link(program, id, iface)?;
+            }
         }
     }
-    let _accept_local = AcceptLocal::enable(&config.agent.interfaces);
+    let accept_local = AcceptLocal::enable(&config.agent.interfaces);
 
     let listener = bind_socket(&socket_path)?;
     log::info!(
@@ -261,12 +299,25 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
                     log::error!("pool {}: backend {}: applying health {:?}: {e}", event.pool, event.backend, event.health);
                 }
             }
-            _ = sigterm.recv() => { log::info!("SIGTERM: detaching"); break; }
-            _ = sigint.recv() => { log::info!("SIGINT: detaching"); break; }
+            _ = sigterm.recv() => { log::info!("SIGTERM: stopping"); break; }
+            _ = sigint.recv() => { log::info!("SIGINT: stopping"); break; }
         }
     }
     let _ = std::fs::remove_file(&socket_path);
-    // Dropping the program detaches it from every interface.
+    match &pins {
+        Some(pins) if config.agent.keep_attached => {
+            log::info!(
+                "leaving XDP attached: the data plane forwards with this configuration until \
+                 the next agent takes over (remove {} to detach it)",
+                pins.dir().display()
+            );
+            // The data plane still needs it.
+            std::mem::forget(accept_local);
+        }
+        Some(pins) => pins.release_links(&config.agent.interfaces),
+        None => {}
+    }
+    // Dropping the program detaches it from every interface whose link is not pinned.
     drop(lb);
     drop(ebpf);
     log::info!("stopped");

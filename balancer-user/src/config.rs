@@ -32,6 +32,8 @@ use crate::health::Health;
 
 /// Control socket path used when `[agent].control_socket` is absent.
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/balancer/balancer.sock";
+/// Where state is pinned (bpffs) when `[agent].pin_dir` is absent.
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/balancer";
 /// Maglev lookup table size used when a VIP gives no `ring_size`.
 pub const DEFAULT_RING_SIZE: u32 = 65537;
 /// Largest allowed `ring_size` (the data plane's table has this many slots).
@@ -259,6 +261,15 @@ pub struct AgentConfig {
     pub interfaces: Vec<String>,
     pub xdp_mode: XdpMode,
     pub control_socket: PathBuf,
+    /// Directory on a bpf filesystem where the flow tables (and, with `keep_attached`, the
+    /// XDP links) are pinned, so that a restarted agent takes them over and established
+    /// flows carry on. `None` (`pin_dir = ""`): nothing is pinned; a restart forgets every
+    /// flow.
+    pub pin_dir: Option<PathBuf>,
+    /// Leave the data plane attached when the agent exits: it keeps forwarding with the
+    /// last configuration (without health checks) until the next agent swaps its program
+    /// in, with no moment without XDP. Needs `pin_dir`.
+    pub keep_attached: bool,
 }
 
 /// `[nat]`: source NAT towards the backends.
@@ -749,6 +760,10 @@ struct RawAgent {
     xdp_mode: Option<Spanned<String>>,
     #[serde(default)]
     control_socket: Option<Spanned<String>>,
+    #[serde(default)]
+    pin_dir: Option<Spanned<String>>,
+    #[serde(default)]
+    keep_attached: Option<Spanned<bool>>,
 }
 
 #[derive(Deserialize)]
@@ -992,10 +1007,39 @@ impl Validator<'_> {
             None => PathBuf::from(DEFAULT_CONTROL_SOCKET),
         };
 
+        let pin_dir = match raw.pin_dir {
+            Some(s) if s.get_ref().is_empty() => None,
+            Some(s) if !Path::new(s.get_ref()).is_absolute() => {
+                return Err(self.error(
+                    s.span(),
+                    "agent.pin_dir",
+                    format!(
+                        "{:?} is not an absolute path (a directory on a bpf filesystem, e.g. {DEFAULT_PIN_DIR:?}; \"\" pins nothing)",
+                        s.get_ref()
+                    ),
+                ));
+            }
+            Some(s) => Some(PathBuf::from(s.into_inner())),
+            None => Some(PathBuf::from(DEFAULT_PIN_DIR)),
+        };
+        let keep_attached = match raw.keep_attached {
+            Some(k) if *k.get_ref() && pin_dir.is_none() => {
+                return Err(self.error(
+                    k.span(),
+                    "agent.keep_attached",
+                    "needs agent.pin_dir: the XDP links are pinned there for the next agent",
+                ));
+            }
+            Some(k) => k.into_inner(),
+            None => false,
+        };
+
         Ok(AgentConfig {
             interfaces,
             xdp_mode,
             control_socket,
+            pin_dir,
+            keep_attached,
         })
     }
 
@@ -1983,6 +2027,8 @@ mod tests {
 interfaces = ["lbc0", "lbs0"]
 xdp_mode = "driver"
 control_socket = "/tmp/lb.sock"
+pin_dir = "/sys/fs/bpf/lb"
+keep_attached = true
 
 [nat]
 source_address = "10.0.2.1"
@@ -2098,6 +2144,8 @@ port_range = "20000-32767"
                 interfaces: vec!["lbc0".into(), "lbs0".into()],
                 xdp_mode: XdpMode::Driver,
                 control_socket: PathBuf::from("/tmp/lb.sock"),
+                pin_dir: Some(PathBuf::from("/sys/fs/bpf/lb")),
+                keep_attached: true,
             },
             nat: NatConfig {
                 source_address: Some(ip("10.0.2.1")),
@@ -2182,6 +2230,8 @@ port_range = "20000-32767"
                     interfaces: vec!["eth0".into()],
                     xdp_mode: XdpMode::Auto,
                     control_socket: PathBuf::from(DEFAULT_CONTROL_SOCKET),
+                    pin_dir: Some(PathBuf::from(DEFAULT_PIN_DIR)),
+                    keep_attached: false,
                 },
                 nat: NatConfig {
                     source_address: None,
@@ -2759,6 +2809,32 @@ backends = [
             text,
             "balancer.toml:3:12: agent.xdp_mode: ",
             "invalid XDP mode \"native\": expected \"driver\", \"skb\" or \"auto\"",
+        );
+    }
+
+    #[test]
+    fn pin_dir_and_keep_attached() {
+        let agent = |extra: &str| format!("[agent]\ninterfaces = [\"lbc0\"]\n{extra}");
+        let config = parse(&agent("pin_dir = \"\"\n"), ORIGIN).unwrap();
+        assert_eq!(
+            (config.agent.pin_dir, config.agent.keep_attached),
+            (None, false),
+            "an empty pin_dir pins nothing"
+        );
+        assert_error(
+            &agent("pin_dir = \"bpf/lb\"\n"),
+            "balancer.toml:3:11: agent.pin_dir: ",
+            "\"bpf/lb\" is not an absolute path",
+        );
+        assert_error(
+            &agent("pin_dir = \"\"\nkeep_attached = true\n"),
+            "balancer.toml:4:17: agent.keep_attached: ",
+            "needs agent.pin_dir",
+        );
+        assert_error(
+            &agent("keep_attached = \"yes\"\n"),
+            "balancer.toml:3:17: agent.keep_attached: ",
+            "invalid type: string \"yes\", expected a boolean",
         );
     }
 

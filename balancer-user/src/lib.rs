@@ -7,4 +7,5 @@ pub mod config;
 pub mod control;
 pub mod health;
 pub mod maps;
+pub mod pins;
 pub mod ring;

@@ -1,0 +1,203 @@
+//! State pinned in a bpf filesystem so that it outlives the agent: the flow tables
+//! (`CONNS`, `NAT`), which the next agent takes over so that established flows keep their
+//! backend and SNAT port, and, with `keep_attached`, the XDP links, so that the data plane
+//! forwards on while no agent runs and the next agent swaps its program in atomically
+//! (`bpf_link_update`: no packet meets an interface without XDP).
+use std::{
+    ffi::CString,
+    io,
+    os::unix::ffi::OsStrExt,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    maps::{MapInfo, MapType},
+    programs::{
+        links::{FdLink, PinnedLink},
+        xdp::{XdpLink, XdpLinkId},
+        Xdp,
+    },
+    EbpfLoader,
+};
+use balancer_common::{map_names, Conn, FlowKey, NatEntry, CONN_TABLE_SIZE};
+
+/// `statfs.f_type` of a bpf filesystem.
+const BPF_FS_MAGIC: u32 = 0xcafe_4a11;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PinError {
+    #[error(
+        "{dir}: not on a bpf filesystem (mount one: mount -t bpf bpf /sys/fs/bpf), or set \
+         agent.pin_dir = \"\" to pin nothing"
+    )]
+    NotBpffs { dir: PathBuf },
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("{iface}: keeping the XDP link for the next agent: {reason}")]
+    Link { iface: String, reason: String },
+}
+
+/// A flow table kept across agents, and the layout this build gives it.
+struct Table {
+    name: &'static str,
+    key_size: usize,
+    value_size: usize,
+}
+
+const TABLES: [Table; 2] = [
+    Table {
+        name: map_names::CONNS,
+        key_size: size_of::<FlowKey>(),
+        value_size: size_of::<Conn>(),
+    },
+    Table {
+        name: map_names::NAT,
+        key_size: size_of::<FlowKey>(),
+        value_size: size_of::<NatEntry>(),
+    },
+];
+
+/// The agent's pin directory.
+pub struct Pins {
+    dir: PathBuf,
+}
+
+impl Pins {
+    /// `dir`, created when missing; it must be on a bpf filesystem.
+    pub fn open(dir: &Path) -> Result<Pins, PinError> {
+        std::fs::create_dir_all(dir).map_err(|source| PinError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        if !on_bpffs(dir) {
+            return Err(PinError::NotBpffs {
+                dir: dir.to_path_buf(),
+            });
+        }
+        Ok(Pins {
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Points `loader` at the pinned flow tables: one pinned with this build's layout is
+    /// used (its flows carry on); one with another layout (an agent of another version) is
+    /// unpinned, with a warning, and a new table pinned in its place.
+    pub fn tables<'a>(&self, loader: &mut EbpfLoader<'a>) {
+        for table in &TABLES {
+            let path = self.dir.join(table.name);
+            if let Some(problem) = layout_problem(&path, table) {
+                log::warn!(
+                    "{}: {problem}: its flows are forgotten, a new table is pinned there",
+                    path.display()
+                );
+                if let Err(e) = std::fs::remove_file(&path) {
+                    log::warn!("{}: cannot unpin it: {e}", path.display());
+                }
+            }
+            loader.map_pin_path(table.name, path);
+        }
+    }
+
+    fn link_path(&self, iface: &str) -> PathBuf {
+        self.dir.join(format!("link-{iface}"))
+    }
+
+    /// Swaps `program` into the XDP link a previous agent left pinned on `iface`, if there
+    /// is one that still works. `None`: there is none (a broken one is unpinned).
+    pub fn take_over(&self, program: &mut Xdp, iface: &str) -> Option<XdpLinkId> {
+        let path = self.link_path(iface);
+        if !path.exists() {
+            return None;
+        }
+        let taken = PinnedLink::from_pin(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|pinned| XdpLink::try_from(FdLink::from(pinned)).map_err(|e| e.to_string()))
+            .and_then(|link| program.attach_to_link(link).map_err(|e| e.to_string()));
+        match taken {
+            Ok(id) => Some(id),
+            Err(e) => {
+                log::warn!(
+                    "{iface}: the XDP link left at {} cannot be taken over ({e}); attaching anew",
+                    path.display()
+                );
+                if let Err(e) = std::fs::remove_file(&path) {
+                    log::warn!("{}: cannot unpin it: {e}", path.display());
+                }
+                None
+            }
+        }
+    }
+
+    /// Pins the link `id` of `program` on `iface` (unless it is pinned already), so that it
+    /// stays attached after the agent exits.
+    pub fn keep_link(&self, program: &mut Xdp, id: XdpLinkId, iface: &str) -> Result<(), PinError> {
+        let path = self.link_path(iface);
+        if path.exists() {
+            return Ok(());
+        }
+        let failed = |reason: String| PinError::Link {
+            iface: iface.to_string(),
+            reason,
+        };
+        let link = program.take_link(id).map_err(|e| failed(e.to_string()))?;
+        let fd_link = FdLink::try_from(link)
+            .map_err(|e| failed(format!("not a bpf_link (netlink attach?): {e}")))?;
+        fd_link.pin(&path).map_err(|e| failed(e.to_string()))?;
+        Ok(())
+    }
+
+    /// Unpins the link on each of `ifaces`, so that it is detached when the agent's program
+    /// goes.
+    pub fn release_links(&self, ifaces: &[String]) {
+        for iface in ifaces {
+            let path = self.link_path(iface);
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => log::warn!("{}: cannot unpin it: {e}", path.display()),
+            }
+        }
+    }
+}
+
+/// Why the table pinned at `path` cannot serve as `table`; `None` when it can, or when
+/// nothing is pinned there.
+fn layout_problem(path: &Path, table: &Table) -> Option<String> {
+    if !path.exists() {
+        return None;
+    }
+    let info = match MapInfo::from_pin(path) {
+        Ok(info) => info,
+        Err(e) => return Some(format!("not a map ({e})")),
+    };
+    let wanted = (
+        Some(MapType::LruHash),
+        table.key_size as u32,
+        table.value_size as u32,
+        CONN_TABLE_SIZE,
+    );
+    let found = (
+        info.map_type().ok(),
+        info.key_size(),
+        info.value_size(),
+        info.max_entries(),
+    );
+    (found != wanted).then(|| {
+        format!("(type, key size, value size, entries) {found:?} where this agent needs {wanted:?}")
+    })
+}
+
+fn on_bpffs(dir: &Path) -> bool {
+    let Ok(path) = CString::new(dir.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: an all-zero statfs is a valid out-parameter; statfs writes only it.
+    let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid C string and a valid out-pointer.
+    let rc = unsafe { libc::statfs(path.as_ptr(), &mut fs) };
+    rc == 0 && fs.f_type as u32 == BPF_FS_MAGIC
+}
