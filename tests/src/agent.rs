@@ -255,7 +255,8 @@ impl Drop for Agent {
 }
 
 /// The `[agent]` and `[nat]` sections for an agent in `topo`'s lb namespace: XDP on both
-/// of its interfaces, the topology's control socket, NAT from the backend-side address.
+/// of its interfaces, the topology's control socket and pin directory, NAT from the
+/// backend-side address.
 pub fn agent_and_nat(topo: &Topology) -> String {
     let [lbc, lbs] = topo.lb_interfaces();
     format!(
@@ -263,11 +264,13 @@ pub fn agent_and_nat(topo: &Topology) -> String {
 interfaces = ["{lbc}", "{lbs}"]
 xdp_mode = "auto"
 control_socket = "{socket}"
+pin_dir = "{pins}"
 
 [nat]
 source_address = "{LB_BACKEND_ADDR}"
 "#,
         socket = topo.control_socket().display(),
+        pins = topo.pin_dir().display(),
     )
 }
 

@@ -1,7 +1,7 @@
 //! The client / lb / switch / backends test network, built from namespaces and veth pairs and torn down on drop.
 
 use crate::client::ClientNs;
-use crate::netns::{unique_prefix, Netns};
+use crate::netns::{run_command, unique_prefix, Netns};
 use crate::util::{SerialGuard, TempDir};
 use anyhow::{bail, Context, Result};
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -48,6 +48,9 @@ pub struct Topology {
     lb: Netns,
     client: Netns,
     run_dir: TempDir,
+    /// The agent's pin directory: unmounting it frees the pinned flow tables and detaches
+    /// links an agent left attached.
+    pin_dir: BpfMount,
     _serial: SerialGuard,
 }
 
@@ -60,6 +63,7 @@ impl Topology {
         let serial = SerialGuard::acquire();
         let prefix = unique_prefix();
         let run_dir = TempDir::new(&prefix)?;
+        let pin_dir = BpfMount::new(&format!("{prefix}-bpf"))?;
         // Each Netns deletes itself if a later step fails and returns early.
         let client = Netns::new(&format!("{prefix}-cli"))?;
         let lb = Netns::new(&format!("{prefix}-lb"))?;
@@ -74,6 +78,7 @@ impl Topology {
             lb,
             client,
             run_dir,
+            pin_dir,
             _serial: serial,
         };
         topo.wire()
@@ -294,6 +299,12 @@ impl Topology {
         self.run_dir.path()
     }
 
+    /// The agent's pin directory for this topology: a bpf filesystem of its own,
+    /// unmounted (with everything pinned in it) on drop.
+    pub fn pin_dir(&self) -> &Path {
+        self.pin_dir.dir.path()
+    }
+
     /// The agent control socket path for this topology (in [`Topology::run_dir`]); used
     /// by [`crate::default_config`] and [`crate::Agent::start`].
     pub fn control_socket(&self) -> PathBuf {
@@ -311,5 +322,32 @@ impl Topology {
             "backend index {i} out of range 1..={}",
             self.backends.len()
         );
+    }
+}
+
+/// A bpf filesystem of its own, mounted on a temporary directory. Not /sys/fs/bpf: `ip netns
+/// exec`, which starts the agent, mounts a fresh /sys, but keeps other mounts. Unmounting
+/// it frees whatever is pinned in it.
+struct BpfMount {
+    dir: TempDir,
+}
+
+impl BpfMount {
+    fn new(tag: &str) -> Result<BpfMount> {
+        let dir = TempDir::new(tag)?;
+        let path = dir
+            .path()
+            .to_str()
+            .context("a temporary path that is UTF-8")?;
+        run_command("mount", &["-t", "bpf", "bpf", path])?;
+        Ok(BpfMount { dir })
+    }
+}
+
+impl Drop for BpfMount {
+    fn drop(&mut self) {
+        if let Some(path) = self.dir.path().to_str() {
+            let _ = run_command("umount", &["-l", path]);
+        }
     }
 }

@@ -503,12 +503,9 @@ fn setup(topo: &Topology, peer: Peer, dir: &Path) -> Result<Setup> {
                 _prog: prog,
             }
         }
-        Peer::Balancer => Setup::Agent(Box::new(Agent::start(
-            topo,
-            &default_config(topo, "maglev"),
-        )?)),
+        Peer::Balancer => Setup::Agent(Box::new(Agent::start(topo, &agent_config(topo)?)?)),
         Peer::BalancerGeneric => {
-            let config = default_config(topo, "maglev");
+            let config = agent_config(topo)?;
             // Its own SNAT ports: it runs right after the driver-mode agent, whose
             // connections' tuples still sit in TIME-WAIT on the backends (60 s). A new
             // agent would hand those ports to other client connections, and the backends
@@ -576,6 +573,19 @@ fn wait_path(topo: &Topology, http: SocketAddrV4, udp: Option<SocketAddrV4>) -> 
 // ---------------------------------------------------------------------------------------
 // Load: wrk and the UDP generator, from the client namespace.
 // ---------------------------------------------------------------------------------------
+
+/// The agent's configuration in the bench: [`default_config`] with nothing pinned, so
+/// that every run starts from empty flow tables (a pinned table would hand the previous
+/// run's flows, of another path or XDP mode, to the next agent).
+fn agent_config(topo: &Topology) -> Result<String> {
+    let config = default_config(topo, "maglev");
+    let pins = format!("pin_dir = \"{}\"", topo.pin_dir().display());
+    ensure!(
+        config.contains(&pins),
+        "the test configuration has no `{pins}` to change"
+    );
+    Ok(config.replace(&pins, "pin_dir = \"\""))
+}
 
 /// A wrk script that points thread `i` at backend `i % n` (for "direct").
 fn direct_script(topo: &Topology) -> String {
@@ -1123,7 +1133,7 @@ fn slot_write_us() -> Result<(f64, bool)> {
 
 fn cli_times(topo: &Topology, p: &Params, stop: &Stop) -> Result<CliTimes> {
     let slot_write = slot_write_us().ok();
-    let agent = Agent::start(topo, &default_config(topo, "maglev"))?;
+    let agent = Agent::start(topo, &agent_config(topo)?)?;
     let socket = agent.socket().to_path_buf();
     let map = agent_backends_map(topo)?;
     let n = p.cli_repeats;

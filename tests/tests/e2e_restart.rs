@@ -1,0 +1,191 @@
+//! End-to-end: established connections survive a restart of the agent (an upgrade, a
+//! crash), even one that changes the configuration. The flow tables are pinned, so the
+//! next agent finds every flow with its backend and SNAT port: here the restarted agent's
+//! pool no longer has the connection's backend, which only the flow's pinned entry still
+//! names. With `keep_attached` the data plane even forwards while no agent runs, and the
+//! next agent swaps its program in without a moment without XDP.
+
+use balancer_tests::{config_for, Agent, Running, Topology, DEFAULT_TIMEOUT};
+
+/// The XDP program id on each of the lb's interfaces (`None`: nothing attached).
+fn xdp_progs(topo: &Topology) -> Vec<Option<u64>> {
+    topo.lb_interfaces()
+        .iter()
+        .map(|iface| {
+            let link = topo
+                .lb()
+                .ip(&["-d", "link", "show", iface])
+                .unwrap_or_else(|e| panic!("ip link show {iface}: {e:#}"));
+            let mut words = link.split_whitespace();
+            // "... prog/xdp id 42 ..."
+            words.find(|&w| w == "prog/xdp")?;
+            words.find(|&w| w == "id")?;
+            words.next()?.parse().ok()
+        })
+        .collect()
+}
+
+/// The configuration with `backends` (1-based) in the pools, and `keep_attached`.
+fn config(topo: &Topology, backends: &[usize], keep_attached: bool) -> String {
+    config_for(topo, "maglev", backends).replace(
+        "[nat]",
+        &format!("keep_attached = {keep_attached}\n\n[nat]"),
+    )
+}
+
+/// The backends of three other than `index`.
+fn others(index: usize) -> Vec<usize> {
+    (1..=3).filter(|&i| i != index).collect()
+}
+
+#[test]
+fn connections_carry_on_across_a_restart_with_the_data_plane_kept_attached() {
+    let mut run = Running::start_with(3, |topo| config(topo, &[1, 2, 3], true));
+    let (mut ka, name, index) = run.pinned_connection();
+    let first = xdp_progs(&run.topo);
+    assert!(
+        first.iter().all(Option::is_some),
+        "XDP must be attached: {first:?}"
+    );
+
+    assert_eq!(
+        run.agent.stop(),
+        Some(0),
+        "the agent must stop cleanly; log:\n{}",
+        run.agent.log()
+    );
+    assert_eq!(
+        xdp_progs(&run.topo),
+        first,
+        "with keep_attached the program must stay attached after the agent exits"
+    );
+    ka.expect_backend(&name, 3, "the agent exited (keep_attached)");
+    run.client
+        .http_get(Topology::vip_http(), DEFAULT_TIMEOUT)
+        .expect("a new connection while no agent runs");
+
+    run.agent = Agent::start(&run.topo, &config(&run.topo, &others(index), true))
+        .expect("starting the agent again, without the connection's backend");
+    let second = xdp_progs(&run.topo);
+    assert!(
+        second
+            .iter()
+            .zip(&first)
+            .all(|(s, f)| s.is_some() && s != f),
+        "the new agent must have swapped its own program in: {first:?} then {second:?}"
+    );
+    assert!(
+        run.agent.log().contains("took over the XDP link"),
+        "the new agent must take over the pinned links; log:\n{}",
+        run.agent.log()
+    );
+    ka.expect_backend(
+        &name,
+        5,
+        "a restart whose configuration no longer has the connection's backend",
+    );
+    let tally = run
+        .client
+        .http_get_many(Topology::vip_http(), 10, DEFAULT_TIMEOUT);
+    assert!(
+        tally.failures.is_empty() && tally.count(&name) == 0,
+        "new connections after the restart go to the configured backends only: {tally}"
+    );
+}
+
+#[test]
+fn idle_connections_carry_on_across_a_restart_that_detaches() {
+    let mut run = Running::start_with(3, |topo| config(topo, &[1, 2, 3], false));
+    let (mut ka, name, index) = run.pinned_connection();
+    ka.expect_backend(&name, 3, "connecting");
+    // Idle: while no program is attached, a packet of the connection would meet the
+    // lb's own stack (a backend's retransmission, to the SNAT address, is answered with
+    // a reset). Let the last ACKs land before the agent stops.
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    assert_eq!(run.agent.stop(), Some(0), "log:\n{}", run.agent.log());
+    assert_eq!(
+        xdp_progs(&run.topo),
+        vec![None, None],
+        "without keep_attached the agent detaches when it exits"
+    );
+    run.agent = Agent::start(&run.topo, &config(&run.topo, &others(index), false))
+        .expect("starting the agent again, without the connection's backend");
+    ka.expect_backend(
+        &name,
+        5,
+        "a restart whose configuration no longer has the connection's backend",
+    );
+}
+
+/// Pins a new hash map (`key_size`, `value_size`, 16 entries) at `path`, as an agent of
+/// another version could have left it.
+fn pin_foreign_map(path: &std::path::Path, key_size: u32, value_size: u32) {
+    const BPF_MAP_CREATE: libc::c_long = 0;
+    const BPF_OBJ_PIN: libc::c_long = 6;
+    const BPF_MAP_TYPE_HASH: u32 = 1;
+    // The leading fields of `union bpf_attr` for each command; the rest stays zero.
+    let mut create = [0u32; 32];
+    create[..4].copy_from_slice(&[BPF_MAP_TYPE_HASH, key_size, value_size, 16]);
+    // SAFETY: a zeroed 128-byte attribute with the BPF_MAP_CREATE fields set.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_CREATE,
+            create.as_ptr(),
+            std::mem::size_of_val(&create),
+        )
+    };
+    assert!(
+        fd >= 0,
+        "BPF_MAP_CREATE: {}",
+        std::io::Error::last_os_error()
+    );
+    let c_path = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+    let mut pin = [0u64; 16];
+    pin[0] = c_path.as_ptr() as u64;
+    pin[1] = fd as u64; // bpf_fd, then file_flags = 0
+                        // SAFETY: a zeroed attribute with the BPF_OBJ_PIN fields set; the path outlives the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_PIN,
+            pin.as_ptr(),
+            std::mem::size_of_val(&pin),
+        )
+    };
+    assert_eq!(
+        rc,
+        0,
+        "BPF_OBJ_PIN {}: {}",
+        path.display(),
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: our own descriptor; the pin keeps the map.
+    unsafe { libc::close(fd as i32) };
+}
+
+#[test]
+fn a_table_pinned_with_another_layout_is_replaced() {
+    let run = Running::start_with(1, |topo| {
+        pin_foreign_map(&topo.pin_dir().join("CONNS"), 16, 8);
+        config(topo, &[1], false)
+    });
+    let log = run.agent.log();
+    assert!(
+        log.contains("CONNS") && log.contains("its flows are forgotten"),
+        "the agent must say that the pinned CONNS does not fit; log:\n{log}"
+    );
+    let info = aya::maps::MapInfo::from_pin(run.topo.pin_dir().join("CONNS"))
+        .expect("a CONNS table pinned by the agent");
+    assert_eq!(
+        (info.map_type().ok(), info.value_size()),
+        (
+            Some(aya::maps::MapType::LruHash),
+            std::mem::size_of::<balancer_common::Conn>() as u32
+        ),
+        "the agent must have pinned its own table in place of the foreign one"
+    );
+    run.client
+        .http_get(Topology::vip_http(), DEFAULT_TIMEOUT)
+        .expect("a request through the VIP");
+}
