@@ -53,6 +53,12 @@ pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
 pub const PROTO_ICMP: u8 = 1;
 
+/// The lowest next-hop MTU of a "fragmentation needed" the data plane passes on to a
+/// backend (the IPv6 minimum; PPPoE, VPN and tunnel links stay above it). Behind full NAT
+/// a backend keeps one path MTU for the SNAT address, shared by all its clients, so one
+/// client's error must not shrink everyone's segments to the minimum.
+pub const PMTU_FLOOR: u16 = 1280;
+
 /// Key of `VIPS`: the destination a client uses.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
@@ -309,7 +315,11 @@ pub mod stat {
     /// An ICMP error about a reply a client got from a VIP translated for the flow's
     /// backend and passed to the stack to forward.
     pub const ICMP_TO_BACKEND: u32 = 21;
-    pub const COUNT: u32 = 22;
+    /// Passed untranslated: a "fragmentation needed" about a reply to a client that gives
+    /// a next-hop MTU below `PMTU_FLOOR`. Translated, it would lower the backend's path MTU
+    /// towards the SNAT address, which every client of that backend shares.
+    pub const PASS_ICMP_LOW_MTU: u32 = 22;
+    pub const COUNT: u32 = 23;
 
     /// Human names, indexed like the constants.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -335,6 +345,7 @@ pub mod stat {
         "snat_port_lost",
         "icmp_to_client",
         "icmp_to_backend",
+        "pass_icmp_low_mtu",
     ];
 }
 

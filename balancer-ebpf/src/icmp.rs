@@ -4,13 +4,13 @@
 //! unreachable" work across the NAT. They are rare: translated in place, then passed to
 //! the stack, which forwards them (as it does packets without a neighbour entry).
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
-use balancer_common::{stat, FlowKey, Settings, PROTO_UDP};
+use balancer_common::{stat, FlowKey, Settings, PMTU_FLOOR, PROTO_UDP};
 use network_types::ip::Ipv4Hdr;
 
 use crate::{
     csum::Diff,
     maps::{CONNS, NAT},
-    nat::Rewrite,
+    nat::{client_key, holds, names, reply_key, Rewrite},
     parse::{ptr_at, IcmpError, ICMP_CHECK_OFF, TCP_CHECK_OFF, UDP_CHECK_OFF},
     stats, DropReason,
 };
@@ -22,10 +22,13 @@ use crate::{
 ///   the client, from the VIP, quoting client -> VIP.
 /// * About a reply the balancer sent to a client: the quote is VIP -> client, whose
 ///   reversal is the flow's key in `CONNS`. The error goes to the backend, from the SNAT
-///   address, quoting backend -> SNAT address:port.
+///   address, quoting backend -> SNAT address:port. A "fragmentation needed" below
+///   `PMTU_FLOOR` is not passed on (see there).
 ///
 /// As with Linux's NAT, the new source is the address the other end talks to, whoever
-/// sent the error (the peer itself, or a router on the way).
+/// sent the error (the peer itself, or a router on the way). An error about a tuple that
+/// has moved on (the client's tuple now has another backend or SNAT port, or the SNAT
+/// port another client) is not translated.
 #[inline(always)]
 pub fn translate(
     ctx: &XdpContext,
@@ -47,6 +50,11 @@ pub fn translate(
     let Some((to, quoted, counter)) = other_end(&flow, settings) else {
         return Ok(xdp_action::XDP_PASS);
     };
+    let mtu = error.frag_needed_mtu;
+    if counter == stat::ICMP_TO_BACKEND && mtu != 0 && mtu < PMTU_FLOOR {
+        stats::count(stat::PASS_ICMP_LOW_MTU);
+        return Ok(xdp_action::XDP_PASS);
+    }
     rewrite(ctx, error, to, &quoted)?;
     stats::count(counter);
     Ok(xdp_action::XDP_PASS)
@@ -54,13 +62,18 @@ pub fn translate(
 
 /// For the flow whose reversed tuple an error quotes: the error's new addresses (source,
 /// destination), the tuple its quote gets, and the counter of its direction. `None` when
-/// no balanced flow has that tuple.
+/// no balanced flow has that tuple now.
 #[inline(always)]
 fn other_end(flow: &FlowKey, settings: &Settings) -> Option<((u32, u32), Rewrite, u32)> {
     let port = u16::from_be(flow.dst_port);
     if port >= settings.snat_port_min && port <= settings.snat_port_max {
         // SAFETY: the value is copied out at once.
         if let Some(entry) = unsafe { NAT.get(flow) }.copied() {
+            // SAFETY: read-only look at a map value. (No entry: evicted, nothing tells.)
+            let holder = unsafe { CONNS.get(&client_key(&entry, flow.proto)) };
+            if holder.is_some_and(|conn| !holds(conn, flow)) {
+                return None;
+            }
             let quoted = Rewrite {
                 src_addr: entry.client_addr,
                 dst_addr: entry.vip_addr,
@@ -79,6 +92,17 @@ fn other_end(flow: &FlowKey, settings: &Settings) -> Option<((u32, u32), Rewrite
     }
     // SAFETY: the value is copied out at once.
     let conn = unsafe { CONNS.get(flow) }.copied()?;
+    let reply = reply_key(
+        conn.backend_addr,
+        conn.snat_addr,
+        conn.backend_port,
+        conn.snat_port,
+        flow.proto,
+    );
+    // SAFETY: read-only look at a map value. (No entry: evicted, nothing tells.)
+    if unsafe { NAT.get(&reply) }.is_some_and(|entry| !names(entry, flow)) {
+        return None;
+    }
     let quoted = Rewrite {
         src_addr: conn.backend_addr,
         dst_addr: conn.snat_addr,
@@ -125,8 +149,13 @@ fn rewrite(
     // SAFETY: ptr_at checked the bounds.
     unsafe { *ports = [quoted.src_port, quoted.dst_port] };
     let udp = quote.proto == PROTO_UDP;
-    let check_off = if udp { UDP_CHECK_OFF } else { TCP_CHECK_OFF };
-    if let Ok(check) = ptr_at::<u16>(ctx, error.quote_l4_off + check_off) {
+    let check_off = error.quote_l4_off + if udp { UDP_CHECK_OFF } else { TCP_CHECK_OFF };
+    // Only when the quote (within the datagram) reaches it. (The frame's check first, as
+    // in `parse`.)
+    let check = ptr_at::<u16>(ctx, check_off)
+        .ok()
+        .filter(|_| check_off + 2 <= error.ip_end);
+    if let Some(check) = check {
         // SAFETY: ptr_at checked the bounds.
         unsafe {
             let old = *check;

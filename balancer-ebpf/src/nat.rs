@@ -287,12 +287,16 @@ fn to_backend(conn: &Conn) -> Rewrite {
     }
 }
 
-/// Is the flow's backend down with a policy that moves its flows?
+/// Is the flow's backend down with a policy that moves its flows? (Only if the backend
+/// with the flow's id is still the flow's: an id is reused after its backend is deleted,
+/// and an agent that took the pinned flow tables over numbers backends afresh.)
 #[inline(always)]
 fn must_move(conn: &Conn) -> bool {
-    BACKENDS
-        .get(conn.backend_id)
-        .is_some_and(|b| b.flags & BACKEND_F_RESCHEDULE != 0)
+    BACKENDS.get(conn.backend_id).is_some_and(|b| {
+        b.flags & BACKEND_F_RESCHEDULE != 0
+            && b.addr == conn.backend_addr
+            && b.port == conn.backend_port
+    })
 }
 
 /// No backend can take a new flow: drop it, or pass it to the stack if the VIP says so.
@@ -591,7 +595,7 @@ fn reply_tuple(backend: &Backend, port: u16, proto: u8) -> FlowKey {
 /// The tuple of a reply from `backend_addr:backend_port` to `snat_addr:snat_port`
 /// (network byte order).
 #[inline(always)]
-fn reply_key(
+pub fn reply_key(
     backend_addr: u32,
     snat_addr: u32,
     backend_port: u16,
@@ -611,20 +615,20 @@ fn reply_key(
 
 /// Whether the reply entry `entry` belongs to the client flow `key`.
 #[inline(always)]
-fn names(entry: &NatEntry, key: &FlowKey) -> bool {
+pub fn names(entry: &NatEntry, key: &FlowKey) -> bool {
     client_key(entry, key.proto) == *key
 }
 
 /// Whether `conn` is the flow on the reply tuple `reply_key` (its backend and SNAT port;
 /// the client may have moved its tuple to another).
 #[inline(always)]
-fn holds(conn: &Conn, reply_key: &FlowKey) -> bool {
+pub fn holds(conn: &Conn, reply_key: &FlowKey) -> bool {
     conn.snat_port == reply_key.dst_port && conn.backend_addr == reply_key.src_addr
 }
 
 /// The client's tuple (the `CONNS` key) of the flow a reply entry belongs to.
 #[inline(always)]
-fn client_key(entry: &NatEntry, proto: u8) -> FlowKey {
+pub fn client_key(entry: &NatEntry, proto: u8) -> FlowKey {
     FlowKey {
         src_addr: entry.client_addr,
         dst_addr: entry.vip_addr,

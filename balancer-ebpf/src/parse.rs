@@ -32,6 +32,8 @@ pub const UDP_CHECK_OFF: usize = 6;
 const ICMP_DEST_UNREACH: u8 = 3;
 const ICMP_TIME_EXCEEDED: u8 = 11;
 const ICMP_PARAMETER_PROBLEM: u8 = 12;
+/// Code of "fragmentation needed" (RFC 1191) among destination unreachables.
+const ICMP_FRAG_NEEDED: u8 = 4;
 /// ICMP header: type, code, checksum and four more bytes, then the quote.
 const ICMP_HDR_LEN: usize = 8;
 /// Offset of the checksum in the ICMP header.
@@ -58,9 +60,14 @@ pub struct IcmpError {
     pub icmp_off: usize,
     pub quote_ip_off: usize,
     pub quote_l4_off: usize,
+    /// End of the IPv4 datagram (offset): the quote ends there at the latest.
+    pub ip_end: usize,
     /// The error's own addresses, network byte order.
     pub src_addr: u32,
     pub dst_addr: u32,
+    /// The next-hop MTU of a "fragmentation needed" (host byte order), else 0. (Not an
+    /// `Option`: its undefined payload when `None` trips the verifier, "!read_ok".)
+    pub frag_needed_mtu: u16,
     /// The quoted packet's tuple as it was sent (addresses and ports in network byte order).
     pub quote: FlowKey,
 }
@@ -170,7 +177,10 @@ pub fn parse(ctx: &XdpContext) -> Result<Parsed, DropReason> {
                 )
             }
         }
-        PROTO_ICMP => return Ok(icmp_error(ctx, ip_off, l4_off, src, dst)),
+        PROTO_ICMP => {
+            let ip_end = ip_off + tot_len as usize;
+            return Ok(icmp_error(ctx, (ip_off, l4_off, ip_end), src, dst));
+        }
         _ => return Ok(Parsed::Other),
     };
 
@@ -193,15 +203,20 @@ pub fn parse(ctx: &XdpContext) -> Result<Parsed, DropReason> {
     }))
 }
 
-/// The ICMP message at `icmp_off`, if it is an error quoting a TCP or UDP packet (not a
-/// later fragment: those carry no ports).
+/// The ICMP message at `icmp_off` of the datagram at `ip_off`..`ip_end`, if it is an error
+/// quoting a TCP or UDP packet (not a later fragment: those carry no ports).
 #[inline(always)]
-fn icmp_error(ctx: &XdpContext, ip_off: usize, icmp_off: usize, src: u32, dst: u32) -> Parsed {
+fn icmp_error(
+    ctx: &XdpContext,
+    (ip_off, icmp_off, ip_end): (usize, usize, usize),
+    src: u32,
+    dst: u32,
+) -> Parsed {
     let Ok(icmp) = ptr_at::<[u8; ICMP_HDR_LEN]>(ctx, icmp_off) else {
         return Parsed::Other;
     };
     // SAFETY: ptr_at checked the bounds.
-    let kind = unsafe { (*icmp)[0] };
+    let (kind, code, mtu) = unsafe { ((*icmp)[0], (*icmp)[1], [(*icmp)[6], (*icmp)[7]]) };
     if kind != ICMP_DEST_UNREACH && kind != ICMP_TIME_EXCEEDED && kind != ICMP_PARAMETER_PROBLEM {
         return Parsed::Other;
     }
@@ -231,6 +246,12 @@ fn icmp_error(ctx: &XdpContext, ip_off: usize, icmp_off: usize, src: u32, dst: u
     let Ok(l4) = ptr_at::<[u16; QUOTED_L4_LEN / 2]>(ctx, quote_l4_off) else {
         return Parsed::Other;
     };
+    // Within the datagram, not only the frame (which may carry a trailer). (After the
+    // frame's check: before it, this one implies it, and the compiler would drop the
+    // check the verifier needs.)
+    if quote_l4_off + QUOTED_L4_LEN > ip_end {
+        return Parsed::Other;
+    }
     // SAFETY: ptr_at checked the bounds.
     let (src_port, dst_port) = unsafe { ((*l4)[0], (*l4)[1]) };
     Parsed::IcmpError(IcmpError {
@@ -238,8 +259,14 @@ fn icmp_error(ctx: &XdpContext, ip_off: usize, icmp_off: usize, src: u32, dst: u
         icmp_off,
         quote_ip_off,
         quote_l4_off,
+        ip_end,
         src_addr: src,
         dst_addr: dst,
+        frag_needed_mtu: if kind == ICMP_DEST_UNREACH && code == ICMP_FRAG_NEEDED {
+            u16::from_be_bytes(mtu)
+        } else {
+            0
+        },
         quote: FlowKey {
             src_addr: quote_src,
             dst_addr: quote_dst,

@@ -140,7 +140,7 @@ fn fragmentation_needed_from_the_clients_side_lowers_the_backends_path_mtu() {
     let error = wire::icmp_message(&Icmp {
         kind: ICMP_DEST_UNREACH,
         code: ICMP_FRAG_NEEDED,
-        rest: 1200,
+        rest: 1400,
         body: wire::ip_datagram(&reply)[..28].to_vec(),
     });
     run.client
@@ -152,8 +152,8 @@ fn fragmentation_needed_from_the_clients_side_lowers_the_backends_path_mtu() {
     }
     assert_eq!(
         cached_mtu(&run, LB_BACKEND_ADDR),
-        Some(1200),
-        "the backend must learn the path MTU of 1200 towards the SNAT address {LB_BACKEND_ADDR} \
+        Some(1400),
+        "the backend must learn the path MTU of 1400 towards the SNAT address {LB_BACKEND_ADDR} \
          (the error translated to quote its own tuple)"
     );
     assert!(

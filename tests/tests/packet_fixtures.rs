@@ -12,7 +12,7 @@ use balancer::{
 };
 use balancer_common::{
     map_names, stat, Conn, FlowCacheEntry, FlowKey, NatEntry, NextHop, CLIENT_HOP_SLOTS,
-    FLOW_CACHE_SLOTS,
+    FLOW_CACHE_SLOTS, PMTU_FLOOR,
 };
 use balancer_tests::{
     netns::Netns,
@@ -233,6 +233,18 @@ impl Fixture {
             .expect("the object has CONNS");
         let conns = aya::maps::HashMap::<_, FlowKey, Conn>::try_from(map).expect("an LRU hash map");
         conns.get(key, 0).is_ok()
+    }
+
+    /// Rewrites a flow's entry in `CONNS` or `NAT` (`V`, the map's value type) with `edit`.
+    fn edit<V: aya::Pod>(&mut self, map: &str, key: &FlowKey, edit: impl FnOnce(&mut V)) {
+        let map = self
+            .ebpf
+            .map_mut(map)
+            .unwrap_or_else(|| panic!("the object has {map}"));
+        let mut table = aya::maps::HashMap::<_, FlowKey, V>::try_from(map).expect("a hash map");
+        let mut value = table.get(key, 0).expect("the flow's entry");
+        edit(&mut value);
+        table.insert(key, value, 0).expect("writing the entry back");
     }
 
     /// Removes a flow's entry from `CONNS` (nothing but the cache then knows the flow) or
@@ -535,6 +547,43 @@ fn a_cached_flow_of_a_backend_that_went_down_is_moved_at_its_next_packet() {
     let (verdict, _) = fx.send_from_client(&ack());
     assert_eq!(verdict, XDP_DROP, "no backend is left to move the flow to");
     assert_eq!(fx.global(stat::CONN_RESCHEDULED), 1);
+}
+
+#[test]
+fn a_flow_stays_when_the_backend_now_holding_its_id_goes_down() {
+    let mut fx = Fixture::new();
+    let (verdict, _) = fx.send_from_client(&syn());
+    assert_eq!(verdict, XDP_REDIRECT);
+    // As after the flow's backend was deleted and its id given to another backend (or an
+    // agent that took the pinned tables over numbered the backends afresh): the id now
+    // names another address than the flow's.
+    let other = Ipv4Addr::new(10, 0, 2, 99);
+    fx.edit::<Conn>(map_names::CONNS, &client_key(&syn()), |conn| {
+        conn.backend_addr = u32::from_ne_bytes(other.octets())
+    });
+    let down = HealthEvent {
+        pool: "web".into(),
+        backend: SocketAddrV4::new(WEB_BACKEND, 80),
+        outcome: CheckOutcome {
+            ok: false,
+            latency: std::time::Duration::from_millis(1),
+            reason: "connect refused".into(),
+        },
+        transition: Some((Health::Up, Health::Down)),
+        health: Health::Down,
+        check: 3,
+        task: 0,
+    };
+    fx.lb
+        .record_health(&down)
+        .expect("record the health change");
+    let (verdict, out) = fx.send_from_client(&ack());
+    assert_eq!(
+        verdict, XDP_PASS,
+        "the flow keeps its own backend (passed: the fixture has no neighbour for it)"
+    );
+    assert_eq!(parsed(&out).dst, other, "the flow's own backend");
+    assert_eq!(fx.global(stat::CONN_RESCHEDULED), 0);
 }
 
 #[test]
@@ -1296,16 +1345,42 @@ fn fragmentation_needed_from_the_clients_side_reaches_the_backend_translated() {
             datagram[..quote_len.unwrap_or(datagram.len())].to_vec()
         };
         // A router between the balancer and the client cannot forward the reply whole.
-        let error = icmp_error(
-            (CLIENT_ROUTER, CLIENT_MAC),
-            (VIP, LB_CLIENT_MAC),
-            (ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, 1200),
-            &quote_of(&to_client),
-        );
+        let error = |mtu: u32| {
+            icmp_error(
+                (CLIENT_ROUTER, CLIENT_MAC),
+                (VIP, LB_CLIENT_MAC),
+                (ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, mtu),
+                &quote_of(&to_client),
+            )
+        };
         let ingress = fx.client_if;
-        let out = fx.run(&error, ingress);
-        assert_icmp_translated(&what, out, &error, (SNAT, WEB_BACKEND), &quote_of(&reply));
+        let out = fx.run(&error(1400), ingress);
+        assert_icmp_translated(
+            &what,
+            out,
+            &error(1400),
+            (SNAT, WEB_BACKEND),
+            &quote_of(&reply),
+        );
         assert_eq!(fx.global(stat::ICMP_TO_BACKEND), 1, "{what}: counted");
+
+        // Below the floor it would shrink the path MTU of every client of the backend
+        // (they all share the SNAT address): not passed on.
+        let low = error(u32::from(PMTU_FLOOR) - 1);
+        let (verdict, out) = fx.run(&low, ingress);
+        assert_eq!(
+            (verdict, out),
+            (XDP_PASS, low),
+            "{what}: MTU below the floor"
+        );
+        assert_eq!(
+            (
+                fx.global(stat::ICMP_TO_BACKEND),
+                fx.global(stat::PASS_ICMP_LOW_MTU)
+            ),
+            (1, 1),
+            "{what}: counted"
+        );
     }
 }
 
@@ -1359,7 +1434,7 @@ fn icmp_messages_not_about_a_balanced_flow_pass_unchanged() {
             icmp_error(
                 (CLIENT_ROUTER, CLIENT_MAC),
                 (VIP, LB_CLIENT_MAC),
-                (ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, 1200),
+                (ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, 1400),
                 wire::ip_datagram(&unknown_reply),
             ),
             fx.client_if,
@@ -1389,6 +1464,15 @@ fn icmp_messages_not_about_a_balanced_flow_pass_unchanged() {
             icmp_error(from_backend, to_snat, unreachable, &quoted[..22]),
             fx.backend_if,
         ),
+        (
+            "an error whose quote ends before the ports, in a frame with a trailer",
+            {
+                let mut frame = icmp_error(from_backend, to_snat, unreachable, &quoted[..22]);
+                frame.extend_from_slice(&quoted[22..]);
+                frame
+            },
+            fx.backend_if,
+        ),
     ];
     for (what, frame, ingress) in cases {
         let (verdict, out) = fx.run(&frame, ingress);
@@ -1406,6 +1490,96 @@ fn icmp_messages_not_about_a_balanced_flow_pass_unchanged() {
         ),
         (1, 0),
         "only the last error is about the flow"
+    );
+}
+
+#[test]
+fn icmp_errors_about_a_tuple_that_moved_on_pass_unchanged() {
+    let mut fx = Fixture::new();
+    let client = udp();
+    let (_, forwarded) = fx.send_from_client(&client);
+    let sport = parsed(&forwarded).sport;
+    let key = FlowKey {
+        proto: 17,
+        ..client_key(&client)
+    };
+    // The backend's reply reaches the client: what the client's side could complain about.
+    let reply = Spec {
+        src_mac: DNS_BACKEND_MAC,
+        dst_mac: LB_BACKEND_MAC,
+        src: DNS_BACKEND,
+        dst: SNAT,
+        sport: 5300,
+        dport: sport,
+        ..udp()
+    };
+    let (backend_if, client_if) = (fx.backend_if, fx.client_if);
+    let (_, to_client) = fx.run(&wire::build(&reply), backend_if);
+    let from_backend = icmp_error(
+        (DNS_BACKEND, DNS_BACKEND_MAC),
+        (SNAT, LB_BACKEND_MAC),
+        (ICMP_DEST_UNREACH, ICMP_PORT_UNREACH, 0),
+        wire::ip_datagram(&forwarded),
+    );
+    let from_client_side = icmp_error(
+        (CLIENT_ROUTER, CLIENT_MAC),
+        (VIP, LB_CLIENT_MAC),
+        (ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, 1400),
+        wire::ip_datagram(&to_client),
+    );
+    let shift =
+        |port: &mut u16, by: i32| *port = ((u16::from_be(*port) as i32 + by) as u16).to_be();
+
+    // The client's tuple now has another SNAT port: the old port's errors are stale.
+    fx.edit::<Conn>(map_names::CONNS, &key, |conn| shift(&mut conn.snat_port, 1));
+    let (verdict, out) = fx.run(&from_backend, backend_if);
+    assert_eq!(
+        (verdict, out),
+        (XDP_PASS, from_backend.clone()),
+        "an error about a SNAT port whose client moved on must pass untouched"
+    );
+    fx.edit::<Conn>(map_names::CONNS, &key, |conn| {
+        shift(&mut conn.snat_port, -1)
+    });
+
+    // The SNAT port now belongs to another client: the backend must not hear of this one.
+    let reply_key = FlowKey {
+        src_addr: u32::from_ne_bytes(DNS_BACKEND.octets()),
+        src_port: 5300u16.to_be(),
+        proto: 17,
+        ..web_reply_key(sport)
+    };
+    fx.edit::<NatEntry>(map_names::NAT, &reply_key, |entry| {
+        shift(&mut entry.client_port, 1)
+    });
+    let (verdict, out) = fx.run(&from_client_side, client_if);
+    assert_eq!(
+        (verdict, out),
+        (XDP_PASS, from_client_side.clone()),
+        "an error about a reply whose SNAT port went to another client must pass untouched"
+    );
+    fx.edit::<NatEntry>(map_names::NAT, &reply_key, |entry| {
+        shift(&mut entry.client_port, -1)
+    });
+    assert_eq!(
+        (
+            fx.global(stat::ICMP_TO_CLIENT),
+            fx.global(stat::ICMP_TO_BACKEND)
+        ),
+        (0, 0),
+        "nothing translated while the tuples had moved on"
+    );
+
+    // Both tables name the flow again: both errors are translated.
+    assert_eq!(fx.run(&from_backend, backend_if).0, XDP_PASS);
+    assert_eq!(fx.run(&from_client_side, client_if).0, XDP_PASS);
+    assert_eq!(
+        (
+            fx.global(stat::ICMP_TO_CLIENT),
+            fx.global(stat::ICMP_TO_BACKEND)
+        ),
+        (1, 1),
+        "both translated once the tables name the flow again"
     );
 }
 
