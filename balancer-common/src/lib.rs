@@ -21,6 +21,11 @@ pub const RING_SLICES_PER_VIP: u32 = 2;
 pub const RING_ENTRIES: u32 = MAX_VIPS * RING_SLICES_PER_VIP * MAX_RING_SIZE;
 /// Default capacity of each connection-table LRU (forward and reply direction).
 pub const CONN_TABLE_SIZE: u32 = 1 << 20;
+/// Version of the meaning of the connection tables' keys and values (`FlowKey`, `Conn`,
+/// `NatEntry`): part of the names they are pinned under (`CONNS_v1`; bpffs refuses dots),
+/// so that an agent never takes over tables it would misread. Bump it with any change to those types or to how the
+/// data plane reads them, even one that keeps their sizes.
+pub const FLOW_TABLES_VERSION: u32 = 1;
 /// How many consecutive SNAT ports the kernel tries for a new flow before giving up.
 pub const SNAT_PORT_PROBES: u32 = 16;
 /// A backend id meaning "no backend".

@@ -235,6 +235,9 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     raise_open_files_limit();
 
     let pins = open_pins(&config.agent)?;
+    if let Some(pins) = &pins {
+        pins.release_other_links(&config.agent.interfaces);
+    }
     let (mut ebpf, logger) = load_program_with_logger(pins.as_ref())?;
     if let Some(logger) = logger {
         tokio::spawn(forward_logs(logger));
@@ -247,7 +250,10 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
             .expect("loaded above")
             .try_into()?;
         for iface in &config.agent.interfaces {
-            let taken = pins.as_ref().and_then(|p| p.take_over(program, iface));
+            let keep = config.agent.keep_attached;
+            let taken = pins
+                .as_ref()
+                .and_then(|p| p.take_over(program, iface, keep));
             let id = match taken {
                 Some(id) => {
                     log::info!(
@@ -304,18 +310,16 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         }
     }
     let _ = std::fs::remove_file(&socket_path);
-    match &pins {
-        Some(pins) if config.agent.keep_attached => {
-            log::info!(
-                "leaving XDP attached: the data plane forwards with this configuration until \
-                 the next agent takes over (remove {} to detach it)",
-                pins.dir().display()
-            );
-            // The data plane still needs it.
-            std::mem::forget(accept_local);
-        }
-        Some(pins) => pins.release_links(&config.agent.interfaces),
-        None => {}
+    // (Without keep_attached no link is pinned now: links taken over were unpinned at
+    // once, see `Pins::take_over`.)
+    if let (true, Some(pins)) = (config.agent.keep_attached, &pins) {
+        log::info!(
+            "leaving XDP attached: the data plane forwards with this configuration until \
+             the next agent takes over (remove {} to detach it)",
+            pins.dir().display()
+        );
+        // The data plane still needs it.
+        std::mem::forget(accept_local);
     }
     // Dropping the program detaches it from every interface whose link is not pinned.
     drop(lb);

@@ -5,8 +5,9 @@
 //! (`bpf_link_update`: no packet meets an interface without XDP).
 use std::{
     ffi::CString,
+    fs::File,
     io,
-    os::unix::ffi::OsStrExt,
+    os::{fd::AsRawFd, unix::ffi::OsStrExt},
     path::{Path, PathBuf},
 };
 
@@ -19,10 +20,12 @@ use aya::{
     },
     EbpfLoader,
 };
-use balancer_common::{map_names, Conn, FlowKey, NatEntry, CONN_TABLE_SIZE};
+use balancer_common::{map_names, Conn, FlowKey, NatEntry, CONN_TABLE_SIZE, FLOW_TABLES_VERSION};
 
 /// `statfs.f_type` of a bpf filesystem.
 const BPF_FS_MAGIC: u32 = 0xcafe_4a11;
+/// Pinned XDP links are named `link-<interface>`.
+const LINK_PREFIX: &str = "link-";
 
 #[derive(Debug, thiserror::Error)]
 pub enum PinError {
@@ -33,6 +36,8 @@ pub enum PinError {
     NotBpffs { dir: PathBuf },
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: io::Error },
+    #[error("{dir}: another agent uses this pin directory; give each agent its own agent.pin_dir")]
+    InUse { dir: PathBuf },
     #[error("{iface}: keeping the XDP link for the next agent: {reason}")]
     Link { iface: String, reason: String },
 }
@@ -57,25 +62,42 @@ const TABLES: [Table; 2] = [
     },
 ];
 
-/// The agent's pin directory.
+/// The agent's pin directory, locked for as long as the value lives.
 pub struct Pins {
     dir: PathBuf,
+    /// The directory, `flock`ed: one agent per pin directory.
+    _lock: File,
 }
 
 impl Pins {
-    /// `dir`, created when missing; it must be on a bpf filesystem.
+    /// `dir`, created when missing; it must be on a bpf filesystem and not in use by
+    /// another agent.
     pub fn open(dir: &Path) -> Result<Pins, PinError> {
-        std::fs::create_dir_all(dir).map_err(|source| PinError::Io {
+        let io = |source| PinError::Io {
             path: dir.to_path_buf(),
             source,
-        })?;
+        };
+        std::fs::create_dir_all(dir).map_err(io)?;
         if !on_bpffs(dir) {
             return Err(PinError::NotBpffs {
                 dir: dir.to_path_buf(),
             });
         }
+        let lock = File::open(dir).map_err(io)?;
+        // SAFETY: flock on a descriptor we own.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let e = io::Error::last_os_error();
+            return Err(if e.kind() == io::ErrorKind::WouldBlock {
+                PinError::InUse {
+                    dir: dir.to_path_buf(),
+                }
+            } else {
+                io(e)
+            });
+        }
         Ok(Pins {
             dir: dir.to_path_buf(),
+            _lock: lock,
         })
     }
 
@@ -88,7 +110,10 @@ impl Pins {
     /// unpinned, with a warning, and a new table pinned in its place.
     pub fn tables<'a>(&self, loader: &mut EbpfLoader<'a>) {
         for table in &TABLES {
-            let path = self.dir.join(table.name);
+            self.unpin_other_versions(table.name);
+            let path = self
+                .dir
+                .join(format!("{}_v{FLOW_TABLES_VERSION}", table.name));
             if let Some(problem) = layout_problem(&path, table) {
                 log::warn!(
                     "{}: {problem}: its flows are forgotten, a new table is pinned there",
@@ -102,13 +127,72 @@ impl Pins {
         }
     }
 
+    /// Unpins `name` tables of other versions ([`FLOW_TABLES_VERSION`]): this agent
+    /// cannot read their flows, and they would hold their memory for nothing.
+    fn unpin_other_versions(&self, name: &str) {
+        let ours = format!("{name}_v{FLOW_TABLES_VERSION}");
+        for path in self.entries() {
+            let file = path
+                .file_name()
+                .and_then(|f| f.to_str())
+                .unwrap_or_default();
+            let versioned = file
+                .strip_prefix(name)
+                .and_then(|rest| rest.strip_prefix("_v"))
+                .is_some_and(|v| v.parse::<u32>().is_ok());
+            if versioned && file != ours {
+                log::warn!(
+                    "{}: flow table of another version (this agent's: {ours}): its flows \
+                     are forgotten",
+                    path.display()
+                );
+                if let Err(e) = std::fs::remove_file(&path) {
+                    log::warn!("{}: cannot unpin it: {e}", path.display());
+                }
+            }
+        }
+    }
+
+    fn entries(&self) -> Vec<PathBuf> {
+        std::fs::read_dir(&self.dir)
+            .map(|dir| dir.filter_map(|e| Some(e.ok()?.path())).collect())
+            .unwrap_or_default()
+    }
+
     fn link_path(&self, iface: &str) -> PathBuf {
-        self.dir.join(format!("link-{iface}"))
+        self.dir.join(format!("{LINK_PREFIX}{iface}"))
+    }
+
+    /// Unpins the XDP links left on interfaces that are not in `ifaces` (no longer
+    /// configured): the programs there would forward on with an old configuration.
+    pub fn release_other_links(&self, ifaces: &[String]) {
+        for path in self.entries() {
+            let file = path
+                .file_name()
+                .and_then(|f| f.to_str())
+                .unwrap_or_default();
+            let Some(iface) = file.strip_prefix(LINK_PREFIX) else {
+                continue;
+            };
+            if ifaces.iter().any(|i| i == iface) {
+                continue;
+            }
+            log::warn!(
+                "{iface}: no longer configured; detaching the XDP program a previous agent \
+                 left there ({})",
+                path.display()
+            );
+            if let Err(e) = std::fs::remove_file(&path) {
+                log::warn!("{}: cannot unpin it: {e}", path.display());
+            }
+        }
     }
 
     /// Swaps `program` into the XDP link a previous agent left pinned on `iface`, if there
-    /// is one that still works. `None`: there is none (a broken one is unpinned).
-    pub fn take_over(&self, program: &mut Xdp, iface: &str) -> Option<XdpLinkId> {
+    /// is one that still works. `None`: there is none (a broken one is unpinned). Unless
+    /// `keep` the link is unpinned at once: it stays attached while this agent's program
+    /// holds it, and goes when the agent does, even when it crashes.
+    pub fn take_over(&self, program: &mut Xdp, iface: &str, keep: bool) -> Option<XdpLinkId> {
         let path = self.link_path(iface);
         if !path.exists() {
             return None;
@@ -118,7 +202,12 @@ impl Pins {
             .and_then(|pinned| XdpLink::try_from(FdLink::from(pinned)).map_err(|e| e.to_string()))
             .and_then(|link| program.attach_to_link(link).map_err(|e| e.to_string()));
         match taken {
-            Ok(id) => Some(id),
+            Ok(id) => {
+                if !keep {
+                    self.release_links(&[iface.to_string()]);
+                }
+                Some(id)
+            }
             Err(e) => {
                 log::warn!(
                     "{iface}: the XDP link left at {} cannot be taken over ({e}); attaching anew",
@@ -152,7 +241,7 @@ impl Pins {
 
     /// Unpins the link on each of `ifaces`, so that it is detached when the agent's program
     /// goes.
-    pub fn release_links(&self, ifaces: &[String]) {
+    fn release_links(&self, ifaces: &[String]) {
         for iface in ifaces {
             let path = self.link_path(iface);
             match std::fs::remove_file(&path) {

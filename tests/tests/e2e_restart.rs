@@ -5,6 +5,7 @@
 //! names. With `keep_attached` the data plane even forwards while no agent runs, and the
 //! next agent swaps its program in without a moment without XDP.
 
+use balancer_common::FLOW_TABLES_VERSION;
 use balancer_tests::{config_for, Agent, Running, Topology, DEFAULT_TIMEOUT};
 
 /// The XDP program id on each of the lb's interfaces (`None`: nothing attached).
@@ -165,17 +166,28 @@ fn pin_foreign_map(path: &std::path::Path, key_size: u32, value_size: u32) {
 }
 
 #[test]
-fn a_table_pinned_with_another_layout_is_replaced() {
+fn tables_pinned_with_another_layout_or_version_are_replaced() {
+    let ours = format!("CONNS_v{FLOW_TABLES_VERSION}");
+    let older = format!("NAT_v{}", FLOW_TABLES_VERSION + 7);
     let run = Running::start_with(1, |topo| {
-        pin_foreign_map(&topo.pin_dir().join("CONNS"), 16, 8);
+        // Our version's name, another layout; and another version's table.
+        pin_foreign_map(&topo.pin_dir().join(&ours), 16, 8);
+        pin_foreign_map(&topo.pin_dir().join(&older), 16, 24);
         config(topo, &[1], false)
     });
     let log = run.agent.log();
+    for name in [&ours, &older] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains(name.as_str()) && l.contains("its flows are forgotten")),
+            "the agent must say that the pinned {name} does not fit; log:\n{log}"
+        );
+    }
     assert!(
-        log.contains("CONNS") && log.contains("its flows are forgotten"),
-        "the agent must say that the pinned CONNS does not fit; log:\n{log}"
+        !run.topo.pin_dir().join(&older).exists(),
+        "the other version's table must be unpinned"
     );
-    let info = aya::maps::MapInfo::from_pin(run.topo.pin_dir().join("CONNS"))
+    let info = aya::maps::MapInfo::from_pin(run.topo.pin_dir().join(&ours))
         .expect("a CONNS table pinned by the agent");
     assert_eq!(
         (info.map_type().ok(), info.value_size()),
@@ -188,4 +200,45 @@ fn a_table_pinned_with_another_layout_is_replaced() {
     run.client
         .http_get(Topology::vip_http(), DEFAULT_TIMEOUT)
         .expect("a request through the VIP");
+}
+
+#[test]
+fn a_second_agent_on_the_same_pin_directory_is_refused() {
+    let run = Running::start_with(1, |topo| config(topo, &[1], true));
+    let before = xdp_progs(&run.topo);
+    let socket = run.topo.run_dir().join("second.sock");
+    let second = Agent::start_with_socket(&run.topo, &config(&run.topo, &[1], true), &socket);
+    let error = format!("{:#}", second.err().expect("a second agent must not start"));
+    assert!(
+        error.contains("another agent uses this pin directory"),
+        "the second agent must name the conflict: {error}"
+    );
+    assert_eq!(
+        xdp_progs(&run.topo),
+        before,
+        "the second agent must not have touched the running agent's links"
+    );
+    run.client
+        .http_get(Topology::vip_http(), DEFAULT_TIMEOUT)
+        .expect("the first agent still serves");
+}
+
+#[test]
+fn a_link_kept_on_an_interface_no_longer_configured_is_released() {
+    let mut run = Running::start_with(1, |topo| config(topo, &[1], true));
+    assert_eq!(run.agent.stop(), Some(0), "log:\n{}", run.agent.log());
+    let [client_side, backend_side] = run.topo.lb_interfaces();
+    let only_one = config(&run.topo, &[1], true).replace(
+        &format!("interfaces = [\"{client_side}\", \"{backend_side}\"]"),
+        &format!("interfaces = [\"{client_side}\"]"),
+    );
+    assert!(only_one.contains(&format!("interfaces = [\"{client_side}\"]")));
+    run.agent = Agent::start(&run.topo, &only_one).expect("an agent on one interface");
+    let progs = xdp_progs(&run.topo);
+    assert!(
+        progs[0].is_some() && progs[1].is_none(),
+        "{backend_side} is no longer configured: the program left there must be detached \
+         ({progs:?}); log:\n{}",
+        run.agent.log()
+    );
 }
