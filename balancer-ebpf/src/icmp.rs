@@ -10,7 +10,7 @@ use network_types::ip::Ipv4Hdr;
 use crate::{
     csum::Diff,
     maps::{CONNS, NAT},
-    nat::{client_key, holds, names, reply_key, Rewrite},
+    nat::{client_key, holds, names, reply_key, to_backend, to_client_of, Rewrite},
     parse::{ptr_at, IcmpError, ICMP_CHECK_OFF, TCP_CHECK_OFF, UDP_CHECK_OFF},
     stats, DropReason,
 };
@@ -47,7 +47,7 @@ pub fn translate(
         dst_port: quote.src_port,
         ..*quote
     };
-    let Some((to, quoted, counter)) = other_end(&flow, settings) else {
+    let Some((to, counter)) = other_end(&flow, settings) else {
         return Ok(xdp_action::XDP_PASS);
     };
     let mtu = error.frag_needed_mtu;
@@ -55,16 +55,17 @@ pub fn translate(
         stats::count(stat::PASS_ICMP_LOW_MTU);
         return Ok(xdp_action::XDP_PASS);
     }
-    rewrite(ctx, error, to, &quoted)?;
+    // The error travels as the flow's packets to that end do; it quotes one the other way.
+    rewrite(ctx, error, (to.src_addr, to.dst_addr), &to.reversed())?;
     stats::count(counter);
     Ok(xdp_action::XDP_PASS)
 }
 
-/// For the flow whose reversed tuple an error quotes: the error's new addresses (source,
-/// destination), the tuple its quote gets, and the counter of its direction. `None` when
-/// no balanced flow has that tuple now.
+/// For the flow whose reversed tuple an error quotes: how the flow's packets to the end
+/// the error is for are translated, and the counter of that direction. `None` when no
+/// balanced flow has that tuple now.
 #[inline(always)]
-fn other_end(flow: &FlowKey, settings: &Settings) -> Option<((u32, u32), Rewrite, u32)> {
+fn other_end(flow: &FlowKey, settings: &Settings) -> Option<(Rewrite, u32)> {
     let port = u16::from_be(flow.dst_port);
     if port >= settings.snat_port_min && port <= settings.snat_port_max {
         // SAFETY: the value is copied out at once.
@@ -74,17 +75,7 @@ fn other_end(flow: &FlowKey, settings: &Settings) -> Option<((u32, u32), Rewrite
             if holder.is_some_and(|conn| !holds(conn, flow)) {
                 return None;
             }
-            let quoted = Rewrite {
-                src_addr: entry.client_addr,
-                dst_addr: entry.vip_addr,
-                src_port: entry.client_port,
-                dst_port: entry.vip_port,
-            };
-            return Some((
-                (entry.vip_addr, entry.client_addr),
-                quoted,
-                stat::ICMP_TO_CLIENT,
-            ));
+            return Some((to_client_of(&entry), stat::ICMP_TO_CLIENT));
         }
     }
     if !crate::maybe_vip(flow.dst_addr) {
@@ -103,17 +94,7 @@ fn other_end(flow: &FlowKey, settings: &Settings) -> Option<((u32, u32), Rewrite
     if unsafe { NAT.get(&reply) }.is_some_and(|entry| !names(entry, flow)) {
         return None;
     }
-    let quoted = Rewrite {
-        src_addr: conn.backend_addr,
-        dst_addr: conn.snat_addr,
-        src_port: conn.backend_port,
-        dst_port: conn.snat_port,
-    };
-    Some((
-        (conn.snat_addr, conn.backend_addr),
-        quoted,
-        stat::ICMP_TO_BACKEND,
-    ))
+    Some((to_backend(&conn), stat::ICMP_TO_BACKEND))
 }
 
 /// Rewrites the quoted packet's tuple to `quoted` and the error's own addresses to

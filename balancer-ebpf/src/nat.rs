@@ -278,7 +278,7 @@ pub fn deliver(ctx: &XdpContext, pkt: &Packet, send: &Send, now: u64) -> Result<
 
 /// How a packet of `conn` leaves for its backend.
 #[inline(always)]
-fn to_backend(conn: &Conn) -> Rewrite {
+pub fn to_backend(conn: &Conn) -> Rewrite {
     Rewrite {
         src_addr: conn.snat_addr,
         dst_addr: conn.backend_addr,
@@ -725,12 +725,7 @@ pub fn to_client(pkt: &Packet, settings: &Settings, now: u64) -> Result<Option<S
         }
     }
     stats::count(stat::NAT_REPLY);
-    let to = Rewrite {
-        src_addr: entry.vip_addr,
-        dst_addr: entry.client_addr,
-        src_port: entry.vip_port,
-        dst_port: entry.client_port,
-    };
+    let to = to_client_of(&entry);
     let diffs = csum_diffs(&pkt.key, &to);
     Ok(Some(Send {
         ids: (entry.vip_id, entry.backend_id),
@@ -767,6 +762,30 @@ pub struct Rewrite {
     pub dst_addr: u32,
     pub src_port: u16,
     pub dst_port: u16,
+}
+
+impl Rewrite {
+    /// The tuple of a packet the other way.
+    #[inline(always)]
+    pub fn reversed(&self) -> Rewrite {
+        Rewrite {
+            src_addr: self.dst_addr,
+            dst_addr: self.src_addr,
+            src_port: self.dst_port,
+            dst_port: self.src_port,
+        }
+    }
+}
+
+/// How a reply of the flow that owns the reply entry `entry` leaves for its client.
+#[inline(always)]
+pub fn to_client_of(entry: &NatEntry) -> Rewrite {
+    Rewrite {
+        src_addr: entry.vip_addr,
+        dst_addr: entry.client_addr,
+        src_port: entry.vip_port,
+        dst_port: entry.client_port,
+    }
 }
 
 /// The changes to the IPv4 and the TCP/UDP checksums when the tuple `from` becomes `to`

@@ -235,6 +235,28 @@ impl Fixture {
         conns.get(key, 0).is_ok()
     }
 
+    /// The web pool's only backend fails its checks (`on_backend_down = shutdown`, the
+    /// default, moves its flows).
+    fn web_backend_fails(&mut self) {
+        let down = HealthEvent {
+            pool: "web".into(),
+            backend: SocketAddrV4::new(WEB_BACKEND, 80),
+            outcome: CheckOutcome {
+                ok: false,
+                latency: std::time::Duration::from_millis(1),
+                reason: "connect refused".into(),
+            },
+            transition: Some((Health::Up, Health::Down)),
+            health: Health::Down,
+            check: 3,
+            // The fixture starts no check tasks: its backends' task number is 0.
+            task: 0,
+        };
+        self.lb
+            .record_health(&down)
+            .expect("record the health change");
+    }
+
     /// Rewrites a flow's entry in `CONNS` or `NAT` (`V`, the map's value type) with `edit`.
     fn edit<V: aya::Pod>(&mut self, map: &str, key: &FlowKey, edit: impl FnOnce(&mut V)) {
         let map = self
@@ -527,23 +549,7 @@ fn a_cached_flow_of_a_backend_that_went_down_is_moved_at_its_next_packet() {
     assert_eq!(fx.flow_cache().len(), 1, "the flow is cached");
     // The web pool's only backend fails its checks (`on_backend_down = shutdown`, the
     // default): its flows must move, and the cached copy must not hide that.
-    let down = HealthEvent {
-        pool: "web".into(),
-        backend: SocketAddrV4::new(WEB_BACKEND, 80),
-        outcome: CheckOutcome {
-            ok: false,
-            latency: std::time::Duration::from_millis(1),
-            reason: "connect refused".into(),
-        },
-        transition: Some((Health::Up, Health::Down)),
-        health: Health::Down,
-        check: 3,
-        // The fixture starts no check tasks: its backends' task number is 0.
-        task: 0,
-    };
-    fx.lb
-        .record_health(&down)
-        .expect("record the health change");
+    fx.web_backend_fails();
     let (verdict, _) = fx.send_from_client(&ack());
     assert_eq!(verdict, XDP_DROP, "no backend is left to move the flow to");
     assert_eq!(fx.global(stat::CONN_RESCHEDULED), 1);
@@ -561,22 +567,7 @@ fn a_flow_stays_when_the_backend_now_holding_its_id_goes_down() {
     fx.edit::<Conn>(map_names::CONNS, &client_key(&syn()), |conn| {
         conn.backend_addr = u32::from_ne_bytes(other.octets())
     });
-    let down = HealthEvent {
-        pool: "web".into(),
-        backend: SocketAddrV4::new(WEB_BACKEND, 80),
-        outcome: CheckOutcome {
-            ok: false,
-            latency: std::time::Duration::from_millis(1),
-            reason: "connect refused".into(),
-        },
-        transition: Some((Health::Up, Health::Down)),
-        health: Health::Down,
-        check: 3,
-        task: 0,
-    };
-    fx.lb
-        .record_health(&down)
-        .expect("record the health change");
+    fx.web_backend_fails();
     let (verdict, out) = fx.send_from_client(&ack());
     assert_eq!(
         verdict, XDP_PASS,
