@@ -2,7 +2,7 @@
 //! API shaped like Katran's `KatranLb` (`add_vip`, `del_vip`, `add_backend`, ...) that keeps
 //! the data plane's maps derived from it.
 use std::{
-    collections::{BTreeMap, VecDeque},
+    collections::{BTreeMap, HashMap, VecDeque},
     net::{Ipv4Addr, SocketAddrV4, UdpSocket},
     time::Instant,
 };
@@ -279,6 +279,59 @@ impl IdAllocator {
     }
 }
 
+/// VIP ids that follow the VIP: each VIP gets the first free id from a hash of its address,
+/// port and protocol, so an agent that takes pinned flow tables over gives every VIP the id
+/// the previous agent gave it, whatever the order of the VIPs in the file and whichever
+/// other VIPs come and go (unless hashes of VIPs collide: then the order decides).
+struct VipIds {
+    taken: Vec<bool>,
+}
+
+impl VipIds {
+    fn new(limit: u32) -> Self {
+        Self {
+            taken: vec![false; limit as usize],
+        }
+    }
+
+    fn available(&self) -> usize {
+        self.taken.iter().filter(|&&t| !t).count()
+    }
+
+    /// The first free id from `hash`'s, wrapping around.
+    fn alloc(&mut self, hash: u64) -> Option<u32> {
+        let n = self.taken.len();
+        let start = (hash % n as u64) as usize;
+        let id = (0..n)
+            .map(|i| (start + i) % n)
+            .find(|&id| !self.taken[id])?;
+        self.taken[id] = true;
+        Some(id as u32)
+    }
+
+    fn release(&mut self, id: u32) {
+        self.taken[id as usize] = false;
+    }
+}
+
+/// A hash of a VIP's key that every agent computes alike (not std's, which is seeded).
+fn vip_hash(key: &VipKey) -> u64 {
+    let addr = Ipv4Addr::from(key.addr.to_ne_bytes());
+    ring::backend_key(addr, u16::from_be(key.port)) ^ u64::from(key.proto)
+}
+
+/// The generation of the VIP with hash `hash` when it is added for the `incarnation`th time
+/// in this agent (from 0). The first is the same in every agent, so the flows of the VIP
+/// that an agent took over from the previous one stay the VIP's; a VIP deleted and added
+/// again gets another, so the flows of the deleted one stop. Never 0.
+fn vip_generation(hash: u64, incarnation: u32) -> u32 {
+    let folded = (hash >> 32) as u32 ^ hash as u32;
+    match folded.wrapping_add(incarnation.wrapping_mul(0x9e37_79b9)) {
+        0 => 1,
+        g => g,
+    }
+}
+
 /// Kernel settings derived from the configuration.
 pub fn settings(timeouts: &Timeouts, nat: &NatConfig) -> Settings {
     Settings {
@@ -319,10 +372,10 @@ pub struct Balancer<M: Maps> {
     snat: SnatSource,
     pools: BTreeMap<String, Pool>,
     vips: BTreeMap<String, Vip>,
-    vip_ids: IdAllocator,
+    vip_ids: VipIds,
     backend_ids: IdAllocator,
-    /// The last `Vip::generation` given (never 0).
-    vip_generation: u32,
+    /// How often each VIP (by key hash) was added in this agent: its next generation.
+    incarnations: HashMap<u64, u32>,
 }
 
 impl<M: Maps> Balancer<M> {
@@ -333,9 +386,9 @@ impl<M: Maps> Balancer<M> {
             snat,
             pools: BTreeMap::new(),
             vips: BTreeMap::new(),
-            vip_ids: IdAllocator::new(MAX_VIPS),
+            vip_ids: VipIds::new(MAX_VIPS),
             backend_ids: IdAllocator::new(MAX_BACKENDS),
-            vip_generation: 0,
+            incarnations: HashMap::new(),
         })
     }
 
@@ -455,13 +508,14 @@ impl<M: Maps> Balancer<M> {
         // A pool this call creates goes again if the VIP cannot be added.
         let new_pool = (!self.pools.contains_key(&config.pool)).then(|| config.pool.clone());
         self.add_pool(&config.pool)?;
-        let id = self.vip_ids.alloc().expect("an id is available");
+        let hash = vip_hash(&vip_key(&config));
+        let id = self.vip_ids.alloc(hash).expect("an id is available");
         let name = config.name.clone();
-        self.vip_generation = self.vip_generation.checked_add(1).unwrap_or(1);
+        let incarnation = self.incarnations.get(&hash).copied().unwrap_or(0);
         let vip = Vip {
             config,
             id,
-            generation: self.vip_generation,
+            generation: vip_generation(hash, incarnation),
             active_slice: 1,
             slices: [Vec::new(), Vec::new()],
         };
@@ -481,6 +535,7 @@ impl<M: Maps> Balancer<M> {
             }
             return Err(e);
         }
+        self.incarnations.insert(hash, incarnation.wrapping_add(1));
         log::info!("vip {name}: added");
         Ok(())
     }

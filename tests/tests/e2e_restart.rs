@@ -2,7 +2,7 @@
 //! crash), even one that changes the configuration. The flow tables are pinned, so the
 //! next agent finds every flow with its backend and SNAT port: here the restarted agent's
 //! pool no longer has the connection's backend, which only the flow's pinned entry still
-//! names. With `keep_attached` the data plane even forwards while no agent runs, and the
+//! names (and, with a VIP more listed first, the VIPs keep their ids). With `keep_attached` the data plane even forwards while no agent runs, and the
 //! next agent swaps its program in without a moment without XDP.
 
 use balancer_common::FLOW_TABLES_VERSION;
@@ -65,8 +65,16 @@ fn connections_carry_on_across_a_restart_with_the_data_plane_kept_attached() {
         .http_get(Topology::vip_http(), DEFAULT_TIMEOUT)
         .expect("a new connection while no agent runs");
 
-    run.agent = Agent::start(&run.topo, &config(&run.topo, &others(index), true))
-        .expect("starting the agent again, without the connection's backend");
+    // The new configuration also lists another VIP first: the VIPs' ids must not move.
+    let new_config = config(&run.topo, &others(index), true).replacen(
+        "[[vip]]\nname = \"web\"",
+        "[[vip]]\nname = \"alt\"\naddress = \"10.0.100.1\"\nport = 8080\nprotocol = \"tcp\"\n\
+         pool = \"web\"\n\n[[vip]]\nname = \"web\"",
+        1,
+    );
+    assert!(new_config.contains("name = \"alt\""), "{new_config}");
+    run.agent = Agent::start(&run.topo, &new_config)
+        .expect("starting the agent again, without the connection's backend, with a VIP more");
     let second = xdp_progs(&run.topo);
     assert!(
         second

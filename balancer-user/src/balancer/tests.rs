@@ -560,6 +560,42 @@ fn every_added_vip_gets_a_new_generation() {
     let second = lb.maps().vips[&lb.vips["web"].key()];
     assert_ne!(second.generation, first.generation);
     assert_ne!(second.generation, 0);
+    // The same VIP again: its earlier flows must not count as its own.
+    lb.del_vip("web").unwrap();
+    lb.add_vip(vip("web", 80, Scheduler::Maglev)).unwrap();
+    let third = lb.maps().vips[&lb.vips["web"].key()];
+    assert_ne!(third.generation, first.generation);
+    assert_ne!(third.generation, 0);
+}
+
+#[test]
+fn vip_ids_and_generations_follow_the_vip_from_agent_to_agent() {
+    // Two agents, one after the other, with the VIPs in another order and one more VIP
+    // in the second: a VIP's flows, taken over from the first, must still be its own in
+    // the second (same id, same generation).
+    let agent = |vips: &[(&str, u16)]| {
+        let mut lb = lb();
+        lb.add_pool("web").unwrap();
+        lb.add_backend("web", backend(1), 1).unwrap();
+        for &(name, port) in vips {
+            lb.add_vip(vip(name, port, Scheduler::Maglev)).unwrap();
+        }
+        lb
+    };
+    let preferred = |port: u16| vip_hash(&vip_key(&vip("x", port, Scheduler::Maglev))) % 32;
+    let ports = [80, 443, 8080];
+    let distinct: HashSet<u64> = ports.iter().map(|&p| preferred(p)).collect();
+    assert_eq!(
+        distinct.len(),
+        3,
+        "the test needs VIPs whose hashes do not collide"
+    );
+    let first = agent(&[("web", 80), ("tls", 443)]);
+    let second = agent(&[("alt", 8080), ("tls", 443), ("web", 80)]);
+    for name in ["web", "tls"] {
+        let identity = |lb: &Balancer<FakeMaps>| (lb.vips[name].id, lb.vips[name].generation);
+        assert_eq!(identity(&first), identity(&second), "vip {name}");
+    }
 }
 
 #[test]
