@@ -2137,6 +2137,19 @@ port_range = "20000-32767"
     }
 
     #[test]
+    fn the_readme_example_parses() {
+        let readme = include_str!("../../README.md");
+        let start = readme
+            .find("```toml\n# balancer.toml")
+            .expect("the README has its balancer.toml example");
+        let body = &readme[start + "```toml\n".len()..];
+        let example = &body[..body.find("```").expect("the example block ends")];
+        let config = parse(example, "README.md").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.agent.pin_dir, Some(PathBuf::from(DEFAULT_PIN_DIR)));
+        assert_eq!(config.vips.len(), 1);
+    }
+
+    #[test]
     fn full_example_parses() {
         let config = parse(FULL, ORIGIN).unwrap();
         let expected = Config {
