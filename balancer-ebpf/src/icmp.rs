@@ -50,8 +50,9 @@ pub fn translate(
     let Some((to, counter)) = other_end(&flow, settings) else {
         return Ok(xdp_action::XDP_PASS);
     };
-    let mtu = error.frag_needed_mtu;
-    if counter == stat::ICMP_TO_BACKEND && mtu != 0 && mtu < PMTU_FLOOR {
+    // (An MTU of 0, from a router that predates RFC 1191, is below it too: the backend
+    // would fall back to its minimum.)
+    if counter == stat::ICMP_TO_BACKEND && error.frag_needed != 0 && error.mtu < PMTU_FLOOR {
         stats::count(stat::PASS_ICMP_LOW_MTU);
         return Ok(xdp_action::XDP_PASS);
     }

@@ -8,7 +8,7 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use balancer_common::{
-    flow_slot, stat, Backend, Conn, FlowCacheEntry, FlowKey, NatEntry, Settings, VipMeta,
+    flow_slot, stat, Backend, Conn, FlowCacheEntry, FlowKey, NatEntry, Settings, VipKey, VipMeta,
     BACKEND_F_PRESENT, BACKEND_F_RESCHEDULE, FLOW_BACKEND_CLOSED, FLOW_CLOSING, PROTO_UDP,
     SNAT_PORT_PROBES, VIP_F_PASS_ALL_DOWN,
 };
@@ -17,7 +17,9 @@ use network_types::ip::Ipv4Hdr;
 use crate::{
     conntrack, csum,
     forward::transmit,
-    maps::{BACKENDS, CONNS, EVICTION_SEQ, FLOW_CACHE, FLOW_EVICTIONS, NAT, SETTINGS, VIP_GENS},
+    maps::{
+        BACKENDS, CONNS, EVICTION_SEQ, FLOW_CACHE, FLOW_EVICTIONS, NAT, SETTINGS, VIPS, VIP_GENS,
+    },
     parse::{ptr_at, Packet, TCP_CHECK_OFF, TCP_FIN, TCP_RST, UDP_CHECK_OFF},
     select,
     stats::{self, Dir},
@@ -168,10 +170,14 @@ pub fn established(
         return Ok(Established::Ended(None));
     };
     // SAFETY: map value pointer, copied out whole.
-    let conn = unsafe { *entry };
+    let mut conn = unsafe { *entry };
     if VIP_GENS.get(conn.vip_id).copied() != Some(conn.vip_gen) {
-        // Its VIP was deleted (or its id now names another VIP).
-        return Ok(Established::Ended(Some(conn)));
+        if !renumbered(entry, pkt) {
+            // Its VIP was deleted (or its id now names another VIP).
+            return Ok(Established::Ended(Some(conn)));
+        }
+        // SAFETY: as above.
+        conn.vip_id = unsafe { (*entry).vip_id };
     }
     if !conntrack::is_live(&conn, pkt, settings, now) {
         stats::count(stat::CONN_EXPIRED);
@@ -192,6 +198,34 @@ pub fn established(
     remember(&pkt.key, unsafe { &*entry }, stamp, diffs);
     let ids = (conn.vip_id, conn.backend_id);
     Ok(Established::Live(Send::to_backend(ids, to, diffs, false)))
+}
+
+/// Whether the VIP of the flow in `entry`, whose id no longer names it, is there under
+/// another id: then the entry gets that id. A VIP's generation follows from its key, so
+/// the VIP at the packet's destination with the flow's generation is the flow's, though
+/// an agent that took the pinned tables over gave it another id (VIP ids come from a hash
+/// too, but collisions depend on which VIPs exist). A deleted VIP has no `VIPS` entry,
+/// and one deleted and added again has another generation: their flows still end.
+#[inline(always)]
+fn renumbered(entry: *mut Conn, pkt: &Packet) -> bool {
+    let key = VipKey {
+        addr: pkt.key.dst_addr,
+        port: pkt.key.dst_port,
+        proto: pkt.key.proto,
+        _pad: 0,
+    };
+    // SAFETY: read-only look at a map value.
+    let Some(vip) = (unsafe { VIPS.get(&key) }) else {
+        return false;
+    };
+    // SAFETY: `entry` points into a map value; single aligned 4-byte accesses.
+    unsafe {
+        if vip.generation != (*entry).vip_gen {
+            return false;
+        }
+        (*entry).vip_id = vip.vip_id;
+    }
+    true
 }
 
 /// A packet for `vip` that is no established flow: schedule a new flow; the packet goes

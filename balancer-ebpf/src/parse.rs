@@ -65,9 +65,11 @@ pub struct IcmpError {
     /// The error's own addresses, network byte order.
     pub src_addr: u32,
     pub dst_addr: u32,
-    /// The next-hop MTU of a "fragmentation needed" (host byte order), else 0. (Not an
-    /// `Option`: its undefined payload when `None` trips the verifier, "!read_ok".)
-    pub frag_needed_mtu: u16,
+    /// Whether it is a "fragmentation needed" (1) or not (0), and its next-hop MTU (host
+    /// byte order; 0 from a router that predates RFC 1191). (Not an `Option<u16>`: its
+    /// undefined payload when `None` trips the verifier, "!read_ok".)
+    pub frag_needed: u8,
+    pub mtu: u16,
     /// The quoted packet's tuple as it was sent (addresses and ports in network byte order).
     pub quote: FlowKey,
 }
@@ -262,11 +264,8 @@ fn icmp_error(
         ip_end,
         src_addr: src,
         dst_addr: dst,
-        frag_needed_mtu: if kind == ICMP_DEST_UNREACH && code == ICMP_FRAG_NEEDED {
-            u16::from_be_bytes(mtu)
-        } else {
-            0
-        },
+        frag_needed: (kind == ICMP_DEST_UNREACH && code == ICMP_FRAG_NEEDED) as u8,
+        mtu: u16::from_be_bytes(mtu),
         quote: FlowKey {
             src_addr: quote_src,
             dst_addr: quote_dst,

@@ -29,7 +29,7 @@ use crate::{
     health::{Checker, HealthEvent},
     maps::AyaMaps,
     maps::Maps,
-    pins::Pins,
+    pins::{PinError, Pins},
 };
 
 /// The XDP object built by `cargo xtask build-ebpf`, embedded at compile time.
@@ -129,13 +129,16 @@ fn attach(
 
 /// The agent's pin directory, if it has one that works. Without `keep_attached` a
 /// directory that is not on a bpf filesystem only costs the flows at the next restart:
-/// a warning. (`keep_attached` needs it: an error.)
+/// a warning. (`keep_attached` needs it: an error. A directory another agent uses is an
+/// error either way.)
 fn open_pins(agent: &config::AgentConfig) -> anyhow::Result<Option<Pins>> {
     let Some(dir) = &agent.pin_dir else {
         return Ok(None);
     };
     match Pins::open(dir) {
         Ok(pins) => Ok(Some(pins)),
+        // Never two agents on one set of tables and links.
+        Err(e @ PinError::InUse { .. }) => Err(e).context("agent.pin_dir"),
         Err(e) if agent.keep_attached => Err(e).context("agent.keep_attached"),
         Err(e) => {
             log::warn!("agent.pin_dir: {e}; flows will not survive a restart of the agent");

@@ -136,10 +136,12 @@ impl Pins {
                 .file_name()
                 .and_then(|f| f.to_str())
                 .unwrap_or_default();
-            let versioned = file
-                .strip_prefix(name)
-                .and_then(|rest| rest.strip_prefix("_v"))
-                .is_some_and(|v| v.parse::<u32>().is_ok());
+            // (The bare name: the first agents to pin tables pinned them so.)
+            let versioned = file == name
+                || file
+                    .strip_prefix(name)
+                    .and_then(|rest| rest.strip_prefix("_v"))
+                    .is_some_and(|v| v.parse::<u32>().is_ok());
             if versioned && file != ours {
                 log::warn!(
                     "{}: flow table of another version (this agent's: {ours}): its flows \

@@ -225,6 +225,16 @@ impl Fixture {
             .collect()
     }
 
+    /// The flow's `CONNS` entry.
+    fn conn(&self, key: &FlowKey) -> Conn {
+        let map = self
+            .ebpf
+            .map(map_names::CONNS)
+            .expect("the object has CONNS");
+        let conns = aya::maps::HashMap::<_, FlowKey, Conn>::try_from(map).expect("an LRU hash map");
+        conns.get(key, 0).expect("the flow's entry")
+    }
+
     /// Whether `CONNS` has an entry for the flow.
     fn has_conn(&self, key: &FlowKey) -> bool {
         let map = self
@@ -1028,6 +1038,30 @@ fn udp_to_vip_is_translated_and_zero_checksum_stays_zero() {
 }
 
 #[test]
+fn a_flow_whose_vip_got_another_id_stays_its_vips() {
+    let mut fx = Fixture::new();
+    assert_eq!(fx.send_from_client(&syn()).0, XDP_REDIRECT);
+    let key = client_key(&syn());
+    let own = fx.conn(&key).vip_id;
+    // As when an agent that took the pinned tables over gave the VIP another id: the
+    // flow's id names another VIP, or none.
+    fx.edit::<Conn>(map_names::CONNS, &key, |conn| conn.vip_id = (own + 1) % 32);
+    let new_flows = fx.web_counters().new_flows;
+    // A FIN: the flow cache does not serve it, the connection table does.
+    assert_eq!(fx.send_from_client(&fin()).0, XDP_REDIRECT);
+    assert_eq!(
+        fx.web_counters().new_flows,
+        new_flows,
+        "the flow goes on (its VIP at its destination has its generation), not scheduled anew"
+    );
+    assert_eq!(
+        fx.conn(&key).vip_id,
+        own,
+        "its entry names its VIP's id again"
+    );
+}
+
+#[test]
 fn a_deleted_vips_established_flow_is_no_longer_forwarded() {
     let mut fx = Fixture::new();
     let (verdict, _) = fx.send_from_client(&syn());
@@ -1318,6 +1352,38 @@ fn icmp_errors_from_the_backends_side_reach_the_client_translated() {
 }
 
 #[test]
+fn a_trailer_after_a_short_quote_is_left_alone() {
+    // A TCP quote of 28 bytes ends before the TCP checksum; the frame carries a trailer
+    // past the datagram, where the checksum would have been.
+    let mut fx = Fixture::new();
+    let (_, forwarded) = fx.send_from_client(&syn());
+    let quote = wire::ip_datagram(&forwarded)[..28].to_vec();
+    let trailer = wire::ip_datagram(&forwarded)[28..40].to_vec();
+    let mut error = icmp_error(
+        (BACKEND_ROUTER, WEB_BACKEND_MAC),
+        (SNAT, LB_BACKEND_MAC),
+        (ICMP_TIME_EXCEEDED, 0, 0),
+        &quote,
+    );
+    error.extend_from_slice(&trailer);
+    let ingress = fx.backend_if;
+    let (verdict, out) = fx.run(&error, ingress);
+    let original = wire::ip_datagram(&wire::build(&syn()))[..28].to_vec();
+    assert_icmp_translated(
+        "a short quote with a trailer",
+        (verdict, out.clone()),
+        &error,
+        (VIP, CLIENT),
+        &original,
+    );
+    assert_eq!(
+        out[out.len() - trailer.len()..],
+        trailer[..],
+        "the trailer is not the quote's: untouched"
+    );
+}
+
+#[test]
 fn fragmentation_needed_from_the_clients_side_reaches_the_backend_translated() {
     for quote_len in [None, Some(28)] {
         let what = format!("quoting {quote_len:?} bytes");
@@ -1356,21 +1422,22 @@ fn fragmentation_needed_from_the_clients_side_reaches_the_backend_translated() {
         assert_eq!(fx.global(stat::ICMP_TO_BACKEND), 1, "{what}: counted");
 
         // Below the floor it would shrink the path MTU of every client of the backend
-        // (they all share the SNAT address): not passed on.
-        let low = error(u32::from(PMTU_FLOOR) - 1);
-        let (verdict, out) = fx.run(&low, ingress);
-        assert_eq!(
-            (verdict, out),
-            (XDP_PASS, low),
-            "{what}: MTU below the floor"
-        );
+        // (they all share the SNAT address): not passed on. 0 comes from routers that
+        // predate RFC 1191; the backend would fall back to its minimum.
+        for mtu in [u32::from(PMTU_FLOOR) - 1, 0] {
+            let low = error(mtu);
+            let (verdict, out) = fx.run(&low, ingress);
+            assert_eq!((verdict, out), (XDP_PASS, low), "{what}: MTU {mtu}");
+        }
+        let (verdict, _) = fx.run(&error(u32::from(PMTU_FLOOR)), ingress);
+        assert_eq!(verdict, XDP_PASS);
         assert_eq!(
             (
                 fx.global(stat::ICMP_TO_BACKEND),
                 fx.global(stat::PASS_ICMP_LOW_MTU)
             ),
-            (1, 1),
-            "{what}: counted"
+            (2, 2),
+            "{what}: the floor itself is passed on, the two below it are not"
         );
     }
 }

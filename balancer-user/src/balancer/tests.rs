@@ -560,10 +560,11 @@ fn every_added_vip_gets_a_new_generation() {
     let second = lb.maps().vips[&lb.vips["web"].key()];
     assert_ne!(second.generation, first.generation);
     assert_ne!(second.generation, 0);
-    // The same VIP again: its earlier flows must not count as its own.
+    // The same VIP again, on the same id: its earlier flows must not count as its own.
     lb.del_vip("web").unwrap();
     lb.add_vip(vip("web", 80, Scheduler::Maglev)).unwrap();
     let third = lb.maps().vips[&lb.vips["web"].key()];
+    assert_eq!(third.vip_id, first.vip_id, "the VIP's id follows its key");
     assert_ne!(third.generation, first.generation);
     assert_ne!(third.generation, 0);
 }
