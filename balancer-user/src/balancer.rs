@@ -2,7 +2,7 @@
 //! API shaped like Katran's `KatranLb` (`add_vip`, `del_vip`, `add_backend`, ...) that keeps
 //! the data plane's maps derived from it.
 use std::{
-    collections::{BTreeMap, HashMap, VecDeque},
+    collections::{BTreeMap, HashMap},
     net::{Ipv4Addr, SocketAddrV4, UdpSocket},
     time::Instant,
 };
@@ -247,47 +247,16 @@ fn vip_key(c: &VipConfig) -> VipKey {
     }
 }
 
-/// Hands out ids, reusing freed ones oldest-first (so stale references age out).
-#[derive(Debug)]
-struct IdAllocator {
-    next: u32,
-    limit: u32,
-    free: VecDeque<u32>,
-}
-
-impl IdAllocator {
-    fn new(limit: u32) -> Self {
-        Self {
-            next: 0,
-            limit,
-            free: VecDeque::new(),
-        }
-    }
-    fn available(&self) -> usize {
-        (self.limit - self.next) as usize + self.free.len()
-    }
-    fn alloc(&mut self) -> Option<u32> {
-        if self.next < self.limit {
-            self.next += 1;
-            Some(self.next - 1)
-        } else {
-            self.free.pop_front()
-        }
-    }
-    fn release(&mut self, id: u32) {
-        self.free.push_back(id);
-    }
-}
-
-/// VIP ids that follow the VIP: each VIP gets the first free id from a hash of its address,
-/// port and protocol, so an agent that takes pinned flow tables over gives every VIP the id
-/// the previous agent gave it, whatever the order of the VIPs in the file and whichever
-/// other VIPs come and go (unless hashes of VIPs collide: then the order decides).
-struct VipIds {
+/// Ids that follow what they name (a VIP, a backend of a pool): each gets the first free
+/// id from a hash of its identity, so an agent that takes pinned flow tables over gives
+/// each the id the previous agent gave it, whatever the order of the file and whichever
+/// others come and go (unless hashes collide: then that order decides; the data plane
+/// copes, see `nat::renumbered` and `nat::must_move`).
+struct HashedIds {
     taken: Vec<bool>,
 }
 
-impl VipIds {
+impl HashedIds {
     fn new(limit: u32) -> Self {
         Self {
             taken: vec![false; limit as usize],
@@ -312,6 +281,15 @@ impl VipIds {
     fn release(&mut self, id: u32) {
         self.taken[id as usize] = false;
     }
+}
+
+/// A hash of a backend's identity (its pool and address) that every agent computes alike.
+fn backend_hash(pool: &str, addr: SocketAddrV4) -> u64 {
+    // FNV-1a over the pool's name.
+    let pool_hash = pool.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    ring::backend_key(*addr.ip(), addr.port()) ^ pool_hash
 }
 
 /// A hash of a VIP's key that every agent computes alike (not std's, which is seeded).
@@ -372,8 +350,8 @@ pub struct Balancer<M: Maps> {
     snat: SnatSource,
     pools: BTreeMap<String, Pool>,
     vips: BTreeMap<String, Vip>,
-    vip_ids: VipIds,
-    backend_ids: IdAllocator,
+    vip_ids: HashedIds,
+    backend_ids: HashedIds,
     /// How often each VIP (by key hash) was added in this agent: its next generation.
     incarnations: HashMap<u64, u32>,
 }
@@ -386,8 +364,8 @@ impl<M: Maps> Balancer<M> {
             snat,
             pools: BTreeMap::new(),
             vips: BTreeMap::new(),
-            vip_ids: VipIds::new(MAX_VIPS),
-            backend_ids: IdAllocator::new(MAX_BACKENDS),
+            vip_ids: HashedIds::new(MAX_VIPS),
+            backend_ids: HashedIds::new(MAX_BACKENDS),
             incarnations: HashMap::new(),
         })
     }
@@ -609,7 +587,7 @@ impl<M: Maps> Balancer<M> {
         let snat_addr = self.snat.resolve(addr)?;
         let id = self
             .backend_ids
-            .alloc()
+            .alloc(backend_hash(&pool_name, addr))
             .ok_or(BalancerError::TooManyBackends)?;
         let health = if check.is_enabled() {
             check.initial_state

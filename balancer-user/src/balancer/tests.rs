@@ -570,6 +570,52 @@ fn every_added_vip_gets_a_new_generation() {
 }
 
 #[test]
+fn backend_ids_follow_the_backend_from_agent_to_agent() {
+    // Two agents, the second with the pool's backends in another order, one removed and
+    // one more: the flows it takes over name their backends by id (counters, and whether
+    // a down backend's flows move), so the ids must agree.
+    let agent = |backends: &[u8]| {
+        let mut lb = lb();
+        lb.add_pool("web").unwrap();
+        for &i in backends {
+            lb.add_backend("web", backend(i), 1).unwrap();
+        }
+        lb
+    };
+    let id_of = |lb: &Balancer<FakeMaps>, i: u8| {
+        lb.pools["web"]
+            .backends
+            .iter()
+            .find(|b| b.addr == backend(i))
+            .map(|b| b.id)
+            .unwrap()
+    };
+    let preferred: HashSet<u64> = (1..=4)
+        .map(|i| backend_hash("web", backend(i)) % u64::from(MAX_BACKENDS))
+        .collect();
+    assert_eq!(
+        preferred.len(),
+        4,
+        "the test needs backends whose hashes do not collide"
+    );
+    let first = agent(&[1, 2, 3]);
+    let second = agent(&[4, 3, 2]);
+    for i in [2, 3] {
+        assert_eq!(
+            id_of(&first, i),
+            id_of(&second, i),
+            "backend {}",
+            backend(i)
+        );
+    }
+    // The same address in another pool is another backend, with an id of its own.
+    let mut both = agent(&[1]);
+    both.add_pool("api").unwrap();
+    both.add_backend("api", backend(1), 1).unwrap();
+    assert_ne!(id_of(&both, 1), both.pools["api"].backends[0].id);
+}
+
+#[test]
 fn vip_ids_and_generations_follow_the_vip_from_agent_to_agent() {
     // Two agents, one after the other, with the VIPs in another order and one more VIP
     // in the second: a VIP's flows, taken over from the first, must still be its own in
