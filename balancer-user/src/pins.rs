@@ -114,14 +114,21 @@ impl Pins {
             let path = self
                 .dir
                 .join(format!("{}_v{FLOW_TABLES_VERSION}", table.name));
-            if let Some(problem) = layout_problem(&path, table) {
-                log::warn!(
-                    "{}: {problem}: its flows are forgotten, a new table is pinned there",
-                    path.display()
-                );
-                if let Err(e) = std::fs::remove_file(&path) {
-                    log::warn!("{}: cannot unpin it: {e}", path.display());
+            match layout_problem(&path, table) {
+                Some(problem) => {
+                    log::warn!(
+                        "{}: {problem}: its flows are forgotten, a new table is pinned there",
+                        path.display()
+                    );
+                    if let Err(e) = std::fs::remove_file(&path) {
+                        log::warn!("{}: cannot unpin it: {e}", path.display());
+                    }
                 }
+                None if path.exists() => log::info!(
+                    "{}: taking the pinned flow table over (its flows carry on)",
+                    path.display()
+                ),
+                None => {}
             }
             loader.map_pin_path(table.name, path);
         }

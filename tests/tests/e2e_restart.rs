@@ -95,10 +95,10 @@ fn connections_carry_on_across_a_restart_with_the_data_plane_kept_attached() {
             .all(|(s, f)| s.is_some() && s != f),
         "the new agent must have swapped its own program in: {first:?} then {second:?}"
     );
+    let log = run.agent.log();
     assert!(
-        run.agent.log().contains("took over the XDP link"),
-        "the new agent must take over the pinned links; log:\n{}",
-        run.agent.log()
+        log.contains("took over the XDP link") && log.contains("taking the pinned flow table over"),
+        "the new agent must say it took the pinned links and tables over; log:\n{log}"
     );
     ka.expect_backend(
         &name,
