@@ -10,7 +10,7 @@ use network_types::ip::Ipv4Hdr;
 use crate::{
     csum::Diff,
     maps::{CONNS, NAT},
-    nat::{client_key, holds, names, reply_key, to_backend, to_client_of, Rewrite},
+    nat::{client_key, holds, names, reply_key_of, to_backend, to_client_of, Rewrite},
     parse::{ptr_at, IcmpError, ICMP_CHECK_OFF, TCP_CHECK_OFF, UDP_CHECK_OFF},
     stats, DropReason,
 };
@@ -84,13 +84,7 @@ fn other_end(flow: &FlowKey, settings: &Settings) -> Option<(Rewrite, u32)> {
     }
     // SAFETY: the value is copied out at once.
     let conn = unsafe { CONNS.get(flow) }.copied()?;
-    let reply = reply_key(
-        conn.backend_addr,
-        conn.snat_addr,
-        conn.backend_port,
-        conn.snat_port,
-        flow.proto,
-    );
+    let reply = reply_key_of(&conn, flow.proto);
     // SAFETY: read-only look at a map value. (No entry: evicted, nothing tells.)
     if unsafe { NAT.get(&reply) }.is_some_and(|entry| !names(entry, flow)) {
         return None;

@@ -16,7 +16,7 @@ mod select;
 mod stats;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
-use balancer_common::{addr_slot, stat, Settings, VipKey};
+use balancer_common::{addr_slot, stat, Settings};
 
 /// Why a packet was dropped: an index into `GLOBAL_STATS` (`balancer_common::stat`).
 pub type DropReason = u32;
@@ -36,7 +36,9 @@ pub fn balancer(ctx: XdpContext) -> u32 {
 
 /// Parse, then either balance a packet for a VIP (an established flow by the connection
 /// table alone, a new one by its VIP), translate a reply back to its client, translate an
-/// ICMP error about a flow for its other end, or leave the packet alone. Every translated packet leaves through the one [`nat::deliver`].
+/// ICMP error about a flow for its other end, or leave the packet alone. Every translated
+/// TCP/UDP packet leaves through the one [`nat::deliver`]; translated ICMP errors go to
+/// the stack ([`icmp::translate`]).
 #[inline(always)]
 fn try_balancer(ctx: &XdpContext) -> Result<u32, DropReason> {
     let pkt = match parse::parse(ctx)? {
@@ -71,14 +73,8 @@ fn route(
             nat::Established::Live(send) => return Ok(nat::Action::Send(send)),
             nat::Established::Ended(ended) => ended,
         };
-        let vip_key = VipKey {
-            addr: pkt.key.dst_addr,
-            port: pkt.key.dst_port,
-            proto: pkt.key.proto,
-            _pad: 0,
-        };
         // SAFETY: the value is copied out at once; the agent replaces VIP entries whole.
-        if let Some(vip) = unsafe { maps::VIPS.get(&vip_key) } {
+        if let Some(vip) = unsafe { maps::VIPS.get(&nat::vip_key(&pkt.key)) } {
             let vip = *vip;
             return nat::new_flow(ctx, pkt, &vip, ended.as_ref(), settings, stamp, now);
         }

@@ -200,6 +200,17 @@ pub fn established(
     Ok(Established::Live(Send::to_backend(ids, to, diffs, false)))
 }
 
+/// The `VIPS` key of the VIP a client packet with tuple `key` is for.
+#[inline(always)]
+pub fn vip_key(key: &FlowKey) -> VipKey {
+    VipKey {
+        addr: key.dst_addr,
+        port: key.dst_port,
+        proto: key.proto,
+        _pad: 0,
+    }
+}
+
 /// Whether the VIP of the flow in `entry`, whose id no longer names it, is there under
 /// another id: then the entry gets that id. A VIP's generation follows from its key, so
 /// the VIP at the packet's destination with the flow's generation is the flow's, though
@@ -208,14 +219,8 @@ pub fn established(
 /// and one deleted and added again has another generation: their flows still end.
 #[inline(always)]
 fn renumbered(entry: *mut Conn, pkt: &Packet) -> bool {
-    let key = VipKey {
-        addr: pkt.key.dst_addr,
-        port: pkt.key.dst_port,
-        proto: pkt.key.proto,
-        _pad: 0,
-    };
     // SAFETY: read-only look at a map value.
-    let Some(vip) = (unsafe { VIPS.get(&key) }) else {
+    let Some(vip) = (unsafe { VIPS.get(&vip_key(&pkt.key)) }) else {
         return false;
     };
     // SAFETY: `entry` points into a map value; single aligned 4-byte accesses.
@@ -541,13 +546,7 @@ fn nat_entry(pkt: &Packet, conn: &Conn, now: u64) -> NatEntry {
 /// tuple towards the backend).
 #[inline(always)]
 fn keep_reply_entry(pkt: &Packet, conn: &Conn, now: u64) -> bool {
-    let reply_key = reply_key(
-        conn.backend_addr,
-        conn.snat_addr,
-        conn.backend_port,
-        conn.snat_port,
-        pkt.key.proto,
-    );
+    let reply_key = reply_key_of(conn, pkt.key.proto);
     // SAFETY: read-only looks at a map value.
     if let Some(entry) = unsafe { NAT.get(&reply_key) } {
         return names(entry, &pkt.key);
@@ -626,10 +625,22 @@ fn reply_tuple(backend: &Backend, port: u16, proto: u8) -> FlowKey {
     reply_key(backend.addr, backend.snat_addr, backend.port, port, proto)
 }
 
+/// The tuple of the replies of `conn`'s flow (protocol `proto`): its `NAT` key.
+#[inline(always)]
+pub fn reply_key_of(conn: &Conn, proto: u8) -> FlowKey {
+    reply_key(
+        conn.backend_addr,
+        conn.snat_addr,
+        conn.backend_port,
+        conn.snat_port,
+        proto,
+    )
+}
+
 /// The tuple of a reply from `backend_addr:backend_port` to `snat_addr:snat_port`
 /// (network byte order).
 #[inline(always)]
-pub fn reply_key(
+fn reply_key(
     backend_addr: u32,
     snat_addr: u32,
     backend_port: u16,
