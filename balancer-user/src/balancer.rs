@@ -254,17 +254,20 @@ fn vip_key(c: &VipConfig) -> VipKey {
 /// copes, see `nat::renumbered` and `nat::must_move`).
 struct HashedIds {
     taken: Vec<bool>,
+    /// How many are not taken.
+    free: usize,
 }
 
 impl HashedIds {
     fn new(limit: u32) -> Self {
         Self {
             taken: vec![false; limit as usize],
+            free: limit as usize,
         }
     }
 
     fn available(&self) -> usize {
-        self.taken.iter().filter(|&&t| !t).count()
+        self.free
     }
 
     /// The first free id from `hash`'s, wrapping around.
@@ -275,11 +278,14 @@ impl HashedIds {
             .map(|i| (start + i) % n)
             .find(|&id| !self.taken[id])?;
         self.taken[id] = true;
+        self.free -= 1;
         Some(id as u32)
     }
 
     fn release(&mut self, id: u32) {
-        self.taken[id as usize] = false;
+        if std::mem::replace(&mut self.taken[id as usize], false) {
+            self.free += 1;
+        }
     }
 }
 

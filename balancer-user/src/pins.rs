@@ -120,9 +120,7 @@ impl Pins {
                         "{}: {problem}: its flows are forgotten, a new table is pinned there",
                         path.display()
                     );
-                    if let Err(e) = std::fs::remove_file(&path) {
-                        log::warn!("{}: cannot unpin it: {e}", path.display());
-                    }
+                    unpin(&path);
                 }
                 None if path.exists() => log::info!(
                     "{}: taking the pinned flow table over (its flows carry on)",
@@ -138,11 +136,7 @@ impl Pins {
     /// cannot read their flows, and they would hold their memory for nothing.
     fn unpin_other_versions(&self, name: &str) {
         let ours = format!("{name}_v{FLOW_TABLES_VERSION}");
-        for path in self.entries() {
-            let file = path
-                .file_name()
-                .and_then(|f| f.to_str())
-                .unwrap_or_default();
+        for (path, file) in self.entries() {
             // (The bare name: the first agents to pin tables pinned them so.)
             let versioned = file == name
                 || file
@@ -155,17 +149,22 @@ impl Pins {
                      are forgotten",
                     path.display()
                 );
-                if let Err(e) = std::fs::remove_file(&path) {
-                    log::warn!("{}: cannot unpin it: {e}", path.display());
-                }
+                unpin(&path);
             }
         }
     }
 
-    fn entries(&self) -> Vec<PathBuf> {
-        std::fs::read_dir(&self.dir)
-            .map(|dir| dir.filter_map(|e| Some(e.ok()?.path())).collect())
-            .unwrap_or_default()
+    /// What is pinned in the directory: (path, file name).
+    fn entries(&self) -> Vec<(PathBuf, String)> {
+        let Ok(dir) = std::fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        dir.filter_map(|e| {
+            let path = e.ok()?.path();
+            let name = path.file_name()?.to_str()?.to_string();
+            Some((path, name))
+        })
+        .collect()
     }
 
     fn link_path(&self, iface: &str) -> PathBuf {
@@ -175,11 +174,7 @@ impl Pins {
     /// Unpins the XDP links left on interfaces that are not in `ifaces` (no longer
     /// configured): the programs there would forward on with an old configuration.
     pub fn release_other_links(&self, ifaces: &[String]) {
-        for path in self.entries() {
-            let file = path
-                .file_name()
-                .and_then(|f| f.to_str())
-                .unwrap_or_default();
+        for (path, file) in self.entries() {
             let Some(iface) = file.strip_prefix(LINK_PREFIX) else {
                 continue;
             };
@@ -191,9 +186,7 @@ impl Pins {
                  left there ({})",
                 path.display()
             );
-            if let Err(e) = std::fs::remove_file(&path) {
-                log::warn!("{}: cannot unpin it: {e}", path.display());
-            }
+            unpin(&path);
         }
     }
 
@@ -213,7 +206,7 @@ impl Pins {
         match taken {
             Ok(id) => {
                 if !keep {
-                    self.release_links(&[iface.to_string()]);
+                    unpin(&path);
                 }
                 Some(id)
             }
@@ -222,9 +215,7 @@ impl Pins {
                     "{iface}: the XDP link left at {} cannot be taken over ({e}); attaching anew",
                     path.display()
                 );
-                if let Err(e) = std::fs::remove_file(&path) {
-                    log::warn!("{}: cannot unpin it: {e}", path.display());
-                }
+                unpin(&path);
                 None
             }
         }
@@ -246,19 +237,6 @@ impl Pins {
             .map_err(|e| failed(format!("not a bpf_link (netlink attach?): {e}")))?;
         fd_link.pin(&path).map_err(|e| failed(e.to_string()))?;
         Ok(())
-    }
-
-    /// Unpins the link on each of `ifaces`, so that it is detached when the agent's program
-    /// goes.
-    fn release_links(&self, ifaces: &[String]) {
-        for iface in ifaces {
-            let path = self.link_path(iface);
-            match std::fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => log::warn!("{}: cannot unpin it: {e}", path.display()),
-            }
-        }
     }
 }
 
@@ -298,4 +276,14 @@ fn on_bpffs(dir: &Path) -> bool {
     // SAFETY: a valid C string and a valid out-pointer.
     let rc = unsafe { libc::statfs(path.as_ptr(), &mut fs) };
     rc == 0 && fs.f_type as u32 == BPF_FS_MAGIC
+}
+
+/// Unpins what `path` names (its object goes when nothing else holds it); already gone is
+/// fine, anything else is a warning.
+fn unpin(path: &Path) {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => log::warn!("{}: cannot unpin it: {e}", path.display()),
+    }
 }
