@@ -138,49 +138,37 @@ fn idle_connections_carry_on_across_a_restart_that_detaches() {
     );
 }
 
+/// The bpf(2) syscall with command `cmd` and the attribute `attr` (zero beyond the
+/// fields the command reads).
+fn bpf<T>(cmd: libc::c_long, attr: &[T]) -> libc::c_long {
+    // SAFETY: `attr` is a valid buffer of the size passed; the kernel only reads it.
+    unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr.as_ptr(),
+            std::mem::size_of_val(attr),
+        )
+    }
+}
+
 /// Pins a new hash map (`key_size`, `value_size`, 16 entries) at `path`, as an agent of
 /// another version could have left it.
 fn pin_foreign_map(path: &std::path::Path, key_size: u32, value_size: u32) {
     const BPF_MAP_CREATE: libc::c_long = 0;
     const BPF_OBJ_PIN: libc::c_long = 6;
     const BPF_MAP_TYPE_HASH: u32 = 1;
-    // The leading fields of `union bpf_attr` for each command; the rest stays zero.
+    // The leading fields of `union bpf_attr` for each command.
     let mut create = [0u32; 32];
     create[..4].copy_from_slice(&[BPF_MAP_TYPE_HASH, key_size, value_size, 16]);
-    // SAFETY: a zeroed 128-byte attribute with the BPF_MAP_CREATE fields set.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_MAP_CREATE,
-            create.as_ptr(),
-            std::mem::size_of_val(&create),
-        )
-    };
-    assert!(
-        fd >= 0,
-        "BPF_MAP_CREATE: {}",
-        std::io::Error::last_os_error()
-    );
+    let fd = bpf(BPF_MAP_CREATE, &create);
+    let error = std::io::Error::last_os_error;
+    assert!(fd >= 0, "BPF_MAP_CREATE: {}", error());
     let c_path = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
-    let mut pin = [0u64; 16];
-    pin[0] = c_path.as_ptr() as u64;
-    pin[1] = fd as u64; // bpf_fd, then file_flags = 0
-                        // SAFETY: a zeroed attribute with the BPF_OBJ_PIN fields set; the path outlives the call.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_OBJ_PIN,
-            pin.as_ptr(),
-            std::mem::size_of_val(&pin),
-        )
-    };
-    assert_eq!(
-        rc,
-        0,
-        "BPF_OBJ_PIN {}: {}",
-        path.display(),
-        std::io::Error::last_os_error()
-    );
+    // pathname, then bpf_fd (and file_flags = 0).
+    let pin = [c_path.as_ptr() as u64, fd as u64, 0, 0];
+    let rc = bpf(BPF_OBJ_PIN, &pin);
+    assert_eq!(rc, 0, "BPF_OBJ_PIN {}: {}", path.display(), error());
     // SAFETY: our own descriptor; the pin keeps the map.
     unsafe { libc::close(fd as i32) };
 }

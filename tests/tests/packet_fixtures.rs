@@ -225,6 +225,14 @@ impl Fixture {
             .collect()
     }
 
+    /// ICMP errors translated so far: (to clients, to backends).
+    fn icmp_translated(&self) -> (u64, u64) {
+        (
+            self.global(stat::ICMP_TO_CLIENT),
+            self.global(stat::ICMP_TO_BACKEND),
+        )
+    }
+
     /// The flow's `CONNS` entry.
     fn conn(&self, key: &FlowKey) -> Conn {
         let map = self
@@ -1542,10 +1550,7 @@ fn icmp_messages_not_about_a_balanced_flow_pass_unchanged() {
     let ingress = fx.backend_if;
     assert_eq!(fx.run(&error, ingress).0, XDP_PASS);
     assert_eq!(
-        (
-            fx.global(stat::ICMP_TO_CLIENT),
-            fx.global(stat::ICMP_TO_BACKEND)
-        ),
+        fx.icmp_translated(),
         (1, 0),
         "only the last error is about the flow"
     );
@@ -1620,10 +1625,7 @@ fn icmp_errors_about_a_tuple_that_moved_on_pass_unchanged() {
         shift(&mut entry.client_port, -1)
     });
     assert_eq!(
-        (
-            fx.global(stat::ICMP_TO_CLIENT),
-            fx.global(stat::ICMP_TO_BACKEND)
-        ),
+        fx.icmp_translated(),
         (0, 0),
         "nothing translated while the tuples had moved on"
     );
@@ -1632,10 +1634,7 @@ fn icmp_errors_about_a_tuple_that_moved_on_pass_unchanged() {
     assert_eq!(fx.run(&from_backend, backend_if).0, XDP_PASS);
     assert_eq!(fx.run(&from_client_side, client_if).0, XDP_PASS);
     assert_eq!(
-        (
-            fx.global(stat::ICMP_TO_CLIENT),
-            fx.global(stat::ICMP_TO_BACKEND)
-        ),
+        fx.icmp_translated(),
         (1, 1),
         "both translated once the tables name the flow again"
     );
