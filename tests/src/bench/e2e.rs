@@ -31,6 +31,22 @@ use super::Stop;
 use super::{perf, xdp};
 
 const BACKENDS: usize = 3;
+
+// Source ports from the lb's address towards the backends, a range per path. A backend
+// keeps each tuple it closed in TIME-WAIT for 60 s and takes a new SYN for it only with a
+// newer TCP timestamp, and a sender's timestamps run on a clock of their own per 4-tuple.
+// So a tuple must not pass from one client connection to another within a minute unless
+// the sender's tuple is the same, or the backends drop the SYN by PAWS and it is resent a
+// second later. The balancers rest their SNAT ports for that (the balancer: its default
+// 20000-32767, balancer-generic: 7000-19999). nftables' masquerade keeps the client's port
+// (the client's ephemeral ports, 32768-60999), so a tuple towards a backend always carries
+// the same client connection's clock; a `masquerade to :range` maps client ports onto the
+// range and was measured dropping ~2500 SYNs per run. HAProxy and the agent's health checks
+// connect from the lb itself, so their ports must stay out of the client's range: sharing
+// it cost nftables ~1600 resent SYNs (406 req/s in a round after HAProxy's, where its first
+// round made 30.9k), and HAProxy as many.
+/// The lb namespace's ephemeral ports (`ip_local_port_range`): HAProxy, health checks.
+pub const LB_LOCAL_PORTS: &str = "61000 65535";
 /// Table name of the nftables comparison in the lb namespace.
 const NFT_TABLE: &str = "blt_bench";
 
@@ -1183,6 +1199,12 @@ fn cli_times(topo: &Topology, p: &Params, stop: &Stop) -> Result<CliTimes> {
 pub fn run(p: &Params, stop: &Stop) -> Result<E2e> {
     say("end to end: building client | lb | switch | 3 backends");
     let topo = Topology::new(BACKENDS)?;
+    topo.lb().run(&[
+        "sysctl",
+        "-q",
+        "-w",
+        &format!("net.ipv4.ip_local_port_range={LB_LOCAL_PORTS}"),
+    ])?;
     // "direct": the client reaches the backends through the lb by plain routing.
     topo.client().ip(&[
         "route",

@@ -11,7 +11,7 @@ use balancer::ring;
 use plotters::prelude::*;
 use plotters::style::FontStyle;
 
-use super::e2e::{http_problems, E2e, Metric, Peer};
+use super::e2e::{self, http_problems, E2e, Metric, Peer};
 use super::health::HealthCpu;
 use super::maglev::{RingBuild, PAPER};
 use super::perf;
@@ -651,8 +651,12 @@ fn section_e2e(md: &mut String, r: &Results) {
          driver-mode agent, whose tuples are still in TIME-WAIT on the backends); the targets \
          use this path.\n\
          - **nftables DNAT**: `dnat to numgen inc mod 3 map {{...}}` in prerouting plus \
-         masquerade towards the backends (as kube-proxy's nftables mode does).\n\
-         - **HAProxy**: 2.6, `mode tcp`, round-robin, bound to the VIP on the lb's `lo` (no UDP).\n\n\
+         masquerade towards the backends (as kube-proxy's nftables mode does), which keeps \
+         the client's ports.\n\
+         - **HAProxy**: 2.6, `mode tcp`, round-robin, bound to the VIP on the lb's `lo` (no \
+         UDP); it connects from the lb's ephemeral ports, set to {}. (A port range per path: \
+         tuples the backends hold in TIME-WAIT from a path on another TCP timestamp clock \
+         would make them drop SYNs by PAWS.)\n\n\
          Load from the client namespace: `wrk -t{} -c{} -d{}s --latency` with keep-alive and \
          with `-H 'Connection: close'` (a new connection per request); UDP: a generator in the \
          bench (a thread in the client namespace) with {} sockets (flows) sending {}-byte \
@@ -660,6 +664,7 @@ fn section_e2e(md: &mut String, r: &Results) {
          interleaved; the tables show the best round (noise on a shared machine only lowers \
          throughput), every round is listed below. Everything (wrk, nginx, the forwarding) \
          shares {} CPUs.\n",
+        e2e::LB_LOCAL_PORTS.replace(' ', "-"),
         p.wrk_threads,
         p.wrk_connections,
         p.http_duration.as_secs(),
