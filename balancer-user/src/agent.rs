@@ -29,7 +29,7 @@ use crate::{
     health::{Checker, HealthEvent},
     maps::AyaMaps,
     maps::Maps,
-    pins::{PinError, Pins},
+    pins::{LinkMode, PinError, Pins},
 };
 
 /// The XDP object built by `cargo xtask build-ebpf`, embedded at compile time.
@@ -104,26 +104,32 @@ async fn forward_logs(logger: DataPlaneLogger) {
 }
 
 /// Attaches to one interface in the requested mode; `auto` tries driver mode first.
-fn attach(
-    program: &mut Xdp,
-    iface: &str,
-    mode: XdpMode,
-) -> anyhow::Result<(XdpLinkId, &'static str)> {
-    let mut attach_as = |aya_mode: AyaXdpMode, name: &'static str| {
+/// Returns the link and the mode it got.
+fn attach(program: &mut Xdp, iface: &str, mode: XdpMode) -> anyhow::Result<(XdpLinkId, LinkMode)> {
+    let mut attach_as = |aya_mode: AyaXdpMode, got: LinkMode| {
         program
             .attach(iface, aya_mode)
-            .with_context(|| format!("attaching XDP to {iface} in {name} mode"))
-            .map(|id| (id, name))
+            .with_context(|| format!("attaching XDP to {iface} in {} mode", got.name()))
+            .map(|id| (id, got))
     };
     match mode {
-        XdpMode::Driver => attach_as(AyaXdpMode::Driver, "driver"),
-        XdpMode::Skb => attach_as(AyaXdpMode::Skb, "skb"),
-        XdpMode::Auto => attach_as(AyaXdpMode::Driver, "driver").or_else(|e| {
+        XdpMode::Driver => attach_as(AyaXdpMode::Driver, LinkMode::Driver),
+        XdpMode::Skb => attach_as(AyaXdpMode::Skb, LinkMode::Skb),
+        XdpMode::Auto => attach_as(AyaXdpMode::Driver, LinkMode::Driver).or_else(|e| {
             log::warn!(
                 "{iface}: driver-mode XDP unavailable ({e:#}); falling back to skb (generic) mode, which is slower"
             );
-            attach_as(AyaXdpMode::Skb, "skb")
+            attach_as(AyaXdpMode::Skb, LinkMode::Skb)
         }),
+    }
+}
+
+/// The mode a link must have to serve `mode` (`None`: either).
+fn link_mode(mode: XdpMode) -> Option<LinkMode> {
+    match mode {
+        XdpMode::Driver => Some(LinkMode::Driver),
+        XdpMode::Skb => Some(LinkMode::Skb),
+        XdpMode::Auto => None,
     }
 }
 
@@ -256,23 +262,26 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
             let keep = config.agent.keep_attached;
             let taken = pins
                 .as_ref()
-                .and_then(|p| p.take_over(program, iface, keep));
-            let id = match taken {
-                Some(id) => {
+                .and_then(|p| p.take_over(program, iface, link_mode(mode), keep));
+            let (id, got) = match taken {
+                Some((id, got)) => {
+                    let got_name = got.map_or("unrecorded", LinkMode::name);
                     log::info!(
-                        "{iface}: took over the XDP link the previous agent left (its mode stays)"
+                        "{iface}: took over the XDP link the previous agent left ({got_name} mode)"
                     );
-                    id
+                    (id, got)
                 }
                 None => {
-                    let (id, used) = attach(program, iface, mode)?;
-                    log::info!("{iface}: XDP attached ({used} mode)");
-                    id
+                    let (id, got) = attach(program, iface, mode)?;
+                    log::info!("{iface}: XDP attached ({} mode)", got.name());
+                    (id, Some(got))
                 }
             };
             check_forwarding(iface);
-            if let (true, Some(pins)) = (config.agent.keep_attached, &pins) {
-                pins.keep_link(program, id, iface)?;
+            // (A link taken over from an agent that did not record its mode stays pinned
+            // under its old name.)
+            if let (true, Some(pins), Some(got)) = (keep, &pins, got) {
+                pins.keep_link(program, id, iface, got)?;
             }
         }
     }

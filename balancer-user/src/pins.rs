@@ -7,7 +7,10 @@ use std::{
     ffi::CString,
     fs::File,
     io,
-    os::{fd::AsRawFd, unix::ffi::OsStrExt},
+    os::{
+        fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
+        unix::ffi::OsStrExt,
+    },
     path::{Path, PathBuf},
 };
 
@@ -24,8 +27,38 @@ use balancer_common::{map_names, Conn, FlowKey, NatEntry, CONN_TABLE_SIZE, FLOW_
 
 /// `statfs.f_type` of a bpf filesystem.
 const BPF_FS_MAGIC: u32 = 0xcafe_4a11;
-/// Pinned XDP links are named `link-<interface>`.
+/// Pinned XDP links are named `link-<mode>-<interface>` (`link-<interface>` from agents
+/// that did not record the mode): the kernel does not tell an XDP link's mode, and the
+/// next agent needs it.
 const LINK_PREFIX: &str = "link-";
+/// `bpf(2)` commands.
+const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_LINK_DETACH: libc::c_long = 34;
+
+/// How an XDP link is attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinkMode {
+    Driver,
+    Skb,
+}
+
+impl LinkMode {
+    const ALL: [LinkMode; 2] = [LinkMode::Driver, LinkMode::Skb];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            LinkMode::Driver => "driver",
+            LinkMode::Skb => "skb",
+        }
+    }
+}
+
+/// An XDP link a previous agent left pinned for an interface.
+struct KeptLink {
+    path: PathBuf,
+    /// `None`: pinned by an agent that did not record it.
+    mode: Option<LinkMode>,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum PinError {
@@ -167,17 +200,37 @@ impl Pins {
         .collect()
     }
 
-    fn link_path(&self, iface: &str) -> PathBuf {
-        self.dir.join(format!("{LINK_PREFIX}{iface}"))
+    fn link_path(&self, iface: &str, mode: LinkMode) -> PathBuf {
+        self.dir
+            .join(format!("{LINK_PREFIX}{}-{iface}", mode.name()))
+    }
+
+    /// The link pinned for `iface`, if there is one.
+    fn kept_link(&self, iface: &str) -> Option<KeptLink> {
+        let recorded = LinkMode::ALL.into_iter().map(|mode| KeptLink {
+            path: self.link_path(iface, mode),
+            mode: Some(mode),
+        });
+        let unrecorded = KeptLink {
+            path: self.dir.join(format!("{LINK_PREFIX}{iface}")),
+            mode: None,
+        };
+        recorded
+            .chain(std::iter::once(unrecorded))
+            .find(|link| link.path.exists())
     }
 
     /// Unpins the XDP links left on interfaces that are not in `ifaces` (no longer
     /// configured): the programs there would forward on with an old configuration.
     pub fn release_other_links(&self, ifaces: &[String]) {
         for (path, file) in self.entries() {
-            let Some(iface) = file.strip_prefix(LINK_PREFIX) else {
+            let Some(rest) = file.strip_prefix(LINK_PREFIX) else {
                 continue;
             };
+            let iface = LinkMode::ALL
+                .iter()
+                .find_map(|mode| rest.strip_prefix(&format!("{}-", mode.name())))
+                .unwrap_or(rest);
             if ifaces.iter().any(|i| i == iface) {
                 continue;
             }
@@ -186,46 +239,68 @@ impl Pins {
                  left there ({})",
                 path.display()
             );
-            unpin(&path);
+            detach(&path);
         }
     }
 
     /// Swaps `program` into the XDP link a previous agent left pinned on `iface`, if there
-    /// is one that still works. `None`: there is none (a broken one is unpinned). Unless
-    /// `keep` the link is unpinned at once: it stays attached while this agent's program
-    /// holds it, and goes when the agent does, even when it crashes.
-    pub fn take_over(&self, program: &mut Xdp, iface: &str, keep: bool) -> Option<XdpLinkId> {
-        let path = self.link_path(iface);
-        if !path.exists() {
-            return None;
+    /// is one that still works and is in the `wanted` mode (`None`: either). `None`: there
+    /// is none (a broken one is unpinned, one in another mode detached). Unless `keep` the
+    /// link is unpinned at once: it stays attached while this agent's program holds it,
+    /// and goes when the agent does, even when it crashes.
+    pub fn take_over(
+        &self,
+        program: &mut Xdp,
+        iface: &str,
+        wanted: Option<LinkMode>,
+        keep: bool,
+    ) -> Option<(XdpLinkId, Option<LinkMode>)> {
+        let kept = self.kept_link(iface)?;
+        if let (Some(wanted), Some(mode)) = (wanted, kept.mode) {
+            if wanted != mode {
+                log::warn!(
+                    "{iface}: the XDP link a previous agent left is in {} mode where \
+                     agent.xdp_mode asks for {}: detaching it to attach anew (for a moment \
+                     no XDP program runs there)",
+                    mode.name(),
+                    wanted.name()
+                );
+                detach(&kept.path);
+                return None;
+            }
         }
-        let taken = PinnedLink::from_pin(&path)
+        let taken = PinnedLink::from_pin(&kept.path)
             .map_err(|e| e.to_string())
             .and_then(|pinned| XdpLink::try_from(FdLink::from(pinned)).map_err(|e| e.to_string()))
             .and_then(|link| program.attach_to_link(link).map_err(|e| e.to_string()));
         match taken {
             Ok(id) => {
                 if !keep {
-                    unpin(&path);
+                    unpin(&kept.path);
                 }
-                Some(id)
+                Some((id, kept.mode))
             }
             Err(e) => {
                 log::warn!(
                     "{iface}: the XDP link left at {} cannot be taken over ({e}); attaching anew",
-                    path.display()
+                    kept.path.display()
                 );
-                unpin(&path);
+                unpin(&kept.path);
                 None
             }
         }
     }
 
-    /// Pins the link `id` of `program` on `iface` (unless it is pinned already), so that it
-    /// stays attached after the agent exits.
-    pub fn keep_link(&self, program: &mut Xdp, id: XdpLinkId, iface: &str) -> Result<(), PinError> {
-        let path = self.link_path(iface);
-        if path.exists() {
+    /// Pins the link `id` of `program` on `iface`, attached in `mode`, (unless a link is
+    /// pinned there already) so that it stays attached after the agent exits.
+    pub fn keep_link(
+        &self,
+        program: &mut Xdp,
+        id: XdpLinkId,
+        iface: &str,
+        mode: LinkMode,
+    ) -> Result<(), PinError> {
+        if self.kept_link(iface).is_some() {
             return Ok(());
         }
         let failed = |reason: String| PinError::Link {
@@ -235,9 +310,66 @@ impl Pins {
         let link = program.take_link(id).map_err(|e| failed(e.to_string()))?;
         let fd_link = FdLink::try_from(link)
             .map_err(|e| failed(format!("not a bpf_link (netlink attach?): {e}")))?;
-        fd_link.pin(&path).map_err(|e| failed(e.to_string()))?;
+        fd_link
+            .pin(self.link_path(iface, mode))
+            .map_err(|e| failed(e.to_string()))?;
         Ok(())
     }
+}
+
+/// Detaches the XDP link pinned at `path` from its interface at once and unpins it.
+/// (Unpinned alone, a link goes when its last reference does, later, from an RCU
+/// callback and a work queue: a new attachment could still find it there.)
+fn detach(path: &Path) {
+    if let Err(e) = bpf_obj_get(path).and_then(|link| bpf_link_detach(&link)) {
+        log::warn!("{}: cannot detach the link: {e}", path.display());
+    }
+    unpin(path);
+}
+
+/// `bpf(2)`'s attribute union, as far as these commands read it.
+#[repr(C)]
+#[derive(Default)]
+struct BpfAttr {
+    /// `pathname` (`BPF_OBJ_GET`) or `link_fd` (`BPF_LINK_DETACH`, the low half).
+    first: u64,
+    /// `bpf_fd` and `file_flags` (`BPF_OBJ_GET`).
+    second: u64,
+    /// `path_fd` (`BPF_OBJ_GET`).
+    third: u64,
+}
+
+fn bpf(cmd: libc::c_long, attr: &BpfAttr) -> io::Result<libc::c_long> {
+    // SAFETY: a valid attribute of the size passed; the kernel reads it, and reads the
+    // memory it points to (a C string), only during the call.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr, size_of::<BpfAttr>()) };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
+/// Opens the object pinned at `path` (`BPF_OBJ_GET`).
+fn bpf_obj_get(path: &Path) -> io::Result<OwnedFd> {
+    let path = CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let attr = BpfAttr {
+        first: path.as_ptr() as u64,
+        ..BpfAttr::default()
+    };
+    let fd = bpf(BPF_OBJ_GET, &attr)?;
+    // SAFETY: the kernel returned a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Detaches the link `link` from its hook (`BPF_LINK_DETACH`, since Linux 5.9).
+fn bpf_link_detach(link: &OwnedFd) -> io::Result<()> {
+    let attr = BpfAttr {
+        first: link.as_raw_fd() as u64,
+        ..BpfAttr::default()
+    };
+    bpf(BPF_LINK_DETACH, &attr).map(|_| ())
 }
 
 /// Why the table pinned at `path` cannot serve as `table`; `None` when it can, or when

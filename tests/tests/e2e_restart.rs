@@ -26,6 +26,24 @@ fn xdp_progs(topo: &Topology) -> Vec<Option<u64>> {
         .collect()
 }
 
+/// The XDP mode on each of the lb's interfaces as `ip link` names it: `xdp` (driver
+/// mode) or `xdpgeneric` (skb mode); `None`: nothing attached.
+fn xdp_modes(topo: &Topology) -> Vec<Option<String>> {
+    topo.lb_interfaces()
+        .iter()
+        .map(|iface| {
+            let link = topo
+                .lb()
+                .ip(&["link", "show", iface])
+                .unwrap_or_else(|e| panic!("ip link show {iface}: {e:#}"));
+            // "2: lbc0@if3: <...> mtu 1500 xdpgeneric qdisc ..."
+            link.split_whitespace()
+                .find(|w| w.starts_with("xdp"))
+                .map(str::to_string)
+        })
+        .collect()
+}
+
 /// The configuration with `backends` (1-based) in the pools, and `keep_attached`.
 fn config(topo: &Topology, backends: &[usize], keep_attached: bool) -> String {
     config_for(topo, "maglev", backends).replace(
@@ -252,5 +270,47 @@ fn a_link_kept_on_an_interface_no_longer_configured_is_released() {
         "{backend_side} is no longer configured: the program left there must be detached \
          ({progs:?}); log:\n{}",
         run.agent.log()
+    );
+}
+
+#[test]
+fn a_link_kept_in_another_mode_is_attached_anew_in_the_configured_one() {
+    let skb = |topo: &Topology| {
+        config(topo, &[1], true).replace("xdp_mode = \"auto\"", "xdp_mode = \"skb\"")
+    };
+    let mut run = Running::start_with(1, skb);
+    assert_eq!(
+        xdp_modes(&run.topo),
+        vec![Some("xdpgeneric".to_string()); 2],
+        "agent.xdp_mode = \"skb\" (the configuration must say so: {})",
+        skb(&run.topo)
+    );
+    assert_eq!(run.agent.stop(), Some(0), "log:\n{}", run.agent.log());
+
+    let driver =
+        config(&run.topo, &[1], true).replace("xdp_mode = \"auto\"", "xdp_mode = \"driver\"");
+    run.agent = Agent::start(&run.topo, &driver).expect("an agent in driver mode");
+    let log = run.agent.log();
+    assert_eq!(
+        xdp_modes(&run.topo),
+        vec![Some("xdp".to_string()); 2],
+        "the kept skb-mode links must give way to driver mode, as configured; log:\n{log}"
+    );
+    assert!(
+        log.contains("is in skb mode where agent.xdp_mode asks for driver"),
+        "the agent must say why it detached the kept links; log:\n{log}"
+    );
+    run.client
+        .http_get(Topology::vip_http(), DEFAULT_TIMEOUT)
+        .expect("a request through the driver-mode program");
+
+    // The next agent, in auto mode, takes the driver-mode links over as they are.
+    assert_eq!(run.agent.stop(), Some(0), "log:\n{}", run.agent.log());
+    run.agent =
+        Agent::start(&run.topo, &config(&run.topo, &[1], true)).expect("an agent in auto mode");
+    let log = run.agent.log();
+    assert!(
+        log.contains("took over the XDP link the previous agent left (driver mode)"),
+        "auto mode takes a kept link in either mode over; log:\n{log}"
     );
 }
