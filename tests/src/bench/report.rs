@@ -662,8 +662,12 @@ fn section_e2e(md: &mut String, r: &Results) {
          bench (a thread in the client namespace) with {} sockets (flows) sending {}-byte \
          datagrams, at most {} in flight, for {} s, counting the echoes. {} rounds, the paths \
          interleaved; the tables show the best round (noise on a shared machine only lowers \
-         throughput), every round is listed below. Everything (wrk, nginx, the forwarding) \
-         shares {} CPUs.\n",
+         throughput), every round is listed below. Before each run the TCP sockets in \
+         TIME-WAIT are removed from every namespace (`ss -K`), so that no path pays for the \
+         ones an earlier path left (a conn-per-request run leaves ~200k on the backends), \
+         and the client reuses its TIME-WAIT ports after 1 s (`tcp_tw_reuse = 1`: one wrk \
+         host has 28k ports; where it closes first, as behind HAProxy, they ran out). \
+         Everything (wrk, nginx, the forwarding) shares {} CPUs.\n",
         e2e::LB_LOCAL_PORTS.replace(' ', "-"),
         p.wrk_threads,
         p.wrk_connections,
