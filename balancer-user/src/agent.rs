@@ -29,7 +29,7 @@ use crate::{
     health::{Checker, HealthEvent},
     maps::AyaMaps,
     maps::Maps,
-    pins::{LinkMode, PinError, Pins},
+    pins::{self, LinkMode, PinError, Pins},
 };
 
 /// The XDP object built by `cargo xtask build-ebpf`, embedded at compile time.
@@ -171,17 +171,34 @@ fn check_forwarding(iface: &str) {
 /// translated, from the SNAT address: one of this host's own, which the kernel drops as a
 /// martian source unless `accept_local` is on. Forwarded, the packet makes the kernel
 /// resolve the neighbour, and later packets take the fast path. The old values are put
-/// back when the agent stops.
+/// back when the agent stops, unless its XDP links outlive it (`keep_attached`): then
+/// they are recorded in the pin directory, and the agent that stops without keeping
+/// the links puts them back (as does one that no longer configures an interface).
 struct AcceptLocal {
-    /// (sysctl file, its value before).
+    /// (interface, its value before an agent turned it on).
     restore: Vec<(String, String)>,
+    /// The pin directory, where values are recorded for later agents.
+    pins: Option<PathBuf>,
+}
+
+fn accept_local_path(iface: &str) -> String {
+    format!("/proc/sys/net/ipv4/conf/{iface}/accept_local")
 }
 
 impl AcceptLocal {
-    fn enable(ifaces: &[String]) -> AcceptLocal {
-        let mut restore = Vec::new();
+    fn enable(ifaces: &[String], pins: Option<&Path>) -> AcceptLocal {
+        let saved = pins.map(pins::saved_accept_local).unwrap_or_default();
+        let mut this = AcceptLocal {
+            restore: Vec::new(),
+            pins: pins.map(Path::to_path_buf),
+        };
+        // Interfaces a previous agent kept a link on and this one no longer configures
+        // (their links are released): back to what they were.
+        for (iface, value) in saved.iter().filter(|(i, _)| !ifaces.contains(i)) {
+            this.put_back(iface, value);
+        }
         for iface in ifaces {
-            let path = format!("/proc/sys/net/ipv4/conf/{iface}/accept_local");
+            let path = accept_local_path(iface);
             let old = match std::fs::read_to_string(&path) {
                 Ok(old) => old.trim().to_string(),
                 Err(e) => {
@@ -189,14 +206,21 @@ impl AcceptLocal {
                     continue;
                 }
             };
+            // A previous agent that kept its link turned it on: its record is the
+            // value to put back.
+            let recorded = saved.iter().find(|(i, _)| i == iface).map(|(_, v)| v);
             if old != "1" {
-                match std::fs::write(&path, "1") {
-                    Ok(()) => restore.push((path, old)),
-                    Err(e) => log::warn!(
-                        "{iface}: cannot turn accept_local on ({e}): the first packets to a \
-                         backend whose MAC address is not known yet will be dropped"
-                    ),
+                if let Err(e) = std::fs::write(&path, "1") {
+                    log::warn!(
+                        "{iface}: cannot turn accept_local on ({e}): the first packets to a                          backend whose MAC address is not known yet will be dropped"
+                    );
+                    continue;
                 }
+            }
+            match recorded {
+                Some(value) => this.restore.push((iface.clone(), value.clone())),
+                None if old != "1" => this.restore.push((iface.clone(), old)),
+                None => {}
             }
             let rp_filter = |dev: &str| {
                 std::fs::read_to_string(format!("/proc/sys/net/ipv4/conf/{dev}/rp_filter"))
@@ -213,16 +237,45 @@ impl AcceptLocal {
                 );
             }
         }
-        AcceptLocal { restore }
+        this
+    }
+
+    /// Leaves `accept_local` on for the XDP links that outlive the agent, and records
+    /// the values to put back for the next agent.
+    fn keep(mut self) {
+        let restore = std::mem::take(&mut self.restore);
+        let Some(dir) = &self.pins else {
+            return;
+        };
+        for (iface, value) in &restore {
+            if let Err(e) = pins::save_accept_local(dir, iface, value) {
+                log::warn!(
+                    "{iface}: cannot record its accept_local {value} for the next agent ({e}); \
+                     it stays 1"
+                );
+            }
+        }
+    }
+
+    /// Sets `iface`'s `accept_local` back to `value` and removes its record.
+    fn put_back(&self, iface: &str, value: &str) {
+        let path = accept_local_path(iface);
+        match std::fs::write(&path, value) {
+            Ok(()) => {}
+            // The interface is gone, and its setting with it.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => log::warn!("cannot restore {path} to {value}: {e}"),
+        }
+        if let Some(dir) = &self.pins {
+            pins::forget_accept_local(dir, iface, value);
+        }
     }
 }
 
 impl Drop for AcceptLocal {
     fn drop(&mut self) {
-        for (path, old) in &self.restore {
-            if let Err(e) = std::fs::write(path, old) {
-                log::warn!("cannot restore {path} to {old}: {e}");
-            }
+        for (iface, value) in &self.restore {
+            self.put_back(iface, value);
         }
     }
 }
@@ -285,7 +338,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
             }
         }
     }
-    let accept_local = AcceptLocal::enable(&config.agent.interfaces);
+    let accept_local = AcceptLocal::enable(&config.agent.interfaces, pins.as_ref().map(Pins::dir));
 
     let listener = bind_socket(&socket_path)?;
     log::info!(
@@ -331,7 +384,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
             pins.dir().display()
         );
         // The data plane still needs it.
-        std::mem::forget(accept_local);
+        accept_local.keep();
     }
     // Dropping the program detaches it from every interface whose link is not pinned.
     drop(lb);

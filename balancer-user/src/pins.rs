@@ -31,6 +31,11 @@ const BPF_FS_MAGIC: u32 = 0xcafe_4a11;
 /// that did not record the mode): the kernel does not tell an XDP link's mode, and the
 /// next agent needs it.
 const LINK_PREFIX: &str = "link-";
+/// An interface's `accept_local` from before an agent turned it on, recorded while that
+/// agent's XDP link outlives it (`keep_attached`), so that a later agent can put it back:
+/// an empty directory `accept_local-<value>-<interface>` (a bpf filesystem holds only pins
+/// and directories), which goes with the links when the filesystem does.
+const ACCEPT_LOCAL_PREFIX: &str = "accept_local-";
 /// `bpf(2)` commands.
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_LINK_DETACH: libc::c_long = 34;
@@ -314,6 +319,44 @@ impl Pins {
             .pin(self.link_path(iface, mode))
             .map_err(|e| failed(e.to_string()))?;
         Ok(())
+    }
+}
+
+/// The `accept_local` values recorded in the pin directory `dir`: (interface, value).
+pub fn saved_accept_local(dir: &Path) -> Vec<(String, String)> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| {
+            let name = e.ok()?.file_name().into_string().ok()?;
+            let (value, iface) = name.strip_prefix(ACCEPT_LOCAL_PREFIX)?.split_once('-')?;
+            let number = !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit());
+            (number && !iface.is_empty()).then(|| (iface.to_string(), value.to_string()))
+        })
+        .collect()
+}
+
+fn accept_local_path(dir: &Path, iface: &str, value: &str) -> PathBuf {
+    dir.join(format!("{ACCEPT_LOCAL_PREFIX}{value}-{iface}"))
+}
+
+/// Records in `dir` that `iface`'s `accept_local` was `value` before an agent turned it on.
+pub fn save_accept_local(dir: &Path, iface: &str, value: &str) -> Result<(), PinError> {
+    let path = accept_local_path(dir, iface, value);
+    match std::fs::create_dir(&path) {
+        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => Err(PinError::Io { path, source: e }),
+        _ => Ok(()),
+    }
+}
+
+/// Removes the record [`save_accept_local`] made.
+pub fn forget_accept_local(dir: &Path, iface: &str, value: &str) {
+    let path = accept_local_path(dir, iface, value);
+    if let Err(e) = std::fs::remove_dir(&path) {
+        if e.kind() != io::ErrorKind::NotFound {
+            log::warn!("{}: cannot remove it: {e}", path.display());
+        }
     }
 }
 

@@ -44,6 +44,21 @@ fn xdp_modes(topo: &Topology) -> Vec<Option<String>> {
         .collect()
 }
 
+/// `accept_local` of the lb's two interfaces.
+fn accept_local(topo: &Topology) -> Vec<String> {
+    topo.lb_interfaces()
+        .iter()
+        .map(|iface| {
+            let key = format!("net.ipv4.conf.{iface}.accept_local");
+            topo.lb()
+                .run(&["sysctl", "-n", &key])
+                .unwrap_or_else(|e| panic!("reading {key}: {e:#}"))
+                .trim()
+                .to_string()
+        })
+        .collect()
+}
+
 /// The configuration with `backends` (1-based) in the pools, and `keep_attached`.
 fn config(topo: &Topology, backends: &[usize], keep_attached: bool) -> String {
     config_for(topo, "maglev", backends).replace(
@@ -263,6 +278,11 @@ fn a_link_kept_on_an_interface_no_longer_configured_is_released() {
         &format!("interfaces = [\"{client_side}\"]"),
     );
     assert!(only_one.contains(&format!("interfaces = [\"{client_side}\"]")));
+    assert_eq!(
+        accept_local(&run.topo),
+        ["1", "1"],
+        "the kept links still need accept_local"
+    );
     run.agent = Agent::start(&run.topo, &only_one).expect("an agent on one interface");
     let progs = xdp_progs(&run.topo);
     assert!(
@@ -270,6 +290,45 @@ fn a_link_kept_on_an_interface_no_longer_configured_is_released() {
         "{backend_side} is no longer configured: the program left there must be detached \
          ({progs:?}); log:\n{}",
         run.agent.log()
+    );
+    assert_eq!(
+        accept_local(&run.topo),
+        ["1", "0"],
+        "{backend_side}'s accept_local must be back to its value from before the first \
+         agent, with its link released; log:\n{}",
+        run.agent.log()
+    );
+}
+
+#[test]
+fn accept_local_is_put_back_by_the_agent_that_detaches() {
+    let mut run = Running::start_with(1, |topo| config(topo, &[1], true));
+    assert_eq!(
+        accept_local(&run.topo),
+        ["1", "1"],
+        "the agent turns accept_local on"
+    );
+    assert_eq!(run.agent.stop(), Some(0), "log:\n{}", run.agent.log());
+    assert_eq!(
+        accept_local(&run.topo),
+        ["1", "1"],
+        "the links the agent kept attached still need accept_local"
+    );
+    for keep_attached in [true, false] {
+        run.agent = Agent::start(&run.topo, &config(&run.topo, &[1], keep_attached))
+            .expect("the next agent");
+        assert_eq!(
+            accept_local(&run.topo),
+            ["1", "1"],
+            "keep_attached = {keep_attached}: on while the agent runs"
+        );
+        assert_eq!(run.agent.stop(), Some(0), "log:\n{}", run.agent.log());
+    }
+    assert_eq!(
+        accept_local(&run.topo),
+        ["0", "0"],
+        "after two agents that kept their links, the one that detaches must put back the \
+         values from before the first agent (a new namespace's 0)"
     );
 }
 
