@@ -338,6 +338,8 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
             }
         }
     }
+    lb.clear_other_vip_gens()
+        .context("clearing the previous agent's VIP generations")?;
     let accept_local = AcceptLocal::enable(&config.agent.interfaces, pins.as_ref().map(Pins::dir));
 
     let listener = bind_socket(&socket_path)?;

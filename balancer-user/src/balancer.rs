@@ -2,7 +2,7 @@
 //! API shaped like Katran's `KatranLb` (`add_vip`, `del_vip`, `add_backend`, ...) that keeps
 //! the data plane's maps derived from it.
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     net::{Ipv4Addr, SocketAddrV4, UdpSocket},
     time::Instant,
 };
@@ -316,6 +316,19 @@ fn vip_generation(hash: u64, incarnation: u32) -> u32 {
     }
 }
 
+/// How many re-adds of a VIP within one agent's life the next agent recognizes in the
+/// generation it finds ([`Balancer::from_config`]); after more, the VIP's flows are
+/// scheduled again as after a delete.
+const GENERATIONS_RECOGNIZED: u32 = 1 << 12;
+
+/// Which incarnation of the VIP with hash `hash` has a generation in `found` (the latest
+/// if several do), among the first [`GENERATIONS_RECOGNIZED`].
+fn incarnation_in(hash: u64, found: &HashSet<u32>) -> Option<u32> {
+    (0..GENERATIONS_RECOGNIZED)
+        .rev()
+        .find(|&k| found.contains(&vip_generation(hash, k)))
+}
+
 /// Kernel settings derived from the configuration.
 pub fn settings(timeouts: &Timeouts, nat: &NatConfig) -> Settings {
     Settings {
@@ -398,11 +411,44 @@ impl<M: Maps> Balancer<M> {
                     .map_err(within(format!("pool {:?}, backend {addr}", pool.name)))?;
             }
         }
+        // A VIP that the previous agent had deleted and added again (pinned `VIP_GENS`)
+        // keeps the generation its flows carry: they stay its flows, and those of its
+        // earlier incarnations stay ended.
+        let found: HashSet<u32> = lb
+            .maps
+            .vip_gens()?
+            .into_iter()
+            .filter(|&g| g != 0)
+            .collect();
         for vip in &config.vips {
+            let hash = vip_hash(&vip_key(vip));
+            if let Some(k) = incarnation_in(hash, &found).filter(|&k| k > 0) {
+                log::info!(
+                    "vip {}: keeps the generation the previous agent gave it (re-added {k} times)",
+                    vip.name
+                );
+                lb.incarnations.insert(hash, k);
+            }
             lb.add_vip(vip.clone())
                 .map_err(within(format!("vip {:?}", vip.name)))?;
         }
         Ok(lb)
+    }
+
+    /// Clears the generation of every VIP id that no VIP holds: the pinned `VIP_GENS`
+    /// still names the previous agent's VIPs, whose flows must end when this agent has
+    /// not got them (or has them under other ids). The agent calls it once its program
+    /// runs on every interface: until then a kept link still runs the previous program,
+    /// whose VIPs these are.
+    pub fn clear_other_vip_gens(&mut self) -> Result<(), BalancerError> {
+        let held: HashSet<u32> = self.vips.values().map(|v| v.id).collect();
+        let gens = self.maps.vip_gens()?;
+        for (id, generation) in (0u32..).zip(gens) {
+            if generation != 0 && !held.contains(&id) {
+                self.maps.clear_vip_gen(id)?;
+            }
+        }
+        Ok(())
     }
 
     pub fn maps(&self) -> &M {

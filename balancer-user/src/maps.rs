@@ -12,7 +12,7 @@ use aya::{
 };
 use balancer_common::{
     addr_slot, map_names, stat, Backend, FlowStats, Settings, VipKey, VipMeta,
-    BACKEND_F_RESCHEDULE, RING_ENTRIES,
+    BACKEND_F_RESCHEDULE, MAX_VIPS, RING_ENTRIES,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +47,11 @@ pub trait Maps {
     fn clear_backend_stats(&mut self, backend_id: u32) -> Result<(), MapsError>;
     /// `balancer_common::stat::COUNT` counters summed over CPUs.
     fn global_stats(&self) -> Result<Vec<u64>, MapsError>;
+    /// `VIP_GENS`, the generation of the VIP holding each id (0: none), as the data plane
+    /// holds it: pinned, it comes from the previous agent at first.
+    fn vip_gens(&self) -> Result<Vec<u32>, MapsError>;
+    /// `VIP_GENS[id] = 0`: no VIP holds `id` (one the previous agent had, say).
+    fn clear_vip_gen(&mut self, id: u32) -> Result<(), MapsError>;
 }
 
 /// The VIPs present in the kernel, for the two arrays that let it skip the `VIPS` hash:
@@ -389,6 +394,20 @@ impl Maps for AyaMaps {
             })
             .collect()
     }
+
+    fn vip_gens(&self) -> Result<Vec<u32>, MapsError> {
+        (0..MAX_VIPS)
+            .map(|id| {
+                self.vip_gens
+                    .get(&id, 0)
+                    .map_err(aya_err(map_names::VIP_GENS))
+            })
+            .collect()
+    }
+
+    fn clear_vip_gen(&mut self, id: u32) -> Result<(), MapsError> {
+        self.set_vip_gen(id, 0)
+    }
 }
 
 /// In-memory maps with the kernel's semantics that matter to the agent.
@@ -401,6 +420,9 @@ pub struct FakeMaps {
     pub backends: StdHashMap<u32, Backend>,
     pub vip_stats: StdHashMap<u32, FlowStats>,
     pub backend_stats: StdHashMap<u32, FlowStats>,
+    /// `VIP_GENS` by id (absent: 0); set it before the balancer starts to play the
+    /// generations a previous agent left in the pinned map.
+    pub vip_gens: StdHashMap<u32, u32>,
     /// Number of ring slot writes (to check that ring updates write only what changed).
     pub ring_writes: usize,
     /// `Some(n)`: the next `n` writes succeed, the one after fails, and later ones
@@ -453,14 +475,23 @@ impl Maps for FakeMaps {
     }
     fn set_vip(&mut self, key: &VipKey, meta: &VipMeta) -> Result<(), MapsError> {
         self.write("VIPS")?;
+        let writes = self.present.writes_for(key, meta.vip_id, meta.generation);
+        if let Some((id, generation)) = writes.generation {
+            self.vip_gens.insert(id, generation);
+        }
         self.vips.insert(*key, *meta);
         self.present.record(key, meta.vip_id, meta.generation);
+        if let Some(id) = writes.clear {
+            self.vip_gens.remove(&id);
+        }
         Ok(())
     }
     fn del_vip(&mut self, key: &VipKey) -> Result<(), MapsError> {
         self.write("VIPS")?;
         self.vips.remove(key);
-        self.present.removed(key);
+        if let Some((_, _, id)) = self.present.removed(key) {
+            self.vip_gens.remove(&id);
+        }
         Ok(())
     }
     fn set_backend(&mut self, id: u32, backend: &Backend) -> Result<(), MapsError> {
@@ -496,6 +527,16 @@ impl Maps for FakeMaps {
     }
     fn global_stats(&self) -> Result<Vec<u64>, MapsError> {
         Ok(vec![0; stat::COUNT as usize])
+    }
+    fn vip_gens(&self) -> Result<Vec<u32>, MapsError> {
+        Ok((0..MAX_VIPS)
+            .map(|id| self.vip_gens.get(&id).copied().unwrap_or(0))
+            .collect())
+    }
+    fn clear_vip_gen(&mut self, id: u32) -> Result<(), MapsError> {
+        self.write("VIP_GENS")?;
+        self.vip_gens.remove(&id);
+        Ok(())
     }
 }
 

@@ -23,7 +23,9 @@ use aya::{
     },
     EbpfLoader,
 };
-use balancer_common::{map_names, Conn, FlowKey, NatEntry, CONN_TABLE_SIZE, FLOW_TABLES_VERSION};
+use balancer_common::{
+    map_names, Conn, FlowKey, NatEntry, CONN_TABLE_SIZE, FLOW_TABLES_VERSION, MAX_VIPS,
+};
 
 /// `statfs.f_type` of a bpf filesystem.
 const BPF_FS_MAGIC: u32 = 0xcafe_4a11;
@@ -83,20 +85,35 @@ pub enum PinError {
 /// A flow table kept across agents, and the layout this build gives it.
 struct Table {
     name: &'static str,
+    map_type: MapType,
     key_size: usize,
     value_size: usize,
+    entries: u32,
 }
 
-const TABLES: [Table; 2] = [
+/// The flow tables, and `VIP_GENS`: the generations their flows name (a VIP deleted and
+/// added again has another, and the next agent must know which is current).
+const TABLES: [Table; 3] = [
     Table {
         name: map_names::CONNS,
+        map_type: MapType::LruHash,
         key_size: size_of::<FlowKey>(),
         value_size: size_of::<Conn>(),
+        entries: CONN_TABLE_SIZE,
     },
     Table {
         name: map_names::NAT,
+        map_type: MapType::LruHash,
         key_size: size_of::<FlowKey>(),
         value_size: size_of::<NatEntry>(),
+        entries: CONN_TABLE_SIZE,
+    },
+    Table {
+        name: map_names::VIP_GENS,
+        map_type: MapType::Array,
+        key_size: size_of::<u32>(),
+        value_size: size_of::<u32>(),
+        entries: MAX_VIPS,
     },
 ];
 
@@ -426,10 +443,10 @@ fn layout_problem(path: &Path, table: &Table) -> Option<String> {
         Err(e) => return Some(format!("not a map ({e})")),
     };
     let wanted = (
-        Some(MapType::LruHash),
+        Some(table.map_type),
         table.key_size as u32,
         table.value_size as u32,
-        CONN_TABLE_SIZE,
+        table.entries,
     );
     let found = (
         info.map_type().ok(),

@@ -84,11 +84,15 @@ fn without_web_vip(config: &str) -> String {
 #[test]
 fn connections_carry_on_across_a_restart_with_the_data_plane_kept_attached() {
     // The first agent gets VIP "web" at run time, after another VIP came and went: it
-    // numbers its VIPs unlike an agent that reads "web" from its file.
+    // numbers its VIPs unlike an agent that reads "web" from its file. And "web" is
+    // deleted and added again: its flows carry the generation of that re-add, which the
+    // next agent must keep.
     let mut run = Running::start_with(3, |topo| without_web_vip(&config(topo, &[1, 2, 3], true)));
     for cmd in [
         &["vip", "add", "alt", "10.0.100.1:8080/tcp", "--pool", "web"][..],
         &["vip", "del", "alt"],
+        &["vip", "add", "web", "10.0.100.1:80/tcp", "--pool", "web"],
+        &["vip", "del", "web"],
         &["vip", "add", "web", "10.0.100.1:80/tcp", "--pool", "web"],
     ] {
         run.agent
@@ -130,8 +134,11 @@ fn connections_carry_on_across_a_restart_with_the_data_plane_kept_attached() {
     );
     let log = run.agent.log();
     assert!(
-        log.contains("took over the XDP link") && log.contains("taking the pinned flow table over"),
-        "the new agent must say it took the pinned links and tables over; log:\n{log}"
+        log.contains("took over the XDP link")
+            && log.contains("taking the pinned flow table over")
+            && log.contains("vip web: keeps the generation the previous agent gave it"),
+        "the new agent must say it took the pinned links, tables and web's generation \
+         over; log:\n{log}"
     );
     ka.expect_backend(
         &name,

@@ -687,3 +687,72 @@ pool = "web"
         "{e}"
     );
 }
+
+#[test]
+fn a_vip_added_again_keeps_its_generation_in_the_next_agent() {
+    let text = r#"[agent]
+interfaces = ["lbc0"]
+[nat]
+source_address = "10.0.2.1"
+[[pool]]
+name = "web"
+[[pool.backends]]
+address = "10.0.2.11"
+port = 80
+[[vip]]
+name = "web"
+address = "10.0.100.1"
+port = 80
+protocol = "tcp"
+pool = "web"
+"#;
+    let config = crate::config::parse(text, "test.toml").unwrap();
+    let web = config.vips[0].clone();
+    // The first agent deletes and adds "web" twice; VIP "alt" exists only in it.
+    let mut first = Balancer::from_config(FakeMaps::default(), &config).unwrap();
+    let initial = first.vips["web"].generation;
+    for _ in 0..2 {
+        first.del_vip("web").unwrap();
+        first.add_vip(web.clone()).unwrap();
+    }
+    first.add_vip(vip("alt", 8080, Scheduler::Maglev)).unwrap();
+    let (id, generation) = (first.vips["web"].id, first.vips["web"].generation);
+    let alt = first.vips["alt"].id;
+    assert_ne!(alt, id, "the test needs VIPs whose ids differ");
+    assert_eq!(first.maps().vip_gens[&id], generation);
+
+    // The next agent finds the pinned VIP_GENS as the first one left it.
+    let maps = FakeMaps {
+        vip_gens: first.maps().vip_gens.clone(),
+        ..FakeMaps::default()
+    };
+    let mut second = Balancer::from_config(maps, &config).unwrap();
+    assert_eq!(
+        (second.vips["web"].id, second.vips["web"].generation),
+        (id, generation),
+        "the flows of web's latest incarnation must stay web's (not the initial {initial})"
+    );
+    assert!(
+        second.maps().vip_gens.contains_key(&alt),
+        "alt's generation stays until the new program runs everywhere"
+    );
+    second.clear_other_vip_gens().unwrap();
+    assert_eq!(
+        second.maps().vip_gens.get(&alt),
+        None,
+        "alt's flows must end"
+    );
+    assert_eq!(second.maps().vip_gens[&id], generation, "web's stays");
+
+    // Re-added in the second agent, web gets a generation none of its flows had.
+    second.del_vip("web").unwrap();
+    second.add_vip(web).unwrap();
+    let again = second.vips["web"].generation;
+    assert!(
+        again != generation && again != initial && again != 0,
+        "{again}"
+    );
+    // With nothing pinned an agent starts from the initial generation.
+    let fresh = Balancer::from_config(FakeMaps::default(), &config).unwrap();
+    assert_eq!(fresh.vips["web"].generation, initial);
+}
