@@ -657,9 +657,8 @@ fn the_data_plane_clock_gets_this_kernels_tick() {
     assert_eq!(s.ns_per_tick, tick);
 }
 
-#[test]
-fn configuration_errors_name_the_pool_and_backend() {
-    let text = r#"[agent]
+/// A configuration file with pool "web" (one backend, 10.0.2.11:80) and VIP "web".
+const ONE_VIP: &str = r#"[agent]
 interfaces = ["lbc0"]
 [nat]
 source_address = "10.0.2.1"
@@ -675,7 +674,10 @@ port = 80
 protocol = "tcp"
 pool = "web"
 "#;
-    let mut config = crate::config::parse(text, "test.toml").unwrap();
+
+#[test]
+fn configuration_errors_name_the_pool_and_backend() {
+    let mut config = crate::config::parse(ONE_VIP, "test.toml").unwrap();
     // Something only the balancer refuses (the file's validator has no say here).
     config.pools[0].backends[0].weight = MAX_WEIGHT + 1;
     let Err(e) = Balancer::from_config(FakeMaps::default(), &config) else {
@@ -690,23 +692,7 @@ pool = "web"
 
 #[test]
 fn a_vip_added_again_keeps_its_generation_in_the_next_agent() {
-    let text = r#"[agent]
-interfaces = ["lbc0"]
-[nat]
-source_address = "10.0.2.1"
-[[pool]]
-name = "web"
-[[pool.backends]]
-address = "10.0.2.11"
-port = 80
-[[vip]]
-name = "web"
-address = "10.0.100.1"
-port = 80
-protocol = "tcp"
-pool = "web"
-"#;
-    let config = crate::config::parse(text, "test.toml").unwrap();
+    let config = crate::config::parse(ONE_VIP, "test.toml").unwrap();
     let web = config.vips[0].clone();
     // The first agent deletes and adds "web" twice; VIP "alt" exists only in it.
     let mut first = Balancer::from_config(FakeMaps::default(), &config).unwrap();
