@@ -172,13 +172,17 @@ fn check_forwarding(iface: &str) {
 /// martian source unless `accept_local` is on. Forwarded, the packet makes the kernel
 /// resolve the neighbour, and later packets take the fast path. The old values are put
 /// back when the agent stops, unless its XDP links outlive it (`keep_attached`): then
-/// they are recorded in the pin directory, and the agent that stops without keeping
-/// the links puts them back (as does one that no longer configures an interface).
+/// they are recorded in the pin directory as soon as they are changed (so a crash keeps
+/// them too), the agent leaves them on however it ends, and the agent that stops without
+/// keeping the links puts them back (as does one that no longer configures an
+/// interface).
 struct AcceptLocal {
     /// (interface, its value before an agent turned it on).
     restore: Vec<(String, String)>,
     /// The pin directory, where values are recorded for later agents.
     pins: Option<PathBuf>,
+    /// The links outlive the agent: leave `accept_local` on.
+    keep: bool,
 }
 
 fn accept_local_path(iface: &str) -> String {
@@ -186,11 +190,12 @@ fn accept_local_path(iface: &str) -> String {
 }
 
 impl AcceptLocal {
-    fn enable(ifaces: &[String], pins: Option<&Path>) -> AcceptLocal {
+    fn enable(ifaces: &[String], pins: Option<&Path>, keep: bool) -> AcceptLocal {
         let saved = pins.map(pins::saved_accept_local).unwrap_or_default();
         let mut this = AcceptLocal {
             restore: Vec::new(),
             pins: pins.map(Path::to_path_buf),
+            keep,
         };
         // Interfaces a previous agent kept a link on and this one no longer configures
         // (their links are released): back to what they were.
@@ -212,14 +217,18 @@ impl AcceptLocal {
             if old != "1" {
                 if let Err(e) = std::fs::write(&path, "1") {
                     log::warn!(
-                        "{iface}: cannot turn accept_local on ({e}): the first packets to a                          backend whose MAC address is not known yet will be dropped"
+                        "{iface}: cannot turn accept_local on ({e}): the first packets to a \
+                         backend whose MAC address is not known yet will be dropped"
                     );
                     continue;
                 }
             }
             match recorded {
                 Some(value) => this.restore.push((iface.clone(), value.clone())),
-                None if old != "1" => this.restore.push((iface.clone(), old)),
+                None if old != "1" => {
+                    this.record(iface, &old);
+                    this.restore.push((iface.clone(), old));
+                }
                 None => {}
             }
             let rp_filter = |dev: &str| {
@@ -240,20 +249,17 @@ impl AcceptLocal {
         this
     }
 
-    /// Leaves `accept_local` on for the XDP links that outlive the agent, and records
-    /// the values to put back for the next agent.
-    fn keep(mut self) {
-        let restore = std::mem::take(&mut self.restore);
-        let Some(dir) = &self.pins else {
+    /// With `keep`, records `iface`'s `value` from before for the agent that will put it
+    /// back.
+    fn record(&self, iface: &str, value: &str) {
+        let (true, Some(dir)) = (self.keep, &self.pins) else {
             return;
         };
-        for (iface, value) in &restore {
-            if let Err(e) = pins::save_accept_local(dir, iface, value) {
-                log::warn!(
-                    "{iface}: cannot record its accept_local {value} for the next agent ({e}); \
-                     it stays 1"
-                );
-            }
+        if let Err(e) = pins::save_accept_local(dir, iface, value) {
+            log::warn!(
+                "{iface}: cannot record its accept_local {value} for the next agent ({e}); it \
+                 stays 1"
+            );
         }
     }
 
@@ -274,6 +280,11 @@ impl AcceptLocal {
 
 impl Drop for AcceptLocal {
     fn drop(&mut self) {
+        if self.keep {
+            // The links stay attached (a failed start leaves the ones it pinned): the
+            // data plane still needs it, and the records are made.
+            return;
+        }
         for (iface, value) in &self.restore {
             self.put_back(iface, value);
         }
@@ -306,41 +317,25 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     }
     let maps = AyaMaps::new(&mut ebpf)?;
     let mut lb = Balancer::from_config(maps, &config).context("applying the configuration")?;
-    {
-        let program: &mut Xdp = ebpf
-            .program_mut(PROGRAM_NAME)
-            .expect("loaded above")
-            .try_into()?;
-        for iface in &config.agent.interfaces {
-            let keep = config.agent.keep_attached;
-            let taken = pins
-                .as_ref()
-                .and_then(|p| p.take_over(program, iface, link_mode(mode), keep));
-            let (id, got) = match taken {
-                Some((id, got)) => {
-                    let got_name = got.map_or("unrecorded", LinkMode::name);
-                    log::info!(
-                        "{iface}: took over the XDP link the previous agent left ({got_name} mode)"
-                    );
-                    (id, got)
-                }
-                None => {
-                    let (id, got) = attach(program, iface, mode)?;
-                    log::info!("{iface}: XDP attached ({} mode)", got.name());
-                    (id, Some(got))
-                }
-            };
-            check_forwarding(iface);
-            // (A link taken over from an agent that did not record its mode stays pinned
-            // under its old name.)
-            if let (true, Some(pins), Some(got)) = (keep, &pins, got) {
-                pins.keep_link(program, id, iface, got)?;
-            }
-        }
+    if let Err(e) = attach_all(&mut ebpf, &config, pins.as_ref(), mode) {
+        // The previous program may still run (a kept link), and the next agent needs the
+        // generations as they were.
+        lb.restore_vip_gens();
+        return Err(e);
     }
-    lb.clear_other_vip_gens()
-        .context("clearing the previous agent's VIP generations")?;
-    let accept_local = AcceptLocal::enable(&config.agent.interfaces, pins.as_ref().map(Pins::dir));
+    if let Err(e) = lb.clear_other_vip_gens() {
+        log::warn!(
+            "clearing the previous agent's VIP generations: {e}; flows of its VIPs that this \
+             one has not got may be forwarded on"
+        );
+    }
+    // Put back (or, with kept links, left on) when it goes out of scope, after the
+    // program is detached.
+    let _accept_local = AcceptLocal::enable(
+        &config.agent.interfaces,
+        pins.as_ref().map(Pins::dir),
+        config.agent.keep_attached && pins.is_some(),
+    );
 
     let listener = bind_socket(&socket_path)?;
     log::info!(
@@ -385,13 +380,51 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
              the next agent takes over (remove {} to detach it)",
             pins.dir().display()
         );
-        // The data plane still needs it.
-        accept_local.keep();
+        // (`accept_local` stays on: the data plane still needs it.)
     }
     // Dropping the program detaches it from every interface whose link is not pinned.
     drop(lb);
     drop(ebpf);
     log::info!("stopped");
+    Ok(())
+}
+
+/// Attaches the program to every configured interface: swapped into the link a previous
+/// agent left there, or attached anew; with `keep_attached` the link is pinned.
+fn attach_all(
+    ebpf: &mut Ebpf,
+    config: &config::Config,
+    pins: Option<&Pins>,
+    mode: XdpMode,
+) -> anyhow::Result<()> {
+    let program: &mut Xdp = ebpf
+        .program_mut(PROGRAM_NAME)
+        .expect("loaded above")
+        .try_into()?;
+    for iface in &config.agent.interfaces {
+        let keep = config.agent.keep_attached;
+        let taken = pins.and_then(|p| p.take_over(program, iface, link_mode(mode), keep));
+        let (id, got) = match taken {
+            Some((id, got)) => {
+                let got_name = got.map_or("unrecorded", LinkMode::name);
+                log::info!(
+                    "{iface}: took over the XDP link the previous agent left ({got_name} mode)"
+                );
+                (id, got)
+            }
+            None => {
+                let (id, got) = attach(program, iface, mode)?;
+                log::info!("{iface}: XDP attached ({} mode)", got.name());
+                (id, Some(got))
+            }
+        };
+        check_forwarding(iface);
+        // (A link taken over from an agent that did not record its mode stays pinned
+        // under its old name.)
+        if let (true, Some(pins), Some(got)) = (keep, pins, got) {
+            pins.keep_link(program, id, iface, got)?;
+        }
+    }
     Ok(())
 }
 

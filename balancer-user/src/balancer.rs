@@ -309,24 +309,45 @@ fn vip_hash(key: &VipKey) -> u64 {
 /// that an agent took over from the previous one stay the VIP's; a VIP deleted and added
 /// again gets another, so the flows of the deleted one stop. Never 0.
 fn vip_generation(hash: u64, incarnation: u32) -> u32 {
-    let folded = (hash >> 32) as u32 ^ hash as u32;
-    match folded.wrapping_add(incarnation.wrapping_mul(0x9e37_79b9)) {
+    match generation_base(hash).wrapping_add(incarnation.wrapping_mul(GENERATION_STEP)) {
         0 => 1,
         g => g,
     }
 }
 
-/// How many re-adds of a VIP within one agent's life the next agent recognizes in the
-/// generation it finds ([`Balancer::from_config`]); after more, the VIP's flows are
-/// scheduled again as after a delete.
-const GENERATIONS_RECOGNIZED: u32 = 1 << 12;
+/// The first generation of the VIP with hash `hash`, before 0 is made 1.
+fn generation_base(hash: u64) -> u32 {
+    (hash >> 32) as u32 ^ hash as u32
+}
 
-/// Which incarnation of the VIP with hash `hash` has a generation in `found` (the latest
-/// if several do), among the first [`GENERATIONS_RECOGNIZED`].
-fn incarnation_in(hash: u64, found: &HashSet<u32>) -> Option<u32> {
-    (0..GENERATIONS_RECOGNIZED)
-        .rev()
-        .find(|&k| found.contains(&vip_generation(hash, k)))
+/// Generations step by this (odd, so invertible modulo 2^32) per re-add.
+const GENERATION_STEP: u32 = 0x9e37_79b9;
+
+/// How many re-adds of a VIP in all (they count on from agent to agent) a later agent
+/// recognizes in the generation it finds in `VIP_GENS` ([`Balancer::from_config`]); after
+/// more, the VIP's flows are scheduled again as after a delete.
+const GENERATIONS_RECOGNIZED: u32 = 1 << 16;
+
+/// Which incarnation of the VIP with hash `hash` has `generation`, if one of the first
+/// [`GENERATIONS_RECOGNIZED`] does.
+fn incarnation_of(hash: u64, generation: u32) -> Option<u32> {
+    if generation == 0 {
+        return None;
+    }
+    // The inverse of the step modulo 2^32 (Newton's iteration: each step doubles the
+    // correct low bits, and an odd number is its own inverse modulo 8).
+    let inverse = (0..4).fold(GENERATION_STEP, |x, _| {
+        x.wrapping_mul(2u32.wrapping_sub(GENERATION_STEP.wrapping_mul(x)))
+    });
+    // A generation of 1 may also be a step that came to 0.
+    let raw = if generation == 1 {
+        &[1, 0][..]
+    } else {
+        &[generation][..]
+    };
+    raw.iter()
+        .map(|&g| g.wrapping_sub(generation_base(hash)).wrapping_mul(inverse))
+        .find(|&k| k < GENERATIONS_RECOGNIZED && vip_generation(hash, k) == generation)
 }
 
 /// Kernel settings derived from the configuration.
@@ -373,6 +394,9 @@ pub struct Balancer<M: Maps> {
     backend_ids: HashedIds,
     /// How often each VIP (by key hash) was added in this agent: its next generation.
     incarnations: HashMap<u64, u32>,
+    /// `VIP_GENS` as [`Balancer::from_config`] found it (pinned: from the previous
+    /// agent), until the agent's program runs everywhere.
+    found_gens: Vec<u32>,
 }
 
 impl<M: Maps> Balancer<M> {
@@ -386,6 +410,7 @@ impl<M: Maps> Balancer<M> {
             vip_ids: HashedIds::new(MAX_VIPS),
             backend_ids: HashedIds::new(MAX_BACKENDS),
             incarnations: HashMap::new(),
+            found_gens: Vec::new(),
         })
     }
 
@@ -411,28 +436,42 @@ impl<M: Maps> Balancer<M> {
                     .map_err(within(format!("pool {:?}, backend {addr}", pool.name)))?;
             }
         }
-        // A VIP that the previous agent had deleted and added again (pinned `VIP_GENS`)
-        // keeps the generation its flows carry: they stay its flows, and those of its
-        // earlier incarnations stay ended.
-        let found: HashSet<u32> = lb
-            .maps
-            .vip_gens()?
-            .into_iter()
-            .filter(|&g| g != 0)
-            .collect();
+        // A VIP that an earlier agent deleted and added again (pinned `VIP_GENS`) keeps
+        // the generation its flows carry: they stay its flows, and those of its earlier
+        // incarnations stay ended. Its generation is looked for along the ids it can get,
+        // its own first (ids follow the VIP), so another VIP's rarely passes for its.
+        lb.found_gens = lb.maps.vip_gens()?;
+        let n = lb.found_gens.len();
         for vip in &config.vips {
             let hash = vip_hash(&vip_key(vip));
-            if let Some(k) = incarnation_in(hash, &found).filter(|&k| k > 0) {
+            let start = (hash % n.max(1) as u64) as usize;
+            let found = (0..n)
+                .map(|i| lb.found_gens[(start + i) % n])
+                .find_map(|g| incarnation_of(hash, g));
+            if let Some(k) = found.filter(|&k| k > 0) {
                 log::info!(
-                    "vip {}: keeps the generation the previous agent gave it (re-added {k} times)",
+                    "vip {}: keeps the generation an earlier agent gave it (re-added {k} times)",
                     vip.name
                 );
                 lb.incarnations.insert(hash, k);
             }
-            lb.add_vip(vip.clone())
-                .map_err(within(format!("vip {:?}", vip.name)))?;
+            if let Err(e) = lb.add_vip(vip.clone()) {
+                lb.restore_vip_gens();
+                return Err(within(format!("vip {:?}", vip.name))(e));
+            }
         }
         Ok(lb)
+    }
+
+    /// Puts `VIP_GENS` back as [`Balancer::from_config`] found it, when the agent cannot
+    /// start after all: the previous program may run on (a kept link), and the next agent
+    /// must find the generations its flows carry.
+    pub fn restore_vip_gens(&mut self) {
+        for (id, generation) in (0u32..).zip(std::mem::take(&mut self.found_gens)) {
+            if let Err(e) = self.maps.write_vip_gen(id, generation) {
+                log::warn!("VIP id {id}: cannot put its generation {generation} back: {e}");
+            }
+        }
     }
 
     /// Clears the generation of every VIP id that no VIP holds: the pinned `VIP_GENS`
@@ -445,9 +484,10 @@ impl<M: Maps> Balancer<M> {
         let gens = self.maps.vip_gens()?;
         for (id, generation) in (0u32..).zip(gens) {
             if generation != 0 && !held.contains(&id) {
-                self.maps.clear_vip_gen(id)?;
+                self.maps.write_vip_gen(id, 0)?;
             }
         }
+        self.found_gens.clear();
         Ok(())
     }
 

@@ -50,8 +50,9 @@ pub trait Maps {
     /// `VIP_GENS`, the generation of the VIP holding each id (0: none), as the data plane
     /// holds it: pinned, it comes from the previous agent at first.
     fn vip_gens(&self) -> Result<Vec<u32>, MapsError>;
-    /// `VIP_GENS[id] = 0`: no VIP holds `id` (one the previous agent had, say).
-    fn clear_vip_gen(&mut self, id: u32) -> Result<(), MapsError>;
+    /// `VIP_GENS[id] = generation` (0: no VIP holds `id`), for ids the previous agent's
+    /// VIPs held: the VIPs' own are written with them.
+    fn write_vip_gen(&mut self, id: u32, generation: u32) -> Result<(), MapsError>;
 }
 
 /// The VIPs present in the kernel, for the two arrays that let it skip the `VIPS` hash:
@@ -405,8 +406,8 @@ impl Maps for AyaMaps {
             .collect()
     }
 
-    fn clear_vip_gen(&mut self, id: u32) -> Result<(), MapsError> {
-        self.set_vip_gen(id, 0)
+    fn write_vip_gen(&mut self, id: u32, generation: u32) -> Result<(), MapsError> {
+        self.set_vip_gen(id, generation)
     }
 }
 
@@ -533,9 +534,12 @@ impl Maps for FakeMaps {
             .map(|id| self.vip_gens.get(&id).copied().unwrap_or(0))
             .collect())
     }
-    fn clear_vip_gen(&mut self, id: u32) -> Result<(), MapsError> {
+    fn write_vip_gen(&mut self, id: u32, generation: u32) -> Result<(), MapsError> {
         self.write("VIP_GENS")?;
-        self.vip_gens.remove(&id);
+        match generation {
+            0 => self.vip_gens.remove(&id),
+            g => self.vip_gens.insert(id, g),
+        };
         Ok(())
     }
 }

@@ -136,7 +136,7 @@ fn connections_carry_on_across_a_restart_with_the_data_plane_kept_attached() {
     assert!(
         log.contains("took over the XDP link")
             && log.contains("taking the pinned flow table over")
-            && log.contains("vip web: keeps the generation the previous agent gave it"),
+            && log.contains("vip web: keeps the generation an earlier agent gave it"),
         "the new agent must say it took the pinned links, tables and web's generation \
          over; log:\n{log}"
     );
@@ -309,17 +309,41 @@ fn a_link_kept_on_an_interface_no_longer_configured_is_released() {
 
 #[test]
 fn accept_local_is_put_back_by_the_agent_that_detaches() {
+    let records = |topo: &Topology| -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(topo.pin_dir())
+            .expect("the pin directory")
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.starts_with("accept_local-"))
+            .collect();
+        names.sort();
+        names
+    };
     let mut run = Running::start_with(1, |topo| config(topo, &[1], true));
     assert_eq!(
         accept_local(&run.topo),
         ["1", "1"],
         "the agent turns accept_local on"
     );
-    assert_eq!(run.agent.stop(), Some(0), "log:\n{}", run.agent.log());
+    // A crash: the agent has no chance to clean up, and the values must be recorded.
+    let pid = run.agent.pid().expect("the agent runs") as libc::pid_t;
+    // SAFETY: a signal to the agent's process, which this test started.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    let killed = std::time::Instant::now();
+    while run.agent.is_running() {
+        assert!(killed.elapsed().as_secs() < 5, "the agent outlived SIGKILL");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let mut wanted: Vec<String> = run
+        .topo
+        .lb_interfaces()
+        .iter()
+        .map(|iface| format!("accept_local-0-{iface}"))
+        .collect();
+    wanted.sort();
     assert_eq!(
-        accept_local(&run.topo),
-        ["1", "1"],
-        "the links the agent kept attached still need accept_local"
+        (accept_local(&run.topo), records(&run.topo)),
+        (vec!["1".to_string(), "1".to_string()], wanted),
+        "after a crash the kept links still need accept_local, and its old values are recorded"
     );
     for keep_attached in [true, false] {
         run.agent = Agent::start(&run.topo, &config(&run.topo, &[1], keep_attached))
@@ -332,10 +356,10 @@ fn accept_local_is_put_back_by_the_agent_that_detaches() {
         assert_eq!(run.agent.stop(), Some(0), "log:\n{}", run.agent.log());
     }
     assert_eq!(
-        accept_local(&run.topo),
-        ["0", "0"],
-        "after two agents that kept their links, the one that detaches must put back the \
-         values from before the first agent (a new namespace's 0)"
+        (accept_local(&run.topo), records(&run.topo)),
+        (vec!["0".to_string(), "0".to_string()], Vec::new()),
+        "after agents that kept their links, the one that detaches must put back the values \
+         from before the first agent (a new namespace's 0) and remove the records"
     );
 }
 

@@ -742,3 +742,52 @@ fn a_vip_added_again_keeps_its_generation_in_the_next_agent() {
     let fresh = Balancer::from_config(FakeMaps::default(), &config).unwrap();
     assert_eq!(fresh.vips["web"].generation, initial);
 }
+
+#[test]
+fn a_generation_tells_its_incarnation() {
+    for hash in [
+        0u64,
+        1,
+        0xdead_beef,
+        u64::MAX,
+        vip_hash(&vip_key(&vip("x", 80, Scheduler::Maglev))),
+    ] {
+        for k in [0, 1, 2, 77, 4095, GENERATIONS_RECOGNIZED - 1] {
+            assert_eq!(
+                incarnation_of(hash, vip_generation(hash, k)),
+                Some(k),
+                "{hash:#x} {k}"
+            );
+        }
+        let beyond = vip_generation(hash, GENERATIONS_RECOGNIZED);
+        assert_eq!(incarnation_of(hash, beyond), None, "re-added too often");
+        assert_eq!(incarnation_of(hash, 0), None, "0: no VIP");
+    }
+}
+
+#[test]
+fn a_vip_takes_its_generation_from_its_own_id_first_and_a_failed_start_puts_them_back() {
+    let config = crate::config::parse(ONE_VIP, "test.toml").unwrap();
+    let hash = vip_hash(&vip_key(&config.vips[0]));
+    let own = (hash % u64::from(MAX_VIPS)) as u32;
+    let elsewhere = (own + 5) % MAX_VIPS;
+    // At its own id the generation of its second re-add, elsewhere a stale later one
+    // (say, from an agent of another lineage of pins), and an unrelated value.
+    let found: std::collections::HashMap<u32, u32> = [
+        (own, vip_generation(hash, 2)),
+        (elsewhere, vip_generation(hash, 9)),
+        ((own + 9) % MAX_VIPS, 12345),
+    ]
+    .into();
+    let maps = FakeMaps {
+        vip_gens: found.clone(),
+        ..FakeMaps::default()
+    };
+    let mut lb = Balancer::from_config(maps, &config).unwrap();
+    assert_eq!(lb.vips["web"].id, own);
+    assert_eq!(lb.vips["web"].generation, vip_generation(hash, 2));
+    // Suppose the agent could not attach: what it found goes back, for the next one.
+    lb.maps.vip_gens.insert(own, 1);
+    lb.restore_vip_gens();
+    assert_eq!(lb.maps().vip_gens, found);
+}
