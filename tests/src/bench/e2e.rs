@@ -44,7 +44,9 @@ const BACKENDS: usize = 3;
 // range and was measured dropping ~2500 SYNs per run. HAProxy and the agent's health checks
 // connect from the lb itself, so their ports must stay out of the client's range: sharing
 // it cost nftables ~1600 resent SYNs (406 req/s in a round after HAProxy's, where its first
-// round made 30.9k), and HAProxy as many.
+// round made 30.9k), and HAProxy as many. (Since every run starts without TIME-WAIT
+// sockets, see `forget_time_wait`, a tuple can no longer pass between paths; the ranges
+// still keep a path's own tuples apart, e.g. the agent's health checks from its SNAT.)
 /// The lb namespace's ephemeral ports (`ip_local_port_range`): HAProxy, health checks.
 pub const LB_LOCAL_PORTS: &str = "61000 65535";
 /// Table name of the nftables comparison in the lb namespace.
