@@ -185,7 +185,7 @@ struct AcceptLocal {
     keep: bool,
 }
 
-fn accept_local_path(iface: &str) -> String {
+fn accept_local_sysctl(iface: &str) -> String {
     format!("/proc/sys/net/ipv4/conf/{iface}/accept_local")
 }
 
@@ -203,7 +203,7 @@ impl AcceptLocal {
             this.put_back(iface, value);
         }
         for iface in ifaces {
-            let path = accept_local_path(iface);
+            let path = accept_local_sysctl(iface);
             let old = match std::fs::read_to_string(&path) {
                 Ok(old) => old.trim().to_string(),
                 Err(e) => {
@@ -265,7 +265,7 @@ impl AcceptLocal {
 
     /// Sets `iface`'s `accept_local` back to `value` and removes its record.
     fn put_back(&self, iface: &str, value: &str) {
-        let path = accept_local_path(iface);
+        let path = accept_local_sysctl(iface);
         match std::fs::write(&path, value) {
             Ok(()) => {}
             // The interface is gone, and its setting with it.

@@ -323,6 +323,19 @@ fn generation_base(hash: u64) -> u32 {
 /// Generations step by this (odd, so invertible modulo 2^32) per re-add.
 const GENERATION_STEP: u32 = 0x9e37_79b9;
 
+/// [`GENERATION_STEP`]'s inverse modulo 2^32, by Newton's iteration: an odd number is its
+/// own inverse modulo 8, and each step doubles the correct low bits (3, 6, 12, 24, 48).
+const GENERATION_STEP_INVERSE: u32 = {
+    let mut x = GENERATION_STEP;
+    let mut i = 0;
+    while i < 4 {
+        x = x.wrapping_mul(2u32.wrapping_sub(GENERATION_STEP.wrapping_mul(x)));
+        i += 1;
+    }
+    x
+};
+const _: () = assert!(GENERATION_STEP.wrapping_mul(GENERATION_STEP_INVERSE) == 1);
+
 /// How many re-adds of a VIP in all (they count on from agent to agent) a later agent
 /// recognizes in the generation it finds in `VIP_GENS` ([`Balancer::from_config`]); after
 /// more, the VIP's flows are scheduled again as after a delete.
@@ -334,19 +347,13 @@ fn incarnation_of(hash: u64, generation: u32) -> Option<u32> {
     if generation == 0 {
         return None;
     }
-    // The inverse of the step modulo 2^32 (Newton's iteration: each step doubles the
-    // correct low bits, and an odd number is its own inverse modulo 8).
-    let inverse = (0..4).fold(GENERATION_STEP, |x, _| {
-        x.wrapping_mul(2u32.wrapping_sub(GENERATION_STEP.wrapping_mul(x)))
-    });
-    // A generation of 1 may also be a step that came to 0.
-    let raw = if generation == 1 {
-        &[1, 0][..]
-    } else {
-        &[generation][..]
+    // A generation of 1 may also be a step that came to 0 (see `vip_generation`).
+    let steps_to = |g: u32| {
+        g.wrapping_sub(generation_base(hash))
+            .wrapping_mul(GENERATION_STEP_INVERSE)
     };
-    raw.iter()
-        .map(|&g| g.wrapping_sub(generation_base(hash)).wrapping_mul(inverse))
+    [steps_to(generation), steps_to(0)]
+        .into_iter()
         .find(|&k| k < GENERATIONS_RECOGNIZED && vip_generation(hash, k) == generation)
 }
 
@@ -481,13 +488,11 @@ impl<M: Maps> Balancer<M> {
     /// whose VIPs these are.
     pub fn clear_other_vip_gens(&mut self) -> Result<(), BalancerError> {
         let held: HashSet<u32> = self.vips.values().map(|v| v.id).collect();
-        let gens = self.maps.vip_gens()?;
-        for (id, generation) in (0u32..).zip(gens) {
+        for (id, generation) in (0u32..).zip(std::mem::take(&mut self.found_gens)) {
             if generation != 0 && !held.contains(&id) {
                 self.maps.write_vip_gen(id, 0)?;
             }
         }
-        self.found_gens.clear();
         Ok(())
     }
 

@@ -211,15 +211,7 @@ impl Pins {
 
     /// What is pinned in the directory: (path, file name).
     fn entries(&self) -> Vec<(PathBuf, String)> {
-        let Ok(dir) = std::fs::read_dir(&self.dir) else {
-            return Vec::new();
-        };
-        dir.filter_map(|e| {
-            let path = e.ok()?.path();
-            let name = path.file_name()?.to_str()?.to_string();
-            Some((path, name))
-        })
-        .collect()
+        entries(&self.dir)
     }
 
     fn link_path(&self, iface: &str, mode: LinkMode) -> PathBuf {
@@ -339,14 +331,24 @@ impl Pins {
     }
 }
 
-/// The `accept_local` values recorded in the pin directory `dir`: (interface, value).
-pub fn saved_accept_local(dir: &Path) -> Vec<(String, String)> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
+/// What is in the directory `dir`: (path, file name).
+fn entries(dir: &Path) -> Vec<(PathBuf, String)> {
+    let Ok(dir) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
-    entries
-        .filter_map(|e| {
-            let name = e.ok()?.file_name().into_string().ok()?;
+    dir.filter_map(|e| {
+        let path = e.ok()?.path();
+        let name = path.file_name()?.to_str()?.to_string();
+        Some((path, name))
+    })
+    .collect()
+}
+
+/// The `accept_local` values recorded in the pin directory `dir`: (interface, value).
+pub fn saved_accept_local(dir: &Path) -> Vec<(String, String)> {
+    entries(dir)
+        .into_iter()
+        .filter_map(|(_, name)| {
             let (value, iface) = name.strip_prefix(ACCEPT_LOCAL_PREFIX)?.split_once('-')?;
             let number = !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit());
             (number && !iface.is_empty()).then(|| (iface.to_string(), value.to_string()))

@@ -740,16 +740,24 @@ fn nstat(ns: &Netns) -> HashMap<String, u64> {
 /// in last place against 7.9k alone, and nftables' 13.6k against 19.8k when first.
 fn forget_time_wait(topo: &Topology) -> Result<usize> {
     let mut killed = 0;
-    for ns in std::iter::once(topo.client())
-        .chain(std::iter::once(topo.lb()))
-        .chain(topo.backends())
-    {
+    for ns in namespaces(topo) {
         let out = ns
             .run(&["ss", "-K", "-H", "-t", "-n", "state", "time-wait"])
             .with_context(|| format!("removing TIME-WAIT sockets in {}", ns.name()))?;
         killed += out.lines().filter(|l| !l.trim().is_empty()).count();
     }
     Ok(killed)
+}
+
+/// Before a measured run: no TIME-WAIT sockets left by earlier runs ([`forget_time_wait`]);
+/// a failure is the case's error.
+fn start_clean(topo: &Topology, errors: &mut Vec<String>) {
+    match forget_time_wait(topo) {
+        Ok(n) => say(&format!(
+            "    removed {n} TIME-WAIT sockets of earlier runs"
+        )),
+        Err(e) => errors.push(format!("{e:#}")),
+    }
 }
 
 /// The TCP counters of the client and of all backends (summed).
@@ -887,11 +895,16 @@ impl CpuMeter {
 }
 
 /// The network-namespace inodes of the topology.
-fn namespace_inodes(topo: &Topology) -> HashSet<u64> {
-    use std::os::unix::fs::MetadataExt as _;
+/// Every namespace of the topology.
+fn namespaces(topo: &Topology) -> impl Iterator<Item = &Netns> {
     [topo.client(), topo.lb(), topo.switch()]
         .into_iter()
         .chain(topo.backends())
+}
+
+fn namespace_inodes(topo: &Topology) -> HashSet<u64> {
+    use std::os::unix::fs::MetadataExt as _;
+    namespaces(topo)
         .filter_map(|ns| std::fs::metadata(ns.path()).ok().map(|m| m.ino()))
         .collect()
 }
@@ -1039,12 +1052,7 @@ fn run_case(
                 "keep-alive"
             }
         ));
-        match forget_time_wait(topo) {
-            Ok(n) => say(&format!(
-                "    removed {n} TIME-WAIT sockets of earlier runs"
-            )),
-            Err(e) => errors.push(format!("{e:#}")),
-        }
+        start_clean(topo, &mut errors);
         // First keep-alive run only: perf itself costs CPU the run then lacks.
         let profiled = !close
             && round == 0
@@ -1075,12 +1083,7 @@ fn run_case(
     }
     if !udp_targets.is_empty() && !stop.stopped() {
         say(&format!("  {} round {}: UDP...", peer.short(), round + 1));
-        match forget_time_wait(topo) {
-            Ok(n) => say(&format!(
-                "    removed {n} TIME-WAIT sockets of earlier runs"
-            )),
-            Err(e) => errors.push(format!("{e:#}")),
-        }
+        start_clean(topo, &mut errors);
         let meter = CpuMeter::start(&ours);
         let result = udp_load(topo, udp_targets, p, stop);
         run.udp_cpu = meter.stop();
