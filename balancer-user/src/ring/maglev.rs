@@ -1,7 +1,4 @@
-//! Lookup-table builders for the agent: quota-balanced, minimal-disruption Maglev
-//! consistent hashing and smooth weighted round-robin sequences.
-//!
-//! # Maglev ([`maglev`])
+//! Maglev consistent hashing with quotas and minimal disruption.
 //!
 //! Backends are sorted by `(key, id)` so a fresh build is a pure function of the
 //! backend set and `m`. Backend `i` owns the permutation
@@ -40,33 +37,10 @@
 //!   trials; e.g. weights 651/174/43/869/54/38/582 with m = 31, removing 174): then
 //!   balance wins and each survivor that must shrink releases one slot, the latest
 //!   in its permutation.
-//!
-//! # Round-robin ([`round_robin`])
-//!
-//! nginx's smooth weighted round-robin over the positive-weight backends in input
-//! order, after dividing the weights by their gcd.
 
 use std::cmp::{Ordering, Reverse};
-use std::collections::BinaryHeap;
-use std::net::Ipv4Addr;
 
-/// One backend as the ring builder sees it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RingBackend {
-    /// Backend id written into the ring slots (< 4096 in practice, any u32 allowed except NO_BACKEND).
-    pub id: u32,
-    /// Stable identity used to derive the backend's Maglev permutation, e.g. a hash of "addr:port".
-    /// Two backends with the same key get the same permutation; callers make keys unique.
-    pub key: u64,
-    /// Weight; 0 = takes no slots (drained).
-    pub weight: u32,
-}
-
-/// Written into every slot when no backend has weight > 0.
-pub const NO_BACKEND: u32 = u32::MAX;
-
-/// Largest ring size the kernel supports (prime).
-pub const MAX_RING_SIZE: u32 = 65537;
+use super::{fmix64, gcd, is_prime, splitmix64, RingBackend, NO_BACKEND};
 
 /// Seed xored into the key before hashing it for the permutation's skip.
 const SKIP_SEED: u64 = 0xC2B2_AE3D_27D4_EB4F;
@@ -76,56 +50,6 @@ const FREE: u32 = u32::MAX;
 
 /// Ids up to this value are indexed with a dense table when reading `prev`.
 const DENSE_ID_LIMIT: u32 = 1 << 16;
-
-/// Whether `n` is prime (trial division; 0 and 1 are not prime).
-#[must_use]
-pub fn is_prime(n: u32) -> bool {
-    if n < 2 {
-        return false;
-    }
-    if n < 4 {
-        return true;
-    }
-    if n.is_multiple_of(2) || n.is_multiple_of(3) {
-        return false;
-    }
-    let n = u64::from(n);
-    let mut i = 5u64;
-    while i * i <= n {
-        if n.is_multiple_of(i) || n.is_multiple_of(i + 2) {
-            return false;
-        }
-        i += 6;
-    }
-    true
-}
-
-/// SplitMix64 output function (Steele, Lea, Flood 2014) applied to `x`.
-const fn splitmix64(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-/// MurmurHash3's 64-bit finalizer.
-const fn fmix64(mut k: u64) -> u64 {
-    k ^= k >> 33;
-    k = k.wrapping_mul(0xFF51_AFD7_ED55_8CCD);
-    k ^= k >> 33;
-    k = k.wrapping_mul(0xC4CE_B9FE_1A85_EC53);
-    k ^ (k >> 33)
-}
-
-/// Stable 64-bit key for a backend address+port:
-/// `splitmix64((u32::from(addr) as u64) << 16 | port)`.
-///
-/// Deterministic across runs, machines and endianness (the address is taken in
-/// network order as a number, e.g. 10.0.0.1 -> 0x0A00_0001).
-#[must_use]
-pub fn backend_key(addr: Ipv4Addr, port: u16) -> u64 {
-    splitmix64((u64::from(u32::from(addr)) << 16) | u64::from(port))
-}
 
 /// A backend's Maglev permutation: `slot(j) = (offset + j * skip) % m`.
 #[derive(Clone, Copy)]
@@ -487,219 +411,15 @@ pub fn maglev(backends: &[RingBackend], m: u32, prev: Option<&[u32]>) -> Vec<u32
 /// endgame cuts that to about ln(ENDGAME_FRACTION).
 pub const ENDGAME_FRACTION: usize = 32;
 
-/// Greatest common divisor.
-fn gcd(mut a: u64, mut b: u64) -> u64 {
-    while b != 0 {
-        (a, b) = (b, a % b);
-    }
-    a
-}
-
-/// A scaled entry count in [`scale_counts`]'s heap, ordered by how over-served it is.
-#[derive(PartialEq, Eq)]
-struct Scaled {
-    count: u64,
-    weight: u64,
-    index: usize,
-}
-
-impl Ord for Scaled {
-    fn cmp(&self, other: &Self) -> Ordering {
-        // Larger count/weight first, then the later backend.
-        let lhs = u128::from(self.count) * u128::from(other.weight);
-        let rhs = u128::from(other.count) * u128::from(self.weight);
-        lhs.cmp(&rhs).then(self.index.cmp(&other.index))
-    }
-}
-
-impl PartialOrd for Scaled {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-/// Apportions `target` entries (at least one per weight) by `weights` (all > 0):
-/// largest remainder, then backends rounded down to 0 are raised to 1 and the units
-/// are taken back from the most over-served backends that have more than one.
-fn scale_counts(weights: &[u64], target: u64) -> Vec<u64> {
-    let target = target.max(weights.len() as u64);
-    let total: u128 = weights.iter().map(|&w| u128::from(w)).sum();
-    let mut counts = Vec::with_capacity(weights.len());
-    let mut rem = Vec::with_capacity(weights.len());
-    for &w in weights {
-        let share = u128::from(target) * u128::from(w);
-        counts.push((share / total) as u64);
-        rem.push(share % total);
-    }
-    let units = (target - counts.iter().sum::<u64>()) as usize;
-    let mut order: Vec<usize> = (0..weights.len()).collect();
-    order.sort_unstable_by_key(|&i| (Reverse(rem[i]), i));
-    for &i in &order[..units] {
-        counts[i] += 1;
-    }
-    let mut deficit = 0u64;
-    for c in counts.iter_mut().filter(|c| **c == 0) {
-        *c = 1;
-        deficit += 1;
-    }
-    if deficit > 0 {
-        let mut heap: BinaryHeap<Scaled> = counts
-            .iter()
-            .zip(weights)
-            .enumerate()
-            .filter(|&(_, (&c, _))| c > 1)
-            .map(|(index, (&count, &weight))| Scaled {
-                count,
-                weight,
-                index,
-            })
-            .collect();
-        // sum(counts) - n = target + deficit - n >= deficit, so the heap never runs dry.
-        while deficit > 0 {
-            let Some(mut top) = heap.pop() else { break };
-            top.count -= 1;
-            counts[top.index] = top.count;
-            deficit -= 1;
-            if top.count > 1 {
-                heap.push(top);
-            }
-        }
-    }
-    counts
-}
-
-/// Weighted round-robin sequence (smooth weighted round-robin like nginx's), length = sum of
-/// (weight / gcd of all positive weights), scaled down proportionally if that exceeds `max_len`
-/// (every positive-weight backend keeps at least one entry). Empty Vec if no positive weight.
-///
-/// Backends are taken in input order (it decides ties, as in nginx: the earliest
-/// backend with the highest current weight is picked). When scaling, the counts are
-/// a largest-remainder apportionment of exactly `max_len` entries, adjusted so that
-/// every positive backend keeps one; if there are more positive backends than
-/// `max_len`, each gets exactly one entry (the length then exceeds `max_len`).
-/// Cost is O(length * distinct weights), at most O(length^1.5).
-#[must_use]
-pub fn round_robin(backends: &[RingBackend], max_len: u32) -> Vec<u32> {
-    let live: Vec<&RingBackend> = backends.iter().filter(|b| b.weight > 0).collect();
-    if live.is_empty() {
-        return Vec::new();
-    }
-    let g = live.iter().fold(0u64, |g, b| gcd(g, u64::from(b.weight)));
-    let mut weights: Vec<u64> = live.iter().map(|b| u64::from(b.weight) / g).collect();
-    let total: u64 = weights.iter().sum();
-    if total > u64::from(max_len) {
-        weights = scale_counts(&weights, u64::from(max_len));
-    }
-    smooth_sequence(&live, &weights)
-}
-
-/// Backends of one (scaled) weight in a smooth weighted round-robin.
-struct WeightClass {
-    weight: u64,
-    /// Indices into the backend list, ascending.
-    members: Vec<usize>,
-    /// Every member has been picked `rounds` times, those before `next` once more.
-    rounds: u64,
-    next: usize,
-}
-
-/// nginx's smooth weighted round-robin: each step adds every weight to its backend's
-/// current weight, picks the earliest backend with the largest current weight and
-/// subtracts the total from it. After t steps backend i's current weight is
-/// `t * w_i - total * picks_i`, so among backends of equal weight the pick goes to
-/// the earliest one picked least often, i.e. they take turns in index order. That
-/// makes each step O(distinct weights), and distinct positive weights summing to
-/// `total` number at most sqrt(2 * total).
-fn smooth_sequence(live: &[&RingBackend], weights: &[u64]) -> Vec<u32> {
-    let mut by_weight: Vec<(u64, usize)> = weights.iter().copied().zip(0..).collect();
-    by_weight.sort_unstable();
-    let mut classes: Vec<WeightClass> = Vec::new();
-    for (weight, index) in by_weight {
-        match classes.last_mut() {
-            Some(class) if class.weight == weight => class.members.push(index),
-            _ => classes.push(WeightClass {
-                weight,
-                members: vec![index],
-                rounds: 0,
-                next: 0,
-            }),
-        }
-    }
-    let total: u64 = weights.iter().sum();
-    let mut out = Vec::with_capacity(total as usize);
-    for step in 1..=total {
-        let mut best = 0;
-        let mut best_value = i128::MIN;
-        let mut best_index = usize::MAX;
-        for (c, class) in classes.iter().enumerate() {
-            let value = i128::from(step) * i128::from(class.weight)
-                - i128::from(total) * i128::from(class.rounds);
-            let index = class.members[class.next];
-            if value > best_value || (value == best_value && index < best_index) {
-                (best, best_value, best_index) = (c, value, index);
-            }
-        }
-        out.push(live[best_index].id);
-        let class = &mut classes[best];
-        class.next += 1;
-        if class.next == class.members.len() {
-            class.next = 0;
-            class.rounds += 1;
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ring::testing::*;
+    use crate::ring::{is_prime, round_robin, MAX_RING_SIZE};
     use std::collections::{HashMap, HashSet};
     use std::time::Instant;
 
     const M: u32 = MAX_RING_SIZE;
-
-    fn backend(i: u32, weight: u32) -> RingBackend {
-        let addr = Ipv4Addr::new(10, (i >> 16) as u8, (i >> 8) as u8, i as u8);
-        RingBackend {
-            id: i,
-            key: backend_key(addr, 8080),
-            weight,
-        }
-    }
-
-    fn equal(n: u32) -> Vec<RingBackend> {
-        (0..n).map(|i| backend(i, 1)).collect()
-    }
-
-    fn cycling(n: u32) -> Vec<RingBackend> {
-        (0..n).map(|i| backend(i, i % 10 + 1)).collect()
-    }
-
-    fn counts(table: &[u32]) -> HashMap<u32, u64> {
-        let mut c = HashMap::new();
-        for &id in table {
-            *c.entry(id).or_insert(0) += 1;
-        }
-        c
-    }
-
-    /// Deterministic test RNG.
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 = self.0.wrapping_add(1);
-            splitmix64(self.0)
-        }
-        fn below(&mut self, n: u64) -> u64 {
-            self.next() % n
-        }
-        fn shuffle<T>(&mut self, v: &mut [T]) {
-            for i in (1..v.len()).rev() {
-                let j = self.below(i as u64 + 1) as usize;
-                v.swap(i, j);
-            }
-        }
-    }
 
     /// Every positive backend is within one slot of m*w/W (and within 1% of it when
     /// that is >= 100); drained backends and unknown ids hold nothing.
@@ -746,42 +466,6 @@ mod tests {
             .filter(|b| b.weight > 0)
             .map(|b| b.id)
             .collect()
-    }
-
-    #[test]
-    fn is_prime_known_values() {
-        assert!(is_prime(65537));
-        assert!(is_prime(655373));
-        assert!(is_prime(2));
-        assert!(is_prime(3));
-        assert!(is_prime(4_294_967_291)); // largest u32 prime
-        assert!(!is_prime(65536));
-        assert!(!is_prime(1));
-        assert!(!is_prime(0));
-        assert!(!is_prime(4));
-        assert!(!is_prime(25));
-        assert!(!is_prime(65535));
-        assert!(!is_prime(u32::MAX));
-        let small: Vec<u32> = (0..30).filter(|&n| is_prime(n)).collect();
-        assert_eq!(small, [2, 3, 5, 7, 11, 13, 17, 19, 23, 29]);
-    }
-
-    #[test]
-    fn backend_key_is_stable() {
-        // splitmix64(0x0A00_0001 << 16 | 80), fixed forever: changing it reshuffles rings.
-        assert_eq!(
-            backend_key(Ipv4Addr::new(10, 0, 0, 1), 80),
-            splitmix64(0x0A00_0001_0050)
-        );
-        assert_eq!(splitmix64(0), 0xE220_A839_7B1D_CDAF);
-        assert_ne!(
-            backend_key(Ipv4Addr::new(10, 0, 0, 1), 80),
-            backend_key(Ipv4Addr::new(10, 0, 0, 1), 81)
-        );
-        assert_ne!(
-            backend_key(Ipv4Addr::new(10, 0, 0, 1), 80),
-            backend_key(Ipv4Addr::new(10, 0, 0, 2), 80)
-        );
     }
 
     #[test]
@@ -1184,112 +868,5 @@ mod tests {
             }
         }
         println!("{violations}/{cases} non-strict removals, {moved} slots moved");
-    }
-
-    fn rr(weights: &[u32], max_len: u32) -> Vec<u32> {
-        let b: Vec<RingBackend> = weights
-            .iter()
-            .enumerate()
-            .map(|(i, &w)| backend(i as u32, w))
-            .collect();
-        round_robin(&b, max_len)
-    }
-
-    /// nginx's algorithm verbatim, O(length * backends).
-    fn naive_swrr(weights: &[u64]) -> Vec<u32> {
-        let total: u64 = weights.iter().sum();
-        let mut current = vec![0i64; weights.len()];
-        let mut out = Vec::new();
-        for _ in 0..total {
-            let mut best = 0;
-            for i in 0..weights.len() {
-                current[i] += weights[i] as i64;
-                if current[i] > current[best] {
-                    best = i;
-                }
-            }
-            current[best] -= total as i64;
-            out.push(best as u32);
-        }
-        out
-    }
-
-    #[test]
-    fn round_robin_matches_nginx_reference() {
-        let mut rng = Rng(99);
-        for _ in 0..300 {
-            let n = 1 + rng.below(12) as usize;
-            let max_w = [1u64, 2, 3, 10, 50][rng.below(5) as usize];
-            let weights: Vec<u32> = (0..n).map(|_| rng.below(max_w + 1) as u32).collect();
-            let positive: Vec<(u32, u64)> = weights
-                .iter()
-                .enumerate()
-                .filter(|(_, &w)| w > 0)
-                .map(|(i, &w)| (i as u32, u64::from(w)))
-                .collect();
-            let g = positive.iter().fold(0, |g, &(_, w)| gcd(g, w));
-            let reduced: Vec<u64> = positive.iter().map(|&(_, w)| w / g).collect();
-            let expected: Vec<u32> = naive_swrr(&reduced)
-                .into_iter()
-                .map(|k| positive[k as usize].0)
-                .collect();
-            assert_eq!(rr(&weights, 1_000_000), expected, "weights {weights:?}");
-        }
-    }
-
-    #[test]
-    fn round_robin_equal_weights() {
-        assert_eq!(rr(&[1, 1, 1], 1000), [0, 1, 2]);
-        assert_eq!(rr(&[7, 7, 7], 1000), [0, 1, 2]);
-    }
-
-    #[test]
-    fn round_robin_is_smooth_like_nginx() {
-        // nginx: a a b a c a a
-        assert_eq!(rr(&[5, 1, 1], 1000), [0, 0, 1, 0, 2, 0, 0]);
-        let seq = rr(&[5, 1, 1], 1000);
-        let c = counts(&seq);
-        assert_eq!((c[&0], c[&1], c[&2]), (5, 1, 1));
-    }
-
-    #[test]
-    fn round_robin_reduces_by_gcd() {
-        assert_eq!(rr(&[2, 4], 1000), [1, 0, 1]);
-        assert_eq!(rr(&[6, 9, 3], 1000).len(), 6);
-    }
-
-    #[test]
-    fn round_robin_skips_zero_weights() {
-        assert_eq!(rr(&[0, 1, 0, 2], 1000), [3, 1, 3]);
-        assert!(rr(&[0, 0], 1000).is_empty());
-        assert!(rr(&[], 1000).is_empty());
-    }
-
-    #[test]
-    fn round_robin_scales_to_max_len() {
-        // 1000 + 1 + 1 > 100: scaled to exactly 100 entries, small ones keep one.
-        let seq = rr(&[1000, 1, 1], 100);
-        assert_eq!(seq.len(), 100);
-        let c = counts(&seq);
-        assert_eq!((c[&0], c[&1], c[&2]), (98, 1, 1));
-        // Proportional scaling.
-        let seq = rr(&[300, 200, 100, 1], 60);
-        assert_eq!(seq.len(), 60);
-        let c = counts(&seq);
-        assert_eq!((c[&0], c[&1], c[&2], c[&3]), (30, 20, 9, 1));
-        // Many tiny backends next to a huge one: every one keeps an entry.
-        let mut w = vec![1u32; 50];
-        w.push(1_000_000);
-        let seq = rr(&w, 64);
-        assert_eq!(seq.len(), 64);
-        let c = counts(&seq);
-        assert!((0..50).all(|i| c[&i] == 1));
-        assert_eq!(c[&50], 14);
-        // More positive backends than max_len: one entry each.
-        let seq = rr(&[3, 5, 7, 11], 2);
-        assert_eq!(seq.len(), 4);
-        assert_eq!(counts(&seq).len(), 4);
-        // Sum exactly max_len: untouched.
-        assert_eq!(rr(&[5, 1, 1], 7), [0, 0, 1, 0, 2, 0, 0]);
     }
 }
