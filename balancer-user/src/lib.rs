@@ -1,11 +1,10 @@
-//! balancer's userspace: configuration, the Maglev/round-robin ring builder, the map owner
-//! (`Balancer`), the control socket, the agent and the CLI.
+//! balancer's userspace: the agent (`balancer run`) and the CLI that talks to it.
+//! ARCHITECTURE.md at the repository's root maps these modules.
 pub mod agent;
-pub mod balancer;
+pub mod api;
 pub mod cli;
 pub mod config;
-pub mod control;
+pub mod dataplane;
 pub mod health;
-pub mod maps;
-pub mod pins;
+pub mod lb;
 pub mod ring;

@@ -5,10 +5,11 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use aya::{programs::Xdp, Ebpf, TestRun, TestRunOptions};
 use balancer::{
-    balancer::{settings, Balancer, Counters, SnatSource},
+    api::Counters,
     config::{NatConfig, Protocol, Scheduler, Timeouts, VipConfig},
+    dataplane::{loader::load_program, AyaMaps, Maps},
     health::{CheckOutcome, Health, HealthEvent},
-    maps::{AyaMaps, Maps},
+    lb::{settings, Balancer, SnatSource},
 };
 use balancer_common::{
     map_names, stat, Conn, FlowCacheEntry, FlowKey, NatEntry, NextHop, CLIENT_HOP_SLOTS,
@@ -115,7 +116,7 @@ impl Fixture {
         };
         let (client_if, backend_if) = (ifindex("fxc"), ifindex("fxb"));
 
-        let mut ebpf = balancer::agent::load_program().expect("load the XDP program");
+        let mut ebpf = load_program().expect("load the XDP program");
         let maps = AyaMaps::new(&mut ebpf).expect("take the program's maps");
         let settings = settings(&timeouts, &nat);
         let mut lb = Balancer::new(maps, &settings, SnatSource::Fixed(SNAT)).unwrap();

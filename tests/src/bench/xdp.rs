@@ -17,7 +17,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context as _, Result};
 use aya::{maps::Map, maps::MapData, programs::Xdp, Ebpf, EbpfLoader};
-use balancer::{agent::EBPF_OBJECT, balancer::Balancer, config, maps::AyaMaps};
+use balancer::{
+    config,
+    dataplane::{loader::EBPF_OBJECT, AyaMaps},
+    lb::Balancer,
+};
 use balancer_common::{map_names, CONN_TABLE_SIZE, PROGRAM_NAME};
 use balancer_tests::{
     agent::web_and_dns,

@@ -1,10 +1,18 @@
 //! Unit tests of the balancer API over in-memory maps.
 use std::{collections::HashSet, net::SocketAddrV4, sync::Arc};
 
-use balancer_common::{MAX_RING_SIZE, NO_BACKEND, SCHED_ROUND_ROBIN};
+use balancer_common::{
+    BACKEND_F_PRESENT, BACKEND_F_RESCHEDULE, MAX_RING_SIZE, NO_BACKEND, SCHED_ROUND_ROBIN,
+    VIP_F_PASS_ALL_DOWN,
+};
 
-use super::*;
-use crate::maps::FakeMaps;
+use super::{ids::*, *};
+use crate::{
+    api::Status,
+    config::{AllDownPolicy, DownPolicy, NatConfig, Scheduler, Timeouts},
+    dataplane::FakeMaps,
+    health::HealthEvent,
+};
 
 const SNAT: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 1);
 

@@ -1,0 +1,115 @@
+//! `balancer run`: the agent. [`run`] builds the subsystems (host settings, the data
+//! plane, the balancer, the health checker, the control server, signals) and then runs one
+//! loop over one [`Event`] enum ([`events`]), whose handler is the only writer of the maps.
+//! On SIGINT/SIGTERM it detaches cleanly (or leaves the data plane running, with
+//! `keep_attached`).
+
+mod control_server;
+mod events;
+mod host;
+mod signals;
+
+use std::{ops::ControlFlow, path::PathBuf};
+
+use anyhow::Context;
+use tokio::sync::mpsc;
+
+pub use events::{Agent, Event};
+
+use crate::{
+    config::{self, XdpMode},
+    dataplane::{
+        loader::{self, Program},
+        pins::Pins,
+    },
+    health::{Checker, HealthEvent},
+    lb::Balancer,
+};
+
+pub struct RunOptions {
+    pub config: PathBuf,
+    pub socket: Option<PathBuf>,
+    pub xdp_mode: Option<XdpMode>,
+}
+
+pub async fn run(options: RunOptions) -> anyhow::Result<()> {
+    let config = config::load(&options.config)?;
+    let socket_path = options
+        .socket
+        .unwrap_or_else(|| config.agent.control_socket.clone());
+    let mode = options.xdp_mode.unwrap_or(config.agent.xdp_mode);
+    host::raise_open_files_limit();
+
+    let pins = loader::open_pins(&config.agent)?;
+    if let Some(pins) = &pins {
+        pins.release_other_links(&config.agent.interfaces);
+    }
+    let (mut program, logger) = Program::load(pins.as_ref())?;
+    if let Some(logger) = logger {
+        tokio::spawn(loader::forward_logs(logger));
+    }
+    let maps = program.maps()?;
+    let mut lb = Balancer::from_config(maps, &config).context("applying the configuration")?;
+    let keep = config.agent.keep_attached;
+    if let Err(e) = program.attach_all(&config.agent.interfaces, pins.as_ref(), mode, keep) {
+        // The previous program may still run (a kept link), and the next agent needs the
+        // generations as they were.
+        lb.restore_vip_gens();
+        return Err(e);
+    }
+    for iface in &config.agent.interfaces {
+        host::check_forwarding(iface);
+    }
+    if let Err(e) = lb.clear_other_vip_gens() {
+        log::warn!(
+            "clearing the previous agent's VIP generations: {e}; flows of its VIPs that this \
+             one has not got may be forwarded on"
+        );
+    }
+    // Put back (or, with kept links, left on) when it goes out of scope, after the
+    // program is detached.
+    let _accept_local = host::AcceptLocal::enable(
+        &config.agent.interfaces,
+        pins.as_ref().map(Pins::dir),
+        keep && pins.is_some(),
+    );
+
+    let (events_tx, mut events) = mpsc::channel::<Event>(64);
+    control_server::start(&socket_path, events_tx.clone())?;
+    log::info!(
+        "serving {} VIP(s); control socket {}",
+        config.vips.len(),
+        socket_path.display()
+    );
+    // The checker's results come on a channel of their own (it is a library that knows
+    // nothing of the agent's events) and become events here.
+    let (health_tx, mut health) = mpsc::channel::<HealthEvent>(1024);
+    let mut agent = Agent::new(lb, Checker::new(health_tx));
+    signals::start(events_tx)?;
+    loop {
+        let event = tokio::select! {
+            Some(event) = events.recv() => event,
+            Some(result) = health.recv() => Event::Health(result),
+            else => break,
+        };
+        if agent.handle(event) == ControlFlow::Break(()) {
+            break;
+        }
+    }
+    let _ = std::fs::remove_file(&socket_path);
+    // (Without keep_attached no link is pinned now: links taken over were unpinned at
+    // once, see `Pins::take_over`.)
+    if let (true, Some(pins)) = (keep, &pins) {
+        log::info!(
+            "leaving XDP attached: the data plane forwards with this configuration until \
+             the next agent takes over (remove {} to detach it)",
+            pins.dir().display()
+        );
+        // (`accept_local` stays on: the data plane still needs it.)
+    }
+    // Dropping the program detaches it from every interface whose link is not pinned.
+    drop(agent.into_balancer());
+    drop(program);
+    log::info!("stopped");
+    Ok(())
+}

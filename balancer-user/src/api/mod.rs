@@ -1,0 +1,140 @@
+//! The control protocol: what the CLI (and later the metrics endpoint and the stats
+//! page) asks the agent and what it answers, as JSON lines over the control socket
+//! ([`client`] is the CLI's half; the agent's is `agent::control_server`). Everything
+//! that reads the agent's state reads it from these types.
+
+pub mod client;
+
+use std::{
+    collections::BTreeMap,
+    net::{Ipv4Addr, SocketAddrV4},
+};
+
+use balancer_common::FlowStats;
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    config::{DownPolicy, VipConfig},
+    health::Health,
+};
+
+/// One request to the agent.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "kebab-case")]
+pub enum Request {
+    Status,
+    VipAdd {
+        #[serde(flatten)]
+        vip: VipConfig,
+    },
+    VipDel {
+        name: String,
+    },
+    BackendAdd {
+        target: String,
+        address: SocketAddrV4,
+        weight: u32,
+    },
+    BackendDel {
+        target: String,
+        address: SocketAddrV4,
+    },
+    BackendWeight {
+        target: String,
+        address: SocketAddrV4,
+        weight: u32,
+    },
+}
+
+/// The agent's answer: the status after the request, or why it was refused.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Response {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<Status>,
+}
+
+impl Response {
+    pub fn error(message: impl Into<String>) -> Self {
+        Response {
+            ok: false,
+            error: Some(message.into()),
+            status: None,
+        }
+    }
+}
+
+/// Counters of a VIP or a backend, summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+    pub reply_packets: u64,
+    pub reply_bytes: u64,
+}
+
+impl From<FlowStats> for Counters {
+    fn from(s: FlowStats) -> Self {
+        Counters {
+            packets: s.packets,
+            bytes: s.bytes,
+            new_flows: s.new_flows,
+            reply_packets: s.reply_packets,
+            reply_bytes: s.reply_bytes,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VipStatus {
+    #[serde(flatten)]
+    pub config: VipConfig,
+    /// Backends that take new flows (weight > 0 and up).
+    pub active_backends: usize,
+    pub counters: Counters,
+}
+
+/// The newest health check of a backend.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LastCheck {
+    pub ok: bool,
+    pub latency_ms: f64,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BackendStatus {
+    pub address: Ipv4Addr,
+    pub port: u16,
+    pub weight: u32,
+    /// "active", "drained" (weight 0) or "down" (failed its health checks).
+    pub state: String,
+    pub health: Health,
+    /// Check type ("none", "tcp", "http", "udp").
+    pub check: String,
+    pub last_check: Option<LastCheck>,
+    /// Seconds since the health last changed (or since the backend was added).
+    pub since_change_secs: f64,
+    /// Why the health last changed.
+    pub change_reason: String,
+    pub counters: Counters,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PoolStatus {
+    pub name: String,
+    pub on_backend_down: DownPolicy,
+    pub backends: Vec<BackendStatus>,
+}
+
+/// Everything `balancer status` shows.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    pub vips: Vec<VipStatus>,
+    pub pools: Vec<PoolStatus>,
+    /// Verdicts and drop/pass reasons (`balancer_common::stat::NAMES`).
+    pub global: BTreeMap<String, u64>,
+}

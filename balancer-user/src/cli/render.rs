@@ -1,0 +1,129 @@
+//! What the CLI prints: the agent's status as tables.
+
+use std::fmt::Write as _;
+
+use crate::api::{client::ClientError, Status};
+
+/// Drops the padding the last column of a table leaves at the end of each line.
+pub(super) fn trim_lines(text: &str) -> String {
+    text.lines()
+        .map(str::trim_end)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+pub(super) fn render_vips(status: &Status) -> String {
+    let mut out = format!(
+        "{:<16} {:<24} {:<12} {:<16} {:>8} {:<8}\n",
+        "VIP", "ADDRESS", "SCHEDULER", "POOL", "ACTIVE", "ALL DOWN"
+    );
+    for status in &status.vips {
+        let v = &status.config;
+        let _ = writeln!(
+            out,
+            "{:<16} {:<24} {:<12} {:<16} {:>8} {:<8}",
+            v.name,
+            format!("{}:{}/{}", v.address, v.port, v.protocol),
+            v.scheduler.to_string(),
+            v.pool,
+            status.active_backends,
+            v.on_all_down.to_string()
+        );
+    }
+    out.trim_end().to_string()
+}
+
+pub(super) fn render_backends(
+    status: &Status,
+    target: Option<&str>,
+) -> Result<String, ClientError> {
+    let pool = match target {
+        None => None,
+        Some(t) => {
+            let name = if status.pools.iter().any(|p| p.name == t) {
+                t.to_string()
+            } else if let Some(v) = status.vips.iter().find(|v| v.config.name == t) {
+                v.config.pool.clone()
+            } else {
+                return Err(ClientError::Refused(format!("no pool or VIP named {t:?}")));
+            };
+            Some(name)
+        }
+    };
+    let mut out = format!(
+        "{:<12} {:<21} {:>6} {:<8} {:<5} {:<6} {:>9} {:<28} {:>10} {:>9}\n",
+        "POOL",
+        "BACKEND",
+        "WEIGHT",
+        "STATE",
+        "CHECK",
+        "HEALTH",
+        "SINCE",
+        "LAST CHECK",
+        "PACKETS",
+        "NEW FLOWS"
+    );
+    for p in status
+        .pools
+        .iter()
+        .filter(|p| pool.as_ref().is_none_or(|n| *n == p.name))
+    {
+        for b in &p.backends {
+            let last = match &b.last_check {
+                Some(c) => format!("{:.1}ms {}", c.latency_ms, c.reason),
+                None => "-".to_string(),
+            };
+            let _ = writeln!(
+                out,
+                "{:<12} {:<21} {:>6} {:<8} {:<5} {:<6} {:>9} {:<28} {:>10} {:>9}",
+                p.name,
+                format!("{}:{}", b.address, b.port),
+                b.weight,
+                b.state,
+                b.check,
+                b.health.as_str(),
+                format_age(b.since_change_secs),
+                last,
+                b.counters.packets + b.counters.reply_packets,
+                b.counters.new_flows
+            );
+        }
+    }
+    Ok(out.trim_end().to_string())
+}
+
+/// "42s", "7m03s", "2h05m": time since a backend's last health change.
+fn format_age(secs: f64) -> String {
+    let s = secs.max(0.0) as u64;
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
+pub(super) fn render_status(status: &Status) -> String {
+    let mut out = String::from("VIPs\n");
+    out += &render_vips(status);
+    out += "\n\nVIP counters\n";
+    let _ = writeln!(
+        out,
+        "{:<16} {:>12} {:>14} {:>12} {:>14} {:>10}",
+        "VIP", "IN PKTS", "IN BYTES", "OUT PKTS", "OUT BYTES", "NEW FLOWS"
+    );
+    for v in &status.vips {
+        let c = &v.counters;
+        let _ = writeln!(
+            out,
+            "{:<16} {:>12} {:>14} {:>12} {:>14} {:>10}",
+            v.config.name, c.packets, c.bytes, c.reply_packets, c.reply_bytes, c.new_flows
+        );
+    }
+    out += "\nBackends\n";
+    out += &render_backends(status, None).unwrap_or_default();
+    out += "\n\nData plane\n";
+    for (name, value) in status.global.iter().filter(|(_, v)| **v > 0) {
+        let _ = writeln!(out, "  {name:<22} {value}");
+    }
+    out.trim_end().to_string()
+}

@@ -1,0 +1,316 @@
+//! [`Maps`] on the kernel's maps of a loaded program.
+
+use std::os::fd::{AsFd, AsRawFd};
+use std::ptr::NonNull;
+
+use aya::{
+    maps::{Array, HashMap, MapData, PerCpuArray, PerCpuValues},
+    Ebpf,
+};
+use balancer_common::{
+    map_names, stat, Backend, FlowStats, Settings, VipKey, VipMeta, BACKEND_F_RESCHEDULE, MAX_VIPS,
+    RING_ENTRIES,
+};
+
+use super::{Maps, MapsError, PresentVips};
+
+fn aya_err(map: &'static str) -> impl FnOnce(aya::maps::MapError) -> MapsError {
+    move |source| MapsError::Aya { map, source }
+}
+
+/// The kernel maps of a loaded program.
+pub struct AyaMaps {
+    vips: HashMap<MapData, VipKey, VipMeta>,
+    vip_addrs: Array<MapData, u32>,
+    vip_gens: Array<MapData, u32>,
+    present: PresentVips,
+    ring: MappedRing,
+    backends: Array<MapData, Backend>,
+    settings: Array<MapData, Settings>,
+    /// What `SETTINGS` holds (once written), with the `flow_epoch` this layer counts.
+    written_settings: Option<Settings>,
+    /// Changed after every write to `VIP_GENS` and every backend flagged to move its flows,
+    /// see [`Settings::flow_epoch`].
+    flow_epoch: u32,
+    vip_stats: PerCpuArray<MapData, FlowStats>,
+    backend_stats: PerCpuArray<MapData, FlowStats>,
+    global_stats: PerCpuArray<MapData, u64>,
+}
+
+fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, MapsError>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(MapsError::Missing(name))?;
+    T::try_from(map).map_err(aya_err(name))
+}
+
+impl AyaMaps {
+    /// Takes the maps the agent owns out of a loaded program.
+    pub fn new(ebpf: &mut Ebpf) -> Result<Self, MapsError> {
+        Ok(Self {
+            vips: take(ebpf, map_names::VIPS)?,
+            vip_addrs: take(ebpf, map_names::VIP_ADDRS)?,
+            vip_gens: take(ebpf, map_names::VIP_GENS)?,
+            present: PresentVips::default(),
+            ring: MappedRing::new(ebpf)?,
+            backends: take(ebpf, map_names::BACKENDS)?,
+            settings: take(ebpf, map_names::SETTINGS)?,
+            written_settings: None,
+            flow_epoch: 0,
+            vip_stats: take(ebpf, map_names::VIP_STATS)?,
+            backend_stats: take(ebpf, map_names::BACKEND_STATS)?,
+            global_stats: take(ebpf, map_names::GLOBAL_STATS)?,
+        })
+    }
+}
+
+/// The `RING` array (created `BPF_F_MMAPABLE`) mapped into the agent's memory: a slot
+/// write is a store, not a syscall, so a whole 65537-slot ring is written in well under a
+/// millisecond. The VIP's flip to the new slice is a map update (a syscall, so a full
+/// barrier): the kernel never reads a slice before it is complete.
+struct MappedRing {
+    /// The kernel stores array elements 8-byte aligned (`round_up(value_size, 8)`), so
+    /// slot `i`'s u32 sits at byte `8 * i`.
+    base: NonNull<u64>,
+    len: usize,
+    // Kept open for clarity; the mapping itself also holds a reference to the map.
+    _map: MapData,
+}
+
+/// Bytes between two slots of an array map's memory.
+const RING_STRIDE: usize = 8;
+
+impl MappedRing {
+    fn new(ebpf: &mut Ebpf) -> Result<Self, MapsError> {
+        let name = map_names::RING;
+        let map = match ebpf.take_map(name).ok_or(MapsError::Missing(name))? {
+            aya::maps::Map::Array(data) => data,
+            _ => {
+                return Err(MapsError::Other {
+                    map: name,
+                    message: "is not an array".into(),
+                })
+            }
+        };
+        let len = RING_ENTRIES as usize;
+        let bytes = len * RING_STRIDE;
+        // SAFETY: a shared mapping of the map's fd; the kernel checks size and permissions.
+        let addr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                map.fd().as_fd().as_raw_fd(),
+                0,
+            )
+        };
+        if addr == libc::MAP_FAILED {
+            return Err(MapsError::Other {
+                map: name,
+                message: format!(
+                    "mmap of {bytes} bytes failed (is the map BPF_F_MMAPABLE?): {}",
+                    std::io::Error::last_os_error()
+                ),
+            });
+        }
+        Ok(MappedRing {
+            base: NonNull::new(addr.cast()).expect("mmap returned a non-null address"),
+            len,
+            _map: map,
+        })
+    }
+
+    fn set(&mut self, index: u32, value: u32) -> Result<(), MapsError> {
+        if index as usize >= self.len {
+            return Err(MapsError::Other {
+                map: map_names::RING,
+                message: format!("slot {index} out of range ({} slots)", self.len),
+            });
+        }
+        // SAFETY: in bounds of a live mapping; an aligned u32 store is atomic for readers.
+        unsafe {
+            self.base
+                .as_ptr()
+                .add(index as usize)
+                .cast::<u32>()
+                .write_volatile(value)
+        };
+        Ok(())
+    }
+}
+
+impl Drop for MappedRing {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping made in `new`.
+        unsafe { libc::munmap(self.base.as_ptr().cast(), self.len * RING_STRIDE) };
+    }
+}
+
+fn sum_stats(values: &PerCpuValues<FlowStats>) -> FlowStats {
+    values.iter().fold(FlowStats::default(), |a, b| FlowStats {
+        packets: a.packets + b.packets,
+        bytes: a.bytes + b.bytes,
+        new_flows: a.new_flows + b.new_flows,
+        reply_packets: a.reply_packets + b.reply_packets,
+        reply_bytes: a.reply_bytes + b.reply_bytes,
+    })
+}
+
+fn zeroed_per_cpu<T: aya::Pod + Default>(map: &'static str) -> Result<PerCpuValues<T>, MapsError> {
+    let cpus = aya::util::nr_cpus().map_err(|(_, e)| MapsError::Other {
+        map,
+        message: format!("cannot count CPUs: {e}"),
+    })?;
+    PerCpuValues::try_from(vec![T::default(); cpus]).map_err(|e| MapsError::Other {
+        map,
+        message: e.to_string(),
+    })
+}
+
+impl AyaMaps {
+    /// Writes `VIP_GENS[id]` (0: no VIP holds the id), then starts a new `flow_epoch`.
+    fn set_vip_gen(&mut self, id: u32, generation: u32) -> Result<(), MapsError> {
+        self.vip_gens
+            .set(id, generation, 0)
+            .map_err(aya_err(map_names::VIP_GENS))?;
+        self.new_flow_epoch()
+    }
+
+    /// Starts a new `flow_epoch` after a write to `VIP_GENS`, or of a backend whose flows
+    /// must move: the data plane's per-CPU flow cache then uses no copy made before the
+    /// write (each flow's next packet takes the connection-table path, which checks the
+    /// VIP and the backend again).
+    fn new_flow_epoch(&mut self) -> Result<(), MapsError> {
+        self.flow_epoch = self.flow_epoch.wrapping_add(1);
+        match self.written_settings {
+            Some(settings) => self.set_settings(&settings),
+            // Nothing reads the flow cache before SETTINGS exists.
+            None => Ok(()),
+        }
+    }
+}
+
+impl Maps for AyaMaps {
+    fn set_settings(&mut self, settings: &Settings) -> Result<(), MapsError> {
+        let settings = Settings {
+            flow_epoch: self.flow_epoch,
+            ..*settings
+        };
+        self.settings
+            .set(0, settings, 0)
+            .map_err(aya_err(map_names::SETTINGS))?;
+        self.written_settings = Some(settings);
+        Ok(())
+    }
+
+    fn set_vip(&mut self, key: &VipKey, meta: &VipMeta) -> Result<(), MapsError> {
+        let writes = self.present.writes_for(key, meta.vip_id, meta.generation);
+        if let Some((id, generation)) = writes.generation {
+            self.set_vip_gen(id, generation)?;
+        }
+        if let Some((slot, count)) = writes.count {
+            self.vip_addrs
+                .set(slot, count, 0)
+                .map_err(aya_err(map_names::VIP_ADDRS))?;
+        }
+        // A failure here leaves at most a count one too high (a VIPS lookup more).
+        self.vips
+            .insert(key, meta, 0)
+            .map_err(aya_err(map_names::VIPS))?;
+        self.present.record(key, meta.vip_id, meta.generation);
+        if let Some(id) = writes.clear {
+            self.set_vip_gen(id, 0)?;
+        }
+        Ok(())
+    }
+
+    fn del_vip(&mut self, key: &VipKey) -> Result<(), MapsError> {
+        match self.vips.remove(key) {
+            Ok(()) => {}
+            // Absent already: only the bookkeeping (if any) is left.
+            Err(aya::maps::MapError::SyscallError(ref e))
+                if e.io_error.raw_os_error() == Some(libc::ENOENT) => {}
+            Err(e) => return Err(aya_err(map_names::VIPS)(e)),
+        }
+        if let Some((slot, count, vip_id)) = self.present.removed(key) {
+            self.set_vip_gen(vip_id, 0)?;
+            self.vip_addrs
+                .set(slot, count, 0)
+                .map_err(aya_err(map_names::VIP_ADDRS))?;
+        }
+        Ok(())
+    }
+
+    fn set_backend(&mut self, id: u32, backend: &Backend) -> Result<(), MapsError> {
+        self.backends
+            .set(id, backend, 0)
+            .map_err(aya_err(map_names::BACKENDS))?;
+        // Of a backend's entry, the established path reads only this flag (its flows'
+        // copies hold address and port): a new epoch is needed only when it is set.
+        if backend.flags & BACKEND_F_RESCHEDULE != 0 {
+            self.new_flow_epoch()?;
+        }
+        Ok(())
+    }
+
+    fn set_ring_slot(&mut self, index: u32, backend_id: u32) -> Result<(), MapsError> {
+        self.ring.set(index, backend_id)
+    }
+
+    fn vip_stats(&self, vip_id: u32) -> Result<FlowStats, MapsError> {
+        let values = self
+            .vip_stats
+            .get(&vip_id, 0)
+            .map_err(aya_err(map_names::VIP_STATS))?;
+        Ok(sum_stats(&values))
+    }
+
+    fn backend_stats(&self, backend_id: u32) -> Result<FlowStats, MapsError> {
+        let values = self
+            .backend_stats
+            .get(&backend_id, 0)
+            .map_err(aya_err(map_names::BACKEND_STATS))?;
+        Ok(sum_stats(&values))
+    }
+
+    fn clear_vip_stats(&mut self, vip_id: u32) -> Result<(), MapsError> {
+        let zero = zeroed_per_cpu(map_names::VIP_STATS)?;
+        self.vip_stats
+            .set(vip_id, zero, 0)
+            .map_err(aya_err(map_names::VIP_STATS))
+    }
+
+    fn clear_backend_stats(&mut self, backend_id: u32) -> Result<(), MapsError> {
+        let zero = zeroed_per_cpu(map_names::BACKEND_STATS)?;
+        self.backend_stats
+            .set(backend_id, zero, 0)
+            .map_err(aya_err(map_names::BACKEND_STATS))
+    }
+
+    fn global_stats(&self) -> Result<Vec<u64>, MapsError> {
+        (0..stat::COUNT)
+            .map(|i| {
+                self.global_stats
+                    .get(&i, 0)
+                    .map(|v| v.iter().sum())
+                    .map_err(aya_err(map_names::GLOBAL_STATS))
+            })
+            .collect()
+    }
+
+    fn vip_gens(&self) -> Result<Vec<u32>, MapsError> {
+        (0..MAX_VIPS)
+            .map(|id| {
+                self.vip_gens
+                    .get(&id, 0)
+                    .map_err(aya_err(map_names::VIP_GENS))
+            })
+            .collect()
+    }
+
+    fn write_vip_gen(&mut self, id: u32, generation: u32) -> Result<(), MapsError> {
+        self.set_vip_gen(id, generation)
+    }
+}

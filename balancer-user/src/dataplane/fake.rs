@@ -1,0 +1,159 @@
+//! [`Maps`] in memory, with the kernel's semantics that matter to the agent, for unit tests.
+
+use std::collections::HashMap;
+
+use balancer_common::{stat, Backend, FlowStats, Settings, VipKey, VipMeta, MAX_VIPS};
+
+use super::{Maps, MapsError, PresentVips};
+
+/// In-memory maps with the kernel's semantics that matter to the agent.
+#[derive(Debug, Default)]
+pub struct FakeMaps {
+    pub settings: Settings,
+    pub vips: HashMap<VipKey, VipMeta>,
+    pub present: PresentVips,
+    pub ring: HashMap<u32, u32>,
+    pub backends: HashMap<u32, Backend>,
+    pub vip_stats: HashMap<u32, FlowStats>,
+    pub backend_stats: HashMap<u32, FlowStats>,
+    /// `VIP_GENS` by id (absent: 0); set it before the balancer starts to play the
+    /// generations a previous agent left in the pinned map.
+    pub vip_gens: HashMap<u32, u32>,
+    /// Number of ring slot writes (to check that ring updates write only what changed).
+    pub ring_writes: usize,
+    /// `Some(n)`: the next `n` writes succeed, the one after fails, and later ones
+    /// succeed again (a transient failure, to test how the balancer recovers).
+    pub fail_write: Option<usize>,
+}
+
+impl FakeMaps {
+    /// The backend ids a packet of this VIP can be scheduled to, slot by slot.
+    pub fn active_ring(&self, key: &VipKey) -> Vec<u32> {
+        let Some(meta) = self.vips.get(key) else {
+            return Vec::new();
+        };
+        (0..meta.ring_size)
+            .map(|slot| {
+                self.ring
+                    .get(&(meta.ring_base + slot))
+                    .copied()
+                    .unwrap_or(0)
+            })
+            .collect()
+    }
+}
+
+impl FakeMaps {
+    /// Counts one write against [`FakeMaps::fail_write`].
+    fn write(&mut self, map: &'static str) -> Result<(), MapsError> {
+        match &mut self.fail_write {
+            Some(0) => {
+                self.fail_write = None;
+                Err(MapsError::Other {
+                    map,
+                    message: "injected failure".into(),
+                })
+            }
+            Some(n) => {
+                *n -= 1;
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+}
+
+impl Maps for FakeMaps {
+    fn set_settings(&mut self, settings: &Settings) -> Result<(), MapsError> {
+        self.write("SETTINGS")?;
+        self.settings = *settings;
+        Ok(())
+    }
+    fn set_vip(&mut self, key: &VipKey, meta: &VipMeta) -> Result<(), MapsError> {
+        self.write("VIPS")?;
+        let writes = self.present.writes_for(key, meta.vip_id, meta.generation);
+        if let Some((id, generation)) = writes.generation {
+            self.vip_gens.insert(id, generation);
+        }
+        self.vips.insert(*key, *meta);
+        self.present.record(key, meta.vip_id, meta.generation);
+        if let Some(id) = writes.clear {
+            self.vip_gens.remove(&id);
+        }
+        Ok(())
+    }
+    fn del_vip(&mut self, key: &VipKey) -> Result<(), MapsError> {
+        self.write("VIPS")?;
+        self.vips.remove(key);
+        if let Some((_, _, id)) = self.present.removed(key) {
+            self.vip_gens.remove(&id);
+        }
+        Ok(())
+    }
+    fn set_backend(&mut self, id: u32, backend: &Backend) -> Result<(), MapsError> {
+        self.write("BACKENDS")?;
+        self.backends.insert(id, *backend);
+        Ok(())
+    }
+    fn set_ring_slot(&mut self, index: u32, backend_id: u32) -> Result<(), MapsError> {
+        self.write("RING")?;
+        self.ring_writes += 1;
+        self.ring.insert(index, backend_id);
+        Ok(())
+    }
+    fn vip_stats(&self, vip_id: u32) -> Result<FlowStats, MapsError> {
+        Ok(self.vip_stats.get(&vip_id).copied().unwrap_or_default())
+    }
+    fn backend_stats(&self, backend_id: u32) -> Result<FlowStats, MapsError> {
+        Ok(self
+            .backend_stats
+            .get(&backend_id)
+            .copied()
+            .unwrap_or_default())
+    }
+    fn clear_vip_stats(&mut self, vip_id: u32) -> Result<(), MapsError> {
+        self.write("VIP_STATS")?;
+        self.vip_stats.remove(&vip_id);
+        Ok(())
+    }
+    fn clear_backend_stats(&mut self, backend_id: u32) -> Result<(), MapsError> {
+        self.write("BACKEND_STATS")?;
+        self.backend_stats.remove(&backend_id);
+        Ok(())
+    }
+    fn global_stats(&self) -> Result<Vec<u64>, MapsError> {
+        Ok(vec![0; stat::COUNT as usize])
+    }
+    fn vip_gens(&self) -> Result<Vec<u32>, MapsError> {
+        Ok((0..MAX_VIPS)
+            .map(|id| self.vip_gens.get(&id).copied().unwrap_or(0))
+            .collect())
+    }
+    fn write_vip_gen(&mut self, id: u32, generation: u32) -> Result<(), MapsError> {
+        self.write("VIP_GENS")?;
+        match generation {
+            0 => self.vip_gens.remove(&id),
+            g => self.vip_gens.insert(id, g),
+        };
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use balancer_common::addr_slot;
+
+    use super::*;
+    use crate::dataplane::tests::key;
+
+    #[test]
+    fn fake_maps_keep_the_counts() {
+        let mut m = FakeMaps::default();
+        let web = key([10, 0, 100, 7], 80);
+        m.set_vip(&web, &VipMeta::default()).unwrap();
+        m.set_vip(&web, &VipMeta::default()).unwrap();
+        assert_eq!(m.present.count(addr_slot(web.addr)), 1);
+        m.del_vip(&web).unwrap();
+        assert_eq!(m.present.count(addr_slot(web.addr)), 0);
+    }
+}

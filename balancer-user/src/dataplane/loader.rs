@@ -1,0 +1,192 @@
+//! Loading the embedded XDP program (taking over the flow tables a previous agent pinned),
+//! attaching it to the configured interfaces (swapped into the links a previous agent left,
+//! or attached anew), and forwarding its log records to the agent's log.
+
+use anyhow::{bail, Context};
+use aya::{
+    programs::{xdp::XdpLinkId, Xdp, XdpMode as AyaXdpMode},
+    Ebpf, EbpfLoader,
+};
+use balancer_common::PROGRAM_NAME;
+
+use super::{
+    pins::{LinkMode, PinError, Pins},
+    AyaMaps, MapsError,
+};
+use crate::config::{AgentConfig, XdpMode};
+
+/// The XDP object built by `cargo xtask build-ebpf`, embedded at compile time.
+pub static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/balancer.bpf.o"));
+
+/// The data plane's log records (aya-log) go to the agent's logger.
+pub type DataPlaneLogger = aya_log::EbpfLogger<&'static dyn log::Log>;
+
+/// Loads the embedded program into the kernel (maps created, none pinned, program
+/// verified), for tests and benchmarks that run it with `BPF_PROG_TEST_RUN`.
+pub fn load_program() -> anyhow::Result<Ebpf> {
+    Program::load(None).map(|(program, _)| program.ebpf)
+}
+
+/// The agent's pin directory, if it has one that works. Without `keep_attached` a
+/// directory that is not on a bpf filesystem only costs the flows at the next restart:
+/// a warning. (`keep_attached` needs it: an error. A directory another agent uses is an
+/// error either way.)
+pub fn open_pins(agent: &AgentConfig) -> anyhow::Result<Option<Pins>> {
+    let Some(dir) = &agent.pin_dir else {
+        return Ok(None);
+    };
+    match Pins::open(dir) {
+        Ok(pins) => Ok(Some(pins)),
+        // Never two agents on one set of tables and links.
+        Err(e @ PinError::InUse { .. }) => Err(e).context("agent.pin_dir"),
+        Err(e) if agent.keep_attached => Err(e).context("agent.keep_attached"),
+        Err(e) => {
+            log::warn!("agent.pin_dir: {e}; flows will not survive a restart of the agent");
+            Ok(None)
+        }
+    }
+}
+
+/// The loaded program. Dropping it detaches it from every interface whose link is not
+/// pinned.
+pub struct Program {
+    ebpf: Ebpf,
+}
+
+impl Program {
+    /// Loads the embedded program with the flow tables pinned in `pins` (taken over when
+    /// pinned already), also returning the reader of the program's log ring, which must be
+    /// polled (see [`forward_logs`]) for the records to reach the agent's log.
+    pub fn load(pins: Option<&Pins>) -> anyhow::Result<(Program, Option<DataPlaneLogger>)> {
+        if EBPF_OBJECT.is_empty() {
+            bail!(
+                "this balancer binary was built without its XDP program; build it with \
+                 `cargo xtask build`"
+            );
+        }
+        let mut loader = EbpfLoader::new();
+        if let Some(pins) = pins {
+            pins.tables(&mut loader);
+        }
+        let mut ebpf = loader
+            .load(EBPF_OBJECT)
+            .context("loading the XDP object (are you root?)")?;
+        // Before the program is loaded: the logger holds the log map's descriptor.
+        let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
+            Ok(logger) => Some(logger),
+            Err(e) => {
+                log::warn!("data plane log records are not available: {e}");
+                None
+            }
+        };
+        let mut program = Program { ebpf };
+        program
+            .xdp()?
+            .load()
+            .context("the kernel refused the XDP program (verifier)")?;
+        Ok((program, logger))
+    }
+
+    fn xdp(&mut self) -> anyhow::Result<&mut Xdp> {
+        self.ebpf
+            .program_mut(PROGRAM_NAME)
+            .context("the XDP object has no program named `balancer`")?
+            .try_into()
+            .context("program `balancer` is not an XDP program")
+    }
+
+    /// Takes the maps the agent owns out of the program.
+    pub fn maps(&mut self) -> Result<AyaMaps, MapsError> {
+        AyaMaps::new(&mut self.ebpf)
+    }
+
+    /// Attaches the program to every interface of `interfaces`: swapped into the link a
+    /// previous agent left there, or attached anew in `mode`; with `keep` (the agent's
+    /// `keep_attached`) the link is pinned so that it outlives the agent.
+    pub fn attach_all(
+        &mut self,
+        interfaces: &[String],
+        pins: Option<&Pins>,
+        mode: XdpMode,
+        keep: bool,
+    ) -> anyhow::Result<()> {
+        let program = self.xdp()?;
+        for iface in interfaces {
+            let taken = pins.and_then(|p| p.take_over(program, iface, link_mode(mode), keep));
+            let (id, got) = match taken {
+                Some((id, got)) => {
+                    let got_name = got.map_or("unrecorded", LinkMode::name);
+                    log::info!(
+                        "{iface}: took over the XDP link the previous agent left ({got_name} mode)"
+                    );
+                    (id, got)
+                }
+                None => {
+                    let (id, got) = attach(program, iface, mode)?;
+                    log::info!("{iface}: XDP attached ({} mode)", got.name());
+                    (id, Some(got))
+                }
+            };
+            // (A link taken over from an agent that did not record its mode stays pinned
+            // under its old name.)
+            if let (true, Some(pins), Some(got)) = (keep, pins, got) {
+                pins.keep_link(program, id, iface, got)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Copies the data plane's log records to the agent's log as they arrive.
+pub async fn forward_logs(logger: DataPlaneLogger) {
+    // SAFETY: the logger owns its ring buffer's descriptor, which stays open and the same
+    // for as long as the AsyncFd owns the logger.
+    let registered = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
+    };
+    let mut fd = match registered {
+        Ok(fd) => fd,
+        Err(e) => {
+            log::warn!("cannot poll the data plane's log ring: {e}");
+            return;
+        }
+    };
+    loop {
+        let Ok(mut guard) = fd.readable_mut().await else {
+            return;
+        };
+        guard.get_inner_mut().flush();
+        guard.clear_ready();
+    }
+}
+
+/// Attaches to one interface in the requested mode; `auto` tries driver mode first.
+/// Returns the link and the mode it got.
+fn attach(program: &mut Xdp, iface: &str, mode: XdpMode) -> anyhow::Result<(XdpLinkId, LinkMode)> {
+    let mut attach_as = |aya_mode: AyaXdpMode, got: LinkMode| {
+        program
+            .attach(iface, aya_mode)
+            .with_context(|| format!("attaching XDP to {iface} in {} mode", got.name()))
+            .map(|id| (id, got))
+    };
+    match mode {
+        XdpMode::Driver => attach_as(AyaXdpMode::Driver, LinkMode::Driver),
+        XdpMode::Skb => attach_as(AyaXdpMode::Skb, LinkMode::Skb),
+        XdpMode::Auto => attach_as(AyaXdpMode::Driver, LinkMode::Driver).or_else(|e| {
+            log::warn!(
+                "{iface}: driver-mode XDP unavailable ({e:#}); falling back to skb (generic) mode, which is slower"
+            );
+            attach_as(AyaXdpMode::Skb, LinkMode::Skb)
+        }),
+    }
+}
+
+/// The mode a link must have to serve `mode` (`None`: either).
+fn link_mode(mode: XdpMode) -> Option<LinkMode> {
+    match mode {
+        XdpMode::Driver => Some(LinkMode::Driver),
+        XdpMode::Skb => Some(LinkMode::Skb),
+        XdpMode::Auto => None,
+    }
+}

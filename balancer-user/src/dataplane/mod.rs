@@ -1,0 +1,165 @@
+//! The data plane: the only module that talks to the kernel through aya. It loads and
+//! attaches the XDP program ([`loader`]), keeps its state pinned across agents ([`pins`]),
+//! and puts its maps behind the [`Maps`] trait: [`AyaMaps`] writes the kernel's,
+//! [`FakeMaps`] keeps them in memory for unit tests. Nothing else imports aya; nothing here
+//! decides what the maps should hold (that is [`crate::lb`]).
+
+mod aya_maps;
+mod fake;
+pub mod loader;
+pub mod pins;
+
+use std::collections::HashMap;
+
+use balancer_common::{addr_slot, Backend, FlowStats, Settings, VipKey, VipMeta};
+
+pub use aya_maps::AyaMaps;
+pub use fake::FakeMaps;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MapsError {
+    #[error("map {0} is missing from the XDP object")]
+    Missing(&'static str),
+    #[error("map {map}: {source}")]
+    Aya {
+        map: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("map {map}: {message}")]
+    Other { map: &'static str, message: String },
+}
+
+/// Everything the agent writes to or reads from the data plane.
+pub trait Maps {
+    fn set_settings(&mut self, settings: &Settings) -> Result<(), MapsError>;
+    fn set_vip(&mut self, key: &VipKey, meta: &VipMeta) -> Result<(), MapsError>;
+    fn del_vip(&mut self, key: &VipKey) -> Result<(), MapsError>;
+    fn set_backend(&mut self, id: u32, backend: &Backend) -> Result<(), MapsError>;
+    fn set_ring_slot(&mut self, index: u32, backend_id: u32) -> Result<(), MapsError>;
+    /// Counters summed over CPUs.
+    fn vip_stats(&self, vip_id: u32) -> Result<FlowStats, MapsError>;
+    fn backend_stats(&self, backend_id: u32) -> Result<FlowStats, MapsError>;
+    fn clear_vip_stats(&mut self, vip_id: u32) -> Result<(), MapsError>;
+    fn clear_backend_stats(&mut self, backend_id: u32) -> Result<(), MapsError>;
+    /// `balancer_common::stat::COUNT` counters summed over CPUs.
+    fn global_stats(&self) -> Result<Vec<u64>, MapsError>;
+    /// `VIP_GENS`, the generation of the VIP holding each id (0: none), as the data plane
+    /// holds it: pinned, it comes from the previous agent at first.
+    fn vip_gens(&self) -> Result<Vec<u32>, MapsError>;
+    /// `VIP_GENS[id] = generation` (0: no VIP holds `id`), for ids the previous agent's
+    /// VIPs held: the VIPs' own are written with them.
+    fn write_vip_gen(&mut self, id: u32, generation: u32) -> Result<(), MapsError>;
+}
+
+/// The VIPs present in the kernel, for the two arrays that let it skip the `VIPS` hash:
+/// `VIP_ADDRS` (how many VIPs have an address in each [`addr_slot`]) and `VIP_GENS` (the
+/// generation of the VIP holding each id). Both map implementations keep one. A VIP is
+/// counted in (and its generation written) before its `VIPS` entry, recorded here once
+/// that entry is written, and counted out after it is deleted, so the kernel never skips a
+/// present VIP.
+#[derive(Debug, Default)]
+pub struct PresentVips {
+    /// Key -> (VIP id, generation).
+    vips: HashMap<VipKey, (u32, u32)>,
+    counts: HashMap<u32, u32>,
+}
+
+/// What setting a VIP must write to the two arrays.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct VipWrites {
+    /// `VIP_ADDRS[slot] = count`, before the `VIPS` entry: the VIP is new.
+    pub count: Option<(u32, u32)>,
+    /// `VIP_GENS[id] = generation`, before the `VIPS` entry: the VIP is new or its id or
+    /// generation changed.
+    pub generation: Option<(u32, u32)>,
+    /// `VIP_GENS[id] = 0`, after the `VIPS` entry: the key's previous, other id.
+    pub clear: Option<u32>,
+}
+
+impl PresentVips {
+    /// What setting VIP `key` with `vip_id` and `generation` must write (changes nothing).
+    fn writes_for(&self, key: &VipKey, vip_id: u32, generation: u32) -> VipWrites {
+        let before = self.vips.get(key).copied();
+        let slot = addr_slot(key.addr);
+        VipWrites {
+            count: before.is_none().then(|| (slot, self.count(slot) + 1)),
+            generation: (before != Some((vip_id, generation))).then_some((vip_id, generation)),
+            clear: before.map(|(id, _)| id).filter(|&id| id != vip_id),
+        }
+    }
+
+    /// The `VIPS` entry of `key` was written.
+    fn record(&mut self, key: &VipKey, vip_id: u32, generation: u32) {
+        if self.vips.insert(*key, (vip_id, generation)).is_none() {
+            *self.counts.entry(addr_slot(key.addr)).or_default() += 1;
+        }
+    }
+
+    /// A VIP was deleted: `Some((slot, new count, its id))` when it was present.
+    fn removed(&mut self, key: &VipKey) -> Option<(u32, u32, u32)> {
+        let (vip_id, _) = self.vips.remove(key)?;
+        let slot = addr_slot(key.addr);
+        let count = self.counts.entry(slot).or_default();
+        *count = count.saturating_sub(1);
+        Some((slot, *count, vip_id))
+    }
+
+    /// The count of a slot.
+    pub fn count(&self, slot: u32) -> u32 {
+        self.counts.get(&slot).copied().unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(super) fn key(addr: [u8; 4], port: u16) -> VipKey {
+        VipKey {
+            addr: u32::from_ne_bytes(addr),
+            port: port.to_be(),
+            proto: balancer_common::PROTO_TCP,
+            _pad: 0,
+        }
+    }
+
+    #[test]
+    fn present_vips_count_addresses_and_remember_ids() {
+        let mut c = PresentVips::default();
+        let (web, dns) = (key([10, 0, 100, 1], 80), key([10, 0, 100, 1], 53));
+        let slot = addr_slot(web.addr);
+        let writes = |count, generation, clear| VipWrites {
+            count,
+            generation,
+            clear,
+        };
+        assert_eq!(
+            c.writes_for(&web, 3, 7),
+            writes(Some((slot, 1)), Some((3, 7)), None)
+        );
+        c.record(&web, 3, 7);
+        // Setting a present VIP again (a ring flip) writes nothing.
+        assert_eq!(c.writes_for(&web, 3, 7), writes(None, None, None));
+        assert_eq!(
+            c.writes_for(&dns, 4, 8),
+            writes(Some((slot, 2)), Some((4, 8)), None),
+            "same address, another port"
+        );
+        c.record(&dns, 4, 8);
+        // The same key under another id and generation: the old id is cleared.
+        assert_eq!(
+            c.writes_for(&web, 5, 9),
+            writes(None, Some((5, 9)), Some(3))
+        );
+        assert_eq!(c.removed(&web), Some((slot, 1, 3)));
+        assert_eq!(
+            c.removed(&web),
+            None,
+            "deleting an absent VIP counts nothing"
+        );
+        assert_eq!(c.count(slot), 1);
+        assert_eq!(c.removed(&dns), Some((slot, 0, 4)));
+        assert_eq!(c.count(slot), 0);
+    }
+}

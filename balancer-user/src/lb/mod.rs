@@ -1,0 +1,493 @@
+//! The balancer: the agent's view of VIPs, pools and backends (the source of truth), and an
+//! API shaped like Katran's `KatranLb` (`add_vip`, `del_vip`, `add_backend`, ...) that keeps
+//! the data plane's maps derived from it.
+
+mod health;
+mod ids;
+mod model;
+mod rings;
+mod settings;
+mod status;
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    net::{Ipv4Addr, SocketAddrV4},
+    time::Instant,
+};
+
+use balancer_common::{Backend, Settings, MAX_BACKENDS, MAX_RING_SIZE, MAX_VIPS};
+
+pub use settings::{ns_per_tick, settings, SnatSource};
+
+use crate::{
+    config::{self, CheckConfig, Config, PoolConfig, Protocol, VipConfig},
+    dataplane::{Maps, MapsError},
+    health::Health,
+    ring,
+};
+use ids::{backend_hash, incarnation_of, vip_generation, vip_hash, HashedIds};
+use model::{backend_entry, vip_key, Pool, PoolBackend, Vip};
+
+/// Largest backend weight (HAProxy caps at 256; more is allowed, the ring has 65537 slots).
+pub const MAX_WEIGHT: u32 = 10_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BalancerError {
+    #[error("unknown VIP {0:?}")]
+    UnknownVip(String),
+    #[error("no pool or VIP named {0:?}")]
+    UnknownTarget(String),
+    #[error("VIP {0:?} already exists")]
+    DuplicateVip(String),
+    #[error("VIP {name:?} already serves {address}:{port}/{protocol}")]
+    DuplicateVipAddress {
+        name: String,
+        address: Ipv4Addr,
+        port: u16,
+        protocol: Protocol,
+    },
+    #[error("backend {backend} is already in pool {pool:?}")]
+    DuplicateBackend { pool: String, backend: SocketAddrV4 },
+    #[error("backend {backend} is not in pool {pool:?}")]
+    UnknownBackend { pool: String, backend: SocketAddrV4 },
+    #[error("invalid {what}: {why}")]
+    Invalid { what: &'static str, why: String },
+    #[error("too many VIPs (the data plane holds {MAX_VIPS})")]
+    TooManyVips,
+    #[error("too many backends (the data plane holds {MAX_BACKENDS} over all pools)")]
+    TooManyBackends,
+    #[error("no source address towards backend {backend}: {why}")]
+    NoSourceAddress { backend: SocketAddrV4, why: String },
+    #[error("data plane update failed: {0}")]
+    Maps(#[from] MapsError),
+    /// An error while applying one part of a configuration file.
+    #[error("{place}: {error}")]
+    In {
+        place: String,
+        error: Box<BalancerError>,
+    },
+}
+
+/// The one owner of the data plane's maps.
+pub struct Balancer<M: Maps> {
+    maps: M,
+    snat: SnatSource,
+    pools: BTreeMap<String, Pool>,
+    vips: BTreeMap<String, Vip>,
+    vip_ids: HashedIds,
+    backend_ids: HashedIds,
+    /// How often each VIP (by key hash) was added in this agent: its next generation.
+    incarnations: HashMap<u64, u32>,
+    /// `VIP_GENS` as [`Balancer::from_config`] found it (pinned: from the previous
+    /// agent), until the agent's program runs everywhere.
+    found_gens: Vec<u32>,
+}
+
+impl<M: Maps> Balancer<M> {
+    pub fn new(mut maps: M, settings: &Settings, snat: SnatSource) -> Result<Self, BalancerError> {
+        maps.set_settings(settings)?;
+        Ok(Self {
+            maps,
+            snat,
+            pools: BTreeMap::new(),
+            vips: BTreeMap::new(),
+            vip_ids: HashedIds::new(MAX_VIPS),
+            backend_ids: HashedIds::new(MAX_BACKENDS),
+            incarnations: HashMap::new(),
+            found_gens: Vec::new(),
+        })
+    }
+
+    /// A balancer set up from a configuration file's contents.
+    pub fn from_config(maps: M, config: &Config) -> Result<Self, BalancerError> {
+        let snat = match config.nat.source_address {
+            Some(addr) => SnatSource::Fixed(addr),
+            None => SnatSource::Route,
+        };
+        let mut lb = Self::new(maps, &settings(&config.timeouts, &config.nat), snat)?;
+        let within = |place: String| {
+            move |e| BalancerError::In {
+                place,
+                error: Box::new(e),
+            }
+        };
+        for pool in &config.pools {
+            lb.configure_pool(pool)
+                .map_err(within(format!("pool {:?}", pool.name)))?;
+            for b in &pool.backends {
+                let addr = SocketAddrV4::new(b.address, b.port);
+                lb.insert_backend(&pool.name, addr, b.weight, b.check.clone())
+                    .map_err(within(format!("pool {:?}, backend {addr}", pool.name)))?;
+            }
+        }
+        // A VIP that an earlier agent deleted and added again (pinned `VIP_GENS`) keeps
+        // the generation its flows carry: they stay its flows, and those of its earlier
+        // incarnations stay ended. Its generation is looked for along the ids it can get,
+        // its own first (ids follow the VIP), so another VIP's rarely passes for its.
+        lb.found_gens = lb.maps.vip_gens()?;
+        let n = lb.found_gens.len();
+        for vip in &config.vips {
+            let hash = vip_hash(&vip_key(vip));
+            let start = (hash % n.max(1) as u64) as usize;
+            let found = (0..n)
+                .map(|i| lb.found_gens[(start + i) % n])
+                .find_map(|g| incarnation_of(hash, g));
+            if let Some(k) = found.filter(|&k| k > 0) {
+                log::info!(
+                    "vip {}: keeps the generation an earlier agent gave it (re-added {k} times)",
+                    vip.name
+                );
+                lb.incarnations.insert(hash, k);
+            }
+            if let Err(e) = lb.add_vip(vip.clone()) {
+                lb.restore_vip_gens();
+                return Err(within(format!("vip {:?}", vip.name))(e));
+            }
+        }
+        Ok(lb)
+    }
+
+    /// Puts `VIP_GENS` back as [`Balancer::from_config`] found it, when the agent cannot
+    /// start after all: the previous program may run on (a kept link), and the next agent
+    /// must find the generations its flows carry.
+    pub fn restore_vip_gens(&mut self) {
+        for (id, generation) in (0u32..).zip(std::mem::take(&mut self.found_gens)) {
+            if let Err(e) = self.maps.write_vip_gen(id, generation) {
+                log::warn!("VIP id {id}: cannot put its generation {generation} back: {e}");
+            }
+        }
+    }
+
+    /// Clears the generation of every VIP id that no VIP holds: the pinned `VIP_GENS`
+    /// still names the previous agent's VIPs, whose flows must end when this agent has
+    /// not got them (or has them under other ids). The agent calls it once its program
+    /// runs on every interface: until then a kept link still runs the previous program,
+    /// whose VIPs these are.
+    pub fn clear_other_vip_gens(&mut self) -> Result<(), BalancerError> {
+        let held: HashSet<u32> = self.vips.values().map(|v| v.id).collect();
+        for (id, generation) in (0u32..).zip(std::mem::take(&mut self.found_gens)) {
+            if generation != 0 && !held.contains(&id) {
+                self.maps.write_vip_gen(id, 0)?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn maps(&self) -> &M {
+        &self.maps
+    }
+
+    /// Creates an empty pool (no-op if it exists).
+    pub fn add_pool(&mut self, name: &str) -> Result<(), BalancerError> {
+        if !config::is_valid_name(name) {
+            return Err(BalancerError::Invalid {
+                what: "pool name",
+                why: format!("{name:?} (use 1-64 of A-Z a-z 0-9 _ . -)"),
+            });
+        }
+        if !self.pools.contains_key(name) {
+            if let Some(vip) = self.vips.get(name) {
+                return Err(BalancerError::Invalid {
+                    what: "pool name",
+                    why: format!(
+                        "{name:?} is the name of VIP {name:?}, which uses pool {:?} \
+                         (backend commands naming {name:?} would be ambiguous)",
+                        vip.config.pool
+                    ),
+                });
+            }
+        }
+        self.pools.entry(name.to_string()).or_default();
+        Ok(())
+    }
+
+    /// Creates a pool (if needed) with the configuration's check and down policy.
+    pub fn configure_pool(&mut self, config: &PoolConfig) -> Result<(), BalancerError> {
+        self.add_pool(&config.name)?;
+        let pool = self.pools.get_mut(&config.name).expect("just added");
+        pool.check = config.check.clone();
+        pool.on_backend_down = config.on_backend_down;
+        Ok(())
+    }
+
+    /// Adds a VIP; its pool is created empty if it does not exist yet.
+    pub fn add_vip(&mut self, config: VipConfig) -> Result<(), BalancerError> {
+        if !config::is_valid_name(&config.name) {
+            return Err(BalancerError::Invalid {
+                what: "VIP name",
+                why: format!("{:?} (use 1-64 of A-Z a-z 0-9 _ . -)", config.name),
+            });
+        }
+        if self.vips.contains_key(&config.name) {
+            return Err(BalancerError::DuplicateVip(config.name));
+        }
+        if let Some(other) = self.vips.values().find(|v| v.key() == vip_key(&config)) {
+            return Err(BalancerError::DuplicateVipAddress {
+                name: other.config.name.clone(),
+                address: config.address,
+                port: config.port,
+                protocol: config.protocol,
+            });
+        }
+        if config.port == 0 {
+            return Err(BalancerError::Invalid {
+                what: "VIP port",
+                why: format!("0 (VIP {:?})", config.name),
+            });
+        }
+        if config.ring_size > MAX_RING_SIZE || !ring::is_prime(config.ring_size) {
+            return Err(BalancerError::Invalid {
+                what: "ring size",
+                why: format!(
+                    "{} (VIP {:?}: Maglev needs a prime <= {MAX_RING_SIZE}, e.g. 65537)",
+                    config.ring_size, config.name
+                ),
+            });
+        }
+        if config.pool != config.name && self.pools.contains_key(&config.name) {
+            return Err(BalancerError::Invalid {
+                what: "VIP name",
+                why: format!(
+                    "{:?} is the name of a pool, and this VIP uses pool {:?} (backend commands \
+                     naming {:?} would be ambiguous; a VIP may share its name only with its own pool)",
+                    config.name, config.pool, config.name
+                ),
+            });
+        }
+        if self.vip_ids.available() == 0 {
+            return Err(BalancerError::TooManyVips);
+        }
+        // A pool this call creates goes again if the VIP cannot be added.
+        let new_pool = (!self.pools.contains_key(&config.pool)).then(|| config.pool.clone());
+        self.add_pool(&config.pool)?;
+        let hash = vip_hash(&vip_key(&config));
+        let id = self.vip_ids.alloc(hash).expect("an id is available");
+        let name = config.name.clone();
+        let incarnation = self.incarnations.get(&hash).copied().unwrap_or(0);
+        let vip = Vip {
+            config,
+            id,
+            generation: vip_generation(hash, incarnation),
+            active_slice: 1,
+            slices: [Vec::new(), Vec::new()],
+        };
+        self.vips.insert(name.clone(), vip);
+        let result = self
+            .maps
+            .clear_vip_stats(id)
+            .map_err(BalancerError::from)
+            .and_then(|()| self.apply_ring(&name));
+        if let Err(e) = result {
+            // Leave no half-added VIP behind.
+            let vip = self.vips.remove(&name).expect("just inserted");
+            let _ = self.maps.del_vip(&vip.key());
+            self.vip_ids.release(id);
+            if let Some(pool) = new_pool {
+                self.pools.remove(&pool);
+            }
+            return Err(e);
+        }
+        self.incarnations.insert(hash, incarnation.wrapping_add(1));
+        log::info!("vip {name}: added");
+        Ok(())
+    }
+
+    pub fn del_vip(&mut self, name: &str) -> Result<(), BalancerError> {
+        let vip = self
+            .vips
+            .get(name)
+            .ok_or_else(|| BalancerError::UnknownVip(name.to_string()))?;
+        self.maps.del_vip(&vip.key())?;
+        let vip = self.vips.remove(name).expect("checked above");
+        self.vip_ids.release(vip.id);
+        log::info!("vip {name}: deleted");
+        Ok(())
+    }
+
+    /// The pool a CLI target names: a pool, or the pool of a VIP of that name.
+    fn pool_name(&self, target: &str) -> Result<String, BalancerError> {
+        if self.pools.contains_key(target) {
+            Ok(target.to_string())
+        } else if let Some(vip) = self.vips.get(target) {
+            Ok(vip.config.pool.clone())
+        } else {
+            Err(BalancerError::UnknownTarget(target.to_string()))
+        }
+    }
+
+    /// Adds a backend with its pool's health check.
+    pub fn add_backend(
+        &mut self,
+        target: &str,
+        addr: SocketAddrV4,
+        weight: u32,
+    ) -> Result<(), BalancerError> {
+        let pool_name = self.pool_name(target)?;
+        let check = self.pools[&pool_name].check.clone();
+        self.insert_backend(&pool_name, addr, weight, check)
+    }
+
+    fn insert_backend(
+        &mut self,
+        target: &str,
+        addr: SocketAddrV4,
+        weight: u32,
+        check: CheckConfig,
+    ) -> Result<(), BalancerError> {
+        let pool_name = self.pool_name(target)?;
+        check_weight(weight, &pool_name, addr)?;
+        if let Some(why) = config::not_a_host(*addr.ip()) {
+            return Err(BalancerError::Invalid {
+                what: "backend address",
+                why: format!("{addr} (pool {pool_name:?}): {} is {why}", addr.ip()),
+            });
+        }
+        if addr.port() == 0 {
+            return Err(BalancerError::Invalid {
+                what: "backend address",
+                why: format!("{addr} (pool {pool_name:?}): port 0"),
+            });
+        }
+        let pool = &self.pools[&pool_name];
+        if pool.backends.iter().any(|b| b.addr == addr) {
+            return Err(BalancerError::DuplicateBackend {
+                pool: pool_name,
+                backend: addr,
+            });
+        }
+        if self.backend_ids.available() == 0 {
+            return Err(BalancerError::TooManyBackends);
+        }
+        let snat_addr = self.snat.resolve(addr)?;
+        let id = self
+            .backend_ids
+            .alloc(backend_hash(&pool_name, addr))
+            .ok_or(BalancerError::TooManyBackends)?;
+        let health = if check.is_enabled() {
+            check.initial_state
+        } else {
+            Health::Up
+        };
+        let backend = PoolBackend {
+            addr,
+            weight,
+            id,
+            snat_addr,
+            check,
+            health,
+            last_check: None,
+            latest: None,
+            check_task: 0,
+            changed_at: Instant::now(),
+            change_reason: format!("initial state {}", health.as_str()),
+        };
+        let entry = backend_entry(&backend, self.pools[&pool_name].on_backend_down);
+        if let Err(e) = self
+            .maps
+            .clear_backend_stats(id)
+            .and_then(|()| self.maps.set_backend(id, &entry))
+        {
+            self.backend_ids.release(id);
+            return Err(e.into());
+        }
+        self.pools
+            .get_mut(&pool_name)
+            .expect("checked above")
+            .backends
+            .push(backend);
+        let applied = self.apply_pool_or_undo(&pool_name, |lb| {
+            lb.pool_mut(&pool_name).backends.retain(|b| b.addr != addr);
+        });
+        if let Err(e) = applied {
+            let _ = self.maps.set_backend(id, &Backend::default());
+            self.backend_ids.release(id);
+            return Err(e);
+        }
+        log::info!("pool {pool_name}: backend {addr} added (weight {weight}, source {snat_addr})");
+        Ok(())
+    }
+
+    /// Removes a backend: it takes no new flows; its established flows are not moved to
+    /// other backends (the connection table keeps sending them to its address).
+    pub fn del_backend(&mut self, target: &str, addr: SocketAddrV4) -> Result<(), BalancerError> {
+        let pool_name = self.pool_name(target)?;
+        let pool = self.pools.get_mut(&pool_name).expect("resolved");
+        let index = pool
+            .backends
+            .iter()
+            .position(|b| b.addr == addr)
+            .ok_or_else(|| BalancerError::UnknownBackend {
+                pool: pool_name.clone(),
+                backend: addr,
+            })?;
+        let removed = pool.backends.remove(index);
+        let put_back = |lb: &mut Self| {
+            lb.pool_mut(&pool_name)
+                .backends
+                .insert(index, removed.clone());
+        };
+        self.apply_pool_or_undo(&pool_name, put_back)?;
+        if let Err(e) = self.maps.set_backend(removed.id, &Backend::default()) {
+            // Keep the backend rather than leave its entry behind with its id released.
+            put_back(self);
+            self.reapply(&pool_name);
+            return Err(e.into());
+        }
+        self.backend_ids.release(removed.id);
+        log::info!("pool {pool_name}: backend {addr} deleted");
+        Ok(())
+    }
+
+    /// Sets a backend's weight; 0 drains it (no new flows, established ones stay).
+    pub fn set_weight(
+        &mut self,
+        target: &str,
+        addr: SocketAddrV4,
+        weight: u32,
+    ) -> Result<(), BalancerError> {
+        let pool_name = self.pool_name(target)?;
+        check_weight(weight, &pool_name, addr)?;
+        let pool = self.pools.get_mut(&pool_name).expect("resolved");
+        let backend = pool
+            .backends
+            .iter_mut()
+            .find(|b| b.addr == addr)
+            .ok_or_else(|| BalancerError::UnknownBackend {
+                pool: pool_name.clone(),
+                backend: addr,
+            })?;
+        let old = std::mem::replace(&mut backend.weight, weight);
+        self.apply_pool_or_undo(&pool_name, |lb| {
+            if let Some(b) = lb.backend_mut(&pool_name, addr) {
+                b.weight = old;
+            }
+        })?;
+        log::info!("pool {pool_name}: backend {addr} weight {old} -> {weight}");
+        Ok(())
+    }
+
+    fn pool_mut(&mut self, pool: &str) -> &mut Pool {
+        self.pools.get_mut(pool).expect("caller resolved the pool")
+    }
+
+    fn backend_mut(&mut self, pool: &str, addr: SocketAddrV4) -> Option<&mut PoolBackend> {
+        self.pools
+            .get_mut(pool)?
+            .backends
+            .iter_mut()
+            .find(|b| b.addr == addr)
+    }
+}
+
+fn check_weight(weight: u32, pool: &str, addr: SocketAddrV4) -> Result<(), BalancerError> {
+    if weight > MAX_WEIGHT {
+        return Err(BalancerError::Invalid {
+            what: "weight",
+            why: format!("{weight} for backend {addr} in pool {pool:?} (0..={MAX_WEIGHT})"),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,109 @@
+//! The agent's model of pools, backends and VIPs, and how each maps to the data plane's
+//! entries.
+
+use std::{
+    net::{Ipv4Addr, SocketAddrV4},
+    time::Instant,
+};
+
+use balancer_common::{
+    Backend, VipKey, BACKEND_F_PRESENT, BACKEND_F_RESCHEDULE, PROTO_TCP, PROTO_UDP,
+};
+
+use crate::{
+    api::LastCheck,
+    config::{CheckConfig, DownPolicy, Protocol, VipConfig},
+    health::{self, Health, LatestSlot},
+};
+
+#[derive(Clone, Debug)]
+pub(super) struct PoolBackend {
+    pub(super) addr: SocketAddrV4,
+    pub(super) weight: u32,
+    pub(super) id: u32,
+    /// Source address the data plane uses towards this backend.
+    pub(super) snat_addr: Ipv4Addr,
+    pub(super) check: CheckConfig,
+    pub(super) health: Health,
+    pub(super) last_check: Option<LastCheck>,
+    /// Where the backend's check task keeps its newest check (newer than `last_check`,
+    /// which only changes with the result).
+    pub(super) latest: Option<LatestSlot>,
+    /// Number of that task ([`health::LatestCheck::task`]); results of other tasks are
+    /// ignored. 0 until a task is started.
+    pub(super) check_task: u64,
+    pub(super) changed_at: Instant,
+    pub(super) change_reason: String,
+}
+
+impl PoolBackend {
+    /// The newest check: from the check task's slot when there is one.
+    pub(super) fn newest_check(&self) -> Option<LastCheck> {
+        let from_slot = self.latest.as_ref().and_then(|slot| {
+            health::latest(slot).outcome.map(|o| LastCheck {
+                ok: o.ok,
+                latency_ms: o.latency.as_secs_f64() * 1000.0,
+                reason: o.reason,
+            })
+        });
+        from_slot.or_else(|| self.last_check.clone())
+    }
+
+    /// Takes new flows: not drained and not down.
+    pub(super) fn usable(&self) -> bool {
+        self.weight > 0 && self.health == Health::Up
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub(super) struct Pool {
+    pub(super) backends: Vec<PoolBackend>,
+    /// Check of backends added later (from the CLI).
+    pub(super) check: CheckConfig,
+    pub(super) on_backend_down: DownPolicy,
+}
+
+#[derive(Clone, Debug)]
+pub(super) struct Vip {
+    pub(super) config: VipConfig,
+    pub(super) id: u32,
+    /// Distinguishes this VIP from earlier holders of `id` (`VipMeta::generation`).
+    pub(super) generation: u32,
+    /// Which ring slice the kernel reads (0 or 1).
+    pub(super) active_slice: u32,
+    /// What each slice holds in the kernel, so a rebuild writes only changed slots.
+    pub(super) slices: [Vec<u32>; 2],
+}
+
+impl Vip {
+    pub(super) fn key(&self) -> VipKey {
+        vip_key(&self.config)
+    }
+}
+
+pub(super) fn vip_key(c: &VipConfig) -> VipKey {
+    VipKey {
+        addr: u32::from_ne_bytes(c.address.octets()),
+        port: c.port.to_be(),
+        proto: match c.protocol {
+            Protocol::Tcp => PROTO_TCP,
+            Protocol::Udp => PROTO_UDP,
+        },
+        _pad: 0,
+    }
+}
+
+/// The data plane's view of a backend.
+pub(super) fn backend_entry(b: &PoolBackend, policy: DownPolicy) -> Backend {
+    let mut flags = BACKEND_F_PRESENT;
+    if b.health == Health::Down && policy == DownPolicy::Shutdown {
+        flags |= BACKEND_F_RESCHEDULE;
+    }
+    Backend {
+        addr: u32::from_ne_bytes(b.addr.ip().octets()),
+        snat_addr: u32::from_ne_bytes(b.snat_addr.octets()),
+        port: b.addr.port().to_be(),
+        _pad: 0,
+        flags,
+    }
+}

@@ -1,0 +1,76 @@
+//! What the agent derives for the kernel besides the tables: the data plane's settings
+//! and the SNAT source address towards each backend.
+
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+
+use balancer_common::Settings;
+
+use super::BalancerError;
+use crate::config::{NatConfig, Timeouts};
+
+/// How the SNAT source address towards a backend is chosen.
+#[derive(Clone, Copy, Debug)]
+pub enum SnatSource {
+    /// Always this address.
+    Fixed(Ipv4Addr),
+    /// The address the routing table would use to reach the backend.
+    Route,
+}
+
+impl SnatSource {
+    pub(super) fn resolve(self, backend: SocketAddrV4) -> Result<Ipv4Addr, BalancerError> {
+        match self {
+            SnatSource::Fixed(addr) => Ok(addr),
+            SnatSource::Route => {
+                // connect() on a UDP socket sends nothing; it asks the kernel for the route.
+                let err = |e: std::io::Error| BalancerError::NoSourceAddress {
+                    backend,
+                    why: e.to_string(),
+                };
+                let socket = UdpSocket::bind("0.0.0.0:0").map_err(err)?;
+                socket.connect(backend).map_err(err)?;
+                match socket.local_addr().map_err(err)?.ip() {
+                    std::net::IpAddr::V4(addr) => Ok(addr),
+                    other => Err(BalancerError::NoSourceAddress {
+                        backend,
+                        why: format!("route gives non-IPv4 source {other}"),
+                    }),
+                }
+            }
+        }
+    }
+}
+
+/// Kernel settings derived from the configuration.
+pub fn settings(timeouts: &Timeouts, nat: &NatConfig) -> Settings {
+    Settings {
+        tcp_timeout_ns: timeouts.tcp.as_nanos() as u64,
+        tcp_unreplied_timeout_ns: timeouts.tcp_unreplied.min(timeouts.tcp).as_nanos() as u64,
+        udp_timeout_ns: timeouts.udp.as_nanos() as u64,
+        closing_timeout_ns: timeouts.tcp_closing.as_nanos() as u64,
+        snat_time_wait_ns: timeouts.snat_time_wait.as_nanos() as u64,
+        snat_port_min: nat.port_min,
+        snat_port_max: nat.port_max,
+        flow_epoch: 0,
+        ns_per_tick: ns_per_tick(),
+        _pad: 0,
+    }
+}
+
+/// The kernel's tick length in ns: the resolution of `CLOCK_MONOTONIC_COARSE`, which
+/// advances once per tick (4 ms at HZ=250). 0 when that cannot be read or makes no sense
+/// (the data plane then uses its coarse clock helper).
+pub fn ns_per_tick() -> u32 {
+    // SAFETY: an all-zero timespec is valid; clock_getres only writes it.
+    let mut res: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: `res` is valid for writes.
+    let rc = unsafe { libc::clock_getres(libc::CLOCK_MONOTONIC_COARSE, &mut res) };
+    if rc != 0 || res.tv_sec != 0 {
+        return 0;
+    }
+    // A tick of HZ = 100 to 1000 (10 ms to 1 ms); anything else is not a jiffy.
+    u32::try_from(res.tv_nsec)
+        .ok()
+        .filter(|ns| (1_000_000..=10_000_000).contains(ns))
+        .unwrap_or(0)
+}

@@ -1,0 +1,70 @@
+//! The agent's state as the control protocol shows it.
+
+use balancer_common::stat;
+
+use super::{Balancer, BalancerError};
+use crate::{
+    api::{BackendStatus, PoolStatus, Status, VipStatus},
+    dataplane::Maps,
+    health::Health,
+};
+
+impl<M: Maps> Balancer<M> {
+    pub fn status(&self) -> Result<Status, BalancerError> {
+        let mut vips = Vec::new();
+        for vip in self.vips.values() {
+            let c = &vip.config;
+            let active_backends = self
+                .pools
+                .get(&c.pool)
+                .map_or(0, |p| p.backends.iter().filter(|b| b.usable()).count());
+            vips.push(VipStatus {
+                config: c.clone(),
+                active_backends,
+                counters: self.maps.vip_stats(vip.id)?.into(),
+            });
+        }
+        let mut pools = Vec::new();
+        for (name, pool) in &self.pools {
+            let mut backends = Vec::new();
+            for b in &pool.backends {
+                let state = if b.health == Health::Down {
+                    "down"
+                } else if b.weight == 0 {
+                    "drained"
+                } else {
+                    "active"
+                };
+                backends.push(BackendStatus {
+                    address: *b.addr.ip(),
+                    port: b.addr.port(),
+                    weight: b.weight,
+                    state: state.to_string(),
+                    health: b.health,
+                    check: b.check.kind.check_type().to_string(),
+                    last_check: b.newest_check(),
+                    since_change_secs: b.changed_at.elapsed().as_secs_f64(),
+                    change_reason: b.change_reason.clone(),
+                    counters: self.maps.backend_stats(b.id)?.into(),
+                });
+            }
+            pools.push(PoolStatus {
+                name: name.clone(),
+                on_backend_down: pool.on_backend_down,
+                backends,
+            });
+        }
+        let global = self
+            .maps
+            .global_stats()?
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| (stat::NAMES[i].to_string(), v))
+            .collect();
+        Ok(Status {
+            vips,
+            pools,
+            global,
+        })
+    }
+}
