@@ -141,3 +141,95 @@ impl<M: Maps> Agent<M> {
         self.checked = keys;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{net::Ipv4Addr, time::Duration};
+
+    use tokio::sync::mpsc;
+
+    use super::*;
+    use crate::{
+        config::{AllDownPolicy, NatConfig, Protocol, Scheduler, Timeouts, VipConfig},
+        dataplane::FakeMaps,
+        health::{CheckOutcome, Health},
+        lb::{settings, SnatSource},
+    };
+
+    fn agent() -> Agent<FakeMaps> {
+        let settings = settings(&Timeouts::default(), &NatConfig::default());
+        let snat = SnatSource::Fixed(Ipv4Addr::new(10, 0, 2, 1));
+        let lb = Balancer::new(FakeMaps::default(), &settings, snat).unwrap();
+        let (events, _) = mpsc::channel(1);
+        Agent::new(lb, Checker::new(events))
+    }
+
+    fn web() -> VipConfig {
+        VipConfig {
+            name: "web".into(),
+            address: Ipv4Addr::new(10, 0, 100, 1),
+            port: 80,
+            protocol: Protocol::Tcp,
+            scheduler: Scheduler::Maglev,
+            ring_size: 65537,
+            pool: "web".into(),
+            on_all_down: AllDownPolicy::Drop,
+        }
+    }
+
+    /// Sends `request` through [`Agent::handle`] and returns the answer.
+    fn ask(agent: &mut Agent<FakeMaps>, request: Request) -> Response {
+        let (reply, mut answer) = oneshot::channel();
+        let flow = agent.handle(Event::Control { request, reply });
+        assert_eq!(flow, ControlFlow::Continue(()));
+        answer
+            .try_recv()
+            .expect("a control event is answered at once")
+    }
+
+    #[tokio::test]
+    async fn control_events_change_the_balancer_and_answer_with_its_status() {
+        let mut agent = agent();
+        let added = ask(&mut agent, Request::VipAdd { vip: web() });
+        assert!(added.ok, "{added:?}");
+        let status = added.status.expect("a change answers with the status");
+        assert_eq!(status.vips.len(), 1);
+        assert_eq!(status.pools[0].name, "web");
+
+        // A refused request changes nothing and says why.
+        let refused = ask(&mut agent, Request::VipAdd { vip: web() });
+        assert!(!refused.ok);
+        assert!(
+            refused.error.as_deref().unwrap().contains("already exists"),
+            "{refused:?}"
+        );
+        let status = ask(&mut agent, Request::Status).status.unwrap();
+        assert_eq!(status.vips.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn health_of_unknown_backends_is_ignored_and_stop_breaks_the_loop() {
+        let mut agent = agent();
+        let result = HealthEvent {
+            pool: "nowhere".into(),
+            backend: "10.0.2.11:80".parse().unwrap(),
+            outcome: CheckOutcome {
+                ok: false,
+                latency: Duration::from_millis(1),
+                reason: "connect refused".into(),
+            },
+            transition: Some((Health::Up, Health::Down)),
+            health: Health::Down,
+            check: 1,
+            task: 1,
+        };
+        assert_eq!(
+            agent.handle(Event::Health(result)),
+            ControlFlow::Continue(())
+        );
+        assert_eq!(
+            agent.handle(Event::Stop { signal: "SIGTERM" }),
+            ControlFlow::Break(())
+        );
+    }
+}
