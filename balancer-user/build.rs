@@ -10,7 +10,6 @@ fn main() {
     let out = PathBuf::from(env::var("OUT_DIR").unwrap()).join("balancer.bpf.o");
     println!("cargo:rerun-if-env-changed=BALANCER_EBPF_OBJ");
     println!("cargo:rerun-if-changed={}", object.display());
-    println!("cargo:rustc-check-cfg=cfg(balancer_no_ebpf)");
     match fs::read(&object) {
         Ok(bytes) => fs::write(&out, bytes).expect("write OUT_DIR/balancer.bpf.o"),
         Err(_) => {
@@ -19,7 +18,6 @@ fn main() {
                 "cargo:warning=XDP object {} not found: building without it (run `cargo xtask build`)",
                 object.display()
             );
-            println!("cargo:rustc-cfg=balancer_no_ebpf");
             fs::write(&out, b"").expect("write OUT_DIR/balancer.bpf.o");
         }
     }
