@@ -2138,7 +2138,7 @@ port_range = "20000-32767"
 
     #[test]
     fn the_readme_example_parses() {
-        let readme = include_str!("../../README.md");
+        let readme = include_str!("../../../README.md");
         let start = readme
             .find("```toml\n# balancer.toml")
             .expect("the README has its balancer.toml example");
