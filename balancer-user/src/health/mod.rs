@@ -35,11 +35,9 @@
 
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
-use std::fmt;
 use std::hash::{BuildHasher, Hasher};
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
-use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -50,15 +48,15 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
+pub mod config;
 mod syn;
 mod tcp;
 
+use config::{CheckConfig, CheckKind, HttpCheck, UdpCheck, MIN_CHECK_DURATION};
 use syn::{SynClient, SynProber};
 use tcp::CheckSocket;
 
-use crate::config::{
-    CheckConfig, CheckKind, HttpCheck, ParseValueError, UdpCheck, MIN_CHECK_DURATION,
-};
+use crate::spelling::config_words;
 
 /// Most bytes of an HTTP response's status line and headers that are read.
 pub const MAX_HTTP_HEAD: usize = 16 * 1024;
@@ -81,44 +79,15 @@ pub enum Health {
     Down,
 }
 
-impl Health {
-    /// The configuration spelling: `"up"` or `"down"`.
-    #[must_use]
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Health::Up => "up",
-            Health::Down => "down",
-        }
-    }
+config_words!(Health, "initial state", "\"up\" or \"down\"", { Up => "up", Down => "down" });
 
+impl Health {
     /// `"UP"` or `"DOWN"`, as state changes are logged.
     #[must_use]
     pub const fn as_upper_str(self) -> &'static str {
         match self {
             Health::Up => "UP",
             Health::Down => "DOWN",
-        }
-    }
-}
-
-impl fmt::Display for Health {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Health {
-    type Err = ParseValueError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.to_ascii_lowercase().as_str() {
-            "up" => Ok(Health::Up),
-            "down" => Ok(Health::Down),
-            _ => Err(ParseValueError::new(
-                "initial state",
-                s,
-                "\"up\" or \"down\"",
-            )),
         }
     }
 }
@@ -190,19 +159,6 @@ impl Tracker {
     #[must_use]
     pub fn in_transition(&self) -> bool {
         self.opposite > 0
-    }
-
-    /// Interval before the next check: `fastinter` while in transition, `downinter` while
-    /// down, else `interval`.
-    #[must_use]
-    pub fn next_interval(&self, check: &CheckConfig) -> Duration {
-        if self.in_transition() {
-            check.fastinter
-        } else if self.health == Health::Down {
-            check.downinter
-        } else {
-            check.interval
-        }
     }
 }
 
@@ -883,7 +839,7 @@ impl CheckTask {
             } else if self.events.is_closed() {
                 return;
             }
-            let pause = self.jitter.around(tracker.next_interval(check));
+            let pause = self.jitter.around(check.next_interval(&tracker));
             let pause = pause.max(MIN_CHECK_DURATION);
             tokio::time::sleep_until(aligned_deadline(self.epoch, Instant::now(), pause)).await;
         }
@@ -919,7 +875,7 @@ fn log_transition(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::StatusRanges;
+    use config::StatusRanges;
     use tokio::net::{TcpListener, UdpSocket};
     use tokio::task::JoinHandle;
 
@@ -1055,30 +1011,6 @@ mod tests {
         let mut t = Tracker::new(Health::Up, 0, 0);
         assert_eq!((t.rise(), t.fall()), (1, 1));
         assert_eq!(t.record(false), Some((Health::Up, Health::Down)));
-    }
-
-    #[test]
-    fn tracker_next_interval() {
-        let check = CheckConfig {
-            kind: CheckKind::Tcp,
-            interval: ms(2000),
-            fastinter: ms(500),
-            downinter: ms(5000),
-            ..CheckConfig::default()
-        };
-        let mut t = Tracker::new(Health::Up, 2, 3);
-        assert_eq!(t.next_interval(&check), ms(2000));
-        t.record(false);
-        assert_eq!(t.next_interval(&check), ms(500));
-        t.record(false);
-        t.record(false);
-        assert_eq!(t.health(), Health::Down);
-        assert_eq!(t.next_interval(&check), ms(5000));
-        t.record(true);
-        assert_eq!(t.next_interval(&check), ms(500));
-        t.record(true);
-        assert_eq!(t.health(), Health::Up);
-        assert_eq!(t.next_interval(&check), ms(2000));
     }
 
     #[test]
