@@ -7,7 +7,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::str::FromStr;
 use std::time::Duration;
 
-use super::{Health, Tracker};
+use super::state::{Health, Tracker};
 use crate::spelling::config_words;
 
 /// Health check interval used when `[pool.check]` gives no `interval` (HAProxy's `inter`).
@@ -289,11 +289,8 @@ impl FromStr for StatusRanges {
 
 #[cfg(test)]
 mod tests {
+    use super::super::testing::ms;
     use super::*;
-
-    fn ms(n: u64) -> Duration {
-        Duration::from_millis(n)
-    }
 
     #[test]
     fn tracker_next_interval() {
