@@ -17,15 +17,12 @@ use serde::{Deserialize, Serialize};
 use crate::{
     config::{
         self, AllDownPolicy, CheckConfig, Config, DownPolicy, NatConfig, PoolConfig, Protocol,
-        Scheduler, Timeouts, VipConfig,
+        Scheduler, Timeouts, VipConfig, MAX_WEIGHT,
     },
     health::{self, Health, HealthEvent, LatestSlot},
     maps::{Maps, MapsError},
     ring::{self, RingBackend},
 };
-
-/// Largest backend weight (HAProxy caps at 256; more is allowed, the ring has 65537 slots).
-pub const MAX_WEIGHT: u32 = 10_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BalancerError {

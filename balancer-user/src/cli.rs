@@ -9,8 +9,8 @@ use std::{
 use clap::{Args, Parser, Subcommand};
 
 use crate::{
-    balancer::{Status, MAX_WEIGHT},
-    config::{self, AllDownPolicy, Protocol, Scheduler, VipConfig, XdpMode},
+    balancer::Status,
+    config::{self, AllDownPolicy, Protocol, Scheduler, VipConfig, XdpMode, MAX_WEIGHT},
     control::{self, ClientError, Request},
 };
 

@@ -30,6 +30,8 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use balancer_common::MAX_RING_SIZE;
+
 use position::{key_path_at, line_col};
 
 pub use crate::health::config::{
@@ -43,14 +45,9 @@ pub use words::{AllDownPolicy, DownPolicy, Protocol, Scheduler, XdpMode};
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/balancer/balancer.sock";
 /// Where state is pinned (bpffs) when `[agent].pin_dir` is absent.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/balancer";
-/// Maglev lookup table size used when a VIP gives no `ring_size`.
-pub const DEFAULT_RING_SIZE: u32 = 65537;
-/// Largest allowed `ring_size` (the data plane's table has this many slots).
-pub const MAX_RING_SIZE: u32 = 65537;
-/// Most VIPs one agent serves.
-pub const MAX_VIPS: usize = 32;
-/// Most backends over all pools together.
-pub const MAX_BACKENDS: usize = 4096;
+/// Maglev lookup table size used when a VIP gives no `ring_size`: the largest the data
+/// plane holds (a prime, Maglev's default `M`).
+pub const DEFAULT_RING_SIZE: u32 = MAX_RING_SIZE;
 /// Lowest first port of `[nat].port_range`.
 pub const MIN_NAT_PORT: u16 = 1024;
 /// Default first NAT source port.
@@ -73,7 +70,8 @@ pub const MIN_TIMEOUT: Duration = Duration::from_secs(1);
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 60 * 60);
 /// Backend weight used when a backend gives none.
 pub const DEFAULT_WEIGHT: u32 = 1;
-/// Largest backend weight.
+/// Largest backend weight, in the file, on the command line and at run time (HAProxy caps
+/// at 256; more is allowed: a VIP's ring has [`MAX_RING_SIZE`] slots).
 pub const MAX_WEIGHT: u32 = 10_000;
 /// Longest pool or VIP name.
 pub const MAX_NAME_LEN: usize = 64;
@@ -313,6 +311,40 @@ pub fn not_a_host(addr: Ipv4Addr) -> Option<&'static str> {
     } else {
         None
     }
+}
+
+/// Why an address and port cannot be a backend's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum BackendAddressError {
+    /// The address is not a unicast host's (see [`not_a_host`]).
+    #[error("{address} is {why}, not a backend's address")]
+    NotAHost {
+        address: Ipv4Addr,
+        why: &'static str,
+    },
+    /// Port 0.
+    #[error("port 0 is out of range 1..=65535")]
+    PortZero,
+}
+
+/// Whether `addr` can be a backend's address and port: a unicast host and a port other
+/// than 0. The one check of a backend's address, wherever one comes from (the file, the
+/// command line, the control socket).
+///
+/// # Errors
+///
+/// Why it cannot.
+pub fn check_backend_address(addr: SocketAddrV4) -> Result<(), BackendAddressError> {
+    if let Some(why) = not_a_host(*addr.ip()) {
+        return Err(BackendAddressError::NotAHost {
+            address: *addr.ip(),
+            why,
+        });
+    }
+    if addr.port() == 0 {
+        return Err(BackendAddressError::PortZero);
+    }
+    Ok(())
 }
 
 /// Whether `s` is a valid pool or VIP name: 1 to 64 characters of
@@ -729,6 +761,28 @@ backends = [
         assert!(!is_valid_interface_name("a/b"));
         assert!(!is_valid_interface_name("a\tb"));
         assert!(!is_valid_interface_name("."));
+    }
+
+    #[test]
+    fn backend_addresses() {
+        let check = |s: &str| check_backend_address(s.parse().unwrap());
+        assert_eq!(check("10.0.2.11:80"), Ok(()));
+        assert_eq!(check("10.0.2.11:0"), Err(BackendAddressError::PortZero));
+        for (address, why) in [
+            ("0.0.0.0", "the unspecified address"),
+            ("255.255.255.255", "the broadcast address"),
+            ("239.1.2.3", "a multicast address"),
+        ] {
+            let err = check(&format!("{address}:80")).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                format!("{address} is {why}, not a backend's address")
+            );
+        }
+        assert_eq!(
+            check("10.0.2.11:0").unwrap_err().to_string(),
+            "port 0 is out of range 1..=65535"
+        );
     }
 
     #[test]

@@ -9,12 +9,13 @@ mod check;
 
 use std::collections::HashMap;
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::ops::{Range, RangeInclusive};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
+use balancer_common::{MAX_BACKENDS, MAX_RING_SIZE, MAX_VIPS};
 use humantime_serde::re::humantime;
 use toml::Spanned;
 
@@ -24,10 +25,10 @@ use super::raw::{
     Int, RawAgent, RawBackend, RawCheck, RawConfig, RawNat, RawPool, RawTimeouts, RawVip,
 };
 use super::{
-    interface_name_problem, is_prime, name_problem, not_a_host, AgentConfig, AllDownPolicy,
-    BackendConfig, CheckConfig, Config, ConfigError, DownPolicy, NatConfig, PoolConfig, Protocol,
-    Scheduler, Timeouts, VipConfig, XdpMode, DEFAULT_CONTROL_SOCKET, DEFAULT_PIN_DIR,
-    DEFAULT_RING_SIZE, DEFAULT_WEIGHT, MAX_BACKENDS, MAX_RING_SIZE, MAX_TIMEOUT, MAX_VIPS,
+    check_backend_address, interface_name_problem, is_prime, name_problem, AgentConfig,
+    AllDownPolicy, BackendAddressError, BackendConfig, CheckConfig, Config, ConfigError,
+    DownPolicy, NatConfig, PoolConfig, Protocol, Scheduler, Timeouts, VipConfig, XdpMode,
+    DEFAULT_CONTROL_SOCKET, DEFAULT_PIN_DIR, DEFAULT_RING_SIZE, DEFAULT_WEIGHT, MAX_TIMEOUT,
     MAX_WEIGHT, MIN_NAT_PORT, MIN_TIMEOUT,
 };
 use crate::spelling::ParseValueError;
@@ -296,14 +297,17 @@ impl Validator<'_> {
         let span = raw.span();
         let raw = raw.into_inner();
         let address = self.ipv4(&raw.address, format_args!("{field}.address"))?;
-        if let Some(why) = not_a_host(address) {
-            return Err(self.error(
+        let port = self.port(&raw.port, format_args!("{field}.port"))?;
+        check_backend_address(SocketAddrV4::new(address, port)).map_err(|e| match e {
+            BackendAddressError::NotAHost { .. } => self.error(
                 raw.address.span(),
                 format_args!("{field}.address"),
-                format!("{address} is {why}, not a backend's address"),
-            ));
-        }
-        let port = self.port(&raw.port, format_args!("{field}.port"))?;
+                e.to_string(),
+            ),
+            BackendAddressError::PortZero => {
+                self.error(raw.port.span(), format_args!("{field}.port"), e.to_string())
+            }
+        })?;
         let weight = match &raw.weight {
             None => DEFAULT_WEIGHT,
             Some(w) => {
@@ -356,7 +360,7 @@ impl Validator<'_> {
 
     fn vips(&self, raw: Vec<Spanned<RawVip>>, pools: &[PoolConfig]) -> Checked<Vec<VipConfig>> {
         let total = raw.len();
-        let max = MAX_VIPS;
+        let max = MAX_VIPS as usize;
         let mut seen = VipsSeen::default();
         let mut vips = Vec::with_capacity(total.min(max));
         for (vi, vip) in raw.into_iter().enumerate() {
@@ -606,7 +610,7 @@ impl BackendCount {
     /// Counts the backend at `span` (key path `field`); an error once there are too many.
     fn add(&mut self, v: &Validator<'_>, span: &Range<usize>, field: &str) -> Checked<()> {
         self.seen += 1;
-        let (total, max) = (self.total, MAX_BACKENDS);
+        let (total, max) = (self.total, MAX_BACKENDS as usize);
         if self.seen > max {
             return Err(v.error(
                 span.clone(),
@@ -786,9 +790,15 @@ backends = [
 
     #[test]
     fn too_many_vips() {
-        assert_eq!(parse(&many_vips(MAX_VIPS), ORIGIN).unwrap().vips.len(), 32);
+        assert_eq!(
+            parse(&many_vips(MAX_VIPS as usize), ORIGIN)
+                .unwrap()
+                .vips
+                .len(),
+            32
+        );
         assert_error(
-            &many_vips(MAX_VIPS + 1),
+            &many_vips(MAX_VIPS as usize + 1),
             "balancer.toml:197:1: vip[32] (\"v32\"): ",
             "too many VIPs: 33 defined, at most 32 are supported",
         );
