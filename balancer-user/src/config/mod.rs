@@ -55,19 +55,19 @@ pub const DEFAULT_NAT_PORT_MIN: u16 = 20000;
 /// Default last NAT source port.
 pub const DEFAULT_NAT_PORT_MAX: u16 = 32767;
 /// Default idle timeout of TCP flows.
-pub const DEFAULT_TCP_TIMEOUT: Duration = Duration::from_secs(300);
+pub const DEFAULT_TCP_TIMEOUT: Duration = Duration::from_mins(5);
 /// Default idle timeout of UDP flows.
 pub const DEFAULT_UDP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default lifetime of a TCP flow after FIN/RST.
 pub const DEFAULT_TCP_CLOSING_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default rest of a closed flow's SNAT port: Linux's TIME-WAIT (`TCP_TIMEWAIT_LEN`).
-pub const DEFAULT_SNAT_TIME_WAIT: Duration = Duration::from_secs(60);
-/// A TCP flow its backend never answered: Linux conntrack's and IPVS's SYN_RECV timeout.
-pub const DEFAULT_TCP_UNREPLIED_TIMEOUT: Duration = Duration::from_secs(60);
+pub const DEFAULT_SNAT_TIME_WAIT: Duration = Duration::from_mins(1);
+/// A TCP flow its backend never answered: Linux conntrack's and IPVS's `SYN_RECV` timeout.
+pub const DEFAULT_TCP_UNREPLIED_TIMEOUT: Duration = Duration::from_mins(1);
 /// Shortest allowed timeout.
 pub const MIN_TIMEOUT: Duration = Duration::from_secs(1);
 /// Longest allowed timeout.
-pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 60 * 60);
+pub const MAX_TIMEOUT: Duration = Duration::from_hours(24);
 /// Backend weight used when a backend gives none.
 pub const DEFAULT_WEIGHT: u32 = 1;
 /// Largest backend weight, in the file, on the command line and at run time (HAProxy caps

@@ -21,7 +21,7 @@ pub const MAX_RISE_FALL: u32 = 100;
 /// Shortest allowed health check interval or timeout.
 pub const MIN_CHECK_DURATION: Duration = Duration::from_millis(10);
 /// Longest allowed health check interval or timeout.
-pub const MAX_CHECK_DURATION: Duration = Duration::from_secs(60 * 60);
+pub const MAX_CHECK_DURATION: Duration = Duration::from_hours(1);
 /// HTTP check method used when none is given.
 pub const DEFAULT_HTTP_METHOD: &str = "GET";
 /// HTTP check path used when none is given.
@@ -271,12 +271,11 @@ impl FromStr for StatusRanges {
         }
         let mut ranges = Vec::new();
         for item in s.split(',') {
-            let (lo, hi) = match item.split_once('-') {
-                Some((lo, hi)) => (code(lo)?, code(hi)?),
-                None => {
-                    let c = code(item)?;
-                    (c, c)
-                }
+            let (lo, hi) = if let Some((lo, hi)) = item.split_once('-') {
+                (code(lo)?, code(hi)?)
+            } else {
+                let c = code(item)?;
+                (c, c)
             };
             if lo > hi {
                 return Err(StatusRangesError::Unordered(lo, hi));

@@ -90,7 +90,8 @@ impl Jitter {
     /// `d` +-10%.
     fn around(&mut self, d: Duration) -> Duration {
         let tenth = d / 10;
-        (d - tenth).saturating_add(self.below(tenth.saturating_mul(2)))
+        d.saturating_sub(tenth)
+            .saturating_add(self.below(tenth.saturating_mul(2)))
     }
 }
 
@@ -338,7 +339,10 @@ impl CheckTask {
             }
             // The slot holds the previous check: an event only when the result changed.
             let event = {
-                let mut latest = self.latest.lock().unwrap_or_else(|e| e.into_inner());
+                let mut latest = self
+                    .latest
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
                 latest.checks += 1;
                 let changed = transition.is_some()
                     || latest
