@@ -8,3 +8,4 @@ pub mod dataplane;
 pub mod health;
 pub mod lb;
 pub mod ring;
+pub mod spelling;

@@ -15,8 +15,7 @@ use crate::{
         client::{self, ClientError},
         Request, Status,
     },
-    config::{self, AllDownPolicy, Protocol, Scheduler, VipConfig, XdpMode},
-    lb::MAX_WEIGHT,
+    config::{self, AllDownPolicy, Protocol, Scheduler, VipConfig, XdpMode, MAX_WEIGHT},
 };
 
 #[derive(Debug, Parser)]

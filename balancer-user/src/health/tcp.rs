@@ -19,6 +19,9 @@
 //! The socket is registered with the runtime only while it connects: tokio keeps a hang-up
 //! as a final readiness state, and a dissolved connection reports one, so a socket kept
 //! registered would look writable forever after its first check.
+//!
+//! [`connect_reason`] words a failed connect for every TCP check (HTTP checks and the SYN
+//! engine too).
 
 use std::io;
 use std::mem::size_of;
@@ -27,6 +30,14 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
+
+/// Why a TCP connect failed, as shown in a check's reason.
+pub(super) fn connect_reason(e: &io::Error) -> String {
+    match e.kind() {
+        io::ErrorKind::ConnectionRefused => "connect refused".to_owned(),
+        _ => format!("connect failed: {e}"),
+    }
+}
 
 /// A descriptor registered with the runtime but owned elsewhere (not closed on drop).
 struct Unowned(RawFd);

@@ -5,9 +5,8 @@ use std::{net::SocketAddrV4, time::Instant};
 use super::{model::backend_entry, Balancer, BalancerError};
 use crate::{
     api::LastCheck,
-    config::CheckConfig,
     dataplane::Maps,
-    health::{self, Health, HealthEvent, LatestSlot},
+    health::{self, config::CheckConfig, Health, HealthEvent, LatestSlot},
 };
 
 impl<M: Maps> Balancer<M> {

@@ -20,16 +20,13 @@ use balancer_common::{Backend, Settings, MAX_BACKENDS, MAX_RING_SIZE, MAX_VIPS};
 pub use settings::{ns_per_tick, settings, SnatSource};
 
 use crate::{
-    config::{self, CheckConfig, Config, PoolConfig, Protocol, VipConfig},
+    config::{self, Config, PoolConfig, Protocol, VipConfig, MAX_WEIGHT},
     dataplane::{Maps, MapsError},
-    health::Health,
+    health::{config::CheckConfig, Health},
     ring,
 };
 use ids::{backend_hash, incarnation_of, vip_generation, vip_hash, HashedIds};
 use model::{backend_entry, vip_key, Pool, PoolBackend, Vip};
-
-/// Largest backend weight (HAProxy caps at 256; more is allowed, the ring has 65537 slots).
-pub const MAX_WEIGHT: u32 = 10_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BalancerError {

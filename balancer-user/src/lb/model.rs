@@ -12,8 +12,8 @@ use balancer_common::{
 
 use crate::{
     api::LastCheck,
-    config::{CheckConfig, DownPolicy, Protocol, VipConfig},
-    health::{self, Health, LatestSlot},
+    config::{DownPolicy, Protocol, VipConfig},
+    health::{self, config::CheckConfig, Health, LatestSlot},
 };
 
 #[derive(Clone, Debug)]

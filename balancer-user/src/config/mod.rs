@@ -1,0 +1,812 @@
+//! The agent's configuration file: TOML format, validation, and the typed `Config` built from it.
+//!
+//! Parsing happens in two stages that are kept apart on purpose:
+//!
+//! 1. `serde` reads the text into the private `Raw*` structs (`raw`). They mirror the file
+//!    one-to-one, reject unknown fields and wrap every value a later check may
+//!    point at in [`toml::Spanned`], so errors can name the exact line.
+//! 2. The private validator (`validate`) checks the raw structs and builds the public,
+//!    validated structs ([`Config`], [`VipConfig`], ...) with all defaults applied.
+//!
+//! Adding a field means adding it to a `Raw*` struct, to its public counterpart,
+//! and one conversion step in the validator.
+//!
+//! Every [`ConfigError`] (except failing to read the file, which has no line)
+//! displays as `FILE:LINE:COLUMN: FIELD: MESSAGE` (no `FIELD: ` for a TOML
+//! syntax error that has no key path), for example
+//! `balancer.toml:23:13: vip[1] ("web").ring_size: 65536 is not prime (...)`; `position`
+//! finds the line, column and key path.
+//!
+//! The words that name a choice (`Protocol`, `Scheduler`, ...) are in `words`. A pool's
+//! health check is configured by the health checks' own types ([`CheckConfig`] and the
+//! rest, from [`crate::health::config`]): this module imports `health`, never the reverse.
+
+mod position;
+mod raw;
+mod validate;
+mod words;
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use balancer_common::MAX_RING_SIZE;
+
+use position::{key_path_at, line_col};
+
+pub use crate::health::config::{
+    CheckConfig, CheckKind, CheckType, HttpCheck, StatusRanges, StatusRangesError, UdpCheck,
+};
+/// Whether `n` is a prime number (Maglev ring sizes must be).
+pub use crate::ring::is_prime;
+pub use words::{AllDownPolicy, DownPolicy, Protocol, Scheduler, XdpMode};
+
+/// Control socket path used when `[agent].control_socket` is absent.
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/balancer/balancer.sock";
+/// Where state is pinned (bpffs) when `[agent].pin_dir` is absent.
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/balancer";
+/// Maglev lookup table size used when a VIP gives no `ring_size`: the largest the data
+/// plane holds (a prime, Maglev's default `M`).
+pub const DEFAULT_RING_SIZE: u32 = MAX_RING_SIZE;
+/// Lowest first port of `[nat].port_range`.
+pub const MIN_NAT_PORT: u16 = 1024;
+/// Default first NAT source port.
+pub const DEFAULT_NAT_PORT_MIN: u16 = 20000;
+/// Default last NAT source port.
+pub const DEFAULT_NAT_PORT_MAX: u16 = 32767;
+/// Default idle timeout of TCP flows.
+pub const DEFAULT_TCP_TIMEOUT: Duration = Duration::from_mins(5);
+/// Default idle timeout of UDP flows.
+pub const DEFAULT_UDP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default lifetime of a TCP flow after FIN/RST.
+pub const DEFAULT_TCP_CLOSING_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default rest of a closed flow's SNAT port: Linux's TIME-WAIT (`TCP_TIMEWAIT_LEN`).
+pub const DEFAULT_SNAT_TIME_WAIT: Duration = Duration::from_mins(1);
+/// A TCP flow its backend never answered: Linux conntrack's and IPVS's `SYN_RECV` timeout.
+pub const DEFAULT_TCP_UNREPLIED_TIMEOUT: Duration = Duration::from_mins(1);
+/// Shortest allowed timeout.
+pub const MIN_TIMEOUT: Duration = Duration::from_secs(1);
+/// Longest allowed timeout.
+pub const MAX_TIMEOUT: Duration = Duration::from_hours(24);
+/// Backend weight used when a backend gives none.
+pub const DEFAULT_WEIGHT: u32 = 1;
+/// Largest backend weight, in the file, on the command line and at run time (HAProxy caps
+/// at 256; more is allowed: a VIP's ring has [`MAX_RING_SIZE`] slots).
+pub const MAX_WEIGHT: u32 = 10_000;
+/// Longest pool or VIP name.
+pub const MAX_NAME_LEN: usize = 64;
+/// Longest Linux interface name in bytes (IFNAMSIZ minus the NUL).
+pub const MAX_IFNAME_LEN: usize = 15;
+
+/// A complete, validated configuration.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    pub agent: AgentConfig,
+    pub nat: NatConfig,
+    pub timeouts: Timeouts,
+    pub pools: Vec<PoolConfig>,
+    pub vips: Vec<VipConfig>,
+}
+
+impl Config {
+    /// The pool called `name`, if any.
+    #[must_use]
+    pub fn pool(&self, name: &str) -> Option<&PoolConfig> {
+        self.pools.iter().find(|p| p.name == name)
+    }
+}
+
+/// `[agent]`: where and how the agent attaches.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AgentConfig {
+    pub interfaces: Vec<String>,
+    pub xdp_mode: XdpMode,
+    pub control_socket: PathBuf,
+    /// Directory on a bpf filesystem where the flow tables (and, with `keep_attached`, the
+    /// XDP links) are pinned, so that a restarted agent takes them over and established
+    /// flows carry on. `None` (`pin_dir = ""`): nothing is pinned; a restart forgets every
+    /// flow.
+    pub pin_dir: Option<PathBuf>,
+    /// Leave the data plane attached when the agent exits: it keeps forwarding with the
+    /// last configuration (without health checks) until the next agent swaps its program
+    /// in, with no moment without XDP. Needs `pin_dir`.
+    pub keep_attached: bool,
+}
+
+/// `[nat]`: source NAT towards the backends.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NatConfig {
+    /// `None`: chosen per backend from the routing table.
+    pub source_address: Option<Ipv4Addr>,
+    pub port_min: u16,
+    pub port_max: u16,
+}
+
+impl Default for NatConfig {
+    fn default() -> Self {
+        NatConfig {
+            source_address: None,
+            port_min: DEFAULT_NAT_PORT_MIN,
+            port_max: DEFAULT_NAT_PORT_MAX,
+        }
+    }
+}
+
+/// `[timeouts]`: flow lifetimes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Timeouts {
+    pub tcp: Duration,
+    pub udp: Duration,
+    pub tcp_closing: Duration,
+    /// After the backend closed a flow, the flow's SNAT port rests until this long after
+    /// its last packet before another client gets it (unless no other port is free):
+    /// the backends' TIME-WAIT.
+    pub snat_time_wait: Duration,
+    /// Idle timeout of a TCP flow whose backend has not answered yet (at most `tcp`
+    /// applies: the shorter of the two).
+    pub tcp_unreplied: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            tcp: DEFAULT_TCP_TIMEOUT,
+            udp: DEFAULT_UDP_TIMEOUT,
+            tcp_closing: DEFAULT_TCP_CLOSING_TIMEOUT,
+            snat_time_wait: DEFAULT_SNAT_TIME_WAIT,
+            tcp_unreplied: DEFAULT_TCP_UNREPLIED_TIMEOUT,
+        }
+    }
+}
+
+/// `[[pool]]`: a named set of backends.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PoolConfig {
+    pub name: String,
+    pub backends: Vec<BackendConfig>,
+    /// `[pool.check]` as written for the pool (each backend holds its effective one).
+    pub check: CheckConfig,
+    /// What happens to flows of a backend that went down.
+    pub on_backend_down: DownPolicy,
+}
+
+/// One entry of a pool's `backends`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BackendConfig {
+    pub address: Ipv4Addr,
+    pub port: u16,
+    /// 0 means drained: no new flows.
+    pub weight: u32,
+    /// The effective health check: the pool's, with this backend's `check` fields over it.
+    pub check: CheckConfig,
+}
+
+impl BackendConfig {
+    /// The backend's address and port.
+    #[must_use]
+    pub fn socket_addr(&self) -> SocketAddrV4 {
+        SocketAddrV4::new(self.address, self.port)
+    }
+}
+
+/// `[[vip]]`: a virtual service (also what a `vip add` request carries and `status` shows).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct VipConfig {
+    pub name: String,
+    pub address: Ipv4Addr,
+    pub port: u16,
+    pub protocol: Protocol,
+    pub scheduler: Scheduler,
+    pub ring_size: u32,
+    pub pool: String,
+    /// What new flows get while no backend of the pool is up.
+    pub on_all_down: AllDownPolicy,
+}
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{}: cannot read config file: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The text is not valid TOML, or does not fit the schema (unknown field,
+    /// wrong type, missing field). `message` is the TOML parser's.
+    #[error("{origin}:{line}:{column}: {}{message}", field_prefix(field.as_deref()))]
+    Toml {
+        origin: String,
+        line: usize,
+        column: usize,
+        /// Key path of the offending value, when it could be worked out.
+        field: Option<String>,
+        message: String,
+    },
+    /// The TOML is well-formed but a value is not acceptable.
+    #[error("{origin}:{line}:{column}: {field}: {message}")]
+    Invalid {
+        origin: String,
+        line: usize,
+        column: usize,
+        field: String,
+        message: String,
+    },
+}
+
+impl ConfigError {
+    /// The 1-based line the error points at (`None` for I/O errors).
+    #[must_use]
+    pub fn line(&self) -> Option<usize> {
+        match self {
+            ConfigError::Io { .. } => None,
+            ConfigError::Toml { line, .. } | ConfigError::Invalid { line, .. } => Some(*line),
+        }
+    }
+}
+
+fn field_prefix(field: Option<&str>) -> String {
+    field.map(|f| format!("{f}: ")).unwrap_or_default()
+}
+
+// ---------------------------------------------------------------------------
+// Entry points and public helpers
+// ---------------------------------------------------------------------------
+
+/// Reads and validates the configuration file at `path`.
+///
+/// # Errors
+///
+/// [`ConfigError::Io`] if the file cannot be read, otherwise as [`parse`].
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse(&text, &path.display().to_string())
+}
+
+/// Parses and validates configuration `text`; `origin` names it in errors.
+///
+/// # Errors
+///
+/// [`ConfigError::Toml`] if `text` is not TOML of the expected shape,
+/// [`ConfigError::Invalid`] if a value fails validation. Only the first
+/// problem found is reported.
+pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+    let raw: raw::RawConfig = toml::from_str(text).map_err(|e| toml_error(text, origin, &e))?;
+    validate::config(raw, text, origin)
+}
+
+/// The [`ConfigError::Toml`] of `toml`'s error `e`: the line, column and key path it
+/// points at.
+fn toml_error(text: &str, origin: &str, e: &toml::de::Error) -> ConfigError {
+    let span = e.span();
+    let offset = span.as_ref().map_or(0, |s| s.start);
+    let (line, column) = line_col(text, offset);
+    // An empty span (e.g. a missing top-level table) points at no key.
+    let field = span
+        .filter(|s| s.start < s.end)
+        .and_then(|s| key_path_at(text, s.start));
+    let message = e.message().trim().replace('\n', "; ");
+    ConfigError::Toml {
+        origin: origin.to_owned(),
+        line,
+        column,
+        field,
+        message,
+    }
+}
+
+/// Why `addr` cannot be a backend's (unicast host) address, if it cannot.
+#[must_use]
+pub fn not_a_host(addr: Ipv4Addr) -> Option<&'static str> {
+    if addr.is_unspecified() {
+        Some("the unspecified address")
+    } else if addr.is_broadcast() {
+        Some("the broadcast address")
+    } else if addr.is_multicast() {
+        Some("a multicast address")
+    } else {
+        None
+    }
+}
+
+/// Why an address and port cannot be a backend's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum BackendAddressError {
+    /// The address is not a unicast host's (see [`not_a_host`]).
+    #[error("{address} is {why}, not a backend's address")]
+    NotAHost {
+        address: Ipv4Addr,
+        why: &'static str,
+    },
+    /// Port 0.
+    #[error("port 0 is out of range 1..=65535")]
+    PortZero,
+}
+
+/// Whether `addr` can be a backend's address and port: a unicast host and a port other
+/// than 0. The one check of a backend's address, wherever one comes from (the file, the
+/// command line, the control socket).
+///
+/// # Errors
+///
+/// Why it cannot.
+pub fn check_backend_address(addr: SocketAddrV4) -> Result<(), BackendAddressError> {
+    if let Some(why) = not_a_host(*addr.ip()) {
+        return Err(BackendAddressError::NotAHost {
+            address: *addr.ip(),
+            why,
+        });
+    }
+    if addr.port() == 0 {
+        return Err(BackendAddressError::PortZero);
+    }
+    Ok(())
+}
+
+/// Whether `s` is a valid pool or VIP name: 1 to 64 characters of
+/// `A-Z a-z 0-9 _ . -`.
+#[must_use]
+pub fn is_valid_name(s: &str) -> bool {
+    name_problem(s).is_none()
+}
+
+/// Whether `s` is a name Linux accepts for a network interface.
+#[must_use]
+pub fn is_valid_interface_name(s: &str) -> bool {
+    interface_name_problem(s).is_none()
+}
+
+/// Why `s` is not a valid pool or VIP name, if it is not.
+fn name_problem(s: &str) -> Option<String> {
+    if s.is_empty() {
+        return Some("must not be empty".to_owned());
+    }
+    let len = s.chars().count();
+    if len > MAX_NAME_LEN {
+        return Some(format!(
+            "is {len} characters long, at most {MAX_NAME_LEN} are allowed"
+        ));
+    }
+    if let Some(c) = s
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')))
+    {
+        return Some(format!(
+            "contains {c:?}; only letters, digits, '_', '.' and '-' are allowed"
+        ));
+    }
+    None
+}
+
+/// Why `s` is not a valid interface name, if it is not.
+fn interface_name_problem(s: &str) -> Option<String> {
+    // The rules of the kernel's dev_valid_name().
+    if s.is_empty() {
+        return Some("must not be empty".to_owned());
+    }
+    if s.len() > MAX_IFNAME_LEN {
+        return Some(format!(
+            "is {} bytes long, Linux allows at most {MAX_IFNAME_LEN}",
+            s.len()
+        ));
+    }
+    if s == "." || s == ".." {
+        return Some("\".\" and \"..\" are not interface names".to_owned());
+    }
+    if let Some(c) = s
+        .chars()
+        .find(|c| matches!(c, '/' | ':' | '\0') || c.is_whitespace())
+    {
+        return Some(format!("must not contain {c:?}"));
+    }
+    None
+}
+
+#[cfg(test)]
+mod testing;
+
+#[cfg(test)]
+mod tests {
+    use super::testing::{assert_error, ip, with, NAT, ONE_VIP, ORIGIN, TIMEOUTS};
+    use super::*;
+
+    /// A complete configuration; line numbers are in the comments of the tests.
+    const FULL: &str = r#"# balancer test config
+[agent]
+interfaces = ["lbc0", "lbs0"]
+xdp_mode = "driver"
+control_socket = "/tmp/lb.sock"
+pin_dir = "/sys/fs/bpf/lb"
+keep_attached = true
+
+[nat]
+source_address = "10.0.2.1"
+port_range = "30000-40000"
+
+[timeouts]
+tcp = "10m"
+udp = "45s"
+tcp_closing = "5s"
+snat_time_wait = "2m"
+tcp_unreplied = "20s"
+
+[[pool]]
+name = "web"
+backends = [
+  { address = "10.0.2.11", port = 80, weight = 1 },
+  { address = "10.0.2.12", port = 80 },
+  { address = "10.0.2.13", port = 8080, weight = 0 },
+]
+
+[[pool]]
+name = "dns"
+backends = []
+
+[[vip]]
+name = "web"
+address = "10.0.100.1"
+port = 80
+protocol = "tcp"
+scheduler = "maglev"
+ring_size = 65537
+pool = "web"
+
+[[vip]]
+name = "dns"
+address = "10.0.100.1"
+port = 53
+protocol = "UDP"
+scheduler = "rr"
+ring_size = 251
+pool = "dns"
+"#;
+
+    #[test]
+    fn the_readme_example_parses() {
+        let readme = include_str!("../../../README.md");
+        let start = readme
+            .find("```toml\n# balancer.toml")
+            .expect("the README has its balancer.toml example");
+        let body = &readme[start + "```toml\n".len()..];
+        let example = &body[..body.find("```").expect("the example block ends")];
+        let config = parse(example, "README.md").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.agent.pin_dir, Some(PathBuf::from(DEFAULT_PIN_DIR)));
+        assert_eq!(config.vips.len(), 1);
+    }
+
+    #[test]
+    fn full_example_parses() {
+        let config = parse(FULL, ORIGIN).unwrap();
+        let expected = Config {
+            agent: AgentConfig {
+                interfaces: vec!["lbc0".into(), "lbs0".into()],
+                xdp_mode: XdpMode::Driver,
+                control_socket: PathBuf::from("/tmp/lb.sock"),
+                pin_dir: Some(PathBuf::from("/sys/fs/bpf/lb")),
+                keep_attached: true,
+            },
+            nat: NatConfig {
+                source_address: Some(ip("10.0.2.1")),
+                port_min: 30000,
+                port_max: 40000,
+            },
+            timeouts: Timeouts {
+                tcp: Duration::from_secs(600),
+                udp: Duration::from_secs(45),
+                tcp_closing: Duration::from_secs(5),
+                snat_time_wait: Duration::from_secs(120),
+                tcp_unreplied: Duration::from_secs(20),
+            },
+            pools: vec![
+                PoolConfig {
+                    name: "web".into(),
+                    backends: vec![
+                        BackendConfig {
+                            address: ip("10.0.2.11"),
+                            port: 80,
+                            weight: 1,
+                            check: CheckConfig::default(),
+                        },
+                        BackendConfig {
+                            address: ip("10.0.2.12"),
+                            port: 80,
+                            weight: 1,
+                            check: CheckConfig::default(),
+                        },
+                        BackendConfig {
+                            address: ip("10.0.2.13"),
+                            port: 8080,
+                            weight: 0,
+                            check: CheckConfig::default(),
+                        },
+                    ],
+                    check: CheckConfig::default(),
+                    on_backend_down: DownPolicy::Shutdown,
+                },
+                PoolConfig {
+                    name: "dns".into(),
+                    backends: vec![],
+                    check: CheckConfig::default(),
+                    on_backend_down: DownPolicy::Shutdown,
+                },
+            ],
+            vips: vec![
+                VipConfig {
+                    name: "web".into(),
+                    address: ip("10.0.100.1"),
+                    port: 80,
+                    protocol: Protocol::Tcp,
+                    scheduler: Scheduler::Maglev,
+                    ring_size: 65537,
+                    pool: "web".into(),
+                    on_all_down: AllDownPolicy::Drop,
+                },
+                VipConfig {
+                    name: "dns".into(),
+                    address: ip("10.0.100.1"),
+                    port: 53,
+                    protocol: Protocol::Udp,
+                    scheduler: Scheduler::RoundRobin,
+                    ring_size: 251,
+                    pool: "dns".into(),
+                    on_all_down: AllDownPolicy::Drop,
+                },
+            ],
+        };
+        assert_eq!(config, expected);
+        assert_eq!(config.pool("dns"), Some(&expected.pools[1]));
+        assert_eq!(config.pool("nope"), None);
+    }
+
+    #[test]
+    fn minimal_config_uses_defaults() {
+        let config = parse("[agent]\ninterfaces = [\"eth0\"]\n", ORIGIN).unwrap();
+        assert_eq!(
+            config,
+            Config {
+                agent: AgentConfig {
+                    interfaces: vec!["eth0".into()],
+                    xdp_mode: XdpMode::Auto,
+                    control_socket: PathBuf::from(DEFAULT_CONTROL_SOCKET),
+                    pin_dir: Some(PathBuf::from(DEFAULT_PIN_DIR)),
+                    keep_attached: false,
+                },
+                nat: NatConfig {
+                    source_address: None,
+                    port_min: 20000,
+                    port_max: 32767,
+                },
+                timeouts: Timeouts {
+                    tcp: Duration::from_secs(300),
+                    udp: Duration::from_secs(30),
+                    tcp_closing: Duration::from_secs(10),
+                    snat_time_wait: Duration::from_secs(60),
+                    tcp_unreplied: Duration::from_secs(60),
+                },
+                pools: vec![],
+                vips: vec![],
+            }
+        );
+        assert_eq!(config.nat, NatConfig::default());
+        assert_eq!(config.timeouts, Timeouts::default());
+    }
+
+    #[test]
+    fn empty_tables_and_omitted_fields_use_defaults() {
+        let text = "[agent]\ninterfaces = [\"eth0\"]\n[nat]\n[timeouts]\nudp = \"1m\"\n\
+                    [[pool]]\nname = \"p\"\n[[vip]]\nname = \"v\"\naddress = \"1.2.3.4\"\n\
+                    port = 443\nprotocol = \"tcp\"\npool = \"p\"\n";
+        let config = parse(text, ORIGIN).unwrap();
+        assert_eq!(config.nat, NatConfig::default());
+        assert_eq!(config.timeouts.udp, Duration::from_secs(60));
+        assert_eq!(config.timeouts.tcp, DEFAULT_TCP_TIMEOUT);
+        assert!(config.pools[0].backends.is_empty());
+        assert_eq!(config.vips[0].scheduler, Scheduler::Maglev);
+        assert_eq!(config.vips[0].ring_size, DEFAULT_RING_SIZE);
+    }
+
+    #[test]
+    fn one_vip_base_is_valid() {
+        let config = parse(ONE_VIP, ORIGIN).unwrap();
+        assert_eq!(config.vips.len(), 1);
+        parse(TIMEOUTS, ORIGIN).unwrap();
+        parse(NAT, ORIGIN).unwrap();
+    }
+
+    #[test]
+    fn toml_syntax_error() {
+        let text = with(ONE_VIP, "port = 80\n", "port = 80 80\n");
+        assert_error(&text, "balancer.toml:8:11: ", "expected newline");
+        let text = with(ONE_VIP, "name = \"web\"\naddress", "name = \"web\naddress");
+        assert_error(&text, "balancer.toml:6:", "");
+        let text = "[agent]\ninterfaces = [\"lbc0\"]\n[agent]\n";
+        assert_error(text, "balancer.toml:3:1: ", "duplicate key");
+    }
+
+    #[test]
+    fn unknown_field() {
+        let text = with(ONE_VIP, "ring_size = 65537", "shceduler = \"maglev\"");
+        assert_error(
+            &text,
+            "balancer.toml:10:1: vip[0] (\"web\").shceduler: ",
+            "unknown field `shceduler`, expected one of",
+        );
+        let text = "[agent]\ninterfaces = [\"lbc0\"]\nxdp-mode = \"skb\"\n";
+        assert_error(
+            text,
+            "balancer.toml:3:1: agent.xdp-mode: ",
+            "unknown field `xdp-mode`",
+        );
+        let text = "[agent]\ninterfaces = [\"lbc0\"]\n[health]\n";
+        assert_error(
+            text,
+            "balancer.toml:3:2: health: ",
+            "unknown field `health`",
+        );
+    }
+
+    #[test]
+    fn unknown_field_in_inline_backend() {
+        let text = r#"[agent]
+interfaces = ["lbc0"]
+[[pool]]
+name = "web"
+backends = [
+  { address = "10.0.2.11", port = 80 },
+  { address = "10.0.2.12", port = 80, wieght = 2 },
+]
+"#;
+        assert_error(
+            text,
+            "balancer.toml:7:39: pool[0] (\"web\").backends[1].wieght: ",
+            "unknown field `wieght`, expected one of `address`, `port`, `weight`",
+        );
+    }
+
+    #[test]
+    fn wrong_type() {
+        let text = with(ONE_VIP, "port = 80\n", "port = \"eighty\"\n");
+        assert_error(
+            &text,
+            "balancer.toml:8:8: vip[0] (\"web\").port: ",
+            "invalid type: string \"eighty\", expected an integer",
+        );
+        let text = "[agent]\ninterfaces = \"lbc0\"\n";
+        assert_error(
+            text,
+            "balancer.toml:2:14: agent.interfaces: ",
+            "invalid type: string \"lbc0\", expected a sequence",
+        );
+        assert_error(
+            "agent = 1\n",
+            "balancer.toml:1:9: agent: ",
+            "invalid type: integer `1`, expected a table",
+        );
+    }
+
+    #[test]
+    fn missing_required_fields() {
+        let text = with(ONE_VIP, "pool = \"web\"\n", "\n");
+        assert_error(
+            &text,
+            "balancer.toml:5:1: vip[0] (\"web\"): ",
+            "missing field `pool`",
+        );
+        assert_error("", "balancer.toml:1:1: ", "missing field `agent`");
+        assert_error(
+            "[agent]\n",
+            "balancer.toml:1:1: agent: ",
+            "missing field `interfaces`",
+        );
+    }
+
+    #[test]
+    fn missing_file() {
+        let path = Path::new("/nonexistent-dir/balancer.toml");
+        let err = load(path).unwrap_err();
+        assert!(matches!(err, ConfigError::Io { .. }));
+        assert_eq!(err.line(), None);
+        let message = err.to_string();
+        assert!(
+            message.starts_with("/nonexistent-dir/balancer.toml: cannot read config file: "),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn load_names_the_file() {
+        let path = std::env::temp_dir().join(format!("config-rs-test-{}.toml", std::process::id()));
+        std::fs::write(&path, with(ONE_VIP, "port = 80\n", "port = 80000\n")).unwrap();
+        let err = load(&path).unwrap_err();
+        std::fs::write(&path, ONE_VIP).unwrap();
+        let ok = load(&path);
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(err.line(), Some(8));
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "{}:8:8: vip[0] (\"web\").port: port 80000 is out of range 1..=65535",
+                path.display()
+            )
+        );
+        assert_eq!(ok.unwrap().vips[0].port, 80);
+    }
+
+    #[test]
+    fn is_prime_works() {
+        let primes: Vec<u32> = (0..30).filter(|n| is_prime(*n)).collect();
+        assert_eq!(primes, [2, 3, 5, 7, 11, 13, 17, 19, 23, 29]);
+        assert!(is_prime(65537));
+        assert!(!is_prime(65536));
+        assert!(!is_prime(65535));
+        assert!(is_prime(4_294_967_291));
+        assert!(!is_prime(u32::MAX));
+    }
+
+    #[test]
+    fn name_rules() {
+        assert!(is_valid_name("web-1.prod_A"));
+        assert!(is_valid_name(&"a".repeat(64)));
+        assert!(!is_valid_name(&"a".repeat(65)));
+        assert!(!is_valid_name(""));
+        assert!(!is_valid_name("a b"));
+        assert!(!is_valid_name("wéb"));
+        assert!(is_valid_interface_name("lbc0"));
+        assert!(is_valid_interface_name("fifteen-chars-x"));
+        assert!(!is_valid_interface_name("sixteen-chars-xx"));
+        assert!(!is_valid_interface_name("a/b"));
+        assert!(!is_valid_interface_name("a\tb"));
+        assert!(!is_valid_interface_name("."));
+    }
+
+    #[test]
+    fn backend_addresses() {
+        let check = |s: &str| check_backend_address(s.parse().unwrap());
+        assert_eq!(check("10.0.2.11:80"), Ok(()));
+        assert_eq!(check("10.0.2.11:0"), Err(BackendAddressError::PortZero));
+        for (address, why) in [
+            ("0.0.0.0", "the unspecified address"),
+            ("255.255.255.255", "the broadcast address"),
+            ("239.1.2.3", "a multicast address"),
+        ] {
+            let err = check(&format!("{address}:80")).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                format!("{address} is {why}, not a backend's address")
+            );
+        }
+        assert_eq!(
+            check("10.0.2.11:0").unwrap_err().to_string(),
+            "port 0 is out of range 1..=65535"
+        );
+    }
+
+    #[test]
+    fn mangled_input_never_panics() {
+        // Every truncation and a handful of substitutions at every offset
+        // must give Ok or an error with a line number, never a panic.
+        let base = with(
+            ONE_VIP,
+            "name = \"web\"\n[[vip]]",
+            "name = 'web' # pool\nbackends = [{ address = \"10.0.2.1\", port = 80 }]\n[[vip]]",
+        );
+        for end in (0..=base.len()).filter(|i| base.is_char_boundary(*i)) {
+            if let Err(e) = parse(&base[..end], ORIGIN) {
+                assert!(e.line().is_some());
+            }
+        }
+        for i in 0..base.len() {
+            for c in ["\"", "'", "[", "]", "{", "=", "\n", "#", "é", "\\", "'''"] {
+                let mut text = base.clone();
+                text.replace_range(i..=i, c);
+                if let Err(e) = parse(&text, ORIGIN) {
+                    assert!(e.to_string().starts_with("balancer.toml:"));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,174 @@
+//! The configuration file as written: `serde` reads the text into these structs. They
+//! mirror the file one-to-one, reject unknown fields and wrap every value a later check may
+//! point at in [`toml::Spanned`], so that the validator's errors can name the exact line.
+//! Every value is kept as written (strings, [`Int`]): the validator parses and checks it.
+
+use std::fmt;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(super) struct RawConfig {
+    pub(super) agent: RawAgent,
+    #[serde(default)]
+    pub(super) nat: Option<RawNat>,
+    #[serde(default)]
+    pub(super) timeouts: Option<RawTimeouts>,
+    #[serde(default)]
+    pub(super) pool: Vec<Spanned<RawPool>>,
+    #[serde(default)]
+    pub(super) vip: Vec<Spanned<RawVip>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(super) struct RawAgent {
+    pub(super) interfaces: Spanned<Vec<Spanned<String>>>,
+    #[serde(default)]
+    pub(super) xdp_mode: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) control_socket: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) pin_dir: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) keep_attached: Option<Spanned<bool>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(super) struct RawNat {
+    #[serde(default)]
+    pub(super) source_address: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) port_range: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(super) struct RawTimeouts {
+    #[serde(default)]
+    pub(super) tcp: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) udp: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) tcp_closing: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) snat_time_wait: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) tcp_unreplied: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(super) struct RawPool {
+    pub(super) name: Spanned<String>,
+    #[serde(default)]
+    pub(super) on_backend_down: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) check: Option<RawCheck>,
+    #[serde(default)]
+    pub(super) backends: Vec<Spanned<RawBackend>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(super) struct RawBackend {
+    pub(super) address: Spanned<String>,
+    pub(super) port: Spanned<Int>,
+    #[serde(default)]
+    pub(super) weight: Option<Spanned<Int>>,
+    #[serde(default)]
+    pub(super) check: Option<RawCheck>,
+}
+
+/// `[pool.check]`, or a backend's `check`: every field optional, so a
+/// backend's table can be merged over its pool's field by field.
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(super) struct RawCheck {
+    #[serde(default, rename = "type")]
+    pub(super) kind: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) interval: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) timeout: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) rise: Option<Spanned<Int>>,
+    #[serde(default)]
+    pub(super) fall: Option<Spanned<Int>>,
+    #[serde(default)]
+    pub(super) fastinter: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) downinter: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) initial_state: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) port: Option<Spanned<Int>>,
+    #[serde(default)]
+    pub(super) address: Option<Spanned<String>>,
+    // http
+    #[serde(default)]
+    pub(super) method: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) path: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) host: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) expect_status: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) expect_body: Option<Spanned<String>>,
+    // udp
+    #[serde(default)]
+    pub(super) payload: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) expect: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(super) struct RawVip {
+    pub(super) name: Spanned<String>,
+    pub(super) address: Spanned<String>,
+    pub(super) port: Spanned<Int>,
+    pub(super) protocol: Spanned<String>,
+    #[serde(default)]
+    pub(super) scheduler: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) ring_size: Option<Spanned<Int>>,
+    pub(super) pool: Spanned<String>,
+    #[serde(default)]
+    pub(super) on_all_down: Option<Spanned<String>>,
+}
+
+/// A TOML integer; range checks happen in the validator so their messages can
+/// name the field. (Also makes type errors read "expected an integer".)
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Int(pub(super) i64);
+
+impl<'de> Deserialize<'de> for Int {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct IntVisitor;
+
+        impl serde::de::Visitor<'_> for IntVisitor {
+            type Value = Int;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an integer")
+            }
+
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Int, E> {
+                Ok(Int(v))
+            }
+
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Int, E> {
+                i64::try_from(v)
+                    .map(Int)
+                    .map_err(|_| E::invalid_value(serde::de::Unexpected::Unsigned(v), &self))
+            }
+        }
+
+        deserializer.deserialize_i64(IntVisitor)
+    }
+}

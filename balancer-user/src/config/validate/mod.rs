@@ -1,0 +1,1162 @@
+//! The validator: the raw structs of `raw` in, a [`Config`] with every default applied out,
+//! or the first problem as a [`ConfigError`] that names its line, column and key.
+//!
+//! One method per section of the file (`agent`, `nat`, `timeouts`, `pools` with `backend`,
+//! `vips`), and small helpers for the kinds of values they share (durations, words,
+//! addresses, ports, names). A pool's or backend's `check` table is checked in `check`.
+
+mod check;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::ops::{Range, RangeInclusive};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use balancer_common::{MAX_BACKENDS, MAX_RING_SIZE, MAX_VIPS};
+use humantime_serde::re::humantime;
+use toml::Spanned;
+
+use self::check::CheckLayer;
+use super::position::line_col;
+use super::raw::{
+    Int, RawAgent, RawBackend, RawCheck, RawConfig, RawNat, RawPool, RawTimeouts, RawVip,
+};
+use super::{
+    check_backend_address, interface_name_problem, is_prime, name_problem, AgentConfig,
+    AllDownPolicy, BackendAddressError, BackendConfig, CheckConfig, Config, ConfigError,
+    DownPolicy, NatConfig, PoolConfig, Protocol, Scheduler, Timeouts, VipConfig, XdpMode,
+    DEFAULT_CONTROL_SOCKET, DEFAULT_PIN_DIR, DEFAULT_RING_SIZE, DEFAULT_WEIGHT, MAX_TIMEOUT,
+    MAX_WEIGHT, MIN_NAT_PORT, MIN_TIMEOUT,
+};
+use crate::spelling::ParseValueError;
+
+/// Checks `raw`, read from `text` (called `origin` in errors), and builds the [`Config`].
+pub(super) fn config(raw: RawConfig, text: &str, origin: &str) -> Result<Config, ConfigError> {
+    Validator { text, origin }.config(raw)
+}
+
+struct Validator<'a> {
+    text: &'a str,
+    origin: &'a str,
+}
+
+type Checked<T> = Result<T, ConfigError>;
+
+/// The names given so far to the tables of one kind (`[[pool]]` or `[[vip]]`): name ->
+/// (index, line of the name).
+type Names = HashMap<String, (usize, usize)>;
+
+impl Validator<'_> {
+    fn error(
+        &self,
+        span: Range<usize>,
+        field: impl fmt::Display,
+        message: impl Into<String>,
+    ) -> ConfigError {
+        let (line, column) = line_col(self.text, span.start);
+        ConfigError::Invalid {
+            origin: self.origin.to_owned(),
+            line,
+            column,
+            field: field.to_string(),
+            message: message.into(),
+        }
+    }
+
+    fn line(&self, span: &Range<usize>) -> usize {
+        line_col(self.text, span.start).0
+    }
+
+    fn config(&self, raw: RawConfig) -> Checked<Config> {
+        let agent = self.agent(raw.agent)?;
+        let nat = match raw.nat {
+            Some(nat) => self.nat(nat)?,
+            None => NatConfig::default(),
+        };
+        let timeouts = match raw.timeouts {
+            Some(t) => self.timeouts(t)?,
+            None => Timeouts::default(),
+        };
+        let pools = self.pools(raw.pool)?;
+        let vips = self.vips(raw.vip, &pools)?;
+        Ok(Config {
+            agent,
+            nat,
+            timeouts,
+            pools,
+            vips,
+        })
+    }
+
+    // -- [agent] --------------------------------------------------------------
+
+    fn agent(&self, raw: RawAgent) -> Checked<AgentConfig> {
+        let interfaces = self.interfaces(raw.interfaces)?;
+        let xdp_mode = match &raw.xdp_mode {
+            Some(m) => self.word(m, "agent.xdp_mode")?,
+            None => XdpMode::Auto,
+        };
+        let control_socket = match raw.control_socket {
+            Some(s) if s.get_ref().is_empty() => {
+                return Err(self.error(s.span(), "agent.control_socket", "must not be empty"));
+            }
+            Some(s) => PathBuf::from(s.into_inner()),
+            None => PathBuf::from(DEFAULT_CONTROL_SOCKET),
+        };
+        let pin_dir = self.pin_dir(raw.pin_dir)?;
+        let keep_attached = match raw.keep_attached {
+            Some(k) if *k.get_ref() && pin_dir.is_none() => {
+                return Err(self.error(
+                    k.span(),
+                    "agent.keep_attached",
+                    "needs agent.pin_dir: the XDP links are pinned there for the next agent",
+                ));
+            }
+            Some(k) => k.into_inner(),
+            None => false,
+        };
+        Ok(AgentConfig {
+            interfaces,
+            xdp_mode,
+            control_socket,
+            pin_dir,
+            keep_attached,
+        })
+    }
+
+    /// `agent.interfaces`: at least one, each a valid name, none twice.
+    fn interfaces(&self, raw: Spanned<Vec<Spanned<String>>>) -> Checked<Vec<String>> {
+        let list_span = raw.span();
+        let list = raw.into_inner();
+        if list.is_empty() {
+            return Err(self.error(
+                list_span,
+                "agent.interfaces",
+                "at least one interface is required",
+            ));
+        }
+        let mut interfaces: Vec<String> = Vec::with_capacity(list.len());
+        for (i, name) in list.iter().enumerate() {
+            let field = format!("agent.interfaces[{i}]");
+            let value = self.text_field(name, &field, "interface name", interface_name_problem)?;
+            if let Some(first) = interfaces.iter().position(|n| *n == value) {
+                return Err(self.error(
+                    name.span(),
+                    field,
+                    format!("duplicate interface {value:?} (already listed as agent.interfaces[{first}])"),
+                ));
+            }
+            interfaces.push(value);
+        }
+        Ok(interfaces)
+    }
+
+    /// `agent.pin_dir`: an absolute path, or `""` for none.
+    fn pin_dir(&self, raw: Option<Spanned<String>>) -> Checked<Option<PathBuf>> {
+        match raw {
+            Some(s) if s.get_ref().is_empty() => Ok(None),
+            Some(s) if !Path::new(s.get_ref()).is_absolute() => Err(self.error(
+                s.span(),
+                "agent.pin_dir",
+                format!(
+                    "{:?} is not an absolute path (a directory on a bpf filesystem, e.g. {DEFAULT_PIN_DIR:?}; \"\" pins nothing)",
+                    s.get_ref()
+                ),
+            )),
+            Some(s) => Ok(Some(PathBuf::from(s.into_inner()))),
+            None => Ok(Some(PathBuf::from(DEFAULT_PIN_DIR))),
+        }
+    }
+
+    // -- [nat] and [timeouts] -------------------------------------------------
+
+    fn nat(&self, raw: RawNat) -> Checked<NatConfig> {
+        let mut nat = NatConfig::default();
+        if let Some(addr) = raw.source_address {
+            nat.source_address = Some(self.ipv4(&addr, "nat.source_address")?);
+        }
+        if let Some(range) = raw.port_range {
+            let (min, max) = parse_port_range(range.get_ref()).map_err(|why| {
+                self.error(
+                    range.span(),
+                    "nat.port_range",
+                    format!("invalid port range {:?}: {why}", range.get_ref()),
+                )
+            })?;
+            nat.port_min = min;
+            nat.port_max = max;
+        }
+        Ok(nat)
+    }
+
+    fn timeouts(&self, raw: RawTimeouts) -> Checked<Timeouts> {
+        let defaults = Timeouts::default();
+        Ok(Timeouts {
+            tcp: self.timeout(raw.tcp, "timeouts.tcp", defaults.tcp)?,
+            udp: self.timeout(raw.udp, "timeouts.udp", defaults.udp)?,
+            tcp_closing: self.timeout(
+                raw.tcp_closing,
+                "timeouts.tcp_closing",
+                defaults.tcp_closing,
+            )?,
+            snat_time_wait: self.timeout(
+                raw.snat_time_wait,
+                "timeouts.snat_time_wait",
+                defaults.snat_time_wait,
+            )?,
+            tcp_unreplied: self.timeout(
+                raw.tcp_unreplied,
+                "timeouts.tcp_unreplied",
+                defaults.tcp_unreplied,
+            )?,
+        })
+    }
+
+    fn timeout(
+        &self,
+        raw: Option<Spanned<String>>,
+        field: &str,
+        default: Duration,
+    ) -> Checked<Duration> {
+        let Some(raw) = raw else {
+            return Ok(default);
+        };
+        // MIN_TIMEOUT and MAX_TIMEOUT.
+        self.duration(&raw, field, MIN_TIMEOUT..=MAX_TIMEOUT, "1s and 24h")
+    }
+
+    // -- [[pool]] -------------------------------------------------------------
+
+    fn pools(&self, raw: Vec<Spanned<RawPool>>) -> Checked<Vec<PoolConfig>> {
+        let mut backends = BackendCount {
+            total: raw.iter().map(|p| p.get_ref().backends.len()).sum(),
+            seen: 0,
+        };
+        let mut names = Names::new();
+        let mut pools = Vec::with_capacity(raw.len());
+        for (pi, pool) in raw.into_iter().enumerate() {
+            let pool = pool.into_inner();
+            let field = format!("pool[{pi}] ({:?})", pool.name.get_ref());
+            let name = self.new_name(&mut names, ("pool", "pool"), pi, &pool.name, &field)?;
+            pools.push(self.pool(pool, name, &field, &mut backends)?);
+        }
+        Ok(pools)
+    }
+
+    /// One `[[pool]]` called `name`, at key path `field`.
+    fn pool(
+        &self,
+        pool: RawPool,
+        name: String,
+        field: &str,
+        count: &mut BackendCount,
+    ) -> Checked<PoolConfig> {
+        let on_backend_down = match &pool.on_backend_down {
+            None => DownPolicy::default(),
+            Some(p) => self.word(p, format_args!("{field}.on_backend_down"))?,
+        };
+        let empty = RawCheck::default();
+        let pool_check = CheckLayer {
+            raw: pool.check.as_ref().unwrap_or(&empty),
+            field: format!("{field}.check"),
+        };
+        let check = self.check(std::slice::from_ref(&pool_check))?;
+
+        let mut endpoints = Endpoints::new();
+        let mut backends = Vec::with_capacity(pool.backends.len());
+        for (bi, backend) in pool.backends.into_iter().enumerate() {
+            let bfield = format!("{field}.backends[{bi}]");
+            count.add(self, &backend.span(), &bfield)?;
+            backends.push(self.backend(
+                backend,
+                (bi, &bfield),
+                (&pool_check, &check),
+                &mut endpoints,
+            )?);
+        }
+        Ok(PoolConfig {
+            name,
+            backends,
+            check,
+            on_backend_down,
+        })
+    }
+
+    /// Entry `index` of a pool's `backends`, at key path `field`. `pool` is the pool's check
+    /// (its table and its result); `endpoints` holds the pool's backends so far.
+    fn backend(
+        &self,
+        raw: Spanned<RawBackend>,
+        (index, field): (usize, &str),
+        pool: (&CheckLayer<'_>, &CheckConfig),
+        endpoints: &mut Endpoints,
+    ) -> Checked<BackendConfig> {
+        let span = raw.span();
+        let raw = raw.into_inner();
+        let address = self.ipv4(&raw.address, format_args!("{field}.address"))?;
+        let port = self.port(&raw.port, format_args!("{field}.port"))?;
+        check_backend_address(SocketAddrV4::new(address, port)).map_err(|e| match e {
+            BackendAddressError::NotAHost { .. } => self.error(
+                raw.address.span(),
+                format_args!("{field}.address"),
+                e.to_string(),
+            ),
+            BackendAddressError::PortZero => {
+                self.error(raw.port.span(), format_args!("{field}.port"), e.to_string())
+            }
+        })?;
+        let weight = match &raw.weight {
+            None => DEFAULT_WEIGHT,
+            Some(w) => {
+                let v = w.get_ref().0;
+                u32::try_from(v)
+                    .ok()
+                    .filter(|w| *w <= MAX_WEIGHT)
+                    .ok_or_else(|| {
+                        self.error(
+                            w.span(),
+                            format_args!("{field}.weight"),
+                            format!("weight {v} is out of range 0..={MAX_WEIGHT} (0 = drained)"),
+                        )
+                    })?
+            }
+        };
+        if let Some(first) = endpoints.insert((address, port), index) {
+            return Err(self.error(
+                span,
+                field,
+                format!("duplicate backend {address}:{port} (already listed as backends[{first}])"),
+            ));
+        }
+        let (pool_check, pool_config) = pool;
+        let check = match &raw.check {
+            None => pool_config.clone(),
+            Some(own) => {
+                let layers = [
+                    CheckLayer {
+                        raw: pool_check.raw,
+                        field: pool_check.field.clone(),
+                    },
+                    CheckLayer {
+                        raw: own,
+                        field: format!("{field}.check"),
+                    },
+                ];
+                self.check(&layers)?
+            }
+        };
+        Ok(BackendConfig {
+            address,
+            port,
+            weight,
+            check,
+        })
+    }
+
+    // -- [[vip]] --------------------------------------------------------------
+
+    fn vips(&self, raw: Vec<Spanned<RawVip>>, pools: &[PoolConfig]) -> Checked<Vec<VipConfig>> {
+        let total = raw.len();
+        let max = MAX_VIPS as usize;
+        let mut seen = VipsSeen::default();
+        let mut vips = Vec::with_capacity(total.min(max));
+        for (vi, vip) in raw.into_iter().enumerate() {
+            let span = vip.span();
+            let field = format!("vip[{vi}] ({:?})", vip.get_ref().name.get_ref());
+            if vi >= max {
+                return Err(self.error(
+                    span,
+                    field,
+                    format!("too many VIPs: {total} defined, at most {max} are supported"),
+                ));
+            }
+            vips.push(self.vip(vip.get_ref(), (vi, span, &field), pools, &mut seen)?);
+        }
+        Ok(vips)
+    }
+
+    /// `[[vip]]` number `index`, written at `span`, key path `field`; `seen` holds what the
+    /// VIPs before it took.
+    fn vip(
+        &self,
+        vip: &RawVip,
+        (index, span, field): (usize, Range<usize>, &str),
+        pools: &[PoolConfig],
+        seen: &mut VipsSeen,
+    ) -> Checked<VipConfig> {
+        let name = self.new_name(&mut seen.names, ("VIP", "vip"), index, &vip.name, field)?;
+        let address = self.ipv4(&vip.address, format_args!("{field}.address"))?;
+        let port = self.port(&vip.port, format_args!("{field}.port"))?;
+        let protocol: Protocol = self.word(&vip.protocol, format_args!("{field}.protocol"))?;
+        let scheduler = match &vip.scheduler {
+            None => Scheduler::Maglev,
+            Some(s) => self.word(s, format_args!("{field}.scheduler"))?,
+        };
+        let ring_size = match &vip.ring_size {
+            None => DEFAULT_RING_SIZE,
+            Some(r) => self.ring_size(r, format!("{field}.ring_size"))?,
+        };
+        let pool = self.vip_pool(vip, &name, field, pools)?;
+
+        let key = (address, port, protocol);
+        if let Some((first, first_name, line)) = seen.listeners.get(&key) {
+            return Err(self.error(
+                span,
+                field,
+                format!("{address}:{port}/{protocol} is already used by vip[{first}] ({first_name:?}) on line {line}"),
+            ));
+        }
+        seen.listeners
+            .insert(key, (index, name.clone(), self.line(&span)));
+
+        let on_all_down = match &vip.on_all_down {
+            None => AllDownPolicy::default(),
+            Some(p) => self.word(p, format_args!("{field}.on_all_down"))?,
+        };
+        Ok(VipConfig {
+            name,
+            address,
+            port,
+            protocol,
+            scheduler,
+            ring_size,
+            pool,
+            on_all_down,
+        })
+    }
+
+    /// `ring_size`: a prime no larger than the data plane's rings.
+    fn ring_size(&self, raw: &Spanned<Int>, field: String) -> Checked<u32> {
+        let v = raw.get_ref().0;
+        match u32::try_from(v) {
+            Ok(n) if n <= MAX_RING_SIZE && is_prime(n) => Ok(n),
+            Ok(n) if n <= MAX_RING_SIZE => Err(self.error(
+                raw.span(),
+                field,
+                format!(
+                    "{n} is not prime (Maglev needs a prime ring size, e.g. {DEFAULT_RING_SIZE})"
+                ),
+            )),
+            _ => Err(self.error(
+                raw.span(),
+                field,
+                format!("{v} is out of range: must be a prime no larger than {MAX_RING_SIZE}"),
+            )),
+        }
+    }
+
+    /// A VIP's `pool`: a pool that exists, and no other pool is called like the VIP.
+    fn vip_pool(
+        &self,
+        vip: &RawVip,
+        name: &str,
+        field: &str,
+        pools: &[PoolConfig],
+    ) -> Checked<String> {
+        let pool_name = vip.pool.get_ref();
+        if !pools.iter().any(|p| &p.name == pool_name) {
+            let known = if pools.is_empty() {
+                "no [[pool]] is defined".to_owned()
+            } else {
+                let list: Vec<String> = pools.iter().map(|p| format!("{:?}", p.name)).collect();
+                format!("defined pools: {}", list.join(", "))
+            };
+            return Err(self.error(
+                vip.pool.span(),
+                format_args!("{field}.pool"),
+                format!("unknown pool {pool_name:?} ({known})"),
+            ));
+        }
+        if name != pool_name && pools.iter().any(|p| p.name == name) {
+            return Err(self.error(
+                vip.name.span(),
+                format_args!("{field}.name"),
+                format!(
+                    "{name:?} is also the name of a pool, and this VIP uses pool {pool_name:?}: \
+                     `backend` commands naming {name:?} would be ambiguous (a VIP may share \
+                     its name only with its own pool)"
+                ),
+            ));
+        }
+        Ok(pool_name.clone())
+    }
+
+    // -- Values ---------------------------------------------------------------
+
+    /// A duration such as `"30s"` within `range` (`bounds` spells it for the message).
+    fn duration(
+        &self,
+        raw: &Spanned<String>,
+        field: impl fmt::Display,
+        range: RangeInclusive<Duration>,
+        bounds: &str,
+    ) -> Checked<Duration> {
+        let text = raw.get_ref();
+        let d = humantime::parse_duration(text).map_err(|e| {
+            self.error(
+                raw.span(),
+                &field,
+                format!("invalid duration {text:?}: {e} (write e.g. \"30s\", \"5m\" or \"1h\")"),
+            )
+        })?;
+        if !range.contains(&d) {
+            return Err(self.error(
+                raw.span(),
+                field,
+                format!("{text:?} is out of range: must be between {bounds}"),
+            ));
+        }
+        Ok(d)
+    }
+
+    /// One of the words of an enumeration ([`Protocol`], [`Scheduler`], [`XdpMode`], ...).
+    fn word<T>(&self, raw: &Spanned<String>, field: impl fmt::Display) -> Checked<T>
+    where
+        T: FromStr<Err = ParseValueError>,
+    {
+        raw.get_ref()
+            .parse()
+            .map_err(|e: ParseValueError| self.error(raw.span(), field, e.to_string()))
+    }
+
+    fn ipv4(&self, raw: &Spanned<String>, field: impl fmt::Display) -> Checked<Ipv4Addr> {
+        let text = raw.get_ref();
+        text.parse().map_err(|_| {
+            self.error(
+                raw.span(),
+                field,
+                format!("invalid IPv4 address {text:?} (expected dotted quad, e.g. \"10.0.0.1\")"),
+            )
+        })
+    }
+
+    fn port(&self, raw: &Spanned<Int>, field: impl fmt::Display) -> Checked<u16> {
+        let v = raw.get_ref().0;
+        match u16::try_from(v) {
+            Ok(p) if p != 0 => Ok(p),
+            _ => Err(self.error(
+                raw.span(),
+                field,
+                format!("port {v} is out of range 1..=65535"),
+            )),
+        }
+    }
+
+    /// A string field that `problem` accepts (it returns why not).
+    fn text_field(
+        &self,
+        raw: &Spanned<String>,
+        field: impl fmt::Display,
+        what: &str,
+        problem: fn(&str) -> Option<String>,
+    ) -> Checked<String> {
+        let value = raw.get_ref();
+        match problem(value) {
+            None => Ok(value.clone()),
+            Some(why) => Err(self.error(
+                raw.span(),
+                field,
+                format!("invalid {what} {value:?}: {why}"),
+            )),
+        }
+    }
+
+    /// The `name` of table `index` of a kind (`what` in messages, `table` in key paths),
+    /// at key path `field`: a valid name not given to another table of the kind.
+    fn new_name(
+        &self,
+        names: &mut Names,
+        (what, table): (&str, &str),
+        index: usize,
+        raw: &Spanned<String>,
+        field: &str,
+    ) -> Checked<String> {
+        let name = self.text_field(raw, format_args!("{field}.name"), "name", name_problem)?;
+        if let Some((first, line)) = names.get(&name) {
+            return Err(self.error(
+                raw.span(),
+                format_args!("{field}.name"),
+                format!("duplicate {what} name {name:?} (first defined as {table}[{first}] on line {line})"),
+            ));
+        }
+        names.insert(name.clone(), (index, self.line(&raw.span())));
+        Ok(name)
+    }
+}
+
+/// The backends of one pool so far: (address, port) -> index in the pool.
+type Endpoints = HashMap<(Ipv4Addr, u16), usize>;
+
+/// What the VIPs checked so far took.
+#[derive(Default)]
+struct VipsSeen {
+    names: Names,
+    /// listener -> (index, name, line of the vip)
+    listeners: HashMap<(Ipv4Addr, u16, Protocol), (usize, String, usize)>,
+}
+
+/// Backends over all pools, against the data plane's [`MAX_BACKENDS`].
+struct BackendCount {
+    /// Listed in the file.
+    total: usize,
+    /// Checked so far.
+    seen: usize,
+}
+
+impl BackendCount {
+    /// Counts the backend at `span` (key path `field`); an error once there are too many.
+    fn add(&mut self, v: &Validator<'_>, span: &Range<usize>, field: &str) -> Checked<()> {
+        self.seen += 1;
+        let (total, max) = (self.total, MAX_BACKENDS as usize);
+        if self.seen > max {
+            return Err(v.error(
+                span.clone(),
+                field,
+                format!("too many backends: {total} in total over all pools, at most {max} are supported"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Parses `"MIN-MAX"` with `MIN_NAT_PORT <= MIN <= MAX <= 65535`.
+fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
+    let (min, max) = s
+        .split_once('-')
+        .ok_or_else(|| "expected \"MIN-MAX\", e.g. \"20000-32767\"".to_owned())?;
+    let port = |what: &str, text: &str| -> Result<u16, String> {
+        let text = text.trim();
+        if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(format!("{what} {text:?} is not a port number"));
+        }
+        text.parse::<u16>()
+            .map_err(|_| format!("{what} {text} is larger than 65535"))
+    };
+    let min = port("MIN", min)?;
+    let max = port("MAX", max)?;
+    if min < MIN_NAT_PORT {
+        return Err(format!("MIN {min} is below {MIN_NAT_PORT}"));
+    }
+    if min > max {
+        return Err(format!("MIN {min} is greater than MAX {max}"));
+    }
+    Ok((min, max))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{assert_error, with, NAT, ONE_VIP, ORIGIN, TIMEOUTS};
+    use super::super::{parse, MAX_TIMEOUT, MIN_TIMEOUT};
+    use super::*;
+
+    #[test]
+    fn duplicate_vip_name() {
+        let text = format!(
+            "{ONE_VIP}[[vip]]\nname = \"web\"\naddress = \"10.0.100.2\"\nport = 80\nprotocol = \"tcp\"\npool = \"web\"\n"
+        );
+        // The second vip's name is on line 13.
+        assert_error(
+            &text,
+            "balancer.toml:13:8: vip[1] (\"web\").name: ",
+            "duplicate VIP name \"web\" (first defined as vip[0] on line 6)",
+        );
+    }
+
+    #[test]
+    fn duplicate_vip_listener() {
+        let text = format!(
+            "{ONE_VIP}[[vip]]\nname = \"web2\"\naddress = \"10.0.100.1\"\nport = 80\nprotocol = \"TCP\"\npool = \"web\"\n"
+        );
+        // The second [[vip]] starts on line 12.
+        assert_error(
+            &text,
+            "balancer.toml:12:1: vip[1] (\"web2\"): ",
+            "10.0.100.1:80/tcp is already used by vip[0] (\"web\") on line 5",
+        );
+    }
+
+    #[test]
+    fn same_listener_with_other_protocol_is_allowed() {
+        let text = format!(
+            "{ONE_VIP}[[vip]]\nname = \"web-udp\"\naddress = \"10.0.100.1\"\nport = 80\nprotocol = \"udp\"\npool = \"web\"\n"
+        );
+        let config = parse(&text, ORIGIN).unwrap();
+        assert_eq!(config.vips[1].protocol, Protocol::Udp);
+    }
+
+    #[test]
+    fn unknown_pool() {
+        let text = with(ONE_VIP, "pool = \"web\"", "pool = \"wbe\"");
+        assert_error(
+            &text,
+            "balancer.toml:11:8: vip[0] (\"web\").pool: ",
+            "unknown pool \"wbe\" (defined pools: \"web\")",
+        );
+    }
+
+    #[test]
+    fn unknown_pool_when_none_defined() {
+        let text = with(ONE_VIP, "[[pool]]\nname = \"web\"\n", "\n\n");
+        assert_error(
+            &text,
+            "balancer.toml:11:8: vip[0] (\"web\").pool: ",
+            "unknown pool \"web\" (no [[pool]] is defined)",
+        );
+    }
+
+    #[test]
+    fn vip_named_like_another_pool() {
+        // VIP "web" may use pool "web"; with pool "api" it would make `backend add web`
+        // ambiguous.
+        let text = with(ONE_VIP, "[[vip]]", "[[pool]]\nname = \"api\"\n[[vip]]");
+        let text = with(&text, "pool = \"web\"", "pool = \"api\"");
+        assert_error(
+            &text,
+            "balancer.toml:8:8: vip[0] (\"web\").name: ",
+            "\"web\" is also the name of a pool, and this VIP uses pool \"api\"",
+        );
+    }
+
+    #[test]
+    fn backend_address_must_be_a_host() {
+        for (address, why) in [
+            ("0.0.0.0", "the unspecified address"),
+            ("255.255.255.255", "the broadcast address"),
+            ("239.1.2.3", "a multicast address"),
+        ] {
+            let text = with(
+                ONE_VIP,
+                "name = \"web\"\n[[vip]]",
+                &format!("name = \"web\"\n[[pool.backends]]\naddress = \"{address}\"\nport = 80\n[[vip]]"),
+            );
+            assert_error(
+                &text,
+                "balancer.toml:6:11: pool[0] (\"web\").backends[0].address: ",
+                &format!("{address} is {why}, not a backend's address"),
+            );
+        }
+    }
+
+    #[test]
+    fn duplicate_pool_name() {
+        let text = "[agent]\ninterfaces = [\"lbc0\"]\n[[pool]]\nname = \"web\"\n\n[[pool]]\nname = \"web\"\n";
+        assert_error(
+            text,
+            "balancer.toml:7:8: pool[1] (\"web\").name: ",
+            "duplicate pool name \"web\" (first defined as pool[0] on line 4)",
+        );
+    }
+
+    #[test]
+    fn duplicate_backend() {
+        let text = r#"[agent]
+interfaces = ["lbc0"]
+[[pool]]
+name = "web"
+backends = [
+  { address = "10.0.2.11", port = 80 },
+  { address = "10.0.2.12", port = 80 },
+  { address = "10.0.2.11", port = 80, weight = 5 },
+]
+"#;
+        assert_error(
+            text,
+            "balancer.toml:8:3: pool[0] (\"web\").backends[2]: ",
+            "duplicate backend 10.0.2.11:80 (already listed as backends[0])",
+        );
+    }
+
+    #[test]
+    fn same_backend_in_two_pools_is_allowed() {
+        let text = "[agent]\ninterfaces = [\"lbc0\"]\n\
+                    [[pool]]\nname = \"a\"\nbackends = [{ address = \"10.0.2.11\", port = 80 }]\n\
+                    [[pool]]\nname = \"b\"\nbackends = [{ address = \"10.0.2.11\", port = 80 }]\n";
+        assert_eq!(parse(text, ORIGIN).unwrap().pools.len(), 2);
+    }
+
+    /// A config with one pool "p" and `n` VIPs `v0..`; VIP i starts on line 5 + 6 * i.
+    fn many_vips(n: usize) -> String {
+        let mut text = String::from("[agent]\ninterfaces = [\"lbc0\"]\n[[pool]]\nname = \"p\"\n");
+        for i in 0..n {
+            text.push_str(&format!(
+                "[[vip]]\nname = \"v{i}\"\naddress = \"10.0.100.{i}\"\nport = 80\nprotocol = \"tcp\"\npool = \"p\"\n"
+            ));
+        }
+        text
+    }
+
+    #[test]
+    fn too_many_vips() {
+        assert_eq!(
+            parse(&many_vips(MAX_VIPS as usize), ORIGIN)
+                .unwrap()
+                .vips
+                .len(),
+            32
+        );
+        assert_error(
+            &many_vips(MAX_VIPS as usize + 1),
+            "balancer.toml:197:1: vip[32] (\"v32\"): ",
+            "too many VIPs: 33 defined, at most 32 are supported",
+        );
+    }
+
+    /// Two pools "a" and "b" with `a` and `b` backends, one per line: backend
+    /// j of "a" is on line 6 + j, backend k of "b" on line 10 + a + k.
+    fn many_backends(a: usize, b: usize) -> String {
+        let mut text = String::from("[agent]\ninterfaces = [\"lbc0\"]\n");
+        let mut n = 0usize;
+        for (name, count) in [("a", a), ("b", b)] {
+            text.push_str(&format!("[[pool]]\nname = \"{name}\"\nbackends = [\n"));
+            for _ in 0..count {
+                text.push_str(&format!(
+                    "  {{ address = \"10.1.{}.{}\", port = 80 }},\n",
+                    n / 256,
+                    n % 256
+                ));
+                n += 1;
+            }
+            text.push_str("]\n");
+        }
+        text
+    }
+
+    #[test]
+    fn too_many_backends() {
+        let ok = parse(&many_backends(2000, 2096), ORIGIN).unwrap();
+        assert_eq!(
+            ok.pools.iter().map(|p| p.backends.len()).sum::<usize>(),
+            4096
+        );
+        // The 4097th backend is backends[2096] of pool "b", on line 10 + 2000 + 2096.
+        assert_error(
+            &many_backends(2000, 2097),
+            "balancer.toml:4106:3: pool[1] (\"b\").backends[2096]: ",
+            "too many backends: 4097 in total over all pools, at most 4096 are supported",
+        );
+    }
+
+    #[test]
+    fn bad_port_range() {
+        let cases = [
+            ("\"1000-2000\"", "MIN 1000 is below 1024"),
+            ("\"30000-20000\"", "MIN 30000 is greater than MAX 20000"),
+            ("\"20000\"", "expected \"MIN-MAX\""),
+            ("\"20000-70000\"", "MAX 70000 is larger than 65535"),
+            ("\"a-b\"", "MIN \"a\" is not a port number"),
+            ("\"-5-6\"", "MIN \"\" is not a port number"),
+        ];
+        for (value, why) in cases {
+            let text = with(NAT, "\"20000-32767\"", value);
+            assert_error(
+                &text,
+                "balancer.toml:5:14: nat.port_range: invalid port range ",
+                why,
+            );
+        }
+        let text = with(NAT, "\"20000-32767\"", "\"1024 - 65535\"");
+        let nat = parse(&text, ORIGIN).unwrap().nat;
+        assert_eq!((nat.port_min, nat.port_max), (1024, 65535));
+    }
+
+    #[test]
+    fn bad_nat_source_address() {
+        let text = with(NAT, "\"10.0.2.1\"", "\"10.0.2\"");
+        assert_error(
+            &text,
+            "balancer.toml:4:18: nat.source_address: ",
+            "invalid IPv4 address \"10.0.2\"",
+        );
+    }
+
+    #[test]
+    fn ring_size_not_prime() {
+        let text = with(ONE_VIP, "ring_size = 65537", "ring_size = 65536");
+        assert_error(
+            &text,
+            "balancer.toml:10:13: vip[0] (\"web\").ring_size: ",
+            "65536 is not prime (Maglev needs a prime ring size, e.g. 65537)",
+        );
+        let text = with(ONE_VIP, "ring_size = 65537", "ring_size = 0");
+        assert_error(
+            &text,
+            "balancer.toml:10:13: vip[0] (\"web\").ring_size: ",
+            "0 is not prime",
+        );
+    }
+
+    #[test]
+    fn ring_size_too_large() {
+        for value in ["65539", "131071", "-7", "9999999999"] {
+            let text = with(
+                ONE_VIP,
+                "ring_size = 65537",
+                &format!("ring_size = {value}"),
+            );
+            assert_error(
+                &text,
+                "balancer.toml:10:13: vip[0] (\"web\").ring_size: ",
+                &format!("{value} is out of range: must be a prime no larger than 65537"),
+            );
+        }
+    }
+
+    #[test]
+    fn bad_vip_name() {
+        let text = with(
+            ONE_VIP,
+            "name = \"web\"\naddress",
+            "name = \"web site\"\naddress",
+        );
+        assert_error(
+            &text,
+            "balancer.toml:6:8: vip[0] (\"web site\").name: ",
+            "invalid name \"web site\": contains ' '",
+        );
+        let long = "x".repeat(65);
+        let text = with(
+            ONE_VIP,
+            "name = \"web\"\naddress",
+            &format!("name = \"{long}\"\naddress"),
+        );
+        assert_error(
+            &text,
+            "balancer.toml:6:8: vip[0] (",
+            "is 65 characters long, at most 64",
+        );
+    }
+
+    #[test]
+    fn bad_pool_name() {
+        let text = with(ONE_VIP, "name = \"web\"\n[[vip]]", "name = \"\"\n[[vip]]");
+        assert_error(
+            &text,
+            "balancer.toml:4:8: pool[0] (\"\").name: ",
+            "invalid name \"\": must not be empty",
+        );
+    }
+
+    #[test]
+    fn bad_interface_name() {
+        let cases = [
+            ("\"bad/name\"", "must not contain '/'"),
+            ("\"eth 0\"", "must not contain ' '"),
+            ("\"eth0:1\"", "must not contain ':'"),
+            ("\"\"", "must not be empty"),
+            (
+                "\"sixteen-chars-xx\"",
+                "is 16 bytes long, Linux allows at most 15",
+            ),
+            ("\"..\"", "are not interface names"),
+        ];
+        for (value, why) in cases {
+            let text = format!("[agent]\ninterfaces = [\"lbc0\", {value}]\n");
+            assert_error(
+                &text,
+                "balancer.toml:2:23: agent.interfaces[1]: invalid interface name ",
+                why,
+            );
+        }
+    }
+
+    #[test]
+    fn duplicate_interface() {
+        let text = "[agent]\ninterfaces = [\n  \"lbc0\",\n  \"lbs0\",\n  \"lbc0\",\n]\n";
+        assert_error(
+            text,
+            "balancer.toml:5:3: agent.interfaces[2]: ",
+            "duplicate interface \"lbc0\" (already listed as agent.interfaces[0])",
+        );
+    }
+
+    #[test]
+    fn empty_interfaces() {
+        assert_error(
+            "\n[agent]\ninterfaces = []\n",
+            "balancer.toml:3:14: agent.interfaces: ",
+            "at least one interface is required",
+        );
+    }
+
+    #[test]
+    fn duration_out_of_range() {
+        let cases = [
+            (
+                "timeouts.tcp",
+                5,
+                "tcp = \"5m\"",
+                "tcp = \"500ms\"",
+                "\"500ms\"",
+            ),
+            (
+                "timeouts.udp",
+                6,
+                "udp = \"30s\"",
+                "udp = \"25h\"",
+                "\"25h\"",
+            ),
+            (
+                "timeouts.tcp_closing",
+                7,
+                "tcp_closing = \"10s\"",
+                "tcp_closing = \"0s\"",
+                "\"0s\"",
+            ),
+            (
+                "timeouts.snat_time_wait",
+                8,
+                "snat_time_wait = \"60s\"",
+                "snat_time_wait = \"0s\"",
+                "\"0s\"",
+            ),
+            (
+                "timeouts.tcp_unreplied",
+                9,
+                "tcp_unreplied = \"60s\"",
+                "tcp_unreplied = \"0s\"",
+                "\"0s\"",
+            ),
+        ];
+        for (field, line, from, to, value) in cases {
+            let text = with(TIMEOUTS, from, to);
+            let column = to.find('"').unwrap() + 1;
+            assert_error(
+                &text,
+                &format!("balancer.toml:{line}:{column}: {field}: "),
+                &format!("{value} is out of range: must be between 1s and 24h"),
+            );
+        }
+        // The bounds themselves are accepted.
+        let text = with(TIMEOUTS, "tcp = \"5m\"", "tcp = \"24h\"");
+        let text = with(&text, "udp = \"30s\"", "udp = \"1s\"");
+        let timeouts = parse(&text, ORIGIN).unwrap().timeouts;
+        assert_eq!(timeouts.tcp, MAX_TIMEOUT);
+        assert_eq!(timeouts.udp, MIN_TIMEOUT);
+    }
+
+    #[test]
+    fn bad_duration() {
+        let text = with(TIMEOUTS, "udp = \"30s\"", "udp = \"30 parsecs\"");
+        assert_error(
+            &text,
+            "balancer.toml:6:7: timeouts.udp: ",
+            "invalid duration \"30 parsecs\": unknown time unit \"parsecs\"",
+        );
+        let text = with(TIMEOUTS, "udp = \"30s\"", "udp = 30");
+        assert_error(
+            &text,
+            "balancer.toml:6:7: timeouts.udp: ",
+            "invalid type: integer `30`, expected a string",
+        );
+    }
+
+    #[test]
+    fn port_out_of_range() {
+        let text = with(ONE_VIP, "port = 80\n", "port = 0\n");
+        assert_error(
+            &text,
+            "balancer.toml:8:8: vip[0] (\"web\").port: ",
+            "port 0 is out of range 1..=65535",
+        );
+        let text = "[agent]\ninterfaces = [\"lbc0\"]\n[[pool]]\nname = \"p\"\n\
+                    backends = [{ address = \"10.0.2.1\", port = 65536 }]\n";
+        assert_error(
+            text,
+            "balancer.toml:5:44: pool[0] (\"p\").backends[0].port: ",
+            "port 65536 is out of range 1..=65535",
+        );
+    }
+
+    #[test]
+    fn weight_out_of_range() {
+        let text = "[agent]\ninterfaces = [\"lbc0\"]\n[[pool]]\nname = \"p\"\n\
+                    backends = [{ address = \"10.0.2.1\", port = 80, weight = 10001 }]\n";
+        assert_error(
+            text,
+            "balancer.toml:5:57: pool[0] (\"p\").backends[0].weight: ",
+            "weight 10001 is out of range 0..=10000 (0 = drained)",
+        );
+    }
+
+    #[test]
+    fn bad_ipv4_address() {
+        let text = with(ONE_VIP, "\"10.0.100.1\"", "\"10.0.100.300\"");
+        assert_error(
+            &text,
+            "balancer.toml:7:11: vip[0] (\"web\").address: ",
+            "invalid IPv4 address \"10.0.100.300\"",
+        );
+        let text = "[agent]\ninterfaces = [\"lbc0\"]\n[[pool]]\nname = \"p\"\n\
+                    backends = [{ address = \"fe80::1\", port = 80 }]\n";
+        assert_error(
+            text,
+            "balancer.toml:5:25: pool[0] (\"p\").backends[0].address: ",
+            "invalid IPv4 address \"fe80::1\"",
+        );
+    }
+
+    #[test]
+    fn bad_protocol() {
+        let text = with(ONE_VIP, "\"tcp\"", "\"icmp\"");
+        assert_error(
+            &text,
+            "balancer.toml:9:12: vip[0] (\"web\").protocol: ",
+            "invalid protocol \"icmp\": expected \"tcp\" or \"udp\"",
+        );
+    }
+
+    #[test]
+    fn bad_scheduler_and_xdp_mode() {
+        let text = with(ONE_VIP, "ring_size = 65537", "scheduler = \"random\"");
+        assert_error(
+            &text,
+            "balancer.toml:10:13: vip[0] (\"web\").scheduler: ",
+            "invalid scheduler \"random\": expected \"maglev\" or \"round-robin\"",
+        );
+        let text = "[agent]\ninterfaces = [\"lbc0\"]\nxdp_mode = \"native\"\n";
+        assert_error(
+            text,
+            "balancer.toml:3:12: agent.xdp_mode: ",
+            "invalid XDP mode \"native\": expected \"driver\", \"skb\" or \"auto\"",
+        );
+    }
+
+    #[test]
+    fn pin_dir_and_keep_attached() {
+        let agent = |extra: &str| format!("[agent]\ninterfaces = [\"lbc0\"]\n{extra}");
+        let config = parse(&agent("pin_dir = \"\"\n"), ORIGIN).unwrap();
+        assert_eq!(
+            (config.agent.pin_dir, config.agent.keep_attached),
+            (None, false),
+            "an empty pin_dir pins nothing"
+        );
+        assert_error(
+            &agent("pin_dir = \"bpf/lb\"\n"),
+            "balancer.toml:3:11: agent.pin_dir: ",
+            "\"bpf/lb\" is not an absolute path",
+        );
+        assert_error(
+            &agent("pin_dir = \"\"\nkeep_attached = true\n"),
+            "balancer.toml:4:17: agent.keep_attached: ",
+            "needs agent.pin_dir",
+        );
+        assert_error(
+            &agent("keep_attached = \"yes\"\n"),
+            "balancer.toml:3:17: agent.keep_attached: ",
+            "invalid type: string \"yes\", expected a boolean",
+        );
+    }
+
+    #[test]
+    fn empty_control_socket() {
+        let text = "[agent]\ninterfaces = [\"lbc0\"]\ncontrol_socket = \"\"\n";
+        assert_error(
+            text,
+            "balancer.toml:3:18: agent.control_socket: ",
+            "must not be empty",
+        );
+    }
+}
