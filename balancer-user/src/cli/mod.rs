@@ -153,9 +153,7 @@ fn parse_backend_addr(s: &str) -> Result<SocketAddrV4, String> {
     let addr: SocketAddrV4 = s
         .parse()
         .map_err(|_| format!("{s:?} is not an IPv4 ADDRESS:PORT (e.g. 10.0.2.11:80)"))?;
-    if addr.port() == 0 || addr.ip().is_unspecified() {
-        return Err(format!("{s:?}: address and port must be non-zero"));
-    }
+    config::check_backend_address(addr).map_err(|e| format!("{s:?}: {e}"))?;
     Ok(addr)
 }
 
@@ -335,6 +333,10 @@ mod tests {
             error_of(&["backend", "add", "web", "10.0.2.11:80", "--weight", "-1"]).contains("-1")
         );
         assert!(error_of(&["backend", "drain", "web"]).contains("ADDRESS"));
+        // The same check as the configuration file's and the agent's.
+        assert!(error_of(&["backend", "add", "web", "10.0.2.11:0"]).contains("port 0"));
+        assert!(error_of(&["backend", "add", "web", "0.0.0.0:80"]).contains("unspecified"));
+        assert!(error_of(&["backend", "del", "web", "224.0.0.1:80"]).contains("multicast"));
         assert!(error_of(&[
             "vip",
             "add",

@@ -333,18 +333,10 @@ impl<M: Maps> Balancer<M> {
     ) -> Result<(), BalancerError> {
         let pool_name = self.pool_name(target)?;
         check_weight(weight, &pool_name, addr)?;
-        if let Some(why) = config::not_a_host(*addr.ip()) {
-            return Err(BalancerError::Invalid {
-                what: "backend address",
-                why: format!("{addr} (pool {pool_name:?}): {} is {why}", addr.ip()),
-            });
-        }
-        if addr.port() == 0 {
-            return Err(BalancerError::Invalid {
-                what: "backend address",
-                why: format!("{addr} (pool {pool_name:?}): port 0"),
-            });
-        }
+        config::check_backend_address(addr).map_err(|e| BalancerError::Invalid {
+            what: "backend address",
+            why: format!("{addr} (pool {pool_name:?}): {e}"),
+        })?;
         let pool = &self.pools[&pool_name];
         if pool.backends.iter().any(|b| b.addr == addr) {
             return Err(BalancerError::DuplicateBackend {
