@@ -12,8 +12,16 @@
 //! whole run is bounded (13 minutes, or `--budget`); Ctrl-C stops it at the next step, and every namespace
 //! and process it started is removed on every exit path.
 
-#[path = "../bench/mod.rs"]
-mod bench;
+mod e2e;
+mod health;
+mod maglev;
+mod perf;
+mod replay;
+mod report;
+mod stats;
+mod stop;
+mod udpload;
+mod xdp;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -24,10 +32,10 @@ use anyhow::{bail, Context as _, Result};
 use balancer_tests::require_root;
 use balancer_tests::util::{install_signal_handlers, interrupted};
 
-use bench::e2e::{self, Params};
-use bench::report::{self, Environment, Part, Results};
-use bench::xdp::{self, Plan};
-use bench::{health, maglev, Stop};
+use e2e::Params;
+use report::{Environment, Part, Results};
+use stop::{pin, Stop};
+use xdp::Plan;
 
 const USAGE: &str =
     "usage: bench [--out DIR] [--budget SECS] [--quick] [--only PARTS] [--skip PARTS] \

@@ -1,15 +1,5 @@
-//! The parts of `bench` (the binary behind `cargo xtask bench`): XDP per-packet cost,
-//! end-to-end comparisons in namespaces, scale and control-plane figures, and the report.
-
-pub mod e2e;
-pub mod health;
-pub mod maglev;
-pub mod perf;
-pub mod replay;
-pub mod report;
-pub mod stats;
-pub mod udpload;
-pub mod xdp;
+//! What every part of the bench shares: when to stop (a signal or the time budget) and
+//! pinning a thread to one CPU.
 
 use balancer_tests::util::interrupted;
 use std::time::Instant;
