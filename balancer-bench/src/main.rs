@@ -268,8 +268,7 @@ fn run(args: &Args) -> Result<bool> {
         .with_context(|| format!("creating {}", args.out.display()))?;
     let md_path = args.out.join("bench.md");
     let png_path = args.out.join("bench.png");
-    let analysis = report::analysis(&r);
-    let md = report::markdown(&r, &analysis);
+    let md = report::markdown(&r);
     std::fs::write(&md_path, &md).with_context(|| format!("writing {}", md_path.display()))?;
     let chart = report::chart(&r, &png_path);
     println!("{md}");

@@ -46,6 +46,8 @@ const BACKENDS: usize = 3;
 // still keep a path's own tuples apart, e.g. the agent's health checks from its SNAT.)
 /// The lb namespace's ephemeral ports (`ip_local_port_range`): HAProxy, health checks.
 pub const LB_LOCAL_PORTS: &str = "61000 65535";
+/// The SNAT ports of [`Peer::BalancerGeneric`] (`nat.port_range`).
+const GENERIC_SNAT_PORTS: &str = "7000-19999";
 
 /// What load to apply.
 #[derive(Clone, Debug)]
@@ -69,7 +71,7 @@ pub struct Params {
     pub peers: Vec<Peer>,
 }
 
-/// The four ways from the client to the backends.
+/// The compared ways from the client to the backends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Peer {
     Direct,
@@ -126,6 +128,30 @@ impl Peer {
             .find(|p| p.short().eq_ignore_ascii_case(name))
     }
 
+    /// What the path is, for the report.
+    pub fn what(self) -> String {
+        match self {
+            Peer::Direct => "no XDP, no agent: the lb namespace forwards by routing; wrk thread \
+                             i talks to backend i"
+                .into(),
+            Peer::DirectXdpPass => "direct, with a 2-instruction XDP program that passes \
+                                    everything on the lb's two veths (driver mode): a control, \
+                                    not a target"
+                .into(),
+            Peer::Balancer => "the agent (Maglev, full NAT), XDP in driver mode".into(),
+            Peer::BalancerGeneric => format!(
+                "the agent with `xdp_mode = \"skb\"` (generic XDP) and SNAT ports \
+                 {GENERIC_SNAT_PORTS}; the end-to-end targets use this path"
+            ),
+            Peer::Nftables => "`dnat to numgen inc mod n` in prerouting, masquerade towards \
+                               the backends"
+                .into(),
+            Peer::Haproxy => {
+                "`mode tcp`, round-robin, bound to the VIP on the lb's `lo` (no UDP)".into()
+            }
+        }
+    }
+
     pub fn short(self) -> &'static str {
         match self {
             Peer::Direct => "direct",
@@ -173,6 +199,24 @@ pub struct CaseRun {
     pub profile: Option<Result<Vec<perf::Sample>, String>>,
 }
 
+impl CaseRun {
+    /// A run of `peer` in `round` that has measured nothing yet.
+    pub fn new(peer: Peer, round: usize) -> CaseRun {
+        CaseRun {
+            peer,
+            round,
+            keepalive: None,
+            close: None,
+            udp: None,
+            udp_cpu: None,
+            error: None,
+            counters: Vec::new(),
+            close_tcp: Vec::new(),
+            profile: None,
+        }
+    }
+}
+
 /// CLI round trips, in ms of wall time (process start to exit).
 #[derive(Clone, Debug)]
 pub struct CliTimes {
@@ -202,6 +246,8 @@ pub struct E2e {
     pub testsrv_direct: Option<HttpResult>,
     pub cli: Option<CliTimes>,
     pub cli_error: Option<String>,
+    /// Backends of the topology.
+    pub backends: usize,
 }
 
 /// Which metric of a case run.
@@ -268,18 +314,7 @@ fn run_case(
     dir: &Path,
     stop: &Stop,
 ) -> CaseRun {
-    let mut run = CaseRun {
-        peer,
-        round,
-        keepalive: None,
-        close: None,
-        udp: None,
-        udp_cpu: None,
-        error: None,
-        counters: Vec::new(),
-        close_tcp: Vec::new(),
-        profile: None,
-    };
+    let mut run = CaseRun::new(peer, round);
     let mut errors = Vec::new();
     let ours = namespace_inodes(topo);
     let setup = match setup(topo, peer, dir) {
@@ -479,6 +514,7 @@ pub fn run(p: &Params, stop: &Stop) -> Result<E2e> {
         testsrv_direct,
         cli,
         cli_error,
+        backends: topo.n_backends(),
     })
 }
 

@@ -15,7 +15,7 @@ use balancer_tests::{
     util::terminate, Agent, Topology, HTTP_PORT, UDP_PORT, VIP,
 };
 
-use super::Peer;
+use super::{Peer, GENERIC_SNAT_PORTS};
 use crate::xdp;
 
 /// Table name of the nftables comparison in the lb namespace.
@@ -278,7 +278,10 @@ pub(super) fn setup(topo: &Topology, peer: Peer, dir: &Path) -> Result<Setup> {
             // reject such SYNs by PAWS (measured: ~1000 per run, each a 1 s SYN resend).
             let generic = config
                 .replace("xdp_mode = \"auto\"", "xdp_mode = \"skb\"")
-                .replace("[nat]\n", "[nat]\nport_range = \"7000-19999\"\n");
+                .replace(
+                    "[nat]\n",
+                    &format!("[nat]\nport_range = \"{GENERIC_SNAT_PORTS}\"\n"),
+                );
             ensure!(
                 generic.contains("xdp_mode = \"skb\"") && generic.contains("port_range"),
                 "the test configuration has no `xdp_mode = \"auto\"` or `[nat]` to change"

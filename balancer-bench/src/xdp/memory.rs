@@ -29,6 +29,16 @@ impl MapMemory {
     pub fn get(&self, name: &str) -> u64 {
         self.by_map.get(name).copied().unwrap_or(0)
     }
+
+    /// Bytes of the two flow tables, CONNS and NAT.
+    pub fn flow_tables(&self) -> u64 {
+        self.get(map_names::CONNS) + self.get(map_names::NAT)
+    }
+
+    /// Bytes of CONNS and NAT per entry.
+    pub fn bytes_per_flow(&self) -> f64 {
+        self.flow_tables() as f64 / f64::from(self.entries)
+    }
 }
 
 fn map_data(map: &Map) -> Option<&MapData> {

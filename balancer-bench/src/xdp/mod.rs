@@ -50,7 +50,7 @@ const BACKEND_IF: &str = "bxb";
 /// Connection-table size for the "new flows with a full table" measurement.
 pub const FULL_TABLE_ENTRIES: u32 = 65_536;
 /// The CPU the per-packet runs are pinned to (the last of the two this bench needs).
-const MEASURE_CPU: usize = 1;
+pub const MEASURE_CPU: usize = 1;
 
 /// How many runs, in how many interleaved rounds.
 #[derive(Clone, Copy, Debug)]
@@ -98,6 +98,34 @@ impl Measured {
             cases: results,
         }
     }
+
+    /// The first case whose name starts with `prefix`.
+    pub fn case(&self, prefix: &str) -> Option<&CaseResult> {
+        self.cases.iter().find(|c| c.name.starts_with(prefix))
+    }
+
+    /// `case`'s cost net of the floor, per round: its median in the round minus the
+    /// floor's median in the same round (measured moments apart).
+    pub fn round_nets(&self, case: &CaseResult) -> Vec<f64> {
+        case.round_medians
+            .iter()
+            .zip(&self.floor.round_medians)
+            .map(|(c, f)| c - f)
+            .collect()
+    }
+
+    /// `case`'s cost net of the floor: the median of [`Measured::round_nets`]. Pairing
+    /// the case with the floor of its own round takes out the drifts of a shared machine,
+    /// which move both alike within a round but differ between rounds (the difference of
+    /// the all-samples medians mixes them in). Without rounds, the medians' difference.
+    pub fn net(&self, case: &CaseResult) -> f64 {
+        let nets = self.round_nets(case);
+        if nets.is_empty() {
+            case.summary.p50 - self.floor.summary.p50
+        } else {
+            summarize(&nets).p50
+        }
+    }
 }
 
 /// Results of [`per_packet`].
@@ -122,6 +150,13 @@ pub struct FullTable {
     pub fill_time: Duration,
     pub syn: CaseResult,
     pub floor: CaseResult,
+}
+
+impl FullTable {
+    /// The SYN's cost net of the floor (medians of all samples).
+    pub fn net(&self) -> f64 {
+        self.syn.summary.p50 - self.floor.summary.p50
+    }
 }
 
 /// Section 1: the per-packet cost of each path through the program with 1 TCP VIP and
