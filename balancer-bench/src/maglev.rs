@@ -7,8 +7,8 @@ use std::time::Instant;
 use anyhow::Result;
 use balancer::ring::{self, RingBackend};
 
-use super::stats::{summarize, Summary};
-use super::Stop;
+use crate::stats::{summarize, Summary};
+use crate::Stop;
 
 /// One configuration of the builder and its build times.
 #[derive(Clone, Debug)]

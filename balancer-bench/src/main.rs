@@ -9,8 +9,8 @@
 //!        (the e2e paths; the end-to-end targets use balancer-generic)
 //! ```
 //! Run it through `cargo xtask bench` (root, release build, every package installed). The
-//! whole run is bounded (13 minutes, or `--budget`); Ctrl-C stops it at the next step, and every namespace
-//! and process it started is removed on every exit path.
+//! whole run is bounded (13 minutes, or `--budget`); Ctrl-C stops it at the next step, and
+//! every namespace and process it started is removed on every exit path.
 
 mod e2e;
 mod health;
@@ -25,7 +25,6 @@ mod xdp;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};

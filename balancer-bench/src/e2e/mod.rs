@@ -37,11 +37,10 @@ const BACKENDS: usize = 3;
 // second later. The balancers rest their SNAT ports for that (the balancer: its default
 // 20000-32767, balancer-generic: 7000-19999). nftables' masquerade keeps the client's port
 // (the client's ephemeral ports, 32768-60999), so a tuple towards a backend always carries
-// the same client connection's clock; a `masquerade to :range` maps client ports onto the
-// range and was measured dropping ~2500 SYNs per run. HAProxy and the agent's health checks
-// connect from the lb itself, so their ports must stay out of the client's range: sharing
-// it cost nftables ~1600 resent SYNs (406 req/s in a round after HAProxy's, where its first
-// round made 30.9k), and HAProxy as many. (Since every run starts without TIME-WAIT
+// the same client connection's clock (a `masquerade to :range`, which maps client ports onto
+// the range, dropped SYNs by PAWS). HAProxy and the agent's health checks connect from the
+// lb itself, so their ports stay out of the client's range, where they cost nftables and
+// HAProxy resent SYNs. (Since every run starts without TIME-WAIT
 // sockets, see `forget_time_wait`, a tuple can no longer pass between paths; the ranges
 // still keep a path's own tuples apart, e.g. the agent's health checks from its SNAT.)
 /// The lb namespace's ephemeral ports (`ip_local_port_range`): HAProxy, health checks.
@@ -436,9 +435,9 @@ pub fn run(p: &Params, stop: &Stop) -> Result<E2e> {
     ])?;
     // wrk is one host with 28k ephemeral ports. Where it closes first (HAProxy forwards
     // the backend's FIN late, so wrk closes before it arrives), each closed connection
-    // keeps its port in TIME-WAIT for 60 s, and connect() tries the even ports first: at
-    // about 14k of them in TIME-WAIT every connect() searched the range, and HAProxy's
-    // conn-per-request rate fell from 7.9k req/s in a 5 s run to 4.5k in a 10 s one.
+    // keeps its port in TIME-WAIT for 60 s, and connect() tries the even ports first: with
+    // half the range in TIME-WAIT every connect() searches it, and HAProxy's
+    // conn-per-request rate fell with the length of the run.
     // Reusing a TIME-WAIT port for a new connection after 1 s (safe with timestamps) is
     // what a load generator needs; many clients would not share one port space.
     topo.client()

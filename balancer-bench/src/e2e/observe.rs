@@ -57,11 +57,10 @@ fn nstat(ns: &Netns) -> HashMap<String, u64> {
 /// Removes the TCP sockets in TIME-WAIT from every namespace of the topology
 /// (`ss -K`, the kernel's SOCK_DESTROY) and returns how many there were.
 ///
-/// A conn-per-request run leaves about 200k of them on the backends. For the next 60 s
+/// A conn-per-request run leaves a great many of them on the backends. For the next 60 s
 /// they lengthen the chains of the kernel's connection hash (one table, shared by all
-/// namespaces), and their timers fire during the runs that follow. So without this, a
-/// path measured later in a round ran slower: HAProxy's conn-per-request made 4.5k req/s
-/// in last place against 7.9k alone, and nftables' 13.6k against 19.8k when first.
+/// namespaces), and their timers fire during the runs that follow: without this, a path
+/// measured later in a round ran slower than the same path measured first.
 fn forget_time_wait(topo: &Topology) -> Result<usize> {
     let mut killed = 0;
     for ns in namespaces(topo) {

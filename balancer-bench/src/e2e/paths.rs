@@ -275,7 +275,7 @@ pub(super) fn setup(topo: &Topology, peer: Peer, dir: &Path) -> Result<Setup> {
             // Its own SNAT ports: it runs right after the driver-mode agent, whose
             // connections' tuples still sit in TIME-WAIT on the backends (60 s). A new
             // agent would hand those ports to other client connections, and the backends
-            // reject such SYNs by PAWS (measured: ~1000 per run, each a 1 s SYN resend).
+            // reject such SYNs by PAWS (each one resent after a second).
             let generic = config
                 .replace("xdp_mode = \"auto\"", "xdp_mode = \"skb\"")
                 .replace(

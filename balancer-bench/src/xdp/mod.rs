@@ -171,7 +171,7 @@ pub fn per_packet(plan: Plan, stop: &Stop) -> Result<PerPacket> {
 fn per_packet_in_ns(plan: Plan, stop: &Stop) -> Result<PerPacket> {
     // One CPU for every run, as a flow's packets have with RSS: the per-CPU caches
     // (flows, next hops) are then the ones warmed, and no run pays a migration.
-    super::pin(0, MEASURE_CPU)?;
+    crate::pin(0, MEASURE_CPU)?;
     let (client_if, backend_if) = (ifindex(CLIENT_IF)?, ifindex(BACKEND_IF)?);
     let loaded = Loaded::new(None)?;
     let fd = program_fd(&loaded.ebpf)?;
