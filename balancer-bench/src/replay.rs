@@ -12,7 +12,7 @@ use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd};
 
 use anyhow::{Context as _, Result};
 
-use crate::xdp::{bpf, load_xdp};
+use crate::xdp::syscall::{bpf, load_xdp};
 
 const BPF_MAP_CREATE: libc::c_long = 0;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
@@ -167,7 +167,7 @@ impl Replay {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::xdp::{test_run_repeat, xdp_ctx, EmptyXdp};
+    use crate::xdp::syscall::{test_run_repeat, xdp_ctx, EmptyXdp};
 
     /// Loads the wrapper in front of the empty program (needs root, as `cargo xtask test`
     /// runs): from a zeroed packet, three runs leave the frame and `XDP_PASS`.

@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use super::{ok, part_note, Results};
+use super::{figures, Results};
 use crate::e2e::{self, http_problems, CpuUse, E2e, HttpResult, Metric, Peer};
 use crate::perf;
 
@@ -80,8 +80,7 @@ fn profile_tables(md: &mut String, profiles: &[(Peer, &Result<Vec<perf::Sample>,
 
 pub fn section(md: &mut String, r: &Results) {
     let _ = writeln!(md, "## 2. End to end in namespaces\n");
-    let Some(e) = ok(&r.e2e) else {
-        let _ = writeln!(md, "{}\n", part_note(&r.e2e).unwrap_or_default());
+    let Some(e) = figures(md, &r.e2e) else {
         return;
     };
     let p = &e.params;

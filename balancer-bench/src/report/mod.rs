@@ -55,13 +55,15 @@ fn ok<T>(p: &Part<T>) -> Option<&T> {
     p.as_ref().and_then(|r| r.as_ref().ok())
 }
 
-/// Why a part has no results, or `None` when it has them.
-fn part_note<T>(p: &Part<T>) -> Option<String> {
-    match p {
-        None => Some("not run".into()),
-        Some(Err(e)) => Some(format!("failed: {e}")),
-        Some(Ok(_)) => None,
-    }
+/// The results of a part; without them, writes why (not run, or failed) and returns `None`.
+fn figures<'a, T>(md: &mut String, p: &'a Part<T>) -> Option<&'a T> {
+    let note = match p {
+        Some(Ok(figures)) => return Some(figures),
+        None => "not run".to_string(),
+        Some(Err(e)) => format!("failed: {e}"),
+    };
+    let _ = writeln!(md, "{note}\n");
+    None
 }
 
 /// `45210` -> `45.2k`.

@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use super::{ns, ok, part_note, Results};
+use super::{figures, ns, Results};
 use crate::perf;
 use crate::xdp::{CaseResult, Measured, MEASURE_CPU, N_BACKENDS};
 
@@ -12,8 +12,7 @@ pub fn section(md: &mut String, r: &Results) {
         md,
         "## 1. XDP program cost per packet (BPF_PROG_TEST_RUN)\n"
     );
-    let Some(pp) = ok(&r.per_packet) else {
-        let _ = writeln!(md, "{}\n", part_note(&r.per_packet).unwrap_or_default());
+    let Some(pp) = figures(md, &r.per_packet) else {
         return;
     };
     let _ = writeln!(

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use balancer_common::map_names;
 
-use super::{mib, ns, ok, part_note, rate, Results};
+use super::{figures, mib, ns, rate, Results};
 use crate::e2e::CliTimes;
 
 /// Ring slots of the VIP the CLI changes (the end-to-end topology's default ring).
@@ -22,8 +22,7 @@ pub fn section(md: &mut String, r: &Results) {
 
 fn rings(md: &mut String, r: &Results) {
     let _ = writeln!(md, "### Maglev ring build (`balancer::ring::maglev`)\n");
-    let Some(rings) = ok(&r.rings) else {
-        let _ = writeln!(md, "{}\n", part_note(&r.rings).unwrap_or_default());
+    let Some(rings) = figures(md, &r.rings) else {
         return;
     };
     let _ = writeln!(
@@ -42,8 +41,7 @@ fn rings(md: &mut String, r: &Results) {
 
 fn cli(md: &mut String, r: &Results) {
     let _ = writeln!(md, "### CLI change to map\n");
-    let Some(e) = ok(&r.e2e) else {
-        let _ = writeln!(md, "{}\n", part_note(&r.e2e).unwrap_or_default());
+    let Some(e) = figures(md, &r.e2e) else {
         return;
     };
     let Some(c) = &e.cli else {
@@ -96,8 +94,7 @@ fn slot_write(md: &mut String, c: &CliTimes) {
 
 fn health(md: &mut String, r: &Results) {
     let _ = writeln!(md, "### Health checks: CPU of the agent\n");
-    let Some(h) = ok(&r.health) else {
-        let _ = writeln!(md, "{}\n", part_note(&r.health).unwrap_or_default());
+    let Some(h) = figures(md, &r.health) else {
         return;
     };
     let _ = writeln!(
@@ -128,8 +125,7 @@ fn health(md: &mut String, r: &Results) {
 
 fn memory(md: &mut String, r: &Results) {
     let _ = writeln!(md, "### Map memory\n");
-    let Some(mems) = ok(&r.memory) else {
-        let _ = writeln!(md, "{}\n", part_note(&r.memory).unwrap_or_default());
+    let Some(mems) = figures(md, &r.memory) else {
         return;
     };
     let _ = writeln!(
@@ -164,8 +160,7 @@ fn memory(md: &mut String, r: &Results) {
 
 fn full_table(md: &mut String, r: &Results) {
     let _ = writeln!(md, "### New flows with a full connection table\n");
-    let Some(f) = ok(&r.full_table) else {
-        let _ = writeln!(md, "{}\n", part_note(&r.full_table).unwrap_or_default());
+    let Some(f) = figures(md, &r.full_table) else {
         return;
     };
     let net = f.net();

@@ -11,7 +11,7 @@
 mod case;
 mod memory;
 mod setup;
-mod syscall;
+pub mod syscall;
 
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
@@ -26,9 +26,9 @@ use balancer_tests::{
 use case::{measure_rounds, once, tcp, Case, Frames};
 pub use memory::{default_entries, map_memory, MapMemory};
 pub use setup::load;
-use setup::{backend_addr, backend_mac, bench_namespace, program_facts, program_fd, Loaded};
-pub use syscall::{attach_xdp, bpf, load_xdp, test_run_repeat, xdp_ctx, EmptyXdp, XdpLink};
-use syscall::{ifindex, test_run};
+use setup::{backend_addr, backend_mac, in_bench_namespace, program_facts, program_fd, Loaded};
+pub use syscall::{attach_xdp, EmptyXdp, XdpLink};
+use syscall::{ifindex, test_run, xdp_ctx};
 
 use crate::replay::Replay;
 use crate::stats::{summarize, Summary};
@@ -162,10 +162,7 @@ impl FullTable {
 /// Section 1: the per-packet cost of each path through the program with 1 TCP VIP and
 /// 1 UDP VIP of 100 Maglev backends each, and of the empty program.
 pub fn per_packet(plan: Plan, stop: &Stop) -> Result<PerPacket> {
-    let ns = bench_namespace()?;
-    let result = ns.in_thread(|| per_packet_in_ns(plan, stop))?;
-    drop(ns);
-    result
+    in_bench_namespace(|| per_packet_in_ns(plan, stop))
 }
 
 fn per_packet_in_ns(plan: Plan, stop: &Stop) -> Result<PerPacket> {
@@ -336,11 +333,8 @@ pub struct Profile {
 /// Profiles the established-TCP case with `perf record -p <this process>` for `secs`.
 pub fn profile(secs: u64, stop: &Stop) -> Result<Profile> {
     ensure!(perf::available(), "perf is not installed");
-    let ns = bench_namespace()?;
     let tmp = TempDir::new("blt-bench-perf")?;
-    let result = ns.in_thread(|| profile_in_ns(secs, tmp.path(), stop))?;
-    drop(ns);
-    result
+    in_bench_namespace(|| profile_in_ns(secs, tmp.path(), stop))
 }
 
 fn profile_in_ns(secs: u64, dir: &std::path::Path, stop: &Stop) -> Result<Profile> {
@@ -384,10 +378,7 @@ fn profile_in_ns(secs: u64, dir: &std::path::Path, stop: &Stop) -> Result<Profil
 /// Section 3: SYNs of new flows while CONNS and NAT (65536 entries each) are full, so
 /// that every new flow evicts the least recently used ones.
 pub fn full_table(plan: Plan, stop: &Stop) -> Result<FullTable> {
-    let ns = bench_namespace()?;
-    let result = ns.in_thread(|| full_table_in_ns(plan, stop))?;
-    drop(ns);
-    result
+    in_bench_namespace(|| full_table_in_ns(plan, stop))
 }
 
 fn full_table_in_ns(plan: Plan, stop: &Stop) -> Result<FullTable> {

@@ -33,7 +33,7 @@ fn mac_text(m: &Mac) -> String {
 /// A namespace like the packet fixtures' one: the balancer's two interfaces with fixed
 /// MACs, both subnets, forwarding on, and permanent neighbour entries for the client and
 /// every backend.
-pub(super) fn bench_namespace() -> Result<Netns> {
+fn bench_namespace() -> Result<Netns> {
     let ns = Netns::unique("bx").context("creating the XDP bench namespace")?;
     let tmp = TempDir::new("blt-bench-ip")?;
     let mut batch = vec![
@@ -72,6 +72,12 @@ pub(super) fn bench_namespace() -> Result<Netns> {
     ns.run(&["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
     ns.run(&["sysctl", "-qw", "net.ipv4.conf.all.forwarding=1"])?;
     Ok(ns)
+}
+
+/// Runs `f` in a thread inside a bench namespace of its own, removed after.
+pub(super) fn in_bench_namespace<T: Send>(f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+    let ns = bench_namespace()?;
+    ns.in_thread(f)?
 }
 
 /// The configuration of the bench: VIP "web" (TCP :80) and VIP "dns" (UDP :5300), Maglev,
