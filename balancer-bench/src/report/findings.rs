@@ -209,17 +209,17 @@ fn e2e_lines(r: &Results) -> Vec<String> {
         (
             Peer::DirectXdpPass,
             Peer::Direct,
-            "The XDP_PASS control against direct",
+            "the XDP_PASS control over direct",
         ),
         (
             Peer::Balancer,
             Peer::DirectXdpPass,
-            "the balancer in driver mode against the control",
+            "the balancer in driver mode over the control",
         ),
         (
             Peer::BalancerGeneric,
             Peer::Balancer,
-            "generic against driver mode",
+            "generic over driver mode",
         ),
     ];
     let parts: Vec<String> = against
@@ -227,7 +227,7 @@ fn e2e_lines(r: &Results) -> Vec<String> {
         .filter_map(|&(a, b, what)| Some(format!("{what}: {}", ratios(e, a, b)?)))
         .collect();
     if !parts.is_empty() {
-        out.push(format!("{}.", parts.join("; ")));
+        out.push(format!("Best rounds, {}.", parts.join("; ")));
     }
     out.extend(profile_shares(e));
     out.extend(goal_gaps(e));
