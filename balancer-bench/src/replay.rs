@@ -8,6 +8,7 @@
 //! reports their mean: no syscall, copy or timer read between two runs. The same wrapper
 //! in front of the empty program is the floor, so the wrapper's stores and tail call are
 //! netted out.
+
 use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd};
 
 use anyhow::{Context as _, Result};

@@ -1,10 +1,10 @@
 //! What every part of the bench shares: when to stop (a signal or the time budget) and
 //! pinning a thread to one CPU.
 
-use balancer_tests::util::interrupted;
 use std::time::Instant;
 
 use anyhow::{bail, Result};
+use balancer_tests::util::interrupted;
 
 /// Whether the bench must stop: a signal came, or the time budget is spent.
 pub struct Stop {
