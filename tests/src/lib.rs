@@ -1,7 +1,7 @@
 //! Test support for the balancer: network-namespace topologies, test servers, an agent driver and client helpers.
 //!
-//! Every end-to-end test builds its own hosts out of network namespaces and veth pairs
-//! (see `shared/TESTNET.md`):
+//! Every end-to-end test builds its own hosts out of network namespaces and veth pairs, and
+//! sends packets only between them (nothing in the root namespace):
 //!
 //! ```text
 //!  client ns ──veth── lb ns ──veth── switch ns (Linux bridge br0) ──veth── backend ns 1..N

@@ -76,10 +76,10 @@ pub fn bench(bench_args: &[OsString]) -> Result<i32> {
                 "balancer-tests",
                 "--bin",
                 "testsrv",
+                "-p",
+                "balancer-bench",
                 "--bin",
                 "bench",
-                "--features",
-                "balancer-tests/bench",
             ])
             .env("BALANCER_EBPF_OBJ", &object),
     )?;

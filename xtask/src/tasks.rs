@@ -48,20 +48,14 @@ fn require_root(task: &str) -> Result<()> {
     Ok(())
 }
 
-/// build-ebpf (release), then every binary of the host workspace, the bench included (so a
-/// change that breaks it fails `cargo xtask test`, not only `cargo xtask bench`).
+/// build-ebpf (release), then every binary of the host workspace, the bench (`balancer-bench`)
+/// included (so a change that breaks it fails `cargo xtask test`, not only `cargo xtask bench`).
 pub fn build(toolchain: &EbpfToolchain) -> Result<Artifacts> {
     let object = ebpf::build(toolchain, Profile::Release)?;
     say!("build: host workspace...");
     cmd::run(
         cargo()
-            .args([
-                "build",
-                "--workspace",
-                "--bins",
-                "--features",
-                "balancer-tests/bench",
-            ])
+            .args(["build", "--workspace", "--bins"])
             .env("BALANCER_EBPF_OBJ", &object),
     )?;
     let target_dir = target_dir();
@@ -90,10 +84,8 @@ pub fn test(harness_args: &[OsString]) -> Result<i32> {
         cargo()
             .args([
                 "test",
+                // balancer-bench's unit tests included (the replay wrapper is loaded for real).
                 "--workspace",
-                // The bench's own unit tests too (the replay wrapper is loaded for real).
-                "--features",
-                "balancer-tests/bench",
                 "--no-fail-fast",
                 "--",
                 "--test-threads=1",

@@ -218,3 +218,50 @@ pub fn category(symbol: &str) -> &'static str {
         "other"
     }
 }
+
+/// Shares (%) of `samples` summed by `key`, largest first.
+pub fn shares(
+    samples: &[Sample],
+    key: impl Fn(&Sample) -> &'static str,
+) -> Vec<(&'static str, f64)> {
+    let mut sums: Vec<(&'static str, f64)> = Vec::new();
+    for s in samples {
+        let k = key(s);
+        match sums.iter_mut().find(|(c, _)| *c == k) {
+            Some((_, v)) => *v += s.percent,
+            None => sums.push((k, s.percent)),
+        }
+    }
+    sums.sort_by(|a, b| b.1.total_cmp(&a.1));
+    sums
+}
+
+/// Shares summed by `category` of the symbol, largest first.
+pub fn by_category(
+    samples: &[Sample],
+    category: fn(&str) -> &'static str,
+) -> Vec<(&'static str, f64)> {
+    shares(samples, |s| category(&s.symbol))
+}
+
+/// The group of processes a sample of a system-wide profile belongs to.
+pub const OTHER_PROCESSES: &str = "other processes on the machine";
+
+/// Shares summed by process group ([`bench_process`], or [`OTHER_PROCESSES`]), largest first.
+pub fn by_process(samples: &[Sample]) -> Vec<(&'static str, f64)> {
+    shares(samples, |s| {
+        s.comm
+            .as_deref()
+            .and_then(bench_process)
+            .unwrap_or(OTHER_PROCESSES)
+    })
+}
+
+/// The samples of the bench's own processes (and the idle/softirq context).
+pub fn own_samples(samples: &[Sample]) -> Vec<Sample> {
+    samples
+        .iter()
+        .filter(|s| s.comm.as_deref().and_then(bench_process).is_some())
+        .cloned()
+        .collect()
+}

@@ -8,11 +8,12 @@
 //! reports their mean: no syscall, copy or timer read between two runs. The same wrapper
 //! in front of the empty program is the floor, so the wrapper's stores and tail call are
 //! netted out.
+
 use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd};
 
 use anyhow::{Context as _, Result};
 
-use super::xdp::{bpf, load_xdp};
+use crate::xdp::syscall::{bpf, load_xdp};
 
 const BPF_MAP_CREATE: libc::c_long = 0;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
@@ -166,8 +167,8 @@ impl Replay {
 
 #[cfg(test)]
 mod tests {
-    use super::super::xdp::{test_run_repeat, xdp_ctx, EmptyXdp};
     use super::*;
+    use crate::xdp::syscall::{test_run_repeat, xdp_ctx, EmptyXdp};
 
     /// Loads the wrapper in front of the empty program (needs root, as `cargo xtask test`
     /// runs): from a zeroed packet, three runs leave the frame and `XDP_PASS`.

@@ -1,20 +1,10 @@
-//! The parts of `bench` (the binary behind `cargo xtask bench`): XDP per-packet cost,
-//! end-to-end comparisons in namespaces, scale and control-plane figures, and the report.
+//! What every part of the bench shares: when to stop (a signal or the time budget) and
+//! pinning a thread to one CPU.
 
-pub mod e2e;
-pub mod health;
-pub mod maglev;
-pub mod perf;
-pub mod replay;
-pub mod report;
-pub mod stats;
-pub mod udpload;
-pub mod xdp;
-
-use balancer_tests::util::interrupted;
 use std::time::Instant;
 
 use anyhow::{bail, Result};
+use balancer_tests::util::interrupted;
 
 /// Whether the bench must stop: a signal came, or the time budget is spent.
 pub struct Stop {

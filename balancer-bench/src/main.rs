@@ -9,25 +9,32 @@
 //!        (the e2e paths; the end-to-end targets use balancer-generic)
 //! ```
 //! Run it through `cargo xtask bench` (root, release build, every package installed). The
-//! whole run is bounded (13 minutes, or `--budget`); Ctrl-C stops it at the next step, and every namespace
-//! and process it started is removed on every exit path.
+//! whole run is bounded (13 minutes, or `--budget`); Ctrl-C stops it at the next step, and
+//! every namespace and process it started is removed on every exit path.
 
-#[path = "../bench/mod.rs"]
-mod bench;
+mod e2e;
+mod health;
+mod maglev;
+mod perf;
+mod replay;
+mod report;
+mod stats;
+mod stop;
+mod udpload;
+mod xdp;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
 use balancer_tests::require_root;
 use balancer_tests::util::{install_signal_handlers, interrupted};
 
-use bench::e2e::{self, Params};
-use bench::report::{self, Environment, Part, Results};
-use bench::xdp::{self, Plan};
-use bench::{health, maglev, Stop};
+use e2e::Params;
+use report::{Environment, Part, Results};
+use stop::{pin, Stop};
+use xdp::Plan;
 
 const USAGE: &str =
     "usage: bench [--out DIR] [--budget SECS] [--quick] [--only PARTS] [--skip PARTS] \
@@ -260,8 +267,7 @@ fn run(args: &Args) -> Result<bool> {
         .with_context(|| format!("creating {}", args.out.display()))?;
     let md_path = args.out.join("bench.md");
     let png_path = args.out.join("bench.png");
-    let analysis = report::analysis(&r);
-    let md = report::markdown(&r, &analysis);
+    let md = report::markdown(&r);
     std::fs::write(&md_path, &md).with_context(|| format!("writing {}", md_path.display()))?;
     let chart = report::chart(&r, &png_path);
     println!("{md}");

@@ -1,13 +1,14 @@
 //! Maglev ring build times of the agent's own builder (`balancer::ring::maglev`).
 
+use std::cmp::Ordering;
 use std::net::Ipv4Addr;
 use std::time::Instant;
 
 use anyhow::Result;
 use balancer::ring::{self, RingBackend};
 
-use super::stats::{summarize, Summary};
-use super::Stop;
+use crate::stats::{summarize, Summary};
+use crate::Stop;
 
 /// One configuration of the builder and its build times.
 #[derive(Clone, Debug)]
@@ -67,6 +68,42 @@ pub fn paper_populate(keys: &[u64], m: u32) -> Vec<u32> {
             }
         }
     }
+}
+
+/// Slots the Maglev builder's walks take, and the slots they leave free, for `n`
+/// backends of equal weight and ring size `m`: rounds in which every backend below quota
+/// takes one slot, until at most `m / ENDGAME_FRACTION` are free.
+pub fn walk_slots(m: u64, n: u64) -> (u64, u64) {
+    let (quota, one_more) = (m / n, m % n);
+    let (mut free, mut round) = (m, 0);
+    while free > m / ring::ENDGAME_FRACTION as u64 {
+        let active = match round.cmp(&quota) {
+            Ordering::Less => n,
+            Ordering::Equal => one_more,
+            Ordering::Greater => 0,
+        };
+        if active == 0 {
+            break;
+        }
+        free -= active;
+        round += 1;
+    }
+    (m - free, free)
+}
+
+/// Probes into the table of a fresh build of `n` backends of equal weight into `m` slots,
+/// estimated as random probing: the builder's walks until its endgame ([`walk_slots`]), and
+/// the paper's algorithm, which walks to the last slot. With `k` of `m` slots free a probe
+/// finds one in `m / k` tries on average, so filling down to `left` free slots takes about
+/// `m ln(m / left)` probes, and to the last one `m H_m`.
+pub fn probe_estimates(m: u64, n: u64) -> (f64, f64) {
+    const EULER_GAMMA: f64 = 0.577_215_664_9;
+    let (_, left) = walk_slots(m, n);
+    let mf = m as f64;
+    (
+        mf * (mf / left.max(1) as f64).ln(),
+        mf * (mf.ln() + EULER_GAMMA),
+    )
 }
 
 fn backends(n: usize) -> Vec<RingBackend> {
@@ -175,5 +212,15 @@ mod tests {
         assert!(paper_populate(&[], 7).is_empty());
         assert!(paper_populate(&[5], 8).is_empty(), "non-prime m");
         assert_eq!(paper_populate(&[5], 2), vec![0, 0]);
+    }
+
+    #[test]
+    fn walk_slots_follows_the_builders_rounds() {
+        // 65537 = 65 * 1000 + 537: 64 full rounds leave 1537 <= 2048 free.
+        assert_eq!(walk_slots(65_537, 1000), (64_000, 1537));
+        // 10 backends: 6553 rounds each and 7 takes in the last, until <= 2048 are free.
+        assert_eq!(walk_slots(65_537, 10), (63_490, 2047));
+        // Fewer slots than backends: one round, every slot taken by a walk.
+        assert_eq!(walk_slots(5, 10), (5, 0));
     }
 }

@@ -1,0 +1,181 @@
+//! The report of synthetic runs: sections that did not run, and findings computed from the
+//! figures (rankings, ratios, margins).
+
+use std::time::Duration;
+
+use super::{markdown, Results};
+use crate::e2e::{CaseRun, E2e, HttpResult, Params, Peer};
+use crate::stats::summarize;
+use crate::xdp::{CaseResult, Measured, PerPacket, Plan, ProgramFacts};
+
+/// A case whose rounds had these medians.
+fn case(name: &'static str, verdict: &'static str, rounds: &[f64]) -> CaseResult {
+    CaseResult {
+        name,
+        verdict,
+        summary: summarize(rounds),
+        round_medians: rounds.to_vec(),
+        unexpected: 0,
+    }
+}
+
+fn measured(floor: &[f64], cases: Vec<CaseResult>) -> Measured {
+    Measured {
+        floor: case("empty XDP program (floor)", "XDP_PASS", floor),
+        cases,
+    }
+}
+
+const EST: &str = "TCP established (conn-table hit)";
+
+fn per_packet() -> PerPacket {
+    PerPacket {
+        plan: Plan {
+            rounds: 3,
+            runs: 10,
+        },
+        single: measured(
+            &[30.0, 31.0, 29.0],
+            vec![
+                case(EST, "XDP_REDIRECT", &[130.0, 131.0, 129.0]),
+                case(
+                    "TCP SYN, new flow (Maglev, SNAT port)",
+                    "XDP_REDIRECT",
+                    &[330.0, 331.0, 329.0],
+                ),
+            ],
+        ),
+        replayed: measured(
+            &[10.0, 10.0, 10.0],
+            vec![
+                case(EST, "XDP_REDIRECT", &[70.0, 72.0, 68.0]),
+                case(
+                    "NAT reply (backend to client)",
+                    "XDP_REDIRECT",
+                    &[90.0, 90.0, 90.0],
+                ),
+                case("not for a VIP (XDP_PASS)", "XDP_PASS", &[15.0, 15.0, 15.0]),
+            ],
+        ),
+        repeat: 10_000,
+        replay_plan: Plan { rounds: 3, runs: 4 },
+        program: ProgramFacts::default(),
+    }
+}
+
+fn e2e(keepalive: &[(Peer, f64)]) -> E2e {
+    let runs = keepalive
+        .iter()
+        .map(|&(peer, rps)| CaseRun {
+            keepalive: Some(HttpResult {
+                rps,
+                ..HttpResult::default()
+            }),
+            ..CaseRun::new(peer, 0)
+        })
+        .collect();
+    E2e {
+        params: Params {
+            rounds: 1,
+            http_duration: Duration::from_secs(1),
+            udp_duration: Duration::from_secs(1),
+            wrk_threads: 1,
+            wrk_connections: 1,
+            udp_sockets: 1,
+            udp_window: 1,
+            udp_payload: 18,
+            testsrv_check: false,
+            cli_repeats: 1,
+            profile_secs: None,
+            peers: Peer::ALL.to_vec(),
+        },
+        runs,
+        testsrv_direct: None,
+        cli: None,
+        cli_error: None,
+        backends: 3,
+    }
+}
+
+#[test]
+fn a_run_that_measured_nothing_says_so() {
+    let md = markdown(&Results::default());
+    assert!(md.contains("## 1. XDP program cost per packet"), "{md}");
+    assert!(
+        md.contains("## 2. End to end in namespaces\n\nnot run"),
+        "{md}"
+    );
+    assert!(md.contains("### Map memory\n\nnot run"), "{md}");
+    assert!(
+        md.contains("- 0 of 12 targets met, 0 missed, 12 not measured."),
+        "{md}"
+    );
+    assert!(
+        !md.contains("### XDP per packet"),
+        "no findings without figures"
+    );
+}
+
+#[test]
+fn per_packet_findings_come_from_the_figures() {
+    let md = markdown(&Results {
+        per_packet: Some(Ok(per_packet())),
+        ..Results::default()
+    });
+    // Nets per round: established 60, 62, 58 (median 60), NAT reply 80, not a VIP 5.
+    assert!(
+        md.contains(
+            "In bursts, net of the floor, costliest first: NAT reply 80 ns, TCP established \
+             60 ns, not a VIP (pass) 5 ns."
+        ),
+        "{md}"
+    );
+    assert!(md.contains("**met** (40 ns to spare)"), "{md}");
+    assert!(
+        md.contains("- 1 of 12 targets met, 0 missed, 11 not measured."),
+        "{md}"
+    );
+    assert!(
+        md.contains("A new flow's SYN costs 3.0x an established TCP packet"),
+        "{md}"
+    );
+    assert!(
+        md.contains("net: TCP established 100 against 60 ns (1.7x)."),
+        "{md}"
+    );
+    assert!(
+        md.contains("Established TCP in bursts, net per round: 58 to 62 ns over 3 rounds."),
+        "{md}"
+    );
+}
+
+#[test]
+fn end_to_end_findings_rank_the_paths_and_size_the_gaps() {
+    let md = markdown(&Results {
+        e2e: Some(Ok(e2e(&[
+            (Peer::Direct, 30_000.0),
+            (Peer::Nftables, 28_000.0),
+            (Peer::BalancerGeneric, 21_000.0),
+        ]))),
+        ..Results::default()
+    });
+    assert!(
+        md.contains(
+            "HTTP keep-alive req/s, best rounds, highest first: direct 30.0k, nftables 28.0k \
+             (0.93x direct), balancer-generic 21.0k (0.70x direct)."
+        ),
+        "{md}"
+    );
+    // 1.3 x 28000 / 30000 = 1.21 of direct asked, 0.70 reached: 21000 / 36400 = 58%.
+    assert!(
+        md.contains(
+            "1.3x nftables (keep-alive) needs 1.21 of direct; balancer-generic reached 0.70, \
+             58% of that."
+        ),
+        "{md}"
+    );
+    assert!(
+        md.contains("- Missed: HTTP keep-alive req/s through balancer vs nftables (goal >= 1.3x)"),
+        "{md}"
+    );
+}

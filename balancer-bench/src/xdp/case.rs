@@ -1,0 +1,197 @@
+//! The frames of the measured cases and their measurement: test runs in interleaved rounds,
+//! each run's verdict checked.
+
+use std::net::Ipv4Addr;
+use std::os::fd::RawFd;
+
+use anyhow::{bail, Context as _, Result};
+use balancer_tests::{
+    wire::{self, Spec, L4, TCP_ACK, TCP_SYN},
+    HTTP_PORT, VIP,
+};
+
+use super::syscall::{test_run, test_run_repeat, xdp_ctx};
+use super::{CaseResult, Plan, CLIENT, CLIENT_MAC, LB_CLIENT_MAC};
+use crate::replay::Replay;
+use crate::stats::summarize;
+use crate::Stop;
+
+pub(super) fn tcp(sport: u16, flags: u8, payload: usize) -> Spec {
+    Spec {
+        src_mac: CLIENT_MAC,
+        dst_mac: LB_CLIENT_MAC,
+        src: CLIENT,
+        dst: VIP,
+        sport,
+        dport: HTTP_PORT,
+        l4: L4::Tcp {
+            flags,
+            seq: if flags & TCP_SYN != 0 { 1000 } else { 1001 },
+            ack: if flags & TCP_ACK != 0 { 5001 } else { 0 },
+        },
+        payload: vec![b'x'; payload],
+        ..Spec::default()
+    }
+}
+
+/// A SYN of a flow nobody has seen: flow `i` of the tuple space starting at `base`.
+pub(super) fn fresh_syn(base: Ipv4Addr, i: u32) -> Vec<u8> {
+    let src = Ipv4Addr::from(u32::from(base) + i / 50_000);
+    let sport = 10_000 + (i % 50_000) as u16;
+    wire::build(&Spec {
+        src,
+        ..tcp(sport, TCP_SYN, 0)
+    })
+}
+
+/// Where the frames of a case come from.
+pub(super) enum Frames {
+    /// The same frame every run.
+    Fixed(Vec<u8>),
+    /// A SYN of a new flow every run.
+    Fresh { base: Ipv4Addr, next: u32 },
+}
+
+pub(super) struct Case {
+    pub(super) name: &'static str,
+    pub(super) fd: RawFd,
+    ingress: u32,
+    expect: u32,
+    pub(super) frames: Frames,
+    /// Runs per test run (more than 1 only through a [`Replay`] wrapper).
+    repeat: u32,
+    samples: Vec<f64>,
+    round_medians: Vec<f64>,
+    pub(super) unexpected: usize,
+}
+
+impl Case {
+    pub(super) fn new(
+        name: &'static str,
+        fd: RawFd,
+        ingress: u32,
+        expect: u32,
+        frames: Frames,
+    ) -> Case {
+        Case {
+            name,
+            fd,
+            ingress,
+            expect,
+            frames,
+            repeat: 1,
+            samples: Vec::new(),
+            round_medians: Vec::new(),
+            unexpected: 0,
+        }
+    }
+
+    /// This case's `frame` through `replay`, `repeat` runs per test run (each sample is
+    /// their mean).
+    pub(super) fn replayed(&self, replay: &Replay, frame: &[u8], repeat: u32) -> Case {
+        Case {
+            repeat,
+            ..Case::new(
+                self.name,
+                replay.raw_fd(),
+                self.ingress,
+                self.expect,
+                Frames::Fixed(frame.to_vec()),
+            )
+        }
+    }
+
+    /// `runs` test runs; returns their durations in ns.
+    pub(super) fn run(&mut self, runs: usize) -> Result<Vec<f64>> {
+        let frames: Vec<Vec<u8>> = match &mut self.frames {
+            Frames::Fixed(frame) => vec![frame.clone()],
+            Frames::Fresh { base, next } => {
+                let first = *next;
+                *next += runs as u32;
+                (first..first + runs as u32)
+                    .map(|i| fresh_syn(*base, i))
+                    .collect()
+            }
+        };
+        let len = frames[0].len();
+        let ctx = xdp_ctx(len, self.ingress);
+        let mut out = vec![0u8; len + 256];
+        let mut durations = Vec::with_capacity(runs);
+        for i in 0..runs {
+            let frame = &frames[i % frames.len()];
+            let r = test_run_repeat(self.fd, frame, &mut out, &ctx, self.repeat)
+                .with_context(|| format!("BPF_PROG_TEST_RUN ({})", self.name))?;
+            if r.retval != self.expect {
+                self.unexpected += 1;
+            }
+            durations.push(f64::from(r.duration_ns));
+        }
+        Ok(durations)
+    }
+
+    fn round(&mut self, runs: usize) -> Result<()> {
+        let d = self.run(runs)?;
+        self.round_medians.push(summarize(&d).p50);
+        self.samples.extend(d);
+        Ok(())
+    }
+
+    pub(super) fn result(&self) -> CaseResult {
+        CaseResult {
+            name: self.name,
+            verdict: verdict_name(self.expect),
+            summary: summarize(&self.samples),
+            round_medians: self.round_medians.clone(),
+            unexpected: self.unexpected,
+        }
+    }
+}
+
+pub(super) fn verdict_name(v: u32) -> &'static str {
+    match v {
+        0 => "XDP_ABORTED",
+        1 => "XDP_DROP",
+        2 => "XDP_PASS",
+        3 => "XDP_TX",
+        4 => "XDP_REDIRECT",
+        _ => "?",
+    }
+}
+
+/// Runs one frame once and checks the verdict; returns the output frame.
+pub(super) fn once(
+    fd: RawFd,
+    frame: &[u8],
+    ingress: u32,
+    expect: u32,
+    what: &str,
+) -> Result<Vec<u8>> {
+    let mut out = vec![0u8; frame.len() + 256];
+    let r = test_run(fd, frame, &mut out, &xdp_ctx(frame.len(), ingress))
+        .with_context(|| format!("BPF_PROG_TEST_RUN ({what})"))?;
+    if r.retval != expect {
+        bail!(
+            "{what}: verdict {} ({}), expected {}: is the FIB lookup failing?",
+            r.retval,
+            verdict_name(r.retval),
+            verdict_name(expect)
+        );
+    }
+    out.truncate(r.size_out as usize);
+    Ok(out)
+}
+
+/// Interleaves the cases round by round (so slow drifts of a shared machine hit all alike).
+pub(super) fn measure_rounds(cases: &mut [Case], plan: Plan, stop: &Stop) -> Result<()> {
+    for case in cases.iter_mut() {
+        case.run(plan.runs / 10 + 1)?; // warm-up, not recorded
+        case.unexpected = 0;
+    }
+    for _ in 0..plan.rounds {
+        stop.check()?;
+        for case in cases.iter_mut() {
+            case.round(plan.runs)?;
+        }
+    }
+    Ok(())
+}

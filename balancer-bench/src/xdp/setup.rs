@@ -1,0 +1,162 @@
+//! The bench namespace (routes and permanent neighbours, so that every FIB lookup succeeds)
+//! and the program loaded with its maps filled by the agent's own `Balancer`.
+
+use std::net::Ipv4Addr;
+use std::os::fd::{AsFd as _, AsRawFd as _, RawFd};
+
+use anyhow::{ensure, Context as _, Result};
+use aya::{programs::Xdp, Ebpf, EbpfLoader};
+use balancer::{
+    config,
+    dataplane::{loader::EBPF_OBJECT, AyaMaps},
+    lb::Balancer,
+};
+use balancer_common::{map_names, PROGRAM_NAME};
+use balancer_tests::{agent::web_and_dns, netns::Netns, util::TempDir, wire::Mac};
+
+use super::{
+    ProgramFacts, BACKEND_IF, CLIENT, CLIENT_IF, CLIENT_MAC, LB_BACKEND_MAC, LB_CLIENT_MAC,
+    N_BACKENDS, SNAT,
+};
+
+pub(super) fn backend_addr(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(10, 0, 2, 11 + i as u8)
+}
+
+pub(super) fn backend_mac(i: usize) -> Mac {
+    [0x02, 0, 0, 0, 0x02, 0x11 + i as u8]
+}
+
+fn mac_text(m: &Mac) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// A namespace like the packet fixtures' one: the balancer's two interfaces with fixed
+/// MACs, both subnets, forwarding on, and permanent neighbour entries for the client and
+/// every backend.
+fn bench_namespace() -> Result<Netns> {
+    let ns = Netns::unique("bx").context("creating the XDP bench namespace")?;
+    let tmp = TempDir::new("blt-bench-ip")?;
+    let mut batch = vec![
+        "link set lo up".to_string(),
+        format!("link add {CLIENT_IF} type veth peer name {CLIENT_IF}-p"),
+        format!("link add {BACKEND_IF} type veth peer name {BACKEND_IF}-p"),
+        format!("link set {CLIENT_IF} address {}", mac_text(&LB_CLIENT_MAC)),
+        format!(
+            "link set {BACKEND_IF} address {}",
+            mac_text(&LB_BACKEND_MAC)
+        ),
+        format!("addr add 10.0.1.1/24 dev {CLIENT_IF}"),
+        format!("addr add {SNAT}/24 dev {BACKEND_IF}"),
+    ];
+    for dev in [CLIENT_IF, BACKEND_IF] {
+        batch.push(format!("link set {dev} up"));
+        batch.push(format!("link set {dev}-p up"));
+    }
+    batch.push(format!(
+        "neigh replace {CLIENT} lladdr {} dev {CLIENT_IF} nud permanent",
+        mac_text(&CLIENT_MAC)
+    ));
+    for i in 0..N_BACKENDS {
+        batch.push(format!(
+            "neigh replace {} lladdr {} dev {BACKEND_IF} nud permanent",
+            backend_addr(i),
+            mac_text(&backend_mac(i))
+        ));
+    }
+    let file = tmp.path().join("setup.batch");
+    std::fs::write(&file, batch.join("\n") + "\n")
+        .with_context(|| format!("writing {}", file.display()))?;
+    let file = file.to_string_lossy().into_owned();
+    ns.ip(&["-batch", &file])
+        .context("setting up the XDP bench namespace")?;
+    ns.run(&["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+    ns.run(&["sysctl", "-qw", "net.ipv4.conf.all.forwarding=1"])?;
+    Ok(ns)
+}
+
+/// Runs `f` in a thread inside a bench namespace of its own, removed after.
+pub(super) fn in_bench_namespace<T: Send>(f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+    let ns = bench_namespace()?;
+    ns.in_thread(f)?
+}
+
+/// The configuration of the bench: VIP "web" (TCP :80) and VIP "dns" (UDP :5300), Maglev,
+/// each with the same 100 backends; SNAT from 10.0.2.1.
+pub(super) fn bench_config() -> Result<config::Config> {
+    let backends: Vec<Ipv4Addr> = (0..N_BACKENDS).map(backend_addr).collect();
+    let text = format!(
+        "[agent]\ninterfaces = [\"{CLIENT_IF}\", \"{BACKEND_IF}\"]\n\n\
+         [nat]\nsource_address = \"{SNAT}\"\n\n{}",
+        web_and_dns(&backends, "maglev")
+    );
+    config::parse(&text, "bench.toml").context("the bench configuration does not parse")
+}
+
+/// Loads the embedded XDP object, with `conns` entries in CONNS and NAT when given.
+pub fn load(conns: Option<u32>) -> Result<Ebpf> {
+    ensure!(
+        !EBPF_OBJECT.is_empty(),
+        "this bench binary was built without the XDP program: build it with \
+         `cargo xtask bench` (BALANCER_EBPF_OBJ)"
+    );
+    let mut loader = EbpfLoader::new();
+    if let Some(n) = conns {
+        loader
+            .map_max_entries(map_names::CONNS, n)
+            .map_max_entries(map_names::NAT, n);
+    }
+    let mut ebpf = loader
+        .load(EBPF_OBJECT)
+        .context("loading the XDP object (maps)")?;
+    let program: &mut Xdp = ebpf
+        .program_mut(PROGRAM_NAME)
+        .context("the XDP object has no program `balancer`")?
+        .try_into()
+        .context("`balancer` is not an XDP program")?;
+    program
+        .load()
+        .context("the kernel refused the XDP program")?;
+    Ok(ebpf)
+}
+
+pub(super) fn program_fd(ebpf: &Ebpf) -> Result<RawFd> {
+    let program: &Xdp = ebpf
+        .program(PROGRAM_NAME)
+        .context("no program `balancer`")?
+        .try_into()?;
+    Ok(program.fd()?.as_fd().as_raw_fd())
+}
+
+pub(super) fn program_facts(ebpf: &Ebpf) -> Result<ProgramFacts> {
+    let program: &Xdp = ebpf
+        .program(PROGRAM_NAME)
+        .context("no program `balancer`")?
+        .try_into()?;
+    let info = program.info()?;
+    Ok(ProgramFacts {
+        xlated_insns: info.size_translated().map(|bytes| bytes / 8),
+        jited_bytes: info.size_jitted(),
+        verified_insns: info.verified_instruction_count(),
+    })
+}
+
+/// The loaded program with its maps filled by the agent's own `Balancer`.
+pub(super) struct Loaded {
+    pub(super) ebpf: Ebpf,
+    // Keeps the maps the balancer took out of `ebpf` open.
+    _lb: Balancer<AyaMaps>,
+}
+
+impl Loaded {
+    pub(super) fn new(conns: Option<u32>) -> Result<Loaded> {
+        let mut ebpf = load(conns)?;
+        let maps = AyaMaps::new(&mut ebpf).context("taking the program's maps")?;
+        let lb = Balancer::from_config(maps, &bench_config()?)
+            .context("filling the maps from the bench configuration")?;
+        Ok(Loaded { ebpf, _lb: lb })
+    }
+}
