@@ -15,13 +15,13 @@ use balancer_common::{
     FLOW_CACHE_SLOTS, PMTU_FLOOR,
 };
 use balancer_tests::{
+    frame::{self, Icmp, Spec, L4},
     netns::Netns,
     require_root,
-    wire::{
-        self, Icmp, Mac, Spec, ICMP_DEST_UNREACH, ICMP_ECHO_REQUEST, ICMP_FRAG_NEEDED,
-        ICMP_PORT_UNREACH, ICMP_TIME_EXCEEDED, L4, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
-    },
 };
+use balancer_wire::icmpv4::{unreachable, Message};
+use balancer_wire::tcp::Flags;
+use balancer_wire::{EtherType, MacAddr};
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
@@ -33,11 +33,11 @@ const SNAT: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 1);
 const WEB_BACKEND: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 11);
 const DNS_BACKEND: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 12);
 /// MACs of the balancer's interfaces and of the neighbours (permanent entries).
-const LB_CLIENT_MAC: Mac = [0x02, 0, 0, 0, 0x01, 0x01];
-const LB_BACKEND_MAC: Mac = [0x02, 0, 0, 0, 0x02, 0x01];
-const CLIENT_MAC: Mac = [0x02, 0, 0, 0, 0x01, 0x02];
-const WEB_BACKEND_MAC: Mac = [0x02, 0, 0, 0, 0x02, 0x11];
-const DNS_BACKEND_MAC: Mac = [0x02, 0, 0, 0, 0x02, 0x12];
+const LB_CLIENT_MAC: MacAddr = MacAddr([0x02, 0, 0, 0, 0x01, 0x01]);
+const LB_BACKEND_MAC: MacAddr = MacAddr([0x02, 0, 0, 0, 0x02, 0x01]);
+const CLIENT_MAC: MacAddr = MacAddr([0x02, 0, 0, 0, 0x01, 0x02]);
+const WEB_BACKEND_MAC: MacAddr = MacAddr([0x02, 0, 0, 0, 0x02, 0x11]);
+const DNS_BACKEND_MAC: MacAddr = MacAddr([0x02, 0, 0, 0, 0x02, 0x12]);
 
 struct Fixture {
     ebpf: Ebpf,
@@ -48,11 +48,8 @@ struct Fixture {
     _ns: Netns,
 }
 
-fn mac(m: &Mac) -> String {
-    m.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
+fn mac(m: &MacAddr) -> String {
+    m.to_string()
 }
 
 impl Fixture {
@@ -162,7 +159,7 @@ impl Fixture {
     }
 
     fn send_from_client(&mut self, spec: &Spec) -> (u32, Vec<u8>) {
-        let frame = wire::build(spec);
+        let frame = frame::build(spec);
         let ingress = self.client_if;
         self.run(&frame, ingress)
     }
@@ -345,12 +342,12 @@ fn vip(name: &str, port: u16, protocol: Protocol) -> VipConfig {
 
 /// The client's ACK after the handshake of [`syn`]'s flow.
 fn ack() -> Spec {
-    segment(TCP_ACK)
+    segment(Flags::ACK)
 }
 
 /// The client's FIN on [`syn`]'s flow, after the handshake.
 fn fin() -> Spec {
-    segment(TCP_FIN | TCP_ACK)
+    segment(Flags::FIN | Flags::ACK)
 }
 
 /// A datagram from [`syn`]'s client address and port to the UDP VIP (no payload).
@@ -363,7 +360,7 @@ fn udp() -> Spec {
 }
 
 /// The client's segment with `flags` on [`syn`]'s tuple, after the handshake.
-fn segment(flags: u8) -> Spec {
+fn segment(flags: Flags) -> Spec {
     Spec {
         l4: L4::Tcp {
             flags,
@@ -386,11 +383,11 @@ fn syn() -> Spec {
     }
 }
 
-fn parsed(out: &[u8]) -> wire::Parsed {
-    wire::parse(out).unwrap_or_else(|e| panic!("output frame does not parse: {e}"))
+fn parsed(out: &[u8]) -> frame::Parsed {
+    frame::parse(out).unwrap_or_else(|e| panic!("output frame does not parse: {e}"))
 }
 
-fn assert_nat_forward(out: &wire::Parsed, input: &Spec, backend: Ipv4Addr, backend_mac: Mac) {
+fn assert_nat_forward(out: &frame::Parsed, input: &Spec, backend: Ipv4Addr, backend_mac: MacAddr) {
     assert_eq!(
         out.dst_mac, backend_mac,
         "destination MAC must be the backend's (from the FIB)"
@@ -429,7 +426,7 @@ fn syn_to_vip_is_translated_to_the_backend() {
     let out = parsed(&out);
     assert_nat_forward(&out, &spec, WEB_BACKEND, WEB_BACKEND_MAC);
     assert_eq!(out.l4_checksum_ok, Some(true));
-    assert_eq!(out.tcp_flags, TCP_SYN);
+    assert_eq!(out.tcp_flags, Flags::SYN);
     let counters = fx.web_counters();
     assert_eq!((counters.packets, counters.new_flows), (1, 1));
 }
@@ -441,10 +438,10 @@ fn reply_is_translated_back_to_the_client() {
     let fwd = parsed(&out);
     let reply = Spec {
         payload: b"welcome".to_vec(),
-        ..web_reply(fwd.sport, TCP_SYN | TCP_ACK)
+        ..web_reply(fwd.sport, Flags::SYN | Flags::ACK)
     };
     let ingress = fx.backend_if;
-    let (verdict, out) = fx.run(&wire::build(&reply), ingress);
+    let (verdict, out) = fx.run(&frame::build(&reply), ingress);
     assert_eq!(verdict, XDP_REDIRECT, "reply: verdict");
     let out = parsed(&out);
     assert_eq!(
@@ -470,8 +467,11 @@ fn reply_is_translated_back_to_the_client() {
     let hops = fx.client_hops();
     assert_eq!(hops.len(), 1, "one cached reply next hop: {hops:?}");
     assert_eq!(hops[0].addr, u32::from_ne_bytes(CLIENT.octets()));
-    assert_eq!((hops[0].dmac, hops[0].smac), (CLIENT_MAC, LB_CLIENT_MAC));
-    let (verdict, again) = fx.run(&wire::build(&reply), ingress);
+    assert_eq!(
+        (hops[0].dmac, hops[0].smac),
+        (CLIENT_MAC.0, LB_CLIENT_MAC.0)
+    );
+    let (verdict, again) = fx.run(&frame::build(&reply), ingress);
     assert_eq!(verdict, XDP_REDIRECT, "second reply: verdict");
     let again = parsed(&again);
     assert_eq!(
@@ -692,7 +692,7 @@ fn open(fx: &mut Fixture, sport: u16) -> (u32, u16) {
 }
 
 /// A TCP segment with `flags` from the web backend to SNAT port `port`.
-fn web_reply(port: u16, flags: u8) -> Spec {
+fn web_reply(port: u16, flags: Flags) -> Spec {
     Spec {
         src_mac: WEB_BACKEND_MAC,
         dst_mac: LB_BACKEND_MAC,
@@ -711,10 +711,10 @@ fn web_reply(port: u16, flags: u8) -> Spec {
 
 /// One TCP segment with `flags` from the web backend to SNAT port `port`, which must be
 /// a reply of a flow.
-fn from_backend(fx: &mut Fixture, port: u16, flags: u8) {
+fn from_backend(fx: &mut Fixture, port: u16, flags: Flags) {
     let reply = web_reply(port, flags);
     let ingress = fx.backend_if;
-    let (verdict, _) = fx.run(&wire::build(&reply), ingress);
+    let (verdict, _) = fx.run(&frame::build(&reply), ingress);
     assert_eq!(
         verdict, XDP_REDIRECT,
         "the backend's segment is a reply of the flow"
@@ -722,7 +722,7 @@ fn from_backend(fx: &mut Fixture, port: u16, flags: u8) {
 }
 
 /// One TCP segment with `flags` from client port `sport`.
-fn from_client(fx: &mut Fixture, sport: u16, flags: u8) {
+fn from_client(fx: &mut Fixture, sport: u16, flags: Flags) {
     let spec = Spec {
         sport,
         ..segment(flags)
@@ -744,7 +744,7 @@ enum Side {
 /// with `segments` (TCP flags, in order), and let it expire (past the 1 s closing
 /// timeout; the coarse clock ticks in jiffies). Returns the fixture and the flow's SNAT
 /// port.
-fn ended_flow(ports: u16, segments: &[(Side, u8)]) -> (Fixture, u16) {
+fn ended_flow(ports: u16, segments: &[(Side, Flags)]) -> (Fixture, u16) {
     pin_to_one_cpu();
     let mut fx = snat_fixture(ports);
     let (_, port) = open(&mut fx, 40000);
@@ -760,7 +760,7 @@ fn ended_flow(ports: u16, segments: &[(Side, u8)]) -> (Fixture, u16) {
 
 /// An [`ended_flow`] of 2 ports that `first` closed with a FIN, then the other side.
 fn closed_first_by(first: Side) -> (Fixture, u16) {
-    let fin = TCP_FIN | TCP_ACK;
+    let fin = Flags::FIN | Flags::ACK;
     let segments = match first {
         Side::Client => [(Side::Client, fin), (Side::Backend, fin)],
         Side::Backend => [(Side::Backend, fin), (Side::Client, fin)],
@@ -811,11 +811,11 @@ fn a_client_reusing_its_tuple_gets_its_old_port_back_though_an_earlier_one_came_
     let (_, own) = open(&mut fx, 40000);
     assert_eq!((first, own), (20000, 20001));
     // 40001's flow ends (client first: its port does not rest) and expires.
-    from_client(&mut fx, 40001, TCP_FIN | TCP_ACK);
-    from_backend(&mut fx, first, TCP_FIN | TCP_ACK);
+    from_client(&mut fx, 40001, Flags::FIN | Flags::ACK);
+    from_backend(&mut fx, first, Flags::FIN | Flags::ACK);
     std::thread::sleep(std::time::Duration::from_millis(1600));
     // 40000 closes and opens its tuple again: 20000 is free now, but it gets 20001 back.
-    from_client(&mut fx, 40000, TCP_FIN | TCP_ACK);
+    from_client(&mut fx, 40000, Flags::FIN | Flags::ACK);
     let (verdict, again) = open(&mut fx, 40000);
     assert_eq!(verdict, XDP_REDIRECT);
     assert_eq!(
@@ -829,7 +829,10 @@ fn a_reset_after_the_backends_fin_ends_the_rest() {
     // One port: a resting port could only be had through the counted fallback.
     let (mut fx, closed) = ended_flow(
         1,
-        &[(Side::Backend, TCP_FIN | TCP_ACK), (Side::Client, TCP_RST)],
+        &[
+            (Side::Backend, Flags::FIN | Flags::ACK),
+            (Side::Client, Flags::RST),
+        ],
     );
     let (verdict, port) = open(&mut fx, 40001);
     assert_eq!((verdict, port), (XDP_REDIRECT, closed));
@@ -878,7 +881,7 @@ fn replies_keep_a_flow_alive_while_its_client_is_quiet() {
     };
     for _ in 0..4 {
         std::thread::sleep(std::time::Duration::from_millis(400));
-        let (verdict, _) = fx.run(&wire::build(&chunk), fx.backend_if);
+        let (verdict, _) = fx.run(&frame::build(&chunk), fx.backend_if);
         assert_eq!(verdict, XDP_REDIRECT, "a reply of the flow");
     }
     let (verdict, out) = fx.send_from_client(&query);
@@ -898,7 +901,7 @@ fn a_late_reset_of_an_ended_flow_does_not_reach_the_clients_new_one() {
     let (_, old_port) = open(&mut fx, 40000);
     // The client closes and opens its tuple again, by when the pool has moved on: the
     // web backend is drained and the DNS server answers on :80 too.
-    from_client(&mut fx, 40000, TCP_FIN | TCP_ACK);
+    from_client(&mut fx, 40000, Flags::FIN | Flags::ACK);
     fx.lb
         .add_backend("web", SocketAddrV4::new(DNS_BACKEND, 80), 1)
         .unwrap();
@@ -912,8 +915,8 @@ fn a_late_reset_of_an_ended_flow_does_not_reach_the_clients_new_one() {
     assert_eq!(verdict, XDP_REDIRECT);
     assert_eq!(parsed(&out).dst, DNS_BACKEND, "the new flow's backend");
     // The old backend's late RST on the old flow's reply tuple.
-    let rst = web_reply(old_port, TCP_RST);
-    let (verdict, _) = fx.run(&wire::build(&rst), fx.backend_if);
+    let rst = web_reply(old_port, Flags::RST);
+    let (verdict, _) = fx.run(&frame::build(&rst), fx.backend_if);
     assert_eq!(verdict, XDP_DROP, "a stale RST must not reach the client");
     assert_eq!(fx.global(stat::DROP_STALE_REPLY), 1);
     // The new flow is untouched: not closing, so a SYN on it is no new flow.
@@ -937,9 +940,9 @@ fn a_tcp_flow_its_backend_never_answered_idles_out_sooner() {
     // Client port 40000's backend never answers; 40001's does (its SYN-ACK).
     let (_, _) = open(&mut fx, 40000);
     let (_, answered) = open(&mut fx, 40001);
-    from_backend(&mut fx, answered, TCP_SYN | TCP_ACK);
+    from_backend(&mut fx, answered, Flags::SYN | Flags::ACK);
     std::thread::sleep(std::time::Duration::from_millis(1600));
-    from_client(&mut fx, 40001, TCP_ACK);
+    from_client(&mut fx, 40001, Flags::ACK);
     assert_eq!(
         new_flows(&fx, "web"),
         2,
@@ -977,8 +980,8 @@ fn a_flow_whose_reply_entry_was_evicted_writes_it_again_or_leaves_its_port() {
     // At the client side's next periodic touch (250 ms) the entry is written again, and
     // the backend's replies reach the client.
     std::thread::sleep(std::time::Duration::from_millis(300));
-    from_client(&mut fx, 40000, TCP_ACK);
-    from_backend(&mut fx, port, TCP_ACK);
+    from_client(&mut fx, 40000, Flags::ACK);
+    from_backend(&mut fx, port, Flags::ACK);
 
     // Evicted again, and before the flow's next touch another client takes the port.
     fx.forget::<NatEntry>(map_names::NAT, &web_reply_key(port));
@@ -1007,7 +1010,7 @@ fn a_flow_whose_reply_entry_was_evicted_writes_it_again_or_leaves_its_port() {
 #[test]
 fn a_reset_with_no_flow_starts_none() {
     let mut fx = Fixture::new();
-    let rst = segment(TCP_RST);
+    let rst = segment(Flags::RST);
     let (verdict, _) = fx.send_from_client(&rst);
     assert_eq!(verdict, XDP_DROP);
     assert_eq!(fx.global(stat::DROP_STRAY_RST), 1);
@@ -1083,7 +1086,7 @@ fn a_deleted_vips_established_flow_is_no_longer_forwarded() {
         verdict, XDP_PASS,
         "a flow of a deleted VIP goes to the stack"
     );
-    assert_eq!(out, wire::build(&ack), "and leaves untouched");
+    assert_eq!(out, frame::build(&ack), "and leaves untouched");
     // A VIP added again on the same address and port takes the tuple as a new flow.
     fx.lb.add_vip(vip("web", 80, Protocol::Tcp)).unwrap();
     let new_flows = fx.web_counters().new_flows;
@@ -1126,7 +1129,7 @@ fn non_vip_traffic_passes_unchanged() {
         ),
     ];
     for (what, spec) in cases {
-        let frame = wire::build(&spec);
+        let frame = frame::build(&spec);
         let ingress = fx.client_if;
         let (verdict, out) = fx.run(&frame, ingress);
         assert_eq!(verdict, XDP_PASS, "{what}: verdict");
@@ -1134,8 +1137,8 @@ fn non_vip_traffic_passes_unchanged() {
     }
     // Not IPv4 at all: ARP.
     let mut arp = vec![0xff; 6];
-    arp.extend_from_slice(&CLIENT_MAC);
-    arp.extend_from_slice(&wire::ETH_P_ARP.to_be_bytes());
+    arp.extend_from_slice(&CLIENT_MAC.0);
+    arp.extend_from_slice(&EtherType::ARP.0.to_be_bytes());
     arp.extend_from_slice(&[0u8; 28]);
     let ingress = fx.client_if;
     let (verdict, out) = fx.run(&arp, ingress);
@@ -1148,7 +1151,7 @@ fn non_vip_traffic_passes_unchanged() {
         dport: 25000,
         ..syn()
     };
-    let frame = wire::build(&stray);
+    let frame = frame::build(&stray);
     let ingress = fx.backend_if;
     let (verdict, out) = fx.run(&frame, ingress);
     assert_eq!(
@@ -1161,7 +1164,7 @@ fn non_vip_traffic_passes_unchanged() {
 #[test]
 fn truncated_and_malformed_headers_are_never_forwarded() {
     let mut fx = Fixture::new();
-    let good = wire::build(&syn());
+    let good = frame::build(&syn());
     let ip = 14;
     let mut cases: Vec<(&str, Vec<u8>)> = vec![
         ("IPv4 header cut short", good[..ip + 12].to_vec()),
@@ -1179,7 +1182,7 @@ fn truncated_and_malformed_headers_are_never_forwarded() {
     let mut bad_doff = good.clone();
     bad_doff[ip + 20 + 12] = 0x20;
     cases.push(("TCP data offset below 5", bad_doff));
-    let options_past_end = wire::build(&Spec {
+    let options_past_end = frame::build(&Spec {
         ip_options: vec![1; 40],
         ..syn()
     });
@@ -1238,12 +1241,12 @@ fn vip_without_backends_drops_new_flows() {
 #[test]
 fn fragments_pass_unchanged() {
     let mut fx = Fixture::new();
-    let mut frame = wire::build(&syn());
+    let mut frame = frame::build(&syn());
     frame[14 + 6] = 0x20; // more fragments
     let c = {
         frame[14 + 10] = 0;
         frame[14 + 11] = 0;
-        wire::checksum(&frame[14..34])
+        balancer_wire::checksum::checksum(&frame[14..34])
     };
     frame[14 + 10..14 + 12].copy_from_slice(&c.to_be_bytes());
     let ingress = fx.client_if;
@@ -1259,9 +1262,9 @@ const CLIENT_ROUTER: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 254);
 /// An ICMP error `(kind, code, rest)` from `from` (Ethernet: `from_mac` to the balancer's
 /// `to_mac`) to `to`, quoting `quoted`.
 fn icmp_error(
-    (from, from_mac): (Ipv4Addr, Mac),
-    (to, to_mac): (Ipv4Addr, Mac),
-    (kind, code, rest): (u8, u8, u32),
+    (from, from_mac): (Ipv4Addr, MacAddr),
+    (to, to_mac): (Ipv4Addr, MacAddr),
+    (kind, code, rest): (Message, u8, u32),
     quoted: &[u8],
 ) -> Vec<u8> {
     let outer = Spec {
@@ -1277,11 +1280,11 @@ fn icmp_error(
         rest,
         body: quoted.to_vec(),
     };
-    wire::build_icmp(&outer, &icmp)
+    frame::build_icmp(&outer, &icmp)
 }
 
-fn parsed_icmp(out: &[u8]) -> wire::ParsedIcmp {
-    wire::parse_icmp(out).unwrap_or_else(|e| panic!("output frame is no ICMP message: {e}"))
+fn parsed_icmp(out: &[u8]) -> frame::ParsedIcmp {
+    frame::parse_icmp(out).unwrap_or_else(|e| panic!("output frame is no ICMP message: {e}"))
 }
 
 /// Checks a translated ICMP error: passed to the stack (MACs as received), now `from` ->
@@ -1323,13 +1326,13 @@ fn icmp_errors_from_the_backends_side_reach_the_client_translated() {
             "UDP port unreachable from the backend",
             udp(),
             DNS_BACKEND,
-            (ICMP_DEST_UNREACH, ICMP_PORT_UNREACH),
+            (Message::DST_UNREACHABLE, unreachable::PORT),
         ),
         (
             "TCP time exceeded from a router",
             syn(),
             BACKEND_ROUTER,
-            (ICMP_TIME_EXCEEDED, 0),
+            (Message::TIME_EXCEEDED, 0),
         ),
     ];
     for (what, client_packet, from, (kind, code)) in cases {
@@ -1341,7 +1344,7 @@ fn icmp_errors_from_the_backends_side_reach_the_client_translated() {
             let (verdict, forwarded) = fx.send_from_client(&client_packet);
             assert_eq!(verdict, XDP_REDIRECT, "{what}: the client's packet");
             let quote_of = |frame: &[u8]| -> Vec<u8> {
-                let datagram = wire::ip_datagram(frame);
+                let datagram = frame::ip_datagram(frame);
                 datagram[..quote_len.unwrap_or(datagram.len())].to_vec()
             };
             let error = icmp_error(
@@ -1352,7 +1355,7 @@ fn icmp_errors_from_the_backends_side_reach_the_client_translated() {
             );
             let ingress = fx.backend_if;
             let out = fx.run(&error, ingress);
-            let original = quote_of(&wire::build(&client_packet));
+            let original = quote_of(&frame::build(&client_packet));
             assert_icmp_translated(&what, out, &error, (VIP, CLIENT), &original);
             assert_eq!(fx.global(stat::ICMP_TO_CLIENT), 1, "{what}: counted");
         }
@@ -1365,18 +1368,18 @@ fn a_trailer_after_a_short_quote_is_left_alone() {
     // past the datagram, where the checksum would have been.
     let mut fx = Fixture::new();
     let (_, forwarded) = fx.send_from_client(&syn());
-    let quote = wire::ip_datagram(&forwarded)[..28].to_vec();
-    let trailer = wire::ip_datagram(&forwarded)[28..40].to_vec();
+    let quote = frame::ip_datagram(&forwarded)[..28].to_vec();
+    let trailer = frame::ip_datagram(&forwarded)[28..40].to_vec();
     let mut error = icmp_error(
         (BACKEND_ROUTER, WEB_BACKEND_MAC),
         (SNAT, LB_BACKEND_MAC),
-        (ICMP_TIME_EXCEEDED, 0, 0),
+        (Message::TIME_EXCEEDED, 0, 0),
         &quote,
     );
     error.extend_from_slice(&trailer);
     let ingress = fx.backend_if;
     let (verdict, out) = fx.run(&error, ingress);
-    let original = wire::ip_datagram(&wire::build(&syn()))[..28].to_vec();
+    let original = frame::ip_datagram(&frame::build(&syn()))[..28].to_vec();
     assert_icmp_translated(
         "a short quote with a trailer",
         (verdict, out.clone()),
@@ -1399,14 +1402,14 @@ fn fragmentation_needed_from_the_clients_side_reaches_the_backend_translated() {
         let (_, forwarded) = fx.send_from_client(&syn());
         let reply = Spec {
             payload: vec![b'x'; 1400],
-            ..web_reply(parsed(&forwarded).sport, TCP_ACK)
+            ..web_reply(parsed(&forwarded).sport, Flags::ACK)
         };
-        let reply = wire::build(&reply);
+        let reply = frame::build(&reply);
         let ingress = fx.backend_if;
         let (verdict, to_client) = fx.run(&reply, ingress);
         assert_eq!(verdict, XDP_REDIRECT, "{what}: the backend's reply");
         let quote_of = |frame: &[u8]| -> Vec<u8> {
-            let datagram = wire::ip_datagram(frame);
+            let datagram = frame::ip_datagram(frame);
             datagram[..quote_len.unwrap_or(datagram.len())].to_vec()
         };
         // A router between the balancer and the client cannot forward the reply whole.
@@ -1414,7 +1417,7 @@ fn fragmentation_needed_from_the_clients_side_reaches_the_backend_translated() {
             icmp_error(
                 (CLIENT_ROUTER, CLIENT_MAC),
                 (VIP, LB_CLIENT_MAC),
-                (ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, mtu),
+                (Message::DST_UNREACHABLE, unreachable::FRAG_NEEDED, mtu),
                 &quote_of(&to_client),
             )
         };
@@ -1454,20 +1457,20 @@ fn fragmentation_needed_from_the_clients_side_reaches_the_backend_translated() {
 fn icmp_messages_not_about_a_balanced_flow_pass_unchanged() {
     let mut fx = Fixture::new();
     let (_, forwarded) = fx.send_from_client(&udp());
-    let quoted = wire::ip_datagram(&forwarded).to_vec();
-    let unreachable = (ICMP_DEST_UNREACH, ICMP_PORT_UNREACH, 0);
+    let quoted = frame::ip_datagram(&forwarded).to_vec();
+    let unreachable = (Message::DST_UNREACHABLE, unreachable::PORT, 0);
     let from_backend = (DNS_BACKEND, DNS_BACKEND_MAC);
     let to_snat = (SNAT, LB_BACKEND_MAC);
     let mut later_fragment = quoted.clone();
     later_fragment[6..8].copy_from_slice(&[0x00, 0x10]); // offset 128 bytes
-    let other_port = wire::build(&Spec {
+    let other_port = frame::build(&Spec {
         src: SNAT,
         dst: DNS_BACKEND,
         sport: 25000,
         dport: 5300,
         ..udp()
     });
-    let unknown_reply = wire::build(&Spec {
+    let unknown_reply = frame::build(&Spec {
         src: VIP,
         dst: CLIENT,
         sport: 80,
@@ -1480,7 +1483,7 @@ fn icmp_messages_not_about_a_balanced_flow_pass_unchanged() {
             icmp_error(
                 (CLIENT, CLIENT_MAC),
                 (VIP, LB_CLIENT_MAC),
-                (ICMP_ECHO_REQUEST, 0, 0x0001_0001),
+                (Message::ECHO_REQUEST, 0, 0x0001_0001),
                 b"ping",
             ),
             fx.client_if,
@@ -1491,7 +1494,7 @@ fn icmp_messages_not_about_a_balanced_flow_pass_unchanged() {
                 from_backend,
                 to_snat,
                 unreachable,
-                wire::ip_datagram(&other_port),
+                frame::ip_datagram(&other_port),
             ),
             fx.backend_if,
         ),
@@ -1500,8 +1503,8 @@ fn icmp_messages_not_about_a_balanced_flow_pass_unchanged() {
             icmp_error(
                 (CLIENT_ROUTER, CLIENT_MAC),
                 (VIP, LB_CLIENT_MAC),
-                (ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, 1400),
-                wire::ip_datagram(&unknown_reply),
+                (Message::DST_UNREACHABLE, unreachable::FRAG_NEEDED, 1400),
+                frame::ip_datagram(&unknown_reply),
             ),
             fx.client_if,
         ),
@@ -1577,18 +1580,18 @@ fn icmp_errors_about_a_tuple_that_moved_on_pass_unchanged() {
         ..udp()
     };
     let (backend_if, client_if) = (fx.backend_if, fx.client_if);
-    let (_, to_client) = fx.run(&wire::build(&reply), backend_if);
+    let (_, to_client) = fx.run(&frame::build(&reply), backend_if);
     let from_backend = icmp_error(
         (DNS_BACKEND, DNS_BACKEND_MAC),
         (SNAT, LB_BACKEND_MAC),
-        (ICMP_DEST_UNREACH, ICMP_PORT_UNREACH, 0),
-        wire::ip_datagram(&forwarded),
+        (Message::DST_UNREACHABLE, unreachable::PORT, 0),
+        frame::ip_datagram(&forwarded),
     );
     let from_client_side = icmp_error(
         (CLIENT_ROUTER, CLIENT_MAC),
         (VIP, LB_CLIENT_MAC),
-        (ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, 1400),
-        wire::ip_datagram(&to_client),
+        (Message::DST_UNREACHABLE, unreachable::FRAG_NEEDED, 1400),
+        frame::ip_datagram(&to_client),
     );
     let shift =
         |port: &mut u16, by: i32| *port = ((u16::from_be(*port) as i32 + by) as u16).to_be();

@@ -21,11 +21,12 @@ use balancer::{agent::EBPF_OBJECT, balancer::Balancer, config, maps::AyaMaps};
 use balancer_common::{map_names, CONN_TABLE_SIZE, PROGRAM_NAME};
 use balancer_tests::{
     agent::web_and_dns,
+    frame::{self, Spec, L4},
     netns::Netns,
     util::TempDir,
-    wire::{self, Mac, Spec, L4, TCP_ACK, TCP_SYN},
     CLIENT_ADDR, HTTP_PORT, LB_BACKEND_ADDR, UDP_PORT, VIP,
 };
+use balancer_wire::{tcp::Flags, MacAddr};
 
 use super::replay::Replay;
 use super::stats::{summarize, Summary};
@@ -38,9 +39,9 @@ const CLIENT: Ipv4Addr = CLIENT_ADDR;
 const SNAT: Ipv4Addr = LB_BACKEND_ADDR;
 /// Backends of both VIPs: 10.0.2.11 ..= 10.0.2.110.
 pub const N_BACKENDS: usize = 100;
-const LB_CLIENT_MAC: Mac = [0x02, 0, 0, 0, 0x01, 0x01];
-const LB_BACKEND_MAC: Mac = [0x02, 0, 0, 0, 0x02, 0x01];
-const CLIENT_MAC: Mac = [0x02, 0, 0, 0, 0x01, 0x02];
+const LB_CLIENT_MAC: MacAddr = MacAddr([0x02, 0, 0, 0, 0x01, 0x01]);
+const LB_BACKEND_MAC: MacAddr = MacAddr([0x02, 0, 0, 0, 0x02, 0x01]);
+const CLIENT_MAC: MacAddr = MacAddr([0x02, 0, 0, 0, 0x01, 0x02]);
 /// Interfaces of the bench namespace (client side, backend side).
 const CLIENT_IF: &str = "bxc";
 const BACKEND_IF: &str = "bxb";
@@ -358,15 +359,12 @@ fn backend_addr(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 0, 2, 11 + i as u8)
 }
 
-fn backend_mac(i: usize) -> Mac {
-    [0x02, 0, 0, 0, 0x02, 0x11 + i as u8]
+fn backend_mac(i: usize) -> MacAddr {
+    MacAddr([0x02, 0, 0, 0, 0x02, 0x11 + i as u8])
 }
 
-fn mac_text(m: &Mac) -> String {
-    m.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
+fn mac_text(m: &MacAddr) -> String {
+    m.to_string()
 }
 
 /// A namespace like the packet fixtures' one: the balancer's two interfaces with fixed
@@ -502,7 +500,7 @@ impl Loaded {
 // Frames.
 // ---------------------------------------------------------------------------------------
 
-fn tcp(sport: u16, flags: u8, payload: usize) -> Spec {
+fn tcp(sport: u16, flags: Flags, payload: usize) -> Spec {
     Spec {
         src_mac: CLIENT_MAC,
         dst_mac: LB_CLIENT_MAC,
@@ -512,8 +510,12 @@ fn tcp(sport: u16, flags: u8, payload: usize) -> Spec {
         dport: HTTP_PORT,
         l4: L4::Tcp {
             flags,
-            seq: if flags & TCP_SYN != 0 { 1000 } else { 1001 },
-            ack: if flags & TCP_ACK != 0 { 5001 } else { 0 },
+            seq: if flags.contains(Flags::SYN) {
+                1000
+            } else {
+                1001
+            },
+            ack: if flags.contains(Flags::ACK) { 5001 } else { 0 },
         },
         payload: vec![b'x'; payload],
         ..Spec::default()
@@ -524,9 +526,9 @@ fn tcp(sport: u16, flags: u8, payload: usize) -> Spec {
 fn fresh_syn(base: Ipv4Addr, i: u32) -> Vec<u8> {
     let src = Ipv4Addr::from(u32::from(base) + i / 50_000);
     let sport = 10_000 + (i % 50_000) as u16;
-    wire::build(&Spec {
+    frame::build(&Spec {
         src,
-        ..tcp(sport, TCP_SYN, 0)
+        ..tcp(sport, Flags::SYN, 0)
     })
 }
 
@@ -692,7 +694,7 @@ fn per_packet_in_ns(plan: Plan, stop: &Stop) -> Result<PerPacket> {
     let empty = EmptyXdp::load()?;
 
     // An established TCP flow: its SYN first, then ACKs with data.
-    let syn = wire::build(&tcp(40_000, TCP_SYN, 0));
+    let syn = frame::build(&tcp(40_000, Flags::SYN, 0));
     let forwarded = once(
         fd,
         &syn,
@@ -700,8 +702,8 @@ fn per_packet_in_ns(plan: Plan, stop: &Stop) -> Result<PerPacket> {
         XDP_REDIRECT,
         "SYN of the established flow",
     )?;
-    let fwd = wire::parse(&forwarded).map_err(|e| anyhow::anyhow!("forwarded SYN: {e}"))?;
-    let ack = wire::build(&tcp(40_000, TCP_ACK, 64));
+    let fwd = frame::parse(&forwarded).map_err(|e| anyhow::anyhow!("forwarded SYN: {e}"))?;
+    let ack = frame::build(&tcp(40_000, Flags::ACK, 64));
     once(
         fd,
         &ack,
@@ -714,7 +716,7 @@ fn per_packet_in_ns(plan: Plan, stop: &Stop) -> Result<PerPacket> {
         .with_context(|| format!("SYN forwarded to {}, not a backend", fwd.dst))?;
 
     // Its reply, from the backend to the SNAT address and port.
-    let reply = wire::build(&Spec {
+    let reply = frame::build(&Spec {
         src_mac: backend_mac(backend),
         dst_mac: LB_BACKEND_MAC,
         src: fwd.dst,
@@ -722,7 +724,7 @@ fn per_packet_in_ns(plan: Plan, stop: &Stop) -> Result<PerPacket> {
         sport: fwd.dport,
         dport: fwd.sport,
         l4: L4::Tcp {
-            flags: TCP_ACK,
+            flags: Flags::ACK,
             seq: 5001,
             ack: 1065,
         },
@@ -738,18 +740,18 @@ fn per_packet_in_ns(plan: Plan, stop: &Stop) -> Result<PerPacket> {
     )?;
 
     // An established UDP flow.
-    let udp = wire::build(&Spec {
+    let udp = frame::build(&Spec {
         dport: UDP_PORT,
         l4: L4::Udp { checksum: true },
         payload: vec![b'q'; 18],
-        ..tcp(40_001, 0, 0)
+        ..tcp(40_001, Flags::default(), 0)
     });
     once(fd, &udp, client_if, XDP_REDIRECT, "first UDP datagram")?;
 
     // Not for a VIP: client to a backend address directly.
-    let other = wire::build(&Spec {
+    let other = frame::build(&Spec {
         dst: backend_addr(0),
-        ..tcp(40_002, TCP_ACK, 64)
+        ..tcp(40_002, Flags::ACK, 64)
     });
     once(fd, &other, client_if, XDP_PASS, "non-VIP packet")?;
 
@@ -861,7 +863,7 @@ fn profile_in_ns(secs: u64, dir: &std::path::Path, stop: &Stop) -> Result<Profil
     let client_if = ifindex(CLIENT_IF)?;
     let loaded = Loaded::new(None)?;
     let fd = program_fd(&loaded.ebpf)?;
-    let syn = wire::build(&tcp(40_000, TCP_SYN, 0));
+    let syn = frame::build(&tcp(40_000, Flags::SYN, 0));
     once(
         fd,
         &syn,
@@ -869,7 +871,7 @@ fn profile_in_ns(secs: u64, dir: &std::path::Path, stop: &Stop) -> Result<Profil
         XDP_REDIRECT,
         "SYN of the profiled flow",
     )?;
-    let ack = wire::build(&tcp(40_000, TCP_ACK, 64));
+    let ack = frame::build(&tcp(40_000, Flags::ACK, 64));
     let mut rec = perf::record(perf::Scope::Pid(std::process::id()), secs, dir, "xdp")?;
     // perf needs a moment to attach; runs before that are simply not sampled.
     std::thread::sleep(Duration::from_millis(300));
@@ -941,7 +943,7 @@ fn full_table_in_ns(plan: Plan, stop: &Stop) -> Result<FullTable> {
             empty.raw_fd(),
             client_if,
             XDP_PASS,
-            Frames::Fixed(wire::build(&tcp(40_000, TCP_ACK, 64))),
+            Frames::Fixed(frame::build(&tcp(40_000, Flags::ACK, 64))),
         ),
         Case::new(
             "TCP SYN, new flow, full table (LRU eviction)",
