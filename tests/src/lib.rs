@@ -27,6 +27,7 @@
 
 pub mod agent;
 pub mod client;
+pub mod fixtures;
 pub mod frame;
 pub mod netns;
 pub mod running;
