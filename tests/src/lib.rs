@@ -27,12 +27,13 @@
 
 pub mod agent;
 pub mod client;
+pub mod fixtures;
+pub mod frame;
 pub mod netns;
 pub mod running;
 pub mod servers;
 pub mod topology;
 pub mod util;
-pub mod wire;
 
 pub use agent::{balancer_cli, balancer_path, config_for, default_config, Agent, CliOutput};
 pub use client::{

@@ -9,10 +9,11 @@ use std::time::{Duration, Instant};
 
 use balancer_tests::{
     default_config,
+    frame::{self, Icmp, Spec, L4},
     topology::{CLIENT_ADDR, LB_BACKEND_ADDR, VIP},
-    wire::{self, Icmp, Spec, ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, L4},
     Running, Topology, DEFAULT_TIMEOUT,
 };
+use balancer_wire::icmpv4::{unreachable, Message};
 
 /// A UDP VIP whose backend has nothing listening on its port.
 const CLOSED_PORT: u16 = 5399;
@@ -128,7 +129,7 @@ fn fragmentation_needed_from_the_clients_side_lowers_the_backends_path_mtu() {
     let client_port = client_port.expect("a UDP request to the VIP");
     // A router between the balancer and the client (played by the client) could not
     // forward a large reply of that flow: it quotes the reply's IPv4 header and 8 bytes.
-    let reply = wire::build(&Spec {
+    let reply = frame::build(&Spec {
         src: VIP,
         dst: CLIENT_ADDR,
         sport: Topology::vip_udp().port(),
@@ -137,11 +138,11 @@ fn fragmentation_needed_from_the_clients_side_lowers_the_backends_path_mtu() {
         payload: vec![0; 1400],
         ..Spec::default()
     });
-    let error = wire::icmp_message(&Icmp {
-        kind: ICMP_DEST_UNREACH,
-        code: ICMP_FRAG_NEEDED,
+    let error = frame::icmp_message(&Icmp {
+        kind: Message::DST_UNREACHABLE,
+        code: unreachable::FRAG_NEEDED,
         rest: 1400,
-        body: wire::ip_datagram(&reply)[..28].to_vec(),
+        body: frame::ip_datagram(&reply)[..28].to_vec(),
     });
     run.client
         .run(move || send_icmp(VIP, &error))

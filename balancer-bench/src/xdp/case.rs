@@ -6,9 +6,11 @@ use std::os::fd::RawFd;
 
 use anyhow::{bail, Context as _, Result};
 use balancer_tests::{
-    wire::{self, Spec, L4, TCP_ACK, TCP_SYN},
+    frame::{self, Spec, L4},
     HTTP_PORT, VIP,
 };
+
+use balancer_wire::tcp::Flags;
 
 use super::syscall::{test_run, test_run_repeat, xdp_ctx};
 use super::{CaseResult, Plan, CLIENT, CLIENT_MAC, LB_CLIENT_MAC};
@@ -16,7 +18,7 @@ use crate::replay::Replay;
 use crate::stats::summarize;
 use crate::Stop;
 
-pub(super) fn tcp(sport: u16, flags: u8, payload: usize) -> Spec {
+pub(super) fn tcp(sport: u16, flags: Flags, payload: usize) -> Spec {
     Spec {
         src_mac: CLIENT_MAC,
         dst_mac: LB_CLIENT_MAC,
@@ -26,8 +28,12 @@ pub(super) fn tcp(sport: u16, flags: u8, payload: usize) -> Spec {
         dport: HTTP_PORT,
         l4: L4::Tcp {
             flags,
-            seq: if flags & TCP_SYN != 0 { 1000 } else { 1001 },
-            ack: if flags & TCP_ACK != 0 { 5001 } else { 0 },
+            seq: if flags.contains(Flags::SYN) {
+                1000
+            } else {
+                1001
+            },
+            ack: if flags.contains(Flags::ACK) { 5001 } else { 0 },
         },
         payload: vec![b'x'; payload],
         ..Spec::default()
@@ -38,9 +44,9 @@ pub(super) fn tcp(sport: u16, flags: u8, payload: usize) -> Spec {
 pub(super) fn fresh_syn(base: Ipv4Addr, i: u32) -> Vec<u8> {
     let src = Ipv4Addr::from(u32::from(base) + i / 50_000);
     let sport = 10_000 + (i % 50_000) as u16;
-    wire::build(&Spec {
+    frame::build(&Spec {
         src,
-        ..tcp(sport, TCP_SYN, 0)
+        ..tcp(sport, Flags::SYN, 0)
     })
 }
 

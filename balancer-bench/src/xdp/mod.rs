@@ -18,10 +18,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context as _, Result};
 use balancer_tests::{
+    frame::{self, Spec, L4},
     util::TempDir,
-    wire::{self, Mac, Spec, L4, TCP_ACK, TCP_SYN},
     CLIENT_ADDR, LB_BACKEND_ADDR, UDP_PORT,
 };
+use balancer_wire::{tcp::Flags, MacAddr};
 
 use case::{measure_rounds, once, tcp, Case, Frames};
 pub use memory::{default_entries, map_memory, MapMemory};
@@ -41,9 +42,9 @@ const CLIENT: Ipv4Addr = CLIENT_ADDR;
 const SNAT: Ipv4Addr = LB_BACKEND_ADDR;
 /// Backends of both VIPs: 10.0.2.11 ..= 10.0.2.110.
 pub const N_BACKENDS: usize = 100;
-const LB_CLIENT_MAC: Mac = [0x02, 0, 0, 0, 0x01, 0x01];
-const LB_BACKEND_MAC: Mac = [0x02, 0, 0, 0, 0x02, 0x01];
-const CLIENT_MAC: Mac = [0x02, 0, 0, 0, 0x01, 0x02];
+const LB_CLIENT_MAC: MacAddr = MacAddr([0x02, 0, 0, 0, 0x01, 0x01]);
+const LB_BACKEND_MAC: MacAddr = MacAddr([0x02, 0, 0, 0, 0x02, 0x01]);
+const CLIENT_MAC: MacAddr = MacAddr([0x02, 0, 0, 0, 0x01, 0x02]);
 /// Interfaces of the bench namespace (client side, backend side).
 const CLIENT_IF: &str = "bxc";
 const BACKEND_IF: &str = "bxb";
@@ -175,7 +176,7 @@ fn per_packet_in_ns(plan: Plan, stop: &Stop) -> Result<PerPacket> {
     let empty = EmptyXdp::load()?;
 
     // An established TCP flow: its SYN first, then ACKs with data.
-    let syn = wire::build(&tcp(40_000, TCP_SYN, 0));
+    let syn = frame::build(&tcp(40_000, Flags::SYN, 0));
     let forwarded = once(
         fd,
         &syn,
@@ -183,8 +184,8 @@ fn per_packet_in_ns(plan: Plan, stop: &Stop) -> Result<PerPacket> {
         XDP_REDIRECT,
         "SYN of the established flow",
     )?;
-    let fwd = wire::parse(&forwarded).map_err(|e| anyhow::anyhow!("forwarded SYN: {e}"))?;
-    let ack = wire::build(&tcp(40_000, TCP_ACK, 64));
+    let fwd = frame::parse(&forwarded).map_err(|e| anyhow::anyhow!("forwarded SYN: {e}"))?;
+    let ack = frame::build(&tcp(40_000, Flags::ACK, 64));
     once(
         fd,
         &ack,
@@ -197,7 +198,7 @@ fn per_packet_in_ns(plan: Plan, stop: &Stop) -> Result<PerPacket> {
         .with_context(|| format!("SYN forwarded to {}, not a backend", fwd.dst))?;
 
     // Its reply, from the backend to the SNAT address and port.
-    let reply = wire::build(&Spec {
+    let reply = frame::build(&Spec {
         src_mac: backend_mac(backend),
         dst_mac: LB_BACKEND_MAC,
         src: fwd.dst,
@@ -205,7 +206,7 @@ fn per_packet_in_ns(plan: Plan, stop: &Stop) -> Result<PerPacket> {
         sport: fwd.dport,
         dport: fwd.sport,
         l4: L4::Tcp {
-            flags: TCP_ACK,
+            flags: Flags::ACK,
             seq: 5001,
             ack: 1065,
         },
@@ -221,18 +222,18 @@ fn per_packet_in_ns(plan: Plan, stop: &Stop) -> Result<PerPacket> {
     )?;
 
     // An established UDP flow.
-    let udp = wire::build(&Spec {
+    let udp = frame::build(&Spec {
         dport: UDP_PORT,
         l4: L4::Udp { checksum: true },
         payload: vec![b'q'; 18],
-        ..tcp(40_001, 0, 0)
+        ..tcp(40_001, Flags::default(), 0)
     });
     once(fd, &udp, client_if, XDP_REDIRECT, "first UDP datagram")?;
 
     // Not for a VIP: client to a backend address directly.
-    let other = wire::build(&Spec {
+    let other = frame::build(&Spec {
         dst: backend_addr(0),
-        ..tcp(40_002, TCP_ACK, 64)
+        ..tcp(40_002, Flags::ACK, 64)
     });
     once(fd, &other, client_if, XDP_PASS, "non-VIP packet")?;
 
@@ -341,7 +342,7 @@ fn profile_in_ns(secs: u64, dir: &std::path::Path, stop: &Stop) -> Result<Profil
     let client_if = ifindex(CLIENT_IF)?;
     let loaded = Loaded::new(None)?;
     let fd = program_fd(&loaded.ebpf)?;
-    let syn = wire::build(&tcp(40_000, TCP_SYN, 0));
+    let syn = frame::build(&tcp(40_000, Flags::SYN, 0));
     once(
         fd,
         &syn,
@@ -349,7 +350,7 @@ fn profile_in_ns(secs: u64, dir: &std::path::Path, stop: &Stop) -> Result<Profil
         XDP_REDIRECT,
         "SYN of the profiled flow",
     )?;
-    let ack = wire::build(&tcp(40_000, TCP_ACK, 64));
+    let ack = frame::build(&tcp(40_000, Flags::ACK, 64));
     let mut rec = perf::record(perf::Scope::Pid(std::process::id()), secs, dir, "xdp")?;
     // perf needs a moment to attach; runs before that are simply not sampled.
     std::thread::sleep(Duration::from_millis(300));
@@ -418,7 +419,7 @@ fn full_table_in_ns(plan: Plan, stop: &Stop) -> Result<FullTable> {
             empty.raw_fd(),
             client_if,
             XDP_PASS,
-            Frames::Fixed(wire::build(&tcp(40_000, TCP_ACK, 64))),
+            Frames::Fixed(frame::build(&tcp(40_000, Flags::ACK, 64))),
         ),
         Case::new(
             "TCP SYN, new flow, full table (LRU eviction)",

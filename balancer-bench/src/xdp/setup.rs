@@ -12,7 +12,8 @@ use balancer::{
     lb::Balancer,
 };
 use balancer_common::{map_names, PROGRAM_NAME};
-use balancer_tests::{agent::web_and_dns, netns::Netns, util::TempDir, wire::Mac};
+use balancer_tests::{agent::web_and_dns, netns::Netns, util::TempDir};
+use balancer_wire::MacAddr;
 
 use super::{
     ProgramFacts, BACKEND_IF, CLIENT, CLIENT_IF, CLIENT_MAC, LB_BACKEND_MAC, LB_CLIENT_MAC,
@@ -23,15 +24,8 @@ pub(super) fn backend_addr(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 0, 2, 11 + i as u8)
 }
 
-pub(super) fn backend_mac(i: usize) -> Mac {
-    [0x02, 0, 0, 0, 0x02, 0x11 + i as u8]
-}
-
-fn mac_text(m: &Mac) -> String {
-    m.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
+pub(super) fn backend_mac(i: usize) -> MacAddr {
+    MacAddr([0x02, 0, 0, 0, 0x02, 0x11 + i as u8])
 }
 
 /// A namespace like the packet fixtures' one: the balancer's two interfaces with fixed
@@ -44,11 +38,8 @@ fn bench_namespace() -> Result<Netns> {
         "link set lo up".to_string(),
         format!("link add {CLIENT_IF} type veth peer name {CLIENT_IF}-p"),
         format!("link add {BACKEND_IF} type veth peer name {BACKEND_IF}-p"),
-        format!("link set {CLIENT_IF} address {}", mac_text(&LB_CLIENT_MAC)),
-        format!(
-            "link set {BACKEND_IF} address {}",
-            mac_text(&LB_BACKEND_MAC)
-        ),
+        format!("link set {CLIENT_IF} address {}", LB_CLIENT_MAC),
+        format!("link set {BACKEND_IF} address {}", LB_BACKEND_MAC),
         format!("addr add 10.0.1.1/24 dev {CLIENT_IF}"),
         format!("addr add {SNAT}/24 dev {BACKEND_IF}"),
     ];
@@ -58,13 +49,13 @@ fn bench_namespace() -> Result<Netns> {
     }
     batch.push(format!(
         "neigh replace {CLIENT} lladdr {} dev {CLIENT_IF} nud permanent",
-        mac_text(&CLIENT_MAC)
+        CLIENT_MAC
     ));
     for i in 0..N_BACKENDS {
         batch.push(format!(
             "neigh replace {} lladdr {} dev {BACKEND_IF} nud permanent",
             backend_addr(i),
-            mac_text(&backend_mac(i))
+            backend_mac(i)
         ));
     }
     let file = tmp.path().join("setup.batch");

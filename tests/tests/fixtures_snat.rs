@@ -1,0 +1,218 @@
+//! Packet fixtures: SNAT ports. A flow the backend closed leaves its port resting (the
+//! backend's TIME-WAIT), one the client closed frees it at expiry, a client reusing its
+//! tuple gets its old port back, and a flow whose reply entry was evicted writes it again
+//! or leaves its port.
+
+use balancer_common::{map_names, stat, NatEntry};
+use balancer_tests::fixtures::flows::{backend_segment, client_segment, open};
+use balancer_tests::fixtures::frames::{ack, parsed, syn, web_reply_key};
+use balancer_tests::fixtures::{
+    act, check, from_client, pin_to_one_cpu, sleep_ms, Fixture, NatConfig, Step, Timeouts,
+    XDP_DROP, XDP_REDIRECT,
+};
+use balancer_tests::frame::Spec;
+use balancer_wire::tcp::Flags;
+
+const FIN_ACK: Flags = Flags(Flags::FIN.0 | Flags::ACK.0);
+
+/// A fixture whose SNAT range is `ports` ports from 20000, and whose closed flows expire
+/// 1 s after their last packet (their ports then rest for the default `snat_time_wait`,
+/// 60 s, if the backend closed them).
+fn snat_fixture(ports: u16) -> Fixture {
+    let nat = NatConfig {
+        port_min: 20000,
+        port_max: 20000 + ports - 1,
+        ..NatConfig::default()
+    };
+    let timeouts = Timeouts {
+        tcp_closing: std::time::Duration::from_secs(1),
+        ..Timeouts::default()
+    };
+    Fixture::with(&timeouts, &nat)
+}
+
+/// Who sends a segment.
+#[derive(Clone, Copy)]
+enum Side {
+    Client,
+    Backend,
+}
+
+/// A [`snat_fixture`] of `ports` ports in which client port 40000 opened a flow (kept as
+/// "closed"), ended it with `segments` (TCP flags, in order), and let it expire (past the
+/// 1 s closing timeout).
+fn ended_flow(ports: u16, segments: &[(Side, Flags)]) -> Fixture {
+    pin_to_one_cpu();
+    let mut fx = snat_fixture(ports);
+    let ending = segments.iter().map(|(side, flags)| match side {
+        Side::Client => client_segment(40000, *flags),
+        Side::Backend => backend_segment("closed", *flags),
+    });
+    let steps: Vec<Step> = [open(40000).keep("closed")]
+        .into_iter()
+        .chain(ending)
+        .chain([sleep_ms(1600)])
+        .collect();
+    fx.run_steps(steps);
+    fx
+}
+
+/// An [`ended_flow`] of 2 ports that `first` closed with a FIN, then the other side.
+fn closed_first_by(first: Side) -> Fixture {
+    let segments = match first {
+        Side::Client => [(Side::Client, FIN_ACK), (Side::Backend, FIN_ACK)],
+        Side::Backend => [(Side::Backend, FIN_ACK), (Side::Client, FIN_ACK)],
+    };
+    ended_flow(2, &segments)
+}
+
+/// The count of SNAT ports taken while resting is `count`.
+fn reused_early(count: u64, why: &'static str) -> Step {
+    check(format!("{count} ports reused early"), move |fx| {
+        assert_eq!(fx.global(stat::SNAT_PORT_REUSED_EARLY), count, "{why}");
+    })
+}
+
+#[test]
+fn a_flow_the_backend_closed_leaves_its_snat_port_resting() {
+    // Client port 40001 probes the closed flow's port first (the client-closed test below
+    // shows it getting that port at once); the free one is taken instead.
+    closed_first_by(Side::Backend).run_steps([
+        open(40001).output(|out, fx| {
+            assert_ne!(
+                parsed(out).sport,
+                fx.port("closed"),
+                "another client got a resting port while a port was free"
+            );
+        }),
+        reused_early(0, "a port was free"),
+        // No free port left: the resting one is taken rather than dropping the flow.
+        from_client(
+            "client port 40002: a resting port must beat a drop",
+            Spec {
+                sport: 40002,
+                ..syn()
+            },
+            XDP_REDIRECT,
+        )
+        .output(|out, fx| {
+            assert_eq!(parsed(out).sport, fx.port("closed"));
+        }),
+        reused_early(1, "the resting port was taken"),
+        // Now both ports are held by live flows.
+        from_client(
+            "client port 40003: no port left",
+            Spec {
+                sport: 40003,
+                ..syn()
+            },
+            XDP_DROP,
+        ),
+        check("counted as SNAT exhaustion", |fx| {
+            assert_eq!(fx.global(stat::DROP_SNAT_EXHAUSTED), 1);
+        }),
+    ]);
+}
+
+#[test]
+fn a_flow_the_client_closed_frees_its_snat_port_at_expiry() {
+    // The client closes first: the backend closes passively and keeps no TIME-WAIT.
+    closed_first_by(Side::Client).run_steps([
+        open(40001).output(|out, fx| {
+            assert_eq!(
+                parsed(out).sport,
+                fx.port("closed"),
+                "the expired flow's port is free again"
+            );
+        }),
+        reused_early(0, "the client closed first: the port did not rest"),
+    ]);
+}
+
+#[test]
+fn a_client_reusing_its_tuple_gets_its_old_port_back_though_an_earlier_one_came_free() {
+    // Client ports 40000 and 40001 both probe 20000 first (see above): with 40001 there
+    // first, 40000 gets 20001.
+    pin_to_one_cpu();
+    snat_fixture(2).run_steps([
+        open(40001).keep("first"),
+        open(40000).keep("own"),
+        check("40001 has 20000, 40000 has 20001", |fx| {
+            assert_eq!((fx.port("first"), fx.port("own")), (20000, 20001));
+        }),
+        // 40001's flow ends (client first: its port does not rest) and expires.
+        client_segment(40001, FIN_ACK),
+        backend_segment("first", FIN_ACK),
+        sleep_ms(1600),
+        // 40000 closes and opens its tuple again: 20000 is free now, but it gets 20001 back.
+        client_segment(40000, FIN_ACK),
+        open(40000).output(|out, fx| {
+            assert_eq!(
+                parsed(out).sport,
+                fx.port("own"),
+                "the backend must see the client's own tuple sequence on its old port"
+            );
+        }),
+    ]);
+}
+
+#[test]
+fn a_reset_after_the_backends_fin_ends_the_rest() {
+    // One port: a resting port could only be had through the counted fallback.
+    ended_flow(1, &[(Side::Backend, FIN_ACK), (Side::Client, Flags::RST)]).run_steps([
+        open(40001).output(|out, fx| {
+            assert_eq!(parsed(out).sport, fx.port("closed"));
+        }),
+        reused_early(
+            0,
+            "an RST ends the backend's TIME-WAIT: the port must not rest",
+        ),
+    ]);
+}
+
+#[test]
+fn a_flow_whose_reply_entry_was_evicted_writes_it_again_or_leaves_its_port() {
+    pin_to_one_cpu();
+    let evict = |what: &'static str| {
+        act(what, |fx| {
+            let key = web_reply_key(fx.port("first"));
+            fx.forget::<NatEntry>(map_names::NAT, &key);
+        })
+    };
+    // One SNAT port: a port without a reply entry is the one a new flow takes.
+    snat_fixture(1).run_steps([
+        open(40000).keep("first"),
+        evict("the flow's reply entry is evicted"),
+        // At the client side's next periodic touch (250 ms) the entry is written again,
+        // and the backend's replies reach the client.
+        sleep_ms(300),
+        client_segment(40000, Flags::ACK),
+        backend_segment("first", Flags::ACK),
+        // Evicted again, and before the flow's next touch another client takes the port.
+        evict("the flow's reply entry is evicted again"),
+        open(40001).output(|out, fx| {
+            assert_eq!(
+                parsed(out).sport,
+                fx.port("first"),
+                "the port without reply entry"
+            );
+        }),
+        sleep_ms(300),
+        // The first flow must not go on sending from the port the second one holds; with
+        // the only port taken, it has none left.
+        from_client(
+            "two clients on one tuple towards the backend",
+            ack(),
+            XDP_DROP,
+        ),
+        check("the port was lost, none left", |fx| {
+            assert_eq!(
+                (
+                    fx.global(stat::SNAT_PORT_LOST),
+                    fx.global(stat::DROP_SNAT_EXHAUSTED)
+                ),
+                (1, 1)
+            );
+        }),
+    ]);
+}
