@@ -1,7 +1,5 @@
 //! Connection-table policy: idle timeouts (TCP, UDP, closing TCP) and TCP FIN/RST handling.
-use balancer_common::{
-    Conn, Settings, FLOW_BACKEND_CLOSED, FLOW_CLOSING, FLOW_REPLIED, PROTO_TCP, REPLY_TICK_SHIFT,
-};
+use balancer_common::{Conn, Settings, FLOW_BACKEND_CLOSED, FLOW_CLOSING, FLOW_REPLIED, PROTO_TCP};
 
 use crate::parse::{Packet, TCP_FIN, TCP_RST, TCP_SYN};
 
@@ -14,12 +12,6 @@ const TOUCH_INTERVAL_NS: u64 = 250_000_000;
 #[inline(always)]
 pub fn touch_due(last_seen_ns: u64, now: u64) -> bool {
     now.saturating_sub(last_seen_ns) > TOUCH_INTERVAL_NS
-}
-
-/// The data plane's clock in units of `2^REPLY_TICK_SHIFT` ns (`NatEntry::touched`).
-#[inline(always)]
-pub fn reply_tick(now: u64) -> u32 {
-    (now >> REPLY_TICK_SHIFT) as u32
 }
 
 /// How long an entry in `state` (`FLOW_*` bits) of protocol `proto` may stay idle.

@@ -5,6 +5,7 @@
 // copied to another stack slot of the 512-byte BPF stack. Keys go by reference here.
 #![allow(clippy::needless_borrows_for_generic_args)]
 
+mod clock;
 mod conntrack;
 mod csum;
 mod forward;
@@ -43,11 +44,11 @@ pub fn balancer(ctx: XdpContext) -> u32 {
 fn try_balancer(ctx: &XdpContext) -> Result<u32, DropReason> {
     let pkt = match parse::parse(ctx)? {
         parse::Parsed::Flow(pkt) => pkt,
-        parse::Parsed::IcmpError(error) => return icmp::translate(ctx, &error, nat::settings()?),
+        parse::Parsed::IcmpError(error) => return icmp::translate(ctx, &error, clock::settings()?),
         parse::Parsed::Other => return Ok(xdp_action::XDP_PASS),
     };
-    let settings = nat::settings()?;
-    let now = nat::now(settings);
+    let settings = clock::settings()?;
+    let now = clock::now(settings);
     match route(ctx, &pkt, settings, now)? {
         nat::Action::Send(send) => nat::deliver(ctx, &pkt, &send, now),
         nat::Action::Verdict(verdict) => Ok(verdict),

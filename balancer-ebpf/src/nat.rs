@@ -3,7 +3,7 @@
 //! and keeps IPv4 and TCP/UDP checksums right by incremental updates.
 use aya_ebpf::{
     bindings::{xdp_action, BPF_ANY, BPF_NOEXIST},
-    helpers::{bpf_get_smp_processor_id, bpf_jiffies64, bpf_ktime_get_coarse_ns},
+    helpers::bpf_get_smp_processor_id,
     programs::XdpContext,
 };
 use aya_log_ebpf::warn;
@@ -15,40 +15,14 @@ use balancer_common::{
 use network_types::ip::Ipv4Hdr;
 
 use crate::{
-    conntrack, csum,
+    clock, conntrack, csum,
     forward::transmit,
-    maps::{
-        BACKENDS, CONNS, EVICTION_SEQ, FLOW_CACHE, FLOW_EVICTIONS, NAT, SETTINGS, VIPS, VIP_GENS,
-    },
+    maps::{BACKENDS, CONNS, EVICTION_SEQ, FLOW_CACHE, FLOW_EVICTIONS, NAT, VIPS, VIP_GENS},
     parse::{ptr_at, Packet, TCP_CHECK_OFF, TCP_FIN, TCP_RST, UDP_CHECK_OFF},
     select,
     stats::{self, Dir},
     DropReason,
 };
-
-/// The agent's knobs (timeouts, SNAT port range): read once per packet by the caller.
-#[inline(always)]
-pub fn settings() -> Result<&'static Settings, DropReason> {
-    SETTINGS.get(0).ok_or(stat::DROP_CONN_TABLE)
-}
-
-/// The data plane's clock, in ns: `bpf_jiffies64()` (which the verifier inlines as one
-/// load) times the tick length the agent gives in `Settings::ns_per_tick`; without one,
-/// `bpf_ktime_get_coarse_ns` (a helper call: about 50 ns per packet on the bench VM,
-/// measured with one-call programs through BPF_PROG_TEST_RUN). Both advance once per
-/// tick.
-#[inline(always)]
-pub fn now(settings: &Settings) -> u64 {
-    let tick = u64::from(settings.ns_per_tick);
-    // SAFETY: plain helper calls.
-    unsafe {
-        if tick != 0 {
-            bpf_jiffies64().wrapping_mul(tick)
-        } else {
-            bpf_ktime_get_coarse_ns()
-        }
-    }
-}
 
 /// What a `FLOW_CACHE` copy must have been made under to be used: the agent's
 /// `flow_epoch` and the `FLOW_EVICTIONS` value.
@@ -534,7 +508,7 @@ fn nat_entry(pkt: &Packet, conn: &Conn, now: u64) -> NatEntry {
         backend_id: conn.backend_id,
         vip_id: conn.vip_id,
         // Not this tick: the first reply refreshes the entry, and marks it replied.
-        touched: conntrack::reply_tick(now).wrapping_sub(1),
+        touched: clock::reply_tick(now).wrapping_sub(1),
     }
 }
 
@@ -758,7 +732,7 @@ pub fn to_client(pkt: &Packet, settings: &Settings, now: u64) -> Result<Option<S
     };
     // SAFETY: map value pointer, copied out whole.
     let entry = unsafe { *slot };
-    let tick = conntrack::reply_tick(now);
+    let tick = clock::reply_tick(now);
     let closes = pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0;
     if closes || entry.touched != tick {
         if !refresh(&entry, pkt, now) && closes {
