@@ -38,7 +38,7 @@ pub fn balancer(ctx: XdpContext) -> u32 {
 /// Parse, then either balance a packet for a VIP (an established flow by the connection
 /// table alone, a new one by its VIP), translate a reply back to its client, translate an
 /// ICMP error about a flow for its other end, or leave the packet alone. Every translated
-/// TCP/UDP packet leaves through the one [`nat::deliver`]; translated ICMP errors go to
+/// TCP/UDP packet leaves through the one [`forward::deliver`]; translated ICMP errors go to
 /// the stack ([`icmp::translate`]).
 #[inline(always)]
 fn try_balancer(ctx: &XdpContext) -> Result<u32, DropReason> {
@@ -50,8 +50,8 @@ fn try_balancer(ctx: &XdpContext) -> Result<u32, DropReason> {
     let settings = clock::settings()?;
     let now = clock::now(settings);
     match route(ctx, &pkt, settings, now)? {
-        nat::Action::Send(send) => nat::deliver(ctx, &pkt, &send, now),
-        nat::Action::Verdict(verdict) => Ok(verdict),
+        forward::Action::Send(send) => forward::deliver(ctx, &pkt, &send, now),
+        forward::Action::Verdict(verdict) => Ok(verdict),
     }
 }
 
@@ -62,16 +62,16 @@ fn route(
     pkt: &parse::Packet,
     settings: &Settings,
     now: u64,
-) -> Result<nat::Action, DropReason> {
+) -> Result<forward::Action, DropReason> {
     if maybe_vip(pkt.key.dst_addr) {
         let stamp = nat::stamp(settings);
         // Established flows first: from this CPU's flow cache (an array read), else by one
         // connection-table lookup; no VIPS lookup either way.
         if let Some(send) = nat::cached(pkt, settings, stamp, now) {
-            return Ok(nat::Action::Send(send));
+            return Ok(forward::Action::Send(send));
         }
         let ended = match nat::established(pkt, settings, stamp, now)? {
-            nat::Established::Live(send) => return Ok(nat::Action::Send(send)),
+            nat::Established::Live(send) => return Ok(forward::Action::Send(send)),
             nat::Established::Ended(ended) => ended,
         };
         // SAFETY: the value is copied out at once; the agent replaces VIP entries whole.
@@ -81,8 +81,8 @@ fn route(
         }
     }
     Ok(match nat::to_client(pkt, settings, now)? {
-        Some(send) => nat::Action::Send(send),
-        None => nat::Action::Verdict(xdp_action::XDP_PASS),
+        Some(send) => forward::Action::Send(send),
+        None => forward::Action::Verdict(xdp_action::XDP_PASS),
     })
 }
 

@@ -16,12 +16,10 @@ use network_types::ip::Ipv4Hdr;
 
 use crate::{
     clock, conntrack, csum,
-    forward::transmit,
+    forward::{Action, Send},
     maps::{BACKENDS, CONNS, EVICTION_SEQ, FLOW_CACHE, FLOW_EVICTIONS, NAT, VIPS, VIP_GENS},
     parse::{ptr_at, Packet, TCP_CHECK_OFF, TCP_FIN, TCP_RST, UDP_CHECK_OFF},
-    select,
-    stats::{self, Dir},
-    DropReason,
+    select, stats, DropReason,
 };
 
 /// What a `FLOW_CACHE` copy must have been made under to be used: the agent's
@@ -240,53 +238,6 @@ pub fn new_flow(
     remember(&pkt.key, &conn, stamp, diffs);
     let ids = (conn.vip_id, conn.backend_id);
     Ok(Action::Send(Send::to_backend(ids, to, diffs, true)))
-}
-
-/// What becomes of a packet: it leaves translated, or gets this verdict as it is.
-pub enum Action {
-    Send(Send),
-    Verdict(u32),
-}
-
-/// How a translated packet leaves ([`deliver`]).
-pub struct Send {
-    /// (VIP id, backend id) of its flow: for the counters, and the backend's next hop.
-    ids: (u32, u32),
-    to: Rewrite,
-    /// The changes to the IPv4 and the TCP/UDP checksums ([`csum_diffs`]).
-    diffs: (csum::Diff, csum::Diff),
-    dir: Dir,
-    new_flow: bool,
-}
-
-impl Send {
-    #[inline(always)]
-    fn to_backend(
-        ids: (u32, u32),
-        to: Rewrite,
-        diffs: (csum::Diff, csum::Diff),
-        new_flow: bool,
-    ) -> Send {
-        Send {
-            ids,
-            to,
-            diffs,
-            dir: Dir::ToBackend,
-            new_flow,
-        }
-    }
-}
-
-/// Counts a translated packet, rewrites it and transmits it: the one exit of the cached,
-/// the `CONNS`, the new-flow and the reply paths, so that the next-hop and transmit code
-/// is in the program once (every inlined copy of it made the common paths slower).
-#[inline(always)]
-pub fn deliver(ctx: &XdpContext, pkt: &Packet, send: &Send, now: u64) -> Result<u32, DropReason> {
-    let (vip_id, backend_id) = send.ids;
-    stats::count_flow(vip_id, backend_id, pkt.len, send.dir, send.new_flow);
-    let (ip_diff, l4_diff) = send.diffs;
-    rewrite_with(ctx, pkt, &send.to, ip_diff, l4_diff)?;
-    transmit(ctx, pkt, &send.to, send.dir, backend_id, now)
 }
 
 /// How a packet of `conn` leaves for its backend.
@@ -746,13 +697,11 @@ pub fn to_client(pkt: &Packet, settings: &Settings, now: u64) -> Result<Option<S
     stats::count(stat::NAT_REPLY);
     let to = to_client_of(&entry);
     let diffs = csum_diffs(&pkt.key, &to);
-    Ok(Some(Send {
-        ids: (entry.vip_id, entry.backend_id),
+    Ok(Some(Send::to_client(
+        (entry.vip_id, entry.backend_id),
         to,
         diffs,
-        dir: Dir::ToClient,
-        new_flow: false,
-    }))
+    )))
 }
 
 /// A reply keeps its flow alive as the client's packets do (a flow in which only the
@@ -810,7 +759,7 @@ pub fn to_client_of(entry: &NatEntry) -> Rewrite {
 /// The changes to the IPv4 and the TCP/UDP checksums when the tuple `from` becomes `to`
 /// (the addresses are in both: the TCP/UDP checksum covers a pseudo-header).
 #[inline(always)]
-fn csum_diffs(from: &FlowKey, to: &Rewrite) -> (csum::Diff, csum::Diff) {
+pub fn csum_diffs(from: &FlowKey, to: &Rewrite) -> (csum::Diff, csum::Diff) {
     let addr_diff = csum::Diff::default()
         .u32(from.src_addr, to.src_addr)
         .u32(from.dst_addr, to.dst_addr);
@@ -823,7 +772,7 @@ fn csum_diffs(from: &FlowKey, to: &Rewrite) -> (csum::Diff, csum::Diff) {
 /// Rewrites addresses and ports to `to` and applies the checksum changes worked out for it
 /// (see [`csum_diffs`]).
 #[inline(always)]
-fn rewrite_with(
+pub fn rewrite_with(
     ctx: &XdpContext,
     pkt: &Packet,
     to: &Rewrite,
