@@ -8,6 +8,7 @@
 mod clock;
 mod conntrack;
 mod csum;
+mod flow_cache;
 mod forward;
 mod icmp;
 mod maps;
@@ -64,10 +65,10 @@ fn route(
     now: u64,
 ) -> Result<forward::Action, DropReason> {
     if maybe_vip(pkt.key.dst_addr) {
-        let stamp = nat::stamp(settings);
+        let stamp = flow_cache::stamp(settings);
         // Established flows first: from this CPU's flow cache (an array read), else by one
         // connection-table lookup; no VIPS lookup either way.
-        if let Some(send) = nat::cached(pkt, settings, stamp, now) {
+        if let Some(send) = flow_cache::cached(pkt, settings, stamp, now) {
             return Ok(forward::Action::Send(send));
         }
         let ended = match nat::established(pkt, settings, stamp, now)? {
