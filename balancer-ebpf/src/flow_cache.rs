@@ -5,11 +5,12 @@ use aya_ebpf::helpers::bpf_get_smp_processor_id;
 use balancer_common::{flow_slot, Conn, FlowCacheEntry, FlowKey, Settings};
 
 use crate::{
-    conntrack, csum,
+    csum,
     forward::Send,
     maps::{EVICTION_SEQ, FLOW_CACHE, FLOW_EVICTIONS},
     nat::Rewrite,
     parse::Packet,
+    timeouts,
 };
 
 /// What a `FLOW_CACHE` copy must have been made under to be used: the agent's
@@ -36,7 +37,7 @@ pub fn stamp(settings: &Settings) -> Stamp {
 }
 
 /// A packet of an established flow that this CPU's `FLOW_CACHE` holds and may serve (see
-/// [`conntrack::cache_serves`]), copied under the current [`Stamp`] (so still its VIP's,
+/// [`timeouts::cache_serves`]), copied under the current [`Stamp`] (so still its VIP's,
 /// its backend not to be left, as checked when the copy was made, and its SNAT port not
 /// given to another flow): it goes to the backend, without the `CONNS`, `VIP_GENS` and
 /// `BACKENDS` lookups. `None` otherwise (the caller then tries [`nat::established`](crate::nat::established)).
@@ -51,7 +52,7 @@ pub fn cached(pkt: &Packet, settings: &Settings, stamp: Stamp, now: u64) -> Opti
     {
         return None;
     }
-    if !conntrack::cache_serves(cached.state, cached.last_seen_ns, pkt, settings, now) {
+    if !timeouts::cache_serves(cached.state, cached.last_seen_ns, pkt, settings, now) {
         return None;
     }
     let to = Rewrite {

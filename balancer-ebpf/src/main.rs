@@ -6,7 +6,6 @@
 #![allow(clippy::needless_borrows_for_generic_args)]
 
 mod clock;
-mod conntrack;
 mod csum;
 mod flow_cache;
 mod forward;
@@ -16,6 +15,7 @@ mod nat;
 mod parse;
 mod select;
 mod stats;
+mod timeouts;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use balancer_common::{addr_slot, stat, Settings};

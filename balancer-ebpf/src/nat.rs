@@ -14,11 +14,11 @@ use balancer_common::{
 use network_types::ip::Ipv4Hdr;
 
 use crate::{
-    clock, conntrack, csum, flow_cache,
+    clock, csum, flow_cache,
     forward::{Action, Send},
     maps::{BACKENDS, CONNS, NAT, VIPS, VIP_GENS},
     parse::{ptr_at, Packet, TCP_CHECK_OFF, TCP_FIN, TCP_RST, UDP_CHECK_OFF},
-    select, stats, DropReason,
+    select, stats, timeouts, DropReason,
 };
 
 /// What [`established`] found for a packet.
@@ -53,7 +53,7 @@ pub fn established(
         // SAFETY: as above.
         conn.vip_id = unsafe { (*entry).vip_id };
     }
-    if !conntrack::is_live(&conn, pkt, settings, now) {
+    if !timeouts::is_live(&conn, pkt, settings, now) {
         stats::count(stat::CONN_EXPIRED);
         return Ok(Established::Ended(Some(conn)));
     }
@@ -61,11 +61,11 @@ pub fn established(
         stats::count(stat::CONN_RESCHEDULED);
         return Ok(Established::Ended(Some(conn)));
     }
-    if conntrack::touch_due(conn.last_seen_ns, now) && !keep_reply_entry(pkt, &conn, now) {
+    if timeouts::touch_due(conn.last_seen_ns, now) && !keep_reply_entry(pkt, &conn, now) {
         stats::count(stat::SNAT_PORT_LOST);
         return Ok(Established::Ended(Some(conn)));
     }
-    conntrack::touch(entry, pkt, conntrack::From::Client, now);
+    timeouts::touch(entry, pkt, timeouts::From::Client, now);
     let to = to_backend(&conn);
     let diffs = csum_diffs(&pkt.key, &to);
     // SAFETY: as above; the entry as touched.
@@ -366,7 +366,7 @@ fn nat_entry(pkt: &Packet, conn: &Conn, now: u64) -> NatEntry {
 }
 
 /// Keeps an established flow's reply (`NAT`) entry, at the client side's periodic
-/// touch ([`conntrack::touch_due`]): looking it up marks it used in the LRU, so a flow
+/// touch ([`timeouts::touch_due`]): looking it up marks it used in the LRU, so a flow
 /// its backend seldom answers keeps it; an entry the LRU evicted is written again. The
 /// SNAT port of a flow without a reply entry looks free to new flows: `false` when one
 /// took it meanwhile (the flow must then leave the port, or two clients would share a
@@ -535,7 +535,7 @@ fn holder_state(holder: &NatEntry, reply_key: &FlowKey, settings: &Settings, now
     match unsafe { CONNS.get(&client_key) } {
         Some(conn) if holds(conn, reply_key) => {
             let idle = now.saturating_sub(conn.last_seen_ns);
-            if idle <= conntrack::timeout_ns(conn.state, reply_key.proto, settings) {
+            if idle <= timeouts::timeout_ns(conn.state, reply_key.proto, settings) {
                 Holder::Alive
             } else if conn.state & FLOW_BACKEND_CLOSED != 0 && idle <= settings.snat_time_wait_ns {
                 Holder::Resting(idle)
@@ -584,7 +584,7 @@ pub fn to_client(pkt: &Packet, settings: &Settings, now: u64) -> Result<Option<S
 
 /// A reply keeps its flow alive as the client's packets do (a flow in which only the
 /// backend sends does not expire), and a FIN or RST from the backend starts the closing
-/// timeout: [`conntrack::touch`] on the client's `CONNS` entry, if that flow is still
+/// timeout: [`timeouts::touch`] on the client's `CONNS` entry, if that flow is still
 /// the one on this reply tuple. `false` when the client's tuple has another flow now
 /// (moved to another backend or port); `true` also when the entry is gone (evicted:
 /// nothing tells the reply is stale).
@@ -597,7 +597,7 @@ fn refresh(entry: &NatEntry, pkt: &Packet, now: u64) -> bool {
     // SAFETY: `conn` points into a map value; read whole.
     let current = holds(unsafe { &*conn }, &pkt.key);
     if current {
-        conntrack::touch(conn, pkt, conntrack::From::Backend, now);
+        timeouts::touch(conn, pkt, timeouts::From::Backend, now);
     }
     current
 }
