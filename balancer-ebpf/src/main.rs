@@ -6,6 +6,7 @@
 #![allow(clippy::needless_borrows_for_generic_args)]
 
 mod clock;
+mod conntrack;
 mod csum;
 mod flow_cache;
 mod forward;
@@ -71,9 +72,9 @@ fn route(
         if let Some(send) = flow_cache::cached(pkt, settings, stamp, now) {
             return Ok(forward::Action::Send(send));
         }
-        let ended = match nat::established(pkt, settings, stamp, now)? {
-            nat::Established::Live(send) => return Ok(forward::Action::Send(send)),
-            nat::Established::Ended(ended) => ended,
+        let ended = match conntrack::established(pkt, settings, stamp, now)? {
+            conntrack::Established::Live(send) => return Ok(forward::Action::Send(send)),
+            conntrack::Established::Ended(ended) => ended,
         };
         // SAFETY: the value is copied out at once; the agent replaces VIP entries whole.
         if let Some(vip) = unsafe { maps::VIPS.get(&nat::vip_key(&pkt.key)) } {
@@ -81,7 +82,7 @@ fn route(
             return nat::new_flow(ctx, pkt, &vip, ended.as_ref(), settings, stamp, now);
         }
     }
-    Ok(match nat::to_client(pkt, settings, now)? {
+    Ok(match conntrack::to_client(pkt, settings, now)? {
         Some(send) => forward::Action::Send(send),
         None => forward::Action::Verdict(xdp_action::XDP_PASS),
     })

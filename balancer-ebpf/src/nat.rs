@@ -8,71 +8,17 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 use balancer_common::{
     stat, Backend, Conn, FlowKey, NatEntry, Settings, VipKey, VipMeta, BACKEND_F_PRESENT,
-    BACKEND_F_RESCHEDULE, FLOW_BACKEND_CLOSED, FLOW_CLOSING, PROTO_UDP, SNAT_PORT_PROBES,
-    VIP_F_PASS_ALL_DOWN,
+    FLOW_BACKEND_CLOSED, FLOW_CLOSING, PROTO_UDP, SNAT_PORT_PROBES, VIP_F_PASS_ALL_DOWN,
 };
 use network_types::ip::Ipv4Hdr;
 
 use crate::{
     clock, csum, flow_cache,
     forward::{Action, Send},
-    maps::{BACKENDS, CONNS, NAT, VIPS, VIP_GENS},
+    maps::{BACKENDS, CONNS, NAT},
     parse::{ptr_at, Packet, TCP_CHECK_OFF, TCP_FIN, TCP_RST, UDP_CHECK_OFF},
     select, stats, timeouts, DropReason,
 };
-
-/// What [`established`] found for a packet.
-pub enum Established {
-    /// A live flow: the packet goes to its backend.
-    Live(Send),
-    /// No live flow on the packet's tuple: the caller looks the VIP up and schedules a
-    /// new flow. `Some` holds the entry of the flow that ended there (its SNAT port is
-    /// the one the new flow tries first).
-    Ended(Option<Conn>),
-}
-
-/// A packet of an established flow: found in `CONNS`, still its VIP's, not expired, its
-/// backend not to be left: it goes to the backend. No `VIPS` lookup here.
-#[inline(always)]
-pub fn established(
-    pkt: &Packet,
-    settings: &Settings,
-    stamp: flow_cache::Stamp,
-    now: u64,
-) -> Result<Established, DropReason> {
-    let Some(entry) = CONNS.get_ptr_mut(&pkt.key) else {
-        return Ok(Established::Ended(None));
-    };
-    // SAFETY: map value pointer, copied out whole.
-    let mut conn = unsafe { *entry };
-    if VIP_GENS.get(conn.vip_id).copied() != Some(conn.vip_gen) {
-        if !renumbered(entry, pkt) {
-            // Its VIP was deleted (or its id now names another VIP).
-            return Ok(Established::Ended(Some(conn)));
-        }
-        // SAFETY: as above.
-        conn.vip_id = unsafe { (*entry).vip_id };
-    }
-    if !timeouts::is_live(&conn, pkt, settings, now) {
-        stats::count(stat::CONN_EXPIRED);
-        return Ok(Established::Ended(Some(conn)));
-    }
-    if must_move(&conn) {
-        stats::count(stat::CONN_RESCHEDULED);
-        return Ok(Established::Ended(Some(conn)));
-    }
-    if timeouts::touch_due(conn.last_seen_ns, now) && !keep_reply_entry(pkt, &conn, now) {
-        stats::count(stat::SNAT_PORT_LOST);
-        return Ok(Established::Ended(Some(conn)));
-    }
-    timeouts::touch(entry, pkt, timeouts::From::Client, now);
-    let to = to_backend(&conn);
-    let diffs = csum_diffs(&pkt.key, &to);
-    // SAFETY: as above; the entry as touched.
-    flow_cache::remember(&pkt.key, unsafe { &*entry }, stamp, diffs);
-    let ids = (conn.vip_id, conn.backend_id);
-    Ok(Established::Live(Send::to_backend(ids, to, diffs, false)))
-}
 
 /// The `VIPS` key of the VIP a client packet with tuple `key` is for.
 #[inline(always)]
@@ -83,28 +29,6 @@ pub fn vip_key(key: &FlowKey) -> VipKey {
         proto: key.proto,
         _pad: 0,
     }
-}
-
-/// Whether the VIP of the flow in `entry`, whose id no longer names it, is there under
-/// another id: then the entry gets that id. A VIP's generation follows from its key, so
-/// the VIP at the packet's destination with the flow's generation is the flow's, though
-/// an agent that took the pinned tables over gave it another id (VIP ids come from a hash
-/// too, but collisions depend on which VIPs exist). A deleted VIP has no `VIPS` entry,
-/// and one deleted and added again has another generation: their flows still end.
-#[inline(always)]
-fn renumbered(entry: *mut Conn, pkt: &Packet) -> bool {
-    // SAFETY: read-only look at a map value.
-    let Some(vip) = (unsafe { VIPS.get(&vip_key(&pkt.key)) }) else {
-        return false;
-    };
-    // SAFETY: `entry` points into a map value; single aligned 4-byte accesses.
-    unsafe {
-        if vip.generation != (*entry).vip_gen {
-            return false;
-        }
-        (*entry).vip_id = vip.vip_id;
-    }
-    true
 }
 
 /// A packet for `vip` that is no established flow: schedule a new flow; the packet goes
@@ -151,18 +75,6 @@ pub fn to_backend(conn: &Conn) -> Rewrite {
         src_port: conn.snat_port,
         dst_port: conn.backend_port,
     }
-}
-
-/// Is the flow's backend down with a policy that moves its flows? (Only if the backend
-/// with the flow's id is still the flow's: an id is reused after its backend is deleted,
-/// and an agent that took the pinned flow tables over numbers backends afresh.)
-#[inline(always)]
-fn must_move(conn: &Conn) -> bool {
-    BACKENDS.get(conn.backend_id).is_some_and(|b| {
-        b.flags & BACKEND_F_RESCHEDULE != 0
-            && b.addr == conn.backend_addr
-            && b.port == conn.backend_port
-    })
 }
 
 /// No backend can take a new flow: drop it, or pass it to the stack if the VIP says so.
@@ -372,7 +284,7 @@ fn nat_entry(pkt: &Packet, conn: &Conn, now: u64) -> NatEntry {
 /// took it meanwhile (the flow must then leave the port, or two clients would share a
 /// tuple towards the backend).
 #[inline(always)]
-fn keep_reply_entry(pkt: &Packet, conn: &Conn, now: u64) -> bool {
+pub fn keep_reply_entry(pkt: &Packet, conn: &Conn, now: u64) -> bool {
     let reply_key = reply_key_of(conn, pkt.key.proto);
     // SAFETY: read-only looks at a map value.
     if let Some(entry) = unsafe { NAT.get(&reply_key) } {
@@ -546,60 +458,6 @@ fn holder_state(holder: &NatEntry, reply_key: &FlowKey, settings: &Settings, now
         Some(_) => Holder::Gone,
         None => Holder::Evicted,
     }
-}
-
-/// A reply from a backend to a SNAT address:port: it goes back to the client. `Ok(None)`
-/// when the packet is not a reply of a balanced flow.
-#[inline(always)]
-pub fn to_client(pkt: &Packet, settings: &Settings, now: u64) -> Result<Option<Send>, DropReason> {
-    let port = u16::from_be(pkt.key.dst_port);
-    if port < settings.snat_port_min || port > settings.snat_port_max {
-        return Ok(None);
-    }
-    let Some(slot) = NAT.get_ptr_mut(&pkt.key) else {
-        return Ok(None);
-    };
-    // SAFETY: map value pointer, copied out whole.
-    let entry = unsafe { *slot };
-    let tick = clock::reply_tick(now);
-    let closes = pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0;
-    if closes || entry.touched != tick {
-        if !refresh(&entry, pkt, now) && closes {
-            return Err(stat::DROP_STALE_REPLY);
-        }
-        if entry.touched != tick {
-            // SAFETY: map value; a single aligned 4-byte store.
-            unsafe { (*slot).touched = tick };
-        }
-    }
-    stats::count(stat::NAT_REPLY);
-    let to = to_client_of(&entry);
-    let diffs = csum_diffs(&pkt.key, &to);
-    Ok(Some(Send::to_client(
-        (entry.vip_id, entry.backend_id),
-        to,
-        diffs,
-    )))
-}
-
-/// A reply keeps its flow alive as the client's packets do (a flow in which only the
-/// backend sends does not expire), and a FIN or RST from the backend starts the closing
-/// timeout: [`timeouts::touch`] on the client's `CONNS` entry, if that flow is still
-/// the one on this reply tuple. `false` when the client's tuple has another flow now
-/// (moved to another backend or port); `true` also when the entry is gone (evicted:
-/// nothing tells the reply is stale).
-#[inline(always)]
-fn refresh(entry: &NatEntry, pkt: &Packet, now: u64) -> bool {
-    let client_key = client_key(entry, pkt.key.proto);
-    let Some(conn) = CONNS.get_ptr_mut(&client_key) else {
-        return true;
-    };
-    // SAFETY: `conn` points into a map value; read whole.
-    let current = holds(unsafe { &*conn }, &pkt.key);
-    if current {
-        timeouts::touch(conn, pkt, timeouts::From::Backend, now);
-    }
-    current
 }
 
 /// The addresses and ports (network byte order) a translated packet leaves with.
