@@ -9,8 +9,9 @@ use crate::{
     flow_cache::{self, Stamp},
     forward::Send,
     maps::{BACKENDS, CONNS, NAT, VIPS, VIP_GENS},
-    nat::{client_key, csum_diffs, holds, keep_reply_entry, to_backend, to_client_of, vip_key},
+    nat::{csum_diffs, to_backend, to_client_of, vip_key},
     parse::{Packet, TCP_FIN, TCP_RST},
+    snat::{client_key, holds, keep_reply_entry},
     stats, timeouts, DropReason,
 };
 

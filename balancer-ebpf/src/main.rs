@@ -15,6 +15,7 @@ mod maps;
 mod nat;
 mod parse;
 mod select;
+mod snat;
 mod stats;
 mod timeouts;
 
