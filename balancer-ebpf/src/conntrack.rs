@@ -9,10 +9,12 @@ use crate::{
     flow_cache::{self, Stamp},
     forward::Send,
     maps::{BACKENDS, CONNS, NAT, VIPS, VIP_GENS},
-    nat::{csum_diffs, to_backend, to_client_of, vip_key},
+    nat::{csum_diffs, to_backend, to_client_of},
     parse::{Packet, TCP_FIN, TCP_RST},
     snat::{client_key, holds, keep_reply_entry},
-    stats, timeouts, DropReason,
+    stats, timeouts,
+    vip::vip_key,
+    DropReason,
 };
 
 /// What [`established`] found for a packet.

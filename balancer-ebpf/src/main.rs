@@ -14,13 +14,15 @@ mod icmp;
 mod maps;
 mod nat;
 mod parse;
+mod schedule;
 mod select;
 mod snat;
 mod stats;
 mod timeouts;
+mod vip;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
-use balancer_common::{addr_slot, stat, Settings};
+use balancer_common::{stat, Settings};
 
 /// Why a packet was dropped: an index into `GLOBAL_STATS` (`balancer_common::stat`).
 pub type DropReason = u32;
@@ -66,7 +68,7 @@ fn route(
     settings: &Settings,
     now: u64,
 ) -> Result<forward::Action, DropReason> {
-    if maybe_vip(pkt.key.dst_addr) {
+    if vip::maybe_vip(pkt.key.dst_addr) {
         let stamp = flow_cache::stamp(settings);
         // Established flows first: from this CPU's flow cache (an array read), else by one
         // connection-table lookup; no VIPS lookup either way.
@@ -78,24 +80,15 @@ fn route(
             conntrack::Established::Ended(ended) => ended,
         };
         // SAFETY: the value is copied out at once; the agent replaces VIP entries whole.
-        if let Some(vip) = unsafe { maps::VIPS.get(&nat::vip_key(&pkt.key)) } {
+        if let Some(vip) = unsafe { maps::VIPS.get(&vip::vip_key(&pkt.key)) } {
             let vip = *vip;
-            return nat::new_flow(ctx, pkt, &vip, ended.as_ref(), settings, stamp, now);
+            return schedule::new_flow(ctx, pkt, &vip, ended.as_ref(), settings, stamp, now);
         }
     }
     Ok(match conntrack::to_client(pkt, settings, now)? {
         Some(send) => forward::Action::Send(send),
         None => forward::Action::Verdict(xdp_action::XDP_PASS),
     })
-}
-
-/// Whether some VIP may have this address: `VIP_ADDRS` counts one in its slot. (The
-/// agent counts a VIP in before adding it and out after deleting it.)
-#[inline(always)]
-pub(crate) fn maybe_vip(addr: u32) -> bool {
-    maps::VIP_ADDRS
-        .get(addr_slot(addr))
-        .is_some_and(|&count| count != 0)
 }
 
 #[cfg(not(test))]
