@@ -40,7 +40,7 @@ pub fn stamp(settings: &Settings) -> Stamp {
 /// [`timeouts::cache_serves`]), copied under the current [`Stamp`] (so still its VIP's,
 /// its backend not to be left, as checked when the copy was made, and its SNAT port not
 /// given to another flow): it goes to the backend, without the `CONNS`, `VIP_GENS` and
-/// `BACKENDS` lookups. `None` otherwise (the caller then tries [`conntrack::established`](crate::conntrack::established)).
+/// `BACKENDS` lookups. `None` otherwise (the caller then tries `conntrack::established`).
 #[inline(always)]
 pub fn cached(pkt: &Packet, settings: &Settings, stamp: Stamp, now: u64) -> Option<Send> {
     let slot = FLOW_CACHE.get_ptr(flow_slot(&pkt.key))?;

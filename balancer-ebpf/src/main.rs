@@ -1,9 +1,17 @@
 //! XDP entry point: maps the fallible body's result to a verdict and counts it.
+//!
+//! A packet's way, one module per concern: `parse`, then for a VIP's address (`vip`) this
+//! CPU's `flow_cache`, else the connection table (`conntrack`), else a new flow
+//! (`schedule`: `select` picks the backend, `snat` the port); a reply goes back through
+//! `conntrack`. What is to be sent is rewritten (`nat`) and leaves by `forward`. ICMP
+//! errors about flows take their own way (`icmp`).
 #![no_std]
 #![no_main]
-// aya-ebpf's map methods take keys as `impl Borrow<K>`: passed by value, a key is first
-// copied to another stack slot of the 512-byte BPF stack. Keys go by reference here.
-#![allow(clippy::needless_borrows_for_generic_args)]
+#![expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "aya-ebpf's map methods take keys as `impl Borrow<K>`: passed by value, a key is \
+              first copied to another slot of the 512-byte BPF stack, so keys go by reference"
+)]
 
 mod clock;
 mod conntrack;
@@ -23,6 +31,7 @@ mod vip;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use balancer_common::{stat, Settings};
+use forward::Action;
 
 /// Why a packet was dropped: an index into `GLOBAL_STATS` (`balancer_common::stat`).
 pub type DropReason = u32;
@@ -55,8 +64,8 @@ fn try_balancer(ctx: &XdpContext) -> Result<u32, DropReason> {
     let settings = clock::settings()?;
     let now = clock::now(settings);
     match route(ctx, &pkt, settings, now)? {
-        forward::Action::Send(send) => forward::deliver(ctx, &pkt, &send, now),
-        forward::Action::Verdict(verdict) => Ok(verdict),
+        Action::Send(send) => forward::deliver(ctx, &pkt, &send, now),
+        Action::Verdict(verdict) => Ok(verdict),
     }
 }
 
@@ -67,16 +76,16 @@ fn route(
     pkt: &parse::Packet,
     settings: &Settings,
     now: u64,
-) -> Result<forward::Action, DropReason> {
+) -> Result<Action, DropReason> {
     if vip::maybe_vip(pkt.key.dst_addr) {
         let stamp = flow_cache::stamp(settings);
         // Established flows first: from this CPU's flow cache (an array read), else by one
         // connection-table lookup; no VIPS lookup either way.
         if let Some(send) = flow_cache::cached(pkt, settings, stamp, now) {
-            return Ok(forward::Action::Send(send));
+            return Ok(Action::Send(send));
         }
         let ended = match conntrack::established(pkt, settings, stamp, now)? {
-            conntrack::Established::Live(send) => return Ok(forward::Action::Send(send)),
+            conntrack::Established::Live(send) => return Ok(Action::Send(send)),
             conntrack::Established::Ended(ended) => ended,
         };
         // SAFETY: the value is copied out at once; the agent replaces VIP entries whole.
@@ -86,8 +95,8 @@ fn route(
         }
     }
     Ok(match conntrack::to_client(pkt, settings, now)? {
-        Some(send) => forward::Action::Send(send),
-        None => forward::Action::Verdict(xdp_action::XDP_PASS),
+        Some(send) => Action::Send(send),
+        None => Action::Verdict(xdp_action::XDP_PASS),
     })
 }
 

@@ -111,7 +111,10 @@ pub fn allocate_port(
 /// One candidate SNAT port: looks at its holder and claims the port when that flow is
 /// gone; a resting port is remembered in `resting` if it has rested longest so far.
 /// `Ok(true)`: the port is this flow's.
-#[allow(clippy::too_many_arguments)]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the probe loop's state, handed as it is to a step that is always inlined"
+)]
 #[inline(always)]
 fn probe(
     pkt: &Packet,

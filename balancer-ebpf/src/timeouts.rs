@@ -1,4 +1,5 @@
-//! Connection-table policy: idle timeouts (TCP, UDP, closing TCP) and TCP FIN/RST handling.
+//! Connection-table policy: idle timeouts (TCP, UDP, closing TCP) and TCP FIN/RST handling,
+//! applied to entries that `conntrack`, `flow_cache` and `snat` looked up (no map lookups here).
 use balancer_common::{Conn, Settings, FLOW_BACKEND_CLOSED, FLOW_CLOSING, FLOW_REPLIED, PROTO_TCP};
 
 use crate::parse::{Packet, TCP_FIN, TCP_RST, TCP_SYN};
