@@ -58,6 +58,8 @@ pub fn build(toolchain: &EbpfToolchain) -> Result<Artifacts> {
             .args([
                 "build",
                 "--workspace",
+                "--exclude",
+                ebpf::PACKAGE,
                 "--bins",
                 "--features",
                 "balancer-tests/bench",
@@ -91,6 +93,8 @@ pub fn test(harness_args: &[OsString]) -> Result<i32> {
             .args([
                 "test",
                 "--workspace",
+                "--exclude",
+                ebpf::PACKAGE,
                 // The bench's own unit tests too (the replay wrapper is loaded for real).
                 "--features",
                 "balancer-tests/bench",
