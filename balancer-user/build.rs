@@ -3,7 +3,7 @@ use std::{env, fs, path::PathBuf};
 
 fn main() {
     let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
-    let default = manifest.join("../balancer-ebpf/target/bpfel-unknown-none/release/balancer");
+    let default = manifest.join("../target/bpfel-unknown-none/bpf-release/balancer");
     let object = env::var_os("BALANCER_EBPF_OBJ")
         .map(PathBuf::from)
         .unwrap_or(default);

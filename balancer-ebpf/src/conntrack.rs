@@ -1,106 +1,159 @@
-//! Connection-table policy: idle timeouts (TCP, UDP, closing TCP) and TCP FIN/RST handling.
-use balancer_common::{
-    Conn, Settings, FLOW_BACKEND_CLOSED, FLOW_CLOSING, FLOW_REPLIED, PROTO_TCP, REPLY_TICK_SHIFT,
+//! The connection table on a packet's way: the `CONNS` entry of an established flow
+//! (found by the client's tuple, still its VIP's, live, its backend not to be left, then
+//! touched) and the `NAT` entry of a reply (found by the backend's tuple, its flow then
+//! touched). How long entries live is [`timeouts`]' policy.
+use balancer_common::{stat, Conn, NatEntry, Settings, BACKEND_F_RESCHEDULE};
+
+use crate::{
+    clock,
+    flow_cache::{self, Stamp},
+    forward::Send,
+    maps::{BACKENDS, CONNS, NAT, VIPS, VIP_GENS},
+    nat::{csum_diffs, to_backend, to_client_of},
+    parse::{Packet, TCP_FIN, TCP_RST},
+    snat::{client_key, holds, keep_reply_entry},
+    stats, timeouts,
+    vip::vip_key,
+    DropReason,
 };
 
-use crate::parse::{Packet, TCP_FIN, TCP_RST, TCP_SYN};
-
-/// Refresh `last_seen_ns` only when it is this much older: saves a cache-line write per
-/// packet; timeouts are whole seconds, so the error is negligible.
-const TOUCH_INTERVAL_NS: u64 = 250_000_000;
-
-/// Is an entry last touched at `last_seen_ns` due for a refresh ([`touch`] writes
-/// `last_seen_ns` only then)?
-#[inline(always)]
-pub fn touch_due(last_seen_ns: u64, now: u64) -> bool {
-    now.saturating_sub(last_seen_ns) > TOUCH_INTERVAL_NS
+/// What [`established`] found for a packet.
+pub enum Established {
+    /// A live flow: the packet goes to its backend.
+    Live(Send),
+    /// No live flow on the packet's tuple: the caller looks the VIP up and schedules a
+    /// new flow. `Some` holds the entry of the flow that ended there (its SNAT port is
+    /// the one the new flow tries first).
+    Ended(Option<Conn>),
 }
 
-/// The data plane's clock in units of `2^REPLY_TICK_SHIFT` ns (`NatEntry::touched`).
+/// A packet of an established flow: found in `CONNS`, still its VIP's, not expired, its
+/// backend not to be left: it goes to the backend. No `VIPS` lookup here.
 #[inline(always)]
-pub fn reply_tick(now: u64) -> u32 {
-    (now >> REPLY_TICK_SHIFT) as u32
-}
-
-/// How long an entry in `state` (`FLOW_*` bits) of protocol `proto` may stay idle.
-#[inline(always)]
-pub fn timeout_ns(state: u32, proto: u8, settings: &Settings) -> u64 {
-    if state & FLOW_CLOSING != 0 {
-        settings.closing_timeout_ns
-    } else if proto == PROTO_TCP {
-        if state & FLOW_REPLIED != 0 {
-            settings.tcp_timeout_ns
-        } else {
-            settings.tcp_unreplied_timeout_ns
-        }
-    } else {
-        settings.udp_timeout_ns
-    }
-}
-
-/// Is this entry still the flow of this packet? An idle-expired entry is not, and neither
-/// is a closing one when the client opens the same tuple again with a SYN.
-#[inline(always)]
-pub fn is_live(conn: &Conn, pkt: &Packet, settings: &Settings, now: u64) -> bool {
-    if now.saturating_sub(conn.last_seen_ns) > timeout_ns(conn.state, pkt.key.proto, settings) {
-        return false;
-    }
-    !(conn.state & FLOW_CLOSING != 0 && pkt.tcp_flags & TCP_SYN != 0 && pkt.tcp_flags & 0x10 == 0)
-}
-
-/// May a packet of this flow be forwarded from a cached copy of its entry? Only when the
-/// packet has no SYN, FIN or RST (which may change or end the flow), the flow is not
-/// closing, it is live, and touching the entry would change nothing (`last_seen_ns` is
-/// less than [`TOUCH_INTERVAL_NS`] old): then the `CONNS` path would do exactly what the
-/// copy does.
-#[inline(always)]
-pub fn cache_serves(
-    state: u32,
-    last_seen_ns: u64,
+pub fn established(
     pkt: &Packet,
     settings: &Settings,
+    stamp: Stamp,
     now: u64,
-) -> bool {
-    let idle = now.saturating_sub(last_seen_ns);
-    // With no SYN and not closing, `is_live` is this idle check alone.
-    pkt.tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) == 0
-        && state & FLOW_CLOSING == 0
-        && idle <= TOUCH_INTERVAL_NS
-        && idle <= timeout_ns(state, pkt.key.proto, settings)
-}
-
-/// Which way a packet of a flow goes.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub enum From {
-    Client,
-    Backend,
-}
-
-/// Updates the entry for a packet of its flow: FIN/RST start the closing timeout; the
-/// first FIN from the backend marks it `FLOW_BACKEND_CLOSED`, an RST clears that; a packet
-/// from the backend marks it `FLOW_REPLIED`.
-#[inline(always)]
-pub fn touch(conn: *mut Conn, pkt: &Packet, from: From, now: u64) {
-    // SAFETY: `conn` points into a map value; racing writers only store whole fields.
-    unsafe {
-        let mut state = (*conn).state;
-        if from == From::Backend && state & FLOW_REPLIED == 0 {
-            state |= FLOW_REPLIED;
-            (*conn).state = state;
+) -> Result<Established, DropReason> {
+    let Some(entry) = CONNS.get_ptr_mut(&pkt.key) else {
+        return Ok(Established::Ended(None));
+    };
+    // SAFETY: map value pointer, copied out whole.
+    let mut conn = unsafe { *entry };
+    if VIP_GENS.get(conn.vip_id).copied() != Some(conn.vip_gen) {
+        if !renumbered(entry, pkt) {
+            // Its VIP was deleted (or its id now names another VIP).
+            return Ok(Established::Ended(Some(conn)));
         }
-        if pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0 && state & FLOW_CLOSING == 0 {
-            let first_fin = pkt.tcp_flags & TCP_RST == 0 && from == From::Backend;
-            (*conn).state = state | FLOW_CLOSING | if first_fin { FLOW_BACKEND_CLOSED } else { 0 };
-            (*conn).last_seen_ns = now;
-        } else {
-            if pkt.tcp_flags & TCP_RST != 0 && state & FLOW_BACKEND_CLOSED != 0 {
-                (*conn).state = state & !FLOW_BACKEND_CLOSED;
-            }
-            // Every FIN counts: the backend's TIME-WAIT, which a resting port waits
-            // out, starts at the last one.
-            if pkt.tcp_flags & TCP_FIN != 0 || touch_due((*conn).last_seen_ns, now) {
-                (*conn).last_seen_ns = now;
-            }
+        // SAFETY: as above.
+        conn.vip_id = unsafe { (*entry).vip_id };
+    }
+    if !timeouts::is_live(&conn, pkt, settings, now) {
+        stats::count(stat::CONN_EXPIRED);
+        return Ok(Established::Ended(Some(conn)));
+    }
+    if must_move(&conn) {
+        stats::count(stat::CONN_RESCHEDULED);
+        return Ok(Established::Ended(Some(conn)));
+    }
+    if timeouts::touch_due(conn.last_seen_ns, now) && !keep_reply_entry(pkt, &conn, now) {
+        stats::count(stat::SNAT_PORT_LOST);
+        return Ok(Established::Ended(Some(conn)));
+    }
+    timeouts::touch(entry, pkt, timeouts::From::Client, now);
+    let to = to_backend(&conn);
+    let diffs = csum_diffs(&pkt.key, &to);
+    // SAFETY: as above; the entry as touched.
+    flow_cache::remember(&pkt.key, unsafe { &*entry }, stamp, diffs);
+    let ids = (conn.vip_id, conn.backend_id);
+    Ok(Established::Live(Send::to_backend(ids, to, diffs, false)))
+}
+
+/// Whether the VIP of the flow in `entry`, whose id no longer names it, is there under
+/// another id: then the entry gets that id. A VIP's generation follows from its key, so
+/// the VIP at the packet's destination with the flow's generation is the flow's, though
+/// an agent that took the pinned tables over gave it another id (VIP ids come from a hash
+/// too, but collisions depend on which VIPs exist). A deleted VIP has no `VIPS` entry,
+/// and one deleted and added again has another generation: their flows still end.
+#[inline(always)]
+fn renumbered(entry: *mut Conn, pkt: &Packet) -> bool {
+    // SAFETY: read-only look at a map value.
+    let Some(vip) = (unsafe { VIPS.get(&vip_key(&pkt.key)) }) else {
+        return false;
+    };
+    // SAFETY: `entry` points into a map value; single aligned 4-byte accesses.
+    unsafe {
+        if vip.generation != (*entry).vip_gen {
+            return false;
+        }
+        (*entry).vip_id = vip.vip_id;
+    }
+    true
+}
+
+/// Is the flow's backend down with a policy that moves its flows? (Only if the backend
+/// with the flow's id is still the flow's: an id is reused after its backend is deleted,
+/// and an agent that took the pinned flow tables over numbers backends afresh.)
+#[inline(always)]
+fn must_move(conn: &Conn) -> bool {
+    BACKENDS.get(conn.backend_id).is_some_and(|b| {
+        b.flags & BACKEND_F_RESCHEDULE != 0
+            && b.addr == conn.backend_addr
+            && b.port == conn.backend_port
+    })
+}
+
+/// A reply from a backend to a SNAT address:port: it goes back to the client. `Ok(None)`
+/// when the packet is not a reply of a balanced flow.
+#[inline(always)]
+pub fn to_client(pkt: &Packet, settings: &Settings, now: u64) -> Result<Option<Send>, DropReason> {
+    let port = u16::from_be(pkt.key.dst_port);
+    if port < settings.snat_port_min || port > settings.snat_port_max {
+        return Ok(None);
+    }
+    let Some(slot) = NAT.get_ptr_mut(&pkt.key) else {
+        return Ok(None);
+    };
+    // SAFETY: map value pointer, copied out whole.
+    let entry = unsafe { *slot };
+    let tick = clock::reply_tick(now);
+    let closes = pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0;
+    if closes || entry.touched != tick {
+        if !refresh(&entry, pkt, now) && closes {
+            return Err(stat::DROP_STALE_REPLY);
+        }
+        if entry.touched != tick {
+            // SAFETY: map value; a single aligned 4-byte store.
+            unsafe { (*slot).touched = tick };
         }
     }
+    stats::count(stat::NAT_REPLY);
+    let to = to_client_of(&entry);
+    let diffs = csum_diffs(&pkt.key, &to);
+    Ok(Some(Send::to_client(
+        (entry.vip_id, entry.backend_id),
+        to,
+        diffs,
+    )))
+}
+
+/// A reply keeps its flow alive as the client's packets do (a flow in which only the
+/// backend sends does not expire), and a FIN or RST from the backend starts the closing
+/// timeout: [`timeouts::touch`] on the client's `CONNS` entry, if that flow is still
+/// the one on this reply tuple. `false` when the client's tuple has another flow now
+/// (moved to another backend or port); `true` also when the entry is gone (evicted:
+/// nothing tells the reply is stale).
+#[inline(always)]
+fn refresh(entry: &NatEntry, pkt: &Packet, now: u64) -> bool {
+    let client_key = client_key(entry, pkt.key.proto);
+    let Some(conn) = CONNS.get_ptr_mut(&client_key) else {
+        return true;
+    };
+    // SAFETY: `conn` points into a map value; read whole.
+    let current = holds(unsafe { &*conn }, &pkt.key);
+    if current {
+        timeouts::touch(conn, pkt, timeouts::From::Backend, now);
+    }
+    current
 }

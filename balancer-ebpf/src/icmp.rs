@@ -10,8 +10,9 @@ use network_types::ip::Ipv4Hdr;
 use crate::{
     csum::Diff,
     maps::{CONNS, NAT},
-    nat::{client_key, holds, names, reply_key_of, to_backend, to_client_of, Rewrite},
+    nat::{to_backend, to_client_of, Rewrite},
     parse::{ptr_at, IcmpError, ICMP_CHECK_OFF, TCP_CHECK_OFF, UDP_CHECK_OFF},
+    snat::{client_key, holds, names, reply_key_of},
     stats, DropReason,
 };
 
@@ -79,7 +80,7 @@ fn other_end(flow: &FlowKey, settings: &Settings) -> Option<(Rewrite, u32)> {
             return Some((to_client_of(&entry), stat::ICMP_TO_CLIENT));
         }
     }
-    if !crate::maybe_vip(flow.dst_addr) {
+    if !crate::vip::maybe_vip(flow.dst_addr) {
         return None;
     }
     // SAFETY: the value is copied out at once.

@@ -1,22 +1,37 @@
 //! XDP entry point: maps the fallible body's result to a verdict and counts it.
+//!
+//! A packet's way, one module per concern: `parse`, then for a VIP's address (`vip`) this
+//! CPU's `flow_cache`, else the connection table (`conntrack`), else a new flow
+//! (`schedule`: `select` picks the backend, `snat` the port); a reply goes back through
+//! `conntrack`. What is to be sent is rewritten (`nat`) and leaves by `forward`. ICMP
+//! errors about flows take their own way (`icmp`).
 #![no_std]
 #![no_main]
-// aya-ebpf's map methods take keys as `impl Borrow<K>`: passed by value, a key is first
-// copied to another stack slot of the 512-byte BPF stack. Keys go by reference here.
-#![allow(clippy::needless_borrows_for_generic_args)]
+#![expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "aya-ebpf's map methods take keys as `impl Borrow<K>`: passed by value, a key is \
+              first copied to another slot of the 512-byte BPF stack, so keys go by reference"
+)]
 
+mod clock;
 mod conntrack;
 mod csum;
+mod flow_cache;
 mod forward;
 mod icmp;
 mod maps;
 mod nat;
 mod parse;
+mod schedule;
 mod select;
+mod snat;
 mod stats;
+mod timeouts;
+mod vip;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
-use balancer_common::{addr_slot, stat, Settings};
+use balancer_common::{stat, Settings};
+use forward::Action;
 
 /// Why a packet was dropped: an index into `GLOBAL_STATS` (`balancer_common::stat`).
 pub type DropReason = u32;
@@ -37,20 +52,20 @@ pub fn balancer(ctx: XdpContext) -> u32 {
 /// Parse, then either balance a packet for a VIP (an established flow by the connection
 /// table alone, a new one by its VIP), translate a reply back to its client, translate an
 /// ICMP error about a flow for its other end, or leave the packet alone. Every translated
-/// TCP/UDP packet leaves through the one [`nat::deliver`]; translated ICMP errors go to
+/// TCP/UDP packet leaves through the one [`forward::deliver`]; translated ICMP errors go to
 /// the stack ([`icmp::translate`]).
 #[inline(always)]
 fn try_balancer(ctx: &XdpContext) -> Result<u32, DropReason> {
     let pkt = match parse::parse(ctx)? {
         parse::Parsed::Flow(pkt) => pkt,
-        parse::Parsed::IcmpError(error) => return icmp::translate(ctx, &error, nat::settings()?),
+        parse::Parsed::IcmpError(error) => return icmp::translate(ctx, &error, clock::settings()?),
         parse::Parsed::Other => return Ok(xdp_action::XDP_PASS),
     };
-    let settings = nat::settings()?;
-    let now = nat::now(settings);
+    let settings = clock::settings()?;
+    let now = clock::now(settings);
     match route(ctx, &pkt, settings, now)? {
-        nat::Action::Send(send) => nat::deliver(ctx, &pkt, &send, now),
-        nat::Action::Verdict(verdict) => Ok(verdict),
+        Action::Send(send) => forward::deliver(ctx, &pkt, &send, now),
+        Action::Verdict(verdict) => Ok(verdict),
     }
 }
 
@@ -61,37 +76,28 @@ fn route(
     pkt: &parse::Packet,
     settings: &Settings,
     now: u64,
-) -> Result<nat::Action, DropReason> {
-    if maybe_vip(pkt.key.dst_addr) {
-        let stamp = nat::stamp(settings);
+) -> Result<Action, DropReason> {
+    if vip::maybe_vip(pkt.key.dst_addr) {
+        let stamp = flow_cache::stamp(settings);
         // Established flows first: from this CPU's flow cache (an array read), else by one
         // connection-table lookup; no VIPS lookup either way.
-        if let Some(send) = nat::cached(pkt, settings, stamp, now) {
-            return Ok(nat::Action::Send(send));
+        if let Some(send) = flow_cache::cached(pkt, settings, stamp, now) {
+            return Ok(Action::Send(send));
         }
-        let ended = match nat::established(pkt, settings, stamp, now)? {
-            nat::Established::Live(send) => return Ok(nat::Action::Send(send)),
-            nat::Established::Ended(ended) => ended,
+        let ended = match conntrack::established(pkt, settings, stamp, now)? {
+            conntrack::Established::Live(send) => return Ok(Action::Send(send)),
+            conntrack::Established::Ended(ended) => ended,
         };
         // SAFETY: the value is copied out at once; the agent replaces VIP entries whole.
-        if let Some(vip) = unsafe { maps::VIPS.get(&nat::vip_key(&pkt.key)) } {
+        if let Some(vip) = unsafe { maps::VIPS.get(&vip::vip_key(&pkt.key)) } {
             let vip = *vip;
-            return nat::new_flow(ctx, pkt, &vip, ended.as_ref(), settings, stamp, now);
+            return schedule::new_flow(ctx, pkt, &vip, ended.as_ref(), settings, stamp, now);
         }
     }
-    Ok(match nat::to_client(pkt, settings, now)? {
-        Some(send) => nat::Action::Send(send),
-        None => nat::Action::Verdict(xdp_action::XDP_PASS),
+    Ok(match conntrack::to_client(pkt, settings, now)? {
+        Some(send) => Action::Send(send),
+        None => Action::Verdict(xdp_action::XDP_PASS),
     })
-}
-
-/// Whether some VIP may have this address: `VIP_ADDRS` counts one in its slot. (The
-/// agent counts a VIP in before adding it and out after deleting it.)
-#[inline(always)]
-pub(crate) fn maybe_vip(addr: u32) -> bool {
-    maps::VIP_ADDRS
-        .get(addr_slot(addr))
-        .is_some_and(|&count| count != 0)
 }
 
 #[cfg(not(test))]

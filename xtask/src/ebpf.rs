@@ -9,6 +9,8 @@ use crate::cmd;
 use crate::setup::EbpfToolchain;
 
 const TARGET: &str = "bpfel-unknown-none";
+/// The package: a workspace member outside `default-members`, built only here.
+pub const PACKAGE: &str = "balancer-ebpf";
 /// The `[[bin]]` name in balancer-ebpf/Cargo.toml.
 const OBJECT_NAME: &str = "balancer";
 /// ELF machine number of eBPF objects.
@@ -23,37 +25,37 @@ pub enum Profile {
 }
 
 impl Profile {
-    fn dir(self) -> &'static str {
+    /// The root Cargo.toml's profile for it, which is also its directory under the target's.
+    fn name(self) -> &'static str {
         match self {
-            Profile::Release => "release",
-            Profile::Dev => "debug",
+            Profile::Release => "bpf-release",
+            Profile::Dev => "bpf-dev",
         }
     }
 }
 
 /// Builds the XDP program and returns the path of its object file.
 pub fn build(toolchain: &EbpfToolchain, profile: Profile) -> Result<PathBuf> {
-    let crate_dir = crate::root().join("balancer-ebpf");
     say!(
-        "build-ebpf: building {} ({} profile)...",
-        crate_dir.display(),
-        profile.dir()
+        "build-ebpf: building {PACKAGE} ({} profile)...",
+        profile.name()
     );
+    // The host crates' target directory (the nightly cargo does not inherit
+    // CARGO_TARGET_DIR): one place for every build of the workspace.
+    let target_dir = crate::tasks::target_dir();
     let mut cargo = toolchain.nightly.command("cargo");
-    cargo.current_dir(&crate_dir).arg("build");
-    if profile == Profile::Release {
-        cargo.arg("--release");
-    }
     cargo
-        .args(["--target", TARGET, "-Z", "build-std=core"])
+        .current_dir(crate::root())
+        .args(["build", "--package", PACKAGE, "--profile", profile.name()])
+        .args(["--target", TARGET, "-Z", "build-std=core", "--target-dir"])
+        .arg(&target_dir)
         .env("PATH", toolchain.path_with_tools()?)
         .env("RUSTFLAGS", "-C debuginfo=2 -C link-arg=--btf");
     cmd::run(&mut cargo).context("the eBPF program failed to build")?;
 
-    let object = crate_dir
-        .join("target")
+    let object = target_dir
         .join(TARGET)
-        .join(profile.dir())
+        .join(profile.name())
         .join(OBJECT_NAME);
     let bytes =
         fs::read(&object).with_context(|| format!("no eBPF object at {}", object.display()))?;

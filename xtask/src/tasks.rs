@@ -55,7 +55,13 @@ pub fn build(toolchain: &EbpfToolchain) -> Result<Artifacts> {
     say!("build: host workspace...");
     cmd::run(
         cargo()
-            .args(["build", "--workspace", "--bins"])
+            .args([
+                "build",
+                "--workspace",
+                "--exclude",
+                ebpf::PACKAGE,
+                "--bins",
+            ])
             .env("BALANCER_EBPF_OBJ", &object),
     )?;
     let target_dir = target_dir();
@@ -86,6 +92,8 @@ pub fn test(harness_args: &[OsString]) -> Result<i32> {
                 "test",
                 // balancer-bench's unit tests included (the replay wrapper is loaded for real).
                 "--workspace",
+                "--exclude",
+                ebpf::PACKAGE,
                 "--no-fail-fast",
                 "--",
                 "--test-threads=1",

@@ -1,0 +1,114 @@
+//! New flows: a packet for a VIP that no established flow takes gets a backend from the
+//! VIP's ring ([`select`]), or the VIP's policy when no backend is up, and a SNAT port
+//! ([`snat`]); the flow is then in both tables and in this CPU's flow cache.
+use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
+use aya_log_ebpf::warn;
+use balancer_common::{
+    stat, Conn, Settings, VipMeta, BACKEND_F_PRESENT, FLOW_CLOSING, SNAT_PORT_PROBES,
+    VIP_F_PASS_ALL_DOWN,
+};
+
+use crate::{
+    flow_cache::{self, Stamp},
+    forward::{Action, Send},
+    maps::{BACKENDS, CONNS},
+    nat::{csum_diffs, to_backend},
+    parse::{Packet, TCP_FIN, TCP_RST},
+    select, snat, stats, DropReason,
+};
+
+/// A packet for `vip` that is no established flow: schedule a new flow; the packet goes
+/// to its backend. `ended`: the flow that ended on the packet's tuple.
+#[inline(always)]
+pub fn new_flow(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    vip: &VipMeta,
+    ended: Option<&Conn>,
+    settings: &Settings,
+    stamp: Stamp,
+    now: u64,
+) -> Result<Action, DropReason> {
+    let conn = match schedule(pkt, vip, ended, settings, now) {
+        Ok(Some(conn)) => conn,
+        Ok(None) => return all_down(vip).map(Action::Verdict),
+        Err(reason) => {
+            if reason == stat::DROP_SNAT_EXHAUSTED {
+                warn!(
+                    ctx,
+                    "vip {}: no free SNAT port for a new flow from {:i} ({} ports probed); widen nat.port_range",
+                    vip.vip_id,
+                    u32::from_be(pkt.key.src_addr),
+                    SNAT_PORT_PROBES
+                );
+            }
+            return Err(reason);
+        }
+    };
+    let to = to_backend(&conn);
+    let diffs = csum_diffs(&pkt.key, &to);
+    flow_cache::remember(&pkt.key, &conn, stamp, diffs);
+    let ids = (conn.vip_id, conn.backend_id);
+    Ok(Action::Send(Send::to_backend(ids, to, diffs, true)))
+}
+
+/// No backend can take a new flow: drop it, or pass it to the stack if the VIP says so.
+#[inline(always)]
+fn all_down(vip: &VipMeta) -> Result<u32, DropReason> {
+    if vip.flags & VIP_F_PASS_ALL_DOWN != 0 {
+        stats::count(stat::PASS_ALL_DOWN);
+        Ok(xdp_action::XDP_PASS)
+    } else {
+        Err(stat::DROP_NO_BACKEND)
+    }
+}
+
+/// A new flow: pick a backend, allocate a SNAT port, record both directions. `None` when
+/// the VIP has no usable backend. A TCP RST starts no flow: it is dropped.
+#[inline(always)]
+fn schedule(
+    pkt: &Packet,
+    vip: &VipMeta,
+    ended: Option<&Conn>,
+    settings: &Settings,
+    now: u64,
+) -> Result<Option<Conn>, DropReason> {
+    if pkt.tcp_flags & TCP_RST != 0 {
+        // Nothing to reset: a new SNAT port would carry it to a backend that never saw
+        // the connection.
+        return Err(stat::DROP_STRAY_RST);
+    }
+    let hash = select::flow_hash(&pkt.key);
+    let Some(backend_id) = select::pick_backend(vip, hash) else {
+        return Ok(None);
+    };
+    let Some(backend) = BACKENDS.get(backend_id).copied() else {
+        return Ok(None);
+    };
+    if backend.flags & BACKEND_F_PRESENT == 0 {
+        return Ok(None);
+    }
+    let state = if pkt.tcp_flags & TCP_FIN != 0 {
+        FLOW_CLOSING
+    } else {
+        0
+    };
+    let mut conn = Conn {
+        backend_addr: backend.addr,
+        snat_addr: backend.snat_addr,
+        backend_port: backend.port,
+        snat_port: 0,
+        backend_id,
+        vip_id: vip.vip_id,
+        state,
+        vip_gen: vip.generation,
+        _pad: 0,
+        last_seen_ns: now,
+    };
+    if let Err(reason) = snat::allocate_port(pkt, &backend, &mut conn, ended, settings, now, hash) {
+        // Whatever failed, no forward entry may name a port this flow does not hold.
+        let _ = CONNS.remove(&pkt.key);
+        return Err(reason);
+    }
+    Ok(Some(conn))
+}

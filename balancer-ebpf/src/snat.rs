@@ -1,0 +1,340 @@
+//! SNAT ports: which port of the configured range a new flow gets towards its backend
+//! (probed from a hash, taken back from flows that are gone, resting while the backend
+//! may hold the tuple in TIME-WAIT), and the `NAT` (reply) entries that say which flow
+//! holds a port: their keys, and how a flow claims and keeps one.
+use aya_ebpf::bindings::{BPF_ANY, BPF_NOEXIST};
+use balancer_common::{
+    stat, Backend, Conn, FlowKey, NatEntry, Settings, FLOW_BACKEND_CLOSED, SNAT_PORT_PROBES,
+};
+
+use crate::{
+    clock, flow_cache,
+    maps::{CONNS, NAT},
+    parse::Packet,
+    stats, timeouts, DropReason,
+};
+
+/// Claims a free SNAT port towards `backend` for this flow and records the flow in both
+/// tables: a hash-chosen start in the configured range, then the next ports,
+/// `SNAT_PORT_PROBES` tries in all. A taken port is reclaimed when the flow holding it is
+/// gone (its forward entry expired, replaced or evicted). The port of a flow the backend
+/// closed rests until `Settings::snat_time_wait_ns` after the flow's last packet, as the
+/// backend still holds the tuple in TIME-WAIT and may reject another client's SYN on it
+/// (PAWS: that client's timestamps are unrelated); when no probed port is free, the one
+/// that has rested longest is taken rather than dropping the flow. A client reusing its
+/// tuple towards the same backend first tries the port it had.
+///
+/// A port in use is only looked at (two lookups). A port that looks usable is claimed
+/// by [`claim`]: the forward (`CONNS`) entry is written before the reply (`NAT`) entry,
+/// so a CPU that then finds this flow's reply entry also finds its holder alive, and
+/// never takes the port in the moment between the two inserts (written the other way
+/// round, it would see the holder as evicted, and two flows would share the tuple).
+#[inline(always)]
+pub fn allocate_port(
+    pkt: &Packet,
+    backend: &Backend,
+    conn: &mut Conn,
+    ended: Option<&Conn>,
+    settings: &Settings,
+    now: u64,
+    hash: u64,
+) -> Result<(), DropReason> {
+    let min = settings.snat_port_min as u32;
+    let max = settings.snat_port_max as u32;
+    if max < min {
+        return Err(stat::DROP_SNAT_EXHAUSTED);
+    }
+    // At most 65536 and never zero (the check above lets the compiler see it, too).
+    let range = max - min + 1;
+    let start = ((hash >> 32) % range as u64) as u32;
+    let entry = nat_entry(pkt, conn, now);
+    // The probed port that has rested longest (see above), and for how long.
+    let mut resting: Option<(u16, u64)> = None;
+    // A client reusing its tuple towards the same backend tries its old port first, so
+    // the backend sees the client's own tuple sequence on it (see `holder_for`), even
+    // when a port earlier in the probe order has come free meanwhile.
+    if let Some(old) = ended {
+        let port = u16::from_be(old.snat_port);
+        if old.backend_addr == backend.addr
+            && old.backend_port == backend.port
+            && old.snat_addr == backend.snat_addr
+            && port >= settings.snat_port_min
+            && port <= settings.snat_port_max
+            && probe(
+                pkt,
+                backend,
+                old.snat_port,
+                conn,
+                &entry,
+                &mut resting,
+                settings,
+                now,
+            )?
+        {
+            return Ok(());
+        }
+    }
+    let mut i = 0;
+    while i < SNAT_PORT_PROBES {
+        let port = ((min + (start + i) % range) as u16).to_be();
+        if probe(
+            pkt,
+            backend,
+            port,
+            conn,
+            &entry,
+            &mut resting,
+            settings,
+            now,
+        )? {
+            return Ok(());
+        }
+        i += 1;
+    }
+    if let Some((port, _)) = resting {
+        // Every probed port is held or resting: better a tuple the backend may still
+        // hold in TIME-WAIT (the client's SYN then passes or is retried) than a drop.
+        let reply_key = reply_tuple(backend, port, pkt.key.proto);
+        match claim(pkt, &reply_key, conn, &entry, settings, now)? {
+            Some(Holder::Resting(_)) => {
+                stats::count(stat::SNAT_PORT_REUSED_EARLY);
+                return Ok(());
+            }
+            Some(_) => return Ok(()),
+            None => {}
+        }
+    }
+    // The caller removes the forward entry, which may name a port this flow does not hold.
+    Err(stat::DROP_SNAT_EXHAUSTED)
+}
+
+/// One candidate SNAT port: looks at its holder and claims the port when that flow is
+/// gone; a resting port is remembered in `resting` if it has rested longest so far.
+/// `Ok(true)`: the port is this flow's.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the probe loop's state, handed as it is to a step that is always inlined"
+)]
+#[inline(always)]
+fn probe(
+    pkt: &Packet,
+    backend: &Backend,
+    port: u16,
+    conn: &mut Conn,
+    entry: &NatEntry,
+    resting: &mut Option<(u16, u64)>,
+    settings: &Settings,
+    now: u64,
+) -> Result<bool, DropReason> {
+    let reply_key = reply_tuple(backend, port, pkt.key.proto);
+    match holder_for(pkt, &reply_key, settings, now) {
+        Holder::Alive => Ok(false),
+        Holder::Resting(idle) => {
+            if resting.is_none_or(|(_, longest)| idle > longest) {
+                *resting = Some((port, idle));
+            }
+            Ok(false)
+        }
+        Holder::Gone | Holder::Evicted => {
+            Ok(claim(pkt, &reply_key, conn, entry, settings, now)?.is_some())
+        }
+    }
+}
+
+/// The reply (`NAT`) entry of `conn`, the flow of client packet `pkt`.
+#[inline(always)]
+fn nat_entry(pkt: &Packet, conn: &Conn, now: u64) -> NatEntry {
+    NatEntry {
+        client_addr: pkt.key.src_addr,
+        vip_addr: pkt.key.dst_addr,
+        client_port: pkt.key.src_port,
+        vip_port: pkt.key.dst_port,
+        backend_id: conn.backend_id,
+        vip_id: conn.vip_id,
+        // Not this tick: the first reply refreshes the entry, and marks it replied.
+        touched: clock::reply_tick(now).wrapping_sub(1),
+    }
+}
+
+/// Keeps an established flow's reply (`NAT`) entry, at the client side's periodic
+/// touch ([`timeouts::touch_due`]): looking it up marks it used in the LRU, so a flow
+/// its backend seldom answers keeps it; an entry the LRU evicted is written again. The
+/// SNAT port of a flow without a reply entry looks free to new flows: `false` when one
+/// took it meanwhile (the flow must then leave the port, or two clients would share a
+/// tuple towards the backend).
+#[inline(always)]
+pub fn keep_reply_entry(pkt: &Packet, conn: &Conn, now: u64) -> bool {
+    let reply_key = reply_key_of(conn, pkt.key.proto);
+    // SAFETY: read-only looks at a map value.
+    if let Some(entry) = unsafe { NAT.get(&reply_key) } {
+        return names(entry, &pkt.key);
+    }
+    let entry = nat_entry(pkt, conn, now);
+    NAT.insert(&reply_key, &entry, BPF_NOEXIST as u64).is_ok()
+        || unsafe { NAT.get(&reply_key) }.is_some_and(|e| names(e, &pkt.key))
+}
+
+/// Claims the SNAT port of `reply_key` for `pkt`'s new flow, which a look found usable:
+/// writes the flow's forward entry naming the port, then inserts the reply entry, or,
+/// when one is there, looks at its holder again (another CPU may have claimed the port
+/// since the look) and overwrites it unless the holder is alive. Returns whom the port
+/// was taken from (`Gone` for a port without a reply entry), or `None` when it went to
+/// another flow.
+///
+/// Two CPUs whose new flows both find the same holder dead may both overwrite its reply
+/// entry; each reads the entry back and gives the port up if it is not its own, but
+/// without an atomic compare-and-swap on the entry a narrow window remains (both read
+/// back before either overwrites), as it did before ports rested.
+#[inline(always)]
+fn claim(
+    pkt: &Packet,
+    reply_key: &FlowKey,
+    conn: &mut Conn,
+    entry: &NatEntry,
+    settings: &Settings,
+    now: u64,
+) -> Result<Option<Holder>, DropReason> {
+    conn.snat_port = reply_key.dst_port;
+    CONNS
+        .insert(&pkt.key, &*conn, BPF_ANY as u64)
+        .map_err(|_| stat::DROP_CONN_TABLE)?;
+    if NAT.insert(reply_key, entry, BPF_NOEXIST as u64).is_ok() {
+        return Ok(Some(Holder::Gone));
+    }
+    let holder = holder_for(pkt, reply_key, settings, now);
+    if holder == Holder::Alive || !take(reply_key, entry, holder) {
+        return Ok(None);
+    }
+    // SAFETY: read-only look at a map value.
+    let ours = unsafe { NAT.get(reply_key) }.is_some_and(|e| names(e, &pkt.key));
+    Ok(ours.then_some(holder))
+}
+
+/// What the flow holding the reply tuple `reply_key` means for `pkt`'s new flow, which
+/// wants that SNAT port; `Gone` when no flow holds it.
+#[inline(always)]
+fn holder_for(pkt: &Packet, reply_key: &FlowKey, settings: &Settings, now: u64) -> Holder {
+    // SAFETY: read-only look at a map value.
+    match unsafe { NAT.get(reply_key) } {
+        // A flow replacing its own tuple (the client reused its port) takes back the same
+        // SNAT port: the backend then sees the very tuple sequence the client makes, so
+        // its TIME_WAIT/PAWS checks pass as they would without NAT.
+        Some(holder) if names(holder, &pkt.key) => Holder::Gone,
+        Some(holder) => holder_state(holder, reply_key, settings, now),
+        None => Holder::Gone,
+    }
+}
+
+/// Takes a SNAT port from a holder that no longer uses it (`Gone`, `Evicted` or
+/// `Resting`): overwrites its reply entry with `entry`.
+#[inline(always)]
+fn take(reply_key: &FlowKey, entry: &NatEntry, holder: Holder) -> bool {
+    if holder == Holder::Evicted {
+        // The evicted flow may still be forwarded from a CPU's FLOW_CACHE, with this
+        // port: no copy made before this point may be used.
+        flow_cache::count_eviction();
+    }
+    NAT.insert(reply_key, entry, BPF_ANY as u64).is_ok()
+}
+
+/// The tuple of a reply from `backend` to SNAT port `port` (network byte order).
+#[inline(always)]
+fn reply_tuple(backend: &Backend, port: u16, proto: u8) -> FlowKey {
+    reply_key(backend.addr, backend.snat_addr, backend.port, port, proto)
+}
+
+/// The tuple of the replies of `conn`'s flow (protocol `proto`): its `NAT` key.
+#[inline(always)]
+pub fn reply_key_of(conn: &Conn, proto: u8) -> FlowKey {
+    reply_key(
+        conn.backend_addr,
+        conn.snat_addr,
+        conn.backend_port,
+        conn.snat_port,
+        proto,
+    )
+}
+
+/// The tuple of a reply from `backend_addr:backend_port` to `snat_addr:snat_port`
+/// (network byte order).
+#[inline(always)]
+fn reply_key(
+    backend_addr: u32,
+    snat_addr: u32,
+    backend_port: u16,
+    snat_port: u16,
+    proto: u8,
+) -> FlowKey {
+    FlowKey {
+        src_addr: backend_addr,
+        dst_addr: snat_addr,
+        src_port: backend_port,
+        dst_port: snat_port,
+        proto,
+        _pad0: 0,
+        _pad1: 0,
+    }
+}
+
+/// Whether the reply entry `entry` belongs to the client flow `key`.
+#[inline(always)]
+pub fn names(entry: &NatEntry, key: &FlowKey) -> bool {
+    client_key(entry, key.proto) == *key
+}
+
+/// Whether `conn` is the flow on the reply tuple `reply_key` (its backend and SNAT port;
+/// the client may have moved its tuple to another).
+#[inline(always)]
+pub fn holds(conn: &Conn, reply_key: &FlowKey) -> bool {
+    conn.snat_port == reply_key.dst_port && conn.backend_addr == reply_key.src_addr
+}
+
+/// The client's tuple (the `CONNS` key) of the flow a reply entry belongs to.
+#[inline(always)]
+pub fn client_key(entry: &NatEntry, proto: u8) -> FlowKey {
+    FlowKey {
+        src_addr: entry.client_addr,
+        dst_addr: entry.vip_addr,
+        src_port: entry.client_port,
+        dst_port: entry.vip_port,
+        proto,
+        _pad0: 0,
+        _pad1: 0,
+    }
+}
+
+/// Whether the client flow that owns a reply entry still uses it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Holder {
+    Alive,
+    /// Expired, but closed by the backend less than `Settings::snat_time_wait_ns` (ns
+    /// given) after its last packet: the backend still holds the tuple in TIME-WAIT.
+    /// (A `FLOW_CACHE` copy of it is never used: copies serve only flows touched within
+    /// the last 250 ms, and this one has been idle for its closing timeout, >= 1 s.)
+    Resting(u64),
+    /// Expired, or its tuple now has another flow.
+    Gone,
+    /// Its `CONNS` entry is gone (the LRU evicted it).
+    Evicted,
+}
+
+/// Does the client flow that owns this reply entry still use it?
+#[inline(always)]
+fn holder_state(holder: &NatEntry, reply_key: &FlowKey, settings: &Settings, now: u64) -> Holder {
+    let client_key = client_key(holder, reply_key.proto);
+    // SAFETY: read-only look at a map value.
+    match unsafe { CONNS.get(&client_key) } {
+        Some(conn) if holds(conn, reply_key) => {
+            let idle = now.saturating_sub(conn.last_seen_ns);
+            if idle <= timeouts::timeout_ns(conn.state, reply_key.proto, settings) {
+                Holder::Alive
+            } else if conn.state & FLOW_BACKEND_CLOSED != 0 && idle <= settings.snat_time_wait_ns {
+                Holder::Resting(idle)
+            } else {
+                Holder::Gone
+            }
+        }
+        Some(_) => Holder::Gone,
+        None => Holder::Evicted,
+    }
+}

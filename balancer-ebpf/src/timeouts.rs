@@ -1,0 +1,99 @@
+//! Connection-table policy: idle timeouts (TCP, UDP, closing TCP) and TCP FIN/RST handling,
+//! applied to entries that `conntrack`, `flow_cache` and `snat` looked up (no map lookups here).
+use balancer_common::{Conn, Settings, FLOW_BACKEND_CLOSED, FLOW_CLOSING, FLOW_REPLIED, PROTO_TCP};
+
+use crate::parse::{Packet, TCP_FIN, TCP_RST, TCP_SYN};
+
+/// Refresh `last_seen_ns` only when it is this much older: saves a cache-line write per
+/// packet; timeouts are whole seconds, so the error is negligible.
+const TOUCH_INTERVAL_NS: u64 = 250_000_000;
+
+/// Is an entry last touched at `last_seen_ns` due for a refresh ([`touch`] writes
+/// `last_seen_ns` only then)?
+#[inline(always)]
+pub fn touch_due(last_seen_ns: u64, now: u64) -> bool {
+    now.saturating_sub(last_seen_ns) > TOUCH_INTERVAL_NS
+}
+
+/// How long an entry in `state` (`FLOW_*` bits) of protocol `proto` may stay idle.
+#[inline(always)]
+pub fn timeout_ns(state: u32, proto: u8, settings: &Settings) -> u64 {
+    if state & FLOW_CLOSING != 0 {
+        settings.closing_timeout_ns
+    } else if proto == PROTO_TCP {
+        if state & FLOW_REPLIED != 0 {
+            settings.tcp_timeout_ns
+        } else {
+            settings.tcp_unreplied_timeout_ns
+        }
+    } else {
+        settings.udp_timeout_ns
+    }
+}
+
+/// Is this entry still the flow of this packet? An idle-expired entry is not, and neither
+/// is a closing one when the client opens the same tuple again with a SYN.
+#[inline(always)]
+pub fn is_live(conn: &Conn, pkt: &Packet, settings: &Settings, now: u64) -> bool {
+    if now.saturating_sub(conn.last_seen_ns) > timeout_ns(conn.state, pkt.key.proto, settings) {
+        return false;
+    }
+    !(conn.state & FLOW_CLOSING != 0 && pkt.tcp_flags & TCP_SYN != 0 && pkt.tcp_flags & 0x10 == 0)
+}
+
+/// May a packet of this flow be forwarded from a cached copy of its entry? Only when the
+/// packet has no SYN, FIN or RST (which may change or end the flow), the flow is not
+/// closing, it is live, and touching the entry would change nothing (`last_seen_ns` is
+/// less than [`TOUCH_INTERVAL_NS`] old): then the `CONNS` path would do exactly what the
+/// copy does.
+#[inline(always)]
+pub fn cache_serves(
+    state: u32,
+    last_seen_ns: u64,
+    pkt: &Packet,
+    settings: &Settings,
+    now: u64,
+) -> bool {
+    let idle = now.saturating_sub(last_seen_ns);
+    // With no SYN and not closing, `is_live` is this idle check alone.
+    pkt.tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) == 0
+        && state & FLOW_CLOSING == 0
+        && idle <= TOUCH_INTERVAL_NS
+        && idle <= timeout_ns(state, pkt.key.proto, settings)
+}
+
+/// Which way a packet of a flow goes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum From {
+    Client,
+    Backend,
+}
+
+/// Updates the entry for a packet of its flow: FIN/RST start the closing timeout; the
+/// first FIN from the backend marks it `FLOW_BACKEND_CLOSED`, an RST clears that; a packet
+/// from the backend marks it `FLOW_REPLIED`.
+#[inline(always)]
+pub fn touch(conn: *mut Conn, pkt: &Packet, from: From, now: u64) {
+    // SAFETY: `conn` points into a map value; racing writers only store whole fields.
+    unsafe {
+        let mut state = (*conn).state;
+        if from == From::Backend && state & FLOW_REPLIED == 0 {
+            state |= FLOW_REPLIED;
+            (*conn).state = state;
+        }
+        if pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0 && state & FLOW_CLOSING == 0 {
+            let first_fin = pkt.tcp_flags & TCP_RST == 0 && from == From::Backend;
+            (*conn).state = state | FLOW_CLOSING | if first_fin { FLOW_BACKEND_CLOSED } else { 0 };
+            (*conn).last_seen_ns = now;
+        } else {
+            if pkt.tcp_flags & TCP_RST != 0 && state & FLOW_BACKEND_CLOSED != 0 {
+                (*conn).state = state & !FLOW_BACKEND_CLOSED;
+            }
+            // Every FIN counts: the backend's TIME-WAIT, which a resting port waits
+            // out, starts at the last one.
+            if pkt.tcp_flags & TCP_FIN != 0 || touch_due((*conn).last_seen_ns, now) {
+                (*conn).last_seen_ns = now;
+            }
+        }
+    }
+}
