@@ -13,6 +13,7 @@
 //! handshake would be billed to the agent (the loopback measurement of
 //! `health_cpu_1000_tcp_backends` is such an upper bound).
 
+use std::fmt::Write as _;
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -87,7 +88,7 @@ fn pin_process(pid: u32, cpu: usize) -> Result<()> {
     Ok(())
 }
 
-/// Idle + iowait time of one CPU from /proc/stat, in clock ticks. Under NO_HZ the kernel
+/// Idle + iowait time of one CPU from /proc/stat, in clock ticks. Under `NO_HZ` the kernel
 /// measures idle time exactly (the busy fields are only sampled at each tick, which
 /// check batches on a grid of ticks can alias with), so busy time is taken as wall time
 /// minus this.
@@ -236,14 +237,14 @@ fn backend_addr(i: usize) -> Ipv4Addr {
 }
 
 fn config(topo: &Topology, backends: usize) -> String {
-    let list: String = (0..backends)
-        .map(|i| {
-            format!(
-                "  {{ address = \"{}\", port = {HTTP_PORT} }},\n",
-                backend_addr(i)
-            )
-        })
-        .collect();
+    let list = (0..backends).fold(String::new(), |mut list, i| {
+        let _ = writeln!(
+            list,
+            "  {{ address = \"{}\", port = {HTTP_PORT} }},",
+            backend_addr(i)
+        );
+        list
+    });
     format!(
         r#"{head}
 [[pool]]
@@ -306,7 +307,7 @@ fn up_and_ok(agent: &Agent) -> usize {
 
 /// Runs the agent with `plan.backends` TCP-checked backends and measures its CPU.
 pub fn measure(plan: Plan, stop: &Stop) -> Result<HealthCpu> {
-    let cpus = thread::available_parallelism().map_or(1, |n| n.get());
+    let cpus = thread::available_parallelism().map_or(1, std::num::NonZero::get);
     ensure!(
         cpus >= 2,
         "needs 2 CPUs (one for the agent, one for the backends), this machine has {cpus}"

@@ -52,7 +52,7 @@ const PARTS: [&str; 7] = [
     "e2e",
 ];
 /// By default the bench stops starting new steps after this long (`--budget SECS`).
-const BUDGET: Duration = Duration::from_secs(13 * 60);
+const BUDGET: Duration = Duration::from_mins(13);
 
 struct Args {
     out: PathBuf,
@@ -89,7 +89,7 @@ fn parse_args() -> Result<Args> {
             }
             "--out" => out = PathBuf::from(value()?),
             "--budget" => {
-                budget = Duration::from_secs(value()?.parse::<u64>().context("--budget")?)
+                budget = Duration::from_secs(value()?.parse::<u64>().context("--budget")?);
             }
             "--quick" => quick = true,
             "--only" => only = Some(value()?),
@@ -104,7 +104,7 @@ fn parse_args() -> Result<Args> {
                         e2e::Peer::by_name(p.trim())
                             .with_context(|| format!("unknown path {p:?}\n{USAGE}"))
                     })
-                    .collect::<Result<_>>()?
+                    .collect::<Result<_>>()?;
             }
             other => bail!("unknown argument {other:?}\n{USAGE}"),
         }
@@ -188,9 +188,10 @@ fn first_line(path: &str, prefix: &str) -> String {
 }
 
 fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "?".into())
+    std::fs::read_to_string("/proc/loadavg").map_or_else(
+        |_| "?".into(),
+        |l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
+    )
 }
 
 fn environment() -> Environment {
@@ -198,15 +199,16 @@ fn environment() -> Environment {
         .args(["-u", "+%Y-%m-%d %H:%M UTC"])
         .output()
         .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_else(|| "?".into());
+        .map_or_else(
+            || "?".into(),
+            |o| String::from_utf8_lossy(&o.stdout).trim().to_string(),
+        );
     Environment {
         date,
         kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
-            .map(|s| s.trim().to_string())
-            .unwrap_or_else(|_| "?".into()),
+            .map_or_else(|_| "?".into(), |s| s.trim().to_string()),
         cpu: first_line("/proc/cpuinfo", "model name"),
-        cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        cpus: std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
         load_start: loadavg(),
         ..Environment::default()
     }
@@ -277,13 +279,13 @@ fn run(args: &Args) -> Result<bool> {
         Err(e) => say(&format!("could not draw {}: {e:#}", png_path.display())),
     }
     let failed = [
-        r.per_packet.as_ref().map(|p| p.is_err()),
+        r.per_packet.as_ref().map(std::result::Result::is_err),
         // The profile is optional (perf may be missing): it does not fail the run.
-        r.full_table.as_ref().map(|p| p.is_err()),
-        r.rings.as_ref().map(|p| p.is_err()),
-        r.memory.as_ref().map(|p| p.is_err()),
-        r.health.as_ref().map(|p| p.is_err()),
-        r.e2e.as_ref().map(|p| p.is_err()),
+        r.full_table.as_ref().map(std::result::Result::is_err),
+        r.rings.as_ref().map(std::result::Result::is_err),
+        r.memory.as_ref().map(std::result::Result::is_err),
+        r.health.as_ref().map(std::result::Result::is_err),
+        r.e2e.as_ref().map(std::result::Result::is_err),
     ]
     .contains(&Some(true));
     Ok(!failed && !interrupted())

@@ -12,11 +12,11 @@ pub fn available() -> bool {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
+        .is_ok_and(|s| s.success())
 }
 
 /// What to sample.
+#[derive(Clone, Copy)]
 pub enum Scope {
     /// One process (all its threads).
     Pid(u32),

@@ -148,8 +148,8 @@ impl Replay {
         let (key, value) = (0u32, target as u32);
         let mut update = MapElemAttr {
             map_fd: prog_array.as_raw_fd() as u32,
-            key: &key as *const u32 as u64,
-            value: &value as *const u32 as u64,
+            key: &raw const key as u64,
+            value: &raw const value as u64,
             ..MapElemAttr::default()
         };
         bpf(BPF_MAP_UPDATE_ELEM, &mut update)

@@ -39,7 +39,7 @@ pub fn pin(tid: libc::pid_t, cpu: usize) -> Result<()> {
     // SAFETY: `cpu` is below CPU_SETSIZE (checked by the caller's 2-CPU requirement).
     unsafe { libc::CPU_SET(cpu, &mut set) };
     // SAFETY: `set` is a valid cpu_set_t of the size passed.
-    let rc = unsafe { libc::sched_setaffinity(tid, std::mem::size_of_val(&set), &set) };
+    let rc = unsafe { libc::sched_setaffinity(tid, size_of_val(&set), &raw const set) };
     if rc != 0 {
         bail!(
             "sched_setaffinity({tid}, cpu {cpu}): {}",

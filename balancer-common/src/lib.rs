@@ -7,6 +7,14 @@
 //! wire, so the kernel copies them without swapping); every other integer is in host
 //! byte order.
 #![no_std]
+#![expect(
+    clippy::pub_underscore_fields,
+    reason = "explicit padding fields are public so that keys can be written as struct literals"
+)]
+#![expect(
+    clippy::inline_always,
+    reason = "the XDP program calls these: on the BPF target everything is inlined into one function"
+)]
 
 /// Maximum number of VIPs (sizes `VIPS`, `VIP_STATS`, `RR_STATE` and the ring).
 pub const MAX_VIPS: u32 = 32;
@@ -59,7 +67,7 @@ pub const PROTO_UDP: u8 = 17;
 pub const PROTO_ICMP: u8 = 1;
 
 /// The lowest next-hop MTU of a "fragmentation needed" the data plane passes on to a
-/// backend (the IPv6 minimum; PPPoE, VPN and tunnel links stay above it). Behind full NAT
+/// backend (the IPv6 minimum; `PPPoE`, VPN and tunnel links stay above it). Behind full NAT
 /// a backend keeps one path MTU for the SNAT address, shared by all its clients, so one
 /// client's error must not shrink everyone's segments to the minimum.
 pub const PMTU_FLOOR: u16 = 1280;
@@ -149,6 +157,10 @@ impl FlowKey {
     /// The key as two words, as it lies in memory (little-endian): two compares instead of
     /// one per field.
     #[inline(always)]
+    #[expect(
+        clippy::used_underscore_binding,
+        reason = "the padding is part of the key's bytes"
+    )]
     pub const fn words(&self) -> [u64; 2] {
         [
             (self.src_addr as u64) | (self.dst_addr as u64) << 32,
@@ -455,21 +467,24 @@ pub struct RrState {
     pub _pad: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<VipKey>() == 8);
-const _: () = assert!(core::mem::size_of::<VipMeta>() == 24);
-const _: () = assert!(core::mem::size_of::<Backend>() == 16);
-const _: () = assert!(core::mem::size_of::<FlowKey>() == 16);
-const _: () = assert!(core::mem::size_of::<Conn>() == 40);
-const _: () = assert!(core::mem::size_of::<NatEntry>() == 24);
-const _: () = assert!(core::mem::size_of::<Settings>() == 56);
-const _: () = assert!(core::mem::size_of::<FlowStats>() == 40);
-const _: () = assert!(core::mem::size_of::<RrState>() == 8);
-const _: () = assert!(core::mem::size_of::<NextHop>() == 32);
-const _: () = assert!(core::mem::size_of::<FlowCacheEntry>() == 64);
+const _: () = assert!(size_of::<VipKey>() == 8);
+const _: () = assert!(size_of::<VipMeta>() == 24);
+const _: () = assert!(size_of::<Backend>() == 16);
+const _: () = assert!(size_of::<FlowKey>() == 16);
+const _: () = assert!(size_of::<Conn>() == 40);
+const _: () = assert!(size_of::<NatEntry>() == 24);
+const _: () = assert!(size_of::<Settings>() == 56);
+const _: () = assert!(size_of::<FlowStats>() == 40);
+const _: () = assert!(size_of::<RrState>() == 8);
+const _: () = assert!(size_of::<NextHop>() == 32);
+const _: () = assert!(size_of::<FlowCacheEntry>() == 64);
 
 #[cfg(feature = "user")]
 mod pod {
-    use super::*;
+    use super::{
+        Backend, Conn, FlowCacheEntry, FlowKey, FlowStats, NatEntry, NextHop, RrState, Settings,
+        VipKey, VipMeta,
+    };
     // SAFETY: all types are repr(C), Copy, with explicit padding and no invalid bit patterns.
     unsafe impl aya::Pod for VipKey {}
     unsafe impl aya::Pod for VipMeta {}

@@ -30,36 +30,31 @@ pub enum Established {
 /// A packet of an established flow: found in `CONNS`, still its VIP's, not expired, its
 /// backend not to be left: it goes to the backend. No `VIPS` lookup here.
 #[inline(always)]
-pub fn established(
-    pkt: &Packet,
-    settings: &Settings,
-    stamp: Stamp,
-    now: u64,
-) -> Result<Established, DropReason> {
+pub fn established(pkt: &Packet, settings: &Settings, stamp: Stamp, now: u64) -> Established {
     let Some(entry) = CONNS.get_ptr_mut(&pkt.key) else {
-        return Ok(Established::Ended(None));
+        return Established::Ended(None);
     };
     // SAFETY: map value pointer, copied out whole.
     let mut conn = unsafe { *entry };
     if VIP_GENS.get(conn.vip_id).copied() != Some(conn.vip_gen) {
         if !renumbered(entry, pkt) {
             // Its VIP was deleted (or its id now names another VIP).
-            return Ok(Established::Ended(Some(conn)));
+            return Established::Ended(Some(conn));
         }
         // SAFETY: as above.
         conn.vip_id = unsafe { (*entry).vip_id };
     }
     if !timeouts::is_live(&conn, pkt, settings, now) {
         stats::count(stat::CONN_EXPIRED);
-        return Ok(Established::Ended(Some(conn)));
+        return Established::Ended(Some(conn));
     }
     if must_move(&conn) {
         stats::count(stat::CONN_RESCHEDULED);
-        return Ok(Established::Ended(Some(conn)));
+        return Established::Ended(Some(conn));
     }
     if timeouts::touch_due(conn.last_seen_ns, now) && !keep_reply_entry(pkt, &conn, now) {
         stats::count(stat::SNAT_PORT_LOST);
-        return Ok(Established::Ended(Some(conn)));
+        return Established::Ended(Some(conn));
     }
     timeouts::touch(entry, pkt, timeouts::From::Client, now);
     let to = to_backend(&conn);
@@ -67,7 +62,7 @@ pub fn established(
     // SAFETY: as above; the entry as touched.
     flow_cache::remember(&pkt.key, unsafe { &*entry }, stamp, diffs);
     let ids = (conn.vip_id, conn.backend_id);
-    Ok(Established::Live(Send::to_backend(ids, to, diffs, false)))
+    Established::Live(Send::to_backend(ids, to, diffs, false))
 }
 
 /// Whether the VIP of the flow in `entry`, whose id no longer names it, is there under

@@ -14,17 +14,17 @@ impl Diff {
         let not_old = !old;
         Diff(
             self.0
-                + (not_old & 0xffff) as u64
-                + (not_old >> 16) as u64
-                + (new & 0xffff) as u64
-                + (new >> 16) as u64,
+                + u64::from(not_old & 0xffff)
+                + u64::from(not_old >> 16)
+                + u64::from(new & 0xffff)
+                + u64::from(new >> 16),
         )
     }
 
     /// A 16-bit field changes from `old` to `new`.
     #[inline(always)]
     pub fn u16(self, old: u16, new: u16) -> Self {
-        Diff(self.0 + (!old) as u64 + new as u64)
+        Diff(self.0 + u64::from(!old) + u64::from(new))
     }
 
     /// The changes as one 16-bit one's-complement word, to keep (see [`Diff::from_folded`]).
@@ -36,13 +36,13 @@ impl Diff {
     /// Changes kept by [`Diff::folded`]: applying them gives the same checksum.
     #[inline(always)]
     pub fn from_folded(word: u16) -> Self {
-        Diff(word as u64)
+        Diff(u64::from(word))
     }
 
     /// The checksum `check` with the changes applied.
     #[inline(always)]
     pub fn apply(self, check: u16) -> u16 {
-        !fold((!check) as u64 + self.0)
+        !fold(u64::from(!check) + self.0)
     }
 }
 

@@ -28,7 +28,7 @@ pub fn stamp(settings: &Settings) -> Stamp {
     // SAFETY: volatile reads of map values: loaded here, not later where they are used.
     unsafe {
         Stamp {
-            epoch: core::ptr::read_volatile(&settings.flow_epoch),
+            epoch: core::ptr::read_volatile(&raw const settings.flow_epoch),
             evictions: FLOW_EVICTIONS
                 .get_ptr(0)
                 .map_or(0, |count| core::ptr::read_volatile(count)),

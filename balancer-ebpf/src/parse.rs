@@ -1,6 +1,5 @@
 //! Header parsing: Ethernet (with one 802.1Q/802.1ad tag), IPv4 (with options), TCP, UDP,
 //! and ICMP errors with the header they quote.
-use core::mem;
 
 use aya_ebpf::programs::XdpContext;
 use balancer_common::{stat, FlowKey, PROTO_ICMP, PROTO_TCP, PROTO_UDP};
@@ -67,7 +66,7 @@ pub struct IcmpError {
     pub dst_addr: u32,
     /// Whether it is a "fragmentation needed" (1) or not (0), and its next-hop MTU (host
     /// byte order; 0 from a router that predates RFC 1191). (Not an `Option<u16>`: its
-    /// undefined payload when `None` trips the verifier, "!read_ok".)
+    /// undefined payload when `None` trips the verifier, "!`read_ok`".)
     pub frag_needed: u8,
     pub mtu: u16,
     /// The quoted packet's tuple as it was sent (addresses and ports in network byte order).
@@ -97,7 +96,7 @@ pub struct Packet {
 pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Result<*mut T, DropReason> {
     let start = ctx.data();
     let end = ctx.data_end();
-    if start + offset + mem::size_of::<T>() > end {
+    if start + offset + size_of::<T>() > end {
         return Err(stat::DROP_MALFORMED);
     }
     Ok((start + offset) as *mut T)
@@ -264,7 +263,7 @@ fn icmp_error(
         ip_end,
         src_addr: src,
         dst_addr: dst,
-        frag_needed: (kind == ICMP_DEST_UNREACH && code == ICMP_FRAG_NEEDED) as u8,
+        frag_needed: u8::from(kind == ICMP_DEST_UNREACH && code == ICMP_FRAG_NEEDED),
         mtu: u16::from_be_bytes(mtu),
         quote: FlowKey {
             src_addr: quote_src,

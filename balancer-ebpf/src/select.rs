@@ -9,8 +9,9 @@ use crate::maps::{RING, RR_STATE};
 /// Deterministic, so another balancer with the same ring picks the same backend.
 #[inline(always)]
 pub fn flow_hash(key: &FlowKey) -> u64 {
-    let addrs = ((key.src_addr as u64) << 32) | key.dst_addr as u64;
-    let rest = ((key.src_port as u64) << 32) | ((key.dst_port as u64) << 16) | key.proto as u64;
+    let addrs = (u64::from(key.src_addr) << 32) | u64::from(key.dst_addr);
+    let rest =
+        (u64::from(key.src_port) << 32) | (u64::from(key.dst_port) << 16) | u64::from(key.proto);
     fmix64(addrs ^ fmix64(rest ^ 0x9e37_79b9_7f4a_7c15))
 }
 
@@ -43,7 +44,7 @@ pub fn pick_backend(vip: &VipMeta, hash: u64) -> Option<u32> {
             slot
         }
     } else {
-        (hash % size as u64) as u32
+        (hash % u64::from(size)) as u32
     };
     let id = *RING.get(vip.ring_base.wrapping_add(slot))?;
     if id == NO_BACKEND {

@@ -39,14 +39,14 @@ pub fn allocate_port(
     now: u64,
     hash: u64,
 ) -> Result<(), DropReason> {
-    let min = settings.snat_port_min as u32;
-    let max = settings.snat_port_max as u32;
+    let min = u32::from(settings.snat_port_min);
+    let max = u32::from(settings.snat_port_max);
     if max < min {
         return Err(stat::DROP_SNAT_EXHAUSTED);
     }
     // At most 65536 and never zero (the check above lets the compiler see it, too).
     let range = max - min + 1;
-    let start = ((hash >> 32) % range as u64) as u32;
+    let start = ((hash >> 32) % u64::from(range)) as u32;
     let entry = nat_entry(pkt, conn, now);
     // The probed port that has rested longest (see above), and for how long.
     let mut resting: Option<(u16, u64)> = None;
@@ -170,7 +170,8 @@ pub fn keep_reply_entry(pkt: &Packet, conn: &Conn, now: u64) -> bool {
         return names(entry, &pkt.key);
     }
     let entry = nat_entry(pkt, conn, now);
-    NAT.insert(&reply_key, &entry, BPF_NOEXIST as u64).is_ok()
+    NAT.insert(&reply_key, &entry, u64::from(BPF_NOEXIST))
+        .is_ok()
         || unsafe { NAT.get(&reply_key) }.is_some_and(|e| names(e, &pkt.key))
 }
 
@@ -196,9 +197,9 @@ fn claim(
 ) -> Result<Option<Holder>, DropReason> {
     conn.snat_port = reply_key.dst_port;
     CONNS
-        .insert(&pkt.key, &*conn, BPF_ANY as u64)
+        .insert(&pkt.key, &*conn, u64::from(BPF_ANY))
         .map_err(|_| stat::DROP_CONN_TABLE)?;
-    if NAT.insert(reply_key, entry, BPF_NOEXIST as u64).is_ok() {
+    if NAT.insert(reply_key, entry, u64::from(BPF_NOEXIST)).is_ok() {
         return Ok(Some(Holder::Gone));
     }
     let holder = holder_for(pkt, reply_key, settings, now);
@@ -234,7 +235,7 @@ fn take(reply_key: &FlowKey, entry: &NatEntry, holder: Holder) -> bool {
         // port: no copy made before this point may be used.
         flow_cache::count_eviction();
     }
-    NAT.insert(reply_key, entry, BPF_ANY as u64).is_ok()
+    NAT.insert(reply_key, entry, u64::from(BPF_ANY)).is_ok()
 }
 
 /// The tuple of a reply from `backend` to SNAT port `port` (network byte order).

@@ -31,7 +31,7 @@ fn main() -> ExitCode {
             let socket = cli
                 .socket
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_CONTROL_SOCKET));
-            cli::client(socket, command)
+            cli::client(&socket, command)
                 .map(|out| println!("{out}"))
                 .map_err(anyhow::Error::from)
         }

@@ -3,7 +3,7 @@
 use crate::topology::{Topology, HTTP_PORT, LB_BACKEND_ADDR, UDP_PORT, VIP};
 use crate::util::{exit_code, find_binary, output_with_timeout, terminate, TempDir};
 use anyhow::{bail, Context, Result};
-use std::fmt;
+use std::fmt::{self, Write as _};
 use std::fs::File;
 use std::net::Ipv4Addr;
 use std::os::unix::process::CommandExt;
@@ -189,9 +189,7 @@ impl Agent {
     /// `balancer status --json`, parsed. Panics (with the output) if it fails.
     pub fn status_json(&self) -> serde_json::Value {
         let out = self.cli(&["status", "--json"]);
-        if !out.success() {
-            panic!("`balancer status --json` failed: {out}");
-        }
+        assert!(out.success(), "`balancer status --json` failed: {out}");
         serde_json::from_str(&out.stdout).unwrap_or_else(|e| {
             panic!("`balancer status --json` printed invalid JSON ({e}): {out}")
         })
@@ -299,10 +297,13 @@ pub fn config_for(topo: &Topology, scheduler: &str, backends: &[usize]) -> Strin
 /// the configuration's `[[pool]]` and `[[vip]]` tables.
 pub fn web_and_dns(backends: &[Ipv4Addr], scheduler: &str) -> String {
     let pool = |port: u16| -> String {
-        backends
-            .iter()
-            .map(|addr| format!("  {{ address = \"{addr}\", port = {port}, weight = 1 }},\n"))
-            .collect()
+        backends.iter().fold(String::new(), |mut pool, addr| {
+            let _ = writeln!(
+                pool,
+                "  {{ address = \"{addr}\", port = {port}, weight = 1 }},"
+            );
+            pool
+        })
     };
     format!(
         r#"[[pool]]

@@ -34,8 +34,7 @@ impl HttpResponse {
 
     fn wants_close(&self) -> bool {
         self.header("connection")
-            .map(|v| v.eq_ignore_ascii_case("close"))
-            .unwrap_or(false)
+            .is_some_and(|v| v.eq_ignore_ascii_case("close"))
     }
 }
 

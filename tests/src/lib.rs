@@ -58,17 +58,15 @@ pub fn require_root() {
                        run them with `cargo xtask test` as root";
     // SAFETY: geteuid has no preconditions and cannot fail.
     let euid = unsafe { libc::geteuid() };
-    if euid != 0 {
-        panic!("{HOW} (effective uid is {euid}, not 0)");
-    }
+    assert!(euid == 0, "{HOW} (effective uid is {euid}, not 0)");
     let ip_ok = Command::new("ip")
         .arg("-V")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !ip_ok {
-        panic!("{HOW} (`ip -V` could not be run: is iproute2 installed and in PATH?)");
-    }
+        .is_ok_and(|s| s.success());
+    assert!(
+        ip_ok,
+        "{HOW} (`ip -V` could not be run: is iproute2 installed and in PATH?)"
+    );
 }

@@ -252,18 +252,18 @@ impl NsThread {
         let job: Job = Box::new(move || {
             let _ = tx.send(catch_unwind(AssertUnwindSafe(f)));
         });
-        let sent = self
-            .jobs
-            .as_ref()
-            .map(|j| j.send(job).is_ok())
-            .unwrap_or(false);
-        if !sent {
-            panic!("the worker thread in namespace {} is gone", self.ns_name);
-        }
+        let sent = self.jobs.as_ref().is_some_and(|j| j.send(job).is_ok());
+        assert!(
+            sent,
+            "the worker thread in namespace {} is gone",
+            self.ns_name
+        );
         match rx.recv() {
             Ok(Ok(v)) => v,
             Ok(Err(panic)) => resume_unwind(panic),
-            Err(_) => panic!("the worker thread in namespace {} is gone", self.ns_name),
+            Err(mpsc::RecvError) => {
+                panic!("the worker thread in namespace {} is gone", self.ns_name)
+            }
         }
     }
 }

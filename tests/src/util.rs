@@ -113,17 +113,14 @@ pub fn output_with_timeout(cmd: &mut Command, timeout: Duration) -> Result<Outpu
         .with_context(|| format!("spawning {desc}"))?;
     let out_reader = spawn_reader(child.stdout.take());
     let err_reader = spawn_reader(child.stderr.take());
-    let status = match wait_timeout(&mut child, timeout)? {
-        Some(status) => status,
-        None => {
-            let _ = child.kill();
-            let _ = child.wait();
-            let stderr = err_reader.join().unwrap_or_default();
-            bail!(
-                "{desc} did not finish within {timeout:?}; stderr so far: {}",
-                String::from_utf8_lossy(&stderr).trim()
-            );
-        }
+    let Some(status) = wait_timeout(&mut child, timeout)? else {
+        let _ = child.kill();
+        let _ = child.wait();
+        let stderr = err_reader.join().unwrap_or_default();
+        bail!(
+            "{desc} did not finish within {timeout:?}; stderr so far: {}",
+            String::from_utf8_lossy(&stderr).trim()
+        );
     };
     Ok(Output {
         status,
@@ -200,9 +197,13 @@ static SERIAL_FREE: Condvar = Condvar::new();
 impl SerialGuard {
     /// Blocks until no other guard exists in this process.
     pub fn acquire() -> SerialGuard {
-        let mut busy = SERIAL_BUSY.lock().unwrap_or_else(|e| e.into_inner());
+        let mut busy = SERIAL_BUSY
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         while *busy {
-            busy = SERIAL_FREE.wait(busy).unwrap_or_else(|e| e.into_inner());
+            busy = SERIAL_FREE
+                .wait(busy)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
         }
         *busy = true;
         SerialGuard(())
@@ -211,7 +212,9 @@ impl SerialGuard {
 
 impl Drop for SerialGuard {
     fn drop(&mut self) {
-        let mut busy = SERIAL_BUSY.lock().unwrap_or_else(|e| e.into_inner());
+        let mut busy = SERIAL_BUSY
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         *busy = false;
         SERIAL_FREE.notify_one();
     }

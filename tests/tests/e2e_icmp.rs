@@ -97,8 +97,8 @@ fn send_icmp(to: Ipv4Addr, msg: &[u8]) -> std::io::Result<()> {
             msg.as_ptr().cast(),
             msg.len(),
             0,
-            (&addr as *const libc::sockaddr_in).cast(),
-            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            (&raw const addr).cast(),
+            size_of::<libc::sockaddr_in>() as libc::socklen_t,
         );
         let result = if sent < 0 {
             Err(std::io::Error::last_os_error())

@@ -16,7 +16,7 @@ fn xdp_modes(topo: &Topology) -> Vec<Option<String>> {
             ["xdpgeneric", "xdpdrv", "xdp"]
                 .iter()
                 .find(|m| out.split_whitespace().any(|w| w == **m))
-                .map(|m| m.to_string())
+                .map(ToString::to_string)
         })
         .collect()
 }

@@ -182,14 +182,7 @@ fn idle_connections_carry_on_across_a_restart_that_detaches() {
 /// fields the command reads).
 fn bpf<T>(cmd: libc::c_long, attr: &[T]) -> libc::c_long {
     // SAFETY: `attr` is a valid buffer of the size passed; the kernel only reads it.
-    unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            attr.as_ptr(),
-            std::mem::size_of_val(attr),
-        )
-    }
+    unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_ptr(), size_of_val(attr)) }
 }
 
 /// Pins a new hash map (`key_size`, `value_size`, 16 entries) at `path`, as an agent of
@@ -241,7 +234,7 @@ fn tables_pinned_with_another_layout_or_version_are_replaced() {
         (info.map_type().ok(), info.value_size()),
         (
             Some(aya::maps::MapType::LruHash),
-            std::mem::size_of::<balancer_common::Conn>() as u32
+            size_of::<balancer_common::Conn>() as u32
         ),
         "the agent must have pinned its own table in place of the foreign one"
     );

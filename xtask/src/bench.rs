@@ -14,7 +14,7 @@ use crate::setup;
 use crate::tasks::{cargo, target_dir};
 
 /// `cargo xtask bench` as a whole (set-up, build, run) stays under this.
-const TOTAL_BUDGET: Duration = Duration::from_secs(15 * 60);
+const TOTAL_BUDGET: Duration = Duration::from_mins(15);
 /// Kept back from the bench's own budget for its last step, tear-down and the report.
 const MARGIN: Duration = Duration::from_secs(90);
 
@@ -94,14 +94,13 @@ pub fn bench(bench_args: &[OsString]) -> Result<i32> {
         .iter()
         .position(|a| a == "--out")
         .and_then(|i| bench_args.get(i + 1));
-    let results = match out {
-        Some(dir) => crate::root().join(dir),
-        None => {
-            let results = crate::root().join("results");
-            std::fs::create_dir_all(&results)
-                .with_context(|| format!("cannot create {}", results.display()))?;
-            results
-        }
+    let results = if let Some(dir) = out {
+        crate::root().join(dir)
+    } else {
+        let results = crate::root().join("results");
+        std::fs::create_dir_all(&results)
+            .with_context(|| format!("cannot create {}", results.display()))?;
+        results
     };
     let own_out: &[OsString] = if out.is_some() {
         &[]
@@ -112,7 +111,7 @@ pub fn bench(bench_args: &[OsString]) -> Result<i32> {
     let mut budget = Vec::new();
     if !bench_args.iter().any(|a| a == "--budget") {
         let left = TOTAL_BUDGET.saturating_sub(begun.elapsed() + MARGIN);
-        if left < Duration::from_secs(120) {
+        if left < Duration::from_mins(2) {
             say!(
                 "bench: set-up and build took {} s; only {} s are left for the bench",
                 begun.elapsed().as_secs(),

@@ -12,7 +12,7 @@ const TARGET: &str = "bpfel-unknown-none";
 /// The package: a workspace member outside `default-members`, built only here.
 pub const PACKAGE: &str = "balancer-ebpf";
 /// The `[[bin]]` name in balancer-ebpf/Cargo.toml.
-const OBJECT_NAME: &str = "balancer";
+const OBJECT_NAME: &str = "balancer-xdp";
 /// ELF machine number of eBPF objects.
 const EM_BPF: u16 = 247;
 

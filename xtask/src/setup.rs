@@ -134,7 +134,7 @@ impl Nightly {
         let dir = self.lib_dir();
         let mut found: Vec<PathBuf> = fs::read_dir(&dir)
             .with_context(|| format!("cannot read {}", dir.display()))?
-            .filter_map(|entry| entry.ok())
+            .filter_map(std::result::Result::ok)
             .filter(|entry| {
                 let name = entry.file_name();
                 let name = name.to_string_lossy();
@@ -233,14 +233,13 @@ fn rust_src() -> Result<()> {
 
 /// `$BALANCER_TOOLS_DIR`, else `$HOME/.cache/balancer/bpf-linker` (shared by every clone).
 pub fn tools_dir() -> Result<PathBuf> {
-    let dir = match env::var_os("BALANCER_TOOLS_DIR").filter(|v| !v.is_empty()) {
-        Some(dir) => PathBuf::from(dir),
-        None => {
-            let home = env::var_os("HOME")
-                .filter(|v| !v.is_empty())
-                .context("neither BALANCER_TOOLS_DIR nor HOME is set: nowhere to put bpf-linker")?;
-            Path::new(&home).join(".cache/balancer/bpf-linker")
-        }
+    let dir = if let Some(dir) = env::var_os("BALANCER_TOOLS_DIR").filter(|v| !v.is_empty()) {
+        PathBuf::from(dir)
+    } else {
+        let home = env::var_os("HOME")
+            .filter(|v| !v.is_empty())
+            .context("neither BALANCER_TOOLS_DIR nor HOME is set: nowhere to put bpf-linker")?;
+        Path::new(&home).join(".cache/balancer/bpf-linker")
     };
     std::path::absolute(&dir).with_context(|| format!("bad tools directory {}", dir.display()))
 }
@@ -341,8 +340,7 @@ fn have_command(name: &str) -> bool {
     );
     dirs.iter().any(|dir| {
         fs::metadata(dir.join(name))
-            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-            .unwrap_or(false)
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
     })
 }
 

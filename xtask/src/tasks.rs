@@ -17,7 +17,7 @@ pub struct Artifacts {
     pub object: PathBuf,
     /// The `balancer` agent binary.
     pub balancer: PathBuf,
-    /// The host target directory (`target/` unless CARGO_TARGET_DIR says otherwise).
+    /// The host target directory (`target/` unless `CARGO_TARGET_DIR` says otherwise).
     pub target_dir: PathBuf,
 }
 
@@ -28,14 +28,13 @@ pub(crate) fn cargo() -> Command {
     cargo
 }
 
-/// The host target directory (`target/` unless CARGO_TARGET_DIR says otherwise).
+/// The host target directory (`target/` unless `CARGO_TARGET_DIR` says otherwise).
 pub(crate) fn target_dir() -> PathBuf {
     let root = crate::root();
     ["CARGO_TARGET_DIR", "CARGO_BUILD_TARGET_DIR"]
         .iter()
         .find_map(|var| env::var_os(var).filter(|v| !v.is_empty()))
-        .map(|dir| root.join(dir))
-        .unwrap_or_else(|| root.join("target"))
+        .map_or_else(|| root.join("target"), |dir| root.join(dir))
 }
 
 fn require_root(task: &str) -> Result<()> {
@@ -55,13 +54,7 @@ pub fn build(toolchain: &EbpfToolchain) -> Result<Artifacts> {
     say!("build: host workspace...");
     cmd::run(
         cargo()
-            .args([
-                "build",
-                "--workspace",
-                "--exclude",
-                ebpf::PACKAGE,
-                "--bins",
-            ])
+            .args(["build", "--workspace", "--exclude", ebpf::PACKAGE, "--bins"])
             .env("BALANCER_EBPF_OBJ", &object),
     )?;
     let target_dir = target_dir();

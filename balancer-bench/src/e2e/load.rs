@@ -143,7 +143,7 @@ mod tests {
         assert!((r.rps - 12345.67).abs() < 1e-6);
         assert_eq!(
             (r.requests, r.socket_errors, r.timeouts, r.non_2xx),
-            (123456, 5, 2, 5)
+            (123_456, 5, 2, 5)
         );
         assert!((r.p50_ms - 0.386).abs() < 1e-9 && (r.p99_ms - 2.28).abs() < 1e-9);
         assert!(parse_wrk("no report").is_err());

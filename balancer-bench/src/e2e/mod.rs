@@ -63,7 +63,7 @@ pub struct Params {
     pub testsrv_check: bool,
     /// Repetitions of each CLI command timed.
     pub cli_repeats: usize,
-    /// `perf record -a` during the first keep-alive run of direct, the XDP_PASS control and
+    /// `perf record -a` during the first keep-alive run of direct, the `XDP_PASS` control and
     /// both balancer paths.
     pub profile_secs: Option<u64>,
     /// The paths to run (all by default).

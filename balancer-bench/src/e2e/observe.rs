@@ -55,7 +55,7 @@ fn nstat(ns: &Netns) -> HashMap<String, u64> {
 }
 
 /// Removes the TCP sockets in TIME-WAIT from every namespace of the topology
-/// (`ss -K`, the kernel's SOCK_DESTROY) and returns how many there were.
+/// (`ss -K`, the kernel's `SOCK_DESTROY`) and returns how many there were.
 ///
 /// A conn-per-request run leaves a great many of them on the backends. For the next 60 s
 /// they lengthen the chains of the kernel's connection hash (one table, shared by all

@@ -1,4 +1,4 @@
-//! The compared paths from the client to the backends (direct, the XDP_PASS control, the
+//! The compared paths from the client to the backends (direct, the `XDP_PASS` control, the
 //! agent in driver and generic mode, nftables DNAT, HAProxy), each set up and torn down
 //! around its runs, and the backends' servers (nginx and testsrv's UDP echo).
 
@@ -230,7 +230,7 @@ fn haproxy_conf(topo: &Topology) -> String {
         format!("    server b{i} {a}:{HTTP_PORT}")
     });
     format!(
-        r#"# Written by the balancer bench.
+        r"# Written by the balancer bench.
 global
     maxconn 8000
 
@@ -247,7 +247,7 @@ frontend bench
 backend web
     balance roundrobin
 {servers}
-"#
+"
     )
 }
 

@@ -22,7 +22,7 @@ const FONT_PATHS: [(&str, FontStyle); 2] = [
     ),
 ];
 
-/// Registers DejaVu Sans (Debian's fonts-dejavu-core) as "sans-serif" for the chart.
+/// Registers `DejaVu` Sans (Debian's fonts-dejavu-core) as "sans-serif" for the chart.
 fn register_fonts() -> Result<()> {
     for (path, style) in FONT_PATHS {
         let bytes = std::fs::read(path).with_context(|| {
@@ -74,6 +74,10 @@ fn peer_color(p: Peer) -> RGBColor {
 
 type Area<'a> = DrawingArea<BitMapBackend<'a>, plotters::coord::Shift>;
 
+#[expect(
+    clippy::many_single_char_names,
+    reason = "x, y, w, h: plot coordinates"
+)]
 fn draw_panel(area: &Area<'_>, panel: &Panel) -> Result<()> {
     let (w, h) = area.dim_in_pixel();
     let (w, h) = (w as i32, h as i32);
@@ -124,7 +128,7 @@ fn draw_panel(area: &Area<'_>, panel: &Panel) -> Result<()> {
             b.color.filled(),
         ))?;
         if let Some((lo, hi)) = b.range {
-            let ym = (y0 + y1) / 2;
+            let ym = i32::midpoint(y0, y1);
             area.draw(&PathElement::new(
                 vec![(x(lo), ym), (x(hi), ym)],
                 BLACK.stroke_width(2),
@@ -136,7 +140,7 @@ fn draw_panel(area: &Area<'_>, panel: &Panel) -> Result<()> {
                 ))?;
             }
         }
-        let label_y = (y0 + y1) / 2 - 8;
+        let label_y = i32::midpoint(y0, y1) - 8;
         let (tw, _) = area.estimate_text_size(&b.label, &text.color(&BLACK))?;
         area.draw_text(
             &b.label,
@@ -182,7 +186,7 @@ fn xdp_panel(r: &Results) -> Panel {
                 range: None,
                 color,
                 note: format!("{net:.0} ns"),
-            })
+            });
         };
         let m = &pp.replayed;
         for c in &m.cases {

@@ -44,7 +44,7 @@ fn profile_tables(md: &mut String, profiles: &[(Peer, &Result<Vec<perf::Sample>,
     let peers: Vec<Peer> = profiles.iter().map(|(p, _)| *p).collect();
     let ok_samples: Vec<Vec<perf::Sample>> = profiles
         .iter()
-        .map(|(_, p)| p.as_ref().map(|s| s.to_vec()).unwrap_or_default())
+        .map(|(_, p)| p.as_ref().cloned().unwrap_or_default())
         .collect();
     let procs: Vec<_> = ok_samples.iter().map(|s| perf::by_process(s)).collect();
     share_table(md, "process", &peers, &procs);

@@ -51,11 +51,13 @@ pub struct Results {
 }
 
 /// The results of a part that ran and succeeded.
+#[expect(clippy::ref_option, reason = "a part as `Results` holds it")]
 fn ok<T>(p: &Part<T>) -> Option<&T> {
     p.as_ref().and_then(|r| r.as_ref().ok())
 }
 
 /// The results of a part; without them, writes why (not run, or failed) and returns `None`.
+#[expect(clippy::ref_option, reason = "a part as `Results` holds it")]
 fn figures<'a, T>(md: &mut String, p: &'a Part<T>) -> Option<&'a T> {
     let note = match p {
         Some(Ok(figures)) => return Some(figures),

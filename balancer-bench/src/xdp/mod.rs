@@ -1,4 +1,4 @@
-//! Per-packet cost of the XDP program through BPF_PROG_TEST_RUN, the floor of an empty XDP
+//! Per-packet cost of the XDP program through `BPF_PROG_TEST_RUN`, the floor of an empty XDP
 //! program measured the same way, new flows per second with a full connection table, and
 //! the kernel memory of the maps at large connection-table sizes.
 //!
@@ -292,10 +292,10 @@ fn per_packet_in_ns(plan: Plan, stop: &Stop) -> Result<PerPacket> {
         let Frames::Fixed(frame) = &case.frames else {
             continue;
         };
-        let replay = Replay::new(frame, case.fd)
+        let wrapper = Replay::new(frame, case.fd)
             .with_context(|| format!("a replay wrapper for {}", case.name))?;
-        replayed.push(case.replayed(&replay, frame, REPEAT));
-        wrappers.push(replay);
+        replayed.push(case.replayed(&wrapper, frame, REPEAT));
+        wrappers.push(wrapper);
     }
     let replay_plan = Plan {
         rounds: plan.rounds,

@@ -48,8 +48,7 @@ fn bench_namespace() -> Result<Netns> {
         batch.push(format!("link set {dev}-p up"));
     }
     batch.push(format!(
-        "neigh replace {CLIENT} lladdr {} dev {CLIENT_IF} nud permanent",
-        CLIENT_MAC
+        "neigh replace {CLIENT} lladdr {CLIENT_MAC} dev {CLIENT_IF} nud permanent"
     ));
     for i in 0..N_BACKENDS {
         batch.push(format!(

@@ -58,8 +58,8 @@ pub fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
         libc::syscall(
             libc::SYS_bpf,
             cmd,
-            attr as *mut T,
-            std::mem::size_of::<T>() as libc::c_uint,
+            std::ptr::from_mut::<T>(attr),
+            size_of::<T>() as libc::c_uint,
         )
     };
     if rc < 0 {

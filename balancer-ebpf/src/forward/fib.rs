@@ -1,4 +1,4 @@
-//! Next hop from the kernel's FIB: rewrite the MACs and transmit (XDP_TX on the ingress
+//! Next hop from the kernel's FIB: rewrite the MACs and transmit (`XDP_TX` on the ingress
 //! interface, redirect to another one). Without a neighbour entry the rewritten packet
 //! goes to the stack, which resolves the neighbour (ARP) and forwards it; later packets
 //! then take the fast path. Next hops are cached per CPU: per backend, and for replies per
@@ -110,14 +110,7 @@ fn transmit_via_fib(
     params.ifindex = ingress;
 
     // SAFETY: params is a valid, writable bpf_fib_lookup of the size passed.
-    let rc = unsafe {
-        fib_lookup(
-            ctx.as_ptr(),
-            params,
-            mem::size_of::<bpf_fib_lookup>() as i32,
-            0,
-        )
-    };
+    let rc = unsafe { fib_lookup(ctx.as_ptr(), params, size_of::<bpf_fib_lookup>() as i32, 0) };
     match rc as u32 {
         BPF_FIB_LKUP_RET_SUCCESS => {
             let eth: *mut EthHdr = crate::parse::ptr_at(ctx, 0)?;
@@ -169,11 +162,16 @@ unsafe fn set_macs(eth: *mut EthHdr, dst: &[u8; 6], src: &[u8; 6]) {
     }
 }
 
-const _: () = assert!(mem::size_of::<bpf_fib_lookup>() == 64);
+const _: () = assert!(size_of::<bpf_fib_lookup>() == 64);
 
 /// Zeroes a `bpf_fib_lookup` in place by eight 8-byte stores: `mem::zeroed()` (or any
 /// copy of a zeroed value) becomes a memset call on the BPF target.
 #[inline(always)]
+#[expect(
+    clippy::cast_ptr_alignment,
+    reason = "BPF stack slots are 8-byte aligned, and the verifier refuses a misaligned stack \
+              store: a program where this was wrong would not load"
+)]
 unsafe fn zero_params(params: *mut bpf_fib_lookup) {
     let words = params.cast::<u64>();
     let mut i = 0;

@@ -152,7 +152,7 @@ pub fn raise_open_files_limit() {
         rlim_max: 0,
     };
     // SAFETY: getrlimit writes only the struct it is given.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut limit) } != 0 {
         log::warn!(
             "cannot read the open files limit: {}",
             std::io::Error::last_os_error()
@@ -165,7 +165,7 @@ pub fn raise_open_files_limit() {
     let old = limit.rlim_cur;
     limit.rlim_cur = limit.rlim_max;
     // SAFETY: setrlimit reads only the struct it is given.
-    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } == 0 {
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raw const limit) } == 0 {
         log::debug!("open files limit raised from {old} to {}", limit.rlim_cur);
     } else {
         log::warn!(

@@ -4,7 +4,7 @@ mod render;
 
 use std::{
     net::{Ipv4Addr, SocketAddrV4},
-    path::PathBuf,
+    path::{Path, PathBuf},
 };
 
 use clap::{Args, Parser, Subcommand};
@@ -25,7 +25,7 @@ use crate::{
     about = "XDP layer-4 load balancer: agent and CLI"
 )]
 pub struct Cli {
-    /// Control socket of the agent [default: the config's agent.control_socket for `run`,
+    /// Control socket of the agent [default: the config's `agent.control_socket` for `run`,
     /// else /run/balancer/balancer.sock]
     #[arg(long, global = true, env = "BALANCER_SOCKET")]
     pub socket: Option<PathBuf>,
@@ -40,7 +40,7 @@ pub enum Command {
         /// Configuration file (TOML).
         #[arg(long, short)]
         config: PathBuf,
-        /// XDP attach mode; overrides the config's agent.xdp_mode.
+        /// XDP attach mode; overrides the config's `agent.xdp_mode`.
         #[arg(long, value_parser = parse_xdp_mode)]
         xdp_mode: Option<XdpMode>,
     },
@@ -173,7 +173,7 @@ fn parse_xdp_mode(s: &str) -> Result<XdpMode, String> {
 type Render = Box<dyn Fn(&Status) -> String>;
 
 /// Runs a client command against the agent and returns what to print.
-pub fn client(socket: PathBuf, command: Command) -> Result<String, ClientError> {
+pub fn client(socket: &Path, command: Command) -> Result<String, ClientError> {
     let (request, render): (Request, Render) = match command {
         Command::Run { .. } => unreachable!("run is not a client command"),
         Command::Status { json: true } => (
@@ -263,11 +263,11 @@ pub fn client(socket: PathBuf, command: Command) -> Result<String, ClientError> 
             )
         }
         Command::Backend(BackendCommand::List { pool }) => {
-            let status = client::request(&socket, &Request::Status)?;
+            let status = client::request(socket, &Request::Status)?;
             return render_backends(&status, pool.as_deref()).map(|t| trim_lines(&t));
         }
     };
-    let status = client::request(&socket, &request)?;
+    let status = client::request(socket, &request)?;
     Ok(trim_lines(&render(&status)))
 }
 
@@ -380,7 +380,7 @@ mod tests {
     #[test]
     fn agent_not_running_is_a_clear_error() {
         let err = client(
-            PathBuf::from("/nonexistent/balancer.sock"),
+            Path::new("/nonexistent/balancer.sock"),
             Command::Status { json: false },
         )
         .unwrap_err()

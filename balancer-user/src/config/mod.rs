@@ -495,10 +495,10 @@ pool = "dns"
                 port_max: 40000,
             },
             timeouts: Timeouts {
-                tcp: Duration::from_secs(600),
+                tcp: Duration::from_mins(10),
                 udp: Duration::from_secs(45),
                 tcp_closing: Duration::from_secs(5),
-                snat_time_wait: Duration::from_secs(120),
+                snat_time_wait: Duration::from_mins(2),
                 tcp_unreplied: Duration::from_secs(20),
             },
             pools: vec![
@@ -581,11 +581,11 @@ pool = "dns"
                     port_max: 32767,
                 },
                 timeouts: Timeouts {
-                    tcp: Duration::from_secs(300),
+                    tcp: Duration::from_mins(5),
                     udp: Duration::from_secs(30),
                     tcp_closing: Duration::from_secs(10),
-                    snat_time_wait: Duration::from_secs(60),
-                    tcp_unreplied: Duration::from_secs(60),
+                    snat_time_wait: Duration::from_mins(1),
+                    tcp_unreplied: Duration::from_mins(1),
                 },
                 pools: vec![],
                 vips: vec![],
@@ -602,7 +602,7 @@ pool = "dns"
                     port = 443\nprotocol = \"tcp\"\npool = \"p\"\n";
         let config = parse(text, ORIGIN).unwrap();
         assert_eq!(config.nat, NatConfig::default());
-        assert_eq!(config.timeouts.udp, Duration::from_secs(60));
+        assert_eq!(config.timeouts.udp, Duration::from_mins(1));
         assert_eq!(config.timeouts.tcp, DEFAULT_TCP_TIMEOUT);
         assert!(config.pools[0].backends.is_empty());
         assert_eq!(config.vips[0].scheduler, Scheduler::Maglev);

@@ -84,14 +84,12 @@ const RING_STRIDE: usize = 8;
 impl MappedRing {
     fn new(ebpf: &mut Ebpf) -> Result<Self, MapsError> {
         let name = map_names::RING;
-        let map = match ebpf.take_map(name).ok_or(MapsError::Missing(name))? {
-            aya::maps::Map::Array(data) => data,
-            _ => {
-                return Err(MapsError::Other {
-                    map: name,
-                    message: "is not an array".into(),
-                })
-            }
+        let aya::maps::Map::Array(map) = ebpf.take_map(name).ok_or(MapsError::Missing(name))?
+        else {
+            return Err(MapsError::Other {
+                map: name,
+                message: "is not an array".into(),
+            });
         };
         let len = RING_ENTRIES as usize;
         let bytes = len * RING_STRIDE;
@@ -135,7 +133,7 @@ impl MappedRing {
                 .as_ptr()
                 .add(index as usize)
                 .cast::<u32>()
-                .write_volatile(value)
+                .write_volatile(value);
         };
         Ok(())
     }
@@ -206,7 +204,7 @@ impl Maps for AyaMaps {
     }
 
     fn set_vip(&mut self, key: &VipKey, meta: &VipMeta) -> Result<(), MapsError> {
-        let writes = self.present.writes_for(key, meta.vip_id, meta.generation);
+        let writes = self.present.writes_for(*key, meta.vip_id, meta.generation);
         if let Some((id, generation)) = writes.generation {
             self.set_vip_gen(id, generation)?;
         }
@@ -219,7 +217,7 @@ impl Maps for AyaMaps {
         self.vips
             .insert(key, meta, 0)
             .map_err(aya_err(map_names::VIPS))?;
-        self.present.record(key, meta.vip_id, meta.generation);
+        self.present.record(*key, meta.vip_id, meta.generation);
         if let Some(id) = writes.clear {
             self.set_vip_gen(id, 0)?;
         }
@@ -234,7 +232,7 @@ impl Maps for AyaMaps {
                 if e.io_error.raw_os_error() == Some(libc::ENOENT) => {}
             Err(e) => return Err(aya_err(map_names::VIPS)(e)),
         }
-        if let Some((slot, count, vip_id)) = self.present.removed(key) {
+        if let Some((slot, count, vip_id)) = self.present.removed(*key) {
             self.set_vip_gen(vip_id, 0)?;
             self.vip_addrs
                 .set(slot, count, 0)

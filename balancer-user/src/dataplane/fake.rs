@@ -71,12 +71,12 @@ impl Maps for FakeMaps {
     }
     fn set_vip(&mut self, key: &VipKey, meta: &VipMeta) -> Result<(), MapsError> {
         self.write("VIPS")?;
-        let writes = self.present.writes_for(key, meta.vip_id, meta.generation);
+        let writes = self.present.writes_for(*key, meta.vip_id, meta.generation);
         if let Some((id, generation)) = writes.generation {
             self.vip_gens.insert(id, generation);
         }
         self.vips.insert(*key, *meta);
-        self.present.record(key, meta.vip_id, meta.generation);
+        self.present.record(*key, meta.vip_id, meta.generation);
         if let Some(id) = writes.clear {
             self.vip_gens.remove(&id);
         }
@@ -85,7 +85,7 @@ impl Maps for FakeMaps {
     fn del_vip(&mut self, key: &VipKey) -> Result<(), MapsError> {
         self.write("VIPS")?;
         self.vips.remove(key);
-        if let Some((_, _, id)) = self.present.removed(key) {
+        if let Some((_, _, id)) = self.present.removed(*key) {
             self.vip_gens.remove(&id);
         }
         Ok(())

@@ -114,19 +114,16 @@ impl Program {
         let program = self.xdp()?;
         for iface in interfaces {
             let taken = pins.and_then(|p| p.take_over(program, iface, link_mode(mode), keep));
-            let (id, got) = match taken {
-                Some((id, got)) => {
-                    let got_name = got.map_or("unrecorded", LinkMode::name);
-                    log::info!(
-                        "{iface}: took over the XDP link the previous agent left ({got_name} mode)"
-                    );
-                    (id, got)
-                }
-                None => {
-                    let (id, got) = attach(program, iface, mode)?;
-                    log::info!("{iface}: XDP attached ({} mode)", got.name());
-                    (id, Some(got))
-                }
+            let (id, got) = if let Some((id, got)) = taken {
+                let got_name = got.map_or("unrecorded", LinkMode::name);
+                log::info!(
+                    "{iface}: took over the XDP link the previous agent left ({got_name} mode)"
+                );
+                (id, got)
+            } else {
+                let (id, got) = attach(program, iface, mode)?;
+                log::info!("{iface}: XDP attached ({} mode)", got.name());
+                (id, Some(got))
             };
             // (A link taken over from an agent that did not record its mode stays pinned
             // under its old name.)

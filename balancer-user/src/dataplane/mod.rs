@@ -79,8 +79,8 @@ pub struct VipWrites {
 
 impl PresentVips {
     /// What setting VIP `key` with `vip_id` and `generation` must write (changes nothing).
-    fn writes_for(&self, key: &VipKey, vip_id: u32, generation: u32) -> VipWrites {
-        let before = self.vips.get(key).copied();
+    fn writes_for(&self, key: VipKey, vip_id: u32, generation: u32) -> VipWrites {
+        let before = self.vips.get(&key).copied();
         let slot = addr_slot(key.addr);
         VipWrites {
             count: before.is_none().then(|| (slot, self.count(slot) + 1)),
@@ -90,15 +90,15 @@ impl PresentVips {
     }
 
     /// The `VIPS` entry of `key` was written.
-    fn record(&mut self, key: &VipKey, vip_id: u32, generation: u32) {
-        if self.vips.insert(*key, (vip_id, generation)).is_none() {
+    fn record(&mut self, key: VipKey, vip_id: u32, generation: u32) {
+        if self.vips.insert(key, (vip_id, generation)).is_none() {
             *self.counts.entry(addr_slot(key.addr)).or_default() += 1;
         }
     }
 
     /// A VIP was deleted: `Some((slot, new count, its id))` when it was present.
-    fn removed(&mut self, key: &VipKey) -> Option<(u32, u32, u32)> {
-        let (vip_id, _) = self.vips.remove(key)?;
+    fn removed(&mut self, key: VipKey) -> Option<(u32, u32, u32)> {
+        let (vip_id, _) = self.vips.remove(&key)?;
         let slot = addr_slot(key.addr);
         let count = self.counts.entry(slot).or_default();
         *count = count.saturating_sub(1);
@@ -135,31 +135,28 @@ mod tests {
             clear,
         };
         assert_eq!(
-            c.writes_for(&web, 3, 7),
+            c.writes_for(web, 3, 7),
             writes(Some((slot, 1)), Some((3, 7)), None)
         );
-        c.record(&web, 3, 7);
+        c.record(web, 3, 7);
         // Setting a present VIP again (a ring flip) writes nothing.
-        assert_eq!(c.writes_for(&web, 3, 7), writes(None, None, None));
+        assert_eq!(c.writes_for(web, 3, 7), writes(None, None, None));
         assert_eq!(
-            c.writes_for(&dns, 4, 8),
+            c.writes_for(dns, 4, 8),
             writes(Some((slot, 2)), Some((4, 8)), None),
             "same address, another port"
         );
-        c.record(&dns, 4, 8);
+        c.record(dns, 4, 8);
         // The same key under another id and generation: the old id is cleared.
+        assert_eq!(c.writes_for(web, 5, 9), writes(None, Some((5, 9)), Some(3)));
+        assert_eq!(c.removed(web), Some((slot, 1, 3)));
         assert_eq!(
-            c.writes_for(&web, 5, 9),
-            writes(None, Some((5, 9)), Some(3))
-        );
-        assert_eq!(c.removed(&web), Some((slot, 1, 3)));
-        assert_eq!(
-            c.removed(&web),
+            c.removed(web),
             None,
             "deleting an absent VIP counts nothing"
         );
         assert_eq!(c.count(slot), 1);
-        assert_eq!(c.removed(&dns), Some((slot, 0, 4)));
+        assert_eq!(c.removed(dns), Some((slot, 0, 4)));
         assert_eq!(c.count(slot), 0);
     }
 }

@@ -163,7 +163,7 @@ impl Pins {
     /// Points `loader` at the pinned flow tables: one pinned with this build's layout is
     /// used (its flows carry on); one with another layout (an agent of another version) is
     /// unpinned, with a warning, and a new table pinned in its place.
-    pub fn tables<'a>(&self, loader: &mut EbpfLoader<'a>) {
+    pub fn tables(&self, loader: &mut EbpfLoader<'_>) {
         for table in &TABLES {
             self.unpin_other_versions(table.name);
             let path = self
@@ -468,7 +468,7 @@ fn on_bpffs(dir: &Path) -> bool {
     // SAFETY: an all-zero statfs is a valid out-parameter; statfs writes only it.
     let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
     // SAFETY: a valid C string and a valid out-pointer.
-    let rc = unsafe { libc::statfs(path.as_ptr(), &mut fs) };
+    let rc = unsafe { libc::statfs(path.as_ptr(), &raw mut fs) };
     rc == 0 && fs.f_type as u32 == BPF_FS_MAGIC
 }
 

@@ -390,7 +390,7 @@ mod tests {
             let mut buf = [0u8; 1024];
             let _ = stream.read(&mut buf).await;
             stream.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await.unwrap();
-            stream.write_all(&[b'x'; 20_000]).await.unwrap();
+            stream.write_all(&vec![b'x'; 20_000]).await.unwrap();
             stream.write_all(b"sta").await.unwrap();
             stream.flush().await.unwrap();
             tokio::time::sleep(ms(20)).await;

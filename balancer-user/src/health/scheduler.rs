@@ -434,14 +434,14 @@ mod tests {
 
     #[test]
     fn deadlines_fall_on_ticks_and_keep_the_interval_on_average() {
+        const N: u32 = 1000;
         let epoch = Instant::now();
         let mut jitter = Jitter::seeded(7);
         let pause = ms(1000);
         let tick = TICK.as_nanos();
         let mut total = 0i128;
-        const N: u32 = 1000;
         for _ in 0..N {
-            let now = epoch + jitter.below(Duration::from_secs(3600));
+            let now = epoch + jitter.below(Duration::from_hours(1));
             let deadline = aligned_deadline(epoch, now, pause);
             let offset = (deadline - epoch).as_nanos();
             assert_eq!(offset % tick, 0, "on a tick");
@@ -476,7 +476,7 @@ mod tests {
             task: 1,
         }
         .run();
-        let size = std::mem::size_of_val(&task);
+        let size = size_of_val(&task);
         assert!(size < 4096, "a check task's future takes {size} bytes");
     }
 
@@ -704,7 +704,7 @@ mod tests {
             // SAFETY: getrusage only writes the struct it is given.
             let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
             // SAFETY: as above; `usage` is a valid, writable rusage.
-            let rc = unsafe { libc::getrusage(who, &mut usage) };
+            let rc = unsafe { libc::getrusage(who, &raw mut usage) };
             assert_eq!(rc, 0);
             let tv = |t: libc::timeval| {
                 Duration::from_secs(u64::try_from(t.tv_sec).unwrap_or(0))
@@ -770,7 +770,10 @@ mod tests {
                 .collect();
             tokio::time::sleep(RUN).await;
             let end = cpu(libc::RUSAGE_SELF);
-            let process = [end[0] - start[0], end[1] - start[1]];
+            let process = [
+                end[0].checked_sub(start[0]).unwrap(),
+                end[1].checked_sub(start[1]).unwrap(),
+            ];
             drop(checker);
             let checks: u64 = slots.iter().map(|s| latest(s).checks).sum();
             let failures = counter.await.unwrap();

@@ -91,7 +91,13 @@ fn sockaddr(target: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
 
 fn connect_raw(fd: RawFd, addr: &libc::sockaddr_storage, len: libc::socklen_t) -> io::Result<()> {
     // SAFETY: `addr` points to `len` valid bytes of a socket address.
-    let rc = unsafe { libc::connect(fd, (addr as *const libc::sockaddr_storage).cast(), len) };
+    let rc = unsafe {
+        libc::connect(
+            fd,
+            std::ptr::from_ref::<libc::sockaddr_storage>(addr).cast(),
+            len,
+        )
+    };
     if rc == 0 {
         Ok(())
     } else {
@@ -197,7 +203,7 @@ impl CheckSocket {
             libc::getpeername(
                 self.fd.as_raw_fd(),
                 (&raw mut peer).cast::<libc::sockaddr>(),
-                &mut len,
+                &raw mut len,
             )
         };
         rc == 0
@@ -214,7 +220,7 @@ impl CheckSocket {
                 libc::SOL_SOCKET,
                 libc::SO_ERROR,
                 (&raw mut err).cast(),
-                &mut len,
+                &raw mut len,
             )
         };
         if rc != 0 {

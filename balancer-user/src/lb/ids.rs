@@ -59,7 +59,7 @@ pub(super) fn backend_hash(pool: &str, addr: SocketAddrV4) -> u64 {
 }
 
 /// A hash of a VIP's key that every agent computes alike (not std's, which is seeded).
-pub(super) fn vip_hash(key: &VipKey) -> u64 {
+pub(super) fn vip_hash(key: VipKey) -> u64 {
     let addr = Ipv4Addr::from(key.addr.to_ne_bytes());
     ring::backend_key(addr, u16::from_be(key.port)) ^ u64::from(key.proto)
 }

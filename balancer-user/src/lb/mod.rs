@@ -124,7 +124,7 @@ impl<M: Maps> Balancer<M> {
         lb.found_gens = lb.maps.vip_gens()?;
         let n = lb.found_gens.len();
         for vip in &config.vips {
-            let hash = vip_hash(&vip_key(vip));
+            let hash = vip_hash(vip_key(vip));
             let start = (hash % n.max(1) as u64) as usize;
             let found = (0..n)
                 .map(|i| lb.found_gens[(start + i) % n])
@@ -257,7 +257,7 @@ impl<M: Maps> Balancer<M> {
         // A pool this call creates goes again if the VIP cannot be added.
         let new_pool = (!self.pools.contains_key(&config.pool)).then(|| config.pool.clone());
         self.add_pool(&config.pool)?;
-        let hash = vip_hash(&vip_key(&config));
+        let hash = vip_hash(vip_key(&config));
         let id = self.vip_ids.alloc(hash).expect("an id is available");
         let name = config.name.clone();
         let incarnation = self.incarnations.get(&hash).copied().unwrap_or(0);

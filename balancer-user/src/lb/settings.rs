@@ -31,7 +31,7 @@ impl SnatSource {
                 socket.connect(backend).map_err(err)?;
                 match socket.local_addr().map_err(err)?.ip() {
                     std::net::IpAddr::V4(addr) => Ok(addr),
-                    other => Err(BalancerError::NoSourceAddress {
+                    other @ std::net::IpAddr::V6(_) => Err(BalancerError::NoSourceAddress {
                         backend,
                         why: format!("route gives non-IPv4 source {other}"),
                     }),
@@ -64,7 +64,7 @@ pub fn ns_per_tick() -> u32 {
     // SAFETY: an all-zero timespec is valid; clock_getres only writes it.
     let mut res: libc::timespec = unsafe { std::mem::zeroed() };
     // SAFETY: `res` is valid for writes.
-    let rc = unsafe { libc::clock_getres(libc::CLOCK_MONOTONIC_COARSE, &mut res) };
+    let rc = unsafe { libc::clock_getres(libc::CLOCK_MONOTONIC_COARSE, &raw mut res) };
     if rc != 0 || res.tv_sec != 0 {
         return 0;
     }

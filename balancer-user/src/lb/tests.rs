@@ -30,7 +30,7 @@ fn vip(name: &str, port: u16, scheduler: Scheduler) -> VipConfig {
         scheduler,
         ring_size: 65537,
         pool: "web".into(),
-        on_all_down: crate::config::AllDownPolicy::Drop,
+        on_all_down: AllDownPolicy::Drop,
     }
 }
 
@@ -421,7 +421,7 @@ fn event(addr: SocketAddrV4, health: Health, reason: &str) -> HealthEvent {
 fn with_checked_pool(policy: DownPolicy) -> Balancer<FakeMaps> {
     let mut lb = lb();
     let check = CheckConfig {
-        kind: crate::config::CheckKind::Tcp,
+        kind: config::CheckKind::Tcp,
         ..CheckConfig::default()
     };
     lb.configure_pool(&PoolConfig {
@@ -535,7 +535,7 @@ fn status_shows_the_newest_check_from_the_task_slot() {
     // An empty slot (no check yet) falls back to the last event.
     let last =
         |lb: &Balancer<FakeMaps>| lb.status().unwrap().pools[0].backends[0].last_check.clone();
-    assert_eq!(last(&lb).unwrap().latency_ms, 3.0);
+    assert!((last(&lb).unwrap().latency_ms - 3.0).abs() < 1e-9);
     {
         let mut newest = slot.lock().unwrap();
         newest.checks = 7;
@@ -637,7 +637,7 @@ fn vip_ids_and_generations_follow_the_vip_from_agent_to_agent() {
         }
         lb
     };
-    let preferred = |port: u16| vip_hash(&vip_key(&vip("x", port, Scheduler::Maglev))) % 32;
+    let preferred = |port: u16| vip_hash(vip_key(&vip("x", port, Scheduler::Maglev))) % 32;
     let ports = [80, 443, 8080];
     let distinct: HashSet<u64> = ports.iter().map(|&p| preferred(p)).collect();
     assert_eq!(
@@ -685,7 +685,7 @@ pool = "web"
 
 #[test]
 fn configuration_errors_name_the_pool_and_backend() {
-    let mut config = crate::config::parse(ONE_VIP, "test.toml").unwrap();
+    let mut config = config::parse(ONE_VIP, "test.toml").unwrap();
     // Something only the balancer refuses (the file's validator has no say here).
     config.pools[0].backends[0].weight = MAX_WEIGHT + 1;
     let Err(e) = Balancer::from_config(FakeMaps::default(), &config) else {
@@ -700,7 +700,7 @@ fn configuration_errors_name_the_pool_and_backend() {
 
 #[test]
 fn a_vip_added_again_keeps_its_generation_in_the_next_agent() {
-    let config = crate::config::parse(ONE_VIP, "test.toml").unwrap();
+    let config = config::parse(ONE_VIP, "test.toml").unwrap();
     let web = config.vips[0].clone();
     // The first agent deletes and adds "web" twice; VIP "alt" exists only in it.
     let mut first = Balancer::from_config(FakeMaps::default(), &config).unwrap();
@@ -758,7 +758,7 @@ fn a_generation_tells_its_incarnation() {
         1,
         0xdead_beef,
         u64::MAX,
-        vip_hash(&vip_key(&vip("x", 80, Scheduler::Maglev))),
+        vip_hash(vip_key(&vip("x", 80, Scheduler::Maglev))),
     ] {
         for k in [0, 1, 2, 77, 4095, GENERATIONS_RECOGNIZED - 1] {
             assert_eq!(
@@ -775,13 +775,13 @@ fn a_generation_tells_its_incarnation() {
 
 #[test]
 fn a_vip_takes_its_generation_from_its_own_id_first_and_a_failed_start_puts_them_back() {
-    let config = crate::config::parse(ONE_VIP, "test.toml").unwrap();
-    let hash = vip_hash(&vip_key(&config.vips[0]));
+    let config = config::parse(ONE_VIP, "test.toml").unwrap();
+    let hash = vip_hash(vip_key(&config.vips[0]));
     let own = (hash % u64::from(MAX_VIPS)) as u32;
     let elsewhere = (own + 5) % MAX_VIPS;
     // At its own id the generation of its second re-add, elsewhere a stale later one
     // (say, from an agent of another lineage of pins), and an unrelated value.
-    let found: std::collections::HashMap<u32, u32> = [
+    let found: HashMap<u32, u32> = [
         (own, vip_generation(hash, 2)),
         (elsewhere, vip_generation(hash, 9)),
         ((own + 9) % MAX_VIPS, 12345),

@@ -130,6 +130,10 @@ fn fill_round(
 }
 
 /// Inverse of `a` modulo `m` (extended Euclid), if `gcd(a, m) == 1`.
+#[expect(
+    clippy::many_single_char_names,
+    reason = "the textbook's names for the extended Euclidean algorithm"
+)]
 fn mod_inverse(a: u32, m: u32) -> Option<u32> {
     let (mut old_r, mut r) = (i64::from(a), i64::from(m));
     let (mut old_s, mut s) = (1i64, 0i64);
@@ -236,7 +240,7 @@ fn quotas(live: &[RingBackend], m: u32, kept: Option<&[u32]>) -> Vec<u32> {
     quota
 }
 
-/// Maglev lookup table of size `m` (m prime, 2..=some large bound, e.g. 655373 must work; the caller validates primality).
+/// Maglev lookup table of size `m` (m prime, 2..=some large bound, e.g. `655373` must work; the caller validates primality).
 /// `prev`: the table this VIP had before the change (same m), or None for a fresh build.
 ///
 /// Backends with weight 0 are ignored (drained). With no positive weight every slot
@@ -408,7 +412,7 @@ pub fn maglev(backends: &[RingBackend], m: u32, prev: Option<&[u32]>) -> Vec<u32
 
 /// The permutation walks stop when `m / ENDGAME_FRACTION` slots are left free (about 3%):
 /// walking to the very last free slot costs about ln(m) probes per slot in all, the
-/// endgame cuts that to about ln(ENDGAME_FRACTION).
+/// endgame cuts that to about `ln(ENDGAME_FRACTION)`.
 pub const ENDGAME_FRACTION: usize = 32;
 
 #[cfg(test)]
@@ -471,7 +475,7 @@ mod tests {
     #[test]
     fn permutation_position_inverts_the_walk() {
         // Non-prime sizes too: their skips are made coprime with m.
-        for m in [2u32, 3, 4, 7, 100, 251, 65536, 65537, 655373] {
+        for m in [2u32, 3, 4, 7, 100, 251, 65536, 65537, 655_373] {
             for key in 0..20u64 {
                 let p = Perm::new(splitmix64(key), m, is_prime(m));
                 assert!(p.skip >= 1 && p.skip < m.max(2));

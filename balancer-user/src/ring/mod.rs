@@ -16,7 +16,7 @@ pub use round_robin::round_robin;
 /// One backend as the ring builder sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RingBackend {
-    /// Backend id written into the ring slots (< 4096 in practice, any u32 allowed except NO_BACKEND).
+    /// Backend id written into the ring slots (< 4096 in practice, any u32 allowed except `NO_BACKEND`).
     pub id: u32,
     /// Stable identity used to derive the backend's Maglev permutation, e.g. a hash of "addr:port".
     /// Two backends with the same key get the same permutation; callers make keys unique.
@@ -69,7 +69,7 @@ const fn fmix64(mut k: u64) -> u64 {
 /// `splitmix64((u32::from(addr) as u64) << 16 | port)`.
 ///
 /// Deterministic across runs, machines and endianness (the address is taken in
-/// network order as a number, e.g. 10.0.0.1 -> 0x0A00_0001).
+/// network order as a number, e.g. 10.0.0.1 -> `0x0A00_0001`).
 #[must_use]
 pub fn backend_key(addr: Ipv4Addr, port: u16) -> u64 {
     splitmix64((u64::from(u32::from(addr)) << 16) | u64::from(port))
@@ -90,7 +90,7 @@ mod tests {
     #[test]
     fn is_prime_known_values() {
         assert!(is_prime(65537));
-        assert!(is_prime(655373));
+        assert!(is_prime(655_373));
         assert!(is_prime(2));
         assert!(is_prime(3));
         assert!(is_prime(4_294_967_291)); // largest u32 prime

@@ -18,7 +18,7 @@ const USAGE: &str =
     "usage: testsrv --name NAME [--http ADDR:PORT] [--udp ADDR:PORT] [--status CODE]";
 
 /// Idle kept-alive connections are closed after this long.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+const IDLE_TIMEOUT: Duration = Duration::from_mins(5);
 
 struct Args {
     name: String,
@@ -59,7 +59,7 @@ fn parse_args() -> Args {
                     .parse()
                     .ok()
                     .filter(|s| (100..=999).contains(s))
-                    .unwrap_or_else(|| fail(&format!("--status: {value:?} is not an HTTP status")))
+                    .unwrap_or_else(|| fail(&format!("--status: {value:?} is not an HTTP status")));
             }
             other => fail(&format!("unknown argument {other:?}\n{USAGE}")),
         }
@@ -148,6 +148,10 @@ fn serve_connection(stream: TcpStream, name: &str, status: u16) -> std::io::Resu
     }
 }
 
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "each server runs on a thread of its own, which owns its socket and name"
+)]
 fn run_http(listener: TcpListener, name: Arc<str>, status: u16) {
     for conn in listener.incoming() {
         match conn {
@@ -162,8 +166,12 @@ fn run_http(listener: TcpListener, name: Arc<str>, status: u16) {
     }
 }
 
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "each server runs on a thread of its own, which owns its socket and name"
+)]
 fn run_udp(sock: UdpSocket, name: Arc<str>) {
-    let mut buf = [0u8; 65536];
+    let mut buf = vec![0u8; 65536];
     loop {
         match sock.recv_from(&mut buf) {
             Ok((_, from)) => {

@@ -539,6 +539,7 @@ expect_status = "200"
     }
 
     #[test]
+    #[expect(clippy::too_many_lines, reason = "one table of cases")]
     fn check_errors_name_line_and_field() {
         let pc = "pool[0] (\"web\").check";
         let cases: &[(&str, &str, usize, &str, String, &str)] = &[

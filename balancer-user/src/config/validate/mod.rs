@@ -651,6 +651,7 @@ mod tests {
     use super::super::testing::{assert_error, with, NAT, ONE_VIP, ORIGIN, TIMEOUTS};
     use super::super::{parse, MAX_TIMEOUT, MIN_TIMEOUT};
     use super::*;
+    use std::fmt::Write as _;
 
     #[test]
     fn duplicate_vip_name() {
@@ -781,9 +782,10 @@ backends = [
     fn many_vips(n: usize) -> String {
         let mut text = String::from("[agent]\ninterfaces = [\"lbc0\"]\n[[pool]]\nname = \"p\"\n");
         for i in 0..n {
-            text.push_str(&format!(
+            let _ = write!(
+                text,
                 "[[vip]]\nname = \"v{i}\"\naddress = \"10.0.100.{i}\"\nport = 80\nprotocol = \"tcp\"\npool = \"p\"\n"
-            ));
+            );
         }
         text
     }
@@ -810,13 +812,14 @@ backends = [
         let mut text = String::from("[agent]\ninterfaces = [\"lbc0\"]\n");
         let mut n = 0usize;
         for (name, count) in [("a", a), ("b", b)] {
-            text.push_str(&format!("[[pool]]\nname = \"{name}\"\nbackends = [\n"));
+            let _ = write!(text, "[[pool]]\nname = \"{name}\"\nbackends = [\n");
             for _ in 0..count {
-                text.push_str(&format!(
-                    "  {{ address = \"10.1.{}.{}\", port = 80 }},\n",
+                let _ = writeln!(
+                    text,
+                    "  {{ address = \"10.1.{}.{}\", port = 80 }},",
                     n / 256,
                     n % 256
-                ));
+                );
                 n += 1;
             }
             text.push_str("]\n");

@@ -69,7 +69,11 @@ impl SynClient {
     pub async fn probe(&self, target: SocketAddrV4) -> Option<Probe> {
         let (reply, answer) = oneshot::channel();
         let first = {
-            let mut queue = self.shared.queue.lock().unwrap_or_else(|e| e.into_inner());
+            let mut queue = self
+                .shared
+                .queue
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             // Under the lock that the engine's end takes to set the flag and empty the
             // queue: a request is either emptied out (its answer fails) or never queued.
             if self.shared.failed.load(Ordering::Relaxed) {
@@ -188,7 +192,11 @@ struct Stopped(Arc<Shared>);
 
 impl Drop for Stopped {
     fn drop(&mut self) {
-        let mut queue = self.0.queue.lock().unwrap_or_else(|e| e.into_inner());
+        let mut queue = self
+            .0
+            .queue
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         self.0.failed.store(true, Ordering::Relaxed);
         queue.clear();
     }
@@ -307,8 +315,13 @@ impl State {
     }
 
     fn send_queued(&mut self) {
-        let requests =
-            std::mem::take(&mut *self.shared.queue.lock().unwrap_or_else(|e| e.into_inner()));
+        let requests = std::mem::take(
+            &mut *self
+                .shared
+                .queue
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
         let now = Instant::now();
         let mut batch = std::mem::take(&mut self.unsent);
         for request in requests {
@@ -579,7 +592,8 @@ mod tests {
         assert_eq!(result, Some(Ok(())));
         let waited = started.elapsed();
         assert!(
-            waited >= FIRST_RESEND - MAINTAIN && waited < FIRST_RESEND + 3 * MAINTAIN,
+            waited >= FIRST_RESEND.checked_sub(MAINTAIN).unwrap()
+                && waited < FIRST_RESEND + 3 * MAINTAIN,
             "answered after {waited:?}"
         );
         assert_eq!(client.stats().resent.load(Ordering::Relaxed), 1);

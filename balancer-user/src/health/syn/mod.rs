@@ -8,7 +8,7 @@
 //! wake-up, a `getpeername()` and a reset, all per check. Here the checks of a batch (the
 //! tasks that wake on one tick) are queued to one engine task ([`engine`]), which
 //!
-//! * writes their SYNs ([`packets`]) with one `sendmmsg()` on a raw IPPROTO_RAW socket
+//! * writes their SYNs ([`packets`]) with one `sendmmsg()` on a raw `IPPROTO_RAW` socket
 //!   ([`sockets`]), from a few consecutive source ports reserved by bound (never listening)
 //!   TCP sockets and taken in turn by each target's checks, each SYN with a random sequence
 //!   number that identifies the check;

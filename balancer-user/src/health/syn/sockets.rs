@@ -49,7 +49,7 @@ fn setsockopt<T>(fd: &OwnedFd, level: libc::c_int, name: libc::c_int, value: &T)
             fd.as_raw_fd(),
             level,
             name,
-            (value as *const T).cast(),
+            std::ptr::from_ref::<T>(value).cast(),
             size_of::<T>() as libc::socklen_t,
         )
     })
@@ -72,7 +72,7 @@ fn local_addr(fd: &OwnedFd) -> io::Result<SocketAddrV4> {
     let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
     let mut len = size_of::<libc::sockaddr_in>() as libc::socklen_t;
     // SAFETY: `addr` and `len` are valid for writes.
-    check(unsafe { libc::getsockname(fd.as_raw_fd(), (&raw mut addr).cast(), &mut len) })?;
+    check(unsafe { libc::getsockname(fd.as_raw_fd(), (&raw mut addr).cast(), &raw mut len) })?;
     Ok(SocketAddrV4::new(
         Ipv4Addr::from(addr.sin_addr.s_addr.to_ne_bytes()),
         u16::from_be(addr.sin_port),
@@ -81,9 +81,9 @@ fn local_addr(fd: &OwnedFd) -> io::Result<SocketAddrV4> {
 
 /// The engine's sockets.
 pub(super) struct Sockets {
-    /// Raw IPPROTO_RAW socket the SYN packets are written to, IPv4 header included. (An
-    /// IPPROTO_TCP raw socket would also get a clone of every TCP packet the host
-    /// receives; an IPPROTO_RAW one receives nothing.)
+    /// Raw `IPPROTO_RAW` socket the SYN packets are written to, IPv4 header included. (An
+    /// `IPPROTO_TCP` raw socket would also get a clone of every TCP packet the host
+    /// receives; an `IPPROTO_RAW` one receives nothing.)
     pub send: OwnedFd,
     /// UDP socket connected to a target to learn the source address routing picks.
     route: OwnedFd,
@@ -226,7 +226,9 @@ pub(super) fn send_batch(fd: RawFd, segments: &[Outgoing]) -> io::Result<usize> 
     // SAFETY: an all-zero mmsghdr is valid (no name, no buffers).
     let mut messages: Vec<libc::mmsghdr> = vec![unsafe { std::mem::zeroed() }; segments.len()];
     for ((message, iovec), (_, to, _)) in messages.iter_mut().zip(&mut iovecs).zip(segments) {
-        message.msg_hdr.msg_name = (to as *const libc::sockaddr_in).cast_mut().cast();
+        message.msg_hdr.msg_name = std::ptr::from_ref::<libc::sockaddr_in>(to)
+            .cast_mut()
+            .cast();
         message.msg_hdr.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
         message.msg_hdr.msg_iov = iovec;
         message.msg_hdr.msg_iovlen = 1;
