@@ -11,7 +11,8 @@ use anyhow::{bail, Context as _, Result};
 use crate::cmd;
 use crate::ebpf::{self, Profile};
 use crate::setup;
-use crate::tasks::{cargo, target_dir};
+use crate::target_dir;
+use crate::tasks::cargo;
 
 /// `cargo xtask bench` as a whole (set-up, build, run) stays under this.
 const TOTAL_BUDGET: Duration = Duration::from_mins(15);

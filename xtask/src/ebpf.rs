@@ -42,7 +42,7 @@ pub fn build(toolchain: &EbpfToolchain, profile: Profile) -> Result<PathBuf> {
     );
     // The host crates' target directory (the nightly cargo does not inherit
     // CARGO_TARGET_DIR): one place for every build of the workspace.
-    let target_dir = crate::tasks::target_dir();
+    let target_dir = crate::target_dir();
     let mut cargo = toolchain.nightly.command("cargo");
     cargo
         .current_dir(crate::root())

@@ -13,9 +13,10 @@ mod ebpf;
 mod setup;
 mod tasks;
 
+use std::env;
 use std::ffi::OsString;
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context as _, Result};
@@ -65,6 +66,15 @@ pub fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("xtask lives in a subdirectory of the workspace")
+}
+
+/// The host target directory (`target/` unless `CARGO_TARGET_DIR` says otherwise).
+pub fn target_dir() -> PathBuf {
+    let root = root();
+    ["CARGO_TARGET_DIR", "CARGO_BUILD_TARGET_DIR"]
+        .iter()
+        .find_map(|var| env::var_os(var).filter(|v| !v.is_empty()))
+        .map_or_else(|| root.join("target"), |dir| root.join(dir))
 }
 
 /// Whether the effective user is root, from the `Uid:` line of /proc/self/status.

@@ -28,15 +28,6 @@ pub(crate) fn cargo() -> Command {
     cargo
 }
 
-/// The host target directory (`target/` unless `CARGO_TARGET_DIR` says otherwise).
-pub(crate) fn target_dir() -> PathBuf {
-    let root = crate::root();
-    ["CARGO_TARGET_DIR", "CARGO_BUILD_TARGET_DIR"]
-        .iter()
-        .find_map(|var| env::var_os(var).filter(|v| !v.is_empty()))
-        .map_or_else(|| root.join("target"), |dir| root.join(dir))
-}
-
 fn require_root(task: &str) -> Result<()> {
     if !crate::is_root()? {
         bail!(
@@ -57,7 +48,7 @@ pub fn build(toolchain: &EbpfToolchain) -> Result<Artifacts> {
             .args(["build", "--workspace", "--exclude", ebpf::PACKAGE, "--bins"])
             .env("BALANCER_EBPF_OBJ", &object),
     )?;
-    let target_dir = target_dir();
+    let target_dir = crate::target_dir();
     let balancer = target_dir.join("debug/balancer");
     if !balancer.is_file() {
         bail!(
