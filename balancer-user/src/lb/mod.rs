@@ -400,16 +400,8 @@ impl<M: Maps> Balancer<M> {
     /// other backends (the connection table keeps sending them to its address).
     pub fn del_backend(&mut self, target: &str, addr: SocketAddrV4) -> Result<(), BalancerError> {
         let pool_name = self.pool_name(target)?;
-        let pool = self.pools.get_mut(&pool_name).expect("resolved");
-        let index = pool
-            .backends
-            .iter()
-            .position(|b| b.addr == addr)
-            .ok_or_else(|| BalancerError::UnknownBackend {
-                pool: pool_name.clone(),
-                backend: addr,
-            })?;
-        let removed = pool.backends.remove(index);
+        let index = self.backend_index(&pool_name, addr)?;
+        let removed = self.pool_mut(&pool_name).backends.remove(index);
         let put_back = |lb: &mut Self| {
             lb.pool_mut(&pool_name)
                 .backends
@@ -436,15 +428,8 @@ impl<M: Maps> Balancer<M> {
     ) -> Result<(), BalancerError> {
         let pool_name = self.pool_name(target)?;
         check_weight(weight, &pool_name, addr)?;
-        let pool = self.pools.get_mut(&pool_name).expect("resolved");
-        let backend = pool
-            .backends
-            .iter_mut()
-            .find(|b| b.addr == addr)
-            .ok_or_else(|| BalancerError::UnknownBackend {
-                pool: pool_name.clone(),
-                backend: addr,
-            })?;
+        let index = self.backend_index(&pool_name, addr)?;
+        let backend = &mut self.pool_mut(&pool_name).backends[index];
         let old = std::mem::replace(&mut backend.weight, weight);
         self.apply_pool_or_undo(&pool_name, |lb| {
             if let Some(b) = lb.backend_mut(&pool_name, addr) {
@@ -453,6 +438,18 @@ impl<M: Maps> Balancer<M> {
         })?;
         log::info!("pool {pool_name}: backend {addr} weight {old} -> {weight}");
         Ok(())
+    }
+
+    /// Where backend `addr` is in pool `pool` (which the caller resolved).
+    fn backend_index(&self, pool: &str, addr: SocketAddrV4) -> Result<usize, BalancerError> {
+        self.pools[pool]
+            .backends
+            .iter()
+            .position(|b| b.addr == addr)
+            .ok_or_else(|| BalancerError::UnknownBackend {
+                pool: pool.to_string(),
+                backend: addr,
+            })
     }
 
     fn pool_mut(&mut self, pool: &str) -> &mut Pool {
