@@ -12,8 +12,8 @@ use balancer_tests::{
 
 use balancer_wire::tcp::Flags;
 
-use super::syscall::{test_run, test_run_repeat, xdp_ctx};
-use super::{CaseResult, Plan, CLIENT, CLIENT_MAC, LB_CLIENT_MAC};
+use super::syscall::{test_run, test_run_repeat, xdp_ctx, EmptyXdp};
+use super::{CaseResult, Plan, CLIENT, CLIENT_MAC, LB_CLIENT_MAC, XDP_PASS};
 use crate::replay::Replay;
 use crate::stats::summarize;
 use crate::Stop;
@@ -72,6 +72,17 @@ pub(super) struct Case {
 }
 
 impl Case {
+    /// The empty program on `frame`: what every case's figure is net of.
+    pub(super) fn floor(empty: &EmptyXdp, ingress: u32, frame: Vec<u8>) -> Case {
+        Case::new(
+            "empty XDP program (floor)",
+            empty.raw_fd(),
+            ingress,
+            XDP_PASS,
+            Frames::Fixed(frame),
+        )
+    }
+
     pub(super) fn new(
         name: &'static str,
         fd: RawFd,

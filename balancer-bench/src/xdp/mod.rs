@@ -238,13 +238,7 @@ fn per_packet_in_ns(plan: Plan, stop: &Stop) -> Result<PerPacket> {
     once(fd, &other, client_if, XDP_PASS, "non-VIP packet")?;
 
     let mut cases = vec![
-        Case::new(
-            "empty XDP program (floor)",
-            empty.raw_fd(),
-            client_if,
-            XDP_PASS,
-            Frames::Fixed(ack.clone()),
-        ),
+        Case::floor(&empty, client_if, ack.clone()),
         Case::new(
             "TCP established (conn-table hit)",
             fd,
@@ -414,12 +408,10 @@ fn full_table_in_ns(plan: Plan, stop: &Stop) -> Result<FullTable> {
     );
 
     let mut cases = vec![
-        Case::new(
-            "empty XDP program (floor)",
-            empty.raw_fd(),
+        Case::floor(
+            &empty,
             client_if,
-            XDP_PASS,
-            Frames::Fixed(frame::build(&tcp(40_000, Flags::ACK, 64))),
+            frame::build(&tcp(40_000, Flags::ACK, 64)),
         ),
         Case::new(
             "TCP SYN, new flow, full table (LRU eviction)",
