@@ -9,3 +9,4 @@ pub mod health;
 pub mod maps;
 pub mod pins;
 pub mod ring;
+pub mod vrrp;
