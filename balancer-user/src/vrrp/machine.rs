@@ -503,6 +503,51 @@ impl Machine {
             priority: self.priority,
         });
     }
+
+    /// In a sync group, Backup does not become Master on its own.
+    pub(super) fn set_gated(&mut self, gated: bool) {
+        self.gated = gated;
+    }
+
+    /// A gated Backup whose down timer fired.
+    pub(super) fn wants_master(&self) -> bool {
+        self.state == State::Backup && self.wants_master.is_some()
+    }
+
+    /// The sync group makes this Backup Master; it keeps its own reason if it wanted to.
+    pub(super) fn promote(&mut self, now: Instant, reason: Reason) -> Vec<Action> {
+        if self.state == State::Backup {
+            let reason = self.wants_master.take().unwrap_or(reason);
+            self.enter_master(now, reason);
+        }
+        std::mem::take(&mut self.out)
+    }
+
+    /// The sync group makes this Master a Backup (keepalived's `vrrp_sync_backup`: addresses
+    /// removed, no priority 0 sent).
+    pub(super) fn demote(&mut self, now: Instant, reason: Reason) -> Vec<Action> {
+        if self.state == State::Master {
+            self.master_adver_interval = self.config.advert_interval;
+            self.enter_backup(now, reason);
+        }
+        std::mem::take(&mut self.out)
+    }
+
+    /// The sync group's Fault (keepalived's `vrrp_sync_fault`) starts or ends.
+    pub(super) fn set_group_fault(
+        &mut self,
+        now: Instant,
+        on: bool,
+        reason: Reason,
+    ) -> Vec<Action> {
+        self.group_fault = on;
+        self.update_fault(now, reason);
+        std::mem::take(&mut self.out)
+    }
+
+    pub(super) fn group_fault(&self) -> bool {
+        self.group_fault
+    }
 }
 
 /// RFC 9568 section 6.4.3: "an unsigned integer comparison of the `IPvX` addresses in network

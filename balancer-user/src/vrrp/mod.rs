@@ -7,13 +7,16 @@
 //! addresses, send gratuitous ARPs, run the notify command), and says through
 //! [`Machine::poll_timeout`] when it next wants [`Input::Timeout`]. The socket layer, the
 //! packet codec and the configuration are wired around it, and the unit tests drive it with
-//! a fake clock.
+//! a fake clock. A [`SyncGroup`] coordinates several machines that fail over together
+//! (keepalived's `vrrp_sync_group`).
 
 mod events;
+mod group;
 mod machine;
 mod params;
 
 pub use events::{Action, Input, NotifyState, Reason, State, Stats};
+pub use group::{GroupAction, GroupInput, SyncGroup};
 pub use machine::Machine;
 pub use params::{Config, ConfigError, Track, Version};
 

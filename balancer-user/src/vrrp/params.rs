@@ -235,6 +235,14 @@ pub enum ConfigError {
     PreemptDelay(Duration),
     #[error("track {track}: weight {weight} is outside -253..=253")]
     TrackWeight { track: String, weight: i16 },
+    #[error("sync group {group}: member {member} has a weighted track {track}; keepalived ignores it unless sync_group_tracking_weight is set")]
+    SyncGroupTrackWeight {
+        group: String,
+        member: String,
+        track: String,
+    },
+    #[error("sync group {0} has no member")]
+    EmptySyncGroup(String),
 }
 
 impl ConfigError {
@@ -247,7 +255,8 @@ impl ConfigError {
             Self::AdvertInterval { .. } => "advert_interval",
             Self::V2Ipv6 => "version",
             Self::PreemptDelayWithNopreempt | Self::PreemptDelay(_) => "preempt_delay",
-            Self::TrackWeight { .. } => "track",
+            Self::TrackWeight { .. } | Self::SyncGroupTrackWeight { .. } => "track",
+            Self::EmptySyncGroup(_) => "group",
         }
     }
 }
