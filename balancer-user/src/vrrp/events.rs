@@ -88,7 +88,8 @@ pub enum Input {
         /// already dropped a v2 advert whose interval differs, RFC 3768 section 7.1).
         max_advert_int: Duration,
     },
-    /// The clock reached [`Machine::poll_timeout`]; a Timeout before it does nothing.
+    /// The clock reached [`Machine::poll_timeout`](super::Machine::poll_timeout); a Timeout
+    /// before it does nothing.
     Timeout,
     /// The tracked condition `config.tracks[index]` went up or down.
     Track { index: usize, up: bool },

@@ -188,7 +188,7 @@ impl Machine {
         }
         self.master_adver_interval = self.config.advert_interval;
         if let Some(reason) = self.fault_reason() {
-            self.enter_fault(now, reason);
+            self.enter_non_master(now, State::Fault, reason);
         } else {
             self.come_up(now, Reason::Startup);
         }
@@ -200,9 +200,9 @@ impl Machine {
     fn come_up(&mut self, now: Instant, reason: Reason) {
         self.master_adver_interval = self.config.advert_interval;
         if self.config.priority != PRIORITY_OWNER {
-            self.enter_backup(now, reason);
+            self.enter_non_master(now, State::Backup, reason);
         } else if self.gated {
-            self.enter_backup(now, reason);
+            self.enter_non_master(now, State::Backup, reason);
             self.wants_master = Some(Reason::AddressOwner);
         } else {
             self.enter_master(now, Reason::AddressOwner);
@@ -212,14 +212,9 @@ impl Machine {
     /// RFC 9568 sections 6.4.2 and 6.4.3: Shutdown goes to Initialize; a Master first sends
     /// priority 0 so that a Backup takes over after its `Skew_Time`.
     fn shutdown(&mut self, now: Instant) {
-        if self.state == State::Initialize {
-            return;
+        if self.state != State::Initialize {
+            self.enter_non_master(now, State::Initialize, Reason::Shutdown);
         }
-        self.leave_master(true);
-        self.clear_timers();
-        self.state = State::Initialize;
-        self.stats.master = None;
-        self.transitioned(now, Reason::Shutdown);
     }
 
     fn timeout(&mut self, now: Instant) {
@@ -317,7 +312,7 @@ impl Machine {
                     Reason::HigherAddress { from, priority }
                 };
                 self.learn_interval(interval);
-                self.enter_backup(now, reason);
+                self.enter_non_master(now, State::Backup, reason);
                 self.stats.master = Some(from);
             }
             // RFC 9568's "new Active Router logic" (RFC 3768 only discarded it): assert
@@ -399,7 +394,9 @@ impl Machine {
     fn update_fault(&mut self, now: Instant, reason: Reason) {
         let faulty = self.own_fault() || self.group_fault;
         match self.state {
-            State::Backup | State::Master if faulty => self.enter_fault(now, reason),
+            State::Backup | State::Master if faulty => {
+                self.enter_non_master(now, State::Fault, reason);
+            }
             State::Fault if !faulty => self.come_up(now, reason),
             State::Initialize | State::Backup | State::Master | State::Fault => {}
         }
@@ -427,23 +424,19 @@ impl Machine {
         self.transitioned(now, reason);
     }
 
-    /// The caller sets `Master_Adver_Interval` first (learnt from a higher Master, or reset).
-    fn enter_backup(&mut self, now: Instant, reason: Reason) {
-        self.leave_master(false);
+    /// Into Backup, Fault or Initialize. A Master leaving for Fault (keepalived's
+    /// `vrrp_state_leave_master`) or on Shutdown (RFC 9568 section 6.4.3) resigns with
+    /// priority 0, so that a Backup takes over after its `Skew_Time` rather than a full
+    /// `Master_Down_Interval`; one that heard a better Master just leaves. For Backup, the
+    /// caller sets `Master_Adver_Interval` first (learnt from that Master, or reset).
+    fn enter_non_master(&mut self, now: Instant, state: State, reason: Reason) {
+        self.leave_master(state != State::Backup);
         self.clear_timers();
-        self.state = State::Backup;
+        self.state = state;
         self.stats.master = None;
-        self.arm_down_timer(now);
-        self.transitioned(now, reason);
-    }
-
-    /// keepalived's `vrrp_state_leave_master` towards FAULT sends priority 0 so that a
-    /// Backup takes over after its `Skew_Time` rather than a full `Master_Down_Interval`.
-    fn enter_fault(&mut self, now: Instant, reason: Reason) {
-        self.leave_master(true);
-        self.clear_timers();
-        self.state = State::Fault;
-        self.stats.master = None;
+        if state == State::Backup {
+            self.arm_down_timer(now);
+        }
         self.transitioned(now, reason);
     }
 
@@ -528,7 +521,7 @@ impl Machine {
     pub(super) fn demote(&mut self, now: Instant, reason: Reason) -> Vec<Action> {
         if self.state == State::Master {
             self.master_adver_interval = self.config.advert_interval;
-            self.enter_backup(now, reason);
+            self.enter_non_master(now, State::Backup, reason);
         }
         std::mem::take(&mut self.out)
     }

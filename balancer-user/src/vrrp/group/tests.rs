@@ -109,6 +109,30 @@ fn member_actions(actions: &[GroupAction], index: usize) -> Vec<Action> {
         .collect()
 }
 
+/// Why member `index` last moved.
+fn reason(g: &SyncGroup, index: usize) -> Option<String> {
+    g.members()
+        .get(index)?
+        .last_reason()
+        .map(ToString::to_string)
+}
+
+/// The priority of each member's first action, if it is an advert.
+fn first_adverts(actions: &[GroupAction]) -> [Option<u8>; 2] {
+    [0, 1].map(|index| match member_actions(actions, index).first() {
+        Some(Action::SendAdvert { priority }) => Some(*priority),
+        _ => None,
+    })
+}
+
+/// The group's notify, which comes last.
+fn group_notified(actions: &[GroupAction]) -> Option<NotifyState> {
+    match actions.last() {
+        Some(GroupAction::Notify { state }) => Some(*state),
+        _ => None,
+    }
+}
+
 #[test]
 fn construction() {
     assert_eq!(
@@ -150,20 +174,8 @@ fn a_member_waits_until_every_member_wants_to_be_master() {
     // Held, with its timer re-armed; then "vip" times out too and both become Master.
     let actions = g.handle(at(DOWN_100), GroupInput::Timeout);
     assert_eq!(states(&g), vec![State::Master, State::Master]);
-    assert_eq!(
-        member_actions(&actions, 0)[0],
-        Action::SendAdvert { priority: 100 }
-    );
-    assert_eq!(
-        member_actions(&actions, 1)[0],
-        Action::SendAdvert { priority: 200 }
-    );
-    assert_eq!(
-        actions.last(),
-        Some(&GroupAction::Notify {
-            state: NotifyState::Master
-        })
-    );
+    assert_eq!(first_adverts(&actions), [Some(100), Some(200)]);
+    assert_eq!(group_notified(&actions), Some(NotifyState::Master));
     for m in g.members() {
         assert!(
             matches!(m.last_reason(), Some(Reason::MasterDown { .. })),
@@ -201,19 +213,9 @@ fn a_member_stepping_down_takes_the_group_to_backup() {
             }
         ]
     );
-    assert_eq!(
-        actions.last(),
-        Some(&GroupAction::Notify {
-            state: NotifyState::Backup
-        })
-    );
-    assert_eq!(
-        g.members()[1]
-            .last_reason()
-            .map(ToString::to_string)
-            .as_deref(),
-        Some("sync group g follows vip to BACKUP")
-    );
+    assert_eq!(group_notified(&actions), Some(NotifyState::Backup));
+    let follows = "sync group g follows vip to BACKUP";
+    assert_eq!(reason(&g, 1).as_deref(), Some(follows));
 }
 
 #[test]
@@ -241,12 +243,7 @@ fn a_member_in_fault_takes_the_group_to_fault_until_no_member_is() {
         },
     ];
     assert_eq!(member_actions(&actions, 0), resign);
-    assert_eq!(
-        actions.last(),
-        Some(&GroupAction::Notify {
-            state: NotifyState::Fault
-        })
-    );
+    assert_eq!(group_notified(&actions), Some(NotifyState::Fault));
     assert_eq!(g.poll_timeout(), None);
 
     // A second member fault; clearing the first keeps the group in Fault.
@@ -272,19 +269,9 @@ fn a_member_in_fault_takes_the_group_to_fault_until_no_member_is() {
     let later = now + Duration::from_secs(1);
     let actions = g.handle(later, to(0, Input::Track { index: 0, up: true }));
     assert_eq!(states(&g), vec![State::Backup, State::Backup]);
-    assert_eq!(
-        actions.last(),
-        Some(&GroupAction::Notify {
-            state: NotifyState::Backup
-        })
-    );
-    assert_eq!(
-        g.members()[1]
-            .last_reason()
-            .map(ToString::to_string)
-            .as_deref(),
-        Some("sync group g follows vip to BACKUP")
-    );
+    assert_eq!(group_notified(&actions), Some(NotifyState::Backup));
+    let follows = "sync group g follows vip to BACKUP";
+    assert_eq!(reason(&g, 1).as_deref(), Some(follows));
     // Both come back as Backups with a full down timer, then fail over together again.
     run_until(&mut g, later + DOWN_100);
     assert_eq!(states(&g), vec![State::Master, State::Master]);
@@ -295,20 +282,8 @@ fn shutdown_stops_every_member() {
     let mut g = master_group();
     let actions = g.handle(at(DOWN_100), GroupInput::Shutdown);
     assert_eq!(states(&g), vec![State::Initialize, State::Initialize]);
-    assert_eq!(
-        member_actions(&actions, 0)[0],
-        Action::SendAdvert { priority: 0 }
-    );
-    assert_eq!(
-        member_actions(&actions, 1)[0],
-        Action::SendAdvert { priority: 0 }
-    );
-    assert_eq!(
-        actions.last(),
-        Some(&GroupAction::Notify {
-            state: NotifyState::Stop
-        })
-    );
+    assert_eq!(first_adverts(&actions), [Some(0), Some(0)]);
+    assert_eq!(group_notified(&actions), Some(NotifyState::Stop));
     assert_eq!(g.poll_timeout(), None);
 }
 
@@ -333,12 +308,7 @@ fn owners_become_master_together_at_startup() {
         3,
         "each member's MASTER and the group's: {actions:?}"
     );
-    assert_eq!(
-        actions.last(),
-        Some(&GroupAction::Notify {
-            state: NotifyState::Master
-        })
-    );
+    assert_eq!(group_notified(&actions), Some(NotifyState::Master));
     assert_eq!(g.members()[0].last_reason(), Some(&Reason::AddressOwner));
 }
 
