@@ -9,3 +9,4 @@ pub mod health;
 pub mod lb;
 pub mod ring;
 pub mod spelling;
+pub mod vrrp;
