@@ -9,4 +9,5 @@ pub mod health;
 pub mod lb;
 pub mod ring;
 pub mod spelling;
+pub mod sys;
 pub mod vrrp;

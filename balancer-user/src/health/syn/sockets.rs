@@ -4,12 +4,14 @@
 use std::io;
 use std::mem::size_of;
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use tokio::io::unix::AsyncFd;
 
 use super::filter::answer_filter;
 use super::packets::{SNAP, SOURCE_PORTS, SYN_LEN};
+pub(super) use crate::sys::sockaddr_in;
+use crate::sys::{check, local_addr, setsockopt, socket};
 
 /// Most SYNs written by one `sendmmsg()`, and most answers read by one `recvmmsg()`.
 pub(super) const BATCH: usize = 64;
@@ -20,64 +22,6 @@ const SOCKET_BUFFER: libc::c_int = 4 << 20;
 /// A SYN to write: the packet, its destination, and the check it is for (target and
 /// sequence number).
 pub(super) type Outgoing = ([u8; SYN_LEN], libc::sockaddr_in, (SocketAddrV4, u32));
-
-fn check(rc: libc::c_int) -> io::Result<libc::c_int> {
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(rc)
-    }
-}
-
-fn socket(domain: libc::c_int, kind: libc::c_int, protocol: libc::c_int) -> io::Result<OwnedFd> {
-    // SAFETY: plain socket(2); the result is checked.
-    let raw = check(unsafe {
-        libc::socket(
-            domain,
-            kind | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            protocol,
-        )
-    })?;
-    // SAFETY: `raw` is a new descriptor that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
-}
-
-fn setsockopt<T>(fd: &OwnedFd, level: libc::c_int, name: libc::c_int, value: &T) -> io::Result<()> {
-    // SAFETY: `value` points to a valid `T` of the size passed.
-    check(unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            level,
-            name,
-            std::ptr::from_ref::<T>(value).cast(),
-            size_of::<T>() as libc::socklen_t,
-        )
-    })
-    .map(drop)
-}
-
-pub(super) fn sockaddr_in(addr: SocketAddrV4) -> libc::sockaddr_in {
-    libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: addr.port().to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from_ne_bytes(addr.ip().octets()),
-        },
-        sin_zero: [0; 8],
-    }
-}
-
-fn local_addr(fd: &OwnedFd) -> io::Result<SocketAddrV4> {
-    // SAFETY: an all-zero sockaddr_in is valid; getsockname writes at most `len` bytes.
-    let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
-    let mut len = size_of::<libc::sockaddr_in>() as libc::socklen_t;
-    // SAFETY: `addr` and `len` are valid for writes.
-    check(unsafe { libc::getsockname(fd.as_raw_fd(), (&raw mut addr).cast(), &raw mut len) })?;
-    Ok(SocketAddrV4::new(
-        Ipv4Addr::from(addr.sin_addr.s_addr.to_ne_bytes()),
-        u16::from_be(addr.sin_port),
-    ))
-}
 
 /// The engine's sockets.
 pub(super) struct Sockets {

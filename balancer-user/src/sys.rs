@@ -1,0 +1,177 @@
+//! Thin wrappers over the socket and interface syscalls the health checks and VRRP use:
+//! results checked, descriptors owned. Nothing here keeps state.
+
+use std::ffi::CString;
+use std::io;
+use std::mem::size_of;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+/// `rc` as a result: the OS error when it is negative.
+pub fn check(rc: libc::c_int) -> io::Result<libc::c_int> {
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
+/// A non-blocking, close-on-exec socket.
+pub fn socket(
+    domain: libc::c_int,
+    kind: libc::c_int,
+    protocol: libc::c_int,
+) -> io::Result<OwnedFd> {
+    // SAFETY: plain socket(2); the result is checked.
+    let raw = check(unsafe {
+        libc::socket(
+            domain,
+            kind | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            protocol,
+        )
+    })?;
+    // SAFETY: `raw` is a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+pub fn setsockopt<T>(
+    fd: &OwnedFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: &T,
+) -> io::Result<()> {
+    // SAFETY: `value` points to a valid `T` of the size passed.
+    check(unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            std::ptr::from_ref::<T>(value).cast(),
+            size_of::<T>() as libc::socklen_t,
+        )
+    })
+    .map(drop)
+}
+
+pub fn sockaddr_in(addr: SocketAddrV4) -> libc::sockaddr_in {
+    libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: addr.port().to_be(),
+        sin_addr: in_addr(*addr.ip()),
+        sin_zero: [0; 8],
+    }
+}
+
+pub fn in_addr(addr: Ipv4Addr) -> libc::in_addr {
+    libc::in_addr {
+        s_addr: u32::from_ne_bytes(addr.octets()),
+    }
+}
+
+/// The address a socket is bound to.
+pub fn local_addr(fd: &OwnedFd) -> io::Result<SocketAddrV4> {
+    // SAFETY: an all-zero sockaddr_in is valid; getsockname writes at most `len` bytes.
+    let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    let mut len = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: `addr` and `len` are valid for writes.
+    check(unsafe { libc::getsockname(fd.as_raw_fd(), (&raw mut addr).cast(), &raw mut len) })?;
+    Ok(SocketAddrV4::new(
+        Ipv4Addr::from(addr.sin_addr.s_addr.to_ne_bytes()),
+        u16::from_be(addr.sin_port),
+    ))
+}
+
+/// The index of interface `name`.
+pub fn ifindex(name: &str) -> io::Result<u32> {
+    let c_name = CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: `c_name` is a valid C string.
+    match unsafe { libc::if_nametoindex(c_name.as_ptr()) } {
+        0 => Err(io::Error::last_os_error()),
+        index => Ok(index),
+    }
+}
+
+/// The IPv4 addresses of interface `name`, with their prefix lengths, primary first (in
+/// the kernel's order).
+pub fn ipv4_addresses(name: &str) -> io::Result<Vec<(Ipv4Addr, u8)>> {
+    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs writes a list that freeifaddrs frees below.
+    check(unsafe { libc::getifaddrs(&raw mut list) })?;
+    let mut found = Vec::new();
+    let mut next = list;
+    while !next.is_null() {
+        // SAFETY: a node of the list getifaddrs returned, alive until freeifaddrs.
+        let entry = unsafe { &*next };
+        next = entry.ifa_next;
+        if entry.ifa_addr.is_null() || entry.ifa_name.is_null() {
+            continue;
+        }
+        // SAFETY: a NUL-terminated name owned by the list.
+        let entry_name = unsafe { std::ffi::CStr::from_ptr(entry.ifa_name) };
+        // SAFETY: `ifa_addr` points to a sockaddr whose family says its type.
+        let family = i32::from(unsafe { (*entry.ifa_addr).sa_family });
+        if entry_name.to_bytes() != name.as_bytes() || family != libc::AF_INET {
+            continue;
+        }
+        // SAFETY: an AF_INET address is a sockaddr_in.
+        let addr = unsafe { entry.ifa_addr.cast::<libc::sockaddr_in>().read_unaligned() };
+        let prefix = if entry.ifa_netmask.is_null() {
+            32
+        } else {
+            // SAFETY: the netmask of an AF_INET address is a sockaddr_in too.
+            let mask = unsafe {
+                entry
+                    .ifa_netmask
+                    .cast::<libc::sockaddr_in>()
+                    .read_unaligned()
+            };
+            u32::from_be(mask.sin_addr.s_addr).count_ones() as u8
+        };
+        found.push((Ipv4Addr::from(addr.sin_addr.s_addr.to_ne_bytes()), prefix));
+    }
+    // SAFETY: the list getifaddrs returned, freed once.
+    unsafe { libc::freeifaddrs(list) };
+    Ok(found)
+}
+
+/// The hardware address of interface `name` (`/sys/class/net/NAME/address`).
+pub fn mac_address(name: &str) -> io::Result<[u8; 6]> {
+    let text = std::fs::read_to_string(format!("/sys/class/net/{name}/address"))?;
+    let mut mac = [0u8; 6];
+    let mut parts = text.trim().split(':');
+    for byte in &mut mac {
+        *byte = parts
+            .next()
+            .and_then(|part| u8::from_str_radix(part, 16).ok())
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{name}: MAC address {text:?}"),
+                )
+            })?;
+    }
+    Ok(mac)
+}
+
+/// Whether interface `name` exists and its link is up (`/sys/class/net/NAME/operstate` is
+/// `up`, or `unknown` as for links that do not report one).
+pub fn link_up(name: &str) -> bool {
+    std::fs::read_to_string(format!("/sys/class/net/{name}/operstate"))
+        .is_ok_and(|state| matches!(state.trim(), "up" | "unknown"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_is_known() {
+        assert_eq!(ifindex("lo").unwrap(), 1);
+        assert!(ipv4_addresses("lo")
+            .unwrap()
+            .contains(&(Ipv4Addr::LOCALHOST, 8)));
+        assert_eq!(mac_address("lo").unwrap(), [0; 6]);
+        assert!(ifindex("no-such-if0").is_err());
+        assert!(!link_up("no-such-if0"));
+    }
+}
