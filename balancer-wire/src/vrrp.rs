@@ -811,9 +811,9 @@ mod tests {
         (vrid, priority, advert_int): (u8, u8, u16),
         addresses: Addresses,
     ) -> Fixture {
-        let checksum = match (version, addresses.family()) {
-            (Version::V2, _) => V3Checksum::Plain,
-            (Version::V3, _) => V3Checksum::PseudoHeader,
+        let checksum = match version {
+            Version::V2 => V3Checksum::Plain,
+            Version::V3 => V3Checksum::PseudoHeader,
         };
         Fixture {
             what,
@@ -829,71 +829,21 @@ mod tests {
         }
     }
 
+    #[rustfmt::skip] // one fixture a line
     fn fixtures() -> Vec<Fixture> {
-        let v6 = || {
-            Addresses::V6(vec![
-                "fd00::100".parse().unwrap(),
-                "fd00::101".parse().unwrap(),
-            ])
-        };
+        use Version::{V2, V3};
+        let both = || v4(&[100, 101]);
+        let v6 = || Addresses::V6(vec!["fd00::100".parse().unwrap(), "fd00::101".parse().unwrap()]);
         vec![
-            fixture(
-                "v2 multicast",
-                &V2_MULTICAST,
-                Version::V2,
-                (51, 150, 1),
-                v4(&[100, 101]),
-            ),
-            fixture(
-                "v2 multicast, resigning",
-                &V2_MULTICAST_RESIGN,
-                Version::V2,
-                (51, 0, 1),
-                v4(&[100, 101]),
-            ),
-            fixture(
-                "v3 multicast",
-                &V3_MULTICAST,
-                Version::V3,
-                (52, 200, 100),
-                v4(&[100, 101]),
-            ),
-            fixture(
-                "v3 multicast, resigning",
-                &V3_MULTICAST_RESIGN,
-                Version::V3,
-                (52, 0, 100),
-                v4(&[100, 101]),
-            ),
-            fixture(
-                "v3 unicast",
-                &V3_UNICAST,
-                Version::V3,
-                (53, 120, 50),
-                v4(&[100]),
-            ),
-            fixture(
-                "v3 unicast, resigning",
-                &V3_UNICAST_RESIGN,
-                Version::V3,
-                (53, 0, 50),
-                v4(&[100]),
-            ),
-            fixture(
-                "v2 unicast",
-                &V2_UNICAST,
-                Version::V2,
-                (54, 100, 2),
-                v4(&[100]),
-            ),
-            fixture("v3 IPv6", &V3_IPV6, Version::V3, (55, 254, 100), v6()),
-            fixture(
-                "v3 IPv6, resigning",
-                &V3_IPV6_RESIGN,
-                Version::V3,
-                (55, 0, 100),
-                v6(),
-            ),
+            fixture("v2 multicast", &V2_MULTICAST, V2, (51, 150, 1), both()),
+            fixture("v2 multicast, resign", &V2_MULTICAST_RESIGN, V2, (51, 0, 1), both()),
+            fixture("v3 multicast", &V3_MULTICAST, V3, (52, 200, 100), both()),
+            fixture("v3 multicast, resign", &V3_MULTICAST_RESIGN, V3, (52, 0, 100), both()),
+            fixture("v3 unicast", &V3_UNICAST, V3, (53, 120, 50), v4(&[100])),
+            fixture("v3 unicast, resign", &V3_UNICAST_RESIGN, V3, (53, 0, 50), v4(&[100])),
+            fixture("v2 unicast", &V2_UNICAST, V2, (54, 100, 2), v4(&[100])),
+            fixture("v3 IPv6", &V3_IPV6, V3, (55, 254, 100), v6()),
+            fixture("v3 IPv6, resign", &V3_IPV6_RESIGN, V3, (55, 0, 100), v6()),
         ]
     }
 
