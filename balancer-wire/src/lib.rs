@@ -99,6 +99,7 @@ pub mod ipv4;
 pub mod ipv6;
 pub mod tcp;
 pub mod udp;
+pub mod vrrp;
 
 pub use checksum::PseudoHeader;
 pub use ethernet::{EtherType, MacAddr};
