@@ -20,6 +20,8 @@
 //! The words that name a choice (`Protocol`, `Scheduler`, ...) are in `words`. A pool's
 //! health check is configured by the health checks' own types ([`CheckConfig`] and the
 //! rest, from [`crate::health::config`]): this module imports `health`, never the reverse.
+//! VRRP instances and sync groups likewise are [`crate::vrrp`]'s [`InstanceConfig`] and
+//! [`SyncGroupConfig`].
 
 mod position;
 mod raw;
@@ -33,6 +35,8 @@ use std::time::Duration;
 use balancer_common::MAX_RING_SIZE;
 
 use position::{key_path_at, line_col};
+
+use crate::vrrp::{InstanceConfig, SyncGroupConfig};
 
 pub use crate::health::config::{
     CheckConfig, CheckKind, CheckType, HttpCheck, StatusRanges, StatusRangesError, UdpCheck,
@@ -86,6 +90,10 @@ pub struct Config {
     pub timeouts: Timeouts,
     pub pools: Vec<PoolConfig>,
     pub vips: Vec<VipConfig>,
+    /// `[[vrrp]]`: the VRRP instances, in the order written.
+    pub vrrp: Vec<InstanceConfig>,
+    /// `[[vrrp_sync_group]]`: the instances that fail over together.
+    pub vrrp_sync_groups: Vec<SyncGroupConfig>,
 }
 
 impl Config {
@@ -554,6 +562,8 @@ pool = "dns"
                     on_all_down: AllDownPolicy::Drop,
                 },
             ],
+            vrrp: vec![],
+            vrrp_sync_groups: vec![],
         };
         assert_eq!(config, expected);
         assert_eq!(config.pool("dns"), Some(&expected.pools[1]));
@@ -587,6 +597,8 @@ pool = "dns"
                 },
                 pools: vec![],
                 vips: vec![],
+                vrrp: vec![],
+                vrrp_sync_groups: vec![],
             }
         );
         assert_eq!(config.nat, NatConfig::default());
