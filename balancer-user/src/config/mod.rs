@@ -20,6 +20,8 @@
 //! The words that name a choice (`Protocol`, `Scheduler`, ...) are in `words`. A pool's
 //! health check is configured by the health checks' own types ([`CheckConfig`] and the
 //! rest, from [`crate::health::config`]): this module imports `health`, never the reverse.
+//! VRRP instances and sync groups likewise are [`crate::vrrp`]'s [`InstanceConfig`] and
+//! [`SyncGroupConfig`].
 
 mod position;
 mod raw;
@@ -33,6 +35,8 @@ use std::time::Duration;
 use balancer_common::MAX_RING_SIZE;
 
 use position::{key_path_at, line_col};
+
+use crate::vrrp::{InstanceConfig, SyncGroupConfig};
 
 pub use crate::health::config::{
     CheckConfig, CheckKind, CheckType, HttpCheck, StatusRanges, StatusRangesError, UdpCheck,
@@ -86,6 +90,10 @@ pub struct Config {
     pub timeouts: Timeouts,
     pub pools: Vec<PoolConfig>,
     pub vips: Vec<VipConfig>,
+    /// `[[vrrp]]`: the VRRP instances, in the order written.
+    pub vrrp: Vec<InstanceConfig>,
+    /// `[[vrrp_sync_group]]`: the instances that fail over together.
+    pub vrrp_sync_groups: Vec<SyncGroupConfig>,
 }
 
 impl Config {
@@ -411,7 +419,10 @@ mod testing;
 
 #[cfg(test)]
 mod tests {
-    use super::testing::{assert_error, ip, with, NAT, ONE_VIP, ORIGIN, TIMEOUTS};
+    use super::testing::{
+        assert_error, assert_mangling_never_panics, ip, readme_toml, with, NAT, ONE_VIP, ORIGIN,
+        TIMEOUTS,
+    };
     use super::*;
 
     /// A complete configuration; line numbers are in the comments of the tests.
@@ -467,12 +478,7 @@ pool = "dns"
 
     #[test]
     fn the_readme_example_parses() {
-        let readme = include_str!("../../../README.md");
-        let start = readme
-            .find("```toml\n# balancer.toml")
-            .expect("the README has its balancer.toml example");
-        let body = &readme[start + "```toml\n".len()..];
-        let example = &body[..body.find("```").expect("the example block ends")];
+        let example = readme_toml("# balancer.toml");
         let config = parse(example, "README.md").unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(config.agent.pin_dir, Some(PathBuf::from(DEFAULT_PIN_DIR)));
         assert_eq!(config.vips.len(), 1);
@@ -556,6 +562,8 @@ pool = "dns"
                     on_all_down: AllDownPolicy::Drop,
                 },
             ],
+            vrrp: vec![],
+            vrrp_sync_groups: vec![],
         };
         assert_eq!(config, expected);
         assert_eq!(config.pool("dns"), Some(&expected.pools[1]));
@@ -589,6 +597,8 @@ pool = "dns"
                 },
                 pools: vec![],
                 vips: vec![],
+                vrrp: vec![],
+                vrrp_sync_groups: vec![],
             }
         );
         assert_eq!(config.nat, NatConfig::default());
@@ -787,26 +797,12 @@ backends = [
 
     #[test]
     fn mangled_input_never_panics() {
-        // Every truncation and a handful of substitutions at every offset
-        // must give Ok or an error with a line number, never a panic.
         let base = with(
             ONE_VIP,
             "name = \"web\"\n[[vip]]",
             "name = 'web' # pool\nbackends = [{ address = \"10.0.2.1\", port = 80 }]\n[[vip]]",
         );
-        for end in (0..=base.len()).filter(|i| base.is_char_boundary(*i)) {
-            if let Err(e) = parse(&base[..end], ORIGIN) {
-                assert!(e.line().is_some());
-            }
-        }
-        for i in 0..base.len() {
-            for c in ["\"", "'", "[", "]", "{", "=", "\n", "#", "é", "\\", "'''"] {
-                let mut text = base.clone();
-                text.replace_range(i..=i, c);
-                if let Err(e) = parse(&text, ORIGIN) {
-                    assert!(e.to_string().starts_with("balancer.toml:"));
-                }
-            }
-        }
+        let substitutes = ["\"", "'", "[", "]", "{", "=", "\n", "#", "é", "\\", "'''"];
+        assert_mangling_never_panics(&base, &substitutes);
     }
 }

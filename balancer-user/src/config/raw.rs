@@ -20,6 +20,10 @@ pub(super) struct RawConfig {
     pub(super) pool: Vec<Spanned<RawPool>>,
     #[serde(default)]
     pub(super) vip: Vec<Spanned<RawVip>>,
+    #[serde(default)]
+    pub(super) vrrp: Vec<Spanned<RawVrrp>>,
+    #[serde(default)]
+    pub(super) vrrp_sync_group: Vec<Spanned<RawSyncGroup>>,
 }
 
 #[derive(Deserialize)]
@@ -140,6 +144,69 @@ pub(super) struct RawVip {
     pub(super) pool: Spanned<String>,
     #[serde(default)]
     pub(super) on_all_down: Option<Spanned<String>>,
+}
+
+/// `[[vrrp]]`: one VRRP instance, in keepalived's words where it has one.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(super) struct RawVrrp {
+    pub(super) name: Spanned<String>,
+    pub(super) interface: Spanned<String>,
+    pub(super) vrid: Spanned<Int>,
+    #[serde(default)]
+    pub(super) priority: Option<Spanned<Int>>,
+    #[serde(default)]
+    pub(super) advert_interval: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) version: Option<Spanned<Int>>,
+    pub(super) addresses: Spanned<Vec<Spanned<String>>>,
+    #[serde(default)]
+    pub(super) nopreempt: Option<Spanned<bool>>,
+    #[serde(default)]
+    pub(super) preempt_delay: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) unicast_source: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) unicast_peers: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub(super) garp_master_delay: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) garp_master_repeat: Option<Spanned<Int>>,
+    #[serde(default)]
+    pub(super) v3_checksum: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) track: Vec<Spanned<RawTrack>>,
+    #[serde(default)]
+    pub(super) notify: Option<Spanned<String>>,
+}
+
+/// One entry of a `[[vrrp]]`'s `track`: exactly one of `vip`, `interface` and `data_plane`
+/// (the validator checks that), with its weight.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(super) struct RawTrack {
+    #[serde(default)]
+    pub(super) vip: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) interface: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) data_plane: Option<Spanned<bool>>,
+    #[serde(default)]
+    pub(super) weight: Option<Spanned<Int>>,
+    #[serde(default)]
+    pub(super) reverse: Option<bool>,
+}
+
+/// `[[vrrp_sync_group]]`: instances that fail over together.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(super) struct RawSyncGroup {
+    pub(super) name: Spanned<String>,
+    pub(super) instances: Spanned<Vec<Spanned<String>>>,
+    #[serde(default)]
+    pub(super) notify: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) sync_group_tracking_weight: Option<bool>,
 }
 
 /// A TOML integer; range checks happen in the validator so their messages can

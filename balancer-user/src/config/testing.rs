@@ -67,6 +67,57 @@ pub(super) fn assert_error(text: &str, prefix: &str, fragment: &str) {
     );
 }
 
+/// Asserts that replacing `from` by `to` in `base` fails at the first `at` on `line` (which
+/// `to` puts there), naming `field` and saying `fragment`.
+pub(super) fn assert_error_at(
+    base: &str,
+    (from, to): (&str, &str),
+    (line, at): (usize, &str),
+    field: &str,
+    fragment: &str,
+) {
+    let text = with(base, from, to);
+    let line_text = text.lines().nth(line - 1).unwrap_or_default();
+    let column = line_text
+        .find(at)
+        .unwrap_or_else(|| panic!("{at:?} not on line {line}: {line_text:?}"))
+        + 1;
+    assert_error(
+        &text,
+        &format!("{ORIGIN}:{line}:{column}: {field}: "),
+        fragment,
+    );
+}
+
+/// Every truncation of `base`, and `base` with each of `substitutes` in place of each of
+/// its bytes, gives a configuration or an error that names its line, never a panic.
+pub(super) fn assert_mangling_never_panics(base: &str, substitutes: &[&str]) {
+    for end in (0..=base.len()).filter(|i| base.is_char_boundary(*i)) {
+        if let Err(e) = parse(&base[..end], ORIGIN) {
+            assert!(e.line().is_some());
+        }
+    }
+    for i in 0..base.len() {
+        for c in substitutes {
+            let mut text = base.to_owned();
+            text.replace_range(i..=i, c);
+            if let Err(e) = parse(&text, ORIGIN) {
+                assert!(e.to_string().starts_with(&format!("{ORIGIN}:")));
+            }
+        }
+    }
+}
+
+/// The README's TOML example whose block starts with `first_line`.
+pub(super) fn readme_toml(first_line: &str) -> &'static str {
+    let readme = include_str!("../../../README.md");
+    let start = readme
+        .find(&format!("```toml\n{first_line}"))
+        .unwrap_or_else(|| panic!("the README has a TOML example starting with {first_line:?}"));
+    let body = &readme[start + "```toml\n".len()..];
+    &body[..body.find("```").expect("the example block ends")]
+}
+
 pub(super) fn ip(s: &str) -> Ipv4Addr {
     s.parse().unwrap()
 }

@@ -8,13 +8,20 @@
 //! [`Machine::poll_timeout`] when it next wants [`Input::Timeout`]. The socket layer, the
 //! packet codec and the configuration are wired around it, and the unit tests drive it with
 //! a fake clock. A [`SyncGroup`] coordinates several machines that fail over together
-//! (keepalived's `vrrp_sync_group`).
+//! (keepalived's `vrrp_sync_group`). [`InstanceConfig`] and [`SyncGroupConfig`] are what the
+//! configuration file gives the agent for each instance and group.
 
+mod config;
 mod events;
 mod group;
 mod machine;
 mod params;
 
+pub use config::{
+    HostCheck, HostRequirement, InstanceConfig, NotifyCommand, NotifyCommandError, NotifySubject,
+    SyncGroupConfig, TrackTarget, V3Checksum, VirtualAddress, VirtualAddressError, MULTICAST_V4,
+    MULTICAST_V6,
+};
 pub use events::{Action, Input, NotifyState, Reason, State, Stats};
 pub use group::{GroupAction, GroupInput, SyncGroup};
 pub use machine::Machine;

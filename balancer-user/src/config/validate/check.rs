@@ -313,7 +313,9 @@ fn payload_problem(s: &str) -> Option<String> {
 mod tests {
     use std::time::Duration;
 
-    use super::super::super::testing::{assert_error, with, ONE_VIP, ORIGIN};
+    use super::super::super::testing::{
+        assert_error_at, assert_mangling_never_panics, ONE_VIP, ORIGIN,
+    };
     use super::super::super::{parse, AllDownPolicy, DownPolicy};
     use super::*;
 
@@ -362,17 +364,7 @@ on_all_down = "pass"
         field: &str,
         fragment: &str,
     ) {
-        let text = with(CHECKS, from, to);
-        let line_text = text.lines().nth(line - 1).unwrap();
-        let column = line_text
-            .find(at)
-            .unwrap_or_else(|| panic!("{at:?} not on line {line}: {line_text:?}"))
-            + 1;
-        assert_error(
-            &text,
-            &format!("balancer.toml:{line}:{column}: {field}: "),
-            fragment,
-        );
+        assert_error_at(CHECKS, (from, to), (line, at), field, fragment);
     }
 
     #[test]
@@ -820,19 +812,7 @@ expect_status = "200"
 
     #[test]
     fn mangled_check_tables_never_panic() {
-        for end in (0..=CHECKS.len()).filter(|i| CHECKS.is_char_boundary(*i)) {
-            if let Err(e) = parse(&CHECKS[..end], ORIGIN) {
-                assert!(e.line().is_some());
-            }
-        }
-        for i in 0..CHECKS.len() {
-            for c in ["\"", "{", "}", "=", "\n", "-", "0", "é"] {
-                let mut text = CHECKS.to_owned();
-                text.replace_range(i..=i, c);
-                if let Err(e) = parse(&text, ORIGIN) {
-                    assert!(e.to_string().starts_with("balancer.toml:"));
-                }
-            }
-        }
+        let substitutes = ["\"", "{", "}", "=", "\n", "-", "0", "é"];
+        assert_mangling_never_panics(CHECKS, &substitutes);
     }
 }

@@ -3,9 +3,11 @@
 //!
 //! One method per section of the file (`agent`, `nat`, `timeouts`, `pools` with `backend`,
 //! `vips`), and small helpers for the kinds of values they share (durations, words,
-//! addresses, ports, names). A pool's or backend's `check` table is checked in `check`.
+//! addresses, ports, names). A pool's or backend's `check` table is checked in `check`, the
+//! VRRP instances and sync groups in `vrrp`.
 
 mod check;
+mod vrrp;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -82,12 +84,16 @@ impl Validator<'_> {
         };
         let pools = self.pools(raw.pool)?;
         let vips = self.vips(raw.vip, &pools)?;
+        let vrrp = self.vrrp_instances(&raw.vrrp, &vips)?;
+        let vrrp_sync_groups = self.vrrp_sync_groups(&raw.vrrp_sync_group, &vrrp)?;
         Ok(Config {
             agent,
             nat,
             timeouts,
             pools,
             vips,
+            vrrp,
+            vrrp_sync_groups,
         })
     }
 
@@ -458,12 +464,7 @@ impl Validator<'_> {
     ) -> Checked<String> {
         let pool_name = vip.pool.get_ref();
         if !pools.iter().any(|p| &p.name == pool_name) {
-            let known = if pools.is_empty() {
-                "no [[pool]] is defined".to_owned()
-            } else {
-                let list: Vec<String> = pools.iter().map(|p| format!("{:?}", p.name)).collect();
-                format!("defined pools: {}", list.join(", "))
-            };
+            let known = defined("pools", "pool", pools.iter().map(|p| p.name.as_str()));
             return Err(self.error(
                 vip.pool.span(),
                 format_args!("{field}.pool"),
@@ -584,6 +585,17 @@ impl Validator<'_> {
         }
         names.insert(name.clone(), (index, self.line(&raw.span())));
         Ok(name)
+    }
+}
+
+/// What a name may refer to, for an "unknown NAME" message: `defined pools: "a", "b"`, or
+/// `no [[pool]] is defined` (`what`: "pools", `table`: "pool").
+fn defined<'a>(what: &str, table: &str, names: impl Iterator<Item = &'a str>) -> String {
+    let list: Vec<String> = names.map(|n| format!("{n:?}")).collect();
+    if list.is_empty() {
+        format!("no [[{table}]] is defined")
+    } else {
+        format!("defined {what}: {}", list.join(", "))
     }
 }
 
