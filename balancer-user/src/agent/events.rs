@@ -12,6 +12,7 @@ use crate::{
     dataplane::Maps,
     health::{Checker, HealthEvent},
     lb::{Balancer, BalancerError},
+    vrrp::{Snapshot, TrackTarget, Vrrp},
 };
 
 /// Something that happened, for the agent to apply.
@@ -28,23 +29,37 @@ pub enum Event {
     Stop { signal: &'static str },
 }
 
-/// The agent's state: the balancer (which owns the maps) and the health checks it runs.
+/// The agent's state: the balancer (which owns the maps), the health checks it runs, and
+/// the VRRP instances whose tracked VIPs it watches.
 pub struct Agent<M: Maps> {
     lb: Balancer<M>,
     checker: Checker,
     /// The checks running: (pool, backend).
     checked: HashSet<(String, SocketAddrV4)>,
+    vrrp: Option<Vrrp>,
+    /// The VIPs VRRP instances track, and whether each was last said to be up.
+    vip_tracks: Vec<(String, Option<bool>)>,
 }
 
 impl<M: Maps> Agent<M> {
-    /// Starts the checks of every checked backend of `lb`.
-    pub fn new(lb: Balancer<M>, checker: Checker) -> Self {
+    /// Starts the checks of every checked backend of `lb`, and tells the VRRP instances how
+    /// their tracked VIPs are.
+    pub fn new(lb: Balancer<M>, checker: Checker, vrrp: Option<Vrrp>) -> Self {
+        let vip_tracks = vrrp.as_ref().map_or_else(Vec::new, |v| {
+            v.tracked_vips()
+                .iter()
+                .map(|vip| (vip.clone(), None))
+                .collect()
+        });
         let mut agent = Agent {
             lb,
             checker,
             checked: HashSet::new(),
+            vrrp,
+            vip_tracks,
         };
         agent.sync_checks();
+        agent.sync_tracks();
         agent
     }
 
@@ -57,6 +72,7 @@ impl<M: Maps> Agent<M> {
                 let response = self.apply(request);
                 log::debug!("control request applied in {:?}: {what}", started.elapsed());
                 self.sync_checks();
+                self.sync_tracks();
                 let _ = reply.send(response);
             }
             Event::Health(event) => {
@@ -68,6 +84,7 @@ impl<M: Maps> Agent<M> {
                         event.health
                     );
                 }
+                self.sync_tracks();
             }
             Event::Stop { signal } => {
                 log::info!("{signal}: stopping");
@@ -77,9 +94,28 @@ impl<M: Maps> Agent<M> {
         ControlFlow::Continue(())
     }
 
-    /// The balancer, once the agent stops.
-    pub fn into_balancer(self) -> Balancer<M> {
+    /// Stops the VRRP instances (Masters resign with priority 0 and remove their addresses),
+    /// waiting at most `limit`, and returns the balancer.
+    pub async fn stop(self, limit: std::time::Duration) -> Balancer<M> {
+        if let Some(vrrp) = self.vrrp {
+            vrrp.shutdown(limit).await;
+        }
         self.lb
+    }
+
+    /// Tells each VRRP instance that tracks a VIP whether the VIP can take new flows, when
+    /// that changed.
+    fn sync_tracks(&mut self) {
+        let Some(vrrp) = &self.vrrp else {
+            return;
+        };
+        for (vip, said) in &mut self.vip_tracks {
+            let up = self.lb.usable_backends(vip).is_some_and(|n| n > 0);
+            if *said != Some(up) {
+                *said = Some(up);
+                vrrp.track(TrackTarget::Vip(vip.clone()), up);
+            }
+        }
     }
 
     /// Applies one control request and answers with the status after it.
@@ -106,11 +142,16 @@ impl<M: Maps> Agent<M> {
             return Response::error(e.to_string());
         }
         match lb.status() {
-            Ok(status) => Response {
-                ok: true,
-                error: None,
-                status: Some(status),
-            },
+            Ok(mut status) => {
+                if let Some(vrrp) = &self.vrrp {
+                    status.vrrp = vrrp.status().iter().map(Snapshot::to_status).collect();
+                }
+                Response {
+                    ok: true,
+                    error: None,
+                    status: Some(status),
+                }
+            }
             // The change took effect: saying it was refused would be wrong.
             Err(e) if change => Response {
                 ok: true,
@@ -161,7 +202,7 @@ mod tests {
         let snat = SnatSource::Fixed(Ipv4Addr::new(10, 0, 2, 1));
         let lb = Balancer::new(FakeMaps::default(), &settings, snat).unwrap();
         let (events, _) = mpsc::channel(1);
-        Agent::new(lb, Checker::new(events))
+        Agent::new(lb, Checker::new(events), None)
     }
 
     fn web() -> VipConfig {

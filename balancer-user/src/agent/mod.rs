@@ -24,7 +24,12 @@ use crate::{
     },
     health::{Checker, HealthEvent},
     lb::Balancer,
+    vrrp::{TrackTarget, Vrrp},
 };
+
+/// How long a stopping agent waits for its VRRP instances to resign and remove their
+/// addresses.
+const VRRP_STOP_LIMIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 pub struct RunOptions {
     pub config: PathBuf,
@@ -84,7 +89,8 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     // The checker's results come on a channel of their own (it is a library that knows
     // nothing of the agent's events) and become events here.
     let (health_tx, mut health) = mpsc::channel::<HealthEvent>(1024);
-    let mut agent = Agent::new(lb, Checker::new(health_tx));
+    let vrrp = start_vrrp(&config)?;
+    let mut agent = Agent::new(lb, Checker::new(health_tx), vrrp);
     signals::start(events_tx)?;
     loop {
         let event = tokio::select! {
@@ -108,8 +114,20 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         // (`accept_local` stays on: the data plane still needs it.)
     }
     // Dropping the program detaches it from every interface whose link is not pinned.
-    drop(agent.into_balancer());
+    drop(agent.stop(VRRP_STOP_LIMIT).await);
     drop(program);
     log::info!("stopped");
     Ok(())
+}
+
+/// Starts the configured VRRP instances, once the data plane is attached (so that a Master
+/// serves at once); `None` without any.
+fn start_vrrp(config: &config::Config) -> anyhow::Result<Option<Vrrp>> {
+    if config.vrrp.is_empty() {
+        return Ok(None);
+    }
+    let vrrp = Vrrp::start(config.vrrp.clone(), &config.vrrp_sync_groups)?;
+    vrrp.track(TrackTarget::DataPlane, true);
+    log::info!("VRRP: {} instance(s) started", config.vrrp.len());
+    Ok(Some(vrrp))
 }

@@ -7,7 +7,7 @@ pub mod client;
 
 use std::{
     collections::BTreeMap,
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, SocketAddrV4},
 };
 
 use balancer_common::FlowStats;
@@ -130,6 +130,41 @@ pub struct PoolStatus {
     pub backends: Vec<BackendStatus>,
 }
 
+/// One VRRP instance.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VrrpStatus {
+    pub name: String,
+    pub interface: String,
+    pub vrid: u8,
+    /// 2 or 3.
+    pub version: u8,
+    /// keepalived's words: "INIT", "BACKUP", "MASTER" or "FAULT".
+    pub state: String,
+    /// As configured.
+    pub priority: u8,
+    /// As advertised: the configured priority adjusted by weighted tracks.
+    pub effective_priority: u8,
+    /// The address adverts are sent from.
+    pub source: IpAddr,
+    /// The current Master as known (this host while Master).
+    pub master: Option<IpAddr>,
+    /// Seconds in the current state.
+    pub since_change_secs: f64,
+    /// Why the last transition happened.
+    pub reason: String,
+    pub adverts_sent: u64,
+    pub adverts_received: u64,
+    pub became_master: u64,
+    /// Adverts refused, by reason.
+    pub errors: BTreeMap<String, u64>,
+    /// Accepted `VRRPv3` IPv4 adverts by checksum: with the IPv4 pseudo-header (keepalived,
+    /// FRR) or without it (RFC 9568).
+    pub checksums: BTreeMap<String, u64>,
+    pub sync_group: Option<String>,
+    /// The virtual addresses, "ADDRESS/PREFIX".
+    pub addresses: Vec<String>,
+}
+
 /// Everything `balancer status` shows.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Status {
@@ -137,4 +172,7 @@ pub struct Status {
     pub pools: Vec<PoolStatus>,
     /// Verdicts and drop/pass reasons (`balancer_common::stat::NAMES`).
     pub global: BTreeMap<String, u64>,
+    /// VRRP instances, when the configuration has any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub vrrp: Vec<VrrpStatus>,
 }

@@ -8,7 +8,7 @@ use std::{
 };
 
 use clap::{Args, Parser, Subcommand};
-use render::{render_backends, render_status, render_vips, trim_lines};
+use render::{render_backends, render_status, render_vips, render_vrrp, trim_lines};
 
 use crate::{
     api::{
@@ -50,9 +50,22 @@ pub enum Command {
     /// Add, delete, drain or list the backends of a pool.
     #[command(subcommand)]
     Backend(BackendCommand),
-    /// VIPs, backends, weights and counters.
+    /// VRRP instances: state, priority, the Master, adverts and errors.
+    #[command(subcommand)]
+    Vrrp(VrrpCommand),
+    /// VIPs, backends, weights and counters, and VRRP instances.
     Status {
         /// Print JSON instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum VrrpCommand {
+    /// List the VRRP instances.
+    List {
+        /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
@@ -182,6 +195,13 @@ pub fn client(socket: &Path, command: Command) -> Result<String, ClientError> {
         ),
         Command::Status { json: false } => (Request::Status, Box::new(render_status)),
         Command::Vip(VipCommand::List) => (Request::Status, Box::new(render_vips)),
+        Command::Vrrp(VrrpCommand::List { json: true }) => (
+            Request::Status,
+            Box::new(|s| serde_json::to_string_pretty(&s.vrrp).expect("status serializes")),
+        ),
+        Command::Vrrp(VrrpCommand::List { json: false }) => {
+            (Request::Status, Box::new(render_vrrp))
+        }
         Command::Vip(VipCommand::Add {
             name,
             spec,

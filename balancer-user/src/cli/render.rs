@@ -92,6 +92,62 @@ pub(super) fn render_backends(
     Ok(out.trim_end().to_string())
 }
 
+pub(super) fn render_vrrp(status: &Status) -> String {
+    if status.vrrp.is_empty() {
+        return "no VRRP instances".to_owned();
+    }
+    let mut out = format!(
+        "{:<14} {:<10} {:>4} {:>3} {:<7} {:>8} {:<15} {:>9} {:>13} {:>6}  {}\n",
+        "INSTANCE",
+        "INTERFACE",
+        "VRID",
+        "VER",
+        "STATE",
+        "PRIORITY",
+        "MASTER",
+        "SINCE",
+        "ADVERTS S/R",
+        "ERRORS",
+        "LAST CHANGE"
+    );
+    for v in &status.vrrp {
+        let priority = if v.effective_priority == v.priority {
+            v.priority.to_string()
+        } else {
+            format!("{}/{}", v.effective_priority, v.priority)
+        };
+        let _ = writeln!(
+            out,
+            "{:<14} {:<10} {:>4} {:>3} {:<7} {:>8} {:<15} {:>9} {:>13} {:>6}  {}",
+            v.name,
+            v.interface,
+            v.vrid,
+            v.version,
+            v.state,
+            priority,
+            v.master.map_or_else(|| "-".to_owned(), |m| m.to_string()),
+            format_age(v.since_change_secs),
+            format!("{}/{}", v.adverts_sent, v.adverts_received),
+            v.errors.values().sum::<u64>(),
+            v.reason
+        );
+    }
+    let errors: Vec<String> = status
+        .vrrp
+        .iter()
+        .flat_map(|v| {
+            v.errors
+                .iter()
+                .map(move |(reason, n)| format!("  {}: {n} {reason}", v.name))
+        })
+        .collect();
+    if !errors.is_empty() {
+        out += "adverts refused:\n";
+        out += &errors.join("\n");
+    }
+    out.trim_end().to_string()
+}
+
 /// "42s", "7m03s", "2h05m": time since a backend's last health change.
 fn format_age(secs: f64) -> String {
     let s = secs.max(0.0) as u64;
@@ -121,6 +177,10 @@ pub(super) fn render_status(status: &Status) -> String {
     }
     out += "\nBackends\n";
     out += &render_backends(status, None).unwrap_or_default();
+    if !status.vrrp.is_empty() {
+        out += "\n\nVRRP\n";
+        out += &render_vrrp(status);
+    }
     out += "\n\nData plane\n";
     for (name, value) in status.global.iter().filter(|(_, v)| **v > 0) {
         let _ = writeln!(out, "  {name:<22} {value}");

@@ -10,6 +10,17 @@ use crate::{
 };
 
 impl<M: Maps> Balancer<M> {
+    /// How many backends of VIP `name`'s pool take new flows; `None` when there is no
+    /// such VIP.
+    pub fn usable_backends(&self, name: &str) -> Option<usize> {
+        let vip = self.vips.get(name)?;
+        Some(
+            self.pools
+                .get(&vip.config.pool)
+                .map_or(0, |p| p.backends.iter().filter(|b| b.usable()).count()),
+        )
+    }
+
     pub fn status(&self) -> Result<Status, BalancerError> {
         let mut vips = Vec::new();
         for vip in self.vips.values() {
@@ -65,6 +76,8 @@ impl<M: Maps> Balancer<M> {
             vips,
             pools,
             global,
+            // The agent adds the VRRP instances, which are not the balancer's.
+            vrrp: Vec::new(),
         })
     }
 }

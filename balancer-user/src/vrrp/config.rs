@@ -7,7 +7,7 @@
 //! The configuration file's validator builds these; this module knows nothing of the file.
 
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 use std::str::FromStr;
 
 use super::events::NotifyState;
@@ -15,10 +15,8 @@ use super::group::SyncGroup;
 use super::params::{Config, ConfigError, Version};
 use crate::spelling::config_words;
 
-/// Where adverts go without unicast peers (RFC 9568 section 5.1.1.2, RFC 3768 section 5.2.2).
-pub const MULTICAST_V4: Ipv4Addr = Ipv4Addr::new(224, 0, 0, 18);
-/// Where IPv6 adverts go without unicast peers (RFC 9568 section 5.1.2.2).
-pub const MULTICAST_V6: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 0x12);
+/// Where adverts go without unicast peers (RFC 9568 sections 5.1.1.2 and 5.1.2.2).
+pub use balancer_wire::vrrp::{MULTICAST_V4, MULTICAST_V6};
 
 /// One `[[vrrp]]` instance, validated, defaults applied.
 #[derive(Debug, Clone, PartialEq, Eq)]

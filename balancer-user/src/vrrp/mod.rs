@@ -11,11 +11,15 @@
 //! (keepalived's `vrrp_sync_group`). [`InstanceConfig`] and [`SyncGroupConfig`] are what the
 //! configuration file gives the agent for each instance and group.
 
+mod advert;
 mod config;
 mod events;
 mod group;
 mod machine;
+mod net;
 mod params;
+mod service;
+mod start;
 
 pub use config::{
     HostCheck, HostRequirement, InstanceConfig, NotifyCommand, NotifyCommandError, NotifySubject,
@@ -26,6 +30,8 @@ pub use events::{Action, Input, NotifyState, Reason, State, Stats};
 pub use group::{GroupAction, GroupInput, SyncGroup};
 pub use machine::Machine;
 pub use params::{Config, ConfigError, Track, Version};
+pub use service::{Snapshot, Vrrp};
+pub use start::StartError;
 
 use std::ops::Add;
 use std::time::Duration;
