@@ -144,6 +144,25 @@ pub(super) fn render_vrrp(status: &Status) -> String {
     if !errors.is_empty() {
         out += "adverts refused:\n";
         out += &errors.join("\n");
+        out += "\n";
+    }
+    // Which v3 checksum the peers send: keepalived 2.2.7's (pseudo_header) or RFC 9568's.
+    let checksums: Vec<String> = status
+        .vrrp
+        .iter()
+        .filter(|v| !v.checksums.is_empty())
+        .map(|v| {
+            let counts: Vec<String> = v
+                .checksums
+                .iter()
+                .map(|(k, n)| format!("{n} {k}"))
+                .collect();
+            format!("  {}: {}", v.name, counts.join(", "))
+        })
+        .collect();
+    if !checksums.is_empty() {
+        out += "v3 checksums received:\n";
+        out += &checksums.join("\n");
     }
     out.trim_end().to_string()
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use balancer_wire::{ipv4, vrrp as wire, IpProtocol, PseudoHeader};
 
-use super::{InstanceConfig, V3Checksum, Version};
+use super::{Config, InstanceConfig, V3Checksum, Version};
 
 /// An advert that passed the codec's checks (length, version, checksum, type, v2 auth type,
 /// interval); the checks that need the instance (TTL, version, interval) are the caller's.
@@ -75,6 +75,30 @@ pub fn decode(packet: &[u8]) -> Result<Received, Refused> {
     })
 }
 
+/// The receive checks that need the instance's parameters (RFC 9568 and RFC 3768 section
+/// 7.1): the reason `received` is refused, if it is.
+pub fn refusal(received: &Received, params: &Config) -> Option<&'static str> {
+    if received.ttl != wire::TTL {
+        Some("bad_ttl")
+    } else if received.version != params.version {
+        Some("version_mismatch")
+    } else if params.version == Version::V2 && received.interval != params.advert_interval {
+        // RFC 3768 section 7.1: a v2 advert with another interval MUST be discarded.
+        Some("interval_mismatch")
+    } else {
+        None
+    }
+}
+
+/// Whether an advert lists exactly the instance's addresses, in any order (RFC 9568 section
+/// 7.1: a receiver MAY check, and MUST log a mismatch; keepalived, unless strict, goes on).
+pub fn same_addresses(config: &InstanceConfig, advertised: &[Ipv4Addr]) -> bool {
+    advertised.len() == config.addresses.len()
+        && advertised
+            .iter()
+            .all(|a| config.addresses.iter().any(|v| v.address == IpAddr::V4(*a)))
+}
+
 /// The VRRP message instance `config` sends with `priority` from `source` to `destination`
 /// (the multicast group or a unicast peer: a v3 checksum covers it).
 pub fn encode(
@@ -119,7 +143,7 @@ pub fn encode(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vrrp::{Config, VirtualAddress};
+    use crate::vrrp::VirtualAddress;
 
     fn instance(version: Version, checksum: V3Checksum) -> InstanceConfig {
         let mut params = Config::new("vi_1", 51, "10.0.1.11".parse().unwrap());
@@ -221,5 +245,40 @@ mod tests {
         }
         // TTL is the instance's check: decoded as sent.
         assert_eq!(decode(&datagram(&good, source, 64)).unwrap().ttl, 64);
+    }
+
+    #[test]
+    fn instance_checks_refuse_ttl_version_and_v2_interval() {
+        let v2 = instance(Version::V2, V3Checksum::PseudoHeader);
+        let v3 = instance(Version::V3, V3Checksum::PseudoHeader);
+        let good = Received {
+            from: Ipv4Addr::new(10, 0, 1, 12),
+            ttl: 255,
+            version: Version::V2,
+            vrid: 51,
+            priority: 100,
+            interval: Duration::from_secs(1),
+            addresses: vec![Ipv4Addr::new(10, 0, 1, 100)],
+            checksum_kind: None,
+        };
+        let with = |change: fn(&mut Received)| {
+            let mut r = good.clone();
+            change(&mut r);
+            r
+        };
+        assert_eq!(refusal(&good, &v2.params), None);
+        assert_eq!(refusal(&with(|r| r.ttl = 254), &v2.params), Some("bad_ttl"));
+        assert_eq!(refusal(&good, &v3.params), Some("version_mismatch"));
+        let slow = with(|r| r.interval = Duration::from_secs(2));
+        assert_eq!(refusal(&slow, &v2.params), Some("interval_mismatch"));
+        // A v3 Backup learns the Master's interval instead.
+        let slow_v3 = with(|r| {
+            r.version = Version::V3;
+            r.interval = Duration::from_secs(2);
+        });
+        assert_eq!(refusal(&slow_v3, &v3.params), None);
+        assert!(same_addresses(&v2, &good.addresses));
+        assert!(!same_addresses(&v2, &[]));
+        assert!(!same_addresses(&v2, &[Ipv4Addr::new(10, 0, 1, 101)]));
     }
 }

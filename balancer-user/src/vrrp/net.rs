@@ -244,7 +244,10 @@ pub fn notify(argv: &[String]) {
         return;
     };
     let line = argv.join(" ");
-    match tokio::process::Command::new(program).args(arguments).spawn() {
+    match tokio::process::Command::new(program)
+        .args(arguments)
+        .spawn()
+    {
         Ok(mut child) => {
             tokio::spawn(async move {
                 match child.wait().await {

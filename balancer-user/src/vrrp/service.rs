@@ -507,21 +507,12 @@ impl Service {
         };
         let instance = &self.instances[index];
         let params = self.units[instance.unit].machine(instance.member).config();
-        let refused = if advert.ttl != net::TTL {
-            Some("bad_ttl")
-        } else if advert.version != params.version {
-            Some("version_mismatch")
-        } else if params.version == Version::V2 && advert.interval != params.advert_interval {
-            // RFC 3768 section 7.1: a v2 advert with another interval MUST be discarded.
-            Some("interval_mismatch")
-        } else {
-            None
-        };
+        let refused = advert::refusal(&advert, params);
         if let Some(reason) = refused {
             self.count_error(&interface, Some(index), reason);
             return;
         }
-        if !same_addresses(&instance.config, &advert.addresses) {
+        if !advert::same_addresses(&instance.config, &advert.addresses) {
             // RFC 9568 section 7.1: MAY check, MUST log; keepalived (not strict) goes on.
             *self.instances[index]
                 .errors
@@ -710,14 +701,6 @@ impl Service {
             })
             .collect()
     }
-}
-
-/// Whether an advert lists exactly the instance's addresses (in any order).
-fn same_addresses(config: &InstanceConfig, advertised: &[Ipv4Addr]) -> bool {
-    advertised.len() == config.addresses.len()
-        && advertised
-            .iter()
-            .all(|a| config.addresses.iter().any(|v| v.address == IpAddr::V4(*a)))
 }
 
 /// Reads the adverts of socket `index` for the service.
