@@ -304,6 +304,59 @@ mod tests {
     }
 
     #[test]
+    fn vrrp_list_shows_state_priorities_master_and_errors() {
+        use crate::api::{Status, VrrpStatus};
+        let instance = VrrpStatus {
+            name: "vi_1".into(),
+            interface: "eth0".into(),
+            vrid: 51,
+            version: 3,
+            state: "BACKUP".into(),
+            priority: 150,
+            effective_priority: 90,
+            source: "10.0.1.11".parse().unwrap(),
+            master: Some("10.0.1.12".parse().unwrap()),
+            since_change_secs: 75.0,
+            reason: "track vip web down".into(),
+            adverts_sent: 3,
+            adverts_received: 70,
+            became_master: 1,
+            errors: [("bad_ttl".to_owned(), 2)].into(),
+            checksums: [("pseudo_header".to_owned(), 70)].into(),
+            sync_group: None,
+            addresses: vec!["10.0.1.100/24".into()],
+        };
+        let status = Status {
+            vrrp: vec![instance],
+            ..Status::default()
+        };
+        let text = render_vrrp(&status);
+        let row = text.lines().nth(1).unwrap();
+        for part in [
+            "vi_1",
+            "eth0",
+            "51",
+            "BACKUP",
+            "90/150",
+            "10.0.1.12",
+            "1m15s",
+            "3/70",
+            "track vip web down",
+        ] {
+            assert!(row.contains(part), "{part:?} in {row:?}");
+        }
+        assert!(text.contains("vi_1: 2 bad_ttl"), "{text}");
+        assert!(text.contains("vi_1: 70 pseudo_header"), "{text}");
+        assert!(render_status(&status).contains("\nVRRP\n"));
+        assert_eq!(render_vrrp(&Status::default()), "no VRRP instances");
+        let cli = parse(&["vrrp", "list", "--json"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Vrrp(VrrpCommand::List { json: true })
+        ));
+    }
+
+    #[test]
     fn vip_add_parses_address_port_protocol() {
         let cli = parse(&["vip", "add", "web", "10.0.100.1:80/tcp", "--pool", "web"]).unwrap();
         let Command::Vip(VipCommand::Add {
