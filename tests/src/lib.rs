@@ -42,7 +42,7 @@ pub use client::{
 };
 pub use netns::{Netns, NsThread};
 pub use running::Running;
-pub use servers::{testsrv_path, Servers};
+pub use servers::{testsrv_path, ServerSpec, Servers};
 pub use topology::{
     Topology, CLIENT_ADDR, HTTP_PORT, LB_BACKEND_ADDR, LB_CLIENT_ADDR, LB_INTERFACES, UDP_PORT, VIP,
 };
