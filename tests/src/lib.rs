@@ -29,6 +29,7 @@ pub mod agent;
 pub mod client;
 pub mod fixtures;
 pub mod frame;
+pub mod keepalived;
 pub mod netns;
 pub mod running;
 pub mod servers;
@@ -40,6 +41,7 @@ pub use client::{
     http_get, http_get_many, http_request, udp_request, udp_request_many, ClientNs, HttpResponse,
     KeepAlive, Tally, DEFAULT_TIMEOUT,
 };
+pub use keepalived::{Keepalived, KeepalivedConfig, VrrpState};
 pub use netns::{Netns, NsThread};
 pub use running::Running;
 pub use servers::{testsrv_path, ServerSpec, Servers};
