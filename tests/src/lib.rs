@@ -26,6 +26,7 @@
 //! Everything cleans up after itself through `Drop` guards, also when a test panics.
 
 pub mod agent;
+pub mod capture;
 pub mod client;
 pub mod fixtures;
 pub mod frame;
@@ -37,6 +38,7 @@ pub mod topology;
 pub mod util;
 
 pub use agent::{balancer_cli, balancer_path, config_for, default_config, Agent, CliOutput};
+pub use capture::{assert_one_master, Advert, Capture, VrrpChecksum, TRANSITION_WINDOW};
 pub use client::{
     http_get, http_get_many, http_request, udp_request, udp_request_many, ClientNs, HttpResponse,
     KeepAlive, Tally, DEFAULT_TIMEOUT,
