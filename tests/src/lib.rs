@@ -28,6 +28,7 @@
 pub mod agent;
 pub mod capture;
 pub mod client;
+pub mod failover;
 pub mod fixtures;
 pub mod frame;
 pub mod keepalived;
@@ -43,6 +44,7 @@ pub use client::{
     http_get, http_get_many, http_request, udp_request, udp_request_many, ClientNs, HttpResponse,
     KeepAlive, Tally, DEFAULT_TIMEOUT,
 };
+pub use failover::{Gap, ProbeReport, Prober};
 pub use keepalived::{Keepalived, KeepalivedConfig, VrrpState};
 pub use netns::{Netns, NsThread};
 pub use running::Running;
