@@ -31,6 +31,7 @@ pub mod client;
 pub mod failover;
 pub mod fixtures;
 pub mod frame;
+pub mod ha;
 pub mod keepalived;
 pub mod netns;
 pub mod running;
@@ -45,6 +46,7 @@ pub use client::{
     KeepAlive, Tally, DEFAULT_TIMEOUT,
 };
 pub use failover::{Gap, ProbeReport, Prober};
+pub use ha::{HaTopology, HA_BACK_FLOATING, HA_PREFIX_LEN, HA_VIP};
 pub use keepalived::{Keepalived, KeepalivedConfig, VrrpState};
 pub use netns::{Netns, NsThread};
 pub use running::Running;
