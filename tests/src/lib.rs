@@ -7,6 +7,11 @@
 //!  client ns ──veth── lb ns ──veth── switch ns (Linux bridge br0) ──veth── backend ns 1..N
 //! ```
 //!
+//! The VRRP tests use [`HaTopology`] instead: a client and two or three balancer namespaces
+//! on a front bridge, the balancers and the backends on a back bridge, with a keepalived
+//! driver ([`Keepalived`]), a capture of the adverts ([`Capture`]) and a client that
+//! measures the gap in service during a failover ([`Prober`]).
+//!
 //! A typical test:
 //!
 //! ```no_run
