@@ -1,5 +1,6 @@
 //! Drives the real `balancer` binary: runs the agent inside the lb namespace, calls the CLI, and writes test configurations.
 
+use crate::netns::Netns;
 use crate::topology::{Topology, HTTP_PORT, LB_BACKEND_ADDR, UDP_PORT, VIP};
 use crate::util::{exit_code, find_binary, output_with_timeout, terminate, TempDir};
 use anyhow::{bail, Context, Result};
@@ -98,8 +99,14 @@ impl Agent {
     /// Like [`Agent::start`] with an explicit control socket path (e.g. for a second agent
     /// in the same topology).
     pub fn start_with_socket(topo: &Topology, config_toml: &str, socket: &Path) -> Result<Agent> {
+        Agent::start_in(topo.lb(), config_toml, socket)
+    }
+
+    /// Like [`Agent::start_with_socket`] in any namespace `ns` (e.g. one balancer of a
+    /// [`crate::HaTopology`]); its temporary directory is named after the namespace.
+    pub fn start_in(ns: &Netns, config_toml: &str, socket: &Path) -> Result<Agent> {
         let bin = balancer_path();
-        let dir = TempDir::new(&format!("{}-agent", topo.prefix()))?;
+        let dir = TempDir::new(&format!("{}-agent", ns.name()))?;
         let config_path = dir.path().join("balancer.toml");
         let log_path = dir.path().join("agent.log");
         std::fs::write(&config_path, config_toml)
@@ -111,7 +118,7 @@ impl Agent {
         let log =
             File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", topo.lb().name()])
+        cmd.args(["netns", "exec", ns.name()])
             .arg(&bin)
             .arg("--socket")
             .arg(socket)
@@ -129,7 +136,7 @@ impl Agent {
         }
         let child = cmd
             .spawn()
-            .with_context(|| format!("spawning {} in {}", bin.display(), topo.lb().name()))?;
+            .with_context(|| format!("spawning {} in {}", bin.display(), ns.name()))?;
         let mut agent = Agent {
             child: Some(child),
             socket: socket.to_path_buf(),
@@ -296,6 +303,11 @@ pub fn config_for(topo: &Topology, scheduler: &str, backends: &[usize]) -> Strin
 /// "web" on 10.0.100.1:80/tcp and VIP "dns" on 10.0.100.1:5300/udp, both with `scheduler`:
 /// the configuration's `[[pool]]` and `[[vip]]` tables.
 pub fn web_and_dns(backends: &[Ipv4Addr], scheduler: &str) -> String {
+    web_and_dns_on(VIP, backends, scheduler)
+}
+
+/// Like [`web_and_dns`] with the VIPs on `vip` (e.g. [`crate::HA_VIP`]).
+pub fn web_and_dns_on(vip: Ipv4Addr, backends: &[Ipv4Addr], scheduler: &str) -> String {
     let pool = |port: u16| -> String {
         backends.iter().fold(String::new(), |mut pool, addr| {
             let _ = writeln!(
@@ -318,7 +330,7 @@ backends = [
 
 [[vip]]
 name = "web"
-address = "{VIP}"
+address = "{vip}"
 port = {HTTP_PORT}
 protocol = "tcp"
 scheduler = "{scheduler}"
@@ -326,7 +338,7 @@ pool = "web"
 
 [[vip]]
 name = "dns"
-address = "{VIP}"
+address = "{vip}"
 port = {UDP_PORT}
 protocol = "udp"
 scheduler = "{scheduler}"

@@ -7,6 +7,11 @@
 //!  client ns ──veth── lb ns ──veth── switch ns (Linux bridge br0) ──veth── backend ns 1..N
 //! ```
 //!
+//! The VRRP tests use [`HaTopology`] instead: a client and two or three balancer namespaces
+//! on a front bridge, the balancers and the backends on a back bridge, with a keepalived
+//! driver ([`Keepalived`]), a capture of the adverts ([`Capture`]) and a client that
+//! measures the gap in service during a failover ([`Prober`]).
+//!
 //! A typical test:
 //!
 //! ```no_run
@@ -26,9 +31,13 @@
 //! Everything cleans up after itself through `Drop` guards, also when a test panics.
 
 pub mod agent;
+pub mod capture;
 pub mod client;
+pub mod failover;
 pub mod fixtures;
 pub mod frame;
+pub mod ha;
+pub mod keepalived;
 pub mod netns;
 pub mod running;
 pub mod servers;
@@ -36,13 +45,17 @@ pub mod topology;
 pub mod util;
 
 pub use agent::{balancer_cli, balancer_path, config_for, default_config, Agent, CliOutput};
+pub use capture::{assert_one_master, Advert, Capture, VrrpChecksum, TRANSITION_WINDOW};
 pub use client::{
     http_get, http_get_many, http_request, udp_request, udp_request_many, ClientNs, HttpResponse,
     KeepAlive, Tally, DEFAULT_TIMEOUT,
 };
+pub use failover::{Gap, ProbeReport, Prober};
+pub use ha::{HaTopology, HA_BACK_FLOATING, HA_PREFIX_LEN, HA_VIP};
+pub use keepalived::{Keepalived, KeepalivedConfig, VrrpState};
 pub use netns::{Netns, NsThread};
 pub use running::Running;
-pub use servers::{testsrv_path, Servers};
+pub use servers::{testsrv_path, ServerSpec, Servers};
 pub use topology::{
     Topology, CLIENT_ADDR, HTTP_PORT, LB_BACKEND_ADDR, LB_CLIENT_ADDR, LB_INTERFACES, UDP_PORT, VIP,
 };

@@ -1,7 +1,7 @@
 //! Test backends: one `testsrv` (HTTP on :80, UDP on :5300) per backend namespace, started, stopped and killed on drop.
 
 use crate::client::{http_request, udp_request};
-use crate::netns::run_in_netns_path;
+use crate::netns::{run_in_netns_path, Netns};
 use crate::topology::{Topology, HTTP_PORT, UDP_PORT};
 use crate::util::{find_binary, terminate};
 use anyhow::{bail, Context, Result};
@@ -44,19 +44,45 @@ pub struct Servers {
     backends: Vec<Backend>,
 }
 
+/// One test server to start: the namespace it runs in, the name it answers with and the
+/// address it is probed at.
+#[derive(Debug, Clone)]
+pub struct ServerSpec<'a> {
+    pub ns: &'a Netns,
+    pub name: String,
+    pub addr: Ipv4Addr,
+}
+
 impl Topology {
     /// Starts `testsrv --name b{i} --http 0.0.0.0:80 --udp 0.0.0.0:5300` in every backend
     /// namespace and waits (at most 5 s each) until each answers HTTP and UDP from the lb
     /// namespace. That also fills the lb's neighbour table with the backends.
     pub fn start_backends(&self) -> Result<Servers> {
+        let specs: Vec<ServerSpec> = (1..=self.n_backends())
+            .map(|i| ServerSpec {
+                ns: self.backend(i),
+                name: self.backend_name(i),
+                addr: self.backend_addr(i),
+            })
+            .collect();
+        Servers::start_in(self.lb(), &specs)
+    }
+}
+
+impl Servers {
+    /// Starts `testsrv --name NAME --http 0.0.0.0:80 --udp 0.0.0.0:5300` in each of
+    /// `specs` (server `i` is `specs[i - 1]`) and waits (at most 5 s each) until each
+    /// answers HTTP and UDP at its address from the namespace `probe_ns`.
+    pub fn start_in(probe_ns: &Netns, specs: &[ServerSpec]) -> Result<Servers> {
         let mut servers = Servers {
             bin: testsrv_path(),
-            probe_ns: self.lb().path(),
-            backends: (1..=self.n_backends())
-                .map(|i| Backend {
-                    ns_name: self.backend(i).name().to_string(),
-                    name: self.backend_name(i),
-                    addr: self.backend_addr(i),
+            probe_ns: probe_ns.path(),
+            backends: specs
+                .iter()
+                .map(|spec| Backend {
+                    ns_name: spec.ns.name().to_string(),
+                    name: spec.name.clone(),
+                    addr: spec.addr,
                     child: None,
                 })
                 .collect(),
@@ -69,9 +95,7 @@ impl Topology {
         }
         Ok(servers)
     }
-}
 
-impl Servers {
     /// Number of backends (running or not).
     pub fn len(&self) -> usize {
         self.backends.len()

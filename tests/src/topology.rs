@@ -328,12 +328,12 @@ impl Topology {
 /// A bpf filesystem of its own, mounted on a temporary directory. Not /sys/fs/bpf: `ip netns
 /// exec`, which starts the agent, mounts a fresh /sys, but keeps other mounts. Unmounting
 /// it frees whatever is pinned in it.
-struct BpfMount {
+pub(crate) struct BpfMount {
     dir: TempDir,
 }
 
 impl BpfMount {
-    fn new(tag: &str) -> Result<BpfMount> {
+    pub(crate) fn new(tag: &str) -> Result<BpfMount> {
         let dir = TempDir::new(tag)?;
         let path = dir
             .path()
@@ -341,6 +341,11 @@ impl BpfMount {
             .context("a temporary path that is UTF-8")?;
         run_command("mount", &["-t", "bpf", "bpf", path])?;
         Ok(BpfMount { dir })
+    }
+
+    /// Where the bpf filesystem is mounted.
+    pub(crate) fn path(&self) -> &Path {
+        self.dir.path()
     }
 }
 

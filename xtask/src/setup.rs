@@ -48,6 +48,16 @@ pub const PACKAGES: &[Package] = &[
         command: "nft",
         package: "nftables",
     },
+    // VRRP tests: keepalived is the peer a balancer must interoperate with, and tcpdump
+    // captures the adverts on the shared bridge.
+    Package {
+        command: "keepalived",
+        package: "keepalived",
+    },
+    Package {
+        command: "tcpdump",
+        package: "tcpdump",
+    },
 ];
 
 /// What only `cargo xtask bench` needs: the load generator, the backends and peers it
