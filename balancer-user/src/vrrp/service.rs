@@ -14,6 +14,7 @@ use tokio::time::Instant as Clock;
 
 use super::advert::{self, Received};
 use super::net::{self, AdvertSocket, ArpSocket};
+use super::params::PRIORITY_OWNER;
 use super::start::{self, StartError};
 use super::{
     Action, GroupAction, GroupInput, Input, InstanceConfig, Instant, Machine, NotifySubject,
@@ -300,8 +301,10 @@ impl Service {
         Instant::from_duration(self.origin.elapsed())
     }
 
-    /// Tracked interfaces as they are now, then Startup for every unit.
+    /// Stale addresses removed, tracked interfaces as they are now, then Startup for
+    /// every unit.
     fn startup(&mut self) {
+        self.remove_stale_addresses();
         self.poll_links();
         for unit in 0..self.units.len() {
             let now = self.now();
@@ -444,6 +447,41 @@ impl Service {
         }
     }
 
+    /// Removes the virtual addresses a non-owner finds on its interface before it is
+    /// Master, as keepalived does: left by an agent that was killed, they would answer ARP
+    /// beside the real Master's.
+    fn remove_stale_addresses(&self) {
+        for instance in &self.instances {
+            let config = &instance.config;
+            if config.params.priority == PRIORITY_OWNER {
+                continue;
+            }
+            let present = sys::ipv4_addresses(&config.interface).unwrap_or_default();
+            let stale: Vec<String> = config
+                .addresses
+                .iter()
+                .filter(|v| present.iter().any(|&(a, _)| IpAddr::V4(a) == v.address))
+                .map(ToString::to_string)
+                .collect();
+            if stale.is_empty() {
+                continue;
+            }
+            log::warn!(
+                "vrrp {}: {} already on {} (left by an earlier run?): removed until this \
+                 instance is Master",
+                config.name(),
+                stale.join(", "),
+                config.interface
+            );
+            let _ = self.effects.send(Effect::Addresses {
+                instance: config.name().to_owned(),
+                interface: config.interface.clone(),
+                addresses: stale,
+                add: false,
+            });
+        }
+    }
+
     /// Tells each instance tracking `target` its state, when it changed.
     fn track(&mut self, target: &TrackTarget, up: bool) {
         for i in 0..self.instances.len() {
@@ -497,12 +535,9 @@ impl Service {
             return; // our own, looped back
         }
         let Some(index) = self.instances.iter().position(|i| on(i, advert.vrid)) else {
-            // RFC 9568 section 7.1: MUST discard; other routers' VRIDs are normal traffic.
-            log::trace!(
-                "vrrp {interface}: advert for VRID {} from {}, not ours",
-                advert.vrid,
-                advert.from
-            );
+            // RFC 9568 section 7.1: MUST discard. Counted (on the interface's instances), as
+            // a VRID typed wrong on one side shows only so.
+            self.count_error(&interface, None, "other_vrid");
             return;
         };
         let instance = &self.instances[index];
