@@ -236,6 +236,15 @@ impl Agent {
         }
     }
 
+    /// Kills the agent with SIGKILL, as a crash would: it resigns nothing and removes
+    /// nothing.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     /// Stops the agent (SIGTERM, up to 5 s, then SIGKILL) and returns its exit code.
     pub fn stop(&mut self) -> Option<i32> {
         let child = self.child.as_mut()?;

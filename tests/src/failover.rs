@@ -120,6 +120,22 @@ impl ProbeReport {
             .map(|a| a.at)
     }
 
+    /// Start of the first attempt answered (by any server) at or after `since`.
+    pub fn first_answer(&self, since: Duration) -> Option<Duration> {
+        self.attempts
+            .iter()
+            .find(|a| a.at >= since && a.ok())
+            .map(|a| a.at)
+    }
+
+    /// The longest run of failed attempts that overlaps `from..=to` (attempt start times).
+    pub fn longest_gap_within(&self, from: Duration, to: Duration) -> Option<Gap> {
+        self.gaps()
+            .into_iter()
+            .filter(|g| g.to >= from && g.from <= to)
+            .max_by_key(Gap::duration)
+    }
+
     /// Start of the last attempt `name` answered.
     pub fn last_answer_by(&self, name: &str) -> Option<Duration> {
         self.attempts
@@ -309,9 +325,23 @@ impl Prober {
         since: Duration,
         timeout: Duration,
     ) -> Option<Duration> {
+        self.wait_for(timeout, |report| report.first_answer_by(name, since))
+    }
+
+    /// Waits (at most `timeout`) until an attempt started at or after `since` is answered
+    /// by any server; returns that attempt's start.
+    pub fn wait_answer(&self, since: Duration, timeout: Duration) -> Option<Duration> {
+        self.wait_for(timeout, |report| report.first_answer(since))
+    }
+
+    fn wait_for(
+        &self,
+        timeout: Duration,
+        found: impl Fn(&ProbeReport) -> Option<Duration>,
+    ) -> Option<Duration> {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(at) = self.snapshot().first_answer_by(name, since) {
+            if let Some(at) = found(&self.snapshot()) {
                 return Some(at);
             }
             if Instant::now() >= deadline
@@ -320,7 +350,7 @@ impl Prober {
                     .as_ref()
                     .is_none_or(thread::JoinHandle::is_finished)
             {
-                return self.snapshot().first_answer_by(name, since);
+                return found(&self.snapshot());
             }
             thread::sleep(Duration::from_millis(20));
         }

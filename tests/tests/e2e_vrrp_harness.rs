@@ -371,18 +371,13 @@ fn failover_cycle(variant: Variant, graceful: bool) {
     pair.assert_no_complaints();
 }
 
-/// The longest run of failures that overlaps `from..=to` (attempt start times), as
-/// [`balancer_tests::Gap::duration`].
+/// The longest run of failures that overlaps `from..=to` (attempt start times), which
+/// must have ended.
 fn gap_between(report: &ProbeReport, from: Duration, to: Duration) -> Option<Duration> {
-    report
-        .gaps()
-        .into_iter()
-        .filter(|g| g.to >= from && g.from <= to)
-        .map(|g| {
-            assert!(g.recovered, "the service never came back: {report}");
-            g.duration()
-        })
-        .max()
+    report.longest_gap_within(from, to).map(|g| {
+        assert!(g.recovered, "the service never came back: {report}");
+        g.duration()
+    })
 }
 
 /// The tests, in a module named like the file so that `cargo xtask test -- e2e_vrrp_harness`
