@@ -3,7 +3,7 @@
 use crate::netns::Netns;
 use crate::util::{terminate, TempDir};
 use anyhow::{bail, Context, Result};
-use balancer_wire::{arp, ipv4, EtherType, IpProtocol, MacAddr, PseudoHeader};
+use balancer_wire::{arp, ipv4, vrrp, EtherType, IpProtocol, MacAddr};
 use std::collections::BTreeMap;
 use std::fmt::{self, Write as _};
 use std::fs::File;
@@ -345,22 +345,35 @@ pub fn parse_advert(ip_packet: &[u8]) -> Option<Advert> {
         return None;
     }
     let msg = packet.payload();
-    if msg.len() < 8 {
+    if msg.len() < vrrp::HEADER_LEN {
         return None;
     }
-    let version = msg[0] >> 4;
+    // The fields as sent, valid or not: the capture shows what went on the wire.
+    let advert = vrrp::Packet::new_unchecked(msg, vrrp::Family::Ipv4);
+    let version = advert.version();
     let (interval, auth_type) = if version == 2 {
-        (Duration::from_secs(u64::from(msg[5])), msg[4])
+        (
+            Duration::from_secs(u64::from(advert.advert_int_secs())),
+            advert.auth_type(),
+        )
     } else {
-        let centis = u16::from_be_bytes([msg[4] & 0x0f, msg[5]]);
+        let centis = advert.max_advert_int();
         (Duration::from_millis(u64::from(centis) * 10), 0)
     };
-    let addresses = msg[8..]
-        .chunks_exact(4)
-        .take(usize::from(msg[3]))
-        .map(|a| Ipv4Addr::new(a[0], a[1], a[2], a[3]))
+    let whole = (msg.len() - vrrp::HEADER_LEN) / 4;
+    let addresses = (0..usize::from(advert.addr_count()).min(whole))
+        .filter_map(|i| match advert.address(i) {
+            std::net::IpAddr::V4(a) => Some(a),
+            std::net::IpAddr::V6(_) => None,
+        })
         .collect();
     let (src, dst) = (packet.src_addr(), packet.dst_addr());
+    let checksum = match (version, advert.verify_checksum(&packet.pseudo_header())) {
+        (_, None) => VrrpChecksum::Invalid,
+        (2, Some(_)) => VrrpChecksum::V2,
+        (_, Some(vrrp::V3Checksum::PseudoHeader)) => VrrpChecksum::WithPseudoHeader,
+        (_, Some(vrrp::V3Checksum::Plain)) => VrrpChecksum::WithoutPseudoHeader,
+    };
     Some(Advert {
         at: UNIX_EPOCH,
         iface: String::new(),
@@ -369,37 +382,18 @@ pub fn parse_advert(ip_packet: &[u8]) -> Option<Advert> {
         dst,
         ttl: packet.ttl(),
         version,
-        kind: msg[0] & 0x0f,
-        vrid: msg[1],
-        priority: msg[2],
-        count: msg[3],
+        kind: advert.msg_type(),
+        vrid: advert.vrid(),
+        priority: advert.priority(),
+        count: advert.addr_count(),
         interval,
         auth_type,
         addresses,
         len: msg.len(),
-        checksum_field: u16::from_be_bytes([msg[6], msg[7]]),
-        checksum: vrrp_checksum(version, msg, src, dst),
+        checksum_field: advert.checksum(),
+        checksum,
         raw: msg.to_vec(),
     })
-}
-
-fn vrrp_checksum(version: u8, msg: &[u8], src: Ipv4Addr, dst: Ipv4Addr) -> VrrpChecksum {
-    let plain = balancer_wire::checksum::checksum(msg) == 0;
-    if version == 2 {
-        return if plain {
-            VrrpChecksum::V2
-        } else {
-            VrrpChecksum::Invalid
-        };
-    }
-    let pseudo = PseudoHeader::V4 { src, dst };
-    if pseudo.checksum(IpProtocol::VRRP, msg) == 0 {
-        VrrpChecksum::WithPseudoHeader
-    } else if plain {
-        VrrpChecksum::WithoutPseudoHeader
-    } else {
-        VrrpChecksum::Invalid
-    }
 }
 
 /// A stretch of time in which one router advertised a VRID as its Master: adverts with a
@@ -630,22 +624,28 @@ mod tests {
         dst: Ipv4Addr,
         pseudo: bool,
     ) -> Vec<u8> {
-        let mut msg = vec![(version << 4) | 1, vrid, priority, 1];
-        if version == 2 {
-            msg.extend_from_slice(&[0, 1, 0, 0]);
-        } else {
-            msg.extend_from_slice(&[0, 100, 0, 0]);
-        }
-        msg.extend_from_slice(&VIP.octets());
-        if version == 2 {
-            msg.extend_from_slice(&[0; 8]);
-        }
-        let sum = if pseudo {
-            PseudoHeader::V4 { src, dst }.checksum(IpProtocol::VRRP, &msg)
-        } else {
-            balancer_wire::checksum::checksum(&msg)
+        let repr = vrrp::Repr {
+            version: if version == 2 {
+                vrrp::Version::V2
+            } else {
+                vrrp::Version::V3
+            },
+            vrid,
+            priority,
+            advert_int: if version == 2 { 1 } else { 100 },
+            addresses: vec![VIP].into(),
         };
-        msg[6..8].copy_from_slice(&sum.to_be_bytes());
+        let mut msg = vec![0; repr.buffer_len()];
+        let kind = if pseudo {
+            vrrp::V3Checksum::PseudoHeader
+        } else {
+            vrrp::V3Checksum::Plain
+        };
+        repr.emit(
+            &mut vrrp::Packet::new_unchecked(&mut msg[..], vrrp::Family::Ipv4),
+            &balancer_wire::PseudoHeader::from((src, dst)),
+            kind,
+        );
         msg
     }
 
