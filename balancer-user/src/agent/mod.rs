@@ -24,7 +24,7 @@ use crate::{
     },
     health::{Checker, HealthEvent},
     lb::Balancer,
-    vrrp::{TrackTarget, Vrrp},
+    vrrp::{self, TrackTarget, Vrrp},
 };
 
 /// How long a stopping agent waits for its VRRP instances to resign and remove their
@@ -39,6 +39,8 @@ pub struct RunOptions {
 
 pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     let config = config::load(&options.config)?;
+    // What only the host can tell, before anything is loaded or attached.
+    vrrp::check_host(&config.vrrp)?;
     let socket_path = options
         .socket
         .unwrap_or_else(|| config.agent.control_socket.clone());

@@ -31,7 +31,7 @@ pub use group::{GroupAction, GroupInput, SyncGroup};
 pub use machine::Machine;
 pub use params::{Config, ConfigError, Track, Version};
 pub use service::{Snapshot, Vrrp};
-pub use start::StartError;
+pub use start::{check_host, StartError};
 
 use std::ops::Add;
 use std::time::Duration;

@@ -39,6 +39,15 @@ pub enum StartError {
     },
 }
 
+/// Checks every instance's host requirements, before the agent changes anything, so that a
+/// configuration the host cannot run is refused whole.
+///
+/// # Errors
+/// The first requirement that does not hold.
+pub fn check_host(instances: &[InstanceConfig]) -> Result<(), StartError> {
+    instances.iter().try_for_each(|i| prepare(i).map(drop))
+}
+
 /// Checks `instance`'s host requirements and returns the address its adverts leave from:
 /// `unicast_source`, or the interface's primary address (its first that is not one of the
 /// instance's virtual addresses: keepalived's choice).
