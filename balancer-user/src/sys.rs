@@ -34,20 +34,35 @@ pub fn socket(
     Ok(unsafe { OwnedFd::from_raw_fd(raw) })
 }
 
+/// Sets a socket option whose value is a `T` (an `int`, a `struct ip_mreqn`, ...).
 pub fn setsockopt<T>(
     fd: &OwnedFd,
     level: libc::c_int,
     name: libc::c_int,
     value: &T,
 ) -> io::Result<()> {
-    // SAFETY: `value` points to a valid `T` of the size passed.
+    // SAFETY: `value` is a valid `T`, readable as its bytes for its size.
+    let bytes = unsafe {
+        std::slice::from_raw_parts(std::ptr::from_ref::<T>(value).cast(), size_of::<T>())
+    };
+    setsockopt_bytes(fd, level, name, bytes)
+}
+
+/// Sets a socket option whose value is bytes (an interface name, ...).
+pub fn setsockopt_bytes(
+    fd: &OwnedFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: &[u8],
+) -> io::Result<()> {
+    // SAFETY: `value` is readable for its length.
     check(unsafe {
         libc::setsockopt(
             fd.as_raw_fd(),
             level,
             name,
-            std::ptr::from_ref::<T>(value).cast(),
-            size_of::<T>() as libc::socklen_t,
+            value.as_ptr().cast(),
+            value.len() as libc::socklen_t,
         )
     })
     .map(drop)

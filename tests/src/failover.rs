@@ -128,6 +128,17 @@ impl ProbeReport {
             .map(|a| a.at)
     }
 
+    /// How long the service was out at most between `from` and `to` (attempt start times):
+    /// the longest run of failures overlapping them, zero if none. Panics (showing the
+    /// attempts) when the service never came back.
+    pub fn outage(&self, from: Duration, to: Duration) -> Duration {
+        self.longest_gap_within(from, to)
+            .map_or(Duration::ZERO, |g| {
+                assert!(g.recovered, "the service never came back:\n{self}");
+                g.duration()
+            })
+    }
+
     /// The longest run of failed attempts that overlaps `from..=to` (attempt start times).
     pub fn longest_gap_within(&self, from: Duration, to: Duration) -> Option<Gap> {
         self.gaps()

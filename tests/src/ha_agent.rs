@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::agent::Agent;
+use crate::failover::Prober;
 use crate::ha::{HaTopology, HA_PREFIX_LEN, HA_VIP};
 
 /// The VRID the tests' front instance uses.
@@ -147,4 +148,23 @@ pub fn wait_holders(topo: &HaTopology, address: Ipv4Addr, want: &[usize], timeou
         );
         thread::sleep(Duration::from_millis(25));
     }
+}
+
+/// A client in `topo`'s client namespace opening a connection to the VIP every 50 ms (for
+/// at most 40 s), once it is served. Panics when it is not within 3 s.
+pub fn start_prober(topo: &HaTopology) -> Prober {
+    let prober = Prober::every_50ms(
+        topo.client(),
+        HaTopology::vip_http(),
+        Duration::from_secs(40),
+    )
+    .expect("starting the client");
+    assert!(
+        prober
+            .wait_answer(Duration::ZERO, Duration::from_secs(3))
+            .is_some(),
+        "the client is not served through the VIP: {}",
+        prober.snapshot()
+    );
+    prober
 }

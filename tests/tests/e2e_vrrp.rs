@@ -10,11 +10,13 @@ use std::time::{Duration, Instant};
 
 use balancer_tests::capture::timeline;
 use balancer_tests::forge::{send_frames, Forged};
-use balancer_tests::ha_agent::{self, config, instance, state, wait_holders, wait_state, Instance};
+use balancer_tests::ha_agent::{
+    self, config, instance, start_prober, state, wait_holders, wait_state, Instance,
+};
 use balancer_tests::keepalived::master_down_interval;
 use balancer_tests::{
-    assert_one_master, require_root, Agent, Capture, HaTopology, ProbeReport, Prober,
-    HA_BACK_FLOATING, HA_VIP, TRANSITION_WINDOW,
+    assert_one_master, require_root, Agent, Capture, HaTopology, Prober, HA_BACK_FLOATING, HA_VIP,
+    TRANSITION_WINDOW,
 };
 use balancer_wire::vrrp::Version;
 
@@ -76,19 +78,23 @@ impl Pair {
         self.topo.lb_front_addr(i)
     }
 
-    fn prober(&self) -> Prober {
-        let prober = Prober::every_50ms(
-            self.topo.client(),
-            HaTopology::vip_http(),
-            Duration::from_secs(40),
-        )
-        .expect("starting the client");
-        assert!(
-            prober.wait_answer(Duration::ZERO, 3 * SECOND).is_some(),
-            "the client is not served through the VIP: {}",
-            prober.snapshot()
+    /// A crash of lb1: its agent killed (no priority 0, the VIP stays on the dead machine),
+    /// the machine cut off. lb2 becomes Master; returns when the crash happened and when
+    /// the client was first served after it.
+    fn crash_lb1(&mut self, prober: &Prober) -> (Duration, Duration) {
+        let crash = prober.elapsed();
+        self.agent_mut(1).kill();
+        self.topo.isolate(1).expect("cutting lb1 off");
+        wait_state(
+            self.agent(2),
+            "vi_1",
+            "MASTER",
+            master_down(100) + 2 * SLACK,
         );
-        prober
+        let served = prober
+            .wait_answer(crash, 3 * SECOND)
+            .unwrap_or_else(|| panic!("lb2 never served the client:\n{}", prober.snapshot()));
+        (crash, served)
     }
 
     /// The Masters on the wire, in order, checking that there was one at a time.
@@ -100,16 +106,6 @@ impl Pair {
             .map(|s| s.src)
             .collect()
     }
-}
-
-/// The longest outage the client saw between `from` and `to`, which must have ended.
-fn outage(report: &ProbeReport, from: Duration, to: Duration) -> Duration {
-    report
-        .longest_gap_within(from, to)
-        .map_or(Duration::ZERO, |g| {
-            assert!(g.recovered, "the service never came back:\n{report}");
-            g.duration()
-        })
 }
 
 fn field(v: &serde_json::Value, key: &str) -> String {
@@ -129,21 +125,9 @@ fn a_killed_master_is_replaced_in_time_and_preempts_on_return() {
     wait_state(pair.agent(2), "vi_1", "BACKUP", SLACK);
     wait_holders(&pair.topo, HA_VIP, &[1], SLACK);
 
-    let prober = pair.prober();
+    let prober = start_prober(&pair.topo);
     thread::sleep(Duration::from_millis(300));
-    // A crash: no priority 0, the VIP stays on the dead machine, which is cut off.
-    let crash = prober.elapsed();
-    pair.agent_mut(1).kill();
-    pair.topo.isolate(1).expect("cutting lb1 off");
-    wait_state(
-        pair.agent(2),
-        "vi_1",
-        "MASTER",
-        master_down(100) + 2 * SLACK,
-    );
-    let served = prober
-        .wait_answer(crash, 3 * SECOND)
-        .unwrap_or_else(|| panic!("lb2 never served the client:\n{}", prober.snapshot()));
+    let (crash, served) = pair.crash_lb1(&prober);
 
     // Back after a reboot of the agent only: the VIP it left is still on its interface and
     // must go at once, then it preempts.
@@ -163,7 +147,7 @@ fn a_killed_master_is_replaced_in_time_and_preempts_on_return() {
     thread::sleep(Duration::from_millis(500));
     let report = prober.stop().expect("stopping the client");
 
-    let failover = outage(&report, crash, served);
+    let failover = report.outage(crash, served);
     let limit = master_down(100) + SLACK;
     eprintln!("failover after SIGKILL: no service for {failover:?} (limit {limit:?})");
     assert!(
@@ -172,7 +156,7 @@ fn a_killed_master_is_replaced_in_time_and_preempts_on_return() {
          interval + 1 s ({limit:?}):\n{report}"
     );
     let end = report.attempts.last().map_or(restart, |a| a.at);
-    let preemption = outage(&report, restart, end);
+    let preemption = report.outage(restart, end);
     eprintln!("preemption: no service for {preemption:?}");
     assert!(
         preemption < SLACK,
@@ -202,7 +186,7 @@ fn a_stopped_master_resigns_and_the_backup_serves_within_a_second() {
     wait_state(pair.agent(1), "vi_1", "MASTER", master_down(150) + SLACK);
     wait_state(pair.agent(2), "vi_1", "BACKUP", SLACK);
 
-    let prober = pair.prober();
+    let prober = start_prober(&pair.topo);
     thread::sleep(Duration::from_millis(300));
     let stop = prober.elapsed();
     let stopping = Instant::now();
@@ -214,7 +198,7 @@ fn a_stopped_master_resigns_and_the_backup_serves_within_a_second() {
     thread::sleep(Duration::from_millis(500));
     let report = prober.stop().expect("stopping the client");
     let end = report.attempts.last().map_or(stop, |a| a.at);
-    let gap = outage(&report, stop, end);
+    let gap = report.outage(stop, end);
     eprintln!("graceful stop: lb2 Master {took:?} after SIGTERM, no service for {gap:?}");
     assert!(
         gap < SLACK,
@@ -303,7 +287,7 @@ fn a_master_whose_backends_fail_their_checks_hands_over() {
     pair.start(1, &lb1);
     pair.start(2, &lb2);
     wait_state(pair.agent(1), "vi_1", "MASTER", master_down(150) + SLACK);
-    let prober = pair.prober();
+    let prober = start_prober(&pair.topo);
 
     // lb1 loses its way to the backends; lb2 does not.
     let backends: Vec<Ipv4Addr> = (1..=2).map(|j| pair.topo.backend_addr(j)).collect();
@@ -391,27 +375,16 @@ fn a_sync_group_moves_the_vip_and_the_floating_snat_address_together() {
     wait_state(pair.agent(1), "vi_back", "MASTER", master_down(150) + SLACK);
     wait_holders(&pair.topo, HA_VIP, &[1], SLACK);
     wait_holders(&pair.topo, HA_BACK_FLOATING, &[1], SLACK);
-    let prober = pair.prober();
+    let prober = start_prober(&pair.topo);
 
-    let crash = prober.elapsed();
-    pair.agent_mut(1).kill();
-    pair.topo.isolate(1).expect("cutting lb1 off");
-    wait_state(
-        pair.agent(2),
-        "vi_1",
-        "MASTER",
-        master_down(100) + 2 * SLACK,
-    );
+    let (crash, served) = pair.crash_lb1(&prober);
     assert_eq!(
         state(pair.agent(2), "vi_back"),
         "MASTER",
         "the group moved whole"
     );
-    let served = prober
-        .wait_answer(crash, 3 * SECOND)
-        .unwrap_or_else(|| panic!("lb2 never served the client:\n{}", prober.snapshot()));
     let report = prober.stop().expect("stopping the client");
-    let failover = outage(&report, crash, served);
+    let failover = report.outage(crash, served);
     eprintln!("sync group failover: no service for {failover:?}");
     assert!(failover <= master_down(100) + SLACK, "{report}");
     let group = instance(pair.agent(2), "vi_1");

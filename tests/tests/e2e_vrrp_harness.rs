@@ -11,7 +11,7 @@ use balancer_tests::failover::Prober;
 use balancer_tests::ha::namespaces_left;
 use balancer_tests::{
     assert_one_master, http_get, require_root, Capture, HaTopology, Keepalived, KeepalivedConfig,
-    ProbeReport, Servers, VrrpState, HA_PREFIX_LEN, HA_VIP, TRANSITION_WINDOW,
+    Servers, VrrpState, HA_PREFIX_LEN, HA_VIP, TRANSITION_WINDOW,
 };
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::thread;
@@ -301,8 +301,7 @@ fn failover_cycle(variant: Variant, graceful: bool) {
 
     // Failover: the client saw no service for at most lb2's master-down interval + 1 s.
     let limit = pair.master_down(2) + SLACK;
-    let failover = gap_between(&report, crash.at, lb2_served)
-        .expect("lb1 was cut off, so some attempts must have failed");
+    let failover = report.outage(crash.at, lb2_served);
     eprintln!(
         "{variant:?}: failover gap after SIGKILL {failover:?} (limit {limit:?}; lb2 first \
          answered {:?} after the kill)",
@@ -352,7 +351,7 @@ fn failover_cycle(variant: Variant, graceful: bool) {
             timeline(&adverts)
         );
         let end = report.attempts.last().map_or(stop.at, |a| a.at);
-        let gap = gap_between(&report, stop.at, end).unwrap_or_default();
+        let gap = report.outage(stop.at, end);
         eprintln!("{variant:?}: gap after the graceful stop {gap:?}");
         assert!(
             gap < SLACK,
@@ -369,15 +368,6 @@ fn failover_cycle(variant: Variant, graceful: bool) {
     );
     assert_eq!(pair.ka(1).states(), lb1_states, "lb1's states");
     pair.assert_no_complaints();
-}
-
-/// The longest run of failures that overlaps `from..=to` (attempt start times), which
-/// must have ended.
-fn gap_between(report: &ProbeReport, from: Duration, to: Duration) -> Option<Duration> {
-    report.longest_gap_within(from, to).map(|g| {
-        assert!(g.recovered, "the service never came back: {report}");
-        g.duration()
-    })
 }
 
 /// The tests, in a module named like the file so that `cargo xtask test -- e2e_vrrp_harness`

@@ -11,11 +11,13 @@ use std::thread;
 use std::time::Duration;
 
 use balancer_tests::capture::timeline;
-use balancer_tests::ha_agent::{self, instance, wait_holders, wait_state, Instance, FRONT_VRID};
+use balancer_tests::ha_agent::{
+    self, instance, start_prober, wait_holders, wait_state, Instance, FRONT_VRID,
+};
 use balancer_tests::keepalived::master_down_interval;
 use balancer_tests::{
     assert_one_master, require_root, Agent, Capture, HaTopology, Keepalived, KeepalivedConfig,
-    ProbeReport, Prober, VrrpState, HA_PREFIX_LEN, HA_VIP, TRANSITION_WINDOW,
+    VrrpState, HA_PREFIX_LEN, HA_VIP, TRANSITION_WINDOW,
 };
 
 const SECOND: Duration = Duration::from_secs(1);
@@ -204,16 +206,6 @@ fn keepalived_config(
     config
 }
 
-/// The longest outage the client saw between `from` and `to`, which must have ended.
-fn outage(report: &ProbeReport, from: Duration, to: Duration) -> Duration {
-    report
-        .longest_gap_within(from, to)
-        .map_or(Duration::ZERO, |g| {
-            assert!(g.recovered, "the service never came back:\n{report}");
-            g.duration()
-        })
-}
-
 /// lb1 (priority 150) Master, lb2 (100) Backup; lb1 crashes: lb2 serves within its
 /// master-down interval + 1 s; lb1 returns and preempts; lb1 stops: lb2 serves within a
 /// second. Then the wire and keepalived's log.
@@ -227,17 +219,7 @@ fn interoperate(variant: Variant) {
     );
     pair.wait(2, VrrpState::Backup, SLACK);
     wait_holders(&pair.topo, HA_VIP, &[1], SLACK);
-    let prober = Prober::every_50ms(
-        pair.topo.client(),
-        HaTopology::vip_http(),
-        Duration::from_secs(40),
-    )
-    .expect("starting the client");
-    assert!(
-        prober.wait_answer(Duration::ZERO, 3 * SECOND).is_some(),
-        "{variant:?}: the client is not served: {}",
-        prober.snapshot()
-    );
+    let prober = start_prober(&pair.topo);
 
     thread::sleep(Duration::from_millis(300));
     let crash = prober.elapsed();
@@ -271,9 +253,9 @@ fn interoperate(variant: Variant) {
     thread::sleep(Duration::from_millis(500));
     let report = prober.stop().expect("stopping the client");
 
-    let failover = outage(&report, crash, served);
+    let failover = report.outage(crash, served);
     let end = report.attempts.last().map_or(stop, |a| a.at);
-    let graceful = outage(&report, stop, end);
+    let graceful = report.outage(stop, end);
     eprintln!(
         "{variant:?}: no service for {failover:?} after the kill (limit {limit:?}), \
          {graceful:?} after the stop"

@@ -16,7 +16,7 @@ pub use balancer_wire::vrrp::TTL;
 use balancer_wire::{arp, ethernet, EtherType, MacAddr};
 use tokio::io::unix::AsyncFd;
 
-use crate::sys::{self, check, setsockopt, socket};
+use crate::sys::{self, setsockopt, setsockopt_bytes, socket};
 
 /// IP protocol number of VRRP.
 const IPPROTO_VRRP: libc::c_int = 112;
@@ -132,25 +132,6 @@ impl AdvertSocket {
 fn cmsg_space(len: usize) -> usize {
     // SAFETY: CMSG_SPACE only computes.
     unsafe { libc::CMSG_SPACE(len as u32) as usize }
-}
-
-fn setsockopt_bytes(
-    fd: &OwnedFd,
-    level: libc::c_int,
-    name: libc::c_int,
-    value: &[u8],
-) -> io::Result<()> {
-    // SAFETY: `value` is readable for its length.
-    check(unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            level,
-            name,
-            value.as_ptr().cast(),
-            value.len() as libc::socklen_t,
-        )
-    })
-    .map(drop)
 }
 
 /// A packet socket that sends gratuitous ARPs out of one interface.
