@@ -12,6 +12,8 @@ use anyhow::{bail, Context, Result};
 use balancer_wire::MacAddr;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::{Path, PathBuf};
+use std::thread;
+use std::time::{Duration, Instant};
 
 /// The VIP the balancers share, on the client's own subnet: the client reaches it through
 /// ARP, so whichever balancer answers ARP (or last sent a gratuitous ARP) gets its packets.
@@ -104,7 +106,35 @@ impl HaTopology {
         };
         topo.wire()
             .with_context(|| format!("building HA test topology {}", topo.prefix))?;
+        topo.wait_lb_links_up()?;
         Ok(topo)
+    }
+
+    /// Waits until every balancer's links report their operational state up: the kernel
+    /// publishes it a moment after `ip link set up` (linkwatch), and an agent that tracks
+    /// an interface must not start before, or it starts in FAULT.
+    fn wait_lb_links_up(&self) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(3);
+        for lb in &self.lbs {
+            for dev in LB_INTERFACES {
+                let path = format!("/sys/class/net/{dev}/operstate");
+                loop {
+                    let state = lb.ns.run(&["cat", &path])?;
+                    if state.trim() == "up" {
+                        break;
+                    }
+                    if Instant::now() >= deadline {
+                        bail!(
+                            "{dev} in {} is {:?}, not up, after 3 s",
+                            lb.ns.name(),
+                            state.trim()
+                        );
+                    }
+                    thread::sleep(Duration::from_millis(20));
+                }
+            }
+        }
+        Ok(())
     }
 
     fn wire(&self) -> Result<()> {

@@ -464,3 +464,53 @@ fn forged_and_malformed_adverts_are_counted_and_change_nothing() {
     let log = agent.log();
     assert!(!log.contains("panicked"), "{log}");
 }
+
+#[test]
+fn a_master_whose_tracked_interface_goes_down_enters_fault_and_resigns() {
+    let mut pair = Pair::new();
+    let tracked = Instance::front(150, 3).with("track = [{ interface = \"lbs0\" }]");
+    pair.start(1, &config(&pair.topo, 1, &[tracked]));
+    pair.start(2, &config(&pair.topo, 2, &[Instance::front(100, 3)]));
+    wait_state(pair.agent(1), "vi_1", "MASTER", master_down(150) + SLACK);
+    let prober = start_prober(&pair.topo);
+
+    // Its link towards the backends fails: FAULT, priority 0, lb2 takes over at once.
+    let down = prober.elapsed();
+    pair.topo
+        .lb(1)
+        .ip(&["link", "set", "lbs0", "down"])
+        .expect("taking lb1's back link down");
+    wait_state(pair.agent(1), "vi_1", "FAULT", SLACK);
+    wait_state(pair.agent(2), "vi_1", "MASTER", SLACK);
+    wait_holders(&pair.topo, HA_VIP, &[2], SLACK);
+    let lb1 = instance(pair.agent(1), "vi_1");
+    assert_eq!(
+        field(&lb1, "reason"),
+        "track interface lbs0 down",
+        "{lb1:#}"
+    );
+
+    // Back up: Backup, then it preempts.
+    pair.topo
+        .lb(1)
+        .ip(&["link", "set", "lbs0", "up"])
+        .expect("taking lb1's back link up");
+    wait_state(
+        pair.agent(1),
+        "vi_1",
+        "MASTER",
+        master_down(150) + 2 * SLACK,
+    );
+    wait_state(pair.agent(2), "vi_1", "BACKUP", SLACK);
+    thread::sleep(Duration::from_millis(300));
+    let report = prober.stop().expect("stopping the client");
+    let end = report.attempts.last().map_or(down, |a| a.at);
+    let outage = report.outage(down, end);
+    eprintln!("interface track: no service for {outage:?} at most");
+    assert!(outage < SLACK, "{report}");
+    assert_eq!(
+        pair.masters(),
+        [pair.front(1), pair.front(2), pair.front(1)],
+        "the Masters on the wire"
+    );
+}
