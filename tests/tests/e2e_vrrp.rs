@@ -514,3 +514,30 @@ fn a_master_whose_tracked_interface_goes_down_enters_fault_and_resigns() {
         "the Masters on the wire"
     );
 }
+
+#[test]
+fn a_master_that_loses_its_data_plane_enters_fault_and_resigns() {
+    let mut pair = Pair::new();
+    let tracked = Instance::front(150, 2).with("track = [{ data_plane = true }]");
+    pair.start(1, &config(&pair.topo, 1, &[tracked]));
+    pair.start(2, &config(&pair.topo, 2, &[Instance::front(100, 2)]));
+    wait_state(pair.agent(1), "vi_1", "MASTER", master_down(150) + SLACK);
+
+    // The back interface the program was attached to disappears.
+    pair.topo
+        .lb(1)
+        .ip(&["link", "del", "lbs0"])
+        .expect("deleting lb1's back interface");
+    wait_state(pair.agent(1), "vi_1", "FAULT", 2 * SLACK);
+    wait_state(pair.agent(2), "vi_1", "MASTER", SLACK);
+    wait_holders(&pair.topo, HA_VIP, &[2], SLACK);
+    let lb1 = instance(pair.agent(1), "vi_1");
+    assert_eq!(field(&lb1, "reason"), "track data_plane down", "{lb1:#}");
+    assert!(
+        pair.agent(1)
+            .log()
+            .contains("XDP no longer attached to lbs0"),
+        "{}",
+        pair.agent(1).log()
+    );
+}

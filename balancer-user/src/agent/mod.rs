@@ -24,6 +24,7 @@ use crate::{
     },
     health::{Checker, HealthEvent},
     lb::Balancer,
+    sys,
     vrrp::{self, TrackTarget, Vrrp},
 };
 
@@ -129,7 +130,49 @@ fn start_vrrp(config: &config::Config) -> anyhow::Result<Option<Vrrp>> {
         return Ok(None);
     }
     let vrrp = Vrrp::start(config.vrrp.clone(), &config.vrrp_sync_groups)?;
-    vrrp.track(TrackTarget::DataPlane, true);
+    if vrrp.tracks(&TrackTarget::DataPlane) {
+        let attached = config
+            .agent
+            .interfaces
+            .iter()
+            .map(|name| (name.clone(), sys::ifindex(name).unwrap_or(0)))
+            .collect();
+        tokio::spawn(watch_attachment(attached, vrrp.tracker()));
+    }
     log::info!("VRRP: {} instance(s) started", config.vrrp.len());
     Ok(Some(vrrp))
+}
+
+/// How often [`watch_attachment`] looks.
+const ATTACHMENT_POLL: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Tells VRRP's `data_plane` tracks whether the program is still attached: it is not once
+/// an interface it was attached to is gone or replaced by another of the same name (its
+/// index changed), and a Master must then hand over.
+async fn watch_attachment(attached: Vec<(String, u32)>, tracker: vrrp::Tracker) {
+    let mut tick = tokio::time::interval(ATTACHMENT_POLL);
+    let mut said = None;
+    loop {
+        tick.tick().await;
+        let lost: Vec<&str> = attached
+            .iter()
+            .filter(|(name, index)| sys::ifindex(name).ok() != Some(*index))
+            .map(|(name, _)| name.as_str())
+            .collect();
+        let up = lost.is_empty();
+        if said == Some(up) {
+            continue;
+        }
+        if up {
+            log::info!("data plane: XDP attached to every interface");
+        } else {
+            log::error!(
+                "data plane: XDP no longer attached to {}: the interface is gone or was \
+                 replaced (restart the agent to attach again)",
+                lost.join(", ")
+            );
+        }
+        tracker.track(TrackTarget::DataPlane, up);
+        said = Some(up);
+    }
 }

@@ -30,7 +30,7 @@ pub use events::{Action, Input, NotifyState, Reason, State, Stats};
 pub use group::{GroupAction, GroupInput, SyncGroup};
 pub use machine::Machine;
 pub use params::{Config, ConfigError, Track, Version};
-pub use service::{Snapshot, Vrrp};
+pub use service::{Snapshot, Tracker, Vrrp};
 pub use start::{check_host, StartError};
 
 use std::ops::Add;

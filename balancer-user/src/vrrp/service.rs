@@ -97,6 +97,23 @@ pub struct Vrrp {
     status: watch::Receiver<Arc<Vec<Snapshot>>>,
     /// The VIPs some instance tracks, each once.
     tracked_vips: Vec<String>,
+    /// Everything some instance tracks.
+    tracked: Vec<TrackTarget>,
+}
+
+/// Reports tracked conditions to the running instances ([`Vrrp::tracker`]).
+#[derive(Debug, Clone)]
+pub struct Tracker {
+    commands: mpsc::UnboundedSender<Command>,
+}
+
+impl Tracker {
+    /// As [`Vrrp::track`].
+    pub fn track(&self, target: TrackTarget, up: bool) {
+        if self.commands.send(Command::Track { target, up }).is_err() {
+            log::warn!("vrrp: the service has stopped; a track change was lost");
+        }
+    }
 }
 
 /// How often tracked interfaces are looked at.
@@ -122,6 +139,7 @@ impl Vrrp {
                 }
             }
         }
+        let tracked = instances.iter().flat_map(|i| i.tracks.clone()).collect();
         let (effects, jobs) = mpsc::unbounded_channel();
         let mut service = Service::new(instances, groups, effects)?;
         tokio::spawn(effects_worker(jobs));
@@ -137,6 +155,7 @@ impl Vrrp {
             commands,
             status,
             tracked_vips,
+            tracked,
         })
     }
 
@@ -148,9 +167,19 @@ impl Vrrp {
     /// Tells every instance that tracks `target` that it is up or down; unchanged
     /// conditions change nothing, so the agent may repeat itself.
     pub fn track(&self, target: TrackTarget, up: bool) {
-        if self.commands.send(Command::Track { target, up }).is_err() {
-            log::warn!("vrrp: the service has stopped; a track change was lost");
+        self.tracker().track(target, up);
+    }
+
+    /// A handle that reports tracked conditions, for a task of its own.
+    pub fn tracker(&self) -> Tracker {
+        Tracker {
+            commands: self.commands.clone(),
         }
+    }
+
+    /// Whether some instance tracks `target`.
+    pub fn tracks(&self, target: &TrackTarget) -> bool {
+        self.tracked.contains(target)
     }
 
     /// Every instance now.
