@@ -109,6 +109,21 @@ pub fn ifindex(name: &str) -> io::Result<u32> {
 /// The IPv4 addresses of interface `name`, with their prefix lengths, primary first (in
 /// the kernel's order).
 pub fn ipv4_addresses(name: &str) -> io::Result<Vec<(Ipv4Addr, u8)>> {
+    Ok(all_ipv4_addresses()?
+        .into_iter()
+        .filter(|(interface, _, _)| interface == name)
+        .map(|(_, addr, prefix)| (addr, prefix))
+        .collect())
+}
+
+/// Whether `addr` is an address of some interface of this host (namespace).
+pub fn is_local(addr: Ipv4Addr) -> io::Result<bool> {
+    Ok(all_ipv4_addresses()?.iter().any(|&(_, a, _)| a == addr))
+}
+
+/// Every interface's IPv4 addresses: (interface, address, prefix length), in the kernel's
+/// order.
+fn all_ipv4_addresses() -> io::Result<Vec<(String, Ipv4Addr, u8)>> {
     let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs writes a list that freeifaddrs frees below.
     check(unsafe { libc::getifaddrs(&raw mut list) })?;
@@ -121,13 +136,12 @@ pub fn ipv4_addresses(name: &str) -> io::Result<Vec<(Ipv4Addr, u8)>> {
         if entry.ifa_addr.is_null() || entry.ifa_name.is_null() {
             continue;
         }
-        // SAFETY: a NUL-terminated name owned by the list.
-        let entry_name = unsafe { std::ffi::CStr::from_ptr(entry.ifa_name) };
         // SAFETY: `ifa_addr` points to a sockaddr whose family says its type.
-        let family = i32::from(unsafe { (*entry.ifa_addr).sa_family });
-        if entry_name.to_bytes() != name.as_bytes() || family != libc::AF_INET {
+        if i32::from(unsafe { (*entry.ifa_addr).sa_family }) != libc::AF_INET {
             continue;
         }
+        // SAFETY: a NUL-terminated name owned by the list.
+        let name = unsafe { std::ffi::CStr::from_ptr(entry.ifa_name) };
         // SAFETY: an AF_INET address is a sockaddr_in.
         let addr = unsafe { entry.ifa_addr.cast::<libc::sockaddr_in>().read_unaligned() };
         let prefix = if entry.ifa_netmask.is_null() {
@@ -142,7 +156,11 @@ pub fn ipv4_addresses(name: &str) -> io::Result<Vec<(Ipv4Addr, u8)>> {
             };
             u32::from_be(mask.sin_addr.s_addr).count_ones() as u8
         };
-        found.push((Ipv4Addr::from(addr.sin_addr.s_addr.to_ne_bytes()), prefix));
+        found.push((
+            name.to_string_lossy().into_owned(),
+            Ipv4Addr::from(addr.sin_addr.s_addr.to_ne_bytes()),
+            prefix,
+        ));
     }
     // SAFETY: the list getifaddrs returned, freed once.
     unsafe { libc::freeifaddrs(list) };
@@ -173,6 +191,30 @@ pub fn mac_address(name: &str) -> io::Result<[u8; 6]> {
 pub fn link_up(name: &str) -> bool {
     std::fs::read_to_string(format!("/sys/class/net/{name}/operstate"))
         .is_ok_and(|state| matches!(state.trim(), "up" | "unknown"))
+}
+
+/// Adds (`add`) or removes `address` (`ADDRESS/PREFIX`) on `interface` with iproute2's
+/// `ip address`, as an operator would; an address already there (or already gone) is not
+/// an error.
+pub async fn set_address(interface: &str, address: &str, add: bool) -> io::Result<()> {
+    let verb = if add { "add" } else { "del" };
+    let output = tokio::process::Command::new("ip")
+        .args(["address", verb, address, "dev", interface])
+        .output()
+        .await
+        .map_err(|e| io::Error::new(e.kind(), format!("running `ip address {verb}`: {e}")))?;
+    if output.status.success() {
+        return Ok(());
+    }
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    // "File exists" (added already), "Cannot assign requested address" (gone already).
+    if (add && stderr.contains("File exists")) || (!add && stderr.contains("Cannot assign")) {
+        return Ok(());
+    }
+    Err(io::Error::other(format!(
+        "ip address {verb} {address} dev {interface}: {}",
+        stderr.trim()
+    )))
 }
 
 #[cfg(test)]

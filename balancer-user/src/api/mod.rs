@@ -165,6 +165,50 @@ pub struct VrrpStatus {
     pub addresses: Vec<String>,
 }
 
+/// One HTTP-mode VIP, served by the agent's proxy.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HttpVipStatus {
+    pub name: String,
+    pub listen: SocketAddrV4,
+    /// Client connections accepted, and open now.
+    pub connections: u64,
+    pub active_connections: u64,
+    pub requests: u64,
+    pub active_requests: u64,
+    /// Requests waiting for a connection slot (`maxconn`).
+    pub queued: u64,
+    /// Responses sent by class ("1xx" .. "5xx").
+    pub responses: BTreeMap<String, u64>,
+    /// Body bytes from clients and to them.
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    /// Requests sent again to another backend after a connect failure.
+    pub retries: u64,
+    /// Requests that got no backend's answer, by reason.
+    pub errors: BTreeMap<String, u64>,
+    /// Response times: (upper bound in ms, or "+Inf"; responses in that bucket), in order.
+    pub latency_ms: Vec<(String, u64)>,
+    /// Hits per rule, the default pool last.
+    pub rules: Vec<HttpRuleStatus>,
+    pub backends: Vec<HttpBackendStatus>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpRuleStatus {
+    pub name: String,
+    pub pool: String,
+    pub hits: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpBackendStatus {
+    pub address: SocketAddrV4,
+    pub requests: u64,
+    /// Connect failures and broken answers.
+    pub errors: u64,
+    pub active: u64,
+}
+
 /// Everything `balancer status` shows.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Status {
@@ -175,4 +219,7 @@ pub struct Status {
     /// VRRP instances, when the configuration has any.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub vrrp: Vec<VrrpStatus>,
+    /// HTTP-mode VIPs, when the configuration has any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub http: Vec<HttpVipStatus>,
 }

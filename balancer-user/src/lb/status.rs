@@ -78,6 +78,7 @@ impl<M: Maps> Balancer<M> {
             global,
             // The agent adds the VRRP instances, which are not the balancer's.
             vrrp: Vec::new(),
+            http: Vec::new(),
         })
     }
 }

@@ -194,29 +194,6 @@ impl ArpSocket {
     }
 }
 
-/// Adds (`add`) or removes `address` (`ADDRESS/PREFIX`) on `interface` with `ip address`;
-/// an address already there (or already gone) is not an error.
-pub async fn set_address(interface: &str, address: &str, add: bool) -> io::Result<()> {
-    let verb = if add { "add" } else { "del" };
-    let output = tokio::process::Command::new("ip")
-        .args(["address", verb, address, "dev", interface])
-        .output()
-        .await
-        .map_err(|e| io::Error::new(e.kind(), format!("running `ip address {verb}`: {e}")))?;
-    if output.status.success() {
-        return Ok(());
-    }
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    // "File exists" (added already), "Cannot assign requested address" (gone already).
-    if (add && stderr.contains("File exists")) || (!add && stderr.contains("Cannot assign")) {
-        return Ok(());
-    }
-    Err(io::Error::other(format!(
-        "ip address {verb} {address} dev {interface}: {}",
-        stderr.trim()
-    )))
-}
-
 /// Runs a notify command's `argv` (the program first, keepalived's arguments last, e.g.
 /// `INSTANCE vi_web MASTER 150`) without a shell, as keepalived does, and without waiting
 /// for it: its exit status is logged when it comes.

@@ -820,7 +820,7 @@ async fn effects_worker(mut jobs: mpsc::UnboundedReceiver<Effect>) {
                 add,
             } => {
                 for address in addresses {
-                    if let Err(e) = net::set_address(&interface, &address, add).await {
+                    if let Err(e) = sys::set_address(&interface, &address, add).await {
                         log::error!("vrrp {instance}: {e}");
                     }
                 }
