@@ -507,3 +507,39 @@ fn cookie_ids() {
     );
     assert_eq!(set.backends()[0].cookie_id, default_cookie_id(addr(1)));
 }
+
+#[test]
+fn concurrent_picks_and_updates_keep_counts_exact() {
+    let balance = PoolBalance {
+        algorithm: Algorithm::LeastConn,
+        cookie: None,
+    };
+    let s = selector(backends(4), &balance);
+    std::thread::scope(|scope| {
+        for _ in 0..4 {
+            scope.spawn(|| {
+                let h = HeaderMap::new();
+                for k in 0..2000 {
+                    let held: Vec<Pick> = (0..k % 3 + 1)
+                        .filter_map(|_| s.pick(&request(&h, "/"), &[]))
+                        .collect();
+                    assert!(!held.is_empty());
+                }
+            });
+        }
+        scope.spawn(|| {
+            for k in 0..200u8 {
+                // Backend 1 leaves and comes back; the others stay.
+                s.set_backends(
+                    backends(4)
+                        .into_iter()
+                        .filter(|b| k % 2 == 0 || b.addr != addr(1)),
+                    &balance,
+                );
+            }
+        });
+    });
+    for i in 1..=4 {
+        assert_eq!(s.active(addr(i)), 0, "backend {i}");
+    }
+}
