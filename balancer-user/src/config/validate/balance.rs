@@ -92,16 +92,15 @@ pub(super) struct CookieIds(HashMap<String, usize>);
 
 impl CookieIds {
     /// Adds backend `index`, at key path `field`; `span` is its `cookie` if it has one, else
-    /// the backend's table. `pool` is the pool's `cookie` table: a backend may only name an
-    /// id when the pool persists by cookie.
+    /// the backend's table. A backend may only name an id when its pool `persists` by cookie.
     pub(super) fn add(
         &mut self,
         v: &Validator<'_>,
         (backend, index, span): (&BackendConfig, usize, Range<usize>),
         field: &str,
-        pool: Option<&Spanned<RawCookie>>,
+        persists: bool,
     ) -> Checked<()> {
-        if backend.cookie.is_some() && pool.is_none() {
+        if backend.cookie.is_some() && !persists {
             return Err(v.error(
                 span,
                 format_args!("{field}.cookie"),
@@ -130,6 +129,7 @@ mod tests {
     use super::super::super::testing::{assert_error_at, with, ORIGIN};
     use super::super::super::{parse, PoolConfig};
     use super::*;
+    use crate::l7::balance::default_cookie_id;
 
     /// One pool with two backends, one per line (lines 5 and 6), and no VIP.
     const POOL: &str = r#"[agent]
@@ -150,7 +150,7 @@ backends = [{ address = "10.0.2.11", port = 80 },
         assert_eq!(p.balance, PoolBalance::default());
         assert_eq!(p.balance.algorithm, Algorithm::RoundRobin);
         assert_eq!(p.backends[0].cookie, None);
-        let derived = crate::l7::balance::default_cookie_id(p.backends[0].socket_addr());
+        let derived = default_cookie_id(p.backends[0].socket_addr());
         assert_eq!(p.backends[0].cookie_id(), derived);
     }
 
@@ -201,7 +201,7 @@ backends = [{ address = "10.0.2.11", port = 80 },
             })
         );
         assert_eq!(p.backends[0].cookie_id(), "s1");
-        let derived = crate::l7::balance::default_cookie_id(p.backends[1].socket_addr());
+        let derived = default_cookie_id(p.backends[1].socket_addr());
         assert_eq!(p.backends[1].cookie, None);
         assert_eq!(p.backends[1].cookie_id(), derived);
         let passive = with(&text, "nocache = true", "insert = false");
@@ -305,7 +305,7 @@ backends = [{ address = "10.0.2.11", port = 80 },
             "cookie id \"s1\" is already backends[0]'s",
         );
         // An explicit id equal to another backend's derived one.
-        let derived = crate::l7::balance::default_cookie_id("10.0.2.11:80".parse().unwrap());
+        let derived = default_cookie_id("10.0.2.11:80".parse().unwrap());
         assert_error_at(
             &persist,
             (

@@ -291,7 +291,7 @@ impl Validator<'_> {
                 (&pool_check, &check),
                 &mut endpoints,
             )?;
-            cookie_ids.add(self, (&backend, bi, span), &bfield, pool.cookie.as_ref())?;
+            cookie_ids.add(self, (&backend, bi, span), &bfield, pool.cookie.is_some())?;
             backends.push(backend);
         }
         Ok(PoolConfig {
