@@ -21,7 +21,7 @@
 //! health check is configured by the health checks' own types ([`CheckConfig`] and the
 //! rest, from [`crate::health::config`]): this module imports `health`, never the reverse.
 //! VRRP instances and sync groups likewise are [`crate::vrrp`]'s [`InstanceConfig`] and
-//! [`SyncGroupConfig`].
+//! [`SyncGroupConfig`]. A pool's HTTP balancing is [`crate::l7::balance`]'s [`PoolBalance`].
 
 mod position;
 mod raw;
@@ -40,6 +40,9 @@ use crate::vrrp::{InstanceConfig, SyncGroupConfig};
 
 pub use crate::health::config::{
     CheckConfig, CheckKind, CheckType, HttpCheck, StatusRanges, StatusRangesError, UdpCheck,
+};
+pub use crate::l7::balance::{
+    default_cookie_id, Algorithm, BalanceKind, CookiePersistence, HashKey, PoolBalance,
 };
 /// Whether `n` is a prime number (Maglev ring sizes must be).
 pub use crate::ring::is_prime;
@@ -176,6 +179,9 @@ pub struct PoolConfig {
     pub check: CheckConfig,
     /// What happens to flows of a backend that went down.
     pub on_backend_down: DownPolicy,
+    /// `balance`, `hash_key` and `cookie`: how HTTP VIPs spread requests over the pool.
+    /// Allowed on any pool; L4 VIPs ignore them (the data plane uses the VIP's `scheduler`).
+    pub balance: PoolBalance,
 }
 
 /// One entry of a pool's `backends`.
@@ -187,6 +193,8 @@ pub struct BackendConfig {
     pub weight: u32,
     /// The effective health check: the pool's, with this backend's `check` fields over it.
     pub check: CheckConfig,
+    /// `cookie`: the id HTTP cookie persistence gives it, if the file names one.
+    pub cookie: Option<String>,
 }
 
 impl BackendConfig {
@@ -194,6 +202,15 @@ impl BackendConfig {
     #[must_use]
     pub fn socket_addr(&self) -> SocketAddrV4 {
         SocketAddrV4::new(self.address, self.port)
+    }
+
+    /// The id its persistence cookie carries: `cookie` if given, else one derived from
+    /// its address ([`default_cookie_id`]).
+    #[must_use]
+    pub fn cookie_id(&self) -> String {
+        self.cookie
+            .clone()
+            .unwrap_or_else(|| default_cookie_id(self.socket_addr()))
     }
 }
 
@@ -516,28 +533,33 @@ pool = "dns"
                             port: 80,
                             weight: 1,
                             check: CheckConfig::default(),
+                            cookie: None,
                         },
                         BackendConfig {
                             address: ip("10.0.2.12"),
                             port: 80,
                             weight: 1,
                             check: CheckConfig::default(),
+                            cookie: None,
                         },
                         BackendConfig {
                             address: ip("10.0.2.13"),
                             port: 8080,
                             weight: 0,
                             check: CheckConfig::default(),
+                            cookie: None,
                         },
                     ],
                     check: CheckConfig::default(),
                     on_backend_down: DownPolicy::Shutdown,
+                    balance: PoolBalance::default(),
                 },
                 PoolConfig {
                     name: "dns".into(),
                     backends: vec![],
                     check: CheckConfig::default(),
                     on_backend_down: DownPolicy::Shutdown,
+                    balance: PoolBalance::default(),
                 },
             ],
             vips: vec![

@@ -74,6 +74,26 @@ pub(super) struct RawPool {
     pub(super) check: Option<RawCheck>,
     #[serde(default)]
     pub(super) backends: Vec<Spanned<RawBackend>>,
+    // HTTP balancing (L7 VIPs only)
+    #[serde(default)]
+    pub(super) balance: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) hash_key: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) cookie: Option<Spanned<RawCookie>>,
+}
+
+/// A pool's `cookie = { name = "SERVERID", insert = true, ... }`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(super) struct RawCookie {
+    pub(super) name: Spanned<String>,
+    #[serde(default)]
+    pub(super) insert: Option<bool>,
+    #[serde(default)]
+    pub(super) nocache: Option<bool>,
+    #[serde(default)]
+    pub(super) indirect: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -85,6 +105,9 @@ pub(super) struct RawBackend {
     pub(super) weight: Option<Spanned<Int>>,
     #[serde(default)]
     pub(super) check: Option<RawCheck>,
+    /// Its persistence cookie's id (L7 VIPs only).
+    #[serde(default)]
+    pub(super) cookie: Option<Spanned<String>>,
 }
 
 /// `[pool.check]`, or a backend's `check`: every field optional, so a

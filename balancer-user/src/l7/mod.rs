@@ -1,4 +1,5 @@
 //! HTTP-mode VIPs: a reverse proxy in the agent.
 
+pub mod balance;
 pub mod headers;
 pub mod stats;

@@ -429,6 +429,7 @@ fn with_checked_pool(policy: DownPolicy) -> Balancer<FakeMaps> {
         backends: Vec::new(),
         check,
         on_backend_down: policy,
+        balance: config::PoolBalance::default(),
     })
     .unwrap();
     lb

@@ -6,6 +6,7 @@
 //! addresses, ports, names). A pool's or backend's `check` table is checked in `check`, the
 //! VRRP instances and sync groups in `vrrp`.
 
+mod balance;
 mod check;
 mod vrrp;
 
@@ -21,6 +22,7 @@ use balancer_common::{MAX_BACKENDS, MAX_RING_SIZE, MAX_VIPS};
 use humantime_serde::re::humantime;
 use toml::Spanned;
 
+use self::balance::CookieIds;
 use self::check::CheckLayer;
 use super::position::line_col;
 use super::raw::{
@@ -270,24 +272,34 @@ impl Validator<'_> {
             field: format!("{field}.check"),
         };
         let check = self.check(std::slice::from_ref(&pool_check))?;
+        let balance = self.pool_balance(&pool, field)?;
 
         let mut endpoints = Endpoints::new();
+        let mut cookie_ids = CookieIds::default();
         let mut backends = Vec::with_capacity(pool.backends.len());
         for (bi, backend) in pool.backends.into_iter().enumerate() {
             let bfield = format!("{field}.backends[{bi}]");
             count.add(self, &backend.span(), &bfield)?;
-            backends.push(self.backend(
+            let span = backend
+                .get_ref()
+                .cookie
+                .as_ref()
+                .map_or(backend.span(), Spanned::span);
+            let backend = self.backend(
                 backend,
                 (bi, &bfield),
                 (&pool_check, &check),
                 &mut endpoints,
-            )?);
+            )?;
+            cookie_ids.add(self, (&backend, bi, span), &bfield, pool.cookie.is_some())?;
+            backends.push(backend);
         }
         Ok(PoolConfig {
             name,
             backends,
             check,
             on_backend_down,
+            balance,
         })
     }
 
@@ -354,11 +366,13 @@ impl Validator<'_> {
                 self.check(&layers)?
             }
         };
+        let cookie = self.backend_cookie(raw.cookie.as_ref(), field)?;
         Ok(BackendConfig {
             address,
             port,
             weight,
             check,
+            cookie,
         })
     }
 
