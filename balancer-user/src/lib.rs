@@ -6,6 +6,7 @@ pub mod cli;
 pub mod config;
 pub mod dataplane;
 pub mod health;
+pub mod l7;
 pub mod lb;
 pub mod ring;
 pub mod spelling;
