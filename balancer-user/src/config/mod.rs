@@ -21,7 +21,7 @@
 //! health check is configured by the health checks' own types ([`CheckConfig`] and the
 //! rest, from [`crate::health::config`]): this module imports `health`, never the reverse.
 //! VRRP instances and sync groups likewise are [`crate::vrrp`]'s [`InstanceConfig`] and
-//! [`SyncGroupConfig`].
+//! [`SyncGroupConfig`], an HTTP-mode VIP's routing rules [`crate::l7::rules`]' [`Rule`]s.
 
 mod position;
 mod raw;
@@ -36,6 +36,7 @@ use balancer_common::MAX_RING_SIZE;
 
 use position::{key_path_at, line_col};
 
+use crate::l7::rules::Rule;
 use crate::vrrp::{InstanceConfig, SyncGroupConfig};
 
 pub use crate::health::config::{
@@ -43,7 +44,7 @@ pub use crate::health::config::{
 };
 /// Whether `n` is a prime number (Maglev ring sizes must be).
 pub use crate::ring::is_prime;
-pub use words::{AllDownPolicy, DownPolicy, Protocol, Scheduler, XdpMode};
+pub use words::{AllDownPolicy, DownPolicy, Protocol, Scheduler, VipMode, XdpMode};
 
 /// Control socket path used when `[agent].control_socket` is absent.
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/balancer/balancer.sock";
@@ -209,6 +210,15 @@ pub struct VipConfig {
     pub pool: String,
     /// What new flows get while no backend of the pool is up.
     pub on_all_down: AllDownPolicy,
+    /// `l4` (the XDP program) or `http` (the agent's proxy; `pool` is then the default
+    /// pool of requests no rule matches).
+    #[serde(default)]
+    pub mode: VipMode,
+    /// `[[vip.rule]]`: an HTTP-mode VIP's routing rules, in order; empty for an L4 VIP.
+    /// Only the file gives rules: the control protocol carries none (and `vip add` makes
+    /// an L4 VIP).
+    #[serde(skip)]
+    pub rules: Vec<Rule>,
 }
 
 /// Why a configuration could not be loaded.
@@ -550,6 +560,8 @@ pool = "dns"
                     ring_size: 65537,
                     pool: "web".into(),
                     on_all_down: AllDownPolicy::Drop,
+                    mode: VipMode::L4,
+                    rules: vec![],
                 },
                 VipConfig {
                     name: "dns".into(),
@@ -560,6 +572,8 @@ pool = "dns"
                     ring_size: 251,
                     pool: "dns".into(),
                     on_all_down: AllDownPolicy::Drop,
+                    mode: VipMode::L4,
+                    rules: vec![],
                 },
             ],
             vrrp: vec![],

@@ -3,10 +3,11 @@
 //!
 //! One method per section of the file (`agent`, `nat`, `timeouts`, `pools` with `backend`,
 //! `vips`), and small helpers for the kinds of values they share (durations, words,
-//! addresses, ports, names). A pool's or backend's `check` table is checked in `check`, the
-//! VRRP instances and sync groups in `vrrp`.
+//! addresses, ports, names). A pool's or backend's `check` table is checked in `check`, a
+//! VIP's `mode` and HTTP rules in `l7`, the VRRP instances and sync groups in `vrrp`.
 
 mod check;
+mod l7;
 mod vrrp;
 
 use std::collections::HashMap;
@@ -406,6 +407,7 @@ impl Validator<'_> {
             Some(r) => self.ring_size(r, format!("{field}.ring_size"))?,
         };
         let pool = self.vip_pool(vip, &name, field, pools)?;
+        let (mode, rules) = self.vip_mode(vip, field, protocol, pools)?;
 
         let key = (address, port, protocol);
         if let Some((first, first_name, line)) = seen.listeners.get(&key) {
@@ -431,6 +433,8 @@ impl Validator<'_> {
             ring_size,
             pool,
             on_all_down,
+            mode,
+            rules,
         })
     }
 
