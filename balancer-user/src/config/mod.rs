@@ -495,6 +495,27 @@ pool = "dns"
     }
 
     #[test]
+    fn the_readme_http_example_parses() {
+        let example = readme_toml("# HTTP mode");
+        let config = parse(example, "README.md").unwrap_or_else(|e| panic!("{e}"));
+        let vip = &config.vips[0];
+        assert_eq!((vip.mode, vip.pool.as_str()), (VipMode::Http, "app"));
+        let rules: Vec<_> = vip
+            .rules
+            .iter()
+            .map(|r| (r.name.as_str(), r.pool.as_str(), r.conditions.len()))
+            .collect();
+        assert_eq!(
+            rules,
+            [
+                ("api", "api", 1),
+                ("static", "static", 1),
+                ("static-files", "static", 1)
+            ]
+        );
+    }
+
+    #[test]
     fn full_example_parses() {
         let config = parse(FULL, ORIGIN).unwrap();
         let expected = Config {
