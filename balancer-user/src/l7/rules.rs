@@ -78,7 +78,7 @@ pub struct Rule {
     /// As written, or `rule N` (1-based); counters and logs name the rule by it.
     pub name: String,
     pub pool: String,
-    /// ANDed; none matches every request.
+    /// All must hold (an empty list matches every request).
     pub conditions: Vec<Condition>,
 }
 
