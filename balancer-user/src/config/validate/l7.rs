@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use toml::Spanned;
 
 use super::super::raw::{HeaderValues, RawRule, RawVip, Values};
-use super::{defined, name_problem, Checked, Validator};
+use super::{name_problem, Checked, Validator};
 use crate::config::{PoolConfig, Protocol, VipMode};
 use http::HeaderName;
 
@@ -86,15 +86,7 @@ impl Validator<'_> {
                 name
             }
         };
-        let pool = rule.pool.get_ref();
-        if !pools.iter().any(|p| &p.name == pool) {
-            let known = defined("pools", "pool", pools.iter().map(|p| p.name.as_str()));
-            return Err(self.error(
-                rule.pool.span(),
-                format_args!("{field}.pool"),
-                format!("unknown pool {pool:?} ({known})"),
-            ));
-        }
+        let pool = self.known_pool(&rule.pool, &field, pools)?;
         let mut conditions = Vec::new();
         for (kind, negate, values) in rule.lists() {
             if let Some(values) = values {
@@ -116,7 +108,7 @@ impl Validator<'_> {
         }
         Ok(Rule {
             name,
-            pool: pool.clone(),
+            pool,
             conditions,
         })
     }

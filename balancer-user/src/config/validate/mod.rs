@@ -467,14 +467,7 @@ impl Validator<'_> {
         pools: &[PoolConfig],
     ) -> Checked<String> {
         let pool_name = vip.pool.get_ref();
-        if !pools.iter().any(|p| &p.name == pool_name) {
-            let known = defined("pools", "pool", pools.iter().map(|p| p.name.as_str()));
-            return Err(self.error(
-                vip.pool.span(),
-                format_args!("{field}.pool"),
-                format!("unknown pool {pool_name:?} ({known})"),
-            ));
-        }
+        self.known_pool(&vip.pool, field, pools)?;
         if name != pool_name && pools.iter().any(|p| p.name == name) {
             return Err(self.error(
                 vip.name.span(),
@@ -487,6 +480,25 @@ impl Validator<'_> {
             ));
         }
         Ok(pool_name.clone())
+    }
+
+    /// The `pool` of the table at key path `field` (a VIP or a rule): a defined pool.
+    fn known_pool(
+        &self,
+        raw: &Spanned<String>,
+        field: &str,
+        pools: &[PoolConfig],
+    ) -> Checked<String> {
+        let pool = raw.get_ref();
+        if !pools.iter().any(|p| &p.name == pool) {
+            let known = defined("pools", "pool", pools.iter().map(|p| p.name.as_str()));
+            return Err(self.error(
+                raw.span(),
+                format_args!("{field}.pool"),
+                format!("unknown pool {pool:?} ({known})"),
+            ));
+        }
+        Ok(pool.clone())
     }
 
     // -- Values ---------------------------------------------------------------
