@@ -215,6 +215,8 @@ mod tests {
             ring_size: 65537,
             pool: "web".into(),
             on_all_down: AllDownPolicy::Drop,
+            mode: crate::config::VipMode::L4,
+            rules: Vec::new(),
         }
     }
 

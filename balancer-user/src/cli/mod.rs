@@ -223,6 +223,8 @@ pub fn client(socket: &Path, command: Command) -> Result<String, ClientError> {
                 ring_size,
                 pool,
                 on_all_down,
+                mode: config::VipMode::L4,
+                rules: Vec::new(),
             };
             (Request::VipAdd { vip }, Box::new(move |_| done.clone()))
         }

@@ -21,7 +21,8 @@
 //! health check is configured by the health checks' own types ([`CheckConfig`] and the
 //! rest, from [`crate::health::config`]): this module imports `health`, never the reverse.
 //! VRRP instances and sync groups likewise are [`crate::vrrp`]'s [`InstanceConfig`] and
-//! [`SyncGroupConfig`]. A pool's HTTP balancing is [`crate::l7::balance`]'s [`PoolBalance`].
+//! [`SyncGroupConfig`]; a pool's HTTP balancing is [`crate::l7::balance`]'s [`PoolBalance`],
+//! an HTTP-mode VIP's routing rules [`crate::l7::rules`]' [`Rule`]s.
 
 mod position;
 mod raw;
@@ -36,6 +37,7 @@ use balancer_common::MAX_RING_SIZE;
 
 use position::{key_path_at, line_col};
 
+use crate::l7::rules::Rule;
 use crate::vrrp::{InstanceConfig, SyncGroupConfig};
 
 pub use crate::health::config::{
@@ -46,7 +48,7 @@ pub use crate::l7::balance::{
 };
 /// Whether `n` is a prime number (Maglev ring sizes must be).
 pub use crate::ring::is_prime;
-pub use words::{AllDownPolicy, DownPolicy, Protocol, Scheduler, XdpMode};
+pub use words::{AllDownPolicy, DownPolicy, Protocol, Scheduler, VipMode, XdpMode};
 
 /// Control socket path used when `[agent].control_socket` is absent.
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/balancer/balancer.sock";
@@ -226,6 +228,15 @@ pub struct VipConfig {
     pub pool: String,
     /// What new flows get while no backend of the pool is up.
     pub on_all_down: AllDownPolicy,
+    /// `l4` (the XDP program) or `http` (the agent's proxy; `pool` is then the default
+    /// pool of requests no rule matches).
+    #[serde(default)]
+    pub mode: VipMode,
+    /// `[[vip.rule]]`: an HTTP-mode VIP's routing rules, in order; empty for an L4 VIP.
+    /// Only the file gives rules: the control protocol carries none (and `vip add` makes
+    /// an L4 VIP).
+    #[serde(skip)]
+    pub rules: Vec<Rule>,
 }
 
 /// Why a configuration could not be loaded.
@@ -502,6 +513,27 @@ pool = "dns"
     }
 
     #[test]
+    fn the_readme_http_example_parses() {
+        let example = readme_toml("# HTTP mode");
+        let config = parse(example, "README.md").unwrap_or_else(|e| panic!("{e}"));
+        let vip = &config.vips[0];
+        assert_eq!((vip.mode, vip.pool.as_str()), (VipMode::Http, "app"));
+        let rules: Vec<_> = vip
+            .rules
+            .iter()
+            .map(|r| (r.name.as_str(), r.pool.as_str(), r.conditions.len()))
+            .collect();
+        assert_eq!(
+            rules,
+            [
+                ("api", "api", 1),
+                ("static", "static", 1),
+                ("static-files", "static", 1)
+            ]
+        );
+    }
+
+    #[test]
     fn full_example_parses() {
         let config = parse(FULL, ORIGIN).unwrap();
         let expected = Config {
@@ -572,6 +604,8 @@ pool = "dns"
                     ring_size: 65537,
                     pool: "web".into(),
                     on_all_down: AllDownPolicy::Drop,
+                    mode: VipMode::L4,
+                    rules: vec![],
                 },
                 VipConfig {
                     name: "dns".into(),
@@ -582,6 +616,8 @@ pool = "dns"
                     ring_size: 251,
                     pool: "dns".into(),
                     on_all_down: AllDownPolicy::Drop,
+                    mode: VipMode::L4,
+                    rules: vec![],
                 },
             ],
             vrrp: vec![],

@@ -3,10 +3,13 @@
 //! point at in [`toml::Spanned`], so that the validator's errors can name the exact line.
 //! Every value is kept as written (strings, [`Int`]): the validator parses and checks it.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::Deserialize;
 use toml::Spanned;
+
+use crate::l7::rules::{HeaderKind, Kind};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, expecting = "a table")]
@@ -167,6 +170,101 @@ pub(super) struct RawVip {
     pub(super) pool: Spanned<String>,
     #[serde(default)]
     pub(super) on_all_down: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) mode: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) rule: Vec<Spanned<RawRule>>,
+}
+
+/// A rule's list of values (`path_prefix = ["/static", "/images"]`).
+pub(super) type Values = Spanned<Vec<Spanned<String>>>;
+
+/// A rule's header table (`header_equals = { "X-Env" = ["beta"] }`): header name -> values.
+pub(super) type HeaderValues = Spanned<BTreeMap<Spanned<String>, Values>>;
+
+/// `[[vip.rule]]`: one routing rule of an HTTP-mode VIP. Each condition key has its `not_`
+/// twin.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(super) struct RawRule {
+    #[serde(default)]
+    pub(super) name: Option<Spanned<String>>,
+    pub(super) pool: Spanned<String>,
+    #[serde(default)]
+    pub(super) method: Option<Values>,
+    #[serde(default)]
+    pub(super) not_method: Option<Values>,
+    #[serde(default)]
+    pub(super) host: Option<Values>,
+    #[serde(default)]
+    pub(super) not_host: Option<Values>,
+    #[serde(default)]
+    pub(super) path_exact: Option<Values>,
+    #[serde(default)]
+    pub(super) not_path_exact: Option<Values>,
+    #[serde(default)]
+    pub(super) path_prefix: Option<Values>,
+    #[serde(default)]
+    pub(super) not_path_prefix: Option<Values>,
+    #[serde(default)]
+    pub(super) path_suffix: Option<Values>,
+    #[serde(default)]
+    pub(super) not_path_suffix: Option<Values>,
+    #[serde(default)]
+    pub(super) source: Option<Values>,
+    #[serde(default)]
+    pub(super) not_source: Option<Values>,
+    #[serde(default)]
+    pub(super) header_present: Option<Values>,
+    #[serde(default)]
+    pub(super) not_header_present: Option<Values>,
+    #[serde(default)]
+    pub(super) path_regex: Option<Values>,
+    #[serde(default)]
+    pub(super) not_path_regex: Option<Values>,
+    #[serde(default)]
+    pub(super) header_equals: Option<HeaderValues>,
+    #[serde(default)]
+    pub(super) not_header_equals: Option<HeaderValues>,
+    #[serde(default)]
+    pub(super) header_regex: Option<HeaderValues>,
+    #[serde(default)]
+    pub(super) not_header_regex: Option<HeaderValues>,
+}
+
+impl RawRule {
+    /// The conditions that take a list, each with whether it is the `not_` twin, cheapest
+    /// test first (the order changes nothing but the time a request takes).
+    pub(super) fn lists(&self) -> [(Kind, bool, Option<&Values>); 16] {
+        [
+            (Kind::Method, false, self.method.as_ref()),
+            (Kind::Method, true, self.not_method.as_ref()),
+            (Kind::Host, false, self.host.as_ref()),
+            (Kind::Host, true, self.not_host.as_ref()),
+            (Kind::PathExact, false, self.path_exact.as_ref()),
+            (Kind::PathExact, true, self.not_path_exact.as_ref()),
+            (Kind::PathPrefix, false, self.path_prefix.as_ref()),
+            (Kind::PathPrefix, true, self.not_path_prefix.as_ref()),
+            (Kind::PathSuffix, false, self.path_suffix.as_ref()),
+            (Kind::PathSuffix, true, self.not_path_suffix.as_ref()),
+            (Kind::Source, false, self.source.as_ref()),
+            (Kind::Source, true, self.not_source.as_ref()),
+            (Kind::HeaderPresent, false, self.header_present.as_ref()),
+            (Kind::HeaderPresent, true, self.not_header_present.as_ref()),
+            (Kind::PathRegex, false, self.path_regex.as_ref()),
+            (Kind::PathRegex, true, self.not_path_regex.as_ref()),
+        ]
+    }
+
+    /// The header tables, likewise.
+    pub(super) fn header_tables(&self) -> [(HeaderKind, bool, Option<&HeaderValues>); 4] {
+        [
+            (HeaderKind::Equals, false, self.header_equals.as_ref()),
+            (HeaderKind::Equals, true, self.not_header_equals.as_ref()),
+            (HeaderKind::Regex, false, self.header_regex.as_ref()),
+            (HeaderKind::Regex, true, self.not_header_regex.as_ref()),
+        ]
+    }
 }
 
 /// `[[vrrp]]`: one VRRP instance, in keepalived's words where it has one.

@@ -21,6 +21,33 @@ ring_size = 65537
 pool = "web"
 "#;
 
+/// An HTTP-mode VIP with two rules (the second unnamed); tests swap single lines, keeping
+/// line numbers.
+pub(super) const HTTP_VIP: &str = r#"[agent]
+interfaces = ["lbc0"]
+[[pool]]
+name = "app"
+[[pool]]
+name = "static"
+[[vip]]
+name = "www"
+address = "10.0.100.1"
+port = 80
+protocol = "tcp"
+mode = "http"
+pool = "app"
+[[vip.rule]]
+name = "static"
+pool = "static"
+path_prefix = ["/static", "/images"]
+path_suffix = [".css"]
+[[vip.rule]]
+pool = "static"
+not_path_regex = ["^/api(/|$)"]
+header_equals = { "X-Env" = ["beta", "staging"] }
+source = ["10.0.0.0/8"]
+"#;
+
 pub(super) const TIMEOUTS: &str = r#"[agent]
 interfaces = ["lbc0"]
 

@@ -12,6 +12,20 @@ pub enum Protocol {
     Udp,
 }
 
+/// How a VIP is served.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum VipMode {
+    /// The XDP program balances its flows (full NAT).
+    #[default]
+    L4,
+    /// The agent's HTTP reverse proxy serves it, routing each request by the VIP's rules;
+    /// the XDP program passes its packets to the kernel's stack.
+    Http,
+}
+
 /// How a VIP spreads new flows over its pool's backends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -60,6 +74,7 @@ pub enum AllDownPolicy {
 }
 
 config_words!(Protocol, "protocol", "\"tcp\" or \"udp\"", { Tcp => "tcp", Udp => "udp" });
+config_words!(VipMode, "VIP mode", "\"l4\" or \"http\"", { L4 => "l4", Http => "http" });
 config_words!(Scheduler, "scheduler", "\"maglev\" or \"round-robin\" (or \"rr\")", { Maglev => "maglev", RoundRobin => "round-robin" | "rr" });
 config_words!(XdpMode, "XDP mode", "\"driver\", \"skb\" or \"auto\"", { Driver => "driver", Skb => "skb", Auto => "auto" });
 config_words!(DownPolicy, "on_backend_down policy", "\"shutdown\" or \"keep\"", { Shutdown => "shutdown", Keep => "keep" });
@@ -80,6 +95,11 @@ mod tests {
         for m in [XdpMode::Driver, XdpMode::Skb, XdpMode::Auto] {
             assert_eq!(m.to_string().parse::<XdpMode>(), Ok(m));
         }
+        for m in [VipMode::L4, VipMode::Http] {
+            assert_eq!(m.to_string().parse::<VipMode>(), Ok(m));
+        }
+        assert_eq!(VipMode::default(), VipMode::L4);
+        assert_eq!(serde_json::to_string(&VipMode::Http).unwrap(), "\"http\"");
         assert_eq!(Scheduler::RoundRobin.to_string(), "round-robin");
         assert_eq!("RR".parse::<Scheduler>(), Ok(Scheduler::RoundRobin));
         assert_eq!("Udp".parse::<Protocol>(), Ok(Protocol::Udp));

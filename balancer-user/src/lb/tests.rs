@@ -9,7 +9,7 @@ use balancer_common::{
 use super::{ids::*, *};
 use crate::{
     api::Status,
-    config::{AllDownPolicy, DownPolicy, NatConfig, Scheduler, Timeouts},
+    config::{AllDownPolicy, DownPolicy, NatConfig, Scheduler, Timeouts, VipMode},
     dataplane::FakeMaps,
     health::HealthEvent,
 };
@@ -31,6 +31,8 @@ fn vip(name: &str, port: u16, scheduler: Scheduler) -> VipConfig {
         ring_size: 65537,
         pool: "web".into(),
         on_all_down: AllDownPolicy::Drop,
+        mode: VipMode::L4,
+        rules: Vec::new(),
     }
 }
 

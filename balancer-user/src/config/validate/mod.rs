@@ -3,11 +3,12 @@
 //!
 //! One method per section of the file (`agent`, `nat`, `timeouts`, `pools` with `backend`,
 //! `vips`), and small helpers for the kinds of values they share (durations, words,
-//! addresses, ports, names). A pool's or backend's `check` table is checked in `check`, the
-//! VRRP instances and sync groups in `vrrp`.
+//! addresses, ports, names). A pool's or backend's `check` table is checked in `check`, a
+//! VIP's `mode` and HTTP rules in `l7`, the VRRP instances and sync groups in `vrrp`.
 
 mod balance;
 mod check;
+mod l7;
 mod vrrp;
 
 use std::collections::HashMap;
@@ -420,6 +421,7 @@ impl Validator<'_> {
             Some(r) => self.ring_size(r, format!("{field}.ring_size"))?,
         };
         let pool = self.vip_pool(vip, &name, field, pools)?;
+        let (mode, rules) = self.vip_mode(vip, field, protocol, pools)?;
 
         let key = (address, port, protocol);
         if let Some((first, first_name, line)) = seen.listeners.get(&key) {
@@ -445,6 +447,8 @@ impl Validator<'_> {
             ring_size,
             pool,
             on_all_down,
+            mode,
+            rules,
         })
     }
 
@@ -477,14 +481,7 @@ impl Validator<'_> {
         pools: &[PoolConfig],
     ) -> Checked<String> {
         let pool_name = vip.pool.get_ref();
-        if !pools.iter().any(|p| &p.name == pool_name) {
-            let known = defined("pools", "pool", pools.iter().map(|p| p.name.as_str()));
-            return Err(self.error(
-                vip.pool.span(),
-                format_args!("{field}.pool"),
-                format!("unknown pool {pool_name:?} ({known})"),
-            ));
-        }
+        self.known_pool(&vip.pool, field, pools)?;
         if name != pool_name && pools.iter().any(|p| p.name == name) {
             return Err(self.error(
                 vip.name.span(),
@@ -497,6 +494,25 @@ impl Validator<'_> {
             ));
         }
         Ok(pool_name.clone())
+    }
+
+    /// The `pool` of the table at key path `field` (a VIP or a rule): a defined pool.
+    fn known_pool(
+        &self,
+        raw: &Spanned<String>,
+        field: &str,
+        pools: &[PoolConfig],
+    ) -> Checked<String> {
+        let pool = raw.get_ref();
+        if !pools.iter().any(|p| &p.name == pool) {
+            let known = defined("pools", "pool", pools.iter().map(|p| p.name.as_str()));
+            return Err(self.error(
+                raw.span(),
+                format_args!("{field}.pool"),
+                format!("unknown pool {pool:?} ({known})"),
+            ));
+        }
+        Ok(pool.clone())
     }
 
     // -- Values ---------------------------------------------------------------
