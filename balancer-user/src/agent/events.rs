@@ -11,6 +11,7 @@ use crate::{
     api::{Request, Response},
     dataplane::Maps,
     health::{Checker, HealthEvent},
+    l7::Frontend,
     lb::{Balancer, BalancerError},
     vrrp::{Snapshot, TrackTarget, Vrrp},
 };
@@ -39,12 +40,19 @@ pub struct Agent<M: Maps> {
     vrrp: Option<Vrrp>,
     /// The VIPs VRRP instances track, and whether each was last said to be up.
     vip_tracks: Vec<(String, Option<bool>)>,
+    /// The HTTP VIPs' proxy, whose pools follow the balancer's backends.
+    http: Option<Frontend>,
 }
 
 impl<M: Maps> Agent<M> {
     /// Starts the checks of every checked backend of `lb`, and tells the VRRP instances how
     /// their tracked VIPs are.
-    pub fn new(lb: Balancer<M>, checker: Checker, vrrp: Option<Vrrp>) -> Self {
+    pub fn new(
+        lb: Balancer<M>,
+        checker: Checker,
+        vrrp: Option<Vrrp>,
+        http: Option<Frontend>,
+    ) -> Self {
         let vip_tracks = vrrp.as_ref().map_or_else(Vec::new, |v| {
             v.tracked_vips()
                 .iter()
@@ -57,9 +65,11 @@ impl<M: Maps> Agent<M> {
             checked: HashSet::new(),
             vrrp,
             vip_tracks,
+            http,
         };
         agent.sync_checks();
         agent.sync_tracks();
+        agent.sync_http();
         agent
     }
 
@@ -73,6 +83,7 @@ impl<M: Maps> Agent<M> {
                 log::debug!("control request applied in {:?}: {what}", started.elapsed());
                 self.sync_checks();
                 self.sync_tracks();
+                self.sync_http();
                 let _ = reply.send(response);
             }
             Event::Health(event) => {
@@ -85,6 +96,7 @@ impl<M: Maps> Agent<M> {
                     );
                 }
                 self.sync_tracks();
+                self.sync_http();
             }
             Event::Stop { signal } => {
                 log::info!("{signal}: stopping");
@@ -97,10 +109,26 @@ impl<M: Maps> Agent<M> {
     /// Stops the VRRP instances (Masters resign with priority 0 and remove their addresses),
     /// waiting at most `limit`, and returns the balancer.
     pub async fn stop(self, limit: std::time::Duration) -> Balancer<M> {
+        // Resign first, so that the Backup takes new connections while ours drain.
         if let Some(vrrp) = self.vrrp {
             vrrp.shutdown(limit).await;
         }
+        if let Some(http) = self.http {
+            http.shutdown().await;
+        }
         self.lb
+    }
+
+    /// Gives the HTTP proxy's pools the backends that take new requests, when they changed.
+    fn sync_http(&mut self) {
+        let Some(http) = &mut self.http else {
+            return;
+        };
+        let pools: Vec<String> = http.pools().map(str::to_owned).collect();
+        for pool in pools {
+            let usable = self.lb.usable_backends_of(&pool).unwrap_or_default();
+            http.update(&pool, usable);
+        }
     }
 
     /// Tells each VRRP instance that tracks a VIP whether the VIP can take new flows, when
@@ -145,6 +173,9 @@ impl<M: Maps> Agent<M> {
             Ok(mut status) => {
                 if let Some(vrrp) = &self.vrrp {
                     status.vrrp = vrrp.status().iter().map(Snapshot::to_status).collect();
+                }
+                if let Some(http) = &self.http {
+                    status.http = http.status();
                 }
                 Response {
                     ok: true,
@@ -202,7 +233,7 @@ mod tests {
         let snat = SnatSource::Fixed(Ipv4Addr::new(10, 0, 2, 1));
         let lb = Balancer::new(FakeMaps::default(), &settings, snat).unwrap();
         let (events, _) = mpsc::channel(1);
-        Agent::new(lb, Checker::new(events), None)
+        Agent::new(lb, Checker::new(events), None, None)
     }
 
     fn web() -> VipConfig {

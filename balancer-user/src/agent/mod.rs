@@ -23,6 +23,7 @@ use crate::{
         pins::Pins,
     },
     health::{Checker, HealthEvent},
+    l7,
     lb::Balancer,
     sys,
     vrrp::{self, TrackTarget, Vrrp},
@@ -92,8 +93,9 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     // The checker's results come on a channel of their own (it is a library that knows
     // nothing of the agent's events) and become events here.
     let (health_tx, mut health) = mpsc::channel::<HealthEvent>(1024);
+    let http = l7::Frontend::start(&config).await?;
     let vrrp = start_vrrp(&config)?;
-    let mut agent = Agent::new(lb, Checker::new(health_tx), vrrp);
+    let mut agent = Agent::new(lb, Checker::new(health_tx), vrrp, http);
     signals::start(events_tx)?;
     loop {
         let event = tokio::select! {

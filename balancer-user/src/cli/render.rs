@@ -167,6 +167,66 @@ pub(super) fn render_vrrp(status: &Status) -> String {
     out.trim_end().to_string()
 }
 
+/// The HTTP VIPs: requests and answers per VIP, then each rule's hits and each backend's
+/// requests.
+pub(super) fn render_http(status: &Status) -> String {
+    let mut out = format!(
+        "{:<12} {:<21} {:>9} {:>6} {:>6} {:>9} {:>7} {:>7} {:>7} {:>7}  {}\n",
+        "VIP",
+        "LISTEN",
+        "REQUESTS",
+        "ACTIVE",
+        "QUEUED",
+        "2XX",
+        "3XX",
+        "4XX",
+        "5XX",
+        "RETRIES",
+        "ERRORS"
+    );
+    for v in &status.http {
+        let class = |c: &str| v.responses.get(c).copied().unwrap_or(0);
+        let errors: Vec<String> = v.errors.iter().map(|(k, n)| format!("{n} {k}")).collect();
+        let _ = writeln!(
+            out,
+            "{:<12} {:<21} {:>9} {:>6} {:>6} {:>9} {:>7} {:>7} {:>7} {:>7}  {}",
+            v.name,
+            v.listen.to_string(),
+            v.requests,
+            v.active_requests,
+            v.queued,
+            class("2xx"),
+            class("3xx"),
+            class("4xx"),
+            class("5xx"),
+            v.retries,
+            if errors.is_empty() {
+                "-".to_owned()
+            } else {
+                errors.join(", ")
+            }
+        );
+        for rule in &v.rules {
+            let _ = writeln!(
+                out,
+                "  rule {:<20} -> {:<12} {:>9} hits",
+                rule.name, rule.pool, rule.hits
+            );
+        }
+        for b in &v.backends {
+            let _ = writeln!(
+                out,
+                "  backend {:<21} {:>9} requests {:>6} errors {:>4} active",
+                b.address.to_string(),
+                b.requests,
+                b.errors,
+                b.active
+            );
+        }
+    }
+    out.trim_end().to_string()
+}
+
 /// "42s", "7m03s", "2h05m": time since a backend's last health change.
 fn format_age(secs: f64) -> String {
     let s = secs.max(0.0) as u64;
@@ -196,6 +256,10 @@ pub(super) fn render_status(status: &Status) -> String {
     }
     out += "\nBackends\n";
     out += &render_backends(status, None).unwrap_or_default();
+    if !status.http.is_empty() {
+        out += "\n\nHTTP VIPs\n";
+        out += &render_http(status);
+    }
     if !status.vrrp.is_empty() {
         out += "\n\nVRRP\n";
         out += &render_vrrp(status);

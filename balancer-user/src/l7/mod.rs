@@ -4,6 +4,10 @@
 //! counters (`stats`).
 
 pub mod balance;
+mod frontend;
 pub mod headers;
+pub mod proxy;
 pub mod rules;
 pub mod stats;
+
+pub use frontend::Frontend;

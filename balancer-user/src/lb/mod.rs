@@ -20,7 +20,7 @@ use balancer_common::{Backend, Settings, MAX_BACKENDS, MAX_RING_SIZE, MAX_VIPS};
 pub use settings::{ns_per_tick, settings, SnatSource};
 
 use crate::{
-    config::{self, Config, PoolConfig, Protocol, VipConfig, MAX_WEIGHT},
+    config::{self, Config, PoolConfig, Protocol, VipConfig, VipMode, MAX_WEIGHT},
     dataplane::{Maps, MapsError},
     health::{config::CheckConfig, Health},
     ring,
@@ -78,6 +78,8 @@ pub struct Balancer<M: Maps> {
     /// `VIP_GENS` as [`Balancer::from_config`] found it (pinned: from the previous
     /// agent), until the agent's program runs everywhere.
     found_gens: Vec<u32>,
+    /// HTTP-mode VIPs (the proxy serves them): name -> default pool, for VRRP's VIP tracks.
+    http_vips: BTreeMap<String, String>,
 }
 
 impl<M: Maps> Balancer<M> {
@@ -92,6 +94,7 @@ impl<M: Maps> Balancer<M> {
             backend_ids: HashedIds::new(MAX_BACKENDS),
             incarnations: HashMap::new(),
             found_gens: Vec::new(),
+            http_vips: BTreeMap::new(),
         })
     }
 
@@ -123,7 +126,11 @@ impl<M: Maps> Balancer<M> {
         // its own first (ids follow the VIP), so another VIP's rarely passes for its.
         lb.found_gens = lb.maps.vip_gens()?;
         let n = lb.found_gens.len();
-        for vip in &config.vips {
+        // HTTP-mode VIPs are the proxy's: the data plane passes their packets to the stack.
+        for vip in config.vips.iter().filter(|v| v.mode == VipMode::Http) {
+            lb.http_vips.insert(vip.name.clone(), vip.pool.clone());
+        }
+        for vip in config.vips.iter().filter(|v| v.mode == VipMode::L4) {
             let hash = vip_hash(vip_key(vip));
             let start = (hash % n.max(1) as u64) as usize;
             let found = (0..n)

@@ -1,5 +1,7 @@
 //! The agent's state as the control protocol shows it.
 
+use std::net::SocketAddrV4;
+
 use balancer_common::stat;
 
 use super::{Balancer, BalancerError};
@@ -10,14 +12,26 @@ use crate::{
 };
 
 impl<M: Maps> Balancer<M> {
-    /// How many backends of VIP `name`'s pool take new flows; `None` when there is no
-    /// such VIP.
+    /// How many backends of VIP `name`'s pool (an L4 or an HTTP VIP) take new flows;
+    /// `None` when there is no such VIP.
     pub fn usable_backends(&self, name: &str) -> Option<usize> {
-        let vip = self.vips.get(name)?;
+        let pool = match self.vips.get(name) {
+            Some(vip) => &vip.config.pool,
+            None => self.http_vips.get(name)?,
+        };
+        Some(self.usable_backends_of(pool).map_or(0, |b| b.len()))
+    }
+
+    /// The backends of pool `name` that take new requests, with their weights (for the
+    /// HTTP proxy's pools); `None` when there is no such pool.
+    pub fn usable_backends_of(&self, name: &str) -> Option<Vec<(SocketAddrV4, u32)>> {
+        let pool = self.pools.get(name)?;
         Some(
-            self.pools
-                .get(&vip.config.pool)
-                .map_or(0, |p| p.backends.iter().filter(|b| b.usable()).count()),
+            pool.backends
+                .iter()
+                .filter(|b| b.usable())
+                .map(|b| (b.addr, b.weight))
+                .collect(),
         )
     }
 

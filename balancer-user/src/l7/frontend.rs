@@ -1,0 +1,160 @@
+//! The HTTP side of the agent: the configuration's HTTP VIPs served by one [`Proxy`], the
+//! pools they use kept current by the agent ([`Frontend::update`]), and each VIP's address
+//! made local when nothing else holds it.
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::Arc;
+
+use super::balance::{default_cookie_id, Backend, BackendSet, PoolBalance, PoolSelector};
+use super::proxy::{HttpVipSpec, Proxy, ProxySettings};
+use super::rules::Rules;
+use crate::api::HttpVipStatus;
+use crate::config::{Config, VipMode};
+use crate::sys;
+
+/// What the agent holds while HTTP VIPs run.
+pub struct Frontend {
+    proxy: Proxy,
+    pools: Arc<HashMap<String, Arc<PoolSelector>>>,
+    balance: HashMap<String, PoolBalance>,
+    /// Cookie ids the configuration gives backends: (pool, backend) -> id.
+    cookie_ids: HashMap<(String, SocketAddrV4), String>,
+    /// The usable backends last given to each pool, so that an unchanged set is not rebuilt.
+    last: HashMap<String, Vec<(SocketAddrV4, u32)>>,
+    /// VIP addresses this agent put on `lo`, removed at shutdown.
+    added: Vec<Ipv4Addr>,
+}
+
+impl Frontend {
+    /// Starts the proxy for the configuration's HTTP VIPs; `None` without any. Pools start
+    /// empty: the agent gives them their usable backends at once ([`Frontend::update`]).
+    ///
+    /// # Errors
+    /// A listener that cannot be bound, or a VIP address that cannot be made local.
+    pub async fn start(config: &Config) -> anyhow::Result<Option<Frontend>> {
+        let vips: Vec<_> = config
+            .vips
+            .iter()
+            .filter(|v| v.mode == VipMode::Http)
+            .collect();
+        if vips.is_empty() {
+            return Ok(None);
+        }
+        let mut selectors = HashMap::new();
+        let mut balance = HashMap::new();
+        let mut cookie_ids = HashMap::new();
+        let mut specs = Vec::new();
+        for vip in &vips {
+            let rules = Rules::new(vip.rules.clone(), vip.pool.clone());
+            let mut rule_names: Vec<(String, String)> = vip
+                .rules
+                .iter()
+                .map(|r| (r.name.clone(), r.pool.clone()))
+                .collect();
+            rule_names.push(("default".to_owned(), vip.pool.clone()));
+            for (_, pool) in &rule_names {
+                if selectors.contains_key(pool) {
+                    continue;
+                }
+                let pool_config = config.pool(pool);
+                let pool_balance = pool_config.map(|p| p.balance.clone()).unwrap_or_default();
+                for backend in pool_config.iter().flat_map(|p| &p.backends) {
+                    cookie_ids.insert((pool.clone(), backend.socket_addr()), backend.cookie_id());
+                }
+                let empty = BackendSet::new([], &pool_balance);
+                selectors.insert(pool.clone(), Arc::new(PoolSelector::new(empty)));
+                balance.insert(pool.clone(), pool_balance);
+            }
+            specs.push(HttpVipSpec {
+                name: vip.name.clone(),
+                listen: SocketAddrV4::new(vip.address, vip.port),
+                rules,
+                rule_names,
+                settings: ProxySettings::default(),
+            });
+        }
+        let added = make_local(config, &vips.iter().map(|v| v.address).collect::<Vec<_>>()).await?;
+        let pools = Arc::new(selectors);
+        let proxy = Proxy::start(specs, &pools)?;
+        Ok(Some(Frontend {
+            proxy,
+            pools,
+            balance,
+            cookie_ids,
+            last: HashMap::new(),
+            added,
+        }))
+    }
+
+    /// The pools HTTP VIPs use.
+    pub fn pools(&self) -> impl Iterator<Item = &str> {
+        self.pools.keys().map(String::as_str)
+    }
+
+    /// Pool `pool`'s usable backends are now `usable` (address, weight); nothing happens
+    /// when they are as last given.
+    pub fn update(&mut self, pool: &str, usable: Vec<(SocketAddrV4, u32)>) {
+        if self.last.get(pool) == Some(&usable) {
+            return;
+        }
+        let (Some(selector), Some(balance)) = (self.pools.get(pool), self.balance.get(pool)) else {
+            return;
+        };
+        let backends: Vec<Backend> = usable
+            .iter()
+            .map(|&(addr, weight)| Backend {
+                addr,
+                weight,
+                cookie_id: self
+                    .cookie_ids
+                    .get(&(pool.to_owned(), addr))
+                    .cloned()
+                    .unwrap_or_else(|| default_cookie_id(addr)),
+            })
+            .collect();
+        log::debug!("http pool {pool}: {} usable backend(s)", backends.len());
+        selector.set_backends(backends, balance);
+        self.last.insert(pool.to_owned(), usable);
+    }
+
+    /// Every HTTP VIP's counters.
+    pub fn status(&self) -> Vec<HttpVipStatus> {
+        self.proxy.status()
+    }
+
+    /// Stops accepting, drains the requests in flight, and takes back the addresses it
+    /// added.
+    pub async fn shutdown(self) {
+        self.proxy.shutdown().await;
+        for address in self.added {
+            if let Err(e) = sys::set_address(LOOPBACK, &format!("{address}/32"), false).await {
+                log::warn!("removing HTTP VIP address {address} from {LOOPBACK}: {e}");
+            }
+        }
+    }
+}
+
+const LOOPBACK: &str = "lo";
+
+/// Puts each VIP address that is on no interface and that no VRRP instance moves on `lo`,
+/// so that the host accepts its packets; returns those it added.
+async fn make_local(config: &Config, addresses: &[Ipv4Addr]) -> anyhow::Result<Vec<Ipv4Addr>> {
+    let floating = |a: Ipv4Addr| {
+        config
+            .vrrp
+            .iter()
+            .flat_map(|i| &i.addresses)
+            .any(|v| v.address == std::net::IpAddr::V4(a))
+    };
+    let mut added = Vec::new();
+    for &address in addresses {
+        if added.contains(&address) || floating(address) || sys::is_local(address)? {
+            continue;
+        }
+        sys::set_address(LOOPBACK, &format!("{address}/32"), true).await?;
+        log::info!("HTTP VIP address {address} added to {LOOPBACK} (removed when the agent stops)");
+        added.push(address);
+    }
+    Ok(added)
+}

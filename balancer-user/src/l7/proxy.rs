@@ -1,0 +1,527 @@
+//! The reverse proxy of HTTP-mode VIPs: hyper 1 on both sides. Each VIP listens on its
+//! address (bound with `IP_FREEBIND`, so VRRP may add the address later), routes each
+//! request by its rules to a pool, picks a backend there, and streams the request and the
+//! answer through (keep-alive and pooled connections on both sides, upgrades passed on).
+//! Counters per VIP, rule and backend; a graceful drain on shutdown.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr, SocketAddrV4};
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri};
+use http_body_util::{combinators::BoxBody, BodyExt, Empty, Full};
+use hyper::body::{Body as _, Incoming};
+use hyper::service::service_fn;
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+
+use super::balance::{PoolSelector, RequestKey};
+use super::headers::{self, ForwardedStyle};
+use super::rules::Rules;
+use super::stats::{BackendCounters, UpstreamError, VipCounters};
+use crate::api::HttpVipStatus;
+use crate::sys;
+
+/// The body both sides of the proxy carry.
+pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
+
+/// Timeouts and limits of one HTTP VIP (HAProxy's names where it has them).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProxySettings {
+    /// `timeout connect`: connecting to a backend.
+    pub connect_timeout: Duration,
+    /// `timeout server`: a backend's answer (its headers) after the request was sent.
+    pub server_timeout: Duration,
+    /// `timeout http-request`: a client's whole request head (slowloris).
+    pub http_request_timeout: Duration,
+    /// `maxconn`: requests in progress at once on the VIP; more wait in a queue.
+    pub maxconn: usize,
+    /// `timeout queue`: how long a request may wait for a slot.
+    pub queue_timeout: Duration,
+    /// Connect failures retried on another backend (idempotent requests without a body).
+    pub retries: u32,
+    pub forwarded: ForwardedStyle,
+    /// Adds `X-Request-Id` to requests that have none.
+    pub request_id: bool,
+    /// Most headers in a request (more: 431).
+    pub max_headers: usize,
+    /// Most bytes of a request head (more: 431).
+    pub max_header_bytes: usize,
+    /// How long in-flight requests may take to finish on shutdown.
+    pub drain_timeout: Duration,
+}
+
+impl Default for ProxySettings {
+    fn default() -> Self {
+        ProxySettings {
+            connect_timeout: Duration::from_secs(5),
+            server_timeout: Duration::from_secs(30),
+            http_request_timeout: Duration::from_secs(10),
+            maxconn: 10_000,
+            queue_timeout: Duration::from_secs(5),
+            retries: 3,
+            forwarded: ForwardedStyle::XForwarded,
+            request_id: false,
+            max_headers: 100,
+            max_header_bytes: 64 * 1024,
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// One HTTP VIP to serve.
+pub struct HttpVipSpec {
+    pub name: String,
+    pub listen: SocketAddrV4,
+    pub rules: Rules,
+    /// (name, pool) of each rule, then the default pool's: for status.
+    pub rule_names: Vec<(String, String)>,
+    pub settings: ProxySettings,
+}
+
+/// A running VIP.
+struct Vip {
+    name: String,
+    listen: SocketAddrV4,
+    rules: Rules,
+    rule_names: Vec<(String, String)>,
+    pools: Arc<HashMap<String, Arc<PoolSelector>>>,
+    settings: ProxySettings,
+    counters: VipCounters,
+    client: Client<HttpConnector, ProxyBody>,
+    slots: Arc<Semaphore>,
+}
+
+/// The proxy of every HTTP VIP: what the agent holds.
+pub struct Proxy {
+    vips: Vec<Arc<Vip>>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Proxy {
+    /// Binds every VIP's listener and starts serving; `pools` holds every pool a rule or a
+    /// default names (the agent keeps their backend sets current).
+    ///
+    /// # Errors
+    /// A listener that cannot be bound, named by VIP.
+    pub fn start(
+        specs: Vec<HttpVipSpec>,
+        pools: &Arc<HashMap<String, Arc<PoolSelector>>>,
+    ) -> anyhow::Result<Proxy> {
+        let (stop, stopped) = watch::channel(false);
+        let mut vips = Vec::new();
+        let mut tasks = Vec::new();
+        for spec in specs {
+            let listener = listen(spec.listen).map_err(|e| {
+                anyhow::anyhow!("vip {:?}: listening on {}: {e}", spec.name, spec.listen)
+            })?;
+            let mut connector = HttpConnector::new();
+            connector.set_connect_timeout(Some(spec.settings.connect_timeout));
+            connector.set_nodelay(true);
+            let client = Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(Duration::from_mins(1))
+                .build(connector);
+            let vip = Arc::new(Vip {
+                counters: VipCounters::new(spec.rule_names.len().saturating_sub(1)),
+                name: spec.name,
+                listen: spec.listen,
+                rules: spec.rules,
+                rule_names: spec.rule_names,
+                pools: Arc::clone(pools),
+                slots: Arc::new(Semaphore::new(spec.settings.maxconn.max(1))),
+                settings: spec.settings,
+                client,
+            });
+            log::info!("vip {}: HTTP proxy listening on {}", vip.name, vip.listen);
+            tasks.push(tokio::spawn(serve(
+                Arc::clone(&vip),
+                listener,
+                stopped.clone(),
+            )));
+            vips.push(vip);
+        }
+        Ok(Proxy { vips, stop, tasks })
+    }
+
+    /// Every VIP's counters.
+    pub fn status(&self) -> Vec<HttpVipStatus> {
+        self.vips
+            .iter()
+            .map(|v| v.counters.snapshot(&v.name, v.listen, &v.rule_names))
+            .collect()
+    }
+
+    /// Stops accepting, lets requests in flight finish (each VIP's drain timeout at most).
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+/// A listening socket on `addr` that may be bound before the address is on an interface
+/// (`IP_FREEBIND`), as a VRRP Backup's VIP is not.
+fn listen(addr: SocketAddrV4) -> std::io::Result<TcpListener> {
+    let fd = sys::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_NONBLOCK, 0)?;
+    let one: libc::c_int = 1;
+    sys::setsockopt(&fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, &one)?;
+    sys::setsockopt(&fd, libc::IPPROTO_IP, libc::IP_FREEBIND, &one)?;
+    let sockaddr = sys::sockaddr_in(addr);
+    // SAFETY: a valid sockaddr_in of the size passed.
+    sys::check(unsafe {
+        libc::bind(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            std::ptr::from_ref(&sockaddr).cast(),
+            size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    })?;
+    // SAFETY: a bound socket.
+    sys::check(unsafe { libc::listen(std::os::fd::AsRawFd::as_raw_fd(&fd), 4096) })?;
+    TcpListener::from_std(std::net::TcpListener::from(fd))
+}
+
+/// Accepts connections until told to stop, then drains them: each connection finishes the
+/// request it is serving and closes (bounded by the drain timeout).
+async fn serve(vip: Arc<Vip>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, client) = match accepted {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        // EMFILE and the like: back off instead of spinning.
+                        log::warn!("vip {}: accepting a connection: {e}", vip.name);
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                tokio::spawn(connection(Arc::clone(&vip), stream, client, stop.clone()));
+            }
+            _ = stop.changed() => break,
+        }
+    }
+    drop(listener);
+    let deadline = Instant::now() + vip.settings.drain_timeout;
+    while vip.counters.active_connections.load(Relaxed) > 0 {
+        if Instant::now() >= deadline {
+            log::warn!(
+                "vip {}: connections still open after the drain timeout ({:?}); closing them",
+                vip.name,
+                vip.settings.drain_timeout
+            );
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Serves one client connection until it closes, or, once told to stop, until the request
+/// under way is answered.
+async fn connection(
+    vip: Arc<Vip>,
+    stream: tokio::net::TcpStream,
+    client: SocketAddr,
+    mut stop: watch::Receiver<bool>,
+) {
+    let _ = stream.set_nodelay(true);
+    vip.counters.connections.fetch_add(1, Relaxed);
+    vip.counters.active_connections.fetch_add(1, Relaxed);
+    let service_vip = Arc::clone(&vip);
+    let service = service_fn(move |request| {
+        let vip = Arc::clone(&service_vip);
+        async move { Ok::<_, Infallible>(handle(&vip, client, request).await) }
+    });
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(vip.settings.http_request_timeout)
+        .max_buf_size(vip.settings.max_header_bytes.max(8192))
+        .max_headers(vip.settings.max_headers)
+        .keep_alive(true)
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    let mut connection = std::pin::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        _ = stop.changed() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(e) = result {
+        log::debug!("vip {}: connection from {client}: {e}", vip.name);
+    }
+    vip.counters.active_connections.fetch_sub(1, Relaxed);
+}
+
+/// Methods a retry may send again (RFC 9110 section 9.2.2), when the request has no body.
+fn idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+/// A short answer of the proxy's own.
+fn error_response(status: StatusCode, text: &str) -> Response<ProxyBody> {
+    let mut response = Response::new(
+        Full::new(Bytes::from(format!("{text}\n")))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
+}
+
+/// Serves one request: route, pick, forward (retrying connect failures), answer.
+async fn handle(
+    vip: &Arc<Vip>,
+    client: SocketAddr,
+    request: Request<Incoming>,
+) -> Response<ProxyBody> {
+    let started = Instant::now();
+    let counters = &vip.counters;
+    counters.requests.fetch_add(1, Relaxed);
+    counters.active_requests.fetch_add(1, Relaxed);
+    let response = forward(vip, client.ip(), request).await;
+    counters.active_requests.fetch_sub(1, Relaxed);
+    counters.response(response.status().as_u16(), started.elapsed());
+    response
+}
+
+async fn forward(
+    vip: &Arc<Vip>,
+    client: IpAddr,
+    mut request: Request<Incoming>,
+) -> Response<ProxyBody> {
+    let counters = &vip.counters;
+    let upgrading = headers::wants_upgrade(request.headers());
+    let client_upgrade = upgrading.then(|| hyper::upgrade::on(&mut request));
+    let (request, body) = request.into_parts();
+    let route = vip.rules.route(&request, client);
+    counters.routed(route.rule);
+    let Some(pool) = vip.pools.get(route.pool) else {
+        counters.error(UpstreamError::NoBackend);
+        return error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "503 Service Unavailable: no such pool",
+        );
+    };
+    let host = headers::request_host(&request.uri, &request.headers).map(str::to_owned);
+    let mut head = request.headers.clone();
+    headers::strip_hop_by_hop(&mut head, upgrading);
+    // The client's body is streamed as it comes: its 100-continue came from our side.
+    head.remove(header::EXPECT);
+    headers::add_forwarded(&mut head, vip.settings.forwarded, client, host.as_deref());
+    if vip.settings.request_id && !head.contains_key(&REQUEST_ID) {
+        if let Ok(id) = HeaderValue::from_str(&request_id()) {
+            head.insert(REQUEST_ID.clone(), id);
+        }
+    }
+    let retryable = idempotent(&request.method) && body.is_end_stream();
+    let mut body = Some(body.map_frame(count_frames(vip, true)).boxed());
+
+    // maxconn: a slot per request in progress, waited for at most the queue timeout.
+    counters.queued.fetch_add(1, Relaxed);
+    let slot = tokio::time::timeout(
+        vip.settings.queue_timeout,
+        Arc::clone(&vip.slots).acquire_owned(),
+    )
+    .await;
+    counters.queued.fetch_sub(1, Relaxed);
+    let Ok(Ok(slot)) = slot else {
+        counters.error(UpstreamError::QueueTimeout);
+        return error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "503 Service Unavailable: queue full",
+        );
+    };
+
+    let key = RequestKey {
+        client,
+        path_and_query: request
+            .uri
+            .path_and_query()
+            .map_or("/", http::uri::PathAndQuery::as_str),
+        headers: &request.headers,
+    };
+    let mut tried: Vec<SocketAddrV4> = Vec::new();
+    let (pick, active, upstream_response) = loop {
+        let Some(pick) = pool.pick(&key, &tried) else {
+            let error = if tried.is_empty() {
+                UpstreamError::NoBackend
+            } else {
+                UpstreamError::Connect
+            };
+            counters.error(error);
+            return if tried.is_empty() {
+                error_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "503 Service Unavailable: no backend is up",
+                )
+            } else {
+                error_response(
+                    StatusCode::BAD_GATEWAY,
+                    "502 Bad Gateway: no backend answered",
+                )
+            };
+        };
+        let backend = counters.backend(pick.addr);
+        backend.requests.fetch_add(1, Relaxed);
+        let active = Active::new(&backend);
+        let mut upstream = Request::new(body.take().unwrap_or_else(empty_body));
+        *upstream.method_mut() = request.method.clone();
+        *upstream.uri_mut() = backend_uri(pick.addr, &request.uri);
+        *upstream.version_mut() = http::Version::HTTP_11;
+        *upstream.headers_mut() = head.clone();
+        pick.request_cookie.apply(upstream.headers_mut());
+        let sent =
+            tokio::time::timeout(vip.settings.server_timeout, vip.client.request(upstream)).await;
+        match sent {
+            Ok(Ok(response)) => break (pick, active, response),
+            Ok(Err(e)) if e.is_connect() => {
+                backend.errors.fetch_add(1, Relaxed);
+                log::debug!("vip {}: connecting to {}: {e}", vip.name, pick.addr);
+                if retryable && tried.len() < vip.settings.retries as usize {
+                    counters.retries.fetch_add(1, Relaxed);
+                    tried.push(pick.addr);
+                    continue;
+                }
+                counters.error(UpstreamError::Connect);
+                return error_response(
+                    StatusCode::BAD_GATEWAY,
+                    "502 Bad Gateway: cannot connect to a backend",
+                );
+            }
+            Ok(Err(e)) => {
+                backend.errors.fetch_add(1, Relaxed);
+                log::debug!("vip {}: backend {}: {e}", vip.name, pick.addr);
+                counters.error(UpstreamError::Protocol);
+                return error_response(
+                    StatusCode::BAD_GATEWAY,
+                    "502 Bad Gateway: the backend's answer broke off",
+                );
+            }
+            Err(_) => {
+                backend.errors.fetch_add(1, Relaxed);
+                counters.error(UpstreamError::Timeout);
+                return error_response(StatusCode::GATEWAY_TIMEOUT, "504 Gateway Timeout");
+            }
+        }
+    };
+
+    let (mut parts, upstream_body) = upstream_response.into_parts();
+    let switching = parts.status == StatusCode::SWITCHING_PROTOCOLS;
+    headers::strip_hop_by_hop(&mut parts.headers, switching);
+    if let Some(cookie) = &pick.cookie {
+        cookie.apply(&mut parts.headers);
+    }
+    if let (true, Some(client_upgrade)) = (switching, client_upgrade) {
+        let mut upstream = Response::from_parts(parts.clone(), upstream_body);
+        let upstream_upgrade = hyper::upgrade::on(&mut upstream);
+        let name = vip.name.clone();
+        tokio::spawn(async move {
+            match tokio::try_join!(client_upgrade, upstream_upgrade) {
+                Ok((client_io, upstream_io)) => {
+                    let mut client_io = TokioIo::new(client_io);
+                    let mut upstream_io = TokioIo::new(upstream_io);
+                    let _ = tokio::io::copy_bidirectional(&mut client_io, &mut upstream_io).await;
+                }
+                Err(e) => log::debug!("vip {name}: upgrade failed: {e}"),
+            }
+            drop((slot, active));
+        });
+        return Response::from_parts(parts, empty_body());
+    }
+    // The slot and the backend's active counts last as long as the answer's body.
+    let guard = (slot, pick.guard, active);
+    let count = count_frames(vip, false);
+    let body = upstream_body
+        .map_frame(move |frame| {
+            let _ = &guard;
+            count(frame)
+        })
+        .boxed();
+    Response::from_parts(parts, body)
+}
+
+/// A request in progress on a backend, for its `active` counter.
+struct Active(Arc<BackendCounters>);
+
+impl Active {
+    fn new(backend: &Arc<BackendCounters>) -> Self {
+        backend.active.fetch_add(1, Relaxed);
+        Active(Arc::clone(backend))
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Relaxed);
+    }
+}
+
+static REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+
+/// A request id: unique per agent run, short, sortable by arrival.
+fn request_id() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    static START: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let start = *START.get_or_init(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    });
+    format!("{start:x}-{:x}", NEXT.fetch_add(1, Relaxed))
+}
+
+/// Counts the data bytes of frames going in (from clients) or out.
+fn count_frames(
+    vip: &Arc<Vip>,
+    inbound: bool,
+) -> impl Fn(hyper::body::Frame<Bytes>) -> hyper::body::Frame<Bytes> + Send + Sync + 'static {
+    let vip = Arc::clone(vip);
+    move |frame| {
+        if let Some(data) = frame.data_ref() {
+            let counter = if inbound {
+                &vip.counters.bytes_in
+            } else {
+                &vip.counters.bytes_out
+            };
+            counter.fetch_add(data.len() as u64, Relaxed);
+        }
+        frame
+    }
+}
+
+fn empty_body() -> ProxyBody {
+    Empty::<Bytes>::new()
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+/// The backend's URI for a request: the backend's address, the request's path and query.
+fn backend_uri(backend: SocketAddrV4, uri: &Uri) -> Uri {
+    let path = uri
+        .path_and_query()
+        .map_or("/", http::uri::PathAndQuery::as_str);
+    format!("http://{backend}{path}")
+        .parse()
+        .unwrap_or_else(|_| Uri::from_static("/"))
+}
