@@ -46,6 +46,8 @@ pub use crate::health::config::{
 pub use crate::l7::balance::{
     default_cookie_id, Algorithm, BalanceKind, CookiePersistence, HashKey, PoolBalance,
 };
+pub use crate::l7::headers::ForwardedStyle;
+pub use crate::l7::proxy::ProxySettings;
 /// Whether `n` is a prime number (Maglev ring sizes must be).
 pub use crate::ring::is_prime;
 pub use words::{AllDownPolicy, DownPolicy, Protocol, Scheduler, VipMode, XdpMode};
@@ -93,6 +95,8 @@ pub struct Config {
     pub agent: AgentConfig,
     pub nat: NatConfig,
     pub timeouts: Timeouts,
+    /// `[http]`: the proxy's timeouts and limits, for every HTTP-mode VIP.
+    pub http: ProxySettings,
     pub pools: Vec<PoolConfig>,
     pub vips: Vec<VipConfig>,
     /// `[[vrrp]]`: the VRRP instances, in the order written.
@@ -556,6 +560,7 @@ pool = "dns"
                 snat_time_wait: Duration::from_mins(2),
                 tcp_unreplied: Duration::from_secs(20),
             },
+            http: ProxySettings::default(),
             pools: vec![
                 PoolConfig {
                     name: "web".into(),
@@ -653,6 +658,7 @@ pool = "dns"
                     snat_time_wait: Duration::from_mins(1),
                     tcp_unreplied: Duration::from_mins(1),
                 },
+                http: ProxySettings::default(),
                 pools: vec![],
                 vips: vec![],
                 vrrp: vec![],

@@ -20,6 +20,8 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub(super) timeouts: Option<RawTimeouts>,
     #[serde(default)]
+    pub(super) http: Option<RawHttp>,
+    #[serde(default)]
     pub(super) pool: Vec<Spanned<RawPool>>,
     #[serde(default)]
     pub(super) vip: Vec<Spanned<RawVip>>,
@@ -65,6 +67,34 @@ pub(super) struct RawTimeouts {
     pub(super) snat_time_wait: Option<Spanned<String>>,
     #[serde(default)]
     pub(super) tcp_unreplied: Option<Spanned<String>>,
+}
+
+/// `[http]`: the HTTP proxy's timeouts and limits, for every HTTP-mode VIP.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(super) struct RawHttp {
+    #[serde(default)]
+    pub(super) timeout_connect: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) timeout_server: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) timeout_http_request: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) timeout_queue: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) timeout_drain: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) maxconn: Option<Spanned<Int>>,
+    #[serde(default)]
+    pub(super) retries: Option<Spanned<Int>>,
+    #[serde(default)]
+    pub(super) forwarded: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) request_id: Option<bool>,
+    #[serde(default)]
+    pub(super) max_headers: Option<Spanned<Int>>,
+    #[serde(default)]
+    pub(super) max_header_bytes: Option<Spanned<Int>>,
 }
 
 #[derive(Deserialize)]

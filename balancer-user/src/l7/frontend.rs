@@ -7,7 +7,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
 
 use super::balance::{default_cookie_id, Backend, BackendSet, PoolBalance, PoolSelector};
-use super::proxy::{HttpVipSpec, Proxy, ProxySettings};
+use super::proxy::{HttpVipSpec, Proxy};
 use super::rules::Rules;
 use crate::api::HttpVipStatus;
 use crate::config::{Config, VipMode};
@@ -71,7 +71,7 @@ impl Frontend {
                 listen: SocketAddrV4::new(vip.address, vip.port),
                 rules,
                 rule_names,
-                settings: ProxySettings::default(),
+                settings: config.http.clone(),
             });
         }
         let added = make_local(config, &vips.iter().map(|v| v.address).collect::<Vec<_>>()).await?;

@@ -6,6 +6,8 @@ use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
+use crate::spelling::config_words;
+
 /// How the client is described to the backend (`forwarded_headers`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum ForwardedStyle {
@@ -18,6 +20,8 @@ pub enum ForwardedStyle {
     /// Nothing added.
     None,
 }
+
+config_words!(ForwardedStyle, "forwarded", "\"x-forwarded\", \"forwarded\" or \"none\"", { XForwarded => "x-forwarded", Forwarded => "forwarded", None => "none" });
 
 /// Headers that describe one connection, not the message (RFC 9110 section 7.6.1), which a
 /// proxy must not forward; `Connection` may name more.

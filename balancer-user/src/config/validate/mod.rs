@@ -8,6 +8,7 @@
 
 mod balance;
 mod check;
+mod http;
 mod l7;
 mod vrrp;
 
@@ -32,9 +33,9 @@ use super::raw::{
 use super::{
     check_backend_address, interface_name_problem, is_prime, name_problem, AgentConfig,
     AllDownPolicy, BackendAddressError, BackendConfig, CheckConfig, Config, ConfigError,
-    DownPolicy, NatConfig, PoolConfig, Protocol, Scheduler, Timeouts, VipConfig, XdpMode,
-    DEFAULT_CONTROL_SOCKET, DEFAULT_PIN_DIR, DEFAULT_RING_SIZE, DEFAULT_WEIGHT, MAX_TIMEOUT,
-    MAX_WEIGHT, MIN_NAT_PORT, MIN_TIMEOUT,
+    DownPolicy, NatConfig, PoolConfig, Protocol, ProxySettings, Scheduler, Timeouts, VipConfig,
+    XdpMode, DEFAULT_CONTROL_SOCKET, DEFAULT_PIN_DIR, DEFAULT_RING_SIZE, DEFAULT_WEIGHT,
+    MAX_TIMEOUT, MAX_WEIGHT, MIN_NAT_PORT, MIN_TIMEOUT,
 };
 use crate::spelling::ParseValueError;
 
@@ -85,6 +86,10 @@ impl Validator<'_> {
             Some(t) => self.timeouts(t)?,
             None => Timeouts::default(),
         };
+        let http = match raw.http {
+            Some(h) => self.http(h)?,
+            None => ProxySettings::default(),
+        };
         let pools = self.pools(raw.pool)?;
         let vips = self.vips(raw.vip, &pools)?;
         let vrrp = self.vrrp_instances(&raw.vrrp, &vips)?;
@@ -93,6 +98,7 @@ impl Validator<'_> {
             agent,
             nat,
             timeouts,
+            http,
             pools,
             vips,
             vrrp,

@@ -590,7 +590,7 @@ impl Validator<'_> {
     }
 
     /// An integer `name` within `range`; `note` follows the range in the message.
-    fn bounded(
+    pub(super) fn bounded(
         &self,
         raw: &Spanned<Int>,
         field: impl fmt::Display,
