@@ -206,3 +206,185 @@ fn a_dead_backend_is_retried_around_and_then_left_out() {
         "no retry counted: {www:#}"
     );
 }
+
+/// curl from the client namespace with a cookie jar: the response's headers (lower-case
+/// names) and status.
+fn curl_headers(topo: &Topology, jar: &std::path::Path, url: &str) -> (u16, Vec<(String, String)>) {
+    let out = topo
+        .client()
+        .command("curl")
+        .args(["-s", "-o", "/dev/null", "-D", "-", "--max-time", "5", "-c"])
+        .arg(jar)
+        .arg("-b")
+        .arg(jar)
+        .arg(url)
+        .output()
+        .expect("running curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut lines = text.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    (status, headers)
+}
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// Sends `request` on a new connection from the client namespace and returns what came
+/// back until the server closed or `wait` passed.
+fn raw(topo: &Topology, request: Vec<u8>, wait: Duration) -> String {
+    use std::io::{Read, Write};
+    let client = topo.client_ns().expect("a thread in the client namespace");
+    client.run(move || {
+        let mut stream = std::net::TcpStream::connect((VIP, 80)).expect("connecting to the VIP");
+        stream.set_read_timeout(Some(wait)).unwrap();
+        let _ = stream.write_all(&request);
+        let mut got = Vec::new();
+        let _ = stream.read_to_end(&mut got);
+        String::from_utf8_lossy(&got).into_owned()
+    })
+}
+
+#[test]
+fn cookies_persist_the_client_info_goes_on_and_upgrades_pass() {
+    require_root();
+    let topo = Topology::new(4).expect("building the topology");
+    let _servers = topo.start_backends().expect("starting the backends");
+    let cookie = "cookie = { name = \"SERVERID\", insert = true, nocache = true, indirect = true }";
+    let agent = Agent::start(&topo, &config(&topo, cookie)).expect("starting the agent");
+    let jar = topo.run_dir().join("cookies");
+    let url = format!("http://{VIP}/");
+
+    let (status, first) = curl_headers(&topo, &jar, &url);
+    assert_eq!(status, 200, "{first:?}\n{}", agent.log());
+    let set = header(&first, "set-cookie").unwrap_or_else(|| panic!("no Set-Cookie: {first:?}"));
+    assert!(set.starts_with("SERVERID="), "{set}");
+    assert_eq!(
+        header(&first, "cache-control"),
+        Some("no-cache=\"set-cookie\"")
+    );
+    assert_eq!(header(&first, "x-seen-forwarded-for"), Some("10.0.1.2"));
+    let backend = header(&first, "x-backend").unwrap().to_owned();
+    for _ in 0..6 {
+        let (status, next) = curl_headers(&topo, &jar, &url);
+        assert_eq!(status, 200);
+        assert_eq!(
+            header(&next, "x-backend"),
+            Some(backend.as_str()),
+            "persistence: {next:?}"
+        );
+        assert_eq!(
+            header(&next, "set-cookie"),
+            None,
+            "the cookie is set once: {next:?}"
+        );
+        // indirect: the backend never sees our cookie.
+        assert_eq!(header(&next, "x-seen-cookie"), None, "{next:?}");
+    }
+
+    // An upgrade to another protocol passes through, both ways.
+    let echoed = raw(
+        &topo,
+        b"GET /chat HTTP/1.1\r\nHost: www\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\nping-pong"
+            .to_vec(),
+        Duration::from_secs(1),
+    );
+    assert!(echoed.starts_with("HTTP/1.1 101"), "{echoed:?}");
+    assert!(echoed.ends_with("ping-pong"), "{echoed:?}");
+}
+
+#[test]
+fn bad_and_slow_requests_are_refused_while_others_are_served() {
+    require_root();
+    let topo = Topology::new(4).expect("building the topology");
+    let _servers = topo.start_backends().expect("starting the backends");
+    let text = config(&topo, "")
+        + "\n[http]\ntimeout_http_request = \"1s\"\nmax_headers = 20\nmax_header_bytes = 16384\n";
+    let agent = Agent::start(&topo, &text).expect("starting the agent");
+    let www = format!("http://{VIP}/");
+
+    // Idle connections that never send a byte, and a slowloris that never ends its head.
+    let client = topo.client_ns().expect("a thread in the client namespace");
+    let idle = client.run(|| {
+        (0..200)
+            .filter_map(|_| std::net::TcpStream::connect((VIP, 80)).ok())
+            .collect::<Vec<_>>()
+    });
+    assert_eq!(idle.len(), 200, "idle connections accepted");
+    let slow_started = Instant::now();
+    let slow = raw(
+        &topo,
+        b"GET / HTTP/1.1\r\nHost: www\r\nX-Slow: 1\r\n".to_vec(),
+        Duration::from_secs(5),
+    );
+    let slow_took = slow_started.elapsed();
+    assert!(
+        slow_took < Duration::from_secs(3) && !slow.contains("200 OK"),
+        "a request head unfinished after 1s must be closed: {slow:?} after {slow_took:?}"
+    );
+    assert_eq!(
+        curl(&topo, &[], &www).0,
+        200,
+        "served beside the slow client"
+    );
+
+    let cases: [(&str, Vec<u8>, &str); 4] = [
+        (
+            "garbage request line",
+            b"GARBAGE\r\n\r\n".to_vec(),
+            "HTTP/1.1 400",
+        ),
+        (
+            "bad header",
+            b"GET / HTTP/1.1\r\nHost www\r\n\r\n".to_vec(),
+            "HTTP/1.1 400",
+        ),
+        (
+            "too many headers",
+            [
+                b"GET / HTTP/1.1\r\nHost: www\r\n".to_vec(),
+                (0..40)
+                    .flat_map(|i| format!("X-H{i}: v\r\n").into_bytes())
+                    .collect(),
+                b"\r\n".to_vec(),
+            ]
+            .concat(),
+            "HTTP/1.1 431",
+        ),
+        (
+            "huge header",
+            format!(
+                "GET / HTTP/1.1\r\nHost: www\r\nX-Big: {}\r\n\r\n",
+                "a".repeat(40_000)
+            )
+            .into_bytes(),
+            "HTTP/1.1 431",
+        ),
+    ];
+    for (what, request, want) in cases {
+        let answer = raw(&topo, request, Duration::from_secs(3));
+        assert!(
+            answer.starts_with(want),
+            "{what}: got {:?}",
+            &answer[..answer.len().min(80)]
+        );
+        assert_eq!(curl(&topo, &[], &www).0, 200, "served after {what}");
+    }
+    drop(idle);
+    assert!(
+        agent.log().lines().all(|l| !l.contains("panicked")),
+        "{}",
+        agent.log()
+    );
+}

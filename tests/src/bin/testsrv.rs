@@ -4,9 +4,13 @@
 //! testsrv --name NAME [--http ADDR:PORT] [--udp ADDR:PORT] [--status CODE]
 //! ```
 //! HTTP: every request gets status CODE (default 200), `X-Backend: NAME`, `Content-Length`
-//! and the body `NAME` (no newline); connections stay open until the client closes them or
-//! sends `Connection: close`. UDP: every datagram gets `NAME` back. Standard library only.
+//! and the body `NAME` (no newline), and shows what a proxy passed on: `X-Seen-Forwarded-For`
+//! and `X-Seen-Cookie` carry the request's `X-Forwarded-For` and `Cookie`. A request with
+//! `Upgrade: echo` gets `101 Switching Protocols` and then every byte back. Connections stay
+//! open until the client closes them or sends `Connection: close`. UDP: every datagram gets
+//! `NAME` back. Standard library only.
 
+use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::process::exit;
@@ -108,6 +112,8 @@ fn serve_connection(stream: TcpStream, name: &str, status: u16) -> std::io::Resu
         let http10 = request_line.ends_with("HTTP/1.0");
         let mut close = http10;
         let mut body_len = 0usize;
+        let mut seen = String::new();
+        let mut upgrade = false;
         loop {
             line.clear();
             if reader.read_line(&mut line)? == 0 {
@@ -127,6 +133,12 @@ fn serve_connection(stream: TcpStream, name: &str, status: u16) -> std::io::Resu
                     }
                 } else if k.eq_ignore_ascii_case("content-length") {
                     body_len = v.parse().unwrap_or(0);
+                } else if k.eq_ignore_ascii_case("x-forwarded-for") {
+                    let _ = write!(seen, "X-Seen-Forwarded-For: {v}\r\n");
+                } else if k.eq_ignore_ascii_case("cookie") {
+                    let _ = write!(seen, "X-Seen-Cookie: {v}\r\n");
+                } else if k.eq_ignore_ascii_case("upgrade") && v.eq_ignore_ascii_case("echo") {
+                    upgrade = true;
                 }
             }
         }
@@ -134,8 +146,19 @@ fn serve_connection(stream: TcpStream, name: &str, status: u16) -> std::io::Resu
             let mut sink = vec![0u8; body_len];
             reader.read_exact(&mut sink)?;
         }
+        if upgrade {
+            writer.write_all(
+                format!(
+                    "HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\
+                     X-Backend: {name}\r\n\r\n"
+                )
+                .as_bytes(),
+            )?;
+            std::io::copy(&mut reader, &mut writer)?;
+            return Ok(());
+        }
         let response = format!(
-            "HTTP/1.1 {status} {}\r\nX-Backend: {name}\r\nContent-Type: text/plain\r\n\
+            "HTTP/1.1 {status} {}\r\nX-Backend: {name}\r\n{seen}Content-Type: text/plain\r\n\
              Content-Length: {}\r\nConnection: {}\r\n\r\n{name}",
             reason(status),
             name.len(),
