@@ -388,3 +388,93 @@ fn bad_and_slow_requests_are_refused_while_others_are_served() {
         agent.log()
     );
 }
+
+/// The agent's peak resident memory so far (`VmHWM`), in KiB.
+fn peak_rss_kib(agent: &Agent) -> u64 {
+    let pid = agent.pid().expect("the agent runs");
+    let status =
+        std::fs::read_to_string(format!("/proc/{pid}/status")).expect("reading the agent's status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/PID/status")
+}
+
+#[test]
+fn a_gibibyte_streams_both_ways_in_bounded_memory() {
+    const GIB: u64 = 1 << 30;
+    require_root();
+    let topo = Topology::new(4).expect("building the topology");
+    let _servers = topo.start_backends().expect("starting the backends");
+    let agent = Agent::start(&topo, &config(&topo, "")).expect("starting the agent");
+    assert_eq!(curl(&topo, &[], &format!("http://{VIP}/")).0, 200);
+    let before = peak_rss_kib(&agent);
+
+    let started = Instant::now();
+    let down = topo
+        .client()
+        .command("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "--max-time",
+            "120",
+            "-w",
+            "%{http_code} %{size_download}",
+        ])
+        .arg(format!("http://{VIP}/bytes/{GIB}"))
+        .output()
+        .expect("running curl");
+    let down = String::from_utf8_lossy(&down.stdout).into_owned();
+    assert_eq!(down, format!("200 {GIB}"), "download");
+    let down_took = started.elapsed();
+
+    let file = topo.run_dir().join("upload");
+    std::fs::File::create(&file)
+        .and_then(|f| f.set_len(GIB))
+        .expect("a sparse 1 GiB file");
+    let started = Instant::now();
+    let up = topo
+        .client()
+        .command("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "--max-time",
+            "120",
+            "-w",
+            "%{http_code} %{size_upload}",
+            "-T",
+        ])
+        .arg(&file)
+        .arg(format!("http://{VIP}/upload"))
+        .output()
+        .expect("running curl");
+    let up = String::from_utf8_lossy(&up.stdout).into_owned();
+    assert_eq!(up, format!("200 {GIB}"), "upload");
+    let up_took = started.elapsed();
+
+    let after = peak_rss_kib(&agent);
+    eprintln!(
+        "1 GiB through the proxy: download {down_took:?}, upload {up_took:?}; agent peak RSS \
+         {before} KiB before, {after} KiB after"
+    );
+    assert!(
+        after.saturating_sub(before) < 64 * 1024,
+        "the agent's peak RSS grew from {before} KiB to {after} KiB: bodies are buffered"
+    );
+    let status = agent.status_json();
+    assert!(
+        status["http"][0]["bytes_out"].as_u64() >= Some(GIB),
+        "{:#}",
+        status["http"][0]
+    );
+    assert!(
+        status["http"][0]["bytes_in"].as_u64() >= Some(GIB),
+        "{:#}",
+        status["http"][0]
+    );
+}

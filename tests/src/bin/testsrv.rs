@@ -5,7 +5,8 @@
 //! ```
 //! HTTP: every request gets status CODE (default 200), `X-Backend: NAME`, `Content-Length`
 //! and the body `NAME` (no newline), and shows what a proxy passed on: `X-Seen-Forwarded-For`
-//! and `X-Seen-Cookie` carry the request's `X-Forwarded-For` and `Cookie`. A request with
+//! and `X-Seen-Cookie` carry the request's `X-Forwarded-For` and `Cookie`; `GET /bytes/N`
+//! answers N bytes; request bodies are read and dropped. A request with
 //! `Upgrade: echo` gets `101 Switching Protocols` and then every byte back. Connections stay
 //! open until the client closes them or sends `Connection: close`. UDP: every datagram gets
 //! `NAME` back. Standard library only.
@@ -106,6 +107,12 @@ fn serve_connection(stream: TcpStream, name: &str, status: u16) -> std::io::Resu
             return Ok(()); // client closed
         }
         let request_line = line.trim_end().to_string();
+        // `GET /bytes/N`: N bytes of body, streamed.
+        let stream_len: Option<u64> = request_line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|path| path.strip_prefix("/bytes/"))
+            .and_then(|n| n.parse().ok());
         if request_line.is_empty() {
             continue; // tolerate stray CRLF between requests
         }
@@ -143,8 +150,28 @@ fn serve_connection(stream: TcpStream, name: &str, status: u16) -> std::io::Resu
             }
         }
         if body_len > 0 {
-            let mut sink = vec![0u8; body_len];
-            reader.read_exact(&mut sink)?;
+            // Read and dropped as it comes: an upload of any size takes no memory.
+            let got = std::io::copy(
+                &mut (&mut reader).take(body_len as u64),
+                &mut std::io::sink(),
+            )?;
+            if got < body_len as u64 {
+                return Ok(());
+            }
+        }
+        if let Some(len) = stream_len {
+            writer.write_all(
+                format!(
+                    "HTTP/1.1 200 OK\r\nX-Backend: {name}\r\nContent-Type: application/octet-stream\r\n\
+                     Content-Length: {len}\r\n\r\n"
+                )
+                .as_bytes(),
+            )?;
+            std::io::copy(&mut std::io::repeat(b'x').take(len), &mut writer)?;
+            if close {
+                return Ok(());
+            }
+            continue;
         }
         if upgrade {
             writer.write_all(
