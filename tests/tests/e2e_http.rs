@@ -310,7 +310,8 @@ fn bad_and_slow_requests_are_refused_while_others_are_served() {
     let topo = Topology::new(4).expect("building the topology");
     let _servers = topo.start_backends().expect("starting the backends");
     let text = config(&topo, "")
-        + "\n[http]\ntimeout_http_request = \"1s\"\nmax_headers = 20\nmax_header_bytes = 16384\n";
+        + "\n[http]\ntimeout_http_request = \"1s\"\nmax_headers = 20\nmax_header_bytes = 16384\n\
+           access_log = true\n";
     let agent = Agent::start(&topo, &text).expect("starting the agent");
     let www = format!("http://{VIP}/");
 

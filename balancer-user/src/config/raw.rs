@@ -92,6 +92,8 @@ pub(super) struct RawHttp {
     #[serde(default)]
     pub(super) request_id: Option<bool>,
     #[serde(default)]
+    pub(super) access_log: Option<bool>,
+    #[serde(default)]
     pub(super) max_headers: Option<Spanned<Int>>,
     #[serde(default)]
     pub(super) max_header_bytes: Option<Spanned<Int>>,

@@ -57,6 +57,8 @@ pub struct ProxySettings {
     pub max_header_bytes: usize,
     /// How long in-flight requests may take to finish on shutdown.
     pub drain_timeout: Duration,
+    /// A line per request to the log (target `balancer::access`).
+    pub access_log: bool,
 }
 
 impl Default for ProxySettings {
@@ -73,6 +75,7 @@ impl Default for ProxySettings {
             max_headers: 100,
             max_header_bytes: 64 * 1024,
             drain_timeout: Duration::from_secs(10),
+            access_log: false,
         }
     }
 }
@@ -299,16 +302,70 @@ async fn handle(
     let counters = &vip.counters;
     counters.requests.fetch_add(1, Relaxed);
     counters.active_requests.fetch_add(1, Relaxed);
-    let response = forward(vip, client.ip(), request).await;
+    let line = vip.settings.access_log.then(|| {
+        format!(
+            "\"{} {} {:?}\"",
+            request.method(),
+            request.uri(),
+            request.version()
+        )
+    });
+    let mut trace = Trace::default();
+    let response = forward(vip, client.ip(), request, &mut trace).await;
     counters.active_requests.fetch_sub(1, Relaxed);
-    counters.response(response.status().as_u16(), started.elapsed());
+    let took = started.elapsed();
+    counters.response(response.status().as_u16(), took);
+    if let Some(line) = line {
+        access_log(vip, client, &trace, &response, took, &line);
+    }
     response
+}
+
+/// What became of a request, for the access log.
+#[derive(Debug, Default)]
+struct Trace {
+    pool: String,
+    backend: Option<SocketAddrV4>,
+    retries: usize,
+}
+
+/// One access log line (target `balancer::access`), HAProxy's httplog fields in its order:
+/// `CLIENT:PORT [DATE] VIP POOL/BACKEND TIME_MS STATUS BYTES RETRIES "METHOD URI VERSION"`.
+/// It is written when the answer's head is ready: `TIME_MS` is the time to it, `BYTES` its
+/// `Content-Length` (`-` when streamed without one).
+fn access_log(
+    vip: &Vip,
+    client: SocketAddr,
+    trace: &Trace,
+    response: &Response<ProxyBody>,
+    took: Duration,
+    request_line: &str,
+) {
+    let date = humantime_serde::re::humantime::format_rfc3339_millis(std::time::SystemTime::now());
+    let backend = trace
+        .backend
+        .map_or_else(|| "<NOSRV>".to_owned(), |b| b.to_string());
+    let bytes = response
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-");
+    log::info!(
+        target: "balancer::access",
+        "{client} [{date}] {} {}/{backend} {} {} {bytes} {} {request_line}",
+        vip.name,
+        if trace.pool.is_empty() { "-" } else { &trace.pool },
+        took.as_millis(),
+        response.status().as_u16(),
+        trace.retries,
+    );
 }
 
 async fn forward(
     vip: &Arc<Vip>,
     client: IpAddr,
     mut request: Request<Incoming>,
+    trace: &mut Trace,
 ) -> Response<ProxyBody> {
     let counters = &vip.counters;
     let upgrading = headers::wants_upgrade(request.headers());
@@ -316,6 +373,9 @@ async fn forward(
     let (request, body) = request.into_parts();
     let route = vip.rules.route(&request, client);
     counters.routed(route.rule);
+    if vip.settings.access_log {
+        route.pool.clone_into(&mut trace.pool);
+    }
     let Some(pool) = vip.pools.get(route.pool) else {
         counters.error(UpstreamError::NoBackend);
         return error_response(
@@ -382,6 +442,8 @@ async fn forward(
                 )
             };
         };
+        trace.backend = Some(pick.addr);
+        trace.retries = tried.len();
         let backend = counters.backend(pick.addr);
         backend.requests.fetch_add(1, Relaxed);
         let active = Active::new(&backend);

@@ -59,6 +59,7 @@ impl Validator<'_> {
             .expect("at most 10"),
             forwarded,
             request_id: raw.request_id.unwrap_or(defaults.request_id),
+            access_log: raw.access_log.unwrap_or(defaults.access_log),
             max_headers: count(
                 raw.max_headers,
                 "max_headers",
@@ -85,7 +86,8 @@ mod tests {
     fn the_http_section_sets_the_proxy_and_defaults_the_rest() {
         let text = format!(
             "{ONE_VIP}\n[http]\ntimeout_connect = \"2s\"\ntimeout_http_request = \"500ms\"\n\
-             maxconn = 50\nretries = 0\nforwarded = \"forwarded\"\nrequest_id = true\n"
+             maxconn = 50\nretries = 0\nforwarded = \"forwarded\"\nrequest_id = true\n\
+             access_log = true\n"
         );
         let config = parse(&text, ORIGIN).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(
@@ -97,6 +99,7 @@ mod tests {
                 retries: 0,
                 forwarded: ForwardedStyle::Forwarded,
                 request_id: true,
+                access_log: true,
                 ..ProxySettings::default()
             }
         );
