@@ -479,3 +479,29 @@ fn a_gibibyte_streams_both_ways_in_bounded_memory() {
         status["http"][0]
     );
 }
+
+#[test]
+fn hashing_a_header_keeps_each_user_on_one_backend() {
+    require_root();
+    let topo = Topology::new(4).expect("building the topology");
+    let _servers = topo.start_backends().expect("starting the backends");
+    let hash = "balance = \"hash\"\nhash_key = \"header:X-User\"";
+    let agent = Agent::start(&topo, &config(&topo, hash)).expect("starting the agent");
+    let url = format!("http://{VIP}/");
+    let mut seen = std::collections::BTreeMap::new();
+    for user in ["alice", "bob", "carol", "dave", "erin", "frank"] {
+        let header = format!("X-User: {user}");
+        let first = curl(&topo, &["-H", &header], &url);
+        assert_eq!(first.0, 200, "{}", agent.log());
+        for _ in 0..3 {
+            assert_eq!(curl(&topo, &["-H", &header], &url), first, "{user} moved");
+        }
+        seen.insert(user, first.1);
+    }
+    let backends: std::collections::BTreeSet<&String> = seen.values().collect();
+    assert_eq!(
+        backends.len(),
+        2,
+        "six users over two backends should reach both: {seen:?}"
+    );
+}
