@@ -505,3 +505,74 @@ fn hashing_a_header_keeps_each_user_on_one_backend() {
         "six users over two backends should reach both: {seen:?}"
     );
 }
+
+#[test]
+fn a_backend_at_its_maxconn_is_passed_over_and_a_full_pool_queues() {
+    require_root();
+    let topo = Topology::new(4).expect("building the topology");
+    let _servers = topo.start_backends().expect("starting the backends");
+    let limited = |i: usize| {
+        format!(
+            "{{ address = \"{}\", port = 80, maxconn = 1 }}",
+            topo.backend_addr(i)
+        )
+    };
+    let text = config(&topo, "").replace(
+        &format!(
+            "backends = [{{ address = \"{}\", port = 80 }}, {{ address = \"{}\", port = 80 }}]",
+            topo.backend_addr(3),
+            topo.backend_addr(4)
+        ),
+        &format!("backends = [{}, {}]", limited(3), limited(4)),
+    ) + "\n[http]\ntimeout_queue = \"1s\"\n";
+    assert!(text.contains("maxconn = 1"), "{text}");
+    let agent = Agent::start(&topo, &text).expect("starting the agent");
+    // Two slow downloads hold both backends' only slot.
+    let slow = |_| {
+        topo.client()
+            .command("curl")
+            .args(["-s", "-o", "/dev/null", "--limit-rate", "50k"])
+            .arg(format!("http://{VIP}/bytes/100000000"))
+            .spawn()
+            .expect("starting a slow download")
+    };
+    let mut downloads: Vec<_> = (0..2).map(slow).collect();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let busy = || -> u64 {
+        let status = agent.status_json();
+        status["http"][0]["backends"]
+            .as_array()
+            .map_or(0, |b| b.iter().filter_map(|b| b["active"].as_u64()).sum())
+    };
+    while busy() != 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the slow downloads did not start"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    let started = Instant::now();
+    let (status, _) = curl(&topo, &[], &format!("http://{VIP}/"));
+    let waited = started.elapsed();
+    assert_eq!(status, 503, "a third request while both backends are full: {:#}", agent.status_json()["http"][0]);
+    assert!(
+        waited >= Duration::from_millis(900),
+        "it waited in the queue: {waited:?}"
+    );
+    // One slot frees: the next request is served.
+    let mut first = downloads.remove(0);
+    let _ = first.kill();
+    let _ = first.wait();
+    thread::sleep(Duration::from_millis(200));
+    assert_eq!(curl(&topo, &[], &format!("http://{VIP}/")).0, 200);
+    for mut d in downloads {
+        let _ = d.kill();
+        let _ = d.wait();
+    }
+    let status = agent.status_json();
+    assert_eq!(
+        status["http"][0]["errors"]["queue_timeout"], 1,
+        "{:#}",
+        status["http"][0]
+    );
+}

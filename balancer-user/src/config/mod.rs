@@ -201,6 +201,8 @@ pub struct BackendConfig {
     pub check: CheckConfig,
     /// `cookie`: the id HTTP cookie persistence gives it, if the file names one.
     pub cookie: Option<String>,
+    /// `maxconn`: HTTP requests in progress on it at once (0: no limit; L4 VIPs ignore it).
+    pub maxconn: u32,
 }
 
 impl BackendConfig {
@@ -571,6 +573,7 @@ pool = "dns"
                             weight: 1,
                             check: CheckConfig::default(),
                             cookie: None,
+                            maxconn: 0,
                         },
                         BackendConfig {
                             address: ip("10.0.2.12"),
@@ -578,6 +581,7 @@ pool = "dns"
                             weight: 1,
                             check: CheckConfig::default(),
                             cookie: None,
+                            maxconn: 0,
                         },
                         BackendConfig {
                             address: ip("10.0.2.13"),
@@ -585,6 +589,7 @@ pool = "dns"
                             weight: 0,
                             check: CheckConfig::default(),
                             cookie: None,
+                            maxconn: 0,
                         },
                     ],
                     check: CheckConfig::default(),

@@ -143,6 +143,9 @@ pub(super) struct RawBackend {
     /// Its persistence cookie's id (L7 VIPs only).
     #[serde(default)]
     pub(super) cookie: Option<Spanned<String>>,
+    /// Requests in progress on it at once (L7 VIPs only).
+    #[serde(default)]
+    pub(super) maxconn: Option<Spanned<Int>>,
 }
 
 /// `[pool.check]`, or a backend's `check`: every field optional, so a

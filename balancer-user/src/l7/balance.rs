@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex, Weak};
 
 use arc_swap::ArcSwap;
 use http::{HeaderMap, HeaderName, HeaderValue};
+use tokio::sync::Notify;
 
 pub use cookie::{cookie_id_problem, cookie_name_problem, CookieHeader, SetCookie};
 
@@ -158,6 +159,10 @@ pub struct Backend {
     pub weight: u32,
     /// The id its persistence cookie carries (see [`default_cookie_id`]).
     pub cookie_id: String,
+    /// Most requests in progress on it at once (HAProxy's `server ... maxconn`); 0: no
+    /// limit. A full backend is passed over, persisted clients included; when every
+    /// backend is full, requests wait ([`PoolSelector::saturated`], [`PoolSelector::released`]).
+    pub maxconn: u32,
 }
 
 /// The cookie id of a backend that names none: its address and port's stable 64-bit key
@@ -373,11 +378,15 @@ pub struct Pick {
 
 /// One active request on a backend; dropping it ends the request.
 #[derive(Debug)]
-pub struct ActiveGuard(Arc<AtomicUsize>);
+pub struct ActiveGuard(Arc<AtomicUsize>, Option<Arc<Notify>>);
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
+        // A limited backend has room again: wake the requests waiting for one.
+        if let Some(released) = &self.1 {
+            released.notify_waiters();
+        }
     }
 }
 
@@ -395,6 +404,8 @@ pub struct PoolSelector {
     /// so that a backend keeps its count across sets, even one that left and came back.
     /// Locked by [`PoolSelector::update`] only.
     counters: Mutex<HashMap<SocketAddrV4, Weak<AtomicUsize>>>,
+    /// Signalled when a request on a backend with a `maxconn` ends.
+    released: Arc<Notify>,
 }
 
 impl PoolSelector {
@@ -404,6 +415,7 @@ impl PoolSelector {
             set: ArcSwap::from_pointee(BackendSet::new([], &PoolBalance::default())),
             next: AtomicUsize::new(0),
             counters: Mutex::new(HashMap::new()),
+            released: Arc::new(Notify::new()),
         };
         selector.update(set);
         selector
@@ -464,7 +476,7 @@ impl PoolSelector {
         if set.backends.is_empty() {
             return None;
         }
-        let usable = |i: usize| !exclude.contains(&set.backends[i].addr);
+        let usable = |i: usize| !exclude.contains(&set.backends[i].addr) && has_room(&set, i);
         let persistence = set.balance.cookie.as_ref();
         let sent_id = persistence.and_then(|c| request.cookie(&c.name));
         let persisted = sent_id
@@ -490,10 +502,31 @@ impl PoolSelector {
         };
         Some(Pick {
             addr: set.backends[index].addr,
-            guard: ActiveGuard(active),
+            guard: ActiveGuard(
+                active,
+                (set.backends[index].maxconn > 0).then(|| Arc::clone(&self.released)),
+            ),
             cookie,
             request_cookie,
         })
+    }
+
+    /// Whether requests must wait: some backend not in `exclude` takes requests, and every
+    /// such backend is at its `maxconn`.
+    pub fn saturated(&self, exclude: &[SocketAddrV4]) -> bool {
+        let set = self.set.load();
+        let mut candidates = set
+            .live
+            .iter()
+            .filter(|&&i| !exclude.contains(&set.backends[i].addr))
+            .peekable();
+        candidates.peek().is_some() && candidates.all(|&i| !has_room(&set, i))
+    }
+
+    /// Signalled whenever a request on a limited backend ends: await its `notified()`
+    /// (created before looking again) to wait for room.
+    pub fn released(&self) -> &Notify {
+        &self.released
     }
 
     /// The pool's algorithm over the positive-weight backends that pass `usable`.
@@ -548,6 +581,12 @@ impl PoolSelector {
         }
         best.map(|(i, _, _)| i)
     }
+}
+
+/// Whether backend `i` of `set` may take another request under its `maxconn`.
+fn has_room(set: &BackendSet, i: usize) -> bool {
+    let maxconn = set.backends[i].maxconn;
+    maxconn == 0 || set.active[i].load(Ordering::Relaxed) < maxconn as usize
 }
 
 /// The backend owning hash `h`'s slot, or, when it is excluded, the owner of the next

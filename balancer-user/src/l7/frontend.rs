@@ -18,8 +18,8 @@ pub struct Frontend {
     proxy: Proxy,
     pools: Arc<HashMap<String, Arc<PoolSelector>>>,
     balance: HashMap<String, PoolBalance>,
-    /// Cookie ids the configuration gives backends: (pool, backend) -> id.
-    cookie_ids: HashMap<(String, SocketAddrV4), String>,
+    /// What the configuration says of each backend: (pool, backend) -> (cookie id, maxconn).
+    backend_settings: HashMap<(String, SocketAddrV4), (String, u32)>,
     /// The usable backends last given to each pool, so that an unchanged set is not rebuilt.
     last: HashMap<String, Vec<(SocketAddrV4, u32)>>,
     /// VIP addresses this agent put on `lo`, removed at shutdown.
@@ -43,7 +43,7 @@ impl Frontend {
         }
         let mut selectors = HashMap::new();
         let mut balance = HashMap::new();
-        let mut cookie_ids = HashMap::new();
+        let mut backend_settings = HashMap::new();
         let mut specs = Vec::new();
         for vip in &vips {
             let rules = Rules::new(vip.rules.clone(), vip.pool.clone());
@@ -60,7 +60,10 @@ impl Frontend {
                 let pool_config = config.pool(pool);
                 let pool_balance = pool_config.map(|p| p.balance.clone()).unwrap_or_default();
                 for backend in pool_config.iter().flat_map(|p| &p.backends) {
-                    cookie_ids.insert((pool.clone(), backend.socket_addr()), backend.cookie_id());
+                    backend_settings.insert(
+                        (pool.clone(), backend.socket_addr()),
+                        (backend.cookie_id(), backend.maxconn),
+                    );
                 }
                 let empty = BackendSet::new([], &pool_balance);
                 selectors.insert(pool.clone(), Arc::new(PoolSelector::new(empty)));
@@ -81,7 +84,7 @@ impl Frontend {
             proxy,
             pools,
             balance,
-            cookie_ids,
+            backend_settings,
             last: HashMap::new(),
             added,
         }))
@@ -103,14 +106,18 @@ impl Frontend {
         };
         let backends: Vec<Backend> = usable
             .iter()
-            .map(|&(addr, weight)| Backend {
-                addr,
-                weight,
-                cookie_id: self
-                    .cookie_ids
+            .map(|&(addr, weight)| {
+                let (cookie_id, maxconn) = self
+                    .backend_settings
                     .get(&(pool.to_owned(), addr))
                     .cloned()
-                    .unwrap_or_else(|| default_cookie_id(addr)),
+                    .unwrap_or_else(|| (default_cookie_id(addr), 0));
+                Backend {
+                    addr,
+                    weight,
+                    cookie_id,
+                    maxconn,
+                }
             })
             .collect();
         log::debug!("http pool {pool}: {} usable backend(s)", backends.len());

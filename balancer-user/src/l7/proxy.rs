@@ -23,7 +23,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
-use super::balance::{PoolSelector, RequestKey};
+use super::balance::{PoolSelector, RequestKey, SetCookie};
 use super::headers::{self, ForwardedStyle};
 use super::rules::Rules;
 use super::stats::{BackendCounters, UpstreamError, VipCounters};
@@ -383,17 +383,7 @@ async fn forward(
             "503 Service Unavailable: no such pool",
         );
     };
-    let host = headers::request_host(&request.uri, &request.headers).map(str::to_owned);
-    let mut head = request.headers.clone();
-    headers::strip_hop_by_hop(&mut head, upgrading);
-    // The client's body is streamed as it comes: its 100-continue came from our side.
-    head.remove(header::EXPECT);
-    headers::add_forwarded(&mut head, vip.settings.forwarded, client, host.as_deref());
-    if vip.settings.request_id && !head.contains_key(&REQUEST_ID) {
-        if let Ok(id) = HeaderValue::from_str(&request_id()) {
-            head.insert(REQUEST_ID.clone(), id);
-        }
-    }
+    let head = upstream_head(vip, &request, client, upgrading);
     let retryable = idempotent(&request.method) && body.is_end_stream();
     let mut body = Some(body.map_frame(count_frames(vip, true)).boxed());
 
@@ -422,8 +412,27 @@ async fn forward(
         headers: &request.headers,
     };
     let mut tried: Vec<SocketAddrV4> = Vec::new();
+    // Waiting for a backend under its maxconn, at most the queue timeout in all.
+    let mut queued_until: Option<Instant> = None;
     let (pick, active, upstream_response) = loop {
+        // Registered before looking, so that a release in between is not missed.
+        let released = pool.released().notified();
         let Some(pick) = pool.pick(&key, &tried) else {
+            if pool.saturated(&tried) {
+                let until = *queued_until
+                    .get_or_insert_with(|| Instant::now() + vip.settings.queue_timeout);
+                counters.queued.fetch_add(1, Relaxed);
+                let woke = tokio::time::timeout_at(until.into(), released).await;
+                counters.queued.fetch_sub(1, Relaxed);
+                if woke.is_err() {
+                    counters.error(UpstreamError::QueueTimeout);
+                    return error_response(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "503 Service Unavailable: every backend is at its maxconn",
+                    );
+                }
+                continue;
+            }
             let error = if tried.is_empty() {
                 UpstreamError::NoBackend
             } else {
@@ -488,10 +497,51 @@ async fn forward(
         }
     };
 
-    let (mut parts, upstream_body) = upstream_response.into_parts();
+    answer(
+        vip,
+        upstream_response,
+        pick.cookie.as_ref(),
+        client_upgrade,
+        (slot, pick.guard, active),
+    )
+}
+
+/// The headers a request goes on with: hop-by-hop ones removed, the client described,
+/// `Expect` dropped (the client's body is streamed as it comes: its 100-continue came from
+/// our side), a request id when asked for.
+fn upstream_head(
+    vip: &Vip,
+    request: &http::request::Parts,
+    client: IpAddr,
+    upgrading: bool,
+) -> http::HeaderMap {
+    let host = headers::request_host(&request.uri, &request.headers).map(str::to_owned);
+    let mut head = request.headers.clone();
+    headers::strip_hop_by_hop(&mut head, upgrading);
+    head.remove(header::EXPECT);
+    headers::add_forwarded(&mut head, vip.settings.forwarded, client, host.as_deref());
+    if vip.settings.request_id && !head.contains_key(&REQUEST_ID) {
+        if let Ok(id) = HeaderValue::from_str(&request_id()) {
+            head.insert(REQUEST_ID.clone(), id);
+        }
+    }
+    head
+}
+
+/// The backend's answer as the client gets it: hop-by-hop headers removed, the
+/// persistence cookie set, the body streamed (holding `guard`, the request's slot and
+/// active counts, until it ends), or an upgraded connection spliced to the client's.
+fn answer<G: Send + Sync + 'static>(
+    vip: &Arc<Vip>,
+    response: Response<Incoming>,
+    cookie: Option<&SetCookie>,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    guard: G,
+) -> Response<ProxyBody> {
+    let (mut parts, upstream_body) = response.into_parts();
     let switching = parts.status == StatusCode::SWITCHING_PROTOCOLS;
     headers::strip_hop_by_hop(&mut parts.headers, switching);
-    if let Some(cookie) = &pick.cookie {
+    if let Some(cookie) = cookie {
         cookie.apply(&mut parts.headers);
     }
     if let (true, Some(client_upgrade)) = (switching, client_upgrade) {
@@ -507,12 +557,10 @@ async fn forward(
                 }
                 Err(e) => log::debug!("vip {name}: upgrade failed: {e}"),
             }
-            drop((slot, active));
+            drop(guard);
         });
         return Response::from_parts(parts, empty_body());
     }
-    // The slot and the backend's active counts last as long as the answer's body.
-    let guard = (slot, pick.guard, active);
     let count = count_frames(vip, false);
     let body = upstream_body
         .map_frame(move |frame| {

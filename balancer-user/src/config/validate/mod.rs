@@ -374,12 +374,26 @@ impl Validator<'_> {
             }
         };
         let cookie = self.backend_cookie(raw.cookie.as_ref(), field)?;
+        let maxconn = match &raw.maxconn {
+            Some(m) => {
+                let v = self.bounded(
+                    m,
+                    format_args!("{field}.maxconn"),
+                    "maxconn",
+                    0..=1_000_000,
+                    " (0: no limit)",
+                )?;
+                u32::try_from(v).expect("bounded")
+            }
+            None => 0,
+        };
         Ok(BackendConfig {
             address,
             port,
             weight,
             check,
             cookie,
+            maxconn,
         })
     }
 

@@ -15,6 +15,7 @@ fn backend(i: u8, weight: u32) -> Backend {
         addr: addr(i),
         weight,
         cookie_id: format!("s{i}"),
+        maxconn: 0,
     }
 }
 
@@ -487,6 +488,7 @@ fn cookie_ids() {
     // A set given a malformed id falls back to the derived one.
     let bad = Backend {
         cookie_id: "a b".into(),
+        maxconn: 0,
         ..backend(1, 1)
     };
     let set = BackendSet::new([bad, backend(1, 2)], &PoolBalance::default());
@@ -529,4 +531,30 @@ fn concurrent_picks_and_updates_keep_counts_exact() {
     for i in 1..=4 {
         assert_eq!(s.active(addr(i)), 0, "backend {i}");
     }
+}
+
+#[test]
+fn a_full_backend_is_passed_over_and_a_full_pool_is_saturated() {
+    let limited = |i: u8, maxconn: u32| Backend {
+        maxconn,
+        ..backend(i, 1)
+    };
+    let selector = PoolSelector::new(BackendSet::new(
+        [limited(1, 1), limited(2, 1)],
+        &PoolBalance::default(),
+    ));
+    let headers = http::HeaderMap::new();
+    let key = RequestKey {
+        client: "10.0.1.2".parse().unwrap(),
+        path_and_query: "/",
+        headers: &headers,
+    };
+    let first = selector.pick(&key, &[]).expect("room on both");
+    let second = selector.pick(&key, &[]).expect("room on the other");
+    assert_ne!(first.addr, second.addr, "the full one is passed over");
+    assert!(selector.pick(&key, &[]).is_none());
+    assert!(selector.saturated(&[]));
+    drop(first);
+    assert!(!selector.saturated(&[]));
+    assert!(selector.pick(&key, &[]).is_some());
 }
