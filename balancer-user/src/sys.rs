@@ -217,6 +217,28 @@ pub async fn set_address(interface: &str, address: &str, add: bool) -> io::Resul
     )))
 }
 
+/// How many TCP sockets of this host (namespace) on local address `addr` may still have
+/// data to send (states `ESTABLISHED`, `FIN_WAIT1`, `CLOSE_WAIT`, `LAST_ACK`, `CLOSING`), from
+/// `/proc/net/tcp`.
+pub fn tcp_sockets_sending(addr: SocketAddrV4) -> io::Result<usize> {
+    let table = std::fs::read_to_string("/proc/net/tcp")?;
+    let want = format!(
+        "{:08X}:{:04X}",
+        u32::from_ne_bytes(addr.ip().octets()),
+        addr.port()
+    );
+    Ok(table
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let mut fields = line.split_whitespace().skip(1);
+            let local = fields.next();
+            let state = fields.nth(1);
+            local == Some(want.as_str()) && matches!(state, Some("01" | "04" | "08" | "09" | "0B"))
+        })
+        .count())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -165,7 +165,15 @@ fn rules_route_requests_to_their_pools_and_l4_works_beside() {
         "hits of api, static, static-ext, internal, default"
     );
     let text = agent.cli_ok(&["status"]).expect("balancer status");
-    assert!(text.contains("www"), "{text}");
+    assert!(
+        text.contains("HTTP VIPs") && text.contains("rule static"),
+        "{text}"
+    );
+    let vips = agent.cli_ok(&["vip", "list"]).expect("balancer vip list");
+    assert!(
+        vips.contains("10.0.100.1:80/http") && vips.contains("l4"),
+        "{vips}"
+    );
 }
 
 #[test]
@@ -554,7 +562,12 @@ fn a_backend_at_its_maxconn_is_passed_over_and_a_full_pool_queues() {
     let started = Instant::now();
     let (status, _) = curl(&topo, &[], &format!("http://{VIP}/"));
     let waited = started.elapsed();
-    assert_eq!(status, 503, "a third request while both backends are full: {:#}", agent.status_json()["http"][0]);
+    assert_eq!(
+        status,
+        503,
+        "a third request while both backends are full: {:#}",
+        agent.status_json()["http"][0]
+    );
     assert!(
         waited >= Duration::from_millis(900),
         "it waited in the queue: {waited:?}"
@@ -574,5 +587,51 @@ fn a_backend_at_its_maxconn_is_passed_over_and_a_full_pool_queues() {
         status["http"][0]["errors"]["queue_timeout"], 1,
         "{:#}",
         status["http"][0]
+    );
+}
+
+#[test]
+fn a_stopping_agent_lets_requests_in_flight_finish() {
+    require_root();
+    let topo = Topology::new(4).expect("building the topology");
+    let _servers = topo.start_backends().expect("starting the backends");
+    let mut agent = Agent::start(&topo, &config(&topo, "")).expect("starting the agent");
+    // About 3 s of download, more than the socket buffers hold.
+    let size = 60_000_000;
+    let mut download = topo
+        .client()
+        .command("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "--limit-rate",
+            "20M",
+            "-w",
+            "%{http_code} %{size_download}",
+        ])
+        .arg(format!("http://{VIP}/bytes/{size}"))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("starting the download");
+    thread::sleep(Duration::from_millis(700));
+    assert!(
+        matches!(download.try_wait(), Ok(None)),
+        "the download must still be under way when the agent is told to stop"
+    );
+    let stopping = Instant::now();
+    assert_eq!(agent.stop(), Some(0), "the agent's exit status");
+    let stopped_after = stopping.elapsed();
+    let out = download.wait_with_output().expect("the download ends");
+    let out = String::from_utf8_lossy(&out.stdout).into_owned();
+    eprintln!("drain: the agent stopped {stopped_after:?} after SIGTERM; the download: {out}");
+    assert_eq!(
+        out,
+        format!("200 {size}"),
+        "the request in flight completes"
+    );
+    assert!(
+        stopped_after >= Duration::from_millis(500),
+        "the agent waited for it"
     );
 }

@@ -30,6 +30,27 @@ pub(super) fn render_vips(status: &Status) -> String {
             v.on_all_down.to_string()
         );
     }
+    // HTTP VIPs: the proxy's, with their default pool (the last rule line).
+    for v in &status.http {
+        let default_pool = v.rules.last().map_or("-", |r| r.pool.as_str());
+        let active = status
+            .pools
+            .iter()
+            .find(|p| p.name == default_pool)
+            .map_or(0, |p| {
+                p.backends.iter().filter(|b| b.state == "active").count()
+            });
+        let _ = writeln!(
+            out,
+            "{:<16} {:<24} {:<12} {:<16} {:>8} {:<8}",
+            v.name,
+            format!("{}/http", v.listen),
+            format!("http, {} rules", v.rules.len().saturating_sub(1)),
+            default_pool,
+            active,
+            "-"
+        );
+    }
     out.trim_end().to_string()
 }
 

@@ -133,7 +133,24 @@ impl Frontend {
     /// Stops accepting, drains the requests in flight, and takes back the addresses it
     /// added.
     pub async fn shutdown(self) {
+        let drain = self.proxy.drain_timeout();
+        let listeners = self.proxy.listeners();
+        let started = tokio::time::Instant::now();
         self.proxy.shutdown().await;
+        // An address taken away strands the answers still queued in the kernel for it:
+        // wait (within the drain timeout) until they are delivered.
+        if !self.added.is_empty() {
+            let sending = || {
+                listeners
+                    .iter()
+                    .filter(|l| self.added.contains(l.ip()))
+                    .map(|&l| sys::tcp_sockets_sending(l).unwrap_or(0))
+                    .sum::<usize>()
+            };
+            while sending() > 0 && started.elapsed() < drain {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
         for address in self.added {
             if let Err(e) = sys::set_address(LOOPBACK, &format!("{address}/32"), false).await {
                 log::warn!("removing HTTP VIP address {address} from {LOOPBACK}: {e}");

@@ -155,6 +155,20 @@ impl Proxy {
         Ok(Proxy { vips, stop, tasks })
     }
 
+    /// The address each VIP listens on.
+    pub fn listeners(&self) -> Vec<SocketAddrV4> {
+        self.vips.iter().map(|v| v.listen).collect()
+    }
+
+    /// The longest drain timeout of the VIPs.
+    pub fn drain_timeout(&self) -> Duration {
+        self.vips
+            .iter()
+            .map(|v| v.settings.drain_timeout)
+            .max()
+            .unwrap_or_default()
+    }
+
     /// Every VIP's counters.
     pub fn status(&self) -> Vec<HttpVipStatus> {
         self.vips
