@@ -7,12 +7,17 @@ use super::{figures, Results};
 use crate::e2e::{self, http_problems, CpuUse, E2e, HttpResult, Metric, Peer};
 use crate::perf;
 
-/// A share table: one row per key, one column per profile.
-fn share_table(md: &mut String, head: &str, peers: &[Peer], cols: &[Vec<(&'static str, f64)>]) {
+/// A share table: one row per key, one column per profile (named in `names`).
+pub(super) fn share_table(
+    md: &mut String,
+    head: &str,
+    names: &[impl AsRef<str>],
+    cols: &[Vec<(&'static str, f64)>],
+) {
     let mut line = format!("| {head} |");
     let mut sep = "|---|".to_string();
-    for peer in peers {
-        let _ = write!(line, " {} |", peer.short());
+    for name in names {
+        let _ = write!(line, " {} |", name.as_ref());
         sep.push_str("---|");
     }
     let _ = writeln!(md, "{line}\n{sep}");
@@ -41,7 +46,7 @@ fn profile_tables(md: &mut String, profiles: &[(Peer, &Result<Vec<perf::Sample>,
          counts for the process it interrupted), then by category of symbol for the bench's \
          own processes (shares of all samples):\n"
     );
-    let peers: Vec<Peer> = profiles.iter().map(|(p, _)| *p).collect();
+    let peers: Vec<&str> = profiles.iter().map(|(p, _)| p.short()).collect();
     let ok_samples: Vec<Vec<perf::Sample>> = profiles
         .iter()
         .map(|(_, p)| p.as_ref().cloned().unwrap_or_default())
@@ -306,7 +311,7 @@ fn backend_check(md: &mut String, e: &E2e) {
 }
 
 /// `, CPUs 93% busy (21% other work)`.
-fn busy(c: Option<CpuUse>) -> String {
+pub(super) fn busy(c: Option<CpuUse>) -> String {
     c.map_or(String::new(), |c| {
         format!(
             ", CPUs {:.0}% busy ({:.0}% other work)",
