@@ -23,10 +23,11 @@ fn spread(v: &[f64], show: impl Fn(f64) -> String) -> String {
         return "n/a".into();
     }
     let s = summarize(v);
-    if v.len() == 1 {
+    let (lo, hi) = (show(s.min), show(s.max));
+    if lo == hi {
         show(s.p50)
     } else {
-        format!("{} ({}-{})", show(s.p50), show(s.min), show(s.max))
+        format!("{} ({lo}-{hi})", show(s.p50))
     }
 }
 
@@ -52,6 +53,7 @@ fn versus(b: &[f64], h: &[f64]) -> Option<f64> {
 
 /// The targets of issue 18, when the part was asked for: per case at least HAProxy's
 /// requests/s and at most its p99, and at most twice its memory per idle connection.
+#[expect(clippy::ref_option, reason = "a part as `Results` holds it")]
 pub fn targets(part: &Part<L7>) -> Vec<Target> {
     let Some(result) = part else {
         return Vec::new();
