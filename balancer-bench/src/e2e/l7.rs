@@ -216,6 +216,7 @@ global
 
 defaults
     mode http
+    maxconn 20000
     option forwardfor
     timeout connect 5s
     timeout client 60s
@@ -303,7 +304,7 @@ fn open_idle(addr: SocketAddrV4, n: usize) -> Result<Vec<TcpStream>> {
     let request = format!("GET / HTTP/1.1\r\nHost: {addr}\r\n\r\n");
     let mut conns = Vec::with_capacity(n);
     for i in 0..n {
-        let mut s = TcpStream::connect_timeout(&addr.into(), Duration::from_secs(2))
+        let mut s = TcpStream::connect_timeout(&addr.into(), Duration::from_secs(5))
             .with_context(|| format!("idle connection {i}"))?;
         s.write_all(request.as_bytes())?;
         conns.push(s);
