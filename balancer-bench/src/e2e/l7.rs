@@ -372,7 +372,13 @@ fn run_proxy(
     }) {
         Ok(r) => r,
         Err(e) => {
-            run.errors.push(format!("set-up failed: {e:#}"));
+            let log = match proxy {
+                Proxy::Balancer => String::new(),
+                Proxy::Haproxy(_) => std::fs::read_to_string(dir.join("haproxy.log"))
+                    .map(|l| format!(" (haproxy log: {})", l.trim()))
+                    .unwrap_or_default(),
+            };
+            run.errors.push(format!("set-up failed: {e:#}{log}"));
             return run;
         }
     };
