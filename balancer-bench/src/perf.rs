@@ -166,7 +166,8 @@ pub fn bench_process(comm: &str) -> Option<&'static str> {
         "nginx" => Some("nginx (backends)"),
         "testsrv" => Some("testsrv (UDP echo)"),
         "haproxy" => Some("haproxy"),
-        // tokio's worker threads: "tokio-rt-worker" now, "tokio-runtime-worker" (cut to 15 bytes) in older releases.
+        // tokio's worker threads: "tokio-rt-worker" now, "tokio-runtime-worker" (cut to
+        // 15 bytes) in older releases.
         "balancer" | "tokio-rt-worker" | "tokio-runtime-w" => Some("balancer agent"),
         "bench" => Some("bench (UDP generator)"),
         "swapper" => Some("idle CPU and softirq on it (swapper)"),
