@@ -211,12 +211,13 @@ fn haproxy_conf(topo: &Topology, nbthread: usize) -> String {
     format!(
         r"# Written by the balancer bench: the seeds' HTTP rules.
 global
-    maxconn 20000
+    # Two descriptors per connection: 2 x maxconn must fit under the hard RLIMIT_NOFILE.
+    maxconn 8000
     nbthread {nbthread}
 
 defaults
     mode http
-    maxconn 20000
+    maxconn 8000
     option forwardfor
     timeout connect 5s
     timeout client 60s
