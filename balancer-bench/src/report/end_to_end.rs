@@ -61,26 +61,32 @@ fn profile_tables(md: &mut String, profiles: &[(Peer, &Result<Vec<perf::Sample>,
     for (peer, p) in profiles {
         match p {
             Ok(samples) => {
-                let top: Vec<String> = perf::own_samples(samples)
-                    .iter()
-                    .take(15)
-                    .map(|s| {
-                        let user = if s.kernel { "" } else { ", user" };
-                        format!(
-                            "`{}` ({}{user}) {:.1}%",
-                            s.symbol,
-                            s.comm.as_deref().unwrap_or("?"),
-                            s.percent
-                        )
-                    })
-                    .collect();
-                let _ = writeln!(md, "Top symbols, {}: {}.\n", peer.short(), top.join(", "));
+                let top = top_symbols(&perf::own_samples(samples));
+                let _ = writeln!(md, "Top symbols, {}: {top}.\n", peer.short());
             }
             Err(err) => {
                 let _ = writeln!(md, "{}: not profiled ({err}).\n", peer.short());
             }
         }
     }
+}
+
+/// The first 15 of `samples`: symbol (command, user or kernel) and share.
+pub(super) fn top_symbols<'a>(samples: impl IntoIterator<Item = &'a perf::Sample>) -> String {
+    let top: Vec<String> = samples
+        .into_iter()
+        .take(15)
+        .map(|s| {
+            let user = if s.kernel { "" } else { ", user" };
+            format!(
+                "`{}` ({}{user}) {:.1}%",
+                s.symbol,
+                s.comm.as_deref().unwrap_or("?"),
+                s.percent
+            )
+        })
+        .collect();
+    top.join(", ")
 }
 
 pub fn section(md: &mut String, r: &Results) {

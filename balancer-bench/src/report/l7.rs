@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 
-use super::end_to_end::{busy, share_table};
+use super::end_to_end::{busy, share_table, top_symbols};
 use super::targets::{Target, Verdict};
 use super::{figures, rate, Part, Results};
 use crate::e2e::l7::{Case, Proxy, AGENT_THREADS, IDLE_CONNECTIONS, L7};
@@ -294,29 +294,16 @@ fn profiles(md: &mut String, l: &L7) {
         .collect();
     share_table(md, "category (bench processes only)", &names, &cats);
     for (name, samples) in &profiled {
-        let proxy_samples: Vec<String> = samples
-            .iter()
-            .filter(|s| {
-                matches!(
-                    s.comm.as_deref().and_then(perf::bench_process),
-                    Some("balancer agent" | "haproxy")
-                )
-            })
-            .take(15)
-            .map(|s| {
-                let user = if s.kernel { "" } else { ", user" };
-                format!(
-                    "`{}` ({}{user}) {:.1}%",
-                    s.symbol,
-                    s.comm.as_deref().unwrap_or("?"),
-                    s.percent
-                )
-            })
-            .collect();
+        let proxy = samples.iter().filter(|s| {
+            matches!(
+                s.comm.as_deref().and_then(perf::bench_process),
+                Some("balancer agent" | "haproxy")
+            )
+        });
         let _ = writeln!(
             md,
             "Top symbols of the proxy, {name}: {}.\n",
-            proxy_samples.join(", ")
+            top_symbols(proxy)
         );
     }
 }
