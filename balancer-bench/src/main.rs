@@ -1,10 +1,11 @@
 //! `bench`: measures the balancer (XDP per-packet cost, end to end against direct, nftables
-//! and HAProxy, ring builds, CLI latency, map memory) and writes `bench.md` and `bench.png`.
+//! and HAProxy, the HTTP proxy against HAProxy in `mode http`, ring builds, CLI latency, map
+//! memory) and writes `bench.md` and `bench.png`.
 //!
 //! ```text
 //! bench [--out DIR] [--budget SECS] [--quick] [--only PARTS] [--skip PARTS] [--rounds N]
 //!       [--http-secs N] [--udp-secs N] [--peers PATHS]
-//! PARTS: comma-separated of xdp, profile, fulltable, maglev, memory, health, e2e
+//! PARTS: comma-separated of xdp, profile, fulltable, maglev, memory, health, e2e, l7
 //! PATHS: comma-separated of direct, direct+xdp, balancer, balancer-generic, nftables, haproxy
 //!        (the e2e paths; the end-to-end targets use balancer-generic)
 //! ```
@@ -39,10 +40,10 @@ use xdp::Plan;
 const USAGE: &str =
     "usage: bench [--out DIR] [--budget SECS] [--quick] [--only PARTS] [--skip PARTS] \
                      [--rounds N] [--http-secs N] [--udp-secs N] [--peers PATHS]\n\
-                     PARTS: comma-separated of xdp, profile, fulltable, maglev, memory, health, e2e\n\
+                     PARTS: comma-separated of xdp, profile, fulltable, maglev, memory, health, e2e, l7\n\
                      PATHS: comma-separated of direct, direct+xdp, balancer, balancer-generic, \
                      nftables, haproxy";
-const PARTS: [&str; 7] = [
+const PARTS: [&str; 8] = [
     "xdp",
     "profile",
     "fulltable",
@@ -50,6 +51,7 @@ const PARTS: [&str; 7] = [
     "memory",
     "health",
     "e2e",
+    "l7",
 ];
 /// By default the bench stops starting new steps after this long (`--budget SECS`).
 const BUDGET: Duration = Duration::from_mins(13);
@@ -262,6 +264,7 @@ fn run(args: &Args) -> Result<bool> {
         health::measure(args.health, &stop)
     });
     r.e2e = part(args, "e2e", &stop, || e2e::run(&args.e2e, &stop));
+    r.l7 = part(args, "l7", &stop, || e2e::l7::run(&args.e2e, &stop));
     r.env.load_end = loadavg();
     r.env.elapsed = started.elapsed();
 
@@ -286,6 +289,7 @@ fn run(args: &Args) -> Result<bool> {
         r.memory.as_ref().map(std::result::Result::is_err),
         r.health.as_ref().map(std::result::Result::is_err),
         r.e2e.as_ref().map(std::result::Result::is_err),
+        r.l7.as_ref().map(std::result::Result::is_err),
     ]
     .contains(&Some(true));
     Ok(!failed && !interrupted())

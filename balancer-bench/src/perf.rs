@@ -166,7 +166,9 @@ pub fn bench_process(comm: &str) -> Option<&'static str> {
         "nginx" => Some("nginx (backends)"),
         "testsrv" => Some("testsrv (UDP echo)"),
         "haproxy" => Some("haproxy"),
-        "balancer" | "tokio-runtime-w" => Some("balancer agent"),
+        // tokio's worker threads: "tokio-rt-worker" now, "tokio-runtime-worker" (cut to
+        // 15 bytes) in older releases.
+        "balancer" | "tokio-rt-worker" | "tokio-runtime-w" => Some("balancer agent"),
         "bench" => Some("bench (UDP generator)"),
         "swapper" => Some("idle CPU and softirq on it (swapper)"),
         c if c.starts_with("ksoftirqd") => Some("ksoftirqd"),

@@ -6,6 +6,7 @@
 //! :5300) in each backend namespace of a `balancer_tests::Topology`.
 
 mod cli;
+pub mod l7;
 mod load;
 mod observe;
 mod paths;
@@ -423,8 +424,9 @@ fn run_case(
     run
 }
 
-/// Builds the topology and runs every peer `rounds` times, interleaved.
-pub fn run(p: &Params, stop: &Stop) -> Result<E2e> {
+/// The end-to-end topology: client | lb | switch | [`BACKENDS`] backends, with the lb's
+/// own ports apart, TIME-WAIT reuse on the client and routes for "direct".
+fn topology() -> Result<Topology> {
     say("end to end: building client | lb | switch | 3 backends");
     let topo = Topology::new(BACKENDS)?;
     topo.lb().run(&[
@@ -459,6 +461,12 @@ pub fn run(p: &Params, stop: &Stop) -> Result<E2e> {
             &LB_BACKEND_ADDR.to_string(),
         ])?;
     }
+    Ok(topo)
+}
+
+/// Builds the topology and runs every peer `rounds` times, interleaved.
+pub fn run(p: &Params, stop: &Stop) -> Result<E2e> {
+    let topo = topology()?;
     let dir = TempDir::new(&format!("{}-bench", topo.prefix()))?;
     std::fs::write(dir.path().join("direct.lua"), direct_script(&topo))?;
     let client = topo.client();

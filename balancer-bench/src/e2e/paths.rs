@@ -18,6 +18,9 @@ use balancer_tests::{
 use super::{Peer, GENERIC_SNAT_PORTS};
 use crate::xdp;
 
+/// The size of the large response each nginx serves at `/bytes/<size>`.
+pub(super) const BIG_BODY: usize = 100 * 1024;
+
 /// Table name of the nftables comparison in the lb namespace.
 const NFT_TABLE: &str = "blt_bench";
 
@@ -82,6 +85,11 @@ http {{
             default_type text/plain;
             return 200 "{name}";
         }}
+        # The large responses of the HTTP proxy comparison (`GET /bytes/N`, as testsrv).
+        location /bytes/ {{
+            default_type application/octet-stream;
+            root {d}/www;
+        }}
     }}
 }}
 "#
@@ -99,6 +107,9 @@ pub(super) fn start_backends(topo: &Topology, dir: &Path) -> Result<Procs> {
         std::fs::create_dir_all(&bdir)?;
         let conf = bdir.join("nginx.conf");
         std::fs::write(&conf, nginx_conf(&bdir, &name))?;
+        let bytes = bdir.join("www/bytes");
+        std::fs::create_dir_all(&bytes)?;
+        std::fs::write(bytes.join(BIG_BODY.to_string()), vec![b'x'; BIG_BODY])?;
         let mut nginx = ns.command("nginx");
         nginx
             .arg("-p")
@@ -175,6 +186,31 @@ impl Drop for NftGuard {
 pub(super) struct HaproxyGuard {
     lb: String,
     procs: Procs,
+}
+
+impl HaproxyGuard {
+    /// HAProxy's process id (`-db`: one process, no master).
+    pub(super) fn pid(&self) -> Option<u32> {
+        self.procs.children.first().map(|(_, c)| c.id())
+    }
+}
+
+/// Runs HAProxy with configuration `conf` in the lb namespace, the VIP on its `lo`.
+pub(super) fn start_haproxy(topo: &Topology, dir: &Path, conf: &str) -> Result<HaproxyGuard> {
+    let lb = topo.lb();
+    let file = dir.join("haproxy.cfg");
+    std::fs::write(&file, conf)?;
+    let mut guard = HaproxyGuard {
+        lb: lb.name().to_string(),
+        procs: Procs::default(),
+    };
+    lb.ip(&["addr", "add", &format!("{VIP}/32"), "dev", "lo"])?;
+    let mut cmd = lb.command("haproxy");
+    cmd.arg("-f").arg(&file).arg("-db");
+    guard
+        .procs
+        .spawn("haproxy", cmd, &dir.join("haproxy.log"))?;
+    Ok(guard)
 }
 
 impl Drop for HaproxyGuard {
@@ -298,21 +334,9 @@ pub(super) fn setup(topo: &Topology, peer: Peer, dir: &Path) -> Result<Setup> {
                 .context("loading the nftables rules")?;
             Setup::Nft { _guard: guard }
         }
-        Peer::Haproxy => {
-            let file = dir.join("haproxy.cfg");
-            std::fs::write(&file, haproxy_conf(topo))?;
-            let mut guard = HaproxyGuard {
-                lb: lb.name().to_string(),
-                procs: Procs::default(),
-            };
-            lb.ip(&["addr", "add", &format!("{VIP}/32"), "dev", "lo"])?;
-            let mut cmd = lb.command("haproxy");
-            cmd.arg("-f").arg(&file).arg("-db");
-            guard
-                .procs
-                .spawn("haproxy", cmd, &dir.join("haproxy.log"))?;
-            Setup::Haproxy { _guard: guard }
-        }
+        Peer::Haproxy => Setup::Haproxy {
+            _guard: start_haproxy(topo, dir, &haproxy_conf(topo))?,
+        },
     })
 }
 
@@ -347,7 +371,11 @@ pub(super) fn wait_path(
 /// that every run starts from empty flow tables (a pinned table would hand the previous
 /// run's flows, of another path or XDP mode, to the next agent).
 pub(super) fn agent_config(topo: &Topology) -> Result<String> {
-    let config = default_config(topo, "maglev");
+    unpinned(topo, &default_config(topo, "maglev"))
+}
+
+/// `config` (of an agent in `topo`) with nothing pinned: see [`agent_config`].
+pub(super) fn unpinned(topo: &Topology, config: &str) -> Result<String> {
     let pins = format!("pin_dir = \"{}\"", topo.pin_dir().display());
     ensure!(
         config.contains(&pins),

@@ -7,12 +7,17 @@ use super::{figures, Results};
 use crate::e2e::{self, http_problems, CpuUse, E2e, HttpResult, Metric, Peer};
 use crate::perf;
 
-/// A share table: one row per key, one column per profile.
-fn share_table(md: &mut String, head: &str, peers: &[Peer], cols: &[Vec<(&'static str, f64)>]) {
+/// A share table: one row per key, one column per profile (named in `names`).
+pub(super) fn share_table(
+    md: &mut String,
+    head: &str,
+    names: &[impl AsRef<str>],
+    cols: &[Vec<(&'static str, f64)>],
+) {
     let mut line = format!("| {head} |");
     let mut sep = "|---|".to_string();
-    for peer in peers {
-        let _ = write!(line, " {} |", peer.short());
+    for name in names {
+        let _ = write!(line, " {} |", name.as_ref());
         sep.push_str("---|");
     }
     let _ = writeln!(md, "{line}\n{sep}");
@@ -41,7 +46,7 @@ fn profile_tables(md: &mut String, profiles: &[(Peer, &Result<Vec<perf::Sample>,
          counts for the process it interrupted), then by category of symbol for the bench's \
          own processes (shares of all samples):\n"
     );
-    let peers: Vec<Peer> = profiles.iter().map(|(p, _)| *p).collect();
+    let peers: Vec<&str> = profiles.iter().map(|(p, _)| p.short()).collect();
     let ok_samples: Vec<Vec<perf::Sample>> = profiles
         .iter()
         .map(|(_, p)| p.as_ref().cloned().unwrap_or_default())
@@ -56,26 +61,32 @@ fn profile_tables(md: &mut String, profiles: &[(Peer, &Result<Vec<perf::Sample>,
     for (peer, p) in profiles {
         match p {
             Ok(samples) => {
-                let top: Vec<String> = perf::own_samples(samples)
-                    .iter()
-                    .take(15)
-                    .map(|s| {
-                        let user = if s.kernel { "" } else { ", user" };
-                        format!(
-                            "`{}` ({}{user}) {:.1}%",
-                            s.symbol,
-                            s.comm.as_deref().unwrap_or("?"),
-                            s.percent
-                        )
-                    })
-                    .collect();
-                let _ = writeln!(md, "Top symbols, {}: {}.\n", peer.short(), top.join(", "));
+                let top = top_symbols(&perf::own_samples(samples));
+                let _ = writeln!(md, "Top symbols, {}: {top}.\n", peer.short());
             }
             Err(err) => {
                 let _ = writeln!(md, "{}: not profiled ({err}).\n", peer.short());
             }
         }
     }
+}
+
+/// The first 15 of `samples`: symbol (command, user or kernel) and share.
+pub(super) fn top_symbols<'a>(samples: impl IntoIterator<Item = &'a perf::Sample>) -> String {
+    let top: Vec<String> = samples
+        .into_iter()
+        .take(15)
+        .map(|s| {
+            let user = if s.kernel { "" } else { ", user" };
+            format!(
+                "`{}` ({}{user}) {:.1}%",
+                s.symbol,
+                s.comm.as_deref().unwrap_or("?"),
+                s.percent
+            )
+        })
+        .collect();
+    top.join(", ")
 }
 
 pub fn section(md: &mut String, r: &Results) {
@@ -306,7 +317,7 @@ fn backend_check(md: &mut String, e: &E2e) {
 }
 
 /// `, CPUs 93% busy (21% other work)`.
-fn busy(c: Option<CpuUse>) -> String {
+pub(super) fn busy(c: Option<CpuUse>) -> String {
     c.map_or(String::new(), |c| {
         format!(
             ", CPUs {:.0}% busy ({:.0}% other work)",

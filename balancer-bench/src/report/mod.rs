@@ -5,6 +5,7 @@
 mod chart;
 mod end_to_end;
 mod findings;
+mod l7;
 mod per_packet;
 mod scale;
 mod targets;
@@ -14,6 +15,7 @@ mod tests;
 use std::fmt::Write as _;
 use std::time::Duration;
 
+use crate::e2e::l7::L7;
 use crate::e2e::E2e;
 use crate::health::HealthCpu;
 use crate::maglev::RingBuild;
@@ -48,6 +50,7 @@ pub struct Results {
     pub memory: Part<Vec<MapMemory>>,
     pub health: Part<HealthCpu>,
     pub e2e: Part<E2e>,
+    pub l7: Part<L7>,
 }
 
 /// The results of a part that ran and succeeded.
@@ -134,6 +137,7 @@ pub fn markdown(r: &Results) -> String {
     per_packet::section(&mut md, r);
     end_to_end::section(&mut md, r);
     scale::section(&mut md, r);
+    l7::section(&mut md, r);
     findings::section(&mut md, r, &targets);
     md
 }

@@ -111,6 +111,7 @@ pub fn targets(r: &Results) -> Vec<Target> {
     t.push(ring_target(r));
     t.push(cli_target(e2e));
     t.push(health_target(r));
+    t.extend(super::l7::targets(&r.l7));
     t
 }
 

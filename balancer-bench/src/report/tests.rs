@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use super::{markdown, Results};
+use crate::e2e::l7::{Case, IdleMemory, L7Run, Proxy, L7};
 use crate::e2e::{CaseRun, E2e, HttpResult, Params, Peer};
 use crate::stats::summarize;
 use crate::xdp::{CaseResult, Measured, PerPacket, Plan, ProgramFacts};
@@ -176,6 +177,90 @@ fn end_to_end_findings_rank_the_paths_and_size_the_gaps() {
     );
     assert!(
         md.contains("- Missed: HTTP keep-alive req/s through balancer vs nftables (goal >= 1.3x)"),
+        "{md}"
+    );
+}
+
+/// The HTTP proxy comparison: balancer and HAProxy (2 threads) in two rounds, every case.
+fn l7(balancer: [f64; 2], haproxy: [f64; 2]) -> L7 {
+    let run = |proxy, round: usize, rps: f64, idle_bytes: u64| L7Run {
+        proxy,
+        round,
+        http: Case::ALL
+            .iter()
+            .map(|&c| {
+                let h = HttpResult {
+                    rps,
+                    p50_ms: 1.0,
+                    p99_ms: 100_000.0 / rps,
+                    ..HttpResult::default()
+                };
+                (c, h)
+            })
+            .collect(),
+        idle: Some(IdleMemory {
+            connections: 1000,
+            rss_before: 1 << 20,
+            rss_after: (1 << 20) + idle_bytes * 1000,
+            upstream: 2,
+        }),
+        errors: Vec::new(),
+        counters: None,
+        profile: None,
+    };
+    let mut runs = Vec::new();
+    for round in 0..2 {
+        runs.push(run(Proxy::Balancer, round, balancer[round], 30_000));
+        runs.push(run(Proxy::REFERENCE, round, haproxy[round], 10_000));
+    }
+    L7 {
+        params: e2e(&[]).params,
+        runs,
+    }
+}
+
+#[test]
+fn http_proxy_targets_compare_medians_with_haproxy() {
+    let md = markdown(&Results::default());
+    assert!(
+        md.contains("## 4. HTTP proxy (L7) beside HAProxy\n\nnot run"),
+        "{md}"
+    );
+    assert!(
+        !md.contains("HTTP proxy, keep-alive"),
+        "no L7 targets unless asked: {md}"
+    );
+
+    // Medians: balancer 9000, HAProxy 10000 req/s; p99 11.25 against 10.10 ms.
+    let md = markdown(&Results {
+        l7: Some(Ok(l7([8000.0, 10_000.0], [9000.0, 11_000.0]))),
+        ..Results::default()
+    });
+    assert!(
+        md.contains(
+            "| HTTP proxy, keep-alive, small: req/s vs HAProxy (2 threads) | >= 1.0x | 0.90x \
+             (medians) | **missed** by 0.10 |"
+        ),
+        "{md}"
+    );
+    assert!(
+        md.contains("| keep-alive, small | 9.0k (8.0k-10.0k) | n/a | 10.0k (9.0k-11.0k) | 0.90 |"),
+        "{md}"
+    );
+    assert!(
+        md.contains("p99 latency vs HAProxy (2 threads) | <= 1.0x | 1.11x"),
+        "{md}"
+    );
+    // 30000 against 10000 bytes per idle connection: 3.0x, over the 2.0x allowed.
+    assert!(
+        md.contains(
+            "| HTTP proxy: memory per idle connection vs HAProxy (2 threads) | <= 2.0x | 3.00x \
+             (medians) | **missed** by 1.00 |"
+        ),
+        "{md}"
+    );
+    assert!(
+        md.contains("| balancer (2 threads) | 1.0 MiB | 30000 | 2 |"),
         "{md}"
     );
 }
