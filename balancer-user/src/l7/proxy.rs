@@ -131,7 +131,10 @@ impl Proxy {
             connector.set_connect_timeout(Some(spec.settings.connect_timeout));
             connector.set_nodelay(true);
             let client = Client::builder(TokioExecutor::new())
-                .pool_idle_timeout(Duration::from_mins(1))
+                // Idle backend connections are kept a while and in bounded numbers: each
+                // holds buffers and a socket.
+                .pool_idle_timeout(Duration::from_secs(30))
+                .pool_max_idle_per_host(256)
                 .build(connector);
             let vip = Arc::new(Vip {
                 counters: VipCounters::new(spec.rule_names.len().saturating_sub(1)),
@@ -253,6 +256,18 @@ async fn connection(
     let _ = stream.set_nodelay(true);
     vip.counters.connections.fetch_add(1, Relaxed);
     vip.counters.active_connections.fetch_add(1, Relaxed);
+    // Nothing of hyper's (its buffers) until the client sends a byte, within the request
+    // timeout: a connection that never speaks costs only this task.
+    let first_byte = tokio::select! {
+        ready = tokio::time::timeout(vip.settings.http_request_timeout, stream.readable()) => {
+            matches!(ready, Ok(Ok(())))
+        }
+        _ = stop.changed() => false,
+    };
+    if !first_byte {
+        vip.counters.active_connections.fetch_sub(1, Relaxed);
+        return;
+    }
     let service_vip = Arc::clone(&vip);
     let service = service_fn(move |request| {
         let vip = Arc::clone(&service_vip);
