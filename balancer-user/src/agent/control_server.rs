@@ -291,11 +291,7 @@ mod tests {
         let (mut read, mut write) = client.into_split();
         write.write_all(bytes).await.unwrap();
         let mut out = Vec::new();
-        let _ = tokio::time::timeout(
-            std::time::Duration::from_millis(300),
-            read.read_to_end(&mut out),
-        )
-        .await;
+        let _ = tokio::time::timeout(Duration::from_millis(300), read.read_to_end(&mut out)).await;
         String::from_utf8(out).unwrap()
     }
 
@@ -320,7 +316,7 @@ mod tests {
         let (events, _queue) = mpsc::channel::<Event>(1);
         let timeout = Duration::from_millis(200);
         let started = Instant::now();
-        let served = tokio::spawn(serve_client(server, events, timeout));
+        let server_task = tokio::spawn(serve_client(server, events, timeout));
         let (mut read, mut write) = client.into_split();
         write.write_all(br#"{"Status"#).await.unwrap();
         let mut out = String::new();
@@ -333,7 +329,7 @@ mod tests {
             out.contains("no complete request line within 200ms"),
             "{out}"
         );
-        served.await.unwrap();
+        server_task.await.unwrap();
     }
 
     #[tokio::test]

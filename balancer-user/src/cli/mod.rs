@@ -56,7 +56,7 @@ pub enum Command {
         xdp_mode: Option<XdpMode>,
     },
     /// Check a configuration file as `run` would, without running anything: prints
-    /// "configuration OK" or the first error (file:line:column), exits 0 or 1. As root it
+    /// "configuration OK" or the first error (`file:line:column`), exits 0 or 1. As root it
     /// also checks what only the host can tell (VRRP interfaces and addresses).
     CheckConfig {
         /// Configuration file (TOML).
@@ -226,7 +226,7 @@ where
         };
         let text = value
             .to_str()
-            .ok_or_else(|| invalid(format!("{value:?} is not UTF-8")))?;
+            .ok_or_else(|| invalid(format!("{} is not UTF-8", value.display())))?;
         text.parse().map_err(|e: T::Err| invalid(e.to_string()))
     }
 

@@ -51,8 +51,8 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// Whether `/proc/self/status` text grants what loading and attaching need: CAP_NET_ADMIN,
-/// and CAP_BPF or (on kernels before it existed) CAP_SYS_ADMIN.
+/// Whether `/proc/self/status` text grants what loading and attaching need: `CAP_NET_ADMIN`,
+/// and `CAP_BPF` or (on kernels before it existed) `CAP_SYS_ADMIN`.
 fn has_capabilities(proc_status: &str) -> bool {
     let effective = proc_status
         .lines()
