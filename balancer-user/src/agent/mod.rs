@@ -2,7 +2,7 @@
 //! plane, the balancer, the health checker, the control server, signals) and then runs one
 //! loop over one [`Event`] enum ([`events`]), whose handler is the only writer of the maps.
 //! On SIGINT/SIGTERM it detaches cleanly (or leaves the data plane running, with
-//! `keep_attached`).
+//! `keep_attached`); SIGHUP (reload, not implemented yet) is logged and changes nothing.
 
 mod control_server;
 mod events;
