@@ -370,6 +370,13 @@ mod tests {
         parse(args).expect_err("must be refused").to_string()
     }
 
+    /// `vip add w 10.0.100.1:80/tcp --pool p`, then `extra`.
+    fn vip_add_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+        let mut args = vec!["vip", "add", "w", "10.0.100.1:80/tcp", "--pool", "p"];
+        args.extend_from_slice(extra);
+        args
+    }
+
     #[test]
     fn vrrp_list_shows_state_priorities_master_and_errors() {
         use crate::api::{Status, VrrpStatus};
@@ -477,17 +484,7 @@ mod tests {
         assert!(error_of(&["backend", "add", "web", "10.0.2.11:0"]).contains("port 0"));
         assert!(error_of(&["backend", "add", "web", "0.0.0.0:80"]).contains("unspecified"));
         assert!(error_of(&["backend", "del", "web", "224.0.0.1:80"]).contains("multicast"));
-        assert!(error_of(&[
-            "vip",
-            "add",
-            "w",
-            "10.0.100.1:80/tcp",
-            "--pool",
-            "p",
-            "--scheduler",
-            "random"
-        ])
-        .contains("random"));
+        assert!(error_of(&vip_add_args(&["--scheduler", "random"])).contains("random"));
         assert!(error_of(&["run"]).contains("--config"));
         assert!(error_of(&["run", "--config", "x", "--xdp-mode", "hw"]).contains("hw"));
     }
@@ -549,17 +546,7 @@ mod tests {
             ("round-robin", Scheduler::RoundRobin),
             ("RR", Scheduler::RoundRobin),
         ] {
-            let cli = parse(&[
-                "vip",
-                "add",
-                "w",
-                "10.0.100.1:80/tcp",
-                "--pool",
-                "p",
-                "--scheduler",
-                word,
-            ])
-            .unwrap();
+            let cli = parse(&vip_add_args(&["--scheduler", word])).unwrap();
             let Command::Vip(VipCommand::Add { scheduler: got, .. }) = cli.command else {
                 panic!("parsed as {:?}", cli.command);
             };
