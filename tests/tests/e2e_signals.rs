@@ -3,7 +3,9 @@
 
 use std::time::{Duration, Instant};
 
-use balancer_tests::{default_config, require_root, Agent, Topology, DEFAULT_TIMEOUT};
+use balancer_tests::{
+    balancer_path, default_config, require_root, Agent, Topology, DEFAULT_TIMEOUT,
+};
 
 const RELOAD_LOG: &str =
     "SIGHUP: reload is not implemented yet; the configuration in force is unchanged";
@@ -28,8 +30,13 @@ fn sighup_is_logged_and_the_agent_keeps_serving() {
     let mut agent =
         Agent::start(&topo, &default_config(&topo, "maglev")).expect("starting the agent");
     let pid = agent.pid().expect("the agent runs");
-    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-    assert_eq!(comm.trim(), "balancer", "pid {pid} is not the agent");
+    // (`ip netns exec` execs the agent: same pid.)
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
+    assert_eq!(
+        exe,
+        balancer_path().canonicalize().ok(),
+        "pid {pid} is not the agent"
+    );
     assert!(
         in_mask(pid, "SigCgt:", libc::SIGHUP),
         "the agent does not catch SIGHUP"
