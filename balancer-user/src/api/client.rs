@@ -51,9 +51,16 @@ pub fn request(socket: &Path, request: &Request, timeout: Duration) -> Result<St
 /// Sends `line` to the agent at `socket` and reads its answer.
 fn exchange(socket: &Path, line: &str, timeout: Duration) -> Result<Status, ClientError> {
     let path = socket.display().to_string();
-    let io = |error| ClientError::Io {
-        path: path.clone(),
-        error,
+    let io = |error: std::io::Error| match error.kind() {
+        // The socket's own timeouts (a little later than the caller's, as a backstop).
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => ClientError::NoAnswer {
+            path: path.clone(),
+            timeout,
+        },
+        _ => ClientError::Io {
+            path: path.clone(),
+            error,
+        },
     };
     let mut stream = UnixStream::connect(socket).map_err(|error| ClientError::Connect {
         path: path.clone(),
