@@ -1,6 +1,11 @@
 //! `balancer`: the agent (`balancer run`) and the CLI that talks to it.
-use std::{path::PathBuf, process::ExitCode};
+use std::{
+    io::{ErrorKind, Write},
+    path::PathBuf,
+    process::ExitCode,
+};
 
+use anyhow::Context;
 use balancer::{
     agent::{self, RunOptions},
     cli::{self, Cli, Command},
@@ -27,20 +32,74 @@ fn main() -> ExitCode {
                     }))
                 })
         }
+        Command::CheckConfig { config } => agent::check_config(&config).and_then(print),
         command => {
             let socket = cli
                 .socket
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_CONTROL_SOCKET));
-            cli::client(&socket, command)
-                .map(|out| println!("{out}"))
+            cli::client(&socket, command, cli.timeout)
                 .map_err(anyhow::Error::from)
+                .and_then(|out| print(&out))
         }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // Nothing is left to do if even stderr is gone.
+            let _ = writeln!(std::io::stderr(), "error: {}", message(&e));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Prints `out` and a newline. A reader that has gone (`balancer status | head -1`) is not
+/// an error: the command did what it was asked (a change was applied), and exit status 0
+/// keeps scripts under `set -o pipefail` from retrying a change that was made. (Rust
+/// ignores SIGPIPE, so the closed pipe is an `EPIPE` here rather than the end of the
+/// process.)
+fn print(out: &str) -> anyhow::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    match writeln!(stdout, "{out}").and_then(|()| stdout.flush()) {
+        Err(e) if e.kind() == ErrorKind::BrokenPipe => Ok(()),
+        result => result.context("writing to stdout"),
+    }
+}
+
+/// The error and its causes on one line, each cause once: a library error whose message
+/// already shows its source (aya's "failed to create map `X`", the OS error) would
+/// otherwise repeat it.
+fn message(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain().map(ToString::to_string) {
+        if out.contains(&cause) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&cause);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("failed to create map `EVICTION_SEQ`: {0}")]
+    struct SaysItsSource(#[source] std::io::Error);
+
+    #[test]
+    fn each_cause_is_said_once() {
+        let os = std::io::Error::from_raw_os_error(libc::EPERM);
+        let e = anyhow::Error::from(SaysItsSource(os)).context("loading the XDP object");
+        assert_eq!(
+            message(&e),
+            "loading the XDP object: failed to create map `EVICTION_SEQ`: Operation not \
+             permitted (os error 1)"
+        );
+        let plain = anyhow::anyhow!("no cause").context("outer");
+        assert_eq!(message(&plain), "outer: no cause");
     }
 }

@@ -1,9 +1,15 @@
-//! CLI error handling: clear one-line errors for a missing agent, unknown VIPs, duplicate backends and bad arguments, and the agent keeps working after them.
+//! CLI error handling: clear one-line errors for a missing agent, an agent that does not
+//! answer, unknown VIPs, duplicate backends, bad arguments and configuration files, `run`
+//! without root; a closed output pipe is a normal end; the agent keeps working after them.
 
 use balancer_tests::{
-    balancer_cli, default_config, require_root, Agent, CliOutput, Topology, DEFAULT_TIMEOUT,
+    balancer_cli, balancer_path, default_config, require_root, util::TempDir, Agent, CliOutput,
+    Topology, DEFAULT_TIMEOUT,
 };
+use std::os::unix::{fs::PermissionsExt, process::CommandExt};
 use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 /// Checks that `out` is a failure whose stderr starts with `error:`.
 fn expect_error(out: &CliOutput, what: &str) {
@@ -53,6 +59,11 @@ fn agent_not_running_is_a_clear_error() {
         1,
         "expected a one-line error without a running agent, got {out}"
     );
+    assert_eq!(
+        out.stderr.matches("No such file or directory").count(),
+        1,
+        "expected the OS error once, got {out}"
+    );
     let lower = out.stderr.to_lowercase();
     assert!(
         out.stderr.contains(&socket.display().to_string()) || lower.contains("not running"),
@@ -99,4 +110,149 @@ fn bad_arguments() {
             "expected the error to name the bad value `notanaddress`, got {out}"
         );
     });
+}
+
+#[test]
+fn an_agent_that_does_not_answer_is_a_clear_error_in_time() {
+    let dir = TempDir::new("balancer-cli-silent").unwrap();
+    let socket = dir.path().join("silent.sock");
+    // The kernel accepts connections into the backlog; nobody ever answers.
+    let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let started = Instant::now();
+    let out = balancer_cli(&socket, &["--timeout", "1", "status"]);
+    let took = started.elapsed();
+    expect_error(&out, "status against an agent that does not answer");
+    assert!(
+        out.stderr.contains(&format!(
+            "the agent at {} did not answer within 1s",
+            socket.display()
+        )),
+        "{out}"
+    );
+    assert!(took < Duration::from_secs(5), "the CLI took {took:?}");
+}
+
+/// Runs the CLI with its stdout a pipe whose reading end is already closed.
+fn into_closed_pipe(agent: &Agent, args: &[&str]) -> CliOutput {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = Command::new(balancer_path())
+        .arg("--socket")
+        .arg(agent.socket())
+        .args(args)
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .output()
+        .expect("running the CLI");
+    CliOutput {
+        status: out.status.code().unwrap_or(-1),
+        stdout: String::new(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+#[test]
+fn a_closed_output_pipe_is_a_normal_end() {
+    with_agent(|_, agent| {
+        for args in [&["status"][..], &["vip", "list"], &["backend", "list"]] {
+            let out = into_closed_pipe(agent, args);
+            assert!(
+                out.success() && out.stderr.is_empty(),
+                "`balancer {}` into a closed pipe: expected exit 0 and nothing on stderr, got \
+                 {out}",
+                args.join(" ")
+            );
+        }
+    });
+}
+
+#[test]
+fn vip_add_help_lists_the_schedulers() {
+    let out = balancer_cli(Path::new("/nonexistent.sock"), &["vip", "add", "--help"]);
+    assert!(out.success(), "{out}");
+    assert!(
+        out.stdout
+            .contains("[possible values: maglev, round-robin]"),
+        "expected `vip add --help` to list the schedulers, got {out}"
+    );
+}
+
+/// A configuration of one VIP on `lo` (check-config loads nothing, so any interface name
+/// the file accepts will do); `port` is the VIP's port, on line 16 column 8.
+fn config_with_port(port: u16) -> String {
+    format!(
+        r#"[agent]
+interfaces = ["lo"]
+control_socket = "/tmp/balancer-check-config.sock"
+
+[nat]
+source_address = "10.0.2.1"
+
+[[pool]]
+name = "web"
+backends = [ {{ address = "10.0.2.11", port = 80 }} ]
+
+[[vip]]
+name = "web"
+address = "10.0.100.1"
+protocol = "tcp"
+port = {port}
+pool = "web"
+"#
+    )
+}
+
+#[test]
+fn check_config_says_ok_or_names_the_place() {
+    let dir = TempDir::new("balancer-check-config").unwrap();
+    let good = dir.path().join("good.toml");
+    std::fs::write(&good, config_with_port(80)).unwrap();
+    let socket = Path::new("/nonexistent.sock");
+    let out = balancer_cli(
+        socket,
+        &["check-config", "--config", good.to_str().unwrap()],
+    );
+    assert!(out.success(), "{out}");
+    assert_eq!(out.stdout.trim(), "configuration OK", "{out}");
+
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, config_with_port(0)).unwrap();
+    let out = balancer_cli(socket, &["check-config", "-c", bad.to_str().unwrap()]);
+    expect_error(&out, "check-config of a VIP on port 0");
+    assert!(
+        out.stderr.contains(&format!("{}:16:8:", bad.display())) && out.stderr.contains("port"),
+        "expected the error to name file:line:column and the field, got {out}"
+    );
+    assert!(out.stdout.is_empty(), "{out}");
+}
+
+#[test]
+fn run_without_root_says_so_first_and_touches_nothing() {
+    require_root();
+    let dir = TempDir::new("balancer-no-root").unwrap();
+    // Readable by the unprivileged user.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let pins = dir.path().join("pins");
+    let config = dir.path().join("balancer.toml");
+    let text = config_with_port(80).replace(
+        "[nat]",
+        &format!("pin_dir = \"{}\"\n\n[nat]", pins.display()),
+    );
+    std::fs::write(&config, text).unwrap();
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = Command::new(balancer_path())
+        .args(["run", "--config"])
+        .arg(&config)
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .expect("running the agent as nobody");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.starts_with("error: `balancer run` must run as root"),
+        "expected the first thing said to be that root is needed, got:\n{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(!pins.exists(), "the pin directory was created without root");
 }

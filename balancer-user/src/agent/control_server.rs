@@ -1,27 +1,55 @@
 //! The control socket's server half: a root-only Unix socket speaking JSON lines
 //! ([`crate::api`]); each request becomes an [`Event::Control`] for the agent's loop,
-//! whose answer goes back on the same connection.
+//! whose answer goes back on the same connection. Clients are bounded: so many at once,
+//! so long to send a request, and accept errors (no file descriptor left) back off.
 
 use std::{
+    collections::HashMap,
     os::unix::fs::{FileTypeExt, PermissionsExt},
     path::Path,
+    sync::Arc,
+    time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context};
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
     net::{UnixListener, UnixStream},
-    sync::{mpsc, oneshot},
+    sync::{mpsc, oneshot, Semaphore},
 };
 
 use super::Event;
 use crate::api::{Request, Response};
 
+/// What control clients may hold of the agent.
+#[derive(Clone, Copy, Debug)]
+struct Limits {
+    /// Connections served at once; another one is answered with an error and closed.
+    max_connections: usize,
+    /// How long a client has to send a whole request line (an idle connection is closed
+    /// after it too) and to take its answer.
+    request_timeout: Duration,
+}
+
+/// The CLI sends one request as soon as it connects, so these are generous for it and
+/// small for whatever holds connections open.
+const LIMITS: Limits = Limits {
+    max_connections: 64,
+    request_timeout: Duration::from_secs(5),
+};
+
+/// How long the accept loop pauses after an error: with no file descriptor left, `accept`
+/// fails at once for as long as a connection waits, and retrying without a pause spins.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// How often one kind of accept error is logged at most.
+const ACCEPT_ERROR_LOG_INTERVAL: Duration = Duration::from_secs(1);
+
 /// Binds the control socket at `path` (replacing a stale one that nobody serves) and
 /// serves it on tasks of its own; requests go to `events`.
 pub fn start(path: &Path, events: mpsc::Sender<Event>) -> anyhow::Result<()> {
     let listener = bind_socket(path)?;
-    tokio::spawn(accept_loop(listener, events));
+    tokio::spawn(accept_loop(listener, events, LIMITS));
     Ok(())
 }
 
@@ -55,13 +83,73 @@ fn bind_socket(path: &Path) -> anyhow::Result<UnixListener> {
     Ok(listener)
 }
 
-async fn accept_loop(listener: UnixListener, events: mpsc::Sender<Event>) {
+async fn accept_loop(listener: UnixListener, events: mpsc::Sender<Event>, limits: Limits) {
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let mut errors = AcceptErrors::default();
     loop {
         match listener.accept().await {
-            Ok((stream, _)) => {
-                tokio::spawn(serve_client(stream, events.clone()));
+            Ok((stream, _)) => match Arc::clone(&slots).try_acquire_owned() {
+                Ok(slot) => {
+                    let events = events.clone();
+                    tokio::spawn(async move {
+                        serve_client(stream, events, limits.request_timeout).await;
+                        drop(slot);
+                    });
+                }
+                Err(_) => refuse(&stream, limits.max_connections),
+            },
+            Err(e) => {
+                if let Some(message) = errors.record(&e, Instant::now()) {
+                    log::warn!("{message}");
+                }
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
             }
-            Err(e) => log::warn!("control socket accept: {e}"),
+        }
+    }
+}
+
+/// Tells a client over the cap why it is closed: one line into the fresh socket's empty
+/// buffer, never waiting for it.
+fn refuse(stream: &UnixStream, max: usize) {
+    let response = Response::error(format!(
+        "the agent is serving {max} control connections already; try again"
+    ));
+    let _ = stream.try_write(response_line(&response).as_bytes());
+}
+
+/// Accept errors, logged once per kind per [`ACCEPT_ERROR_LOG_INTERVAL`] with the number
+/// left out since.
+#[derive(Default)]
+struct AcceptErrors {
+    /// Per kind (and OS error): when it was last logged, and how many were not since.
+    kinds: HashMap<(std::io::ErrorKind, Option<i32>), (Instant, u64)>,
+}
+
+impl AcceptErrors {
+    /// Records an error at `now`; `Some` is what to log.
+    fn record(&mut self, e: &std::io::Error, now: Instant) -> Option<String> {
+        let key = (e.kind(), e.raw_os_error());
+        match self.kinds.get_mut(&key) {
+            Some((last, quiet)) if now.duration_since(*last) < ACCEPT_ERROR_LOG_INTERVAL => {
+                *quiet += 1;
+                None
+            }
+            Some((last, quiet)) => {
+                let message = format!(
+                    "control socket accept: {e} ({} more since the last message); retrying \
+                     every {ACCEPT_BACKOFF:?}",
+                    *quiet
+                );
+                *last = now;
+                *quiet = 0;
+                Some(message)
+            }
+            None => {
+                self.kinds.insert(key, (now, 0));
+                Some(format!(
+                    "control socket accept: {e}; retrying every {ACCEPT_BACKOFF:?}"
+                ))
+            }
         }
     }
 }
@@ -70,28 +158,43 @@ async fn accept_loop(listener: UnixListener, events: mpsc::Sender<Event>) {
 const MAX_REQUEST_LINE: usize = 64 * 1024;
 
 /// Requests on one connection, one JSON object per line, answered in order. A line that
-/// is not UTF-8 gets an error answer; one longer than [`MAX_REQUEST_LINE`] gets an error
-/// answer and the connection is closed.
-async fn serve_client(stream: UnixStream, events: mpsc::Sender<Event>) {
+/// is not UTF-8 gets an error answer; one longer than [`MAX_REQUEST_LINE`], or not
+/// complete within `timeout` (counted from the previous answer), gets an error answer and
+/// the connection is closed. An answer the client does not take within `timeout` closes
+/// it too.
+async fn serve_client(stream: UnixStream, events: mpsc::Sender<Event>, timeout: Duration) {
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read);
     let mut buf = Vec::new();
     loop {
         buf.clear();
         let limit = MAX_REQUEST_LINE as u64 + 1;
-        match (&mut reader).take(limit).read_until(b'\n', &mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
+        let mut request = (&mut reader).take(limit);
+        let line = request.read_until(b'\n', &mut buf);
+        match tokio::time::timeout(timeout, line).await {
+            Ok(Ok(0) | Err(_)) => return,
+            Ok(Ok(_)) => {}
+            Err(_) => {
+                let response = Response::error(format!(
+                    "bad request: no complete request line within {timeout:?}; closing the \
+                     connection"
+                ));
+                let _ = write_response(&mut write, &response, timeout).await;
+                return;
+            }
         }
         if buf.len() > MAX_REQUEST_LINE {
             let response =
                 Response::error(format!("bad request: longer than {MAX_REQUEST_LINE} bytes"));
-            let _ = write_response(&mut write, &response).await;
+            let _ = write_response(&mut write, &response, timeout).await;
             return;
         }
         let Ok(line) = std::str::from_utf8(&buf) else {
             let response = Response::error("bad request: not UTF-8");
-            if write_response(&mut write, &response).await.is_err() {
+            if write_response(&mut write, &response, timeout)
+                .await
+                .is_err()
+            {
                 return;
             }
             continue;
@@ -111,19 +214,32 @@ async fn serve_client(stream: UnixStream, events: mpsc::Sender<Event>) {
             }
             Err(e) => Response::error(format!("bad request: {e}")),
         };
-        if write_response(&mut write, &response).await.is_err() {
+        if write_response(&mut write, &response, timeout)
+            .await
+            .is_err()
+        {
             return;
         }
     }
 }
 
+/// Writes one answer; an error when it fails or the client does not take it within
+/// `timeout`.
 async fn write_response(
     write: &mut tokio::net::unix::OwnedWriteHalf,
     response: &Response,
+    timeout: Duration,
 ) -> std::io::Result<()> {
-    let mut out = serde_json::to_string(response).expect("responses serialize");
-    out.push('\n');
-    write.write_all(out.as_bytes()).await
+    let line = response_line(response);
+    tokio::time::timeout(timeout, write.write_all(line.as_bytes()))
+        .await
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))?
+}
+
+fn response_line(response: &Response) -> String {
+    let mut line = serde_json::to_string(response).expect("responses serialize");
+    line.push('\n');
+    line
 }
 
 #[cfg(test)]
@@ -171,15 +287,11 @@ mod tests {
     async fn answers(bytes: &[u8]) -> String {
         let (client, server) = UnixStream::pair().unwrap();
         let (events, _queue) = mpsc::channel::<Event>(1);
-        tokio::spawn(serve_client(server, events));
+        tokio::spawn(serve_client(server, events, Duration::from_secs(5)));
         let (mut read, mut write) = client.into_split();
         write.write_all(bytes).await.unwrap();
         let mut out = Vec::new();
-        let _ = tokio::time::timeout(
-            std::time::Duration::from_millis(300),
-            read.read_to_end(&mut out),
-        )
-        .await;
+        let _ = tokio::time::timeout(Duration::from_millis(300), read.read_to_end(&mut out)).await;
         String::from_utf8(out).unwrap()
     }
 
@@ -196,5 +308,77 @@ mod tests {
         let out = answers(&long).await;
         assert_eq!(out.lines().count(), 1, "{out}");
         assert!(out.contains("longer than 65536 bytes"), "{out}");
+    }
+
+    #[tokio::test]
+    async fn a_half_sent_request_is_answered_and_closed_after_the_timeout() {
+        let (client, server) = UnixStream::pair().unwrap();
+        let (events, _queue) = mpsc::channel::<Event>(1);
+        let timeout = Duration::from_millis(200);
+        let started = Instant::now();
+        let server_task = tokio::spawn(serve_client(server, events, timeout));
+        let (mut read, mut write) = client.into_split();
+        write.write_all(br#"{"Status"#).await.unwrap();
+        let mut out = String::new();
+        tokio::time::timeout(Duration::from_secs(5), read.read_to_string(&mut out))
+            .await
+            .expect("the agent closes the connection")
+            .unwrap();
+        assert!(started.elapsed() >= timeout, "{:?}", started.elapsed());
+        assert!(
+            out.contains("no complete request line within 200ms"),
+            "{out}"
+        );
+        server_task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn connections_over_the_cap_are_told_and_closed() {
+        let dir = Scratch::new("socket-cap");
+        let path = dir.0.join("control.sock");
+        let listener = bind_socket(&path).unwrap();
+        let (events, _queue) = mpsc::channel::<Event>(1);
+        let limits = Limits {
+            max_connections: 2,
+            request_timeout: Duration::from_secs(5),
+        };
+        tokio::spawn(accept_loop(listener, events, limits));
+        let _held = [
+            UnixStream::connect(&path).await.unwrap(),
+            UnixStream::connect(&path).await.unwrap(),
+        ];
+        let mut third = UnixStream::connect(&path).await.unwrap();
+        let mut out = String::new();
+        tokio::time::timeout(Duration::from_secs(2), third.read_to_string(&mut out))
+            .await
+            .expect("the agent closes the connection over the cap")
+            .unwrap();
+        assert!(
+            out.contains("serving 2 control connections already"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn accept_errors_are_logged_once_per_kind_per_interval() {
+        let mut errors = AcceptErrors::default();
+        let emfile = || std::io::Error::from_raw_os_error(libc::EMFILE);
+        let start = Instant::now();
+        let at = |ms| start + Duration::from_millis(ms);
+        let first = errors
+            .record(&emfile(), at(0))
+            .expect("the first one is logged");
+        assert!(first.contains("Too many open files"), "{first}");
+        // A tight loop's worth of the same error within the interval: silent.
+        for ms in 1..1000 {
+            assert_eq!(errors.record(&emfile(), at(ms)), None, "at {ms} ms");
+        }
+        // Another kind is logged on its own.
+        let other = std::io::Error::from_raw_os_error(libc::ENOBUFS);
+        assert!(errors.record(&other, at(500)).is_some());
+        let next = errors
+            .record(&emfile(), at(1000))
+            .expect("logged again after 1 s");
+        assert!(next.contains("999 more since the last message"), "{next}");
     }
 }

@@ -28,6 +28,8 @@ pub enum Event {
     Health(HealthEvent),
     /// A signal asked the agent to stop.
     Stop { signal: &'static str },
+    /// A signal asked the agent to reload its configuration.
+    Reload { signal: &'static str },
 }
 
 /// The agent's state: the balancer (which owns the maps), the health checks it runs, and
@@ -101,6 +103,12 @@ impl<M: Maps> Agent<M> {
             Event::Stop { signal } => {
                 log::info!("{signal}: stopping");
                 return ControlFlow::Break(());
+            }
+            Event::Reload { signal } => {
+                log::warn!(
+                    "{signal}: reload is not implemented yet; the configuration in force is \
+                     unchanged"
+                );
             }
         }
         ControlFlow::Continue(())
@@ -299,6 +307,11 @@ mod tests {
         };
         assert_eq!(
             agent.handle(Event::Health(result)),
+            ControlFlow::Continue(())
+        );
+        // Until reload exists, a reload request leaves the agent running as it was.
+        assert_eq!(
+            agent.handle(Event::Reload { signal: "SIGHUP" }),
             ControlFlow::Continue(())
         );
         assert_eq!(

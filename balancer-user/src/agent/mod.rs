@@ -2,14 +2,17 @@
 //! plane, the balancer, the health checker, the control server, signals) and then runs one
 //! loop over one [`Event`] enum ([`events`]), whose handler is the only writer of the maps.
 //! On SIGINT/SIGTERM it detaches cleanly (or leaves the data plane running, with
-//! `keep_attached`).
+//! `keep_attached`); SIGHUP (reload, not implemented yet) is logged and changes nothing.
 
 mod control_server;
 mod events;
 mod host;
 mod signals;
 
-use std::{ops::ControlFlow, path::PathBuf};
+use std::{
+    ops::ControlFlow,
+    path::{Path, PathBuf},
+};
 
 use anyhow::Context;
 use tokio::sync::mpsc;
@@ -21,6 +24,7 @@ use crate::{
     dataplane::{
         loader::{self, Program},
         pins::Pins,
+        FakeMaps,
     },
     health::{Checker, HealthEvent},
     l7,
@@ -40,6 +44,8 @@ pub struct RunOptions {
 }
 
 pub async fn run(options: RunOptions) -> anyhow::Result<()> {
+    // First: without privileges, every later step fails for that reason.
+    loader::check_privileges()?;
     let config = config::load(&options.config)?;
     // What only the host can tell, before anything is loaded or attached.
     vrrp::check_host(&config.vrrp)?;
@@ -123,6 +129,23 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     drop(program);
     log::info!("stopped");
     Ok(())
+}
+
+/// `balancer check-config`: the checks `run` makes of a configuration before it changes
+/// anything (the file, the balancer built from it in memory, and, as root, the VRRP host
+/// requirements), without loading or attaching anything. Returns what to say of a file
+/// that passes.
+pub fn check_config(path: &Path) -> anyhow::Result<&'static str> {
+    let config = config::load(path)?;
+    Balancer::from_config(FakeMaps::default(), &config).context("applying the configuration")?;
+    if config.vrrp.is_empty() {
+        return Ok("configuration OK");
+    }
+    if !loader::is_root() {
+        return Ok("configuration OK (VRRP host requirements not checked: that needs root)");
+    }
+    vrrp::check_host(&config.vrrp)?;
+    Ok("configuration OK")
 }
 
 /// Starts the configured VRRP instances, once the data plane is attached (so that a Master

@@ -3,11 +3,19 @@
 mod render;
 
 use std::{
+    ffi::OsStr,
+    fmt::Display,
+    marker::PhantomData,
     net::{Ipv4Addr, SocketAddrV4},
     path::{Path, PathBuf},
+    str::FromStr,
+    time::Duration,
 };
 
-use clap::{Args, Parser, Subcommand};
+use clap::{
+    builder::{PossibleValue, TypedValueParser},
+    Args, Parser, Subcommand,
+};
 use render::{render_backends, render_status, render_vips, render_vrrp, trim_lines};
 
 use crate::{
@@ -29,6 +37,9 @@ pub struct Cli {
     /// else /run/balancer/balancer.sock]
     #[arg(long, global = true, env = "BALANCER_SOCKET")]
     pub socket: Option<PathBuf>,
+    /// How long a CLI command waits for the agent's answer, in seconds
+    #[arg(long, global = true, value_name = "SECONDS", default_value = "10", value_parser = parse_timeout)]
+    pub timeout: Duration,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -41,8 +52,16 @@ pub enum Command {
         #[arg(long, short)]
         config: PathBuf,
         /// XDP attach mode; overrides the config's `agent.xdp_mode`.
-        #[arg(long, value_parser = parse_xdp_mode)]
+        #[arg(long, value_parser = Words::<XdpMode>::new(&["driver", "skb", "auto"]))]
         xdp_mode: Option<XdpMode>,
+    },
+    /// Check a configuration file as `run` would, without running anything: prints
+    /// "configuration OK" or the first error (`file:line:column`), exits 0 or 1. As root it
+    /// also checks what only the host can tell (VRRP interfaces and addresses).
+    CheckConfig {
+        /// Configuration file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
     },
     /// Add, delete or list virtual IPs.
     #[command(subcommand)]
@@ -82,13 +101,15 @@ pub enum VipCommand {
         /// Backend pool (created empty if it does not exist).
         #[arg(long)]
         pool: String,
-        #[arg(long, default_value = "maglev", value_parser = parse_scheduler)]
+        /// How new flows are spread over the pool: Maglev consistent hashing, or weighted
+        /// round-robin (also spelled rr).
+        #[arg(long, default_value = "maglev", value_parser = Words::<Scheduler>::new(&["maglev", "round-robin"]))]
         scheduler: Scheduler,
         /// Maglev ring size (a prime <= 65537).
         #[arg(long, default_value_t = config::DEFAULT_RING_SIZE)]
         ring_size: u32,
         /// What new flows get when no backend is up: drop or pass (to the local stack).
-        #[arg(long, default_value = "drop", value_parser = parse_all_down)]
+        #[arg(long, default_value = "drop", value_parser = Words::<AllDownPolicy>::new(&["drop", "pass"]))]
         on_all_down: AllDownPolicy,
     },
     /// Delete a VIP by name.
@@ -170,25 +191,69 @@ fn parse_backend_addr(s: &str) -> Result<SocketAddrV4, String> {
     Ok(addr)
 }
 
-fn parse_scheduler(s: &str) -> Result<Scheduler, String> {
-    s.parse::<Scheduler>().map_err(|e| e.to_string())
+/// One of the configuration's words for `T`, parsed as the configuration file parses it
+/// (any case, aliases too), with `words` listed in `--help`.
+#[derive(Clone)]
+struct Words<T> {
+    words: &'static [&'static str],
+    parses: PhantomData<fn() -> T>,
 }
 
-fn parse_all_down(s: &str) -> Result<AllDownPolicy, String> {
-    s.parse::<AllDownPolicy>().map_err(|e| e.to_string())
+impl<T> Words<T> {
+    const fn new(words: &'static [&'static str]) -> Self {
+        Words {
+            words,
+            parses: PhantomData,
+        }
+    }
 }
 
-fn parse_xdp_mode(s: &str) -> Result<XdpMode, String> {
-    s.parse::<XdpMode>().map_err(|e| e.to_string())
+impl<T> TypedValueParser for Words<T>
+where
+    T: FromStr + Clone + Send + Sync + 'static,
+    T::Err: Display,
+{
+    type Value = T;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        _arg: Option<&clap::Arg>,
+        value: &OsStr,
+    ) -> Result<T, clap::Error> {
+        let invalid = |message: String| {
+            clap::Error::raw(clap::error::ErrorKind::InvalidValue, message + "\n").with_cmd(cmd)
+        };
+        let text = value
+            .to_str()
+            .ok_or_else(|| invalid(format!("{} is not UTF-8", value.display())))?;
+        text.parse().map_err(|e: T::Err| invalid(e.to_string()))
+    }
+
+    fn possible_values(&self) -> Option<Box<dyn Iterator<Item = PossibleValue> + '_>> {
+        Some(Box::new(self.words.iter().copied().map(PossibleValue::new)))
+    }
+}
+
+/// A positive number of seconds (`10`, `0.5`).
+fn parse_timeout(s: &str) -> Result<Duration, String> {
+    s.parse::<f64>()
+        .ok()
+        .filter(|secs| secs.is_finite() && *secs > 0.0)
+        .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
+        .ok_or_else(|| format!("{s:?} is not a positive number of seconds"))
 }
 
 /// Turns the agent's status after a request into what the CLI prints.
 type Render = Box<dyn Fn(&Status) -> String>;
 
-/// Runs a client command against the agent and returns what to print.
-pub fn client(socket: &Path, command: Command) -> Result<String, ClientError> {
+/// Runs a client command against the agent, waiting at most `timeout` for its answer,
+/// and returns what to print.
+pub fn client(socket: &Path, command: Command, timeout: Duration) -> Result<String, ClientError> {
     let (request, render): (Request, Render) = match command {
-        Command::Run { .. } => unreachable!("run is not a client command"),
+        Command::Run { .. } | Command::CheckConfig { .. } => {
+            unreachable!("run and check-config are not client commands")
+        }
         Command::Status { json: true } => (
             Request::Status,
             Box::new(|s| serde_json::to_string_pretty(s).expect("status serializes")),
@@ -285,11 +350,11 @@ pub fn client(socket: &Path, command: Command) -> Result<String, ClientError> {
             )
         }
         Command::Backend(BackendCommand::List { pool }) => {
-            let status = client::request(socket, &Request::Status)?;
+            let status = client::request(socket, &Request::Status, timeout)?;
             return render_backends(&status, pool.as_deref()).map(|t| trim_lines(&t));
         }
     };
-    let status = client::request(socket, &request)?;
+    let status = client::request(socket, &request, timeout)?;
     Ok(trim_lines(&render(&status)))
 }
 
@@ -303,6 +368,13 @@ mod tests {
 
     fn error_of(args: &[&str]) -> String {
         parse(args).expect_err("must be refused").to_string()
+    }
+
+    /// `vip add w 10.0.100.1:80/tcp --pool p`, then `extra`.
+    fn vip_add_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+        let mut args = vec!["vip", "add", "w", "10.0.100.1:80/tcp", "--pool", "p"];
+        args.extend_from_slice(extra);
+        args
     }
 
     #[test]
@@ -412,17 +484,7 @@ mod tests {
         assert!(error_of(&["backend", "add", "web", "10.0.2.11:0"]).contains("port 0"));
         assert!(error_of(&["backend", "add", "web", "0.0.0.0:80"]).contains("unspecified"));
         assert!(error_of(&["backend", "del", "web", "224.0.0.1:80"]).contains("multicast"));
-        assert!(error_of(&[
-            "vip",
-            "add",
-            "w",
-            "10.0.100.1:80/tcp",
-            "--pool",
-            "p",
-            "--scheduler",
-            "random"
-        ])
-        .contains("random"));
+        assert!(error_of(&vip_add_args(&["--scheduler", "random"])).contains("random"));
         assert!(error_of(&["run"]).contains("--config"));
         assert!(error_of(&["run", "--config", "x", "--xdp-mode", "hw"]).contains("hw"));
     }
@@ -457,10 +519,57 @@ mod tests {
         let err = client(
             Path::new("/nonexistent/balancer.sock"),
             Command::Status { json: false },
+            Duration::from_secs(10),
         )
         .unwrap_err()
         .to_string();
         assert!(err.contains("/nonexistent/balancer.sock"), "{err}");
         assert!(err.contains("balancer run"), "{err}");
+    }
+
+    #[test]
+    fn help_lists_the_words_a_choice_takes() {
+        let mut cli = <Cli as clap::CommandFactory>::command();
+        let vip_add = cli
+            .find_subcommand_mut("vip")
+            .and_then(|vip| vip.find_subcommand_mut("add"))
+            .unwrap();
+        let help = vip_add.render_long_help().to_string();
+        assert!(
+            help.contains("maglev") && help.contains("round-robin"),
+            "{help}"
+        );
+        assert!(help.contains("drop") && help.contains("pass"), "{help}");
+        // Parsed as the configuration file parses them: any case, aliases too.
+        for (word, scheduler) in [
+            ("maglev", Scheduler::Maglev),
+            ("round-robin", Scheduler::RoundRobin),
+            ("RR", Scheduler::RoundRobin),
+        ] {
+            let cli = parse(&vip_add_args(&["--scheduler", word])).unwrap();
+            let Command::Vip(VipCommand::Add { scheduler: got, .. }) = cli.command else {
+                panic!("parsed as {:?}", cli.command);
+            };
+            assert_eq!(got, scheduler, "{word}");
+        }
+        let cli = parse(&["run", "-c", "x", "--xdp-mode", "SKB"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Run {
+                xdp_mode: Some(XdpMode::Skb),
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn timeout_is_a_positive_number_of_seconds() {
+        assert_eq!(parse(&["status"]).unwrap().timeout, Duration::from_secs(10));
+        let cli = parse(&["--timeout", "0.5", "status"]).unwrap();
+        assert_eq!(cli.timeout, Duration::from_millis(500));
+        for bad in ["0", "-1", "soon", "inf", "NaN"] {
+            let arg = format!("--timeout={bad}");
+            assert!(error_of(&[&arg, "status"]).contains("seconds"), "{bad}");
+        }
     }
 }

@@ -22,6 +22,47 @@ pub static EBPF_OBJECT: &[u8] =
 /// The data plane's log records (aya-log) go to the agent's logger.
 pub type DataPlaneLogger = aya_log::EbpfLogger<&'static dyn log::Log>;
 
+/// Capabilities (bit numbers of `CapEff`) that can stand in for root.
+const CAP_NET_ADMIN: u32 = 12;
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_BPF: u32 = 39;
+
+/// Refuses to go on without the privileges that loading and attaching the program need,
+/// before anything touches the pin directory or the kernel: without them every later step
+/// fails with a less helpful error, or leaves warnings that are wrong.
+pub fn check_privileges() -> anyhow::Result<()> {
+    if is_root() {
+        return Ok(());
+    }
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    if has_capabilities(&status) {
+        return Ok(());
+    }
+    bail!(
+        "`balancer run` must run as root (or with the capabilities CAP_BPF and CAP_NET_ADMIN): \
+         it loads and attaches an XDP program, pins its maps and sets sysctls"
+    )
+}
+
+/// Whether the process runs as root.
+#[must_use]
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Whether `/proc/self/status` text grants what loading and attaching need: `CAP_NET_ADMIN`,
+/// and `CAP_BPF` or (on kernels before it existed) `CAP_SYS_ADMIN`.
+fn has_capabilities(proc_status: &str) -> bool {
+    let effective = proc_status
+        .lines()
+        .find_map(|line| line.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .unwrap_or(0);
+    let has = |cap: u32| effective & (1 << cap) != 0;
+    has(CAP_NET_ADMIN) && (has(CAP_BPF) || has(CAP_SYS_ADMIN))
+}
+
 /// Loads the embedded program into the kernel (maps created, none pinned, program
 /// verified), for tests and benchmarks that run it with `BPF_PROG_TEST_RUN`.
 pub fn load_program() -> anyhow::Result<Ebpf> {
@@ -185,5 +226,29 @@ fn link_mode(mode: XdpMode) -> Option<LinkMode> {
         XdpMode::Driver => Some(LinkMode::Driver),
         XdpMode::Skb => Some(LinkMode::Skb),
         XdpMode::Auto => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capabilities_that_stand_in_for_root() {
+        let status = |cap_eff: &str| format!("Name:\tbalancer\nCapPrm:\t0\nCapEff:\t{cap_eff}\n");
+        assert!(has_capabilities(&status("000001ffffffffff")), "all");
+        // CAP_NET_ADMIN with CAP_BPF, or with CAP_SYS_ADMIN.
+        assert!(has_capabilities(&status("0000008000001000")));
+        assert!(has_capabilities(&status("0000000000201000")));
+        assert!(
+            !has_capabilities(&status("0000008000000000")),
+            "CAP_BPF alone"
+        );
+        assert!(
+            !has_capabilities(&status("0000000000001000")),
+            "CAP_NET_ADMIN alone"
+        );
+        assert!(!has_capabilities(&status("0000000000000000")), "none");
+        assert!(!has_capabilities("no CapEff line"));
     }
 }
