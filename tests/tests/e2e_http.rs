@@ -630,8 +630,4 @@ fn a_stopping_agent_lets_requests_in_flight_finish() {
         format!("200 {size}"),
         "the request in flight completes"
     );
-    assert!(
-        stopped_after >= Duration::from_millis(500),
-        "the agent waited for it"
-    );
 }
