@@ -416,14 +416,21 @@ async fn forward(
     let retryable = idempotent(&request.method) && body.is_end_stream();
     let mut body = Some(body.map_frame(count_frames(vip, true)).boxed());
 
-    // maxconn: a slot per request in progress, waited for at most the queue timeout.
-    counters.queued.fetch_add(1, Relaxed);
-    let slot = tokio::time::timeout(
-        vip.settings.queue_timeout,
-        Arc::clone(&vip.slots).acquire_owned(),
-    )
-    .await;
-    counters.queued.fetch_sub(1, Relaxed);
+    // maxconn: a slot per request in progress, waited for at most the queue timeout (and
+    // counted as queued only while it waits).
+    let slot = match Arc::clone(&vip.slots).try_acquire_owned() {
+        Ok(slot) => Ok(Ok(slot)),
+        Err(_) => {
+            counters.queued.fetch_add(1, Relaxed);
+            let slot = tokio::time::timeout(
+                vip.settings.queue_timeout,
+                Arc::clone(&vip.slots).acquire_owned(),
+            )
+            .await;
+            counters.queued.fetch_sub(1, Relaxed);
+            slot
+        }
+    };
     let Ok(Ok(slot)) = slot else {
         counters.error(UpstreamError::QueueTimeout);
         return error_response(
