@@ -418,18 +418,17 @@ async fn forward(
 
     // maxconn: a slot per request in progress, waited for at most the queue timeout (and
     // counted as queued only while it waits).
-    let slot = match Arc::clone(&vip.slots).try_acquire_owned() {
-        Ok(slot) => Ok(Ok(slot)),
-        Err(_) => {
-            counters.queued.fetch_add(1, Relaxed);
-            let slot = tokio::time::timeout(
-                vip.settings.queue_timeout,
-                Arc::clone(&vip.slots).acquire_owned(),
-            )
-            .await;
-            counters.queued.fetch_sub(1, Relaxed);
-            slot
-        }
+    let slot = if let Ok(slot) = Arc::clone(&vip.slots).try_acquire_owned() {
+        Ok(Ok(slot))
+    } else {
+        counters.queued.fetch_add(1, Relaxed);
+        let slot = tokio::time::timeout(
+            vip.settings.queue_timeout,
+            Arc::clone(&vip.slots).acquire_owned(),
+        )
+        .await;
+        counters.queued.fetch_sub(1, Relaxed);
+        slot
     };
     let Ok(Ok(slot)) = slot else {
         counters.error(UpstreamError::QueueTimeout);
