@@ -33,7 +33,7 @@ pub const CONN_TABLE_SIZE: u32 = 1 << 20;
 /// `NatEntry`): part of the names they are pinned under (`CONNS_v1`; bpffs refuses dots),
 /// so that an agent never takes over tables it would misread. Bump it with any change to those types or to how the
 /// data plane reads them, even one that keeps their sizes.
-pub const FLOW_TABLES_VERSION: u32 = 1;
+pub const FLOW_TABLES_VERSION: u32 = 2;
 /// How many consecutive SNAT ports the kernel tries for a new flow before giving up.
 pub const SNAT_PORT_PROBES: u32 = 16;
 /// A backend id meaning "no backend".
@@ -180,9 +180,18 @@ pub const FLOW_CLOSING: u32 = 1;
 /// keeps the tuple in TIME-WAIT, so the flow's SNAT port rests (see
 /// `Settings::snat_time_wait_ns`). An RST ends TIME-WAIT (Linux's default, RFC 1337).
 pub const FLOW_BACKEND_CLOSED: u32 = 2;
-/// The backend has answered: a TCP flow without it idles out after
-/// `Settings::tcp_unreplied_timeout_ns`, not the full `tcp_timeout_ns`.
+/// The backend has answered.
 pub const FLOW_REPLIED: u32 = 4;
+/// TCP: the client completed the handshake: its ACK acknowledged the backend's SYN-ACK
+/// (`Conn::handshake_ack`), or, for a flow picked up mid-stream (`FLOW_MIDSTREAM`), the
+/// backend answered with neither SYN nor RST. A TCP flow without it is half-open: it idles
+/// out after `Settings::tcp_handshake_timeout_ns`, is never served from the flow cache, and
+/// a new flow may take its SNAT port when no probed port is free, so spoofed SYNs (which
+/// a live backend answers) cannot hold ports. Unused for UDP.
+pub const FLOW_ESTABLISHED: u32 = 8;
+/// TCP: the flow's first packet was not a SYN (a connection the balancer picks up after
+/// its table lost it).
+pub const FLOW_MIDSTREAM: u32 = 16;
 
 /// Value of `CONNS`: where a client flow goes and how it is translated.
 #[repr(C)]
@@ -206,7 +215,9 @@ pub struct Conn {
     /// The VIP's `generation` when the flow began: the flow is the VIP's only while
     /// `VIP_GENS[vip_id]` still holds it (a deleted VIP's flows stop at once).
     pub vip_gen: u32,
-    pub _pad: u32,
+    /// TCP: the acknowledgement number (network byte order) that completes the handshake,
+    /// the backend's initial sequence number + 1, taken from its SYN-ACK; 0 before it.
+    pub handshake_ack: u32,
     /// Last packet seen, by the data plane's clock (ns; see `Settings::ns_per_tick`).
     pub last_seen_ns: u64,
 }
@@ -242,9 +253,9 @@ pub const REPLY_TICK_SHIFT: u32 = 28;
 pub struct Settings {
     /// Idle timeout of a TCP flow.
     pub tcp_timeout_ns: u64,
-    /// Idle timeout of a TCP flow its backend has not answered yet (`FLOW_REPLIED` unset):
-    /// a connection attempt that fails, or a spoofed SYN, gives its SNAT port back sooner.
-    pub tcp_unreplied_timeout_ns: u64,
+    /// Idle timeout of a half-open TCP flow (`FLOW_ESTABLISHED` unset): a connection
+    /// attempt that fails, or a spoofed SYN, gives its SNAT port back soon.
+    pub tcp_handshake_timeout_ns: u64,
     /// Idle timeout of a UDP flow.
     pub udp_timeout_ns: u64,
     /// Lifetime of a TCP flow after FIN or RST.
@@ -336,7 +347,10 @@ pub mod stat {
     /// a next-hop MTU below `PMTU_FLOOR`. Translated, it would lower the backend's path MTU
     /// towards the SNAT address, which every client of that backend shares.
     pub const PASS_ICMP_LOW_MTU: u32 = 22;
-    pub const COUNT: u32 = 23;
+    /// A new flow took the SNAT port of a half-open TCP flow (its client never completed
+    /// the handshake: a spoofed SYN, most likely) because no probed port was free.
+    pub const SNAT_PORT_HALF_OPEN_TAKEN: u32 = 23;
+    pub const COUNT: u32 = 24;
 
     /// Human names, indexed like the constants.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -363,6 +377,7 @@ pub mod stat {
         "icmp_to_client",
         "icmp_to_backend",
         "pass_icmp_low_mtu",
+        "snat_port_half_open_taken",
     ];
 }
 

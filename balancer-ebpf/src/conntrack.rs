@@ -10,7 +10,7 @@ use crate::{
     forward::Send,
     maps::{BACKENDS, CONNS, NAT, VIPS, VIP_GENS},
     nat::{csum_diffs, to_backend, to_client_of},
-    parse::{Packet, TCP_FIN, TCP_RST},
+    parse::{Packet, TCP_FIN, TCP_RST, TCP_SYN},
     snat::{client_key, holds, keep_reply_entry},
     stats, timeouts,
     vip::vip_key,
@@ -52,7 +52,12 @@ pub fn established(pkt: &Packet, settings: &Settings, stamp: Stamp, now: u64) ->
         stats::count(stat::CONN_RESCHEDULED);
         return Established::Ended(Some(conn));
     }
-    if timeouts::touch_due(conn.last_seen_ns, now) && !keep_reply_entry(pkt, &conn, now) {
+    // A half-open flow's port may have been taken by a new flow (see `snat`): its packets
+    // check every time (there are few of them) that the port is still theirs.
+    if (timeouts::touch_due(conn.last_seen_ns, now)
+        || timeouts::half_open(conn.state, pkt.key.proto))
+        && !keep_reply_entry(pkt, &conn, now)
+    {
         stats::count(stat::SNAT_PORT_LOST);
         return Established::Ended(Some(conn));
     }
@@ -114,7 +119,8 @@ pub fn to_client(pkt: &Packet, settings: &Settings, now: u64) -> Result<Option<S
     let entry = unsafe { *slot };
     let tick = clock::reply_tick(now);
     let closes = pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0;
-    if closes || entry.touched != tick {
+    // A SYN-ACK always reaches the flow's entry: it holds the handshake's acknowledgement.
+    if closes || pkt.tcp_flags & TCP_SYN != 0 || entry.touched != tick {
         if !refresh(&entry, pkt, now) && closes {
             return Err(stat::DROP_STALE_REPLY);
         }

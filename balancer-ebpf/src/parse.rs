@@ -19,6 +19,7 @@ const IP_OFFSET: u16 = 0x1fff;
 pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
 pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
 /// Offsets of the data-offset and flags bytes in the TCP header.
 const TCP_DOFF_OFF: usize = 12;
 const TCP_FLAGS_OFF: usize = 13;
@@ -83,6 +84,10 @@ pub struct Packet {
     pub key: FlowKey,
     /// TCP flags (0 for UDP).
     pub tcp_flags: u8,
+    /// TCP sequence and acknowledgement numbers, network byte order (0 for UDP): the
+    /// connection table follows the handshake with them (`timeouts::touch`).
+    pub tcp_seq: u32,
+    pub tcp_ack: u32,
     /// Frame length in bytes (for counters).
     pub len: u64,
     /// IPv4 total length, host byte order (for the FIB's MTU check).
@@ -147,7 +152,7 @@ pub fn parse(ctx: &XdpContext) -> Result<Parsed, DropReason> {
     }
 
     let l4_off = ip_off + ihl;
-    let (src_port, dst_port, tcp_flags) = match proto {
+    let (src_port, dst_port, tcp_flags, tcp_seq, tcp_ack) = match proto {
         PROTO_TCP => {
             // One pointer for every TCP field read: the verifier tracks bounds per pointer.
             let tcp: *const [u8; TcpHdr::LEN] = ptr_at(ctx, l4_off)?;
@@ -161,6 +166,8 @@ pub fn parse(ctx: &XdpContext) -> Result<Parsed, DropReason> {
                 u16::from_ne_bytes([tcp[0], tcp[1]]),
                 u16::from_ne_bytes([tcp[2], tcp[3]]),
                 tcp[TCP_FLAGS_OFF],
+                u32::from_ne_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]),
+                u32::from_ne_bytes([tcp[8], tcp[9], tcp[10], tcp[11]]),
             )
         }
         PROTO_UDP => {
@@ -174,6 +181,8 @@ pub fn parse(ctx: &XdpContext) -> Result<Parsed, DropReason> {
                 (
                     u16::from_ne_bytes((*udp).src),
                     u16::from_ne_bytes((*udp).dst),
+                    0,
+                    0,
                     0,
                 )
             }
@@ -198,6 +207,8 @@ pub fn parse(ctx: &XdpContext) -> Result<Parsed, DropReason> {
             _pad1: 0,
         },
         tcp_flags,
+        tcp_seq,
+        tcp_ack,
         len: (ctx.data_end() - ctx.data()) as u64,
         ip_len: tot_len,
         tos,

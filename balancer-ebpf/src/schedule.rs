@@ -4,8 +4,8 @@
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use aya_log_ebpf::warn;
 use balancer_common::{
-    stat, Conn, Settings, VipMeta, BACKEND_F_PRESENT, FLOW_CLOSING, SNAT_PORT_PROBES,
-    VIP_F_PASS_ALL_DOWN,
+    stat, Conn, Settings, VipMeta, BACKEND_F_PRESENT, FLOW_CLOSING, FLOW_MIDSTREAM, PROTO_TCP,
+    SNAT_PORT_PROBES, VIP_F_PASS_ALL_DOWN,
 };
 
 use crate::{
@@ -13,7 +13,7 @@ use crate::{
     forward::{Action, Send},
     maps::{BACKENDS, CONNS},
     nat::{csum_diffs, to_backend},
-    parse::{Packet, TCP_FIN, TCP_RST},
+    parse::{Packet, TCP_FIN, TCP_RST, TCP_SYN},
     select, snat, stats, DropReason,
 };
 
@@ -88,11 +88,14 @@ fn schedule(
     if backend.flags & BACKEND_F_PRESENT == 0 {
         return Ok(None);
     }
-    let state = if pkt.tcp_flags & TCP_FIN != 0 {
+    let mut state = if pkt.tcp_flags & TCP_FIN != 0 {
         FLOW_CLOSING
     } else {
         0
     };
+    if pkt.key.proto == PROTO_TCP && pkt.tcp_flags & TCP_SYN == 0 {
+        state |= FLOW_MIDSTREAM;
+    }
     let mut conn = Conn {
         backend_addr: backend.addr,
         snat_addr: backend.snat_addr,
@@ -102,7 +105,7 @@ fn schedule(
         vip_id: vip.vip_id,
         state,
         vip_gen: vip.generation,
-        _pad: 0,
+        handshake_ack: 0,
         last_seen_ns: now,
     };
     if let Err(reason) = snat::allocate_port(pkt, &backend, &mut conn, ended, settings, now, hash) {

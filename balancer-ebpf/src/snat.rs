@@ -1,7 +1,8 @@
 //! SNAT ports: which port of the configured range a new flow gets towards its backend
 //! (probed from a hash, taken back from flows that are gone, resting while the backend
-//! may hold the tuple in TIME-WAIT), and the `NAT` (reply) entries that say which flow
-//! holds a port: their keys, and how a flow claims and keeps one.
+//! may hold the tuple in TIME-WAIT, taken from half-open flows when none is free), and
+//! the `NAT` (reply) entries that say which flow holds a port: their keys, and how a flow
+//! claims and keeps one.
 use aya_ebpf::bindings::{BPF_ANY, BPF_NOEXIST};
 use balancer_common::{
     stat, Backend, Conn, FlowKey, NatEntry, Settings, FLOW_BACKEND_CLOSED, SNAT_PORT_PROBES,
@@ -21,8 +22,11 @@ use crate::{
 /// closed rests until `Settings::snat_time_wait_ns` after the flow's last packet, as the
 /// backend still holds the tuple in TIME-WAIT and may reject another client's SYN on it
 /// (PAWS: that client's timestamps are unrelated); when no probed port is free, the one
-/// that has rested longest is taken rather than dropping the flow. A client reusing its
-/// tuple towards the same backend first tries the port it had.
+/// that has rested longest is taken rather than dropping the flow, else the one of the
+/// half-open flow idle longest: a flood of spoofed SYNs (which live backends answer, and
+/// whose clients never complete the handshake) then takes ports from itself, not from
+/// connecting clients. A client reusing its tuple towards the same backend first tries
+/// the port it had.
 ///
 /// A port in use is only looked at (two lookups). A port that looks usable is claimed
 /// by [`claim`]: the forward (`CONNS`) entry is written before the reply (`NAT`) entry,
@@ -48,8 +52,7 @@ pub fn allocate_port(
     let range = max - min + 1;
     let start = ((hash >> 32) % u64::from(range)) as u32;
     let entry = nat_entry(pkt, conn, now);
-    // The probed port that has rested longest (see above), and for how long.
-    let mut resting: Option<(u16, u64)> = None;
+    let mut fallback = Fallback::default();
     // A client reusing its tuple towards the same backend tries its old port first, so
     // the backend sees the client's own tuple sequence on it (see `holder_for`), even
     // when a port earlier in the probe order has come free meanwhile.
@@ -66,7 +69,7 @@ pub fn allocate_port(
                 old.snat_port,
                 conn,
                 &entry,
-                &mut resting,
+                &mut fallback,
                 settings,
                 now,
             )?
@@ -83,7 +86,7 @@ pub fn allocate_port(
             port,
             conn,
             &entry,
-            &mut resting,
+            &mut fallback,
             settings,
             now,
         )? {
@@ -91,13 +94,18 @@ pub fn allocate_port(
         }
         i += 1;
     }
-    if let Some((port, _)) = resting {
-        // Every probed port is held or resting: better a tuple the backend may still
-        // hold in TIME-WAIT (the client's SYN then passes or is retried) than a drop.
+    // Every probed port is held or resting: better a tuple the backend may still hold in
+    // TIME-WAIT (the client's SYN then passes or is retried), else one a half-open flow
+    // holds (the backend may hold it in SYN-RECV: the same), than a drop.
+    if let Some((port, _)) = fallback.resting.or(fallback.half_open) {
         let reply_key = reply_tuple(backend, port, pkt.key.proto);
         match claim(pkt, &reply_key, conn, &entry, settings, now)? {
             Some(Holder::Resting(_)) => {
                 stats::count(stat::SNAT_PORT_REUSED_EARLY);
+                return Ok(());
+            }
+            Some(Holder::HalfOpen(_)) => {
+                stats::count(stat::SNAT_PORT_HALF_OPEN_TAKEN);
                 return Ok(());
             }
             Some(_) => return Ok(()),
@@ -108,8 +116,26 @@ pub fn allocate_port(
     Err(stat::DROP_SNAT_EXHAUSTED)
 }
 
+/// The ports a new flow takes when no probed port is free: the one that has rested longest,
+/// and the one of the half-open flow idle longest, each with that time.
+#[derive(Default)]
+struct Fallback {
+    resting: Option<(u16, u64)>,
+    half_open: Option<(u16, u64)>,
+}
+
+impl Fallback {
+    /// Keeps `port` in `slot` if it has waited (`idle`) longer than the one there.
+    #[inline(always)]
+    fn offer(slot: &mut Option<(u16, u64)>, port: u16, idle: u64) {
+        if slot.is_none_or(|(_, longest)| idle > longest) {
+            *slot = Some((port, idle));
+        }
+    }
+}
+
 /// One candidate SNAT port: looks at its holder and claims the port when that flow is
-/// gone; a resting port is remembered in `resting` if it has rested longest so far.
+/// gone; a resting or half-open holder's port is offered to `fallback`.
 /// `Ok(true)`: the port is this flow's.
 #[expect(
     clippy::too_many_arguments,
@@ -122,7 +148,7 @@ fn probe(
     port: u16,
     conn: &mut Conn,
     entry: &NatEntry,
-    resting: &mut Option<(u16, u64)>,
+    fallback: &mut Fallback,
     settings: &Settings,
     now: u64,
 ) -> Result<bool, DropReason> {
@@ -130,9 +156,11 @@ fn probe(
     match holder_for(pkt, &reply_key, settings, now) {
         Holder::Alive => Ok(false),
         Holder::Resting(idle) => {
-            if resting.is_none_or(|(_, longest)| idle > longest) {
-                *resting = Some((port, idle));
-            }
+            Fallback::offer(&mut fallback.resting, port, idle);
+            Ok(false)
+        }
+        Holder::HalfOpen(idle) => {
+            Fallback::offer(&mut fallback.half_open, port, idle);
             Ok(false)
         }
         Holder::Gone | Holder::Evicted => {
@@ -227,7 +255,8 @@ fn holder_for(pkt: &Packet, reply_key: &FlowKey, settings: &Settings, now: u64) 
 }
 
 /// Takes a SNAT port from a holder that no longer uses it (`Gone`, `Evicted` or
-/// `Resting`): overwrites its reply entry with `entry`.
+/// `Resting`) or has not proved it exists (`HalfOpen`; it finds out at its next packet,
+/// `keep_reply_entry`): overwrites its reply entry with `entry`.
 #[inline(always)]
 fn take(reply_key: &FlowKey, entry: &NatEntry, holder: Holder) -> bool {
     if holder == Holder::Evicted {
@@ -313,6 +342,9 @@ enum Holder {
     /// (A `FLOW_CACHE` copy of it is never used: copies serve only flows touched within
     /// the last 250 ms, and this one has been idle for its closing timeout, >= 1 s.)
     Resting(u64),
+    /// A live TCP flow whose client has not completed the handshake, idle for the ns
+    /// given. (Never served from a `FLOW_CACHE` copy: `timeouts::cache_serves`.)
+    HalfOpen(u64),
     /// Expired, or its tuple now has another flow.
     Gone,
     /// Its `CONNS` entry is gone (the LRU evicted it).
@@ -328,7 +360,11 @@ fn holder_state(holder: &NatEntry, reply_key: &FlowKey, settings: &Settings, now
         Some(conn) if holds(conn, reply_key) => {
             let idle = now.saturating_sub(conn.last_seen_ns);
             if idle <= timeouts::timeout_ns(conn.state, reply_key.proto, settings) {
-                Holder::Alive
+                if timeouts::half_open(conn.state, reply_key.proto) {
+                    Holder::HalfOpen(idle)
+                } else {
+                    Holder::Alive
+                }
             } else if conn.state & FLOW_BACKEND_CLOSED != 0 && idle <= settings.snat_time_wait_ns {
                 Holder::Resting(idle)
             } else {

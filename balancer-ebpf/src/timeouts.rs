@@ -1,8 +1,12 @@
-//! Connection-table policy: idle timeouts (TCP, UDP, closing TCP) and TCP FIN/RST handling,
-//! applied to entries that `conntrack`, `flow_cache` and `snat` looked up (no map lookups here).
-use balancer_common::{Conn, Settings, FLOW_BACKEND_CLOSED, FLOW_CLOSING, FLOW_REPLIED, PROTO_TCP};
+//! Connection-table policy: idle timeouts (TCP, UDP, half-open and closing TCP), the TCP
+//! handshake and FIN/RST handling, applied to entries that `conntrack`, `flow_cache` and
+//! `snat` looked up (no map lookups here).
+use balancer_common::{
+    Conn, Settings, FLOW_BACKEND_CLOSED, FLOW_CLOSING, FLOW_ESTABLISHED, FLOW_MIDSTREAM,
+    FLOW_REPLIED, PROTO_TCP,
+};
 
-use crate::parse::{Packet, TCP_FIN, TCP_RST, TCP_SYN};
+use crate::parse::{Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
 
 /// Refresh `last_seen_ns` only when it is this much older: saves a cache-line write per
 /// packet; timeouts are whole seconds, so the error is negligible.
@@ -21,10 +25,10 @@ pub fn timeout_ns(state: u32, proto: u8, settings: &Settings) -> u64 {
     if state & FLOW_CLOSING != 0 {
         settings.closing_timeout_ns
     } else if proto == PROTO_TCP {
-        if state & FLOW_REPLIED != 0 {
+        if state & FLOW_ESTABLISHED != 0 {
             settings.tcp_timeout_ns
         } else {
-            settings.tcp_unreplied_timeout_ns
+            settings.tcp_handshake_timeout_ns
         }
     } else {
         settings.udp_timeout_ns
@@ -38,12 +42,22 @@ pub fn is_live(conn: &Conn, pkt: &Packet, settings: &Settings, now: u64) -> bool
     if now.saturating_sub(conn.last_seen_ns) > timeout_ns(conn.state, pkt.key.proto, settings) {
         return false;
     }
-    !(conn.state & FLOW_CLOSING != 0 && pkt.tcp_flags & TCP_SYN != 0 && pkt.tcp_flags & 0x10 == 0)
+    !(conn.state & FLOW_CLOSING != 0
+        && pkt.tcp_flags & TCP_SYN != 0
+        && pkt.tcp_flags & TCP_ACK == 0)
+}
+
+/// Is this a TCP flow whose client has not completed the handshake (see
+/// [`FLOW_ESTABLISHED`])?
+#[inline(always)]
+pub fn half_open(state: u32, proto: u8) -> bool {
+    proto == PROTO_TCP && state & FLOW_ESTABLISHED == 0
 }
 
 /// May a packet of this flow be forwarded from a cached copy of its entry? Only when the
 /// packet has no SYN, FIN or RST (which may change or end the flow), the flow is not
-/// closing, it is live, and touching the entry would change nothing (`last_seen_ns` is
+/// closing nor half-open (its client's ACK completes the handshake in `CONNS`, and its
+/// port may be taken, see `snat`), it is live, and touching the entry would change nothing (`last_seen_ns` is
 /// less than [`TOUCH_INTERVAL_NS`] old): then the `CONNS` path would do exactly what the
 /// copy does.
 #[inline(always)]
@@ -58,6 +72,7 @@ pub fn cache_serves(
     // With no SYN and not closing, `is_live` is this idle check alone.
     pkt.tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) == 0
         && state & FLOW_CLOSING == 0
+        && !half_open(state, pkt.key.proto)
         && idle <= TOUCH_INTERVAL_NS
         && idle <= timeout_ns(state, pkt.key.proto, settings)
 }
@@ -71,15 +86,28 @@ pub enum From {
 
 /// Updates the entry for a packet of its flow: FIN/RST start the closing timeout; the
 /// first FIN from the backend marks it `FLOW_BACKEND_CLOSED`, an RST clears that; a packet
-/// from the backend marks it `FLOW_REPLIED`.
+/// from the backend marks it `FLOW_REPLIED`; the handshake's end marks it
+/// `FLOW_ESTABLISHED` ([`handshake`]).
 #[inline(always)]
 pub fn touch(conn: *mut Conn, pkt: &Packet, from: From, now: u64) {
     // SAFETY: `conn` points into a map value; racing writers only store whole fields.
     unsafe {
         let mut state = (*conn).state;
-        if from == From::Backend && state & FLOW_REPLIED == 0 {
-            state |= FLOW_REPLIED;
+        let mut changed = if from == From::Backend {
+            FLOW_REPLIED
+        } else {
+            0
+        };
+        if half_open(state, pkt.key.proto) {
+            changed |= handshake(conn, pkt, from, state);
+        }
+        if state | changed != state {
+            state |= changed;
             (*conn).state = state;
+            if changed & FLOW_ESTABLISHED != 0 {
+                // The full TCP timeout counts from here.
+                (*conn).last_seen_ns = now;
+            }
         }
         if pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0 && state & FLOW_CLOSING == 0 {
             let first_fin = pkt.tcp_flags & TCP_RST == 0 && from == From::Backend;
@@ -95,5 +123,39 @@ pub fn touch(conn: *mut Conn, pkt: &Packet, from: From, now: u64) {
                 (*conn).last_seen_ns = now;
             }
         }
+    }
+}
+
+/// A packet of a half-open TCP flow: the backend's SYN-ACK gives the acknowledgement that
+/// completes the handshake (recorded in `conn`); the client's ACK carrying it establishes
+/// the flow, so a spoofed client, which never sees the SYN-ACK, cannot. A flow picked up
+/// mid-stream has no handshake to see: the backend answering it without SYN or RST (it
+/// knows the connection; to a stray ACK it answers RST) establishes it. Returns the state
+/// bits to set.
+///
+/// # Safety
+/// `conn` points into a map value.
+#[inline(always)]
+unsafe fn handshake(conn: *mut Conn, pkt: &Packet, from: From, state: u32) -> u32 {
+    let flags = pkt.tcp_flags;
+    match from {
+        From::Backend if flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN | TCP_ACK => {
+            let ack = u32::from_be(pkt.tcp_seq).wrapping_add(1).to_be();
+            // SAFETY: the caller's; a single aligned 4-byte store.
+            unsafe { (*conn).handshake_ack = ack };
+            0
+        }
+        From::Backend if state & FLOW_MIDSTREAM != 0 && flags & (TCP_SYN | TCP_RST) == 0 => {
+            FLOW_ESTABLISHED
+        }
+        From::Client
+            if flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_ACK
+                // SAFETY: the caller's; a single aligned 4-byte load.
+                && unsafe { (*conn).handshake_ack } == pkt.tcp_ack
+                && pkt.tcp_ack != 0 =>
+        {
+            FLOW_ESTABLISHED
+        }
+        _ => 0,
     }
 }

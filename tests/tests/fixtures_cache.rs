@@ -2,12 +2,15 @@
 //! and SYN are not; a cached flow whose backend went down moves, and one whose SNAT port
 //! went to another flow is not forwarded.
 
-use balancer_common::{map_names, stat, Conn};
+use balancer_common::{map_names, stat, Conn, FLOW_ESTABLISHED};
+use balancer_tests::fixtures::flows::{backend_segment, client_segment, connect};
 use balancer_tests::fixtures::frames::{ack, client_key, fin, parsed, syn, WEB_BACKEND};
 use balancer_tests::fixtures::{
-    act, check, from_client, pin_to_one_cpu, Fixture, NatConfig, Timeouts, XDP_DROP, XDP_REDIRECT,
+    act, check, from_client, pin_to_one_cpu, Fixture, NatConfig, Step, Timeouts, XDP_DROP,
+    XDP_REDIRECT,
 };
 use balancer_tests::frame::Spec;
+use balancer_wire::tcp::Flags;
 
 #[test]
 fn established_packets_are_forwarded_from_the_cpus_flow_cache_but_fin_and_syn_are_not() {
@@ -15,8 +18,15 @@ fn established_packets_are_forwarded_from_the_cpus_flow_cache_but_fin_and_syn_ar
     let key = client_key(&syn());
     Fixture::new().run_steps([
         from_client("the SYN", syn(), XDP_REDIRECT).keep("first"),
+        backend_segment("first", Flags::SYN | Flags::ACK),
+        check("a half-open flow's copy is not served", |fx| {
+            let cached = fx.flow_cache();
+            assert_eq!(cached.len(), 1, "one cached flow: {cached:?}");
+            assert_eq!(cached[0].state & FLOW_ESTABLISHED, 0);
+        }),
+        from_client("the handshake's ACK", ack(), XDP_REDIRECT),
         check(
-            "the new flow left a copy of its CONNS entry in this CPU's cache",
+            "the established flow left a copy of its CONNS entry in this CPU's cache",
             move |fx| {
                 let cached = fx.flow_cache();
                 assert_eq!(cached.len(), 1, "one cached flow: {cached:?}");
@@ -26,6 +36,7 @@ fn established_packets_are_forwarded_from_the_cpus_flow_cache_but_fin_and_syn_ar
                     u32::from_ne_bytes(WEB_BACKEND.octets())
                 );
                 assert_eq!(cached[0].snat_port, fx.port("first").to_be());
+                assert_ne!(cached[0].state & FLOW_ESTABLISHED, 0);
             },
         ),
         // With the CONNS entry gone, only the cache knows the flow: the ACK still goes to
@@ -94,8 +105,8 @@ fn a_cached_flow_whose_snat_port_went_to_another_flow_is_not_forwarded() {
         ..syn()
     };
     let second_key = client_key(&second);
-    Fixture::with(&Timeouts::default(), &nat).run_steps([
-        from_client("the first flow's SYN", syn(), XDP_REDIRECT),
+    let mut steps: Vec<Step> = connect(40000, "first").into();
+    steps.extend([
         check("the first flow is cached", |fx| {
             assert_eq!(fx.flow_cache().len(), 1, "the first flow is cached");
         }),
@@ -104,9 +115,14 @@ fn a_cached_flow_whose_snat_port_went_to_another_flow_is_not_forwarded() {
         act("the first flow's CONNS entry is evicted", move |fx| {
             fx.forget::<Conn>(map_names::CONNS, &first);
         }),
-        from_client("the second flow takes the port", second, XDP_REDIRECT).output(|out, _| {
-            assert_eq!(parsed(out).sport, 20000);
-        }),
+        from_client("the second flow takes the port", second, XDP_REDIRECT)
+            .keep("second")
+            .output(|out, _| {
+                assert_eq!(parsed(out).sport, 20000);
+            }),
+        // Established, so that the first flow's packet cannot take its port either.
+        backend_segment("second", Flags::SYN | Flags::ACK),
+        client_segment(40001, Flags::ACK),
         // The first flow's copy must not be used now: forwarded, it would arrive on the
         // second flow's tuple. Its CONNS path finds no flow and no free port.
         from_client(
@@ -122,4 +138,5 @@ fn a_cached_flow_whose_snat_port_went_to_another_flow_is_not_forwarded() {
             assert!(fx.has_conn(&second_key));
         }),
     ]);
+    Fixture::with(&Timeouts::default(), &nat).run_steps(steps);
 }

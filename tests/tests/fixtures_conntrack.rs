@@ -1,11 +1,11 @@
 //! Packet fixtures: the connection table. A flow keeps its backend and SNAT port, FIN and
-//! RST close it, idle flows expire per protocol (sooner when the backend never answered),
+//! RST close it, idle flows expire per protocol (sooner while the handshake is not complete),
 //! replies keep a flow alive, stale replies are dropped, a renumbered VIP keeps its flows.
 
 use std::net::SocketAddrV4;
 
-use balancer_common::{map_names, stat, Conn};
-use balancer_tests::fixtures::flows::{backend_segment, client_segment, open};
+use balancer_common::{map_names, stat, Conn, FLOW_ESTABLISHED, FLOW_MIDSTREAM};
+use balancer_tests::fixtures::flows::{backend_segment, client_segment, connect, open};
 use balancer_tests::fixtures::frames::{
     ack, client_key, dns_reply, fin, parsed, segment, syn, udp, web_reply, DNS_BACKEND,
     LB_BACKEND_MAC, WEB_BACKEND, WEB_BACKEND_MAC,
@@ -14,7 +14,7 @@ use balancer_tests::fixtures::{
     act, check, from_backend, from_client, later, pin_to_one_cpu, sleep_ms, Fixture, Step,
     Timeouts, XDP_DROP, XDP_REDIRECT,
 };
-use balancer_tests::frame::Spec;
+use balancer_tests::frame::{Spec, L4};
 use balancer_wire::tcp::Flags;
 
 fn secs(secs: u64) -> std::time::Duration {
@@ -168,35 +168,119 @@ fn a_late_reset_of_an_ended_flow_does_not_reach_the_clients_new_one() {
     ]);
 }
 
+/// Client port `sport`'s ACK acknowledging `ack` (the backend's sequence number + 1 it
+/// claims to have seen).
+fn acking(sport: u16, ack: u32) -> Spec {
+    Spec {
+        sport,
+        l4: L4::Tcp {
+            flags: Flags::ACK,
+            seq: 1001,
+            ack,
+        },
+        ..syn()
+    }
+}
+
 #[test]
-fn a_tcp_flow_its_backend_never_answered_idles_out_sooner() {
+fn a_tcp_flow_is_established_only_by_the_clients_handshake() {
     pin_to_one_cpu();
     let mut fx = Fixture::with_timeouts(&Timeouts {
         tcp: secs(30),
-        tcp_unreplied: secs(1),
+        tcp_handshake: secs(1),
         ..Timeouts::default()
     });
-    // Client port 40000's backend never answers; 40001's does (its SYN-ACK).
-    fx.run_steps([
+    let established = |fx: &Fixture, sport: u16| {
+        fx.conn(&client_key(&Spec { sport, ..syn() })).state & FLOW_ESTABLISHED != 0
+    };
+    let mut steps: Vec<Step> = vec![
+        // 40000's backend never answers.
         open(40000),
-        open(40001).keep("answered"),
-        backend_segment("answered", Flags::SYN | Flags::ACK),
+        // 40002 is answered, but its ACK does not acknowledge the SYN-ACK (a blind,
+        // spoofed client guessing).
+        open(40002).keep("guessed"),
+        backend_segment("guessed", Flags::SYN | Flags::ACK),
+        from_client(
+            "an ACK of a sequence number never sent",
+            acking(40002, 4242),
+            XDP_REDIRECT,
+        ),
+        // 40003 picks a connection up mid-stream: its backend answers with an RST.
+        from_client("an ACK with no flow", acking(40003, 5001), XDP_REDIRECT).keep("stray"),
+        backend_segment("stray", Flags::RST),
+    ];
+    // 40001 completes the handshake.
+    steps.extend(connect(40001, "answered"));
+    steps.extend([
+        check(
+            "only the completed handshake established its flow",
+            move |fx| {
+                assert!(
+                    established(fx, 40001),
+                    "the client's ACK of the SYN-ACK establishes"
+                );
+                assert!(
+                    !established(fx, 40002),
+                    "a wrong acknowledgement must not establish"
+                );
+                assert!(
+                    !established(fx, 40000),
+                    "an unanswered SYN must not establish"
+                );
+            },
+        ),
         sleep_ms(1600),
         client_segment(40001, Flags::ACK),
-        check("the answered flow is live", |fx| {
+        check("the established flow is live", |fx| {
             assert_eq!(
                 fx.new_flows("web"),
-                2,
-                "the answered flow must still be live"
+                4,
+                "the established flow must still be live"
             );
         }),
         open(40000),
-        check("the unanswered flow expired", |fx| {
+        from_client("40002 again, its ACK", acking(40002, 5001), XDP_REDIRECT),
+        check("the half-open flows expired", |fx| {
             assert_eq!(
                 (fx.new_flows("web"), fx.global(stat::CONN_EXPIRED)),
-                (3, 1),
-                "the unanswered flow must have expired after timeouts.tcp_unreplied"
+                (6, 2),
+                "half-open flows must expire after timeouts.tcp_handshake"
             );
+        }),
+    ]);
+    fx.run_steps(steps);
+}
+
+#[test]
+fn a_flow_picked_up_mid_stream_is_established_by_the_backends_answer() {
+    pin_to_one_cpu();
+    let mut fx = Fixture::with_timeouts(&Timeouts {
+        tcp: secs(30),
+        tcp_handshake: secs(1),
+        ..Timeouts::default()
+    });
+    fx.run_steps([
+        from_client("an ACK with no flow", acking(40000, 5001), XDP_REDIRECT).keep("picked"),
+        check("half-open until the backend answers", |fx| {
+            let conn = fx.conn(&client_key(&acking(40000, 5001)));
+            assert_eq!(
+                conn.state & (FLOW_ESTABLISHED | FLOW_MIDSTREAM),
+                FLOW_MIDSTREAM
+            );
+        }),
+        backend_segment("picked", Flags::ACK),
+        check("established by the backend's ACK", |fx| {
+            let conn = fx.conn(&client_key(&acking(40000, 5001)));
+            assert_ne!(
+                conn.state & FLOW_ESTABLISHED,
+                0,
+                "the backend knows the connection"
+            );
+        }),
+        sleep_ms(1600),
+        client_segment(40000, Flags::ACK),
+        check("still the same flow", |fx| {
+            assert_eq!(fx.new_flows("web"), 1)
         }),
     ]);
 }

@@ -4,7 +4,7 @@
 //! or leaves its port.
 
 use balancer_common::{map_names, stat, NatEntry};
-use balancer_tests::fixtures::flows::{backend_segment, client_segment, open};
+use balancer_tests::fixtures::flows::{backend_segment, client_segment, connect, open};
 use balancer_tests::fixtures::frames::{ack, parsed, syn, web_reply_key};
 use balancer_tests::fixtures::{
     act, check, from_client, pin_to_one_cpu, sleep_ms, Fixture, NatConfig, Step, Timeouts,
@@ -74,17 +74,58 @@ fn reused_early(count: u64, why: &'static str) -> Step {
 }
 
 #[test]
+fn when_no_port_is_free_a_new_flow_takes_a_half_open_flows_port() {
+    pin_to_one_cpu();
+    // Two spoofed SYNs, each answered by the backend, hold both ports; their clients
+    // never complete the handshake.
+    let mut steps: Vec<Step> = Vec::new();
+    for (sport, flow) in [(40000, "spoofed 1"), (40001, "spoofed 2")] {
+        steps.push(open(sport).keep(flow));
+        steps.push(backend_segment(flow, Flags::SYN | Flags::ACK));
+    }
+    steps.extend(connect(40002, "connecting"));
+    steps.push(check("a half-open flow's port was taken", |fx| {
+        assert_eq!(fx.global(stat::SNAT_PORT_HALF_OPEN_TAKEN), 1);
+        assert_eq!(fx.global(stat::DROP_SNAT_EXHAUSTED), 0);
+    }));
+    snat_fixture(2).run_steps(steps);
+}
+
+#[test]
+fn established_flows_keep_their_ports_when_none_is_free() {
+    pin_to_one_cpu();
+    let mut steps: Vec<Step> = Vec::new();
+    steps.extend(connect(40000, "first"));
+    steps.extend(connect(40001, "second"));
+    steps.push(from_client(
+        "a third client finds no port",
+        Spec {
+            sport: 40002,
+            ..syn()
+        },
+        XDP_DROP,
+    ));
+    steps.push(check("dropped, no port taken", |fx| {
+        assert_eq!(fx.global(stat::DROP_SNAT_EXHAUSTED), 1);
+        assert_eq!(fx.global(stat::SNAT_PORT_HALF_OPEN_TAKEN), 0);
+    }));
+    snat_fixture(2).run_steps(steps);
+}
+
+#[test]
 fn a_flow_the_backend_closed_leaves_its_snat_port_resting() {
     // Client port 40001 probes the closed flow's port first (the client-closed test below
     // shows it getting that port at once); the free one is taken instead.
     closed_first_by(Side::Backend).run_steps([
-        open(40001).output(|out, fx| {
+        open(40001).keep("40001").output(|out, fx| {
             assert_ne!(
                 parsed(out).sport,
                 fx.port("closed"),
                 "another client got a resting port while a port was free"
             );
         }),
+        backend_segment("40001", Flags::SYN | Flags::ACK),
+        client_segment(40001, Flags::ACK),
         reused_early(0, "a port was free"),
         // No free port left: the resting one is taken rather than dropping the flow.
         from_client(
@@ -95,11 +136,21 @@ fn a_flow_the_backend_closed_leaves_its_snat_port_resting() {
             },
             XDP_REDIRECT,
         )
+        .keep("40002")
         .output(|out, fx| {
             assert_eq!(parsed(out).sport, fx.port("closed"));
         }),
+        backend_segment("40002", Flags::SYN | Flags::ACK),
+        from_client(
+            "client port 40002 completes the handshake",
+            Spec {
+                sport: 40002,
+                ..ack()
+            },
+            XDP_REDIRECT,
+        ),
         reused_early(1, "the resting port was taken"),
-        // Now both ports are held by live flows.
+        // Now both ports are held by established flows.
         from_client(
             "client port 40003: no port left",
             Spec {
@@ -190,13 +241,16 @@ fn a_flow_whose_reply_entry_was_evicted_writes_it_again_or_leaves_its_port() {
         backend_segment("first", Flags::ACK),
         // Evicted again, and before the flow's next touch another client takes the port.
         evict("the flow's reply entry is evicted again"),
-        open(40001).output(|out, fx| {
+        open(40001).keep("second").output(|out, fx| {
             assert_eq!(
                 parsed(out).sport,
                 fx.port("first"),
                 "the port without reply entry"
             );
         }),
+        // Established, so that the first flow cannot take the port back.
+        backend_segment("second", Flags::SYN | Flags::ACK),
+        client_segment(40001, Flags::ACK),
         sleep_ms(300),
         // The first flow must not go on sending from the port the second one holds; with
         // the only port taken, it has none left.

@@ -73,8 +73,10 @@ pub const DEFAULT_UDP_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_TCP_CLOSING_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default rest of a closed flow's SNAT port: Linux's TIME-WAIT (`TCP_TIMEWAIT_LEN`).
 pub const DEFAULT_SNAT_TIME_WAIT: Duration = Duration::from_mins(1);
-/// A TCP flow its backend never answered: Linux conntrack's and IPVS's `SYN_RECV` timeout.
-pub const DEFAULT_TCP_UNREPLIED_TIMEOUT: Duration = Duration::from_mins(1);
+/// A half-open TCP flow: long enough for a client's SYN retransmissions (1 s, then 3 s)
+/// to keep it, short so that spoofed SYNs give their SNAT ports back soon (HAProxy's
+/// customary `timeout connect`).
+pub const DEFAULT_TCP_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Shortest allowed timeout.
 pub const MIN_TIMEOUT: Duration = Duration::from_secs(1);
 /// Longest allowed timeout.
@@ -159,9 +161,9 @@ pub struct Timeouts {
     /// its last packet before another client gets it (unless no other port is free):
     /// the backends' TIME-WAIT.
     pub snat_time_wait: Duration,
-    /// Idle timeout of a TCP flow whose backend has not answered yet (at most `tcp`
-    /// applies: the shorter of the two).
-    pub tcp_unreplied: Duration,
+    /// Idle timeout of a half-open TCP flow, whose client has not completed the handshake
+    /// (at most `tcp` applies: the shorter of the two).
+    pub tcp_handshake: Duration,
 }
 
 impl Default for Timeouts {
@@ -171,7 +173,7 @@ impl Default for Timeouts {
             udp: DEFAULT_UDP_TIMEOUT,
             tcp_closing: DEFAULT_TCP_CLOSING_TIMEOUT,
             snat_time_wait: DEFAULT_SNAT_TIME_WAIT,
-            tcp_unreplied: DEFAULT_TCP_UNREPLIED_TIMEOUT,
+            tcp_handshake: DEFAULT_TCP_HANDSHAKE_TIMEOUT,
         }
     }
 }
@@ -477,7 +479,7 @@ tcp = "10m"
 udp = "45s"
 tcp_closing = "5s"
 snat_time_wait = "2m"
-tcp_unreplied = "20s"
+tcp_handshake = "20s"
 
 [[pool]]
 name = "web"
@@ -560,7 +562,7 @@ pool = "dns"
                 udp: Duration::from_secs(45),
                 tcp_closing: Duration::from_secs(5),
                 snat_time_wait: Duration::from_mins(2),
-                tcp_unreplied: Duration::from_secs(20),
+                tcp_handshake: Duration::from_secs(20),
             },
             http: ProxySettings::default(),
             pools: vec![
@@ -661,7 +663,7 @@ pool = "dns"
                     udp: Duration::from_secs(30),
                     tcp_closing: Duration::from_secs(10),
                     snat_time_wait: Duration::from_mins(1),
-                    tcp_unreplied: Duration::from_mins(1),
+                    tcp_handshake: Duration::from_secs(5),
                 },
                 http: ProxySettings::default(),
                 pools: vec![],

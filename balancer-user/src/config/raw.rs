@@ -65,8 +65,9 @@ pub(super) struct RawTimeouts {
     pub(super) tcp_closing: Option<Spanned<String>>,
     #[serde(default)]
     pub(super) snat_time_wait: Option<Spanned<String>>,
-    #[serde(default)]
-    pub(super) tcp_unreplied: Option<Spanned<String>>,
+    /// Earlier versions' name for it (when it counted from the backend's answer).
+    #[serde(default, alias = "tcp_unreplied")]
+    pub(super) tcp_handshake: Option<Spanned<String>>,
 }
 
 /// `[http]`: the HTTP proxy's timeouts and limits, for every HTTP-mode VIP.

@@ -56,7 +56,7 @@ tcp = "5m"
 udp = "30s"
 tcp_closing = "10s"
 snat_time_wait = "60s"
-tcp_unreplied = "60s"
+tcp_handshake = "60s"
 "#;
 
 pub(super) const NAT: &str = r#"[agent]

@@ -45,7 +45,7 @@ impl SnatSource {
 pub fn settings(timeouts: &Timeouts, nat: &NatConfig) -> Settings {
     Settings {
         tcp_timeout_ns: timeouts.tcp.as_nanos() as u64,
-        tcp_unreplied_timeout_ns: timeouts.tcp_unreplied.min(timeouts.tcp).as_nanos() as u64,
+        tcp_handshake_timeout_ns: timeouts.tcp_handshake.min(timeouts.tcp).as_nanos() as u64,
         udp_timeout_ns: timeouts.udp.as_nanos() as u64,
         closing_timeout_ns: timeouts.tcp_closing.as_nanos() as u64,
         snat_time_wait_ns: timeouts.snat_time_wait.as_nanos() as u64,

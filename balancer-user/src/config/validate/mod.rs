@@ -222,10 +222,10 @@ impl Validator<'_> {
                 "timeouts.snat_time_wait",
                 defaults.snat_time_wait,
             )?,
-            tcp_unreplied: self.timeout(
-                raw.tcp_unreplied,
-                "timeouts.tcp_unreplied",
-                defaults.tcp_unreplied,
+            tcp_handshake: self.timeout(
+                raw.tcp_handshake,
+                "timeouts.tcp_handshake",
+                defaults.tcp_handshake,
             )?,
         })
     }
@@ -1078,10 +1078,10 @@ backends = [
                 "\"0s\"",
             ),
             (
-                "timeouts.tcp_unreplied",
+                "timeouts.tcp_handshake",
                 9,
-                "tcp_unreplied = \"60s\"",
-                "tcp_unreplied = \"0s\"",
+                "tcp_handshake = \"60s\"",
+                "tcp_handshake = \"0s\"",
                 "\"0s\"",
             ),
         ];
