@@ -560,7 +560,7 @@ fn index_octet(i: usize) -> u8 {
 }
 
 /// The MAC after `link/ether` in `ip -o link show` output.
-fn parse_link_mac(out: &str) -> Option<MacAddr> {
+pub fn parse_link_mac(out: &str) -> Option<MacAddr> {
     let mut words = out.split_whitespace();
     words.find(|w| *w == "link/ether")?;
     parse_mac(words.next()?)

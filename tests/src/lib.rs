@@ -35,6 +35,7 @@ pub mod capture;
 pub mod client;
 pub mod failover;
 pub mod fixtures;
+pub mod flood;
 pub mod forge;
 pub mod frame;
 pub mod ha;
