@@ -34,6 +34,9 @@ pub const CONN_TABLE_SIZE: u32 = 1 << 20;
 /// so that an agent never takes over tables it would misread. Bump it with any change to those types or to how the
 /// data plane reads them, even one that keeps their sizes.
 pub const FLOW_TABLES_VERSION: u32 = 2;
+/// Most SNAT source addresses per backend (`nat.source_addresses`); a power of two, so
+/// the data plane can mask an index into `Backend::snat_addrs`.
+pub const MAX_SNAT_ADDRS: usize = 8;
 /// How many consecutive SNAT ports the kernel tries for a new flow before giving up.
 pub const SNAT_PORT_PROBES: u32 = 16;
 /// A backend id meaning "no backend".
@@ -118,13 +121,16 @@ pub const VIP_F_PASS_ALL_DOWN: u32 = 1;
 pub struct Backend {
     /// Backend IPv4 address, network byte order.
     pub addr: u32,
-    /// Source address the balancer uses towards this backend (SNAT), network byte order.
-    pub snat_addr: u32,
     /// Backend port, network byte order.
     pub port: u16,
     pub _pad: u16,
     /// `BACKEND_F_*` bits.
     pub flags: u32,
+    /// Source addresses the balancer uses towards this backend (SNAT), network byte
+    /// order: each gives the backend's flows the whole SNAT port range. Every slot is
+    /// filled, the configured addresses repeated in order, so the data plane picks one
+    /// with a mask (the verifier cannot bound a remainder).
+    pub snat_addrs: [u32; MAX_SNAT_ADDRS],
 }
 
 /// The backend slot holds a configured backend.
@@ -484,7 +490,8 @@ pub struct RrState {
 
 const _: () = assert!(size_of::<VipKey>() == 8);
 const _: () = assert!(size_of::<VipMeta>() == 24);
-const _: () = assert!(size_of::<Backend>() == 16);
+const _: () = assert!(size_of::<Backend>() == 44);
+const _: () = assert!(MAX_SNAT_ADDRS.is_power_of_two());
 const _: () = assert!(size_of::<FlowKey>() == 16);
 const _: () = assert!(size_of::<Conn>() == 40);
 const _: () = assert!(size_of::<NatEntry>() == 24);

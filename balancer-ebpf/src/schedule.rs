@@ -98,7 +98,8 @@ fn schedule(
     }
     let mut conn = Conn {
         backend_addr: backend.addr,
-        snat_addr: backend.snat_addr,
+        // Both set by the port allocator, with the address it chose.
+        snat_addr: 0,
         backend_port: backend.port,
         snat_port: 0,
         backend_id,

@@ -5,7 +5,8 @@
 //! claims and keeps one.
 use aya_ebpf::bindings::{BPF_ANY, BPF_NOEXIST};
 use balancer_common::{
-    stat, Backend, Conn, FlowKey, NatEntry, Settings, FLOW_BACKEND_CLOSED, SNAT_PORT_PROBES,
+    stat, Backend, Conn, FlowKey, NatEntry, Settings, FLOW_BACKEND_CLOSED, MAX_SNAT_ADDRS,
+    SNAT_PORT_PROBES,
 };
 
 use crate::{
@@ -16,8 +17,9 @@ use crate::{
 };
 
 /// Claims a free SNAT port towards `backend` for this flow and records the flow in both
-/// tables: a hash-chosen start in the configured range, then the next ports,
-/// `SNAT_PORT_PROBES` tries in all. A taken port is reclaimed when the flow holding it is
+/// tables: a hash-chosen start in the configured range and among the backend's SNAT
+/// addresses, then the next ports, each on the next address, `SNAT_PORT_PROBES` tries in
+/// all (so several addresses multiply the ports a backend's flows can hold). A taken port is reclaimed when the flow holding it is
 /// gone (its forward entry expired, replaced or evicted). The port of a flow the backend
 /// closed rests until `Settings::snat_time_wait_ns` after the flow's last packet, as the
 /// backend still holds the tuple in TIME-WAIT and may reject another client's SYN on it
@@ -51,6 +53,7 @@ pub fn allocate_port(
     // At most 65536 and never zero (the check above lets the compiler see it, too).
     let range = max - min + 1;
     let start = ((hash >> 32) % u64::from(range)) as u32;
+    let first_addr = (hash >> 16) as u32;
     let entry = nat_entry(pkt, conn, now);
     let mut fallback = Fallback::default();
     // A client reusing its tuple towards the same backend tries its old port first, so
@@ -60,13 +63,16 @@ pub fn allocate_port(
         let port = u16::from_be(old.snat_port);
         if old.backend_addr == backend.addr
             && old.backend_port == backend.port
-            && old.snat_addr == backend.snat_addr
+            && has_source(backend, old.snat_addr)
             && port >= settings.snat_port_min
             && port <= settings.snat_port_max
             && probe(
                 pkt,
                 backend,
-                old.snat_port,
+                Source {
+                    addr: old.snat_addr,
+                    port: old.snat_port,
+                },
                 conn,
                 &entry,
                 &mut fallback,
@@ -79,11 +85,14 @@ pub fn allocate_port(
     }
     let mut i = 0;
     while i < SNAT_PORT_PROBES {
-        let port = ((min + (start + i) % range) as u16).to_be();
+        let source = Source {
+            addr: source_addr(backend, first_addr.wrapping_add(i)),
+            port: ((min + (start + i) % range) as u16).to_be(),
+        };
         if probe(
             pkt,
             backend,
-            port,
+            source,
             conn,
             &entry,
             &mut fallback,
@@ -97,8 +106,8 @@ pub fn allocate_port(
     // Every probed port is held or resting: better a tuple the backend may still hold in
     // TIME-WAIT (the client's SYN then passes or is retried), else one a half-open flow
     // holds (the backend may hold it in SYN-RECV: the same), than a drop.
-    if let Some((port, _)) = fallback.resting.or(fallback.half_open) {
-        let reply_key = reply_tuple(backend, port, pkt.key.proto);
+    if let Some((source, _)) = fallback.resting.or(fallback.half_open) {
+        let reply_key = reply_tuple(backend, source, pkt.key.proto);
         match claim(pkt, &reply_key, conn, &entry, settings, now)? {
             Some(Holder::Resting(_)) => {
                 stats::count(stat::SNAT_PORT_REUSED_EARLY);
@@ -116,20 +125,46 @@ pub fn allocate_port(
     Err(stat::DROP_SNAT_EXHAUSTED)
 }
 
+/// A SNAT address and port, network byte order.
+#[derive(Clone, Copy)]
+struct Source {
+    addr: u32,
+    port: u16,
+}
+
+/// SNAT address slot `index` (any number: masked) of `backend`.
+#[inline(always)]
+fn source_addr(backend: &Backend, index: u32) -> u32 {
+    backend.snat_addrs[index as usize & (MAX_SNAT_ADDRS - 1)]
+}
+
+/// Whether `addr` is one of the SNAT addresses of `backend`.
+#[inline(always)]
+fn has_source(backend: &Backend, addr: u32) -> bool {
+    let mut i = 0;
+    while i < MAX_SNAT_ADDRS {
+        if backend.snat_addrs[i] == addr {
+            return true;
+        }
+        i += 1;
+    }
+    false
+}
+
 /// The ports a new flow takes when no probed port is free: the one that has rested longest,
 /// and the one of the half-open flow idle longest, each with that time.
 #[derive(Default)]
 struct Fallback {
-    resting: Option<(u16, u64)>,
-    half_open: Option<(u16, u64)>,
+    resting: Option<(Source, u64)>,
+    half_open: Option<(Source, u64)>,
 }
 
 impl Fallback {
-    /// Keeps `port` in `slot` if it has waited (`idle`) longer than the one there.
+    /// Keeps `source` in `slot` if it has waited (`idle`) longer than the one there.
     #[inline(always)]
-    fn offer(slot: &mut Option<(u16, u64)>, port: u16, idle: u64) {
+    fn offer(slot: &mut Option<(Source, u64)>, source: Source, idle: u64) {
         if slot.is_none_or(|(_, longest)| idle > longest) {
-            *slot = Some((port, idle));
+            *slot = Some((source, idle));
         }
     }
 }
@@ -145,22 +180,22 @@ impl Fallback {
 fn probe(
     pkt: &Packet,
     backend: &Backend,
-    port: u16,
+    source: Source,
     conn: &mut Conn,
     entry: &NatEntry,
     fallback: &mut Fallback,
     settings: &Settings,
     now: u64,
 ) -> Result<bool, DropReason> {
-    let reply_key = reply_tuple(backend, port, pkt.key.proto);
+    let reply_key = reply_tuple(backend, source, pkt.key.proto);
     match holder_for(pkt, &reply_key, settings, now) {
         Holder::Alive => Ok(false),
         Holder::Resting(idle) => {
-            Fallback::offer(&mut fallback.resting, port, idle);
+            Fallback::offer(&mut fallback.resting, source, idle);
             Ok(false)
         }
         Holder::HalfOpen(idle) => {
-            Fallback::offer(&mut fallback.half_open, port, idle);
+            Fallback::offer(&mut fallback.half_open, source, idle);
             Ok(false)
         }
         Holder::Gone | Holder::Evicted => {
@@ -223,6 +258,7 @@ fn claim(
     settings: &Settings,
     now: u64,
 ) -> Result<Option<Holder>, DropReason> {
+    conn.snat_addr = reply_key.dst_addr;
     conn.snat_port = reply_key.dst_port;
     CONNS
         .insert(&pkt.key, &*conn, u64::from(BPF_ANY))
@@ -267,10 +303,10 @@ fn take(reply_key: &FlowKey, entry: &NatEntry, holder: Holder) -> bool {
     NAT.insert(reply_key, entry, u64::from(BPF_ANY)).is_ok()
 }
 
-/// The tuple of a reply from `backend` to SNAT port `port` (network byte order).
+/// The tuple of a reply from `backend` to SNAT address and port `source`.
 #[inline(always)]
-fn reply_tuple(backend: &Backend, port: u16, proto: u8) -> FlowKey {
-    reply_key(backend.addr, backend.snat_addr, backend.port, port, proto)
+fn reply_tuple(backend: &Backend, source: Source, proto: u8) -> FlowKey {
+    reply_key(backend.addr, source.addr, backend.port, source.port, proto)
 }
 
 /// The tuple of the replies of `conn`'s flow (protocol `proto`): its `NAT` key.
@@ -312,11 +348,13 @@ pub fn names(entry: &NatEntry, key: &FlowKey) -> bool {
     client_key(entry, key.proto) == *key
 }
 
-/// Whether `conn` is the flow on the reply tuple `reply_key` (its backend and SNAT port;
-/// the client may have moved its tuple to another).
+/// Whether `conn` is the flow on the reply tuple `reply_key` (its backend, SNAT address
+/// and port; the client may have moved its tuple to another).
 #[inline(always)]
 pub fn holds(conn: &Conn, reply_key: &FlowKey) -> bool {
-    conn.snat_port == reply_key.dst_port && conn.backend_addr == reply_key.src_addr
+    conn.snat_port == reply_key.dst_port
+        && conn.backend_addr == reply_key.src_addr
+        && conn.snat_addr == reply_key.dst_addr
 }
 
 /// The client's tuple (the `CONNS` key) of the flow a reply entry belongs to.

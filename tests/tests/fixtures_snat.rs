@@ -5,7 +5,7 @@
 
 use balancer_common::{map_names, stat, NatEntry};
 use balancer_tests::fixtures::flows::{backend_segment, client_segment, connect, open};
-use balancer_tests::fixtures::frames::{ack, parsed, syn, web_reply_key};
+use balancer_tests::fixtures::frames::{ack, parsed, syn, web_reply_key, SNAT};
 use balancer_tests::fixtures::{
     act, check, from_client, pin_to_one_cpu, sleep_ms, Fixture, NatConfig, Step, Timeouts,
     XDP_DROP, XDP_REDIRECT,
@@ -89,6 +89,40 @@ fn when_no_port_is_free_a_new_flow_takes_a_half_open_flows_port() {
         assert_eq!(fx.global(stat::DROP_SNAT_EXHAUSTED), 0);
     }));
     snat_fixture(2).run_steps(steps);
+}
+
+#[test]
+fn each_snat_address_gives_the_whole_port_range() {
+    pin_to_one_cpu();
+    let second = std::net::Ipv4Addr::new(10, 0, 2, 2);
+    let nat = NatConfig {
+        source_addresses: vec![SNAT, second],
+        port_min: 20000,
+        port_max: 20000,
+        ..NatConfig::default()
+    };
+    Fixture::with(&Timeouts::default(), &nat).run_steps([
+        open(40000).keep("first"),
+        from_client(
+            "a second client gets the one port on the other address",
+            Spec {
+                sport: 40001,
+                ..syn()
+            },
+            XDP_REDIRECT,
+        )
+        .output(move |out, fx| {
+            let (first, this) = (parsed(fx.kept("first")), parsed(out));
+            assert_eq!((first.sport, this.sport), (20000, 20000));
+            let mut sources = [first.src, this.src];
+            sources.sort();
+            assert_eq!(sources, [SNAT, second], "one flow per SNAT address");
+        }),
+        check("no port was short", |fx| {
+            assert_eq!(fx.global(stat::DROP_SNAT_EXHAUSTED), 0);
+            assert_eq!(fx.global(stat::SNAT_PORT_HALF_OPEN_TAKEN), 0);
+        }),
+    ]);
 }
 
 #[test]

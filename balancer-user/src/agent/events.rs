@@ -238,7 +238,7 @@ mod tests {
 
     fn agent() -> Agent<FakeMaps> {
         let settings = settings(&Timeouts::default(), &NatConfig::default());
-        let snat = SnatSource::Fixed(Ipv4Addr::new(10, 0, 2, 1));
+        let snat = SnatSource::Fixed(vec![Ipv4Addr::new(10, 0, 2, 1)]);
         let lb = Balancer::new(FakeMaps::default(), &settings, snat).unwrap();
         let (events, _) = mpsc::channel(1);
         Agent::new(lb, Checker::new(events), None, None)

@@ -135,8 +135,9 @@ pub struct AgentConfig {
 /// `[nat]`: source NAT towards the backends.
 #[derive(Clone, Debug, PartialEq)]
 pub struct NatConfig {
-    /// `None`: chosen per backend from the routing table.
-    pub source_address: Option<Ipv4Addr>,
+    /// SNAT source addresses (`source_address` or `source_addresses`), each giving every
+    /// backend the whole port range; empty: one, chosen per backend from the routing table.
+    pub source_addresses: Vec<Ipv4Addr>,
     pub port_min: u16,
     pub port_max: u16,
 }
@@ -144,7 +145,7 @@ pub struct NatConfig {
 impl Default for NatConfig {
     fn default() -> Self {
         NatConfig {
-            source_address: None,
+            source_addresses: Vec::new(),
             port_min: DEFAULT_NAT_PORT_MIN,
             port_max: DEFAULT_NAT_PORT_MAX,
         }
@@ -553,7 +554,7 @@ pool = "dns"
                 keep_attached: true,
             },
             nat: NatConfig {
-                source_address: Some(ip("10.0.2.1")),
+                source_addresses: vec![ip("10.0.2.1")],
                 port_min: 30000,
                 port_max: 40000,
             },
@@ -654,7 +655,7 @@ pool = "dns"
                     keep_attached: false,
                 },
                 nat: NatConfig {
-                    source_address: None,
+                    source_addresses: vec![],
                     port_min: 20000,
                     port_max: 32767,
                 },

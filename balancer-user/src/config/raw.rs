@@ -51,6 +51,8 @@ pub(super) struct RawNat {
     #[serde(default)]
     pub(super) source_address: Option<Spanned<String>>,
     #[serde(default)]
+    pub(super) source_addresses: Option<Spanned<Vec<Spanned<String>>>>,
+    #[serde(default)]
     pub(super) port_range: Option<Spanned<String>>,
 }
 

@@ -100,9 +100,10 @@ impl<M: Maps> Balancer<M> {
 
     /// A balancer set up from a configuration file's contents.
     pub fn from_config(maps: M, config: &Config) -> Result<Self, BalancerError> {
-        let snat = match config.nat.source_address {
-            Some(addr) => SnatSource::Fixed(addr),
-            None => SnatSource::Route,
+        let snat = if config.nat.source_addresses.is_empty() {
+            SnatSource::Route
+        } else {
+            SnatSource::Fixed(config.nat.source_addresses.clone())
         };
         let mut lb = Self::new(maps, &settings(&config.timeouts, &config.nat), snat)?;
         let within = |place: String| {
@@ -354,7 +355,12 @@ impl<M: Maps> Balancer<M> {
         if self.backend_ids.available() == 0 {
             return Err(BalancerError::TooManyBackends);
         }
-        let snat_addr = self.snat.resolve(addr)?;
+        let snat_addrs = self.snat.resolve(addr)?;
+        let sources = snat_addrs
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
         let id = self
             .backend_ids
             .alloc(backend_hash(&pool_name, addr))
@@ -368,7 +374,7 @@ impl<M: Maps> Balancer<M> {
             addr,
             weight,
             id,
-            snat_addr,
+            snat_addrs,
             check,
             health,
             last_check: None,
@@ -399,7 +405,7 @@ impl<M: Maps> Balancer<M> {
             self.backend_ids.release(id);
             return Err(e);
         }
-        log::info!("pool {pool_name}: backend {addr} added (weight {weight}, source {snat_addr})");
+        log::info!("pool {pool_name}: backend {addr} added (weight {weight}, source {sources})");
         Ok(())
     }
 

@@ -7,7 +7,7 @@ use std::{
 };
 
 use balancer_common::{
-    Backend, VipKey, BACKEND_F_PRESENT, BACKEND_F_RESCHEDULE, PROTO_TCP, PROTO_UDP,
+    Backend, VipKey, BACKEND_F_PRESENT, BACKEND_F_RESCHEDULE, MAX_SNAT_ADDRS, PROTO_TCP, PROTO_UDP,
 };
 
 use crate::{
@@ -21,8 +21,8 @@ pub(super) struct PoolBackend {
     pub(super) addr: SocketAddrV4,
     pub(super) weight: u32,
     pub(super) id: u32,
-    /// Source address the data plane uses towards this backend.
-    pub(super) snat_addr: Ipv4Addr,
+    /// Source addresses the data plane uses towards this backend (at least one).
+    pub(super) snat_addrs: Vec<Ipv4Addr>,
     pub(super) check: CheckConfig,
     pub(super) health: Health,
     pub(super) last_check: Option<LastCheck>,
@@ -99,11 +99,16 @@ pub(super) fn backend_entry(b: &PoolBackend, policy: DownPolicy) -> Backend {
     if b.health == Health::Down && policy == DownPolicy::Shutdown {
         flags |= BACKEND_F_RESCHEDULE;
     }
+    // Every slot filled, the addresses repeated (see `Backend::snat_addrs`).
+    let mut snat_addrs = [0; MAX_SNAT_ADDRS];
+    for (slot, addr) in snat_addrs.iter_mut().zip(b.snat_addrs.iter().cycle()) {
+        *slot = u32::from_ne_bytes(addr.octets());
+    }
     Backend {
         addr: u32::from_ne_bytes(b.addr.ip().octets()),
-        snat_addr: u32::from_ne_bytes(b.snat_addr.octets()),
         port: b.addr.port().to_be(),
         _pad: 0,
         flags,
+        snat_addrs,
     }
 }

@@ -9,18 +9,18 @@ use super::BalancerError;
 use crate::config::{NatConfig, Timeouts};
 
 /// How the SNAT source address towards a backend is chosen.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub enum SnatSource {
-    /// Always this address.
-    Fixed(Ipv4Addr),
+    /// Always these addresses (at least one, at most `MAX_SNAT_ADDRS`).
+    Fixed(Vec<Ipv4Addr>),
     /// The address the routing table would use to reach the backend.
     Route,
 }
 
 impl SnatSource {
-    pub(super) fn resolve(self, backend: SocketAddrV4) -> Result<Ipv4Addr, BalancerError> {
+    pub(super) fn resolve(&self, backend: SocketAddrV4) -> Result<Vec<Ipv4Addr>, BalancerError> {
         match self {
-            SnatSource::Fixed(addr) => Ok(addr),
+            SnatSource::Fixed(addrs) => Ok(addrs.clone()),
             SnatSource::Route => {
                 // connect() on a UDP socket sends nothing; it asks the kernel for the route.
                 let err = |e: std::io::Error| BalancerError::NoSourceAddress {
@@ -30,7 +30,7 @@ impl SnatSource {
                 let socket = UdpSocket::bind("0.0.0.0:0").map_err(err)?;
                 socket.connect(backend).map_err(err)?;
                 match socket.local_addr().map_err(err)?.ip() {
-                    std::net::IpAddr::V4(addr) => Ok(addr),
+                    std::net::IpAddr::V4(addr) => Ok(vec![addr]),
                     other @ std::net::IpAddr::V6(_) => Err(BalancerError::NoSourceAddress {
                         backend,
                         why: format!("route gives non-IPv4 source {other}"),

@@ -2,8 +2,8 @@
 use std::{collections::HashSet, net::SocketAddrV4, sync::Arc};
 
 use balancer_common::{
-    BACKEND_F_PRESENT, BACKEND_F_RESCHEDULE, MAX_RING_SIZE, NO_BACKEND, SCHED_ROUND_ROBIN,
-    VIP_F_PASS_ALL_DOWN,
+    BACKEND_F_PRESENT, BACKEND_F_RESCHEDULE, MAX_RING_SIZE, MAX_SNAT_ADDRS, NO_BACKEND,
+    SCHED_ROUND_ROBIN, VIP_F_PASS_ALL_DOWN,
 };
 
 use super::{ids::*, *};
@@ -18,7 +18,12 @@ const SNAT: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 1);
 
 fn lb() -> Balancer<FakeMaps> {
     let settings = settings(&Timeouts::default(), &NatConfig::default());
-    Balancer::new(FakeMaps::default(), &settings, SnatSource::Fixed(SNAT)).unwrap()
+    Balancer::new(
+        FakeMaps::default(),
+        &settings,
+        SnatSource::Fixed(vec![SNAT]),
+    )
+    .unwrap()
 }
 
 fn vip(name: &str, port: u16, scheduler: Scheduler) -> VipConfig {
@@ -68,7 +73,10 @@ fn add_vip_writes_vip_and_full_ring() {
     assert_eq!(key.port, 80u16.to_be());
     assert_eq!(ring_members(&lb, "web"), (1..=3).map(backend).collect());
     let b = lb.maps().backends.values().next().unwrap();
-    assert_eq!(Ipv4Addr::from(b.snat_addr.to_ne_bytes()), SNAT);
+    assert_eq!(
+        b.snat_addrs,
+        [u32::from_ne_bytes(SNAT.octets()); MAX_SNAT_ADDRS]
+    );
     assert_eq!(b.flags, BACKEND_F_PRESENT);
 }
 

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
-use balancer_common::{MAX_BACKENDS, MAX_RING_SIZE, MAX_VIPS};
+use balancer_common::{MAX_BACKENDS, MAX_RING_SIZE, MAX_SNAT_ADDRS, MAX_VIPS};
 use humantime_serde::re::humantime;
 use toml::Spanned;
 
@@ -190,8 +190,41 @@ impl Validator<'_> {
 
     fn nat(&self, raw: RawNat) -> Checked<NatConfig> {
         let mut nat = NatConfig::default();
-        if let Some(addr) = raw.source_address {
-            nat.source_address = Some(self.ipv4(&addr, "nat.source_address")?);
+        match (raw.source_address, raw.source_addresses) {
+            (Some(_), Some(list)) => {
+                return Err(self.error(
+                    list.span(),
+                    "nat.source_addresses",
+                    "give either nat.source_address or nat.source_addresses, not both",
+                ));
+            }
+            (Some(addr), None) => {
+                nat.source_addresses = vec![self.ipv4(&addr, "nat.source_address")?];
+            }
+            (None, Some(list)) => {
+                let span = list.span();
+                let list = list.into_inner();
+                if list.is_empty() || list.len() > MAX_SNAT_ADDRS {
+                    return Err(self.error(
+                        span,
+                        "nat.source_addresses",
+                        format!("give 1 to {MAX_SNAT_ADDRS} addresses (got {})", list.len()),
+                    ));
+                }
+                for (i, raw_addr) in list.iter().enumerate() {
+                    let field = format!("nat.source_addresses[{i}]");
+                    let addr = self.ipv4(raw_addr, &field)?;
+                    if nat.source_addresses.contains(&addr) {
+                        return Err(self.error(
+                            raw_addr.span(),
+                            field,
+                            format!("{addr} is listed twice"),
+                        ));
+                    }
+                    nat.source_addresses.push(addr);
+                }
+            }
+            (None, None) => {}
         }
         if let Some(range) = raw.port_range {
             let (min, max) = parse_port_range(range.get_ref()).map_err(|why| {
@@ -901,6 +934,42 @@ backends = [
             &many_backends(2000, 2097),
             "balancer.toml:4106:3: pool[1] (\"b\").backends[2096]: ",
             "too many backends: 4097 in total over all pools, at most 4096 are supported",
+        );
+    }
+
+    #[test]
+    fn several_source_addresses() {
+        let list = "source_addresses = [\"10.0.2.1\", \"10.0.2.2\"]";
+        let nat = parse(&with(NAT, "source_address = \"10.0.2.1\"", list), ORIGIN)
+            .unwrap()
+            .nat;
+        assert_eq!(
+            nat.source_addresses,
+            [Ipv4Addr::new(10, 0, 2, 1), Ipv4Addr::new(10, 0, 2, 2)]
+        );
+        let both = with(NAT, "[nat]\n", &format!("[nat]\n{list}\n"));
+        assert_error(
+            &both,
+            "balancer.toml:4:20: nat.source_addresses: ",
+            "give either nat.source_address or nat.source_addresses, not both",
+        );
+        let twice = "source_addresses = [\"10.0.2.1\", \"10.0.2.1\"]";
+        assert_error(
+            &with(NAT, "source_address = \"10.0.2.1\"", twice),
+            "balancer.toml:4:33: nat.source_addresses[1]: ",
+            "10.0.2.1 is listed twice",
+        );
+        let nine = (1..=9)
+            .map(|i| format!("\"10.0.2.{i}\""))
+            .collect::<Vec<_>>();
+        assert_error(
+            &with(
+                NAT,
+                "source_address = \"10.0.2.1\"",
+                &format!("source_addresses = [{}]", nine.join(", ")),
+            ),
+            "balancer.toml:4:20: nat.source_addresses: ",
+            "give 1 to 8 addresses (got 9)",
         );
     }
 
