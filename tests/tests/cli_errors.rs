@@ -178,7 +178,8 @@ fn vip_add_help_lists_the_schedulers() {
 }
 
 /// A configuration of one VIP on `lo` (check-config loads nothing, so any interface name
-/// the file accepts will do); `port` is the VIP's port, on line 16 column 8.
+/// the file accepts will do); `port` is the VIP's port, on line 16 column 8. It names no
+/// `nat.source_address`: check-config checks that one against the host it runs on.
 fn config_with_port(port: u16) -> String {
     format!(
         r#"[agent]
@@ -186,7 +187,7 @@ interfaces = ["lo"]
 control_socket = "/tmp/balancer-check-config.sock"
 
 [nat]
-source_address = "10.0.2.1"
+port_range = "20000-32767"
 
 [[pool]]
 name = "web"

@@ -2,6 +2,7 @@
 //! API shaped like Katran's `KatranLb` (`add_vip`, `del_vip`, `add_backend`, ...) that keeps
 //! the data plane's maps derived from it.
 
+mod checks;
 mod health;
 mod ids;
 mod model;
@@ -258,6 +259,7 @@ impl<M: Maps> Balancer<M> {
                 ),
             });
         }
+        self.check_new_vip(&config, None)?;
         if self.vip_ids.available() == 0 {
             return Err(BalancerError::TooManyVips);
         }
@@ -351,6 +353,7 @@ impl<M: Maps> Balancer<M> {
                 backend: addr,
             });
         }
+        self.check_new_backend(&pool_name, addr, None)?;
         if self.backend_ids.available() == 0 {
             return Err(BalancerError::TooManyBackends);
         }

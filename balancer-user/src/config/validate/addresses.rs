@@ -2,7 +2,6 @@
 //! backend's address against the host's own and against what its VIPs' modes allow, the
 //! SNAT source, the SNAT ports against the kernel's, and each ring against its pool.
 
-use std::collections::HashSet;
 use std::net::IpAddr;
 use std::ops::Range;
 
@@ -62,22 +61,20 @@ impl Validator<'_> {
                 )
             })?;
         }
-        let l4_pools: HashSet<&str> = config
-            .vips
-            .iter()
-            .filter(|v| v.mode == VipMode::L4)
-            .map(|v| v.pool.as_str())
-            .collect();
         for (pi, pool) in config.pools.iter().enumerate() {
-            if !l4_pools.contains(pool.name.as_str()) {
+            let Some(vip) = config
+                .vips
+                .iter()
+                .find(|v| v.mode == VipMode::L4 && v.pool == pool.name)
+            else {
                 continue;
-            }
+            };
             for (bi, backend) in pool.backends.iter().enumerate() {
                 check_l4_backend(backend.address, host).map_err(|e| {
                     self.error(
                         places.backends[pi][bi].clone(),
                         format_args!("pool[{pi}] ({:?}).backends[{bi}].address", pool.name),
-                        format!("{e}; pool {:?} serves an L4 VIP", pool.name),
+                        format!("{e}; pool {:?} serves L4 VIP {:?}", pool.name, vip.name),
                     )
                 })?;
             }
@@ -124,5 +121,218 @@ impl Validator<'_> {
                 self.error(0..0, "nat.port_range", format!("the default {why}"))
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::super::super::testing::{ip, ORIGIN};
+    use crate::config::{parse, parse_on, Host};
+
+    /// The balancer's host: `lbc0` 10.0.1.1, `lbs0` 10.0.2.1, `lo`; ephemeral ports
+    /// 32768-60999.
+    fn host() -> Host {
+        Host {
+            local: vec![
+                ("lo".into(), ip("127.0.0.1")),
+                ("lbc0".into(), ip("10.0.1.1")),
+                ("lbs0".into(), ip("10.0.2.1")),
+            ],
+            ours: HashSet::new(),
+            ephemeral_ports: Some(32768..=60999),
+        }
+    }
+
+    /// A file with `nat` (the `[nat]` table's lines), pool "web" with `backends`, and VIP
+    /// "web" on `vip` (`ADDRESS:PORT`, TCP) with `extra` lines; `tail` follows. The
+    /// `[nat]` lines are 3 and 4, the backends line 7, the VIP's address line 10.
+    fn file(nat: &str, backends: &str, vip: &str, extra: &str, tail: &str) -> String {
+        let (address, port) = vip.split_once(':').unwrap();
+        format!(
+            "[agent]\ninterfaces = [\"lbc0\", \"lbs0\"]\n[nat]\n{nat}\n[[pool]]\nname = \"web\"\n\
+             backends = [{backends}]\n[[vip]]\nname = \"web\"\naddress = \"{address}\"\n\
+             port = {port}\nprotocol = \"tcp\"\npool = \"web\"\n{extra}\n{tail}"
+        )
+    }
+
+    const B: &str = "{ address = \"10.0.2.11\", port = 80 }";
+
+    #[test]
+    fn refused_with_the_place_and_why() {
+        let http = "mode = \"http\"";
+        let vrrp_back = "[[vrrp]]\nname = \"back\"\ninterface = \"lbs0\"\nvrid = 52\n\
+                         addresses = [\"10.0.2.100/24\"]\n";
+        let lo = "{ address = \"127.0.0.1\", port = 8080 }";
+        let self_backend = "{ address = \"10.0.2.1\", port = 80 }";
+        let cases: [(&str, String, Option<&str>); 13] = [
+            ("a plain file", file("", B, "10.0.100.1:80", "", ""), None),
+            (
+                "the host's own address as an L4 VIP",
+                file("", B, "10.0.1.1:22", "", ""),
+                Some(
+                    "10:11: vip[0] (\"web\").address: 10.0.1.1 is an address of this host \
+                     (lbc0): balancing it would take over the host's own traffic to port 22/tcp",
+                ),
+            ),
+            (
+                "the host's own address as an HTTP VIP: the proxy listens there",
+                file("", B, "10.0.1.1:80", http, ""),
+                None,
+            ),
+            (
+                "a VRRP instance's address as an L4 VIP, whether on the host (Master) or not",
+                file("", B, "10.0.2.100:80", "", vrrp_back),
+                None,
+            ),
+            (
+                "a loopback backend of an L4 VIP's pool",
+                file("", lo, "10.0.100.1:80", "", ""),
+                Some(
+                    "7:25: pool[0] (\"web\").backends[0].address: 127.0.0.1 is a loopback \
+                     address: the XDP program cannot forward flows to the balancer itself",
+                ),
+            ),
+            (
+                "the host itself as a backend of an L4 VIP's pool",
+                file("", self_backend, "10.0.100.1:80", "", ""),
+                Some(
+                    "7:25: pool[0] (\"web\").backends[0].address: 10.0.2.1 is an address of \
+                     this host (lbs0): the XDP program cannot",
+                ),
+            ),
+            (
+                "a loopback backend of an HTTP VIP's pool: the proxy connects to it",
+                file("", lo, "10.0.100.1:80", http, ""),
+                None,
+            ),
+            (
+                "a SNAT source the host has",
+                file("source_address = \"10.0.2.1\"", B, "10.0.100.1:80", "", ""),
+                None,
+            ),
+            (
+                "a SNAT source the host does not have",
+                file("source_address = \"10.0.2.9\"", B, "10.0.100.1:80", "", ""),
+                Some(
+                    "4:18: nat.source_address: 10.0.2.9 is not an address of this host: the \
+                     backends' replies to it would never reach the balancer",
+                ),
+            ),
+            (
+                "a SNAT source a VRRP instance moves (a sync group's floating address)",
+                file(
+                    "source_address = \"10.0.2.100\"",
+                    B,
+                    "10.0.100.1:80",
+                    "",
+                    vrrp_back,
+                ),
+                None,
+            ),
+            (
+                "a loopback SNAT source",
+                file("source_address = \"127.0.0.1\"", B, "10.0.100.1:80", "", ""),
+                Some(
+                    "4:18: nat.source_address: 127.0.0.1 is a loopback address, not a source \
+                     address backends can answer",
+                ),
+            ),
+            (
+                "a ring smaller than the pool",
+                file(
+                    "",
+                    &[
+                        B,
+                        B.replace(".11", ".12").as_str(),
+                        B.replace(".11", ".13").as_str(),
+                    ]
+                    .join(", "),
+                    "10.0.100.1:80",
+                    "ring_size = 2",
+                    "",
+                ),
+                Some(
+                    "14:13: vip[0] (\"web\").ring_size: 2 is smaller than the 3 backends of \
+                     pool \"web\": Maglev gives every backend at least one slot (use a prime \
+                     of at least 3, e.g. 3)",
+                ),
+            ),
+            (
+                "a multicast VIP, with or without the host",
+                file("", B, "224.0.0.18:80", "", ""),
+                Some(
+                    "10:11: vip[0] (\"web\").address: 224.0.0.18 is a multicast address, not \
+                     a VIP's address",
+                ),
+            ),
+        ];
+        let host = host();
+        for (what, text, expected) in cases {
+            let got = parse_on(&text, ORIGIN, Some(&host));
+            match (expected, got) {
+                (None, Ok(_)) => {}
+                (None, Err(e)) => panic!("{what}: expected no error, got {e}\n{text}"),
+                (Some(expected), Ok(_)) => panic!("{what}: expected {expected:?}, got none"),
+                (Some(expected), Err(e)) => {
+                    let e = e.to_string();
+                    assert!(
+                        e.starts_with(&format!("{ORIGIN}:{expected}")),
+                        "{what}: expected {expected:?}, got {e}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn without_the_host_only_what_the_file_tells() {
+        // `parse` (no host): the host's addresses are not known, the rest is checked.
+        let own = file("source_address = \"10.0.2.9\"", B, "10.0.1.1:22", "", "");
+        assert!(parse(&own, ORIGIN).is_ok());
+        let lo = file(
+            "",
+            "{ address = \"127.0.0.1\", port = 80 }",
+            "10.0.100.1:80",
+            "",
+            "",
+        );
+        assert!(parse(&lo, ORIGIN).is_err());
+    }
+
+    #[test]
+    fn port_range_overlap_is_a_warning() {
+        let host = host();
+        let warnings = |nat: &str| {
+            let text = file(nat, B, "10.0.100.1:80", "", "");
+            let (_, warnings) = parse_on(&text, ORIGIN, Some(&host)).unwrap();
+            warnings.iter().map(ToString::to_string).collect::<Vec<_>>()
+        };
+        assert_eq!(warnings(""), Vec::<String>::new());
+        let overlap = warnings("port_range = \"30000-40000\"");
+        assert_eq!(overlap.len(), 1, "{overlap:?}");
+        assert!(
+            overlap[0].starts_with(
+                "balancer.toml:4:14: nat.port_range: 30000-40000 overlaps \
+                 net.ipv4.ip_local_port_range (32768-60999) in 32768-40000: a local \
+                 connection to a backend"
+            ),
+            "{overlap:?}"
+        );
+        // The default range, where the host's ephemeral ports were widened.
+        let wide = Host {
+            ephemeral_ports: Some(1024..=65535),
+            ..host.clone()
+        };
+        let text = file("", B, "10.0.100.1:80", "", "");
+        let (_, warnings) = parse_on(&text, ORIGIN, Some(&wide)).unwrap();
+        assert_eq!(warnings.len(), 1);
+        assert!(
+            warnings[0]
+                .to_string()
+                .starts_with("balancer.toml:1:1: nat.port_range: the default 20000-32767 overlaps"),
+            "{warnings:?}"
+        );
     }
 }
