@@ -169,7 +169,7 @@ impl<M: Maps> Agent<M> {
     fn host(&self) -> Option<Host> {
         let host = (self.read_host)()
             .inspect_err(|e| {
-                log::warn!("cannot list this host's addresses to check a request: {e}")
+                log::warn!("cannot list this host's addresses to check a request: {e}");
             })
             .ok()?;
         let vrrp: Vec<Ipv4Addr> = self
@@ -334,6 +334,10 @@ mod tests {
     }
 
     /// A host whose `eth0` has 10.0.100.1 (the address of [`web`]) and 10.0.2.1.
+    #[expect(
+        clippy::unnecessary_wraps,
+        reason = "stands in for `Host::read`, which can fail"
+    )]
     fn this_host() -> io::Result<Host> {
         Ok(Host {
             local: vec![

@@ -114,13 +114,11 @@ impl Validator<'_> {
     ) -> Option<ConfigError> {
         let (min, max) = (config.nat.port_min, config.nat.port_max);
         let why = port_range_overlap(min..=max, host)?;
-        Some(match &places.port_range {
-            Some(span) => self.error(span.clone(), "nat.port_range", why),
-            None => {
-                debug_assert_eq!((min, max), (DEFAULT_NAT_PORT_MIN, DEFAULT_NAT_PORT_MAX));
-                self.error(0..0, "nat.port_range", format!("the default {why}"))
-            }
-        })
+        if let Some(span) = &places.port_range {
+            return Some(self.error(span.clone(), "nat.port_range", why));
+        }
+        debug_assert_eq!((min, max), (DEFAULT_NAT_PORT_MIN, DEFAULT_NAT_PORT_MAX));
+        Some(self.error(0..0, "nat.port_range", format!("the default {why}")))
     }
 }
 

@@ -248,7 +248,7 @@ impl Validator<'_> {
     /// A UDP check's fields. A `payload` is required: without one the check would send an
     /// empty datagram, which most UDP services (DNS, syslog, RADIUS, ...) ignore without a
     /// word, so the backend would never come up. Only `payload = ""`, written out, sends
-    /// one, for the services that answer it (echo, some game and VoIP servers).
+    /// one, for the services that answer it (echo, some game and voice servers).
     fn udp_check(&self, fields: UdpFields<'_>, layers: &Layers<'_, '_>) -> Checked<UdpCheck> {
         let mut udp = UdpCheck::default();
         let Some((raw, field)) = fields.payload else {
