@@ -123,7 +123,7 @@ pub fn is_local(addr: Ipv4Addr) -> io::Result<bool> {
 
 /// Every interface's IPv4 addresses: (interface, address, prefix length), in the kernel's
 /// order.
-fn all_ipv4_addresses() -> io::Result<Vec<(String, Ipv4Addr, u8)>> {
+pub fn all_ipv4_addresses() -> io::Result<Vec<(String, Ipv4Addr, u8)>> {
     let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs writes a list that freeifaddrs frees below.
     check(unsafe { libc::getifaddrs(&raw mut list) })?;

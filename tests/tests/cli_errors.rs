@@ -178,7 +178,8 @@ fn vip_add_help_lists_the_schedulers() {
 }
 
 /// A configuration of one VIP on `lo` (check-config loads nothing, so any interface name
-/// the file accepts will do); `port` is the VIP's port, on line 16 column 8.
+/// the file accepts will do); `port` is the VIP's port, on line 16 column 8. It names no
+/// `nat.source_address`: check-config checks that one against the host it runs on.
 fn config_with_port(port: u16) -> String {
     format!(
         r#"[agent]
@@ -186,7 +187,7 @@ interfaces = ["lo"]
 control_socket = "/tmp/balancer-check-config.sock"
 
 [nat]
-source_address = "10.0.2.1"
+port_range = "20000-32767"
 
 [[pool]]
 name = "web"
@@ -224,6 +225,90 @@ fn check_config_says_ok_or_names_the_place() {
         "expected the error to name file:line:column and the field, got {out}"
     );
     assert!(out.stdout.is_empty(), "{out}");
+}
+
+/// `balancer check-config` of `text` (written to a file of `dir`): the output, and the
+/// file's path as errors name it.
+fn check_config(dir: &TempDir, name: &str, text: &str) -> (CliOutput, String) {
+    let path = dir.path().join(name);
+    std::fs::write(&path, text).unwrap();
+    let path = path.display().to_string();
+    let out = balancer_cli(
+        Path::new("/nonexistent.sock"),
+        &["check-config", "-c", &path],
+    );
+    (out, path)
+}
+
+#[test]
+fn check_config_refuses_addresses_that_cannot_work_and_warns_of_shared_ports() {
+    let dir = TempDir::new("balancer-check-addresses").unwrap();
+    // Three backends, all on line 12.
+    let good = config_with_port(80).replacen(
+        "port = 80 }",
+        "port = 80 }, { address = \"10.0.2.12\", port = 80 }, { address = \"10.0.2.13\", port = 80 }",
+        1,
+    );
+    // (file name, from, to, the error's place and words)
+    let cases = [
+        (
+            "loopback-backend.toml",
+            "address = \"10.0.2.11\"",
+            "address = \"127.0.0.1\"",
+            "10:26: pool[0] (\"web\").backends[0].address: 127.0.0.1 is a loopback address: \
+             the XDP program cannot forward flows to the balancer itself",
+        ),
+        (
+            "multicast-vip.toml",
+            "address = \"10.0.100.1\"",
+            "address = \"224.0.0.18\"",
+            "14:11: vip[0] (\"web\").address: 224.0.0.18 is a multicast address, not a \
+             VIP's address",
+        ),
+        (
+            "loopback-source.toml",
+            "port_range = \"20000-32767\"",
+            "source_address = \"127.0.0.1\"",
+            "6:18: nat.source_address: 127.0.0.1 is a loopback address, not a source address \
+             backends can answer",
+        ),
+        (
+            "udp-check.toml",
+            "name = \"web\"\nbackends",
+            "name = \"web\"\ncheck = { type = \"udp\" }\nbackends",
+            "10:18: pool[0] (\"web\").check.type: a UDP check needs a `payload` the service \
+             answers",
+        ),
+        (
+            "small-ring.toml",
+            "pool = \"web\"\n",
+            "pool = \"web\"\nring_size = 2\n",
+            "18:13: vip[0] (\"web\").ring_size: 2 is smaller than the 3 backends of pool \
+             \"web\"",
+        ),
+    ];
+    for (name, from, to, expected) in cases {
+        assert!(good.contains(from), "{from:?} not in the test file");
+        let (out, path) = check_config(&dir, name, &good.replacen(from, to, 1));
+        expect_error(&out, name);
+        assert!(
+            out.stderr.starts_with(&format!("error: {path}:{expected}")),
+            "{name}: expected `{path}:{expected}`, got {out}"
+        );
+    }
+
+    // SNAT ports the kernel may give local sockets too: a warning, not an error.
+    let shared = good.replacen("\"20000-32767\"", "\"1024-65535\"", 1);
+    let (out, path) = check_config(&dir, "shared-ports.toml", &shared);
+    assert!(out.success(), "{out}");
+    assert_eq!(out.stdout.trim(), "configuration OK", "{out}");
+    assert!(
+        out.stderr.starts_with(&format!(
+            "warning: {path}:6:14: nat.port_range: 1024-65535 overlaps \
+             net.ipv4.ip_local_port_range"
+        )) && out.stderr.trim_end().lines().count() == 1,
+        "expected one warning naming the place, got {out}"
+    );
 }
 
 #[test]

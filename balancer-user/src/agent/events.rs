@@ -3,12 +3,18 @@
 //! subsystems (the control server, the health checker, signals; later reload, discovery
 //! and VRRP) only send events.
 
-use std::{collections::HashSet, net::SocketAddrV4, ops::ControlFlow};
+use std::{
+    collections::HashSet,
+    io,
+    net::{Ipv4Addr, SocketAddrV4},
+    ops::ControlFlow,
+};
 
 use tokio::sync::oneshot;
 
 use crate::{
     api::{Request, Response},
+    config::Host,
     dataplane::Maps,
     health::{Checker, HealthEvent},
     l7::Frontend,
@@ -44,6 +50,8 @@ pub struct Agent<M: Maps> {
     vip_tracks: Vec<(String, Option<bool>)>,
     /// The HTTP VIPs' proxy, whose pools follow the balancer's backends.
     http: Option<Frontend>,
+    /// Reads the host's addresses, which `vip add` and `backend add` are checked against.
+    read_host: fn() -> io::Result<Host>,
 }
 
 impl<M: Maps> Agent<M> {
@@ -68,6 +76,7 @@ impl<M: Maps> Agent<M> {
             vrrp,
             vip_tracks,
             http,
+            read_host: Host::read,
         };
         agent.sync_checks();
         agent.sync_tracks();
@@ -154,19 +163,54 @@ impl<M: Maps> Agent<M> {
         }
     }
 
+    /// This host's addresses, for the checks of `vip add` and `backend add`, with those
+    /// the agent puts there itself (its VRRP instances' and HTTP VIPs'); `None`, with a
+    /// warning, when they cannot be read.
+    fn host(&self) -> Option<Host> {
+        let host = (self.read_host)()
+            .inspect_err(|e| {
+                log::warn!("cannot list this host's addresses to check a request: {e}");
+            })
+            .ok()?;
+        let vrrp: Vec<Ipv4Addr> = self
+            .vrrp
+            .iter()
+            .flat_map(|v| {
+                v.status()
+                    .iter()
+                    .flat_map(|s| &s.addresses)
+                    // "ADDRESS/PREFIX"; IPv6 ones are not a VIP's.
+                    .filter_map(|a| a.split('/').next()?.parse().ok())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let http = self
+            .http
+            .iter()
+            .flat_map(|h| h.status().into_iter().map(|v| *v.listen.ip()));
+        Some(host.with_ours(vrrp.into_iter().chain(http)))
+    }
+
     /// Applies one control request and answers with the status after it.
     fn apply(&mut self, request: Request) -> Response {
+        let host = match &request {
+            Request::VipAdd { .. } | Request::BackendAdd { .. } => self.host(),
+            _ => None,
+        };
+        let host = host.as_ref();
         let lb = &mut self.lb;
         let change = !matches!(request, Request::Status);
         let result: Result<(), BalancerError> = match request {
             Request::Status => Ok(()),
-            Request::VipAdd { vip } => lb.add_vip(vip),
+            Request::VipAdd { vip } => lb.check_new_vip(&vip, host).and_then(|()| lb.add_vip(vip)),
             Request::VipDel { name } => lb.del_vip(&name),
             Request::BackendAdd {
                 target,
                 address,
                 weight,
-            } => lb.add_backend(&target, address, weight),
+            } => lb
+                .check_new_backend(&target, address, host)
+                .and_then(|()| lb.add_backend(&target, address, weight)),
             Request::BackendDel { target, address } => lb.del_backend(&target, address),
             Request::BackendWeight {
                 target,
@@ -287,6 +331,78 @@ mod tests {
         );
         let status = ask(&mut agent, Request::Status).status.unwrap();
         assert_eq!(status.vips.len(), 1);
+    }
+
+    /// A host whose `eth0` has 10.0.100.1 (the address of [`web`]) and 10.0.2.1.
+    #[expect(
+        clippy::unnecessary_wraps,
+        reason = "stands in for `Host::read`, which can fail"
+    )]
+    fn this_host() -> io::Result<Host> {
+        Ok(Host {
+            local: vec![
+                ("lo".into(), Ipv4Addr::LOCALHOST),
+                ("eth0".into(), Ipv4Addr::new(10, 0, 100, 1)),
+                ("eth0".into(), Ipv4Addr::new(10, 0, 2, 1)),
+            ],
+            ..Host::default()
+        })
+    }
+
+    #[tokio::test]
+    async fn vip_and_backend_add_are_checked_against_the_host() {
+        let mut agent = agent();
+        agent.read_host = this_host;
+        let error = |response: Response| {
+            assert!(!response.ok, "{response:?}");
+            response.error.unwrap()
+        };
+        let ssh = VipConfig { port: 22, ..web() };
+        assert_eq!(
+            error(ask(&mut agent, Request::VipAdd { vip: ssh })),
+            "invalid VIP address: 10.0.100.1 is an address of this host (eth0): balancing it \
+             would take over the host's own traffic to port 22/tcp"
+        );
+        let elsewhere = VipConfig {
+            address: Ipv4Addr::new(10, 0, 100, 2),
+            ring_size: 2,
+            ..web()
+        };
+        assert!(ask(&mut agent, Request::VipAdd { vip: elsewhere }).ok);
+        let add = |address: &str| Request::BackendAdd {
+            target: "web".into(),
+            address: address.parse().unwrap(),
+            weight: 1,
+        };
+        for (address, why) in [
+            ("127.0.0.1:80", "127.0.0.1 is a loopback address"),
+            ("10.0.2.1:80", "10.0.2.1 is an address of this host (eth0)"),
+        ] {
+            assert_eq!(
+                error(ask(&mut agent, add(address))),
+                format!(
+                    "invalid backend address: {address}: {why}: the XDP program cannot \
+                     forward flows to the balancer itself (a local backend can serve only \
+                     HTTP-mode VIPs, whose proxy connects to it); pool \"web\" serves L4 VIP \
+                     \"web\""
+                )
+            );
+        }
+        assert!(ask(&mut agent, add("10.0.2.11:80")).ok);
+        assert!(ask(&mut agent, add("10.0.2.12:80")).ok);
+        assert_eq!(
+            error(ask(&mut agent, add("10.0.2.13:80"))),
+            "invalid backend: 10.0.2.13:80: ring size of VIP \"web\": 2 is smaller than the 3 \
+             backends of pool \"web\": Maglev gives every backend at least one slot (use a \
+             prime of at least 3, e.g. 3)"
+        );
+        let status = ask(&mut agent, Request::Status).status.unwrap();
+        assert_eq!(status.vips.len(), 1);
+        assert_eq!(
+            status.pools[0].backends.len(),
+            2,
+            "refused requests change nothing"
+        );
     }
 
     #[tokio::test]

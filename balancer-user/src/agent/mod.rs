@@ -10,6 +10,7 @@ mod host;
 mod signals;
 
 use std::{
+    io::Write as _,
     ops::ControlFlow,
     path::{Path, PathBuf},
 };
@@ -132,11 +133,16 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
 }
 
 /// `balancer check-config`: the checks `run` makes of a configuration before it changes
-/// anything (the file, the balancer built from it in memory, and, as root, the VRRP host
-/// requirements), without loading or attaching anything. Returns what to say of a file
+/// anything (the file, against this host's addresses, the balancer built from it in
+/// memory, and, as root, the VRRP host requirements), without loading or attaching anything. Returns what to say of a file
 /// that passes.
 pub fn check_config(path: &Path) -> anyhow::Result<&'static str> {
-    let config = config::load(path)?;
+    let host = config::Host::read().context("listing this host's addresses")?;
+    let (config, warnings) = config::load_on(path, Some(&host))?;
+    for warning in warnings {
+        // What may be intended does not fail the check; nothing to do if stderr is gone.
+        let _ = writeln!(std::io::stderr(), "warning: {warning}");
+    }
     Balancer::from_config(FakeMaps::default(), &config).context("applying the configuration")?;
     if config.vrrp.is_empty() {
         return Ok("configuration OK");

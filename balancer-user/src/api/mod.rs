@@ -66,13 +66,19 @@ impl Response {
     }
 }
 
-/// Counters of a VIP or a backend, summed over CPUs.
+/// Counters of a VIP or a backend, summed over CPUs, one direction each: `packets` and
+/// `bytes` from clients (towards the backends), `reply_packets` and `reply_bytes` from the
+/// backends (towards the clients). The CLI's tables show them as CLIENT and REPLY columns.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counters {
+    /// Packets from clients.
     pub packets: u64,
+    /// Bytes from clients.
     pub bytes: u64,
     pub new_flows: u64,
+    /// Packets from the backends.
     pub reply_packets: u64,
+    /// Bytes from the backends.
     pub reply_bytes: u64,
 }
 
@@ -110,8 +116,10 @@ pub struct BackendStatus {
     pub address: Ipv4Addr,
     pub port: u16,
     pub weight: u32,
-    /// "active", "drained" (weight 0) or "down" (failed its health checks).
+    /// "active", "drained" (weight 0), "down" (failed its health checks) or "unchecked"
+    /// (added at run time, its first check not done yet: it takes no flows meanwhile).
     pub state: String,
+    /// `down` while "unchecked".
     pub health: Health,
     /// Check type ("none", "tcp", "http", "udp").
     pub check: String,

@@ -71,8 +71,10 @@ pub(super) fn render_backends(
             Some(name)
         }
     };
+    // Packets as the JSON counts them: from clients (`packets`) and from the backend
+    // (`reply_packets`), each in a column of its own.
     let mut out = format!(
-        "{:<12} {:<21} {:>6} {:<8} {:<5} {:<6} {:>9} {:<28} {:>10} {:>9}\n",
+        "{:<12} {:<21} {:>6} {:<9} {:<5} {:<6} {:>9} {:<28} {:>11} {:>10} {:>9}\n",
         "POOL",
         "BACKEND",
         "WEIGHT",
@@ -81,7 +83,8 @@ pub(super) fn render_backends(
         "HEALTH",
         "SINCE",
         "LAST CHECK",
-        "PACKETS",
+        "CLIENT PKTS",
+        "REPLY PKTS",
         "NEW FLOWS"
     );
     for p in status
@@ -94,18 +97,25 @@ pub(super) fn render_backends(
                 Some(c) => format!("{:.1}ms {}", c.latency_ms, c.reason),
                 None => "-".to_string(),
             };
+            // Not checked yet: no health to show (it takes no flows meanwhile).
+            let health = if b.state == "unchecked" {
+                "-"
+            } else {
+                b.health.as_str()
+            };
             let _ = writeln!(
                 out,
-                "{:<12} {:<21} {:>6} {:<8} {:<5} {:<6} {:>9} {:<28} {:>10} {:>9}",
+                "{:<12} {:<21} {:>6} {:<9} {:<5} {:<6} {:>9} {:<28} {:>11} {:>10} {:>9}",
                 p.name,
                 format!("{}:{}", b.address, b.port),
                 b.weight,
                 b.state,
                 b.check,
-                b.health.as_str(),
+                health,
                 format_age(b.since_change_secs),
                 last,
-                b.counters.packets + b.counters.reply_packets,
+                b.counters.packets,
+                b.counters.reply_packets,
                 b.counters.new_flows
             );
         }
@@ -265,7 +275,7 @@ pub(super) fn render_status(status: &Status) -> String {
     let _ = writeln!(
         out,
         "{:<16} {:>12} {:>14} {:>12} {:>14} {:>10}",
-        "VIP", "IN PKTS", "IN BYTES", "OUT PKTS", "OUT BYTES", "NEW FLOWS"
+        "VIP", "CLIENT PKTS", "CLIENT BYTES", "REPLY PKTS", "REPLY BYTES", "NEW FLOWS"
     );
     for v in &status.vips {
         let c = &v.counters;
@@ -290,4 +300,95 @@ pub(super) fn render_status(status: &Status) -> String {
         let _ = writeln!(out, "  {name:<22} {value}");
     }
     out.trim_end().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        api::{BackendStatus, Counters, PoolStatus},
+        config::DownPolicy,
+        health::Health,
+    };
+
+    fn backend(port: u16, state: &str, health: Health) -> BackendStatus {
+        BackendStatus {
+            address: "10.0.2.11".parse().unwrap(),
+            port,
+            weight: 1,
+            state: state.to_owned(),
+            health,
+            check: "tcp".to_owned(),
+            last_check: None,
+            since_change_secs: 3.0,
+            change_reason: String::new(),
+            counters: Counters {
+                packets: 7,
+                bytes: 700,
+                new_flows: 2,
+                reply_packets: 5,
+                reply_bytes: 5000,
+            },
+        }
+    }
+
+    #[test]
+    fn backends_show_each_direction_and_the_unchecked() {
+        let status = Status {
+            pools: vec![PoolStatus {
+                name: "web".into(),
+                on_backend_down: DownPolicy::Shutdown,
+                backends: vec![
+                    backend(80, "active", Health::Up),
+                    backend(81, "unchecked", Health::Down),
+                ],
+            }],
+            ..Status::default()
+        };
+        let text = trim_lines(&render_backends(&status, None).unwrap());
+        let lines: Vec<Vec<&str>> = text
+            .lines()
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        assert_eq!(
+            lines[0],
+            [
+                "POOL", "BACKEND", "WEIGHT", "STATE", "CHECK", "HEALTH", "SINCE", "LAST", "CHECK",
+                "CLIENT", "PKTS", "REPLY", "PKTS", "NEW", "FLOWS"
+            ]
+        );
+        // The JSON's `packets` (7) and `reply_packets` (5), not their sum.
+        assert_eq!(
+            lines[1],
+            [
+                "web",
+                "10.0.2.11:80",
+                "1",
+                "active",
+                "tcp",
+                "up",
+                "3s",
+                "-",
+                "7",
+                "5",
+                "2"
+            ]
+        );
+        assert_eq!(
+            lines[2],
+            [
+                "web",
+                "10.0.2.11:81",
+                "1",
+                "unchecked",
+                "tcp",
+                "-",
+                "3s",
+                "-",
+                "7",
+                "5",
+                "2"
+            ]
+        );
+    }
 }

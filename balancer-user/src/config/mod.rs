@@ -24,6 +24,7 @@
 //! [`SyncGroupConfig`]; a pool's HTTP balancing is [`crate::l7::balance`]'s [`PoolBalance`],
 //! an HTTP-mode VIP's routing rules [`crate::l7::rules`]' [`Rule`]s.
 
+mod addresses;
 mod position;
 mod raw;
 mod validate;
@@ -50,6 +51,10 @@ pub use crate::l7::headers::ForwardedStyle;
 pub use crate::l7::proxy::ProxySettings;
 /// Whether `n` is a prime number (Maglev ring sizes must be).
 pub use crate::ring::is_prime;
+pub use addresses::{
+    check_backend_address, check_l4_backend, check_source_address, check_vip_address, not_a_host,
+    port_range_overlap, AddressError, BackendAddressError, Host,
+};
 pub use words::{AllDownPolicy, DownPolicy, Protocol, Scheduler, VipMode, XdpMode};
 
 /// Control socket path used when `[agent].control_socket` is absent.
@@ -299,20 +304,43 @@ fn field_prefix(field: Option<&str>) -> String {
 // Entry points and public helpers
 // ---------------------------------------------------------------------------
 
-/// Reads and validates the configuration file at `path`.
+/// Reads and validates the configuration file at `path`, with what only this host can
+/// tell (its addresses, its ephemeral ports: see [`load_on`]); logs the warnings.
 ///
 /// # Errors
 ///
 /// [`ConfigError::Io`] if the file cannot be read, otherwise as [`parse`].
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let host = Host::read()
+        .inspect_err(|e| {
+            log::warn!("cannot list this host's addresses ({e}): the configuration's are not checked against them");
+        })
+        .ok();
+    let (config, warnings) = load_on(path, host.as_ref())?;
+    for warning in warnings {
+        log::warn!("{warning}");
+    }
+    Ok(config)
+}
+
+/// Reads and validates the configuration file at `path` as [`parse_on`] does.
+///
+/// # Errors
+///
+/// [`ConfigError::Io`] if the file cannot be read, otherwise as [`parse`].
+pub fn load_on(
+    path: &Path,
+    host: Option<&Host>,
+) -> Result<(Config, Vec<ConfigError>), ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
         path: path.to_path_buf(),
         source,
     })?;
-    parse(&text, &path.display().to_string())
+    parse_on(&text, &path.display().to_string(), host)
 }
 
-/// Parses and validates configuration `text`; `origin` names it in errors.
+/// Parses and validates configuration `text`; `origin` names it in errors. What only the
+/// host can tell is not checked (see [`parse_on`]).
 ///
 /// # Errors
 ///
@@ -320,8 +348,44 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 /// [`ConfigError::Invalid`] if a value fails validation. Only the first
 /// problem found is reported.
 pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+    parse_on(text, origin, None).map(|(config, _)| config)
+}
+
+/// [`parse`], and with `host` what only the host can tell: no L4 VIP or L4 pool's backend
+/// on one of its own addresses, `nat.source_address` one of them (or a VRRP instance's),
+/// and, as a warning, `nat.port_range` clear of its ephemeral ports. Returns the warnings
+/// with the configuration, in the errors' format.
+///
+/// # Errors
+///
+/// As [`parse`].
+pub fn parse_on(
+    text: &str,
+    origin: &str,
+    host: Option<&Host>,
+) -> Result<(Config, Vec<ConfigError>), ConfigError> {
     let raw: raw::RawConfig = toml::from_str(text).map_err(|e| toml_error(text, origin, &e))?;
-    validate::config(raw, text, origin)
+    validate::config(raw, text, origin, host)
+}
+
+/// Whether a ring of `ring_size` slots can hold the `backends` of pool `pool`: Maglev
+/// gives every backend at least one slot.
+///
+/// # Errors
+///
+/// Why it cannot, with a size that can.
+pub fn check_ring_size(ring_size: u32, backends: usize, pool: &str) -> Result<(), String> {
+    let needed = u32::try_from(backends).unwrap_or(u32::MAX);
+    if ring_size >= needed {
+        return Ok(());
+    }
+    let prime = (needed..=MAX_RING_SIZE)
+        .find(|&n| is_prime(n))
+        .unwrap_or(MAX_RING_SIZE);
+    Err(format!(
+        "{ring_size} is smaller than the {backends} backends of pool {pool:?}: Maglev gives \
+         every backend at least one slot (use a prime of at least {backends}, e.g. {prime})"
+    ))
 }
 
 /// The [`ConfigError::Toml`] of `toml`'s error `e`: the line, column and key path it
@@ -342,54 +406,6 @@ fn toml_error(text: &str, origin: &str, e: &toml::de::Error) -> ConfigError {
         field,
         message,
     }
-}
-
-/// Why `addr` cannot be a backend's (unicast host) address, if it cannot.
-#[must_use]
-pub fn not_a_host(addr: Ipv4Addr) -> Option<&'static str> {
-    if addr.is_unspecified() {
-        Some("the unspecified address")
-    } else if addr.is_broadcast() {
-        Some("the broadcast address")
-    } else if addr.is_multicast() {
-        Some("a multicast address")
-    } else {
-        None
-    }
-}
-
-/// Why an address and port cannot be a backend's.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum BackendAddressError {
-    /// The address is not a unicast host's (see [`not_a_host`]).
-    #[error("{address} is {why}, not a backend's address")]
-    NotAHost {
-        address: Ipv4Addr,
-        why: &'static str,
-    },
-    /// Port 0.
-    #[error("port 0 is out of range 1..=65535")]
-    PortZero,
-}
-
-/// Whether `addr` can be a backend's address and port: a unicast host and a port other
-/// than 0. The one check of a backend's address, wherever one comes from (the file, the
-/// command line, the control socket).
-///
-/// # Errors
-///
-/// Why it cannot.
-pub fn check_backend_address(addr: SocketAddrV4) -> Result<(), BackendAddressError> {
-    if let Some(why) = not_a_host(*addr.ip()) {
-        return Err(BackendAddressError::NotAHost {
-            address: *addr.ip(),
-            why,
-        });
-    }
-    if addr.port() == 0 {
-        return Err(BackendAddressError::PortZero);
-    }
-    Ok(())
 }
 
 /// Whether `s` is a valid pool or VIP name: 1 to 64 characters of

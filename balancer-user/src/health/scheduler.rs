@@ -167,7 +167,9 @@ impl Checker {
 
     /// Starts (or restarts with the new config) checking one backend; the first check runs
     /// after a random jitter in `[0, interval)` so checks are spread in time; every later
-    /// interval gets +-10% jitter too. `initial` is the starting health.
+    /// interval gets +-10% jitter too. `initial` is the starting health; `None`: the
+    /// backend was never checked ([`Tracker::unchecked`]: down until its first check,
+    /// which runs at once and decides).
     ///
     /// Type `none` starts nothing (and stops a previous check of the backend): the backend
     /// is simply up. Events of a replaced task that are already queued are still
@@ -181,7 +183,7 @@ impl Checker {
         pool: &str,
         backend: SocketAddrV4,
         check: &CheckConfig,
-        initial: Health,
+        initial: Option<Health>,
     ) -> Option<LatestSlot> {
         self.stop(pool, backend);
         if !check.is_enabled() {
@@ -310,7 +312,8 @@ struct CheckTask {
     pool: String,
     backend: SocketAddrV4,
     check: CheckConfig,
-    initial: Health,
+    /// `None`: never checked (see [`Checker::start`]).
+    initial: Option<Health>,
     events: mpsc::Sender<HealthEvent>,
     latest: LatestSlot,
     jitter: Jitter,
@@ -327,14 +330,29 @@ impl CheckTask {
     async fn run(mut self) {
         let (pool, backend, check) = (&self.pool, self.backend, &self.check);
         let target = SocketAddr::V4(check.target(backend));
-        let mut tracker = Tracker::new(self.initial, check.rise, check.fall);
+        let mut tracker = match self.initial {
+            Some(initial) => Tracker::new(initial, check.rise, check.fall),
+            None => Tracker::unchecked(check.rise, check.fall),
+        };
         let mut prober = Prober::with_syn(self.syn.take());
-        let first = self.jitter.below(check.interval);
+        // A backend never checked takes no flows until it is: check it at once.
+        let first = if tracker.is_unchecked() {
+            Duration::ZERO
+        } else {
+            self.jitter.below(check.interval)
+        };
         tokio::time::sleep_until(aligned_deadline(self.epoch, Instant::now(), first)).await;
         loop {
             let outcome = prober.check(check, target).await;
+            let first = tracker.is_unchecked();
             let transition = tracker.record(outcome.ok);
-            if let Some((old, new)) = transition {
+            if first {
+                log::info!(
+                    "pool {pool}: backend {backend} {} after its first check ({})",
+                    tracker.health().as_upper_str(),
+                    outcome.reason
+                );
+            } else if let Some((old, new)) = transition {
                 log_transition(pool, backend, old, new, &tracker, &outcome.reason);
             }
             // The slot holds the previous check: an event only when the result changed.
@@ -467,7 +485,7 @@ mod tests {
             pool: "p".into(),
             backend: SocketAddrV4::new(LOCALHOST, 80),
             check: CheckConfig::default(),
-            initial: Health::Up,
+            initial: Some(Health::Up),
             events: tx,
             latest: LatestSlot::default(),
             jitter: Jitter::seeded(1),
@@ -534,7 +552,7 @@ mod tests {
         let (tx, mut events) = mpsc::channel(16);
         let mut checker = Checker::new(tx);
         let slot = checker
-            .start("web", addr, &check, Health::Up)
+            .start("web", addr, &check, Some(Health::Up))
             .expect("a check task");
         assert!(checker.is_checking("web", addr));
 
@@ -596,7 +614,7 @@ mod tests {
         let (tx, mut events) = mpsc::channel(16);
         let mut checker = Checker::new(tx);
         let first_slot = checker
-            .start("p", backend, &check, Health::Down)
+            .start("p", backend, &check, Some(Health::Down))
             .expect("a check task");
         let first = next_event(&mut events).await;
         assert_eq!((first.health, first.transition), (Health::Down, None));
@@ -606,7 +624,7 @@ mod tests {
         // Restarting replaces the task (the old one stops) and takes the given state;
         // type none stops it.
         let slot = checker
-            .start("p", backend, &check, Health::Up)
+            .start("p", backend, &check, Some(Health::Up))
             .expect("a check task");
         assert!(checker.is_checking("p", backend));
         tokio::time::sleep(ms(20)).await;
@@ -619,7 +637,7 @@ mod tests {
         );
         assert!(checks_run(&slot) >= 1, "the new task checks");
         assert!(checker
-            .start("p", backend, &CheckConfig::default(), Health::Up)
+            .start("p", backend, &CheckConfig::default(), Some(Health::Up))
             .is_none());
         assert!(!checker.is_checking("p", backend));
         tokio::time::sleep(ms(20)).await;
@@ -644,7 +662,7 @@ mod tests {
         };
         let (tx, mut events) = mpsc::channel(16);
         let mut checker = Checker::new(tx);
-        checker.start("p", addr, &check, Health::Up);
+        checker.start("p", addr, &check, Some(Health::Up));
         next_event(&mut events).await;
         drop(checker);
         // Every sender is gone once the task is aborted: the channel closes.
@@ -671,7 +689,7 @@ mod tests {
             interval: ms(20),
             ..CheckConfig::default()
         };
-        checker.start("p", addr, &check, Health::Up);
+        checker.start("p", addr, &check, Some(Health::Up));
         assert!(checker.is_checking("p", addr));
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         let event = loop {
@@ -764,7 +782,7 @@ mod tests {
                     let [_, _, hi, lo] = (0x0ac8_0000 + i).to_be_bytes();
                     let backend = SocketAddrV4::new(Ipv4Addr::new(10, 200, hi, lo), 80);
                     checker
-                        .start("cpu", backend, &check, Health::Up)
+                        .start("cpu", backend, &check, Some(Health::Up))
                         .expect("a check task")
                 })
                 .collect();

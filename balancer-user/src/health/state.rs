@@ -35,6 +35,8 @@ pub struct Tracker {
     /// Consecutive results that disagree with `health` (failures while up, successes
     /// while down).
     opposite: u32,
+    /// No result yet, and the first one decides (see [`Tracker::unchecked`]).
+    unchecked: bool,
 }
 
 impl Tracker {
@@ -46,7 +48,26 @@ impl Tracker {
             rise: rise.max(1),
             fall: fall.max(1),
             opposite: 0,
+            unchecked: false,
         }
+    }
+
+    /// A tracker of a backend never checked yet (one added at run time): down, so that it
+    /// takes no flow before a check has said it can, and the first result decides, as
+    /// HAProxy's `init-state down`: a success brings it up at once, a failure leaves it
+    /// down, to rise as usual.
+    #[must_use]
+    pub fn unchecked(rise: u32, fall: u32) -> Self {
+        Tracker {
+            unchecked: true,
+            ..Tracker::new(Health::Down, rise, fall)
+        }
+    }
+
+    /// Whether no result was recorded yet by a tracker made [`Tracker::unchecked`].
+    #[must_use]
+    pub fn is_unchecked(&self) -> bool {
+        self.unchecked
     }
 
     /// The current state.
@@ -69,6 +90,10 @@ impl Tracker {
 
     /// Records one check result; returns `Some((old, new))` on a state change.
     pub fn record(&mut self, ok: bool) -> Option<(Health, Health)> {
+        if std::mem::take(&mut self.unchecked) && ok {
+            self.health = Health::Up;
+            return Some((Health::Down, Health::Up));
+        }
         let (agrees, needed, next) = match self.health {
             Health::Up => (ok, self.fall, Health::Down),
             Health::Down => (!ok, self.rise, Health::Up),
@@ -173,6 +198,24 @@ mod tests {
         let mut t = Tracker::new(Health::Up, 0, 0);
         assert_eq!((t.rise(), t.fall()), (1, 1));
         assert_eq!(t.record(false), Some((Health::Up, Health::Down)));
+    }
+
+    #[test]
+    fn unchecked_tracker_goes_by_the_first_result() {
+        let mut t = Tracker::unchecked(3, 2);
+        assert_eq!((t.health(), t.is_unchecked()), (Health::Down, true));
+        assert_eq!(t.record(true), Some((Health::Down, Health::Up)));
+        assert!(!t.is_unchecked());
+        // Then the usual counts.
+        assert_eq!(t.record(false), None);
+        assert_eq!(t.record(false), Some((Health::Up, Health::Down)));
+
+        let mut t = Tracker::unchecked(3, 2);
+        assert_eq!(t.record(false), None);
+        assert_eq!((t.health(), t.is_unchecked()), (Health::Down, false));
+        assert_eq!(t.record(true), None);
+        assert_eq!(t.record(true), None);
+        assert_eq!(t.record(true), Some((Health::Down, Health::Up)));
     }
 
     #[test]

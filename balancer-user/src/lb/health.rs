@@ -10,16 +10,19 @@ use crate::{
 };
 
 impl<M: Maps> Balancer<M> {
-    /// Every checked backend: (pool, address, check, current health), for the agent to keep
-    /// its health checker in step.
-    pub fn checks(&self) -> Vec<(String, SocketAddrV4, CheckConfig, Health)> {
+    /// Every checked backend: (pool, address, check, current health or `None` when it was
+    /// never checked), for the agent to keep its health checker in step.
+    pub fn checks(&self) -> Vec<(String, SocketAddrV4, CheckConfig, Option<Health>)> {
         self.pools
             .iter()
             .flat_map(|(name, pool)| {
                 pool.backends
                     .iter()
                     .filter(|b| b.check.is_enabled())
-                    .map(move |b| (name.clone(), b.addr, b.check.clone(), b.health))
+                    .map(move |b| {
+                        let health = (!b.unchecked).then_some(b.health);
+                        (name.clone(), b.addr, b.check.clone(), health)
+                    })
             })
             .collect()
     }
@@ -48,12 +51,18 @@ impl<M: Maps> Balancer<M> {
         else {
             return Ok(());
         };
+        let was_unchecked = std::mem::take(&mut backend.unchecked);
         backend.last_check = Some(LastCheck {
             ok: event.outcome.ok,
             latency_ms: event.outcome.latency.as_secs_f64() * 1000.0,
             reason: event.outcome.reason.clone(),
         });
         if backend.health == event.health {
+            if was_unchecked {
+                // Its first check, which left it down: no longer "added, not checked".
+                backend.changed_at = Instant::now();
+                backend.change_reason.clone_from(&event.outcome.reason);
+            }
             return Ok(());
         }
         let old = std::mem::replace(&mut backend.health, event.health);
@@ -94,12 +103,7 @@ impl<M: Maps> Balancer<M> {
                 return Err(e);
             }
         }
-        log::info!(
-            "pool {pool_name}: backend {addr} {} -> {} ({})",
-            old.as_str(),
-            event.health.as_str(),
-            event.outcome.reason
-        );
+        // (The check task has logged the transition.)
         Ok(())
     }
 }

@@ -2,6 +2,7 @@
 //! API shaped like Katran's `KatranLb` (`add_vip`, `del_vip`, `add_backend`, ...) that keeps
 //! the data plane's maps derived from it.
 
+mod checks;
 mod health;
 mod ids;
 mod model;
@@ -117,7 +118,7 @@ impl<M: Maps> Balancer<M> {
                 .map_err(within(format!("pool {:?}", pool.name)))?;
             for b in &pool.backends {
                 let addr = SocketAddrV4::new(b.address, b.port);
-                lb.insert_backend(&pool.name, addr, b.weight, b.check.clone())
+                lb.insert_backend(&pool.name, addr, b.weight, b.check.clone(), false)
                     .map_err(within(format!("pool {:?}, backend {addr}", pool.name)))?;
             }
         }
@@ -259,6 +260,7 @@ impl<M: Maps> Balancer<M> {
                 ),
             });
         }
+        self.check_new_vip(&config, None)?;
         if self.vip_ids.available() == 0 {
             return Err(BalancerError::TooManyVips);
         }
@@ -320,7 +322,9 @@ impl<M: Maps> Balancer<M> {
         }
     }
 
-    /// Adds a backend with its pool's health check.
+    /// Adds a backend with its pool's health check. A checked backend takes no flows
+    /// until its first check succeeds (it shows as "unchecked" until then); one without a
+    /// check is up at once.
     pub fn add_backend(
         &mut self,
         target: &str,
@@ -329,15 +333,19 @@ impl<M: Maps> Balancer<M> {
     ) -> Result<(), BalancerError> {
         let pool_name = self.pool_name(target)?;
         let check = self.pools[&pool_name].check.clone();
-        self.insert_backend(&pool_name, addr, weight, check)
+        self.insert_backend(&pool_name, addr, weight, check, true)
     }
 
+    /// Adds a backend; `at_run_time`: added to a running balancer, so that a checked one
+    /// starts unchecked rather than in its check's `initial_state` (which is for the
+    /// file's backends when the agent starts, as HAProxy's `init-state`).
     fn insert_backend(
         &mut self,
         target: &str,
         addr: SocketAddrV4,
         weight: u32,
         check: CheckConfig,
+        at_run_time: bool,
     ) -> Result<(), BalancerError> {
         let pool_name = self.pool_name(target)?;
         check_weight(weight, &pool_name, addr)?;
@@ -352,6 +360,7 @@ impl<M: Maps> Balancer<M> {
                 backend: addr,
             });
         }
+        self.check_new_backend(&pool_name, addr, None)?;
         if self.backend_ids.available() == 0 {
             return Err(BalancerError::TooManyBackends);
         }
@@ -365,7 +374,10 @@ impl<M: Maps> Balancer<M> {
             .backend_ids
             .alloc(backend_hash(&pool_name, addr))
             .ok_or(BalancerError::TooManyBackends)?;
-        let health = if check.is_enabled() {
+        let unchecked = at_run_time && check.is_enabled();
+        let health = if unchecked {
+            Health::Down
+        } else if check.is_enabled() {
             check.initial_state
         } else {
             Health::Up
@@ -377,11 +389,16 @@ impl<M: Maps> Balancer<M> {
             snat_addrs,
             check,
             health,
+            unchecked,
             last_check: None,
             latest: None,
             check_task: 0,
             changed_at: Instant::now(),
-            change_reason: format!("initial state {}", health.as_str()),
+            change_reason: if unchecked {
+                "added, not checked yet".to_owned()
+            } else {
+                format!("initial state {}", health.as_str())
+            },
         };
         let entry = backend_entry(&backend, self.pools[&pool_name].on_backend_down);
         if let Err(e) = self

@@ -25,6 +25,9 @@ pub(super) struct PoolBackend {
     pub(super) snat_addrs: Vec<Ipv4Addr>,
     pub(super) check: CheckConfig,
     pub(super) health: Health,
+    /// Added at run time with a check, and not checked yet: down (it takes no flows), but
+    /// not failed either.
+    pub(super) unchecked: bool,
     pub(super) last_check: Option<LastCheck>,
     /// Where the backend's check task keeps its newest check (newer than `last_check`,
     /// which only changes with the result).
@@ -96,7 +99,8 @@ pub(super) fn vip_key(c: &VipConfig) -> VipKey {
 /// The data plane's view of a backend.
 pub(super) fn backend_entry(b: &PoolBackend, policy: DownPolicy) -> Backend {
     let mut flags = BACKEND_F_PRESENT;
-    if b.health == Health::Down && policy == DownPolicy::Shutdown {
+    // A backend not checked yet has no flows of its own to move.
+    if b.health == Health::Down && !b.unchecked && policy == DownPolicy::Shutdown {
         flags |= BACKEND_F_RESCHEDULE;
     }
     // Every slot filled, the addresses repeated (see `Backend::snat_addrs`).

@@ -53,7 +53,9 @@ impl<M: Maps> Balancer<M> {
         for (name, pool) in &self.pools {
             let mut backends = Vec::new();
             for b in &pool.backends {
-                let state = if b.health == Health::Down {
+                let state = if b.unchecked {
+                    "unchecked"
+                } else if b.health == Health::Down {
                     "down"
                 } else if b.weight == 0 {
                     "drained"

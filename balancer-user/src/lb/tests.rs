@@ -312,7 +312,7 @@ fn a_failed_map_write_is_rolled_back() {
             lb.add_vip(v).unwrap();
         }
         for i in 1..=3 {
-            lb.add_backend("web", backend(i), 1).unwrap();
+            add_checked(&mut lb, i);
         }
         lb.record_health(&event(backend(3), Health::Down, "refused"))
             .unwrap();
@@ -450,9 +450,67 @@ fn checked_pool(policy: DownPolicy) -> Balancer<FakeMaps> {
     let mut lb = with_checked_pool(policy);
     lb.add_vip(vip("web", 80, Scheduler::Maglev)).unwrap();
     for i in 1..=3 {
-        lb.add_backend("web", backend(i), 1).unwrap();
+        add_checked(&mut lb, i);
     }
     lb
+}
+
+/// Adds backend `i` to the checked pool "web" at run time, and its first check, a success.
+fn add_checked(lb: &mut Balancer<FakeMaps>, i: u8) {
+    lb.add_backend("web", backend(i), 1).unwrap();
+    lb.record_health(&event(backend(i), Health::Up, "first check"))
+        .unwrap();
+}
+
+#[test]
+fn a_checked_backend_added_at_run_time_takes_no_flows_before_its_first_check() {
+    let mut lb = with_checked_pool(DownPolicy::Shutdown);
+    lb.add_vip(vip("web", 80, Scheduler::Maglev)).unwrap();
+    add_checked(&mut lb, 1);
+    for i in [2, 3] {
+        lb.add_backend("web", backend(i), 1).unwrap();
+    }
+    let unchecked = |lb: &Balancer<FakeMaps>, i: usize| {
+        let b = &lb.status().unwrap().pools[0].backends[i];
+        (b.state.clone(), b.health, b.change_reason.clone())
+    };
+    assert_eq!(
+        unchecked(&lb, 1),
+        (
+            "unchecked".into(),
+            Health::Down,
+            "added, not checked yet".into()
+        )
+    );
+    assert_eq!(ring_members(&lb, "web"), [backend(1)].into());
+    assert_eq!(lb.usable_backends("web"), Some(1));
+    // Not down either: no flows of its own to move.
+    assert_eq!(flags_of(&lb, backend(2)), BACKEND_F_PRESENT);
+    let started: Vec<_> = lb.checks().into_iter().map(|(_, a, _, h)| (a, h)).collect();
+    assert_eq!(
+        started,
+        [
+            (backend(1), Some(Health::Up)),
+            (backend(2), None),
+            (backend(3), None)
+        ]
+    );
+
+    // The first check decides: a success brings it in, a failure leaves it down.
+    lb.record_health(&event(backend(2), Health::Up, "connected"))
+        .unwrap();
+    lb.record_health(&event(backend(3), Health::Down, "connect refused"))
+        .unwrap();
+    assert_eq!(ring_members(&lb, "web"), [backend(1), backend(2)].into());
+    assert_eq!(
+        unchecked(&lb, 1),
+        ("active".into(), Health::Up, "connected".into())
+    );
+    assert_eq!(
+        unchecked(&lb, 2),
+        ("down".into(), Health::Down, "connect refused".into())
+    );
+    assert_eq!(lb.checks()[2].3, Some(Health::Down));
 }
 
 fn flags_of(lb: &Balancer<FakeMaps>, addr: SocketAddrV4) -> u32 {

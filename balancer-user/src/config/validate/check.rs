@@ -185,7 +185,7 @@ impl Validator<'_> {
             CheckType::None => CheckKind::None,
             CheckType::Tcp => CheckKind::Tcp,
             CheckType::Http => CheckKind::Http(self.http_check(http)?),
-            CheckType::Udp => CheckKind::Udp(self.udp_check(udp)?),
+            CheckType::Udp => CheckKind::Udp(self.udp_check(udp, layers)?),
         })
     }
 
@@ -245,11 +245,28 @@ impl Validator<'_> {
         Ok(http)
     }
 
-    fn udp_check(&self, fields: UdpFields<'_>) -> Checked<UdpCheck> {
+    /// A UDP check's fields. A `payload` is required: without one the check would send an
+    /// empty datagram, which most UDP services (DNS, syslog, RADIUS, ...) ignore without a
+    /// word, so the backend would never come up. Only `payload = ""`, written out, sends
+    /// one, for the services that answer it (echo, some game and voice servers).
+    fn udp_check(&self, fields: UdpFields<'_>, layers: &Layers<'_, '_>) -> Checked<UdpCheck> {
         let mut udp = UdpCheck::default();
-        if let Some((raw, field)) = fields.payload {
-            udp.payload = self.text_field(raw, field, "payload", payload_problem)?;
-        }
+        let Some((raw, field)) = fields.payload else {
+            let typed = layers
+                .layers
+                .iter()
+                .rev()
+                .find_map(|l| l.raw.kind.as_ref().map(|t| (t.span(), &l.field)));
+            let (span, field) = typed.expect("the type is udp: some layer set it");
+            return Err(self.error(
+                span,
+                format_args!("{field}.type"),
+                "a UDP check needs a `payload` the service answers (e.g. a DNS query): \
+                 without one it sends an empty datagram, which most services ignore; write \
+                 payload = \"\" if this one answers it",
+            ));
+        };
+        udp.payload = self.text_field(raw, field, "payload", payload_problem)?;
         if let Some((raw, field)) = fields.expect {
             udp.expect = Some(self.text_field(raw, field, "expect", expect_problem)?);
         }
@@ -314,7 +331,7 @@ mod tests {
     use std::time::Duration;
 
     use super::super::super::testing::{
-        assert_error_at, assert_mangling_never_panics, ONE_VIP, ORIGIN,
+        assert_error, assert_error_at, assert_mangling_never_panics, ONE_VIP, ORIGIN,
     };
     use super::super::super::{parse, AllDownPolicy, DownPolicy};
     use super::*;
@@ -423,6 +440,34 @@ on_all_down = "pass"
     }
 
     #[test]
+    fn udp_check_without_payload() {
+        let hint = "a UDP check needs a `payload` the service answers (e.g. a DNS query): \
+                    without one it sends an empty datagram, which most services ignore; \
+                    write payload = \"\" if this one answers it";
+        // On the pool's type ...
+        let text = "[agent]\ninterfaces = [\"lbc0\"]\n[[pool]]\nname = \"dns\"\n\
+                    [pool.check]\ntype = \"udp\"\nexpect = \"pong\"\n";
+        assert_error(
+            text,
+            "balancer.toml:6:8: pool[0] (\"dns\").check.type: ",
+            hint,
+        );
+        // ... and on a backend's that changes the pool's type, without inheriting the
+        // pool's other fields.
+        let text = CHECKS.replace(
+            "check = { type = \"tcp\", interval = \"10s\" }",
+            "check = { type = \"udp\", interval = \"10s\" }",
+        );
+        assert_error_at(
+            &text,
+            ("method = \"HEAD\"", "method = \"GET\""),
+            (9, "\"udp\""),
+            "pool[0] (\"web\").backends[2].check.type",
+            hint,
+        );
+    }
+
+    #[test]
     fn check_defaults() {
         // No [pool.check]: type none, default timings, both policies at their defaults.
         let config = parse(ONE_VIP, ORIGIN).unwrap();
@@ -476,8 +521,9 @@ on_all_down = "pass"
                 expect: None,
             })
         );
+        // An empty datagram only when asked for in so many words (see `udp_check`).
         assert_eq!(
-            pool("type = \"udp\"").check.kind,
+            pool("type = \"udp\"\npayload = \"\"").check.kind,
             CheckKind::Udp(UdpCheck::default())
         );
         // The bounds are accepted.

@@ -6,12 +6,14 @@
 //! addresses, ports, names). A pool's or backend's `check` table is checked in `check`, a
 //! VIP's `mode` and HTTP rules in `l7`, the VRRP instances and sync groups in `vrrp`.
 
+mod addresses;
 mod balance;
 mod check;
 mod http;
 mod l7;
 mod vrrp;
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -24,6 +26,7 @@ use balancer_common::{MAX_BACKENDS, MAX_RING_SIZE, MAX_SNAT_ADDRS, MAX_VIPS};
 use humantime_serde::re::humantime;
 use toml::Spanned;
 
+use self::addresses::Places;
 use self::balance::CookieIds;
 use self::check::CheckLayer;
 use super::position::line_col;
@@ -31,22 +34,41 @@ use super::raw::{
     Int, RawAgent, RawBackend, RawCheck, RawConfig, RawNat, RawPool, RawTimeouts, RawVip,
 };
 use super::{
-    check_backend_address, interface_name_problem, is_prime, name_problem, AgentConfig,
-    AllDownPolicy, BackendAddressError, BackendConfig, CheckConfig, Config, ConfigError,
-    DownPolicy, NatConfig, PoolConfig, Protocol, ProxySettings, Scheduler, Timeouts, VipConfig,
-    XdpMode, DEFAULT_CONTROL_SOCKET, DEFAULT_PIN_DIR, DEFAULT_RING_SIZE, DEFAULT_WEIGHT,
-    MAX_TIMEOUT, MAX_WEIGHT, MIN_NAT_PORT, MIN_TIMEOUT,
+    check_backend_address, check_vip_address, interface_name_problem, is_prime, name_problem,
+    AgentConfig, AllDownPolicy, BackendAddressError, BackendConfig, CheckConfig, Config,
+    ConfigError, DownPolicy, Host, NatConfig, PoolConfig, Protocol, ProxySettings, Scheduler,
+    Timeouts, VipConfig, XdpMode, DEFAULT_CONTROL_SOCKET, DEFAULT_PIN_DIR, DEFAULT_RING_SIZE,
+    DEFAULT_WEIGHT, MAX_TIMEOUT, MAX_WEIGHT, MIN_NAT_PORT, MIN_TIMEOUT,
 };
 use crate::spelling::ParseValueError;
 
-/// Checks `raw`, read from `text` (called `origin` in errors), and builds the [`Config`].
-pub(super) fn config(raw: RawConfig, text: &str, origin: &str) -> Result<Config, ConfigError> {
-    Validator { text, origin }.config(raw)
+/// Checks `raw`, read from `text` (called `origin` in errors), and builds the [`Config`];
+/// with `host`, also what only the host can tell (its own addresses, its ephemeral
+/// ports). Returns the warnings too (in the errors' format): what may be intended.
+pub(super) fn config(
+    raw: RawConfig,
+    text: &str,
+    origin: &str,
+    host: Option<&Host>,
+) -> Result<(Config, Vec<ConfigError>), ConfigError> {
+    let validator = Validator {
+        text,
+        origin,
+        host,
+        places: RefCell::default(),
+    };
+    let config = validator.config(raw)?;
+    let warnings = validator.addresses(&config)?;
+    Ok((config, warnings))
 }
 
 struct Validator<'a> {
     text: &'a str,
     origin: &'a str,
+    host: Option<&'a Host>,
+    /// Where the values that [`Validator::addresses`] checks against each other were
+    /// written, noted as the sections are checked.
+    places: RefCell<Places>,
 }
 
 type Checked<T> = Result<T, ConfigError>;
@@ -200,6 +222,10 @@ impl Validator<'_> {
             }
             (Some(addr), None) => {
                 nat.source_addresses = vec![self.ipv4(&addr, "nat.source_address")?];
+                self.places
+                    .borrow_mut()
+                    .source_addresses
+                    .push(("nat.source_address".to_owned(), addr.span()));
             }
             (None, Some(list)) => {
                 let span = list.span();
@@ -217,11 +243,15 @@ impl Validator<'_> {
                     if nat.source_addresses.contains(&addr) {
                         return Err(self.error(
                             raw_addr.span(),
-                            field,
+                            &field,
                             format!("{addr} is listed twice"),
                         ));
                     }
                     nat.source_addresses.push(addr);
+                    self.places
+                        .borrow_mut()
+                        .source_addresses
+                        .push((field, raw_addr.span()));
                 }
             }
             (None, None) => {}
@@ -236,6 +266,7 @@ impl Validator<'_> {
             })?;
             nat.port_min = min;
             nat.port_max = max;
+            self.places.borrow_mut().port_range = Some(range.span());
         }
         Ok(nat)
     }
@@ -289,6 +320,7 @@ impl Validator<'_> {
             let pool = pool.into_inner();
             let field = format!("pool[{pi}] ({:?})", pool.name.get_ref());
             let name = self.new_name(&mut names, ("pool", "pool"), pi, &pool.name, &field)?;
+            self.places.borrow_mut().backends.push(Vec::new());
             pools.push(self.pool(pool, name, &field, &mut backends)?);
         }
         Ok(pools)
@@ -366,6 +398,9 @@ impl Validator<'_> {
                 self.error(raw.port.span(), format_args!("{field}.port"), e.to_string())
             }
         })?;
+        if let Some(pool) = self.places.borrow_mut().backends.last_mut() {
+            pool.push(raw.address.span());
+        }
         let weight = match &raw.weight {
             None => DEFAULT_WEIGHT,
             Some(w) => {
@@ -475,6 +510,18 @@ impl Validator<'_> {
         };
         let pool = self.vip_pool(vip, &name, field, pools)?;
         let (mode, rules) = self.vip_mode(vip, field, protocol, pools)?;
+        // Whether it is one of the host's own is checked once every address is known.
+        check_vip_address((address, port, protocol), mode, None).map_err(|e| {
+            self.error(
+                vip.address.span(),
+                format_args!("{field}.address"),
+                e.to_string(),
+            )
+        })?;
+        self.places.borrow_mut().vips.push(addresses::VipPlaces {
+            address: vip.address.span(),
+            ring_size: vip.ring_size.as_ref().map_or(span.clone(), Spanned::span),
+        });
 
         let key = (address, port, protocol);
         if let Some((first, first_name, line)) = seen.listeners.get(&key) {

@@ -1,0 +1,87 @@
+//! What a VIP or a backend must be before it is added, beyond its own fields: addresses the
+//! data plane can serve and forward to ([`crate::config::check_vip_address`] and the rest,
+//! the file's checks in the same words), and rings large enough for their pools.
+
+use std::net::SocketAddrV4;
+
+use super::{Balancer, BalancerError};
+use crate::{
+    config::{check_l4_backend, check_ring_size, check_vip_address, Host, VipConfig, VipMode},
+    dataplane::Maps,
+};
+
+impl<M: Maps> Balancer<M> {
+    /// Whether `vip` can be added: its address, and for an L4 VIP the backends its pool
+    /// already has (none on this host, and no more than its ring has slots). `host`: this
+    /// host's addresses, when the caller read them (`None`: only what the addresses
+    /// themselves tell).
+    ///
+    /// # Errors
+    ///
+    /// Why it cannot.
+    pub fn check_new_vip(&self, vip: &VipConfig, host: Option<&Host>) -> Result<(), BalancerError> {
+        check_vip_address((vip.address, vip.port, vip.protocol), vip.mode, host).map_err(|e| {
+            BalancerError::Invalid {
+                what: "VIP address",
+                why: e.to_string(),
+            }
+        })?;
+        let Some(pool) = self
+            .pools
+            .get(&vip.pool)
+            .filter(|_| vip.mode == VipMode::L4)
+        else {
+            return Ok(());
+        };
+        for b in &pool.backends {
+            check_l4_backend(*b.addr.ip(), host).map_err(|e| BalancerError::Invalid {
+                what: "pool",
+                why: format!("{:?} has backend {}: {e}", vip.pool, b.addr),
+            })?;
+        }
+        check_ring_size(vip.ring_size, pool.backends.len(), &vip.pool).map_err(|why| {
+            BalancerError::Invalid {
+                what: "ring size",
+                why,
+            }
+        })
+    }
+
+    /// Whether backend `addr` can be added to the pool `target` names: when the pool
+    /// serves L4 VIPs, not on this host (`host`, as for [`Balancer::check_new_vip`]), and
+    /// not more backends than their rings have slots.
+    ///
+    /// # Errors
+    ///
+    /// Why it cannot.
+    pub fn check_new_backend(
+        &self,
+        target: &str,
+        addr: SocketAddrV4,
+        host: Option<&Host>,
+    ) -> Result<(), BalancerError> {
+        let pool = self.pool_name(target)?;
+        // Every VIP of the balancer is an L4 one (the proxy has the HTTP VIPs).
+        let mut vips = self.vips.values().filter(|v| v.config.pool == pool);
+        let Some(first) = vips.next() else {
+            return Ok(());
+        };
+        check_l4_backend(*addr.ip(), host).map_err(|e| BalancerError::Invalid {
+            what: "backend address",
+            why: format!(
+                "{addr}: {e}; pool {pool:?} serves L4 VIP {:?}",
+                first.config.name
+            ),
+        })?;
+        let backends = self.pools[&pool].backends.len() + 1;
+        for vip in std::iter::once(first).chain(vips) {
+            check_ring_size(vip.config.ring_size, backends, &pool).map_err(|why| {
+                BalancerError::Invalid {
+                    what: "backend",
+                    why: format!("{addr}: ring size of VIP {:?}: {why}", vip.config.name),
+                }
+            })?;
+        }
+        Ok(())
+    }
+}
