@@ -356,7 +356,10 @@ pub mod stat {
     /// A new flow took the SNAT port of a half-open TCP flow (its client never completed
     /// the handshake: a spoofed SYN, most likely) because no probed port was free.
     pub const SNAT_PORT_HALF_OPEN_TAKEN: u32 = 23;
-    pub const COUNT: u32 = 24;
+    /// A half-open flow whose port a new flow had taken took it back: its client
+    /// acknowledged the backend's SYN-ACK (late, in a flood), the other's had not.
+    pub const SNAT_PORT_TAKEN_BACK: u32 = 24;
+    pub const COUNT: u32 = 25;
 
     /// Human names, indexed like the constants.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -384,6 +387,7 @@ pub mod stat {
         "icmp_to_backend",
         "pass_icmp_low_mtu",
         "snat_port_half_open_taken",
+        "snat_port_taken_back",
     ];
 }
 

@@ -11,7 +11,7 @@ use crate::{
     maps::{BACKENDS, CONNS, NAT, VIPS, VIP_GENS},
     nat::{csum_diffs, to_backend, to_client_of},
     parse::{Packet, TCP_FIN, TCP_RST, TCP_SYN},
-    snat::{client_key, holds, keep_reply_entry},
+    snat::{client_key, holds, keep_reply_entry, take_back},
     stats, timeouts,
     vip::vip_key,
     DropReason,
@@ -53,10 +53,15 @@ pub fn established(pkt: &Packet, settings: &Settings, stamp: Stamp, now: u64) ->
         return Established::Ended(Some(conn));
     }
     // A half-open flow's port may have been taken by a new flow (see `snat`): its packets
-    // check every time (there are few of them) that the port is still theirs.
-    if (timeouts::touch_due(conn.last_seen_ns, now)
-        || timeouts::half_open(conn.state, pkt.key.proto))
+    // check every time (there are few of them) that the port is still theirs. A client
+    // that proves it exists (it acknowledges the backend's SYN-ACK: its ACK was late, in a
+    // flood) takes its port back from a flow that has not.
+    let half_open = timeouts::half_open(conn.state, pkt.key.proto);
+    if (timeouts::touch_due(conn.last_seen_ns, now) || half_open)
         && !keep_reply_entry(pkt, &conn, now)
+        && !(half_open
+            && timeouts::acks_handshake(&conn, pkt)
+            && take_back(pkt, &conn, settings, now))
     {
         stats::count(stat::SNAT_PORT_LOST);
         return Established::Ended(Some(conn));

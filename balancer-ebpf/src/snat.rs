@@ -238,6 +238,28 @@ pub fn keep_reply_entry(pkt: &Packet, conn: &Conn, now: u64) -> bool {
         || unsafe { NAT.get(&reply_key) }.is_some_and(|e| names(e, &pkt.key))
 }
 
+/// Takes the SNAT port of `conn`, client packet `pkt`'s half-open flow, back from the flow
+/// that took it (a new flow takes a half-open flow's port when it finds none free), if
+/// that flow is not established either: `pkt` proves its client exists (it acknowledges
+/// the backend's SYN-ACK), which the other's has not. The backend still knows `pkt`'s
+/// connection on that tuple (its SYN cookie, or its request, which the other flow's SYN
+/// did not replace). `false` when the port stays the other's.
+#[inline(always)]
+pub fn take_back(pkt: &Packet, conn: &Conn, settings: &Settings, now: u64) -> bool {
+    let reply_key = reply_key_of(conn, pkt.key.proto);
+    // SAFETY: read-only look at a map value.
+    let Some(holder) = (unsafe { NAT.get(&reply_key) }) else {
+        return false;
+    };
+    let holder = holder_state(holder, &reply_key, settings, now);
+    if holder == Holder::Alive || !take(&reply_key, &nat_entry(pkt, conn, now), holder) {
+        return false;
+    }
+    stats::count(stat::SNAT_PORT_TAKEN_BACK);
+    // SAFETY: read-only look at a map value.
+    unsafe { NAT.get(&reply_key) }.is_some_and(|e| names(e, &pkt.key))
+}
+
 /// Claims the SNAT port of `reply_key` for `pkt`'s new flow, which a look found usable:
 /// writes the flow's forward entry naming the port, then inserts the reply entry, or,
 /// when one is there, looks at its holder again (another CPU may have claimed the port

@@ -126,6 +126,15 @@ pub fn touch(conn: *mut Conn, pkt: &Packet, from: From, now: u64) {
     }
 }
 
+/// Does client packet `pkt` acknowledge the backend's SYN-ACK of `conn`'s flow (the ACK
+/// that completes the handshake, or a retransmission before the backend sent data)?
+#[inline(always)]
+pub fn acks_handshake(conn: &Conn, pkt: &Packet) -> bool {
+    pkt.tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_ACK
+        && conn.handshake_ack == pkt.tcp_ack
+        && pkt.tcp_ack != 0
+}
+
 /// A packet of a half-open TCP flow: the backend's SYN-ACK gives the acknowledgement that
 /// completes the handshake (recorded in `conn`); the client's ACK carrying it establishes
 /// the flow, so a spoofed client, which never sees the SYN-ACK, cannot. A flow picked up
@@ -148,14 +157,8 @@ unsafe fn handshake(conn: *mut Conn, pkt: &Packet, from: From, state: u32) -> u3
         From::Backend if state & FLOW_MIDSTREAM != 0 && flags & (TCP_SYN | TCP_RST) == 0 => {
             FLOW_ESTABLISHED
         }
-        From::Client
-            if flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_ACK
-                // SAFETY: the caller's; a single aligned 4-byte load.
-                && unsafe { (*conn).handshake_ack } == pkt.tcp_ack
-                && pkt.tcp_ack != 0 =>
-        {
-            FLOW_ESTABLISHED
-        }
+        // SAFETY: the caller's; read whole.
+        From::Client if acks_handshake(unsafe { &*conn }, pkt) => FLOW_ESTABLISHED,
         _ => 0,
     }
 }

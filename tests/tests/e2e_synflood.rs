@@ -89,7 +89,8 @@ fn a_flood_of_spoofed_syns_does_not_stop_real_clients_from_connecting() {
     let (failed_during, failed_after) = (failed(&during), failed(&after));
     eprintln!(
         "flood: {} SYNs in {:.2?} ({:.0}/s); real clients: {}/{} failed during, {}/{} after; \
-         snat_port_half_open_taken {}, drop_snat_exhausted {}, drop_conn_table {}",
+         snat_port_half_open_taken {}, snat_port_taken_back {}, drop_snat_exhausted {}, \
+         drop_conn_table {}; failures: {:?}",
         flood.sent,
         flood.elapsed,
         flood.rate(),
@@ -98,8 +99,10 @@ fn a_flood_of_spoofed_syns_does_not_stop_real_clients_from_connecting() {
         failed_after.len(),
         after.len(),
         counter("snat_port_half_open_taken"),
+        counter("snat_port_taken_back"),
         counter("drop_snat_exhausted"),
         counter("drop_conn_table"),
+        failed_during,
     );
     // The flood must have been a flood: more half-open flows than the backend's SNAT
     // ports (the default range holds 12768), so new flows had to take their ports (or,

@@ -3,9 +3,9 @@
 //! tuple gets its old port back, and a flow whose reply entry was evicted writes it again
 //! or leaves its port.
 
-use balancer_common::{map_names, stat, NatEntry};
+use balancer_common::{map_names, stat, NatEntry, FLOW_ESTABLISHED};
 use balancer_tests::fixtures::flows::{backend_segment, client_segment, connect, open};
-use balancer_tests::fixtures::frames::{ack, parsed, syn, web_reply_key, SNAT};
+use balancer_tests::fixtures::frames::{ack, client_key, parsed, syn, web_reply_key, SNAT};
 use balancer_tests::fixtures::{
     act, check, from_client, pin_to_one_cpu, sleep_ms, Fixture, NatConfig, Step, Timeouts,
     XDP_DROP, XDP_REDIRECT,
@@ -89,6 +89,36 @@ fn when_no_port_is_free_a_new_flow_takes_a_half_open_flows_port() {
         assert_eq!(fx.global(stat::DROP_SNAT_EXHAUSTED), 0);
     }));
     snat_fixture(2).run_steps(steps);
+}
+
+#[test]
+fn a_client_that_completes_its_handshake_late_takes_its_port_back() {
+    pin_to_one_cpu();
+    snat_fixture(1).run_steps([
+        open(40000).keep("real"),
+        backend_segment("real", Flags::SYN | Flags::ACK),
+        // The real client's ACK is late (lost in a flood); a spoofed SYN takes the port.
+        from_client(
+            "a spoofed SYN takes the half-open port",
+            Spec {
+                sport: 40001,
+                ..syn()
+            },
+            XDP_REDIRECT,
+        ),
+        check("taken", |fx| {
+            assert_eq!(fx.global(stat::SNAT_PORT_HALF_OPEN_TAKEN), 1);
+        }),
+        from_client("the real client's ACK", ack(), XDP_REDIRECT).output(|out, fx| {
+            assert_eq!(parsed(out).sport, fx.port("real"), "its own port, back");
+        }),
+        check("taken back, established", |fx| {
+            assert_eq!(fx.global(stat::SNAT_PORT_TAKEN_BACK), 1);
+            assert_eq!(fx.global(stat::SNAT_PORT_LOST), 0);
+            let conn = fx.conn(&client_key(&syn()));
+            assert_ne!(conn.state & FLOW_ESTABLISHED, 0);
+        }),
+    ]);
 }
 
 #[test]
