@@ -7,9 +7,10 @@ use std::{collections::HashSet, net::SocketAddrV4, ops::ControlFlow};
 
 use tokio::sync::oneshot;
 
+use super::links::LinkEvent;
 use crate::{
     api::{Request, Response},
-    dataplane::Maps,
+    dataplane::{links::Links, Maps},
     health::{Checker, HealthEvent},
     l7::Frontend,
     lb::{Balancer, BalancerError},
@@ -30,6 +31,8 @@ pub enum Event {
     Stop { signal: &'static str },
     /// A signal asked the agent to reload its configuration.
     Reload { signal: &'static str },
+    /// The kernel said a link changed (one of ours, perhaps).
+    Link(LinkEvent),
 }
 
 /// The agent's state: the balancer (which owns the maps), the health checks it runs, and
@@ -44,6 +47,11 @@ pub struct Agent<M: Maps> {
     vip_tracks: Vec<(String, Option<bool>)>,
     /// The HTTP VIPs' proxy, whose pools follow the balancer's backends.
     http: Option<Frontend>,
+    /// The configured interfaces and the program on each (none in unit tests).
+    links: Option<Links>,
+    /// Whether VRRP's `data_plane` tracks were last told the program is attached
+    /// everywhere.
+    data_plane_said: Option<bool>,
 }
 
 impl<M: Maps> Agent<M> {
@@ -68,11 +76,21 @@ impl<M: Maps> Agent<M> {
             vrrp,
             vip_tracks,
             http,
+            links: None,
+            data_plane_said: None,
         };
         agent.sync_checks();
         agent.sync_tracks();
         agent.sync_http();
         agent
+    }
+
+    /// The agent with its interfaces, which it then follows (see [`Event::Link`]).
+    #[must_use]
+    pub fn with_links(mut self, links: Links) -> Self {
+        self.links = Some(links);
+        self.sync_data_plane();
+        self
     }
 
     /// Applies one event; `Break` when the agent must stop.
@@ -110,6 +128,17 @@ impl<M: Maps> Agent<M> {
                      unchanged"
                 );
             }
+            Event::Link(event) => {
+                if let Some(links) = &mut self.links {
+                    let changed = match &event {
+                        LinkEvent::Changed(message) => links.changed(message),
+                        LinkEvent::Lost => links.resync(),
+                    };
+                    if changed {
+                        self.sync_data_plane();
+                    }
+                }
+            }
         }
         ControlFlow::Continue(())
     }
@@ -124,7 +153,32 @@ impl<M: Maps> Agent<M> {
         if let Some(http) = self.http {
             http.shutdown().await;
         }
+        // Detaches the program where its links are not kept.
+        drop(self.links);
         self.lb
+    }
+
+    /// Tells VRRP instances that track the data plane whether the program is attached to
+    /// every interface, when that changed: a Master that lost an interface hands over.
+    fn sync_data_plane(&mut self) {
+        let (Some(vrrp), Some(links)) = (&self.vrrp, &self.links) else {
+            return;
+        };
+        let up = links.all_attached();
+        if self.data_plane_said == Some(up) || !vrrp.tracks(&TrackTarget::DataPlane) {
+            return;
+        }
+        if up {
+            log::info!("data plane: XDP attached to every interface");
+        } else {
+            log::error!(
+                "data plane: XDP no longer attached to {}: the interface is gone, not there \
+                 yet or refused the program",
+                links.not_attached().join(", ")
+            );
+        }
+        vrrp.track(TrackTarget::DataPlane, up);
+        self.data_plane_said = Some(up);
     }
 
     /// Gives the HTTP proxy's pools the backends that take new requests, when they changed.
@@ -184,6 +238,9 @@ impl<M: Maps> Agent<M> {
                 }
                 if let Some(http) = &self.http {
                     status.http = http.status();
+                }
+                if let Some(links) = &self.links {
+                    status.interfaces = links.status();
                 }
                 Response {
                     ok: true,

@@ -56,8 +56,9 @@ pub enum Command {
         xdp_mode: Option<XdpMode>,
     },
     /// Check a configuration file as `run` would, without running anything: prints
-    /// "configuration OK" or the first error (`file:line:column`), exits 0 or 1. As root it
-    /// also checks what only the host can tell (VRRP interfaces and addresses).
+    /// "configuration OK" or the first error (`file:line:column`), exits 0 or 1. It checks
+    /// that the interfaces exist (unless `agent.wait_for_interfaces`), and as root what else
+    /// only the host can tell (VRRP interfaces and addresses).
     CheckConfig {
         /// Configuration file (TOML).
         #[arg(long, short)]

@@ -1,6 +1,7 @@
 //! Loading the embedded XDP program (taking over the flow tables a previous agent pinned),
-//! attaching it to the configured interfaces (swapped into the links a previous agent left,
-//! or attached anew), and forwarding its log records to the agent's log.
+//! attaching it to an interface (swapped into the link a previous agent left, or attached
+//! anew) after checking that the interfaces exist and that no other program holds them, and
+//! forwarding its log records to the agent's log.
 
 use anyhow::{bail, Context};
 use aya::{
@@ -11,9 +12,12 @@ use balancer_common::PROGRAM_NAME;
 
 use super::{
     pins::{LinkMode, PinError, Pins},
-    AyaMaps, MapsError,
+    rtnetlink, AyaMaps, MapsError,
 };
-use crate::config::{AgentConfig, XdpMode};
+use crate::{
+    config::{AgentConfig, XdpMode},
+    sys,
+};
 
 /// The XDP object built by `cargo xtask build-ebpf`, embedded at compile time.
 pub static EBPF_OBJECT: &[u8] =
@@ -142,38 +146,137 @@ impl Program {
         AyaMaps::new(&mut self.ebpf)
     }
 
-    /// Attaches the program to every interface of `interfaces`: swapped into the link a
-    /// previous agent left there, or attached anew in `mode`; with `keep` (the agent's
-    /// `keep_attached`) the link is pinned so that it outlives the agent.
-    pub fn attach_all(
+    /// Attaches the program to `iface`: swapped into the link a previous agent left
+    /// there, or attached anew in `mode`; with `keep` (the agent's `keep_attached`) the
+    /// link is pinned so that it outlives the agent.
+    ///
+    /// # Errors
+    /// The interface does not exist, or the kernel refused (another program holds it: the
+    /// error names that program).
+    pub fn attach(
         &mut self,
-        interfaces: &[String],
+        iface: &str,
         pins: Option<&Pins>,
         mode: XdpMode,
         keep: bool,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<Attached> {
         let program = self.xdp()?;
-        for iface in interfaces {
-            let taken = pins.and_then(|p| p.take_over(program, iface, link_mode(mode), keep));
-            let (id, got) = if let Some((id, got)) = taken {
-                let got_name = got.map_or("unrecorded", LinkMode::name);
-                log::info!(
-                    "{iface}: took over the XDP link the previous agent left ({got_name} mode)"
-                );
-                (id, got)
-            } else {
-                let (id, got) = attach(program, iface, mode)?;
-                log::info!("{iface}: XDP attached ({} mode)", got.name());
-                (id, Some(got))
-            };
-            // (A link taken over from an agent that did not record its mode stays pinned
-            // under its old name.)
-            if let (true, Some(pins), Some(got)) = (keep, pins, got) {
-                pins.keep_link(program, id, iface, got)?;
-            }
+        let taken = pins.and_then(|p| p.take_over(program, iface, link_mode(mode), keep));
+        let (id, got) = if let Some((id, got)) = taken {
+            let got_name = got.map_or("unrecorded", LinkMode::name);
+            log::info!("{iface}: took over the XDP link the previous agent left ({got_name} mode)");
+            (id, got)
+        } else {
+            let (id, got) = attach(program, iface, mode)?;
+            log::info!("{iface}: XDP attached ({} mode)", got.name());
+            (id, Some(got))
+        };
+        // (A link taken over from an agent that did not record its mode stays pinned
+        // under its old name, and held by the program too.)
+        if let (true, Some(pins), Some(got)) = (keep, pins, got) {
+            pins.keep_link(program, id, iface, got)?;
+            return Ok(Attached {
+                held: None,
+                mode: Some(got),
+            });
         }
-        Ok(())
+        Ok(Attached {
+            held: Some(id),
+            mode: got,
+        })
     }
+
+    /// Detaches the link `id` (its interface is gone: the link goes, nothing else).
+    pub fn detach(&mut self, id: XdpLinkId) {
+        match self.xdp() {
+            Ok(program) => {
+                if let Err(e) = program.detach(id) {
+                    log::warn!("releasing an XDP link: {e}");
+                }
+            }
+            Err(e) => log::warn!("releasing an XDP link: {e:#}"),
+        }
+    }
+}
+
+/// What [`Program::attach`] did.
+#[derive(Debug)]
+pub struct Attached {
+    /// The link, while the program holds it (not when it is pinned for the next agent).
+    pub held: Option<XdpLinkId>,
+    /// The mode it was attached in (`None`: taken over from an agent that did not say).
+    pub mode: Option<LinkMode>,
+}
+
+/// Checks, before anything is loaded or pinned, that every interface of `agent` exists
+/// (unless `wait_for_interfaces`): the error names the interface and where the
+/// configuration lists it.
+///
+/// # Errors
+/// The first interface that does not exist.
+pub fn check_interfaces(agent: &AgentConfig) -> anyhow::Result<()> {
+    if agent.wait_for_interfaces {
+        return Ok(());
+    }
+    for (i, iface) in agent.interfaces.iter().enumerate() {
+        if let Err(e) = sys::ifindex(iface) {
+            let location = agent
+                .interface_locations
+                .get(i)
+                .map_or_else(|| format!("agent.interfaces[{i}]"), Clone::clone);
+            bail!(
+                "{location}: interface {iface:?} does not exist ({e}); create it, fix the \
+                 name, or set agent.wait_for_interfaces = true to start without it and attach \
+                 when it appears"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Checks, before anything is loaded, that no other program holds an interface of
+/// `interfaces` (one a previous agent left pinned in `pins` is taken over: not another).
+///
+/// # Errors
+/// The first interface that holds another XDP program, named with its id and name.
+pub fn check_free(interfaces: &[String], pins: Option<&Pins>) -> anyhow::Result<()> {
+    for iface in interfaces {
+        if pins.is_some_and(|p| p.has_link(iface)) {
+            continue;
+        }
+        if let Some(holder) = holder(iface) {
+            bail!("{holder}");
+        }
+    }
+    Ok(())
+}
+
+/// "eth1 already has an XDP program attached (...)": when `iface` holds one.
+fn holder(iface: &str) -> Option<String> {
+    let ifindex = sys::ifindex(iface).ok()?;
+    let found = match rtnetlink::xdp_program(ifindex) {
+        Ok(found) => found?,
+        Err(e) => {
+            log::debug!("{iface}: cannot ask which XDP program it holds: {e}");
+            return None;
+        }
+    };
+    let name = aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .find(|p| p.id() == found.id)
+        .and_then(|p| p.name_as_str().map(str::to_owned))
+        .unwrap_or_else(|| "unknown".to_owned());
+    let hint = if name == PROGRAM_NAME {
+        "is another agent running? (give each agent its own interfaces)"
+    } else {
+        "detach it first (ip link set dev IFACE xdp off) if it is not needed"
+    };
+    Some(format!(
+        "{iface} already has an XDP program attached (id {}, name {name}, {} mode): {}",
+        found.id,
+        found.mode_name(),
+        hint.replace("IFACE", iface)
+    ))
 }
 
 /// Copies the data plane's log records to the agent's log as they arrive.
@@ -200,7 +303,8 @@ pub async fn forward_logs(logger: DataPlaneLogger) {
 }
 
 /// Attaches to one interface in the requested mode; `auto` tries driver mode first.
-/// Returns the link and the mode it got.
+/// Returns the link and the mode it got. A refusal because another program holds the
+/// interface names that program.
 fn attach(program: &mut Xdp, iface: &str, mode: XdpMode) -> anyhow::Result<(XdpLinkId, LinkMode)> {
     let mut attach_as = |aya_mode: AyaXdpMode, got: LinkMode| {
         program
@@ -208,14 +312,22 @@ fn attach(program: &mut Xdp, iface: &str, mode: XdpMode) -> anyhow::Result<(XdpL
             .with_context(|| format!("attaching XDP to {iface} in {} mode", got.name()))
             .map(|id| (id, got))
     };
+    // (The kernel says only EBUSY or EEXIST: ask it who.)
+    let held = |e: anyhow::Error| match holder(iface) {
+        Some(holder) => e.context(holder),
+        None => e,
+    };
     match mode {
-        XdpMode::Driver => attach_as(AyaXdpMode::Driver, LinkMode::Driver),
-        XdpMode::Skb => attach_as(AyaXdpMode::Skb, LinkMode::Skb),
+        XdpMode::Driver => attach_as(AyaXdpMode::Driver, LinkMode::Driver).map_err(held),
+        XdpMode::Skb => attach_as(AyaXdpMode::Skb, LinkMode::Skb).map_err(held),
         XdpMode::Auto => attach_as(AyaXdpMode::Driver, LinkMode::Driver).or_else(|e| {
+            if let Some(holder) = holder(iface) {
+                return Err(e.context(holder));
+            }
             log::warn!(
                 "{iface}: driver-mode XDP unavailable ({e:#}); falling back to skb (generic) mode, which is slower"
             );
-            attach_as(AyaXdpMode::Skb, LinkMode::Skb)
+            attach_as(AyaXdpMode::Skb, LinkMode::Skb).map_err(held)
         }),
     }
 }
