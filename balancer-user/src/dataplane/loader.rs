@@ -244,12 +244,20 @@ pub fn check_free(interfaces: &[String], pins: Option<&Pins>) -> anyhow::Result<
         if pins.is_some_and(|p| p.has_link(iface)) {
             continue;
         }
-        if let Some(holder) = holder(iface) {
-            bail!("{holder}");
+        // The link of an agent that has just exited may take a moment to go.
+        let deadline = std::time::Instant::now() + HOLDER_GRACE;
+        while let Some(holder) = holder(iface) {
+            if std::time::Instant::now() >= deadline {
+                bail!("{holder}");
+            }
+            std::thread::sleep(HOLDER_GRACE / 10);
         }
     }
     Ok(())
 }
+
+/// How long [`check_free`] waits for a program found on an interface to go.
+const HOLDER_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// "eth1 already has an XDP program attached (...)": when `iface` holds one.
 fn holder(iface: &str) -> Option<String> {
