@@ -12,8 +12,7 @@ use std::{
 
 use balancer_common::PROGRAM_NAME;
 use balancer_tests::{
-    balancer_path, default_config, require_root, Agent, Running, Topology, CLIENT_ADDR,
-    DEFAULT_TIMEOUT, LB_BACKEND_ADDR, LB_CLIENT_ADDR,
+    balancer_path, default_config, require_root, Agent, Running, Topology, DEFAULT_TIMEOUT,
 };
 use serde_json::Value;
 
@@ -50,17 +49,6 @@ fn wait_interface(agent: &Agent, name: &str, state: &str) -> Value {
     }
 }
 
-/// Whether `iface` in `ns` has an XDP program: its id, as `ip -d link` shows it.
-fn xdp_prog(ns: &balancer_tests::Netns, iface: &str) -> Option<u64> {
-    let link = ns
-        .ip(&["-d", "link", "show", iface])
-        .unwrap_or_else(|e| panic!("ip link show {iface}: {e:#}"));
-    let mut words = link.split_whitespace();
-    words.find(|&w| w == "prog/xdp")?;
-    words.find(|&w| w == "id")?;
-    words.next()?.parse().ok()
-}
-
 /// Retries a request through the HTTP VIP until one is answered (at most [`RECOVERY`]),
 /// then expects ten in a row to be.
 fn wait_traffic(client: &balancer_tests::ClientNs) {
@@ -76,81 +64,6 @@ fn wait_traffic(client: &balancer_tests::ClientNs) {
         tally.failures.is_empty(),
         "requests through the VIP once it answered again: {tally}"
     );
-}
-
-/// Creates the lb's backend-side veth again, as the topology first made it.
-fn create_backend_side(topo: &Topology) {
-    let (lb, sw) = (topo.lb(), topo.switch());
-    lb.ip(&[
-        "link",
-        "add",
-        "lbs0",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "swlb",
-        "netns",
-        sw.name(),
-    ])
-    .expect("creating lbs0 again");
-    sw.ip(&["link", "set", "swlb", "master", "br0"]).unwrap();
-    // (Redirects into a veth need GRO on its peer: see the topology.)
-    sw.run(&["ethtool", "-K", "swlb", "gro", "on"]).unwrap();
-    lb.ip(&[
-        "addr",
-        "add",
-        &format!("{LB_BACKEND_ADDR}/24"),
-        "dev",
-        "lbs0",
-    ])
-    .unwrap();
-    sw.ip(&["link", "set", "swlb", "up"]).unwrap();
-    lb.ip(&["link", "set", "lbs0", "up"]).unwrap();
-}
-
-/// Creates the lb's client-side veth again, as the topology first made it (the client's
-/// route to the VIPs with it).
-fn create_client_side(topo: &Topology) {
-    let (client, lb) = (topo.client(), topo.lb());
-    client
-        .ip(&[
-            "link",
-            "add",
-            "cli0",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "lbc0",
-            "netns",
-            lb.name(),
-        ])
-        .expect("creating lbc0 again");
-    client
-        .ip(&["addr", "add", &format!("{CLIENT_ADDR}/24"), "dev", "cli0"])
-        .unwrap();
-    lb.ip(&[
-        "addr",
-        "add",
-        &format!("{LB_CLIENT_ADDR}/24"),
-        "dev",
-        "lbc0",
-    ])
-    .unwrap();
-    client.run(&["ethtool", "-K", "cli0", "tx", "off"]).unwrap();
-    client.run(&["ethtool", "-K", "cli0", "gro", "on"]).unwrap();
-    client.ip(&["link", "set", "cli0", "up"]).unwrap();
-    lb.ip(&["link", "set", "lbc0", "up"]).unwrap();
-    client
-        .ip(&[
-            "route",
-            "add",
-            "10.0.100.0/24",
-            "via",
-            &LB_CLIENT_ADDR.to_string(),
-        ])
-        .unwrap();
 }
 
 /// `text` with `[agent]`'s `line` added (the `[nat]` table follows `[agent]`).
@@ -183,7 +96,7 @@ fn an_interface_deleted_and_created_again_gets_the_program_again() {
     assert!(row.contains("ERROR missing"), "{row}");
     assert_eq!(interface(&run.agent, "lbc0")["state"], "attached");
 
-    create_backend_side(&run.topo);
+    run.topo.create_backend_link().expect("creating lbs0 again");
     let back = wait_interface(&run.agent, "lbs0", "attached");
     assert_ne!(
         back["ifindex"], before["ifindex"],
@@ -191,7 +104,7 @@ fn an_interface_deleted_and_created_again_gets_the_program_again() {
     );
     assert_eq!(back["mode"], "driver", "{back:#}");
     assert!(
-        xdp_prog(run.topo.lb(), "lbs0").is_some(),
+        run.topo.lb().xdp_prog("lbs0").is_some(),
         "the program is on the new lbs0"
     );
     wait_traffic(&run.client);
@@ -230,7 +143,7 @@ fn an_agent_told_to_wait_attaches_to_an_interface_when_it_appears() {
         "{text}"
     );
 
-    create_client_side(&topo);
+    topo.create_client_link().expect("creating lbc0 again");
     let attached = wait_interface(&agent, "lbc0", "attached");
     let client = topo
         .client_ns()
@@ -280,7 +193,7 @@ fn a_missing_interface_is_refused_with_its_place_in_the_file_before_anything_is_
         "the error says how to start without it:\n{message}"
     );
     assert_eq!(pinned(), before, "nothing pinned");
-    assert_eq!(xdp_prog(topo.lb(), "lbc0"), None, "nothing attached");
+    assert_eq!(topo.lb().xdp_prog("lbc0"), None, "nothing attached");
 
     // check-config, in the same namespace, says the same.
     let file = topo.run_dir().join("balancer.toml");
@@ -299,7 +212,11 @@ fn a_missing_interface_is_refused_with_its_place_in_the_file_before_anything_is_
 #[test]
 fn a_second_agent_on_an_attached_interface_names_the_program_holding_it() {
     let run = Running::start(1, "maglev");
-    let held = xdp_prog(run.topo.lb(), "lbc0").expect("the first agent's program on lbc0");
+    let held = run
+        .topo
+        .lb()
+        .xdp_prog("lbc0")
+        .expect("the first agent's program on lbc0");
     // Its own pin directory (none) and socket: only the interfaces are shared.
     let pins = format!("pin_dir = \"{}\"", run.topo.pin_dir().display());
     let config = default_config(&run.topo, "maglev").replacen(&pins, "pin_dir = \"\"", 1);
@@ -316,7 +233,7 @@ fn a_second_agent_on_an_attached_interface_names_the_program_holding_it() {
     assert!(message.contains("is another agent running?"), "{message}");
 
     // The first agent's program is still there, and serves.
-    assert_eq!(xdp_prog(run.topo.lb(), "lbc0"), Some(held));
+    assert_eq!(run.topo.lb().xdp_prog("lbc0"), Some(held));
     run.client
         .http_get(Topology::vip_http(), DEFAULT_TIMEOUT)
         .expect("a request through the VIP after the second agent was refused");

@@ -3,9 +3,8 @@
 //! what the agent's [`Links`] attach with: the program, the pins, and the host settings
 //! an interface needs each time the program is attached to it.
 
-use std::{collections::HashMap, os::fd::OwnedFd};
+use std::os::fd::OwnedFd;
 
-use aya::programs::xdp::XdpLinkId;
 use tokio::{io::unix::AsyncFd, sync::mpsc};
 
 use super::{host, Event};
@@ -104,8 +103,6 @@ pub struct DataPlane {
     pins: Option<Pins>,
     mode: XdpMode,
     keep: bool,
-    /// The links the program holds, by interface.
-    held: HashMap<String, XdpLinkId>,
 }
 
 impl DataPlane {
@@ -122,7 +119,6 @@ impl DataPlane {
             pins,
             mode,
             keep,
-            held: HashMap::new(),
         }
     }
 }
@@ -133,23 +129,15 @@ impl Attach for DataPlane {
     }
 
     fn attach(&mut self, name: &str) -> anyhow::Result<Option<LinkMode>> {
-        let attached = self
+        let mode = self
             .program
             .attach(name, self.pins.as_ref(), self.mode, self.keep)?;
-        if let Some(id) = attached.held {
-            self.held.insert(name.to_owned(), id);
-        }
         host::check_forwarding(name);
         self.accept_local.turn_on(name);
-        Ok(attached.mode)
+        Ok(mode)
     }
 
     fn release(&mut self, name: &str) {
-        if let Some(id) = self.held.remove(name) {
-            self.program.detach(id);
-        }
-        if let Some(pins) = &self.pins {
-            pins.forget_link(name);
-        }
+        self.program.release(name, self.pins.as_ref());
     }
 }

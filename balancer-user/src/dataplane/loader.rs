@@ -3,6 +3,8 @@
 //! anew) after checking that the interfaces exist and that no other program holds them, and
 //! forwarding its log records to the agent's log.
 
+use std::collections::HashMap;
+
 use anyhow::{bail, Context};
 use aya::{
     programs::{xdp::XdpLinkId, Xdp, XdpMode as AyaXdpMode},
@@ -97,6 +99,8 @@ pub fn open_pins(agent: &AgentConfig) -> anyhow::Result<Option<Pins>> {
 /// pinned.
 pub struct Program {
     ebpf: Ebpf,
+    /// The links it holds (not those pinned for the next agent), by interface.
+    held: HashMap<String, XdpLinkId>,
 }
 
 impl Program {
@@ -125,7 +129,10 @@ impl Program {
                 None
             }
         };
-        let mut program = Program { ebpf };
+        let mut program = Program {
+            ebpf,
+            held: HashMap::new(),
+        };
         program
             .xdp()?
             .load()
@@ -148,7 +155,8 @@ impl Program {
 
     /// Attaches the program to `iface`: swapped into the link a previous agent left
     /// there, or attached anew in `mode`; with `keep` (the agent's `keep_attached`) the
-    /// link is pinned so that it outlives the agent.
+    /// link is pinned so that it outlives the agent. Returns the mode it got (`None`: a
+    /// link taken over from an agent that did not record it).
     ///
     /// # Errors
     /// The interface does not exist, or the kernel refused (another program holds it: the
@@ -159,7 +167,7 @@ impl Program {
         pins: Option<&Pins>,
         mode: XdpMode,
         keep: bool,
-    ) -> anyhow::Result<Attached> {
+    ) -> anyhow::Result<Option<LinkMode>> {
         let program = self.xdp()?;
         let taken = pins.and_then(|p| p.take_over(program, iface, link_mode(mode), keep));
         let (id, got) = if let Some((id, got)) = taken {
@@ -175,37 +183,30 @@ impl Program {
         // under its old name, and held by the program too.)
         if let (true, Some(pins), Some(got)) = (keep, pins, got) {
             pins.keep_link(program, id, iface, got)?;
-            return Ok(Attached {
-                held: None,
-                mode: Some(got),
-            });
+        } else {
+            self.held.insert(iface.to_owned(), id);
         }
-        Ok(Attached {
-            held: Some(id),
-            mode: got,
-        })
+        Ok(got)
     }
 
-    /// Detaches the link `id` (its interface is gone: the link goes, nothing else).
-    pub fn detach(&mut self, id: XdpLinkId) {
-        match self.xdp() {
-            Ok(program) => {
-                if let Err(e) = program.detach(id) {
-                    log::warn!("releasing an XDP link: {e}");
+    /// Lets go of the link on `iface`, whose interface is gone or was replaced (the
+    /// kernel detached it with its interface): the one the program holds, and the one
+    /// pinned in `pins` for the next agent.
+    pub fn release(&mut self, iface: &str, pins: Option<&Pins>) {
+        if let Some(id) = self.held.remove(iface) {
+            match self.xdp() {
+                Ok(program) => {
+                    if let Err(e) = program.detach(id) {
+                        log::warn!("{iface}: releasing its XDP link: {e}");
+                    }
                 }
+                Err(e) => log::warn!("{iface}: releasing its XDP link: {e:#}"),
             }
-            Err(e) => log::warn!("releasing an XDP link: {e:#}"),
+        }
+        if let Some(pins) = pins {
+            pins.forget_link(iface);
         }
     }
-}
-
-/// What [`Program::attach`] did.
-#[derive(Debug)]
-pub struct Attached {
-    /// The link, while the program holds it (not when it is pinned for the next agent).
-    pub held: Option<XdpLinkId>,
-    /// The mode it was attached in (`None`: taken over from an agent that did not say).
-    pub mode: Option<LinkMode>,
 }
 
 /// Checks, before anything is loaded or pinned, that every interface of `agent` exists
