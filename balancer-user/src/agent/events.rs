@@ -281,14 +281,20 @@ impl<M: Maps> Agent<M> {
 
 #[cfg(test)]
 mod tests {
-    use std::{net::Ipv4Addr, time::Duration};
+    use std::{cell::RefCell, collections::HashMap, net::Ipv4Addr, rc::Rc, time::Duration};
 
     use tokio::sync::mpsc;
 
     use super::*;
     use crate::{
+        api::InterfaceState,
         config::{AllDownPolicy, NatConfig, Protocol, Scheduler, Timeouts, VipConfig},
         dataplane::FakeMaps,
+        dataplane::{
+            links::Attach,
+            pins::LinkMode,
+            rtnetlink::{LinkChange, LinkMessage},
+        },
         health::{CheckOutcome, Health},
         lb::{settings, SnatSource},
     };
@@ -375,5 +381,53 @@ mod tests {
             agent.handle(Event::Stop { signal: "SIGTERM" }),
             ControlFlow::Break(())
         );
+    }
+
+    /// A host whose interfaces the test sets: name -> index.
+    #[derive(Clone, Default)]
+    struct Host(Rc<RefCell<HashMap<String, u32>>>);
+
+    impl Attach for Host {
+        fn ifindex(&self, name: &str) -> Option<u32> {
+            self.0.borrow().get(name).copied()
+        }
+        fn attach(&mut self, _: &str) -> anyhow::Result<Option<LinkMode>> {
+            Ok(Some(LinkMode::Driver))
+        }
+        fn release(&mut self, _: &str) {}
+    }
+
+    #[tokio::test]
+    async fn link_events_reach_the_interfaces_and_the_status_shows_them() {
+        let host = Host::default();
+        host.0.borrow_mut().insert("eth0".into(), 2);
+        let links = Links::start(Box::new(host.clone()), &["eth0".to_owned()], false).unwrap();
+        let mut agent = agent().with_links(links);
+        let interface = |agent: &mut Agent<FakeMaps>| {
+            let status = ask(agent, Request::Status).status.unwrap();
+            let [interface] = &status.interfaces[..] else {
+                panic!("one interface: {status:?}");
+            };
+            (interface.state, interface.ifindex)
+        };
+        assert_eq!(interface(&mut agent), (InterfaceState::Attached, Some(2)));
+
+        host.0.borrow_mut().remove("eth0");
+        let deleted = LinkMessage {
+            change: LinkChange::Del,
+            ifindex: 2,
+            name: Some("eth0".into()),
+            running: false,
+            xdp: None,
+        };
+        let flow = agent.handle(Event::Link(LinkEvent::Changed(deleted)));
+        assert_eq!(flow, ControlFlow::Continue(()));
+        assert_eq!(interface(&mut agent), (InterfaceState::Missing, Some(2)));
+
+        // Back under another index, its event lost: a resync finds it.
+        host.0.borrow_mut().insert("eth0".into(), 7);
+        let flow = agent.handle(Event::Link(LinkEvent::Lost));
+        assert_eq!(flow, ControlFlow::Continue(()));
+        assert_eq!(interface(&mut agent), (InterfaceState::Attached, Some(7)));
     }
 }

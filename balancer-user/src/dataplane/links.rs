@@ -2,7 +2,9 @@
 //! index, in which mode), which are gone or not there yet, and what to do when the kernel
 //! says one changed: an interface deleted loses its link, one created again (under the
 //! same name, with a new index) gets the program attached again. The decisions are here;
-//! the attaching is behind [`Attach`] (the agent's data plane, a fake in tests).
+//! the attaching is behind [`Attach`] (the agent's data plane, a fake in tests). (Nothing
+//! else keeps an interface's index: the data plane's cached next hops name one for at most
+//! `NEXT_HOP_TTL_NS` before the FIB is asked again.)
 
 use std::time::Instant;
 
