@@ -72,9 +72,9 @@ fn with_agent_line(text: &str, line: &str) -> String {
     text.replacen("\n[nat]", &format!("{line}\n\n[nat]"), 1)
 }
 
-#[test]
-fn an_interface_deleted_and_created_again_gets_the_program_again() {
-    let run = Running::start(2, "maglev");
+/// Deletes the lb's backend-side interface and creates it again, checking what the agent
+/// says and that traffic flows again; returns the new interface's status entry.
+fn delete_and_create_again(run: &Running) -> Value {
     run.client
         .http_get(Topology::vip_http(), DEFAULT_TIMEOUT)
         .expect("a request through the VIP at first");
@@ -118,6 +118,48 @@ fn an_interface_deleted_and_created_again_gets_the_program_again() {
     ] {
         assert!(log.contains(&said), "{said:?} in the agent's log:\n{log}");
     }
+    back
+}
+
+#[test]
+fn an_interface_deleted_and_created_again_gets_the_program_again() {
+    let mut run = Running::start(2, "maglev");
+    delete_and_create_again(&run);
+    run.agent.stop();
+    assert_eq!(
+        run.topo.lb().xdp_prog("lbs0"),
+        None,
+        "the stopped agent detached from the new interface"
+    );
+}
+
+#[test]
+fn with_kept_links_the_new_interface_keeps_its_link_after_the_agent() {
+    let mut run = Running::start_with(2, |topo| {
+        with_agent_line(&default_config(topo, "maglev"), "keep_attached = true")
+    });
+    delete_and_create_again(&run);
+    let program = run.topo.lb().xdp_prog("lbs0");
+    run.agent.stop();
+    // The old interface's link was unpinned, the new one's pinned: it outlives the agent.
+    let pinned: Vec<String> = std::fs::read_dir(run.topo.pin_dir())
+        .expect("reading the pin directory")
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with("link-"))
+        .collect();
+    assert!(
+        pinned.iter().any(|name| name == "link-driver-lbs0"),
+        "{pinned:?}"
+    );
+    assert_eq!(
+        run.topo.lb().xdp_prog("lbs0"),
+        program,
+        "the program stays on the new lbs0"
+    );
+    let client = &run.client;
+    client
+        .http_get(Topology::vip_http(), DEFAULT_TIMEOUT)
+        .expect("the kept data plane forwards through the new interface");
 }
 
 #[test]

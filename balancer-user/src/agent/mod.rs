@@ -143,9 +143,9 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
 }
 
 /// `balancer check-config`: the checks `run` makes of a configuration before it changes
-/// anything (the file, the balancer built from it in memory, that the interfaces exist, and,
-/// as root, the VRRP host requirements), without loading or attaching anything. Returns what to say of a file
-/// that passes.
+/// anything (the file, the balancer built from it in memory, that the interfaces exist,
+/// and, as root, the VRRP host requirements), without loading or attaching anything.
+/// Returns what to say of a file that passes.
 pub fn check_config(path: &Path) -> anyhow::Result<&'static str> {
     let config = config::load(path)?;
     Balancer::from_config(FakeMaps::default(), &config).context("applying the configuration")?;

@@ -276,15 +276,14 @@ fn holder(iface: &str) -> Option<String> {
         .and_then(|p| p.name_as_str().map(str::to_owned))
         .unwrap_or_else(|| "unknown".to_owned());
     let hint = if name == PROGRAM_NAME {
-        "is another agent running? (give each agent its own interfaces)"
+        "is another agent running? (give each agent its own interfaces)".to_owned()
     } else {
-        "detach it first (ip link set dev IFACE xdp off) if it is not needed"
+        format!("detach it first (ip link set dev {iface} xdp off) if it is not needed")
     };
     Some(format!(
-        "{iface} already has an XDP program attached (id {}, name {name}, {} mode): {}",
+        "{iface} already has an XDP program attached (id {}, name {name}, {} mode): {hint}",
         found.id,
         found.mode_name(),
-        hint.replace("IFACE", iface)
     ))
 }
 
