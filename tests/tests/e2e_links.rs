@@ -1,6 +1,7 @@
 //! End-to-end: the interfaces the agent attaches to come and go. One deleted and created
 //! again (same name, same addresses, a new index) gets the program again without a
-//! restart, and the agent says so in its log and its status; one that does not exist yet
+//! restart, and the agent says so in its log and its status (with `keep_attached`, the new
+//! link is the one kept for the next agent); one that does not exist yet
 //! is waited for with `agent.wait_for_interfaces`, refused without it (naming it and its
 //! line in the file, before anything is pinned); and an interface another agent holds is
 //! refused with the program that holds it named.
