@@ -135,6 +135,19 @@ impl Netns {
         run_command("ip", &full)
     }
 
+    /// The id of the XDP program on interface `iface`, as `ip -d link` shows it (`None`:
+    /// none attached). Panics if `ip` fails (no such interface).
+    pub fn xdp_prog(&self, iface: &str) -> Option<u64> {
+        let link = self
+            .ip(&["-d", "link", "show", iface])
+            .unwrap_or_else(|e| panic!("ip link show {iface}: {e:#}"));
+        let mut words = link.split_whitespace();
+        // "... prog/xdp id 42 ..."
+        words.find(|&w| w == "prog/xdp")?;
+        words.find(|&w| w == "id")?;
+        words.next()?.parse().ok()
+    }
+
     /// Spawns `cmd args...` inside the namespace (stdin from /dev/null, stdout and stderr
     /// inherited). `ip netns exec` execs the command, so the child's pid is the command's.
     ///

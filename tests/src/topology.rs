@@ -87,35 +87,10 @@ impl Topology {
     }
 
     fn wire(&self) -> Result<()> {
-        let (c, l, s) = (&self.client, &self.lb, &self.switch);
-
-        // Links: each veth is created in one test namespace with its peer in another.
-        c.ip(&[
-            "link",
-            "add",
-            "cli0",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "lbc0",
-            "netns",
-            l.name(),
-        ])?;
-        l.ip(&[
-            "link",
-            "add",
-            "lbs0",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "swlb",
-            "netns",
-            s.name(),
-        ])?;
+        let s = &self.switch;
+        self.create_client_link()?;
         s.ip(&["link", "add", "br0", "type", "bridge"])?;
-        s.ip(&["link", "set", "swlb", "master", "br0"])?;
+        self.create_backend_link()?;
         for (idx, b) in self.backends.iter().enumerate() {
             let sw = format!("sw{}", idx + 1);
             s.ip(&[
@@ -131,32 +106,18 @@ impl Topology {
                 b.name(),
             ])?;
             s.ip(&["link", "set", &sw, "master", "br0"])?;
-        }
-
-        // Addresses.
-        c.ip(&["addr", "add", &format!("{CLIENT_ADDR}/24"), "dev", "cli0"])?;
-        l.ip(&[
-            "addr",
-            "add",
-            &format!("{LB_CLIENT_ADDR}/24"),
-            "dev",
-            "lbc0",
-        ])?;
-        l.ip(&[
-            "addr",
-            "add",
-            &format!("{LB_BACKEND_ADDR}/24"),
-            "dev",
-            "lbs0",
-        ])?;
-        for (idx, b) in self.backends.iter().enumerate() {
             let addr = self.backend_addr(idx + 1);
             b.ip(&["addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;
+            // Senders must put full checksums in packets that XDP forwards (see
+            // `create_client_link`).
+            b.run(&["ethtool", "-K", "eth0", "tx", "off"])?;
         }
 
         // Forwarding in the lb namespace (sysctls of net.* are per namespace).
-        l.run(&["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])?;
-        l.run(&["sysctl", "-q", "-w", "net.ipv4.conf.all.forwarding=1"])?;
+        self.lb
+            .run(&["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])?;
+        self.lb
+            .run(&["sysctl", "-q", "-w", "net.ipv4.conf.all.forwarding=1"])?;
 
         // A switch, not a firewall: when br_netfilter is loaded (it is by default on some
         // hosts), bridged IPv4 would also run through iptables/nftables hooks in the switch
@@ -172,32 +133,52 @@ impl Topology {
             "net.bridge.bridge-nf-call-arptables=0",
         ])?;
 
-        // veth + XDP gotchas (shared/TOOLCHAIN.md): senders must put full checksums in
-        // packets that XDP forwards, and the peers of the balancer's veths must have GRO
-        // on, or XDP_REDIRECT into the veth delivers nothing.
-        c.run(&["ethtool", "-K", "cli0", "tx", "off"])?;
-        c.run(&["ethtool", "-K", "cli0", "gro", "on"])?;
-        s.run(&["ethtool", "-K", "swlb", "gro", "on"])?;
-        for b in &self.backends {
-            b.run(&["ethtool", "-K", "eth0", "tx", "off"])?;
-        }
-
         // Everything up.
         for ns in self.all_namespaces() {
             ns.ip(&["link", "set", "lo", "up"])?;
         }
-        c.ip(&["link", "set", "cli0", "up"])?;
-        l.ip(&["link", "set", "lbc0", "up"])?;
-        l.ip(&["link", "set", "lbs0", "up"])?;
         s.ip(&["link", "set", "br0", "up"])?;
-        s.ip(&["link", "set", "swlb", "up"])?;
         for idx in 1..=self.backends.len() {
             s.ip(&["link", "set", &format!("sw{idx}"), "up"])?;
         }
         for b in &self.backends {
             b.ip(&["link", "set", "eth0", "up"])?;
         }
+        Ok(())
+    }
 
+    /// Creates the client-side link, `cli0` (client) ── `lbc0` (lb), with its addresses,
+    /// up, and the client's route to the VIPs through the balancer: as [`Topology::new`]
+    /// does, and again after a test deleted it.
+    pub fn create_client_link(&self) -> Result<()> {
+        let (c, l) = (&self.client, &self.lb);
+        c.ip(&[
+            "link",
+            "add",
+            "cli0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "lbc0",
+            "netns",
+            l.name(),
+        ])?;
+        c.ip(&["addr", "add", &format!("{CLIENT_ADDR}/24"), "dev", "cli0"])?;
+        l.ip(&[
+            "addr",
+            "add",
+            &format!("{LB_CLIENT_ADDR}/24"),
+            "dev",
+            "lbc0",
+        ])?;
+        // veth + XDP gotchas (shared/TOOLCHAIN.md): senders must put full checksums in
+        // packets that XDP forwards, and the peers of the balancer's veths must have GRO
+        // on, or XDP_REDIRECT into the veth delivers nothing.
+        c.run(&["ethtool", "-K", "cli0", "tx", "off"])?;
+        c.run(&["ethtool", "-K", "cli0", "gro", "on"])?;
+        c.ip(&["link", "set", "cli0", "up"])?;
+        l.ip(&["link", "set", "lbc0", "up"])?;
         // The client reaches the VIP range through the balancer; backends get no route.
         c.ip(&[
             "route",
@@ -206,6 +187,38 @@ impl Topology {
             "via",
             &LB_CLIENT_ADDR.to_string(),
         ])?;
+        Ok(())
+    }
+
+    /// Creates the lb's backend-side link, `lbs0` (lb) ── `swlb` (a port of the switch's
+    /// bridge `br0`, which must exist), with its address, up: as [`Topology::new`] does,
+    /// and again after a test deleted it.
+    pub fn create_backend_link(&self) -> Result<()> {
+        let (l, s) = (&self.lb, &self.switch);
+        l.ip(&[
+            "link",
+            "add",
+            "lbs0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "swlb",
+            "netns",
+            s.name(),
+        ])?;
+        s.ip(&["link", "set", "swlb", "master", "br0"])?;
+        l.ip(&[
+            "addr",
+            "add",
+            &format!("{LB_BACKEND_ADDR}/24"),
+            "dev",
+            "lbs0",
+        ])?;
+        // (GRO on the peer: see `create_client_link`.)
+        s.run(&["ethtool", "-K", "swlb", "gro", "on"])?;
+        s.ip(&["link", "set", "swlb", "up"])?;
+        l.ip(&["link", "set", "lbs0", "up"])?;
         Ok(())
     }
 

@@ -12,17 +12,7 @@ use balancer_tests::{config_for, Agent, Running, Topology, DEFAULT_TIMEOUT};
 fn xdp_progs(topo: &Topology) -> Vec<Option<u64>> {
     topo.lb_interfaces()
         .iter()
-        .map(|iface| {
-            let link = topo
-                .lb()
-                .ip(&["-d", "link", "show", iface])
-                .unwrap_or_else(|e| panic!("ip link show {iface}: {e:#}"));
-            let mut words = link.split_whitespace();
-            // "... prog/xdp id 42 ..."
-            words.find(|&w| w == "prog/xdp")?;
-            words.find(|&w| w == "id")?;
-            words.next()?.parse().ok()
-        })
+        .map(|iface| topo.lb().xdp_prog(iface))
         .collect()
 }
 

@@ -12,10 +12,11 @@ use std::{
 
 use tokio::sync::oneshot;
 
+use super::links::LinkEvent;
 use crate::{
     api::{Request, Response},
     config::Host,
-    dataplane::Maps,
+    dataplane::{links::Links, Maps},
     health::{Checker, HealthEvent},
     l7::Frontend,
     lb::{Balancer, BalancerError},
@@ -36,6 +37,8 @@ pub enum Event {
     Stop { signal: &'static str },
     /// A signal asked the agent to reload its configuration.
     Reload { signal: &'static str },
+    /// The kernel said a link changed (one of ours, perhaps).
+    Link(LinkEvent),
 }
 
 /// The agent's state: the balancer (which owns the maps), the health checks it runs, and
@@ -52,6 +55,11 @@ pub struct Agent<M: Maps> {
     http: Option<Frontend>,
     /// Reads the host's addresses, which `vip add` and `backend add` are checked against.
     read_host: fn() -> io::Result<Host>,
+    /// The configured interfaces and the program on each (none in unit tests).
+    links: Option<Links>,
+    /// Whether VRRP's `data_plane` tracks were last told the program is attached
+    /// everywhere.
+    data_plane_said: Option<bool>,
 }
 
 impl<M: Maps> Agent<M> {
@@ -77,11 +85,21 @@ impl<M: Maps> Agent<M> {
             vip_tracks,
             http,
             read_host: Host::read,
+            links: None,
+            data_plane_said: None,
         };
         agent.sync_checks();
         agent.sync_tracks();
         agent.sync_http();
         agent
+    }
+
+    /// The agent with its interfaces, which it then follows (see [`Event::Link`]).
+    #[must_use]
+    pub fn with_links(mut self, links: Links) -> Self {
+        self.links = Some(links);
+        self.sync_data_plane();
+        self
     }
 
     /// Applies one event; `Break` when the agent must stop.
@@ -119,6 +137,17 @@ impl<M: Maps> Agent<M> {
                      unchanged"
                 );
             }
+            Event::Link(event) => {
+                if let Some(links) = &mut self.links {
+                    let changed = match &event {
+                        LinkEvent::Changed(message) => links.changed(message),
+                        LinkEvent::Lost => links.resync(),
+                    };
+                    if changed {
+                        self.sync_data_plane();
+                    }
+                }
+            }
         }
         ControlFlow::Continue(())
     }
@@ -133,7 +162,32 @@ impl<M: Maps> Agent<M> {
         if let Some(http) = self.http {
             http.shutdown().await;
         }
+        // Detaches the program where its links are not kept.
+        drop(self.links);
         self.lb
+    }
+
+    /// Tells VRRP instances that track the data plane whether the program is attached to
+    /// every interface, when that changed: a Master that lost an interface hands over.
+    fn sync_data_plane(&mut self) {
+        let (Some(vrrp), Some(links)) = (&self.vrrp, &self.links) else {
+            return;
+        };
+        let up = links.all_attached();
+        if self.data_plane_said == Some(up) || !vrrp.tracks(&TrackTarget::DataPlane) {
+            return;
+        }
+        if up {
+            log::info!("data plane: XDP attached to every interface");
+        } else {
+            log::error!(
+                "data plane: XDP no longer attached to {}: the interface is gone, not there \
+                 yet or refused the program",
+                links.not_attached().join(", ")
+            );
+        }
+        vrrp.track(TrackTarget::DataPlane, up);
+        self.data_plane_said = Some(up);
     }
 
     /// Gives the HTTP proxy's pools the backends that take new requests, when they changed.
@@ -229,6 +283,9 @@ impl<M: Maps> Agent<M> {
                 if let Some(http) = &self.http {
                     status.http = http.status();
                 }
+                if let Some(links) = &self.links {
+                    status.interfaces = links.status();
+                }
                 Response {
                     ok: true,
                     error: None,
@@ -268,14 +325,20 @@ impl<M: Maps> Agent<M> {
 
 #[cfg(test)]
 mod tests {
-    use std::{net::Ipv4Addr, time::Duration};
+    use std::{cell::RefCell, collections::HashMap, net::Ipv4Addr, rc::Rc, time::Duration};
 
     use tokio::sync::mpsc;
 
     use super::*;
     use crate::{
+        api::InterfaceState,
         config::{AllDownPolicy, NatConfig, Protocol, Scheduler, Timeouts, VipConfig},
         dataplane::FakeMaps,
+        dataplane::{
+            links::Attach,
+            pins::LinkMode,
+            rtnetlink::{LinkChange, LinkMessage},
+        },
         health::{CheckOutcome, Health},
         lb::{settings, SnatSource},
     };
@@ -434,5 +497,53 @@ mod tests {
             agent.handle(Event::Stop { signal: "SIGTERM" }),
             ControlFlow::Break(())
         );
+    }
+
+    /// The interfaces of a host the test sets: name -> index.
+    #[derive(Clone, Default)]
+    struct FakeLinks(Rc<RefCell<HashMap<String, u32>>>);
+
+    impl Attach for FakeLinks {
+        fn ifindex(&self, name: &str) -> Option<u32> {
+            self.0.borrow().get(name).copied()
+        }
+        fn attach(&mut self, _: &str) -> anyhow::Result<Option<LinkMode>> {
+            Ok(Some(LinkMode::Driver))
+        }
+        fn release(&mut self, _: &str) {}
+    }
+
+    #[tokio::test]
+    async fn link_events_reach_the_interfaces_and_the_status_shows_them() {
+        let host = FakeLinks::default();
+        host.0.borrow_mut().insert("eth0".into(), 2);
+        let links = Links::start(Box::new(host.clone()), &["eth0".to_owned()], false).unwrap();
+        let mut agent = agent().with_links(links);
+        let interface = |agent: &mut Agent<FakeMaps>| {
+            let status = ask(agent, Request::Status).status.unwrap();
+            let [interface] = &status.interfaces[..] else {
+                panic!("one interface: {status:?}");
+            };
+            (interface.state, interface.ifindex)
+        };
+        assert_eq!(interface(&mut agent), (InterfaceState::Attached, Some(2)));
+
+        host.0.borrow_mut().remove("eth0");
+        let deleted = LinkMessage {
+            change: LinkChange::Del,
+            ifindex: 2,
+            name: Some("eth0".into()),
+            running: false,
+            xdp: None,
+        };
+        let flow = agent.handle(Event::Link(LinkEvent::Changed(deleted)));
+        assert_eq!(flow, ControlFlow::Continue(()));
+        assert_eq!(interface(&mut agent), (InterfaceState::Missing, Some(2)));
+
+        // Back under another index, its event lost: a resync finds it.
+        host.0.borrow_mut().insert("eth0".into(), 7);
+        let flow = agent.handle(Event::Link(LinkEvent::Lost));
+        assert_eq!(flow, ControlFlow::Continue(()));
+        assert_eq!(interface(&mut agent), (InterfaceState::Attached, Some(7)));
     }
 }

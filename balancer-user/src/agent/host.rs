@@ -31,6 +31,8 @@ pub fn check_forwarding(iface: &str) {
 pub struct AcceptLocal {
     /// (interface, its value before an agent turned it on).
     restore: Vec<(String, String)>,
+    /// The values a previous agent that kept its links recorded: (interface, value).
+    saved: Vec<(String, String)>,
     /// The pin directory, where values are recorded for later agents.
     pins: Option<PathBuf>,
     /// The links outlive the agent: leave `accept_local` on.
@@ -42,63 +44,74 @@ fn accept_local_sysctl(iface: &str) -> String {
 }
 
 impl AcceptLocal {
-    pub fn enable(ifaces: &[String], pins: Option<&Path>, keep: bool) -> AcceptLocal {
+    /// Puts back the values of interfaces a previous agent kept a link on and this one
+    /// no longer configures (`ifaces`); [`AcceptLocal::turn_on`] does the configured
+    /// ones as the program is attached to each.
+    pub fn new(ifaces: &[String], pins: Option<&Path>, keep: bool) -> AcceptLocal {
         let saved = pins.map(pins::saved_accept_local).unwrap_or_default();
-        let mut this = AcceptLocal {
+        let this = AcceptLocal {
             restore: Vec::new(),
+            saved,
             pins: pins.map(Path::to_path_buf),
             keep,
         };
-        // Interfaces a previous agent kept a link on and this one no longer configures
-        // (their links are released): back to what they were.
-        for (iface, value) in saved.iter().filter(|(i, _)| !ifaces.contains(i)) {
+        // (Their links are released.)
+        for (iface, value) in this.saved.iter().filter(|(i, _)| !ifaces.contains(i)) {
             this.put_back(iface, value);
         }
-        for iface in ifaces {
-            let path = accept_local_sysctl(iface);
-            let old = match std::fs::read_to_string(&path) {
-                Ok(old) => old.trim().to_string(),
-                Err(e) => {
-                    log::warn!("{iface}: cannot read {path}: {e}");
-                    continue;
-                }
-            };
-            // A previous agent that kept its link turned it on: its record is the
-            // value to put back.
-            let recorded = saved.iter().find(|(i, _)| i == iface).map(|(_, v)| v);
-            if old != "1" {
-                if let Err(e) = std::fs::write(&path, "1") {
-                    log::warn!(
-                        "{iface}: cannot turn accept_local on ({e}): the first packets to a \
-                         backend whose MAC address is not known yet will be dropped"
-                    );
-                    continue;
-                }
+        this
+    }
+
+    /// Turns `accept_local` on for `iface` (again, when the interface was created again:
+    /// the value to put back stays the first one seen).
+    pub fn turn_on(&mut self, iface: &str) {
+        let path = accept_local_sysctl(iface);
+        let old = match std::fs::read_to_string(&path) {
+            Ok(old) => old.trim().to_string(),
+            Err(e) => {
+                log::warn!("{iface}: cannot read {path}: {e}");
+                return;
             }
+        };
+        // A previous agent that kept its link turned it on: its record is the value to
+        // put back.
+        let recorded = self.saved.iter().find(|(i, _)| i == iface).map(|(_, v)| v);
+        if old != "1" {
+            if let Err(e) = std::fs::write(&path, "1") {
+                log::warn!(
+                    "{iface}: cannot turn accept_local on ({e}): the first packets to a \
+                     backend whose MAC address is not known yet will be dropped"
+                );
+                return;
+            }
+        }
+        if !self.restore.iter().any(|(i, _)| i == iface) {
             match recorded {
-                Some(value) => this.restore.push((iface.clone(), value.clone())),
+                Some(value) => {
+                    let value = value.clone();
+                    self.restore.push((iface.to_owned(), value));
+                }
                 None if old != "1" => {
-                    this.record(iface, &old);
-                    this.restore.push((iface.clone(), old));
+                    self.record(iface, &old);
+                    self.restore.push((iface.to_owned(), old));
                 }
                 None => {}
             }
-            let rp_filter = |dev: &str| {
-                std::fs::read_to_string(format!("/proc/sys/net/ipv4/conf/{dev}/rp_filter"))
-                    .ok()
-                    .and_then(|v| v.trim().parse::<u32>().ok())
-                    .unwrap_or(0)
-            };
-            if rp_filter("all").max(rp_filter(iface)) == 1 {
-                log::warn!(
-                    "{iface}: strict reverse-path filtering (rp_filter = 1) drops the packets \
-                     passed to the stack while a backend's MAC address is not known yet; \
-                     loose mode does not: sysctl -w net.ipv4.conf.{iface}.rp_filter=2 (and \
-                     net.ipv4.conf.all.rp_filter at most 2)"
-                );
-            }
         }
-        this
+        let rp_filter = |dev: &str| {
+            std::fs::read_to_string(format!("/proc/sys/net/ipv4/conf/{dev}/rp_filter"))
+                .ok()
+                .and_then(|v| v.trim().parse::<u32>().ok())
+                .unwrap_or(0)
+        };
+        if rp_filter("all").max(rp_filter(iface)) == 1 {
+            log::warn!(
+                "{iface}: strict reverse-path filtering (rp_filter = 1) drops the packets \
+                 passed to the stack while a backend's MAC address is not known yet; \
+                 loose mode does not: sysctl -w net.ipv4.conf.{iface}.rp_filter=2 (and \
+                 net.ipv4.conf.all.rp_filter at most 2)"
+            );
+        }
     }
 
     /// With `keep`, records `iface`'s `value` from before for the agent that will put it

@@ -1,12 +1,14 @@
 //! `balancer run`: the agent. [`run`] builds the subsystems (host settings, the data
-//! plane, the balancer, the health checker, the control server, signals) and then runs one
-//! loop over one [`Event`] enum ([`events`]), whose handler is the only writer of the maps.
+//! plane, the balancer, the health checker, the control server, signals, link events) and
+//! then runs one loop over one [`Event`] enum ([`events`]), whose handler is the only writer
+//! of the maps; an interface that goes and comes back gets the program again ([`links`]).
 //! On SIGINT/SIGTERM it detaches cleanly (or leaves the data plane running, with
 //! `keep_attached`); SIGHUP (reload, not implemented yet) is logged and changes nothing.
 
 mod control_server;
 mod events;
 mod host;
+mod links;
 mod signals;
 
 use std::{
@@ -23,15 +25,14 @@ pub use events::{Agent, Event};
 use crate::{
     config::{self, XdpMode},
     dataplane::{
+        links::Links,
         loader::{self, Program},
-        pins::Pins,
         FakeMaps,
     },
     health::{Checker, HealthEvent},
     l7,
     lb::Balancer,
-    sys,
-    vrrp::{self, TrackTarget, Vrrp},
+    vrrp::{self, Vrrp},
 };
 
 /// How long a stopping agent waits for its VRRP instances to resign and remove their
@@ -50,6 +51,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     let config = config::load(&options.config)?;
     // What only the host can tell, before anything is loaded or attached.
     vrrp::check_host(&config.vrrp)?;
+    loader::check_interfaces(&config.agent)?;
     let socket_path = options
         .socket
         .unwrap_or_else(|| config.agent.control_socket.clone());
@@ -60,6 +62,9 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     if let Some(pins) = &pins {
         pins.release_other_links(&config.agent.interfaces);
     }
+    loader::check_free(&config.agent.interfaces, pins.as_ref())?;
+    // Before the program is attached: no change after that goes unseen.
+    let link_events = links::subscribe()?;
     let (mut program, logger) = Program::load(pins.as_ref())?;
     if let Some(logger) = logger {
         tokio::spawn(loader::forward_logs(logger));
@@ -67,29 +72,34 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     let maps = program.maps()?;
     let mut lb = Balancer::from_config(maps, &config).context("applying the configuration")?;
     let keep = config.agent.keep_attached;
-    if let Err(e) = program.attach_all(&config.agent.interfaces, pins.as_ref(), mode, keep) {
-        // The previous program may still run (a kept link), and the next agent needs the
-        // generations as they were.
-        lb.restore_vip_gens();
-        return Err(e);
-    }
-    for iface in &config.agent.interfaces {
-        host::check_forwarding(iface);
-    }
+    let pin_dir = pins.as_ref().map(|p| p.dir().to_path_buf());
+    // `accept_local` is put back when the data plane is dropped, after the program is
+    // detached (with kept links, it is left on).
+    let accept_local = host::AcceptLocal::new(
+        &config.agent.interfaces,
+        pin_dir.as_deref(),
+        keep && pins.is_some(),
+    );
+    let data_plane = links::DataPlane::new(program, accept_local, pins, mode, keep);
+    let links = match Links::start(
+        Box::new(data_plane),
+        &config.agent.interfaces,
+        config.agent.wait_for_interfaces,
+    ) {
+        Ok(links) => links,
+        Err(e) => {
+            // The previous program may still run (a kept link), and the next agent needs
+            // the generations as they were.
+            lb.restore_vip_gens();
+            return Err(e);
+        }
+    };
     if let Err(e) = lb.clear_other_vip_gens() {
         log::warn!(
             "clearing the previous agent's VIP generations: {e}; flows of its VIPs that this \
              one has not got may be forwarded on"
         );
     }
-    // Put back (or, with kept links, left on) when it goes out of scope, after the
-    // program is detached.
-    let _accept_local = host::AcceptLocal::enable(
-        &config.agent.interfaces,
-        pins.as_ref().map(Pins::dir),
-        keep && pins.is_some(),
-    );
-
     let (events_tx, mut events) = mpsc::channel::<Event>(64);
     control_server::start(&socket_path, events_tx.clone())?;
     log::info!(
@@ -102,7 +112,8 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     let (health_tx, mut health) = mpsc::channel::<HealthEvent>(1024);
     let http = l7::Frontend::start(&config).await?;
     let vrrp = start_vrrp(&config)?;
-    let mut agent = Agent::new(lb, Checker::new(health_tx), vrrp, http);
+    let mut agent = Agent::new(lb, Checker::new(health_tx), vrrp, http).with_links(links);
+    tokio::spawn(links::watch(link_events, events_tx.clone()));
     signals::start(events_tx)?;
     loop {
         let event = tokio::select! {
@@ -117,25 +128,25 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&socket_path);
     // (Without keep_attached no link is pinned now: links taken over were unpinned at
     // once, see `Pins::take_over`.)
-    if let (true, Some(pins)) = (keep, &pins) {
+    if let (true, Some(dir)) = (keep, &pin_dir) {
         log::info!(
             "leaving XDP attached: the data plane forwards with this configuration until \
              the next agent takes over (remove {} to detach it)",
-            pins.dir().display()
+            dir.display()
         );
         // (`accept_local` stays on: the data plane still needs it.)
     }
-    // Dropping the program detaches it from every interface whose link is not pinned.
+    // Stopping drops the program, which detaches it from every interface whose link is
+    // not pinned.
     drop(agent.stop(VRRP_STOP_LIMIT).await);
-    drop(program);
     log::info!("stopped");
     Ok(())
 }
 
 /// `balancer check-config`: the checks `run` makes of a configuration before it changes
 /// anything (the file, against this host's addresses, the balancer built from it in
-/// memory, and, as root, the VRRP host requirements), without loading or attaching anything. Returns what to say of a file
-/// that passes.
+/// memory, that the interfaces exist, and, as root, the VRRP host requirements), without
+/// loading or attaching anything. Returns what to say of a file that passes.
 pub fn check_config(path: &Path) -> anyhow::Result<&'static str> {
     let host = config::Host::read().context("listing this host's addresses")?;
     let (config, warnings) = config::load_on(path, Some(&host))?;
@@ -144,6 +155,7 @@ pub fn check_config(path: &Path) -> anyhow::Result<&'static str> {
         let _ = writeln!(std::io::stderr(), "warning: {warning}");
     }
     Balancer::from_config(FakeMaps::default(), &config).context("applying the configuration")?;
+    loader::check_interfaces(&config.agent)?;
     if config.vrrp.is_empty() {
         return Ok("configuration OK");
     }
@@ -155,55 +167,13 @@ pub fn check_config(path: &Path) -> anyhow::Result<&'static str> {
 }
 
 /// Starts the configured VRRP instances, once the data plane is attached (so that a Master
-/// serves at once); `None` without any.
+/// serves at once); `None` without any. (The agent tells `data_plane` tracks whether the
+/// program is attached everywhere.)
 fn start_vrrp(config: &config::Config) -> anyhow::Result<Option<Vrrp>> {
     if config.vrrp.is_empty() {
         return Ok(None);
     }
     let vrrp = Vrrp::start(config.vrrp.clone(), &config.vrrp_sync_groups)?;
-    if vrrp.tracks(&TrackTarget::DataPlane) {
-        let attached = config
-            .agent
-            .interfaces
-            .iter()
-            .map(|name| (name.clone(), sys::ifindex(name).unwrap_or(0)))
-            .collect();
-        tokio::spawn(watch_attachment(attached, vrrp.tracker()));
-    }
     log::info!("VRRP: {} instance(s) started", config.vrrp.len());
     Ok(Some(vrrp))
-}
-
-/// How often [`watch_attachment`] looks.
-const ATTACHMENT_POLL: std::time::Duration = std::time::Duration::from_millis(500);
-
-/// Tells VRRP's `data_plane` tracks whether the program is still attached: it is not once
-/// an interface it was attached to is gone or replaced by another of the same name (its
-/// index changed), and a Master must then hand over.
-async fn watch_attachment(attached: Vec<(String, u32)>, tracker: vrrp::Tracker) {
-    let mut tick = tokio::time::interval(ATTACHMENT_POLL);
-    let mut said = None;
-    loop {
-        tick.tick().await;
-        let lost: Vec<&str> = attached
-            .iter()
-            .filter(|(name, index)| sys::ifindex(name).ok() != Some(*index))
-            .map(|(name, _)| name.as_str())
-            .collect();
-        let up = lost.is_empty();
-        if said == Some(up) {
-            continue;
-        }
-        if up {
-            log::info!("data plane: XDP attached to every interface");
-        } else {
-            log::error!(
-                "data plane: XDP no longer attached to {}: the interface is gone or was \
-                 replaced (restart the agent to attach again)",
-                lost.join(", ")
-            );
-        }
-        tracker.track(TrackTarget::DataPlane, up);
-        said = Some(up);
-    }
 }

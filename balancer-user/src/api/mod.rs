@@ -217,6 +217,54 @@ pub struct HttpBackendStatus {
     pub active: u64,
 }
 
+/// Where the program stands on one configured interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InterfaceState {
+    /// The program is attached.
+    Attached,
+    /// The interface was there and is gone: nothing is balanced there (an error).
+    Missing,
+    /// The interface has not existed since the start (`agent.wait_for_interfaces`).
+    Waiting,
+    /// The interface is there and the program could not be attached (an error).
+    Failed,
+}
+
+impl InterfaceState {
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Attached => "attached",
+            Self::Missing => "missing",
+            Self::Waiting => "waiting",
+            Self::Failed => "failed",
+        }
+    }
+
+    /// Whether it is an error: the program is not where it was, or could not be put.
+    #[must_use]
+    pub fn is_error(self) -> bool {
+        matches!(self, Self::Missing | Self::Failed)
+    }
+}
+
+/// One configured interface.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct InterfaceStatus {
+    pub name: String,
+    pub state: InterfaceState,
+    /// The interface's index (while missing, the one it had).
+    pub ifindex: Option<u32>,
+    /// While attached: "driver", "skb" (generic), or "unrecorded" (a link taken over from
+    /// an agent that did not record it).
+    pub mode: Option<String>,
+    /// Seconds in the current state.
+    pub since_change_secs: f64,
+    /// Why it is missing or failed.
+    pub error: Option<String>,
+}
+
 /// Everything `balancer status` shows.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Status {
@@ -224,6 +272,9 @@ pub struct Status {
     pub pools: Vec<PoolStatus>,
     /// Verdicts and drop/pass reasons (`balancer_common::stat::NAMES`).
     pub global: BTreeMap<String, u64>,
+    /// The configured interfaces and the program on each.
+    #[serde(default)]
+    pub interfaces: Vec<InterfaceStatus>,
     /// VRRP instances, when the configuration has any.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub vrrp: Vec<VrrpStatus>,

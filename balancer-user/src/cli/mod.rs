@@ -5,6 +5,7 @@ mod render;
 use std::{
     ffi::OsStr,
     fmt::Display,
+    io::IsTerminal,
     marker::PhantomData,
     net::{Ipv4Addr, SocketAddrV4},
     path::{Path, PathBuf},
@@ -56,8 +57,9 @@ pub enum Command {
         xdp_mode: Option<XdpMode>,
     },
     /// Check a configuration file as `run` would, without running anything: prints
-    /// "configuration OK" or the first error (`file:line:column`), exits 0 or 1. As root it
-    /// also checks what only the host can tell (VRRP interfaces and addresses).
+    /// "configuration OK" or the first error (`file:line:column`), exits 0 or 1. It checks
+    /// that the interfaces exist (unless `agent.wait_for_interfaces`), and as root what else
+    /// only the host can tell (VRRP interfaces and addresses).
     CheckConfig {
         /// Configuration file (TOML).
         #[arg(long, short)]
@@ -258,7 +260,10 @@ pub fn client(socket: &Path, command: Command, timeout: Duration) -> Result<Stri
             Request::Status,
             Box::new(|s| serde_json::to_string_pretty(s).expect("status serializes")),
         ),
-        Command::Status { json: false } => (Request::Status, Box::new(render_status)),
+        Command::Status { json: false } => {
+            let color = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+            (Request::Status, Box::new(move |s| render_status(s, color)))
+        }
         Command::Vip(VipCommand::List) => (Request::Status, Box::new(render_vips)),
         Command::Vrrp(VrrpCommand::List { json: true }) => (
             Request::Status,
@@ -421,7 +426,7 @@ mod tests {
         }
         assert!(text.contains("vi_1: 2 bad_ttl"), "{text}");
         assert!(text.contains("vi_1: 70 pseudo_header"), "{text}");
-        assert!(render_status(&status).contains("\nVRRP\n"));
+        assert!(render_status(&status, false).contains("\nVRRP\n"));
         assert_eq!(render_vrrp(&Status::default()), "no VRRP instances");
         let cli = parse(&["vrrp", "list", "--json"]).unwrap();
         assert!(matches!(

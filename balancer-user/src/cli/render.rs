@@ -2,7 +2,11 @@
 
 use std::fmt::Write as _;
 
-use crate::api::{client::ClientError, Status};
+use crate::api::{client::ClientError, InterfaceState, Status};
+
+/// Red, for errors on a terminal.
+const RED: &str = "\x1b[31m";
+const RESET: &str = "\x1b[0m";
 
 /// Drops the padding the last column of a table leaves at the end of each line.
 pub(super) fn trim_lines(text: &str) -> String {
@@ -268,8 +272,51 @@ fn format_age(secs: f64) -> String {
     }
 }
 
-pub(super) fn render_status(status: &Status) -> String {
-    let mut out = String::from("VIPs\n");
+/// The configured interfaces and the program on each; one the program is not on any
+/// more (missing) or could not be put on (failed) is an `ERROR`, in red with `color`.
+/// (`status` still exits 0: it reports; monitoring reads `interfaces[].state` of
+/// `status --json`, as it reads HAProxy's `show stat`.)
+pub(super) fn render_interfaces(status: &Status, color: bool) -> String {
+    let mut out = format!(
+        "{:<16} {:<16} {:<10} {:>7} {:>9}  {}\n",
+        "INTERFACE", "STATE", "MODE", "IFINDEX", "SINCE", "DETAIL"
+    );
+    for i in &status.interfaces {
+        let state = if i.state.is_error() {
+            format!("ERROR {}", i.state.as_str())
+        } else {
+            i.state.as_str().to_owned()
+        };
+        let mut state = format!("{state:<16}");
+        if color && i.state.is_error() {
+            state = format!("{RED}{state}{RESET}");
+        }
+        let detail = match (&i.error, i.state) {
+            (Some(error), _) => error.as_str(),
+            (None, InterfaceState::Waiting) => "not there yet: attached when it appears",
+            (None, _) => "",
+        };
+        let _ = writeln!(
+            out,
+            "{:<16} {state} {:<10} {:>7} {:>9}  {detail}",
+            i.name,
+            i.mode.as_deref().unwrap_or("-"),
+            i.ifindex.map_or_else(|| "-".to_owned(), |n| n.to_string()),
+            format_age(i.since_change_secs),
+        );
+    }
+    out.trim_end().to_string()
+}
+
+pub(super) fn render_status(status: &Status, color: bool) -> String {
+    let mut out = String::new();
+    // First: an interface without the program is traffic not balanced.
+    if !status.interfaces.is_empty() {
+        out += "Interfaces\n";
+        out += &render_interfaces(status, color);
+        out += "\n\n";
+    }
+    out += "VIPs\n";
     out += &render_vips(status);
     out += "\n\nVIP counters\n";
     let _ = writeln!(
@@ -306,7 +353,7 @@ pub(super) fn render_status(status: &Status) -> String {
 mod tests {
     use super::*;
     use crate::{
-        api::{BackendStatus, Counters, PoolStatus},
+        api::{BackendStatus, Counters, InterfaceStatus, PoolStatus},
         config::DownPolicy,
         health::Health,
     };
@@ -329,6 +376,17 @@ mod tests {
                 reply_packets: 5,
                 reply_bytes: 5000,
             },
+        }
+    }
+
+    fn interface(name: &str, state: InterfaceState, error: Option<&str>) -> InterfaceStatus {
+        InterfaceStatus {
+            name: name.into(),
+            state,
+            ifindex: (state != InterfaceState::Waiting).then_some(12),
+            mode: (state == InterfaceState::Attached).then(|| "driver".into()),
+            since_change_secs: 75.0,
+            error: error.map(Into::into),
         }
     }
 
@@ -390,5 +448,42 @@ mod tests {
                 "2"
             ]
         );
+    }
+
+    #[test]
+    fn interfaces_come_first_and_those_without_the_program_are_errors() {
+        let status = Status {
+            interfaces: vec![
+                interface("lbc0", InterfaceState::Attached, None),
+                interface(
+                    "lbs0",
+                    InterfaceState::Missing,
+                    Some("the interface is gone"),
+                ),
+                interface("eth9", InterfaceState::Waiting, None),
+            ],
+            ..Status::default()
+        };
+        let text = render_status(&status, false);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "Interfaces");
+        for (line, parts) in [
+            (2, &["lbc0", "attached", "driver", "12", "1m15s"][..]),
+            (3, &["lbs0", "ERROR missing", "12", "the interface is gone"]),
+            (4, &["eth9", "waiting", "not there yet"]),
+        ] {
+            for part in parts {
+                assert!(lines[line].contains(part), "{part:?} in {:?}", lines[line]);
+            }
+        }
+        assert!(!text.contains(RED), "no color unless asked");
+        let colored = render_interfaces(&status, true);
+        assert_eq!(colored.matches(RED).count(), 1, "{colored}");
+        assert!(
+            colored.contains(&format!("{RED}ERROR missing")),
+            "{colored}"
+        );
+        // Without interfaces (an older agent), the section is left out.
+        assert!(render_status(&Status::default(), false).starts_with("VIPs\n"));
     }
 }

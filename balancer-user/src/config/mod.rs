@@ -124,6 +124,12 @@ impl Config {
 #[derive(Clone, Debug, PartialEq)]
 pub struct AgentConfig {
     pub interfaces: Vec<String>,
+    /// `FILE:LINE:COLUMN: agent.interfaces[i]` of each interface, for the errors only the
+    /// host can reveal at start (an interface that does not exist).
+    pub interface_locations: Vec<String>,
+    /// Start without the interfaces that do not exist yet, and attach to each when it
+    /// appears (else a missing interface is an error at start).
+    pub wait_for_interfaces: bool,
     pub xdp_mode: XdpMode,
     pub control_socket: PathBuf,
     /// Directory on a bpf filesystem where the flow tables (and, with `keep_attached`, the
@@ -564,6 +570,11 @@ pool = "dns"
         let expected = Config {
             agent: AgentConfig {
                 interfaces: vec!["lbc0".into(), "lbs0".into()],
+                interface_locations: vec![
+                    "balancer.toml:3:15: agent.interfaces[0]".into(),
+                    "balancer.toml:3:23: agent.interfaces[1]".into(),
+                ],
+                wait_for_interfaces: false,
                 xdp_mode: XdpMode::Driver,
                 control_socket: PathBuf::from("/tmp/lb.sock"),
                 pin_dir: Some(PathBuf::from("/sys/fs/bpf/lb")),
@@ -665,6 +676,8 @@ pool = "dns"
             Config {
                 agent: AgentConfig {
                     interfaces: vec!["eth0".into()],
+                    interface_locations: vec!["balancer.toml:2:15: agent.interfaces[0]".into()],
+                    wait_for_interfaces: false,
                     xdp_mode: XdpMode::Auto,
                     control_socket: PathBuf::from(DEFAULT_CONTROL_SOCKET),
                     pin_dir: Some(PathBuf::from(DEFAULT_PIN_DIR)),
@@ -691,6 +704,18 @@ pool = "dns"
         );
         assert_eq!(config.nat, NatConfig::default());
         assert_eq!(config.timeouts, Timeouts::default());
+    }
+
+    #[test]
+    fn wait_for_interfaces_is_read_and_must_be_a_boolean() {
+        let text = "[agent]\ninterfaces = [\"eth0\"]\nwait_for_interfaces = true\n";
+        assert!(parse(text, ORIGIN).unwrap().agent.wait_for_interfaces);
+        let err = parse(&text.replace("true", "\"yes\""), ORIGIN).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("balancer.toml:3:23: agent.wait_for_interfaces: "),
+            "{err}"
+        );
     }
 
     #[test]

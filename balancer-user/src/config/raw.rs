@@ -43,6 +43,8 @@ pub(super) struct RawAgent {
     pub(super) pin_dir: Option<Spanned<String>>,
     #[serde(default)]
     pub(super) keep_attached: Option<Spanned<bool>>,
+    #[serde(default)]
+    pub(super) wait_for_interfaces: Option<bool>,
 }
 
 #[derive(Deserialize)]

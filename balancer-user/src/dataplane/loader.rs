@@ -1,6 +1,9 @@
 //! Loading the embedded XDP program (taking over the flow tables a previous agent pinned),
-//! attaching it to the configured interfaces (swapped into the links a previous agent left,
-//! or attached anew), and forwarding its log records to the agent's log.
+//! attaching it to an interface (swapped into the link a previous agent left, or attached
+//! anew) after checking that the interfaces exist and that no other program holds them, and
+//! forwarding its log records to the agent's log.
+
+use std::collections::HashMap;
 
 use anyhow::{bail, Context};
 use aya::{
@@ -11,9 +14,12 @@ use balancer_common::PROGRAM_NAME;
 
 use super::{
     pins::{LinkMode, PinError, Pins},
-    AyaMaps, MapsError,
+    rtnetlink, AyaMaps, MapsError,
 };
-use crate::config::{AgentConfig, XdpMode};
+use crate::{
+    config::{AgentConfig, XdpMode},
+    sys,
+};
 
 /// The XDP object built by `cargo xtask build-ebpf`, embedded at compile time.
 pub static EBPF_OBJECT: &[u8] =
@@ -93,6 +99,8 @@ pub fn open_pins(agent: &AgentConfig) -> anyhow::Result<Option<Pins>> {
 /// pinned.
 pub struct Program {
     ebpf: Ebpf,
+    /// The links it holds (not those pinned for the next agent), by interface.
+    held: HashMap<String, XdpLinkId>,
 }
 
 impl Program {
@@ -121,7 +129,10 @@ impl Program {
                 None
             }
         };
-        let mut program = Program { ebpf };
+        let mut program = Program {
+            ebpf,
+            held: HashMap::new(),
+        };
         program
             .xdp()?
             .load()
@@ -142,38 +153,138 @@ impl Program {
         AyaMaps::new(&mut self.ebpf)
     }
 
-    /// Attaches the program to every interface of `interfaces`: swapped into the link a
-    /// previous agent left there, or attached anew in `mode`; with `keep` (the agent's
-    /// `keep_attached`) the link is pinned so that it outlives the agent.
-    pub fn attach_all(
+    /// Attaches the program to `iface`: swapped into the link a previous agent left
+    /// there, or attached anew in `mode`; with `keep` (the agent's `keep_attached`) the
+    /// link is pinned so that it outlives the agent. Returns the mode it got (`None`: a
+    /// link taken over from an agent that did not record it).
+    ///
+    /// # Errors
+    /// The interface does not exist, or the kernel refused (another program holds it: the
+    /// error names that program).
+    pub fn attach(
         &mut self,
-        interfaces: &[String],
+        iface: &str,
         pins: Option<&Pins>,
         mode: XdpMode,
         keep: bool,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<Option<LinkMode>> {
         let program = self.xdp()?;
-        for iface in interfaces {
-            let taken = pins.and_then(|p| p.take_over(program, iface, link_mode(mode), keep));
-            let (id, got) = if let Some((id, got)) = taken {
-                let got_name = got.map_or("unrecorded", LinkMode::name);
-                log::info!(
-                    "{iface}: took over the XDP link the previous agent left ({got_name} mode)"
-                );
-                (id, got)
-            } else {
-                let (id, got) = attach(program, iface, mode)?;
-                log::info!("{iface}: XDP attached ({} mode)", got.name());
-                (id, Some(got))
-            };
-            // (A link taken over from an agent that did not record its mode stays pinned
-            // under its old name.)
-            if let (true, Some(pins), Some(got)) = (keep, pins, got) {
-                pins.keep_link(program, id, iface, got)?;
+        let taken = pins.and_then(|p| p.take_over(program, iface, link_mode(mode), keep));
+        let (id, got) = if let Some((id, got)) = taken {
+            let got_name = got.map_or("unrecorded", LinkMode::name);
+            log::info!("{iface}: took over the XDP link the previous agent left ({got_name} mode)");
+            (id, got)
+        } else {
+            let (id, got) = attach(program, iface, mode)?;
+            log::info!("{iface}: XDP attached ({} mode)", got.name());
+            (id, Some(got))
+        };
+        // (A link taken over from an agent that did not record its mode stays pinned
+        // under its old name, and held by the program too.)
+        if let (true, Some(pins), Some(got)) = (keep, pins, got) {
+            pins.keep_link(program, id, iface, got)?;
+        } else {
+            self.held.insert(iface.to_owned(), id);
+        }
+        Ok(got)
+    }
+
+    /// Lets go of the link on `iface`, whose interface is gone or was replaced (the
+    /// kernel detached it with its interface): the one the program holds, and the one
+    /// pinned in `pins` for the next agent.
+    pub fn release(&mut self, iface: &str, pins: Option<&Pins>) {
+        if let Some(id) = self.held.remove(iface) {
+            match self.xdp() {
+                Ok(program) => {
+                    if let Err(e) = program.detach(id) {
+                        log::warn!("{iface}: releasing its XDP link: {e}");
+                    }
+                }
+                Err(e) => log::warn!("{iface}: releasing its XDP link: {e:#}"),
             }
         }
-        Ok(())
+        if let Some(pins) = pins {
+            pins.forget_link(iface);
+        }
     }
+}
+
+/// Checks, before anything is loaded or pinned, that every interface of `agent` exists
+/// (unless `wait_for_interfaces`): the error names the interface and where the
+/// configuration lists it.
+///
+/// # Errors
+/// The first interface that does not exist.
+pub fn check_interfaces(agent: &AgentConfig) -> anyhow::Result<()> {
+    if agent.wait_for_interfaces {
+        return Ok(());
+    }
+    for (i, iface) in agent.interfaces.iter().enumerate() {
+        if let Err(e) = sys::ifindex(iface) {
+            let location = agent
+                .interface_locations
+                .get(i)
+                .map_or_else(|| format!("agent.interfaces[{i}]"), Clone::clone);
+            bail!(
+                "{location}: interface {iface:?} does not exist ({e}); create it, fix the \
+                 name, or set agent.wait_for_interfaces = true to start without it and attach \
+                 when it appears"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Checks, before anything is loaded, that no other program holds an interface of
+/// `interfaces` (one a previous agent left pinned in `pins` is taken over: not another).
+///
+/// # Errors
+/// The first interface that holds another XDP program, named with its id and name.
+pub fn check_free(interfaces: &[String], pins: Option<&Pins>) -> anyhow::Result<()> {
+    for iface in interfaces {
+        if pins.is_some_and(|p| p.has_link(iface)) {
+            continue;
+        }
+        // The link of an agent that has just exited may take a moment to go.
+        let deadline = std::time::Instant::now() + HOLDER_GRACE;
+        while let Some(holder) = holder(iface) {
+            if std::time::Instant::now() >= deadline {
+                bail!("{holder}");
+            }
+            std::thread::sleep(HOLDER_GRACE / 10);
+        }
+    }
+    Ok(())
+}
+
+/// How long [`check_free`] waits for a program found on an interface to go.
+const HOLDER_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// "eth1 already has an XDP program attached (...)": when `iface` holds one.
+fn holder(iface: &str) -> Option<String> {
+    let ifindex = sys::ifindex(iface).ok()?;
+    let found = match rtnetlink::xdp_program(ifindex) {
+        Ok(found) => found?,
+        Err(e) => {
+            log::debug!("{iface}: cannot ask which XDP program it holds: {e}");
+            return None;
+        }
+    };
+    let name = aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .find(|p| p.id() == found.id)
+        .and_then(|p| p.name_as_str().map(str::to_owned))
+        .unwrap_or_else(|| "unknown".to_owned());
+    let hint = if name == PROGRAM_NAME {
+        "is another agent running? (give each agent its own interfaces)".to_owned()
+    } else {
+        format!("detach it first (ip link set dev {iface} xdp off) if it is not needed")
+    };
+    Some(format!(
+        "{iface} already has an XDP program attached (id {}, name {name}, {} mode): {hint}",
+        found.id,
+        found.mode_name(),
+    ))
 }
 
 /// Copies the data plane's log records to the agent's log as they arrive.
@@ -200,7 +311,8 @@ pub async fn forward_logs(logger: DataPlaneLogger) {
 }
 
 /// Attaches to one interface in the requested mode; `auto` tries driver mode first.
-/// Returns the link and the mode it got.
+/// Returns the link and the mode it got. A refusal because another program holds the
+/// interface names that program.
 fn attach(program: &mut Xdp, iface: &str, mode: XdpMode) -> anyhow::Result<(XdpLinkId, LinkMode)> {
     let mut attach_as = |aya_mode: AyaXdpMode, got: LinkMode| {
         program
@@ -208,14 +320,22 @@ fn attach(program: &mut Xdp, iface: &str, mode: XdpMode) -> anyhow::Result<(XdpL
             .with_context(|| format!("attaching XDP to {iface} in {} mode", got.name()))
             .map(|id| (id, got))
     };
+    // (The kernel says only EBUSY or EEXIST: ask it who.)
+    let held = |e: anyhow::Error| match holder(iface) {
+        Some(holder) => e.context(holder),
+        None => e,
+    };
     match mode {
-        XdpMode::Driver => attach_as(AyaXdpMode::Driver, LinkMode::Driver),
-        XdpMode::Skb => attach_as(AyaXdpMode::Skb, LinkMode::Skb),
+        XdpMode::Driver => attach_as(AyaXdpMode::Driver, LinkMode::Driver).map_err(held),
+        XdpMode::Skb => attach_as(AyaXdpMode::Skb, LinkMode::Skb).map_err(held),
         XdpMode::Auto => attach_as(AyaXdpMode::Driver, LinkMode::Driver).or_else(|e| {
+            if let Some(holder) = holder(iface) {
+                return Err(e.context(holder));
+            }
             log::warn!(
                 "{iface}: driver-mode XDP unavailable ({e:#}); falling back to skb (generic) mode, which is slower"
             );
-            attach_as(AyaXdpMode::Skb, LinkMode::Skb)
+            attach_as(AyaXdpMode::Skb, LinkMode::Skb).map_err(held)
         }),
     }
 }

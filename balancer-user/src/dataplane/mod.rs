@@ -1,13 +1,17 @@
 //! The data plane: the only module that talks to the kernel through aya. It loads and
-//! attaches the XDP program ([`loader`]), keeps its state pinned across agents ([`pins`]),
+//! attaches the XDP program ([`loader`]), follows the configured interfaces and the
+//! program on each ([`links`], told by [`rtnetlink`]), keeps its state pinned across
+//! agents ([`pins`]),
 //! and puts its maps behind the [`Maps`] trait: [`AyaMaps`] writes the kernel's,
 //! [`FakeMaps`] keeps them in memory for unit tests. Nothing else imports aya; nothing here
 //! decides what the maps should hold (that is [`crate::lb`]).
 
 mod aya_maps;
 mod fake;
+pub mod links;
 pub mod loader;
 pub mod pins;
+pub mod rtnetlink;
 
 use std::collections::HashMap;
 

@@ -234,6 +234,23 @@ impl Pins {
             .find(|link| link.path.exists())
     }
 
+    /// Whether an XDP link is pinned for `iface` (a previous agent's, to take over).
+    pub fn has_link(&self, iface: &str) -> bool {
+        self.kept_link(iface).is_some()
+    }
+
+    /// Unpins the link pinned for `iface`, whose interface is gone or was replaced: the
+    /// kernel detached it with its interface, and a new one is pinned when the program
+    /// is attached again.
+    pub fn forget_link(&self, iface: &str) {
+        while let Some(link) = self.kept_link(iface) {
+            unpin(&link.path);
+            if link.path.exists() {
+                break;
+            }
+        }
+    }
+
     /// Unpins the XDP links left on interfaces that are not in `ifaces` (no longer
     /// configured): the programs there would forward on with an old configuration.
     pub fn release_other_links(&self, ifaces: &[String]) {

@@ -92,7 +92,8 @@ impl<M: Maps> Balancer<M> {
             vips,
             pools,
             global,
-            // The agent adds the VRRP instances, which are not the balancer's.
+            // The agent adds the interfaces and VRRP instances, which are not the balancer's.
+            interfaces: Vec::new(),
             vrrp: Vec::new(),
             http: Vec::new(),
         })

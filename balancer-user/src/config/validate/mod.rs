@@ -131,6 +131,10 @@ impl Validator<'_> {
     // -- [agent] --------------------------------------------------------------
 
     fn agent(&self, raw: RawAgent) -> Checked<AgentConfig> {
+        let interface_locations = raw.interfaces.get_ref().iter().enumerate();
+        let interface_locations = interface_locations
+            .map(|(i, name)| self.location(name.span(), format_args!("agent.interfaces[{i}]")))
+            .collect();
         let interfaces = self.interfaces(raw.interfaces)?;
         let xdp_mode = match &raw.xdp_mode {
             Some(m) => self.word(m, "agent.xdp_mode")?,
@@ -157,6 +161,8 @@ impl Validator<'_> {
         };
         Ok(AgentConfig {
             interfaces,
+            interface_locations,
+            wait_for_interfaces: raw.wait_for_interfaces.unwrap_or(false),
             xdp_mode,
             control_socket,
             pin_dir,

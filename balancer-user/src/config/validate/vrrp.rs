@@ -584,7 +584,7 @@ impl Validator<'_> {
     }
 
     /// `FILE:LINE:COLUMN: FIELD` of `span`, as errors start.
-    fn location(&self, span: Range<usize>, field: impl fmt::Display) -> String {
+    pub(super) fn location(&self, span: Range<usize>, field: impl fmt::Display) -> String {
         let (line, column) = line_col(self.text, span.start);
         format!("{}:{line}:{column}: {field}", self.origin)
     }
