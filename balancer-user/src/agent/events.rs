@@ -1,16 +1,18 @@
 //! The agent's one loop body: every change to the data plane arrives as an [`Event`], and
 //! [`Agent::handle`] applies them one at a time. The agent is the only writer of the maps;
-//! subsystems (the control server, the health checker, signals; later reload, discovery
-//! and VRRP) only send events.
+//! subsystems (the control server, the health checker, signals; later discovery and
+//! VRRP) only send events. A reload (SIGHUP, `balancer reload`) is applied here too
+//! (`live.rs`).
 
-use std::{collections::HashSet, net::SocketAddrV4, ops::ControlFlow};
+use std::{collections::HashMap, net::SocketAddrV4, ops::ControlFlow};
 
 use tokio::sync::oneshot;
 
+use super::live::Live;
 use crate::{
     api::{Request, Response},
     dataplane::Maps,
-    health::{Checker, HealthEvent},
+    health::{config::CheckConfig, Checker, HealthEvent},
     l7::Frontend,
     lb::{Balancer, BalancerError},
     vrrp::{Snapshot, TrackTarget, Vrrp},
@@ -35,15 +37,17 @@ pub enum Event {
 /// The agent's state: the balancer (which owns the maps), the health checks it runs, and
 /// the VRRP instances whose tracked VIPs it watches.
 pub struct Agent<M: Maps> {
-    lb: Balancer<M>,
+    pub(super) lb: Balancer<M>,
     checker: Checker,
-    /// The checks running: (pool, backend).
-    checked: HashSet<(String, SocketAddrV4)>,
-    vrrp: Option<Vrrp>,
+    /// The checks running: (pool, backend) -> the check.
+    checked: HashMap<(String, SocketAddrV4), CheckConfig>,
+    pub(super) vrrp: Option<Vrrp>,
     /// The VIPs VRRP instances track, and whether each was last said to be up.
     vip_tracks: Vec<(String, Option<bool>)>,
     /// The HTTP VIPs' proxy, whose pools follow the balancer's backends.
-    http: Option<Frontend>,
+    pub(super) http: Option<Frontend>,
+    /// The configuration file and what runs of it (`None` in tests that have none).
+    pub(super) live: Option<Live>,
 }
 
 impl<M: Maps> Agent<M> {
@@ -55,37 +59,65 @@ impl<M: Maps> Agent<M> {
         vrrp: Option<Vrrp>,
         http: Option<Frontend>,
     ) -> Self {
-        let vip_tracks = vrrp.as_ref().map_or_else(Vec::new, |v| {
+        let mut agent = Agent {
+            lb,
+            checker,
+            checked: HashMap::new(),
+            vrrp: None,
+            vip_tracks: Vec::new(),
+            http,
+            live: None,
+        };
+        agent.set_vrrp(vrrp);
+        agent.sync_all();
+        agent
+    }
+
+    /// The agent runs `live`'s configuration (what `reload` reads again).
+    #[must_use]
+    pub fn with_config(mut self, live: Live) -> Self {
+        self.live = Some(live);
+        self
+    }
+
+    /// The VRRP instances are now `vrrp`'s: they are told how their tracked VIPs are.
+    pub(super) fn set_vrrp(&mut self, vrrp: Option<Vrrp>) {
+        self.vip_tracks = vrrp.as_ref().map_or_else(Vec::new, |v| {
             v.tracked_vips()
                 .iter()
                 .map(|vip| (vip.clone(), None))
                 .collect()
         });
-        let mut agent = Agent {
-            lb,
-            checker,
-            checked: HashSet::new(),
-            vrrp,
-            vip_tracks,
-            http,
-        };
-        agent.sync_checks();
-        agent.sync_tracks();
-        agent.sync_http();
-        agent
+        self.vrrp = vrrp;
+        self.sync_tracks();
+    }
+
+    /// Brings the checks, VRRP's tracks and the HTTP pools in step with the balancer.
+    pub(super) fn sync_all(&mut self) {
+        self.sync_checks();
+        self.sync_tracks();
+        self.sync_http();
     }
 
     /// Applies one event; `Break` when the agent must stop.
-    pub fn handle(&mut self, event: Event) -> ControlFlow<()> {
+    pub async fn handle(&mut self, event: Event) -> ControlFlow<()> {
         match event {
+            Event::Control {
+                request: Request::Reload,
+                reply,
+            } => {
+                let response = match self.reload().await {
+                    Ok(_) => self.answer(true),
+                    Err(e) => Response::error(e),
+                };
+                let _ = reply.send(response);
+            }
             Event::Control { request, reply } => {
                 let started = std::time::Instant::now();
                 let what = format!("{request:?}");
                 let response = self.apply(request);
                 log::debug!("control request applied in {:?}: {what}", started.elapsed());
-                self.sync_checks();
-                self.sync_tracks();
-                self.sync_http();
+                self.sync_all();
                 let _ = reply.send(response);
             }
             Event::Health(event) => {
@@ -105,10 +137,9 @@ impl<M: Maps> Agent<M> {
                 return ControlFlow::Break(());
             }
             Event::Reload { signal } => {
-                log::warn!(
-                    "{signal}: reload is not implemented yet; the configuration in force is \
-                     unchanged"
-                );
+                log::info!("{signal}: reloading the configuration");
+                // (The outcome is logged and kept for `status`.)
+                let _ = self.reload().await;
             }
         }
         ControlFlow::Continue(())
@@ -157,33 +188,61 @@ impl<M: Maps> Agent<M> {
     /// Applies one control request and answers with the status after it.
     fn apply(&mut self, request: Request) -> Response {
         let lb = &mut self.lb;
-        let change = !matches!(request, Request::Status);
-        let result: Result<(), BalancerError> = match request {
-            Request::Status => Ok(()),
-            Request::VipAdd { vip } => lb.add_vip(vip),
-            Request::VipDel { name } => lb.del_vip(&name),
+        let change = !matches!(request, Request::Status | Request::ConfigDump);
+        let result: Result<(), BalancerError> = match &request {
+            Request::Status | Request::ConfigDump => Ok(()),
+            Request::VipAdd { vip } => lb.add_vip(vip.clone()),
+            Request::VipDel { name } => lb.del_vip(name),
             Request::BackendAdd {
                 target,
                 address,
                 weight,
-            } => lb.add_backend(&target, address, weight),
-            Request::BackendDel { target, address } => lb.del_backend(&target, address),
+            } => lb.add_backend(target, *address, *weight),
+            Request::BackendDel { target, address } => lb.del_backend(target, *address),
             Request::BackendWeight {
                 target,
                 address,
                 weight,
-            } => lb.set_weight(&target, address, weight),
+            } => lb.set_weight(target, *address, *weight),
+            Request::Reload => unreachable!("a reload is handled by `handle`"),
         };
         if let Err(e) = result {
             return Response::error(e.to_string());
         }
-        match lb.status() {
+        if let Some(live) = &mut self.live {
+            live.record(&request);
+        }
+        let mut response = self.answer(change);
+        if request == Request::ConfigDump {
+            let dump = self.live.as_ref().map(Live::dump);
+            match (dump, &mut response.status) {
+                (Some(Ok(text)), Some(status)) => {
+                    if let Some(config) = &mut status.config {
+                        config.dump = Some(text);
+                    }
+                }
+                (Some(Err(e)), _) => return Response::error(format!("config dump: {e}")),
+                (None, _) => return Response::error("the agent runs without a configuration file"),
+                (Some(Ok(_)), None) => {}
+            }
+        }
+        response
+    }
+
+    /// The answer to a request carried out (`change`: one that changed something): the
+    /// status after it.
+    fn answer(&self, change: bool) -> Response {
+        match self.lb.status() {
             Ok(mut status) => {
                 if let Some(vrrp) = &self.vrrp {
                     status.vrrp = vrrp.status().iter().map(Snapshot::to_status).collect();
                 }
                 if let Some(http) = &self.http {
                     status.http = http.status();
+                }
+                if let Some(live) = &self.live {
+                    live.set_sources(&mut status);
+                    status.config = Some(live.status());
                 }
                 Response {
                     ok: true,
@@ -201,24 +260,31 @@ impl<M: Maps> Agent<M> {
         }
     }
 
-    /// Starts checks for backends that gained one and stops those of removed backends.
+    /// Starts checks for backends that gained one, stops those of removed backends, and
+    /// restarts those whose check changed (from the backend's current health).
     fn sync_checks(&mut self) {
-        let wanted = self.lb.checks();
-        let keys: HashSet<(String, SocketAddrV4)> = wanted
-            .iter()
-            .map(|(pool, addr, ..)| (pool.clone(), *addr))
+        let wanted: HashMap<(String, SocketAddrV4), _> = self
+            .lb
+            .checks()
+            .into_iter()
+            .map(|(pool, addr, check, health)| ((pool, addr), (check, health)))
             .collect();
-        for (pool, addr) in self.checked.difference(&keys) {
-            self.checker.stop(pool, *addr);
+        for ((pool, addr), check) in &self.checked {
+            if wanted.get(&(pool.clone(), *addr)).map(|(c, _)| c) != Some(check) {
+                self.checker.stop(pool, *addr);
+            }
         }
-        for (pool, addr, check, health) in &wanted {
-            if !self.checked.contains(&(pool.clone(), *addr)) {
+        for ((pool, addr), (check, health)) in &wanted {
+            if self.checked.get(&(pool.clone(), *addr)) != Some(check) {
                 if let Some(slot) = self.checker.start(pool, *addr, check, *health) {
                     self.lb.set_latest_slot(pool, *addr, slot);
                 }
             }
         }
-        self.checked = keys;
+        self.checked = wanted
+            .into_iter()
+            .map(|(key, (check, _))| (key, check))
+            .collect();
     }
 }
 
@@ -260,9 +326,9 @@ mod tests {
     }
 
     /// Sends `request` through [`Agent::handle`] and returns the answer.
-    fn ask(agent: &mut Agent<FakeMaps>, request: Request) -> Response {
+    async fn ask(agent: &mut Agent<FakeMaps>, request: Request) -> Response {
         let (reply, mut answer) = oneshot::channel();
-        let flow = agent.handle(Event::Control { request, reply });
+        let flow = agent.handle(Event::Control { request, reply }).await;
         assert_eq!(flow, ControlFlow::Continue(()));
         answer
             .try_recv()
@@ -272,20 +338,20 @@ mod tests {
     #[tokio::test]
     async fn control_events_change_the_balancer_and_answer_with_its_status() {
         let mut agent = agent();
-        let added = ask(&mut agent, Request::VipAdd { vip: web() });
+        let added = ask(&mut agent, Request::VipAdd { vip: web() }).await;
         assert!(added.ok, "{added:?}");
         let status = added.status.expect("a change answers with the status");
         assert_eq!(status.vips.len(), 1);
         assert_eq!(status.pools[0].name, "web");
 
         // A refused request changes nothing and says why.
-        let refused = ask(&mut agent, Request::VipAdd { vip: web() });
+        let refused = ask(&mut agent, Request::VipAdd { vip: web() }).await;
         assert!(!refused.ok);
         assert!(
             refused.error.as_deref().unwrap().contains("already exists"),
             "{refused:?}"
         );
-        let status = ask(&mut agent, Request::Status).status.unwrap();
+        let status = ask(&mut agent, Request::Status).await.status.unwrap();
         assert_eq!(status.vips.len(), 1);
     }
 
@@ -306,16 +372,16 @@ mod tests {
             task: 1,
         };
         assert_eq!(
-            agent.handle(Event::Health(result)),
+            agent.handle(Event::Health(result)).await,
             ControlFlow::Continue(())
         );
-        // Until reload exists, a reload request leaves the agent running as it was.
+        // Without a configuration file, a reload leaves the agent running as it was.
         assert_eq!(
-            agent.handle(Event::Reload { signal: "SIGHUP" }),
+            agent.handle(Event::Reload { signal: "SIGHUP" }).await,
             ControlFlow::Continue(())
         );
         assert_eq!(
-            agent.handle(Event::Stop { signal: "SIGTERM" }),
+            agent.handle(Event::Stop { signal: "SIGTERM" }).await,
             ControlFlow::Break(())
         );
     }

@@ -2,11 +2,14 @@
 //! plane, the balancer, the health checker, the control server, signals) and then runs one
 //! loop over one [`Event`] enum ([`events`]), whose handler is the only writer of the maps.
 //! On SIGINT/SIGTERM it detaches cleanly (or leaves the data plane running, with
-//! `keep_attached`); SIGHUP (reload, not implemented yet) is logged and changes nothing.
+//! `keep_attached`); SIGHUP and `balancer reload` read the file again and apply what
+//! changed (`reload`: the plan; `live`: applying it).
 
 mod control_server;
 mod events;
 mod host;
+mod live;
+mod reload;
 mod signals;
 
 use std::{
@@ -18,6 +21,7 @@ use anyhow::Context;
 use tokio::sync::mpsc;
 
 pub use events::{Agent, Event};
+pub use live::Live;
 
 use crate::{
     config::{self, XdpMode},
@@ -46,7 +50,7 @@ pub struct RunOptions {
 pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     // First: without privileges, every later step fails for that reason.
     loader::check_privileges()?;
-    let config = config::load(&options.config)?;
+    let (config, text) = config::load_with_text(&options.config)?;
     // What only the host can tell, before anything is loaded or attached.
     vrrp::check_host(&config.vrrp)?;
     let socket_path = options
@@ -101,7 +105,8 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     let (health_tx, mut health) = mpsc::channel::<HealthEvent>(1024);
     let http = l7::Frontend::start(&config).await?;
     let vrrp = start_vrrp(&config)?;
-    let mut agent = Agent::new(lb, Checker::new(health_tx), vrrp, http);
+    let live = Live::new(&options.config, text, config);
+    let mut agent = Agent::new(lb, Checker::new(health_tx), vrrp, http).with_config(live);
     signals::start(events_tx)?;
     loop {
         let event = tokio::select! {
@@ -109,7 +114,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
             Some(result) = health.recv() => Event::Health(result),
             else => break,
         };
-        if agent.handle(event) == ControlFlow::Break(()) {
+        if agent.handle(event).await == ControlFlow::Break(()) {
             break;
         }
     }

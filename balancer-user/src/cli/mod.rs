@@ -16,7 +16,7 @@ use clap::{
     builder::{PossibleValue, TypedValueParser},
     Args, Parser, Subcommand,
 };
-use render::{render_backends, render_status, render_vips, render_vrrp, trim_lines};
+use render::{render_backends, render_reload, render_status, render_vips, render_vrrp, trim_lines};
 
 use crate::{
     api::{
@@ -78,6 +78,19 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Read the agent's configuration file again and apply what changed (as SIGHUP does):
+    /// prints a summary, or the error (`file:line:column`) and exits 1 with nothing changed.
+    Reload,
+    /// The agent's running configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print the running configuration (the file with the CLI's changes) as TOML that
+    /// `run --config` and `check-config` accept.
+    Dump,
 }
 
 #[derive(Debug, Subcommand)]
@@ -259,6 +272,13 @@ pub fn client(socket: &Path, command: Command, timeout: Duration) -> Result<Stri
             Box::new(|s| serde_json::to_string_pretty(s).expect("status serializes")),
         ),
         Command::Status { json: false } => (Request::Status, Box::new(render_status)),
+        Command::Reload => (Request::Reload, Box::new(render_reload)),
+        Command::Config(ConfigCommand::Dump) => {
+            let status = client::request(socket, &Request::ConfigDump, timeout)?;
+            // As TOML: not trimmed, ends with its own newline (printed with one more).
+            let dump = status.config.and_then(|c| c.dump).unwrap_or_default();
+            return Ok(dump.trim_end().to_owned());
+        }
         Command::Vip(VipCommand::List) => (Request::Status, Box::new(render_vips)),
         Command::Vrrp(VrrpCommand::List { json: true }) => (
             Request::Status,

@@ -14,20 +14,21 @@ pub(super) fn trim_lines(text: &str) -> String {
 
 pub(super) fn render_vips(status: &Status) -> String {
     let mut out = format!(
-        "{:<16} {:<24} {:<12} {:<16} {:>8} {:<8}\n",
-        "VIP", "ADDRESS", "SCHEDULER", "POOL", "ACTIVE", "ALL DOWN"
+        "{:<16} {:<24} {:<12} {:<16} {:>8} {:<8} {:<6}\n",
+        "VIP", "ADDRESS", "SCHEDULER", "POOL", "ACTIVE", "ALL DOWN", "SOURCE"
     );
     for status in &status.vips {
         let v = &status.config;
         let _ = writeln!(
             out,
-            "{:<16} {:<24} {:<12} {:<16} {:>8} {:<8}",
+            "{:<16} {:<24} {:<12} {:<16} {:>8} {:<8} {:<6}",
             v.name,
             format!("{}:{}/{}", v.address, v.port, v.protocol),
             v.scheduler.to_string(),
             v.pool,
             status.active_backends,
-            v.on_all_down.to_string()
+            v.on_all_down.to_string(),
+            status.source.as_str()
         );
     }
     // HTTP VIPs: the proxy's, with their default pool (the last rule line).
@@ -72,7 +73,7 @@ pub(super) fn render_backends(
         }
     };
     let mut out = format!(
-        "{:<12} {:<21} {:>6} {:<8} {:<5} {:<6} {:>9} {:<28} {:>10} {:>9}\n",
+        "{:<12} {:<21} {:>6} {:<8} {:<5} {:<6} {:>9} {:<28} {:>10} {:>9} {:<6}\n",
         "POOL",
         "BACKEND",
         "WEIGHT",
@@ -82,7 +83,8 @@ pub(super) fn render_backends(
         "SINCE",
         "LAST CHECK",
         "PACKETS",
-        "NEW FLOWS"
+        "NEW FLOWS",
+        "SOURCE"
     );
     for p in status
         .pools
@@ -96,7 +98,7 @@ pub(super) fn render_backends(
             };
             let _ = writeln!(
                 out,
-                "{:<12} {:<21} {:>6} {:<8} {:<5} {:<6} {:>9} {:<28} {:>10} {:>9}",
+                "{:<12} {:<21} {:>6} {:<8} {:<5} {:<6} {:>9} {:<28} {:>10} {:>9} {:<6}",
                 p.name,
                 format!("{}:{}", b.address, b.port),
                 b.weight,
@@ -106,7 +108,8 @@ pub(super) fn render_backends(
                 format_age(b.since_change_secs),
                 last,
                 b.counters.packets + b.counters.reply_packets,
-                b.counters.new_flows
+                b.counters.new_flows,
+                b.source.as_str()
             );
         }
     }
@@ -248,6 +251,46 @@ pub(super) fn render_http(status: &Status) -> String {
     out.trim_end().to_string()
 }
 
+/// The configuration file, its generation, the last reload and where each pool comes from.
+fn render_config(status: &Status) -> Option<String> {
+    let config = status.config.as_ref()?;
+    let mut out = format!(
+        "  file {} (generation {})\n",
+        config.path, config.generation
+    );
+    match &config.last_reload {
+        Some(r) => {
+            let outcome = if r.ok { "ok" } else { "refused" };
+            let _ = writeln!(out, "  last reload {} {outcome}: {}", r.at, r.message);
+        }
+        None => out += "  not reloaded since start\n",
+    }
+    let pools: Vec<String> = status
+        .pools
+        .iter()
+        .map(|p| format!("{} ({})", p.name, p.source.as_str()))
+        .collect();
+    if !pools.is_empty() {
+        let _ = writeln!(out, "  pools {}", pools.join(", "));
+    }
+    Some(out.trim_end().to_owned())
+}
+
+/// What `balancer reload` prints: the summary of what it applied.
+pub(super) fn render_reload(status: &Status) -> String {
+    let Some(config) = &status.config else {
+        return "reload: done".to_owned();
+    };
+    let summary = config
+        .last_reload
+        .as_ref()
+        .map_or("done", |r| r.message.as_str());
+    format!(
+        "reload: {summary} (configuration generation {})",
+        config.generation
+    )
+}
+
 /// "42s", "7m03s", "2h05m": time since a backend's last health change.
 fn format_age(secs: f64) -> String {
     let s = secs.max(0.0) as u64;
@@ -284,6 +327,10 @@ pub(super) fn render_status(status: &Status) -> String {
     if !status.vrrp.is_empty() {
         out += "\n\nVRRP\n";
         out += &render_vrrp(status);
+    }
+    if let Some(config) = render_config(status) {
+        out += "\n\nConfiguration\n";
+        out += &config;
     }
     out += "\n\nData plane\n";
     for (name, value) in status.global.iter().filter(|(_, v)| **v > 0) {

@@ -24,6 +24,7 @@
 //! [`SyncGroupConfig`]; a pool's HTTP balancing is [`crate::l7::balance`]'s [`PoolBalance`],
 //! an HTTP-mode VIP's routing rules [`crate::l7::rules`]' [`Rule`]s.
 
+mod dump;
 mod position;
 mod raw;
 mod validate;
@@ -50,6 +51,7 @@ pub use crate::l7::headers::ForwardedStyle;
 pub use crate::l7::proxy::ProxySettings;
 /// Whether `n` is a prime number (Maglev ring sizes must be).
 pub use crate::ring::is_prime;
+pub use dump::dump;
 pub use words::{AllDownPolicy, DownPolicy, Protocol, Scheduler, VipMode, XdpMode};
 
 /// Control socket path used when `[agent].control_socket` is absent.
@@ -302,11 +304,21 @@ fn field_prefix(field: Option<&str>) -> String {
 ///
 /// [`ConfigError::Io`] if the file cannot be read, otherwise as [`parse`].
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    load_with_text(path).map(|(config, _)| config)
+}
+
+/// [`load`], also returning the text it read (for [`dump`]).
+///
+/// # Errors
+///
+/// As [`load`].
+pub fn load_with_text(path: &Path) -> Result<(Config, String), ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
         path: path.to_path_buf(),
         source,
     })?;
-    parse(&text, &path.display().to_string())
+    let config = parse(&text, &path.display().to_string())?;
+    Ok((config, text))
 }
 
 /// Parses and validates configuration `text`; `origin` names it in errors.

@@ -5,6 +5,7 @@
 mod health;
 mod ids;
 mod model;
+mod reconfigure;
 mod rings;
 mod settings;
 mod status;
