@@ -115,7 +115,7 @@ impl<M: Maps> Agent<M> {
             Event::Control { request, reply } => {
                 let started = std::time::Instant::now();
                 let what = format!("{request:?}");
-                let response = self.apply(request);
+                let response = self.apply(&request);
                 log::debug!("control request applied in {:?}: {what}", started.elapsed());
                 self.sync_all();
                 let _ = reply.send(response);
@@ -186,10 +186,10 @@ impl<M: Maps> Agent<M> {
     }
 
     /// Applies one control request and answers with the status after it.
-    fn apply(&mut self, request: Request) -> Response {
+    fn apply(&mut self, request: &Request) -> Response {
         let lb = &mut self.lb;
         let change = !matches!(request, Request::Status | Request::ConfigDump);
-        let result: Result<(), BalancerError> = match &request {
+        let result: Result<(), BalancerError> = match request {
             Request::Status | Request::ConfigDump => Ok(()),
             Request::VipAdd { vip } => lb.add_vip(vip.clone()),
             Request::VipDel { name } => lb.del_vip(name),
@@ -210,10 +210,10 @@ impl<M: Maps> Agent<M> {
             return Response::error(e.to_string());
         }
         if let Some(live) = &mut self.live {
-            live.record(&request);
+            live.record(request);
         }
         let mut response = self.answer(change);
-        if request == Request::ConfigDump {
+        if *request == Request::ConfigDump {
             let dump = self.live.as_ref().map(Live::dump);
             match (dump, &mut response.status) {
                 (Some(Ok(text)), Some(status)) => {
