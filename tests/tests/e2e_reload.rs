@@ -351,9 +351,21 @@ fn config_dump_round_trips() {
             &format!("{}:443", run.topo.backend_addr(1)),
         ])
         .unwrap();
+    run.agent.cli_ok(&["pool", "add", "spare"]).unwrap();
+    let pools = run.agent.cli_ok(&["pool", "list"]).unwrap();
+    let spare = pools
+        .lines()
+        .find(|l| l.starts_with("spare "))
+        .unwrap_or_else(|| panic!("{pools}"));
+    assert_eq!(
+        spare.split_whitespace().collect::<Vec<_>>(),
+        ["spare", "0", "0", "-", "cli"]
+    );
     let dump = run.agent.cli_ok(&["config", "dump"]).unwrap();
     assert!(
-        dump.contains("name = \"api\"") && dump.contains("weight = 4"),
+        dump.contains("name = \"api\"")
+            && dump.contains("weight = 4")
+            && dump.contains("name = \"spare\""),
         "{dump}"
     );
 
@@ -378,4 +390,15 @@ fn config_dump_round_trips() {
         assert_eq!(vip["source"], "file", "{vip:#}");
     }
     assert_eq!(run.agent.cli_ok(&["config", "dump"]).unwrap(), dump);
+
+    // A pool outlives the VIP that created it until `pool del`.
+    run.agent.cli_ok(&["vip", "del", "api"]).unwrap();
+    let refused = run.agent.cli(&["pool", "del", "web"]);
+    assert!(
+        !refused.success() && refused.stderr.contains("used by VIP web"),
+        "{refused}"
+    );
+    run.agent.cli_ok(&["pool", "del", "api"]).unwrap();
+    let pools = run.agent.cli_ok(&["pool", "list"]).unwrap();
+    assert!(!pools.lines().any(|l| l.starts_with("api ")), "{pools}");
 }

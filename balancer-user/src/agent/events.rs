@@ -204,6 +204,18 @@ impl<M: Maps> Agent<M> {
                 address,
                 weight,
             } => lb.set_weight(target, *address, *weight),
+            Request::PoolAdd { name } => lb.create_pool(name),
+            Request::PoolDel { name } => {
+                // (The balancer knows an HTTP VIP's default pool, not its rules'.)
+                let rule = self.live.as_ref().and_then(|live| live.rule_using(name));
+                match rule {
+                    Some(vip) => Err(BalancerError::Invalid {
+                        what: "pool deletion",
+                        why: format!("pool {name:?} is used by a rule of HTTP VIP {vip:?}"),
+                    }),
+                    None => lb.del_pool(name),
+                }
+            }
             Request::Reload => unreachable!("a reload is handled by `handle`"),
         };
         if let Err(e) = result {
@@ -353,6 +365,38 @@ mod tests {
         );
         let status = ask(&mut agent, Request::Status).await.status.unwrap();
         assert_eq!(status.vips.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn pools_are_added_listed_and_deleted_with_their_backends() {
+        let mut agent = agent();
+        let pool = |name: &str| Request::PoolAdd { name: name.into() };
+        assert!(ask(&mut agent, pool("api")).await.ok);
+        let again = ask(&mut agent, pool("api")).await;
+        assert_eq!(
+            again.error.as_deref(),
+            Some("invalid pool name: pool \"api\" already exists")
+        );
+        let backend = Request::BackendAdd {
+            target: "api".into(),
+            address: "10.0.2.11:443".parse().unwrap(),
+            weight: 1,
+        };
+        assert!(ask(&mut agent, backend).await.ok);
+        // A pool a VIP uses stays; once the VIP is gone, it goes with its backends.
+        assert!(ask(&mut agent, Request::VipAdd { vip: web() }).await.ok);
+        let del = |name: &str| Request::PoolDel { name: name.into() };
+        let refused = ask(&mut agent, del("web")).await;
+        assert!(refused.error.unwrap().contains("used by VIP web"));
+        assert!(
+            ask(&mut agent, Request::VipDel { name: "web".into() })
+                .await
+                .ok
+        );
+        assert!(ask(&mut agent, del("web")).await.ok);
+        let status = ask(&mut agent, del("api")).await.status.unwrap();
+        assert!(status.pools.is_empty(), "{status:?}");
+        assert!(agent.lb.maps().backends.values().all(|b| b.flags == 0));
     }
 
     #[tokio::test]

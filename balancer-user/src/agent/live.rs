@@ -71,6 +71,16 @@ impl Live {
         reload::record(&mut self.running, request);
     }
 
+    /// The HTTP VIP one of whose rules uses pool `pool`, if any.
+    #[must_use]
+    pub fn rule_using(&self, pool: &str) -> Option<String> {
+        self.running
+            .vips
+            .iter()
+            .find(|v| v.rules.iter().any(|r| r.pool == pool))
+            .map(|v| v.name.clone())
+    }
+
     /// Says in `status` where each VIP, pool and backend comes from.
     pub fn set_sources(&self, status: &mut Status) {
         let (file, running) = (&self.file, &self.running);

@@ -569,19 +569,24 @@ fn target_pool(config: &Config, target: &str) -> Option<String> {
 
 /// Records in `config` a control request the balancer has just carried out.
 pub fn record(config: &mut Config, request: &Request) {
+    // A pool the CLI creates (`pool add`, or `vip add` naming a new pool), as the balancer
+    // makes it: no check, the default policies.
+    let new_pool = |name: &str| PoolConfig {
+        name: name.to_owned(),
+        backends: Vec::new(),
+        check: crate::config::CheckConfig::default(),
+        on_backend_down: crate::config::DownPolicy::default(),
+        balance: crate::config::PoolBalance::default(),
+    };
     match request {
         Request::VipAdd { vip } => {
             if find_pool(config, &vip.pool).is_none() {
-                config.pools.push(PoolConfig {
-                    name: vip.pool.clone(),
-                    backends: Vec::new(),
-                    check: crate::config::CheckConfig::default(),
-                    on_backend_down: crate::config::DownPolicy::default(),
-                    balance: crate::config::PoolBalance::default(),
-                });
+                config.pools.push(new_pool(&vip.pool));
             }
             config.vips.push(vip.clone());
         }
+        Request::PoolAdd { name } => config.pools.push(new_pool(name)),
+        Request::PoolDel { name } => config.pools.retain(|p| p.name != *name),
         Request::VipDel { name } => config.vips.retain(|v| v.name != *name),
         Request::BackendAdd {
             target,

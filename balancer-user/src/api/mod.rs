@@ -44,6 +44,14 @@ pub enum Request {
         address: SocketAddrV4,
         weight: u32,
     },
+    /// Create an empty pool (with no check; backends added later get none).
+    PoolAdd {
+        name: String,
+    },
+    /// Delete a pool that no VIP uses, and its backends.
+    PoolDel {
+        name: String,
+    },
     /// Read the configuration file again and apply what changed.
     Reload,
     /// The running configuration as TOML (in [`Status::config`]).

@@ -16,7 +16,10 @@ use clap::{
     builder::{PossibleValue, TypedValueParser},
     Args, Parser, Subcommand,
 };
-use render::{render_backends, render_reload, render_status, render_vips, render_vrrp, trim_lines};
+use render::{
+    render_backends, render_pools, render_reload, render_status, render_vips, render_vrrp,
+    trim_lines,
+};
 
 use crate::{
     api::{
@@ -69,6 +72,9 @@ pub enum Command {
     /// Add, delete, drain or list the backends of a pool.
     #[command(subcommand)]
     Backend(BackendCommand),
+    /// Add, delete or list pools.
+    #[command(subcommand)]
+    Pool(PoolCommand),
     /// VRRP instances: state, priority, the Master, adverts and errors.
     #[command(subcommand)]
     Vrrp(VrrpCommand),
@@ -128,6 +134,17 @@ pub enum VipCommand {
     /// Delete a VIP by name.
     Del { name: String },
     /// List VIPs.
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PoolCommand {
+    /// Add an empty pool (backends added to it later have no health check).
+    Add { name: String },
+    /// Delete a pool that no VIP uses, with its backends (their established flows are
+    /// not moved).
+    Del { name: String },
+    /// List pools: backends, those taking new flows, the VIPs using each.
     List,
 }
 
@@ -273,6 +290,15 @@ pub fn client(socket: &Path, command: Command, timeout: Duration) -> Result<Stri
         ),
         Command::Status { json: false } => (Request::Status, Box::new(render_status)),
         Command::Reload => (Request::Reload, Box::new(render_reload)),
+        Command::Pool(PoolCommand::List) => (Request::Status, Box::new(render_pools)),
+        Command::Pool(PoolCommand::Add { name }) => {
+            let done = format!("pool {name} added");
+            (Request::PoolAdd { name }, Box::new(move |_| done.clone()))
+        }
+        Command::Pool(PoolCommand::Del { name }) => {
+            let done = format!("pool {name} deleted");
+            (Request::PoolDel { name }, Box::new(move |_| done.clone()))
+        }
         Command::Config(ConfigCommand::Dump) => {
             let status = client::request(socket, &Request::ConfigDump, timeout)?;
             // As TOML: not trimmed, ends with its own newline (printed with one more).

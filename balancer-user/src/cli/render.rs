@@ -276,6 +276,43 @@ fn render_config(status: &Status) -> Option<String> {
     Some(out.trim_end().to_owned())
 }
 
+/// `pool list`: each pool's backends, those that take new flows, the VIPs that use it.
+pub(super) fn render_pools(status: &Status) -> String {
+    let mut out = format!(
+        "{:<16} {:>8} {:>8} {:<24} {:<6}\n",
+        "POOL", "BACKENDS", "ACTIVE", "VIPS", "SOURCE"
+    );
+    for p in &status.pools {
+        let vips: Vec<&str> = status
+            .vips
+            .iter()
+            .filter(|v| v.config.pool == p.name)
+            .map(|v| v.config.name.as_str())
+            .chain(
+                status
+                    .http
+                    .iter()
+                    .filter(|h| h.rules.iter().any(|r| r.pool == p.name))
+                    .map(|h| h.name.as_str()),
+            )
+            .collect();
+        let _ = writeln!(
+            out,
+            "{:<16} {:>8} {:>8} {:<24} {:<6}",
+            p.name,
+            p.backends.len(),
+            p.backends.iter().filter(|b| b.state == "active").count(),
+            if vips.is_empty() {
+                "-".to_owned()
+            } else {
+                vips.join(",")
+            },
+            p.source.as_str()
+        );
+    }
+    out.trim_end().to_string()
+}
+
 /// What `balancer reload` prints: the summary of what it applied.
 pub(super) fn render_reload(status: &Status) -> String {
     let Some(config) = &status.config else {

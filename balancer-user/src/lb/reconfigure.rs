@@ -52,8 +52,21 @@ impl<M: Maps> Balancer<M> {
         Ok(())
     }
 
-    /// Deletes an empty pool that no VIP uses (its backends go first, see
-    /// [`Self::del_backend`]).
+    /// Creates an empty pool; one of that name must not exist.
+    pub fn create_pool(&mut self, name: &str) -> Result<(), BalancerError> {
+        if self.pools.contains_key(name) {
+            return Err(BalancerError::Invalid {
+                what: "pool name",
+                why: format!("pool {name:?} already exists"),
+            });
+        }
+        self.add_pool(name)?;
+        log::info!("pool {name}: added");
+        Ok(())
+    }
+
+    /// Deletes a pool that no VIP uses, with its backends (as [`Self::del_backend`]
+    /// does: their established flows are not moved).
     pub fn del_pool(&mut self, name: &str) -> Result<(), BalancerError> {
         let pool = self
             .pools
@@ -78,14 +91,9 @@ impl<M: Maps> Balancer<M> {
                 why: format!("pool {name:?} is used by VIP {}", users.join(", ")),
             });
         }
-        if !pool.backends.is_empty() {
-            return Err(BalancerError::Invalid {
-                what: "pool deletion",
-                why: format!(
-                    "pool {name:?} still has {} backend(s): delete them first",
-                    pool.backends.len()
-                ),
-            });
+        let addrs: Vec<SocketAddrV4> = pool.backends.iter().map(|b| b.addr).collect();
+        for addr in addrs {
+            self.del_backend(name, addr)?;
         }
         self.pools.remove(name);
         log::info!("pool {name}: deleted");
