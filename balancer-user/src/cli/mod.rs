@@ -277,6 +277,17 @@ fn parse_timeout(s: &str) -> Result<Duration, String> {
 /// Turns the agent's status after a request into what the CLI prints.
 type Render = Box<dyn Fn(&Status) -> String>;
 
+/// What a runtime change prints: `done`, and how long the change lasts (issue 19: the
+/// loss at a restart is said, not silent).
+fn changed(done: String) -> Render {
+    Box::new(move |_| format!("{done}\n{RUNTIME_CHANGE}"))
+}
+
+/// Said after each runtime change.
+const RUNTIME_CHANGE: &str = "(a runtime change: kept across reloads unless the file \
+    changes the same object, lost when the agent restarts; `balancer config dump` prints \
+    the configuration to keep)";
+
 /// Runs a client command against the agent, waiting at most `timeout` for its answer,
 /// and returns what to print.
 pub fn client(socket: &Path, command: Command, timeout: Duration) -> Result<String, ClientError> {
@@ -293,11 +304,11 @@ pub fn client(socket: &Path, command: Command, timeout: Duration) -> Result<Stri
         Command::Pool(PoolCommand::List) => (Request::Status, Box::new(render_pools)),
         Command::Pool(PoolCommand::Add { name }) => {
             let done = format!("pool {name} added");
-            (Request::PoolAdd { name }, Box::new(move |_| done.clone()))
+            (Request::PoolAdd { name }, changed(done))
         }
         Command::Pool(PoolCommand::Del { name }) => {
             let done = format!("pool {name} deleted");
-            (Request::PoolDel { name }, Box::new(move |_| done.clone()))
+            (Request::PoolDel { name }, changed(done))
         }
         Command::Config(ConfigCommand::Dump) => {
             let status = client::request(socket, &Request::ConfigDump, timeout)?;
@@ -337,11 +348,11 @@ pub fn client(socket: &Path, command: Command, timeout: Duration) -> Result<Stri
                 mode: config::VipMode::L4,
                 rules: Vec::new(),
             };
-            (Request::VipAdd { vip }, Box::new(move |_| done.clone()))
+            (Request::VipAdd { vip }, changed(done))
         }
         Command::Vip(VipCommand::Del { name }) => {
             let done = format!("vip {name} deleted");
-            (Request::VipDel { name }, Box::new(move |_| done.clone()))
+            (Request::VipDel { name }, changed(done))
         }
         Command::Backend(BackendCommand::Add { backend, weight }) => {
             let done = format!(
@@ -354,7 +365,7 @@ pub fn client(socket: &Path, command: Command, timeout: Duration) -> Result<Stri
                     address: backend.address,
                     weight,
                 },
-                Box::new(move |_| done.clone()),
+                changed(done),
             )
         }
         Command::Backend(BackendCommand::Del { backend }) => {
@@ -364,7 +375,7 @@ pub fn client(socket: &Path, command: Command, timeout: Duration) -> Result<Stri
                     target: backend.pool,
                     address: backend.address,
                 },
-                Box::new(move |_| done.clone()),
+                changed(done),
             )
         }
         Command::Backend(BackendCommand::Drain { backend }) => {
@@ -378,7 +389,7 @@ pub fn client(socket: &Path, command: Command, timeout: Duration) -> Result<Stri
                     address: backend.address,
                     weight: 0,
                 },
-                Box::new(move |_| done.clone()),
+                changed(done),
             )
         }
         Command::Backend(BackendCommand::Weight { backend, weight }) => {
@@ -392,7 +403,7 @@ pub fn client(socket: &Path, command: Command, timeout: Duration) -> Result<Stri
                     address: backend.address,
                     weight,
                 },
-                Box::new(move |_| done.clone()),
+                changed(done),
             )
         }
         Command::Backend(BackendCommand::List { pool }) => {
