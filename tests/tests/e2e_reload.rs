@@ -56,6 +56,14 @@ fn udp_ask(sock: &UdpSocket, what: &str) -> String {
     String::from_utf8_lossy(&buf[..n]).into_owned()
 }
 
+/// Pool `name` of `balancer status --json`.
+fn pool<'a>(status: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    status["pools"]
+        .as_array()
+        .and_then(|pools| pools.iter().find(|p| p["name"] == name))
+        .unwrap_or_else(|| panic!("no pool {name} in {status:#}"))
+}
+
 #[test]
 fn flows_survive_a_reload_that_adds_and_removes_vips_and_changes_backends() {
     let run = Running::start_with(4, |topo| {
@@ -68,7 +76,8 @@ fn flows_survive_a_reload_that_adds_and_removes_vips_and_changes_backends() {
     let new_vip = SocketAddrV4::new(NEW_VIP, HTTP_PORT);
     assert!(run.client.http_get(old_vip, DEFAULT_TIMEOUT).is_ok());
 
-    // VIP "old" goes, VIP "new" comes, backend 4 joins web, backend 1 weighs 3 in web.
+    // VIP "old" goes, VIP "new" comes, backend 4 joins web, backend 1 weighs 3 in web,
+    // and web's backends get a health check (which they pass).
     let b1 = run.topo.backend_addr(1);
     let b4 = run.topo.backend_addr(4);
     let text = config_for(&run.topo, "maglev", &[1, 2, 3])
@@ -79,19 +88,43 @@ fn flows_survive_a_reload_that_adds_and_removes_vips_and_changes_backends() {
             ),
             1,
         )
+        .replacen(
+            "name = \"web\"\nbackends",
+            "name = \"web\"\ncheck = { type = \"http\", path = \"/\", interval = \"500ms\" }\nbackends",
+            1,
+        )
         + &web_vip("new", NEW_VIP);
     rewrite(&run.agent, &text);
-    let said = reload(&run.agent);
+    // New connections to the web VIP all along: none fails.
+    let socket = run.agent.socket().to_path_buf();
+    let reloader = thread::spawn(move || {
+        thread::sleep(Duration::from_millis(500));
+        balancer_cli(&socket, &["reload"])
+    });
+    let tally = run.client.run(|| {
+        let deadline = Instant::now() + Duration::from_millis(1500);
+        let mut tally = balancer_tests::Tally::default();
+        while Instant::now() < deadline {
+            tally.record(http_get(Topology::vip_http(), DEFAULT_TIMEOUT));
+        }
+        tally
+    });
+    let out = reloader.join().unwrap();
+    assert!(out.success(), "{out}\nagent log:\n{}", run.agent.log());
+    let summary = "1 VIP added, 1 removed, 1 pool changed, 1 backend added, 3 changed, 3 \
+                   checks restarted";
     assert_eq!(
-        said.trim(),
-        "reload: 1 VIP added, 1 removed, 1 backend added, 1 changed (configuration generation 2)"
+        out.stdout.trim(),
+        format!("reload: {summary} (configuration generation 2)")
     );
     assert!(
-        run.agent
-            .log()
-            .contains("reload: 1 VIP added, 1 removed, 1 backend added, 1 changed"),
+        run.agent.log().contains(&format!("reload: {summary}")),
         "{}",
         run.agent.log()
+    );
+    assert!(
+        tally.total() > 20 && tally.failures.is_empty(),
+        "during the reload: {tally}"
     );
 
     tcp.expect_backend(&tcp_backend, 5, "the reload");
@@ -123,6 +156,15 @@ fn flows_survive_a_reload_that_adds_and_removes_vips_and_changes_backends() {
     let status = run.agent.status_json();
     assert_eq!(status["config"]["generation"], 2, "{status:#}");
     assert_eq!(status["config"]["last_reload"]["ok"], true, "{status:#}");
+    // The checks run and the backends stayed up through their restart.
+    let web = pool(&status, "web");
+    for b in web["backends"].as_array().unwrap() {
+        assert_eq!(
+            (&b["check"], &b["health"]),
+            (&"http".into(), &"up".into()),
+            "{b:#}"
+        );
+    }
 }
 
 #[test]
@@ -224,12 +266,7 @@ fn a_backend_the_cli_added_survives_a_reload_that_does_not_touch_it() {
         .unwrap_or_else(|| panic!("{b4} is gone after the reload:\n{listed}"));
     assert!(row.trim_end().ends_with("cli"), "{listed}");
     let status = run.agent.status_json();
-    let web = status["pools"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == "web")
-        .unwrap();
+    let web = pool(&status, "web");
     let sources: Vec<(String, String)> = web["backends"]
         .as_array()
         .unwrap()

@@ -47,9 +47,12 @@ pub fn dump(file_text: &str, file: &Config, running: &Config) -> Result<String, 
                     .filter_map(Value::as_table)
                     .find(|t| raw_addr(t) == Some(b.socket_addr()));
                 match (from_file, raw) {
-                    (Some(_), Some(raw)) => {
+                    // (Of a backend in the file, the CLI changes only the weight.)
+                    (Some(f), Some(raw)) => {
                         let mut raw = raw.clone();
-                        raw.insert("weight".into(), Value::Integer(b.weight.into()));
+                        if f.weight != b.weight {
+                            raw.insert("weight".into(), Value::Integer(b.weight.into()));
+                        }
                         Value::Table(raw)
                     }
                     _ => Value::Table(backend_table(b)),

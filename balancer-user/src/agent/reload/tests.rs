@@ -410,3 +410,29 @@ fn a_backend_the_cli_added_follows_its_pools_check() {
     assert_eq!(added.check.rise, 5);
     assert_eq!(added.check, find_pool(&new, "web").unwrap().check);
 }
+
+#[test]
+fn http_rules_and_vrrp_are_flagged_for_their_subsystems() {
+    let http = |prefix: &str| {
+        config(&format!(
+            "{BASE}\n[[vip]]\nname = \"www\"\naddress = \"10.0.100.5\"\nport = 80\nprotocol = \"tcp\"\n\
+             mode = \"http\"\npool = \"web\"\n[[vip.rule]]\npool = \"dns\"\npath_prefix = [\"{prefix}\"]\n"
+        ))
+    };
+    let (old, new) = (http("/a"), http("/b"));
+    let plan = plan(&old, &merge(&old, &new, &old).0);
+    // The data plane has nothing of HTTP VIPs: only the proxy changes.
+    assert!(plan.steps.is_empty() && plan.http && !plan.vrrp, "{plan:?}");
+    assert_eq!(plan.to_string(), "1 VIP changed");
+
+    let vrrp = |priority: u32| {
+        config(&format!(
+            "{BASE}\n[[vrrp]]\nname = \"vi_1\"\ninterface = \"lbc0\"\nvrid = 51\npriority = {priority}\n\
+             addresses = [\"10.0.100.1/24\"]\n"
+        ))
+    };
+    let (old, new) = (vrrp(100), vrrp(150));
+    let plan = super::plan(&old, &merge(&old, &new, &old).0);
+    assert!(plan.steps.is_empty() && plan.vrrp && !plan.http, "{plan:?}");
+    assert_eq!(plan.to_string(), "VRRP restarted");
+}
