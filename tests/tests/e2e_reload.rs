@@ -439,3 +439,42 @@ fn config_dump_round_trips() {
     let pools = run.agent.cli_ok(&["pool", "list"]).unwrap();
     assert!(!pools.lines().any(|l| l.starts_with("api ")), "{pools}");
 }
+
+#[test]
+fn runtime_changes_outlive_a_restart_of_the_agent() {
+    let mut run = Running::start_with(3, |topo| config_for(topo, "maglev", &[1, 2]));
+    let b3 = format!("{}:80", run.topo.backend_addr(3));
+    run.agent.cli_ok(&["backend", "add", "web", &b3]).unwrap();
+    let said = run
+        .agent
+        .cli_ok(&["vip", "add", "api", "10.0.100.4:80/tcp", "--pool", "web"])
+        .unwrap();
+    assert!(said.contains("kept across reloads and restarts"), "{said}");
+    let text = std::fs::read_to_string(run.agent.config_path()).unwrap();
+    assert_eq!(run.agent.stop(), Some(0), "log:\n{}", run.agent.log());
+
+    run.agent = Agent::start(&run.topo, &text).expect("starting the agent again");
+    assert!(
+        run.agent
+            .log()
+            .contains("runtime changes of the previous agent restored"),
+        "{}",
+        run.agent.log()
+    );
+    let vips = run.agent.cli_ok(&["vip", "list"]).unwrap();
+    let api = vips
+        .lines()
+        .find(|l| l.starts_with("api "))
+        .unwrap_or_else(|| panic!("VIP api is gone after the restart:\n{vips}"));
+    assert!(api.trim_end().ends_with("cli"), "{vips}");
+    let listed = run.agent.cli_ok(&["backend", "list", "web"]).unwrap();
+    assert!(listed.contains(&b3), "{listed}");
+    let answered = run
+        .client
+        .http_get(
+            SocketAddrV4::new(Ipv4Addr::new(10, 0, 100, 4), HTTP_PORT),
+            DEFAULT_TIMEOUT,
+        )
+        .expect("the VIP the CLI added answers after the restart");
+    assert!(run.topo.backend_index(&answered).is_some(), "{answered}");
+}

@@ -118,7 +118,13 @@ impl<M: Maps> Agent<M> {
                 let response = self.apply(&request);
                 log::debug!("control request applied in {:?}: {what}", started.elapsed());
                 self.sync_all();
+                let changed =
+                    response.ok && !matches!(request, Request::Status | Request::ConfigDump);
                 let _ = reply.send(response);
+                // After the answer: the CLI waits for the maps, not for the disk.
+                if let (Some(live), true) = (&self.live, changed) {
+                    live.save();
+                }
             }
             Event::Health(event) => {
                 if let Err(e) = self.lb.record_health(&event) {
@@ -221,7 +227,7 @@ impl<M: Maps> Agent<M> {
         if let Err(e) = result {
             return Response::error(e.to_string());
         }
-        if let Some(live) = &mut self.live {
+        if let (Some(live), true) = (&mut self.live, change) {
             live.record(request);
         }
         let mut response = self.answer(change);

@@ -2,6 +2,11 @@
 //! read and checked whole, merged with what the CLI changed, tried on a balancer in
 //! memory, and only then applied step by step through the balancer (the maps), the health
 //! checks, the HTTP proxy and VRRP ([`reload`] computes the plan).
+//!
+//! Runtime state outlives the agent like HAProxy's `server-state-file`: after each change
+//! the agent writes the file as it loaded it and the running configuration to a state
+//! file beside its control socket (atomically), and the next agent merges its file with
+//! it as a reload would ([`Live::start`]).
 
 use std::{
     collections::BTreeMap,
@@ -20,9 +25,30 @@ use crate::{
     vrrp,
 };
 
+/// What the state file holds: the configuration file as it was loaded, and what ran.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct State {
+    file: String,
+    running: String,
+}
+
+/// Where the agent with control socket `socket` keeps its runtime state.
+#[must_use]
+pub fn state_path(socket: &Path) -> PathBuf {
+    with_suffix(socket, ".state")
+}
+
+fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
 /// The configuration the agent runs, and the file it comes from.
 pub struct Live {
     path: PathBuf,
+    /// The state file (`None`: runtime changes are not kept across restarts).
+    state: Option<PathBuf>,
     /// The file's text as last loaded (for `config dump`).
     text: String,
     /// The file as last loaded.
@@ -39,11 +65,86 @@ impl Live {
     pub fn new(path: &Path, text: String, config: Config) -> Self {
         Live {
             path: path.to_path_buf(),
+            state: None,
             text,
             running: config.clone(),
             file: config,
             generation: 1,
             last: None,
+        }
+    }
+
+    /// [`Live::new`], with the runtime changes of the previous agent kept in `state` put
+    /// back: the state's file and what ran then are merged with `config` as a reload would
+    /// merge them (the file wins for what it changed since). A state that cannot be read
+    /// or applied is left aside with a warning.
+    #[must_use]
+    pub fn start(path: &Path, text: String, config: Config, state: &Path) -> Self {
+        let mut live = Live::new(path, text, config);
+        live.state = Some(state.to_path_buf());
+        match live.restore(state) {
+            Ok(None) => {}
+            Ok(Some(running)) => {
+                live.running = running;
+                log::info!(
+                    "runtime changes of the previous agent restored from {}",
+                    state.display()
+                );
+            }
+            Err(e) => log::warn!(
+                "runtime state {} not restored ({e}): running the file as it is",
+                state.display()
+            ),
+        }
+        live
+    }
+
+    /// What runs when the state at `state` is merged with the file; `None` without one.
+    fn restore(&self, state: &Path) -> Result<Option<Config>, String> {
+        let json = match std::fs::read_to_string(state) {
+            Ok(json) => json,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e.to_string()),
+        };
+        let saved: State = serde_json::from_str(&json).map_err(|e| e.to_string())?;
+        let origin = state.display().to_string();
+        let base = config::parse(&saved.file, &origin).map_err(|e| e.to_string())?;
+        let ran = config::parse(&saved.running, &origin).map_err(|e| e.to_string())?;
+        let (target, replaced) = reload::merge(&base, &self.file, &ran);
+        reload::check_pools(&target, &ran)?;
+        Balancer::from_config(FakeMaps::default(), &target).map_err(|e| e.to_string())?;
+        for line in &replaced {
+            log::warn!("restoring runtime changes: {line}");
+        }
+        Ok(Some(target))
+    }
+
+    /// What runs.
+    #[must_use]
+    pub fn running(&self) -> &Config {
+        &self.running
+    }
+
+    /// Writes the state file (a temporary file renamed over it); a failure is logged.
+    pub fn save(&self) {
+        let Some(path) = &self.state else {
+            return;
+        };
+        let write = || -> Result<(), String> {
+            let state = State {
+                file: self.text.clone(),
+                running: self.dump()?,
+            };
+            let json = serde_json::to_string(&state).map_err(|e| e.to_string())?;
+            let tmp = with_suffix(path, ".tmp");
+            std::fs::write(&tmp, json).map_err(|e| format!("{}: {e}", tmp.display()))?;
+            std::fs::rename(&tmp, path).map_err(|e| e.to_string())
+        };
+        if let Err(e) = write() {
+            log::warn!(
+                "runtime state {}: {e} (runtime changes will not outlive the agent)",
+                path.display()
+            );
         }
     }
 
@@ -156,6 +257,9 @@ impl<M: Maps> Agent<M> {
         for (done, step) in plan.steps.iter().enumerate() {
             if let Err(e) = apply(&mut self.lb, step) {
                 self.sync_all();
+                if let Some(live) = &self.live {
+                    live.save();
+                }
                 return Err(format!(
                     "{step}: {e}; {done} of {total} changes were applied before it, the rest \
                      not (`balancer config dump` shows what runs)"
@@ -177,14 +281,19 @@ impl<M: Maps> Agent<M> {
         if !plan.is_empty() {
             live.generation += 1;
         }
+        live.save();
         self.sync_all();
         Ok(plan.to_string())
     }
 
     /// Starts, stops or reconfigures the HTTP proxy for `target`.
     async fn reconfigure_http(&mut self, target: &Config) -> Result<(), String> {
+        let lb = &self.lb;
         let result = match &mut self.http {
-            Some(http) => http.reconfigure(target).await,
+            Some(http) => {
+                let usable = |pool: &str| lb.usable_backends_of(pool).unwrap_or_default();
+                http.reconfigure(target, usable).await
+            }
             None => crate::l7::Frontend::start(target).await.map(|started| {
                 self.http = started;
             }),
@@ -372,6 +481,49 @@ pool = "web"
         let text = dump.status.unwrap().config.unwrap().dump.unwrap();
         let loaded = config::parse(&text, "dump").unwrap();
         assert_eq!(loaded.pools[0].backends.len(), 3, "{text}");
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[tokio::test]
+    async fn runtime_changes_outlive_the_agent_and_the_file_wins_where_it_changed() {
+        let (mut agent, path) = agent("state");
+        let state = path.with_extension("state");
+        let _ = std::fs::remove_file(&state);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let config = config::parse(&text, "x").unwrap();
+        agent.live = Some(Live::start(&path, text.clone(), config.clone(), &state));
+        for request in [
+            Request::BackendAdd {
+                target: "web".into(),
+                address: "10.0.2.13:80".parse().unwrap(),
+                weight: 4,
+            },
+            Request::BackendWeight {
+                target: "web".into(),
+                address: "10.0.2.11:80".parse().unwrap(),
+                weight: 7,
+            },
+        ] {
+            assert!(ask(&mut agent, request).await.ok);
+        }
+        // The next agent's file changes 10.0.2.11 itself: its weight is the file's.
+        let next = FILE.replace("port = 80 }]", "port = 80, weight = 2 }]");
+        let next_config = config::parse(&next, "x").unwrap();
+        let live = Live::start(&path, next, next_config, &state);
+        let backends: Vec<(String, u32)> = live.running().pools[0]
+            .backends
+            .iter()
+            .map(|b| (b.socket_addr().to_string(), b.weight))
+            .collect();
+        assert_eq!(
+            backends,
+            [("10.0.2.11:80".into(), 2), ("10.0.2.13:80".into(), 4)]
+        );
+        // A state that cannot be read is left aside: the file runs.
+        std::fs::write(&state, "{").unwrap();
+        let live = Live::start(&path, text, config.clone(), &state);
+        assert_eq!(live.running(), &config);
+        let _ = std::fs::remove_file(&state);
         let _ = std::fs::remove_file(&path);
     }
 

@@ -21,7 +21,7 @@ use anyhow::Context;
 use tokio::sync::mpsc;
 
 pub use events::{Agent, Event};
-pub use live::Live;
+pub use live::{state_path, Live};
 
 use crate::{
     config::{self, XdpMode},
@@ -68,6 +68,9 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         tokio::spawn(loader::forward_logs(logger));
     }
     let maps = program.maps()?;
+    // The file, with the runtime changes the previous agent kept merged in.
+    let live = Live::start(&options.config, text, config, &state_path(&socket_path));
+    let config = live.running().clone();
     let mut lb = Balancer::from_config(maps, &config).context("applying the configuration")?;
     let keep = config.agent.keep_attached;
     if let Err(e) = program.attach_all(&config.agent.interfaces, pins.as_ref(), mode, keep) {
@@ -105,7 +108,6 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     let (health_tx, mut health) = mpsc::channel::<HealthEvent>(1024);
     let http = l7::Frontend::start(&config).await?;
     let vrrp = start_vrrp(&config)?;
-    let live = Live::new(&options.config, text, config);
     let mut agent = Agent::new(lb, Checker::new(health_tx), vrrp, http).with_config(live);
     signals::start(events_tx)?;
     loop {

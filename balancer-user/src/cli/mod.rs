@@ -277,16 +277,15 @@ fn parse_timeout(s: &str) -> Result<Duration, String> {
 /// Turns the agent's status after a request into what the CLI prints.
 type Render = Box<dyn Fn(&Status) -> String>;
 
-/// What a runtime change prints: `done`, and how long the change lasts (issue 19: the
-/// loss at a restart is said, not silent).
+/// What a runtime change prints: `done`, and how long the change lasts.
 fn changed(done: String) -> Render {
     Box::new(move |_| format!("{done}\n{RUNTIME_CHANGE}"))
 }
 
 /// Said after each runtime change.
-const RUNTIME_CHANGE: &str = "(a runtime change: kept across reloads unless the file \
-    changes the same object, lost when the agent restarts; `balancer config dump` prints \
-    the configuration to keep)";
+const RUNTIME_CHANGE: &str = "(a runtime change: kept across reloads and restarts of the \
+    agent until the file changes the same object; `balancer config dump` prints the \
+    configuration with it)";
 
 /// Runs a client command against the agent, waiting at most `timeout` for its answer,
 /// and returns what to print.

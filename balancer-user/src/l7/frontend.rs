@@ -54,12 +54,16 @@ impl Frontend {
 
     /// Serves `config`'s HTTP VIPs from now on (see [`Proxy::reconfigure`]): pools that stay
     /// keep their backend sets (rebuilt when their balancing or a backend's `cookie` or
-    /// `maxconn` changed), new pools start empty until the agent's next
-    /// [`Frontend::update`]; VIP addresses are made local as at start.
+    /// `maxconn` changed), and every pool has its `usable` backends before the first
+    /// request can reach it; VIP addresses are made local as at start.
     ///
     /// # Errors
     /// A new VIP's listener that cannot be bound, or its address made local.
-    pub async fn reconfigure(&mut self, config: &Config) -> anyhow::Result<()> {
+    pub async fn reconfigure(
+        &mut self,
+        config: &Config,
+        usable: impl Fn(&str) -> Vec<(SocketAddrV4, u32)>,
+    ) -> anyhow::Result<()> {
         let plan = Plan::new(config, &self.pools);
         let added = make_local(config, &plan.addresses, &self.added).await?;
         self.added.extend(added);
@@ -78,6 +82,10 @@ impl Frontend {
         self.pools = Arc::new(plan.selectors);
         self.balance = plan.balance;
         self.backend_settings = plan.backend_settings;
+        let pools: Vec<String> = self.pools.keys().cloned().collect();
+        for pool in pools {
+            self.update(&pool, usable(&pool));
+        }
         self.proxy.reconfigure(plan.specs, &self.pools)
     }
 
