@@ -22,17 +22,19 @@ use http::{Method, Request, Response, StatusCode, Uri};
 use http_body_util::{combinators::BoxBody, BodyExt, Empty, Full};
 use hyper::body::{Body as _, Incoming};
 use hyper::service::service_fn;
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 
 use super::balance::{PoolSelector, RequestKey, SetCookie};
 use super::headers::{self, ForwardedStyle};
 use super::rules::Rules;
-use super::stats::{BackendCounters, UpstreamError, VipCounters};
+use super::stats::{BackendCounters, UpstreamError};
 use crate::api::HttpVipStatus;
 use crate::sys;
+use vip::{Running, Vip};
+
+mod vip;
 
 /// The body both sides of the proxy carry.
 pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
@@ -92,101 +94,6 @@ pub struct HttpVipSpec {
     /// (name, pool) of each rule, then the default pool's: for status.
     pub rule_names: Vec<(String, String)>,
     pub settings: ProxySettings,
-}
-
-/// A running VIP, as one version of its configuration says (see [`Running`]).
-struct Vip {
-    name: String,
-    listen: SocketAddrV4,
-    rules: Rules,
-    rule_names: Vec<(String, String)>,
-    pools: Arc<HashMap<String, Arc<PoolSelector>>>,
-    settings: ProxySettings,
-    /// Shared by every version of the VIP.
-    counters: Arc<VipCounters>,
-    client: Client<HttpConnector, ProxyBody>,
-    slots: Arc<Semaphore>,
-}
-
-impl Vip {
-    /// The VIP `spec` describes; what `previous` (its version so far) has that `spec`
-    /// leaves as it was (counters, backend connections, request slots) carries on.
-    fn new(
-        spec: HttpVipSpec,
-        pools: &Arc<HashMap<String, Arc<PoolSelector>>>,
-        previous: Option<&Vip>,
-    ) -> Vip {
-        let counters = match previous {
-            Some(p) => {
-                if p.rule_names != spec.rule_names {
-                    p.counters
-                        .set_rules(spec.rule_names.len().saturating_sub(1));
-                }
-                Arc::clone(&p.counters)
-            }
-            None => Arc::new(VipCounters::new(spec.rule_names.len().saturating_sub(1))),
-        };
-        let client = match previous {
-            Some(p) if p.settings.connect_timeout == spec.settings.connect_timeout => {
-                p.client.clone()
-            }
-            _ => {
-                let mut connector = HttpConnector::new();
-                connector.set_connect_timeout(Some(spec.settings.connect_timeout));
-                connector.set_nodelay(true);
-                Client::builder(TokioExecutor::new())
-                    // Idle backend connections are kept a while and in bounded numbers:
-                    // each holds buffers and a socket.
-                    .pool_idle_timeout(Duration::from_secs(30))
-                    .pool_max_idle_per_host(256)
-                    .build(connector)
-            }
-        };
-        let slots = match previous {
-            Some(p) if p.settings.maxconn == spec.settings.maxconn => Arc::clone(&p.slots),
-            _ => Arc::new(Semaphore::new(spec.settings.maxconn.max(1))),
-        };
-        Vip {
-            counters,
-            name: spec.name,
-            listen: spec.listen,
-            rules: spec.rules,
-            rule_names: spec.rule_names,
-            pools: Arc::clone(pools),
-            slots,
-            settings: spec.settings,
-            client,
-        }
-    }
-}
-
-/// A VIP's listener task: the VIP's current version, swapped by a reload, and its own
-/// stop (a VIP that a reload removes drains alone).
-struct Running {
-    vip: Arc<ArcSwap<Vip>>,
-    stop: watch::Sender<bool>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Running {
-    fn start(
-        spec: HttpVipSpec,
-        pools: &Arc<HashMap<String, Arc<PoolSelector>>>,
-    ) -> anyhow::Result<Running> {
-        let listener = listen(spec.listen).map_err(|e| {
-            anyhow::anyhow!("vip {:?}: listening on {}: {e}", spec.name, spec.listen)
-        })?;
-        let vip = Arc::new(ArcSwap::from_pointee(Vip::new(spec, pools, None)));
-        let (stop, stopped) = watch::channel(false);
-        let current = vip.load();
-        log::info!(
-            "vip {}: HTTP proxy listening on {}",
-            current.name,
-            current.listen
-        );
-        let task = tokio::spawn(serve(Arc::clone(&vip), listener, stopped));
-        Ok(Running { vip, stop, task })
-    }
 }
 
 /// The proxy of every HTTP VIP: what the agent holds.
