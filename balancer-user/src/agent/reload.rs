@@ -151,7 +151,7 @@ pub fn merge(old: &Config, new: &Config, current: &Config) -> (Config, Vec<Strin
             // A backend the CLI added has its pool's check, the pool's as it is now.
             let check = in_file.is_none().then(|| pool.check.clone());
             pool.backends.extend(backend.map(|b| BackendConfig {
-                check: check.unwrap_or(b.check.clone()),
+                check: check.unwrap_or_else(|| b.check.clone()),
                 ..b
             }));
         }
@@ -248,7 +248,7 @@ pub fn check_pools(target: &Config, current: &Config) -> Result<(), String> {
     Ok(())
 }
 
-/// One change of a plan, in the order the agent applies them.
+/// One change of a plan ([`plan`] orders them: VIPs out first, pools before their backends, pools deleted last).
 #[derive(Clone, Debug, PartialEq)]
 pub enum Step {
     /// Timeouts or the SNAT port range.
