@@ -1,10 +1,11 @@
 //! The agent's one loop body: every change to the data plane arrives as an [`Event`], and
 //! [`Agent::handle`] applies them one at a time. The agent is the only writer of the maps;
-//! subsystems (the control server, the health checker, signals; later reload, discovery
-//! and VRRP) only send events.
+//! subsystems (the control server, the health checker, signals; later discovery and
+//! VRRP) only send events. A reload (SIGHUP, `balancer reload`) is applied here too
+//! (`live.rs`).
 
 use std::{
-    collections::HashSet,
+    collections::HashMap,
     io,
     net::{Ipv4Addr, SocketAddrV4},
     ops::ControlFlow,
@@ -12,12 +13,12 @@ use std::{
 
 use tokio::sync::oneshot;
 
-use super::links::LinkEvent;
+use super::{links::LinkEvent, live::Live};
 use crate::{
     api::{Request, Response},
     config::Host,
     dataplane::{links::Links, Maps},
-    health::{Checker, HealthEvent},
+    health::{config::CheckConfig, Checker, HealthEvent},
     l7::Frontend,
     lb::{Balancer, BalancerError},
     vrrp::{Snapshot, TrackTarget, Vrrp},
@@ -44,22 +45,24 @@ pub enum Event {
 /// The agent's state: the balancer (which owns the maps), the health checks it runs, and
 /// the VRRP instances whose tracked VIPs it watches.
 pub struct Agent<M: Maps> {
-    lb: Balancer<M>,
+    pub(super) lb: Balancer<M>,
     checker: Checker,
-    /// The checks running: (pool, backend).
-    checked: HashSet<(String, SocketAddrV4)>,
-    vrrp: Option<Vrrp>,
+    /// The checks running: (pool, backend) -> the check.
+    checked: HashMap<(String, SocketAddrV4), CheckConfig>,
+    pub(super) vrrp: Option<Vrrp>,
     /// The VIPs VRRP instances track, and whether each was last said to be up.
     vip_tracks: Vec<(String, Option<bool>)>,
     /// The HTTP VIPs' proxy, whose pools follow the balancer's backends.
-    http: Option<Frontend>,
+    pub(super) http: Option<Frontend>,
     /// Reads the host's addresses, which `vip add` and `backend add` are checked against.
-    read_host: fn() -> io::Result<Host>,
+    pub(super) read_host: fn() -> io::Result<Host>,
     /// The configured interfaces and the program on each (none in unit tests).
     links: Option<Links>,
     /// Whether VRRP's `data_plane` tracks were last told the program is attached
     /// everywhere.
     data_plane_said: Option<bool>,
+    /// The configuration file and what runs of it (`None` in tests that have none).
+    pub(super) live: Option<Live>,
 }
 
 impl<M: Maps> Agent<M> {
@@ -71,27 +74,47 @@ impl<M: Maps> Agent<M> {
         vrrp: Option<Vrrp>,
         http: Option<Frontend>,
     ) -> Self {
-        let vip_tracks = vrrp.as_ref().map_or_else(Vec::new, |v| {
+        let mut agent = Agent {
+            lb,
+            checker,
+            checked: HashMap::new(),
+            vrrp: None,
+            vip_tracks: Vec::new(),
+            http,
+            read_host: Host::read,
+            links: None,
+            data_plane_said: None,
+            live: None,
+        };
+        agent.set_vrrp(vrrp);
+        agent.sync_all();
+        agent
+    }
+
+    /// The agent runs `live`'s configuration (what `reload` reads again).
+    #[must_use]
+    pub fn with_config(mut self, live: Live) -> Self {
+        self.live = Some(live);
+        self
+    }
+
+    /// The VRRP instances are now `vrrp`'s: they are told how their tracked VIPs are.
+    pub(super) fn set_vrrp(&mut self, vrrp: Option<Vrrp>) {
+        self.vip_tracks = vrrp.as_ref().map_or_else(Vec::new, |v| {
             v.tracked_vips()
                 .iter()
                 .map(|vip| (vip.clone(), None))
                 .collect()
         });
-        let mut agent = Agent {
-            lb,
-            checker,
-            checked: HashSet::new(),
-            vrrp,
-            vip_tracks,
-            http,
-            read_host: Host::read,
-            links: None,
-            data_plane_said: None,
-        };
-        agent.sync_checks();
-        agent.sync_tracks();
-        agent.sync_http();
-        agent
+        self.vrrp = vrrp;
+        self.sync_tracks();
+    }
+
+    /// Brings the checks, VRRP's tracks and the HTTP pools in step with the balancer.
+    pub(super) fn sync_all(&mut self) {
+        self.sync_checks();
+        self.sync_tracks();
+        self.sync_http();
     }
 
     /// The agent with its interfaces, which it then follows (see [`Event::Link`]).
@@ -103,17 +126,31 @@ impl<M: Maps> Agent<M> {
     }
 
     /// Applies one event; `Break` when the agent must stop.
-    pub fn handle(&mut self, event: Event) -> ControlFlow<()> {
+    pub async fn handle(&mut self, event: Event) -> ControlFlow<()> {
         match event {
+            Event::Control {
+                request: Request::Reload,
+                reply,
+            } => {
+                let response = match self.reload().await {
+                    Ok(_) => self.answer(true),
+                    Err(e) => Response::error(e),
+                };
+                let _ = reply.send(response);
+            }
             Event::Control { request, reply } => {
                 let started = std::time::Instant::now();
                 let what = format!("{request:?}");
-                let response = self.apply(request);
+                let response = self.apply(&request);
                 log::debug!("control request applied in {:?}: {what}", started.elapsed());
-                self.sync_checks();
-                self.sync_tracks();
-                self.sync_http();
+                self.sync_all();
+                let changed =
+                    response.ok && !matches!(request, Request::Status | Request::ConfigDump);
                 let _ = reply.send(response);
+                // After the answer: the CLI waits for the maps, not for the disk.
+                if let (Some(live), true) = (&self.live, changed) {
+                    live.save();
+                }
             }
             Event::Health(event) => {
                 if let Err(e) = self.lb.record_health(&event) {
@@ -132,10 +169,9 @@ impl<M: Maps> Agent<M> {
                 return ControlFlow::Break(());
             }
             Event::Reload { signal } => {
-                log::warn!(
-                    "{signal}: reload is not implemented yet; the configuration in force is \
-                     unchanged"
-                );
+                log::info!("{signal}: reloading the configuration");
+                // (The outcome is logged and kept for `status`.)
+                let _ = self.reload().await;
             }
             Event::Link(event) => {
                 if let Some(links) = &mut self.links {
@@ -220,7 +256,7 @@ impl<M: Maps> Agent<M> {
     /// This host's addresses, for the checks of `vip add` and `backend add`, with those
     /// the agent puts there itself (its VRRP instances' and HTTP VIPs'); `None`, with a
     /// warning, when they cannot be read.
-    fn host(&self) -> Option<Host> {
+    pub(super) fn host(&self) -> Option<Host> {
         let host = (self.read_host)()
             .inspect_err(|e| {
                 log::warn!("cannot list this host's addresses to check a request: {e}");
@@ -246,36 +282,74 @@ impl<M: Maps> Agent<M> {
     }
 
     /// Applies one control request and answers with the status after it.
-    fn apply(&mut self, request: Request) -> Response {
-        let host = match &request {
+    fn apply(&mut self, request: &Request) -> Response {
+        let host = match request {
             Request::VipAdd { .. } | Request::BackendAdd { .. } => self.host(),
             _ => None,
         };
         let host = host.as_ref();
         let lb = &mut self.lb;
-        let change = !matches!(request, Request::Status);
+        let change = !matches!(request, Request::Status | Request::ConfigDump);
         let result: Result<(), BalancerError> = match request {
-            Request::Status => Ok(()),
-            Request::VipAdd { vip } => lb.check_new_vip(&vip, host).and_then(|()| lb.add_vip(vip)),
-            Request::VipDel { name } => lb.del_vip(&name),
+            Request::Status | Request::ConfigDump => Ok(()),
+            Request::VipAdd { vip } => lb
+                .check_new_vip(vip, host)
+                .and_then(|()| lb.add_vip(vip.clone())),
+            Request::VipDel { name } => lb.del_vip(name),
             Request::BackendAdd {
                 target,
                 address,
                 weight,
             } => lb
-                .check_new_backend(&target, address, host)
-                .and_then(|()| lb.add_backend(&target, address, weight)),
-            Request::BackendDel { target, address } => lb.del_backend(&target, address),
+                .check_new_backend(target, *address, host)
+                .and_then(|()| lb.add_backend(target, *address, *weight)),
+            Request::BackendDel { target, address } => lb.del_backend(target, *address),
             Request::BackendWeight {
                 target,
                 address,
                 weight,
-            } => lb.set_weight(&target, address, weight),
+            } => lb.set_weight(target, *address, *weight),
+            Request::PoolAdd { name } => lb.create_pool(name),
+            Request::PoolDel { name } => {
+                // (The balancer knows an HTTP VIP's default pool, not its rules'.)
+                let rule = self.live.as_ref().and_then(|live| live.rule_using(name));
+                match rule {
+                    Some(vip) => Err(BalancerError::Invalid {
+                        what: "pool deletion",
+                        why: format!("pool {name:?} is used by a rule of HTTP VIP {vip:?}"),
+                    }),
+                    None => lb.del_pool(name),
+                }
+            }
+            Request::Reload => unreachable!("a reload is handled by `handle`"),
         };
         if let Err(e) = result {
             return Response::error(e.to_string());
         }
-        match lb.status() {
+        if let (Some(live), true) = (&mut self.live, change) {
+            live.record(request);
+        }
+        let mut response = self.answer(change);
+        if *request == Request::ConfigDump {
+            let dump = self.live.as_ref().map(Live::dump);
+            match (dump, &mut response.status) {
+                (Some(Ok(text)), Some(status)) => {
+                    if let Some(config) = &mut status.config {
+                        config.dump = Some(text);
+                    }
+                }
+                (Some(Err(e)), _) => return Response::error(format!("config dump: {e}")),
+                (None, _) => return Response::error("the agent runs without a configuration file"),
+                (Some(Ok(_)), None) => {}
+            }
+        }
+        response
+    }
+
+    /// The answer to a request carried out (`change`: one that changed something): the
+    /// status after it.
+    fn answer(&self, change: bool) -> Response {
+        match self.lb.status() {
             Ok(mut status) => {
                 if let Some(vrrp) = &self.vrrp {
                     status.vrrp = vrrp.status().iter().map(Snapshot::to_status).collect();
@@ -285,6 +359,10 @@ impl<M: Maps> Agent<M> {
                 }
                 if let Some(links) = &self.links {
                     status.interfaces = links.status();
+                }
+                if let Some(live) = &self.live {
+                    live.set_sources(&mut status);
+                    status.config = Some(live.status());
                 }
                 Response {
                     ok: true,
@@ -302,24 +380,31 @@ impl<M: Maps> Agent<M> {
         }
     }
 
-    /// Starts checks for backends that gained one and stops those of removed backends.
+    /// Starts checks for backends that gained one, stops those of removed backends, and
+    /// restarts those whose check changed (from the backend's current health).
     fn sync_checks(&mut self) {
-        let wanted = self.lb.checks();
-        let keys: HashSet<(String, SocketAddrV4)> = wanted
-            .iter()
-            .map(|(pool, addr, ..)| (pool.clone(), *addr))
+        let wanted: HashMap<(String, SocketAddrV4), _> = self
+            .lb
+            .checks()
+            .into_iter()
+            .map(|(pool, addr, check, health)| ((pool, addr), (check, health)))
             .collect();
-        for (pool, addr) in self.checked.difference(&keys) {
-            self.checker.stop(pool, *addr);
+        for ((pool, addr), check) in &self.checked {
+            if wanted.get(&(pool.clone(), *addr)).map(|(c, _)| c) != Some(check) {
+                self.checker.stop(pool, *addr);
+            }
         }
-        for (pool, addr, check, health) in &wanted {
-            if !self.checked.contains(&(pool.clone(), *addr)) {
+        for ((pool, addr), (check, health)) in &wanted {
+            if self.checked.get(&(pool.clone(), *addr)) != Some(check) {
                 if let Some(slot) = self.checker.start(pool, *addr, check, *health) {
                     self.lb.set_latest_slot(pool, *addr, slot);
                 }
             }
         }
-        self.checked = keys;
+        self.checked = wanted
+            .into_iter()
+            .map(|(key, (check, _))| (key, check))
+            .collect();
     }
 }
 
@@ -367,9 +452,9 @@ mod tests {
     }
 
     /// Sends `request` through [`Agent::handle`] and returns the answer.
-    fn ask(agent: &mut Agent<FakeMaps>, request: Request) -> Response {
+    async fn ask(agent: &mut Agent<FakeMaps>, request: Request) -> Response {
         let (reply, mut answer) = oneshot::channel();
-        let flow = agent.handle(Event::Control { request, reply });
+        let flow = agent.handle(Event::Control { request, reply }).await;
         assert_eq!(flow, ControlFlow::Continue(()));
         answer
             .try_recv()
@@ -379,20 +464,20 @@ mod tests {
     #[tokio::test]
     async fn control_events_change_the_balancer_and_answer_with_its_status() {
         let mut agent = agent();
-        let added = ask(&mut agent, Request::VipAdd { vip: web() });
+        let added = ask(&mut agent, Request::VipAdd { vip: web() }).await;
         assert!(added.ok, "{added:?}");
         let status = added.status.expect("a change answers with the status");
         assert_eq!(status.vips.len(), 1);
         assert_eq!(status.pools[0].name, "web");
 
         // A refused request changes nothing and says why.
-        let refused = ask(&mut agent, Request::VipAdd { vip: web() });
+        let refused = ask(&mut agent, Request::VipAdd { vip: web() }).await;
         assert!(!refused.ok);
         assert!(
             refused.error.as_deref().unwrap().contains("already exists"),
             "{refused:?}"
         );
-        let status = ask(&mut agent, Request::Status).status.unwrap();
+        let status = ask(&mut agent, Request::Status).await.status.unwrap();
         assert_eq!(status.vips.len(), 1);
     }
 
@@ -422,7 +507,7 @@ mod tests {
         };
         let ssh = VipConfig { port: 22, ..web() };
         assert_eq!(
-            error(ask(&mut agent, Request::VipAdd { vip: ssh })),
+            error(ask(&mut agent, Request::VipAdd { vip: ssh }).await),
             "invalid VIP address: 10.0.100.1 is an address of this host (eth0): balancing it \
              would take over the host's own traffic to port 22/tcp"
         );
@@ -431,7 +516,7 @@ mod tests {
             ring_size: 2,
             ..web()
         };
-        assert!(ask(&mut agent, Request::VipAdd { vip: elsewhere }).ok);
+        assert!(ask(&mut agent, Request::VipAdd { vip: elsewhere }).await.ok);
         let add = |address: &str| Request::BackendAdd {
             target: "web".into(),
             address: address.parse().unwrap(),
@@ -442,7 +527,7 @@ mod tests {
             ("10.0.2.1:80", "10.0.2.1 is an address of this host (eth0)"),
         ] {
             assert_eq!(
-                error(ask(&mut agent, add(address))),
+                error(ask(&mut agent, add(address)).await),
                 format!(
                     "invalid backend address: {address}: {why}: the XDP program cannot \
                      forward flows to the balancer itself (a local backend can serve only \
@@ -451,21 +536,53 @@ mod tests {
                 )
             );
         }
-        assert!(ask(&mut agent, add("10.0.2.11:80")).ok);
-        assert!(ask(&mut agent, add("10.0.2.12:80")).ok);
+        assert!(ask(&mut agent, add("10.0.2.11:80")).await.ok);
+        assert!(ask(&mut agent, add("10.0.2.12:80")).await.ok);
         assert_eq!(
-            error(ask(&mut agent, add("10.0.2.13:80"))),
+            error(ask(&mut agent, add("10.0.2.13:80")).await),
             "invalid backend: 10.0.2.13:80: ring size of VIP \"web\": 2 is smaller than the 3 \
              backends of pool \"web\": Maglev gives every backend at least one slot (use a \
              prime of at least 3, e.g. 3)"
         );
-        let status = ask(&mut agent, Request::Status).status.unwrap();
+        let status = ask(&mut agent, Request::Status).await.status.unwrap();
         assert_eq!(status.vips.len(), 1);
         assert_eq!(
             status.pools[0].backends.len(),
             2,
             "refused requests change nothing"
         );
+    }
+
+    #[tokio::test]
+    async fn pools_are_added_listed_and_deleted_with_their_backends() {
+        let mut agent = agent();
+        let pool = |name: &str| Request::PoolAdd { name: name.into() };
+        assert!(ask(&mut agent, pool("api")).await.ok);
+        let again = ask(&mut agent, pool("api")).await;
+        assert_eq!(
+            again.error.as_deref(),
+            Some("invalid pool name: pool \"api\" already exists")
+        );
+        let backend = Request::BackendAdd {
+            target: "api".into(),
+            address: "10.0.2.11:443".parse().unwrap(),
+            weight: 1,
+        };
+        assert!(ask(&mut agent, backend).await.ok);
+        // A pool a VIP uses stays; once the VIP is gone, it goes with its backends.
+        assert!(ask(&mut agent, Request::VipAdd { vip: web() }).await.ok);
+        let del = |name: &str| Request::PoolDel { name: name.into() };
+        let refused = ask(&mut agent, del("web")).await;
+        assert!(refused.error.unwrap().contains("used by VIP web"));
+        assert!(
+            ask(&mut agent, Request::VipDel { name: "web".into() })
+                .await
+                .ok
+        );
+        assert!(ask(&mut agent, del("web")).await.ok);
+        let status = ask(&mut agent, del("api")).await.status.unwrap();
+        assert!(status.pools.is_empty(), "{status:?}");
+        assert!(agent.lb.maps().backends.values().all(|b| b.flags == 0));
     }
 
     #[tokio::test]
@@ -485,16 +602,16 @@ mod tests {
             task: 1,
         };
         assert_eq!(
-            agent.handle(Event::Health(result)),
+            agent.handle(Event::Health(result)).await,
             ControlFlow::Continue(())
         );
-        // Until reload exists, a reload request leaves the agent running as it was.
+        // Without a configuration file, a reload leaves the agent running as it was.
         assert_eq!(
-            agent.handle(Event::Reload { signal: "SIGHUP" }),
+            agent.handle(Event::Reload { signal: "SIGHUP" }).await,
             ControlFlow::Continue(())
         );
         assert_eq!(
-            agent.handle(Event::Stop { signal: "SIGTERM" }),
+            agent.handle(Event::Stop { signal: "SIGTERM" }).await,
             ControlFlow::Break(())
         );
     }
@@ -519,14 +636,17 @@ mod tests {
         host.0.borrow_mut().insert("eth0".into(), 2);
         let links = Links::start(Box::new(host.clone()), &["eth0".to_owned()], false).unwrap();
         let mut agent = agent().with_links(links);
-        let interface = |agent: &mut Agent<FakeMaps>| {
-            let status = ask(agent, Request::Status).status.unwrap();
+        async fn interface(agent: &mut Agent<FakeMaps>) -> (InterfaceState, Option<u32>) {
+            let status = ask(agent, Request::Status).await.status.unwrap();
             let [interface] = &status.interfaces[..] else {
                 panic!("one interface: {status:?}");
             };
             (interface.state, interface.ifindex)
-        };
-        assert_eq!(interface(&mut agent), (InterfaceState::Attached, Some(2)));
+        }
+        assert_eq!(
+            interface(&mut agent).await,
+            (InterfaceState::Attached, Some(2))
+        );
 
         host.0.borrow_mut().remove("eth0");
         let deleted = LinkMessage {
@@ -536,14 +656,20 @@ mod tests {
             running: false,
             xdp: None,
         };
-        let flow = agent.handle(Event::Link(LinkEvent::Changed(deleted)));
+        let flow = agent.handle(Event::Link(LinkEvent::Changed(deleted))).await;
         assert_eq!(flow, ControlFlow::Continue(()));
-        assert_eq!(interface(&mut agent), (InterfaceState::Missing, Some(2)));
+        assert_eq!(
+            interface(&mut agent).await,
+            (InterfaceState::Missing, Some(2))
+        );
 
         // Back under another index, its event lost: a resync finds it.
         host.0.borrow_mut().insert("eth0".into(), 7);
-        let flow = agent.handle(Event::Link(LinkEvent::Lost));
+        let flow = agent.handle(Event::Link(LinkEvent::Lost)).await;
         assert_eq!(flow, ControlFlow::Continue(()));
-        assert_eq!(interface(&mut agent), (InterfaceState::Attached, Some(7)));
+        assert_eq!(
+            interface(&mut agent).await,
+            (InterfaceState::Attached, Some(7))
+        );
     }
 }

@@ -3,12 +3,15 @@
 //! then runs one loop over one [`Event`] enum ([`events`]), whose handler is the only writer
 //! of the maps; an interface that goes and comes back gets the program again ([`links`]).
 //! On SIGINT/SIGTERM it detaches cleanly (or leaves the data plane running, with
-//! `keep_attached`); SIGHUP (reload, not implemented yet) is logged and changes nothing.
+//! `keep_attached`); SIGHUP and `balancer reload` read the file again and apply what
+//! changed (`reload`: the plan; `live`: applying it).
 
 mod control_server;
 mod events;
 mod host;
 mod links;
+mod live;
+mod reload;
 mod signals;
 
 use std::{
@@ -21,6 +24,7 @@ use anyhow::Context;
 use tokio::sync::mpsc;
 
 pub use events::{Agent, Event};
+pub use live::{state_path, Live};
 
 use crate::{
     config::{self, XdpMode},
@@ -48,7 +52,7 @@ pub struct RunOptions {
 pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     // First: without privileges, every later step fails for that reason.
     loader::check_privileges()?;
-    let config = config::load(&options.config)?;
+    let (config, text) = config::load_with_text(&options.config)?;
     // What only the host can tell, before anything is loaded or attached.
     vrrp::check_host(&config.vrrp)?;
     loader::check_interfaces(&config.agent)?;
@@ -70,6 +74,9 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         tokio::spawn(loader::forward_logs(logger));
     }
     let maps = program.maps()?;
+    // The file, with the runtime changes the previous agent kept merged in.
+    let live = Live::start(&options.config, text, config, &state_path(&socket_path));
+    let config = live.running().clone();
     let mut lb = Balancer::from_config(maps, &config).context("applying the configuration")?;
     let keep = config.agent.keep_attached;
     let pin_dir = pins.as_ref().map(|p| p.dir().to_path_buf());
@@ -112,7 +119,9 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     let (health_tx, mut health) = mpsc::channel::<HealthEvent>(1024);
     let http = l7::Frontend::start(&config).await?;
     let vrrp = start_vrrp(&config)?;
-    let mut agent = Agent::new(lb, Checker::new(health_tx), vrrp, http).with_links(links);
+    let mut agent = Agent::new(lb, Checker::new(health_tx), vrrp, http)
+        .with_links(links)
+        .with_config(live);
     tokio::spawn(links::watch(link_events, events_tx.clone()));
     signals::start(events_tx)?;
     loop {
@@ -121,7 +130,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
             Some(result) = health.recv() => Event::Health(result),
             else => break,
         };
-        if agent.handle(event) == ControlFlow::Break(()) {
+        if agent.handle(event).await == ControlFlow::Break(()) {
             break;
         }
     }

@@ -44,6 +44,62 @@ pub enum Request {
         address: SocketAddrV4,
         weight: u32,
     },
+    /// Create an empty pool (with no check; backends added later get none).
+    PoolAdd {
+        name: String,
+    },
+    /// Delete a pool that no VIP uses, and its backends.
+    PoolDel {
+        name: String,
+    },
+    /// Read the configuration file again and apply what changed.
+    Reload,
+    /// The running configuration as TOML (in [`Status::config`]).
+    ConfigDump,
+}
+
+/// Where an object of the running configuration comes from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// The configuration file, as it says.
+    #[default]
+    File,
+    /// A CLI command added or changed it.
+    Cli,
+}
+
+impl Source {
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::File => "file",
+            Source::Cli => "cli",
+        }
+    }
+}
+
+/// The configuration the agent runs: its file, how often it was applied, the last reload.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ConfigStatus {
+    pub path: String,
+    /// 1 at start, one more for each reload that changed something.
+    pub generation: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_reload: Option<ReloadStatus>,
+    /// The running configuration as TOML: only in the answer to [`Request::ConfigDump`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dump: Option<String>,
+}
+
+/// The outcome of the last reload.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReloadStatus {
+    /// When (RFC 3339, UTC).
+    pub at: String,
+    pub ok: bool,
+    /// The summary ("2 VIPs added, 1 backend changed"), or why it was refused.
+    pub message: String,
 }
 
 /// The agent's answer: the status after the request, or why it was refused.
@@ -101,6 +157,8 @@ pub struct VipStatus {
     /// Backends that take new flows (weight > 0 and up).
     pub active_backends: usize,
     pub counters: Counters,
+    #[serde(default)]
+    pub source: Source,
 }
 
 /// The newest health check of a backend.
@@ -129,6 +187,8 @@ pub struct BackendStatus {
     /// Why the health last changed.
     pub change_reason: String,
     pub counters: Counters,
+    #[serde(default)]
+    pub source: Source,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -136,6 +196,8 @@ pub struct PoolStatus {
     pub name: String,
     pub on_backend_down: DownPolicy,
     pub backends: Vec<BackendStatus>,
+    #[serde(default)]
+    pub source: Source,
 }
 
 /// One VRRP instance.
@@ -281,4 +343,7 @@ pub struct Status {
     /// HTTP-mode VIPs, when the configuration has any.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub http: Vec<HttpVipStatus>,
+    /// The configuration file and its reloads (the agent's; absent in tests without one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<ConfigStatus>,
 }

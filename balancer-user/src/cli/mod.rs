@@ -17,7 +17,10 @@ use clap::{
     builder::{PossibleValue, TypedValueParser},
     Args, Parser, Subcommand,
 };
-use render::{render_backends, render_status, render_vips, render_vrrp, trim_lines};
+use render::{
+    render_backends, render_pools, render_reload, render_status, render_vips, render_vrrp,
+    trim_lines,
+};
 
 use crate::{
     api::{
@@ -71,6 +74,9 @@ pub enum Command {
     /// Add, delete, drain or list the backends of a pool.
     #[command(subcommand)]
     Backend(BackendCommand),
+    /// Add, delete or list pools.
+    #[command(subcommand)]
+    Pool(PoolCommand),
     /// VRRP instances: state, priority, the Master, adverts and errors.
     #[command(subcommand)]
     Vrrp(VrrpCommand),
@@ -80,6 +86,19 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Read the agent's configuration file again and apply what changed (as SIGHUP does):
+    /// prints a summary, or the error (`file:line:column`) and exits 1 with nothing changed.
+    Reload,
+    /// The agent's running configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print the running configuration (the file with the CLI's changes) as TOML that
+    /// `run --config` and `check-config` accept.
+    Dump,
 }
 
 #[derive(Debug, Subcommand)]
@@ -117,6 +136,17 @@ pub enum VipCommand {
     /// Delete a VIP by name.
     Del { name: String },
     /// List VIPs.
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PoolCommand {
+    /// Add an empty pool (backends added to it later have no health check).
+    Add { name: String },
+    /// Delete a pool that no VIP uses, with its backends (their established flows are
+    /// not moved).
+    Del { name: String },
+    /// List pools: backends, those taking new flows, the VIPs using each.
     List,
 }
 
@@ -249,6 +279,16 @@ fn parse_timeout(s: &str) -> Result<Duration, String> {
 /// Turns the agent's status after a request into what the CLI prints.
 type Render = Box<dyn Fn(&Status) -> String>;
 
+/// What a runtime change prints: `done`, and how long the change lasts.
+fn changed(done: String) -> Render {
+    Box::new(move |_| format!("{done}\n{RUNTIME_CHANGE}"))
+}
+
+/// Said after each runtime change.
+const RUNTIME_CHANGE: &str = "(a runtime change: kept across reloads and restarts of the \
+    agent until the file changes the same object; `balancer config dump` prints the \
+    configuration with it)";
+
 /// Runs a client command against the agent, waiting at most `timeout` for its answer,
 /// and returns what to print.
 pub fn client(socket: &Path, command: Command, timeout: Duration) -> Result<String, ClientError> {
@@ -263,6 +303,22 @@ pub fn client(socket: &Path, command: Command, timeout: Duration) -> Result<Stri
         Command::Status { json: false } => {
             let color = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
             (Request::Status, Box::new(move |s| render_status(s, color)))
+        }
+        Command::Reload => (Request::Reload, Box::new(render_reload)),
+        Command::Pool(PoolCommand::List) => (Request::Status, Box::new(render_pools)),
+        Command::Pool(PoolCommand::Add { name }) => {
+            let done = format!("pool {name} added");
+            (Request::PoolAdd { name }, changed(done))
+        }
+        Command::Pool(PoolCommand::Del { name }) => {
+            let done = format!("pool {name} deleted");
+            (Request::PoolDel { name }, changed(done))
+        }
+        Command::Config(ConfigCommand::Dump) => {
+            let status = client::request(socket, &Request::ConfigDump, timeout)?;
+            // As TOML: not trimmed, ends with its own newline (printed with one more).
+            let dump = status.config.and_then(|c| c.dump).unwrap_or_default();
+            return Ok(dump.trim_end().to_owned());
         }
         Command::Vip(VipCommand::List) => (Request::Status, Box::new(render_vips)),
         Command::Vrrp(VrrpCommand::List { json: true }) => (
@@ -296,11 +352,11 @@ pub fn client(socket: &Path, command: Command, timeout: Duration) -> Result<Stri
                 mode: config::VipMode::L4,
                 rules: Vec::new(),
             };
-            (Request::VipAdd { vip }, Box::new(move |_| done.clone()))
+            (Request::VipAdd { vip }, changed(done))
         }
         Command::Vip(VipCommand::Del { name }) => {
             let done = format!("vip {name} deleted");
-            (Request::VipDel { name }, Box::new(move |_| done.clone()))
+            (Request::VipDel { name }, changed(done))
         }
         Command::Backend(BackendCommand::Add { backend, weight }) => {
             let done = format!(
@@ -313,7 +369,7 @@ pub fn client(socket: &Path, command: Command, timeout: Duration) -> Result<Stri
                     address: backend.address,
                     weight,
                 },
-                Box::new(move |_| done.clone()),
+                changed(done),
             )
         }
         Command::Backend(BackendCommand::Del { backend }) => {
@@ -323,7 +379,7 @@ pub fn client(socket: &Path, command: Command, timeout: Duration) -> Result<Stri
                     target: backend.pool,
                     address: backend.address,
                 },
-                Box::new(move |_| done.clone()),
+                changed(done),
             )
         }
         Command::Backend(BackendCommand::Drain { backend }) => {
@@ -337,7 +393,7 @@ pub fn client(socket: &Path, command: Command, timeout: Duration) -> Result<Stri
                     address: backend.address,
                     weight: 0,
                 },
-                Box::new(move |_| done.clone()),
+                changed(done),
             )
         }
         Command::Backend(BackendCommand::Weight { backend, weight }) => {
@@ -351,7 +407,7 @@ pub fn client(socket: &Path, command: Command, timeout: Duration) -> Result<Stri
                     address: backend.address,
                     weight,
                 },
-                Box::new(move |_| done.clone()),
+                changed(done),
             )
         }
         Command::Backend(BackendCommand::List { pool }) => {

@@ -18,20 +18,21 @@ pub(super) fn trim_lines(text: &str) -> String {
 
 pub(super) fn render_vips(status: &Status) -> String {
     let mut out = format!(
-        "{:<16} {:<24} {:<12} {:<16} {:>8} {:<8}\n",
-        "VIP", "ADDRESS", "SCHEDULER", "POOL", "ACTIVE", "ALL DOWN"
+        "{:<16} {:<24} {:<12} {:<16} {:>8} {:<8} {:<6}\n",
+        "VIP", "ADDRESS", "SCHEDULER", "POOL", "ACTIVE", "ALL DOWN", "SOURCE"
     );
     for status in &status.vips {
         let v = &status.config;
         let _ = writeln!(
             out,
-            "{:<16} {:<24} {:<12} {:<16} {:>8} {:<8}",
+            "{:<16} {:<24} {:<12} {:<16} {:>8} {:<8} {:<6}",
             v.name,
             format!("{}:{}/{}", v.address, v.port, v.protocol),
             v.scheduler.to_string(),
             v.pool,
             status.active_backends,
-            v.on_all_down.to_string()
+            v.on_all_down.to_string(),
+            status.source.as_str()
         );
     }
     // HTTP VIPs: the proxy's, with their default pool (the last rule line).
@@ -78,7 +79,7 @@ pub(super) fn render_backends(
     // Packets as the JSON counts them: from clients (`packets`) and from the backend
     // (`reply_packets`), each in a column of its own.
     let mut out = format!(
-        "{:<12} {:<21} {:>6} {:<9} {:<5} {:<6} {:>9} {:<28} {:>11} {:>10} {:>9}\n",
+        "{:<12} {:<21} {:>6} {:<9} {:<5} {:<6} {:>9} {:<28} {:>11} {:>10} {:>9} {:<6}\n",
         "POOL",
         "BACKEND",
         "WEIGHT",
@@ -89,7 +90,8 @@ pub(super) fn render_backends(
         "LAST CHECK",
         "CLIENT PKTS",
         "REPLY PKTS",
-        "NEW FLOWS"
+        "NEW FLOWS",
+        "SOURCE"
     );
     for p in status
         .pools
@@ -109,7 +111,7 @@ pub(super) fn render_backends(
             };
             let _ = writeln!(
                 out,
-                "{:<12} {:<21} {:>6} {:<9} {:<5} {:<6} {:>9} {:<28} {:>11} {:>10} {:>9}",
+                "{:<12} {:<21} {:>6} {:<9} {:<5} {:<6} {:>9} {:<28} {:>11} {:>10} {:>9} {:<6}",
                 p.name,
                 format!("{}:{}", b.address, b.port),
                 b.weight,
@@ -120,7 +122,8 @@ pub(super) fn render_backends(
                 last,
                 b.counters.packets,
                 b.counters.reply_packets,
-                b.counters.new_flows
+                b.counters.new_flows,
+                b.source.as_str()
             );
         }
     }
@@ -262,6 +265,83 @@ pub(super) fn render_http(status: &Status) -> String {
     out.trim_end().to_string()
 }
 
+/// The configuration file, its generation, the last reload and where each pool comes from.
+fn render_config(status: &Status) -> Option<String> {
+    let config = status.config.as_ref()?;
+    let mut out = format!(
+        "  file {} (generation {})\n",
+        config.path, config.generation
+    );
+    match &config.last_reload {
+        Some(r) => {
+            let outcome = if r.ok { "ok" } else { "refused" };
+            let _ = writeln!(out, "  last reload {} {outcome}: {}", r.at, r.message);
+        }
+        None => out += "  not reloaded since start\n",
+    }
+    let pools: Vec<String> = status
+        .pools
+        .iter()
+        .map(|p| format!("{} ({})", p.name, p.source.as_str()))
+        .collect();
+    if !pools.is_empty() {
+        let _ = writeln!(out, "  pools {}", pools.join(", "));
+    }
+    Some(out.trim_end().to_owned())
+}
+
+/// `pool list`: each pool's backends, those that take new flows, the VIPs that use it.
+pub(super) fn render_pools(status: &Status) -> String {
+    let mut out = format!(
+        "{:<16} {:>8} {:>8} {:<24} {:<6}\n",
+        "POOL", "BACKENDS", "ACTIVE", "VIPS", "SOURCE"
+    );
+    for p in &status.pools {
+        let vips: Vec<&str> = status
+            .vips
+            .iter()
+            .filter(|v| v.config.pool == p.name)
+            .map(|v| v.config.name.as_str())
+            .chain(
+                status
+                    .http
+                    .iter()
+                    .filter(|h| h.rules.iter().any(|r| r.pool == p.name))
+                    .map(|h| h.name.as_str()),
+            )
+            .collect();
+        let _ = writeln!(
+            out,
+            "{:<16} {:>8} {:>8} {:<24} {:<6}",
+            p.name,
+            p.backends.len(),
+            p.backends.iter().filter(|b| b.state == "active").count(),
+            if vips.is_empty() {
+                "-".to_owned()
+            } else {
+                vips.join(",")
+            },
+            p.source.as_str()
+        );
+    }
+    out.trim_end().to_string()
+}
+
+/// What `balancer reload` prints: the summary of what it applied.
+pub(super) fn render_reload(status: &Status) -> String {
+    let Some(config) = &status.config else {
+        return "reload: done".to_owned();
+    };
+    let summary = config
+        .last_reload
+        .as_ref()
+        .map_or("done", |r| r.message.as_str());
+    format!(
+        "reload: {summary} (configuration generation {})",
+        config.generation
+    )
+}
+
 /// "42s", "7m03s", "2h05m": time since a backend's last health change.
 fn format_age(secs: f64) -> String {
     let s = secs.max(0.0) as u64;
@@ -342,6 +422,10 @@ pub(super) fn render_status(status: &Status, color: bool) -> String {
         out += "\n\nVRRP\n";
         out += &render_vrrp(status);
     }
+    if let Some(config) = render_config(status) {
+        out += "\n\nConfiguration\n";
+        out += &config;
+    }
     out += "\n\nData plane\n";
     for (name, value) in status.global.iter().filter(|(_, v)| **v > 0) {
         let _ = writeln!(out, "  {name:<22} {value}");
@@ -353,7 +437,7 @@ pub(super) fn render_status(status: &Status, color: bool) -> String {
 mod tests {
     use super::*;
     use crate::{
-        api::{BackendStatus, Counters, InterfaceStatus, PoolStatus},
+        api::{BackendStatus, Counters, InterfaceStatus, PoolStatus, Source},
         config::DownPolicy,
         health::Health,
     };
@@ -369,6 +453,7 @@ mod tests {
             last_check: None,
             since_change_secs: 3.0,
             change_reason: String::new(),
+            source: Source::File,
             counters: Counters {
                 packets: 7,
                 bytes: 700,
@@ -396,6 +481,7 @@ mod tests {
             pools: vec![PoolStatus {
                 name: "web".into(),
                 on_backend_down: DownPolicy::Shutdown,
+                source: Source::File,
                 backends: vec![
                     backend(80, "active", Health::Up),
                     backend(81, "unchecked", Health::Down),
@@ -412,7 +498,7 @@ mod tests {
             lines[0],
             [
                 "POOL", "BACKEND", "WEIGHT", "STATE", "CHECK", "HEALTH", "SINCE", "LAST", "CHECK",
-                "CLIENT", "PKTS", "REPLY", "PKTS", "NEW", "FLOWS"
+                "CLIENT", "PKTS", "REPLY", "PKTS", "NEW", "FLOWS", "SOURCE"
             ]
         );
         // The JSON's `packets` (7) and `reply_packets` (5), not their sum.
@@ -429,7 +515,8 @@ mod tests {
                 "-",
                 "7",
                 "5",
-                "2"
+                "2",
+                "file"
             ]
         );
         assert_eq!(
@@ -445,7 +532,8 @@ mod tests {
                 "-",
                 "7",
                 "5",
-                "2"
+                "2",
+                "file"
             ]
         );
     }

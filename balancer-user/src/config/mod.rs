@@ -25,6 +25,7 @@
 //! an HTTP-mode VIP's routing rules [`crate::l7::rules`]' [`Rule`]s.
 
 mod addresses;
+mod dump;
 mod position;
 mod raw;
 mod validate;
@@ -55,6 +56,7 @@ pub use addresses::{
     check_backend_address, check_l4_backend, check_source_address, check_vip_address, not_a_host,
     port_range_overlap, AddressError, BackendAddressError, Host,
 };
+pub use dump::dump;
 pub use words::{AllDownPolicy, DownPolicy, Protocol, Scheduler, VipMode, XdpMode};
 
 /// Control socket path used when `[agent].control_socket` is absent.
@@ -317,16 +319,39 @@ fn field_prefix(field: Option<&str>) -> String {
 ///
 /// [`ConfigError::Io`] if the file cannot be read, otherwise as [`parse`].
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    load_with_text(path).map(|(config, _)| config)
+}
+
+/// [`load`], also returning the text it read (for [`dump`]).
+///
+/// # Errors
+///
+/// As [`load`].
+pub fn load_with_text(path: &Path) -> Result<(Config, String), ConfigError> {
     let host = Host::read()
         .inspect_err(|e| {
             log::warn!("cannot list this host's addresses ({e}): the configuration's are not checked against them");
         })
         .ok();
-    let (config, warnings) = load_on(path, host.as_ref())?;
+    let (config, text, warnings) = load_with_text_on(path, host.as_ref())?;
     for warning in warnings {
         log::warn!("{warning}");
     }
-    Ok(config)
+    Ok((config, text))
+}
+
+/// [`load_on`], also returning the text it read.
+///
+/// # Errors
+///
+/// As [`load_on`].
+pub fn load_with_text_on(
+    path: &Path,
+    host: Option<&Host>,
+) -> Result<(Config, String, Vec<ConfigError>), ConfigError> {
+    let text = read(path)?;
+    let (config, warnings) = parse_on(&text, &path.display().to_string(), host)?;
+    Ok((config, text, warnings))
 }
 
 /// Reads and validates the configuration file at `path` as [`parse_on`] does.
@@ -338,11 +363,15 @@ pub fn load_on(
     path: &Path,
     host: Option<&Host>,
 ) -> Result<(Config, Vec<ConfigError>), ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+    load_with_text_on(path, host).map(|(config, _, warnings)| (config, warnings))
+}
+
+/// The text of the file at `path`.
+fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
         path: path.to_path_buf(),
         source,
-    })?;
-    parse_on(&text, &path.display().to_string(), host)
+    })
 }
 
 /// Parses and validates configuration `text`; `origin` names it in errors. What only the

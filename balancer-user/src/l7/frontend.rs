@@ -1,6 +1,8 @@
 //! The HTTP side of the agent: the configuration's HTTP VIPs served by one [`Proxy`], the
 //! pools they use kept current by the agent ([`Frontend::update`]), and each VIP's address
-//! made local when nothing else holds it.
+//! made local when nothing else holds it. A reload swaps what changed
+//! ([`Frontend::reconfigure`]): pools keep their backend sets and counters of requests in
+//! progress, VIPs keep their listeners.
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -33,61 +35,58 @@ impl Frontend {
     /// # Errors
     /// A listener that cannot be bound, or a VIP address that cannot be made local.
     pub async fn start(config: &Config) -> anyhow::Result<Option<Frontend>> {
-        let vips: Vec<_> = config
-            .vips
-            .iter()
-            .filter(|v| v.mode == VipMode::Http)
-            .collect();
-        if vips.is_empty() {
+        let plan = Plan::new(config, &HashMap::new());
+        if plan.specs.is_empty() {
             return Ok(None);
         }
-        let mut selectors = HashMap::new();
-        let mut balance = HashMap::new();
-        let mut backend_settings = HashMap::new();
-        let mut specs = Vec::new();
-        for vip in &vips {
-            let rules = Rules::new(vip.rules.clone(), vip.pool.clone());
-            let mut rule_names: Vec<(String, String)> = vip
-                .rules
-                .iter()
-                .map(|r| (r.name.clone(), r.pool.clone()))
-                .collect();
-            rule_names.push(("default".to_owned(), vip.pool.clone()));
-            for (_, pool) in &rule_names {
-                if selectors.contains_key(pool) {
-                    continue;
-                }
-                let pool_config = config.pool(pool);
-                let pool_balance = pool_config.map(|p| p.balance.clone()).unwrap_or_default();
-                for backend in pool_config.iter().flat_map(|p| &p.backends) {
-                    backend_settings.insert(
-                        (pool.clone(), backend.socket_addr()),
-                        (backend.cookie_id(), backend.maxconn),
-                    );
-                }
-                let empty = BackendSet::new([], &pool_balance);
-                selectors.insert(pool.clone(), Arc::new(PoolSelector::new(empty)));
-                balance.insert(pool.clone(), pool_balance);
-            }
-            specs.push(HttpVipSpec {
-                name: vip.name.clone(),
-                listen: SocketAddrV4::new(vip.address, vip.port),
-                rules,
-                rule_names,
-                settings: config.http.clone(),
-            });
-        }
-        let added = make_local(config, &vips.iter().map(|v| v.address).collect::<Vec<_>>()).await?;
-        let pools = Arc::new(selectors);
-        let proxy = Proxy::start(specs, &pools)?;
+        let added = make_local(config, &plan.addresses, &[]).await?;
+        let pools = Arc::new(plan.selectors);
+        let proxy = Proxy::start(plan.specs, &pools)?;
         Ok(Some(Frontend {
             proxy,
             pools,
-            balance,
-            backend_settings,
+            balance: plan.balance,
+            backend_settings: plan.backend_settings,
             last: HashMap::new(),
             added,
         }))
+    }
+
+    /// Serves `config`'s HTTP VIPs from now on (see [`Proxy::reconfigure`]): pools that stay
+    /// keep their backend sets (rebuilt when their balancing or a backend's `cookie` or
+    /// `maxconn` changed), and every pool has its `usable` backends before the first
+    /// request can reach it; VIP addresses are made local as at start.
+    ///
+    /// # Errors
+    /// A new VIP's listener that cannot be bound, or its address made local.
+    pub async fn reconfigure(
+        &mut self,
+        config: &Config,
+        usable: impl Fn(&str) -> Vec<(SocketAddrV4, u32)>,
+    ) -> anyhow::Result<()> {
+        let plan = Plan::new(config, &self.pools);
+        let added = make_local(config, &plan.addresses, &self.added).await?;
+        self.added.extend(added);
+        for (pool, balance) in &plan.balance {
+            if self.balance.get(pool) != Some(balance) {
+                self.last.remove(pool);
+            }
+        }
+        for (key, settings) in &plan.backend_settings {
+            if self.backend_settings.get(key) != Some(settings) {
+                self.last.remove(&key.0);
+            }
+        }
+        self.last
+            .retain(|pool, _| plan.selectors.contains_key(pool));
+        self.pools = Arc::new(plan.selectors);
+        self.balance = plan.balance;
+        self.backend_settings = plan.backend_settings;
+        let pools: Vec<String> = self.pools.keys().cloned().collect();
+        for pool in pools {
+            self.update(&pool, usable(&pool));
+        }
+        self.proxy.reconfigure(plan.specs, &self.pools)
     }
 
     /// The pools HTTP VIPs use.
@@ -159,11 +158,74 @@ impl Frontend {
     }
 }
 
+/// What the proxy serves for a configuration.
+struct Plan {
+    specs: Vec<HttpVipSpec>,
+    /// Every pool a rule or a default names; those of `existing` are kept.
+    selectors: HashMap<String, Arc<PoolSelector>>,
+    balance: HashMap<String, PoolBalance>,
+    backend_settings: HashMap<(String, SocketAddrV4), (String, u32)>,
+    addresses: Vec<Ipv4Addr>,
+}
+
+impl Plan {
+    fn new(config: &Config, existing: &HashMap<String, Arc<PoolSelector>>) -> Plan {
+        let mut plan = Plan {
+            specs: Vec::new(),
+            selectors: HashMap::new(),
+            balance: HashMap::new(),
+            backend_settings: HashMap::new(),
+            addresses: Vec::new(),
+        };
+        for vip in config.vips.iter().filter(|v| v.mode == VipMode::Http) {
+            let rules = Rules::new(vip.rules.clone(), vip.pool.clone());
+            let mut rule_names: Vec<(String, String)> = vip
+                .rules
+                .iter()
+                .map(|r| (r.name.clone(), r.pool.clone()))
+                .collect();
+            rule_names.push(("default".to_owned(), vip.pool.clone()));
+            for (_, pool) in &rule_names {
+                if plan.selectors.contains_key(pool) {
+                    continue;
+                }
+                let pool_config = config.pool(pool);
+                let pool_balance = pool_config.map(|p| p.balance.clone()).unwrap_or_default();
+                for backend in pool_config.iter().flat_map(|p| &p.backends) {
+                    plan.backend_settings.insert(
+                        (pool.clone(), backend.socket_addr()),
+                        (backend.cookie_id(), backend.maxconn),
+                    );
+                }
+                let selector = existing.get(pool).map_or_else(
+                    || Arc::new(PoolSelector::new(BackendSet::new([], &pool_balance))),
+                    Arc::clone,
+                );
+                plan.selectors.insert(pool.clone(), selector);
+                plan.balance.insert(pool.clone(), pool_balance);
+            }
+            plan.specs.push(HttpVipSpec {
+                name: vip.name.clone(),
+                listen: SocketAddrV4::new(vip.address, vip.port),
+                rules,
+                rule_names,
+                settings: config.http.clone(),
+            });
+            plan.addresses.push(vip.address);
+        }
+        plan
+    }
+}
+
 const LOOPBACK: &str = "lo";
 
 /// Puts each VIP address that is on no interface and that no VRRP instance moves on `lo`,
-/// so that the host accepts its packets; returns those it added.
-async fn make_local(config: &Config, addresses: &[Ipv4Addr]) -> anyhow::Result<Vec<Ipv4Addr>> {
+/// so that the host accepts its packets; returns those it added (besides `added` before).
+async fn make_local(
+    config: &Config,
+    addresses: &[Ipv4Addr],
+    added_before: &[Ipv4Addr],
+) -> anyhow::Result<Vec<Ipv4Addr>> {
     let floating = |a: Ipv4Addr| {
         config
             .vrrp
@@ -173,7 +235,11 @@ async fn make_local(config: &Config, addresses: &[Ipv4Addr]) -> anyhow::Result<V
     };
     let mut added = Vec::new();
     for &address in addresses {
-        if added.contains(&address) || floating(address) || sys::is_local(address)? {
+        if added.contains(&address)
+            || added_before.contains(&address)
+            || floating(address)
+            || sys::is_local(address)?
+        {
             continue;
         }
         sys::set_address(LOOPBACK, &format!("{address}/32"), true).await?;

@@ -2,7 +2,9 @@
 //! address (bound with `IP_FREEBIND`, so VRRP may add the address later), routes each
 //! request by its rules to a pool, picks a backend there, and streams the request and the
 //! answer through (keep-alive and pooled connections on both sides, upgrades passed on).
-//! Counters per VIP, rule and backend; a graceful drain on shutdown.
+//! Counters per VIP, rule and backend; a graceful drain on shutdown. A reload swaps a
+//! running VIP's rules, pools and settings under its listener (each request takes the
+//! version current when it starts), and starts or drains whole VIPs.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -12,23 +14,27 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
+
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};
 use http_body_util::{combinators::BoxBody, BodyExt, Empty, Full};
 use hyper::body::{Body as _, Incoming};
 use hyper::service::service_fn;
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 
 use super::balance::{PoolSelector, RequestKey, SetCookie};
 use super::headers::{self, ForwardedStyle};
 use super::rules::Rules;
-use super::stats::{BackendCounters, UpstreamError, VipCounters};
+use super::stats::{BackendCounters, UpstreamError};
 use crate::api::HttpVipStatus;
 use crate::sys;
+use vip::{Running, Vip};
+
+mod vip;
 
 /// The body both sides of the proxy carry.
 pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
@@ -90,24 +96,9 @@ pub struct HttpVipSpec {
     pub settings: ProxySettings,
 }
 
-/// A running VIP.
-struct Vip {
-    name: String,
-    listen: SocketAddrV4,
-    rules: Rules,
-    rule_names: Vec<(String, String)>,
-    pools: Arc<HashMap<String, Arc<PoolSelector>>>,
-    settings: ProxySettings,
-    counters: VipCounters,
-    client: Client<HttpConnector, ProxyBody>,
-    slots: Arc<Semaphore>,
-}
-
 /// The proxy of every HTTP VIP: what the agent holds.
 pub struct Proxy {
-    vips: Vec<Arc<Vip>>,
-    stop: watch::Sender<bool>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    vips: Vec<Running>,
 }
 
 impl Proxy {
@@ -120,54 +111,64 @@ impl Proxy {
         specs: Vec<HttpVipSpec>,
         pools: &Arc<HashMap<String, Arc<PoolSelector>>>,
     ) -> anyhow::Result<Proxy> {
-        let (stop, stopped) = watch::channel(false);
         let mut vips = Vec::new();
-        let mut tasks = Vec::new();
         for spec in specs {
-            let listener = listen(spec.listen).map_err(|e| {
-                anyhow::anyhow!("vip {:?}: listening on {}: {e}", spec.name, spec.listen)
-            })?;
-            let mut connector = HttpConnector::new();
-            connector.set_connect_timeout(Some(spec.settings.connect_timeout));
-            connector.set_nodelay(true);
-            let client = Client::builder(TokioExecutor::new())
-                // Idle backend connections are kept a while and in bounded numbers: each
-                // holds buffers and a socket.
-                .pool_idle_timeout(Duration::from_secs(30))
-                .pool_max_idle_per_host(256)
-                .build(connector);
-            let vip = Arc::new(Vip {
-                counters: VipCounters::new(spec.rule_names.len().saturating_sub(1)),
-                name: spec.name,
-                listen: spec.listen,
-                rules: spec.rules,
-                rule_names: spec.rule_names,
-                pools: Arc::clone(pools),
-                slots: Arc::new(Semaphore::new(spec.settings.maxconn.max(1))),
-                settings: spec.settings,
-                client,
-            });
-            log::info!("vip {}: HTTP proxy listening on {}", vip.name, vip.listen);
-            tasks.push(tokio::spawn(serve(
-                Arc::clone(&vip),
-                listener,
-                stopped.clone(),
-            )));
-            vips.push(vip);
+            vips.push(Running::start(spec, pools)?);
         }
-        Ok(Proxy { vips, stop, tasks })
+        Ok(Proxy { vips })
+    }
+
+    /// Serves `specs` from now on: a VIP listening where it did takes its new rules, pools
+    /// and settings at once (requests under way finish with the old ones); one no longer
+    /// there stops accepting and drains in the background; a new one starts listening.
+    ///
+    /// # Errors
+    /// A new VIP's listener that cannot be bound (the VIPs before it were applied).
+    pub fn reconfigure(
+        &mut self,
+        specs: Vec<HttpVipSpec>,
+        pools: &Arc<HashMap<String, Arc<PoolSelector>>>,
+    ) -> anyhow::Result<()> {
+        let same = |r: &Running, s: &HttpVipSpec| {
+            let v = r.vip.load();
+            v.name == s.name && v.listen == s.listen
+        };
+        let (kept, gone): (Vec<Running>, Vec<Running>) = std::mem::take(&mut self.vips)
+            .into_iter()
+            .partition(|r| specs.iter().any(|s| same(r, s)));
+        for running in gone {
+            log::info!(
+                "vip {}: HTTP proxy stops (removed by a reload)",
+                running.vip.load().name
+            );
+            let _ = running.stop.send(true);
+            // (The task drains the VIP's connections on its own.)
+        }
+        self.vips = kept;
+        for spec in specs {
+            match self.vips.iter().find(|r| same(r, &spec)) {
+                Some(running) => {
+                    let previous = running.vip.load_full();
+                    running
+                        .vip
+                        .store(Arc::new(Vip::new(spec, pools, Some(&previous))));
+                }
+                None => self.vips.push(Running::start(spec, pools)?),
+            }
+        }
+        Ok(())
     }
 
     /// The address each VIP listens on.
     pub fn listeners(&self) -> Vec<SocketAddrV4> {
-        self.vips.iter().map(|v| v.listen).collect()
+        self.vips.iter().map(|r| r.vip.load().listen).collect()
     }
 
     /// The longest drain timeout of the VIPs.
     pub fn drain_timeout(&self) -> Duration {
         self.vips
             .iter()
-            .map(|v| v.settings.drain_timeout)
+            .map(|r| r.vip.load().settings.drain_timeout)
             .max()
             .unwrap_or_default()
     }
@@ -176,15 +177,20 @@ impl Proxy {
     pub fn status(&self) -> Vec<HttpVipStatus> {
         self.vips
             .iter()
-            .map(|v| v.counters.snapshot(&v.name, v.listen, &v.rule_names))
+            .map(|r| {
+                let v = r.vip.load();
+                v.counters.snapshot(&v.name, v.listen, &v.rule_names)
+            })
             .collect()
     }
 
     /// Stops accepting, lets requests in flight finish (each VIP's drain timeout at most).
     pub async fn shutdown(self) {
-        let _ = self.stop.send(true);
-        for task in self.tasks {
-            let _ = task.await;
+        for running in &self.vips {
+            let _ = running.stop.send(true);
+        }
+        for running in self.vips {
+            let _ = running.task.await;
         }
     }
 }
@@ -212,7 +218,7 @@ fn listen(addr: SocketAddrV4) -> std::io::Result<TcpListener> {
 
 /// Accepts connections until told to stop, then drains them: each connection finishes the
 /// request it is serving and closes (bounded by the drain timeout).
-async fn serve(vip: Arc<Vip>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
+async fn serve(slot: Arc<ArcSwap<Vip>>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -220,17 +226,18 @@ async fn serve(vip: Arc<Vip>, listener: TcpListener, mut stop: watch::Receiver<b
                     Ok(accepted) => accepted,
                     Err(e) => {
                         // EMFILE and the like: back off instead of spinning.
-                        log::warn!("vip {}: accepting a connection: {e}", vip.name);
+                        log::warn!("vip {}: accepting a connection: {e}", slot.load().name);
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
                     }
                 };
-                tokio::spawn(connection(Arc::clone(&vip), stream, client, stop.clone()));
+                tokio::spawn(connection(Arc::clone(&slot), stream, client, stop.clone()));
             }
             _ = stop.changed() => break,
         }
     }
     drop(listener);
+    let vip = slot.load_full();
     let deadline = Instant::now() + vip.settings.drain_timeout;
     while vip.counters.active_connections.load(Relaxed) > 0 {
         if Instant::now() >= deadline {
@@ -248,11 +255,12 @@ async fn serve(vip: Arc<Vip>, listener: TcpListener, mut stop: watch::Receiver<b
 /// Serves one client connection until it closes, or, once told to stop, until the request
 /// under way is answered.
 async fn connection(
-    vip: Arc<Vip>,
+    slot: Arc<ArcSwap<Vip>>,
     stream: tokio::net::TcpStream,
     client: SocketAddr,
     mut stop: watch::Receiver<bool>,
 ) {
+    let vip = slot.load_full();
     let _ = stream.set_nodelay(true);
     vip.counters.connections.fetch_add(1, Relaxed);
     vip.counters.active_connections.fetch_add(1, Relaxed);
@@ -268,9 +276,9 @@ async fn connection(
         vip.counters.active_connections.fetch_sub(1, Relaxed);
         return;
     }
-    let service_vip = Arc::clone(&vip);
+    // Each request takes the VIP's version current when it comes (a reload may swap it).
     let service = service_fn(move |request| {
-        let vip = Arc::clone(&service_vip);
+        let vip = slot.load_full();
         async move { Ok::<_, Infallible>(handle(&vip, client, request).await) }
     });
     let connection = hyper::server::conn::http1::Builder::new()

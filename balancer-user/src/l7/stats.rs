@@ -73,8 +73,8 @@ pub struct VipCounters {
     pub retries: AtomicU64,
     errors: [AtomicU64; 5],
     latency: [AtomicU64; LATENCY_BUCKETS_MS.len() + 1],
-    /// Hits per rule, the default pool's last.
-    rules: Vec<AtomicU64>,
+    /// Hits per rule, the default pool's last (replaced when a reload changes the rules).
+    rules: arc_swap::ArcSwap<Vec<AtomicU64>>,
     backends: RwLock<HashMap<SocketAddrV4, Arc<BackendCounters>>>,
 }
 
@@ -93,9 +93,14 @@ impl VipCounters {
             retries: AtomicU64::new(0),
             errors: Default::default(),
             latency: Default::default(),
-            rules: (0..=rules).map(|_| AtomicU64::new(0)).collect(),
+            rules: arc_swap::ArcSwap::from_pointee(rule_hits(rules)),
             backends: RwLock::default(),
         }
+    }
+
+    /// The VIP now has `rules` rules: their hits count from 0.
+    pub fn set_rules(&self, rules: usize) {
+        self.rules.store(Arc::new(rule_hits(rules)));
     }
 
     pub fn error(&self, error: UpstreamError) {
@@ -116,10 +121,9 @@ impl VipCounters {
 
     /// A request routed by rule `rule` (`None`: the default pool).
     pub fn routed(&self, rule: Option<usize>) {
-        let index = rule
-            .unwrap_or(self.rules.len() - 1)
-            .min(self.rules.len() - 1);
-        self.rules[index].fetch_add(1, Relaxed);
+        let rules = self.rules.load();
+        let index = rule.unwrap_or(rules.len() - 1).min(rules.len() - 1);
+        rules[index].fetch_add(1, Relaxed);
     }
 
     /// The counters of `backend`, created on first use.
@@ -192,7 +196,7 @@ impl VipCounters {
                 .collect(),
             rules: rules
                 .iter()
-                .zip(&self.rules)
+                .zip(self.rules.load().iter())
                 .map(|((name, pool), hits)| HttpRuleStatus {
                     name: name.clone(),
                     pool: pool.clone(),
@@ -202,6 +206,11 @@ impl VipCounters {
             backends,
         }
     }
+}
+
+/// A hit counter for each of `rules` rules and the default pool.
+fn rule_hits(rules: usize) -> Vec<AtomicU64> {
+    (0..=rules).map(|_| AtomicU64::new(0)).collect()
 }
 
 #[cfg(test)]

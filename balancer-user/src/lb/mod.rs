@@ -6,6 +6,7 @@ mod checks;
 mod health;
 mod ids;
 mod model;
+mod reconfigure;
 mod rings;
 mod settings;
 mod status;

@@ -6,7 +6,7 @@ use balancer_common::stat;
 
 use super::{Balancer, BalancerError};
 use crate::{
-    api::{BackendStatus, PoolStatus, Status, VipStatus},
+    api::{BackendStatus, PoolStatus, Source, Status, VipStatus},
     dataplane::Maps,
     health::Health,
 };
@@ -47,6 +47,7 @@ impl<M: Maps> Balancer<M> {
                 config: c.clone(),
                 active_backends,
                 counters: self.maps.vip_stats(vip.id)?.into(),
+                source: Source::File,
             });
         }
         let mut pools = Vec::new();
@@ -73,12 +74,14 @@ impl<M: Maps> Balancer<M> {
                     since_change_secs: b.changed_at.elapsed().as_secs_f64(),
                     change_reason: b.change_reason.clone(),
                     counters: self.maps.backend_stats(b.id)?.into(),
+                    source: Source::File,
                 });
             }
             pools.push(PoolStatus {
                 name: name.clone(),
                 on_backend_down: pool.on_backend_down,
                 backends,
+                source: Source::File,
             });
         }
         let global = self
@@ -88,6 +91,7 @@ impl<M: Maps> Balancer<M> {
             .enumerate()
             .map(|(i, v)| (stat::NAMES[i].to_string(), v))
             .collect();
+        // (The agent, which knows the file, says where each comes from.)
         Ok(Status {
             vips,
             pools,
@@ -96,6 +100,7 @@ impl<M: Maps> Balancer<M> {
             interfaces: Vec::new(),
             vrrp: Vec::new(),
             http: Vec::new(),
+            config: None,
         })
     }
 }
