@@ -280,7 +280,7 @@ fn a_flow_picked_up_mid_stream_is_established_by_the_backends_answer() {
         sleep_ms(1600),
         client_segment(40000, Flags::ACK),
         check("still the same flow", |fx| {
-            assert_eq!(fx.new_flows("web"), 1)
+            assert_eq!(fx.new_flows("web"), 1);
         }),
     ]);
 }

@@ -129,7 +129,6 @@ fn each_snat_address_gives_the_whole_port_range() {
         source_addresses: vec![SNAT, second],
         port_min: 20000,
         port_max: 20000,
-        ..NatConfig::default()
     };
     Fixture::with(&Timeouts::default(), &nat).run_steps([
         open(40000).keep("first"),

@@ -630,19 +630,21 @@ mod tests {
         fn release(&mut self, _: &str) {}
     }
 
+    /// The state and index of the agent's one interface.
+    async fn interface(agent: &mut Agent<FakeMaps>) -> (InterfaceState, Option<u32>) {
+        let status = ask(agent, Request::Status).await.status.unwrap();
+        let [interface] = &status.interfaces[..] else {
+            panic!("one interface: {status:?}");
+        };
+        (interface.state, interface.ifindex)
+    }
+
     #[tokio::test]
     async fn link_events_reach_the_interfaces_and_the_status_shows_them() {
         let host = FakeLinks::default();
         host.0.borrow_mut().insert("eth0".into(), 2);
         let links = Links::start(Box::new(host.clone()), &["eth0".to_owned()], false).unwrap();
         let mut agent = agent().with_links(links);
-        async fn interface(agent: &mut Agent<FakeMaps>) -> (InterfaceState, Option<u32>) {
-            let status = ask(agent, Request::Status).await.status.unwrap();
-            let [interface] = &status.interfaces[..] else {
-                panic!("one interface: {status:?}");
-            };
-            (interface.state, interface.ifindex)
-        }
         assert_eq!(
             interface(&mut agent).await,
             (InterfaceState::Attached, Some(2))
