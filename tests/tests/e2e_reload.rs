@@ -409,7 +409,11 @@ fn config_dump_round_trips() {
     // What the dump says is what runs: check-config takes it, and a reload from it
     // changes nothing and makes everything the file's.
     rewrite(&run.agent, &dump);
-    let check = std::process::Command::new(balancer_path())
+    // In the lb namespace: the file's SNAT address and interfaces are that host's.
+    let check = run
+        .topo
+        .lb()
+        .command(&balancer_path().display().to_string())
         .args(["check-config", "--config"])
         .arg(run.agent.config_path())
         .output()
