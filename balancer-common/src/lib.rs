@@ -359,7 +359,16 @@ pub mod stat {
     /// A half-open flow whose port a new flow had taken took it back: its client
     /// acknowledged the backend's SYN-ACK (late, in a flood), the other's had not.
     pub const SNAT_PORT_TAKEN_BACK: u32 = 24;
-    pub const COUNT: u32 = 25;
+    /// Passed untouched: a VLAN-tagged (802.1Q or 802.1ad) frame. The balancer routes
+    /// untagged frames only: forwarded, a tag would carry a client into another VLAN.
+    pub const PASS_VLAN: u32 = 25;
+    /// Passed untouched: TTL 0 or 1, which a router must not forward; the stack answers
+    /// with an ICMP time exceeded (traceroute through the balancer works).
+    pub const PASS_TTL_EXPIRED: u32 = 26;
+    /// Dropped: a packet that would start a flow has a wrong IPv4 header checksum or
+    /// (checked for segments of up to 60 bytes: SYNs) TCP checksum.
+    pub const DROP_BAD_CHECKSUM: u32 = 27;
+    pub const COUNT: u32 = 28;
 
     /// Human names, indexed like the constants.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -388,6 +397,9 @@ pub mod stat {
         "pass_icmp_low_mtu",
         "snat_port_half_open_taken",
         "snat_port_taken_back",
+        "pass_vlan",
+        "pass_ttl_expired",
+        "drop_bad_checksum",
     ];
 }
 

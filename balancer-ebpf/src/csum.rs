@@ -1,7 +1,77 @@
-//! Incremental Internet checksum updates (RFC 1624, eqn. 3: HC' = ~(~HC + ~m + m')).
+//! Incremental Internet checksum updates (RFC 1624, eqn. 3: HC' = ~(~HC + ~m + m')), and
+//! the checks of a packet that would start a flow.
 //!
 //! All values are 16/32-bit words as they sit in the packet, read in host order: the
 //! one's-complement sum is byte-order independent, so no swapping is needed.
+use aya_ebpf::{helpers::bpf_xdp_load_bytes, programs::XdpContext, EbpfContext};
+use balancer_common::PROTO_TCP;
+
+use crate::parse::Packet;
+
+/// The longest IPv4 header, and the longest TCP segment whose checksum is checked (a SYN
+/// with every option; longer segments carry data, and only start a flow picked up
+/// mid-stream).
+const MAX_CHECKED: usize = 60;
+
+/// Whether `pkt`'s IPv4 header checksum, and its TCP checksum if the segment is at most
+/// [`MAX_CHECKED`] bytes, are right: a packet that would start a flow must be, or it takes
+/// a SNAT port and a table entry for a packet its backend will drop. (Established flows'
+/// packets are rewritten incrementally: a corrupt one stays corrupt and its receiver
+/// drops it.)
+#[inline(always)]
+pub fn verify(ctx: &XdpContext, pkt: &Packet) -> bool {
+    let ihl = pkt.l4_off - pkt.ip_off;
+    if sum_of(ctx, pkt.ip_off, ihl).is_none_or(|sum| fold(sum) != 0xffff) {
+        return false;
+    }
+    let len = usize::from(pkt.ip_len).saturating_sub(ihl);
+    if pkt.key.proto != PROTO_TCP || len > MAX_CHECKED {
+        return true;
+    }
+    let (src, dst) = (pkt.key.src_addr, pkt.key.dst_addr);
+    let pseudo = u64::from(src & 0xffff)
+        + u64::from(src >> 16)
+        + u64::from(dst & 0xffff)
+        + u64::from(dst >> 16)
+        + u64::from(u16::from(PROTO_TCP).to_be())
+        + u64::from((len as u16).to_be());
+    sum_of(ctx, pkt.l4_off, len).is_some_and(|sum| fold(pseudo + sum) == 0xffff)
+}
+
+/// The one's-complement sum (unfolded) of the `len` bytes at `off` (at most
+/// [`MAX_CHECKED`]; an odd last byte counts as padded with a zero), `None` when they are
+/// not in the packet. Copied out with `bpf_xdp_load_bytes` and summed over a fixed
+/// length: a loop over the packet itself, bounded by `len`, leaves the verifier one state
+/// per way out of it, and the new-flow path after it then took more than its limit.
+#[inline(always)]
+fn sum_of(ctx: &XdpContext, off: usize, len: usize) -> Option<u64> {
+    // `black_box`: the compiler knows `len` is in range and would drop this check, and
+    // the verifier, which does not, must see it on the register passed to the helper.
+    let len = core::hint::black_box(len as u32);
+    if len == 0 || len > MAX_CHECKED as u32 {
+        return None;
+    }
+    let mut bytes = [0u16; MAX_CHECKED / 2];
+    // SAFETY: `bytes` holds MAX_CHECKED >= len bytes; the helper checks the packet's bounds.
+    let loaded = unsafe {
+        bpf_xdp_load_bytes(
+            ctx.as_ptr().cast(),
+            off as u32,
+            bytes.as_mut_ptr().cast(),
+            len,
+        )
+    };
+    if loaded != 0 {
+        return None;
+    }
+    let mut sum = 0u64;
+    let mut i = 0;
+    while i < MAX_CHECKED / 2 {
+        sum += u64::from(bytes[i]);
+        i += 1;
+    }
+    Some(sum)
+}
 
 /// Accumulated changes to one checksum.
 #[derive(Clone, Copy, Default)]

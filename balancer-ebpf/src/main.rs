@@ -72,6 +72,11 @@ fn try_balancer(ctx: &XdpContext) -> Result<u32, DropReason> {
         parse::Parsed::IcmpError(error) => return icmp::translate(ctx, &error, clock::settings()?),
         parse::Parsed::Other => return Ok(xdp_action::XDP_PASS),
     };
+    if pkt.ttl <= 1 {
+        // Not to be forwarded: the stack answers with an ICMP time exceeded.
+        stats::count(stat::PASS_TTL_EXPIRED);
+        return Ok(xdp_action::XDP_PASS);
+    }
     let settings = clock::settings()?;
     let now = clock::now(settings);
     match route(ctx, &pkt, settings, now)? {

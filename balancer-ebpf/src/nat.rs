@@ -55,7 +55,8 @@ pub fn to_client_of(entry: &NatEntry) -> Rewrite {
 }
 
 /// The changes to the IPv4 and the TCP/UDP checksums when the tuple `from` becomes `to`
-/// (the addresses are in both: the TCP/UDP checksum covers a pseudo-header).
+/// (the addresses are in both: the TCP/UDP checksum covers a pseudo-header) and the TTL
+/// goes down by one, as [`rewrite_with`] does.
 #[inline(always)]
 pub fn csum_diffs(from: &FlowKey, to: &Rewrite) -> (csum::Diff, csum::Diff) {
     let addr_diff = csum::Diff::default()
@@ -64,7 +65,10 @@ pub fn csum_diffs(from: &FlowKey, to: &Rewrite) -> (csum::Diff, csum::Diff) {
     let l4_diff = addr_diff
         .u16(from.src_port, to.src_port)
         .u16(from.dst_port, to.dst_port);
-    (addr_diff, l4_diff)
+    // The TTL is the first byte of the word it shares with the protocol: read in host
+    // order (as `csum` reads words), that word goes down by one (the TTL is at least 2:
+    // `try_balancer` passes the rest, so there is no borrow from the protocol byte).
+    (addr_diff.u16(1, 0), l4_diff)
 }
 
 /// Rewrites addresses and ports to `to` and applies the checksum changes worked out for it
@@ -86,6 +90,8 @@ pub fn rewrite_with(
     let ip: *mut Ipv4Hdr = ptr_at(ctx, pkt.ip_off)?;
     // SAFETY: ptr_at checked the bounds.
     unsafe {
+        // Forwarded as a router forwards: one hop less.
+        (*ip).ttl -= 1;
         (*ip).src_addr = src_addr.to_ne_bytes();
         (*ip).dst_addr = dst_addr.to_ne_bytes();
         let check = u16::from_ne_bytes((*ip).check);

@@ -10,7 +10,6 @@ use crate::{stats, DropReason};
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88a8;
-const VLAN_HDR_LEN: usize = 4;
 /// IPv4 "more fragments" flag and fragment offset bits.
 const IP_MF_OFFSET: u16 = 0x3fff;
 /// IPv4 fragment offset bits.
@@ -93,6 +92,7 @@ pub struct Packet {
     /// IPv4 total length, host byte order (for the FIB's MTU check).
     pub ip_len: u16,
     pub tos: u8,
+    pub ttl: u8,
 }
 
 /// The one bounds-checked accessor: a pointer to a `T` at `offset`, or a drop reason when
@@ -113,13 +113,13 @@ pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Result<*mut T, DropReason> 
 pub fn parse(ctx: &XdpContext) -> Result<Parsed, DropReason> {
     let eth: *const EthHdr = ptr_at(ctx, 0)?;
     // SAFETY: ptr_at checked the bounds.
-    let mut ether_type = u16::from_be(unsafe { (*eth).ether_type });
-    let mut ip_off = EthHdr::LEN;
+    let ether_type = u16::from_be(unsafe { (*eth).ether_type });
+    let ip_off = EthHdr::LEN;
     if ether_type == ETH_P_8021Q || ether_type == ETH_P_8021AD {
-        // The tag's TCI, then the inner EtherType.
-        let inner: *const [u8; 2] = ptr_at(ctx, EthHdr::LEN + 2)?;
-        ether_type = u16::from_be_bytes(unsafe { *inner });
-        ip_off += VLAN_HDR_LEN;
+        // Routed, a tagged frame would leave with its tag, into the backends' segment
+        // (VLAN hopping); the stack drops it unless a VLAN device takes it.
+        stats::count(stat::PASS_VLAN);
+        return Ok(Parsed::Other);
     }
     if ether_type != ETH_P_IP {
         return Ok(Parsed::Other);
@@ -127,13 +127,14 @@ pub fn parse(ctx: &XdpContext) -> Result<Parsed, DropReason> {
 
     let ip: *const Ipv4Hdr = ptr_at(ctx, ip_off)?;
     // SAFETY: ptr_at checked the bounds.
-    let (vihl, frags, tot_len, proto, tos, src, dst) = unsafe {
+    let (vihl, frags, tot_len, proto, tos, ttl, src, dst) = unsafe {
         (
             (*ip).vihl,
             u16::from_be_bytes((*ip).frags),
             u16::from_be_bytes((*ip).tot_len),
             (*ip).proto,
             (*ip).tos,
+            (*ip).ttl,
             u32::from_ne_bytes((*ip).src_addr),
             u32::from_ne_bytes((*ip).dst_addr),
         )
@@ -212,6 +213,7 @@ pub fn parse(ctx: &XdpContext) -> Result<Parsed, DropReason> {
         len: (ctx.data_end() - ctx.data()) as u64,
         ip_len: tot_len,
         tos,
+        ttl,
     }))
 }
 

@@ -9,6 +9,7 @@ use balancer_common::{
 };
 
 use crate::{
+    csum,
     flow_cache::{self, Stamp},
     forward::{Action, Send},
     maps::{BACKENDS, CONNS},
@@ -29,6 +30,9 @@ pub fn new_flow(
     stamp: Stamp,
     now: u64,
 ) -> Result<Action, DropReason> {
+    if !csum::verify(ctx, pkt) {
+        return Err(stat::DROP_BAD_CHECKSUM);
+    }
     let conn = match schedule(pkt, vip, ended, settings, now) {
         Ok(Some(conn)) => conn,
         Ok(None) => return all_down(vip).map(Action::Verdict),
