@@ -73,8 +73,8 @@ fn decode(s: &str) -> String {
         match bytes[i] {
             b'+' => out.push(b' '),
             b'%' => match (
-                bytes.get(i + 1).and_then(hex),
-                bytes.get(i + 2).and_then(hex),
+                bytes.get(i + 1).copied().and_then(hex),
+                bytes.get(i + 2).copied().and_then(hex),
             ) {
                 (Some(high), Some(low)) => {
                     out.push(high << 4 | low);
@@ -89,8 +89,8 @@ fn decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-fn hex(c: &u8) -> Option<u8> {
-    char::from(*c)
+fn hex(c: u8) -> Option<u8> {
+    char::from(c)
         .to_digit(16)
         .map(|d| u8::try_from(d).expect("a hex digit"))
 }

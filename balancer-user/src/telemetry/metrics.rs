@@ -220,6 +220,9 @@ fn vips(w: &mut Writer, status: &Status) {
 
 type Pick = fn(&crate::api::Counters) -> u64;
 
+/// A family (name, type, help) whose one sample per item `value` gives.
+type Plain<T> = (&'static str, Kind, &'static str, fn(&T) -> u64);
+
 /// The per-direction counter families of VIPs (for backends, `vip` becomes `backend`).
 const DIRECTIONAL: [(&str, &str, Pick, Pick); 2] = [
     (
@@ -237,6 +240,11 @@ const DIRECTIONAL: [(&str, &str, Pick, Pick); 2] = [
     ),
 ];
 
+/// A backend's labels.
+fn labels<'a>((pool, backend, _): &'a (&str, String, &BackendStatus)) -> [(&'a str, &'a str); 2] {
+    [("pool", pool), ("backend", backend.as_str())]
+}
+
 fn backends(w: &mut Writer, pools: &[PoolStatus]) {
     // (pool, "ADDRESS:PORT", backend), the label values made once.
     let all: Vec<(&str, String, &BackendStatus)> = pools
@@ -247,11 +255,6 @@ fn backends(w: &mut Writer, pools: &[PoolStatus]) {
                 .map(|b| (p.name.as_str(), format!("{}:{}", b.address, b.port), b))
         })
         .collect();
-    fn labels<'a>(
-        (pool, backend, _): &'a (&str, String, &BackendStatus),
-    ) -> [(&'a str, &'a str); 2] {
-        [("pool", pool), ("backend", backend.as_str())]
-    }
     let gauge = |w: &mut Writer, name: &str, help: &str, value: fn(&BackendStatus) -> f64| {
         w.each((name, Kind::Gauge, help), &all, |w, name, item| {
             w.sample(name, &labels(item), value(item.2));
@@ -398,7 +401,7 @@ fn data_plane(w: &mut Writer, status: &Status) {
 }
 
 fn http(w: &mut Writer, vips: &[HttpVipStatus]) {
-    let plain: [(&str, Kind, &str, fn(&HttpVipStatus) -> u64); 6] = [
+    let plain: [Plain<HttpVipStatus>; 6] = [
         (
             "balancer_http_connections_total",
             Kind::Counter,
@@ -511,7 +514,7 @@ fn http(w: &mut Writer, vips: &[HttpVipStatus]) {
             w.sample(&format!("{name}_count"), &[("vip", &v.name)], cumulative);
         },
     );
-    let backend_families: [(&str, Kind, &str, fn(&crate::api::HttpBackendStatus) -> u64); 3] = [
+    let backend_families: [Plain<crate::api::HttpBackendStatus>; 3] = [
         (
             "balancer_http_backend_requests_total",
             Kind::Counter,
@@ -556,7 +559,7 @@ fn vrrp(w: &mut Writer, instances: &[VrrpStatus]) {
             }
         },
     );
-    let plain: [(&str, Kind, &str, fn(&VrrpStatus) -> u64); 5] = [
+    let plain: [Plain<VrrpStatus>; 5] = [
         (
             "balancer_vrrp_priority",
             Kind::Gauge,

@@ -79,11 +79,9 @@ async fn sample(server: Arc<Server>, every: Duration) {
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
-        match server.status().await {
-            Ok(_) => {}
-            // The loop is gone: the agent is stopping.
-            Err(Unavailable::Stopped) => return,
-            Err(Unavailable::Refused(_) | Unavailable::Slow) => {}
+        // The loop is gone: the agent is stopping. (Other failures: the next tick.)
+        if let Err(Unavailable::Stopped) = server.status().await {
+            return;
         }
     }
 }

@@ -1,4 +1,6 @@
-use std::collections::{BTreeMap, HashMap};
+#![expect(clippy::float_cmp, reason = "values written exactly and parsed back")]
+
+use std::collections::{BTreeMap, HashSet};
 use std::net::Ipv4Addr;
 
 use super::render;
@@ -15,16 +17,13 @@ use crate::health::Health;
 /// (name, labels, value)).
 pub(crate) fn check(text: &str) -> BTreeMap<String, (String, Vec<Sample>)> {
     let mut families: BTreeMap<String, (String, Vec<Sample>)> = BTreeMap::new();
-    let mut helps = HashMap::new();
+    let mut helps = HashSet::new();
     let mut current: Option<String> = None;
     for line in text.lines() {
         if let Some(rest) = line.strip_prefix("# HELP ") {
             let (name, help) = rest.split_once(' ').expect("HELP NAME TEXT");
             assert!(!help.trim().is_empty(), "{name}: empty help");
-            assert!(
-                helps.insert(name.to_owned(), ()).is_none(),
-                "{name}: HELP twice"
-            );
+            assert!(helps.insert(name.to_owned()), "{name}: HELP twice");
             assert_valid_name(name);
             assert!(name.starts_with("balancer_"), "{name}: no balancer_ prefix");
             current = Some(name.to_owned());
@@ -83,12 +82,9 @@ fn assert_valid_name(name: &str) {
 }
 
 fn parse_sample(line: &str) -> Sample {
-    let (name, rest) = match line.find('{') {
-        Some(i) => (&line[..i], &line[i + 1..]),
-        None => {
-            let (name, value) = line.split_once(' ').expect("NAME VALUE");
-            return (name.to_owned(), BTreeMap::new(), parse_value(value));
-        }
+    let Some((name, rest)) = line.split_once('{') else {
+        let (name, value) = line.split_once(' ').expect("NAME VALUE");
+        return (name.to_owned(), BTreeMap::new(), parse_value(value));
     };
     assert_valid_name(name);
     let mut labels = BTreeMap::new();
