@@ -11,4 +11,5 @@ pub mod lb;
 pub mod ring;
 pub mod spelling;
 pub mod sys;
+pub mod telemetry;
 pub mod vrrp;

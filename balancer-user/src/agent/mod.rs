@@ -36,6 +36,7 @@ use crate::{
     health::{Checker, HealthEvent},
     l7,
     lb::Balancer,
+    telemetry,
     vrrp::{self, Vrrp},
 };
 
@@ -109,6 +110,9 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     }
     let (events_tx, mut events) = mpsc::channel::<Event>(64);
     control_server::start(&socket_path, events_tx.clone())?;
+    if let Some(telemetry) = &config.telemetry {
+        telemetry::start(telemetry, control_events(events_tx.clone())).await?;
+    }
     log::info!(
         "serving {} VIP(s); control socket {}",
         config.vips.len(),
@@ -173,6 +177,24 @@ pub fn check_config(path: &Path) -> anyhow::Result<&'static str> {
     }
     vrrp::check_host(&config.vrrp)?;
     Ok("configuration OK")
+}
+
+/// A channel whose requests become [`Event::Control`]s on `events` (the telemetry server
+/// does not know the agent's events).
+fn control_events(events: mpsc::Sender<Event>) -> telemetry::Ask {
+    let (ask, mut asked) = mpsc::channel(8);
+    tokio::spawn(async move {
+        while let Some((request, reply)) = asked.recv().await {
+            if events
+                .send(Event::Control { request, reply })
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    ask
 }
 
 /// Starts the configured VRRP instances, once the data plane is attached (so that a Master

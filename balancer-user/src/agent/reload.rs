@@ -212,6 +212,10 @@ pub fn check_live(old: &Config, new: &Config) -> Result<(), String> {
             old.nat.source_addresses != new.nat.source_addresses,
             "nat.source_address: changing the SNAT source of every backend",
         ),
+        (
+            old.telemetry != new.telemetry,
+            "telemetry: changing the metrics listener",
+        ),
     ];
     let refused: Vec<&str> = fixed
         .iter()

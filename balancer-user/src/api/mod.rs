@@ -186,6 +186,9 @@ pub struct BackendStatus {
     pub since_change_secs: f64,
     /// Why the health last changed.
     pub change_reason: String,
+    /// Health changes since the backend was added.
+    #[serde(default)]
+    pub transitions: u64,
     pub counters: Counters,
     #[serde(default)]
     pub source: Source,

@@ -453,6 +453,7 @@ mod tests {
             last_check: None,
             since_change_secs: 3.0,
             change_reason: String::new(),
+            transitions: 0,
             source: Source::File,
             counters: Counters {
                 packets: 7,

@@ -52,6 +52,7 @@ pub use crate::l7::headers::ForwardedStyle;
 pub use crate::l7::proxy::ProxySettings;
 /// Whether `n` is a prime number (Maglev ring sizes must be).
 pub use crate::ring::is_prime;
+pub use crate::telemetry::config::{Credentials, TelemetryConfig};
 pub use addresses::{
     check_backend_address, check_l4_backend, check_source_address, check_vip_address, not_a_host,
     port_range_overlap, AddressError, BackendAddressError, Host,
@@ -106,6 +107,8 @@ pub struct Config {
     pub timeouts: Timeouts,
     /// `[http]`: the proxy's timeouts and limits, for every HTTP-mode VIP.
     pub http: ProxySettings,
+    /// `[telemetry]`: the metrics and stats page listener; `None`: nothing listens.
+    pub telemetry: Option<TelemetryConfig>,
     pub pools: Vec<PoolConfig>,
     pub vips: Vec<VipConfig>,
     /// `[[vrrp]]`: the VRRP instances, in the order written.
@@ -622,6 +625,7 @@ pool = "dns"
                 tcp_handshake: Duration::from_secs(20),
             },
             http: ProxySettings::default(),
+            telemetry: None,
             pools: vec![
                 PoolConfig {
                     name: "web".into(),
@@ -725,6 +729,7 @@ pool = "dns"
                     tcp_handshake: Duration::from_secs(5),
                 },
                 http: ProxySettings::default(),
+                telemetry: None,
                 pools: vec![],
                 vips: vec![],
                 vrrp: vec![],

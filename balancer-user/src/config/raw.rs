@@ -22,6 +22,8 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub(super) http: Option<RawHttp>,
     #[serde(default)]
+    pub(super) telemetry: Option<RawTelemetry>,
+    #[serde(default)]
     pub(super) pool: Vec<Spanned<RawPool>>,
     #[serde(default)]
     pub(super) vip: Vec<Spanned<RawVip>>,
@@ -399,4 +401,24 @@ impl<'de> Deserialize<'de> for Int {
 
         deserializer.deserialize_i64(IntVisitor)
     }
+}
+
+/// `[telemetry]`: the metrics and stats page listener.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(super) struct RawTelemetry {
+    pub(super) listen: Spanned<String>,
+    #[serde(default)]
+    pub(super) auth: Option<Spanned<RawAuth>>,
+    #[serde(default)]
+    pub(super) admin: Option<Spanned<bool>>,
+    #[serde(default)]
+    pub(super) refresh: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(super) struct RawAuth {
+    pub(super) user: Spanned<String>,
+    pub(super) password: Spanned<String>,
 }

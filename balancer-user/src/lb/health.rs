@@ -69,6 +69,7 @@ impl<M: Maps> Balancer<M> {
         let old_since = std::mem::replace(&mut backend.changed_at, Instant::now());
         let old_reason =
             std::mem::replace(&mut backend.change_reason, event.outcome.reason.clone());
+        backend.transitions += 1;
         let (id, addr) = (backend.id, backend.addr);
         let entry = backend_entry(backend, policy);
         let pool_name = event.pool.clone();
@@ -79,6 +80,7 @@ impl<M: Maps> Balancer<M> {
                 b.health = old;
                 b.changed_at = old_since;
                 b.change_reason.clone_from(&old_reason);
+                b.transitions -= 1;
             }
         };
         // Down: leave the ring first, then flag the pinned flows. Up: the reverse.

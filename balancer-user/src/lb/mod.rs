@@ -395,6 +395,7 @@ impl<M: Maps> Balancer<M> {
             latest: None,
             check_task: 0,
             changed_at: Instant::now(),
+            transitions: 0,
             change_reason: if unchecked {
                 "added, not checked yet".to_owned()
             } else {

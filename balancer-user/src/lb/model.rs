@@ -37,6 +37,8 @@ pub(super) struct PoolBackend {
     pub(super) check_task: u64,
     pub(super) changed_at: Instant,
     pub(super) change_reason: String,
+    /// Health changes (up to down and back) since the backend was added.
+    pub(super) transitions: u64,
 }
 
 impl PoolBackend {

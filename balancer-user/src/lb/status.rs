@@ -73,6 +73,7 @@ impl<M: Maps> Balancer<M> {
                     last_check: b.newest_check(),
                     since_change_secs: b.changed_at.elapsed().as_secs_f64(),
                     change_reason: b.change_reason.clone(),
+                    transitions: b.transitions,
                     counters: self.maps.backend_stats(b.id)?.into(),
                     source: Source::File,
                 });

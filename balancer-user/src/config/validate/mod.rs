@@ -11,6 +11,7 @@ mod balance;
 mod check;
 mod http;
 mod l7;
+mod telemetry;
 mod vrrp;
 
 use std::cell::RefCell;
@@ -112,6 +113,7 @@ impl Validator<'_> {
             Some(h) => self.http(h)?,
             None => ProxySettings::default(),
         };
+        let telemetry = raw.telemetry.map(|t| self.telemetry(t)).transpose()?;
         let pools = self.pools(raw.pool)?;
         let vips = self.vips(raw.vip, &pools)?;
         let vrrp = self.vrrp_instances(&raw.vrrp, &vips)?;
@@ -121,6 +123,7 @@ impl Validator<'_> {
             nat,
             timeouts,
             http,
+            telemetry,
             pools,
             vips,
             vrrp,

@@ -1,0 +1,428 @@
+#![expect(clippy::float_cmp, reason = "values written exactly and parsed back")]
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::Ipv4Addr;
+
+use super::render;
+use crate::api::{
+    BackendStatus, ConfigStatus, Counters, HttpVipStatus, InterfaceState, InterfaceStatus,
+    LastCheck, PoolStatus, Source, Status, VipStatus, VrrpStatus,
+};
+use crate::config::{parse, VipConfig};
+use crate::health::Health;
+
+/// A small checker of the text format: every sample belongs to a family declared before it
+/// with HELP and TYPE (once each), names follow the conventions, label values are quoted
+/// and escaped, values are numbers. Returns family -> (type, samples as
+/// (name, labels, value)).
+pub(crate) fn check(text: &str) -> BTreeMap<String, (String, Vec<Sample>)> {
+    let mut families: BTreeMap<String, (String, Vec<Sample>)> = BTreeMap::new();
+    let mut helps = HashSet::new();
+    let mut current: Option<String> = None;
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let (name, help) = rest.split_once(' ').expect("HELP NAME TEXT");
+            assert!(!help.trim().is_empty(), "{name}: empty help");
+            assert!(helps.insert(name.to_owned()), "{name}: HELP twice");
+            assert_valid_name(name);
+            assert!(name.starts_with("balancer_"), "{name}: no balancer_ prefix");
+            current = Some(name.to_owned());
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').expect("TYPE NAME KIND");
+            assert_eq!(
+                current.as_deref(),
+                Some(name),
+                "TYPE {name} not after its HELP"
+            );
+            assert!(["counter", "gauge", "histogram"].contains(&kind), "{line}");
+            assert_eq!(
+                kind == "counter",
+                name.ends_with("_total"),
+                "{name}: counter iff _total"
+            );
+            let unit_ok = !name.contains("_ms") && !name.contains("milliseconds");
+            assert!(unit_ok, "{name}: not in base units");
+            assert!(
+                families
+                    .insert(name.to_owned(), (kind.to_owned(), Vec::new()))
+                    .is_none(),
+                "{name}: TYPE twice"
+            );
+        } else {
+            assert!(!line.starts_with('#'), "stray comment {line:?}");
+            let sample = parse_sample(line);
+            let family = current.as_ref().expect("a sample before any family");
+            let kind = &families[family].0;
+            let allowed: &[&str] = if kind == "histogram" {
+                &["_bucket", "_count", "_sum"]
+            } else {
+                &[""]
+            };
+            assert!(
+                allowed.iter().any(|s| sample.0 == format!("{family}{s}")),
+                "sample {} outside its family {family}",
+                sample.0
+            );
+            families.get_mut(family).unwrap().1.push(sample);
+        }
+    }
+    families
+}
+
+pub(crate) type Sample = (String, BTreeMap<String, String>, f64);
+
+fn assert_valid_name(name: &str) {
+    let mut chars = name.chars();
+    let first = chars.next().expect("a name");
+    assert!(first.is_ascii_alphabetic() || first == '_', "{name}");
+    assert!(
+        chars.all(|c| c.is_ascii_alphanumeric() || c == '_'),
+        "{name}"
+    );
+}
+
+fn parse_sample(line: &str) -> Sample {
+    let Some((name, rest)) = line.split_once('{') else {
+        let (name, value) = line.split_once(' ').expect("NAME VALUE");
+        return (name.to_owned(), BTreeMap::new(), parse_value(value));
+    };
+    assert_valid_name(name);
+    let mut labels = BTreeMap::new();
+    let mut chars = rest.chars().peekable();
+    loop {
+        let key: String = chars.by_ref().take_while(|&c| c != '=').collect();
+        assert_valid_name(&key);
+        assert_eq!(chars.next(), Some('"'), "{line}: label value not quoted");
+        let mut value = String::new();
+        loop {
+            match chars.next().expect("an unterminated label value") {
+                '\\' => match chars.next() {
+                    Some('\\') => value.push('\\'),
+                    Some('"') => value.push('"'),
+                    Some('n') => value.push('\n'),
+                    other => panic!("{line}: bad escape {other:?}"),
+                },
+                '"' => break,
+                '\n' => panic!("raw newline"),
+                c => value.push(c),
+            }
+        }
+        assert!(labels.insert(key, value).is_none(), "{line}: label twice");
+        match chars.next() {
+            Some(',') => {}
+            Some('}') => break,
+            other => panic!("{line}: {other:?} after a label"),
+        }
+    }
+    assert_eq!(chars.next(), Some(' '), "{line}");
+    let value: String = chars.collect();
+    (name.to_owned(), labels, parse_value(&value))
+}
+
+fn parse_value(value: &str) -> f64 {
+    match value {
+        "+Inf" => f64::INFINITY,
+        v => v
+            .parse()
+            .unwrap_or_else(|_| panic!("{v:?} is not a number")),
+    }
+}
+
+fn vip_config(name: &str, n: u8) -> VipConfig {
+    let text = format!(
+        "[agent]\ninterfaces = [\"lbc0\"]\n[[pool]]\nname = \"{name}\"\n[[vip]]\nname = \"{name}\"\n\
+         address = \"10.0.100.{n}\"\nport = 80\nprotocol = \"tcp\"\npool = \"{name}\"\n"
+    );
+    parse(&text, "t.toml").unwrap().vips.remove(0)
+}
+
+fn backend(i: u32) -> BackendStatus {
+    BackendStatus {
+        address: Ipv4Addr::from(0x0a00_0000 + i),
+        port: 80,
+        weight: [2, 0, 2][(i % 3) as usize],
+        state: ["active", "drained", "down"][(i % 3) as usize].to_owned(),
+        health: if i % 3 == 2 { Health::Down } else { Health::Up },
+        check: "tcp".into(),
+        last_check: Some(LastCheck {
+            ok: i % 3 != 2,
+            latency_ms: 1.5,
+            reason: "connected".into(),
+        }),
+        since_change_secs: 12.0,
+        change_reason: "rise".into(),
+        transitions: u64::from(i),
+        counters: Counters {
+            packets: u64::from(i) * 10,
+            bytes: 1000,
+            new_flows: 3,
+            reply_packets: 9,
+            reply_bytes: 900,
+        },
+        source: Source::File,
+    }
+}
+
+/// `vips` VIPs over as many pools, `backends` backends spread over them.
+pub(crate) fn status(vips: u32, backends: u32) -> Status {
+    let mut pools: Vec<PoolStatus> = (0..vips)
+        .map(|p| PoolStatus {
+            name: format!("pool{p}"),
+            on_backend_down: crate::config::DownPolicy::default(),
+            backends: Vec::new(),
+            source: Source::File,
+        })
+        .collect();
+    for i in 0..backends {
+        pools[(i % vips) as usize].backends.push(backend(i));
+    }
+    Status {
+        vips: (0..vips)
+            .map(|v| VipStatus {
+                config: vip_config(&format!("pool{v}"), u8::try_from(v % 250 + 1).unwrap()),
+                active_backends: 2,
+                counters: Counters::default(),
+                source: Source::File,
+            })
+            .collect(),
+        pools,
+        global: balancer_common::stat::NAMES
+            .iter()
+            .map(|n| ((*n).to_owned(), 7))
+            .collect(),
+        interfaces: vec![InterfaceStatus {
+            name: "lbc0".into(),
+            state: InterfaceState::Attached,
+            ifindex: Some(3),
+            mode: Some("driver".into()),
+            since_change_secs: 1.0,
+            error: None,
+        }],
+        vrrp: Vec::new(),
+        http: Vec::new(),
+        config: Some(ConfigStatus {
+            path: "/etc/balancer/balancer.toml".into(),
+            generation: 3,
+            last_reload: None,
+            dump: None,
+        }),
+    }
+}
+
+fn one(
+    families: &BTreeMap<String, (String, Vec<Sample>)>,
+    family: &str,
+    labels: &[(&str, &str)],
+) -> f64 {
+    let samples = &families
+        .get(family)
+        .unwrap_or_else(|| panic!("no {family}"))
+        .1;
+    let found: Vec<_> = samples
+        .iter()
+        .filter(|(_, l, _)| {
+            labels
+                .iter()
+                .all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v))
+        })
+        .collect();
+    assert_eq!(found.len(), 1, "{family} {labels:?}: {found:?}");
+    found[0].2
+}
+
+#[test]
+fn every_family_is_well_formed_and_carries_the_status() {
+    let families = check(&render(&status(2, 6)));
+    assert_eq!(one(&families, "balancer_build_info", &[]), 1.0);
+    assert_eq!(one(&families, "balancer_config_generation", &[]), 3.0);
+    assert_eq!(
+        one(
+            &families,
+            "balancer_interface_attached",
+            &[("interface", "lbc0")]
+        ),
+        1.0
+    );
+    let b = [("pool", "pool1"), ("backend", "10.0.0.1:80")];
+    let client = [b[0], b[1], ("direction", "client")];
+    assert_eq!(
+        one(&families, "balancer_backend_packets_total", &client),
+        10.0
+    );
+    let reply = [b[0], b[1], ("direction", "reply")];
+    assert_eq!(
+        one(&families, "balancer_backend_bytes_total", &reply),
+        900.0
+    );
+    assert_eq!(one(&families, "balancer_backend_weight", &b), 0.0);
+    assert_eq!(
+        one(&families, "balancer_backend_health_transitions_total", &b),
+        1.0
+    );
+    assert_eq!(
+        one(&families, "balancer_backend_check_latency_seconds", &b),
+        0.0015
+    );
+    let drained = [b[0], b[1], ("state", "drained")];
+    assert_eq!(one(&families, "balancer_backend_state", &drained), 1.0);
+    let active = [b[0], b[1], ("state", "active")];
+    assert_eq!(one(&families, "balancer_backend_state", &active), 0.0);
+    let down = [("pool", "pool0"), ("backend", "10.0.0.2:80")];
+    assert_eq!(one(&families, "balancer_backend_up", &down), 0.0);
+    assert_eq!(
+        one(
+            &families,
+            "balancer_dataplane_drops_total",
+            &[("reason", "no_backend")]
+        ),
+        7.0
+    );
+    assert_eq!(
+        one(
+            &families,
+            "balancer_xdp_verdicts_total",
+            &[("verdict", "redirect")]
+        ),
+        7.0
+    );
+    assert_eq!(
+        one(
+            &families,
+            "balancer_dataplane_events_total",
+            &[("event", "nat_reply")]
+        ),
+        7.0
+    );
+    // Every GLOBAL_STATS counter lands in exactly one family.
+    let dataplane: usize = [
+        "balancer_xdp_verdicts_total",
+        "balancer_dataplane_drops_total",
+        "balancer_dataplane_passes_total",
+        "balancer_dataplane_events_total",
+    ]
+    .iter()
+    .map(|f| families[*f].1.len())
+    .sum();
+    assert_eq!(dataplane, balancer_common::stat::NAMES.len());
+}
+
+#[test]
+fn label_values_are_escaped() {
+    let mut s = status(1, 1);
+    s.interfaces[0].name = "we\"ird\\na\nme".into();
+    let text = render(&s);
+    assert!(text.contains(r#"interface="we\"ird\\na\nme""#), "{text}");
+    let families = check(&text);
+    assert_eq!(
+        one(
+            &families,
+            "balancer_interface_attached",
+            &[("interface", "we\"ird\\na\nme")]
+        ),
+        1.0
+    );
+}
+
+#[test]
+fn http_and_vrrp_families() {
+    let mut s = status(1, 1);
+    s.http.push(HttpVipStatus {
+        name: "api".into(),
+        listen: "10.0.100.9:80".parse().unwrap(),
+        connections: 4,
+        active_connections: 1,
+        requests: 5,
+        active_requests: 1,
+        queued: 2,
+        responses: [("2xx".to_owned(), 4), ("5xx".to_owned(), 1)].into(),
+        bytes_in: 10,
+        bytes_out: 20,
+        retries: 1,
+        errors: [("connect".to_owned(), 1)].into(),
+        latency_ms: vec![("1".into(), 2), ("50".into(), 3), ("+Inf".into(), 0)],
+        rules: Vec::new(),
+        backends: Vec::new(),
+    });
+    s.vrrp.push(VrrpStatus {
+        name: "vi_1".into(),
+        interface: "lbc0".into(),
+        vrid: 51,
+        version: 3,
+        state: "MASTER".into(),
+        priority: 150,
+        effective_priority: 140,
+        source: "10.0.1.2".parse().unwrap(),
+        master: None,
+        since_change_secs: 2.0,
+        reason: "timeout".into(),
+        adverts_sent: 9,
+        adverts_received: 0,
+        became_master: 1,
+        errors: [("bad_ttl".to_owned(), 2)].into(),
+        checksums: BTreeMap::new(),
+        sync_group: None,
+        addresses: Vec::new(),
+    });
+    let families = check(&render(&s));
+    let api = ("vip", "api");
+    assert_eq!(
+        one(
+            &families,
+            "balancer_http_responses_total",
+            &[api, ("class", "5xx")]
+        ),
+        1.0
+    );
+    assert_eq!(one(&families, "balancer_http_queued_requests", &[api]), 2.0);
+    let histogram = &families["balancer_http_response_duration_seconds"];
+    assert_eq!(histogram.0, "histogram");
+    let bucket = |le| {
+        one(
+            &families,
+            "balancer_http_response_duration_seconds",
+            &[api, ("le", le)],
+        )
+    };
+    assert_eq!(
+        (bucket("0.001"), bucket("0.05"), bucket("+Inf")),
+        (2.0, 5.0, 5.0)
+    );
+    let vi = ("instance", "vi_1");
+    assert_eq!(
+        one(&families, "balancer_vrrp_state", &[vi, ("state", "MASTER")]),
+        1.0
+    );
+    assert_eq!(
+        one(&families, "balancer_vrrp_state", &[vi, ("state", "BACKUP")]),
+        0.0
+    );
+    assert_eq!(
+        one(&families, "balancer_vrrp_effective_priority", &[vi]),
+        140.0
+    );
+    assert_eq!(
+        one(
+            &families,
+            "balancer_vrrp_advert_errors_total",
+            &[vi, ("reason", "bad_ttl")]
+        ),
+        2.0
+    );
+}
+
+/// Prints how long rendering 100 VIPs and 1,000 backends takes (the target lives in the
+/// bench: timed assertions are not tests).
+#[test]
+fn a_large_scrape_is_rendered_and_well_formed() {
+    let s = status(100, 1000);
+    let started = std::time::Instant::now();
+    let text = render(&s);
+    let took = started.elapsed();
+    let families = check(&text);
+    assert_eq!(families["balancer_backend_weight"].1.len(), 1000);
+    assert_eq!(families["balancer_vip_flows_total"].1.len(), 100);
+    println!(
+        "rendered 100 VIPs and 1000 backends in {took:?} ({} bytes)",
+        text.len()
+    );
+}
