@@ -59,7 +59,8 @@ pub const PACKAGES: &[Package] = &[
         package: "tcpdump",
     },
     // etcd discovery: the `etcd-client` crate's build generates its protobuf code with
-    // `protoc`, and the tests run a real etcd and put keys with etcdctl.
+    // `protoc` (apt also installs its recommended libprotobuf-dev, whose well-known
+    // `.proto` files that build imports), and the tests run a real etcd and etcdctl.
     Package {
         command: "protoc",
         package: "protobuf-compiler",
