@@ -154,27 +154,27 @@ mod tests {
         let cases = [
             (
                 "discovery = { etcd = { endpoints = [], prefix = \"/s/\" } }",
-                "5:37: pool[0] (\"web\").discovery.etcd.endpoints: at least one endpoint",
+                "5:36: pool[0] (\"web\").discovery.etcd.endpoints: at least one endpoint",
             ),
             (
                 "discovery = { etcd = { endpoints = [\"127.0.0.1:2379\"], prefix = \"/s/\" } }",
-                "5:38: pool[0] (\"web\").discovery.etcd.endpoints[0]:",
+                "5:37: pool[0] (\"web\").discovery.etcd.endpoints[0]:",
             ),
             (
                 "discovery = { etcd = { endpoints = [\"http://a:2379\"], prefix = \"\" } }",
-                "5:65: pool[0] (\"web\").discovery.etcd.prefix:",
+                "5:64: pool[0] (\"web\").discovery.etcd.prefix:",
             ),
             (
                 "discovery = { etcd = { endpoints = [\"https://a:2379\"], prefix = \"/s/\", cert = \"/c\" } }",
-                "5:80: pool[0] (\"web\").discovery.etcd: a client certificate needs both",
+                "5:79: pool[0] (\"web\").discovery.etcd: a client certificate needs both",
             ),
             (
                 "discovery = { etcd = { endpoints = [\"https://a:2379\"], prefix = \"/s/\", user = \"u\" } }",
-                "5:80: pool[0] (\"web\").discovery.etcd: `user` and `password` go together",
+                "5:79: pool[0] (\"web\").discovery.etcd: `user` and `password` go together",
             ),
             (
                 "discovery = { etcd = { endpoints = [\"http://a:2379\"], prefix = \"/s/\", ca = \"/c\" } }",
-                "5:37: pool[0] (\"web\").discovery.etcd.endpoints: TLS files are given",
+                "5:36: pool[0] (\"web\").discovery.etcd.endpoints: TLS files are given",
             ),
             (
                 "discovery = { etcd = { endpoint = [\"http://a:2379\"], prefix = \"/s/\" } }",
