@@ -36,7 +36,8 @@ fn main() -> ExitCode {
         Command::Register(args) => {
             env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
                 .init();
-            args.registration()
+            (*args)
+                .registration()
                 .map_err(anyhow::Error::msg)
                 .and_then(|reg| {
                     tokio::runtime::Builder::new_current_thread()

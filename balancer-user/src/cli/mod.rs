@@ -96,7 +96,7 @@ pub enum Command {
     Config(ConfigCommand),
     /// The secretary beside a backend: keeps its key under an etcd prefix alive with a
     /// lease while its health check passes; revokes it when the check fails and on exit.
-    Register(RegisterArgs),
+    Register(Box<RegisterArgs>),
 }
 
 #[derive(Debug, Subcommand)]

@@ -78,10 +78,13 @@ pub fn backends(keys: &BTreeMap<String, Discovered>) -> (Backends, Vec<(String, 
     let mut set = Backends::new();
     let mut duplicates = Vec::new();
     for (key, d) in keys {
-        if set.contains_key(&d.addr) {
-            duplicates.push((key.clone(), d.addr));
-        } else {
-            set.insert(d.addr, d.weight);
+        match set.entry(d.addr) {
+            std::collections::btree_map::Entry::Occupied(_) => {
+                duplicates.push((key.clone(), d.addr));
+            }
+            std::collections::btree_map::Entry::Vacant(v) => {
+                v.insert(d.weight);
+            }
         }
     }
     (set, duplicates)
