@@ -33,6 +33,20 @@ fn main() -> ExitCode {
                 })
         }
         Command::CheckConfig { config } => agent::check_config(&config).and_then(print),
+        Command::Register(args) => {
+            env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+                .init();
+            (*args)
+                .registration()
+                .map_err(anyhow::Error::msg)
+                .and_then(|reg| {
+                    tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .map_err(anyhow::Error::from)
+                        .and_then(|rt| rt.block_on(balancer::discovery::register::run(reg)))
+                })
+        }
         command => {
             let socket = cli
                 .socket

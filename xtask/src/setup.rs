@@ -58,6 +58,21 @@ pub const PACKAGES: &[Package] = &[
         command: "tcpdump",
         package: "tcpdump",
     },
+    // etcd discovery: the `etcd-client` crate's build generates its protobuf code with
+    // `protoc` (apt also installs its recommended libprotobuf-dev, whose well-known
+    // `.proto` files that build imports), and the tests run a real etcd and etcdctl.
+    Package {
+        command: "protoc",
+        package: "protobuf-compiler",
+    },
+    Package {
+        command: "etcd",
+        package: "etcd-server",
+    },
+    Package {
+        command: "etcdctl",
+        package: "etcd-client",
+    },
 ];
 
 /// What only `cargo xtask bench` needs: the load generator, the backends and peers it

@@ -13,11 +13,12 @@ use std::{
 
 use tokio::sync::oneshot;
 
-use super::{links::LinkEvent, live::Live};
+use super::{discovered::Discovered, links::LinkEvent, live::Live};
 use crate::{
     api::{Request, Response},
     config::Host,
     dataplane::{links::Links, Maps},
+    discovery::Update,
     health::{config::CheckConfig, Checker, HealthEvent},
     l7::Frontend,
     lb::{Balancer, BalancerError},
@@ -40,6 +41,8 @@ pub enum Event {
     Reload { signal: &'static str },
     /// The kernel said a link changed (one of ours, perhaps).
     Link(LinkEvent),
+    /// A pool's etcd prefix holds a new backend set.
+    Discovery(Update),
 }
 
 /// The agent's state: the balancer (which owns the maps), the health checks it runs, and
@@ -63,6 +66,8 @@ pub struct Agent<M: Maps> {
     data_plane_said: Option<bool>,
     /// The configuration file and what runs of it (`None` in tests that have none).
     pub(super) live: Option<Live>,
+    /// The pools whose backends come from etcd.
+    pub(super) discovery: Discovered,
 }
 
 impl<M: Maps> Agent<M> {
@@ -85,6 +90,7 @@ impl<M: Maps> Agent<M> {
             links: None,
             data_plane_said: None,
             live: None,
+            discovery: Discovered::default(),
         };
         agent.set_vrrp(vrrp);
         agent.sync_all();
@@ -173,6 +179,7 @@ impl<M: Maps> Agent<M> {
                 // (The outcome is logged and kept for `status`.)
                 let _ = self.reload().await;
             }
+            Event::Discovery(update) => self.discovered(&update),
             Event::Link(event) => {
                 if let Some(links) = &mut self.links {
                     let changed = match &event {
@@ -364,6 +371,7 @@ impl<M: Maps> Agent<M> {
                     live.set_sources(&mut status);
                     status.config = Some(live.status());
                 }
+                self.set_discovery_status(&mut status);
                 Response {
                     ok: true,
                     error: None,

@@ -289,6 +289,8 @@ impl<M: Maps> Agent<M> {
             live.generation += 1;
         }
         live.save();
+        let running = live.running.clone();
+        self.sync_watchers(&running);
         self.sync_all();
         Ok(plan.to_string())
     }

@@ -7,6 +7,7 @@
 //! changed (`reload`: the plan; `live`: applying it).
 
 mod control_server;
+mod discovered;
 mod events;
 mod host;
 mod links;
@@ -126,12 +127,16 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     let mut agent = Agent::new(lb, Checker::new(health_tx), vrrp, http)
         .with_links(links)
         .with_config(live);
+    // Discovered sets too come on a channel of their own.
+    let (discovery_tx, mut discovered) = mpsc::channel(64);
+    agent.start_discovery(&config, discovery_tx);
     tokio::spawn(links::watch(link_events, events_tx.clone()));
     signals::start(events_tx)?;
     loop {
         let event = tokio::select! {
             Some(event) = events.recv() => event,
             Some(result) = health.recv() => Event::Health(result),
+            Some(update) = discovered.recv() => Event::Discovery(update),
             else => break,
         };
         if agent.handle(event).await == ControlFlow::Break(()) {

@@ -585,6 +585,7 @@ pub fn record(config: &mut Config, request: &Request) {
         check: crate::config::CheckConfig::default(),
         on_backend_down: crate::config::DownPolicy::default(),
         balance: crate::config::PoolBalance::default(),
+        discovery: None,
     };
     match request {
         Request::VipAdd { vip } => {

@@ -67,6 +67,8 @@ pub enum Source {
     File,
     /// A CLI command added or changed it.
     Cli,
+    /// A key under the pool's etcd discovery prefix.
+    Etcd,
 }
 
 impl Source {
@@ -75,6 +77,7 @@ impl Source {
         match self {
             Source::File => "file",
             Source::Cli => "cli",
+            Source::Etcd => "etcd",
         }
     }
 }
@@ -201,6 +204,23 @@ pub struct PoolStatus {
     pub backends: Vec<BackendStatus>,
     #[serde(default)]
     pub source: Source,
+    /// Where the pool's etcd discovery stands, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discovery: Option<DiscoveryStatus>,
+}
+
+/// A pool's etcd discovery.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiscoveryStatus {
+    pub state: crate::discovery::watch::State,
+    pub endpoints: Vec<String>,
+    pub prefix: String,
+    /// The etcd revision the pool's backends are current at (0 before the first list).
+    pub revision: i64,
+    /// Why the last attempt failed, while it has not succeeded since.
+    pub last_error: Option<String>,
+    /// When the state last changed (RFC 3339, UTC).
+    pub since: String,
 }
 
 /// One VRRP instance.

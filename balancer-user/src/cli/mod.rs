@@ -1,5 +1,6 @@
 //! Command line: `balancer run` starts the agent; every other command talks to it over the
 //! control socket and prints the result.
+mod register;
 mod render;
 
 use std::{
@@ -17,6 +18,7 @@ use clap::{
     builder::{PossibleValue, TypedValueParser},
     Args, Parser, Subcommand,
 };
+pub use register::RegisterArgs;
 use render::{
     render_backends, render_pools, render_reload, render_status, render_vips, render_vrrp,
     trim_lines,
@@ -92,6 +94,9 @@ pub enum Command {
     /// The agent's running configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// The secretary beside a backend: keeps its key under an etcd prefix alive with a
+    /// lease while its health check passes; revokes it when the check fails and on exit.
+    Register(Box<RegisterArgs>),
 }
 
 #[derive(Debug, Subcommand)]
@@ -293,8 +298,8 @@ const RUNTIME_CHANGE: &str = "(a runtime change: kept across reloads and restart
 /// and returns what to print.
 pub fn client(socket: &Path, command: Command, timeout: Duration) -> Result<String, ClientError> {
     let (request, render): (Request, Render) = match command {
-        Command::Run { .. } | Command::CheckConfig { .. } => {
-            unreachable!("run and check-config are not client commands")
+        Command::Run { .. } | Command::CheckConfig { .. } | Command::Register(_) => {
+            unreachable!("run, check-config and register are not client commands")
         }
         Command::Status { json: true } => (
             Request::Status,

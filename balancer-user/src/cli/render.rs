@@ -265,6 +265,29 @@ pub(super) fn render_http(status: &Status) -> String {
     out.trim_end().to_string()
 }
 
+/// Each pool's etcd discovery: its state, since when, the revision, and the last error.
+fn render_discovery(status: &Status) -> String {
+    let mut out = String::new();
+    for pool in &status.pools {
+        let Some(d) = &pool.discovery else { continue };
+        let _ = write!(
+            out,
+            "  pool {} {} since {} etcd {} prefix {} revision {}",
+            pool.name,
+            d.state.as_str(),
+            d.since,
+            d.endpoints.join(","),
+            d.prefix,
+            d.revision
+        );
+        if let Some(e) = &d.last_error {
+            let _ = write!(out, " last error: {e}");
+        }
+        out.push('\n');
+    }
+    out.trim_end().to_owned()
+}
+
 /// The configuration file, its generation, the last reload and where each pool comes from.
 fn render_config(status: &Status) -> Option<String> {
     let config = status.config.as_ref()?;
@@ -422,6 +445,10 @@ pub(super) fn render_status(status: &Status, color: bool) -> String {
         out += "\n\nVRRP\n";
         out += &render_vrrp(status);
     }
+    if status.pools.iter().any(|p| p.discovery.is_some()) {
+        out += "\n\nDiscovery\n";
+        out += &render_discovery(status);
+    }
     if let Some(config) = render_config(status) {
         out += "\n\nConfiguration\n";
         out += &config;
@@ -483,6 +510,7 @@ mod tests {
                 name: "web".into(),
                 on_backend_down: DownPolicy::Shutdown,
                 source: Source::File,
+                discovery: None,
                 backends: vec![
                     backend(80, "active", Health::Up),
                     backend(81, "unchecked", Health::Down),

@@ -206,6 +206,7 @@ pool = "web"
             check: CheckConfig::default(),
             on_backend_down: DownPolicy::default(),
             balance: PoolBalance::default(),
+            discovery: None,
         });
         running.vips.push(VipConfig {
             name: "dns".into(),

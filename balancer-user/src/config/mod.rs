@@ -42,6 +42,7 @@ use position::{key_path_at, line_col};
 use crate::l7::rules::Rule;
 use crate::vrrp::{InstanceConfig, SyncGroupConfig};
 
+pub use crate::discovery::{EtcdConfig, TlsFiles};
 pub use crate::health::config::{
     CheckConfig, CheckKind, CheckType, HttpCheck, StatusRanges, StatusRangesError, UdpCheck,
 };
@@ -207,6 +208,8 @@ pub struct PoolConfig {
     /// `balance`, `hash_key` and `cookie`: how HTTP VIPs spread requests over the pool.
     /// Allowed on any pool; L4 VIPs ignore them (the data plane uses the VIP's `scheduler`).
     pub balance: PoolBalance,
+    /// `discovery.etcd`: the pool's backends are the keys under an etcd prefix.
+    pub discovery: Option<EtcdConfig>,
 }
 
 /// One entry of a pool's `backends`.
@@ -658,6 +661,7 @@ pool = "dns"
                     check: CheckConfig::default(),
                     on_backend_down: DownPolicy::Shutdown,
                     balance: PoolBalance::default(),
+                    discovery: None,
                 },
                 PoolConfig {
                     name: "dns".into(),
@@ -665,6 +669,7 @@ pool = "dns"
                     check: CheckConfig::default(),
                     on_backend_down: DownPolicy::Shutdown,
                     balance: PoolBalance::default(),
+                    discovery: None,
                 },
             ],
             vips: vec![

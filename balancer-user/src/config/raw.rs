@@ -123,6 +123,33 @@ pub(super) struct RawPool {
     pub(super) hash_key: Option<Spanned<String>>,
     #[serde(default)]
     pub(super) cookie: Option<Spanned<RawCookie>>,
+    #[serde(default)]
+    pub(super) discovery: Option<Spanned<RawDiscovery>>,
+}
+
+/// A pool's `discovery = { etcd = { ... } }`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(super) struct RawDiscovery {
+    pub(super) etcd: Spanned<RawEtcd>,
+}
+
+/// `discovery.etcd`: the endpoints, the prefix, TLS files and credentials.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(super) struct RawEtcd {
+    pub(super) endpoints: Spanned<Vec<Spanned<String>>>,
+    pub(super) prefix: Spanned<String>,
+    #[serde(default)]
+    pub(super) ca: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) cert: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) key: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) user: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) password: Option<Spanned<String>>,
 }
 
 /// A pool's `cookie = { name = "SERVERID", insert = true, ... }`.

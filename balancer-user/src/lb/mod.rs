@@ -214,6 +214,7 @@ impl<M: Maps> Balancer<M> {
         let pool = self.pools.get_mut(&config.name).expect("just added");
         pool.check = config.check.clone();
         pool.on_backend_down = config.on_backend_down;
+        pool.fresh_rings = config.discovery.is_some();
         Ok(())
     }
 

@@ -66,6 +66,11 @@ pub(super) struct Pool {
     /// Check of backends added later (from the CLI).
     pub(super) check: CheckConfig,
     pub(super) on_backend_down: DownPolicy,
+    /// Build its VIPs' Maglev rings from the backend set alone, not from the previous
+    /// ring (pools from discovery): every agent that watches the same prefix then has the
+    /// same ring, whatever order and batches the changes came in. Established flows keep
+    /// their backend anyway (the connection table); only new flows' spread moves more.
+    pub(super) fresh_rings: bool,
 }
 
 #[derive(Clone, Debug)]

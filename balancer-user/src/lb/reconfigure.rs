@@ -139,6 +139,22 @@ impl<M: Maps> Balancer<M> {
         )
     }
 
+    /// Adds a backend found by discovery: with its check, it takes no flows until its
+    /// first check succeeds (as one added from the CLI).
+    pub fn add_discovered_backend(
+        &mut self,
+        pool: &str,
+        backend: &BackendConfig,
+    ) -> Result<(), BalancerError> {
+        self.insert_backend(
+            pool,
+            backend.socket_addr(),
+            backend.weight,
+            backend.check.clone(),
+            true,
+        )
+    }
+
     /// Gives a backend another health check. Its health stays as it is until the new
     /// check decides (a backend that is no longer checked is up); the agent restarts its
     /// check task.

@@ -69,7 +69,8 @@ impl<M: Maps> Balancer<M> {
         let active = &vip.slices[vip.active_slice as usize];
         let table = match vip.config.scheduler {
             Scheduler::Maglev => {
-                let prev = (active.len() == vip.config.ring_size as usize).then_some(&active[..]);
+                let prev = (!pool.fresh_rings && active.len() == vip.config.ring_size as usize)
+                    .then_some(&active[..]);
                 ring::maglev(&backends, vip.config.ring_size, prev)
             }
             Scheduler::RoundRobin => ring::round_robin(&backends, MAX_RING_SIZE),

@@ -83,6 +83,7 @@ impl<M: Maps> Balancer<M> {
                 on_backend_down: pool.on_backend_down,
                 backends,
                 source: Source::File,
+                discovery: None,
             });
         }
         let global = self

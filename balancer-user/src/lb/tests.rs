@@ -440,6 +440,7 @@ fn with_checked_pool(policy: DownPolicy) -> Balancer<FakeMaps> {
         check,
         on_backend_down: policy,
         balance: config::PoolBalance::default(),
+        discovery: None,
     })
     .unwrap();
     lb
@@ -867,4 +868,68 @@ fn a_vip_takes_its_generation_from_its_own_id_first_and_a_failed_start_puts_them
     lb.maps.vip_gens.insert(own, 1);
     lb.restore_vip_gens();
     assert_eq!(lb.maps().vip_gens, found);
+}
+
+/// The address each slot of VIP `name`'s active ring sends new flows to.
+fn ring_addresses(lb: &Balancer<FakeMaps>, name: &str) -> Vec<Option<SocketAddrV4>> {
+    let key = lb.vips[name].key();
+    lb.maps()
+        .active_ring(&key)
+        .into_iter()
+        .map(|id| {
+            (id != NO_BACKEND).then(|| {
+                let b = lb.maps().backends[&id];
+                SocketAddrV4::new(Ipv4Addr::from(b.addr.to_ne_bytes()), u16::from_be(b.port))
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn pools_from_discovery_have_the_same_ring_whatever_the_order_of_changes() {
+    let discovered = |lb: &mut Balancer<FakeMaps>| {
+        lb.configure_pool(&PoolConfig {
+            name: "web".into(),
+            backends: Vec::new(),
+            check: CheckConfig::default(),
+            on_backend_down: DownPolicy::default(),
+            balance: config::PoolBalance::default(),
+            discovery: Some(crate::discovery::EtcdConfig::default()),
+        })
+        .unwrap();
+        lb.add_vip(vip("web", 80, Scheduler::Maglev)).unwrap();
+    };
+    let add = |lb: &mut Balancer<FakeMaps>, i: u8, weight: u32| {
+        let b = config::BackendConfig {
+            address: *backend(i).ip(),
+            port: 80,
+            weight,
+            check: CheckConfig::default(),
+            cookie: None,
+            maxconn: 0,
+        };
+        lb.add_discovered_backend("web", &b).unwrap();
+    };
+    // One agent saw the keys come one by one, a deletion and a weight change; another
+    // started later and listed the final set (in another order).
+    let mut a = lb();
+    discovered(&mut a);
+    for i in 1..=8 {
+        add(&mut a, i, 1);
+    }
+    a.del_backend("web", backend(3)).unwrap();
+    a.set_weight("web", backend(5), 3).unwrap();
+    let mut b = lb();
+    discovered(&mut b);
+    for i in [8, 7, 6, 4, 2, 1] {
+        add(&mut b, i, 1);
+    }
+    add(&mut b, 5, 3);
+    let (ring_a, ring_b) = (ring_addresses(&a, "web"), ring_addresses(&b, "web"));
+    assert_eq!(ring_a.len(), 65537);
+    // Every slot, so every flow tuple (a flow's slot is its hash modulo the ring size).
+    let differ = ring_a.iter().zip(&ring_b).filter(|(x, y)| x != y).count();
+    assert_eq!(differ, 0, "{differ} slots differ");
+    assert!(ring_a.iter().all(Option::is_some));
+    // (A file pool keeps minimal disruption instead: its ring depends on history.)
 }

@@ -9,6 +9,7 @@
 mod addresses;
 mod balance;
 mod check;
+mod discovery;
 mod http;
 mod l7;
 mod telemetry;
@@ -354,6 +355,10 @@ impl Validator<'_> {
         };
         let check = self.check(std::slice::from_ref(&pool_check))?;
         let balance = self.pool_balance(&pool, field)?;
+        let discovery = match &pool.discovery {
+            Some(d) => Some(self.discovery(d, &pool.backends, field)?),
+            None => None,
+        };
 
         let mut endpoints = Endpoints::new();
         let mut cookie_ids = CookieIds::default();
@@ -381,6 +386,7 @@ impl Validator<'_> {
             check,
             on_backend_down,
             balance,
+            discovery,
         })
     }
 

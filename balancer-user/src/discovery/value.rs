@@ -1,0 +1,169 @@
+//! What a key under a discovery prefix holds: `address:port`, or a JSON object
+//! `{"address": "10.0.2.11", "port": 80, "weight": 2}` (other fields are ignored, so that
+//! registrars may store more), and the backend set a prefix's keys make.
+
+use std::{
+    collections::BTreeMap,
+    net::{Ipv4Addr, SocketAddrV4},
+};
+
+use crate::config::{check_backend_address, DEFAULT_WEIGHT, MAX_WEIGHT};
+
+/// A backend as one key gives it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Discovered {
+    pub addr: SocketAddrV4,
+    pub weight: u32,
+}
+
+/// The backends a prefix gives a pool: address -> weight. Ordered by address, so that
+/// every agent applies the same set in the same order.
+pub type Backends = BTreeMap<SocketAddrV4, u32>;
+
+/// Why a key's value is not a backend.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ValueError {
+    #[error("not UTF-8")]
+    NotUtf8,
+    #[error("{0:?} is neither ADDRESS:PORT nor a JSON object")]
+    Unrecognised(String),
+    #[error("JSON: {0}")]
+    Json(String),
+    #[error("{0}")]
+    Address(String),
+    #[error("weight {0} is above the largest, {MAX_WEIGHT}")]
+    Weight(u32),
+}
+
+#[derive(serde::Deserialize)]
+struct JsonValue {
+    address: Ipv4Addr,
+    port: u16,
+    #[serde(default)]
+    weight: Option<u32>,
+}
+
+/// Parses one key's value.
+///
+/// # Errors
+/// When the value is not a usable backend (see [`ValueError`]).
+pub fn parse(value: &[u8]) -> Result<Discovered, ValueError> {
+    let text = std::str::from_utf8(value)
+        .map_err(|_| ValueError::NotUtf8)?
+        .trim();
+    let (addr, weight) = if text.starts_with('{') {
+        let json: JsonValue =
+            serde_json::from_str(text).map_err(|e| ValueError::Json(e.to_string()))?;
+        (
+            SocketAddrV4::new(json.address, json.port),
+            json.weight.unwrap_or(DEFAULT_WEIGHT),
+        )
+    } else {
+        let addr = text
+            .parse()
+            .map_err(|_| ValueError::Unrecognised(text.to_owned()))?;
+        (addr, DEFAULT_WEIGHT)
+    };
+    check_backend_address(addr).map_err(|e| ValueError::Address(format!("{addr}: {e}")))?;
+    if weight > MAX_WEIGHT {
+        return Err(ValueError::Weight(weight));
+    }
+    Ok(Discovered { addr, weight })
+}
+
+/// The backend set of `keys` (key -> backend): when two keys name one address, the first
+/// key (in key order) gives its weight, and the other is returned to be logged.
+#[must_use]
+pub fn backends(keys: &BTreeMap<String, Discovered>) -> (Backends, Vec<(String, SocketAddrV4)>) {
+    let mut set = Backends::new();
+    let mut duplicates = Vec::new();
+    for (key, d) in keys {
+        match set.entry(d.addr) {
+            std::collections::btree_map::Entry::Occupied(_) => {
+                duplicates.push((key.clone(), d.addr));
+            }
+            std::collections::btree_map::Entry::Vacant(v) => {
+                v.insert(d.weight);
+            }
+        }
+    }
+    (set, duplicates)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_are_parsed_or_refused_with_the_reason() {
+        let ok = |addr: &str, weight| {
+            Ok(Discovered {
+                addr: addr.parse().unwrap(),
+                weight,
+            })
+        };
+        let cases: &[(&str, Result<Discovered, ValueError>)] = &[
+            ("10.0.2.11:80", ok("10.0.2.11:80", DEFAULT_WEIGHT)),
+            (" 10.0.2.11:80\n", ok("10.0.2.11:80", DEFAULT_WEIGHT)),
+            (
+                r#"{"address": "10.0.2.12", "port": 8080, "weight": 3}"#,
+                ok("10.0.2.12:8080", 3),
+            ),
+            (
+                r#"{"address": "10.0.2.12", "port": 8080, "zone": "a"}"#,
+                ok("10.0.2.12:8080", DEFAULT_WEIGHT),
+            ),
+            (
+                r#"{"address": "10.0.2.12", "port": 80, "weight": 0}"#,
+                ok("10.0.2.12:80", 0),
+            ),
+            ("web-1:80", Err(ValueError::Unrecognised("web-1:80".into()))),
+            ("", Err(ValueError::Unrecognised(String::new()))),
+            (
+                "10.0.2.11",
+                Err(ValueError::Unrecognised("10.0.2.11".into())),
+            ),
+        ];
+        for (value, expected) in cases {
+            assert_eq!(&parse(value.as_bytes()), expected, "{value:?}");
+        }
+        let refused = [
+            &b"\xff\xfe"[..],
+            br#"{"address": "10.0.2.12"}"#,
+            br#"{"address": "10.0.2.12", "port": 70000}"#,
+            br#"{"address": "fd00::1", "port": 80}"#,
+            b"10.0.2.11:0",
+            b"0.0.0.0:80",
+            b"224.0.0.1:80",
+            br#"{"address": "10.0.2.12", "port": 80, "weight": 4294967295}"#,
+        ];
+        for value in refused {
+            assert!(parse(value).is_err(), "{value:?} accepted");
+        }
+    }
+
+    #[test]
+    fn an_address_named_twice_takes_the_first_key() {
+        let d = |addr: &str, weight| Discovered {
+            addr: addr.parse().unwrap(),
+            weight,
+        };
+        let keys = BTreeMap::from([
+            ("/s/b".to_owned(), d("10.0.2.11:80", 2)),
+            ("/s/a".to_owned(), d("10.0.2.11:80", 5)),
+            ("/s/c".to_owned(), d("10.0.2.12:80", 1)),
+        ]);
+        let (set, duplicates) = backends(&keys);
+        assert_eq!(
+            set,
+            Backends::from([
+                ("10.0.2.11:80".parse().unwrap(), 5),
+                ("10.0.2.12:80".parse().unwrap(), 1)
+            ])
+        );
+        assert_eq!(
+            duplicates,
+            [("/s/b".to_owned(), "10.0.2.11:80".parse().unwrap())]
+        );
+    }
+}
