@@ -171,6 +171,7 @@ pub(crate) fn status(vips: u32, backends: u32) -> Status {
             on_backend_down: crate::config::DownPolicy::default(),
             backends: Vec::new(),
             source: Source::File,
+            discovery: None,
         })
         .collect();
     for i in 0..backends {
