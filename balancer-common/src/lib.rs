@@ -368,7 +368,10 @@ pub mod stat {
     /// Dropped: a packet that would start a flow has a wrong IPv4 header checksum or
     /// (checked for segments of up to 60 bytes: SYNs) TCP checksum.
     pub const DROP_BAD_CHECKSUM: u32 = 27;
-    pub const COUNT: u32 = 28;
+    /// Dropped: a packet that would start a flow comes from a source no host can have
+    /// (0/8, 127/8, multicast, 240/4, broadcast): its replies could go nowhere.
+    pub const DROP_MARTIAN: u32 = 28;
+    pub const COUNT: u32 = 29;
 
     /// Human names, indexed like the constants.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -400,6 +403,7 @@ pub mod stat {
         "pass_vlan",
         "pass_ttl_expired",
         "drop_bad_checksum",
+        "drop_martian",
     ];
 }
 

@@ -30,6 +30,9 @@ pub fn new_flow(
     stamp: Stamp,
     now: u64,
 ) -> Result<Action, DropReason> {
+    if martian(pkt.key.src_addr) {
+        return Err(stat::DROP_MARTIAN);
+    }
     if !csum::verify(ctx, pkt) {
         return Err(stat::DROP_BAD_CHECKSUM);
     }
@@ -54,6 +57,15 @@ pub fn new_flow(
     flow_cache::remember(&pkt.key, &conn, stamp, diffs);
     let ids = (conn.vip_id, conn.backend_id);
     Ok(Action::Send(Send::to_backend(ids, to, diffs, true)))
+}
+
+/// Whether `addr` (network byte order) is a source no host can have (RFC 1812 5.3.7):
+/// "this network" 0/8, loopback 127/8, multicast 224/4, reserved 240/4 and broadcast. A
+/// flow from it would take a SNAT port for replies that can go nowhere.
+#[inline(always)]
+fn martian(addr: u32) -> bool {
+    let first = u32::from_be(addr) >> 24;
+    first == 0 || first == 127 || first >= 224
 }
 
 /// No backend can take a new flow: drop it, or pass it to the stack if the VIP says so.

@@ -3,13 +3,13 @@
 //! capacity (connection table, SNAT ports) from clients that do.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 use balancer_wire::tcp::Flags;
 use balancer_wire::{ethernet, ipv4, tcp, MacAddr, PseudoHeader};
 
+use crate::forge::PacketSocket;
 use crate::frame::{self, Spec, L4};
 use crate::netns::Netns;
 
@@ -100,92 +100,4 @@ fn spoof(frame: &mut [u8], n: u64) {
     segment.set_src_port(1024 + (n % 64_512) as u16);
     segment.set_seq_number(offset.wrapping_mul(2_654_435_761));
     segment.fill_checksum(&PseudoHeader::from((src, dst)));
-}
-
-/// A packet socket bound to one interface, bypassing its qdisc.
-struct PacketSocket {
-    fd: OwnedFd,
-    to: libc::sockaddr_ll,
-}
-
-impl PacketSocket {
-    fn open(interface: &str) -> Result<PacketSocket> {
-        let name = std::ffi::CString::new(interface)?;
-        // SAFETY: a NUL-terminated name.
-        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
-        if ifindex == 0 {
-            bail!("no interface {interface}");
-        }
-        // SAFETY: plain socket creation; the descriptor is owned below.
-        let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
-        if raw < 0 {
-            return Err(std::io::Error::last_os_error()).context("opening a packet socket");
-        }
-        // SAFETY: a fresh descriptor nobody else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        let one: libc::c_int = 1;
-        // SAFETY: an int option of the right size. Failing only costs speed.
-        unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_PACKET,
-                libc::PACKET_QDISC_BYPASS,
-                (&raw const one).cast(),
-                u32::try_from(size_of::<libc::c_int>())?,
-            );
-        }
-        // SAFETY: an all-zero sockaddr_ll is valid.
-        let mut to: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        to.sll_family = libc::AF_PACKET as u16;
-        to.sll_ifindex = i32::try_from(ifindex)?;
-        to.sll_halen = 6;
-        Ok(PacketSocket { fd, to })
-    }
-
-    /// Sends every frame, retrying what the kernel did not take (a full device queue).
-    fn send_all(&self, frames: &[Vec<u8>]) -> Result<()> {
-        let mut iovecs: Vec<libc::iovec> = frames
-            .iter()
-            .map(|f| libc::iovec {
-                iov_base: f.as_ptr().cast_mut().cast(),
-                iov_len: f.len(),
-            })
-            .collect();
-        let mut messages: Vec<libc::mmsghdr> = iovecs
-            .iter_mut()
-            .map(|iov| {
-                // SAFETY: an all-zero mmsghdr is valid; the pointers set below outlive it.
-                let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
-                m.msg_hdr.msg_name = (&raw const self.to).cast_mut().cast();
-                m.msg_hdr.msg_namelen =
-                    u32::try_from(size_of::<libc::sockaddr_ll>()).expect("a small struct");
-                m.msg_hdr.msg_iov = iov;
-                m.msg_hdr.msg_iovlen = 1;
-                m
-            })
-            .collect();
-        let mut done = 0;
-        while done < messages.len() {
-            let rest = &mut messages[done..];
-            // SAFETY: `rest` holds valid headers whose buffers outlive the call.
-            let n = unsafe {
-                libc::sendmmsg(
-                    self.fd.as_raw_fd(),
-                    rest.as_mut_ptr(),
-                    u32::try_from(rest.len())?,
-                    0,
-                )
-            };
-            if n < 0 {
-                let error = std::io::Error::last_os_error();
-                if error.raw_os_error() == Some(libc::ENOBUFS) {
-                    std::thread::yield_now();
-                    continue;
-                }
-                return Err(error).context("sending SYNs");
-            }
-            done += usize::try_from(n)?;
-        }
-        Ok(())
-    }
 }

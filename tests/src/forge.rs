@@ -101,7 +101,26 @@ impl Forged {
 pub fn send_frames(ns: &Netns, interface: &str, frames: &[Vec<u8>], gap: Duration) -> Result<()> {
     let interface = interface.to_owned();
     ns.in_thread(move || -> Result<()> {
-        let name = std::ffi::CString::new(interface.clone())?;
+        let socket = PacketSocket::open(&interface)?;
+        for frame in frames {
+            socket
+                .send_all(std::slice::from_ref(frame))
+                .with_context(|| format!("sending a frame out of {interface}"))?;
+            std::thread::sleep(gap);
+        }
+        Ok(())
+    })?
+}
+
+/// A packet socket bound to one interface, bypassing its qdisc.
+pub(crate) struct PacketSocket {
+    fd: OwnedFd,
+    to: libc::sockaddr_ll,
+}
+
+impl PacketSocket {
+    pub(crate) fn open(interface: &str) -> Result<PacketSocket> {
+        let name = std::ffi::CString::new(interface)?;
         // SAFETY: a NUL-terminated name.
         let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
         if ifindex == 0 {
@@ -114,29 +133,69 @@ pub fn send_frames(ns: &Netns, interface: &str, frames: &[Vec<u8>], gap: Duratio
         }
         // SAFETY: a fresh descriptor nobody else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let one: libc::c_int = 1;
+        // SAFETY: an int option of the right size. Failing only costs speed.
+        unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_PACKET,
+                libc::PACKET_QDISC_BYPASS,
+                (&raw const one).cast(),
+                u32::try_from(size_of::<libc::c_int>())?,
+            );
+        }
         // SAFETY: an all-zero sockaddr_ll is valid.
         let mut to: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
         to.sll_family = libc::AF_PACKET as u16;
         to.sll_ifindex = i32::try_from(ifindex)?;
         to.sll_halen = 6;
-        for frame in frames {
-            // SAFETY: `frame` and `to` are valid for the lengths passed.
-            let sent = unsafe {
-                libc::sendto(
-                    fd.as_raw_fd(),
-                    frame.as_ptr().cast(),
-                    frame.len(),
+        Ok(PacketSocket { fd, to })
+    }
+
+    /// Sends every frame, retrying what the kernel did not take (a full device queue).
+    pub(crate) fn send_all(&self, frames: &[Vec<u8>]) -> Result<()> {
+        let mut iovecs: Vec<libc::iovec> = frames
+            .iter()
+            .map(|f| libc::iovec {
+                iov_base: f.as_ptr().cast_mut().cast(),
+                iov_len: f.len(),
+            })
+            .collect();
+        let mut messages: Vec<libc::mmsghdr> = iovecs
+            .iter_mut()
+            .map(|iov| {
+                // SAFETY: an all-zero mmsghdr is valid; the pointers set below outlive it.
+                let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
+                m.msg_hdr.msg_name = (&raw const self.to).cast_mut().cast();
+                m.msg_hdr.msg_namelen =
+                    u32::try_from(size_of::<libc::sockaddr_ll>()).expect("a small struct");
+                m.msg_hdr.msg_iov = iov;
+                m.msg_hdr.msg_iovlen = 1;
+                m
+            })
+            .collect();
+        let mut done = 0;
+        while done < messages.len() {
+            let rest = &mut messages[done..];
+            // SAFETY: `rest` holds valid headers whose buffers outlive the call.
+            let n = unsafe {
+                libc::sendmmsg(
+                    self.fd.as_raw_fd(),
+                    rest.as_mut_ptr(),
+                    u32::try_from(rest.len())?,
                     0,
-                    (&raw const to).cast(),
-                    u32::try_from(size_of::<libc::sockaddr_ll>())?,
                 )
             };
-            if sent < 0 {
-                return Err(std::io::Error::last_os_error())
-                    .with_context(|| format!("sending a frame out of {interface}"));
+            if n < 0 {
+                let error = std::io::Error::last_os_error();
+                if error.raw_os_error() == Some(libc::ENOBUFS) {
+                    std::thread::yield_now();
+                    continue;
+                }
+                return Err(error).context("sending SYNs");
             }
-            std::thread::sleep(gap);
+            done += usize::try_from(n)?;
         }
         Ok(())
-    })?
+    }
 }

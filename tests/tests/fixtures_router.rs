@@ -1,14 +1,14 @@
 //! Packet fixtures: what a careful router does. A forwarded packet loses one hop of TTL
 //! (checksums kept right); one with TTL 0 or 1 goes to the stack, which answers with an
-//! ICMP time exceeded; a packet that would start a flow with a wrong IPv4 or TCP checksum
-//! is dropped, and starts none.
+//! ICMP time exceeded; a packet that would start a flow with a wrong IPv4 or TCP checksum,
+//! or from a source no host can have, is dropped, and starts none.
 
 use balancer_common::stat;
 use balancer_tests::fixtures::frames::{
     ack, client_key, forwarded_to, parsed, syn, web_reply, WEB_BACKEND, WEB_BACKEND_MAC,
 };
 use balancer_tests::fixtures::{
-    check, from_backend, from_client, later, Fixture, XDP_DROP, XDP_PASS, XDP_REDIRECT,
+    check, from_backend, from_client, later, Fixture, Step, XDP_DROP, XDP_PASS, XDP_REDIRECT,
 };
 use balancer_tests::frame::{self, Spec};
 use balancer_wire::tcp::Flags;
@@ -95,4 +95,33 @@ fn a_syn_with_a_wrong_checksum_starts_no_flow() {
         from_client("the same SYN intact", syn(), XDP_REDIRECT),
         check("a flow", |fx| assert_eq!(fx.new_flows("web"), 1)),
     ]);
+}
+
+#[test]
+fn a_syn_from_a_martian_source_starts_no_flow() {
+    let sources = [
+        "0.0.0.0",
+        "127.0.0.1",
+        "224.0.0.5",
+        "240.0.0.1",
+        "255.255.255.255",
+    ];
+    let mut steps: Vec<Step> = sources
+        .iter()
+        .map(|src| {
+            from_client(
+                format!("a SYN from {src}"),
+                Spec {
+                    src: src.parse().unwrap(),
+                    ..syn()
+                },
+                XDP_DROP,
+            )
+        })
+        .collect();
+    steps.push(check("counted, no flow", |fx| {
+        assert_eq!(fx.global(stat::DROP_MARTIAN), 5);
+        assert_eq!(fx.new_flows("web"), 0);
+    }));
+    Fixture::new().run_steps(steps);
 }
