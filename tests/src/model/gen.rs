@@ -326,15 +326,28 @@ fn ip_offset(frame: &[u8]) -> Option<usize> {
     None
 }
 
+/// Any of 64 addresses: martians (unspecified, broadcast, loopback, multicast, the client
+/// segment's broadcast) and others spread over the address space.
+fn any_addr(r: &mut Rng) -> Ipv4Addr {
+    match r.below(64) {
+        0 => Ipv4Addr::UNSPECIFIED,
+        1 => Ipv4Addr::BROADCAST,
+        2 => Ipv4Addr::LOCALHOST,
+        3 => Ipv4Addr::new(224, 0, 0, 18),
+        4 => Ipv4Addr::new(10, 0, 1, 255),
+        n => Ipv4Addr::from((n as u32).wrapping_mul(0x9e37_79b1)),
+    }
+}
+
 /// A client's address and port from the fixed pool, now and then any address or port.
 fn client_tuple(r: &mut Rng) -> (Ipv4Addr, u16) {
-    let addr = if r.percent(3) {
-        Ipv4Addr::new(10, 0, 1, r.u8())
-    } else {
-        Ipv4Addr::new(10, 0, 1, 2 + r.below(usize::from(CLIENT_HOSTS)) as u8)
-    };
-    let port = 40_000 + (r.u16() % CLIENT_PORTS);
-    (addr, port)
+    if r.percent(3) {
+        // Any host of the segment (the network and broadcast addresses, the balancer's
+        // own), from one port: a few more flows.
+        return (Ipv4Addr::new(10, 0, 1, r.u8()), 40_000);
+    }
+    let addr = Ipv4Addr::new(10, 0, 1, 2 + r.below(usize::from(CLIENT_HOSTS)) as u8);
+    (addr, 40_000 + (r.u16() % CLIENT_PORTS))
 }
 
 /// TCP flags: often a common combination, else any of the 256.
@@ -443,7 +456,7 @@ fn backend_packet(r: &mut Rng, flows: &[(Tuple, Tuple)], what: &mut String) -> (
 /// Anything: random addresses, ports and protocol.
 fn random_packet(r: &mut Rng, what: &mut String) -> (Ip, Vec<u8>, Side) {
     let addr = |r: &mut Rng| {
-        let any = Ipv4Addr::from(r.u32());
+        let any = any_addr(r);
         r.pick(&[
             VIP,
             SNAT,
@@ -456,7 +469,9 @@ fn random_packet(r: &mut Rng, what: &mut String) -> (Ip, Vec<u8>, Side) {
     let t = Tuple {
         src: addr(r),
         dst: addr(r),
-        sport: r.u16(),
+        // Few source ports: those to a VIP open flows, and all flows must fit the SNAT
+        // ports (a full range drops new flows, which the model does not predict).
+        sport: 1024 + r.u16() % 16,
         dport: {
             let any = r.u16();
             r.pick(&[80, 81, 5300, any])

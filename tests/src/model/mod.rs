@@ -22,6 +22,8 @@ pub mod rng;
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
+use balancer_common::stat;
+
 use crate::fixtures::{Fixture, XDP_DROP, XDP_PASS, XDP_REDIRECT};
 use gen::{Generated, Generator};
 use reference::{Expect, Model, Parsed};
@@ -89,12 +91,14 @@ pub fn fuzz(seed: u64, packets: u64, mut progress: impl FnMut(&Report)) -> Resul
     };
     let started = Instant::now();
     while report.packets < packets {
+        let before = counters(&fx);
         let flows = model.flows();
         let n = BATCH.min(usize::try_from(packets - report.packets).unwrap_or(BATCH));
         let batch: Vec<Generated> = (0..n).map(|_| generator.next(&flows)).collect();
         for g in &batch {
             let (verdict, output) = fx.run(&g.frame, g.side);
             if let Err(finding) = judge(&mut model, &mut report, g, verdict, &output) {
+                let finding = format!("{finding}\n  {}", counted(&before, &counters(&fx)));
                 return Err(describe(
                     seed,
                     report.packets,
@@ -186,6 +190,22 @@ fn judge(
         }
     }
     Ok(())
+}
+
+/// The program's global counters.
+fn counters(fx: &Fixture) -> Vec<u64> {
+    (0..stat::COUNT).map(|i| fx.global(i)).collect()
+}
+
+/// The counters that moved between two readings, by name.
+fn counted(before: &[u64], after: &[u64]) -> String {
+    let moved: Vec<String> = stat::NAMES
+        .iter()
+        .zip(before.iter().zip(after))
+        .filter(|(_, (b, a))| a > b)
+        .map(|(name, (b, a))| format!("{name} +{}", a - b))
+        .collect();
+    format!("counters during this batch: {}", moved.join(", "))
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -5,7 +5,7 @@
 //! flow's SNAT port and backend from the program's own output (it does not predict them),
 //! and then knows which replies and ICMP errors belong to a flow.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::net::Ipv4Addr;
 use std::ops::RangeInclusive;
@@ -23,7 +23,7 @@ const TCP_RST: u8 = 0x04;
 const TCP_FIN: u8 = 0x01;
 
 /// A packet's addresses, ports and protocol.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Tuple {
     pub src: Ipv4Addr,
     pub dst: Ipv4Addr,
@@ -268,8 +268,9 @@ pub struct Expect {
 #[derive(Default)]
 pub struct Model {
     /// A client's tuple -> the reply tuple of its flow (backend -> SNAT address:port), as
-    /// last seen in the program's output.
-    by_client: HashMap<Tuple, Tuple>,
+    /// last seen in the program's output. (Ordered: the generator picks flows from it, and
+    /// a seed must give the same frames.)
+    by_client: BTreeMap<Tuple, Tuple>,
     /// A reply tuple -> the client tuple whose flow last took it.
     by_reply: HashMap<Tuple, Tuple>,
     /// Every client address that sent to the VIP.
