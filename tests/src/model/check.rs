@@ -236,3 +236,79 @@ pub fn translated(
     }
     same_except(&input, &output, &owned)
 }
+
+#[cfg(test)]
+mod tests {
+    //! The checks catch what they are for: a right translation passes, each kind of
+    //! wrong one fails.
+    use super::*;
+    use crate::fixtures::frames::{syn, WEB_BACKEND};
+    use crate::frame;
+
+    /// The SYN of `frames::syn` and its translation to the web backend from SNAT port
+    /// 20001, with checksums computed from scratch; the IPv4 and TCP offsets.
+    fn syn_and_translation() -> (Vec<u8>, Vec<u8>, Flow) {
+        let input = frame::build(&syn());
+        let Parsed::Flow(flow) = reference::parse(&input) else {
+            panic!("a SYN is a flow's packet")
+        };
+        let mut out = input.clone();
+        let (ip, l4) = (flow.ip_off, flow.l4_off);
+        out[ip + 12..ip + 16].copy_from_slice(&SNAT.octets());
+        out[ip + 16..ip + 20].copy_from_slice(&WEB_BACKEND.octets());
+        out[l4..l4 + 2].copy_from_slice(&20001u16.to_be_bytes());
+        out[ip + 10..ip + 12].fill(0);
+        let check = checksum(&out[ip..l4]);
+        out[ip + 10..ip + 12].copy_from_slice(&check.to_be_bytes());
+        out[l4 + 16..l4 + 18].fill(0);
+        let check = PseudoHeader::from((SNAT, WEB_BACKEND)).checksum(IpProtocol::TCP, &out[l4..]);
+        out[l4 + 16..l4 + 18].copy_from_slice(&check.to_be_bytes());
+        (input, out, flow)
+    }
+
+    const TO_WEB: Leaves = Leaves::ToBackend {
+        backend: WEB_BACKEND,
+        port: 80,
+    };
+
+    #[test]
+    fn a_right_translation_passes_and_teaches_the_flow() {
+        let (input, out, flow) = syn_and_translation();
+        let (client, reply) = forwarded(&input, &flow, &out, TO_WEB).unwrap().unwrap();
+        assert_eq!(client, flow.tuple);
+        assert_eq!(
+            (reply.src, reply.dst, reply.dport),
+            (WEB_BACKEND, SNAT, 20001)
+        );
+    }
+
+    #[test]
+    fn each_wrong_translation_fails() {
+        let (input, good, flow) = syn_and_translation();
+        let l4 = flow.l4_off;
+        let ip = flow.ip_off;
+        let cases: [(&str, fn(&mut Vec<u8>, usize, usize)); 6] = [
+            ("IPv4 checksum", |f, ip, _| f[ip + 10] ^= 1),
+            ("TCP checksum", |f, _, l4| f[l4 + 17] ^= 1),
+            ("payload", |f, _, _| *f.last_mut().unwrap() ^= 1),
+            ("destination", |f, ip, _| f[ip + 19] = 99),
+            ("SNAT port", |f, _, l4| {
+                f[l4..l4 + 2].copy_from_slice(&80u16.to_be_bytes())
+            }),
+            ("TTL", |f, ip, _| f[ip + 8] = 1),
+        ];
+        for (what, spoil) in cases {
+            let mut out = good.clone();
+            spoil(&mut out, ip, l4);
+            assert!(
+                forwarded(&input, &flow, &out, TO_WEB).is_err(),
+                "a wrong {what} passed"
+            );
+        }
+        let other_client = Tuple {
+            src: SNAT,
+            ..flow.tuple
+        };
+        assert!(forwarded(&input, &flow, &good, Leaves::ToClient(other_client)).is_err());
+    }
+}
