@@ -266,6 +266,9 @@ mod tests {
         (input, out, flow)
     }
 
+    /// Spoils an output frame, given its IPv4 and TCP offsets.
+    type Spoil = fn(&mut Vec<u8>, usize, usize);
+
     const TO_WEB: Leaves = Leaves::ToBackend {
         backend: WEB_BACKEND,
         port: 80,
@@ -287,13 +290,13 @@ mod tests {
         let (input, good, flow) = syn_and_translation();
         let l4 = flow.l4_off;
         let ip = flow.ip_off;
-        let cases: [(&str, fn(&mut Vec<u8>, usize, usize)); 6] = [
+        let cases: [(&str, Spoil); 6] = [
             ("IPv4 checksum", |f, ip, _| f[ip + 10] ^= 1),
             ("TCP checksum", |f, _, l4| f[l4 + 17] ^= 1),
             ("payload", |f, _, _| *f.last_mut().unwrap() ^= 1),
             ("destination", |f, ip, _| f[ip + 19] = 99),
             ("SNAT port", |f, _, l4| {
-                f[l4..l4 + 2].copy_from_slice(&80u16.to_be_bytes())
+                f[l4..l4 + 2].copy_from_slice(&80u16.to_be_bytes());
             }),
             ("TTL", |f, ip, _| f[ip + 8] = 1),
         ];

@@ -1,6 +1,6 @@
 //! The structure-aware packet generator: frames with valid headers and random fields
 //! (addresses and ports mostly those of the fixture's VIPs, backends and clients, so that
-//! flows are opened, continued, answered and quoted), then mutated: 802.1Q and QinQ tags,
+//! flows are opened, continued, answered and quoted), then mutated: 802.1Q and `QinQ` tags,
 //! IP options, fragments, every TCP flag combination, TCP options, bad lengths and
 //! checksums, trailers, truncation at any offset; and ICMP errors quoting the tuples of
 //! live flows or random ones. Every choice comes from the seeded [`Rng`].
@@ -19,7 +19,7 @@ use crate::fixtures::frames::{
 };
 use crate::fixtures::Side;
 
-/// Bytes of Ethernet header before the first tag or the EtherType.
+/// Bytes of Ethernet header before the first tag or the `EtherType`.
 const ETH_ADDRS: usize = 12;
 /// The smallest frame `BPF_PROG_TEST_RUN` accepts for XDP (an Ethernet header).
 pub const MIN_FRAME: usize = 14;
