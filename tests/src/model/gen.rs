@@ -400,6 +400,13 @@ fn transport(r: &mut Rng, t: &Tuple, what: &mut String) -> Vec<u8> {
     }
 }
 
+/// A packet of `t` arriving on `side`, described as `kind`.
+fn packet(r: &mut Rng, kind: &str, t: Tuple, side: Side, what: &mut String) -> (Ip, Vec<u8>, Side) {
+    let _ = write!(what, "{kind} {t}");
+    let l4 = transport(r, &t, what);
+    (Ip::new(t.src, t.dst, t.proto), l4, side)
+}
+
 /// From a client to the VIP: the web, DNS or empty VIP's port, or another.
 fn client_packet(r: &mut Rng, what: &mut String) -> (Ip, Vec<u8>, Side) {
     let (src, sport) = client_tuple(r);
@@ -420,9 +427,7 @@ fn client_packet(r: &mut Rng, what: &mut String) -> (Ip, Vec<u8>, Side) {
         dport,
         proto,
     };
-    let _ = write!(what, "client {t}");
-    let l4 = transport(r, &t, what);
-    (Ip::new(src, VIP, proto), l4, Side::Client)
+    packet(r, "client", t, Side::Client, what)
 }
 
 /// From a backend to the SNAT address: a reply on a live flow's tuple, or on any port.
@@ -448,9 +453,7 @@ fn backend_packet(r: &mut Rng, flows: &[(Tuple, Tuple)], what: &mut String) -> (
             proto,
         }
     };
-    let _ = write!(what, "backend {t}");
-    let l4 = transport(r, &t, what);
-    (Ip::new(t.src, t.dst, t.proto), l4, Side::Backend)
+    packet(r, "backend", t, Side::Backend, what)
 }
 
 /// Anything: random addresses, ports and protocol.
@@ -481,14 +484,12 @@ fn random_packet(r: &mut Rng, what: &mut String) -> (Ip, Vec<u8>, Side) {
             r.pick(&[PROTO_TCP, PROTO_UDP, PROTO_ICMP, any])
         },
     };
-    let _ = write!(what, "random {t}");
-    let l4 = transport(r, &t, what);
     let side = if r.percent(50) {
         Side::Client
     } else {
         Side::Backend
     };
-    (Ip::new(t.src, t.dst, t.proto), l4, side)
+    packet(r, "random", t, side, what)
 }
 
 /// An ICMP error quoting a packet the balancer sent (to a backend or to a client) of a
