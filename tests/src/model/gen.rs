@@ -133,7 +133,8 @@ fn icmp_message(kind: u8, code: u8, rest: u32, body: &[u8]) -> Vec<u8> {
     m
 }
 
-/// The generator: its random numbers, and the frames' counts by kind.
+/// The generator: its random numbers (everything it makes follows from the seed and the
+/// flows it is given).
 pub struct Generator {
     rng: Rng,
 }

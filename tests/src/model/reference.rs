@@ -1,11 +1,12 @@
-//! The reference model: what the XDP program must do with a frame, written from the
-//! program's documented behaviour rather than its code. It parses a frame as the program
+//! The reference model: what the XDP program must do with a frame, written again from the
+//! rules the program's documentation states (README, `parse.rs` and `icmp.rs`), not by
+//! calling its code. It parses a frame as the program
 //! must (Ethernet with one tag, IPv4, TCP, UDP, ICMP errors and their quotes) and says
 //! which verdict classes are right, given the flows it has seen opened: it learns each
 //! flow's SNAT port and backend from the program's own output (it does not predict them),
 //! and then knows which replies and ICMP errors belong to a flow.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::Ipv4Addr;
 use std::ops::RangeInclusive;
@@ -273,12 +274,10 @@ pub struct Model {
     by_client: BTreeMap<Tuple, Tuple>,
     /// A reply tuple -> the client tuple whose flow last took it.
     by_reply: HashMap<Tuple, Tuple>,
-    /// Every client address that sent to the VIP.
-    clients: HashSet<Ipv4Addr>,
 }
 
 impl Model {
-    /// The live flows: (client tuple, reply tuple).
+    /// The flows seen opened, each with its latest reply tuple: (client tuple, reply tuple).
     pub fn flows(&self) -> Vec<(Tuple, Tuple)> {
         self.by_client.iter().map(|(c, r)| (*c, *r)).collect()
     }
@@ -287,13 +286,8 @@ impl Model {
         self.by_client.len()
     }
 
-    pub fn is_client(&self, addr: Ipv4Addr) -> bool {
-        self.clients.contains(&addr)
-    }
-
     /// The program forwarded client tuple `client`'s packet with reply tuple `reply`.
     pub fn opened(&mut self, client: Tuple, reply: Tuple) {
-        self.clients.insert(client.src);
         self.by_client.insert(client, reply);
         self.by_reply.insert(reply, client);
     }
