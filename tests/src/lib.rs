@@ -41,6 +41,7 @@ pub mod frame;
 pub mod ha;
 pub mod ha_agent;
 pub mod keepalived;
+pub mod model;
 pub mod netns;
 pub mod running;
 pub mod servers;

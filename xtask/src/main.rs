@@ -1,4 +1,4 @@
-//! Developer tasks for balancer: `cargo xtask setup | build-ebpf | build | test | demo | bench`.
+//! Developer tasks for balancer: `cargo xtask setup | build-ebpf | build | test | demo | bench | fuzz`.
 
 /// Prints a visible progress line: `[xtask] ...`.
 macro_rules! say {
@@ -59,6 +59,15 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
+    /// As root: setup, build, then the differential packet fuzzer's long run.
+    Fuzz {
+        /// Generated packets to check.
+        #[arg(long, default_value_t = 10_000_000)]
+        packets: u64,
+        /// The generator's seed (default: from the clock; printed either way).
+        #[arg(long)]
+        seed: Option<u64>,
+    },
 }
 
 /// The workspace root (the parent of this crate).
@@ -105,6 +114,7 @@ fn run(task: Task) -> Result<i32> {
         Task::Test { args } => return tasks::test(&args),
         Task::Demo { args } => return tasks::demo(&args),
         Task::Bench { args } => return bench::bench(&args),
+        Task::Fuzz { packets, seed } => return tasks::fuzz(packets, seed),
     }
     Ok(0)
 }

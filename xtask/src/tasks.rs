@@ -1,4 +1,4 @@
-//! `cargo xtask build | test | demo`: the host workspace on top of the eBPF object.
+//! `cargo xtask build | test | demo | fuzz`: the host workspace on top of the eBPF object.
 
 use std::env;
 use std::ffi::OsString;
@@ -112,5 +112,30 @@ pub fn demo(demo_args: &[OsString]) -> Result<i32> {
     )?;
     let code = cmd::exit_code(status);
     say!("demo: exited with code {code}");
+    Ok(code)
+}
+
+/// `cargo xtask fuzz`: returns the fuzzer's exit code (non-zero on a finding).
+pub fn fuzz(packets: u64, seed: Option<u64>) -> Result<i32> {
+    require_root("fuzz")?;
+    let toolchain = setup::setup()?;
+    let built = build(&toolchain)?;
+    let fuzz = built.target_dir.join("debug/fuzz");
+    if !fuzz.is_file() {
+        bail!(
+            "no fuzz binary at {} (it is the `fuzz` bin of the tests crate)",
+            fuzz.display()
+        );
+    }
+    let mut command = Command::new(&fuzz);
+    command
+        .args(["--packets", &packets.to_string()])
+        .current_dir(crate::root())
+        .env("BALANCER_EBPF_OBJ", &built.object);
+    if let Some(seed) = seed {
+        command.args(["--seed", &seed.to_string()]);
+    }
+    let code = cmd::exit_code(cmd::status(&mut command)?);
+    say!("fuzz: exited with code {code}");
     Ok(code)
 }

@@ -281,4 +281,74 @@ mod tests {
         assert!(!same_addresses(&v2, &[]));
         assert!(!same_addresses(&v2, &[Ipv4Addr::new(10, 0, 1, 101)]));
     }
+
+    mod fuzz {
+        //! Adverts come from anyone on the segment: whatever the bytes, decoding refuses
+        //! or accepts them, never panics; and what is encoded decodes as it was.
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// A v2, v3 (pseudo-header checksum) or v3 (plain checksum) advert of `vrid` with
+        /// `priority` and `addresses`, in its IPv4 datagram.
+        fn advert(kind: usize, vrid: u8, priority: u8, addresses: &[u32]) -> Vec<u8> {
+            let (version, checksum) = [
+                (Version::V2, V3Checksum::PseudoHeader),
+                (Version::V3, V3Checksum::PseudoHeader),
+                (Version::V3, V3Checksum::Plain),
+            ][kind % 3];
+            let mut config = instance(version, checksum);
+            config.params.vrid = vrid;
+            config.addresses = addresses
+                .iter()
+                .map(|a| format!("{}/32", Ipv4Addr::from(*a)).parse().unwrap())
+                .collect();
+            let source = Ipv4Addr::new(10, 0, 1, 11);
+            datagram(
+                &encode(&config, priority, source, wire::MULTICAST_V4),
+                source,
+                255,
+            )
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 3000, ..ProptestConfig::default() })]
+
+            #[test]
+            fn any_bytes_decode_or_are_refused(bytes in prop::collection::vec(any::<u8>(), 0..200)) {
+                let _ = decode(&bytes);
+                // The codec alone, with IPv6's pseudo-header, as a v3 IPv6 receiver would.
+                if let Ok(packet) = wire::Packet::new_checked(&bytes[..], wire::Family::Ipv6) {
+                    let pseudo = PseudoHeader::from((
+                        "fe80::1".parse::<std::net::Ipv6Addr>().unwrap(),
+                        "ff02::12".parse::<std::net::Ipv6Addr>().unwrap(),
+                    ));
+                    let _ = wire::Repr::parse(&packet, &pseudo);
+                }
+            }
+
+            #[test]
+            fn adverts_decode_as_encoded_and_mutated_ones_never_panic(
+                kind in 0usize..3,
+                vrid in 1u8..=255,
+                priority in 1u8..=254,
+                addresses in prop::collection::vec(any::<u32>(), 1..12),
+                changes in prop::collection::vec((any::<usize>(), any::<u8>()), 0..4),
+                cut in any::<usize>(),
+            ) {
+                let good = advert(kind, vrid, priority, &addresses);
+                let got = decode(&good).expect("an encoded advert decodes");
+                let sent: Vec<Ipv4Addr> = addresses.iter().copied().map(Ipv4Addr::from).collect();
+                prop_assert_eq!((got.vrid, got.priority, got.addresses), (vrid, priority, sent));
+                let mut bad = good.clone();
+                for (at, value) in &changes {
+                    let at = at % bad.len();
+                    bad[at] = *value;
+                }
+                let _ = decode(&bad);
+                bad.truncate(cut % (bad.len() + 1));
+                let _ = decode(&bad);
+            }
+        }
+    }
 }
