@@ -110,15 +110,12 @@ pub fn parse(f: &[u8]) -> Parsed {
     if f.len() < 14 {
         return Malformed("shorter than an Ethernet header");
     }
-    let mut ether_type = be16(f, 12);
-    let mut ip_off = 14;
+    let ether_type = be16(f, 12);
+    let ip_off = 14;
     let tagged = ether_type == 0x8100 || ether_type == 0x88a8;
     if tagged {
-        if f.len() < 18 {
-            return Malformed("VLAN tag cut");
-        }
-        ether_type = be16(f, 16);
-        ip_off = 18;
+        // Not balanced (a routed tag would hop VLANs): passed whatever it holds.
+        return Other("VLAN-tagged");
     }
     if ether_type != 0x0800 {
         return Other("not IPv4 (or a second tag)");
@@ -313,6 +310,14 @@ impl Model {
             };
             if let Some((backend, port)) = backend {
                 let known = self.by_client.contains_key(&t);
+                let first = t.src.octets()[0];
+                if !known && (first == 0 || first == 127 || first >= 224) {
+                    return Expect {
+                        drop: true,
+                        why: "a new flow from a martian source".into(),
+                        ..Expect::default()
+                    };
+                }
                 return Expect {
                     // A RST starts no flow; on a known flow it may have ended already.
                     drop: rst,
