@@ -189,6 +189,8 @@ impl<M: Maps> Agent<M> {
                     if changed {
                         self.sync_data_plane();
                     }
+                    // (Also when only an interface's operational state changed.)
+                    self.hold_checks();
                 }
             }
         }
@@ -231,6 +233,25 @@ impl<M: Maps> Agent<M> {
         }
         vrrp.track(TrackTarget::DataPlane, up);
         self.data_plane_said = Some(up);
+    }
+
+    /// Holds the health checks' failures while an interface of the balancer is gone (see
+    /// [`Checker::hold_failures`]), saying so when that changes.
+    fn hold_checks(&mut self) {
+        let Some(links) = &self.links else {
+            return;
+        };
+        let lost = links.lost();
+        if self.checker.hold_failures(!lost.is_empty()) {
+            if lost.is_empty() {
+                log::info!("health checks: failures count again");
+            } else {
+                log::warn!(
+                    "health checks: failures do not count while {} is gone or down                      (backends keep their state)",
+                    lost.join(", ")
+                );
+            }
+        }
     }
 
     /// Gives the HTTP proxy's pools the backends that take new requests, when they changed.

@@ -223,6 +223,20 @@ impl Links {
             .all(|i| matches!(i.state, State::Attached { .. }))
     }
 
+    /// The interfaces that were there and are gone or down (not those never seen): while
+    /// one is, checks through it fail for the balancer's sake.
+    #[must_use]
+    pub fn lost(&self) -> Vec<&str> {
+        self.interfaces
+            .iter()
+            .filter(|i| {
+                matches!(i.state, State::Missing { .. })
+                    || (matches!(i.state, State::Attached { .. }) && i.running == Some(false))
+            })
+            .map(|i| i.name.as_str())
+            .collect()
+    }
+
     /// The interfaces the program is not attached to.
     #[must_use]
     pub fn not_attached(&self) -> Vec<&str> {
@@ -377,6 +391,7 @@ mod tests {
         );
         assert!(!links.all_attached());
         assert_eq!(links.not_attached(), ["eth1"]);
+        assert!(links.lost().is_empty(), "never there is not lost");
     }
 
     #[test]
@@ -395,6 +410,11 @@ mod tests {
         down.running = false;
         assert!(!links.changed(&down));
         assert!(host.calls().is_empty());
+        assert_eq!(links.lost(), ["eth1"], "down is lost");
+        let mut up = down.clone();
+        up.running = true;
+        assert!(!links.changed(&up));
+        assert!(links.lost().is_empty());
 
         // Deleted: its link is released. (The message of a deleted link may lack its name.)
         host.set("eth1", None);
@@ -403,6 +423,7 @@ mod tests {
         assert!(links.changed(&del));
         assert_eq!(host.calls(), ["release eth1"]);
         assert_eq!(states(&links)[1].1, InterfaceState::Missing);
+        assert_eq!(links.lost(), ["eth1"], "missing is lost");
         let status = &links.status()[1];
         assert!(
             status.state.is_error() && status.error.is_some(),
@@ -418,6 +439,7 @@ mod tests {
             ("eth1".into(), InterfaceState::Attached, Some(12))
         );
         assert!(links.all_attached());
+        assert!(links.lost().is_empty());
         assert_eq!(links.status()[1].mode.as_deref(), Some("driver"));
     }
 

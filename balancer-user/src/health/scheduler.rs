@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
 use std::io;
 use std::net::{SocketAddr, SocketAddrV4};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -116,6 +117,8 @@ pub struct Checker {
     runtime: Option<tokio::runtime::Handle>,
     /// The engine of TCP checks to IPv4 targets, if its raw sockets opened.
     syn: Option<SynProber>,
+    /// While set, failed checks change no backend's state ([`Checker::hold_failures`]).
+    hold: Arc<AtomicBool>,
     /// Dropped with the checker, which ends that thread (and its runtime with it).
     _stop: Option<oneshot::Sender<()>>,
 }
@@ -161,8 +164,18 @@ impl Checker {
             epoch: Instant::now(),
             runtime,
             syn,
+            hold: Arc::new(AtomicBool::new(false)),
             _stop: stop,
         }
+    }
+
+    /// While `hold` is set, a failed check is recorded and shown but does not count towards
+    /// `fall`: the agent sets it while an interface of its own is gone, when every check
+    /// through it fails for the balancer's sake, not the backends'. Marking them down would
+    /// only move their flows elsewhere once the interface is back. Returns whether the
+    /// setting changed.
+    pub fn hold_failures(&self, hold: bool) -> bool {
+        self.hold.swap(hold, Ordering::Relaxed) != hold
     }
 
     /// Starts (or restarts with the new config) checking one backend; the first check runs
@@ -216,6 +229,7 @@ impl Checker {
             epoch: self.epoch,
             syn: self.syn.as_ref().map(SynProber::client),
             task: self.started,
+            hold: Arc::clone(&self.hold),
         };
         let handle = runtime.spawn(task.run());
         self.tasks
@@ -323,6 +337,8 @@ struct CheckTask {
     syn: Option<SynClient>,
     /// The task's number ([`HealthEvent::task`]).
     task: u64,
+    /// See [`Checker::hold_failures`].
+    hold: Arc<AtomicBool>,
 }
 
 impl CheckTask {
@@ -343,9 +359,17 @@ impl CheckTask {
         };
         tokio::time::sleep_until(aligned_deadline(self.epoch, Instant::now(), first)).await;
         loop {
-            let outcome = prober.check(check, target).await;
+            let mut outcome = prober.check(check, target).await;
             let first = tracker.is_unchecked();
-            let transition = tracker.record(outcome.ok);
+            let held = !first && !outcome.ok && self.hold.load(Ordering::Relaxed);
+            let transition = if held {
+                outcome
+                    .reason
+                    .push_str(" (not counted: an interface of the balancer is gone)");
+                None
+            } else {
+                tracker.record(outcome.ok)
+            };
             if first {
                 log::info!(
                     "pool {pool}: backend {backend} {} after its first check ({})",
@@ -492,6 +516,7 @@ mod tests {
             epoch: Instant::now(),
             syn: None,
             task: 1,
+            hold: Arc::default(),
         }
         .run();
         let size = size_of_val(&task);
@@ -593,6 +618,46 @@ mod tests {
         tokio::time::sleep(ms(200)).await;
         assert_eq!(checks_run(&slot), stopped_at, "no checks after stop");
         drop(listener);
+    }
+
+    #[tokio::test]
+    async fn held_failures_change_no_state_until_released() {
+        let listener = TcpListener::bind((LOCALHOST, 0)).await.unwrap();
+        let SocketAddr::V4(addr) = listener.local_addr().unwrap() else {
+            unreachable!()
+        };
+        let check = CheckConfig {
+            kind: CheckKind::Tcp,
+            interval: ms(20),
+            timeout: ms(50),
+            fall: 2,
+            ..CheckConfig::default()
+        };
+        let (tx, mut events) = mpsc::channel(64);
+        let mut checker = Checker::new(tx);
+        let slot = checker
+            .start("web", addr, &check, Some(Health::Up))
+            .expect("a check task");
+        assert!(next_event(&mut events).await.outcome.ok);
+        assert!(checker.hold_failures(true), "the setting changed");
+        assert!(!checker.hold_failures(true), "set already");
+        drop(listener);
+
+        // Many failed checks, each shown, none counted.
+        let failed = next_event(&mut events).await;
+        assert!(!failed.outcome.ok, "{failed:?}");
+        assert!(failed.outcome.reason.contains("not counted"), "{failed:?}");
+        tokio::time::sleep(ms(200)).await;
+        while let Ok(event) = events.try_recv() {
+            assert_eq!((event.transition, event.health), (None, Health::Up), "{event:?}");
+        }
+        assert!(latest(&slot).checks >= 5, "{:?}", latest(&slot));
+
+        // Released, they count again: down after `fall` of them.
+        assert!(checker.hold_failures(false));
+        let (down, _) = until_transition(&mut events).await;
+        assert_eq!(down.transition, Some((Health::Up, Health::Down)), "{down:?}");
+        assert!(!down.outcome.reason.contains("not counted"), "{down:?}");
     }
 
     #[tokio::test]
