@@ -45,6 +45,7 @@ pub mod model;
 pub mod netns;
 pub mod running;
 pub mod servers;
+pub mod soak;
 pub mod topology;
 pub mod util;
 

@@ -1,4 +1,4 @@
-//! Developer tasks for balancer: `cargo xtask setup | build-ebpf | build | test | demo | bench | fuzz`.
+//! Developer tasks for balancer: `cargo xtask setup | build-ebpf | build | test | demo | bench | fuzz | soak`.
 
 /// Prints a visible progress line: `[xtask] ...`.
 macro_rules! say {
@@ -68,6 +68,13 @@ enum Task {
         #[arg(long)]
         seed: Option<u64>,
     },
+    /// As root: setup, build, then the soak: traffic through the VIPs while faults are
+    /// injected; prints its report.
+    Soak {
+        /// How long to run.
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+        minutes: u64,
+    },
 }
 
 /// The workspace root (the parent of this crate).
@@ -115,6 +122,7 @@ fn run(task: Task) -> Result<i32> {
         Task::Demo { args } => return tasks::demo(&args),
         Task::Bench { args } => return bench::bench(&args),
         Task::Fuzz { packets, seed } => return tasks::fuzz(packets, seed),
+        Task::Soak { minutes } => return tasks::soak(minutes),
     }
     Ok(0)
 }

@@ -1,4 +1,4 @@
-//! `cargo xtask build | test | demo | fuzz`: the host workspace on top of the eBPF object.
+//! `cargo xtask build | test | demo | fuzz | soak`: the host workspace on top of the eBPF object.
 
 use std::env;
 use std::ffi::OsString;
@@ -93,49 +93,44 @@ pub fn test(harness_args: &[OsString]) -> Result<i32> {
 
 /// `cargo xtask demo`: returns the demo's exit code.
 pub fn demo(demo_args: &[OsString]) -> Result<i32> {
-    require_root("demo")?;
+    run_bin("demo", demo_args)
+}
+
+/// `cargo xtask fuzz`: returns the fuzzer's exit code (non-zero on a finding).
+pub fn fuzz(packets: u64, seed: Option<u64>) -> Result<i32> {
+    let mut args: Vec<OsString> = vec!["--packets".into(), packets.to_string().into()];
+    if let Some(seed) = seed {
+        args.extend(["--seed".into(), seed.to_string().into()]);
+    }
+    run_bin("fuzz", &args)
+}
+
+/// `cargo xtask soak`: returns the soak's exit code (non-zero when a target is missed).
+pub fn soak(minutes: u64) -> Result<i32> {
+    run_bin("soak", &["--minutes".into(), minutes.to_string().into()])
+}
+
+/// As root: setup, build, then the tests crate's binary `name` with `args`, from the
+/// workspace root, told where the agent and the eBPF object are; returns its exit code.
+fn run_bin(name: &str, args: &[OsString]) -> Result<i32> {
+    require_root(name)?;
     let toolchain = setup::setup()?;
     let built = build(&toolchain)?;
-    let demo = built.target_dir.join("debug/demo");
-    if !demo.is_file() {
+    let bin = built.target_dir.join("debug").join(name);
+    if !bin.is_file() {
         bail!(
-            "no demo binary at {} (it is the `demo` bin of the tests crate)",
-            demo.display()
+            "no {name} binary at {} (it is the `{name}` bin of the tests crate)",
+            bin.display()
         );
     }
     let status = cmd::status(
-        Command::new(&demo)
-            .args(demo_args)
+        Command::new(&bin)
+            .args(args)
             .current_dir(crate::root())
             .env("BALANCER_BIN", &built.balancer)
             .env("BALANCER_EBPF_OBJ", &built.object),
     )?;
     let code = cmd::exit_code(status);
-    say!("demo: exited with code {code}");
-    Ok(code)
-}
-
-/// `cargo xtask fuzz`: returns the fuzzer's exit code (non-zero on a finding).
-pub fn fuzz(packets: u64, seed: Option<u64>) -> Result<i32> {
-    require_root("fuzz")?;
-    let toolchain = setup::setup()?;
-    let built = build(&toolchain)?;
-    let fuzz = built.target_dir.join("debug/fuzz");
-    if !fuzz.is_file() {
-        bail!(
-            "no fuzz binary at {} (it is the `fuzz` bin of the tests crate)",
-            fuzz.display()
-        );
-    }
-    let mut command = Command::new(&fuzz);
-    command
-        .args(["--packets", &packets.to_string()])
-        .current_dir(crate::root())
-        .env("BALANCER_EBPF_OBJ", &built.object);
-    if let Some(seed) = seed {
-        command.args(["--seed", &seed.to_string()]);
-    }
-    let code = cmd::exit_code(cmd::status(&mut command)?);
-    say!("fuzz: exited with code {code}");
+    say!("{name}: exited with code {code}");
     Ok(code)
 }
