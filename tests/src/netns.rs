@@ -18,8 +18,35 @@ static NS_COUNTER: AtomicU32 = AtomicU32::new(0);
 /// Namespaces of one topology share a prefix, so `ip netns list | grep blt` shows what a
 /// run left behind (nothing, when the Drop guards ran).
 pub fn unique_prefix() -> String {
+    static SWEPT: std::sync::Once = std::sync::Once::new();
+    SWEPT.call_once(delete_orphans);
     let n = NS_COUNTER.fetch_add(1, Ordering::SeqCst);
     format!("blt{}-{n}", std::process::id())
+}
+
+/// Deletes the namespaces that test processes which no longer exist left behind (a test
+/// killed by a timeout runs no `Drop`), with the processes still inside them; those of
+/// live processes, such as another test run's, are left alone.
+fn delete_orphans() {
+    let Ok(entries) = std::fs::read_dir("/run/netns") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix("blt")
+            .and_then(|rest| rest.split_once('-'))
+            .and_then(|(pid, _)| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            eprintln!(
+                "deleting network namespace {name}, left by test process {pid}, which is gone"
+            );
+            drop(Netns { name });
+        }
+    }
 }
 
 /// Runs a command to completion; on failure the error names the command and its stderr.

@@ -649,14 +649,22 @@ mod tests {
         assert!(failed.outcome.reason.contains("not counted"), "{failed:?}");
         tokio::time::sleep(ms(200)).await;
         while let Ok(event) = events.try_recv() {
-            assert_eq!((event.transition, event.health), (None, Health::Up), "{event:?}");
+            assert_eq!(
+                (event.transition, event.health),
+                (None, Health::Up),
+                "{event:?}"
+            );
         }
         assert!(latest(&slot).checks >= 5, "{:?}", latest(&slot));
 
         // Released, they count again: down after `fall` of them.
         assert!(checker.hold_failures(false));
         let (down, _) = until_transition(&mut events).await;
-        assert_eq!(down.transition, Some((Health::Up, Health::Down)), "{down:?}");
+        assert_eq!(
+            down.transition,
+            Some((Health::Up, Health::Down)),
+            "{down:?}"
+        );
         assert!(!down.outcome.reason.contains("not counted"), "{down:?}");
     }
 
