@@ -114,6 +114,10 @@ pub struct VipMeta {
 /// New flows of a VIP with no usable backend go to the stack (`XDP_PASS`) instead of
 /// being dropped (`on_all_down = "pass"`).
 pub const VIP_F_PASS_ALL_DOWN: u32 = 1;
+/// Direct server return (`forwarding = "dsr"`): a new flow's packets go to the backend with
+/// only the destination MAC changed (the backend holds the VIP and answers the client
+/// itself); its flows carry `FLOW_DSR`.
+pub const VIP_F_DSR: u32 = 2;
 
 /// Value of `BACKENDS` (indexed by backend id).
 #[repr(C)]
@@ -198,6 +202,10 @@ pub const FLOW_ESTABLISHED: u32 = 8;
 /// TCP: the flow's first packet was not a SYN (a connection the balancer picks up after
 /// its table lost it).
 pub const FLOW_MIDSTREAM: u32 = 16;
+/// A flow of a direct-server-return VIP: not translated (no SNAT port, no `NAT` entry),
+/// and its replies never pass the balancer, so a TCP flow is established by the client's
+/// first ACK without SYN or RST.
+pub const FLOW_DSR: u32 = 32;
 
 /// Value of `CONNS`: where a client flow goes and how it is translated.
 #[repr(C)]
@@ -371,7 +379,10 @@ pub mod stat {
     /// Dropped: a packet that would start a flow comes from a source no host can have
     /// (0/8, 127/8, multicast, 240/4, broadcast): its replies could go nowhere.
     pub const DROP_MARTIAN: u32 = 28;
-    pub const COUNT: u32 = 29;
+    /// Dropped: a packet of a direct-server-return flow whose backend is not on a link of
+    /// the balancer (the FIB names a gateway): only its MAC would change, so it would loop.
+    pub const DROP_DSR_NOT_ON_LINK: u32 = 29;
+    pub const COUNT: u32 = 30;
 
     /// Human names, indexed like the constants.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -404,6 +415,7 @@ pub mod stat {
         "pass_ttl_expired",
         "drop_bad_checksum",
         "drop_martian",
+        "drop_dsr_not_on_link",
     ];
 }
 
@@ -419,7 +431,9 @@ pub struct NextHop {
     pub ifindex: u32,
     pub dmac: [u8; 6],
     pub smac: [u8; 6],
-    pub _pad: u32,
+    /// 1 when the FIB's next hop is the address itself (no gateway): a direct-server-return
+    /// packet may use it.
+    pub on_link: u32,
     /// When it was looked up, by the data plane's clock (ns; see `Settings::ns_per_tick`).
     pub at_ns: u64,
 }

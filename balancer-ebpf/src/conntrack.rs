@@ -2,7 +2,9 @@
 //! (found by the client's tuple, still its VIP's, live, its backend not to be left, then
 //! touched) and the `NAT` entry of a reply (found by the backend's tuple, its flow then
 //! touched). How long entries live is [`timeouts`]' policy.
-use balancer_common::{stat, Conn, NatEntry, Settings, BACKEND_F_RESCHEDULE};
+use balancer_common::{
+    stat, Conn, NatEntry, Settings, BACKEND_F_RESCHEDULE, FLOW_DSR, FLOW_ESTABLISHED,
+};
 
 use crate::{
     clock,
@@ -52,6 +54,17 @@ pub fn established(pkt: &Packet, settings: &Settings, stamp: Stamp, now: u64) ->
         stats::count(stat::CONN_RESCHEDULED);
         return Established::Ended(Some(conn));
     }
+    let ids = (conn.vip_id, conn.backend_id);
+    if conn.state & FLOW_DSR != 0 {
+        // No SNAT port or reply entry to keep.
+        timeouts::touch(entry, pkt, timeouts::From::Client, now);
+        // SAFETY: as above; the entry as touched.
+        let touched = unsafe { &*entry };
+        if touched.state & FLOW_ESTABLISHED != 0 {
+            flow_cache::remember(&pkt.key, touched, stamp, Default::default());
+        }
+        return Established::Live(Send::direct(ids, &pkt.key, conn.backend_addr, false));
+    }
     // A half-open flow's port may have been taken by a new flow (see `snat`): its packets
     // check every time (there are few of them) that the port is still theirs. A client
     // that proves it exists (it acknowledges the backend's SYN-ACK: its ACK was late, in a
@@ -71,7 +84,6 @@ pub fn established(pkt: &Packet, settings: &Settings, stamp: Stamp, now: u64) ->
     let diffs = csum_diffs(&pkt.key, &to);
     // SAFETY: as above; the entry as touched.
     flow_cache::remember(&pkt.key, unsafe { &*entry }, stamp, diffs);
-    let ids = (conn.vip_id, conn.backend_id);
     Established::Live(Send::to_backend(ids, to, diffs, false))
 }
 

@@ -2,7 +2,7 @@
 //! entries with their translation and checksum changes worked out, each valid under the
 //! [`Stamp`] it was made under. `FLOW_EVICTIONS`, part of the stamp, is changed here.
 use aya_ebpf::helpers::bpf_get_smp_processor_id;
-use balancer_common::{flow_slot, Conn, FlowCacheEntry, FlowKey, Settings};
+use balancer_common::{flow_slot, Conn, FlowCacheEntry, FlowKey, Settings, FLOW_DSR};
 
 use crate::{
     csum,
@@ -55,6 +55,10 @@ pub fn cached(pkt: &Packet, settings: &Settings, stamp: Stamp, now: u64) -> Opti
     if !timeouts::cache_serves(cached.state, cached.last_seen_ns, pkt, settings, now) {
         return None;
     }
+    let ids = (cached.vip_id, cached.backend_id);
+    if cached.state & FLOW_DSR != 0 {
+        return Some(Send::direct(ids, &pkt.key, cached.backend_addr, false));
+    }
     let to = Rewrite {
         src_addr: cached.snat_addr,
         dst_addr: cached.backend_addr,
@@ -65,12 +69,7 @@ pub fn cached(pkt: &Packet, settings: &Settings, stamp: Stamp, now: u64) -> Opti
         csum::Diff::from_folded(cached.ip_csum_diff),
         csum::Diff::from_folded(cached.l4_csum_diff),
     );
-    Some(Send::to_backend(
-        (cached.vip_id, cached.backend_id),
-        to,
-        diffs,
-        false,
-    ))
+    Some(Send::to_backend(ids, to, diffs, false))
 }
 
 /// Keeps what forwarding the flow's packets needs, from its `CONNS` entry, in this CPU's

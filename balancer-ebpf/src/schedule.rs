@@ -4,8 +4,8 @@
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use aya_log_ebpf::warn;
 use balancer_common::{
-    stat, Conn, Settings, VipMeta, BACKEND_F_PRESENT, FLOW_CLOSING, FLOW_MIDSTREAM, PROTO_TCP,
-    SNAT_PORT_PROBES, VIP_F_PASS_ALL_DOWN,
+    stat, Conn, Settings, VipMeta, BACKEND_F_PRESENT, FLOW_CLOSING, FLOW_DSR, FLOW_MIDSTREAM,
+    PROTO_TCP, SNAT_PORT_PROBES, VIP_F_DSR, VIP_F_PASS_ALL_DOWN,
 };
 
 use crate::{
@@ -52,10 +52,19 @@ pub fn new_flow(
             return Err(reason);
         }
     };
+    let ids = (conn.vip_id, conn.backend_id);
+    if conn.state & FLOW_DSR != 0 {
+        // (Half-open: not remembered until its client's ACK establishes it.)
+        return Ok(Action::Send(Send::direct(
+            ids,
+            &pkt.key,
+            conn.backend_addr,
+            true,
+        )));
+    }
     let to = to_backend(&conn);
     let diffs = csum_diffs(&pkt.key, &to);
     flow_cache::remember(&pkt.key, &conn, stamp, diffs);
-    let ids = (conn.vip_id, conn.backend_id);
     Ok(Action::Send(Send::to_backend(ids, to, diffs, true)))
 }
 
@@ -79,7 +88,8 @@ fn all_down(vip: &VipMeta) -> Result<u32, DropReason> {
     }
 }
 
-/// A new flow: pick a backend, allocate a SNAT port, record both directions. `None` when
+/// A new flow: pick a backend, allocate a SNAT port, record both directions (a
+/// direct-server-return flow only its own). `None` when
 /// the VIP has no usable backend. A TCP RST starts no flow: it is dropped.
 #[inline(always)]
 fn schedule(
@@ -125,6 +135,14 @@ fn schedule(
         handshake_ack: 0,
         last_seen_ns: now,
     };
+    if vip.flags & VIP_F_DSR != 0 {
+        // Not translated: no SNAT port, no reply entry; only the forward entry pins it.
+        conn.state |= FLOW_DSR;
+        return CONNS
+            .insert(&pkt.key, &conn, 0)
+            .map(|()| Some(conn))
+            .map_err(|_| stat::DROP_CONN_TABLE);
+    }
     if let Err(reason) = snat::allocate_port(pkt, &backend, &mut conn, ended, settings, now, hash) {
         // Whatever failed, no forward entry may name a port this flow does not hold.
         let _ = CONNS.remove(&pkt.key);

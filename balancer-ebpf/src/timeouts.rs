@@ -2,7 +2,7 @@
 //! handshake and FIN/RST handling, applied to entries that `conntrack`, `flow_cache` and
 //! `snat` looked up (no map lookups here).
 use balancer_common::{
-    Conn, Settings, FLOW_BACKEND_CLOSED, FLOW_CLOSING, FLOW_ESTABLISHED, FLOW_MIDSTREAM,
+    Conn, Settings, FLOW_BACKEND_CLOSED, FLOW_CLOSING, FLOW_DSR, FLOW_ESTABLISHED, FLOW_MIDSTREAM,
     FLOW_REPLIED, PROTO_TCP,
 };
 
@@ -155,6 +155,12 @@ unsafe fn handshake(conn: *mut Conn, pkt: &Packet, from: From, state: u32) -> u3
             0
         }
         From::Backend if state & FLOW_MIDSTREAM != 0 && flags & (TCP_SYN | TCP_RST) == 0 => {
+            FLOW_ESTABLISHED
+        }
+        // The balancer never sees a direct-server-return flow's SYN-ACK.
+        From::Client
+            if state & FLOW_DSR != 0 && flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_ACK =>
+        {
             FLOW_ESTABLISHED
         }
         // SAFETY: the caller's; read whole.

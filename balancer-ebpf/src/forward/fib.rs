@@ -1,7 +1,8 @@
 //! Next hop from the kernel's FIB: rewrite the MACs and transmit (`XDP_TX` on the ingress
 //! interface, redirect to another one). Without a neighbour entry the rewritten packet
 //! goes to the stack, which resolves the neighbour (ARP) and forwards it; later packets
-//! then take the fast path. Next hops are cached per CPU: per backend, and for replies per
+//! then take the fast path. A direct-server-return packet goes only to a backend on a link
+//! of the balancer (no gateway between them), and only once its neighbour is known. Next hops are cached per CPU: per backend, and for replies per
 //! client address in a small direct-mapped table, each asked again of the FIB every second.
 use core::mem;
 
@@ -26,7 +27,8 @@ const AF_INET: u8 = 2;
 
 /// Sends a rewritten packet: to backend `backend_id` at `to.dst_addr` through this CPU's
 /// slot of `NEXT_HOPS` for it, or to a client at `to.dst_addr` through this CPU's slot of
-/// `CLIENT_HOPS` for that address (see [`transmit_cached`]).
+/// `CLIENT_HOPS` for that address (see [`transmit_cached`]). A `direct` (direct server
+/// return) packet only goes to a next hop that is its backend itself.
 #[inline(always)]
 pub fn transmit(
     ctx: &XdpContext,
@@ -34,13 +36,14 @@ pub fn transmit(
     to: &Rewrite,
     dir: Dir,
     backend_id: u32,
+    direct: bool,
     now: u64,
 ) -> Result<u32, DropReason> {
     let cache = match dir {
         Dir::ToBackend => NEXT_HOPS.get_ptr_mut(backend_id),
         Dir::ToClient => CLIENT_HOPS.get_ptr_mut(addr_slot(to.dst_addr)),
     };
-    transmit_cached(ctx, pkt, to, cache, now)
+    transmit_cached(ctx, pkt, to, cache, direct, now)
 }
 
 /// Sends a rewritten packet towards `to.dst_addr` by the next hop cached in `cache` while it
@@ -53,6 +56,7 @@ fn transmit_cached(
     pkt: &Packet,
     to: &Rewrite,
     cache: Option<*mut NextHop>,
+    direct: bool,
     now: u64,
 ) -> Result<u32, DropReason> {
     if let Some(hop) = cache {
@@ -60,6 +64,7 @@ fn transmit_cached(
         let hop = unsafe { &*hop };
         if hop.addr == to.dst_addr
             && hop.ifindex != 0
+            && (!direct || hop.on_link != 0)
             && now.wrapping_sub(hop.at_ns) < NEXT_HOP_TTL_NS
         {
             let eth: *mut EthHdr = crate::parse::ptr_at(ctx, 0)?;
@@ -69,7 +74,7 @@ fn transmit_cached(
         }
     }
     let refresh = cache.map(|hop| (hop, now));
-    transmit_via_fib(ctx, pkt, to, refresh)
+    transmit_via_fib(ctx, pkt, to, refresh, direct)
 }
 
 /// `XDP_TX` back out of the ingress interface, else a redirect to `ifindex`.
@@ -91,6 +96,7 @@ fn transmit_via_fib(
     pkt: &Packet,
     to: &Rewrite,
     refresh: Option<(*mut NextHop, u64)>,
+    direct: bool,
 ) -> Result<u32, DropReason> {
     let mut storage = mem::MaybeUninit::<bpf_fib_lookup>::uninit();
     // SAFETY: zero_params writes all 64 bytes; all-zero is a valid bpf_fib_lookup.
@@ -113,6 +119,12 @@ fn transmit_via_fib(
     let rc = unsafe { fib_lookup(ctx.as_ptr(), params, size_of::<bpf_fib_lookup>() as i32, 0) };
     match rc as u32 {
         BPF_FIB_LKUP_RET_SUCCESS => {
+            // The lookup leaves the gateway, if there is one, in place of the destination.
+            // SAFETY: a plain u32 field of the union the helper wrote.
+            let on_link = unsafe { params.__bindgen_anon_4.ipv4_dst } == to.dst_addr;
+            if direct && !on_link {
+                return Err(stat::DROP_DSR_NOT_ON_LINK);
+            }
             let eth: *mut EthHdr = crate::parse::ptr_at(ctx, 0)?;
             // SAFETY: ptr_at checked the bounds.
             unsafe { set_macs(eth, &params.dmac, &params.smac) };
@@ -123,11 +135,15 @@ fn transmit_via_fib(
                     (*hop).ifindex = params.ifindex;
                     copy_mac(&mut (*hop).dmac, &params.dmac);
                     copy_mac(&mut (*hop).smac, &params.smac);
+                    (*hop).on_link = u32::from(on_link);
                     (*hop).at_ns = now;
                 }
             }
             Ok(send(ctx, params.ifindex))
         }
+        // The stack cannot resolve the neighbour of an untranslated packet for us (it would
+        // route it to the VIP): the backend's health checks do that.
+        BPF_FIB_LKUP_RET_NO_NEIGH if direct => Err(stat::DROP_FIB),
         BPF_FIB_LKUP_RET_NO_NEIGH => {
             stats::count(stat::PASS_NO_NEIGH);
             Ok(xdp_action::XDP_PASS)

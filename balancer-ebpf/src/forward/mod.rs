@@ -1,10 +1,11 @@
-//! How a translated packet leaves: counted, rewritten ([`nat`]) and sent to its next hop.
-//! Full NAT through the kernel's FIB ([`fib`]) is the one forwarding mode; other modes
-//! (direct server return, tunnels) go here beside it, as `dsr.rs` and `tunnel.rs`, chosen
-//! by [`deliver`].
+//! How a packet of a flow leaves: counted, rewritten ([`nat`]) and sent to its next hop
+//! through the kernel's FIB ([`fib`]); a direct-server-return flow's packet gets only its
+//! MACs changed, towards a backend on a link of the balancer. (Tunnels go here beside them,
+//! chosen by [`deliver`].)
 mod fib;
 
 use aya_ebpf::programs::XdpContext;
+use balancer_common::FlowKey;
 
 use crate::{
     csum,
@@ -29,6 +30,8 @@ pub struct Send {
     diffs: (csum::Diff, csum::Diff),
     dir: Dir,
     new_flow: bool,
+    /// Direct server return: not translated, only MACs change (`to` names the backend).
+    direct: bool,
 }
 
 impl Send {
@@ -45,6 +48,26 @@ impl Send {
             diffs,
             dir: Dir::ToBackend,
             new_flow,
+            direct: false,
+        }
+    }
+
+    /// A packet of a direct-server-return flow for `backend_addr` (network byte order):
+    /// it keeps its addresses and ports.
+    #[inline(always)]
+    pub fn direct(ids: (u32, u32), key: &FlowKey, backend_addr: u32, new_flow: bool) -> Send {
+        Send {
+            ids,
+            to: Rewrite {
+                src_addr: key.src_addr,
+                dst_addr: backend_addr,
+                src_port: key.src_port,
+                dst_port: key.dst_port,
+            },
+            diffs: (csum::Diff::default(), csum::Diff::default()),
+            dir: Dir::ToBackend,
+            new_flow,
+            direct: true,
         }
     }
 
@@ -57,6 +80,7 @@ impl Send {
             diffs,
             dir: Dir::ToClient,
             new_flow: false,
+            direct: false,
         }
     }
 }
@@ -68,7 +92,9 @@ impl Send {
 pub fn deliver(ctx: &XdpContext, pkt: &Packet, send: &Send, now: u64) -> Result<u32, DropReason> {
     let (vip_id, backend_id) = send.ids;
     stats::count_flow(vip_id, backend_id, pkt.len, send.dir, send.new_flow);
-    let (ip_diff, l4_diff) = send.diffs;
-    nat::rewrite_with(ctx, pkt, &send.to, ip_diff, l4_diff)?;
-    fib::transmit(ctx, pkt, &send.to, send.dir, backend_id, now)
+    if !send.direct {
+        let (ip_diff, l4_diff) = send.diffs;
+        nat::rewrite_with(ctx, pkt, &send.to, ip_diff, l4_diff)?;
+    }
+    fib::transmit(ctx, pkt, &send.to, send.dir, backend_id, send.direct, now)
 }

@@ -475,6 +475,7 @@ mod tests {
             ring_size: 65537,
             pool: "web".into(),
             on_all_down: AllDownPolicy::Drop,
+            forwarding: crate::config::Forwarding::Nat,
             mode: crate::config::VipMode::L4,
             rules: Vec::new(),
         }

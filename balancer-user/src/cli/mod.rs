@@ -29,7 +29,9 @@ use crate::{
         client::{self, ClientError},
         Request, Status,
     },
-    config::{self, AllDownPolicy, Protocol, Scheduler, VipConfig, XdpMode, MAX_WEIGHT},
+    config::{
+        self, AllDownPolicy, Forwarding, Protocol, Scheduler, VipConfig, XdpMode, MAX_WEIGHT,
+    },
 };
 
 #[derive(Debug, Parser)]
@@ -137,6 +139,10 @@ pub enum VipCommand {
         /// What new flows get when no backend is up: drop or pass (to the local stack).
         #[arg(long, default_value = "drop", value_parser = Words::<AllDownPolicy>::new(&["drop", "pass"]))]
         on_all_down: AllDownPolicy,
+        /// How packets reach a backend: full NAT, or direct server return (the backends,
+        /// on a link of the balancer, hold the VIP and answer clients themselves).
+        #[arg(long, default_value = "nat", value_parser = Words::<Forwarding>::new(&["nat", "dsr"]))]
+        forwarding: Forwarding,
     },
     /// Delete a VIP by name.
     Del { name: String },
@@ -340,6 +346,7 @@ pub fn client(socket: &Path, command: Command, timeout: Duration) -> Result<Stri
             scheduler,
             ring_size,
             on_all_down,
+            forwarding,
         }) => {
             let done = format!(
                 "vip {name} added: {}:{}/{} -> pool {pool}",
@@ -354,6 +361,7 @@ pub fn client(socket: &Path, command: Command, timeout: Duration) -> Result<Stri
                 ring_size,
                 pool,
                 on_all_down,
+                forwarding,
                 mode: config::VipMode::L4,
                 rules: Vec::new(),
             };

@@ -3,6 +3,7 @@
 use std::fmt::Write as _;
 
 use crate::api::{client::ClientError, InterfaceState, Status};
+use crate::config;
 
 /// Red, for errors on a terminal.
 const RED: &str = "\x1b[31m";
@@ -28,7 +29,11 @@ pub(super) fn render_vips(status: &Status) -> String {
             "{:<16} {:<24} {:<12} {:<16} {:>8} {:<8} {:<6}",
             v.name,
             format!("{}:{}/{}", v.address, v.port, v.protocol),
-            v.scheduler.to_string(),
+            // How packets leave, when it is not the usual NAT.
+            match v.forwarding {
+                config::Forwarding::Nat => v.scheduler.to_string(),
+                config::Forwarding::Dsr => format!("{}, dsr", v.scheduler),
+            },
             v.pool,
             status.active_backends,
             v.on_all_down.to_string(),

@@ -139,6 +139,7 @@ fn vip_table(v: &VipConfig) -> Table {
     put("ring_size", Value::Integer(v.ring_size.into()));
     put("pool", Value::String(v.pool.clone()));
     put("on_all_down", Value::String(v.on_all_down.to_string()));
+    put("forwarding", Value::String(v.forwarding.to_string()));
     put("mode", Value::String(v.mode.to_string()));
     t
 }
@@ -217,6 +218,7 @@ pool = "web"
             ring_size: 251,
             pool: "dns".into(),
             on_all_down: AllDownPolicy::Pass,
+            forwarding: crate::config::Forwarding::Nat,
             mode: VipMode::L4,
             rules: Vec::new(),
         });

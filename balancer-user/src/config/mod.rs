@@ -59,7 +59,7 @@ pub use addresses::{
     port_range_overlap, AddressError, BackendAddressError, Host,
 };
 pub use dump::dump;
-pub use words::{AllDownPolicy, DownPolicy, Protocol, Scheduler, VipMode, XdpMode};
+pub use words::{AllDownPolicy, DownPolicy, Forwarding, Protocol, Scheduler, VipMode, XdpMode};
 
 /// Control socket path used when `[agent].control_socket` is absent.
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/balancer/balancer.sock";
@@ -256,6 +256,11 @@ pub struct VipConfig {
     pub pool: String,
     /// What new flows get while no backend of the pool is up.
     pub on_all_down: AllDownPolicy,
+    /// How an L4 VIP's packets reach a backend: `nat` (full NAT, the default) or `dsr`
+    /// (direct server return: only the destination MAC changes; the backend, on a link of
+    /// the balancer, holds the VIP and answers the client itself).
+    #[serde(default)]
+    pub forwarding: Forwarding,
     /// `l4` (the XDP program) or `http` (the agent's proxy; `pool` is then the default
     /// pool of requests no rule matches).
     #[serde(default)]

@@ -240,6 +240,8 @@ pub(super) struct RawVip {
     #[serde(default)]
     pub(super) on_all_down: Option<Spanned<String>>,
     #[serde(default)]
+    pub(super) forwarding: Option<Spanned<String>>,
+    #[serde(default)]
     pub(super) mode: Option<Spanned<String>>,
     #[serde(default)]
     pub(super) rule: Vec<Spanned<RawRule>>,

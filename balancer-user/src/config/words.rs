@@ -73,12 +73,27 @@ pub enum AllDownPolicy {
     Pass,
 }
 
+/// How an L4 VIP's packets reach a backend.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum Forwarding {
+    /// Full NAT: from a SNAT address and port to the backend's, replies translated back.
+    #[default]
+    Nat,
+    /// Direct server return (IPVS's DR): only the destination MAC changes; the backend, on
+    /// a link of the balancer, holds the VIP and answers the client itself.
+    Dsr,
+}
+
 config_words!(Protocol, "protocol", "\"tcp\" or \"udp\"", { Tcp => "tcp", Udp => "udp" });
 config_words!(VipMode, "VIP mode", "\"l4\" or \"http\"", { L4 => "l4", Http => "http" });
 config_words!(Scheduler, "scheduler", "\"maglev\" or \"round-robin\" (or \"rr\")", { Maglev => "maglev", RoundRobin => "round-robin" | "rr" });
 config_words!(XdpMode, "XDP mode", "\"driver\", \"skb\" or \"auto\"", { Driver => "driver", Skb => "skb", Auto => "auto" });
 config_words!(DownPolicy, "on_backend_down policy", "\"shutdown\" or \"keep\"", { Shutdown => "shutdown", Keep => "keep" });
 config_words!(AllDownPolicy, "on_all_down policy", "\"drop\" or \"pass\"", { Drop => "drop", Pass => "pass" });
+config_words!(Forwarding, "forwarding", "\"nat\" or \"dsr\" (\"tunnel\" is not built yet)", { Nat => "nat", Dsr => "dsr" });
 
 #[cfg(test)]
 mod tests {

@@ -6,7 +6,9 @@ use std::net::SocketAddrV4;
 
 use super::{Balancer, BalancerError};
 use crate::{
-    config::{check_l4_backend, check_ring_size, check_vip_address, Host, VipConfig, VipMode},
+    config::{
+        check_l4_backend, check_ring_size, check_vip_address, Forwarding, Host, VipConfig, VipMode,
+    },
     dataplane::Maps,
 };
 
@@ -38,6 +40,7 @@ impl<M: Maps> Balancer<M> {
                 what: "pool",
                 why: format!("{:?} has backend {}: {e}", vip.pool, b.addr),
             })?;
+            check_dsr_port(vip, b.addr)?;
         }
         check_ring_size(vip.ring_size, pool.backends.len(), &vip.pool).map_err(|why| {
             BalancerError::Invalid {
@@ -75,6 +78,7 @@ impl<M: Maps> Balancer<M> {
         })?;
         let backends = self.pools[&pool].backends.len() + 1;
         for vip in std::iter::once(first).chain(vips) {
+            check_dsr_port(&vip.config, addr)?;
             check_ring_size(vip.config.ring_size, backends, &pool).map_err(|why| {
                 BalancerError::Invalid {
                     what: "backend",
@@ -84,4 +88,20 @@ impl<M: Maps> Balancer<M> {
         }
         Ok(())
     }
+}
+
+/// A direct-server-return VIP sends packets to its backends with its own port: each must
+/// listen there.
+fn check_dsr_port(vip: &VipConfig, backend: SocketAddrV4) -> Result<(), BalancerError> {
+    if vip.forwarding == Forwarding::Dsr && backend.port() != vip.port {
+        return Err(BalancerError::Invalid {
+            what: "backend port",
+            why: format!(
+                "{backend}: VIP {:?} forwards by direct server return, which keeps the VIP's \
+                 port: its backends must listen on port {}",
+                vip.name, vip.port
+            ),
+        });
+    }
+    Ok(())
 }

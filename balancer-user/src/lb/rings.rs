@@ -2,12 +2,12 @@
 
 use balancer_common::{
     VipMeta, MAX_RING_SIZE, NO_BACKEND, RING_SLICES_PER_VIP, SCHED_MAGLEV, SCHED_ROUND_ROBIN,
-    VIP_F_PASS_ALL_DOWN,
+    VIP_F_DSR, VIP_F_PASS_ALL_DOWN,
 };
 
 use super::{Balancer, BalancerError};
 use crate::{
-    config::{AllDownPolicy, Scheduler},
+    config::{AllDownPolicy, Forwarding, Scheduler},
     dataplane::Maps,
     ring::{self, RingBackend},
 };
@@ -91,6 +91,9 @@ impl<M: Maps> Balancer<M> {
             flags: match vip.config.on_all_down {
                 AllDownPolicy::Drop => 0,
                 AllDownPolicy::Pass => VIP_F_PASS_ALL_DOWN,
+            } | match vip.config.forwarding {
+                Forwarding::Nat => 0,
+                Forwarding::Dsr => VIP_F_DSR,
             },
             generation: vip.generation,
         };

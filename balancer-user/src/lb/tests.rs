@@ -3,13 +3,13 @@ use std::{collections::HashSet, net::SocketAddrV4, sync::Arc};
 
 use balancer_common::{
     BACKEND_F_PRESENT, BACKEND_F_RESCHEDULE, MAX_RING_SIZE, MAX_SNAT_ADDRS, NO_BACKEND,
-    SCHED_ROUND_ROBIN, VIP_F_PASS_ALL_DOWN,
+    SCHED_ROUND_ROBIN, VIP_F_DSR, VIP_F_PASS_ALL_DOWN,
 };
 
 use super::{ids::*, *};
 use crate::{
     api::Status,
-    config::{AllDownPolicy, DownPolicy, NatConfig, Scheduler, Timeouts, VipMode},
+    config::{AllDownPolicy, DownPolicy, Forwarding, NatConfig, Scheduler, Timeouts, VipMode},
     dataplane::FakeMaps,
     health::HealthEvent,
 };
@@ -36,6 +36,7 @@ fn vip(name: &str, port: u16, scheduler: Scheduler) -> VipConfig {
         ring_size: 65537,
         pool: "web".into(),
         on_all_down: AllDownPolicy::Drop,
+        forwarding: Forwarding::Nat,
         mode: VipMode::L4,
         rules: Vec::new(),
     }
@@ -78,6 +79,47 @@ fn add_vip_writes_vip_and_full_ring() {
         [u32::from_ne_bytes(SNAT.octets()); MAX_SNAT_ADDRS]
     );
     assert_eq!(b.flags, BACKEND_F_PRESENT);
+}
+
+#[test]
+fn a_dsr_vip_is_flagged_and_keeps_its_backends_on_its_port() {
+    let mut lb = lb();
+    lb.add_pool("web").unwrap();
+    lb.add_backend("web", backend(1), 1).unwrap();
+    let odd = SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 20), 8080);
+    let dsr = VipConfig {
+        forwarding: Forwarding::Dsr,
+        ..vip("web", 80, Scheduler::Maglev)
+    };
+    lb.add_vip(dsr.clone()).unwrap();
+    let meta = lb.maps().vips[&lb.vips["web"].key()];
+    assert_eq!(meta.flags & VIP_F_DSR, VIP_F_DSR);
+    let refused = lb.add_backend("web", odd, 1).unwrap_err().to_string();
+    assert!(refused.contains("must listen on port 80"), "{refused}");
+    assert!(!ring_members(&lb, "web").contains(&odd));
+
+    // And the other way round: a pool with a backend elsewhere takes no DSR VIP.
+    lb.add_pool("alt").unwrap();
+    lb.add_backend("alt", odd, 1).unwrap();
+    let refused = lb
+        .add_vip(VipConfig {
+            name: "alt".into(),
+            pool: "alt".into(),
+            ..vip("alt", 81, Scheduler::Maglev)
+        })
+        .map(|()| "added")
+        .unwrap_or("refused");
+    assert_eq!(refused, "added", "NAT translates ports");
+    let refused = lb
+        .add_vip(VipConfig {
+            name: "alt-dsr".into(),
+            port: 82,
+            pool: "alt".into(),
+            ..dsr
+        })
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains("10.0.2.20:8080"), "{refused}");
 }
 
 #[test]

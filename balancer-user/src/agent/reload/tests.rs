@@ -58,6 +58,7 @@ fn api_vip() -> VipConfig {
         ring_size: 65537,
         pool: "api".into(),
         on_all_down: AllDownPolicy::Drop,
+        forwarding: crate::config::Forwarding::Nat,
         mode: VipMode::L4,
         rules: Vec::new(),
     }

@@ -10,6 +10,7 @@ mod addresses;
 mod balance;
 mod check;
 mod discovery;
+mod forwarding;
 mod http;
 mod l7;
 mod telemetry;
@@ -525,6 +526,12 @@ impl Validator<'_> {
         };
         let pool = self.vip_pool(vip, &name, field, pools)?;
         let (mode, rules) = self.vip_mode(vip, field, protocol, pools)?;
+        let forwarding = self.forwarding(
+            vip,
+            field,
+            (port, mode),
+            pools.iter().find(|p| p.name == pool),
+        )?;
         // Whether it is one of the host's own is checked once every address is known.
         check_vip_address((address, port, protocol), mode, None).map_err(|e| {
             self.error(
@@ -562,6 +569,7 @@ impl Validator<'_> {
             ring_size,
             pool,
             on_all_down,
+            forwarding,
             mode,
             rules,
         })
