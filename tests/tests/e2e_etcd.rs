@@ -307,19 +307,18 @@ impl Drop for Secretary {
     }
 }
 
-/// Polls etcd until backend `i`'s key is there (`present`) or not; how long it took.
-fn wait_for_key(d: &Discovery, i: usize, present: bool, within: Duration) -> Duration {
+/// Polls etcd until backend `i`'s key is gone; how long it took.
+fn wait_for_key_gone(d: &Discovery, i: usize, within: Duration) -> Duration {
     let key = key(d.addr(i));
     let start = Instant::now();
     loop {
         let keys = d.etcd.list(PREFIX).unwrap_or_else(|e| panic!("{e:#}"));
-        if keys.contains_key(&key) == present {
+        if !keys.contains_key(&key) {
             return start.elapsed();
         }
         assert!(
             start.elapsed() < within,
-            "key {key} is {} after {within:?}: {keys:?}",
-            if present { "absent" } else { "still there" }
+            "key {key} is still there after {within:?}: {keys:?}"
         );
         thread::sleep(POLL);
     }
@@ -338,7 +337,7 @@ fn a_secretary_whose_service_stops_takes_its_key_away() {
 
     // Backend 1's service stops: its check fails, the lease is revoked, the key goes.
     d.servers.stop(1);
-    let gone = wait_for_key(&d, 1, false, Duration::from_secs(3));
+    let gone = wait_for_key_gone(&d, 1, Duration::from_secs(3));
     d.wait_for(&[(2, 1)], REMOVAL_BOUND);
     println!("service stopped: key gone from etcd after {gone:?}");
     let seen = d.traffic();
@@ -371,7 +370,7 @@ fn a_secretary_killed_outright_leaves_its_key_until_the_lease_expires() {
         d.etcd.list(PREFIX).unwrap().contains_key(&key(d.addr(1))),
         "the key went at once"
     );
-    wait_for_key(&d, 1, false, Duration::from_secs(u64::from(TTL) + 2));
+    wait_for_key_gone(&d, 1, Duration::from_secs(u64::from(TTL) + 2));
     let expired = start.elapsed();
     println!("SIGKILL: the lease expired and the key went after {expired:?} (TTL {TTL} s)");
     // The last renewal was at most a second (TTL/3) and a tick before the kill.
