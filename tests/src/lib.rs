@@ -33,6 +33,7 @@
 pub mod agent;
 pub mod capture;
 pub mod client;
+pub mod etcd;
 pub mod failover;
 pub mod fixtures;
 pub mod flood;
@@ -55,6 +56,7 @@ pub use client::{
     http_get, http_get_many, http_request, udp_request, udp_request_many, ClientNs, HttpResponse,
     KeepAlive, Tally, DEFAULT_TIMEOUT,
 };
+pub use etcd::{Etcd, ETCD_ADDR};
 pub use failover::{Gap, ProbeReport, Prober};
 pub use ha::{HaTopology, HA_BACK_FLOATING, HA_PREFIX_LEN, HA_VIP};
 pub use keepalived::{Keepalived, KeepalivedConfig, VrrpState};

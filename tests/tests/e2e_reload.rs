@@ -1,7 +1,8 @@
 //! Live reload (`balancer reload`, SIGHUP): the agent reads its file again and applies only
 //! the differences. Established TCP and UDP flows through VIPs the reload keeps carry on;
 //! an invalid file changes nothing; backends the CLI added stay; an HTTP VIP's rules are
-//! swapped under a request loop without a failed request; `config dump` round-trips.
+//! swapped under a request loop without a failed request; five reloads in a row under a
+//! loop of short TCP requests fail none; `config dump` round-trips.
 
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::thread;
@@ -481,4 +482,85 @@ fn runtime_changes_outlive_a_restart_of_the_agent() {
         )
         .expect("the VIP the CLI added answers after the restart");
     assert!(run.topo.backend_index(&answered).is_some(), "{answered}");
+}
+
+#[test]
+fn five_reloads_under_steady_load_fail_no_request() {
+    let run = Running::start_with(4, |topo| config_for(topo, "maglev", &[1, 2, 3]));
+    let base = std::fs::read_to_string(run.agent.config_path()).unwrap();
+    let b1 = run.topo.backend_addr(1);
+    let b4 = run.topo.backend_addr(4);
+    let entry = |addr: Ipv4Addr, weight: u32| {
+        format!("{{ address = \"{addr}\", port = 80, weight = {weight} }},")
+    };
+    // Each file differs from the one before: a weight, a backend in and out, a VIP, a
+    // check, and back to the start.
+    let files = [
+        base.replacen(&entry(b1, 1), &entry(b1, 3), 1),
+        base.replacen(
+            &entry(b1, 1),
+            &format!("{}\n  {}", entry(b1, 1), entry(b4, 1)),
+            1,
+        ),
+        base.clone() + &web_vip("new", NEW_VIP),
+        base.replacen(
+            "name = \"web\"\nbackends",
+            "name = \"web\"\ncheck = { type = \"tcp\", interval = \"300ms\" }\nbackends",
+            1,
+        ),
+        base.clone(),
+    ];
+    assert!(
+        files.windows(2).all(|w| w[0] != w[1]) && files[0] != base,
+        "each reload must change something"
+    );
+    let (mut tcp, tcp_backend, _) = run.pinned_connection();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (path, socket, finished) = (
+        run.agent.config_path().to_path_buf(),
+        run.agent.socket().to_path_buf(),
+        done.clone(),
+    );
+    let reloader = thread::spawn(move || {
+        let mut outs = Vec::new();
+        for text in &files {
+            thread::sleep(Duration::from_millis(300));
+            std::fs::write(&path, text).unwrap();
+            outs.push(balancer_cli(&socket, &["reload"]));
+        }
+        thread::sleep(Duration::from_millis(300));
+        finished.store(true, std::sync::atomic::Ordering::SeqCst);
+        outs
+    });
+    // Short TCP requests, one connection each, until the last reload is done.
+    let tally = run.client.run(move || {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut tally = balancer_tests::Tally::default();
+        while !done.load(std::sync::atomic::Ordering::SeqCst) && Instant::now() < deadline {
+            tally.record(http_get(Topology::vip_http(), DEFAULT_TIMEOUT));
+        }
+        tally
+    });
+    let outs = reloader.join().unwrap();
+    for (k, out) in outs.iter().enumerate() {
+        assert!(
+            out.success() && !out.stdout.contains("no change"),
+            "reload {}: {out}\nagent log:\n{}",
+            k + 1,
+            run.agent.log()
+        );
+    }
+    assert!(
+        outs[4].stdout.contains("configuration generation 6"),
+        "{}",
+        outs[4]
+    );
+    println!("during 5 reloads: {tally}");
+    assert!(
+        tally.total() > 50 && tally.failures.is_empty(),
+        "during 5 reloads: {tally}"
+    );
+    // Backend 4 was in the pool for one reload, and took flows then.
+    assert!(tally.count(&run.topo.backend_name(4)) > 0, "{tally}");
+    tcp.expect_backend(&tcp_backend, 3, "5 reloads");
 }

@@ -61,7 +61,7 @@ pub fn parse(value: &[u8]) -> Result<Discovered, ValueError> {
     } else {
         let addr = text
             .parse()
-            .map_err(|_| ValueError::Unrecognised(text.to_owned()))?;
+            .map_err(|_| ValueError::Unrecognised(excerpt(text)))?;
         (addr, DEFAULT_WEIGHT)
     };
     check_backend_address(addr).map_err(|e| ValueError::Address(format!("{addr}: {e}")))?;
@@ -69,6 +69,18 @@ pub fn parse(value: &[u8]) -> Result<Discovered, ValueError> {
         return Err(ValueError::Weight(weight));
     }
     Ok(Discovered { addr, weight })
+}
+
+/// At most this many characters of a refused value are quoted (in logs).
+const QUOTED: usize = 64;
+
+/// `text`, or its first [`QUOTED`] characters and its length: any value may sit under a
+/// prefix, and the agent logs the refused ones on every list.
+fn excerpt(text: &str) -> String {
+    match text.char_indices().nth(QUOTED) {
+        None => text.to_owned(),
+        Some((end, _)) => format!("{}... ({} bytes)", &text[..end], text.len()),
+    }
 }
 
 /// The backend set of `keys` (key -> backend): when two keys name one address, the first
@@ -140,6 +152,13 @@ mod tests {
         for value in refused {
             assert!(parse(value).is_err(), "{value:?} accepted");
         }
+        // A large value is quoted in part.
+        let large = "x".repeat(1 << 20);
+        let shown = format!("{}... (1048576 bytes)", &large[..QUOTED]);
+        assert_eq!(
+            parse(large.as_bytes()),
+            Err(ValueError::Unrecognised(shown))
+        );
     }
 
     #[test]
