@@ -11,13 +11,16 @@ use crate::api::{
 use crate::config::{parse, VipConfig};
 use crate::health::Health;
 
-/// A small checker of the text format: every sample belongs to a family declared before it
-/// with HELP and TYPE (once each), names follow the conventions, label values are quoted
-/// and escaped, values are numbers. Returns family -> (type, samples as
-/// (name, labels, value)).
+/// A small checker of the text format, with promtool's rules: every sample belongs to a
+/// family declared before it with HELP and TYPE (once each), names follow the conventions
+/// (counters and only counters end in `_total`, base units), label values are quoted and
+/// escaped, values are numbers, no series appears twice, and every histogram series has
+/// cumulative buckets ending at `+Inf`, a `_sum` and a `_count` equal to the `+Inf` bucket.
+/// Returns family -> (type, samples as (name, labels, value)).
 pub(crate) fn check(text: &str) -> BTreeMap<String, (String, Vec<Sample>)> {
     let mut families: BTreeMap<String, (String, Vec<Sample>)> = BTreeMap::new();
     let mut helps = HashSet::new();
+    let mut series = HashSet::new();
     let mut current: Option<String> = None;
     for line in text.lines() {
         if let Some(rest) = line.strip_prefix("# HELP ") {
@@ -40,8 +43,7 @@ pub(crate) fn check(text: &str) -> BTreeMap<String, (String, Vec<Sample>)> {
                 name.ends_with("_total"),
                 "{name}: counter iff _total"
             );
-            let unit_ok = !name.contains("_ms") && !name.contains("milliseconds");
-            assert!(unit_ok, "{name}: not in base units");
+            assert_base_units(name);
             assert!(
                 families
                     .insert(name.to_owned(), (kind.to_owned(), Vec::new()))
@@ -63,10 +65,85 @@ pub(crate) fn check(text: &str) -> BTreeMap<String, (String, Vec<Sample>)> {
                 "sample {} outside its family {family}",
                 sample.0
             );
+            assert!(
+                series.insert((sample.0.clone(), sample.1.clone())),
+                "series twice: {line}"
+            );
             families.get_mut(family).unwrap().1.push(sample);
         }
     }
+    for (name, (kind, samples)) in &families {
+        if kind == "histogram" {
+            check_histogram(name, samples);
+        }
+    }
     families
+}
+
+/// Times in seconds, sizes in bytes, no scaled units; a unit comes last (before `_total`).
+fn assert_base_units(name: &str) {
+    let scaled = [
+        "_ms",
+        "milliseconds",
+        "_us",
+        "micro",
+        "nano",
+        "_kb",
+        "_mb",
+        "_kib",
+        "_mib",
+    ];
+    assert!(
+        !scaled.iter().any(|s| name.contains(s)),
+        "{name}: not in base units"
+    );
+    let stem = name.strip_suffix("_total").unwrap_or(name);
+    for (word, unit) in [
+        ("latency", "_seconds"),
+        ("duration", "_seconds"),
+        ("age", "_seconds"),
+        ("bytes", "_bytes"),
+    ] {
+        if stem.split('_').any(|w| w == word) {
+            assert!(stem.ends_with(unit), "{name}: a {word} must end in {unit}");
+        }
+    }
+}
+
+/// Each label set of a histogram: buckets cumulative up to `+Inf`, `_count` equal to it,
+/// and a `_sum`.
+fn check_histogram(name: &str, samples: &[Sample]) {
+    let mut sets: BTreeMap<BTreeMap<String, String>, (Vec<(f64, f64)>, Option<f64>, Option<f64>)> =
+        BTreeMap::new();
+    for (sample, labels, value) in samples {
+        let mut key = labels.clone();
+        let le = key.remove("le");
+        let set = sets.entry(key).or_default();
+        match sample.strip_prefix(name) {
+            Some("_bucket") => {
+                let le = parse_value(&le.unwrap_or_else(|| panic!("{sample}: no le")));
+                set.0.push((le, *value));
+            }
+            Some("_sum") => set.1 = Some(*value),
+            Some("_count") => set.2 = Some(*value),
+            _ => unreachable!("checked by family"),
+        }
+    }
+    for (labels, (buckets, sum, count)) in sets {
+        assert!(sum.is_some(), "{name} {labels:?}: no _sum");
+        let count = count.unwrap_or_else(|| panic!("{name} {labels:?}: no _count"));
+        assert!(
+            buckets
+                .windows(2)
+                .all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1),
+            "{name} {labels:?}: buckets not cumulative in order: {buckets:?}"
+        );
+        assert_eq!(
+            buckets.last().copied(),
+            Some((f64::INFINITY, count)),
+            "{name} {labels:?}: the +Inf bucket must equal _count"
+        );
+    }
 }
 
 pub(crate) type Sample = (String, BTreeMap<String, String>, f64);
@@ -341,6 +418,7 @@ fn http_and_vrrp_families() {
         retries: 1,
         errors: [("connect".to_owned(), 1)].into(),
         latency_ms: vec![("1".into(), 2), ("50".into(), 3), ("+Inf".into(), 0)],
+        latency_sum_secs: 0.125,
         rules: Vec::new(),
         backends: Vec::new(),
     });
@@ -388,6 +466,15 @@ fn http_and_vrrp_families() {
         (bucket("0.001"), bucket("0.05"), bucket("+Inf")),
         (2.0, 5.0, 5.0)
     );
+    let sum = "balancer_http_response_duration_seconds_sum";
+    assert_eq!(
+        families["balancer_http_response_duration_seconds"]
+            .1
+            .iter()
+            .find(|(n, ..)| n == sum)
+            .map(|s| s.2),
+        Some(0.125)
+    );
     let vi = ("instance", "vi_1");
     assert_eq!(
         one(&families, "balancer_vrrp_state", &[vi, ("state", "MASTER")]),
@@ -426,4 +513,31 @@ fn a_large_scrape_is_rendered_and_well_formed() {
         "rendered 100 VIPs and 1000 backends in {took:?} ({} bytes)",
         text.len()
     );
+}
+
+/// The checker itself fails on what promtool refuses (so that passing it means something).
+#[test]
+fn the_checker_refuses_broken_expositions() {
+    let good = "# HELP balancer_a_total A.\n# TYPE balancer_a_total counter\nbalancer_a_total 1\n";
+    check(good);
+    let broken = [
+        // a counter without _total, a gauge with it
+        "# HELP balancer_a A.\n# TYPE balancer_a counter\nbalancer_a 1\n",
+        "# HELP balancer_a_total A.\n# TYPE balancer_a_total gauge\nbalancer_a_total 1\n",
+        // no HELP, a duplicate series, a scaled unit
+        "# TYPE balancer_a_total counter\nbalancer_a_total 1\n",
+        &format!("{good}balancer_a_total 2\n"),
+        "# HELP balancer_latency_ms A.\n# TYPE balancer_latency_ms gauge\nbalancer_latency_ms 1\n",
+        "# HELP balancer_check_latency A.\n# TYPE balancer_check_latency gauge\nbalancer_check_latency 1\n",
+        // a histogram without _sum, and one whose +Inf bucket is not its count
+        "# HELP balancer_h_seconds H.\n# TYPE balancer_h_seconds histogram\n\
+         balancer_h_seconds_bucket{le=\"+Inf\"} 1\nbalancer_h_seconds_count 1\n",
+        "# HELP balancer_h_seconds H.\n# TYPE balancer_h_seconds histogram\n\
+         balancer_h_seconds_bucket{le=\"+Inf\"} 1\nbalancer_h_seconds_sum 1\n\
+         balancer_h_seconds_count 2\n",
+    ];
+    for text in broken {
+        let refused = std::panic::catch_unwind(|| check(text)).is_err();
+        assert!(refused, "accepted:\n{text}");
+    }
 }
