@@ -113,8 +113,9 @@ fn assert_base_units(name: &str) {
 /// Each label set of a histogram: buckets cumulative up to `+Inf`, `_count` equal to it,
 /// and a `_sum`.
 fn check_histogram(name: &str, samples: &[Sample]) {
-    let mut sets: BTreeMap<BTreeMap<String, String>, (Vec<(f64, f64)>, Option<f64>, Option<f64>)> =
-        BTreeMap::new();
+    // Label set (without `le`) -> (buckets as (le, count), _sum, _count).
+    type Series = (Vec<(f64, f64)>, Option<f64>, Option<f64>);
+    let mut sets: BTreeMap<BTreeMap<String, String>, Series> = BTreeMap::new();
     for (sample, labels, value) in samples {
         let mut key = labels.clone();
         let le = key.remove("le");
@@ -401,8 +402,9 @@ fn label_values_are_escaped() {
     );
 }
 
-#[test]
-fn http_and_vrrp_families() {
+/// A status with one of everything: an HTTP VIP, a VRRP instance and a reload besides the
+/// L4 VIPs and backends of [`status`].
+fn full_status() -> Status {
     let mut s = status(1, 1);
     s.http.push(HttpVipStatus {
         name: "api".into(),
@@ -442,6 +444,19 @@ fn http_and_vrrp_families() {
         sync_group: None,
         addresses: Vec::new(),
     });
+    if let Some(config) = &mut s.config {
+        config.last_reload = Some(crate::api::ReloadStatus {
+            at: "2026-01-01T00:00:00Z".into(),
+            ok: true,
+            message: "1 backend changed".into(),
+        });
+    }
+    s
+}
+
+#[test]
+fn http_and_vrrp_families() {
+    let s = full_status();
     let families = check(&render(&s));
     let api = ("vip", "api");
     assert_eq!(
@@ -540,4 +555,157 @@ fn the_checker_refuses_broken_expositions() {
         let refused = std::panic::catch_unwind(|| check(text)).is_err();
         assert!(refused, "accepted:\n{text}");
     }
+}
+
+/// Labels Prometheus adds to every series it scrapes.
+const TARGET_LABELS: [&str; 2] = ["instance", "job"];
+
+/// The Grafana dashboard cannot rot: every metric it names is in the exposition, and every
+/// label its queries group or select by is one of those metrics' labels.
+#[test]
+fn the_grafana_dashboard_uses_only_exported_metrics() {
+    let dashboard: serde_json::Value = serde_json::from_str(include_str!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../contrib/grafana/balancer.json"
+    )))
+    .expect("contrib/grafana/balancer.json is JSON");
+    let families = check(&render(&full_status()));
+    // Sample name -> the label names of its samples.
+    let mut exported: BTreeMap<&str, HashSet<&str>> = BTreeMap::new();
+    for (_, samples) in families.values() {
+        for (name, labels, _) in samples {
+            let names = exported.entry(name).or_default();
+            names.extend(labels.keys().map(String::as_str));
+        }
+    }
+    let mut queries = Vec::new();
+    collect_queries(&dashboard, &mut queries);
+    assert!(queries.len() >= 20, "only {} queries found", queries.len());
+    let mut used = HashSet::new();
+    for query in &queries {
+        let names = metric_names(query);
+        assert!(!names.is_empty(), "{query}: no metric");
+        let mut labels: HashSet<&str> = TARGET_LABELS.into();
+        for name in &names {
+            let found = exported
+                .get(name.as_str())
+                .unwrap_or_else(|| panic!("{query}: {name} is not in /metrics"));
+            labels.extend(found.iter());
+            used.insert(name.clone());
+        }
+        for label in query_labels(query) {
+            assert!(
+                labels.contains(label.as_str()),
+                "{query}: label {label} is not on {names:?}"
+            );
+        }
+    }
+    // What the dashboard is for (issue 21) is there.
+    for family in [
+        "balancer_vip_packets_total",
+        "balancer_backend_up",
+        "balancer_dataplane_drops_total",
+        "balancer_http_responses_total",
+        "balancer_http_response_duration_seconds_bucket",
+        "balancer_vrrp_state",
+        "balancer_config_generation",
+    ] {
+        assert!(
+            used.contains(family),
+            "the dashboard does not show {family}"
+        );
+    }
+    assert!(
+        queries.iter().any(|q| q.contains("histogram_quantile(")),
+        "no latency quantile"
+    );
+}
+
+/// Every `PromQL` text of the dashboard: panel targets' `expr` and variables' queries.
+fn collect_queries(value: &serde_json::Value, out: &mut Vec<String>) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, v) in map {
+                match (key.as_str(), v) {
+                    ("expr" | "definition", serde_json::Value::String(q)) => out.push(q.clone()),
+                    _ => collect_queries(v, out),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(|v| collect_queries(v, out)),
+        _ => {}
+    }
+}
+
+/// The `balancer_*` identifiers of a query.
+fn metric_names(query: &str) -> Vec<String> {
+    identifiers(query)
+        .into_iter()
+        .filter(|w| w.starts_with("balancer_"))
+        .collect()
+}
+
+/// Identifiers, in order (label values in quotes skipped).
+fn identifiers(query: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut word = String::new();
+    let mut quoted = false;
+    for c in query.chars() {
+        if c == '"' {
+            quoted = !quoted;
+        } else if !quoted && (c.is_ascii_alphanumeric() || c == '_') {
+            word.push(c);
+            continue;
+        }
+        if !word.is_empty() {
+            out.push(std::mem::take(&mut word));
+        }
+    }
+    if !word.is_empty() {
+        out.push(word);
+    }
+    out
+}
+
+/// The labels a query groups by (`by (...)`), selects on (`{label=...}`) or asks the
+/// values of (`label_values(metric, label)`).
+fn query_labels(query: &str) -> Vec<String> {
+    let mut labels = Vec::new();
+    let mut rest = query;
+    while let Some(at) = rest.find(['{', '(']) {
+        let open = rest.as_bytes()[at];
+        let before = rest[..at].trim_end();
+        let close = if open == b'{' { '}' } else { ')' };
+        let inner_end = rest[at..].find(close).map_or(rest.len(), |e| at + e);
+        let inner = &rest[at + 1..inner_end];
+        if open == b'{' {
+            labels.extend(
+                inner
+                    .split(',')
+                    .filter_map(|m| m.split(['=', '!']).next())
+                    .map(|l| l.trim().to_owned())
+                    .filter(|l| !l.is_empty()),
+            );
+        } else if before.ends_with(" by") || before.ends_with("label_values") {
+            let skip = usize::from(before.ends_with("label_values"));
+            labels.extend(identifiers(inner).into_iter().skip(skip));
+        }
+        rest = &rest[at + 1..];
+    }
+    labels
+}
+
+#[test]
+fn query_labels_are_found() {
+    let q = r#"histogram_quantile(0.9, sum by (vip, le) (rate(m_bucket{vip=~"$vip",a!="x"}[5m])))"#;
+    assert_eq!(query_labels(q), ["vip", "le", "vip", "a"]);
+    assert_eq!(
+        query_labels("label_values(balancer_vip_info, vip)"),
+        ["vip"]
+    );
+    assert_eq!(metric_names(q), Vec::<String>::new());
+    assert_eq!(
+        metric_names(r#"sum(balancer_a_total{x="balancer_b"}) / balancer_c"#),
+        ["balancer_a_total", "balancer_c"]
+    );
 }
