@@ -9,6 +9,7 @@ pub mod discovery;
 pub mod health;
 pub mod l7;
 pub mod lb;
+pub mod logging;
 pub mod ring;
 pub mod spelling;
 pub mod sys;

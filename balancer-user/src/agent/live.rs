@@ -210,8 +210,15 @@ impl<M: Maps> Agent<M> {
     pub(super) async fn reload(&mut self) -> Result<String, String> {
         let result = self.try_reload().await;
         match &result {
-            Ok(summary) => log::info!("reload: {summary}"),
-            Err(e) => log::error!("reload refused: {e}"),
+            Ok(summary) => log::info!(
+                event = "reload",
+                ok = true,
+                summary = summary.as_str();
+                "reload: {summary}"
+            ),
+            Err(e) => {
+                log::error!(event = "reload", ok = false, error = e.as_str(); "reload refused: {e}");
+            }
         }
         if let Some(live) = &mut self.live {
             live.last = Some(ReloadStatus {

@@ -30,6 +30,7 @@ use crate::{
         Request, Status,
     },
     config::{self, AllDownPolicy, Protocol, Scheduler, VipConfig, XdpMode, MAX_WEIGHT},
+    logging::LogFormat,
 };
 
 #[derive(Debug, Parser)]
@@ -60,6 +61,10 @@ pub enum Command {
         /// XDP attach mode; overrides the config's `agent.xdp_mode`.
         #[arg(long, value_parser = Words::<XdpMode>::new(&["driver", "skb", "auto"]))]
         xdp_mode: Option<XdpMode>,
+        /// Log lines as text for people, or as one JSON object each for log shippers
+        /// (`RUST_LOG` filters either way).
+        #[arg(long, value_enum, env = "BALANCER_LOG_FORMAT", default_value_t = LogFormat::Text)]
+        log_format: LogFormat,
     },
     /// Check a configuration file as `run` would, without running anything: prints
     /// "configuration OK" or the first error (`file:line:column`), exits 0 or 1. It checks
