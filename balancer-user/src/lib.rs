@@ -13,5 +13,6 @@ pub mod logging;
 pub mod ring;
 pub mod spelling;
 pub mod sys;
+pub mod systemd;
 pub mod telemetry;
 pub mod vrrp;

@@ -50,6 +50,10 @@ fn main() -> ExitCode {
                         .and_then(|rt| rt.block_on(balancer::discovery::register::run(reg)))
                 })
         }
+        Command::Completions { shell } => print(cli::completions(shell).trim_end()),
+        Command::Man { dir } => cli::man_pages(&dir)
+            .with_context(|| format!("writing the man pages into {}", dir.display()))
+            .and_then(|written| print(&format!("{} man pages written", written.len()))),
         command => {
             let socket = cli
                 .socket

@@ -208,7 +208,9 @@ impl<M: Maps> Agent<M> {
     /// summary, or why nothing (or, when a step failed, only part) was applied; either is
     /// logged and kept for `status`.
     pub(super) async fn reload(&mut self) -> Result<String, String> {
+        crate::systemd::notify(&crate::systemd::reloading());
         let result = self.try_reload().await;
+        crate::systemd::notify(crate::systemd::READY);
         match &result {
             Ok(summary) => log::info!(
                 event = "reload",
