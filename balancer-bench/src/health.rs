@@ -133,7 +133,7 @@ impl CpuBusy {
 }
 
 /// (user, system) jiffies of process `pid`.
-fn process_jiffies(pid: u32) -> Result<(u64, u64)> {
+pub(crate) fn process_jiffies(pid: u32) -> Result<(u64, u64)> {
     let path = format!("/proc/{pid}/stat");
     let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
     // Fields after the parenthesised command name: state is field 3, utime 14, stime 15.
@@ -150,7 +150,7 @@ fn process_jiffies(pid: u32) -> Result<(u64, u64)> {
     Ok((num(11)?, num(12)?))
 }
 
-fn ticks_per_sec() -> f64 {
+pub(crate) fn ticks_per_sec() -> f64 {
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     if hz > 0 {

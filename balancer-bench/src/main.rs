@@ -1,11 +1,11 @@
 //! `bench`: measures the balancer (XDP per-packet cost, end to end against direct, nftables
 //! and HAProxy, the HTTP proxy against HAProxy in `mode http`, ring builds, CLI latency, map
-//! memory) and writes `bench.md` and `bench.png`.
+//! memory, the cost of a metrics scrape) and writes `bench.md` and `bench.png`.
 //!
 //! ```text
 //! bench [--out DIR] [--budget SECS] [--quick] [--only PARTS] [--skip PARTS] [--rounds N]
 //!       [--http-secs N] [--udp-secs N] [--peers PATHS]
-//! PARTS: comma-separated of xdp, profile, fulltable, maglev, memory, health, e2e, l7
+//! PARTS: comma-separated of xdp, profile, fulltable, maglev, memory, health, scrape, e2e, l7
 //! PATHS: comma-separated of direct, direct+xdp, balancer, balancer-generic, nftables, haproxy
 //!        (the e2e paths; the end-to-end targets use balancer-generic)
 //! ```
@@ -19,6 +19,7 @@ mod maglev;
 mod perf;
 mod replay;
 mod report;
+mod scrape;
 mod stats;
 mod stop;
 mod udpload;
@@ -40,16 +41,17 @@ use xdp::Plan;
 const USAGE: &str =
     "usage: bench [--out DIR] [--budget SECS] [--quick] [--only PARTS] [--skip PARTS] \
                      [--rounds N] [--http-secs N] [--udp-secs N] [--peers PATHS]\n\
-                     PARTS: comma-separated of xdp, profile, fulltable, maglev, memory, health, e2e, l7\n\
+                     PARTS: comma-separated of xdp, profile, fulltable, maglev, memory, health, scrape, e2e, l7\n\
                      PATHS: comma-separated of direct, direct+xdp, balancer, balancer-generic, \
                      nftables, haproxy";
-const PARTS: [&str; 8] = [
+const PARTS: [&str; 9] = [
     "xdp",
     "profile",
     "fulltable",
     "maglev",
     "memory",
     "health",
+    "scrape",
     "e2e",
     "l7",
 ];
@@ -65,6 +67,7 @@ struct Args {
     ring_builds: usize,
     memory_entries: Vec<u32>,
     health: health::Plan,
+    scrape: scrape::Plan,
     e2e: Params,
 }
 
@@ -170,6 +173,16 @@ fn parse_args() -> Result<Args> {
             backends: 1000,
             window: Duration::from_secs(if quick { 5 } else { 10 }),
         },
+        scrape: scrape::Plan {
+            vips: balancer_common::MAX_VIPS as usize,
+            http_vips: 8,
+            backends: 1000,
+            scrapes: if quick { 30 } else { 200 },
+            packets: Plan {
+                rounds: if quick { 3 } else { 5 },
+                runs: if quick { 300 } else { 2000 },
+            },
+        },
         e2e,
     })
 }
@@ -263,6 +276,9 @@ fn run(args: &Args) -> Result<bool> {
     r.health = part(args, "health", &stop, || {
         health::measure(args.health, &stop)
     });
+    r.scrape = part(args, "scrape", &stop, || {
+        scrape::measure(args.scrape, &stop)
+    });
     r.e2e = part(args, "e2e", &stop, || e2e::run(&args.e2e, &stop));
     r.l7 = part(args, "l7", &stop, || e2e::l7::run(&args.e2e, &stop));
     r.env.load_end = loadavg();
@@ -288,6 +304,7 @@ fn run(args: &Args) -> Result<bool> {
         r.rings.as_ref().map(std::result::Result::is_err),
         r.memory.as_ref().map(std::result::Result::is_err),
         r.health.as_ref().map(std::result::Result::is_err),
+        r.scrape.as_ref().map(std::result::Result::is_err),
         r.e2e.as_ref().map(std::result::Result::is_err),
         r.l7.as_ref().map(std::result::Result::is_err),
     ]

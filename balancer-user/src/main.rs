@@ -10,15 +10,19 @@ use balancer::{
     agent::{self, RunOptions},
     cli::{self, Cli, Command},
     config::DEFAULT_CONTROL_SOCKET,
+    logging::{self, LogFormat},
 };
 use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run { config, xdp_mode } => {
-            env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-                .init();
+        Command::Run {
+            config,
+            xdp_mode,
+            log_format,
+        } => {
+            logging::init(log_format);
             tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
@@ -34,8 +38,7 @@ fn main() -> ExitCode {
         }
         Command::CheckConfig { config } => agent::check_config(&config).and_then(print),
         Command::Register(args) => {
-            env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-                .init();
+            logging::init(LogFormat::Text);
             (*args)
                 .registration()
                 .map_err(anyhow::Error::msg)
@@ -47,6 +50,10 @@ fn main() -> ExitCode {
                         .and_then(|rt| rt.block_on(balancer::discovery::register::run(reg)))
                 })
         }
+        Command::Completions { shell } => print(cli::completions(shell).trim_end()),
+        Command::Man { dir } => cli::man_pages(&dir)
+            .with_context(|| format!("writing the man pages into {}", dir.display()))
+            .and_then(|written| print(&format!("{} man pages written", written.len()))),
         command => {
             let socket = cli
                 .socket

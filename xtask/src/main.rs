@@ -1,4 +1,4 @@
-//! Developer tasks for balancer: `cargo xtask setup | build-ebpf | build | test | demo | bench | fuzz | soak`.
+//! Developer tasks for balancer: `cargo xtask setup | build-ebpf | build | test | demo | bench | fuzz | soak | package`.
 
 /// Prints a visible progress line: `[xtask] ...`.
 macro_rules! say {
@@ -10,6 +10,7 @@ macro_rules! say {
 mod bench;
 mod cmd;
 mod ebpf;
+mod package;
 mod setup;
 mod tasks;
 
@@ -59,6 +60,9 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
+    /// Build the Debian package (release binary, systemd unit, example configuration, man
+    /// pages, completions) into target/package/.
+    Package,
     /// As root: setup, build, then the differential packet fuzzer's long run.
     Fuzz {
         /// Generated packets to check.
@@ -123,6 +127,10 @@ fn run(task: Task) -> Result<i32> {
         Task::Bench { args } => return bench::bench(&args),
         Task::Fuzz { packets, seed } => return tasks::fuzz(packets, seed),
         Task::Soak { minutes } => return tasks::soak(minutes),
+        Task::Package => {
+            let toolchain = setup::ebpf_toolchain()?;
+            package::package(&toolchain)?;
+        }
     }
     Ok(0)
 }

@@ -73,6 +73,16 @@ pub const PACKAGES: &[Package] = &[
         command: "etcdctl",
         package: "etcd-client",
     },
+    // The stats page is tested in a real browser (headless, inside a test namespace).
+    Package {
+        command: "chromium",
+        package: "chromium",
+    },
+    // The package's systemd unit is checked with `systemd-analyze verify`.
+    Package {
+        command: "systemd-analyze",
+        package: "systemd",
+    },
 ];
 
 /// What only `cargo xtask bench` needs: the load generator, the backends and peers it

@@ -69,6 +69,8 @@ pub fn test(harness_args: &[OsString]) -> Result<i32> {
     require_root("test")?;
     let toolchain = setup::setup()?;
     let built = build(&toolchain)?;
+    // The package around the debug binary, for the tests that install it.
+    let deb = crate::package::assemble(&built.balancer, &built.target_dir.join("debug/package"))?;
     say!("test: one test at a time (end-to-end tests each build network namespaces)");
     let status = cmd::status(
         cargo()
@@ -84,7 +86,8 @@ pub fn test(harness_args: &[OsString]) -> Result<i32> {
             ])
             .args(harness_args)
             .env("BALANCER_BIN", &built.balancer)
-            .env("BALANCER_EBPF_OBJ", &built.object),
+            .env("BALANCER_EBPF_OBJ", &built.object)
+            .env("BALANCER_DEB", &deb),
     )?;
     let code = cmd::exit_code(status);
     say!("test: cargo test exited with code {code}");

@@ -19,6 +19,7 @@ use crate::e2e::l7::L7;
 use crate::e2e::E2e;
 use crate::health::HealthCpu;
 use crate::maglev::RingBuild;
+use crate::scrape::ScrapeCost;
 use crate::stats::Summary;
 use crate::xdp::{FullTable, MapMemory, PerPacket, Profile};
 
@@ -49,6 +50,7 @@ pub struct Results {
     pub rings: Part<Vec<RingBuild>>,
     pub memory: Part<Vec<MapMemory>>,
     pub health: Part<HealthCpu>,
+    pub scrape: Part<ScrapeCost>,
     pub e2e: Part<E2e>,
     pub l7: Part<L7>,
 }

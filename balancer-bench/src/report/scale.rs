@@ -1,5 +1,5 @@
 //! Section 3 of the report: Maglev ring builds, CLI change to map, the health checks' CPU,
-//! the maps' memory, and new flows with a full connection table.
+//! the cost of a metrics scrape, the maps' memory, and new flows with a full connection table.
 
 use std::fmt::Write as _;
 
@@ -16,6 +16,7 @@ pub fn section(md: &mut String, r: &Results) {
     rings(md, r);
     cli(md, r);
     health(md, r);
+    scrape(md, r);
     memory(md, r);
     full_table(md, r);
 }
@@ -190,4 +191,43 @@ fn full_table(md: &mut String, r: &Results) {
             f.syn.unexpected
         );
     }
+}
+
+fn scrape(md: &mut String, r: &Results) {
+    let _ = writeln!(md, "### Metrics scrape (`/metrics`)\n");
+    let Some(s) = figures(md, &r.scrape) else {
+        return;
+    };
+    let _ = writeln!(
+        md,
+        "The agent (release build) with {} VIPs (the most it takes; {} of them in HTTP mode) \
+         and {} backends serves `/metrics` ({} series, {:.0} KiB); {} scrapes one \
+         after another, each on a new connection, timed from connect to the last byte. The \
+         per-packet cost of an established TCP packet (`BPF_PROG_TEST_RUN`, one run per test \
+         run, its own CPU) was measured in rounds alternating between no scrape and back to \
+         back scrapes.\n",
+        s.vips,
+        s.http_vips,
+        s.backends,
+        s.series,
+        s.bytes as f64 / 1024.0,
+        s.ms.n
+    );
+    let _ = writeln!(
+        md,
+        "| figure | value |\n|---|---|\n\
+         | scrape, median (p10-p90) | {:.2} ms ({:.2}-{:.2}) |\n\
+         | scrape, p99 / max | {:.2} / {:.2} ms |\n\
+         | agent CPU per scrape (user + system) | {:.2} ms |\n\
+         | established TCP packet, no scrape: median (p10-p90) ns | {} |\n\
+         | established TCP packet, scrapes running: median (p10-p90) ns | {} |\n",
+        s.ms.p50,
+        s.ms.p10,
+        s.ms.p90,
+        s.p99_ms,
+        s.ms.max,
+        s.agent_cpu_ms,
+        ns(&s.packet_quiet),
+        ns(&s.packet_scraping)
+    );
 }

@@ -111,6 +111,7 @@ pub fn targets(r: &Results) -> Vec<Target> {
     t.push(ring_target(r));
     t.push(cli_target(e2e));
     t.push(health_target(r));
+    t.push(scrape_target(r));
     t.extend(super::l7::targets(&r.l7));
     t
 }
@@ -215,6 +216,28 @@ fn health_target(r: &Results) -> Target {
             Verdict::Met(format!("{:.1} points to spare", 5.0 - worst))
         } else {
             Verdict::Missed(format!("by {:.1} points", worst - 5.0))
+        },
+    }
+}
+
+fn scrape_target(r: &Results) -> Target {
+    let what = "Metrics (issue 21): a `/metrics` scrape, 1000 backends";
+    let goal = "< 50 ms";
+    let Some(s) = ok(&r.scrape) else {
+        return Target::unknown(what, goal, "scrape section did not run");
+    };
+    Target {
+        what: what.into(),
+        goal: goal.into(),
+        measured: format!(
+            "{:.1} ms median, {:.1} ms p99 ({} scrapes, {} VIPs: the most the agent takes); an \
+             established packet {:.0} ns without scrapes, {:.0} ns with",
+            s.ms.p50, s.p99_ms, s.ms.n, s.vips, s.packet_quiet.p50, s.packet_scraping.p50
+        ),
+        verdict: if s.p99_ms < 50.0 {
+            Verdict::Met(format!("{:.1} ms to spare at p99", 50.0 - s.p99_ms))
+        } else {
+            Verdict::Missed(format!("by {:.1} ms at p99", s.p99_ms - 50.0))
         },
     }
 }

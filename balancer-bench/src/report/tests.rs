@@ -108,7 +108,7 @@ fn a_run_that_measured_nothing_says_so() {
     );
     assert!(md.contains("### Map memory\n\nnot run"), "{md}");
     assert!(
-        md.contains("- 0 of 12 targets met, 0 missed, 12 not measured."),
+        md.contains("- 0 of 13 targets met, 0 missed, 13 not measured."),
         "{md}"
     );
     assert!(
@@ -133,7 +133,7 @@ fn per_packet_findings_come_from_the_figures() {
     );
     assert!(md.contains("**met** (40 ns to spare)"), "{md}");
     assert!(
-        md.contains("- 1 of 12 targets met, 0 missed, 11 not measured."),
+        md.contains("- 1 of 13 targets met, 0 missed, 12 not measured."),
         "{md}"
     );
     assert!(
@@ -263,4 +263,43 @@ fn http_proxy_targets_compare_medians_with_haproxy() {
         md.contains("| balancer (2 threads) | 1.0 MiB | 30000 | 2 |"),
         "{md}"
     );
+}
+
+#[test]
+fn the_scrape_target_is_judged_at_p99() {
+    let scrape = |p99_ms| crate::scrape::ScrapeCost {
+        vips: 32,
+        http_vips: 8,
+        backends: 1000,
+        bytes: 400 * 1024,
+        series: 9000,
+        ms: summarize(&[4.0, 5.0, 6.0]),
+        p99_ms,
+        agent_cpu_ms: 3.5,
+        packet_quiet: summarize(&[100.0]),
+        packet_scraping: summarize(&[110.0]),
+    };
+    let md = markdown(&Results {
+        scrape: Some(Ok(scrape(8.0))),
+        ..Results::default()
+    });
+    assert!(
+        md.contains(
+            "| 5.0 ms median, 8.0 ms p99 (3 scrapes, 32 VIPs: the most the agent takes); an \
+             established packet 100 ns without scrapes, 110 ns with | **met** (42.0 ms to spare \
+             at p99) |"
+        ),
+        "{md}"
+    );
+    assert!(
+        md.contains(
+            "| established TCP packet, scrapes running: median (p10-p90) ns | 110 (110-110) |"
+        ),
+        "{md}"
+    );
+    let md = markdown(&Results {
+        scrape: Some(Ok(scrape(61.0))),
+        ..Results::default()
+    });
+    assert!(md.contains("**missed** by 11.0 ms at p99"), "{md}");
 }

@@ -14,6 +14,8 @@ mod setup;
 pub mod syscall;
 
 use std::net::Ipv4Addr;
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context as _, Result};
@@ -175,24 +177,7 @@ fn per_packet_in_ns(plan: Plan, stop: &Stop) -> Result<PerPacket> {
     let fd = program_fd(&loaded.ebpf)?;
     let empty = EmptyXdp::load()?;
 
-    // An established TCP flow: its SYN first, then ACKs with data.
-    let syn = frame::build(&tcp(40_000, Flags::SYN, 0));
-    let forwarded = once(
-        fd,
-        &syn,
-        client_if,
-        XDP_REDIRECT,
-        "SYN of the established flow",
-    )?;
-    let fwd = frame::parse(&forwarded).map_err(|e| anyhow::anyhow!("forwarded SYN: {e}"))?;
-    let ack = frame::build(&tcp(40_000, Flags::ACK, 64));
-    once(
-        fd,
-        &ack,
-        client_if,
-        XDP_REDIRECT,
-        "ACK of the established flow",
-    )?;
+    let (ack, fwd) = established_tcp(fd, client_if)?;
     let backend = (0..N_BACKENDS)
         .find(|&i| backend_addr(i) == fwd.dst)
         .with_context(|| format!("SYN forwarded to {}, not a backend", fwd.dst))?;
@@ -304,6 +289,71 @@ fn per_packet_in_ns(plan: Plan, stop: &Stop) -> Result<PerPacket> {
         repeat: REPEAT,
         replay_plan,
         program: program_facts(&loaded.ebpf)?,
+    })
+}
+
+/// An established TCP flow: its SYN first, then an ACK with data. Returns the ACK (what
+/// the flow's packets look like) and the SYN as forwarded.
+fn established_tcp(fd: RawFd, client_if: u32) -> Result<(Vec<u8>, frame::Parsed)> {
+    let syn = frame::build(&tcp(40_000, Flags::SYN, 0));
+    let forwarded = once(
+        fd,
+        &syn,
+        client_if,
+        XDP_REDIRECT,
+        "SYN of the established flow",
+    )?;
+    let fwd = frame::parse(&forwarded).map_err(|e| anyhow::anyhow!("forwarded SYN: {e}"))?;
+    let ack = frame::build(&tcp(40_000, Flags::ACK, 64));
+    once(
+        fd,
+        &ack,
+        client_if,
+        XDP_REDIRECT,
+        "ACK of the established flow",
+    )?;
+    Ok((ack, fwd))
+}
+
+/// The per-packet cost of an established TCP flow's packet, in rounds that alternate
+/// between `busy` off and on (so slow drifts of a shared machine hit both alike): whoever
+/// watches `busy` loads the machine while it is set. Returns (quiet, busy) durations in ns.
+pub fn established_tcp_while(
+    plan: Plan,
+    busy: &AtomicBool,
+    stop: &Stop,
+) -> Result<(Summary, Summary)> {
+    in_bench_namespace(|| {
+        crate::pin(0, MEASURE_CPU)?;
+        let loaded = Loaded::new(None)?;
+        let fd = program_fd(&loaded.ebpf)?;
+        let client_if = ifindex(CLIENT_IF)?;
+        let (ack, _) = established_tcp(fd, client_if)?;
+        let mut case = Case::new(
+            "TCP established (conn-table hit)",
+            fd,
+            client_if,
+            XDP_REDIRECT,
+            Frames::Fixed(ack),
+        );
+        case.run(plan.runs / 10 + 1)?; // warm-up
+        let (mut quiet, mut loaded_runs) = (Vec::new(), Vec::new());
+        for round in 0..plan.rounds * 2 {
+            stop.check()?;
+            let on = round % 2 == 1;
+            busy.store(on, Ordering::Relaxed);
+            // Let the load start (or stop) before the round.
+            std::thread::sleep(Duration::from_millis(50));
+            let durations = case.run(plan.runs);
+            busy.store(false, Ordering::Relaxed);
+            if on { &mut loaded_runs } else { &mut quiet }.extend(durations?);
+        }
+        ensure!(
+            case.unexpected == 0,
+            "{} runs of the established flow's packet got another verdict",
+            case.unexpected
+        );
+        Ok((summarize(&quiet), summarize(&loaded_runs)))
     })
 }
 

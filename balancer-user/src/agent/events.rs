@@ -161,6 +161,10 @@ impl<M: Maps> Agent<M> {
             Event::Health(event) => {
                 if let Err(e) = self.lb.record_health(&event) {
                     log::error!(
+                        event = "health",
+                        pool = event.pool.as_str(),
+                        backend:% = event.backend,
+                        error:% = e;
                         "pool {}: backend {}: applying health {:?}: {e}",
                         event.pool,
                         event.backend,

@@ -208,10 +208,19 @@ impl<M: Maps> Agent<M> {
     /// summary, or why nothing (or, when a step failed, only part) was applied; either is
     /// logged and kept for `status`.
     pub(super) async fn reload(&mut self) -> Result<String, String> {
+        crate::systemd::notify(&crate::systemd::reloading());
         let result = self.try_reload().await;
+        crate::systemd::notify(crate::systemd::READY);
         match &result {
-            Ok(summary) => log::info!("reload: {summary}"),
-            Err(e) => log::error!("reload refused: {e}"),
+            Ok(summary) => log::info!(
+                event = "reload",
+                ok = true,
+                summary = summary.as_str();
+                "reload: {summary}"
+            ),
+            Err(e) => {
+                log::error!(event = "reload", ok = false, error = e.as_str(); "reload refused: {e}");
+            }
         }
         if let Some(live) = &mut self.live {
             live.last = Some(ReloadStatus {

@@ -132,6 +132,8 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     agent.start_discovery(&config, discovery_tx);
     tokio::spawn(links::watch(link_events, events_tx.clone()));
     signals::start(events_tx)?;
+    // Attached (or waiting for interfaces, as configured) and serving: `Type=notify`.
+    crate::systemd::notify(crate::systemd::READY);
     loop {
         let event = tokio::select! {
             Some(event) = events.recv() => event,
@@ -143,6 +145,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
             break;
         }
     }
+    crate::systemd::notify(crate::systemd::STOPPING);
     let _ = std::fs::remove_file(&socket_path);
     // (Without keep_attached no link is pinned now: links taken over were unpinned at
     // once, see `Pins::take_over`.)

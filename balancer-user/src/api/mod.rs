@@ -281,6 +281,9 @@ pub struct HttpVipStatus {
     pub errors: BTreeMap<String, u64>,
     /// Response times: (upper bound in ms, or "+Inf"; responses in that bucket), in order.
     pub latency_ms: Vec<(String, u64)>,
+    /// The response times summed, in seconds (absent from an older agent's answer).
+    #[serde(default)]
+    pub latency_sum_secs: f64,
     /// Hits per rule, the default pool last.
     pub rules: Vec<HttpRuleStatus>,
     pub backends: Vec<HttpBackendStatus>,

@@ -1,5 +1,6 @@
 //! Command line: `balancer run` starts the agent; every other command talks to it over the
 //! control socket and prints the result.
+mod generate;
 mod register;
 mod render;
 
@@ -18,6 +19,7 @@ use clap::{
     builder::{PossibleValue, TypedValueParser},
     Args, Parser, Subcommand,
 };
+pub use generate::{completions, man_pages};
 pub use register::RegisterArgs;
 use render::{
     render_backends, render_pools, render_reload, render_status, render_vips, render_vrrp,
@@ -32,6 +34,7 @@ use crate::{
     config::{
         self, AllDownPolicy, Forwarding, Protocol, Scheduler, VipConfig, XdpMode, MAX_WEIGHT,
     },
+    logging::LogFormat,
 };
 
 #[derive(Debug, Parser)]
@@ -62,6 +65,10 @@ pub enum Command {
         /// XDP attach mode; overrides the config's `agent.xdp_mode`.
         #[arg(long, value_parser = Words::<XdpMode>::new(&["driver", "skb", "auto"]))]
         xdp_mode: Option<XdpMode>,
+        /// Log lines as text for people, or as one JSON object each for log shippers
+        /// (`RUST_LOG` filters either way).
+        #[arg(long, value_enum, env = "BALANCER_LOG_FORMAT", default_value_t = LogFormat::Text)]
+        log_format: LogFormat,
     },
     /// Check a configuration file as `run` would, without running anything: prints
     /// "configuration OK" or the first error (`file:line:column`), exits 0 or 1. It checks
@@ -99,6 +106,16 @@ pub enum Command {
     /// The secretary beside a backend: keeps its key under an etcd prefix alive with a
     /// lease while its health check passes; revokes it when the check fails and on exit.
     Register(Box<RegisterArgs>),
+    /// Print a completion script for a shell, e.g. `balancer completions bash >
+    /// /etc/bash_completion.d/balancer` (the package installs bash's and zsh's).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (roff, section 8) into a directory, as the package installs
+    /// them.
+    #[command(hide = true)]
+    Man { dir: PathBuf },
 }
 
 #[derive(Debug, Subcommand)]
@@ -304,8 +321,12 @@ const RUNTIME_CHANGE: &str = "(a runtime change: kept across reloads and restart
 /// and returns what to print.
 pub fn client(socket: &Path, command: Command, timeout: Duration) -> Result<String, ClientError> {
     let (request, render): (Request, Render) = match command {
-        Command::Run { .. } | Command::CheckConfig { .. } | Command::Register(_) => {
-            unreachable!("run, check-config and register are not client commands")
+        Command::Run { .. }
+        | Command::CheckConfig { .. }
+        | Command::Register(_)
+        | Command::Completions { .. }
+        | Command::Man { .. } => {
+            unreachable!("run, check-config, register, completions and man are not client commands")
         }
         Command::Status { json: true } => (
             Request::Status,

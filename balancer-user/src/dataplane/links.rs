@@ -289,9 +289,14 @@ fn say_running(iface: &mut Interface, running: bool) {
     match iface.running {
         Some(was) if was != running => {
             if running {
-                log::info!("interface {name} is up (XDP attached)");
+                log::info!(event = "interface", interface = name.as_str(), up = true; "interface {name} is up (XDP attached)");
             } else {
-                log::warn!("interface {name} is down: no traffic passes it (XDP stays attached)");
+                log::warn!(
+                    event = "interface",
+                    interface = name.as_str(),
+                    up = false;
+                    "interface {name} is down: no traffic passes it (XDP stays attached)"
+                );
             }
         }
         _ => {}

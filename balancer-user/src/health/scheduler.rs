@@ -372,6 +372,11 @@ impl CheckTask {
             };
             if first {
                 log::info!(
+                    event = "health",
+                    pool:% = pool,
+                    backend:% = backend,
+                    to = tracker.health().as_upper_str(),
+                    reason = outcome.reason.as_str();
                     "pool {pool}: backend {backend} {} after its first check ({})",
                     tracker.health().as_upper_str(),
                     outcome.reason
@@ -441,6 +446,12 @@ fn log_transition(
         (_, Health::Up) => "es",
     };
     log::info!(
+        event = "health",
+        pool = pool,
+        backend:% = backend,
+        from = old.as_upper_str(),
+        to = new.as_upper_str(),
+        reason = reason;
         "pool {pool}: backend {backend} {} -> {} ({reason}, {count} consecutive {what}{plural})",
         old.as_upper_str(),
         new.as_upper_str(),

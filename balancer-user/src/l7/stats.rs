@@ -73,6 +73,8 @@ pub struct VipCounters {
     pub retries: AtomicU64,
     errors: [AtomicU64; 5],
     latency: [AtomicU64; LATENCY_BUCKETS_MS.len() + 1],
+    /// The response times summed, in microseconds (the histogram's `_sum`).
+    latency_sum_us: AtomicU64,
     /// Hits per rule, the default pool's last (replaced when a reload changes the rules).
     rules: arc_swap::ArcSwap<Vec<AtomicU64>>,
     backends: RwLock<HashMap<SocketAddrV4, Arc<BackendCounters>>>,
@@ -93,6 +95,7 @@ impl VipCounters {
             retries: AtomicU64::new(0),
             errors: Default::default(),
             latency: Default::default(),
+            latency_sum_us: AtomicU64::new(0),
             rules: arc_swap::ArcSwap::from_pointee(rule_hits(rules)),
             backends: RwLock::default(),
         }
@@ -117,6 +120,8 @@ impl VipCounters {
             .position(|&le| ms <= le)
             .unwrap_or(LATENCY_BUCKETS_MS.len());
         self.latency[bucket].fetch_add(1, Relaxed);
+        let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        self.latency_sum_us.fetch_add(us, Relaxed);
     }
 
     /// A request routed by rule `rule` (`None`: the default pool).
@@ -194,6 +199,7 @@ impl VipCounters {
                 .zip(&self.latency)
                 .map(|(le, n)| (le, load(n)))
                 .collect(),
+            latency_sum_secs: Duration::from_micros(load(&self.latency_sum_us)).as_secs_f64(),
             rules: rules
                 .iter()
                 .zip(self.rules.load().iter())
@@ -242,6 +248,11 @@ mod tests {
         assert_eq!(bucket("1"), 1);
         assert_eq!(bucket("50"), 1);
         assert_eq!(bucket("+Inf"), 1);
+        assert!(
+            (s.latency_sum_secs - 60.0303).abs() < 1e-9,
+            "{}",
+            s.latency_sum_secs
+        );
         assert_eq!(s.rules[0].hits, 1);
         assert_eq!(s.rules[1].hits, 2);
         assert_eq!(s.errors["connect"], 1);

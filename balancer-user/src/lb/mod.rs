@@ -425,7 +425,14 @@ impl<M: Maps> Balancer<M> {
             self.backend_ids.release(id);
             return Err(e);
         }
-        log::info!("pool {pool_name}: backend {addr} added (weight {weight}, source {sources})");
+        log::info!(
+            event = "backend",
+            pool = pool_name,
+            backend:% = addr,
+            change = "added",
+            weight = weight;
+            "pool {pool_name}: backend {addr} added (weight {weight}, source {sources})"
+        );
         Ok(())
     }
 
@@ -448,7 +455,13 @@ impl<M: Maps> Balancer<M> {
             return Err(e.into());
         }
         self.backend_ids.release(removed.id);
-        log::info!("pool {pool_name}: backend {addr} deleted");
+        log::info!(
+            event = "backend",
+            pool = pool_name,
+            backend:% = addr,
+            change = "deleted";
+            "pool {pool_name}: backend {addr} deleted"
+        );
         Ok(())
     }
 
@@ -469,7 +482,14 @@ impl<M: Maps> Balancer<M> {
                 b.weight = old;
             }
         })?;
-        log::info!("pool {pool_name}: backend {addr} weight {old} -> {weight}");
+        log::info!(
+            event = "weight",
+            pool = pool_name,
+            backend:% = addr,
+            from = old,
+            to = weight;
+            "pool {pool_name}: backend {addr} weight {old} -> {weight}"
+        );
         Ok(())
     }
 

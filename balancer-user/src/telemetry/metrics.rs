@@ -4,6 +4,15 @@
 //! Written by hand rather than with `prometheus-client`: every scrape renders one snapshot
 //! the agent's loop answered, so there is no registry of live metrics to keep (whose label
 //! sets would outlive deleted backends), and the text is a loop over the snapshot.
+//!
+//! L4 VIPs and backends have no active-flows gauge. The agent never walks the connection
+//! table (`CONNS`, an LRU hash of up to `CONN_TABLE_SIZE` entries): counting a VIP's flows
+//! would take one `BPF_MAP_GET_NEXT_KEY` and one lookup syscall per entry, seconds of agent
+//! CPU per scrape with a full table (batched lookups, which aya 0.14 does not offer, still
+//! copy the whole table), while the data plane contends for the same bucket locks. A gauge
+//! the data plane kept (one more per new flow, one less per end) would drift: LRU evictions
+//! and idle expiry happen without the program seeing a flow end. The rate of
+//! `balancer_vip_flows_total` says how busy a VIP is; HTTP VIPs count open connections.
 
 use std::fmt::{Display, Write as _};
 
@@ -490,13 +499,11 @@ fn http(w: &mut Writer, vips: &[HttpVipStatus]) {
             }
         },
     );
-    // The proxy keeps counts per bucket, not the sum of the times: no `_sum` sample.
     w.each(
         (
             "balancer_http_response_duration_seconds",
             Kind::Histogram,
-            "Time from a request to its response's head (no _sum: the proxy does not \
-             keep one).",
+            "Time from a request to its response's head.",
         ),
         vips,
         |w, name, v| {
@@ -511,7 +518,9 @@ fn http(w: &mut Writer, vips: &[HttpVipStatus]) {
                 };
                 w.sample(&bucket, &[("vip", &v.name), ("le", &le)], cumulative);
             }
-            w.sample(&format!("{name}_count"), &[("vip", &v.name)], cumulative);
+            let vip = [("vip", v.name.as_str())];
+            w.sample(&format!("{name}_sum"), &vip, v.latency_sum_secs);
+            w.sample(&format!("{name}_count"), &vip, cumulative);
         },
     );
     let backend_families: [Plain<crate::api::HttpBackendStatus>; 3] = [

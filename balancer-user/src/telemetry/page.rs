@@ -15,14 +15,17 @@ pub struct PageOptions {
     pub admin: bool,
 }
 
+/// The badges' colours are scoped to `.state`: a row's class is its state too, and only a
+/// down row is tinted (pale red), so that the page stays readable.
 const STYLE: &str = "body{font:14px system-ui,sans-serif;margin:1em 2em;color:#222}\
 h1{font-size:1.3em}h2{font-size:1.1em;margin:1.4em 0 .4em}\
 table{border-collapse:collapse;margin-bottom:.5em}\
 th,td{padding:3px 9px;border-bottom:1px solid #ddd;text-align:right}\
 th{background:#f0f0f0}td:first-child,th:first-child{text-align:left}\
 .state{font-weight:bold;color:#fff;border-radius:3px;padding:1px 6px}\
-.active,.up,.MASTER,.attached{background:#2e7d32}.down,.FAULT,.missing,.failed{background:#c62828}\
-.drained,.BACKUP{background:#1565c0}.unchecked,.INIT,.waiting{background:#757575}\
+.state.active,.state.up,.state.MASTER,.state.attached{background:#2e7d32}\
+.state.down,.state.FAULT,.state.missing,.state.failed{background:#c62828}\
+.state.drained,.state.BACKUP{background:#1565c0}.state.unchecked,.state.INIT,.state.waiting{background:#757575}\
 tr.down td{background:#fdecea}form{display:inline;margin:0}input[type=number]{width:4.5em}\
 .muted{color:#777}";
 

@@ -711,6 +711,14 @@ impl Service {
                 .last_reason()
                 .map_or_else(String::new, Reason::to_string);
             log::info!(
+                event = "vrrp",
+                instance = instance.config.name(),
+                vrid = instance.config.params.vrid,
+                interface = instance.config.interface.as_str(),
+                from:% = instance.logged,
+                to:% = state,
+                reason = reason.as_str(),
+                priority = machine.priority();
                 "vrrp {} (VRID {} on {}): {} -> {} ({reason}), priority {}",
                 instance.config.name(),
                 instance.config.params.vrid,

@@ -11,13 +11,16 @@ use crate::api::{
 use crate::config::{parse, VipConfig};
 use crate::health::Health;
 
-/// A small checker of the text format: every sample belongs to a family declared before it
-/// with HELP and TYPE (once each), names follow the conventions, label values are quoted
-/// and escaped, values are numbers. Returns family -> (type, samples as
-/// (name, labels, value)).
+/// A small checker of the text format, with promtool's rules: every sample belongs to a
+/// family declared before it with HELP and TYPE (once each), names follow the conventions
+/// (counters and only counters end in `_total`, base units), label values are quoted and
+/// escaped, values are numbers, no series appears twice, and every histogram series has
+/// cumulative buckets ending at `+Inf`, a `_sum` and a `_count` equal to the `+Inf` bucket.
+/// Returns family -> (type, samples as (name, labels, value)).
 pub(crate) fn check(text: &str) -> BTreeMap<String, (String, Vec<Sample>)> {
     let mut families: BTreeMap<String, (String, Vec<Sample>)> = BTreeMap::new();
     let mut helps = HashSet::new();
+    let mut series = HashSet::new();
     let mut current: Option<String> = None;
     for line in text.lines() {
         if let Some(rest) = line.strip_prefix("# HELP ") {
@@ -40,8 +43,7 @@ pub(crate) fn check(text: &str) -> BTreeMap<String, (String, Vec<Sample>)> {
                 name.ends_with("_total"),
                 "{name}: counter iff _total"
             );
-            let unit_ok = !name.contains("_ms") && !name.contains("milliseconds");
-            assert!(unit_ok, "{name}: not in base units");
+            assert_base_units(name);
             assert!(
                 families
                     .insert(name.to_owned(), (kind.to_owned(), Vec::new()))
@@ -63,10 +65,86 @@ pub(crate) fn check(text: &str) -> BTreeMap<String, (String, Vec<Sample>)> {
                 "sample {} outside its family {family}",
                 sample.0
             );
+            assert!(
+                series.insert((sample.0.clone(), sample.1.clone())),
+                "series twice: {line}"
+            );
             families.get_mut(family).unwrap().1.push(sample);
         }
     }
+    for (name, (kind, samples)) in &families {
+        if kind == "histogram" {
+            check_histogram(name, samples);
+        }
+    }
     families
+}
+
+/// Times in seconds, sizes in bytes, no scaled units; a unit comes last (before `_total`).
+fn assert_base_units(name: &str) {
+    let scaled = [
+        "_ms",
+        "milliseconds",
+        "_us",
+        "micro",
+        "nano",
+        "_kb",
+        "_mb",
+        "_kib",
+        "_mib",
+    ];
+    assert!(
+        !scaled.iter().any(|s| name.contains(s)),
+        "{name}: not in base units"
+    );
+    let stem = name.strip_suffix("_total").unwrap_or(name);
+    for (word, unit) in [
+        ("latency", "_seconds"),
+        ("duration", "_seconds"),
+        ("age", "_seconds"),
+        ("bytes", "_bytes"),
+    ] {
+        if stem.split('_').any(|w| w == word) {
+            assert!(stem.ends_with(unit), "{name}: a {word} must end in {unit}");
+        }
+    }
+}
+
+/// Each label set of a histogram: buckets cumulative up to `+Inf`, `_count` equal to it,
+/// and a `_sum`.
+fn check_histogram(name: &str, samples: &[Sample]) {
+    // Label set (without `le`) -> (buckets as (le, count), _sum, _count).
+    type Series = (Vec<(f64, f64)>, Option<f64>, Option<f64>);
+    let mut sets: BTreeMap<BTreeMap<String, String>, Series> = BTreeMap::new();
+    for (sample, labels, value) in samples {
+        let mut key = labels.clone();
+        let le = key.remove("le");
+        let set = sets.entry(key).or_default();
+        match sample.strip_prefix(name) {
+            Some("_bucket") => {
+                let le = parse_value(&le.unwrap_or_else(|| panic!("{sample}: no le")));
+                set.0.push((le, *value));
+            }
+            Some("_sum") => set.1 = Some(*value),
+            Some("_count") => set.2 = Some(*value),
+            _ => unreachable!("checked by family"),
+        }
+    }
+    for (labels, (buckets, sum, count)) in sets {
+        assert!(sum.is_some(), "{name} {labels:?}: no _sum");
+        let count = count.unwrap_or_else(|| panic!("{name} {labels:?}: no _count"));
+        assert!(
+            buckets
+                .windows(2)
+                .all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1),
+            "{name} {labels:?}: buckets not cumulative in order: {buckets:?}"
+        );
+        assert_eq!(
+            buckets.last().copied(),
+            Some((f64::INFINITY, count)),
+            "{name} {labels:?}: the +Inf bucket must equal _count"
+        );
+    }
 }
 
 pub(crate) type Sample = (String, BTreeMap<String, String>, f64);
@@ -324,8 +402,9 @@ fn label_values_are_escaped() {
     );
 }
 
-#[test]
-fn http_and_vrrp_families() {
+/// A status with one of everything: an HTTP VIP, a VRRP instance and a reload besides the
+/// L4 VIPs and backends of [`status`].
+fn full_status() -> Status {
     let mut s = status(1, 1);
     s.http.push(HttpVipStatus {
         name: "api".into(),
@@ -341,6 +420,7 @@ fn http_and_vrrp_families() {
         retries: 1,
         errors: [("connect".to_owned(), 1)].into(),
         latency_ms: vec![("1".into(), 2), ("50".into(), 3), ("+Inf".into(), 0)],
+        latency_sum_secs: 0.125,
         rules: Vec::new(),
         backends: Vec::new(),
     });
@@ -364,6 +444,19 @@ fn http_and_vrrp_families() {
         sync_group: None,
         addresses: Vec::new(),
     });
+    if let Some(config) = &mut s.config {
+        config.last_reload = Some(crate::api::ReloadStatus {
+            at: "2026-01-01T00:00:00Z".into(),
+            ok: true,
+            message: "1 backend changed".into(),
+        });
+    }
+    s
+}
+
+#[test]
+fn http_and_vrrp_families() {
+    let s = full_status();
     let families = check(&render(&s));
     let api = ("vip", "api");
     assert_eq!(
@@ -387,6 +480,15 @@ fn http_and_vrrp_families() {
     assert_eq!(
         (bucket("0.001"), bucket("0.05"), bucket("+Inf")),
         (2.0, 5.0, 5.0)
+    );
+    let sum = "balancer_http_response_duration_seconds_sum";
+    assert_eq!(
+        families["balancer_http_response_duration_seconds"]
+            .1
+            .iter()
+            .find(|(n, ..)| n == sum)
+            .map(|s| s.2),
+        Some(0.125)
     );
     let vi = ("instance", "vi_1");
     assert_eq!(
@@ -425,5 +527,185 @@ fn a_large_scrape_is_rendered_and_well_formed() {
     println!(
         "rendered 100 VIPs and 1000 backends in {took:?} ({} bytes)",
         text.len()
+    );
+}
+
+/// The checker itself fails on what promtool refuses (so that passing it means something).
+#[test]
+fn the_checker_refuses_broken_expositions() {
+    let good = "# HELP balancer_a_total A.\n# TYPE balancer_a_total counter\nbalancer_a_total 1\n";
+    check(good);
+    let broken = [
+        // a counter without _total, a gauge with it
+        "# HELP balancer_a A.\n# TYPE balancer_a counter\nbalancer_a 1\n",
+        "# HELP balancer_a_total A.\n# TYPE balancer_a_total gauge\nbalancer_a_total 1\n",
+        // no HELP, a duplicate series, a scaled unit
+        "# TYPE balancer_a_total counter\nbalancer_a_total 1\n",
+        &format!("{good}balancer_a_total 2\n"),
+        "# HELP balancer_latency_ms A.\n# TYPE balancer_latency_ms gauge\nbalancer_latency_ms 1\n",
+        "# HELP balancer_check_latency A.\n# TYPE balancer_check_latency gauge\nbalancer_check_latency 1\n",
+        // a histogram without _sum, and one whose +Inf bucket is not its count
+        "# HELP balancer_h_seconds H.\n# TYPE balancer_h_seconds histogram\n\
+         balancer_h_seconds_bucket{le=\"+Inf\"} 1\nbalancer_h_seconds_count 1\n",
+        "# HELP balancer_h_seconds H.\n# TYPE balancer_h_seconds histogram\n\
+         balancer_h_seconds_bucket{le=\"+Inf\"} 1\nbalancer_h_seconds_sum 1\n\
+         balancer_h_seconds_count 2\n",
+    ];
+    for text in broken {
+        let refused = std::panic::catch_unwind(|| check(text)).is_err();
+        assert!(refused, "accepted:\n{text}");
+    }
+}
+
+/// Labels Prometheus adds to every series it scrapes.
+const TARGET_LABELS: [&str; 2] = ["instance", "job"];
+
+/// The Grafana dashboard cannot rot: every metric it names is in the exposition, and every
+/// label its queries group or select by is one of those metrics' labels.
+#[test]
+fn the_grafana_dashboard_uses_only_exported_metrics() {
+    let dashboard: serde_json::Value = serde_json::from_str(include_str!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../contrib/grafana/balancer.json"
+    )))
+    .expect("contrib/grafana/balancer.json is JSON");
+    let families = check(&render(&full_status()));
+    // Sample name -> the label names of its samples.
+    let mut exported: BTreeMap<&str, HashSet<&str>> = BTreeMap::new();
+    for (_, samples) in families.values() {
+        for (name, labels, _) in samples {
+            let names = exported.entry(name).or_default();
+            names.extend(labels.keys().map(String::as_str));
+        }
+    }
+    let mut queries = Vec::new();
+    collect_queries(&dashboard, &mut queries);
+    assert!(queries.len() >= 20, "only {} queries found", queries.len());
+    let mut used = HashSet::new();
+    for query in &queries {
+        let names = metric_names(query);
+        assert!(!names.is_empty(), "{query}: no metric");
+        let mut labels: HashSet<&str> = TARGET_LABELS.into();
+        for name in &names {
+            let found = exported
+                .get(name.as_str())
+                .unwrap_or_else(|| panic!("{query}: {name} is not in /metrics"));
+            labels.extend(found.iter());
+            used.insert(name.clone());
+        }
+        for label in query_labels(query) {
+            assert!(
+                labels.contains(label.as_str()),
+                "{query}: label {label} is not on {names:?}"
+            );
+        }
+    }
+    // What the dashboard is for (issue 21) is there.
+    for family in [
+        "balancer_vip_packets_total",
+        "balancer_backend_up",
+        "balancer_dataplane_drops_total",
+        "balancer_http_responses_total",
+        "balancer_http_response_duration_seconds_bucket",
+        "balancer_vrrp_state",
+        "balancer_config_generation",
+    ] {
+        assert!(
+            used.contains(family),
+            "the dashboard does not show {family}"
+        );
+    }
+    assert!(
+        queries.iter().any(|q| q.contains("histogram_quantile(")),
+        "no latency quantile"
+    );
+}
+
+/// Every `PromQL` text of the dashboard: panel targets' `expr` and variables' queries.
+fn collect_queries(value: &serde_json::Value, out: &mut Vec<String>) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, v) in map {
+                match (key.as_str(), v) {
+                    ("expr" | "definition", serde_json::Value::String(q)) => out.push(q.clone()),
+                    _ => collect_queries(v, out),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(|v| collect_queries(v, out)),
+        _ => {}
+    }
+}
+
+/// The `balancer_*` identifiers of a query.
+fn metric_names(query: &str) -> Vec<String> {
+    identifiers(query)
+        .into_iter()
+        .filter(|w| w.starts_with("balancer_"))
+        .collect()
+}
+
+/// Identifiers, in order (label values in quotes skipped).
+fn identifiers(query: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut word = String::new();
+    let mut quoted = false;
+    for c in query.chars() {
+        if c == '"' {
+            quoted = !quoted;
+        } else if !quoted && (c.is_ascii_alphanumeric() || c == '_') {
+            word.push(c);
+            continue;
+        }
+        if !word.is_empty() {
+            out.push(std::mem::take(&mut word));
+        }
+    }
+    if !word.is_empty() {
+        out.push(word);
+    }
+    out
+}
+
+/// The labels a query groups by (`by (...)`), selects on (`{label=...}`) or asks the
+/// values of (`label_values(metric, label)`).
+fn query_labels(query: &str) -> Vec<String> {
+    let mut labels = Vec::new();
+    let mut rest = query;
+    while let Some(at) = rest.find(['{', '(']) {
+        let open = rest.as_bytes()[at];
+        let before = rest[..at].trim_end();
+        let close = if open == b'{' { '}' } else { ')' };
+        let inner_end = rest[at..].find(close).map_or(rest.len(), |e| at + e);
+        let inner = &rest[at + 1..inner_end];
+        if open == b'{' {
+            labels.extend(
+                inner
+                    .split(',')
+                    .filter_map(|m| m.split(['=', '!']).next())
+                    .map(|l| l.trim().to_owned())
+                    .filter(|l| !l.is_empty()),
+            );
+        } else if before.ends_with(" by") || before.ends_with("label_values") {
+            let skip = usize::from(before.ends_with("label_values"));
+            labels.extend(identifiers(inner).into_iter().skip(skip));
+        }
+        rest = &rest[at + 1..];
+    }
+    labels
+}
+
+#[test]
+fn query_labels_are_found() {
+    let q = r#"histogram_quantile(0.9, sum by (vip, le) (rate(m_bucket{vip=~"$vip",a!="x"}[5m])))"#;
+    assert_eq!(query_labels(q), ["vip", "le", "vip", "a"]);
+    assert_eq!(
+        query_labels("label_values(balancer_vip_info, vip)"),
+        ["vip"]
+    );
+    assert_eq!(metric_names(q), Vec::<String>::new());
+    assert_eq!(
+        metric_names(r#"sum(balancer_a_total{x="balancer_b"}) / balancer_c"#),
+        ["balancer_a_total", "balancer_c"]
     );
 }
