@@ -1,0 +1,138 @@
+//! End-to-end: direct server return. The backends hold the VIP on `lo` (ARP for it
+//! ignored, as IPVS's DR set-up asks) and answer the client by a path of their own that
+//! does not pass the balancer (a second link of the client's to the backends' switch): HTTP
+//! through a `dsr` VIP works, the balancer counts every client packet and no reply, and a
+//! NAT VIP beside it still translates both ways.
+
+use std::time::Duration;
+
+use balancer_tests::{config_for, require_root, Agent, Topology, DEFAULT_TIMEOUT, VIP};
+use serde_json::Value;
+
+/// The client's address on its own link to the backends' switch.
+const CLIENT_SIDE_DOOR: &str = "10.0.2.200";
+
+/// Gives the backends the VIP and a way back to the client that avoids the balancer.
+fn direct_return_path(topo: &Topology) {
+    let (client, switch) = (topo.client(), topo.switch());
+    client
+        .ip(&[
+            "link",
+            "add",
+            "clb0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "swc",
+            "netns",
+            switch.name(),
+        ])
+        .expect("a client link to the switch");
+    switch.ip(&["link", "set", "swc", "master", "br0"]).unwrap();
+    switch.ip(&["link", "set", "swc", "up"]).unwrap();
+    client
+        .ip(&[
+            "addr",
+            "add",
+            &format!("{CLIENT_SIDE_DOOR}/24"),
+            "dev",
+            "clb0",
+        ])
+        .unwrap();
+    client.ip(&["link", "set", "clb0", "up"]).unwrap();
+    // Replies come from the VIP on a link the client does not route the VIP through.
+    for key in ["all", "default", "clb0"] {
+        client
+            .run(&["sysctl", "-qw", &format!("net.ipv4.conf.{key}.rp_filter=0")])
+            .unwrap();
+    }
+    for backend in topo.backends() {
+        backend
+            .ip(&["addr", "add", &format!("{VIP}/32"), "dev", "lo"])
+            .expect("the VIP on the backend's lo");
+        for (key, value) in [("arp_ignore", "1"), ("arp_announce", "2")] {
+            backend
+                .run(&["sysctl", "-qw", &format!("net.ipv4.conf.all.{key}={value}")])
+                .unwrap();
+        }
+        backend
+            .ip(&["route", "add", "10.0.1.0/24", "via", CLIENT_SIDE_DOOR])
+            .expect("the backend's route to the client");
+    }
+}
+
+fn vip_status(agent: &Agent, name: &str) -> Value {
+    let status = agent.status_json();
+    status["vips"]
+        .as_array()
+        .and_then(|vips| vips.iter().find(|v| v["name"] == name))
+        .cloned()
+        .unwrap_or_else(|| panic!("no VIP {name} in {status:#}"))
+}
+
+#[test]
+fn http_through_a_dsr_vip_is_answered_by_the_backends_directly() {
+    require_root();
+    let topo = Topology::new(2).expect("building the topology");
+    direct_return_path(&topo);
+    let _servers = topo.start_backends().expect("starting the test servers");
+    let config = config_for(&topo, "maglev", &[1, 2]);
+    let marker = "scheduler = \"maglev\"\npool = \"web\"\n";
+    assert!(config.contains(marker), "{config}");
+    let config = config.replacen(marker, &format!("{marker}forwarding = \"dsr\"\n"), 1);
+    let agent = Agent::start(&topo, &config).expect("starting the agent");
+    let vips = agent.cli_ok(&["vip", "list"]).unwrap();
+    assert!(
+        vips.lines()
+            .any(|l| l.starts_with("web ") && l.contains("maglev, dsr")),
+        "{vips}"
+    );
+    let client = topo.client_ns().expect("a client worker");
+
+    let tally = client.http_get_many(Topology::vip_http(), 40, DEFAULT_TIMEOUT);
+    assert!(tally.failures.is_empty(), "through the dsr VIP: {tally}");
+    assert_eq!(tally.distinct(), 2, "both backends answer: {tally}");
+    // A kept-alive connection stays on its backend.
+    let mut kept = client.keepalive(Topology::vip_http()).unwrap();
+    let first = kept.get().unwrap();
+    for _ in 0..10 {
+        assert_eq!(kept.get().unwrap(), first, "a dsr flow keeps its backend");
+    }
+
+    let web = vip_status(&agent, "web");
+    let counters = &web["counters"];
+    assert_eq!(web["forwarding"], "dsr", "{web:#}");
+    assert!(
+        counters["new_flows"].as_u64().unwrap() >= 41
+            && counters["packets"].as_u64().unwrap() > 41 * 3,
+        "the balancer sees every client packet: {counters}"
+    );
+    assert_eq!(
+        counters["reply_packets"], 0,
+        "the backends' answers do not pass the balancer: {counters}"
+    );
+    let tally = client.udp_request_many(Topology::vip_udp(), 10, DEFAULT_TIMEOUT);
+    assert!(tally.failures.is_empty(), "the NAT VIP beside it: {tally}");
+    let dns = vip_status(&agent, "dns");
+    assert_eq!(dns["forwarding"], "nat");
+    assert!(
+        dns["counters"]["reply_packets"].as_u64().unwrap() >= 10,
+        "NAT replies pass the balancer: {dns:#}"
+    );
+
+    // Without the VIP on a backend's lo, its kernel has no socket for the packets: the
+    // set-up matters, and the client sees it (this is what a missing `ip addr add VIP/32
+    // dev lo` looks like).
+    topo.backend(1)
+        .ip(&["addr", "del", &format!("{VIP}/32"), "dev", "lo"])
+        .unwrap();
+    topo.backend(2)
+        .ip(&["addr", "del", &format!("{VIP}/32"), "dev", "lo"])
+        .unwrap();
+    let broken = client.http_get(Topology::vip_http(), Duration::from_millis(800));
+    assert!(
+        broken.is_err(),
+        "answered without the VIP on the backends: {broken:?}"
+    );
+}
