@@ -41,11 +41,12 @@ pub(super) fn tcp(sport: u16, flags: Flags, payload: usize) -> Spec {
 }
 
 /// A SYN of a flow nobody has seen: flow `i` of the tuple space starting at `base`.
-pub(super) fn fresh_syn(base: Ipv4Addr, i: u32) -> Vec<u8> {
+pub(super) fn fresh_syn(base: Ipv4Addr, i: u32, dport: u16) -> Vec<u8> {
     let src = Ipv4Addr::from(u32::from(base) + i / 50_000);
     let sport = 10_000 + (i % 50_000) as u16;
     frame::build(&Spec {
         src,
+        dport,
         ..tcp(sport, Flags::SYN, 0)
     })
 }
@@ -54,8 +55,12 @@ pub(super) fn fresh_syn(base: Ipv4Addr, i: u32) -> Vec<u8> {
 pub(super) enum Frames {
     /// The same frame every run.
     Fixed(Vec<u8>),
-    /// A SYN of a new flow every run.
-    Fresh { base: Ipv4Addr, next: u32 },
+    /// A SYN of a new flow to port `dport` of the VIP every run.
+    Fresh {
+        base: Ipv4Addr,
+        next: u32,
+        dport: u16,
+    },
 }
 
 pub(super) struct Case {
@@ -122,11 +127,11 @@ impl Case {
     pub(super) fn run(&mut self, runs: usize) -> Result<Vec<f64>> {
         let frames: Vec<Vec<u8>> = match &mut self.frames {
             Frames::Fixed(frame) => vec![frame.clone()],
-            Frames::Fresh { base, next } => {
+            Frames::Fresh { base, next, dport } => {
                 let first = *next;
                 *next += runs as u32;
                 (first..first + runs as u32)
-                    .map(|i| fresh_syn(*base, i))
+                    .map(|i| fresh_syn(*base, i, *dport))
                     .collect()
             }
         };

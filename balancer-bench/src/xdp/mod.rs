@@ -22,14 +22,16 @@ use anyhow::{ensure, Context as _, Result};
 use balancer_tests::{
     frame::{self, Spec, L4},
     util::TempDir,
-    CLIENT_ADDR, LB_BACKEND_ADDR, UDP_PORT,
+    CLIENT_ADDR, HTTP_PORT, LB_BACKEND_ADDR, UDP_PORT,
 };
 use balancer_wire::{tcp::Flags, MacAddr};
 
 use case::{measure_rounds, once, tcp, Case, Frames};
 pub use memory::{default_entries, map_memory, MapMemory};
 pub use setup::load;
-use setup::{backend_addr, backend_mac, in_bench_namespace, program_facts, program_fd, Loaded};
+use setup::{
+    backend_addr, backend_mac, in_bench_namespace, program_facts, program_fd, Loaded, DSR_PORT,
+};
 pub use syscall::{attach_xdp, EmptyXdp, XdpLink};
 use syscall::{ifindex, test_run, xdp_ctx};
 
@@ -222,6 +224,29 @@ fn per_packet_in_ns(plan: Plan, stop: &Stop) -> Result<PerPacket> {
     });
     once(fd, &other, client_if, XDP_PASS, "non-VIP packet")?;
 
+    // An established direct-server-return flow (its client's ACK established it).
+    let direct = |flags, payload| {
+        frame::build(&Spec {
+            dport: DSR_PORT,
+            ..tcp(40_003, flags, payload)
+        })
+    };
+    once(
+        fd,
+        &direct(Flags::SYN, 0),
+        client_if,
+        XDP_REDIRECT,
+        "SYN of the DSR flow",
+    )?;
+    let direct_ack = direct(Flags::ACK, 64);
+    once(
+        fd,
+        &direct_ack,
+        client_if,
+        XDP_REDIRECT,
+        "ACK of the DSR flow",
+    )?;
+
     let mut cases = vec![
         Case::floor(&empty, client_if, ack.clone()),
         Case::new(
@@ -239,6 +264,7 @@ fn per_packet_in_ns(plan: Plan, stop: &Stop) -> Result<PerPacket> {
             Frames::Fresh {
                 base: Ipv4Addr::new(10, 16, 0, 0),
                 next: 0,
+                dport: HTTP_PORT,
             },
         ),
         Case::new(
@@ -254,6 +280,24 @@ fn per_packet_in_ns(plan: Plan, stop: &Stop) -> Result<PerPacket> {
             backend_if,
             XDP_REDIRECT,
             Frames::Fixed(reply),
+        ),
+        Case::new(
+            "DSR: TCP established (only MACs change)",
+            fd,
+            client_if,
+            XDP_REDIRECT,
+            Frames::Fixed(direct_ack),
+        ),
+        Case::new(
+            "DSR: TCP SYN, new flow (Maglev, no SNAT)",
+            fd,
+            client_if,
+            XDP_REDIRECT,
+            Frames::Fresh {
+                base: Ipv4Addr::new(10, 48, 0, 0),
+                next: 0,
+                dport: DSR_PORT,
+            },
         ),
         Case::new(
             "not for a VIP (XDP_PASS)",
@@ -444,6 +488,7 @@ fn full_table_in_ns(plan: Plan, stop: &Stop) -> Result<FullTable> {
         Frames::Fresh {
             base: Ipv4Addr::new(10, 32, 0, 0),
             next: 0,
+            dport: HTTP_PORT,
         },
     );
     for _ in 0..fill.div_ceil(10_000) {
@@ -471,6 +516,7 @@ fn full_table_in_ns(plan: Plan, stop: &Stop) -> Result<FullTable> {
             Frames::Fresh {
                 base: Ipv4Addr::new(10, 64, 0, 0),
                 next: 0,
+                dport: HTTP_PORT,
             },
         ),
     ];

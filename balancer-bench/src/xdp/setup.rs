@@ -1,6 +1,7 @@
 //! The bench namespace (routes and permanent neighbours, so that every FIB lookup succeeds)
 //! and the program loaded with its maps filled by the agent's own `Balancer`.
 
+use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 use std::os::fd::{AsFd as _, AsRawFd as _, RawFd};
 
@@ -76,11 +77,22 @@ pub(super) fn in_bench_namespace<T: Send>(f: impl FnOnce() -> Result<T> + Send) 
 
 /// The configuration of the bench: VIP "web" (TCP :80) and VIP "dns" (UDP :5300), Maglev,
 /// each with the same 100 backends; SNAT from 10.0.2.1.
+/// The port of the bench's direct-server-return VIP (its backends listen there too).
+pub(super) const DSR_PORT: u16 = 8080;
+
 pub(super) fn bench_config() -> Result<config::Config> {
     let backends: Vec<Ipv4Addr> = (0..N_BACKENDS).map(backend_addr).collect();
+    // The same backends, on the direct-server-return VIP's port.
+    let direct = backends.iter().fold(String::new(), |mut list, addr| {
+        let _ = writeln!(list, "  {{ address = \"{addr}\", port = {DSR_PORT} }},");
+        list
+    });
     let text = format!(
         "[agent]\ninterfaces = [\"{CLIENT_IF}\", \"{BACKEND_IF}\"]\n\n\
-         [nat]\nsource_address = \"{SNAT}\"\n\n{}",
+         [nat]\nsource_address = \"{SNAT}\"\n\n{}\n\
+         [[pool]]\nname = \"direct\"\nbackends = [\n{direct}]\n\n\
+         [[vip]]\nname = \"direct\"\naddress = \"10.0.100.1\"\nport = {DSR_PORT}\n\
+         protocol = \"tcp\"\npool = \"direct\"\nforwarding = \"dsr\"\n",
         web_and_dns(&backends, "maglev")
     );
     config::parse(&text, "bench.toml").context("the bench configuration does not parse")
