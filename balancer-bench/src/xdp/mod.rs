@@ -348,6 +348,33 @@ fn established_tcp(fd: RawFd, client_if: u32) -> Result<(Vec<u8>, frame::Parsed)
         "SYN of the established flow",
     )?;
     let fwd = frame::parse(&forwarded).map_err(|e| anyhow::anyhow!("forwarded SYN: {e}"))?;
+    // The backend's SYN-ACK (ISN 5000), which the client's ACK (5001) acknowledges: only
+    // that handshake establishes the flow (a half-open one takes the slow path).
+    let backend = (0..N_BACKENDS)
+        .find(|&i| backend_addr(i) == fwd.dst)
+        .with_context(|| format!("SYN forwarded to {}, not a backend", fwd.dst))?;
+    let syn_ack = frame::build(&Spec {
+        src_mac: backend_mac(backend),
+        dst_mac: LB_BACKEND_MAC,
+        src: fwd.dst,
+        dst: fwd.src,
+        sport: fwd.dport,
+        dport: fwd.sport,
+        l4: L4::Tcp {
+            flags: Flags::SYN | Flags::ACK,
+            seq: 5000,
+            ack: 1001,
+        },
+        ..Spec::default()
+    });
+    let backend_if = ifindex(BACKEND_IF)?;
+    once(
+        fd,
+        &syn_ack,
+        backend_if,
+        XDP_REDIRECT,
+        "SYN-ACK of the established flow",
+    )?;
     let ack = frame::build(&tcp(40_000, Flags::ACK, 64));
     once(
         fd,

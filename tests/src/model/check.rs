@@ -34,6 +34,16 @@ pub fn flow_checksums_ok(f: &[u8], flow: &Flow) -> bool {
     ip_checksum_ok(f, flow.ip_off) && l4_checksum_ok(f, flow) != Some(false)
 }
 
+/// Whether a packet that would start a flow passes the program's checks: its IPv4 header
+/// checksum, and its TCP checksum if the segment is at most 60 bytes (a SYN with every
+/// option; longer segments are not checked).
+pub fn new_flow_checksums_ok(f: &[u8], flow: &Flow) -> bool {
+    ip_checksum_ok(f, flow.ip_off)
+        && (flow.tuple.proto != PROTO_TCP
+            || flow.ip_end - flow.l4_off > 60
+            || l4_checksum_ok(f, flow) == Some(true))
+}
+
 /// Whether the ICMP error's outer IPv4 header and ICMP checksums are valid.
 pub fn icmp_checksums_ok(f: &[u8], e: &IcmpError) -> bool {
     ip_checksum_ok(f, e.ip_off) && checksum(&f[e.icmp_off..e.ip_end]) == 0
@@ -125,7 +135,10 @@ pub fn forwarded(
             "TCP/UDP checksum valid {l4_in:?} became valid {l4_out:?}"
         ));
     }
-    ttl_ok(flow.ttl, out.ttl)?;
+    // A router's one hop less (a TTL of 0 or 1 is never forwarded).
+    if out.ttl != flow.ttl.wrapping_sub(1) {
+        return Err(format!("TTL {} became {}, not one less", flow.ttl, out.ttl));
+    }
     let (input, output) = (untagged(input, flow.tagged), untagged(output, out.tagged));
     let (ip, l4) = (14, 14 + (out.l4_off - out.ip_off));
     let check = if t.proto == PROTO_TCP {

@@ -289,10 +289,19 @@ impl Model {
         self.by_reply.insert(reply, client);
     }
 
-    /// What may become of a TCP/UDP packet. (Leniency for tags, TTL and bad checksums is
-    /// the caller's.)
-    pub fn expect_flow(&self, flow: &Flow) -> Expect {
+    /// Whether the program opened a flow on `flow`'s client tuple (as far as the model
+    /// knows: it may have idled out since).
+    pub fn knows(&self, flow: &Flow) -> bool {
+        self.by_client.contains_key(&flow.tuple)
+    }
+
+    /// What may become of a TCP/UDP packet; `checks_ok`: whether it would pass the checks
+    /// of a packet that starts a flow.
+    pub fn expect_flow(&self, flow: &Flow, checks_ok: bool) -> Expect {
         let t = flow.tuple;
+        if flow.ttl <= 1 {
+            return pass("TTL 0 or 1: not to be forwarded (the stack answers it)");
+        }
         let rst = t.proto == PROTO_TCP && flow.tcp_flags & TCP_RST != 0;
         let closes = t.proto == PROTO_TCP && flow.tcp_flags & (TCP_RST | TCP_FIN) != 0;
         if t.dst == VIP {
@@ -315,6 +324,13 @@ impl Model {
                     return Expect {
                         drop: true,
                         why: "a new flow from a martian source".into(),
+                        ..Expect::default()
+                    };
+                }
+                if !known && !checks_ok {
+                    return Expect {
+                        drop: true,
+                        why: "a new flow with a bad checksum".into(),
                         ..Expect::default()
                     };
                 }
