@@ -60,6 +60,8 @@ pub mod map_names {
     pub const VIP_GENS: &str = "VIP_GENS";
     pub const FLOW_CACHE: &str = "FLOW_CACHE";
     pub const FLOW_EVICTIONS: &str = "FLOW_EVICTIONS";
+    pub const NO_PORT: &str = "NO_PORT";
+    pub const LOG_AT: &str = "LOG_AT";
 }
 
 /// Name of the XDP program in the object file.
@@ -468,6 +470,22 @@ pub const FLOW_CACHE_SLOTS: u32 = 1 << FLOW_CACHE_BITS;
 /// `FLOW_CACHE` has 2^12 slots per CPU (64 bytes each: 256 KiB per CPU).
 pub const FLOW_CACHE_BITS: u32 = 12;
 
+/// Slots of the per-CPU `NO_PORT` table, direct-mapped by [`flow_slot`] (its low bits).
+pub const NO_PORT_SLOTS: u32 = 1 << 10;
+/// How long the packets of a flow that found no free SNAT port are dropped without
+/// probing again (a port may have come free after it).
+pub const NO_PORT_HOLD_NS: u64 = 1_000_000_000;
+
+/// Value of `NO_PORT`: a flow that found every probed SNAT port taken, and until when
+/// (the data plane's clock, ns) its next packets are dropped at once rather than probing
+/// the same ports again.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct NoPort {
+    pub key: FlowKey,
+    pub until_ns: u64,
+}
+
 /// The slot of a client tuple in `FLOW_CACHE`: the tuple folded to one 64-bit word, then
 /// Fibonacci hashing (the top bits of the product are well mixed).
 #[inline(always)]
@@ -532,17 +550,19 @@ const _: () = assert!(size_of::<NatEntry>() == 24);
 const _: () = assert!(size_of::<Settings>() == 56);
 const _: () = assert!(size_of::<FlowStats>() == 40);
 const _: () = assert!(size_of::<RrState>() == 8);
+const _: () = assert!(size_of::<NoPort>() == 24);
 const _: () = assert!(size_of::<NextHop>() == 32);
 const _: () = assert!(size_of::<FlowCacheEntry>() == 64);
 
 #[cfg(feature = "user")]
 mod pod {
     use super::{
-        Backend, Conn, FlowCacheEntry, FlowKey, FlowStats, NatEntry, NextHop, RrState, Settings,
-        VipKey, VipMeta,
+        Backend, Conn, FlowCacheEntry, FlowKey, FlowStats, NatEntry, NextHop, NoPort, RrState,
+        Settings, VipKey, VipMeta,
     };
     // SAFETY: all types are repr(C), Copy, with explicit padding and no invalid bit patterns.
     unsafe impl aya::Pod for VipKey {}
+    unsafe impl aya::Pod for NoPort {}
     unsafe impl aya::Pod for VipMeta {}
     unsafe impl aya::Pod for Backend {}
     unsafe impl aya::Pod for FlowKey {}

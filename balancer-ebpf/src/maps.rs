@@ -5,9 +5,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use balancer_common::{
-    stat, Backend, Conn, FlowCacheEntry, FlowKey, FlowStats, NatEntry, NextHop, RrState, Settings,
-    VipKey, VipMeta, CLIENT_HOP_SLOTS, CONN_TABLE_SIZE, FLOW_CACHE_SLOTS, MAX_BACKENDS, MAX_VIPS,
-    RING_ENTRIES, VIP_ADDR_SLOTS,
+    stat, Backend, Conn, FlowCacheEntry, FlowKey, FlowStats, NatEntry, NextHop, NoPort, RrState,
+    Settings, VipKey, VipMeta, CLIENT_HOP_SLOTS, CONN_TABLE_SIZE, FLOW_CACHE_SLOTS, MAX_BACKENDS,
+    MAX_VIPS, NO_PORT_SLOTS, RING_ENTRIES, VIP_ADDR_SLOTS,
 };
 
 /// (address, port, protocol) -> VIP id, scheduler and active ring slice.
@@ -83,3 +83,13 @@ pub static BACKEND_STATS: PerCpuArray<FlowStats> = PerCpuArray::with_max_entries
 /// Verdicts and drop/pass reasons, indexed by `balancer_common::stat`.
 #[map]
 pub static GLOBAL_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
+
+/// Per CPU, flows that recently found no free SNAT port: their packets are dropped at once
+/// for `NO_PORT_HOLD_NS` instead of probing the same ports on every packet.
+#[map]
+pub static NO_PORT: PerCpuArray<NoPort> = PerCpuArray::with_max_entries(NO_PORT_SLOTS, 0);
+
+/// When the data plane last logged a line that may repeat per packet (one value, shared):
+/// such lines are written at most once a second; counters count every case.
+#[map]
+pub static LOG_AT: Array<u64> = Array::with_max_entries(1, 0);

@@ -33,6 +33,10 @@ pub fn new_flow(
     if martian(pkt.key.src_addr) {
         return Err(stat::DROP_MARTIAN);
     }
+    // A flow that just found no port: the same ports again would most likely be taken.
+    if snat::no_port_lately(&pkt.key, now) {
+        return Err(stat::DROP_SNAT_EXHAUSTED);
+    }
     if !csum::verify(ctx, pkt) {
         return Err(stat::DROP_BAD_CHECKSUM);
     }
@@ -41,13 +45,16 @@ pub fn new_flow(
         Ok(None) => return all_down(vip).map(Action::Verdict),
         Err(reason) => {
             if reason == stat::DROP_SNAT_EXHAUSTED {
-                warn!(
-                    ctx,
-                    "vip {}: no free SNAT port for a new flow from {:i} ({} ports probed); widen nat.port_range",
-                    vip.vip_id,
-                    u32::from_be(pkt.key.src_addr),
-                    SNAT_PORT_PROBES
-                );
+                snat::remember_no_port(&pkt.key, now);
+                if stats::log_due(now) {
+                    warn!(
+                        ctx,
+                        "vip {}: no free SNAT port for a new flow from {:i} ({} ports probed; at most one such line a second, drop_snat_exhausted counts them all); widen nat.port_range or add nat.source_addresses",
+                        vip.vip_id,
+                        u32::from_be(pkt.key.src_addr),
+                        SNAT_PORT_PROBES
+                    );
+                }
             }
             return Err(reason);
         }

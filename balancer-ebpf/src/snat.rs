@@ -5,21 +5,21 @@
 //! claims and keeps one.
 use aya_ebpf::bindings::{BPF_ANY, BPF_NOEXIST};
 use balancer_common::{
-    stat, Backend, Conn, FlowKey, NatEntry, Settings, FLOW_BACKEND_CLOSED, MAX_SNAT_ADDRS,
-    SNAT_PORT_PROBES,
+    flow_slot, stat, Backend, Conn, FlowKey, NatEntry, Settings, FLOW_BACKEND_CLOSED,
+    MAX_SNAT_ADDRS, NO_PORT_HOLD_NS, NO_PORT_SLOTS, SNAT_PORT_PROBES,
 };
 
 use crate::{
     clock, flow_cache,
-    maps::{CONNS, NAT},
+    maps::{CONNS, NAT, NO_PORT},
     parse::Packet,
     stats, timeouts, DropReason,
 };
 
 /// Claims a free SNAT port towards `backend` for this flow and records the flow in both
 /// tables: a hash-chosen start in the configured range and among the backend's SNAT
-/// addresses, then the next ports, each on the next address, `SNAT_PORT_PROBES` tries in
-/// all (so several addresses multiply the ports a backend's flows can hold). A taken port is reclaimed when the flow holding it is
+/// addresses, then ports a hash-chosen stride apart, each on the next address,
+/// `SNAT_PORT_PROBES` tries in all (so several addresses multiply the ports a backend's flows can hold). A taken port is reclaimed when the flow holding it is
 /// gone (its forward entry expired, replaced or evicted). The port of a flow the backend
 /// closed rests until `Settings::snat_time_wait_ns` after the flow's last packet, as the
 /// backend still holds the tuple in TIME-WAIT and may reject another client's SYN on it
@@ -53,6 +53,10 @@ pub fn allocate_port(
     // At most 65536 and never zero (the check above lets the compiler see it, too).
     let range = max - min + 1;
     let start = ((hash >> 32) % u64::from(range)) as u32;
+    // Probes spread over the range by a hash-chosen odd stride: walking on from a taken
+    // port to the next piles flows up in runs of taken ports, and a flow whose probes all
+    // fall in one found no port at 60% occupancy. (For one or two ports it is the walk.)
+    let stride = ((hash as u32 & 0xffff) | 1) % range;
     let first_addr = (hash >> 16) as u32;
     let entry = nat_entry(pkt, conn, now);
     let mut fallback = Fallback::default();
@@ -87,7 +91,7 @@ pub fn allocate_port(
     while i < SNAT_PORT_PROBES {
         let source = Source {
             addr: source_addr(backend, first_addr.wrapping_add(i)),
-            port: ((min + (start + i) % range) as u16).to_be(),
+            port: ((min + (start + i * stride) % range) as u16).to_be(),
         };
         if probe(
             pkt,
@@ -123,6 +127,38 @@ pub fn allocate_port(
     }
     // The caller removes the forward entry, which may name a port this flow does not hold.
     Err(stat::DROP_SNAT_EXHAUSTED)
+}
+
+/// Whether the flow of `key` found no free port less than `NO_PORT_HOLD_NS` ago on this
+/// CPU (see [`remember_no_port`]): its packet is then dropped without probing again.
+#[inline(always)]
+pub fn no_port_lately(key: &FlowKey, now: u64) -> bool {
+    let Some(slot) = NO_PORT.get_ptr(flow_slot(key) & (NO_PORT_SLOTS - 1)) else {
+        return false;
+    };
+    // SAFETY: this CPU's slot, read whole.
+    let slot = unsafe { &*slot };
+    slot.key.words() == key.words() && now < slot.until_ns
+}
+
+/// Remembers that the flow of `key` found no free port (see [`no_port_lately`]).
+#[inline(always)]
+pub fn remember_no_port(key: &FlowKey, now: u64) {
+    if let Some(slot) = NO_PORT.get_ptr_mut(flow_slot(key) & (NO_PORT_SLOTS - 1)) {
+        // SAFETY: this CPU's slot; no other writer while the program runs here.
+        unsafe {
+            (*slot).key = FlowKey {
+                src_addr: key.src_addr,
+                dst_addr: key.dst_addr,
+                src_port: key.src_port,
+                dst_port: key.dst_port,
+                proto: key.proto,
+                _pad0: 0,
+                _pad1: 0,
+            };
+            (*slot).until_ns = now.wrapping_add(NO_PORT_HOLD_NS);
+        }
+    }
 }
 
 /// A SNAT address and port, network byte order.

@@ -2,7 +2,7 @@
 use aya_ebpf::bindings::xdp_action;
 use balancer_common::{stat, FlowStats};
 
-use crate::maps::{BACKEND_STATS, GLOBAL_STATS, VIP_STATS};
+use crate::maps::{BACKEND_STATS, GLOBAL_STATS, LOG_AT, VIP_STATS};
 
 /// Adds one to a global counter (`balancer_common::stat`).
 #[inline(always)]
@@ -61,4 +61,22 @@ fn add(counters: *mut FlowStats, bytes: u64, dir: Dir, new_flow: bool) {
     if new_flow {
         c.new_flows += 1;
     }
+}
+
+/// Whether a line that may repeat per packet may be logged now: at most one a second over
+/// all CPUs (a race lets two through at worst), so that a flood cannot fill the agent's log.
+#[inline(always)]
+pub fn log_due(now: u64) -> bool {
+    let Some(at) = LOG_AT.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: a map value; single aligned 8-byte loads and stores.
+    unsafe {
+        let last = core::ptr::read_volatile(at);
+        if last != 0 && now.wrapping_sub(last) < 1_000_000_000 {
+            return false;
+        }
+        core::ptr::write_volatile(at, now);
+    }
+    true
 }

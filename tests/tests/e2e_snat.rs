@@ -1,8 +1,10 @@
 //! End-to-end: when no SNAT port is free for a new flow, the data plane drops it, counts
-//! it, and says so through its log (aya-log), which the agent prints.
+//! it, and says so through its log (aya-log), which the agent prints: at most a line a
+//! second, however many flows find no port.
+use std::net::UdpSocket;
 use std::time::{Duration, Instant};
 
-use balancer_tests::{config_for, Running, Topology};
+use balancer_tests::{config_for, Running, Topology, DEFAULT_TIMEOUT};
 
 #[test]
 fn exhausted_snat_ports_drop_the_new_flow_and_log_it() {
@@ -49,4 +51,37 @@ fn exhausted_snat_ports_drop_the_new_flow_and_log_it() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+
+    // A burst of new UDP flows, none of which can have the DNS backend's one port: every
+    // drop is counted, the log says it at most once a second.
+    client
+        .udp_request(Topology::vip_udp(), b"hold", DEFAULT_TIMEOUT)
+        .expect("the first UDP flow gets the DNS backend's only port");
+    let said = |agent: &balancer_tests::Agent| agent.log().matches("no free SNAT port").count();
+    let (lines_before, started) = (said(agent), Instant::now());
+    client.run(|| {
+        for _ in 0..500 {
+            let socket = UdpSocket::bind("0.0.0.0:0").expect("a UDP socket");
+            socket
+                .send_to(b"x", Topology::vip_udp())
+                .expect("sending a datagram");
+        }
+    });
+    let burst = started.elapsed();
+    std::thread::sleep(Duration::from_millis(1500));
+    let status = agent.status_json();
+    let after = status["global"]["drop_snat_exhausted"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(
+        after >= drops + 500,
+        "every datagram without a port is counted: {drops} then {after}"
+    );
+    let lines = said(agent) - lines_before;
+    let allowed = 2 + burst.as_secs() as usize;
+    assert!(
+        lines <= allowed,
+        "{lines} log lines for 500 drops in {burst:?} (at most {allowed}):\n{}",
+        agent.log()
+    );
 }

@@ -3,12 +3,12 @@
 //! tuple gets its old port back, and a flow whose reply entry was evicted writes it again
 //! or leaves its port.
 
-use balancer_common::{map_names, stat, NatEntry, FLOW_ESTABLISHED};
+use balancer_common::{map_names, stat, Conn, NatEntry, FLOW_ESTABLISHED};
 use balancer_tests::fixtures::flows::{backend_segment, client_segment, connect, open};
-use balancer_tests::fixtures::frames::{ack, client_key, parsed, syn, web_reply_key, SNAT};
+use balancer_tests::fixtures::frames::{ack, client_key, parsed, syn, udp, web_reply_key, SNAT};
 use balancer_tests::fixtures::{
-    act, check, from_client, pin_to_one_cpu, sleep_ms, Fixture, NatConfig, Step, Timeouts,
-    XDP_DROP, XDP_REDIRECT,
+    act, check, from_client, pin_to_one_cpu, sleep_ms, Fixture, NatConfig, Side as Arrives, Step,
+    Timeouts, XDP_DROP, XDP_REDIRECT,
 };
 use balancer_tests::frame::Spec;
 use balancer_wire::tcp::Flags;
@@ -332,4 +332,67 @@ fn a_flow_whose_reply_entry_was_evicted_writes_it_again_or_leaves_its_port() {
             );
         }),
     ]);
+}
+
+#[test]
+fn a_port_range_two_thirds_full_still_has_a_port_for_every_new_flow() {
+    pin_to_one_cpu();
+    // 1000 ports; 660 UDP flows from clients spread as real ones are. Probes that walk on
+    // from a taken port pile flows up in runs of taken ports, and a new flow whose 16
+    // probes all fall in one finds none: the probes must be spread over the range.
+    let mut fx = snat_fixture(1000);
+    let mut dropped = Vec::new();
+    for i in 0..660u32 {
+        let [_, _, a, b] = (0x0a40_0000 + i * 7919).to_be_bytes();
+        let spec = Spec {
+            src: std::net::Ipv4Addr::new(10, 64, a, b),
+            sport: 1024 + (i * 31) as u16,
+            ..udp()
+        };
+        let (verdict, _) = fx.run(&balancer_tests::frame::build(&spec), Arrives::Client);
+        if verdict != XDP_REDIRECT {
+            dropped.push(i);
+        }
+    }
+    assert_eq!(
+        (dropped.len(), fx.global(stat::DROP_SNAT_EXHAUSTED)),
+        (0, 0),
+        "new flows found no port at up to 66% occupancy: {dropped:?}"
+    );
+}
+
+#[test]
+fn a_flow_that_found_no_port_is_dropped_without_probing_for_a_second() {
+    pin_to_one_cpu();
+    let retried = Spec {
+        sport: 40001,
+        ..syn()
+    };
+    let mut steps: Vec<Step> = connect(40000, "holder").into();
+    steps.extend([
+        from_client("client port 40001 finds no port", retried.clone(), XDP_DROP),
+        act(
+            "the holder's flow leaves both tables: its port is free",
+            |fx| {
+                let port = fx.port("holder");
+                fx.forget::<Conn>(map_names::CONNS, &client_key(&syn()));
+                fx.forget::<NatEntry>(map_names::NAT, &web_reply_key(port));
+            },
+        ),
+        from_client(
+            "its retransmission at once is dropped without probing (the port is not seen)",
+            retried.clone(),
+            XDP_DROP,
+        ),
+        check("both counted as exhaustion", |fx| {
+            assert_eq!(fx.global(stat::DROP_SNAT_EXHAUSTED), 2);
+        }),
+        sleep_ms(1100),
+        from_client(
+            "a second later it probes again and gets the free port",
+            retried,
+            XDP_REDIRECT,
+        ),
+    ]);
+    snat_fixture(1).run_steps(steps);
 }
