@@ -309,6 +309,11 @@ pub struct FlowStats {
     /// Reply packets and bytes (backends towards clients).
     pub reply_packets: u64,
     pub reply_bytes: u64,
+    /// Backends only: new flows that probed for a SNAT port towards this backend, and how
+    /// many of them found their first probed port taken. The first probe falls on a port
+    /// chosen by a hash, so the ratio estimates the share of the backend's ports in use.
+    pub snat_first_probes: u64,
+    pub snat_first_taken: u64,
 }
 
 /// Index of `GLOBAL_STATS` (a per-CPU array of u64): verdicts, then drop/pass reasons.
@@ -548,7 +553,7 @@ const _: () = assert!(size_of::<FlowKey>() == 16);
 const _: () = assert!(size_of::<Conn>() == 40);
 const _: () = assert!(size_of::<NatEntry>() == 24);
 const _: () = assert!(size_of::<Settings>() == 56);
-const _: () = assert!(size_of::<FlowStats>() == 40);
+const _: () = assert!(size_of::<FlowStats>() == 56);
 const _: () = assert!(size_of::<RrState>() == 8);
 const _: () = assert!(size_of::<NoPort>() == 24);
 const _: () = assert!(size_of::<NextHop>() == 32);

@@ -93,7 +93,7 @@ pub fn allocate_port(
             addr: source_addr(backend, first_addr.wrapping_add(i)),
             port: ((min + (start + i * stride) % range) as u16).to_be(),
         };
-        if probe(
+        let claimed = probe(
             pkt,
             backend,
             source,
@@ -102,7 +102,11 @@ pub fn allocate_port(
             &mut fallback,
             settings,
             now,
-        )? {
+        )?;
+        if i == 0 {
+            stats::count_first_probe(conn.backend_id, !claimed);
+        }
+        if claimed {
             return Ok(());
         }
         i += 1;

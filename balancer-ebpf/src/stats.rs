@@ -80,3 +80,16 @@ pub fn log_due(now: u64) -> bool {
     }
     true
 }
+
+/// Counts a new flow's first SNAT probe towards backend `backend_id`, and whether the port
+/// was taken (see `FlowStats::snat_first_taken`).
+#[inline(always)]
+pub fn count_first_probe(backend_id: u32, taken: bool) {
+    if let Some(s) = BACKEND_STATS.get_ptr_mut(backend_id) {
+        // SAFETY: this CPU's slot; no other writer while the program runs here.
+        unsafe {
+            (*s).snat_first_probes += 1;
+            (*s).snat_first_taken += u64::from(taken);
+        }
+    }
+}

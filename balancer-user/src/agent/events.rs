@@ -43,7 +43,12 @@ pub enum Event {
     Link(LinkEvent),
     /// A pool's etcd prefix holds a new backend set.
     Discovery(Update),
+    /// Periodic work ([`SAMPLE_EVERY`]): the backends' SNAT use is sampled.
+    Tick,
 }
+
+/// How often the agent samples what it estimates from counters (the SNAT ports' use).
+pub const SAMPLE_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The agent's state: the balancer (which owns the maps), the health checks it runs, and
 /// the VRRP instances whose tracked VIPs it watches.
@@ -184,6 +189,11 @@ impl<M: Maps> Agent<M> {
                 let _ = self.reload().await;
             }
             Event::Discovery(update) => self.discovered(&update),
+            Event::Tick => {
+                if let Err(e) = self.lb.sample_snat_use() {
+                    log::warn!("cannot sample the backends' SNAT use: {e}");
+                }
+            }
             Event::Link(event) => {
                 if let Some(links) = &mut self.links {
                     let changed = match &event {

@@ -134,9 +134,12 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     signals::start(events_tx)?;
     // Attached (or waiting for interfaces, as configured) and serving: `Type=notify`.
     crate::systemd::notify(crate::systemd::READY);
+    let mut tick = tokio::time::interval(events::SAMPLE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let event = tokio::select! {
             Some(event) = events.recv() => event,
+            _ = tick.tick() => Event::Tick,
             Some(result) = health.recv() => Event::Health(result),
             Some(update) = discovered.recv() => Event::Discovery(update),
             else => break,

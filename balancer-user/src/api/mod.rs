@@ -195,6 +195,10 @@ pub struct BackendStatus {
     pub counters: Counters,
     #[serde(default)]
     pub source: Source,
+    /// The share of its SNAT ports in use (0 to 1), estimated from new flows' first probes
+    /// over the agent's last window with enough of them; none before.
+    #[serde(default)]
+    pub snat_ports_in_use: Option<f64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

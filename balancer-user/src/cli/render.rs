@@ -494,6 +494,7 @@ mod tests {
                 reply_packets: 5,
                 reply_bytes: 5000,
             },
+            snat_ports_in_use: None,
         }
     }
 

@@ -153,6 +153,8 @@ fn sum_stats(values: &PerCpuValues<FlowStats>) -> FlowStats {
         new_flows: a.new_flows + b.new_flows,
         reply_packets: a.reply_packets + b.reply_packets,
         reply_bytes: a.reply_bytes + b.reply_bytes,
+        snat_first_probes: a.snat_first_probes + b.snat_first_probes,
+        snat_first_taken: a.snat_first_taken + b.snat_first_taken,
     })
 }
 

@@ -9,6 +9,7 @@ mod model;
 mod reconfigure;
 mod rings;
 mod settings;
+mod snat_use;
 mod status;
 
 use std::{
@@ -397,6 +398,7 @@ impl<M: Maps> Balancer<M> {
             check_task: 0,
             changed_at: Instant::now(),
             transitions: 0,
+            snat_use: snat_use::SnatUse::default(),
             change_reason: if unchecked {
                 "added, not checked yet".to_owned()
             } else {

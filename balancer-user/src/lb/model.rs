@@ -39,6 +39,8 @@ pub(super) struct PoolBackend {
     pub(super) change_reason: String,
     /// Health changes (up to down and back) since the backend was added.
     pub(super) transitions: u64,
+    /// Its SNAT ports' use, as the data plane's first probes tell (see [`super::snat_use`]).
+    pub(super) snat_use: super::snat_use::SnatUse,
 }
 
 impl PoolBackend {

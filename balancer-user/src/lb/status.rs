@@ -76,6 +76,7 @@ impl<M: Maps> Balancer<M> {
                     transitions: b.transitions,
                     counters: self.maps.backend_stats(b.id)?.into(),
                     source: Source::File,
+                    snat_ports_in_use: b.snat_use.estimate,
                 });
             }
             pools.push(PoolStatus {

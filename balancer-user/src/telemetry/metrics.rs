@@ -275,6 +275,27 @@ fn backends(w: &mut Writer, pools: &[PoolStatus]) {
         "The backend's weight (0: drained).",
         |b| f64::from(b.weight),
     );
+    let estimated: Vec<_> = all
+        .iter()
+        .filter(|item| item.2.snat_ports_in_use.is_some())
+        .cloned()
+        .collect();
+    w.each(
+        (
+            "balancer_backend_snat_ports_taken_ratio",
+            Kind::Gauge,
+            "The share of the backend's SNAT ports in use, estimated from new flows' first \
+             probes over the agent's last window with enough of them (absent before).",
+        ),
+        &estimated,
+        |w, name, item| {
+            w.sample(
+                name,
+                &labels(item),
+                item.2.snat_ports_in_use.unwrap_or_default(),
+            );
+        },
+    );
     gauge(
         w,
         "balancer_backend_up",

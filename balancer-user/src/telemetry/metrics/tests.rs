@@ -238,6 +238,7 @@ fn backend(i: u32) -> BackendStatus {
             reply_bytes: 900,
         },
         source: Source::File,
+        snat_ports_in_use: None,
     }
 }
 
