@@ -16,8 +16,10 @@
     reason = "the XDP program calls these: on the BPF target everything is inlined into one function"
 )]
 
-/// Maximum number of VIPs (sizes `VIPS`, `VIP_STATS`, `RR_STATE` and the ring).
-pub const MAX_VIPS: u32 = 32;
+/// Maximum number of VIPs (sizes `VIPS`, `VIP_GENS`, `VIP_STATS`, `RR_STATE` and the
+/// ring, which takes `MAX_RING_SIZE * RING_SLICES_PER_VIP` slots of 8 bytes (the kernel
+/// aligns array elements) per VIP: the bulk of the program's memory beside the flow tables).
+pub const MAX_VIPS: u32 = 128;
 /// Maximum number of backends over all pools (sizes `BACKENDS` and `BACKEND_STATS`).
 pub const MAX_BACKENDS: u32 = 4096;
 /// Largest ring a VIP may use (a prime, Maglev's default `M`).

@@ -200,7 +200,7 @@ fn scrape(md: &mut String, r: &Results) {
     };
     let _ = writeln!(
         md,
-        "The agent (release build) with {} VIPs (the most it takes; {} of them in HTTP mode) \
+        "The agent (release build) with {} VIPs ({} of them in HTTP mode) \
          and {} backends serves `/metrics` ({} series, {:.0} KiB); {} scrapes one \
          after another, each on a new connection, timed from connect to the last byte. The \
          per-packet cost of an established TCP packet (`BPF_PROG_TEST_RUN`, one run per test \
