@@ -41,8 +41,9 @@ pub enum Event {
     Reload { signal: &'static str },
     /// The kernel said a link changed (one of ours, perhaps).
     Link(LinkEvent),
-    /// A pool's etcd prefix holds a new backend set.
-    Discovery(Update),
+    /// Pools' etcd prefixes hold new backend sets (the newest of each watcher's queued
+    /// sets, see [`super::discovered::newest_sets`]).
+    Discovery(Vec<Update>),
 }
 
 /// The agent's state: the balancer (which owns the maps), the health checks it runs, and
@@ -183,7 +184,7 @@ impl<M: Maps> Agent<M> {
                 // (The outcome is logged and kept for `status`.)
                 let _ = self.reload().await;
             }
-            Event::Discovery(update) => self.discovered(&update),
+            Event::Discovery(updates) => self.discovered(&updates),
             Event::Link(event) => {
                 if let Some(links) = &mut self.links {
                     let changed = match &event {
