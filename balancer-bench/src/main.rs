@@ -174,7 +174,7 @@ fn parse_args() -> Result<Args> {
             window: Duration::from_secs(if quick { 5 } else { 10 }),
         },
         scrape: scrape::Plan {
-            vips: balancer_common::MAX_VIPS as usize,
+            vips: 100,
             http_vips: 8,
             backends: 1000,
             scrapes: if quick { 30 } else { 200 },

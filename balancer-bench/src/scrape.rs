@@ -1,6 +1,5 @@
-//! Cost of a Prometheus scrape: the real agent (release build) with as many VIPs as it
-//! takes (`MAX_VIPS`, L4 and HTTP-mode ones alike: issue 21's 100 do not fit) and 1000
-//! backends serves `/metrics` on its telemetry listener; the bench times whole scrapes (connect to last byte) from inside
+//! Cost of a Prometheus scrape: the real agent (release build) with issue 21's 100 VIPs (L4
+//! and HTTP-mode ones) and 1000 backends serves `/metrics` on its telemetry listener; the bench times whole scrapes (connect to last byte) from inside
 //! the lb namespace, reads the agent's CPU over them, and times an established TCP
 //! packet through `BPF_PROG_TEST_RUN` with and without a scrape loop running.
 

@@ -16,8 +16,10 @@
     reason = "the XDP program calls these: on the BPF target everything is inlined into one function"
 )]
 
-/// Maximum number of VIPs (sizes `VIPS`, `VIP_STATS`, `RR_STATE` and the ring).
-pub const MAX_VIPS: u32 = 32;
+/// Maximum number of VIPs (sizes `VIPS`, `VIP_GENS`, `VIP_STATS`, `RR_STATE` and the
+/// ring, which takes `MAX_RING_SIZE * RING_SLICES_PER_VIP` slots of 4 bytes per VIP: the
+/// bulk of the program's memory beside the flow tables).
+pub const MAX_VIPS: u32 = 128;
 /// Maximum number of backends over all pools (sizes `BACKENDS` and `BACKEND_STATS`).
 pub const MAX_BACKENDS: u32 = 4096;
 /// Largest ring a VIP may use (a prime, Maglev's default `M`).
@@ -25,8 +27,15 @@ pub const MAX_RING_SIZE: u32 = 65537;
 /// Each VIP owns two ring slices of `MAX_RING_SIZE` slots; the agent writes the inactive
 /// one and then flips `VipMeta::ring_base`, so no packet sees a half-written ring.
 pub const RING_SLICES_PER_VIP: u32 = 2;
-/// Entries of the `RING` array.
+/// Slots of the ring, over all VIPs.
 pub const RING_ENTRIES: u32 = MAX_VIPS * RING_SLICES_PER_VIP * MAX_RING_SIZE;
+/// Ring slots per element of the `RING` array: the kernel stores array elements 8 bytes
+/// apart, so a lone u32 per element would leave half the ring's memory unused.
+pub const RING_SLOTS_PER_ELEMENT: u32 = 2;
+/// Elements of the `RING` array (`[u32; 2]` each): slot `i` is element `i / 2`, half `i % 2`,
+/// at byte `4 * i` of the array's memory.
+pub const RING_ELEMENTS: u32 = RING_ENTRIES / RING_SLOTS_PER_ELEMENT;
+const _: () = assert!(RING_ENTRIES.is_multiple_of(RING_SLOTS_PER_ELEMENT));
 /// Default capacity of each connection-table LRU (forward and reply direction).
 pub const CONN_TABLE_SIZE: u32 = 1 << 20;
 /// Version of the meaning of the connection tables' keys and values (`FlowKey`, `Conn`,

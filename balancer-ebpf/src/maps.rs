@@ -7,7 +7,7 @@ use aya_ebpf::{
 use balancer_common::{
     stat, Backend, Conn, FlowCacheEntry, FlowKey, FlowStats, NatEntry, NextHop, NoPort, RrState,
     Settings, VipKey, VipMeta, CLIENT_HOP_SLOTS, CONN_TABLE_SIZE, FLOW_CACHE_SLOTS, MAX_BACKENDS,
-    MAX_VIPS, NO_PORT_SLOTS, RING_ENTRIES, VIP_ADDR_SLOTS,
+    MAX_VIPS, NO_PORT_SLOTS, RING_ELEMENTS, VIP_ADDR_SLOTS,
 };
 
 /// (address, port, protocol) -> VIP id, scheduler and active ring slice.
@@ -23,10 +23,11 @@ pub static VIP_ADDRS: Array<u32> = Array::with_max_entries(VIP_ADDR_SLOTS, 0);
 #[map]
 pub static VIP_GENS: Array<u32> = Array::with_max_entries(MAX_VIPS, 0);
 
-/// Backend ids, `MAX_RING_SIZE` slots per ring slice, two slices per VIP. Memory-mapped by
-/// the agent, which writes slots as plain stores instead of one syscall each.
+/// Backend ids, `MAX_RING_SIZE` slots per ring slice, two slices per VIP, two slots per
+/// element (`RING_SLOTS_PER_ELEMENT`). Memory-mapped by the agent, which writes slots as
+/// plain stores instead of one syscall each.
 #[map]
-pub static RING: Array<u32> = Array::with_max_entries(RING_ENTRIES, BPF_F_MMAPABLE);
+pub static RING: Array<[u32; 2]> = Array::with_max_entries(RING_ELEMENTS, BPF_F_MMAPABLE);
 
 /// Backend id -> address, port, SNAT address.
 #[map]

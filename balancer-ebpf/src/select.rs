@@ -46,7 +46,9 @@ pub fn pick_backend(vip: &VipMeta, hash: u64) -> Option<u32> {
     } else {
         (hash % u64::from(size)) as u32
     };
-    let id = *RING.get(vip.ring_base.wrapping_add(slot))?;
+    let index = vip.ring_base.wrapping_add(slot);
+    let pair = RING.get(index / 2)?;
+    let id = if index & 1 == 0 { pair[0] } else { pair[1] };
     if id == NO_BACKEND {
         None
     } else {

@@ -175,6 +175,15 @@ fn bash_completion_parses_and_names_the_subcommands() {
             "`balancer <TAB>` does not offer {sub}: {first:?}"
         );
     }
+    assert!(
+        !first.iter().any(|w| w == "man"),
+        "`balancer <TAB>` offers the hidden man: {first:?}"
+    );
+    let help = complete("balancer help ''", 2, "", "help");
+    assert!(
+        help.iter().any(|w| w == "backend") && !help.iter().any(|w| w == "man"),
+        "`balancer help <TAB>`: {help:?}"
+    );
     assert_eq!(
         complete("balancer backend d", 2, "d", "backend"),
         ["del", "drain"]
@@ -184,4 +193,8 @@ fn bash_completion_parses_and_names_the_subcommands() {
         &["completions", "zsh"],
     );
     assert!(zsh.starts_with("#compdef balancer"), "{zsh}");
+    assert!(
+        zsh.contains("'backend:") && !zsh.contains("'man:") && !zsh.contains("(man)"),
+        "zsh offers the hidden man, or not backend: {zsh}"
+    );
 }

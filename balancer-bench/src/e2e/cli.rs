@@ -70,8 +70,9 @@ fn map_holds(map: &Array<MapData, Backend>, addr: SocketAddrV4) -> bool {
 /// `BPF_F_MMAPABLE` (linux/bpf.h).
 const BPF_F_MMAPABLE: u32 = 1 << 10;
 
-/// The cost of one ring slot write by syscall (`Array::set`, one `BPF_MAP_UPDATE_ELEM`
-/// each), and whether RING is memory-mapped (then the agent writes slots with stores).
+/// The cost of one ring element write by syscall (`Array::set`, one `BPF_MAP_UPDATE_ELEM`
+/// each, two slots an element), and whether RING is memory-mapped (then the agent writes
+/// slots with stores).
 fn slot_write_us() -> Result<(f64, bool)> {
     let mut ebpf = xdp::load(None)?;
     let map = ebpf
@@ -81,12 +82,12 @@ fn slot_write_us() -> Result<(f64, bool)> {
         Map::Array(data) => data.info()?.map_flags() & BPF_F_MMAPABLE != 0,
         _ => false,
     };
-    let mut ring: Array<MapData, u32> = Array::try_from(map)?;
+    let mut ring: Array<MapData, [u32; 2]> = Array::try_from(map)?;
     let mut per_batch = Vec::new();
     for batch in 0..10u32 {
         let started = Instant::now();
         for slot in 0..2000u32 {
-            ring.set(batch * 2000 + slot, slot, 0)?;
+            ring.set(batch * 2000 + slot, [slot, slot], 0)?;
         }
         per_batch.push(started.elapsed().as_secs_f64() * 1e6 / 2000.0);
     }

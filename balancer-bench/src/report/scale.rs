@@ -86,10 +86,10 @@ fn slot_write(md: &mut String, c: &CliTimes) {
     };
     let _ = writeln!(
         md,
-        "{flags}One ring slot written by syscall (`BPF_MAP_UPDATE_ELEM`) took {us:.2} µs from \
-         this process: a quarter of the {RING_SLOTS} slots written that way would take {:.0} \
-         ms.\n",
-        us * RING_SLOTS / 4.0 / 1e3
+        "{flags}One ring element (two slots) written by syscall (`BPF_MAP_UPDATE_ELEM`) took \
+         {us:.2} µs from this process: a quarter of the {RING_SLOTS} slots written that way \
+         would take {:.0} ms.\n",
+        us * RING_SLOTS / 2.0 / 4.0 / 1e3
     );
 }
 
@@ -200,7 +200,7 @@ fn scrape(md: &mut String, r: &Results) {
     };
     let _ = writeln!(
         md,
-        "The agent (release build) with {} VIPs (the most it takes; {} of them in HTTP mode) \
+        "The agent (release build) with {} VIPs ({} of them in HTTP mode) \
          and {} backends serves `/metrics` ({} series, {:.0} KiB); {} scrapes one \
          after another, each on a new connection, timed from connect to the last byte. The \
          per-packet cost of an established TCP packet (`BPF_PROG_TEST_RUN`, one run per test \

@@ -221,7 +221,7 @@ fn health_target(r: &Results) -> Target {
 }
 
 fn scrape_target(r: &Results) -> Target {
-    let what = "Metrics (issue 21): a `/metrics` scrape, 1000 backends";
+    let what = "Metrics (issue 21): a `/metrics` scrape, 1000 backends and 100 VIPs";
     let goal = "< 50 ms";
     let Some(s) = ok(&r.scrape) else {
         return Target::unknown(what, goal, "scrape section did not run");
@@ -230,11 +230,22 @@ fn scrape_target(r: &Results) -> Target {
         what: what.into(),
         goal: goal.into(),
         measured: format!(
-            "{:.1} ms median, {:.1} ms p99 ({} scrapes, {} VIPs: the most the agent takes); an \
-             established packet {:.0} ns without scrapes, {:.0} ns with",
-            s.ms.p50, s.p99_ms, s.ms.n, s.vips, s.packet_quiet.p50, s.packet_scraping.p50
+            "{:.1} ms median, {:.1} ms p99 ({} scrapes, {} VIPs, {} backends); an established \
+             packet {:.0} ns without scrapes, {:.0} ns with",
+            s.ms.p50,
+            s.p99_ms,
+            s.ms.n,
+            s.vips,
+            s.backends,
+            s.packet_quiet.p50,
+            s.packet_scraping.p50
         ),
-        verdict: if s.p99_ms < 50.0 {
+        verdict: if s.vips < 100 || s.backends < 1000 {
+            Verdict::Unknown(format!(
+                "at {} VIPs and {} backends, below the target's scale",
+                s.vips, s.backends
+            ))
+        } else if s.p99_ms < 50.0 {
             Verdict::Met(format!("{:.1} ms to spare at p99", 50.0 - s.p99_ms))
         } else {
             Verdict::Missed(format!("by {:.1} ms at p99", s.p99_ms - 50.0))

@@ -268,7 +268,7 @@ fn http_proxy_targets_compare_medians_with_haproxy() {
 #[test]
 fn the_scrape_target_is_judged_at_p99() {
     let scrape = |p99_ms| crate::scrape::ScrapeCost {
-        vips: 32,
+        vips: 100,
         http_vips: 8,
         backends: 1000,
         bytes: 400 * 1024,
@@ -285,9 +285,8 @@ fn the_scrape_target_is_judged_at_p99() {
     });
     assert!(
         md.contains(
-            "| 5.0 ms median, 8.0 ms p99 (3 scrapes, 32 VIPs: the most the agent takes); an \
-             established packet 100 ns without scrapes, 110 ns with | **met** (42.0 ms to spare \
-             at p99) |"
+            "| 5.0 ms median, 8.0 ms p99 (3 scrapes, 100 VIPs, 1000 backends); an established \
+             packet 100 ns without scrapes, 110 ns with | **met** (42.0 ms to spare at p99) |"
         ),
         "{md}"
     );
@@ -302,4 +301,15 @@ fn the_scrape_target_is_judged_at_p99() {
         ..Results::default()
     });
     assert!(md.contains("**missed** by 11.0 ms at p99"), "{md}");
+    let md = markdown(&Results {
+        scrape: Some(Ok(crate::scrape::ScrapeCost {
+            vips: 32,
+            ..scrape(8.0)
+        })),
+        ..Results::default()
+    });
+    assert!(
+        md.contains("| not measured (at 32 VIPs and 1000 backends, below the target's scale) |"),
+        "{md}"
+    );
 }

@@ -41,8 +41,9 @@ pub enum Event {
     Reload { signal: &'static str },
     /// The kernel said a link changed (one of ours, perhaps).
     Link(LinkEvent),
-    /// A pool's etcd prefix holds a new backend set.
-    Discovery(Update),
+    /// Pools' etcd prefixes hold new backend sets (the newest of each watcher's queued
+    /// sets, see [`super::discovered::newest_sets`]).
+    Discovery(Vec<Update>),
     /// Periodic work ([`SAMPLE_EVERY`]): the backends' SNAT use is sampled.
     Tick,
 }
@@ -188,7 +189,7 @@ impl<M: Maps> Agent<M> {
                 // (The outcome is logged and kept for `status`.)
                 let _ = self.reload().await;
             }
-            Event::Discovery(update) => self.discovered(&update),
+            Event::Discovery(updates) => self.discovered(&updates),
             Event::Tick => {
                 if let Err(e) = self.lb.sample_snat_use() {
                     log::warn!("cannot sample the backends' SNAT use: {e}");

@@ -128,7 +128,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         .with_links(links)
         .with_config(live);
     // Discovered sets too come on a channel of their own.
-    let (discovery_tx, mut discovered) = mpsc::channel(64);
+    let (discovery_tx, mut discoveries) = mpsc::channel(64);
     agent.start_discovery(&config, discovery_tx);
     tokio::spawn(links::watch(link_events, events_tx.clone()));
     signals::start(events_tx)?;
@@ -141,7 +141,9 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
             Some(event) = events.recv() => event,
             _ = tick.tick() => Event::Tick,
             Some(result) = health.recv() => Event::Health(result),
-            Some(update) = discovered.recv() => Event::Discovery(update),
+            Some(update) = discoveries.recv() => {
+                Event::Discovery(discovered::newest_sets(update, &mut discoveries))
+            }
             else => break,
         };
         if agent.handle(event).await == ControlFlow::Break(()) {

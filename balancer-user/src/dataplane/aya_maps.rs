@@ -70,16 +70,16 @@ impl AyaMaps {
 /// millisecond. The VIP's flip to the new slice is a map update (a syscall, so a full
 /// barrier): the kernel never reads a slice before it is complete.
 struct MappedRing {
-    /// The kernel stores array elements 8-byte aligned (`round_up(value_size, 8)`), so
-    /// slot `i`'s u32 sits at byte `8 * i`.
-    base: NonNull<u64>,
+    /// Two slots per 8-byte element (`RING_SLOTS_PER_ELEMENT`): slot `i`'s u32 sits at
+    /// byte `4 * i`.
+    base: NonNull<u32>,
     len: usize,
     // Kept open for clarity; the mapping itself also holds a reference to the map.
     _map: MapData,
 }
 
-/// Bytes between two slots of an array map's memory.
-const RING_STRIDE: usize = 8;
+/// Bytes between two slots in the ring's memory.
+const RING_STRIDE: usize = size_of::<u32>();
 
 impl MappedRing {
     fn new(ebpf: &mut Ebpf) -> Result<Self, MapsError> {
@@ -129,11 +129,7 @@ impl MappedRing {
         }
         // SAFETY: in bounds of a live mapping; an aligned u32 store is atomic for readers.
         unsafe {
-            self.base
-                .as_ptr()
-                .add(index as usize)
-                .cast::<u32>()
-                .write_volatile(value);
+            self.base.as_ptr().add(index as usize).write_volatile(value);
         };
         Ok(())
     }

@@ -150,12 +150,12 @@ fn too_many_vips() {
             .unwrap()
             .vips
             .len(),
-        32
+        128
     );
     assert_error(
         &many_vips(MAX_VIPS as usize + 1),
-        "balancer.toml:197:1: vip[32] (\"v32\"): ",
-        "too many VIPs: 33 defined, at most 32 are supported",
+        "balancer.toml:773:1: vip[128] (\"v128\"): ",
+        "too many VIPs: 129 defined, at most 128 are supported",
     );
 }
 
