@@ -81,16 +81,7 @@ pub fn remember(key: &FlowKey, conn: &Conn, stamp: Stamp, diffs: (csum::Diff, cs
         // SAFETY: per-CPU map value; no other writer while this program runs on this CPU.
         unsafe {
             *slot = FlowCacheEntry {
-                // Field by field: a copy of the whole key becomes a memmove call on BPF.
-                key: FlowKey {
-                    src_addr: key.src_addr,
-                    dst_addr: key.dst_addr,
-                    src_port: key.src_port,
-                    dst_port: key.dst_port,
-                    proto: key.proto,
-                    _pad0: 0,
-                    _pad1: 0,
-                },
+                key: copy_key(key),
                 backend_addr: conn.backend_addr,
                 snat_addr: conn.snat_addr,
                 backend_port: conn.backend_port,
@@ -106,6 +97,20 @@ pub fn remember(key: &FlowKey, conn: &Conn, stamp: Stamp, diffs: (csum::Diff, cs
                 evictions: stamp.evictions,
             }
         };
+    }
+}
+
+/// A copy of `key`, field by field: a copy of the whole key becomes a memmove call on BPF.
+#[inline(always)]
+pub fn copy_key(key: &FlowKey) -> FlowKey {
+    FlowKey {
+        src_addr: key.src_addr,
+        dst_addr: key.dst_addr,
+        src_port: key.src_port,
+        dst_port: key.dst_port,
+        proto: key.proto,
+        _pad0: 0,
+        _pad1: 0,
     }
 }
 

@@ -151,15 +151,7 @@ pub fn remember_no_port(key: &FlowKey, now: u64) {
     if let Some(slot) = NO_PORT.get_ptr_mut(flow_slot(key) & (NO_PORT_SLOTS - 1)) {
         // SAFETY: this CPU's slot; no other writer while the program runs here.
         unsafe {
-            (*slot).key = FlowKey {
-                src_addr: key.src_addr,
-                dst_addr: key.dst_addr,
-                src_port: key.src_port,
-                dst_port: key.dst_port,
-                proto: key.proto,
-                _pad0: 0,
-                _pad1: 0,
-            };
+            (*slot).key = flow_cache::copy_key(key);
             (*slot).until_ns = now.wrapping_add(NO_PORT_HOLD_NS);
         }
     }

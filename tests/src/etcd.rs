@@ -14,7 +14,7 @@ use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::net::Ipv4Addr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -34,6 +34,10 @@ pub struct Etcd {
     ns: String,
     addr: Ipv4Addr,
     child: Option<Child>,
+    /// Serving TLS, with client certificates required ([`Etcd::on_bridge_with_tls`]).
+    tls: Option<Tls>,
+    /// `etcdctl`'s `--user` once authentication is on ([`Etcd::enable_auth`]).
+    user: Option<String>,
     // Removed on drop, after etcd is stopped.
     dir: TempDir,
 }
@@ -54,31 +58,156 @@ fn require(program: &str, arg: &str, package: &str) {
     );
 }
 
+/// The PEM files of a TLS etcd: a CA, etcd's certificate (for its address and 127.0.0.1)
+/// and a client certificate, all signed by that CA.
+#[derive(Clone, Debug)]
+pub struct Tls {
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+impl Tls {
+    /// Makes the CA and both certificates in `dir` with `openssl`.
+    fn make(dir: &Path, addr: Ipv4Addr) -> Result<Tls> {
+        let p = |name: &str| dir.join(name);
+        let tls = Tls {
+            ca: p("ca.pem"),
+            server_cert: p("server.pem"),
+            server_key: p("server-key.pem"),
+            client_cert: p("client.pem"),
+            client_key: p("client-key.pem"),
+        };
+        let openssl = |args: &[&str]| -> Result<()> {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(dir)
+                .output()
+                .context("running openssl")?;
+            if !out.status.success() {
+                bail!(
+                    "`openssl {}` failed: {}",
+                    args.join(" "),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+            }
+            Ok(())
+        };
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=balancer test CA",
+            "-keyout",
+            "ca-key.pem",
+            "-out",
+            "ca.pem",
+        ])?;
+        let sans = format!("subjectAltName=IP:{addr},IP:127.0.0.1");
+        for (name, cn, ext) in [
+            ("server", "etcd", sans.as_str()),
+            ("client", "root", "extendedKeyUsage=clientAuth"),
+        ] {
+            openssl(&[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-subj",
+                &format!("/CN={cn}"),
+                "-keyout",
+                &format!("{name}-key.pem"),
+                "-out",
+                &format!("{name}.csr"),
+            ])?;
+            std::fs::write(dir.join(format!("{name}.ext")), format!("{ext}\n"))?;
+            openssl(&[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{name}.csr"),
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca-key.pem",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-extfile",
+                &format!("{name}.ext"),
+                "-out",
+                &format!("{name}.pem"),
+            ])?;
+        }
+        Ok(tls)
+    }
+}
+
 impl Etcd {
     /// Puts [`ETCD_ADDR`]/24 on `ns`'s bridge `br0` and starts etcd there.
     pub fn on_bridge(ns: &Netns) -> Result<Etcd> {
         ns.ip(&["addr", "add", &format!("{ETCD_ADDR}/24"), "dev", "br0"])?;
-        Etcd::start(ns, ETCD_ADDR)
+        Etcd::start(ns, ETCD_ADDR, false)
+    }
+
+    /// Like [`Etcd::on_bridge`], serving TLS only and requiring client certificates
+    /// signed by its CA ([`Etcd::tls`]).
+    pub fn on_bridge_with_tls(ns: &Netns) -> Result<Etcd> {
+        ns.ip(&["addr", "add", &format!("{ETCD_ADDR}/24"), "dev", "br0"])?;
+        Etcd::start(ns, ETCD_ADDR, true)
     }
 
     /// Starts etcd in `ns`, serving clients on `addr`:2379 (and on loopback), with a fresh
-    /// data directory; returns once it answers. Panics when etcd or etcdctl is missing.
-    pub fn start(ns: &Netns, addr: Ipv4Addr) -> Result<Etcd> {
+    /// data directory, over TLS if `tls`; returns once it answers. Panics when etcd or
+    /// etcdctl is missing.
+    pub fn start(ns: &Netns, addr: Ipv4Addr, tls: bool) -> Result<Etcd> {
         require("etcd", "--version", "etcd-server");
         require("etcdctl", "version", "etcd-client");
+        let dir = TempDir::new(&format!("{}-etcd", ns.name()))?;
+        let tls = if tls {
+            require("openssl", "version", "openssl");
+            Some(Tls::make(dir.path(), addr)?)
+        } else {
+            None
+        };
         let mut etcd = Etcd {
             ns: ns.name().to_owned(),
             addr,
             child: None,
-            dir: TempDir::new(&format!("{}-etcd", ns.name()))?,
+            tls,
+            user: None,
+            dir,
         };
         etcd.resume()?;
         Ok(etcd)
     }
 
-    /// `http://ADDRESS:2379`, as the agents' configurations and `balancer register` take it.
+    /// `http://ADDRESS:2379` (`https://` with TLS), as the agents' configurations and
+    /// `balancer register` take it.
     pub fn endpoint(&self) -> String {
-        format!("http://{}:{ETCD_PORT}", self.addr)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}:{ETCD_PORT}", self.addr)
+    }
+
+    /// The TLS files, when etcd serves TLS.
+    pub fn tls(&self) -> Option<&Tls> {
+        self.tls.as_ref()
+    }
+
+    /// Turns authentication on, with user `root` and `password` (every later request,
+    /// `etcdctl`'s too, must then give them).
+    pub fn enable_auth(&mut self, password: &str) -> Result<()> {
+        self.ctl(&["user", "add", &format!("root:{password}")])?;
+        self.ctl(&["auth", "enable"])?;
+        self.user = Some(format!("root:{password}"));
+        Ok(())
     }
 
     /// Stops etcd (SIGTERM); its data stays for [`Etcd::resume`].
@@ -98,12 +227,25 @@ impl Etcd {
             .append(true)
             .open(&log_path)
             .with_context(|| format!("opening {}", log_path.display()))?;
-        let client_urls = format!("{},http://127.0.0.1:{ETCD_PORT}", self.endpoint());
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let client_urls = format!("{},{scheme}://127.0.0.1:{ETCD_PORT}", self.endpoint());
         let peer = "http://127.0.0.1:2380";
-        let child = Command::new("ip")
+        let mut command = Command::new("ip");
+        command
             .args(["netns", "exec", &self.ns, "etcd", "--name", "test"])
             .arg("--data-dir")
-            .arg(&data)
+            .arg(&data);
+        if let Some(tls) = &self.tls {
+            command
+                .arg("--cert-file")
+                .arg(&tls.server_cert)
+                .arg("--key-file")
+                .arg(&tls.server_key)
+                .arg("--trusted-ca-file")
+                .arg(&tls.ca)
+                .arg("--client-cert-auth");
+        }
+        let child = command
             .args(["--listen-client-urls", &client_urls])
             .args(["--advertise-client-urls", &self.endpoint()])
             .args(["--listen-peer-urls", peer])
@@ -153,8 +295,19 @@ impl Etcd {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &self.ns, "etcdctl"])
             .args(["--endpoints", &self.endpoint()])
-            .args(["--dial-timeout=1s", "--command-timeout=5s"])
-            .args(args);
+            .args(["--dial-timeout=1s", "--command-timeout=5s"]);
+        if let Some(tls) = &self.tls {
+            cmd.arg("--cacert")
+                .arg(&tls.ca)
+                .arg("--cert")
+                .arg(&tls.client_cert)
+                .arg("--key")
+                .arg(&tls.client_key);
+        }
+        if let Some(user) = &self.user {
+            cmd.args(["--user", user]);
+        }
+        cmd.args(args);
         let out = match input {
             None => output_with_timeout(&mut cmd, CTL_TIMEOUT)?,
             Some(path) => {

@@ -640,3 +640,70 @@ fn two_agents_on_one_prefix_pick_the_same_backend_for_every_flow() {
         "{counts:?}"
     );
 }
+
+#[test]
+fn discovery_works_over_tls_with_a_client_certificate_and_a_password() {
+    require_root();
+    let topo = Topology::new(2).expect("building the topology");
+    let _servers = topo.start_backends().expect("starting the test servers");
+    let mut etcd = Etcd::on_bridge_with_tls(topo.switch()).expect("starting etcd with TLS");
+    etcd.enable_auth("s3cret")
+        .expect("turning etcd's authentication on");
+    let tls = etcd.tls().expect("TLS files").clone();
+    let settings = |password: &str| {
+        format!(
+            "prefix = \"{PREFIX}\", ca = \"{}\", cert = \"{}\", key = \"{}\", user = \"root\", \
+             password = \"{password}\"",
+            tls.ca.display(),
+            tls.client_cert.display(),
+            tls.client_key.display()
+        )
+    };
+    let config = |password: &str| {
+        agent_and_nat(&topo)
+            + &discovery_pool(&etcd.endpoint(), VIP, HTTP_PORT, "tcp").replacen(
+                &format!("prefix = \"{PREFIX}\""),
+                &settings(password),
+                1,
+            )
+    };
+    let b1 = topo.backend_http(1);
+    etcd.put(&key(b1), &b1.to_string()).expect("etcdctl put");
+
+    // A wrong password is refused: the pool stays empty and the status says why.
+    let mut refused = Agent::start(&topo, &config("wrong")).expect("starting the agent");
+    let deadline = Instant::now() + SLOW_CHANGE;
+    loop {
+        let said = discovery(&refused);
+        if said["last_error"].is_string() {
+            assert_ne!(said["state"], "watching", "{said:#}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no error with a wrong password: {said:#}\n{}",
+            refused.log()
+        );
+        thread::sleep(POLL);
+    }
+    assert_eq!(web_set(&refused.status_json()), Ok(BTreeMap::new()));
+    refused.stop();
+    drop(refused);
+
+    let agent = Agent::start(&topo, &config("s3cret")).expect("starting the agent");
+    wait_for_set(&agent, &BTreeMap::from([(b1.to_string(), 1)]), SLOW_CHANGE);
+    let client = topo.client_ns().expect("a client worker");
+    assert_eq!(
+        client
+            .http_get(Topology::vip_http(), DEFAULT_TIMEOUT)
+            .expect("through the VIP"),
+        "b1"
+    );
+    let b2 = topo.backend_http(2);
+    etcd.put(&key(b2), &b2.to_string()).expect("etcdctl put");
+    wait_for_set(
+        &agent,
+        &BTreeMap::from([(b1.to_string(), 1), (b2.to_string(), 1)]),
+        SLOW_CHANGE,
+    );
+}

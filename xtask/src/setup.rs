@@ -73,6 +73,11 @@ pub const PACKAGES: &[Package] = &[
         command: "etcdctl",
         package: "etcd-client",
     },
+    // ... and one over TLS, with certificates the test makes.
+    Package {
+        command: "openssl",
+        package: "openssl",
+    },
     // The stats page is tested in a real browser (headless, inside a test namespace).
     Package {
         command: "chromium",

@@ -180,26 +180,8 @@ fn per_packet_in_ns(plan: Plan, stop: &Stop) -> Result<PerPacket> {
     let empty = EmptyXdp::load()?;
 
     let (ack, fwd) = established_tcp(fd, client_if)?;
-    let backend = (0..N_BACKENDS)
-        .find(|&i| backend_addr(i) == fwd.dst)
-        .with_context(|| format!("SYN forwarded to {}, not a backend", fwd.dst))?;
-
     // Its reply, from the backend to the SNAT address and port.
-    let reply = frame::build(&Spec {
-        src_mac: backend_mac(backend),
-        dst_mac: LB_BACKEND_MAC,
-        src: fwd.dst,
-        dst: fwd.src,
-        sport: fwd.dport,
-        dport: fwd.sport,
-        l4: L4::Tcp {
-            flags: Flags::ACK,
-            seq: 5001,
-            ack: 1065,
-        },
-        payload: vec![b'y'; 64],
-        ..Spec::default()
-    });
+    let reply = from_backend(&fwd, Flags::ACK, (5001, 1065), 64)?;
     once(
         fd,
         &reply,
@@ -336,6 +318,30 @@ fn per_packet_in_ns(plan: Plan, stop: &Stop) -> Result<PerPacket> {
     })
 }
 
+/// A segment from the backend that `fwd` (a client's packet as forwarded) went to, back to
+/// its SNAT address and port: `flags`, (sequence, acknowledgement) and `payload` bytes.
+fn from_backend(
+    fwd: &frame::Parsed,
+    flags: Flags,
+    (seq, ack): (u32, u32),
+    payload: usize,
+) -> Result<Vec<u8>> {
+    let backend = (0..N_BACKENDS)
+        .find(|&i| backend_addr(i) == fwd.dst)
+        .with_context(|| format!("SYN forwarded to {}, not a backend", fwd.dst))?;
+    Ok(frame::build(&Spec {
+        src_mac: backend_mac(backend),
+        dst_mac: LB_BACKEND_MAC,
+        src: fwd.dst,
+        dst: fwd.src,
+        sport: fwd.dport,
+        dport: fwd.sport,
+        l4: L4::Tcp { flags, seq, ack },
+        payload: vec![b'y'; payload],
+        ..Spec::default()
+    }))
+}
+
 /// An established TCP flow: its SYN first, then an ACK with data. Returns the ACK (what
 /// the flow's packets look like) and the SYN as forwarded.
 fn established_tcp(fd: RawFd, client_if: u32) -> Result<(Vec<u8>, frame::Parsed)> {
@@ -350,23 +356,7 @@ fn established_tcp(fd: RawFd, client_if: u32) -> Result<(Vec<u8>, frame::Parsed)
     let fwd = frame::parse(&forwarded).map_err(|e| anyhow::anyhow!("forwarded SYN: {e}"))?;
     // The backend's SYN-ACK (ISN 5000), which the client's ACK (5001) acknowledges: only
     // that handshake establishes the flow (a half-open one takes the slow path).
-    let backend = (0..N_BACKENDS)
-        .find(|&i| backend_addr(i) == fwd.dst)
-        .with_context(|| format!("SYN forwarded to {}, not a backend", fwd.dst))?;
-    let syn_ack = frame::build(&Spec {
-        src_mac: backend_mac(backend),
-        dst_mac: LB_BACKEND_MAC,
-        src: fwd.dst,
-        dst: fwd.src,
-        sport: fwd.dport,
-        dport: fwd.sport,
-        l4: L4::Tcp {
-            flags: Flags::SYN | Flags::ACK,
-            seq: 5000,
-            ack: 1001,
-        },
-        ..Spec::default()
-    });
+    let syn_ack = from_backend(&fwd, Flags::SYN | Flags::ACK, (5000, 1001), 0)?;
     let backend_if = ifindex(BACKEND_IF)?;
     once(
         fd,

@@ -569,12 +569,31 @@ mod tests {
         latest(slot).checks
     }
 
-    #[tokio::test]
-    async fn checker_follows_a_backend_down_and_up() {
+    /// A listening backend on localhost, and a checker checking it with `check` (up at
+    /// first) as backend `addr` of pool "web", its events and its slot.
+    async fn checked_listener(
+        check: &CheckConfig,
+    ) -> (
+        TcpListener,
+        SocketAddrV4,
+        Checker,
+        mpsc::Receiver<HealthEvent>,
+        LatestSlot,
+    ) {
         let listener = TcpListener::bind((LOCALHOST, 0)).await.unwrap();
         let SocketAddr::V4(addr) = listener.local_addr().unwrap() else {
             unreachable!()
         };
+        let (tx, events) = mpsc::channel(64);
+        let mut checker = Checker::new(tx);
+        let slot = checker
+            .start("web", addr, check, Some(Health::Up))
+            .expect("a check task");
+        (listener, addr, checker, events, slot)
+    }
+
+    #[tokio::test]
+    async fn checker_follows_a_backend_down_and_up() {
         let check = CheckConfig {
             kind: CheckKind::Tcp,
             interval: ms(50),
@@ -585,11 +604,7 @@ mod tests {
             fall: 3,
             ..CheckConfig::default()
         };
-        let (tx, mut events) = mpsc::channel(16);
-        let mut checker = Checker::new(tx);
-        let slot = checker
-            .start("web", addr, &check, Some(Health::Up))
-            .expect("a check task");
+        let (listener, addr, mut checker, mut events, slot) = checked_listener(&check).await;
         assert!(checker.is_checking("web", addr));
 
         // The first check reports; the same result again only updates the slot.
@@ -633,10 +648,6 @@ mod tests {
 
     #[tokio::test]
     async fn held_failures_change_no_state_until_released() {
-        let listener = TcpListener::bind((LOCALHOST, 0)).await.unwrap();
-        let SocketAddr::V4(addr) = listener.local_addr().unwrap() else {
-            unreachable!()
-        };
         let check = CheckConfig {
             kind: CheckKind::Tcp,
             interval: ms(20),
@@ -644,11 +655,7 @@ mod tests {
             fall: 2,
             ..CheckConfig::default()
         };
-        let (tx, mut events) = mpsc::channel(64);
-        let mut checker = Checker::new(tx);
-        let slot = checker
-            .start("web", addr, &check, Some(Health::Up))
-            .expect("a check task");
+        let (listener, _, checker, mut events, slot) = checked_listener(&check).await;
         assert!(next_event(&mut events).await.outcome.ok);
         assert!(checker.hold_failures(true), "the setting changed");
         assert!(!checker.hold_failures(true), "set already");
