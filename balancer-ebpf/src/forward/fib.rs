@@ -2,8 +2,9 @@
 //! interface, redirect to another one). Without a neighbour entry the rewritten packet
 //! goes to the stack, which resolves the neighbour (ARP) and forwards it; later packets
 //! then take the fast path. A direct-server-return packet goes only to a backend on a link
-//! of the balancer (no gateway between them), and only once its neighbour is known. Next hops are cached per CPU: per backend, and for replies per
-//! client address in a small direct-mapped table, each asked again of the FIB every second.
+//! of the balancer (no gateway between them), and only once its neighbour is known. Next
+//! hops are cached per CPU: per backend, and for replies per client address in a small
+//! direct-mapped table, each asked again of the FIB every second.
 use core::mem;
 
 use aya_ebpf::{
