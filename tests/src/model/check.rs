@@ -259,7 +259,7 @@ mod tests {
     use crate::frame;
 
     /// The SYN of `frames::syn` and its translation to the web backend from SNAT port
-    /// 20001, with checksums computed from scratch; the IPv4 and TCP offsets.
+    /// 20001, one hop less, with checksums computed from scratch; the IPv4 and TCP offsets.
     fn syn_and_translation() -> (Vec<u8>, Vec<u8>, Flow) {
         let input = frame::build(&syn());
         let Parsed::Flow(flow) = reference::parse(&input) else {
@@ -270,6 +270,7 @@ mod tests {
         out[ip + 12..ip + 16].copy_from_slice(&SNAT.octets());
         out[ip + 16..ip + 20].copy_from_slice(&WEB_BACKEND.octets());
         out[l4..l4 + 2].copy_from_slice(&20001u16.to_be_bytes());
+        out[ip + 8] -= 1;
         out[ip + 10..ip + 12].fill(0);
         let check = checksum(&out[ip..l4]);
         out[ip + 10..ip + 12].copy_from_slice(&check.to_be_bytes());
@@ -303,7 +304,7 @@ mod tests {
         let (input, good, flow) = syn_and_translation();
         let l4 = flow.l4_off;
         let ip = flow.ip_off;
-        let cases: [(&str, Spoil); 6] = [
+        let cases: [(&str, Spoil); 7] = [
             ("IPv4 checksum", |f, ip, _| f[ip + 10] ^= 1),
             ("TCP checksum", |f, _, l4| f[l4 + 17] ^= 1),
             ("payload", |f, _, _| *f.last_mut().unwrap() ^= 1),
@@ -312,6 +313,7 @@ mod tests {
                 f[l4..l4 + 2].copy_from_slice(&80u16.to_be_bytes());
             }),
             ("TTL", |f, ip, _| f[ip + 8] = 1),
+            ("TTL left as it was", |f, ip, _| f[ip + 8] += 1),
         ];
         for (what, spoil) in cases {
             let mut out = good.clone();
