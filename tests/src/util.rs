@@ -219,3 +219,17 @@ impl Drop for SerialGuard {
         SERIAL_FREE.notify_one();
     }
 }
+
+/// The resident memory (`VmRSS`) of process `pid`, in KiB.
+///
+/// # Errors
+/// When the process is gone or its status has no such line.
+pub fn rss_kib(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("reading /proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .context("no VmRSS line")
+}

@@ -268,14 +268,7 @@ fn start(topo: &Topology, proxy: Proxy, dir: &Path) -> Result<Running> {
 
 /// `VmRSS` of process `pid`, in bytes.
 fn rss(pid: u32) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .with_context(|| format!("reading /proc/{pid}/status"))?;
-    let kib = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-        .context("no VmRSS line")?;
-    Ok(kib * 1024)
+    Ok(balancer_tests::util::rss_kib(pid)? * 1024)
 }
 
 /// Lets this process hold `n` more sockets (the soft `RLIMIT_NOFILE` up to the hard one).

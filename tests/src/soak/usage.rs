@@ -22,11 +22,7 @@ pub struct Sample {
 
 /// Reads one sample of process `pid`; `None` if it is gone.
 fn sample(pid: u32, at: Duration) -> Option<Sample> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let rss_kib = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())?;
+    let rss_kib = crate::util::rss_kib(pid).ok()?;
     let fds = fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count();
     Some(Sample {
         at,
