@@ -2,17 +2,21 @@
 
 use std::os::fd::{AsFd, AsRawFd};
 use std::ptr::NonNull;
+use std::sync::Arc;
 
 use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray, PerCpuValues},
     Ebpf,
 };
 use balancer_common::{
-    map_names, stat, Backend, FlowStats, Settings, VipKey, VipMeta, BACKEND_F_RESCHEDULE, MAX_VIPS,
-    RING_ENTRIES,
+    map_names, stat, Backend, Conn, FlowKey, FlowStats, Settings, VipKey, VipMeta,
+    BACKEND_F_RESCHEDULE, MAX_VIPS, RING_ENTRIES,
 };
 
-use super::{Maps, MapsError, PresentVips};
+use super::{
+    batch::{self, KernelHash},
+    clock, FlowTable, Maps, MapsError, PresentVips,
+};
 
 fn aya_err(map: &'static str) -> impl FnOnce(aya::maps::MapError) -> MapsError {
     move |source| MapsError::Aya { map, source }
@@ -35,6 +39,8 @@ pub struct AyaMaps {
     vip_stats: PerCpuArray<MapData, FlowStats>,
     backend_stats: PerCpuArray<MapData, FlowStats>,
     global_stats: PerCpuArray<MapData, u64>,
+    /// `CONNS`, read only (the program writes it).
+    flows: Arc<KernelFlows>,
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, MapsError>
@@ -61,6 +67,64 @@ impl AyaMaps {
             vip_stats: take(ebpf, map_names::VIP_STATS)?,
             backend_stats: take(ebpf, map_names::BACKEND_STATS)?,
             global_stats: take(ebpf, map_names::GLOBAL_STATS)?,
+            flows: Arc::new(KernelFlows::new(ebpf)?),
+        })
+    }
+}
+
+/// `CONNS` of a loaded program, through a descriptor of its own (the program keeps the
+/// map; nothing here writes it).
+struct KernelFlows(KernelHash);
+
+impl KernelFlows {
+    fn new(ebpf: &Ebpf) -> Result<Self, MapsError> {
+        let name = map_names::CONNS;
+        let (aya::maps::Map::LruHashMap(map) | aya::maps::Map::HashMap(map)) =
+            ebpf.map(name).ok_or(MapsError::Missing(name))?
+        else {
+            return Err(MapsError::Other {
+                map: name,
+                message: "is not a hash map".into(),
+            });
+        };
+        let info = map.info().map_err(aya_err(name))?;
+        let wanted = (size_of::<FlowKey>(), size_of::<Conn>());
+        if (info.key_size() as usize, info.value_size() as usize) != wanted {
+            return Err(MapsError::Other {
+                map: name,
+                message: format!(
+                    "key and value sizes {} and {} where this agent reads {wanted:?}",
+                    info.key_size(),
+                    info.value_size()
+                ),
+            });
+        }
+        let fd = map
+            .fd()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|e| MapsError::Other {
+                map: name,
+                message: format!("duplicating its descriptor: {e}"),
+            })?;
+        Ok(KernelFlows(KernelHash::new(fd)))
+    }
+}
+
+impl FlowTable for KernelFlows {
+    fn now_ns(&self, settings: &Settings) -> Result<u64, MapsError> {
+        clock::now_ns(settings.ns_per_tick).map_err(|e| MapsError::Other {
+            map: map_names::CONNS,
+            message: format!("reading the data plane's clock: {e}"),
+        })
+    }
+
+    fn walk(&self, each: &mut dyn FnMut(&FlowKey, &Conn)) -> Result<usize, MapsError> {
+        batch::walk(&self.0, batch::CHUNK, |key, conn| each(key, conn)).map_err(|e| {
+            MapsError::Other {
+                map: map_names::CONNS,
+                message: format!("BPF_MAP_LOOKUP_BATCH: {e}"),
+            }
         })
     }
 }
@@ -308,5 +372,9 @@ impl Maps for AyaMaps {
 
     fn write_vip_gen(&mut self, id: u32, generation: u32) -> Result<(), MapsError> {
         self.set_vip_gen(id, generation)
+    }
+
+    fn flow_table(&self) -> Arc<dyn FlowTable> {
+        Arc::clone(&self.flows) as Arc<dyn FlowTable>
     }
 }

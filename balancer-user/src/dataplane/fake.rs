@@ -1,10 +1,15 @@
 //! [`Maps`] in memory, with the kernel's semantics that matter to the agent, for unit tests.
 
-use std::collections::HashMap;
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, PoisonError},
+};
 
-use balancer_common::{stat, Backend, FlowStats, Settings, VipKey, VipMeta, MAX_VIPS};
+use balancer_common::{
+    stat, Backend, Conn, FlowKey, FlowStats, Settings, VipKey, VipMeta, MAX_VIPS,
+};
 
-use super::{Maps, MapsError, PresentVips};
+use super::{FlowTable, Maps, MapsError, PresentVips};
 
 /// In-memory maps with the kernel's semantics that matter to the agent.
 #[derive(Debug, Default)]
@@ -24,6 +29,44 @@ pub struct FakeMaps {
     /// `Some(n)`: the next `n` writes succeed, the one after fails, and later ones
     /// succeed again (a transient failure, to test how the balancer recovers).
     pub fail_write: Option<usize>,
+    /// `CONNS`, and the data plane's clock its flows are judged by.
+    pub flows: Arc<FakeFlows>,
+}
+
+/// A connection table in memory, and the data plane's clock (set by the test).
+#[derive(Debug, Default)]
+pub struct FakeFlows {
+    pub entries: Mutex<Vec<(FlowKey, Conn)>>,
+    pub now_ns: Mutex<u64>,
+}
+
+impl FakeFlows {
+    /// Adds a flow.
+    pub fn insert(&self, key: FlowKey, conn: Conn) {
+        self.entries
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push((key, conn));
+    }
+
+    /// Sets the data plane's clock.
+    pub fn set_now(&self, ns: u64) {
+        *self.now_ns.lock().unwrap_or_else(PoisonError::into_inner) = ns;
+    }
+}
+
+impl FlowTable for FakeFlows {
+    fn now_ns(&self, _: &Settings) -> Result<u64, MapsError> {
+        Ok(*self.now_ns.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    fn walk(&self, each: &mut dyn FnMut(&FlowKey, &Conn)) -> Result<usize, MapsError> {
+        let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        for (key, conn) in entries.iter() {
+            each(key, conn);
+        }
+        Ok(entries.len())
+    }
 }
 
 impl FakeMaps {
@@ -136,6 +179,9 @@ impl Maps for FakeMaps {
             g => self.vip_gens.insert(id, g),
         };
         Ok(())
+    }
+    fn flow_table(&self) -> Arc<dyn FlowTable> {
+        Arc::clone(&self.flows) as Arc<dyn FlowTable>
     }
 }
 

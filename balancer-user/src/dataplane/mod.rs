@@ -3,22 +3,26 @@
 //! program on each ([`links`], told by [`rtnetlink`]), keeps its state pinned across
 //! agents ([`pins`]),
 //! and puts its maps behind the [`Maps`] trait: [`AyaMaps`] writes the kernel's,
-//! [`FakeMaps`] keeps them in memory for unit tests. Nothing else imports aya; nothing here
-//! decides what the maps should hold (that is [`crate::lb`]).
+//! [`FakeMaps`] keeps them in memory for unit tests. The connection table is read whole,
+//! off the event loop, through [`FlowTable`] ([`batch`]: `BPF_MAP_LOOKUP_BATCH`; [`clock`]:
+//! the data plane's clock). Nothing else imports aya; nothing here decides what the maps
+//! should hold (that is [`crate::lb`]).
 
 mod aya_maps;
+pub mod batch;
+pub mod clock;
 mod fake;
 pub mod links;
 pub mod loader;
 pub mod pins;
 pub mod rtnetlink;
 
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::Arc};
 
-use balancer_common::{addr_slot, Backend, FlowStats, Settings, VipKey, VipMeta};
+use balancer_common::{addr_slot, Backend, Conn, FlowKey, FlowStats, Settings, VipKey, VipMeta};
 
 pub use aya_maps::AyaMaps;
-pub use fake::FakeMaps;
+pub use fake::{FakeFlows, FakeMaps};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MapsError {
@@ -54,6 +58,24 @@ pub trait Maps {
     /// `VIP_GENS[id] = generation` (0: no VIP holds `id`), for ids the previous agent's
     /// VIPs held: the VIPs' own are written with them.
     fn write_vip_gen(&mut self, id: u32, generation: u32) -> Result<(), MapsError>;
+    /// The connection table (`CONNS`), to read from another thread.
+    fn flow_table(&self) -> Arc<dyn FlowTable>;
+}
+
+/// The connection table (`CONNS`) as the agent reads it: whole (a full table takes a
+/// while: never on the event loop), and only read.
+pub trait FlowTable: Send + Sync {
+    /// The data plane's clock now (ns), as the program given `settings` reads it: what a
+    /// flow's `last_seen_ns` is compared with.
+    ///
+    /// # Errors
+    /// When the kernel's clock cannot be read.
+    fn now_ns(&self, settings: &Settings) -> Result<u64, MapsError>;
+    /// Calls `each` on every entry; returns how many there were.
+    ///
+    /// # Errors
+    /// When the table cannot be read.
+    fn walk(&self, each: &mut dyn FnMut(&FlowKey, &Conn)) -> Result<usize, MapsError>;
 }
 
 /// The VIPs present in the kernel, for the two arrays that let it skip the `VIPS` hash:
