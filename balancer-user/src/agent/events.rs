@@ -11,17 +11,17 @@ use std::{
     ops::ControlFlow,
 };
 
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 use super::{discovered::Discovered, links::LinkEvent, live::Live};
 use crate::{
     api::{Request, Response},
     config::Host,
-    dataplane::{links::Links, Maps},
+    dataplane::{links::Links, Maps, MapsError},
     discovery::Update,
     health::{config::CheckConfig, Checker, HealthEvent},
     l7::Frontend,
-    lb::{Balancer, BalancerError},
+    lb::{Balancer, BalancerError, FlowCensus},
     vrrp::{Snapshot, TrackTarget, Vrrp},
 };
 
@@ -44,11 +44,15 @@ pub enum Event {
     /// Pools' etcd prefixes hold new backend sets (the newest of each watcher's queued
     /// sets, see [`super::discovered::newest_sets`]).
     Discovery(Vec<Update>),
-    /// Periodic work ([`SAMPLE_EVERY`]): the backends' SNAT use is sampled.
+    /// Periodic work ([`SAMPLE_EVERY`]): the backends' SNAT use is sampled, and a census
+    /// of the connection table started (unless one runs).
     Tick,
+    /// A census of the connection table ended (see [`crate::lb::Census`]).
+    FlowCensus(Result<FlowCensus, MapsError>),
 }
 
-/// How often the agent samples what it estimates from counters (the SNAT ports' use).
+/// How often the agent samples what it estimates from counters (the SNAT ports' use) and
+/// counts the active flows.
 pub const SAMPLE_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The agent's state: the balancer (which owns the maps), the health checks it runs, and
@@ -74,6 +78,10 @@ pub struct Agent<M: Maps> {
     pub(super) live: Option<Live>,
     /// The pools whose backends come from etcd.
     pub(super) discovery: Discovered,
+    /// Where a census of the connection table sends its outcome (none: no census).
+    events: Option<mpsc::Sender<Event>>,
+    /// A census runs: at most one at a time.
+    census_running: bool,
 }
 
 impl<M: Maps> Agent<M> {
@@ -97,6 +105,8 @@ impl<M: Maps> Agent<M> {
             data_plane_said: None,
             live: None,
             discovery: Discovered::default(),
+            events: None,
+            census_running: false,
         };
         agent.set_vrrp(vrrp);
         agent.sync_all();
@@ -127,6 +137,14 @@ impl<M: Maps> Agent<M> {
         self.sync_checks();
         self.sync_tracks();
         self.sync_http();
+    }
+
+    /// The agent counts the active flows, each census sending its outcome to `events` (the
+    /// loop's own channel) as an [`Event::FlowCensus`].
+    #[must_use]
+    pub fn with_events(mut self, events: mpsc::Sender<Event>) -> Self {
+        self.events = Some(events);
+        self
     }
 
     /// The agent with its interfaces, which it then follows (see [`Event::Link`]).
@@ -194,6 +212,11 @@ impl<M: Maps> Agent<M> {
                 if let Err(e) = self.lb.sample_snat_use() {
                     log::warn!("cannot sample the backends' SNAT use: {e}");
                 }
+                self.start_census();
+            }
+            Event::FlowCensus(result) => {
+                self.census_running = false;
+                self.lb.record_census(result);
             }
             Event::Link(event) => {
                 if let Some(links) = &mut self.links {
@@ -225,6 +248,33 @@ impl<M: Maps> Agent<M> {
         // Detaches the program where its links are not kept.
         drop(self.links);
         self.lb
+    }
+
+    /// Starts a census of the connection table on a blocking thread (reading a full table
+    /// takes a while, and only reads), unless one runs; its outcome comes back as an
+    /// [`Event::FlowCensus`], whatever becomes of the thread.
+    fn start_census(&mut self) {
+        let Some(events) = &self.events else {
+            return;
+        };
+        if self.census_running {
+            return;
+        }
+        self.census_running = true;
+        let census = self.lb.census();
+        let events = events.clone();
+        tokio::spawn(async move {
+            let result = tokio::task::spawn_blocking(move || census.take())
+                .await
+                .unwrap_or_else(|e| {
+                    Err(MapsError::Other {
+                        map: balancer_common::map_names::CONNS,
+                        message: format!("the census thread failed: {e}"),
+                    })
+                });
+            // (Closed: the agent is stopping.)
+            let _ = events.send(Event::FlowCensus(result)).await;
+        });
     }
 
     /// Tells VRRP instances that track the data plane whether the program is attached to

@@ -126,7 +126,8 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     let vrrp = start_vrrp(&config)?;
     let mut agent = Agent::new(lb, Checker::new(health_tx), vrrp, http)
         .with_links(links)
-        .with_config(live);
+        .with_config(live)
+        .with_events(events_tx.clone());
     // Discovered sets too come on a channel of their own.
     let (discovery_tx, mut discoveries) = mpsc::channel(64);
     agent.start_discovery(&config, discovery_tx);

@@ -153,6 +153,35 @@ impl From<FlowStats> for Counters {
     }
 }
 
+/// Live flows of a VIP or a backend in the connection table at the agent's last census
+/// (see [`Status::flow_census`]): entries its data plane would still forward on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActiveFlows {
+    /// All of them.
+    pub total: u64,
+    /// TCP flows whose handshake completed, without FIN or RST yet (IPVS's `ActiveConn`).
+    pub tcp_established: u64,
+    /// TCP flows half-open or closing (IPVS's `InActConn`).
+    pub tcp_other: u64,
+    pub udp: u64,
+}
+
+/// The agent's last census of the connection table, which [`ActiveFlows`] come from: it
+/// reads the whole table every few seconds, off its event loop.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct FlowCensusStatus {
+    /// When it was taken (RFC 3339, UTC); none before the first one succeeded.
+    pub at: Option<String>,
+    /// Seconds since then, when the status was made.
+    pub age_secs: Option<f64>,
+    /// How long reading and counting the table took, in seconds.
+    pub took_secs: Option<f64>,
+    /// Entries read, live or not (an LRU table keeps expired entries until it needs room).
+    pub entries: Option<u64>,
+    /// Why the newest attempt failed, while none succeeded since.
+    pub last_error: Option<String>,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct VipStatus {
     #[serde(flatten)]
@@ -160,6 +189,9 @@ pub struct VipStatus {
     /// Backends that take new flows (weight > 0 and up).
     pub active_backends: usize,
     pub counters: Counters,
+    /// Its live flows at the last census (none before one, or for a newer VIP).
+    #[serde(default)]
+    pub active_flows: Option<ActiveFlows>,
     #[serde(default)]
     pub source: Source,
 }
@@ -193,6 +225,10 @@ pub struct BackendStatus {
     #[serde(default)]
     pub transitions: u64,
     pub counters: Counters,
+    /// Its live flows at the last census, over the VIPs of its pool (none before one, or
+    /// for a newer backend).
+    #[serde(default)]
+    pub active_flows: Option<ActiveFlows>,
     #[serde(default)]
     pub source: Source,
     /// The share of its SNAT ports in use (0 to 1), estimated from new flows' first probes
@@ -376,4 +412,8 @@ pub struct Status {
     /// The configuration file and its reloads (the agent's; absent in tests without one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config: Option<ConfigStatus>,
+    /// The census of the connection table that the VIPs' and backends' `active_flows`
+    /// come from (absent before the first one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flow_census: Option<FlowCensusStatus>,
 }

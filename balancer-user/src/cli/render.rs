@@ -2,12 +2,18 @@
 
 use std::fmt::Write as _;
 
-use crate::api::{client::ClientError, InterfaceState, Status};
+use crate::api::{client::ClientError, ActiveFlows, InterfaceState, Status};
 use crate::config;
 
 /// Red, for errors on a terminal.
 const RED: &str = "\x1b[31m";
 const RESET: &str = "\x1b[0m";
+
+/// A VIP's or a backend's active flows as a column shows them: `-` before the agent's
+/// first census.
+fn active(flows: Option<ActiveFlows>) -> String {
+    flows.map_or_else(|| "-".to_owned(), |f| f.total.to_string())
+}
 
 /// Drops the padding the last column of a table leaves at the end of each line.
 pub(super) fn trim_lines(text: &str) -> String {
@@ -84,7 +90,7 @@ pub(super) fn render_backends(
     // Packets as the JSON counts them: from clients (`packets`) and from the backend
     // (`reply_packets`), each in a column of its own.
     let mut out = format!(
-        "{:<12} {:<21} {:>6} {:<9} {:<5} {:<6} {:>9} {:<28} {:>11} {:>10} {:>9} {:<6}\n",
+        "{:<12} {:<21} {:>6} {:<9} {:<5} {:<6} {:>9} {:<28} {:>11} {:>10} {:>9} {:>12} {:<6}\n",
         "POOL",
         "BACKEND",
         "WEIGHT",
@@ -96,6 +102,7 @@ pub(super) fn render_backends(
         "CLIENT PKTS",
         "REPLY PKTS",
         "NEW FLOWS",
+        "ACTIVE FLOWS",
         "SOURCE"
     );
     for p in status
@@ -116,7 +123,7 @@ pub(super) fn render_backends(
             };
             let _ = writeln!(
                 out,
-                "{:<12} {:<21} {:>6} {:<9} {:<5} {:<6} {:>9} {:<28} {:>11} {:>10} {:>9} {:<6}",
+                "{:<12} {:<21} {:>6} {:<9} {:<5} {:<6} {:>9} {:<28} {:>11} {:>10} {:>9} {:>12} {:<6}",
                 p.name,
                 format!("{}:{}", b.address, b.port),
                 b.weight,
@@ -128,6 +135,7 @@ pub(super) fn render_backends(
                 b.counters.packets,
                 b.counters.reply_packets,
                 b.counters.new_flows,
+                active(b.active_flows),
                 b.source.as_str()
             );
         }
@@ -293,6 +301,29 @@ fn render_discovery(status: &Status) -> String {
     out.trim_end().to_owned()
 }
 
+/// When the active flows were counted: "active flows counted 3s ago (12034 entries read in
+/// 9.1ms)", or why that failed.
+fn render_census(status: &Status) -> Option<String> {
+    let census = status.flow_census.as_ref()?;
+    let mut out = String::new();
+    if let (Some(age), Some(took)) = (census.age_secs, census.took_secs) {
+        let _ = write!(
+            out,
+            "active flows counted {} ago ({} entries read in {:.1}ms)",
+            format_age(age),
+            census.entries.unwrap_or(0),
+            took * 1000.0
+        );
+    }
+    if let Some(e) = &census.last_error {
+        if !out.is_empty() {
+            out += "; ";
+        }
+        let _ = write!(out, "counting the active flows failed: {e}");
+    }
+    Some(out)
+}
+
 /// The configuration file, its generation, the last reload and where each pool comes from.
 fn render_config(status: &Status) -> Option<String> {
     let config = status.config.as_ref()?;
@@ -429,16 +460,32 @@ pub(super) fn render_status(status: &Status, color: bool) -> String {
     out += "\n\nVIP counters\n";
     let _ = writeln!(
         out,
-        "{:<16} {:>12} {:>14} {:>12} {:>14} {:>10}",
-        "VIP", "CLIENT PKTS", "CLIENT BYTES", "REPLY PKTS", "REPLY BYTES", "NEW FLOWS"
+        "{:<16} {:>12} {:>14} {:>12} {:>14} {:>10} {:>12}",
+        "VIP",
+        "CLIENT PKTS",
+        "CLIENT BYTES",
+        "REPLY PKTS",
+        "REPLY BYTES",
+        "NEW FLOWS",
+        "ACTIVE FLOWS"
     );
     for v in &status.vips {
         let c = &v.counters;
         let _ = writeln!(
             out,
-            "{:<16} {:>12} {:>14} {:>12} {:>14} {:>10}",
-            v.config.name, c.packets, c.bytes, c.reply_packets, c.reply_bytes, c.new_flows
+            "{:<16} {:>12} {:>14} {:>12} {:>14} {:>10} {:>12}",
+            v.config.name,
+            c.packets,
+            c.bytes,
+            c.reply_packets,
+            c.reply_bytes,
+            c.new_flows,
+            active(v.active_flows)
         );
+    }
+    if let Some(census) = render_census(status) {
+        out += &census;
+        out.push('\n');
     }
     out += "\nBackends\n";
     out += &render_backends(status, None).unwrap_or_default();
@@ -494,6 +541,12 @@ mod tests {
                 reply_packets: 5,
                 reply_bytes: 5000,
             },
+            active_flows: (port == 80).then_some(ActiveFlows {
+                total: 4,
+                tcp_established: 3,
+                tcp_other: 1,
+                udp: 0,
+            }),
             snat_ports_in_use: None,
         }
     }
@@ -533,7 +586,7 @@ mod tests {
             lines[0],
             [
                 "POOL", "BACKEND", "WEIGHT", "STATE", "CHECK", "HEALTH", "SINCE", "LAST", "CHECK",
-                "CLIENT", "PKTS", "REPLY", "PKTS", "NEW", "FLOWS", "SOURCE"
+                "CLIENT", "PKTS", "REPLY", "PKTS", "NEW", "FLOWS", "ACTIVE", "FLOWS", "SOURCE"
             ]
         );
         // The JSON's `packets` (7) and `reply_packets` (5), not their sum.
@@ -551,9 +604,11 @@ mod tests {
                 "7",
                 "5",
                 "2",
+                "4",
                 "file"
             ]
         );
+        // Before the agent's first census of the flows: no count.
         assert_eq!(
             lines[2],
             [
@@ -568,6 +623,7 @@ mod tests {
                 "7",
                 "5",
                 "2",
+                "-",
                 "file"
             ]
         );

@@ -2,6 +2,7 @@
 //! API shaped like Katran's `KatranLb` (`add_vip`, `del_vip`, `add_backend`, ...) that keeps
 //! the data plane's maps derived from it.
 
+mod active_flows;
 mod checks;
 mod health;
 mod ids;
@@ -20,6 +21,7 @@ use std::{
 
 use balancer_common::{Backend, Settings, MAX_BACKENDS, MAX_RING_SIZE, MAX_VIPS};
 
+pub use active_flows::{is_live, timeout_ns, Census, FlowCensus};
 pub use settings::{ns_per_tick, settings, SnatSource};
 
 use crate::{
@@ -83,6 +85,11 @@ pub struct Balancer<M: Maps> {
     found_gens: Vec<u32>,
     /// HTTP-mode VIPs (the proxy serves them): name -> default pool, for VRRP's VIP tracks.
     http_vips: BTreeMap<String, String>,
+    /// What the data plane's settings are (the timeouts a census judges flows by).
+    settings: Settings,
+    /// The newest census of the connection table, and why the last attempt failed.
+    census: Option<FlowCensus>,
+    census_error: Option<String>,
 }
 
 impl<M: Maps> Balancer<M> {
@@ -98,6 +105,9 @@ impl<M: Maps> Balancer<M> {
             incarnations: HashMap::new(),
             found_gens: Vec::new(),
             http_vips: BTreeMap::new(),
+            settings: *settings,
+            census: None,
+            census_error: None,
         })
     }
 

@@ -17,6 +17,7 @@ impl<M: Maps> Balancer<M> {
     /// Writes new data plane settings (timeouts, SNAT port range).
     pub fn set_settings(&mut self, settings: &Settings) -> Result<(), BalancerError> {
         self.maps.set_settings(settings)?;
+        self.settings = *settings;
         Ok(())
     }
 

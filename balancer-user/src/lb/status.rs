@@ -47,6 +47,7 @@ impl<M: Maps> Balancer<M> {
                 config: c.clone(),
                 active_backends,
                 counters: self.maps.vip_stats(vip.id)?.into(),
+                active_flows: self.vip_active_flows(&c.name, vip.generation),
                 source: Source::File,
             });
         }
@@ -75,6 +76,7 @@ impl<M: Maps> Balancer<M> {
                     change_reason: b.change_reason.clone(),
                     transitions: b.transitions,
                     counters: self.maps.backend_stats(b.id)?.into(),
+                    active_flows: self.backend_active_flows(name, b.addr),
                     source: Source::File,
                     snat_ports_in_use: b.snat_use.estimate,
                 });
@@ -104,6 +106,7 @@ impl<M: Maps> Balancer<M> {
             vrrp: Vec::new(),
             http: Vec::new(),
             config: None,
+            flow_census: self.census_status(),
         })
     }
 }

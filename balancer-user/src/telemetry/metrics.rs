@@ -5,18 +5,14 @@
 //! the agent's loop answered, so there is no registry of live metrics to keep (whose label
 //! sets would outlive deleted backends), and the text is a loop over the snapshot.
 //!
-//! L4 VIPs and backends have no active-flows gauge. The agent never walks the connection
-//! table (`CONNS`, an LRU hash of up to `CONN_TABLE_SIZE` entries): counting a VIP's flows
-//! would take one `BPF_MAP_GET_NEXT_KEY` and one lookup syscall per entry, seconds of agent
-//! CPU per scrape with a full table (batched lookups, which aya 0.14 does not offer, still
-//! copy the whole table), while the data plane contends for the same bucket locks. A gauge
-//! the data plane kept (one more per new flow, one less per end) would drift: LRU evictions
-//! and idle expiry happen without the program seeing a flow end. The rate of
-//! `balancer_vip_flows_total` says how busy a VIP is; HTTP VIPs count open connections.
+//! Active L4 flows (`balancer_vip_active_flows`, `balancer_backend_active_flows`) are the
+//! agent's last census of the connection table, which it takes every few seconds off its
+//! loop (`lb::Census`); a scrape only reads them, and `balancer_flow_census_age_seconds`
+//! says how old they are.
 
 use std::fmt::{Display, Write as _};
 
-use crate::api::{BackendStatus, HttpVipStatus, PoolStatus, Status, VrrpStatus};
+use crate::api::{ActiveFlows, BackendStatus, HttpVipStatus, PoolStatus, Status, VrrpStatus};
 
 /// The Content-Type of [`render`]'s text.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -107,6 +103,7 @@ pub fn render(status: &Status) -> String {
     agent(&mut w, status);
     vips(&mut w, status);
     backends(&mut w, &status.pools);
+    census(&mut w, status);
     data_plane(&mut w, status);
     http(&mut w, &status.http);
     vrrp(&mut w, &status.vrrp);
@@ -225,6 +222,46 @@ fn vips(w: &mut Writer, status: &Status) {
             w.sample(name, &labels, v.counters.new_flows);
         },
     );
+    w.each(
+        ("balancer_vip_active_flows", Kind::Gauge, ACTIVE_FLOWS_HELP),
+        l4().filter_map(|v| Some((v, v.active_flows?))),
+        |w, name, (v, flows)| {
+            let labels = [("vip", v.config.name.as_str()), ("pool", &v.config.pool)];
+            w.sample(name, &labels, flows.total);
+        },
+    );
+}
+
+const ACTIVE_FLOWS_HELP: &str = "Live flows in the connection table at the agent's last census \
+     (TCP established, half-open or closing, and UDP; see balancer_flow_census_age_seconds).";
+
+/// When the active flows were counted, and what that cost.
+fn census(w: &mut Writer, status: &Status) {
+    let census = status.flow_census.as_ref();
+    #[expect(clippy::cast_precision_loss, reason = "a gauge")]
+    let entries = census.and_then(|c| c.entries.map(|n| n as f64));
+    let plain: [(&str, &str, Option<f64>); 3] = [
+        (
+            "balancer_flow_census_age_seconds",
+            "Time since the agent last counted the active flows in the connection table.",
+            census.and_then(|c| c.age_secs),
+        ),
+        (
+            "balancer_flow_census_duration_seconds",
+            "How long the last count of the active flows took (reading the whole table).",
+            census.and_then(|c| c.took_secs),
+        ),
+        (
+            "balancer_flow_table_entries",
+            "Entries in the connection table at the last count, live or expired.",
+            entries,
+        ),
+    ];
+    for (family, help, value) in plain {
+        w.each((family, Kind::Gauge, help), value, |w, name, v| {
+            w.sample(name, &[], v);
+        });
+    }
 }
 
 type Pick = fn(&crate::api::Counters) -> u64;
@@ -376,6 +413,16 @@ fn backends(w: &mut Writer, pools: &[PoolStatus]) {
         ),
         &all,
         |w, name, item| w.sample(name, &labels(item), item.2.counters.new_flows),
+    );
+    w.each(
+        (
+            "balancer_backend_active_flows",
+            Kind::Gauge,
+            ACTIVE_FLOWS_HELP,
+        ),
+        all.iter()
+            .filter_map(|item| Some((item, item.2.active_flows?))),
+        |w, name, (item, flows): (_, ActiveFlows)| w.sample(name, &labels(item), flows.total),
     );
 }
 

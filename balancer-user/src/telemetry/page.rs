@@ -1,13 +1,14 @@
 //! `/stats`: one self-contained HTML page (inline CSS, no script, nothing loaded from
 //! elsewhere) that reloads itself: per VIP its pool's backends with their state in colour,
-//! time since the change, weight, flows, rates, bytes and check; HTTP VIPs; VRRP instances;
-//! interfaces. In admin mode each backend has forms that post to `/stats/action`.
+//! time since the change, weight, flows (total and current), rates, bytes and check; HTTP
+//! VIPs; VRRP instances; interfaces. In admin mode each backend has forms that post to
+//! `/stats/action`.
 
 use std::fmt::Write as _;
 use std::time::Duration;
 
 use super::rates::{backend_key, http_key, vip_key, Rate, Rates};
-use crate::api::{BackendStatus, PoolStatus, Status};
+use crate::api::{ActiveFlows, BackendStatus, PoolStatus, Status};
 
 /// How the page is drawn.
 pub struct PageOptions {
@@ -86,6 +87,11 @@ fn age(secs: f64) -> String {
     }
 }
 
+/// Current (active) flows: `-` before the agent's first census.
+fn current(flows: Option<ActiveFlows>) -> String {
+    flows.map_or_else(|| "-".to_owned(), |f| human(f.total))
+}
+
 fn rate_cells(out: &mut String, rate: Option<Rate>) {
     match rate {
         Some(r) => {
@@ -137,6 +143,10 @@ pub fn render(status: &Status, rates: &Rates, options: &PageOptions) -> String {
         }
         _ => out.push_str("Rates appear at the next refresh."),
     }
+    // Current flows are the agent's last count of the connection table.
+    if let Some(age_secs) = status.flow_census.as_ref().and_then(|c| c.age_secs) {
+        let _ = write!(out, " Current flows counted {} ago.", age(age_secs));
+    }
     out.push_str("</p>");
     l4_vips(&mut out, status, rates, options);
     http_vips(&mut out, status, rates);
@@ -156,12 +166,13 @@ fn l4_vips(out: &mut String, status: &Status, rates: &Rates, options: &PageOptio
         let _ = write!(
             out,
             "<h2 id=\"vip-{name}\">VIP {name} <span class=muted>{}:{} {} &rarr; pool {}, \
-             {} active backend(s), {} flows, {}B in, {}B out</span></h2>",
+             {} active backend(s), {} current flows, {} flows, {}B in, {}B out</span></h2>",
             c.address,
             c.port,
             c.protocol,
             esc(&c.pool),
             vip.active_backends,
+            current(vip.active_flows),
             human(vip.counters.new_flows),
             human(vip.counters.bytes),
             human(vip.counters.reply_bytes),
@@ -180,7 +191,7 @@ fn l4_vips(out: &mut String, status: &Status, rates: &Rates, options: &PageOptio
 fn backends(out: &mut String, pool: &PoolStatus, rates: &Rates, options: &PageOptions) {
     out.push_str(
         "<table class=backends><tr><th>backend</th><th>state</th><th>since</th>\
-         <th>weight</th><th>flows</th><th>flows/s</th><th>packets/s</th><th>bytes/s</th>\
+         <th>weight</th><th>flows</th><th>current</th><th>flows/s</th><th>packets/s</th><th>bytes/s</th>\
          <th>bytes in</th><th>bytes out</th><th>check</th><th>latency</th><th>last check</th>",
     );
     if options.admin {
@@ -206,10 +217,11 @@ fn backend_row(
         out,
         "<tr class=\"{state}\" data-backend=\"{addr}\" data-state=\"{state}\"><td>{addr}</td>\
          <td><span class=\"state {state}\">{state}</span></td><td title=\"{reason}\">{}</td>\
-         <td>{}</td><td>{}</td>",
+         <td>{}</td><td>{}</td><td>{}</td>",
         age(b.since_change_secs),
         b.weight,
         human(b.counters.new_flows),
+        current(b.active_flows),
         state = esc(&b.state),
         reason = esc(&b.change_reason),
     );

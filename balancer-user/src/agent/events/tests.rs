@@ -263,3 +263,40 @@ async fn link_events_reach_the_interfaces_and_the_status_shows_them() {
         (InterfaceState::Attached, Some(7))
     );
 }
+
+#[tokio::test]
+async fn a_tick_counts_the_active_flows_off_the_loop_one_census_at_a_time() {
+    let (events, mut census_events) = mpsc::channel(4);
+    let mut agent = agent().with_events(events);
+    assert!(ask(&mut agent, Request::VipAdd { vip: web() }).await.ok);
+    let before = ask(&mut agent, Request::Status).await.status.unwrap();
+    assert_eq!(before.vips[0].active_flows, None);
+    assert_eq!(before.flow_census, None);
+
+    // A second tick while the census runs starts none.
+    assert_eq!(agent.handle(Event::Tick).await, ControlFlow::Continue(()));
+    assert_eq!(agent.handle(Event::Tick).await, ControlFlow::Continue(()));
+    let done = tokio::time::timeout(Duration::from_secs(10), census_events.recv())
+        .await
+        .expect("the census ends")
+        .expect("an event");
+    assert!(
+        matches!(&done, Event::FlowCensus(Ok(census)) if census.entries == 0),
+        "{done:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(census_events.try_recv().is_err(), "one census, not two");
+
+    // The loop keeps it; status shows it.
+    assert_eq!(agent.handle(done).await, ControlFlow::Continue(()));
+    let after = ask(&mut agent, Request::Status).await.status.unwrap();
+    assert_eq!(after.vips[0].active_flows.map(|f| f.total), Some(0));
+    assert_eq!(after.flow_census.and_then(|c| c.entries), Some(0));
+    // And the next tick starts another.
+    assert_eq!(agent.handle(Event::Tick).await, ControlFlow::Continue(()));
+    let next = tokio::time::timeout(Duration::from_secs(10), census_events.recv()).await;
+    assert!(
+        matches!(next, Ok(Some(Event::FlowCensus(Ok(_))))),
+        "{next:?}"
+    );
+}

@@ -5,8 +5,8 @@ use std::net::Ipv4Addr;
 
 use super::render;
 use crate::api::{
-    BackendStatus, ConfigStatus, Counters, HttpVipStatus, InterfaceState, InterfaceStatus,
-    LastCheck, PoolStatus, Source, Status, VipStatus, VrrpStatus,
+    ActiveFlows, BackendStatus, ConfigStatus, Counters, FlowCensusStatus, HttpVipStatus,
+    InterfaceState, InterfaceStatus, LastCheck, PoolStatus, Source, Status, VipStatus, VrrpStatus,
 };
 use crate::config::{parse, VipConfig};
 use crate::health::Health;
@@ -237,8 +237,19 @@ fn backend(i: u32) -> BackendStatus {
             reply_packets: 9,
             reply_bytes: 900,
         },
+        active_flows: Some(flows(u64::from(i) + 1)),
         source: Source::File,
         snat_ports_in_use: None,
+    }
+}
+
+/// `n` live TCP flows, one of them closing.
+fn flows(n: u64) -> ActiveFlows {
+    ActiveFlows {
+        total: n,
+        tcp_established: n - 1,
+        tcp_other: 1,
+        udp: 0,
     }
 }
 
@@ -262,6 +273,7 @@ pub(crate) fn status(vips: u32, backends: u32) -> Status {
                 config: vip_config(&format!("pool{v}"), u8::try_from(v % 250 + 1).unwrap()),
                 active_backends: 2,
                 counters: Counters::default(),
+                active_flows: Some(flows(10 + u64::from(v))),
                 source: Source::File,
             })
             .collect(),
@@ -285,6 +297,13 @@ pub(crate) fn status(vips: u32, backends: u32) -> Status {
             generation: 3,
             last_reload: None,
             dump: None,
+        }),
+        flow_census: Some(FlowCensusStatus {
+            at: Some("2026-01-01T00:00:00Z".into()),
+            age_secs: Some(2.5),
+            took_secs: Some(0.0125),
+            entries: Some(40),
+            last_error: None,
         }),
     }
 }
@@ -384,6 +403,44 @@ fn every_family_is_well_formed_and_carries_the_status() {
     .map(|f| families[*f].1.len())
     .sum();
     assert_eq!(dataplane, balancer_common::stat::NAMES.len());
+}
+
+#[test]
+fn active_flows_are_gauges_of_the_last_census() {
+    let mut s = status(2, 4);
+    let families = check(&render(&s));
+    assert_eq!(families["balancer_vip_active_flows"].0, "gauge");
+    assert_eq!(
+        one(
+            &families,
+            "balancer_vip_active_flows",
+            &[("vip", "pool1"), ("pool", "pool1")]
+        ),
+        11.0
+    );
+    assert_eq!(
+        one(
+            &families,
+            "balancer_backend_active_flows",
+            &[("pool", "pool1"), ("backend", "10.0.0.3:80")]
+        ),
+        4.0
+    );
+    assert_eq!(one(&families, "balancer_flow_census_age_seconds", &[]), 2.5);
+    assert_eq!(
+        one(&families, "balancer_flow_census_duration_seconds", &[]),
+        0.0125
+    );
+    assert_eq!(one(&families, "balancer_flow_table_entries", &[]), 40.0);
+
+    // Before the first census: the families, without samples.
+    s.flow_census = None;
+    s.vips[0].active_flows = None;
+    s.pools[0].backends[0].active_flows = None;
+    let families = check(&render(&s));
+    assert_eq!(families["balancer_vip_active_flows"].1.len(), 1);
+    assert_eq!(families["balancer_backend_active_flows"].1.len(), 3);
+    assert!(families["balancer_flow_census_age_seconds"].1.is_empty());
 }
 
 #[test]

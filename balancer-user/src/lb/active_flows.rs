@@ -1,0 +1,343 @@
+//! Active flows per VIP and per backend (HAProxy's `scur`, IPVS's `ActiveConn` and
+//! `InActConn`), counted in the connection table itself: an entry is a flow while the data
+//! plane would still forward on it, by its own rules (the idle timeout of the entry's state
+//! by the data plane's clock, the generation of its VIP). A counter the program kept
+//! would drift: LRU evictions and idle expiry end flows without a packet to see it.
+//!
+//! The agent takes a [`Census`] on its periodic tick: [`Balancer::census`] gathers what it
+//! needs from the model on the loop, [`Census::take`] reads the whole table on a blocking
+//! thread, and the loop keeps the newest with [`Balancer::record_census`] for `status`.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddrV4,
+    sync::Arc,
+    time::{Duration, Instant, SystemTime},
+};
+
+use balancer_common::{
+    Conn, FlowKey, Settings, FLOW_CLOSING, FLOW_ESTABLISHED, MAX_BACKENDS, MAX_VIPS, PROTO_TCP,
+};
+
+use super::Balancer;
+use crate::{
+    api::{ActiveFlows, FlowCensusStatus},
+    dataplane::{FlowTable, Maps, MapsError},
+};
+
+/// How long an entry in `state` (`FLOW_*` bits) of protocol `proto` may stay idle: the data
+/// plane's policy (`balancer-ebpf`'s `timeouts::timeout_ns`), on the same settings.
+pub fn timeout_ns(state: u32, proto: u8, settings: &Settings) -> u64 {
+    if state & FLOW_CLOSING != 0 {
+        settings.closing_timeout_ns
+    } else if proto == PROTO_TCP {
+        if state & FLOW_ESTABLISHED != 0 {
+            settings.tcp_timeout_ns
+        } else {
+            settings.tcp_handshake_timeout_ns
+        }
+    } else {
+        settings.udp_timeout_ns
+    }
+}
+
+/// Would the data plane still take `conn` (of protocol `proto`) for its flow at `now` (its
+/// clock, ns)? Not once it has been idle longer than its state allows. (The program also
+/// ends a closing flow when its client opens the tuple again: that needs the packet.)
+pub fn is_live(conn: &Conn, proto: u8, settings: &Settings, now: u64) -> bool {
+    now.saturating_sub(conn.last_seen_ns) <= timeout_ns(conn.state, proto, settings)
+}
+
+/// Counts one live flow in `flows`: TCP ones established (handshake completed, no FIN or
+/// RST yet) or not (half-open or closing), UDP ones apart.
+fn add(flows: &mut ActiveFlows, state: u32, proto: u8) {
+    flows.total += 1;
+    if proto != PROTO_TCP {
+        flows.udp += 1;
+    } else if state & (FLOW_ESTABLISHED | FLOW_CLOSING) == FLOW_ESTABLISHED {
+        flows.tcp_established += 1;
+    } else {
+        flows.tcp_other += 1;
+    }
+}
+
+/// A VIP as the census knows it.
+#[derive(Debug)]
+struct CensusVip {
+    name: String,
+    id: u32,
+    generation: u32,
+    /// Its key's address, port (as in a [`FlowKey`]'s destination) and protocol.
+    dst: (u32, u16, u8),
+    /// Its pool, an index into [`Census::pools`].
+    pool: Option<usize>,
+}
+
+/// A backend as the census knows it.
+#[derive(Debug)]
+struct CensusBackend {
+    pool: usize,
+    addr: SocketAddrV4,
+    /// Its id, address and port as a flow's [`Conn`] holds them.
+    id: u32,
+    conn_addr: (u32, u16),
+}
+
+/// What a census needs, gathered on the loop: the table, the settings its flows are judged
+/// by, and the VIPs and backends to count them for.
+pub struct Census {
+    table: Arc<dyn FlowTable>,
+    settings: Settings,
+    pools: Vec<String>,
+    vips: Vec<CensusVip>,
+    backends: Vec<CensusBackend>,
+    /// VIP id -> index into `vips`.
+    vip_by_id: Vec<Option<usize>>,
+    /// Generation -> index into `vips`, for a flow whose VIP has another id now.
+    vip_by_generation: HashMap<u32, usize>,
+    /// Backend id -> index into `backends`.
+    backend_by_id: Vec<Option<usize>>,
+    /// (pool, address, port as in a `Conn`) -> index into `backends`, for a flow whose
+    /// backend has another id now.
+    backend_by_addr: HashMap<(usize, u32, u16), usize>,
+}
+
+/// The newest census: per VIP and per backend, its live flows.
+#[derive(Clone, Debug)]
+pub struct FlowCensus {
+    pub at: SystemTime,
+    pub taken: Instant,
+    /// How long reading and counting the table took.
+    pub took: Duration,
+    /// Entries read, live or not.
+    pub entries: u64,
+    /// (VIP, generation) -> its flows.
+    pub vips: HashMap<(String, u32), ActiveFlows>,
+    /// (pool, backend) -> its flows (over the pool's VIPs).
+    pub backends: HashMap<(String, SocketAddrV4), ActiveFlows>,
+}
+
+impl std::fmt::Debug for Census {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Census")
+            .field("vips", &self.vips)
+            .field("backends", &self.backends.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Census {
+    /// Reads the whole table (on a blocking thread: a full one takes a while) and counts
+    /// each VIP's and each backend's live flows.
+    ///
+    /// # Errors
+    /// When the table or the data plane's clock cannot be read.
+    pub fn take(&self) -> Result<FlowCensus, MapsError> {
+        let started = Instant::now();
+        let now = self.table.now_ns(&self.settings)?;
+        let mut vips = vec![ActiveFlows::default(); self.vips.len()];
+        let mut backends = vec![ActiveFlows::default(); self.backends.len()];
+        let entries = self.table.walk(&mut |key, conn| {
+            if !is_live(conn, key.proto, &self.settings, now) {
+                return;
+            }
+            let Some(v) = self.vip_of(key, conn) else {
+                return;
+            };
+            add(&mut vips[v], conn.state, key.proto);
+            if let Some(b) = self.backend_of(v, conn) {
+                add(&mut backends[b], conn.state, key.proto);
+            }
+        })?;
+        Ok(FlowCensus {
+            at: SystemTime::now(),
+            taken: Instant::now(),
+            took: started.elapsed(),
+            entries: entries as u64,
+            vips: self
+                .vips
+                .iter()
+                .zip(vips)
+                .map(|(v, flows)| ((v.name.clone(), v.generation), flows))
+                .collect(),
+            backends: self
+                .backends
+                .iter()
+                .zip(backends)
+                .map(|(b, flows)| ((self.pools[b.pool].clone(), b.addr), flows))
+                .collect(),
+        })
+    }
+
+    /// The VIP a flow is of: the one of its id with its generation, or (its VIP has
+    /// another id now, as after an agent's restart) the one at its destination with its
+    /// generation, as the data plane renumbers it. A deleted VIP's flows are nobody's.
+    fn vip_of(&self, key: &FlowKey, conn: &Conn) -> Option<usize> {
+        let by_id = self
+            .vip_by_id
+            .get(conn.vip_id as usize)
+            .copied()
+            .flatten()
+            .filter(|&v| self.vips[v].generation == conn.vip_gen);
+        by_id.or_else(|| {
+            let v = *self.vip_by_generation.get(&conn.vip_gen)?;
+            (self.vips[v].dst == (key.dst_addr, key.dst_port, key.proto)).then_some(v)
+        })
+    }
+
+    /// The backend of VIP `v`'s pool a flow goes to (by address: an id may name another
+    /// backend now); none when the backend left the pool (its flows carry on).
+    fn backend_of(&self, v: usize, conn: &Conn) -> Option<usize> {
+        let pool = self.vips[v].pool?;
+        let conn_addr = (conn.backend_addr, conn.backend_port);
+        let by_id = self
+            .backend_by_id
+            .get(conn.backend_id as usize)
+            .copied()
+            .flatten()
+            .filter(|&b| self.backends[b].pool == pool && self.backends[b].conn_addr == conn_addr);
+        by_id.or_else(|| {
+            self.backend_by_addr
+                .get(&(pool, conn.backend_addr, conn.backend_port))
+                .copied()
+        })
+    }
+}
+
+impl<M: Maps> Balancer<M> {
+    /// What a census of the connection table needs, taken from the model now.
+    pub fn census(&self) -> Census {
+        let pools: Vec<String> = self.pools.keys().cloned().collect();
+        let pool_index: HashMap<&str, usize> = pools
+            .iter()
+            .enumerate()
+            .map(|(i, name)| (name.as_str(), i))
+            .collect();
+        let vips: Vec<CensusVip> = self
+            .vips
+            .iter()
+            .map(|(name, vip)| {
+                let key = vip.key();
+                CensusVip {
+                    name: name.clone(),
+                    id: vip.id,
+                    generation: vip.generation,
+                    dst: (key.addr, key.port, key.proto),
+                    pool: pool_index.get(vip.config.pool.as_str()).copied(),
+                }
+            })
+            .collect();
+        let backends: Vec<CensusBackend> = self
+            .pools
+            .values()
+            .enumerate()
+            .flat_map(|(pool, p)| {
+                p.backends.iter().map(move |b| CensusBackend {
+                    pool,
+                    addr: b.addr,
+                    id: b.id,
+                    conn_addr: (
+                        u32::from_ne_bytes(b.addr.ip().octets()),
+                        b.addr.port().to_be(),
+                    ),
+                })
+            })
+            .collect();
+        let mut vip_by_id = vec![None; MAX_VIPS as usize];
+        for (i, v) in vips.iter().enumerate() {
+            if let Some(slot) = vip_by_id.get_mut(v.id as usize) {
+                *slot = Some(i);
+            }
+        }
+        let mut backend_by_id = vec![None; MAX_BACKENDS as usize];
+        for (i, b) in backends.iter().enumerate() {
+            if let Some(slot) = backend_by_id.get_mut(b.id as usize) {
+                *slot = Some(i);
+            }
+        }
+        Census {
+            table: self.maps.flow_table(),
+            settings: self.settings,
+            vip_by_generation: vips
+                .iter()
+                .enumerate()
+                .map(|(i, v)| (v.generation, i))
+                .collect(),
+            backend_by_addr: backends
+                .iter()
+                .enumerate()
+                .map(|(i, b)| ((b.pool, b.conn_addr.0, b.conn_addr.1), i))
+                .collect(),
+            pools,
+            vips,
+            backends,
+            vip_by_id,
+            backend_by_id,
+        }
+    }
+
+    /// Keeps the outcome of a census: a new one replaces the last; a failed one keeps it
+    /// (status shows its age) and is logged.
+    pub fn record_census(&mut self, result: Result<FlowCensus, MapsError>) {
+        match result {
+            Ok(census) => {
+                log::debug!(
+                    "active flows: {} entries read and counted in {:?}",
+                    census.entries,
+                    census.took
+                );
+                self.census = Some(census);
+                self.census_error = None;
+            }
+            Err(e) => {
+                if self.census_error.is_none() {
+                    log::warn!("cannot count the active flows: {e}");
+                }
+                self.census_error = Some(e.to_string());
+            }
+        }
+    }
+
+    /// VIP `name` of `generation`'s active flows at the last census (none before one, or
+    /// when the VIP is newer).
+    pub(super) fn vip_active_flows(&self, name: &str, generation: u32) -> Option<ActiveFlows> {
+        self.census
+            .as_ref()?
+            .vips
+            .get(&(name.to_owned(), generation))
+            .copied()
+    }
+
+    /// Backend `addr` of `pool`'s active flows at the last census.
+    pub(super) fn backend_active_flows(
+        &self,
+        pool: &str,
+        addr: SocketAddrV4,
+    ) -> Option<ActiveFlows> {
+        self.census
+            .as_ref()?
+            .backends
+            .get(&(pool.to_owned(), addr))
+            .copied()
+    }
+
+    /// When the last census was taken and what it read.
+    pub(super) fn census_status(&self) -> Option<FlowCensusStatus> {
+        let census = self.census.as_ref();
+        if census.is_none() && self.census_error.is_none() {
+            return None;
+        }
+        Some(FlowCensusStatus {
+            at: census
+                .map(|c| humantime_serde::re::humantime::format_rfc3339_seconds(c.at).to_string()),
+            age_secs: census.map(|c| c.taken.elapsed().as_secs_f64()),
+            took_secs: census.map(|c| c.took.as_secs_f64()),
+            entries: census.map(|c| c.entries),
+            last_error: self.census_error.clone(),
+        })
+    }
+}
+
+#[cfg(test)]
+#[path = "active_flows/tests.rs"]
+mod tests;
