@@ -65,12 +65,20 @@ fn metric(run: &Running, prefix: &str) -> f64 {
     line.rsplit_once(' ').unwrap().1.parse().unwrap()
 }
 
-/// `status` without the fields that change between two reads (ages, latencies, counters).
+/// `status` without the fields that change between two reads (ages, latencies, counters,
+/// the active flows of a census taken in between).
 fn without_timing(mut status: serde_json::Value) -> serde_json::Value {
     fn strip(v: &mut serde_json::Value) {
         match v {
             serde_json::Value::Object(map) => {
-                for key in ["since_change_secs", "last_check", "counters", "global"] {
+                for key in [
+                    "since_change_secs",
+                    "last_check",
+                    "counters",
+                    "global",
+                    "active_flows",
+                    "flow_census",
+                ] {
                     map.remove(key);
                 }
                 map.values_mut().for_each(strip);
