@@ -251,13 +251,14 @@ impl<M: Maps> Agent<M> {
     }
 
     /// Starts a census of the connection table on a blocking thread (reading a full table
-    /// takes a while, and only reads), unless one runs; its outcome comes back as an
-    /// [`Event::FlowCensus`], whatever becomes of the thread.
+    /// takes a while, and only reads), unless one runs or the last took long enough to
+    /// skip this tick; its outcome comes back as an [`Event::FlowCensus`], whatever
+    /// becomes of the thread.
     fn start_census(&mut self) {
         let Some(events) = &self.events else {
             return;
         };
-        if self.census_running {
+        if self.census_running || !self.lb.census_due(std::time::Instant::now()) {
             return;
         }
         self.census_running = true;

@@ -25,6 +25,11 @@ use crate::{
     dataplane::{FlowTable, Maps, MapsError},
 };
 
+/// A census reads the table at most this share of the time: reading a full table takes a
+/// CPU a while (a few hundred ns per entry, in the kernel), so when it takes longer than
+/// this share of the agent's tick, censuses skip ticks.
+const BUSY_SHARE: u32 = 20;
+
 /// How long an entry in `state` (`FLOW_*` bits) of protocol `proto` may stay idle: the data
 /// plane's policy (`balancer-ebpf`'s `timeouts::timeout_ns`), on the same settings.
 pub fn timeout_ns(state: u32, proto: u8, settings: &Settings) -> u64 {
@@ -274,6 +279,14 @@ impl<M: Maps> Balancer<M> {
             vip_by_id,
             backend_by_id,
         }
+    }
+
+    /// Whether a census is due at `now`: when the last one took long, not before
+    /// [`BUSY_SHARE`] times its duration has passed since.
+    pub fn census_due(&self, now: Instant) -> bool {
+        self.census
+            .as_ref()
+            .is_none_or(|last| now.saturating_duration_since(last.taken) >= last.took * BUSY_SHARE)
     }
 
     /// Keeps the outcome of a census: a new one replaces the last; a failed one keeps it

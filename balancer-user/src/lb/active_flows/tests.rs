@@ -327,3 +327,19 @@ fn a_census_judges_by_the_settings_in_force() {
     lb.set_settings(&shorter).unwrap();
     assert_eq!(count(&lb), 0, "10s UDP timeout");
 }
+
+#[test]
+fn a_long_census_makes_the_next_wait() {
+    let mut lb = balancer();
+    let now = Instant::now();
+    assert!(lb.census_due(now), "none taken yet");
+    let mut census = lb.census().take().unwrap();
+    census.taken = now;
+    census.took = Duration::from_millis(400);
+    lb.record_census(Ok(census));
+    assert!(
+        !lb.census_due(now + Duration::from_secs(5)),
+        "20 times 400 ms is 8 s"
+    );
+    assert!(lb.census_due(now + Duration::from_secs(8)));
+}
