@@ -630,6 +630,32 @@ mod tests {
     }
 
     #[test]
+    fn vip_counters_show_the_active_flows_and_when_they_were_counted() {
+        let mut status = crate::telemetry::metrics::tests::status(1, 2);
+        let text = trim_lines(&render_status(&status, false));
+        let counters = text
+            .lines()
+            .skip_while(|l| *l != "VIP counters")
+            .take(4)
+            .collect::<Vec<_>>();
+        assert!(counters[1].ends_with("NEW FLOWS ACTIVE FLOWS"), "{text}");
+        assert!(
+            counters[2].starts_with("pool0 ") && counters[2].ends_with(" 10"),
+            "{text}"
+        );
+        assert_eq!(
+            counters[3], "active flows counted 2s ago (40 entries read in 12.5ms)",
+            "{text}"
+        );
+        status.flow_census.as_mut().unwrap().last_error = Some("EPERM".into());
+        let text = render_status(&status, false);
+        assert!(
+            text.contains("read in 12.5ms); counting the active flows failed: EPERM"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn interfaces_come_first_and_those_without_the_program_are_errors() {
         let status = Status {
             interfaces: vec![

@@ -25,9 +25,9 @@ use crate::{
     dataplane::{FlowTable, Maps, MapsError},
 };
 
-/// A census reads the table at most this share of the time: reading a full table takes a
-/// CPU a while (a few hundred ns per entry, in the kernel), so when it takes longer than
-/// this share of the agent's tick, censuses skip ticks.
+/// A census reads the table at most one `BUSY_SHARE`th of the time: reading a full table
+/// keeps a CPU busy in the kernel for a while, so when a census takes longer than that
+/// share of the agent's tick, the next ones skip ticks.
 const BUSY_SHARE: u32 = 20;
 
 /// How long an entry in `state` (`FLOW_*` bits) of protocol `proto` may stay idle: the data

@@ -430,6 +430,33 @@ mod tests {
     }
 
     #[test]
+    fn current_flows_are_the_last_census() {
+        let mut s = status(1, 3);
+        let rates = Rates::new(Duration::from_secs(10));
+        // A backend's cells: address, state, since, weight, flows, current, ...
+        let current = |page: &str, addr: &str| -> String {
+            let at = page.find(&format!("data-backend=\"{addr}\"")).unwrap();
+            let row = &page[at..at + page[at..].find("</tr>").unwrap()];
+            let cell = row.split("<td").nth(6).unwrap();
+            cell[cell.find('>').unwrap() + 1..cell.find("</td>").unwrap()].to_owned()
+        };
+        let page = render(&s, &rates, &options(false));
+        assert!(page.contains("<th>flows</th><th>current</th>"));
+        assert_eq!(current(&page, "10.0.0.1:80"), "2");
+        assert!(page.contains("10 current flows"), "{page}");
+        assert!(page.contains("Current flows counted 2s ago."), "{page}");
+        s.pools[0].backends[1].active_flows = None;
+        s.flow_census = None;
+        let page = render(&s, &rates, &options(false));
+        assert_eq!(
+            current(&page, "10.0.0.1:80"),
+            "-",
+            "before the first census"
+        );
+        assert!(!page.contains("Current flows counted"));
+    }
+
+    #[test]
     fn numbers_read_as_a_person_reads_them() {
         assert_eq!(
             [scaled(0.0), scaled(999.0), scaled(1500.0), scaled(2.5e9)],
