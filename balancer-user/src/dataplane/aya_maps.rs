@@ -88,15 +88,12 @@ impl KernelFlows {
             });
         };
         let info = map.info().map_err(aya_err(name))?;
+        let sizes = (info.key_size() as usize, info.value_size() as usize);
         let wanted = (size_of::<FlowKey>(), size_of::<Conn>());
-        if (info.key_size() as usize, info.value_size() as usize) != wanted {
+        if sizes != wanted {
             return Err(MapsError::Other {
                 map: name,
-                message: format!(
-                    "key and value sizes {} and {} where this agent reads {wanted:?}",
-                    info.key_size(),
-                    info.value_size()
-                ),
+                message: format!("entry sizes {sizes:?} where this agent reads {wanted:?}"),
             });
         }
         let fd = map
@@ -107,7 +104,10 @@ impl KernelFlows {
                 map: name,
                 message: format!("duplicating its descriptor: {e}"),
             })?;
-        Ok(KernelFlows(KernelHash::new(fd)))
+        // SAFETY: a hash map, not per-CPU (matched above), of these sizes.
+        Ok(KernelFlows(unsafe {
+            KernelHash::new(fd, sizes.0, sizes.1)
+        }))
     }
 }
 

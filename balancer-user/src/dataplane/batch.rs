@@ -86,22 +86,44 @@ struct BatchAttr {
     flags: u64,
 }
 
-/// A hash map of the kernel (`BPF_MAP_TYPE_HASH` or `LRU_HASH`, not per-CPU) whose keys
-/// and values are `K` and `V` exactly: the caller checked the map's sizes.
+/// A hash map of the kernel (`BPF_MAP_TYPE_HASH` or `LRU_HASH`, not per-CPU), read as keys
+/// and values of its sizes.
 #[derive(Debug)]
 pub struct KernelHash {
     fd: OwnedFd,
+    key_size: usize,
+    value_size: usize,
 }
 
 impl KernelHash {
-    /// `fd`'s map, whose key and value sizes the caller checked against `K` and `V`.
-    pub fn new(fd: OwnedFd) -> Self {
-        KernelHash { fd }
+    /// `fd`'s map, whose keys and values are `key_size` and `value_size` bytes.
+    ///
+    /// # Safety
+    /// `fd` is a hash map that is not per-CPU (whose batch reads copy `value_size` bytes
+    /// per entry) with those sizes: the kernel writes that much into the buffers.
+    pub unsafe fn new(fd: OwnedFd, key_size: usize, value_size: usize) -> Self {
+        KernelHash {
+            fd,
+            key_size,
+            value_size,
+        }
     }
 }
 
 impl<K: aya::Pod, V: aya::Pod> BatchRead<K, V> for KernelHash {
     fn read(&self, from: Option<u64>, keys: &mut [K], values: &mut [V]) -> io::Result<Chunk> {
+        if (size_of::<K>(), size_of::<V>()) != (self.key_size, self.value_size) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "the map's entries are {} + {} bytes, not {} + {}",
+                    self.key_size,
+                    self.value_size,
+                    size_of::<K>(),
+                    size_of::<V>()
+                ),
+            ));
+        }
         // A hash map's position is a bucket number (a u32): 8 bytes hold it.
         let start = from.unwrap_or(0);
         let mut next = 0u64;
@@ -122,8 +144,9 @@ impl<K: aya::Pod, V: aya::Pod> BatchRead<K, V> for KernelHash {
             ..BatchAttr::default()
         };
         // SAFETY: `attr` is a valid batch attribute: the buffers hold `count` keys and
-        // values of the map's sizes (checked by whoever made `self`), `K` and `V` take any
-        // bytes (`Pod`), and the tokens are 8 bytes; the kernel writes `count` back.
+        // values of the map's sizes (checked above; `new`'s caller vouched for them and
+        // for a map that is not per-CPU), `K` and `V` take any bytes (`Pod`), and the
+        // tokens are 8 bytes; the kernel writes `count` back.
         let rc = unsafe {
             libc::syscall(
                 libc::SYS_bpf,
@@ -324,7 +347,8 @@ mod tests {
         for key in 0..n {
             update(&fd, key, u64::from(key) * 7 + 1);
         }
-        let map = KernelHash::new(fd);
+        // SAFETY: an LRU hash of u32 keys and u64 values.
+        let map = unsafe { KernelHash::new(fd, 4, 8) };
         for chunk in [1, 64, CHUNK] {
             let mut seen = vec![false; n as usize];
             let total = walk(&map, chunk, |k: &u32, v: &u64| {
@@ -341,7 +365,8 @@ mod tests {
                 "chunks of {chunk}: a key was missed"
             );
         }
-        let empty = KernelHash::new(lru_hash(16));
+        // SAFETY: as above.
+        let empty = unsafe { KernelHash::new(lru_hash(16), 4, 8) };
         assert_eq!(
             walk(&empty, CHUNK, |_: &u32, _: &u64| panic!("empty")).unwrap(),
             0
