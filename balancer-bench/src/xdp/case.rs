@@ -3,6 +3,7 @@
 
 use std::net::Ipv4Addr;
 use std::os::fd::RawFd;
+use std::rc::Rc;
 
 use anyhow::{bail, Context as _, Result};
 use balancer_tests::{
@@ -14,7 +15,7 @@ use balancer_wire::tcp::Flags;
 
 use super::syscall::{test_run, test_run_repeat, xdp_ctx, EmptyXdp};
 use super::{CaseResult, Plan, CLIENT, CLIENT_MAC, LB_CLIENT_MAC, XDP_PASS};
-use crate::replay::Replay;
+use crate::replay::{Replay, VerdictCounters};
 use crate::stats::summarize;
 use crate::Stop;
 
@@ -71,6 +72,9 @@ pub(super) struct Case {
     pub(super) frames: Frames,
     /// Runs per test run (more than 1 only through a [`Replay`] wrapper).
     repeat: u32,
+    /// The measured program's verdict counters: with them every run of a burst is
+    /// checked, not only the last (the empty program of the floor has none).
+    pub(super) verdicts: Option<Rc<VerdictCounters>>,
     samples: Vec<f64>,
     round_medians: Vec<f64>,
     pub(super) unexpected: usize,
@@ -102,6 +106,7 @@ impl Case {
             expect,
             frames,
             repeat: 1,
+            verdicts: None,
             samples: Vec::new(),
             round_medians: Vec::new(),
             unexpected: 0,
@@ -113,6 +118,7 @@ impl Case {
     pub(super) fn replayed(&self, replay: &Replay, frame: &[u8], repeat: u32) -> Case {
         Case {
             repeat,
+            verdicts: self.verdicts.clone(),
             ..Case::new(
                 self.name,
                 replay.raw_fd(),
@@ -141,14 +147,31 @@ impl Case {
         let mut durations = Vec::with_capacity(runs);
         for i in 0..runs {
             let frame = &frames[i % frames.len()];
-            let r = test_run_repeat(self.fd, frame, &mut out, &ctx, self.repeat)
-                .with_context(|| format!("BPF_PROG_TEST_RUN ({})", self.name))?;
+            let r = match &self.verdicts {
+                Some(v) if self.repeat > 1 => v
+                    .checked_run(self.fd, (frame, &mut out, &ctx), self.repeat, self.expect)
+                    .with_context(|| format!("a burst of {}", self.name))?,
+                _ => test_run_repeat(self.fd, frame, &mut out, &ctx, self.repeat)
+                    .with_context(|| format!("BPF_PROG_TEST_RUN ({})", self.name))?,
+            };
             if r.retval != self.expect {
                 self.unexpected += 1;
             }
             durations.push(f64::from(r.duration_ns));
         }
         Ok(durations)
+    }
+
+    fn expect_no_other_verdict(&self, when: &str) -> Result<()> {
+        if self.unexpected > 0 {
+            bail!(
+                "{} ({when}): {} test runs got another verdict than {}",
+                self.name,
+                self.unexpected,
+                verdict_name(self.expect)
+            );
+        }
+        Ok(())
     }
 
     fn round(&mut self, runs: usize) -> Result<()> {
@@ -169,7 +192,7 @@ impl Case {
     }
 }
 
-pub(super) fn verdict_name(v: u32) -> &'static str {
+pub fn verdict_name(v: u32) -> &'static str {
     match v {
         0 => "XDP_ABORTED",
         1 => "XDP_DROP",
@@ -204,15 +227,18 @@ pub(super) fn once(
 }
 
 /// Interleaves the cases round by round (so slow drifts of a shared machine hit all alike).
+/// A run whose verdict is not its case's fails the measurement: its time would be another
+/// path's.
 pub(super) fn measure_rounds(cases: &mut [Case], plan: Plan, stop: &Stop) -> Result<()> {
     for case in cases.iter_mut() {
         case.run(plan.runs / 10 + 1)?; // warm-up, not recorded
-        case.unexpected = 0;
+        case.expect_no_other_verdict("warm-up")?;
     }
-    for _ in 0..plan.rounds {
+    for round in 0..plan.rounds {
         stop.check()?;
         for case in cases.iter_mut() {
             case.round(plan.runs)?;
+            case.expect_no_other_verdict(&format!("round {}", round + 1))?;
         }
     }
     Ok(())

@@ -15,6 +15,7 @@ pub mod syscall;
 
 use std::net::Ipv4Addr;
 use std::os::fd::RawFd;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -26,6 +27,7 @@ use balancer_tests::{
 };
 use balancer_wire::{tcp::Flags, MacAddr};
 
+pub use case::verdict_name;
 use case::{measure_rounds, once, tcp, Case, Frames};
 pub use memory::{default_entries, map_memory, MapMemory};
 pub use setup::load;
@@ -39,7 +41,9 @@ use crate::replay::Replay;
 use crate::stats::{summarize, Summary};
 use crate::{perf, Stop};
 
+pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
+pub const XDP_TX: u32 = 3;
 pub const XDP_REDIRECT: u32 = 4;
 
 const CLIENT: Ipv4Addr = CLIENT_ADDR;
@@ -289,6 +293,9 @@ fn per_packet_in_ns(plan: Plan, stop: &Stop) -> Result<PerPacket> {
             Frames::Fixed(other),
         ),
     ];
+    for case in &mut cases[1..] {
+        case.verdicts = Some(Rc::clone(&loaded.verdicts));
+    }
     // The same fixed frames (not the SYNs: a replayed SYN is an established flow from its
     // second run on), each through its own replay wrapper, the floor included.
     let mut wrappers = Vec::new();

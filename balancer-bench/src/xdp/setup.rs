@@ -4,9 +4,10 @@
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 use std::os::fd::{AsFd as _, AsRawFd as _, RawFd};
+use std::rc::Rc;
 
-use anyhow::{ensure, Context as _, Result};
-use aya::{programs::Xdp, Ebpf, EbpfLoader};
+use anyhow::{bail, ensure, Context as _, Result};
+use aya::{maps::Map, programs::Xdp, Ebpf, EbpfLoader};
 use balancer::{
     config,
     dataplane::{loader::EBPF_OBJECT, AyaMaps},
@@ -15,6 +16,8 @@ use balancer::{
 use balancer_common::{map_names, PROGRAM_NAME};
 use balancer_tests::{agent::web_and_dns, netns::Netns, util::TempDir};
 use balancer_wire::MacAddr;
+
+use crate::replay::VerdictCounters;
 
 use super::{
     ProgramFacts, BACKEND_IF, CLIENT, CLIENT_IF, CLIENT_MAC, LB_BACKEND_MAC, LB_CLIENT_MAC,
@@ -149,6 +152,8 @@ pub(super) fn program_facts(ebpf: &Ebpf) -> Result<ProgramFacts> {
 /// The loaded program with its maps filled by the agent's own `Balancer`.
 pub(super) struct Loaded {
     pub(super) ebpf: Ebpf,
+    /// The program's verdict counters (`GLOBAL_STATS`), which check every run of a burst.
+    pub(super) verdicts: Rc<VerdictCounters>,
     // Keeps the maps the balancer took out of `ebpf` open.
     _lb: Balancer<AyaMaps>,
 }
@@ -156,9 +161,25 @@ pub(super) struct Loaded {
 impl Loaded {
     pub(super) fn new(conns: Option<u32>) -> Result<Loaded> {
         let mut ebpf = load(conns)?;
+        let Some(Map::PerCpuArray(stats)) = ebpf.map(map_names::GLOBAL_STATS) else {
+            bail!(
+                "the XDP object has no per-CPU array {}",
+                map_names::GLOBAL_STATS
+            );
+        };
+        let stats = stats
+            .fd()
+            .as_fd()
+            .try_clone_to_owned()
+            .context("duplicating the fd of GLOBAL_STATS")?;
+        let verdicts = Rc::new(VerdictCounters::from_fd(stats)?);
         let maps = AyaMaps::new(&mut ebpf).context("taking the program's maps")?;
         let lb = Balancer::from_config(maps, &bench_config()?)
             .context("filling the maps from the bench configuration")?;
-        Ok(Loaded { ebpf, _lb: lb })
+        Ok(Loaded {
+            ebpf,
+            verdicts,
+            _lb: lb,
+        })
     }
 }
