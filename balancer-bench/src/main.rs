@@ -13,6 +13,7 @@
 //! whole run is bounded (13 minutes, or `--budget`); Ctrl-C stops it at the next step, and
 //! every namespace and process it started is removed on every exit path.
 
+mod asm;
 mod e2e;
 mod health;
 mod maglev;

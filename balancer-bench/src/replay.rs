@@ -15,33 +15,22 @@
 //! The kernel returns only the last run's verdict; [`VerdictCounters`] (the measured
 //! program's own per-verdict counters) check that every run got the expected one.
 
-use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd as _, OwnedFd, RawFd};
 
 use anyhow::{ensure, Context as _, Result};
 use aya::maps::{Map, MapData, PerCpuArray};
 use balancer_common::stat;
 
+use crate::asm::{
+    create_map, insn, ld_imm64, ADD64_IMM, BPF_FUNC_TAIL_CALL, BPF_FUNC_XDP_ADJUST_HEAD,
+    BPF_MAP_TYPE_PROG_ARRAY, BPF_PSEUDO_MAP_FD, CALL, EXIT, JEQ_IMM, JGT_REG, JNE_IMM, LDX_W,
+    MOV64_IMM, MOV64_REG, STX_DW, ST_B, ST_H, ST_W, SUB64_REG,
+};
 use crate::xdp::syscall::{bpf, load_xdp, test_run_repeat, RunOut};
 use crate::xdp::{verdict_name, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX};
 
-const BPF_MAP_CREATE: libc::c_long = 0;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
-const BPF_MAP_TYPE_PROG_ARRAY: u32 = 3;
-const BPF_FUNC_TAIL_CALL: i32 = 12;
-const BPF_FUNC_XDP_ADJUST_HEAD: i32 = 44;
-const BPF_PSEUDO_MAP_FD: u8 = 1;
 const XDP_ABORTED: i32 = 0;
-
-/// The `BPF_MAP_CREATE` part of `union bpf_attr`, up to `map_flags`.
-#[repr(C)]
-#[derive(Default)]
-struct MapCreateAttr {
-    map_type: u32,
-    key_size: u32,
-    value_size: u32,
-    max_entries: u32,
-    map_flags: u32,
-}
 
 /// The `BPF_MAP_*_ELEM` part of `union bpf_attr`.
 #[repr(C)]
@@ -52,38 +41,6 @@ struct MapElemAttr {
     key: u64,
     value: u64,
     flags: u64,
-}
-
-// Instruction encoding (linux/bpf.h): opcode, dst/src registers, offset, immediate.
-const MOV64_REG: u8 = 0xbf;
-const MOV64_IMM: u8 = 0xb7;
-const ADD64_IMM: u8 = 0x07;
-const SUB64_REG: u8 = 0x1f;
-const LDX_W: u8 = 0x61;
-const STX_DW: u8 = 0x7b;
-const ST_W: u8 = 0x62;
-const ST_H: u8 = 0x6a;
-const ST_B: u8 = 0x72;
-const JGT_REG: u8 = 0x2d;
-const JEQ_IMM: u8 = 0x15;
-const JNE_IMM: u8 = 0x55;
-const LD_IMM64: u8 = 0x18;
-const CALL: u8 = 0x85;
-const EXIT: u8 = 0x95;
-
-fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> u64 {
-    u64::from(code)
-        | u64::from(dst | src << 4) << 8
-        | u64::from(off as u16) << 16
-        | u64::from(imm as u32) << 32
-}
-
-/// `dst = imm` (64 bits; two instruction slots), or the map `fd` with `BPF_PSEUDO_MAP_FD`.
-fn ld_imm64(dst: u8, src: u8, imm: u64) -> [u64; 2] {
-    [
-        insn(LD_IMM64, dst, src, 0, imm as u32 as i32),
-        insn(0, 0, 0, 0, (imm >> 32) as u32 as i32),
-    ]
 }
 
 /// The wrapper's instructions: move the packet's start back to where `frame` began,
@@ -166,16 +123,7 @@ pub struct Replay {
 impl Replay {
     /// Loads a wrapper that restores `frame` and tail-calls `target` (an XDP program).
     pub fn new(frame: &[u8], target: RawFd) -> Result<Replay> {
-        let mut create = MapCreateAttr {
-            map_type: BPF_MAP_TYPE_PROG_ARRAY,
-            key_size: 4,
-            value_size: 4,
-            max_entries: 1,
-            ..MapCreateAttr::default()
-        };
-        let fd = bpf(BPF_MAP_CREATE, &mut create).context("BPF_MAP_CREATE of a prog array")?;
-        // SAFETY: the kernel returned a new file descriptor that nothing else owns.
-        let prog_array = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+        let prog_array = create_map(BPF_MAP_TYPE_PROG_ARRAY, 4, 1).context("a prog array")?;
         // Loaded first: the first program to use a prog array sets what may be put in it.
         let insns = wrapper(frame, prog_array.as_raw_fd())?;
         let prog = load_xdp(b"bench_replay", &insns).context("loading the replay wrapper")?;
@@ -260,12 +208,8 @@ impl VerdictCounters {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::asm::{count_and_return, verdict_counter_map};
     use crate::xdp::syscall::{xdp_ctx, EmptyXdp};
-
-    const BPF_MAP_TYPE_PERCPU_ARRAY: u32 = 6;
-    const BPF_FUNC_MAP_LOOKUP_ELEM: i32 = 1;
-    const STX_W: u8 = 0x63;
-    const LDX_DW: u8 = 0x79;
 
     /// Loads the wrapper in front of the empty program (needs root, as `cargo xtask test`
     /// runs): from a zeroed packet, three runs leave the frame and `XDP_PASS`.
@@ -330,27 +274,13 @@ mod tests {
     const GROWTH: i32 = 28;
     const MARKER: u32 = 0x1e1e_1e1e;
 
-    /// A per-CPU array of 5 `u64` verdict counters, as [`VerdictCounters`] reads them.
-    fn counter_map() -> OwnedFd {
-        let mut create = MapCreateAttr {
-            map_type: BPF_MAP_TYPE_PERCPU_ARRAY,
-            key_size: 4,
-            value_size: 8,
-            max_entries: 5,
-            ..MapCreateAttr::default()
-        };
-        let fd = bpf(BPF_MAP_CREATE, &mut create).expect("BPF_MAP_CREATE (root?)");
-        // SAFETY: the kernel returned a new file descriptor that nothing else owns.
-        unsafe { OwnedFd::from_raw_fd(fd as RawFd) }
-    }
-
     /// An encapsulation in miniature: grows the head by [`GROWTH`] bytes and writes
     /// [`MARKER`] there (`XDP_TX`), or `XDP_DROP` when the headroom is gone; counts its
     /// verdict in `counters` like the balancer.
     fn head_grower(counters: RawFd) -> OwnedFd {
-        let (r0, r1, r2, r3, r4, r6, r7, r8, r10) = (0, 1, 2, 3, 4, 6, 7, 8, 10);
+        let (r0, r2, r3, r4, r6, r7, r8) = (0, 2, 3, 4, 6, 7, 8);
         let mut p = vec![
-            insn(MOV64_REG, r6, r1, 0, 0),
+            insn(MOV64_REG, r6, 1, 0, 0),
             insn(MOV64_IMM, r2, 0, 0, -GROWTH),
             insn(CALL, 0, 0, 0, BPF_FUNC_XDP_ADJUST_HEAD),
             insn(MOV64_IMM, r7, 0, 0, stat::XDP_DROP as i32),
@@ -364,26 +294,13 @@ mod tests {
             insn(ST_W, r2, 0, 0, MARKER as i32),
             insn(MOV64_IMM, r7, 0, 0, stat::XDP_TX as i32),
             insn(MOV64_IMM, r8, 0, 0, XDP_TX as i32),
-            // The count: counters[r7] += 1.
-            insn(STX_W, r10, r7, -4, 0),
         ];
-        p.extend(ld_imm64(r1, BPF_PSEUDO_MAP_FD, counters as u64));
-        p.extend([
-            insn(MOV64_REG, r2, r10, 0, 0),
-            insn(ADD64_IMM, r2, 0, 0, -4),
-            insn(CALL, 0, 0, 0, BPF_FUNC_MAP_LOOKUP_ELEM),
-            insn(JEQ_IMM, r0, 0, 3, 0),
-            insn(LDX_DW, r1, r0, 0, 0),
-            insn(ADD64_IMM, r1, 0, 0, 1),
-            insn(STX_DW, r0, r1, 0, 0),
-            insn(MOV64_REG, r0, r8, 0, 0),
-            insn(EXIT, 0, 0, 0, 0),
-        ]);
+        p.extend(count_and_return(counters));
         load_xdp(b"bench_grow", &p).expect("loading the head-growing program")
     }
 
     fn grower_and_counters() -> (OwnedFd, VerdictCounters) {
-        let map = counter_map();
+        let map = verdict_counter_map().expect("the counters (root?)");
         let prog = head_grower(map.as_raw_fd());
         let counters = VerdictCounters::from_fd(map).expect("the counters");
         (prog, counters)

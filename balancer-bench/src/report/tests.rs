@@ -60,6 +60,21 @@ fn per_packet() -> PerPacket {
         ),
         repeat: 10_000,
         replay_plan: Plan { rounds: 3, runs: 4 },
+        many: measured(
+            &[30.0, 30.0, 30.0],
+            vec![
+                case(
+                    "UDP established, 1 flow",
+                    "XDP_REDIRECT",
+                    &[90.0, 90.0, 90.0],
+                ),
+                case(
+                    "UDP established, 1M flows (random order)",
+                    "XDP_REDIRECT",
+                    &[330.0, 330.0, 330.0],
+                ),
+            ],
+        ),
         program: ProgramFacts::default(),
     }
 }
@@ -148,6 +163,12 @@ fn per_packet_findings_come_from_the_figures() {
         md.contains("Established TCP in bursts, net per round: 58 to 62 ns over 3 rounds."),
         "{md}"
     );
+    // Many flows: 300 ns net against one flow's 60.
+    assert!(
+        md.contains("- UDP established, 1M flows (random order): 5.00 x the net cost of one flow"),
+        "{md}"
+    );
+    assert!(md.contains("the redirect and the transmit"), "{md}");
 }
 
 #[test]

@@ -8,7 +8,7 @@ use std::rc::Rc;
 use anyhow::{bail, Context as _, Result};
 use balancer_tests::{
     frame::{self, Spec, L4},
-    HTTP_PORT, VIP,
+    HTTP_PORT, UDP_PORT, VIP,
 };
 
 use balancer_wire::tcp::Flags;
@@ -41,16 +41,37 @@ pub(super) fn tcp(sport: u16, flags: Flags, payload: usize) -> Spec {
     }
 }
 
+/// The client address and port of flow `i` of the tuple space starting at `base`.
+fn client_of(base: Ipv4Addr, i: u32) -> (Ipv4Addr, u16) {
+    let src = Ipv4Addr::from(u32::from(base) + i / 50_000);
+    (src, 10_000 + (i % 50_000) as u16)
+}
+
 /// A SYN of a flow nobody has seen: flow `i` of the tuple space starting at `base`.
 pub(super) fn fresh_syn(base: Ipv4Addr, i: u32, dport: u16) -> Vec<u8> {
-    let src = Ipv4Addr::from(u32::from(base) + i / 50_000);
-    let sport = 10_000 + (i % 50_000) as u16;
+    let (src, sport) = client_of(base, i);
     frame::build(&Spec {
         src,
         dport,
         ..tcp(sport, Flags::SYN, 0)
     })
 }
+
+/// A datagram (18 bytes of payload) of UDP flow `i` to the UDP VIP, of the tuple space
+/// starting at [`UDP_FLOWS`].
+pub(super) fn udp_flow(i: u32) -> Vec<u8> {
+    let (src, sport) = client_of(UDP_FLOWS, i);
+    frame::build(&Spec {
+        src,
+        dport: UDP_PORT,
+        l4: L4::Udp { checksum: true },
+        payload: vec![b'q'; 18],
+        ..tcp(sport, Flags::default(), 0)
+    })
+}
+
+/// Where the client addresses of the many-flow cases begin.
+pub(super) const UDP_FLOWS: Ipv4Addr = Ipv4Addr::new(10, 80, 0, 0);
 
 /// Where the frames of a case come from.
 pub(super) enum Frames {
@@ -61,6 +82,12 @@ pub(super) enum Frames {
         base: Ipv4Addr,
         next: u32,
         dport: u16,
+    },
+    /// The flows of `order` in turn, flow `i`'s frame built by `frame(i)`.
+    Cycle {
+        order: Vec<u32>,
+        next: usize,
+        frame: fn(u32) -> Vec<u8>,
     },
 }
 
@@ -138,6 +165,13 @@ impl Case {
                 *next += runs as u32;
                 (first..first + runs as u32)
                     .map(|i| fresh_syn(*base, i, *dport))
+                    .collect()
+            }
+            Frames::Cycle { order, next, frame } => {
+                let first = *next;
+                *next += runs;
+                (first..first + runs)
+                    .map(|k| frame(order[k % order.len()]))
                     .collect()
             }
         };

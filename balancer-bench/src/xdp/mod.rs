@@ -9,6 +9,7 @@
 //! that run's `duration`. New flows are only measured one at a time.
 
 mod case;
+mod flows;
 mod memory;
 mod setup;
 pub mod syscall;
@@ -29,6 +30,7 @@ use balancer_wire::{tcp::Flags, MacAddr};
 
 pub use case::verdict_name;
 use case::{measure_rounds, once, tcp, Case, Frames};
+pub use flows::{MANY_FLOWS, PORT_RANGE as MANY_FLOWS_PORT_RANGE};
 pub use memory::{default_entries, map_memory, MapMemory};
 pub use setup::load;
 use setup::{
@@ -147,6 +149,9 @@ pub struct PerPacket {
     pub replayed: Measured,
     pub repeat: u32,
     pub replay_plan: Plan,
+    /// One run per test run, established UDP flows cycled in a random order over the
+    /// working sets of [`MANY_FLOWS`] (and one flow), in a program of its own.
+    pub many: Measured,
     pub program: ProgramFacts,
 }
 
@@ -179,7 +184,7 @@ fn per_packet_in_ns(plan: Plan, stop: &Stop) -> Result<PerPacket> {
     // (flows, next hops) are then the ones warmed, and no run pays a migration.
     crate::pin(0, MEASURE_CPU)?;
     let (client_if, backend_if) = (ifindex(CLIENT_IF)?, ifindex(BACKEND_IF)?);
-    let loaded = Loaded::new(None)?;
+    let loaded = Loaded::new(None, None)?;
     let fd = program_fd(&loaded.ebpf)?;
     let empty = EmptyXdp::load()?;
 
@@ -315,12 +320,14 @@ fn per_packet_in_ns(plan: Plan, stop: &Stop) -> Result<PerPacket> {
     };
     measure_rounds(&mut cases, plan, stop)?;
     measure_rounds(&mut replayed, replay_plan, stop)?;
+    let many = flows::many_flows(client_if, plan, stop)?;
     Ok(PerPacket {
         plan,
         single: Measured::from(&cases),
         replayed: Measured::from(&replayed),
         repeat: REPEAT,
         replay_plan,
+        many,
         program: program_facts(&loaded.ebpf)?,
     })
 }
@@ -393,7 +400,7 @@ pub fn established_tcp_while(
 ) -> Result<(Summary, Summary)> {
     in_bench_namespace(|| {
         crate::pin(0, MEASURE_CPU)?;
-        let loaded = Loaded::new(None)?;
+        let loaded = Loaded::new(None, None)?;
         let fd = program_fd(&loaded.ebpf)?;
         let client_if = ifindex(CLIENT_IF)?;
         let (ack, _) = established_tcp(fd, client_if)?;
@@ -452,7 +459,7 @@ pub fn profile(secs: u64, stop: &Stop) -> Result<Profile> {
 
 fn profile_in_ns(secs: u64, dir: &std::path::Path, stop: &Stop) -> Result<Profile> {
     let client_if = ifindex(CLIENT_IF)?;
-    let loaded = Loaded::new(None)?;
+    let loaded = Loaded::new(None, None)?;
     let fd = program_fd(&loaded.ebpf)?;
     let syn = frame::build(&tcp(40_000, Flags::SYN, 0));
     once(
@@ -497,7 +504,7 @@ pub fn full_table(plan: Plan, stop: &Stop) -> Result<FullTable> {
 fn full_table_in_ns(plan: Plan, stop: &Stop) -> Result<FullTable> {
     let client_if = ifindex(CLIENT_IF)?;
     let entries = FULL_TABLE_ENTRIES;
-    let loaded = Loaded::new(Some(entries))?;
+    let loaded = Loaded::new(Some(entries), None)?;
     let fd = program_fd(&loaded.ebpf)?;
     let empty = EmptyXdp::load()?;
 

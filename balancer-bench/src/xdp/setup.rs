@@ -83,7 +83,8 @@ pub(super) fn in_bench_namespace<T: Send>(f: impl FnOnce() -> Result<T> + Send) 
 /// The port of the bench's direct-server-return VIP (its backends listen there too).
 pub(super) const DSR_PORT: u16 = 8080;
 
-pub(super) fn bench_config() -> Result<config::Config> {
+/// `port_range`: `nat.port_range` when given (else the default).
+pub(super) fn bench_config(port_range: Option<&str>) -> Result<config::Config> {
     let backends: Vec<Ipv4Addr> = (0..N_BACKENDS).map(backend_addr).collect();
     // The same backends, on the direct-server-return VIP's port.
     let direct = backends.iter().fold(String::new(), |mut list, addr| {
@@ -92,10 +93,11 @@ pub(super) fn bench_config() -> Result<config::Config> {
     });
     let text = format!(
         "[agent]\ninterfaces = [\"{CLIENT_IF}\", \"{BACKEND_IF}\"]\n\n\
-         [nat]\nsource_address = \"{SNAT}\"\n\n{}\n\
+         [nat]\nsource_address = \"{SNAT}\"\n{}\n{}\n\
          [[pool]]\nname = \"direct\"\nbackends = [\n{direct}]\n\n\
          [[vip]]\nname = \"direct\"\naddress = \"10.0.100.1\"\nport = {DSR_PORT}\n\
          protocol = \"tcp\"\npool = \"direct\"\nforwarding = \"dsr\"\n",
+        port_range.map_or(String::new(), |r| format!("port_range = \"{r}\"\n")),
         web_and_dns(&backends, "maglev")
     );
     config::parse(&text, "bench.toml").context("the bench configuration does not parse")
@@ -159,7 +161,8 @@ pub(super) struct Loaded {
 }
 
 impl Loaded {
-    pub(super) fn new(conns: Option<u32>) -> Result<Loaded> {
+    /// With `conns` entries in CONNS and NAT and `port_range` as `nat.port_range` when given.
+    pub(super) fn new(conns: Option<u32>, port_range: Option<&str>) -> Result<Loaded> {
         let mut ebpf = load(conns)?;
         let Some(Map::PerCpuArray(stats)) = ebpf.map(map_names::GLOBAL_STATS) else {
             bail!(
@@ -174,7 +177,7 @@ impl Loaded {
             .context("duplicating the fd of GLOBAL_STATS")?;
         let verdicts = Rc::new(VerdictCounters::from_fd(stats)?);
         let maps = AyaMaps::new(&mut ebpf).context("taking the program's maps")?;
-        let lb = Balancer::from_config(maps, &bench_config()?)
+        let lb = Balancer::from_config(maps, &bench_config(port_range)?)
             .context("filling the maps from the bench configuration")?;
         Ok(Loaded {
             ebpf,
