@@ -233,7 +233,7 @@ pub(super) fn namespace_inodes(topo: &Topology) -> HashSet<u64> {
 }
 
 /// The balancer's non-zero counters other than the plain verdicts.
-pub(super) fn agent_counters(agent: &Agent) -> Vec<(String, u64)> {
+pub fn agent_counters(agent: &Agent) -> Vec<(String, u64)> {
     let out = agent.cli(&["status", "--json"]);
     let Ok(json) = serde_json::from_str::<serde_json::Value>(&out.stdout) else {
         return Vec::new();

@@ -21,7 +21,7 @@ use crate::e2e::cpu_jiffies;
 use crate::stats::{summarize, Summary};
 use crate::xdp::XDP_DROP;
 use crate::Stop;
-use net::{check_attached, Net, CLIENT_MAC, FWD_IN_MAC, VIP};
+use net::{check_attached, check_verdicts, Net, CLIENT_MAC, FWD_IN_MAC, VIP};
 pub use net::{BACKENDS, PORT_RANGE};
 use sender::{template, Sender, Traffic};
 
@@ -186,6 +186,7 @@ pub fn run(plan: Plan, stop: &Stop) -> Result<Forward> {
                 syns = continued;
                 push(&mut cells, path, None, sample);
             }
+            check_verdicts(&guard).with_context(|| path.name())?;
             drop(guard);
         }
     }

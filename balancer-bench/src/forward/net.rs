@@ -213,7 +213,7 @@ impl Net {
 pub enum PathGuard<'a> {
     Nothing,
     /// Stopped when dropped.
-    Agent(#[expect(dead_code, reason = "held to be dropped")] Box<Agent>),
+    Agent(Box<Agent>),
     Nft(&'a Netns),
 }
 
@@ -296,6 +296,29 @@ pub fn conntrack_max() -> Option<u64> {
         .trim()
         .parse()
         .ok()
+}
+
+/// `bail!` unless the balancer sent on (redirected) what it got: a packet it passed to the
+/// stack or dropped would be another path's figure (the stack's forwarding) or none.
+pub fn check_verdicts(guard: &PathGuard<'_>) -> Result<()> {
+    let PathGuard::Agent(agent) = guard else {
+        return Ok(());
+    };
+    let counters = crate::e2e::agent_counters(agent);
+    let get = |name: &str| {
+        counters
+            .iter()
+            .find(|(k, _)| k == name)
+            .map_or(0, |&(_, v)| v)
+    };
+    let redirected = get("xdp_redirect");
+    let other = get("xdp_pass") + get("xdp_drop") + get("xdp_tx") + get("xdp_aborted");
+    ensure!(
+        redirected > 0 && other * 100 < redirected,
+        "the balancer redirected {redirected} packets and passed, dropped or bounced {other}: \
+         {counters:?}"
+    );
+    Ok(())
 }
 
 /// `bail!` unless the balancer of `path` is attached to the forwarder's ingress in its mode.
