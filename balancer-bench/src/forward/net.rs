@@ -21,7 +21,7 @@ use super::Path;
 use crate::asm::{count_and_return, insn, verdict_counter_map, MOV64_IMM};
 use crate::replay::VerdictCounters;
 use crate::xdp::syscall::{attach_xdp, ifindex, load_xdp, XdpLink};
-use crate::xdp::XDP_DROP;
+use crate::xdp::{backend_addr, backend_neighbours, ip_batch, XDP_DROP};
 
 pub const CLIENT_IF: &str = "fc0";
 /// The forwarder's interfaces: from the client (its NAPI thread is the measured CPU's
@@ -42,14 +42,6 @@ pub const BACKENDS: usize = 100;
 /// them (the default range would run out, which is another measure).
 pub const PORT_RANGE: &str = "1024-65535";
 const NFT_TABLE: &str = "fwdbench";
-
-fn backend(i: usize) -> Ipv4Addr {
-    Ipv4Addr::new(10, 0, 2, 11 + i as u8)
-}
-
-fn backend_mac(i: usize) -> MacAddr {
-    MacAddr([0x02, 0, 0, 0, 0x02, 0x11 + i as u8])
-}
 
 /// The three namespaces and the sink's counting program; dropping it removes them all.
 pub struct Net {
@@ -96,19 +88,13 @@ impl Net {
             format!("link set {FWD_IN} up"),
             format!("link set {FWD_OUT} up"),
             // Plain routing's way to the VIP: to the first backend.
-            format!("route add 10.0.100.0/24 via {} dev {FWD_OUT}", backend(0)),
+            format!(
+                "route add 10.0.100.0/24 via {} dev {FWD_OUT}",
+                backend_addr(0)
+            ),
         ];
-        for i in 0..BACKENDS {
-            batch.push(format!(
-                "neigh replace {} lladdr {} dev {FWD_OUT} nud permanent",
-                backend(i),
-                backend_mac(i)
-            ));
-        }
-        let file = dir.path().join("fwd.batch");
-        std::fs::write(&file, batch.join("\n") + "\n")?;
-        fwd.ip(&["-batch", &file.to_string_lossy()])
-            .context("setting up the forwarder's namespace")?;
+        batch.extend(backend_neighbours(FWD_OUT, BACKENDS));
+        ip_batch(&fwd, &batch).context("setting up the forwarder's namespace")?;
         // Clients come from many addresses no route leads back to: no reverse-path filter.
         fwd.run(&[
             "sysctl",
@@ -231,7 +217,7 @@ impl Drop for PathGuard<'_> {
 }
 
 fn agent_config(mode: &str, socket: &std::path::Path) -> String {
-    let backends: Vec<Ipv4Addr> = (0..BACKENDS).map(backend).collect();
+    let backends: Vec<Ipv4Addr> = (0..BACKENDS).map(backend_addr).collect();
     format!(
         "[agent]\ninterfaces = [\"{FWD_IN}\", \"{FWD_OUT}\"]\nxdp_mode = \"{mode}\"\n\
          control_socket = \"{}\"\npin_dir = \"\"\n\n\
@@ -244,7 +230,12 @@ fn agent_config(mode: &str, socket: &std::path::Path) -> String {
 /// nftables DNAT as kube-proxy does it, to the same backends, SNAT by masquerade.
 fn nft_rules() -> String {
     let map = (0..BACKENDS).fold(String::new(), |mut m, i| {
-        let _ = write!(m, "{}{i} : {}", if i == 0 { "" } else { ", " }, backend(i));
+        let _ = write!(
+            m,
+            "{}{i} : {}",
+            if i == 0 { "" } else { ", " },
+            backend_addr(i)
+        );
         m
     });
     format!(

@@ -32,10 +32,8 @@ pub use case::verdict_name;
 use case::{measure_rounds, once, tcp, Case, Frames};
 pub use flows::{MANY_FLOWS, PORT_RANGE as MANY_FLOWS_PORT_RANGE};
 pub use memory::{default_entries, map_memory, MapMemory};
-pub use setup::load;
-use setup::{
-    backend_addr, backend_mac, in_bench_namespace, program_facts, program_fd, Loaded, DSR_PORT,
-};
+pub use setup::{backend_addr, backend_neighbours, ip_batch, load};
+use setup::{backend_mac, in_bench_namespace, program_facts, program_fd, Loaded, DSR_PORT};
 pub use syscall::{attach_xdp, EmptyXdp, XdpLink};
 use syscall::{ifindex, test_run, xdp_ctx};
 

@@ -24,7 +24,8 @@ use super::{
     N_BACKENDS, SNAT,
 };
 
-pub(super) fn backend_addr(i: usize) -> Ipv4Addr {
+/// Backend `i`: 10.0.2.11 on.
+pub fn backend_addr(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 0, 2, 11 + i as u8)
 }
 
@@ -32,12 +33,35 @@ pub(super) fn backend_mac(i: usize) -> MacAddr {
     MacAddr([0x02, 0, 0, 0, 0x02, 0x11 + i as u8])
 }
 
+/// `ip -batch` lines: permanent neighbour entries on `dev` for backends `0..n` (addresses
+/// from 10.0.2.11 on, MACs to match), so that every FIB lookup towards them succeeds.
+pub fn backend_neighbours(dev: &str, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            format!(
+                "neigh replace {} lladdr {} dev {dev} nud permanent",
+                backend_addr(i),
+                backend_mac(i)
+            )
+        })
+        .collect()
+}
+
+/// Runs `lines` with `ip -batch` in `ns`.
+pub fn ip_batch(ns: &Netns, lines: &[String]) -> Result<()> {
+    let tmp = TempDir::new("blt-bench-ip")?;
+    let file = tmp.path().join("setup.batch");
+    std::fs::write(&file, lines.join("\n") + "\n")
+        .with_context(|| format!("writing {}", file.display()))?;
+    ns.ip(&["-batch", &file.to_string_lossy()])?;
+    Ok(())
+}
+
 /// A namespace like the packet fixtures' one: the balancer's two interfaces with fixed
 /// MACs, both subnets, forwarding on, and permanent neighbour entries for the client and
 /// every backend.
 fn bench_namespace() -> Result<Netns> {
     let ns = Netns::unique("bx").context("creating the XDP bench namespace")?;
-    let tmp = TempDir::new("blt-bench-ip")?;
     let mut batch = vec![
         "link set lo up".to_string(),
         format!("link add {CLIENT_IF} type veth peer name {CLIENT_IF}-p"),
@@ -54,19 +78,8 @@ fn bench_namespace() -> Result<Netns> {
     batch.push(format!(
         "neigh replace {CLIENT} lladdr {CLIENT_MAC} dev {CLIENT_IF} nud permanent"
     ));
-    for i in 0..N_BACKENDS {
-        batch.push(format!(
-            "neigh replace {} lladdr {} dev {BACKEND_IF} nud permanent",
-            backend_addr(i),
-            backend_mac(i)
-        ));
-    }
-    let file = tmp.path().join("setup.batch");
-    std::fs::write(&file, batch.join("\n") + "\n")
-        .with_context(|| format!("writing {}", file.display()))?;
-    let file = file.to_string_lossy().into_owned();
-    ns.ip(&["-batch", &file])
-        .context("setting up the XDP bench namespace")?;
+    batch.extend(backend_neighbours(BACKEND_IF, N_BACKENDS));
+    ip_batch(&ns, &batch).context("setting up the XDP bench namespace")?;
     ns.run(&["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
     ns.run(&["sysctl", "-qw", "net.ipv4.conf.all.forwarding=1"])?;
     Ok(ns)
