@@ -1,19 +1,23 @@
-//! `bench`: measures the balancer (XDP per-packet cost, end to end against direct, nftables
-//! and HAProxy, the HTTP proxy against HAProxy in `mode http`, ring builds, CLI latency, map
-//! memory, the cost of a metrics scrape) and writes `bench.md` and `bench.png`.
+//! `bench`: measures the balancer (XDP per-packet cost, what one CPU forwards against the
+//! kernel and nftables, end to end against direct, nftables and HAProxy, the HTTP proxy
+//! against HAProxy in `mode http`, ring builds, CLI latency, map memory, the cost of a
+//! metrics scrape) and writes `bench.md` and `bench.png`.
 //!
 //! ```text
 //! bench [--out DIR] [--budget SECS] [--quick] [--only PARTS] [--skip PARTS] [--rounds N]
 //!       [--http-secs N] [--udp-secs N] [--peers PATHS]
-//! PARTS: comma-separated of xdp, profile, fulltable, maglev, memory, health, scrape, e2e, l7
+//! PARTS: comma-separated of xdp, profile, fulltable, forward, maglev, memory, health, scrape,
+//!        e2e, l7
 //! PATHS: comma-separated of direct, direct+xdp, balancer, balancer-generic, nftables, haproxy
 //!        (the e2e paths; the end-to-end targets use balancer-generic)
 //! ```
 //! Run it through `cargo xtask bench` (root, release build, every package installed). The
-//! whole run is bounded (13 minutes, or `--budget`); Ctrl-C stops it at the next step, and
+//! whole run is bounded (16 minutes, or `--budget`); Ctrl-C stops it at the next step, and
 //! every namespace and process it started is removed on every exit path.
 
+mod asm;
 mod e2e;
+mod forward;
 mod health;
 mod maglev;
 mod perf;
@@ -41,13 +45,15 @@ use xdp::Plan;
 const USAGE: &str =
     "usage: bench [--out DIR] [--budget SECS] [--quick] [--only PARTS] [--skip PARTS] \
                      [--rounds N] [--http-secs N] [--udp-secs N] [--peers PATHS]\n\
-                     PARTS: comma-separated of xdp, profile, fulltable, maglev, memory, health, scrape, e2e, l7\n\
+                     PARTS: comma-separated of xdp, profile, fulltable, forward, maglev, memory, health, \
+                     scrape, e2e, l7\n\
                      PATHS: comma-separated of direct, direct+xdp, balancer, balancer-generic, \
                      nftables, haproxy";
-const PARTS: [&str; 9] = [
+const PARTS: [&str; 10] = [
     "xdp",
     "profile",
     "fulltable",
+    "forward",
     "maglev",
     "memory",
     "health",
@@ -56,7 +62,7 @@ const PARTS: [&str; 9] = [
     "l7",
 ];
 /// By default the bench stops starting new steps after this long (`--budget SECS`).
-const BUDGET: Duration = Duration::from_mins(13);
+const BUDGET: Duration = Duration::from_mins(16);
 
 struct Args {
     out: PathBuf,
@@ -64,6 +70,7 @@ struct Args {
     quick: bool,
     parts: Vec<&'static str>,
     xdp: Plan,
+    forward: forward::Plan,
     ring_builds: usize,
     memory_entries: Vec<u32>,
     health: health::Plan,
@@ -162,6 +169,10 @@ fn parse_args() -> Result<Args> {
                 rounds: 5,
                 runs: 2000,
             }
+        },
+        forward: forward::Plan {
+            rounds: if quick { 1 } else { 3 },
+            window: Duration::from_secs(if quick { 1 } else { 2 }),
         },
         ring_builds: if quick { 3 } else { 11 },
         memory_entries: if quick {
@@ -264,6 +275,7 @@ fn run(args: &Args) -> Result<bool> {
     r.full_table = part(args, "fulltable", &stop, || {
         xdp::full_table(args.xdp, &stop)
     });
+    r.forward = part(args, "forward", &stop, || forward::run(args.forward, &stop));
     r.rings = part(args, "maglev", &stop, || {
         maglev::ring_builds(args.ring_builds, &stop)
     });
@@ -301,6 +313,7 @@ fn run(args: &Args) -> Result<bool> {
         r.per_packet.as_ref().map(std::result::Result::is_err),
         // The profile is optional (perf may be missing): it does not fail the run.
         r.full_table.as_ref().map(std::result::Result::is_err),
+        r.forward.as_ref().map(std::result::Result::is_err),
         r.rings.as_ref().map(std::result::Result::is_err),
         r.memory.as_ref().map(std::result::Result::is_err),
         r.health.as_ref().map(std::result::Result::is_err),

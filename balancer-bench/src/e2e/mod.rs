@@ -20,8 +20,8 @@ use balancer_tests::{util::TempDir, Topology, LB_BACKEND_ADDR, LB_CLIENT_ADDR, V
 
 use cli::cli_times;
 use load::{udp_load, wrk, WrkRun};
-pub use observe::CpuUse;
-use observe::{agent_counters, namespace_inodes, start_clean, tcp_deltas, tcp_snapshot, CpuMeter};
+pub use observe::{agent_counters, cpu_jiffies, CpuUse};
+use observe::{namespace_inodes, start_clean, tcp_deltas, tcp_snapshot, CpuMeter};
 use paths::{direct_script, setup, start_backends, wait_path, Setup};
 
 use crate::stats::Summary;

@@ -114,14 +114,14 @@ pub(super) fn tcp_deltas(
     out
 }
 
-/// (busy, total) jiffies of all CPUs from the first line of /proc/stat.
-fn cpu_jiffies() -> Option<(u64, u64)> {
+/// (busy, total) jiffies from /proc/stat: of all CPUs (`None`, the first line) or of one.
+pub fn cpu_jiffies(cpu: Option<usize>) -> Option<(u64, u64)> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let label = cpu.map_or_else(|| "cpu".to_string(), |c| format!("cpu{c}"));
     let fields: Vec<u64> = stat
         .lines()
-        .next()?
-        .split_whitespace()
-        .skip(1)
+        .map(str::split_whitespace)
+        .find_map(|mut words| (words.next() == Some(label.as_str())).then_some(words))?
         .filter_map(|f| f.parse().ok())
         .collect();
     // user nice system idle iowait irq softirq steal (guest time is inside user)
@@ -197,13 +197,13 @@ impl CpuMeter {
     pub(super) fn start(ours: &HashSet<u64>) -> CpuMeter {
         CpuMeter {
             ours: ours.clone(),
-            stat: cpu_jiffies(),
+            stat: cpu_jiffies(None),
             foreign: foreign_jiffies(ours),
         }
     }
 
     pub(super) fn stop(self) -> Option<CpuUse> {
-        let (busy1, total1) = cpu_jiffies()?;
+        let (busy1, total1) = cpu_jiffies(None)?;
         let (busy0, total0) = self.stat?;
         let total = total1.checked_sub(total0).filter(|&t| t > 0)? as f64;
         let foreign: u64 = foreign_jiffies(&self.ours)
@@ -233,7 +233,7 @@ pub(super) fn namespace_inodes(topo: &Topology) -> HashSet<u64> {
 }
 
 /// The balancer's non-zero counters other than the plain verdicts.
-pub(super) fn agent_counters(agent: &Agent) -> Vec<(String, u64)> {
+pub fn agent_counters(agent: &Agent) -> Vec<(String, u64)> {
     let out = agent.cli(&["status", "--json"]);
     let Ok(json) = serde_json::from_str::<serde_json::Value>(&out.stdout) else {
         return Vec::new();

@@ -5,6 +5,7 @@
 mod chart;
 mod end_to_end;
 mod findings;
+mod forward;
 mod l7;
 mod per_packet;
 mod scale;
@@ -17,6 +18,7 @@ use std::time::Duration;
 
 use crate::e2e::l7::L7;
 use crate::e2e::E2e;
+use crate::forward::Forward;
 use crate::health::HealthCpu;
 use crate::maglev::RingBuild;
 use crate::scrape::ScrapeCost;
@@ -47,6 +49,7 @@ pub struct Results {
     pub per_packet: Part<PerPacket>,
     pub profile: Part<Profile>,
     pub full_table: Part<FullTable>,
+    pub forward: Part<Forward>,
     pub rings: Part<Vec<RingBuild>>,
     pub memory: Part<Vec<MapMemory>>,
     pub health: Part<HealthCpu>,
@@ -140,6 +143,7 @@ pub fn markdown(r: &Results) -> String {
     end_to_end::section(&mut md, r);
     scale::section(&mut md, r);
     l7::section(&mut md, r);
+    forward::section(&mut md, r);
     findings::section(&mut md, r, &targets);
     md
 }

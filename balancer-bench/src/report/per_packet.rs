@@ -3,9 +3,11 @@
 
 use std::fmt::Write as _;
 
-use super::{figures, ns, Results};
+use super::{figures, ns, rate, ratio, Results};
 use crate::perf;
-use crate::xdp::{CaseResult, Measured, MEASURE_CPU, N_BACKENDS};
+use crate::xdp::{
+    CaseResult, Measured, Plan, MANY_FLOWS, MANY_FLOWS_PORT_RANGE, MEASURE_CPU, N_BACKENDS,
+};
 
 pub fn section(md: &mut String, r: &Results) {
     let _ = writeln!(
@@ -21,7 +23,10 @@ pub fn section(md: &mut String, r: &Results) {
          answered; test runs from a thread pinned to CPU {MEASURE_CPU}, cases interleaved round \
          by round after an uncounted warm-up. The floor is the 2-instruction program `r0 = \
          XDP_PASS; exit`, first in every round. Net of floor: per round, the case's median \
-         minus the floor's median of that round; then the median over the rounds.\n"
+         minus the floor's median of that round; then the median over the rounds. A test run \
+         without live frames ends at the verdict: `XDP_REDIRECT` is returned, not carried \
+         out, so the redirect and the transmit on the egress device are not in these \
+         figures (the forwarder-bound section has them).\n"
     );
     let _ = writeln!(
         md,
@@ -41,6 +46,7 @@ pub fn section(md: &mut String, r: &Results) {
         pp.plan.rounds, pp.plan.runs
     );
     table(md, &pp.single);
+    many_flows(md, &pp.many, pp.plan);
     let p = &pp.program;
     let _ = writeln!(
         md,
@@ -80,6 +86,35 @@ fn table(md: &mut String, m: &Measured) {
     row(md, &m.floor, None);
     for c in &m.cases {
         row(md, c, Some(m.net(c)));
+    }
+}
+
+/// The many-flow table, and each working set's net cost against one flow's.
+fn many_flows(md: &mut String, m: &Measured, plan: Plan) {
+    let sets: Vec<String> = MANY_FLOWS.iter().map(|&n| rate(f64::from(n))).collect();
+    let _ = writeln!(
+        md,
+        "\n### Many flows\n\n\
+         Established UDP flows, one datagram each per test run, the flows of working sets of \
+         {} in a random order (each established by its first datagram beforehand), against \
+         one flow of the same program. A hot flow stays in this CPU's flow cache and the CPU \
+         caches; many flows miss them and look up the connection table (CONNS and NAT sized \
+         for all of them, `nat.port_range = \"{MANY_FLOWS_PORT_RANGE}\"` so that every flow \
+         has its SNAT port). One run per test run: {} rounds x {} runs per case.\n",
+        sets.join(" and "),
+        plan.rounds,
+        plan.runs
+    );
+    table(md, m);
+    let one = m.case("UDP established, 1 flow").map(|c| m.net(c));
+    md.push('\n');
+    for c in m.cases.iter().filter(|c| c.name.contains("flows")) {
+        let _ = writeln!(
+            md,
+            "- {}: {} x the net cost of one flow",
+            c.name,
+            ratio(Some(m.net(c)), one)
+        );
     }
 }
 

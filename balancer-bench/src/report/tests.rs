@@ -6,6 +6,7 @@ use std::time::Duration;
 use super::{markdown, Results};
 use crate::e2e::l7::{Case, IdleMemory, L7Run, Proxy, L7};
 use crate::e2e::{CaseRun, E2e, HttpResult, Params, Peer};
+use crate::forward::{Cell, Forward, Path, Sample, FLOWS};
 use crate::stats::summarize;
 use crate::xdp::{CaseResult, Measured, PerPacket, Plan, ProgramFacts};
 
@@ -60,6 +61,21 @@ fn per_packet() -> PerPacket {
         ),
         repeat: 10_000,
         replay_plan: Plan { rounds: 3, runs: 4 },
+        many: measured(
+            &[30.0, 30.0, 30.0],
+            vec![
+                case(
+                    "UDP established, 1 flow",
+                    "XDP_REDIRECT",
+                    &[90.0, 90.0, 90.0],
+                ),
+                case(
+                    "UDP established, 1M flows (random order)",
+                    "XDP_REDIRECT",
+                    &[330.0, 330.0, 330.0],
+                ),
+            ],
+        ),
         program: ProgramFacts::default(),
     }
 }
@@ -148,6 +164,12 @@ fn per_packet_findings_come_from_the_figures() {
         md.contains("Established TCP in bursts, net per round: 58 to 62 ns over 3 rounds."),
         "{md}"
     );
+    // Many flows: 300 ns net against one flow's 60.
+    assert!(
+        md.contains("- UDP established, 1M flows (random order): 5.00 x the net cost of one flow"),
+        "{md}"
+    );
+    assert!(md.contains("the redirect and the transmit"), "{md}");
 }
 
 #[test]
@@ -310,6 +332,72 @@ fn the_scrape_target_is_judged_at_p99() {
     });
     assert!(
         md.contains("| not measured (at 32 VIPs and 1000 backends, below the target's scale) |"),
+        "{md}"
+    );
+}
+
+fn forward() -> Forward {
+    let cell = |path, flows, pps: &[f64], busy: f64| Cell {
+        path,
+        flows,
+        samples: pps.iter().map(|&pps| Sample { pps, busy }).collect(),
+    };
+    let mut cells = Vec::new();
+    for flows in FLOWS {
+        cells.push(cell(
+            Path::BalancerSkb,
+            Some(flows),
+            &[1.2e6, 1.3e6, 1.1e6],
+            0.98,
+        ));
+        cells.push(cell(Path::BalancerDriver, Some(flows), &[1.0e6], 0.99));
+        cells.push(cell(Path::Kernel, Some(flows), &[2.0e6], 0.97));
+        cells.push(cell(Path::Nftables, Some(flows), &[0.8e6], 0.98));
+    }
+    cells.push(cell(Path::BalancerSkb, None, &[500e3], 0.99));
+    cells.push(cell(Path::Nftables, None, &[250e3], 0.5));
+    Forward {
+        plan: crate::forward::Plan {
+            rounds: 3,
+            window: Duration::from_secs(2),
+        },
+        cells,
+        conntrack_max: Some(262_144),
+    }
+}
+
+#[test]
+fn the_forwarder_bound_tables_give_rates_ratios_and_who_was_the_limit() {
+    let md = markdown(&Results {
+        forward: Some(Ok(forward())),
+        ..Results::default()
+    });
+    assert!(md.contains("## 5. Forwarder-bound"), "{md}");
+    assert!(
+        md.contains("| balancer, skb mode | 1.20M (1.10M-1.30M) | 1.20M (1.10M-1.30M) |"),
+        "{md}"
+    );
+    // 98% of a second over 1.2M packets.
+    assert!(md.contains("| balancer, skb mode | 817 ns (98%) |"), "{md}");
+    assert!(
+        md.contains(
+            "| balancer, skb mode / kernel forwarding (routing, no NAT) | 0.60 | 0.60 | 0.60 | 0.60 |"
+        ),
+        "{md}"
+    );
+    assert!(
+        md.contains("| balancer, skb mode / nftables DNAT + masquerade | 1.50 |"),
+        "{md}"
+    );
+    assert!(
+        md.contains("| balancer, skb mode | 500.0k (500.0k-500.0k) | 1980 ns | 99% | 2.00 |"),
+        "{md}"
+    );
+    assert!(
+        md.contains(
+            "**Not forwarder-bound** (CPU 1 under 90% busy, so the figure is a floor): \
+                     nftables DNAT + masquerade, new flows (50% busy)."
+        ),
         "{md}"
     );
 }

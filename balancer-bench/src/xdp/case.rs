@@ -3,18 +3,19 @@
 
 use std::net::Ipv4Addr;
 use std::os::fd::RawFd;
+use std::rc::Rc;
 
 use anyhow::{bail, Context as _, Result};
 use balancer_tests::{
     frame::{self, Spec, L4},
-    HTTP_PORT, VIP,
+    HTTP_PORT, UDP_PORT, VIP,
 };
 
 use balancer_wire::tcp::Flags;
 
 use super::syscall::{test_run, test_run_repeat, xdp_ctx, EmptyXdp};
 use super::{CaseResult, Plan, CLIENT, CLIENT_MAC, LB_CLIENT_MAC, XDP_PASS};
-use crate::replay::Replay;
+use crate::replay::{Replay, VerdictCounters};
 use crate::stats::summarize;
 use crate::Stop;
 
@@ -40,16 +41,37 @@ pub(super) fn tcp(sport: u16, flags: Flags, payload: usize) -> Spec {
     }
 }
 
+/// The client address and port of flow `i` of the tuple space starting at `base`.
+fn client_of(base: Ipv4Addr, i: u32) -> (Ipv4Addr, u16) {
+    let src = Ipv4Addr::from(u32::from(base) + i / 50_000);
+    (src, 10_000 + (i % 50_000) as u16)
+}
+
 /// A SYN of a flow nobody has seen: flow `i` of the tuple space starting at `base`.
 pub(super) fn fresh_syn(base: Ipv4Addr, i: u32, dport: u16) -> Vec<u8> {
-    let src = Ipv4Addr::from(u32::from(base) + i / 50_000);
-    let sport = 10_000 + (i % 50_000) as u16;
+    let (src, sport) = client_of(base, i);
     frame::build(&Spec {
         src,
         dport,
         ..tcp(sport, Flags::SYN, 0)
     })
 }
+
+/// A datagram (18 bytes of payload) of UDP flow `i` to the UDP VIP, of the tuple space
+/// starting at [`UDP_FLOWS`].
+pub(super) fn udp_flow(i: u32) -> Vec<u8> {
+    let (src, sport) = client_of(UDP_FLOWS, i);
+    frame::build(&Spec {
+        src,
+        dport: UDP_PORT,
+        l4: L4::Udp { checksum: true },
+        payload: vec![b'q'; 18],
+        ..tcp(sport, Flags::default(), 0)
+    })
+}
+
+/// Where the client addresses of the many-flow cases begin.
+pub(super) const UDP_FLOWS: Ipv4Addr = Ipv4Addr::new(10, 80, 0, 0);
 
 /// Where the frames of a case come from.
 pub(super) enum Frames {
@@ -61,6 +83,12 @@ pub(super) enum Frames {
         next: u32,
         dport: u16,
     },
+    /// The flows of `order` in turn, flow `i`'s frame built by `frame(i)`.
+    Cycle {
+        order: Vec<u32>,
+        next: usize,
+        frame: fn(u32) -> Vec<u8>,
+    },
 }
 
 pub(super) struct Case {
@@ -71,6 +99,9 @@ pub(super) struct Case {
     pub(super) frames: Frames,
     /// Runs per test run (more than 1 only through a [`Replay`] wrapper).
     repeat: u32,
+    /// The measured program's verdict counters: with them every run of a burst is
+    /// checked, not only the last (the empty program of the floor has none).
+    pub(super) verdicts: Option<Rc<VerdictCounters>>,
     samples: Vec<f64>,
     round_medians: Vec<f64>,
     pub(super) unexpected: usize,
@@ -102,6 +133,7 @@ impl Case {
             expect,
             frames,
             repeat: 1,
+            verdicts: None,
             samples: Vec::new(),
             round_medians: Vec::new(),
             unexpected: 0,
@@ -113,6 +145,7 @@ impl Case {
     pub(super) fn replayed(&self, replay: &Replay, frame: &[u8], repeat: u32) -> Case {
         Case {
             repeat,
+            verdicts: self.verdicts.clone(),
             ..Case::new(
                 self.name,
                 replay.raw_fd(),
@@ -134,6 +167,13 @@ impl Case {
                     .map(|i| fresh_syn(*base, i, *dport))
                     .collect()
             }
+            Frames::Cycle { order, next, frame } => {
+                let first = *next;
+                *next += runs;
+                (first..first + runs)
+                    .map(|k| frame(order[k % order.len()]))
+                    .collect()
+            }
         };
         let len = frames[0].len();
         let ctx = xdp_ctx(len, self.ingress);
@@ -141,14 +181,31 @@ impl Case {
         let mut durations = Vec::with_capacity(runs);
         for i in 0..runs {
             let frame = &frames[i % frames.len()];
-            let r = test_run_repeat(self.fd, frame, &mut out, &ctx, self.repeat)
-                .with_context(|| format!("BPF_PROG_TEST_RUN ({})", self.name))?;
+            let r = match &self.verdicts {
+                Some(v) if self.repeat > 1 => v
+                    .checked_run(self.fd, (frame, &mut out, &ctx), self.repeat, self.expect)
+                    .with_context(|| format!("a burst of {}", self.name))?,
+                _ => test_run_repeat(self.fd, frame, &mut out, &ctx, self.repeat)
+                    .with_context(|| format!("BPF_PROG_TEST_RUN ({})", self.name))?,
+            };
             if r.retval != self.expect {
                 self.unexpected += 1;
             }
             durations.push(f64::from(r.duration_ns));
         }
         Ok(durations)
+    }
+
+    fn expect_no_other_verdict(&self, when: &str) -> Result<()> {
+        if self.unexpected > 0 {
+            bail!(
+                "{} ({when}): {} test runs got another verdict than {}",
+                self.name,
+                self.unexpected,
+                verdict_name(self.expect)
+            );
+        }
+        Ok(())
     }
 
     fn round(&mut self, runs: usize) -> Result<()> {
@@ -169,7 +226,7 @@ impl Case {
     }
 }
 
-pub(super) fn verdict_name(v: u32) -> &'static str {
+pub fn verdict_name(v: u32) -> &'static str {
     match v {
         0 => "XDP_ABORTED",
         1 => "XDP_DROP",
@@ -204,15 +261,18 @@ pub(super) fn once(
 }
 
 /// Interleaves the cases round by round (so slow drifts of a shared machine hit all alike).
+/// A run whose verdict is not its case's fails the measurement: its time would be another
+/// path's.
 pub(super) fn measure_rounds(cases: &mut [Case], plan: Plan, stop: &Stop) -> Result<()> {
     for case in cases.iter_mut() {
         case.run(plan.runs / 10 + 1)?; // warm-up, not recorded
-        case.unexpected = 0;
+        case.expect_no_other_verdict("warm-up")?;
     }
-    for _ in 0..plan.rounds {
+    for round in 0..plan.rounds {
         stop.check()?;
         for case in cases.iter_mut() {
             case.round(plan.runs)?;
+            case.expect_no_other_verdict(&format!("round {}", round + 1))?;
         }
     }
     Ok(())

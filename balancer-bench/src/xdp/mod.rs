@@ -9,12 +9,14 @@
 //! that run's `duration`. New flows are only measured one at a time.
 
 mod case;
+mod flows;
 mod memory;
 mod setup;
 pub mod syscall;
 
 use std::net::Ipv4Addr;
 use std::os::fd::RawFd;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -26,12 +28,12 @@ use balancer_tests::{
 };
 use balancer_wire::{tcp::Flags, MacAddr};
 
+pub use case::verdict_name;
 use case::{measure_rounds, once, tcp, Case, Frames};
+pub use flows::{MANY_FLOWS, PORT_RANGE as MANY_FLOWS_PORT_RANGE};
 pub use memory::{default_entries, map_memory, MapMemory};
-pub use setup::load;
-use setup::{
-    backend_addr, backend_mac, in_bench_namespace, program_facts, program_fd, Loaded, DSR_PORT,
-};
+pub use setup::{backend_addr, backend_neighbours, ip_batch, load};
+use setup::{backend_mac, in_bench_namespace, program_facts, program_fd, Loaded, DSR_PORT};
 pub use syscall::{attach_xdp, EmptyXdp, XdpLink};
 use syscall::{ifindex, test_run, xdp_ctx};
 
@@ -39,7 +41,9 @@ use crate::replay::Replay;
 use crate::stats::{summarize, Summary};
 use crate::{perf, Stop};
 
+pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
+pub const XDP_TX: u32 = 3;
 pub const XDP_REDIRECT: u32 = 4;
 
 const CLIENT: Ipv4Addr = CLIENT_ADDR;
@@ -143,6 +147,9 @@ pub struct PerPacket {
     pub replayed: Measured,
     pub repeat: u32,
     pub replay_plan: Plan,
+    /// One run per test run, established UDP flows cycled in a random order over the
+    /// working sets of [`MANY_FLOWS`] (and one flow), in a program of its own.
+    pub many: Measured,
     pub program: ProgramFacts,
 }
 
@@ -175,7 +182,7 @@ fn per_packet_in_ns(plan: Plan, stop: &Stop) -> Result<PerPacket> {
     // (flows, next hops) are then the ones warmed, and no run pays a migration.
     crate::pin(0, MEASURE_CPU)?;
     let (client_if, backend_if) = (ifindex(CLIENT_IF)?, ifindex(BACKEND_IF)?);
-    let loaded = Loaded::new(None)?;
+    let loaded = Loaded::new(None, None)?;
     let fd = program_fd(&loaded.ebpf)?;
     let empty = EmptyXdp::load()?;
 
@@ -289,6 +296,9 @@ fn per_packet_in_ns(plan: Plan, stop: &Stop) -> Result<PerPacket> {
             Frames::Fixed(other),
         ),
     ];
+    for case in &mut cases[1..] {
+        case.verdicts = Some(Rc::clone(&loaded.verdicts));
+    }
     // The same fixed frames (not the SYNs: a replayed SYN is an established flow from its
     // second run on), each through its own replay wrapper, the floor included.
     let mut wrappers = Vec::new();
@@ -308,12 +318,14 @@ fn per_packet_in_ns(plan: Plan, stop: &Stop) -> Result<PerPacket> {
     };
     measure_rounds(&mut cases, plan, stop)?;
     measure_rounds(&mut replayed, replay_plan, stop)?;
+    let many = flows::many_flows(client_if, plan, stop)?;
     Ok(PerPacket {
         plan,
         single: Measured::from(&cases),
         replayed: Measured::from(&replayed),
         repeat: REPEAT,
         replay_plan,
+        many,
         program: program_facts(&loaded.ebpf)?,
     })
 }
@@ -386,7 +398,7 @@ pub fn established_tcp_while(
 ) -> Result<(Summary, Summary)> {
     in_bench_namespace(|| {
         crate::pin(0, MEASURE_CPU)?;
-        let loaded = Loaded::new(None)?;
+        let loaded = Loaded::new(None, None)?;
         let fd = program_fd(&loaded.ebpf)?;
         let client_if = ifindex(CLIENT_IF)?;
         let (ack, _) = established_tcp(fd, client_if)?;
@@ -445,7 +457,7 @@ pub fn profile(secs: u64, stop: &Stop) -> Result<Profile> {
 
 fn profile_in_ns(secs: u64, dir: &std::path::Path, stop: &Stop) -> Result<Profile> {
     let client_if = ifindex(CLIENT_IF)?;
-    let loaded = Loaded::new(None)?;
+    let loaded = Loaded::new(None, None)?;
     let fd = program_fd(&loaded.ebpf)?;
     let syn = frame::build(&tcp(40_000, Flags::SYN, 0));
     once(
@@ -490,7 +502,7 @@ pub fn full_table(plan: Plan, stop: &Stop) -> Result<FullTable> {
 fn full_table_in_ns(plan: Plan, stop: &Stop) -> Result<FullTable> {
     let client_if = ifindex(CLIENT_IF)?;
     let entries = FULL_TABLE_ENTRIES;
-    let loaded = Loaded::new(Some(entries))?;
+    let loaded = Loaded::new(Some(entries), None)?;
     let fd = program_fd(&loaded.ebpf)?;
     let empty = EmptyXdp::load()?;
 

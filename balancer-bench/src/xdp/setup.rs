@@ -4,9 +4,10 @@
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 use std::os::fd::{AsFd as _, AsRawFd as _, RawFd};
+use std::rc::Rc;
 
-use anyhow::{ensure, Context as _, Result};
-use aya::{programs::Xdp, Ebpf, EbpfLoader};
+use anyhow::{bail, ensure, Context as _, Result};
+use aya::{maps::Map, programs::Xdp, Ebpf, EbpfLoader};
 use balancer::{
     config,
     dataplane::{loader::EBPF_OBJECT, AyaMaps},
@@ -16,12 +17,15 @@ use balancer_common::{map_names, PROGRAM_NAME};
 use balancer_tests::{agent::web_and_dns, netns::Netns, util::TempDir};
 use balancer_wire::MacAddr;
 
+use crate::replay::VerdictCounters;
+
 use super::{
     ProgramFacts, BACKEND_IF, CLIENT, CLIENT_IF, CLIENT_MAC, LB_BACKEND_MAC, LB_CLIENT_MAC,
     N_BACKENDS, SNAT,
 };
 
-pub(super) fn backend_addr(i: usize) -> Ipv4Addr {
+/// Backend `i`: 10.0.2.11 on.
+pub fn backend_addr(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 0, 2, 11 + i as u8)
 }
 
@@ -29,12 +33,35 @@ pub(super) fn backend_mac(i: usize) -> MacAddr {
     MacAddr([0x02, 0, 0, 0, 0x02, 0x11 + i as u8])
 }
 
+/// `ip -batch` lines: permanent neighbour entries on `dev` for backends `0..n` (addresses
+/// from 10.0.2.11 on, MACs to match), so that every FIB lookup towards them succeeds.
+pub fn backend_neighbours(dev: &str, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            format!(
+                "neigh replace {} lladdr {} dev {dev} nud permanent",
+                backend_addr(i),
+                backend_mac(i)
+            )
+        })
+        .collect()
+}
+
+/// Runs `lines` with `ip -batch` in `ns`.
+pub fn ip_batch(ns: &Netns, lines: &[String]) -> Result<()> {
+    let tmp = TempDir::new("blt-bench-ip")?;
+    let file = tmp.path().join("setup.batch");
+    std::fs::write(&file, lines.join("\n") + "\n")
+        .with_context(|| format!("writing {}", file.display()))?;
+    ns.ip(&["-batch", &file.to_string_lossy()])?;
+    Ok(())
+}
+
 /// A namespace like the packet fixtures' one: the balancer's two interfaces with fixed
 /// MACs, both subnets, forwarding on, and permanent neighbour entries for the client and
 /// every backend.
 fn bench_namespace() -> Result<Netns> {
     let ns = Netns::unique("bx").context("creating the XDP bench namespace")?;
-    let tmp = TempDir::new("blt-bench-ip")?;
     let mut batch = vec![
         "link set lo up".to_string(),
         format!("link add {CLIENT_IF} type veth peer name {CLIENT_IF}-p"),
@@ -51,19 +78,8 @@ fn bench_namespace() -> Result<Netns> {
     batch.push(format!(
         "neigh replace {CLIENT} lladdr {CLIENT_MAC} dev {CLIENT_IF} nud permanent"
     ));
-    for i in 0..N_BACKENDS {
-        batch.push(format!(
-            "neigh replace {} lladdr {} dev {BACKEND_IF} nud permanent",
-            backend_addr(i),
-            backend_mac(i)
-        ));
-    }
-    let file = tmp.path().join("setup.batch");
-    std::fs::write(&file, batch.join("\n") + "\n")
-        .with_context(|| format!("writing {}", file.display()))?;
-    let file = file.to_string_lossy().into_owned();
-    ns.ip(&["-batch", &file])
-        .context("setting up the XDP bench namespace")?;
+    batch.extend(backend_neighbours(BACKEND_IF, N_BACKENDS));
+    ip_batch(&ns, &batch).context("setting up the XDP bench namespace")?;
     ns.run(&["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
     ns.run(&["sysctl", "-qw", "net.ipv4.conf.all.forwarding=1"])?;
     Ok(ns)
@@ -80,7 +96,8 @@ pub(super) fn in_bench_namespace<T: Send>(f: impl FnOnce() -> Result<T> + Send) 
 /// The port of the bench's direct-server-return VIP (its backends listen there too).
 pub(super) const DSR_PORT: u16 = 8080;
 
-pub(super) fn bench_config() -> Result<config::Config> {
+/// `port_range`: `nat.port_range` when given (else the default).
+pub(super) fn bench_config(port_range: Option<&str>) -> Result<config::Config> {
     let backends: Vec<Ipv4Addr> = (0..N_BACKENDS).map(backend_addr).collect();
     // The same backends, on the direct-server-return VIP's port.
     let direct = backends.iter().fold(String::new(), |mut list, addr| {
@@ -89,10 +106,11 @@ pub(super) fn bench_config() -> Result<config::Config> {
     });
     let text = format!(
         "[agent]\ninterfaces = [\"{CLIENT_IF}\", \"{BACKEND_IF}\"]\n\n\
-         [nat]\nsource_address = \"{SNAT}\"\n\n{}\n\
+         [nat]\nsource_address = \"{SNAT}\"\n{}\n{}\n\
          [[pool]]\nname = \"direct\"\nbackends = [\n{direct}]\n\n\
          [[vip]]\nname = \"direct\"\naddress = \"10.0.100.1\"\nport = {DSR_PORT}\n\
          protocol = \"tcp\"\npool = \"direct\"\nforwarding = \"dsr\"\n",
+        port_range.map_or(String::new(), |r| format!("port_range = \"{r}\"\n")),
         web_and_dns(&backends, "maglev")
     );
     config::parse(&text, "bench.toml").context("the bench configuration does not parse")
@@ -149,16 +167,35 @@ pub(super) fn program_facts(ebpf: &Ebpf) -> Result<ProgramFacts> {
 /// The loaded program with its maps filled by the agent's own `Balancer`.
 pub(super) struct Loaded {
     pub(super) ebpf: Ebpf,
+    /// The program's verdict counters (`GLOBAL_STATS`), which check every run of a burst.
+    pub(super) verdicts: Rc<VerdictCounters>,
     // Keeps the maps the balancer took out of `ebpf` open.
     _lb: Balancer<AyaMaps>,
 }
 
 impl Loaded {
-    pub(super) fn new(conns: Option<u32>) -> Result<Loaded> {
+    /// With `conns` entries in CONNS and NAT and `port_range` as `nat.port_range` when given.
+    pub(super) fn new(conns: Option<u32>, port_range: Option<&str>) -> Result<Loaded> {
         let mut ebpf = load(conns)?;
+        let Some(Map::PerCpuArray(stats)) = ebpf.map(map_names::GLOBAL_STATS) else {
+            bail!(
+                "the XDP object has no per-CPU array {}",
+                map_names::GLOBAL_STATS
+            );
+        };
+        let stats = stats
+            .fd()
+            .as_fd()
+            .try_clone_to_owned()
+            .context("duplicating the fd of GLOBAL_STATS")?;
+        let verdicts = Rc::new(VerdictCounters::from_fd(stats)?);
         let maps = AyaMaps::new(&mut ebpf).context("taking the program's maps")?;
-        let lb = Balancer::from_config(maps, &bench_config()?)
+        let lb = Balancer::from_config(maps, &bench_config(port_range)?)
             .context("filling the maps from the bench configuration")?;
-        Ok(Loaded { ebpf, _lb: lb })
+        Ok(Loaded {
+            ebpf,
+            verdicts,
+            _lb: lb,
+        })
     }
 }
