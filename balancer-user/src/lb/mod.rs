@@ -83,6 +83,9 @@ pub struct Balancer<M: Maps> {
     found_gens: Vec<u32>,
     /// HTTP-mode VIPs (the proxy serves them): name -> default pool, for VRRP's VIP tracks.
     http_vips: BTreeMap<String, String>,
+    /// Whether the data plane's settings name an outer source for tunnels (a tunnel VIP
+    /// needs one).
+    tunnel_source: bool,
 }
 
 impl<M: Maps> Balancer<M> {
@@ -98,6 +101,7 @@ impl<M: Maps> Balancer<M> {
             incarnations: HashMap::new(),
             found_gens: Vec::new(),
             http_vips: BTreeMap::new(),
+            tunnel_source: settings.tunnel_src != 0,
         })
     }
 
@@ -108,7 +112,8 @@ impl<M: Maps> Balancer<M> {
         } else {
             SnatSource::Fixed(config.nat.source_addresses.clone())
         };
-        let mut lb = Self::new(maps, &settings(&config.timeouts, &config.nat), snat)?;
+        let settings = settings(&config.timeouts, &config.nat, &config.tunnel);
+        let mut lb = Self::new(maps, &settings, snat)?;
         let within = |place: String| {
             move |e| BalancerError::In {
                 place,

@@ -14,9 +14,10 @@ use crate::{
 };
 
 impl<M: Maps> Balancer<M> {
-    /// Writes new data plane settings (timeouts, SNAT port range).
+    /// Writes new data plane settings (timeouts, SNAT port range, tunnels).
     pub fn set_settings(&mut self, settings: &Settings) -> Result<(), BalancerError> {
         self.maps.set_settings(settings)?;
+        self.tunnel_source = settings.tunnel_src != 0;
         Ok(())
     }
 
