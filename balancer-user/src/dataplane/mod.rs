@@ -7,6 +7,7 @@
 //! decides what the maps should hold (that is [`crate::lb`]).
 
 mod aya_maps;
+pub mod decap;
 mod fake;
 pub mod links;
 pub mod loader;
