@@ -23,8 +23,6 @@ use balancer_wire::ip::IpProtocol;
 use balancer_wire::ipv4;
 use balancer_wire::tcp::Flags;
 
-/// `XDP_TX`: the ICMP error goes back out of the interface the packet came in on.
-const XDP_TX: u32 = 3;
 /// The tunnel VIP's port, which its backend listens on too.
 const PORT: u16 = 8443;
 /// The outer source when it is one address: the balancer's own on the backends' side.
@@ -301,9 +299,13 @@ fn a_packet_that_would_not_fit_the_tunnel_gets_fragmentation_needed() {
                 XDP_REDIRECT,
             )
             .output_and_input(check_encapsulated(encapsulation, None)),
-            from_client("one byte more", data_of(usize::from(room) + 1), XDP_TX)
-                .output_and_input(frag_needed(room)),
-            from_client("a full-size one", data_of(1500), XDP_TX)
+            from_client(
+                "one byte more",
+                data_of(usize::from(room) + 1),
+                XDP_REDIRECT,
+            )
+            .output_and_input(frag_needed(room)),
+            from_client("a full-size one", data_of(1500), XDP_REDIRECT)
                 .output_and_input(frag_needed(room)),
             check("counted, and not as the flow's packets", |fx| {
                 assert_eq!(fx.global(stat::TUNNEL_TOO_BIG), 2);

@@ -4,8 +4,9 @@
 //! quoting the packet's IPv4 header and first 8 bytes of payload (all the client needs to
 //! find its socket), and goes back out of the interface it came in on.
 use aya_ebpf::{
-    bindings::xdp_action,
-    helpers::{bpf_csum_diff, bpf_xdp_adjust_tail, bpf_xdp_load_bytes, bpf_xdp_store_bytes},
+    helpers::{
+        bpf_csum_diff, bpf_redirect, bpf_xdp_adjust_tail, bpf_xdp_load_bytes, bpf_xdp_store_bytes,
+    },
     programs::XdpContext,
     EbpfContext,
 };
@@ -97,5 +98,9 @@ pub fn reply(ctx: &XdpContext, pkt: &Packet, mtu: u16) -> Result<u32, DropReason
     if unsafe { bpf_xdp_store_bytes(ctx.as_ptr().cast(), at, quote.cast(), len) } != 0 {
         return Err(stat::DROP_MALFORMED);
     }
-    Ok(xdp_action::XDP_TX)
+    // A redirect to the ingress interface rather than `XDP_TX`: on veth, frames sent by
+    // `XDP_TX` after the tail moved never reached the peer (seen on 6.18), while a redirect
+    // takes the path every forwarded packet takes.
+    // SAFETY: plain helper call.
+    Ok(unsafe { bpf_redirect(ctx.ingress_ifindex() as u32, 0) } as u32)
 }
