@@ -71,10 +71,52 @@ pub mod map_names {
     pub const FLOW_EVICTIONS: &str = "FLOW_EVICTIONS";
     pub const NO_PORT: &str = "NO_PORT";
     pub const LOG_AT: &str = "LOG_AT";
+    pub const DECAP_ADDRS: &str = "DECAP_ADDRS";
+    pub const DECAP_STATS: &str = "DECAP_STATS";
+    pub const DECAP_SETTINGS: &str = "DECAP_SETTINGS";
 }
 
 /// Name of the XDP program in the object file.
 pub const PROGRAM_NAME: &str = "balancer";
+/// Name of the backends' decapsulation program (`balancer decap`) in the same object.
+pub const DECAP_PROGRAM_NAME: &str = "balancer_decap";
+
+/// Most outer destinations one decapsulation program accepts (`DECAP_ADDRS`).
+pub const MAX_DECAP_ADDRS: u32 = 64;
+
+/// Value of `DECAP_SETTINGS` (an array of one).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct DecapSettings {
+    /// GUE destination port, network byte order; 0: GUE is not decapsulated.
+    pub gue_port: u16,
+    pub _pad: u16,
+}
+
+const _: () = assert!(size_of::<DecapSettings>() == 4);
+
+/// Index of `DECAP_STATS` (a per-CPU array of u64): what the decapsulation program did.
+pub mod decap_stat {
+    /// Decapsulated and passed to the stack: IPIP, GUE.
+    pub const IPIP: u32 = 0;
+    pub const GUE: u32 = 1;
+    /// Passed untouched: a tunnel packet whose outer destination is not in `DECAP_ADDRS`.
+    pub const NOT_OURS: u32 = 2;
+    /// Passed untouched: a tunnel packet to one of ours whose inner packet is not a whole
+    /// IPv4 header (or a fragment of the outer packet, which only the stack can join).
+    pub const MALFORMED: u32 = 3;
+    /// Passed untouched: anything else (not IPv4 IPIP or UDP to the GUE port).
+    pub const OTHER: u32 = 4;
+    pub const COUNT: u32 = 5;
+    /// Human names, indexed like the constants.
+    pub const NAMES: [&str; COUNT as usize] = [
+        "decap_ipip",
+        "decap_gue",
+        "pass_not_ours",
+        "pass_malformed",
+        "pass_other",
+    ];
+}
 
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
@@ -129,6 +171,14 @@ pub const VIP_F_PASS_ALL_DOWN: u32 = 1;
 /// only the destination MAC changed (the backend holds the VIP and answers the client
 /// itself); its flows carry `FLOW_DSR`.
 pub const VIP_F_DSR: u32 = 2;
+/// Tunnel (`forwarding = "tunnel"`): a new flow's packets go to the backend untranslated,
+/// inside an outer IPv4 header to the backend (IPIP, or GUE with [`VIP_F_GUE`]); the
+/// backend decapsulates them and answers the client itself. Its flows carry `FLOW_DSR`
+/// and `FLOW_TUNNEL` (and `FLOW_GUE`).
+pub const VIP_F_TUNNEL: u32 = 4;
+/// With [`VIP_F_TUNNEL`]: GUE (the inner packet in UDP to `Settings::gue_port`, Katran's
+/// "GUE variant 1" without a GUE header) instead of IPIP.
+pub const VIP_F_GUE: u32 = 8;
 
 /// Value of `BACKENDS` (indexed by backend id).
 #[repr(C)]
@@ -217,6 +267,23 @@ pub const FLOW_MIDSTREAM: u32 = 16;
 /// and its replies never pass the balancer, so a TCP flow is established by the client's
 /// first ACK without SYN or RST.
 pub const FLOW_DSR: u32 = 32;
+/// With `FLOW_DSR`: the flow's packets are encapsulated to its backend (`VIP_F_TUNNEL`),
+/// in GUE when `FLOW_GUE` is set too, else IPIP.
+pub const FLOW_TUNNEL: u32 = 64;
+pub const FLOW_GUE: u32 = 128;
+
+/// Bytes an IPIP encapsulation adds (the outer IPv4 header).
+pub const IPIP_OVERHEAD: u16 = 20;
+/// Bytes a GUE encapsulation adds (outer IPv4 and UDP headers; variant 1 has no GUE
+/// header).
+pub const GUE_OVERHEAD: u16 = 28;
+/// Outer UDP source ports of GUE packets are taken from the flow's hash in
+/// `GUE_SPORT_BASE..GUE_SPORT_BASE + GUE_SPORT_SPAN` (the ephemeral range), so that a
+/// backend's NIC spreads flows over its queues.
+pub const GUE_SPORT_BASE: u16 = 49152;
+pub const GUE_SPORT_SPAN: u16 = 16384;
+/// GUE's registered port (RFC 8086, "gue"), the default `tunnel.gue_port`.
+pub const GUE_DEFAULT_PORT: u16 = 6080;
 
 /// Value of `CONNS`: where a client flow goes and how it is translated.
 #[repr(C)]
@@ -303,7 +370,17 @@ pub struct Settings {
     /// this (an inlined load instead of a helper call). 0: it calls
     /// `bpf_ktime_get_coarse_ns` instead.
     pub ns_per_tick: u32,
-    pub _pad: u32,
+    /// Outer source of tunnelled packets, network byte order: `tunnel_src` with the bits
+    /// of `tunnel_src_mask` (network byte order) taken from the flow's hash, so that an
+    /// IPIP backend's NIC spreads flows (a /32 source gives the mask 0).
+    pub tunnel_src: u32,
+    pub tunnel_src_mask: u32,
+    /// Largest packet (IPv4 total length) that may leave encapsulated, host byte order:
+    /// a larger one is answered with an ICMP "fragmentation needed" giving this less the
+    /// encapsulation's overhead. 0: no tunnel VIP is configured.
+    pub tunnel_mtu: u16,
+    /// GUE destination port, network byte order.
+    pub gue_port: u16,
 }
 
 /// Counters per VIP (`VIP_STATS`) and per backend (`BACKEND_STATS`), per CPU.
@@ -398,7 +475,14 @@ pub mod stat {
     /// Dropped: a packet of a direct-server-return flow whose backend is not on a link of
     /// the balancer (the FIB names a gateway): only its MAC would change, so it would loop.
     pub const DROP_DSR_NOT_ON_LINK: u32 = 29;
-    pub const COUNT: u32 = 30;
+    /// Answered with an ICMP "fragmentation needed" (sent back out of the ingress
+    /// interface): a packet of a tunnel flow that would exceed `Settings::tunnel_mtu` once
+    /// encapsulated. The client's path MTU discovery then sends smaller packets.
+    pub const TUNNEL_TOO_BIG: u32 = 30;
+    /// Dropped: a packet of a tunnel flow that fits `Settings::tunnel_mtu` encapsulated
+    /// but not the MTU of the interface towards its backend (`tunnel.mtu` is set above it).
+    pub const DROP_TUNNEL_MTU: u32 = 31;
+    pub const COUNT: u32 = 32;
 
     /// Human names, indexed like the constants.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -432,6 +516,8 @@ pub mod stat {
         "drop_bad_checksum",
         "drop_martian",
         "drop_dsr_not_on_link",
+        "tunnel_too_big",
+        "drop_tunnel_mtu",
     ];
 }
 
@@ -561,7 +647,7 @@ const _: () = assert!(MAX_SNAT_ADDRS.is_power_of_two());
 const _: () = assert!(size_of::<FlowKey>() == 16);
 const _: () = assert!(size_of::<Conn>() == 40);
 const _: () = assert!(size_of::<NatEntry>() == 24);
-const _: () = assert!(size_of::<Settings>() == 56);
+const _: () = assert!(size_of::<Settings>() == 64);
 const _: () = assert!(size_of::<FlowStats>() == 56);
 const _: () = assert!(size_of::<RrState>() == 8);
 const _: () = assert!(size_of::<NoPort>() == 24);
@@ -571,8 +657,8 @@ const _: () = assert!(size_of::<FlowCacheEntry>() == 64);
 #[cfg(feature = "user")]
 mod pod {
     use super::{
-        Backend, Conn, FlowCacheEntry, FlowKey, FlowStats, NatEntry, NextHop, NoPort, RrState,
-        Settings, VipKey, VipMeta,
+        Backend, Conn, DecapSettings, FlowCacheEntry, FlowKey, FlowStats, NatEntry, NextHop,
+        NoPort, RrState, Settings, VipKey, VipMeta,
     };
     // SAFETY: all types are repr(C), Copy, with explicit padding and no invalid bit patterns.
     unsafe impl aya::Pod for VipKey {}
@@ -587,4 +673,5 @@ mod pod {
     unsafe impl aya::Pod for RrState {}
     unsafe impl aya::Pod for NextHop {}
     unsafe impl aya::Pod for FlowCacheEntry {}
+    unsafe impl aya::Pod for DecapSettings {}
 }

@@ -63,7 +63,13 @@ pub fn established(pkt: &Packet, settings: &Settings, stamp: Stamp, now: u64) ->
         if touched.state & FLOW_ESTABLISHED != 0 {
             flow_cache::remember(&pkt.key, touched, stamp, Default::default());
         }
-        return Established::Live(Send::direct(ids, &pkt.key, conn.backend_addr, false));
+        return Established::Live(Send::untranslated(
+            ids,
+            &pkt.key,
+            conn.backend_addr,
+            conn.state,
+            false,
+        ));
     }
     // A half-open flow's port may have been taken by a new flow (see `snat`): its packets
     // check every time (there are few of them) that the port is still theirs. A client

@@ -116,8 +116,33 @@ impl Diff {
     }
 }
 
+/// The checksum of an IPv4 header without options and with id 0; addresses in network
+/// byte order, the rest in host order; to be stored big-endian.
 #[inline(always)]
-fn fold(mut sum: u64) -> u16 {
+pub fn ipv4_header(
+    tos: u8,
+    tot_len: u16,
+    frags: u16,
+    ttl: u8,
+    proto: u8,
+    src: u32,
+    dst: u32,
+) -> u16 {
+    let (src, dst) = (u32::from_be(src), u32::from_be(dst));
+    let sum = (0x4500 | u64::from(tos))
+        + u64::from(tot_len)
+        + u64::from(frags)
+        + ((u64::from(ttl) << 8) | u64::from(proto))
+        + u64::from(src >> 16)
+        + u64::from(src & 0xffff)
+        + u64::from(dst >> 16)
+        + u64::from(dst & 0xffff);
+    !fold(sum)
+}
+
+/// `sum` folded to 16 bits (one's complement).
+#[inline(always)]
+pub fn fold(mut sum: u64) -> u16 {
     sum = (sum & 0xffff) + (sum >> 16);
     sum = (sum & 0xffff) + (sum >> 16);
     sum = (sum & 0xffff) + (sum >> 16);

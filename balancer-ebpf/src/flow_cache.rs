@@ -57,7 +57,13 @@ pub fn cached(pkt: &Packet, settings: &Settings, stamp: Stamp, now: u64) -> Opti
     }
     let ids = (cached.vip_id, cached.backend_id);
     if cached.state & FLOW_DSR != 0 {
-        return Some(Send::direct(ids, &pkt.key, cached.backend_addr, false));
+        return Some(Send::untranslated(
+            ids,
+            &pkt.key,
+            cached.backend_addr,
+            cached.state,
+            false,
+        ));
     }
     let to = Rewrite {
         src_addr: cached.snat_addr,

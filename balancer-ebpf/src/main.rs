@@ -23,6 +23,7 @@
 mod clock;
 mod conntrack;
 mod csum;
+mod decap;
 mod flow_cache;
 mod forward;
 mod icmp;
@@ -60,6 +61,17 @@ pub fn balancer(ctx: XdpContext) -> u32 {
     verdict
 }
 
+/// The backends' decapsulation program (`balancer decap`, see [`decap`]).
+#[xdp]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "the signature aya's #[xdp] macro expects"
+)]
+pub fn balancer_decap(ctx: XdpContext) -> u32 {
+    decap::count(decap::run(&ctx));
+    decap::VERDICT
+}
+
 /// Parse, then either balance a packet for a VIP (an established flow by the connection
 /// table alone, a new one by its VIP), translate a reply back to its client, translate an
 /// ICMP error about a flow for its other end, or leave the packet alone. Every translated
@@ -80,7 +92,7 @@ fn try_balancer(ctx: &XdpContext) -> Result<u32, DropReason> {
     let settings = clock::settings()?;
     let now = clock::now(settings);
     match route(ctx, &pkt, settings, now)? {
-        Action::Send(send) => forward::deliver(ctx, &pkt, &send, now),
+        Action::Send(send) => forward::deliver(ctx, &pkt, &send, settings, now),
         Action::Verdict(verdict) => Ok(verdict),
     }
 }

@@ -5,9 +5,10 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use balancer_common::{
-    stat, Backend, Conn, FlowCacheEntry, FlowKey, FlowStats, NatEntry, NextHop, NoPort, RrState,
-    Settings, VipKey, VipMeta, CLIENT_HOP_SLOTS, CONN_TABLE_SIZE, FLOW_CACHE_SLOTS, MAX_BACKENDS,
-    MAX_VIPS, NO_PORT_SLOTS, RING_ELEMENTS, VIP_ADDR_SLOTS,
+    decap_stat, stat, Backend, Conn, DecapSettings, FlowCacheEntry, FlowKey, FlowStats, NatEntry,
+    NextHop, NoPort, RrState, Settings, VipKey, VipMeta, CLIENT_HOP_SLOTS, CONN_TABLE_SIZE,
+    FLOW_CACHE_SLOTS, MAX_BACKENDS, MAX_DECAP_ADDRS, MAX_VIPS, NO_PORT_SLOTS, RING_ELEMENTS,
+    VIP_ADDR_SLOTS,
 };
 
 /// (address, port, protocol) -> VIP id, scheduler and active ring slice.
@@ -94,3 +95,24 @@ pub static NO_PORT: PerCpuArray<NoPort> = PerCpuArray::with_max_entries(NO_PORT_
 /// such lines are written at most once a second; counters count every case.
 #[map]
 pub static LOG_AT: Array<u64> = Array::with_max_entries(1, 0);
+
+/// Per CPU, room for the quote of an ICMP "fragmentation needed" the data plane builds
+/// (`forward::too_big`): the stack has none left on that path.
+#[map]
+pub static QUOTE: PerCpuArray<[u16; QUOTE_WORDS]> = PerCpuArray::with_max_entries(1, 0);
+
+/// 16-bit words of [`QUOTE`]: the longest IPv4 header and 8 bytes after it.
+pub const QUOTE_WORDS: usize = 34;
+
+/// The decapsulation program's outer destinations (network byte order; the value is
+/// unused): only packets to these are decapsulated.
+#[map]
+pub static DECAP_ADDRS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_DECAP_ADDRS, 0);
+
+/// The decapsulation program's settings (one entry).
+#[map]
+pub static DECAP_SETTINGS: Array<DecapSettings> = Array::with_max_entries(1, 0);
+
+/// What the decapsulation program did, indexed by `balancer_common::decap_stat`.
+#[map]
+pub static DECAP_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(decap_stat::COUNT, 0);

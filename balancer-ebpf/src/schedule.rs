@@ -4,8 +4,9 @@
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use aya_log_ebpf::warn;
 use balancer_common::{
-    stat, Conn, Settings, VipMeta, BACKEND_F_PRESENT, FLOW_CLOSING, FLOW_DSR, FLOW_MIDSTREAM,
-    PROTO_TCP, SNAT_PORT_PROBES, VIP_F_DSR, VIP_F_PASS_ALL_DOWN,
+    stat, Conn, Settings, VipMeta, BACKEND_F_PRESENT, FLOW_CLOSING, FLOW_DSR, FLOW_GUE,
+    FLOW_MIDSTREAM, FLOW_TUNNEL, PROTO_TCP, SNAT_PORT_PROBES, VIP_F_DSR, VIP_F_GUE,
+    VIP_F_PASS_ALL_DOWN, VIP_F_TUNNEL,
 };
 
 use crate::{
@@ -62,10 +63,11 @@ pub fn new_flow(
     let ids = (conn.vip_id, conn.backend_id);
     if conn.state & FLOW_DSR != 0 {
         // (Half-open: not remembered until its client's ACK establishes it.)
-        return Ok(Action::Send(Send::direct(
+        return Ok(Action::Send(Send::untranslated(
             ids,
             &pkt.key,
             conn.backend_addr,
+            conn.state,
             true,
         )));
     }
@@ -142,9 +144,15 @@ fn schedule(
         handshake_ack: 0,
         last_seen_ns: now,
     };
-    if vip.flags & VIP_F_DSR != 0 {
+    if vip.flags & (VIP_F_DSR | VIP_F_TUNNEL) != 0 {
         // Not translated: no SNAT port, no reply entry; only the forward entry pins it.
         conn.state |= FLOW_DSR;
+        if vip.flags & VIP_F_TUNNEL != 0 {
+            conn.state |= FLOW_TUNNEL;
+            if vip.flags & VIP_F_GUE != 0 {
+                conn.state |= FLOW_GUE;
+            }
+        }
         return CONNS
             .insert(&pkt.key, &conn, 0)
             .map(|()| Some(conn))

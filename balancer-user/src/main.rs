@@ -50,6 +50,10 @@ fn main() -> ExitCode {
                         .and_then(|rt| rt.block_on(balancer::discovery::register::run(reg)))
                 })
         }
+        Command::Decap(args) => {
+            logging::init(LogFormat::Text);
+            cli::decap::run(*args).and_then(|out| print(&out))
+        }
         Command::Completions { shell } => print(cli::completions(shell).trim_end()),
         Command::Man { dir } => cli::man_pages(&dir)
             .with_context(|| format!("writing the man pages into {}", dir.display()))

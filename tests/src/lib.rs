@@ -64,7 +64,8 @@ pub use netns::{Netns, NsThread};
 pub use running::Running;
 pub use servers::{testsrv_path, ServerSpec, Servers};
 pub use topology::{
-    Topology, CLIENT_ADDR, HTTP_PORT, LB_BACKEND_ADDR, LB_CLIENT_ADDR, LB_INTERFACES, UDP_PORT, VIP,
+    BpfMount, Topology, CLIENT_ADDR, CLIENT_SIDE_DOOR, HTTP_PORT, LB_BACKEND_ADDR, LB_CLIENT_ADDR,
+    LB_INTERFACES, UDP_PORT, VIP,
 };
 
 use std::process::{Command, Stdio};

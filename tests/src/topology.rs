@@ -19,6 +19,10 @@ pub const VIP: Ipv4Addr = Ipv4Addr::new(10, 0, 100, 1);
 pub const HTTP_PORT: u16 = 80;
 /// Port of the UDP VIP and of the backends' UDP servers.
 pub const UDP_PORT: u16 = 5300;
+/// The client's address on its own link to the backends' switch
+/// ([`Topology::add_direct_return_path`]).
+pub const CLIENT_SIDE_DOOR: &str = "10.0.2.200";
+
 /// The balancer's interfaces in the lb namespace: client side, backend side.
 pub const LB_INTERFACES: [&str; 2] = ["lbc0", "lbs0"];
 
@@ -324,6 +328,62 @@ impl Topology {
         self.run_dir.path().join("balancer.sock")
     }
 
+    /// Gives the backends the VIP (on `lo`, ARP for it ignored, as IPVS's DR set-up asks)
+    /// and a way back to the client that avoids the balancer: a second link of the
+    /// client's, [`CLIENT_SIDE_DOOR`], to the backends' switch. For VIPs whose backends
+    /// answer clients themselves (direct server return, tunnels).
+    ///
+    /// # Panics
+    /// When a command of the set-up fails.
+    pub fn add_direct_return_path(&self) {
+        let (client, switch) = (self.client(), self.switch());
+        client
+            .ip(&[
+                "link",
+                "add",
+                "clb0",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "swc",
+                "netns",
+                switch.name(),
+            ])
+            .expect("a client link to the switch");
+        switch.ip(&["link", "set", "swc", "master", "br0"]).unwrap();
+        switch.ip(&["link", "set", "swc", "up"]).unwrap();
+        client
+            .ip(&[
+                "addr",
+                "add",
+                &format!("{CLIENT_SIDE_DOOR}/24"),
+                "dev",
+                "clb0",
+            ])
+            .unwrap();
+        client.ip(&["link", "set", "clb0", "up"]).unwrap();
+        // Replies come from the VIP on a link the client does not route the VIP through.
+        for key in ["all", "default", "clb0"] {
+            client
+                .run(&["sysctl", "-qw", &format!("net.ipv4.conf.{key}.rp_filter=0")])
+                .unwrap();
+        }
+        for backend in self.backends() {
+            backend
+                .ip(&["addr", "add", &format!("{VIP}/32"), "dev", "lo"])
+                .expect("the VIP on the backend's lo");
+            for (key, value) in [("arp_ignore", "1"), ("arp_announce", "2")] {
+                backend
+                    .run(&["sysctl", "-qw", &format!("net.ipv4.conf.all.{key}={value}")])
+                    .unwrap();
+            }
+            backend
+                .ip(&["route", "add", "10.0.1.0/24", "via", CLIENT_SIDE_DOOR])
+                .expect("the backend's route to the client");
+        }
+    }
+
     /// A worker thread inside the client namespace with the client helpers.
     pub fn client_ns(&self) -> Result<ClientNs> {
         ClientNs::new(&self.client)
@@ -341,12 +401,16 @@ impl Topology {
 /// A bpf filesystem of its own, mounted on a temporary directory. Not /sys/fs/bpf: `ip netns
 /// exec`, which starts the agent, mounts a fresh /sys, but keeps other mounts. Unmounting
 /// it frees whatever is pinned in it.
-pub(crate) struct BpfMount {
+pub struct BpfMount {
     dir: TempDir,
 }
 
 impl BpfMount {
-    pub(crate) fn new(tag: &str) -> Result<BpfMount> {
+    /// Mounts one; `tag` names its directory.
+    ///
+    /// # Errors
+    /// When the directory cannot be made or the mount fails.
+    pub fn new(tag: &str) -> Result<BpfMount> {
         let dir = TempDir::new(tag)?;
         let path = dir
             .path()
@@ -357,7 +421,8 @@ impl BpfMount {
     }
 
     /// Where the bpf filesystem is mounted.
-    pub(crate) fn path(&self) -> &Path {
+    #[must_use]
+    pub fn path(&self) -> &Path {
         self.dir.path()
     }
 }

@@ -9,59 +9,6 @@ use std::time::Duration;
 use balancer_tests::{config_for, require_root, Agent, Topology, DEFAULT_TIMEOUT, VIP};
 use serde_json::Value;
 
-/// The client's address on its own link to the backends' switch.
-const CLIENT_SIDE_DOOR: &str = "10.0.2.200";
-
-/// Gives the backends the VIP and a way back to the client that avoids the balancer.
-fn direct_return_path(topo: &Topology) {
-    let (client, switch) = (topo.client(), topo.switch());
-    client
-        .ip(&[
-            "link",
-            "add",
-            "clb0",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "swc",
-            "netns",
-            switch.name(),
-        ])
-        .expect("a client link to the switch");
-    switch.ip(&["link", "set", "swc", "master", "br0"]).unwrap();
-    switch.ip(&["link", "set", "swc", "up"]).unwrap();
-    client
-        .ip(&[
-            "addr",
-            "add",
-            &format!("{CLIENT_SIDE_DOOR}/24"),
-            "dev",
-            "clb0",
-        ])
-        .unwrap();
-    client.ip(&["link", "set", "clb0", "up"]).unwrap();
-    // Replies come from the VIP on a link the client does not route the VIP through.
-    for key in ["all", "default", "clb0"] {
-        client
-            .run(&["sysctl", "-qw", &format!("net.ipv4.conf.{key}.rp_filter=0")])
-            .unwrap();
-    }
-    for backend in topo.backends() {
-        backend
-            .ip(&["addr", "add", &format!("{VIP}/32"), "dev", "lo"])
-            .expect("the VIP on the backend's lo");
-        for (key, value) in [("arp_ignore", "1"), ("arp_announce", "2")] {
-            backend
-                .run(&["sysctl", "-qw", &format!("net.ipv4.conf.all.{key}={value}")])
-                .unwrap();
-        }
-        backend
-            .ip(&["route", "add", "10.0.1.0/24", "via", CLIENT_SIDE_DOOR])
-            .expect("the backend's route to the client");
-    }
-}
-
 fn vip_status(agent: &Agent, name: &str) -> Value {
     let status = agent.status_json();
     status["vips"]
@@ -75,7 +22,7 @@ fn vip_status(agent: &Agent, name: &str) -> Value {
 fn http_through_a_dsr_vip_is_answered_by_the_backends_directly() {
     require_root();
     let topo = Topology::new(2).expect("building the topology");
-    direct_return_path(&topo);
+    topo.add_direct_return_path();
     let _servers = topo.start_backends().expect("starting the test servers");
     let config = config_for(&topo, "maglev", &[1, 2]);
     let marker = "scheduler = \"maglev\"\npool = \"web\"\n";

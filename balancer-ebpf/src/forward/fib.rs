@@ -4,11 +4,15 @@
 //! then take the fast path. A direct-server-return packet goes only to a backend on a link
 //! of the balancer (no gateway between them), and only once its neighbour is known. Next
 //! hops are cached per CPU: per backend, and for replies per client address in a small
-//! direct-mapped table, each asked again of the FIB every second.
+//! direct-mapped table, each asked again of the FIB every second. A tunnelled packet goes
+//! to its backend by any route, and only if it fits the interface's MTU.
 use core::mem;
 
 use aya_ebpf::{
-    bindings::{bpf_fib_lookup, xdp_action, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS},
+    bindings::{
+        bpf_fib_lookup, xdp_action, BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH,
+        BPF_FIB_LKUP_RET_SUCCESS,
+    },
     helpers::{bpf_fib_lookup as fib_lookup, bpf_redirect},
     programs::XdpContext,
     EbpfContext,
@@ -26,10 +30,28 @@ use crate::{
 
 const AF_INET: u8 = 2;
 
+/// What next hop a packet may take.
+#[derive(Clone, Copy)]
+pub enum Via {
+    /// Any route; the packet's IP protocol and total length (for the FIB's MTU check).
+    Routed(u8, u16),
+    /// A direct-server-return packet: only a next hop that is its backend itself.
+    OnLink,
+    /// An encapsulated packet: any route; the outer protocol and total length. A packet
+    /// that does not fit the interface's MTU is dropped (`DROP_TUNNEL_MTU`).
+    Tunnel(u8, u16),
+}
+
+impl Via {
+    #[inline(always)]
+    fn on_link(self) -> bool {
+        matches!(self, Via::OnLink)
+    }
+}
+
 /// Sends a rewritten packet: to backend `backend_id` at `to.dst_addr` through this CPU's
 /// slot of `NEXT_HOPS` for it, or to a client at `to.dst_addr` through this CPU's slot of
-/// `CLIENT_HOPS` for that address (see [`transmit_cached`]). A `direct` (direct server
-/// return) packet only goes to a next hop that is its backend itself.
+/// `CLIENT_HOPS` for that address (see [`transmit_cached`]), as `via` allows.
 #[inline(always)]
 pub fn transmit(
     ctx: &XdpContext,
@@ -37,14 +59,14 @@ pub fn transmit(
     to: &Rewrite,
     dir: Dir,
     backend_id: u32,
-    direct: bool,
+    via: Via,
     now: u64,
 ) -> Result<u32, DropReason> {
     let cache = match dir {
         Dir::ToBackend => NEXT_HOPS.get_ptr_mut(backend_id),
         Dir::ToClient => CLIENT_HOPS.get_ptr_mut(addr_slot(to.dst_addr)),
     };
-    transmit_cached(ctx, pkt, to, cache, direct, now)
+    transmit_cached(ctx, pkt, to, cache, via, now)
 }
 
 /// Sends a rewritten packet towards `to.dst_addr` by the next hop cached in `cache` while it
@@ -57,7 +79,7 @@ fn transmit_cached(
     pkt: &Packet,
     to: &Rewrite,
     cache: Option<*mut NextHop>,
-    direct: bool,
+    via: Via,
     now: u64,
 ) -> Result<u32, DropReason> {
     if let Some(hop) = cache {
@@ -65,7 +87,7 @@ fn transmit_cached(
         let hop = unsafe { &*hop };
         if hop.addr == to.dst_addr
             && hop.ifindex != 0
-            && (!direct || hop.on_link != 0)
+            && (!via.on_link() || hop.on_link != 0)
             && now.wrapping_sub(hop.at_ns) < NEXT_HOP_TTL_NS
         {
             let eth: *mut EthHdr = crate::parse::ptr_at(ctx, 0)?;
@@ -75,7 +97,7 @@ fn transmit_cached(
         }
     }
     let refresh = cache.map(|hop| (hop, now));
-    transmit_via_fib(ctx, pkt, to, refresh, direct)
+    transmit_via_fib(ctx, pkt, to, refresh, via)
 }
 
 /// `XDP_TX` back out of the ingress interface, else a redirect to `ifindex`.
@@ -97,7 +119,7 @@ fn transmit_via_fib(
     pkt: &Packet,
     to: &Rewrite,
     refresh: Option<(*mut NextHop, u64)>,
-    direct: bool,
+    via: Via,
 ) -> Result<u32, DropReason> {
     let mut storage = mem::MaybeUninit::<bpf_fib_lookup>::uninit();
     // SAFETY: zero_params writes all 64 bytes; all-zero is a valid bpf_fib_lookup.
@@ -105,11 +127,15 @@ fn transmit_via_fib(
         zero_params(storage.as_mut_ptr());
         &mut *storage.as_mut_ptr()
     };
+    let (proto, tot_len) = match via {
+        Via::Routed(proto, len) | Via::Tunnel(proto, len) => (proto, len),
+        Via::OnLink => (pkt.key.proto, pkt.ip_len),
+    };
     params.family = AF_INET;
-    params.l4_protocol = pkt.key.proto;
+    params.l4_protocol = proto;
     params.sport = to.src_port;
     params.dport = to.dst_port;
-    params.__bindgen_anon_1.tot_len = pkt.ip_len;
+    params.__bindgen_anon_1.tot_len = tot_len;
     params.__bindgen_anon_2.tos = pkt.tos;
     params.__bindgen_anon_3.ipv4_src = to.src_addr;
     params.__bindgen_anon_4.ipv4_dst = to.dst_addr;
@@ -123,7 +149,7 @@ fn transmit_via_fib(
             // The lookup leaves the gateway, if there is one, in place of the destination.
             // SAFETY: a plain u32 field of the union the helper wrote.
             let on_link = unsafe { params.__bindgen_anon_4.ipv4_dst } == to.dst_addr;
-            if direct && !on_link {
+            if via.on_link() && !on_link {
                 return Err(stat::DROP_DSR_NOT_ON_LINK);
             }
             let eth: *mut EthHdr = crate::parse::ptr_at(ctx, 0)?;
@@ -144,10 +170,14 @@ fn transmit_via_fib(
         }
         // The stack cannot resolve the neighbour of an untranslated packet for us (it would
         // route it to the VIP): the backend's health checks do that.
-        BPF_FIB_LKUP_RET_NO_NEIGH if direct => Err(stat::DROP_FIB),
+        // (Nor would it encapsulate a tunnelled one: the health checks resolve it too.)
+        BPF_FIB_LKUP_RET_NO_NEIGH if !matches!(via, Via::Routed(..)) => Err(stat::DROP_FIB),
         BPF_FIB_LKUP_RET_NO_NEIGH => {
             stats::count(stat::PASS_NO_NEIGH);
             Ok(xdp_action::XDP_PASS)
+        }
+        BPF_FIB_LKUP_RET_FRAG_NEEDED if matches!(via, Via::Tunnel(..)) => {
+            Err(stat::DROP_TUNNEL_MTU)
         }
         _ => Err(stat::DROP_FIB),
     }

@@ -1,11 +1,14 @@
 //! How a packet of a flow leaves: counted, rewritten ([`nat`]) and sent to its next hop
 //! through the kernel's FIB ([`fib`]); a direct-server-return flow's packet gets only its
-//! MACs changed, towards a backend on a link of the balancer. (Tunnels go here beside them,
-//! chosen by [`deliver`].)
+//! MACs changed, towards a backend on a link of the balancer; a tunnel flow's packet is
+//! encapsulated to its backend ([`encap`]), or answered with an ICMP "fragmentation
+//! needed" when it would not fit the tunnel ([`too_big`]). [`deliver`] chooses.
+mod encap;
 mod fib;
+mod too_big;
 
 use aya_ebpf::programs::XdpContext;
-use balancer_common::FlowKey;
+use balancer_common::{stat, FlowKey, Settings, FLOW_DSR, FLOW_GUE, FLOW_TUNNEL};
 
 use crate::{
     csum,
@@ -21,6 +24,32 @@ pub enum Action {
     Verdict(u32),
 }
 
+/// How a packet of a flow travels to its backend.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Way {
+    /// Full NAT (and every reply).
+    Nat,
+    /// Direct server return: only the MACs change.
+    Dsr,
+    /// Untranslated inside an outer IPv4 header (IPIP) or outer IPv4 and UDP (GUE).
+    Ipip,
+    Gue,
+}
+
+impl Way {
+    /// The way of an untranslated flow (`FLOW_DSR`) with state bits `state`.
+    #[inline(always)]
+    fn untranslated(state: u32) -> Way {
+        if state & FLOW_TUNNEL == 0 {
+            Way::Dsr
+        } else if state & FLOW_GUE == 0 {
+            Way::Ipip
+        } else {
+            Way::Gue
+        }
+    }
+}
+
 /// How a translated packet leaves ([`deliver`]).
 pub struct Send {
     /// (VIP id, backend id) of its flow: for the counters, and the backend's next hop.
@@ -30,8 +59,7 @@ pub struct Send {
     diffs: (csum::Diff, csum::Diff),
     dir: Dir,
     new_flow: bool,
-    /// Direct server return: not translated, only MACs change (`to` names the backend).
-    direct: bool,
+    way: Way,
 }
 
 impl Send {
@@ -48,14 +76,22 @@ impl Send {
             diffs,
             dir: Dir::ToBackend,
             new_flow,
-            direct: false,
+            way: Way::Nat,
         }
     }
 
-    /// A packet of a direct-server-return flow for `backend_addr` (network byte order):
-    /// it keeps its addresses and ports.
+    /// A packet of an untranslated flow (`FLOW_DSR`, with state bits `state`) for
+    /// `backend_addr` (network byte order): it keeps its addresses and ports, and goes
+    /// direct or through a tunnel.
     #[inline(always)]
-    pub fn direct(ids: (u32, u32), key: &FlowKey, backend_addr: u32, new_flow: bool) -> Send {
+    pub fn untranslated(
+        ids: (u32, u32),
+        key: &FlowKey,
+        backend_addr: u32,
+        state: u32,
+        new_flow: bool,
+    ) -> Send {
+        debug_assert!(state & FLOW_DSR != 0);
         Send {
             ids,
             to: Rewrite {
@@ -67,7 +103,7 @@ impl Send {
             diffs: (csum::Diff::default(), csum::Diff::default()),
             dir: Dir::ToBackend,
             new_flow,
-            direct: true,
+            way: Way::untranslated(state),
         }
     }
 
@@ -80,21 +116,59 @@ impl Send {
             diffs,
             dir: Dir::ToClient,
             new_flow: false,
-            direct: false,
+            way: Way::Nat,
         }
     }
 }
 
-/// Counts a translated packet, rewrites it and transmits it: the one exit of the cached,
-/// the `CONNS`, the new-flow and the reply paths, so that the next-hop and transmit code
-/// is in the program once (every inlined copy of it made the common paths slower).
+/// Counts a packet, rewrites it and transmits it: the one exit of the cached, the
+/// `CONNS`, the new-flow and the reply paths, so that the next-hop and transmit code is in
+/// the program once (every inlined copy of it made the common paths slower).
 #[inline(always)]
-pub fn deliver(ctx: &XdpContext, pkt: &Packet, send: &Send, now: u64) -> Result<u32, DropReason> {
+pub fn deliver(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    send: &Send,
+    settings: &Settings,
+    now: u64,
+) -> Result<u32, DropReason> {
+    let backend_id = send.ids.1;
+    match send.way {
+        Way::Nat => {
+            count(pkt, send);
+            let (ip_diff, l4_diff) = send.diffs;
+            nat::rewrite_with(ctx, pkt, &send.to, ip_diff, l4_diff)?;
+            let via = fib::Via::Routed(pkt.key.proto, pkt.ip_len);
+            fib::transmit(ctx, pkt, &send.to, send.dir, backend_id, via, now)
+        }
+        Way::Dsr => {
+            count(pkt, send);
+            fib::transmit(
+                ctx,
+                pkt,
+                &send.to,
+                send.dir,
+                backend_id,
+                fib::Via::OnLink,
+                now,
+            )
+        }
+        Way::Ipip | Way::Gue => {
+            let gue = send.way == Way::Gue;
+            let overhead = encap::overhead(gue);
+            if u32::from(pkt.ip_len) + u32::from(overhead) > u32::from(settings.tunnel_mtu) {
+                stats::count(stat::TUNNEL_TOO_BIG);
+                return too_big::reply(ctx, pkt, settings.tunnel_mtu.saturating_sub(overhead));
+            }
+            count(pkt, send);
+            let (outer, via) = encap::push(ctx, pkt, gue, send.to.dst_addr, settings)?;
+            fib::transmit(ctx, pkt, &outer, send.dir, backend_id, via, now)
+        }
+    }
+}
+
+#[inline(always)]
+fn count(pkt: &Packet, send: &Send) {
     let (vip_id, backend_id) = send.ids;
     stats::count_flow(vip_id, backend_id, pkt.len, send.dir, send.new_flow);
-    if !send.direct {
-        let (ip_diff, l4_diff) = send.diffs;
-        nat::rewrite_with(ctx, pkt, &send.to, ip_diff, l4_diff)?;
-    }
-    fib::transmit(ctx, pkt, &send.to, send.dir, backend_id, send.direct, now)
 }

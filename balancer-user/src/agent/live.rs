@@ -336,7 +336,11 @@ impl<M: Maps> Agent<M> {
 /// Applies one step of a plan to the balancer.
 fn apply<M: Maps>(lb: &mut Balancer<M>, step: &Step) -> Result<(), BalancerError> {
     match step {
-        Step::Settings { timeouts, nat } => lb.set_settings(&settings(timeouts, nat)),
+        Step::Settings {
+            timeouts,
+            nat,
+            tunnel,
+        } => lb.set_settings(&settings(timeouts, nat, tunnel)),
         Step::AddPool(pool) | Step::ChangePool(pool) => lb.reconfigure_pool(pool),
         Step::DelVip(vip) => lb.del_vip(&vip.name),
         Step::DelBackend { pool, addr } => lb.del_backend(pool, *addr),

@@ -53,7 +53,7 @@ pub struct RunOptions {
 
 pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     // First: without privileges, every later step fails for that reason.
-    loader::check_privileges()?;
+    loader::check_privileges("balancer run")?;
     let (config, text) = config::load_with_text(&options.config)?;
     // What only the host can tell, before anything is loaded or attached.
     vrrp::check_host(&config.vrrp)?;

@@ -12,7 +12,9 @@ use std::{fmt, net::SocketAddrV4};
 
 use crate::{
     api::{Request, Source},
-    config::{BackendConfig, Config, NatConfig, PoolConfig, Timeouts, VipConfig, VipMode},
+    config::{
+        BackendConfig, Config, NatConfig, PoolConfig, Timeouts, TunnelConfig, VipConfig, VipMode,
+    },
 };
 
 /// A pool's own settings: everything but its backends.
@@ -259,10 +261,11 @@ pub fn check_pools(target: &Config, current: &Config) -> Result<(), String> {
 /// One change of a plan ([`plan`] orders them: VIPs out first, pools before their backends, pools deleted last).
 #[derive(Clone, Debug, PartialEq)]
 pub enum Step {
-    /// Timeouts or the SNAT port range.
+    /// Timeouts, the SNAT port range or the tunnels' outer headers.
     Settings {
         timeouts: Timeouts,
         nat: NatConfig,
+        tunnel: TunnelConfig,
     },
     AddPool(PoolConfig),
     /// A pool's own settings (check of later backends, down policy, HTTP balancing).
@@ -293,7 +296,10 @@ pub enum Step {
 impl fmt::Display for Step {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Step::Settings { .. } => write!(f, "setting the timeouts and the SNAT port range"),
+            Step::Settings { .. } => write!(
+                f,
+                "setting the timeouts, the SNAT port range and the tunnels' outer headers"
+            ),
             Step::AddPool(p) => write!(f, "adding pool {}", p.name),
             Step::ChangePool(p) => write!(f, "changing pool {}", p.name),
             Step::DelVip(v) => write!(f, "removing vip {}", v.name),
@@ -353,10 +359,14 @@ impl Plan {
 pub fn plan(current: &Config, target: &Config) -> Plan {
     let mut p = Plan::default();
     let c = &mut p.summary;
-    if current.timeouts != target.timeouts || current.nat != target.nat {
+    if current.timeouts != target.timeouts
+        || current.nat != target.nat
+        || current.tunnel != target.tunnel
+    {
         p.steps.push(Step::Settings {
             timeouts: target.timeouts.clone(),
             nat: target.nat.clone(),
+            tunnel: target.tunnel.clone(),
         });
         c.settings = true;
     }
@@ -527,9 +537,14 @@ fn backends_mut<'a>(config: &'a mut Config, name: &str) -> Option<&'a mut Vec<Ba
 /// `step` applied to the configuration `config` describes.
 pub fn apply_to_config(config: &mut Config, step: &Step) {
     match step {
-        Step::Settings { timeouts, nat } => {
+        Step::Settings {
+            timeouts,
+            nat,
+            tunnel,
+        } => {
             config.timeouts = timeouts.clone();
             config.nat = nat.clone();
+            config.tunnel = tunnel.clone();
         }
         Step::AddPool(pool) => config.pools.push(pool.clone()),
         Step::ChangePool(pool) => {

@@ -1,5 +1,6 @@
 //! Command line: `balancer run` starts the agent; every other command talks to it over the
 //! control socket and prints the result.
+pub mod decap;
 mod generate;
 mod register;
 mod render;
@@ -32,7 +33,8 @@ use crate::{
         Request, Status,
     },
     config::{
-        self, AllDownPolicy, Forwarding, Protocol, Scheduler, VipConfig, XdpMode, MAX_WEIGHT,
+        self, AllDownPolicy, Encapsulation, Forwarding, Protocol, Scheduler, VipConfig, XdpMode,
+        MAX_WEIGHT,
     },
     logging::LogFormat,
 };
@@ -106,6 +108,11 @@ pub enum Command {
     /// The secretary beside a backend: keeps its key under an etcd prefix alive with a
     /// lease while its health check passes; revokes it when the check fails and on exit.
     Register(Box<RegisterArgs>),
+    /// On a backend of a tunnel VIP (`forwarding = "tunnel"`): attach the XDP program that
+    /// decapsulates the balancer's IPIP and GUE packets (no tunnel device needed), and
+    /// leave it attached: `balancer decap --interface eth0 --address 10.0.2.11`. Also
+    /// `decap status` and `decap detach --interface eth0`.
+    Decap(Box<decap::DecapArgs>),
     /// Print a completion script for a shell, e.g. `balancer completions bash >
     /// /etc/bash_completion.d/balancer` (the package installs bash's and zsh's).
     Completions {
@@ -156,10 +163,14 @@ pub enum VipCommand {
         /// What new flows get when no backend is up: drop or pass (to the local stack).
         #[arg(long, default_value = "drop", value_parser = Words::<AllDownPolicy>::new(&["drop", "pass"]))]
         on_all_down: AllDownPolicy,
-        /// How packets reach a backend: full NAT, or direct server return (the backends,
-        /// on a link of the balancer, hold the VIP and answer clients themselves).
-        #[arg(long, default_value = "nat", value_parser = Words::<Forwarding>::new(&["nat", "dsr"]))]
+        /// How packets reach a backend: full NAT, direct server return (the backends, on
+        /// a link of the balancer, hold the VIP and answer clients themselves), or a
+        /// tunnel (the same, with backends anywhere; needs `[tunnel] source` in the file).
+        #[arg(long, default_value = "nat", value_parser = Words::<Forwarding>::new(&["nat", "dsr", "tunnel"]))]
         forwarding: Forwarding,
+        /// A tunnel VIP's encapsulation: ipip or gue.
+        #[arg(long, default_value = "ipip", value_parser = Words::<Encapsulation>::new(&["ipip", "gue"]))]
+        encapsulation: Encapsulation,
     },
     /// Delete a VIP by name.
     Del { name: String },
@@ -324,9 +335,12 @@ pub fn client(socket: &Path, command: Command, timeout: Duration) -> Result<Stri
         Command::Run { .. }
         | Command::CheckConfig { .. }
         | Command::Register(_)
+        | Command::Decap(_)
         | Command::Completions { .. }
         | Command::Man { .. } => {
-            unreachable!("run, check-config, register, completions and man are not client commands")
+            unreachable!(
+                "run, check-config, register, decap, completions and man are not client commands"
+            )
         }
         Command::Status { json: true } => (
             Request::Status,
@@ -368,6 +382,7 @@ pub fn client(socket: &Path, command: Command, timeout: Duration) -> Result<Stri
             ring_size,
             on_all_down,
             forwarding,
+            encapsulation,
         }) => {
             let done = format!(
                 "vip {name} added: {}:{}/{} -> pool {pool}",
@@ -383,6 +398,7 @@ pub fn client(socket: &Path, command: Command, timeout: Duration) -> Result<Stri
                 pool,
                 on_all_down,
                 forwarding,
+                encapsulation,
                 mode: config::VipMode::L4,
                 rules: Vec::new(),
             };

@@ -39,6 +39,7 @@ pub(super) fn render_vips(status: &Status) -> String {
             match v.forwarding {
                 config::Forwarding::Nat => v.scheduler.to_string(),
                 config::Forwarding::Dsr => format!("{}, dsr", v.scheduler),
+                config::Forwarding::Tunnel => format!("{}, {}", v.scheduler, v.encapsulation),
             },
             v.pool,
             status.active_backends,

@@ -140,6 +140,9 @@ fn vip_table(v: &VipConfig) -> Table {
     put("pool", Value::String(v.pool.clone()));
     put("on_all_down", Value::String(v.on_all_down.to_string()));
     put("forwarding", Value::String(v.forwarding.to_string()));
+    if v.forwarding == super::Forwarding::Tunnel {
+        put("encapsulation", Value::String(v.encapsulation.to_string()));
+    }
     put("mode", Value::String(v.mode.to_string()));
     t
 }
@@ -219,6 +222,7 @@ pool = "web"
             pool: "dns".into(),
             on_all_down: AllDownPolicy::Pass,
             forwarding: crate::config::Forwarding::Nat,
+            encapsulation: crate::config::Encapsulation::Ipip,
             mode: VipMode::L4,
             rules: Vec::new(),
         });

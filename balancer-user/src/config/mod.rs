@@ -59,7 +59,9 @@ pub use addresses::{
     port_range_overlap, AddressError, BackendAddressError, Host,
 };
 pub use dump::dump;
-pub use words::{AllDownPolicy, DownPolicy, Forwarding, Protocol, Scheduler, VipMode, XdpMode};
+pub use words::{
+    AllDownPolicy, DownPolicy, Encapsulation, Forwarding, Protocol, Scheduler, VipMode, XdpMode,
+};
 
 /// Control socket path used when `[agent].control_socket` is absent.
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/balancer/balancer.sock";
@@ -110,6 +112,8 @@ pub struct Config {
     pub http: ProxySettings,
     /// `[telemetry]`: the metrics and stats page listener; `None`: nothing listens.
     pub telemetry: Option<TelemetryConfig>,
+    /// `[tunnel]`: how tunnel VIPs' packets are encapsulated.
+    pub tunnel: TunnelConfig,
     pub pools: Vec<PoolConfig>,
     pub vips: Vec<VipConfig>,
     /// `[[vrrp]]`: the VRRP instances, in the order written.
@@ -165,6 +169,33 @@ impl Default for NatConfig {
             source_addresses: Vec::new(),
             port_min: DEFAULT_NAT_PORT_MIN,
             port_max: DEFAULT_NAT_PORT_MAX,
+        }
+    }
+}
+
+/// `[tunnel]`: the outer headers of tunnel VIPs' packets (`forwarding = "tunnel"`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct TunnelConfig {
+    /// Outer source: an address, or a prefix (address, length) in which each flow gets an
+    /// address by hash, so that IPIP backends' NICs spread flows over their queues. `None`:
+    /// not given (a tunnel VIP then cannot be configured).
+    pub source: Option<(Ipv4Addr, u8)>,
+    /// UDP destination port of GUE.
+    pub gue_port: u16,
+    /// Largest IPv4 packet that may leave encapsulated (the smallest MTU on the way to
+    /// the backends); a larger packet is answered with an ICMP "fragmentation needed".
+    pub mtu: u16,
+}
+
+/// `tunnel.mtu` when not given: Ethernet's.
+pub const DEFAULT_TUNNEL_MTU: u16 = 1500;
+
+impl Default for TunnelConfig {
+    fn default() -> Self {
+        TunnelConfig {
+            source: None,
+            gue_port: balancer_common::GUE_DEFAULT_PORT,
+            mtu: DEFAULT_TUNNEL_MTU,
         }
     }
 }
@@ -256,11 +287,15 @@ pub struct VipConfig {
     pub pool: String,
     /// What new flows get while no backend of the pool is up.
     pub on_all_down: AllDownPolicy,
-    /// How an L4 VIP's packets reach a backend: `nat` (full NAT, the default) or `dsr`
+    /// How an L4 VIP's packets reach a backend: `nat` (full NAT, the default), `dsr`
     /// (direct server return: only the destination MAC changes; the backend, on a link of
-    /// the balancer, holds the VIP and answers the client itself).
+    /// the balancer, holds the VIP and answers the client itself) or `tunnel` (the packet
+    /// goes encapsulated to the backend, which answers the client itself).
     #[serde(default)]
     pub forwarding: Forwarding,
+    /// A tunnel VIP's encapsulation (unused by the others).
+    #[serde(default)]
+    pub encapsulation: Encapsulation,
     /// `l4` (the XDP program) or `http` (the agent's proxy; `pool` is then the default
     /// pool of requests no rule matches).
     #[serde(default)]

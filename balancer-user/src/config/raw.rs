@@ -24,6 +24,8 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub(super) telemetry: Option<RawTelemetry>,
     #[serde(default)]
+    pub(super) tunnel: Option<RawTunnel>,
+    #[serde(default)]
     pub(super) pool: Vec<Spanned<RawPool>>,
     #[serde(default)]
     pub(super) vip: Vec<Spanned<RawVip>>,
@@ -58,6 +60,17 @@ pub(super) struct RawNat {
     pub(super) source_addresses: Option<Spanned<Vec<Spanned<String>>>>,
     #[serde(default)]
     pub(super) port_range: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(super) struct RawTunnel {
+    #[serde(default)]
+    pub(super) source: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) gue_port: Option<Spanned<Int>>,
+    #[serde(default)]
+    pub(super) mtu: Option<Spanned<Int>>,
 }
 
 #[derive(Deserialize)]
@@ -241,6 +254,8 @@ pub(super) struct RawVip {
     pub(super) on_all_down: Option<Spanned<String>>,
     #[serde(default)]
     pub(super) forwarding: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) encapsulation: Option<Spanned<String>>,
     #[serde(default)]
     pub(super) mode: Option<Spanned<String>>,
     #[serde(default)]

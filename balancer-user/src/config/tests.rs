@@ -114,6 +114,7 @@ fn full_example_parses() {
         },
         http: ProxySettings::default(),
         telemetry: None,
+        tunnel: TunnelConfig::default(),
         pools: vec![
             PoolConfig {
                 name: "web".into(),
@@ -168,6 +169,7 @@ fn full_example_parses() {
                 pool: "web".into(),
                 on_all_down: AllDownPolicy::Drop,
                 forwarding: Forwarding::Nat,
+                encapsulation: Encapsulation::Ipip,
                 mode: VipMode::L4,
                 rules: vec![],
             },
@@ -181,6 +183,7 @@ fn full_example_parses() {
                 pool: "dns".into(),
                 on_all_down: AllDownPolicy::Drop,
                 forwarding: Forwarding::Nat,
+                encapsulation: Encapsulation::Ipip,
                 mode: VipMode::L4,
                 rules: vec![],
             },
@@ -222,6 +225,7 @@ fn minimal_config_uses_defaults() {
             },
             http: ProxySettings::default(),
             telemetry: None,
+            tunnel: TunnelConfig::default(),
             pools: vec![],
             vips: vec![],
             vrrp: vec![],

@@ -85,6 +85,25 @@ pub enum Forwarding {
     /// Direct server return (IPVS's DR): only the destination MAC changes; the backend, on
     /// a link of the balancer, holds the VIP and answers the client itself.
     Dsr,
+    /// Tunnel (IPVS's TUN, Katran's way): the packet goes unchanged inside an outer IPv4
+    /// header (IPIP or GUE, the VIP's `encapsulation`) to the backend, which may be any
+    /// number of hops away; it decapsulates (`balancer decap`), holds the VIP and answers
+    /// the client itself.
+    Tunnel,
+}
+
+/// How a tunnel VIP's packets are encapsulated.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum Encapsulation {
+    /// IPv4 in IPv4 (RFC 2003): a 20-byte outer header.
+    #[default]
+    Ipip,
+    /// The IPv4 packet in UDP to `tunnel.gue_port` (GUE variant 1, RFC 8086): 28 bytes;
+    /// the UDP source port varies with the flow, so any NIC spreads flows over its queues.
+    Gue,
 }
 
 config_words!(Protocol, "protocol", "\"tcp\" or \"udp\"", { Tcp => "tcp", Udp => "udp" });
@@ -93,7 +112,8 @@ config_words!(Scheduler, "scheduler", "\"maglev\" or \"round-robin\" (or \"rr\")
 config_words!(XdpMode, "XDP mode", "\"driver\", \"skb\" or \"auto\"", { Driver => "driver", Skb => "skb", Auto => "auto" });
 config_words!(DownPolicy, "on_backend_down policy", "\"shutdown\" or \"keep\"", { Shutdown => "shutdown", Keep => "keep" });
 config_words!(AllDownPolicy, "on_all_down policy", "\"drop\" or \"pass\"", { Drop => "drop", Pass => "pass" });
-config_words!(Forwarding, "forwarding", "\"nat\" or \"dsr\" (\"tunnel\" is not built yet)", { Nat => "nat", Dsr => "dsr" });
+config_words!(Forwarding, "forwarding", "\"nat\", \"dsr\" or \"tunnel\"", { Nat => "nat", Dsr => "dsr", Tunnel => "tunnel" });
+config_words!(Encapsulation, "encapsulation", "\"ipip\" or \"gue\"", { Ipip => "ipip", Gue => "gue" });
 
 #[cfg(test)]
 mod tests {

@@ -35,8 +35,9 @@ const CAP_BPF: u32 = 39;
 
 /// Refuses to go on without the privileges that loading and attaching the program need,
 /// before anything touches the pin directory or the kernel: without them every later step
-/// fails with a less helpful error, or leaves warnings that are wrong.
-pub fn check_privileges() -> anyhow::Result<()> {
+/// fails with a less helpful error, or leaves warnings that are wrong. `command`: what
+/// needs them, for the message (`balancer run`).
+pub fn check_privileges(command: &str) -> anyhow::Result<()> {
     if is_root() {
         return Ok(());
     }
@@ -45,8 +46,8 @@ pub fn check_privileges() -> anyhow::Result<()> {
         return Ok(());
     }
     bail!(
-        "`balancer run` must run as root (or with the capabilities CAP_BPF and CAP_NET_ADMIN): \
-         it loads and attaches an XDP program, pins its maps and sets sysctls"
+        "`{command}` must run as root (or with the capabilities CAP_BPF and CAP_NET_ADMIN): \
+         it loads and attaches an XDP program and pins its maps"
     )
 }
 
@@ -313,7 +314,13 @@ pub async fn forward_logs(logger: DataPlaneLogger) {
 /// Attaches to one interface in the requested mode; `auto` tries driver mode first.
 /// Returns the link and the mode it got. A refusal because another program holds the
 /// interface names that program.
-fn attach(program: &mut Xdp, iface: &str, mode: XdpMode) -> anyhow::Result<(XdpLinkId, LinkMode)> {
+/// Attaches `program` to `iface` in `mode` (driver, else skb for `auto`); an error names
+/// the program that holds the interface, if one does.
+pub(super) fn attach(
+    program: &mut Xdp,
+    iface: &str,
+    mode: XdpMode,
+) -> anyhow::Result<(XdpLinkId, LinkMode)> {
     let mut attach_as = |aya_mode: AyaXdpMode, got: LinkMode| {
         program
             .attach(iface, aya_mode)

@@ -11,6 +11,7 @@
 mod aya_maps;
 pub mod batch;
 pub mod clock;
+pub mod decap;
 mod fake;
 pub mod links;
 pub mod loader;

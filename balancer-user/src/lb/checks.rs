@@ -28,6 +28,16 @@ impl<M: Maps> Balancer<M> {
                 why: e.to_string(),
             }
         })?;
+        if vip.forwarding == Forwarding::Tunnel && self.settings.tunnel_src == 0 {
+            return Err(BalancerError::Invalid {
+                what: "forwarding",
+                why: format!(
+                    "VIP {:?}: \"tunnel\" needs tunnel.source (the outer source address of \
+                     encapsulated packets) in the configuration file",
+                    vip.name
+                ),
+            });
+        }
         let Some(pool) = self
             .pools
             .get(&vip.pool)
@@ -40,7 +50,7 @@ impl<M: Maps> Balancer<M> {
                 what: "pool",
                 why: format!("{:?} has backend {}: {e}", vip.pool, b.addr),
             })?;
-            check_dsr_port(vip, b.addr)?;
+            check_untranslated_port(vip, b.addr)?;
         }
         check_ring_size(vip.ring_size, pool.backends.len(), &vip.pool).map_err(|why| {
             BalancerError::Invalid {
@@ -78,7 +88,7 @@ impl<M: Maps> Balancer<M> {
         })?;
         let backends = self.pools[&pool].backends.len() + 1;
         for vip in std::iter::once(first).chain(vips) {
-            check_dsr_port(&vip.config, addr)?;
+            check_untranslated_port(&vip.config, addr)?;
             check_ring_size(vip.config.ring_size, backends, &pool).map_err(|why| {
                 BalancerError::Invalid {
                     what: "backend",
@@ -90,15 +100,20 @@ impl<M: Maps> Balancer<M> {
     }
 }
 
-/// A direct-server-return VIP sends packets to its backends with its own port: each must
-/// listen there.
-fn check_dsr_port(vip: &VipConfig, backend: SocketAddrV4) -> Result<(), BalancerError> {
-    if vip.forwarding == Forwarding::Dsr && backend.port() != vip.port {
+/// A direct-server-return or tunnel VIP sends packets to its backends with its own port:
+/// each must listen there.
+fn check_untranslated_port(vip: &VipConfig, backend: SocketAddrV4) -> Result<(), BalancerError> {
+    let how = match vip.forwarding {
+        Forwarding::Nat => return Ok(()),
+        Forwarding::Dsr => "by direct server return",
+        Forwarding::Tunnel => "through a tunnel",
+    };
+    if backend.port() != vip.port {
         return Err(BalancerError::Invalid {
             what: "backend port",
             why: format!(
-                "{backend}: VIP {:?} forwards by direct server return, which keeps the VIP's \
-                 port: its backends must listen on port {}",
+                "{backend}: VIP {:?} forwards {how}, which keeps the VIP's port: its backends \
+                 must listen on port {}",
                 vip.name, vip.port
             ),
         });

@@ -118,7 +118,8 @@ impl<M: Maps> Balancer<M> {
         } else {
             SnatSource::Fixed(config.nat.source_addresses.clone())
         };
-        let mut lb = Self::new(maps, &settings(&config.timeouts, &config.nat), snat)?;
+        let settings = settings(&config.timeouts, &config.nat, &config.tunnel);
+        let mut lb = Self::new(maps, &settings, snat)?;
         let within = |place: String| {
             move |e| BalancerError::In {
                 place,

@@ -14,7 +14,7 @@ use crate::{
 };
 
 impl<M: Maps> Balancer<M> {
-    /// Writes new data plane settings (timeouts, SNAT port range).
+    /// Writes new data plane settings (timeouts, SNAT port range, tunnels).
     pub fn set_settings(&mut self, settings: &Settings) -> Result<(), BalancerError> {
         self.maps.set_settings(settings)?;
         self.settings = *settings;

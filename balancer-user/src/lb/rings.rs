@@ -2,12 +2,12 @@
 
 use balancer_common::{
     VipMeta, MAX_RING_SIZE, NO_BACKEND, RING_SLICES_PER_VIP, SCHED_MAGLEV, SCHED_ROUND_ROBIN,
-    VIP_F_DSR, VIP_F_PASS_ALL_DOWN,
+    VIP_F_DSR, VIP_F_GUE, VIP_F_PASS_ALL_DOWN, VIP_F_TUNNEL,
 };
 
 use super::{Balancer, BalancerError};
 use crate::{
-    config::{AllDownPolicy, Forwarding, Scheduler},
+    config::{AllDownPolicy, Encapsulation, Forwarding, Scheduler},
     dataplane::Maps,
     ring::{self, RingBackend},
 };
@@ -94,6 +94,10 @@ impl<M: Maps> Balancer<M> {
             } | match vip.config.forwarding {
                 Forwarding::Nat => 0,
                 Forwarding::Dsr => VIP_F_DSR,
+                Forwarding::Tunnel => match vip.config.encapsulation {
+                    Encapsulation::Ipip => VIP_F_TUNNEL,
+                    Encapsulation::Gue => VIP_F_TUNNEL | VIP_F_GUE,
+                },
             },
             generation: vip.generation,
         };

@@ -6,7 +6,7 @@ use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use balancer_common::Settings;
 
 use super::BalancerError;
-use crate::config::{NatConfig, Timeouts};
+use crate::config::{NatConfig, Timeouts, TunnelConfig};
 
 /// How the SNAT source address towards a backend is chosen.
 #[derive(Clone, Debug)]
@@ -42,7 +42,11 @@ impl SnatSource {
 }
 
 /// Kernel settings derived from the configuration.
-pub fn settings(timeouts: &Timeouts, nat: &NatConfig) -> Settings {
+pub fn settings(timeouts: &Timeouts, nat: &NatConfig, tunnel: &TunnelConfig) -> Settings {
+    let (tunnel_src, tunnel_src_mask) = tunnel.source.map_or((0, 0), |(addr, len)| {
+        let host_bits = u32::MAX.checked_shr(u32::from(len)).unwrap_or(0);
+        (u32::from(addr).to_be(), host_bits.to_be())
+    });
     Settings {
         tcp_timeout_ns: timeouts.tcp.as_nanos() as u64,
         tcp_handshake_timeout_ns: timeouts.tcp_handshake.min(timeouts.tcp).as_nanos() as u64,
@@ -53,7 +57,10 @@ pub fn settings(timeouts: &Timeouts, nat: &NatConfig) -> Settings {
         snat_port_max: nat.port_max,
         flow_epoch: 0,
         ns_per_tick: ns_per_tick(),
-        _pad: 0,
+        tunnel_src,
+        tunnel_src_mask,
+        tunnel_mtu: tunnel.mtu,
+        gue_port: tunnel.gue_port.to_be(),
     }
 }
 

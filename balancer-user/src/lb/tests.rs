@@ -9,7 +9,10 @@ use balancer_common::{
 use super::{ids::*, *};
 use crate::{
     api::Status,
-    config::{AllDownPolicy, DownPolicy, Forwarding, NatConfig, Scheduler, Timeouts, VipMode},
+    config::{
+        AllDownPolicy, DownPolicy, Encapsulation, Forwarding, NatConfig, Scheduler, Timeouts,
+        TunnelConfig, VipMode,
+    },
     dataplane::FakeMaps,
     health::HealthEvent,
 };
@@ -17,7 +20,11 @@ use crate::{
 const SNAT: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 1);
 
 fn lb() -> Balancer<FakeMaps> {
-    let settings = settings(&Timeouts::default(), &NatConfig::default());
+    let settings = settings(
+        &Timeouts::default(),
+        &NatConfig::default(),
+        &TunnelConfig::default(),
+    );
     Balancer::new(
         FakeMaps::default(),
         &settings,
@@ -37,6 +44,7 @@ fn vip(name: &str, port: u16, scheduler: Scheduler) -> VipConfig {
         pool: "web".into(),
         on_all_down: AllDownPolicy::Drop,
         forwarding: Forwarding::Nat,
+        encapsulation: Encapsulation::Ipip,
         mode: VipMode::L4,
         rules: Vec::new(),
     }
@@ -89,6 +97,7 @@ fn a_dsr_vip_is_flagged_and_keeps_its_backends_on_its_port() {
     let odd = SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 20), 8080);
     let dsr = VipConfig {
         forwarding: Forwarding::Dsr,
+        encapsulation: Encapsulation::Ipip,
         ..vip("web", 80, Scheduler::Maglev)
     };
     lb.add_vip(dsr.clone()).unwrap();
@@ -770,7 +779,11 @@ fn the_data_plane_clock_gets_this_kernels_tick() {
         (1_000_000..=10_000_000).contains(&tick),
         "tick of {tick} ns: the data plane would fall back to its clock helper"
     );
-    let s = settings(&Timeouts::default(), &NatConfig::default());
+    let s = settings(
+        &Timeouts::default(),
+        &NatConfig::default(),
+        &TunnelConfig::default(),
+    );
     assert_eq!(s.ns_per_tick, tick);
 }
 

@@ -470,7 +470,7 @@ fn data_plane(w: &mut Writer, status: &Status) {
             "balancer_dataplane_events_total",
             Kind::Counter,
             "Other data-plane events (replies translated, flows expired or rescheduled, \
-             SNAT ports reused, ICMP errors translated), by event.",
+             SNAT ports reused, ICMP errors translated or sent for tunnels), by event.",
         ),
         others,
         |w, name, (k, v)| w.sample(name, &[("event", k)], v),

@@ -5,7 +5,7 @@ use tokio::sync::mpsc;
 use super::*;
 use crate::{
     api::InterfaceState,
-    config::{AllDownPolicy, NatConfig, Protocol, Scheduler, Timeouts, VipConfig},
+    config::{AllDownPolicy, NatConfig, Protocol, Scheduler, Timeouts, TunnelConfig, VipConfig},
     dataplane::FakeMaps,
     dataplane::{
         links::Attach,
@@ -17,7 +17,11 @@ use crate::{
 };
 
 fn agent() -> Agent<FakeMaps> {
-    let settings = settings(&Timeouts::default(), &NatConfig::default());
+    let settings = settings(
+        &Timeouts::default(),
+        &NatConfig::default(),
+        &TunnelConfig::default(),
+    );
     let snat = SnatSource::Fixed(vec![Ipv4Addr::new(10, 0, 2, 1)]);
     let lb = Balancer::new(FakeMaps::default(), &settings, snat).unwrap();
     let (events, _) = mpsc::channel(1);
@@ -35,6 +39,7 @@ fn web() -> VipConfig {
         pool: "web".into(),
         on_all_down: AllDownPolicy::Drop,
         forwarding: crate::config::Forwarding::Nat,
+        encapsulation: crate::config::Encapsulation::Ipip,
         mode: crate::config::VipMode::L4,
         rules: Vec::new(),
     }

@@ -59,6 +59,7 @@ fn api_vip() -> VipConfig {
         pool: "api".into(),
         on_all_down: AllDownPolicy::Drop,
         forwarding: crate::config::Forwarding::Nat,
+        encapsulation: crate::config::Encapsulation::Ipip,
         mode: VipMode::L4,
         rules: Vec::new(),
     }

@@ -1,53 +1,75 @@
-//! A `[[vip]]`'s `forwarding`: full NAT, or direct server return, which sends packets to
-//! the backends unchanged but for the MAC, so an HTTP VIP (served by the agent's proxy)
-//! cannot have it and its pool's backends must listen on the VIP's own port.
+//! A `[[vip]]`'s `forwarding` and `encapsulation`: full NAT; direct server return, which
+//! sends packets to the backends unchanged but for the MAC; or a tunnel, which sends them
+//! unchanged inside an outer header. Untranslated, the packets reach a backend on the
+//! VIP's own port, and an HTTP VIP (served by the agent's proxy) cannot have them.
 
 use super::super::raw::RawVip;
 use super::{Checked, Validator};
-use crate::config::{Forwarding, PoolConfig, VipMode};
+use crate::config::{Encapsulation, Forwarding, PoolConfig, TunnelConfig, VipMode};
 
 impl Validator<'_> {
-    /// The `forwarding` of `vip` (key path `field`, port `port`, `mode`), whose pool is
-    /// `pool`.
+    /// The `forwarding` and `encapsulation` of `vip` (key path `field`, port `port`,
+    /// `mode`), whose pool is `pool`, under the configuration's `[tunnel]`.
     pub(super) fn forwarding(
         &self,
         vip: &RawVip,
         field: &str,
         (port, mode): (u16, VipMode),
         pool: Option<&PoolConfig>,
-    ) -> Checked<Forwarding> {
-        let Some(raw) = &vip.forwarding else {
-            return Ok(Forwarding::default());
+        tunnel: &TunnelConfig,
+    ) -> Checked<(Forwarding, Encapsulation)> {
+        let forwarding = match &vip.forwarding {
+            None => Forwarding::default(),
+            Some(raw) => self.word(raw, format_args!("{field}.forwarding"))?,
         };
-        let forwarding = self.word(raw, format_args!("{field}.forwarding"))?;
-        if forwarding == Forwarding::Dsr {
-            let problem = if mode == VipMode::Http {
-                Some(
-                    "an HTTP-mode VIP is served by the agent's proxy: it cannot be \"dsr\""
-                        .to_owned(),
-                )
-            } else {
-                pool.and_then(|p| p.backends.iter().find(|b| b.port != port).map(|b| (p, b)))
-                    .map(|(p, b)| {
-                        format!(
-                            "\"dsr\" sends packets to the backends with the VIP's address and port: \
-                             backend {}:{} of pool {:?} must listen on port {port}",
-                            b.address, b.port, p.name
-                        )
-                    })
-            };
-            if let Some(problem) = problem {
-                return Err(self.error(raw.span(), format_args!("{field}.forwarding"), problem));
+        let encapsulation = match &vip.encapsulation {
+            None => Encapsulation::default(),
+            Some(raw) if forwarding != Forwarding::Tunnel => {
+                return Err(self.error(
+                    raw.span(),
+                    format_args!("{field}.encapsulation"),
+                    "only a VIP with forwarding = \"tunnel\" is encapsulated",
+                ));
             }
+            Some(raw) => self.word(raw, format_args!("{field}.encapsulation"))?,
+        };
+        let (Some(raw), Forwarding::Dsr | Forwarding::Tunnel) = (&vip.forwarding, forwarding)
+        else {
+            return Ok((forwarding, encapsulation));
+        };
+        let problem = if mode == VipMode::Http {
+            Some(format!(
+                "an HTTP-mode VIP is served by the agent's proxy: it cannot be \"{forwarding}\""
+            ))
+        } else if forwarding == Forwarding::Tunnel && tunnel.source.is_none() {
+            Some(
+                "\"tunnel\" needs tunnel.source, the outer source address of the encapsulated \
+                 packets (an address of the balancer, or a prefix to spread flows over)"
+                    .to_owned(),
+            )
+        } else {
+            pool.and_then(|p| p.backends.iter().find(|b| b.port != port).map(|b| (p, b)))
+                .map(|(p, b)| {
+                    format!(
+                        "\"{forwarding}\" sends packets to the backends with the VIP's address and \
+                         port: backend {}:{} of pool {:?} must listen on port {port}",
+                        b.address, b.port, p.name
+                    )
+                })
+        };
+        match problem {
+            Some(problem) => {
+                Err(self.error(raw.span(), format_args!("{field}.forwarding"), problem))
+            }
+            None => Ok((forwarding, encapsulation)),
         }
-        Ok(forwarding)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use crate::config::testing::{assert_error_at, with, HTTP_VIP, ONE_VIP, ORIGIN};
-    use crate::config::{parse, Forwarding};
+    use crate::config::{parse, Encapsulation, Forwarding};
 
     /// [`ONE_VIP`] with a backend on `port` and the VIP's `forwarding` line (line 13).
     fn one_vip(port: u16, forwarding: &str) -> String {
@@ -87,10 +109,10 @@ mod tests {
         );
         assert_error_at(
             &one_vip(80, "dsr"),
-            ("dsr", "tunnel"),
-            (13, "\"tunnel\""),
+            ("dsr", "tunel"),
+            (13, "\"tunel\""),
             field,
-            "invalid forwarding \"tunnel\": expected \"nat\" or \"dsr\" (\"tunnel\" is not built yet)",
+            "invalid forwarding \"tunel\": expected \"nat\", \"dsr\" or \"tunnel\"",
         );
         assert_error_at(
             HTTP_VIP,
@@ -98,6 +120,52 @@ mod tests {
             (13, "\"dsr\""),
             "vip[0] (\"www\").forwarding",
             "an HTTP-mode VIP is served by the agent's proxy",
+        );
+    }
+
+    #[test]
+    fn tunnel_needs_a_source_and_takes_an_encapsulation() {
+        let field = "vip[0] (\"web\").forwarding";
+        assert_error_at(
+            &one_vip(80, "tunnel"),
+            ("tunnel", "tunnel"),
+            (13, "\"tunnel\""),
+            field,
+            "\"tunnel\" needs tunnel.source",
+        );
+        let with_source = format!("{}[tunnel]\nsource = \"10.0.3.1\"\n", one_vip(80, "tunnel"));
+        let config = parse(&with_source, ORIGIN).unwrap();
+        assert_eq!(config.vips[0].forwarding, Forwarding::Tunnel);
+        assert_eq!(config.vips[0].encapsulation, Encapsulation::Ipip);
+        let gue = with(
+            &with_source,
+            "\"tunnel\"\n",
+            "\"tunnel\"\nencapsulation = \"gue\"\n",
+        );
+        assert_eq!(
+            parse(&gue, ORIGIN).unwrap().vips[0].encapsulation,
+            Encapsulation::Gue
+        );
+        assert_error_at(
+            &with_source,
+            ("\"tunnel\"\n", "\"tunnel\"\nencapsulation = \"gre\"\n"),
+            (14, "\"gre\""),
+            "vip[0] (\"web\").encapsulation",
+            "invalid encapsulation \"gre\": expected \"ipip\" or \"gue\"",
+        );
+        assert_error_at(
+            &one_vip(80, "nat"),
+            ("\"nat\"\n", "\"nat\"\nencapsulation = \"gue\"\n"),
+            (14, "\"gue\""),
+            "vip[0] (\"web\").encapsulation",
+            "only a VIP with forwarding = \"tunnel\" is encapsulated",
+        );
+        assert_error_at(
+            &with_source,
+            ("port = 80 }", "port = 8080 }"),
+            (13, "\"tunnel\""),
+            field,
+            "backend 10.0.2.11:8080 of pool \"web\" must listen on port 80",
         );
     }
 }

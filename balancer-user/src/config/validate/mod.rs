@@ -14,6 +14,7 @@ mod forwarding;
 mod http;
 mod l7;
 mod telemetry;
+mod tunnel;
 mod vrrp;
 
 use std::cell::RefCell;
@@ -40,8 +41,8 @@ use super::{
     check_backend_address, check_vip_address, interface_name_problem, is_prime, name_problem,
     AgentConfig, AllDownPolicy, BackendAddressError, BackendConfig, CheckConfig, Config,
     ConfigError, DownPolicy, Host, NatConfig, PoolConfig, Protocol, ProxySettings, Scheduler,
-    Timeouts, VipConfig, XdpMode, DEFAULT_CONTROL_SOCKET, DEFAULT_PIN_DIR, DEFAULT_RING_SIZE,
-    DEFAULT_WEIGHT, MAX_TIMEOUT, MAX_WEIGHT, MIN_NAT_PORT, MIN_TIMEOUT,
+    Timeouts, TunnelConfig, VipConfig, XdpMode, DEFAULT_CONTROL_SOCKET, DEFAULT_PIN_DIR,
+    DEFAULT_RING_SIZE, DEFAULT_WEIGHT, MAX_TIMEOUT, MAX_WEIGHT, MIN_NAT_PORT, MIN_TIMEOUT,
 };
 use crate::spelling::ParseValueError;
 
@@ -116,8 +117,12 @@ impl Validator<'_> {
             None => ProxySettings::default(),
         };
         let telemetry = raw.telemetry.map(|t| self.telemetry(t)).transpose()?;
+        let tunnel = match raw.tunnel {
+            Some(t) => self.tunnel(&t)?,
+            None => TunnelConfig::default(),
+        };
         let pools = self.pools(raw.pool)?;
-        let vips = self.vips(raw.vip, &pools)?;
+        let vips = self.vips(raw.vip, &pools, &tunnel)?;
         let vrrp = self.vrrp_instances(&raw.vrrp, &vips)?;
         let vrrp_sync_groups = self.vrrp_sync_groups(&raw.vrrp_sync_group, &vrrp)?;
         Ok(Config {
@@ -126,6 +131,7 @@ impl Validator<'_> {
             timeouts,
             http,
             telemetry,
+            tunnel,
             pools,
             vips,
             vrrp,
@@ -483,7 +489,12 @@ impl Validator<'_> {
 
     // -- [[vip]] --------------------------------------------------------------
 
-    fn vips(&self, raw: Vec<Spanned<RawVip>>, pools: &[PoolConfig]) -> Checked<Vec<VipConfig>> {
+    fn vips(
+        &self,
+        raw: Vec<Spanned<RawVip>>,
+        pools: &[PoolConfig],
+        tunnel: &TunnelConfig,
+    ) -> Checked<Vec<VipConfig>> {
         let total = raw.len();
         let max = MAX_VIPS as usize;
         let mut seen = VipsSeen::default();
@@ -498,7 +509,12 @@ impl Validator<'_> {
                     format!("too many VIPs: {total} defined, at most {max} are supported"),
                 ));
             }
-            vips.push(self.vip(vip.get_ref(), (vi, span, &field), pools, &mut seen)?);
+            vips.push(self.vip(
+                vip.get_ref(),
+                (vi, span, &field),
+                (pools, tunnel),
+                &mut seen,
+            )?);
         }
         Ok(vips)
     }
@@ -509,7 +525,7 @@ impl Validator<'_> {
         &self,
         vip: &RawVip,
         (index, span, field): (usize, Range<usize>, &str),
-        pools: &[PoolConfig],
+        (pools, tunnel): (&[PoolConfig], &TunnelConfig),
         seen: &mut VipsSeen,
     ) -> Checked<VipConfig> {
         let name = self.new_name(&mut seen.names, ("VIP", "vip"), index, &vip.name, field)?;
@@ -526,11 +542,12 @@ impl Validator<'_> {
         };
         let pool = self.vip_pool(vip, &name, field, pools)?;
         let (mode, rules) = self.vip_mode(vip, field, protocol, pools)?;
-        let forwarding = self.forwarding(
+        let (forwarding, encapsulation) = self.forwarding(
             vip,
             field,
             (port, mode),
             pools.iter().find(|p| p.name == pool),
+            tunnel,
         )?;
         // Whether it is one of the host's own is checked once every address is known.
         check_vip_address((address, port, protocol), mode, None).map_err(|e| {
@@ -570,6 +587,7 @@ impl Validator<'_> {
             pool,
             on_all_down,
             forwarding,
+            encapsulation,
             mode,
             rules,
         })

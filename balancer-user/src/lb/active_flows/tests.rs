@@ -8,7 +8,8 @@ use super::*;
 use crate::{
     api::Status,
     config::{
-        AllDownPolicy, Forwarding, NatConfig, Protocol, Scheduler, Timeouts, VipConfig, VipMode,
+        AllDownPolicy, Encapsulation, Forwarding, NatConfig, Protocol, Scheduler, Timeouts,
+        TunnelConfig, VipConfig, VipMode,
     },
     dataplane::FakeMaps,
     lb::{settings, SnatSource},
@@ -19,7 +20,11 @@ const SECOND: u64 = 1_000_000_000;
 const NOW: u64 = 1_000 * SECOND;
 
 fn timeouts() -> Settings {
-    settings(&Timeouts::default(), &NatConfig::default())
+    settings(
+        &Timeouts::default(),
+        &NatConfig::default(),
+        &TunnelConfig::default(),
+    )
 }
 
 #[test]
@@ -110,6 +115,7 @@ fn vip(name: &str, port: u16, protocol: Protocol, pool: &str) -> VipConfig {
         pool: pool.into(),
         on_all_down: AllDownPolicy::Drop,
         forwarding: Forwarding::Nat,
+        encapsulation: Encapsulation::Ipip,
         mode: VipMode::L4,
         rules: Vec::new(),
     }
