@@ -648,6 +648,30 @@ const _: () = assert!(size_of::<FlowKey>() == 16);
 const _: () = assert!(size_of::<Conn>() == 40);
 const _: () = assert!(size_of::<NatEntry>() == 24);
 const _: () = assert!(size_of::<Settings>() == 64);
+
+impl Settings {
+    /// How long a flow in `state` (`FLOW_*` bits) of protocol `proto` may stay idle: the
+    /// data plane expires flows by it, and the agent counts live flows by it.
+    #[inline(always)]
+    #[expect(
+        clippy::inline_always,
+        reason = "the data plane is one BPF function: everything it calls is inlined"
+    )]
+    #[must_use]
+    pub fn idle_timeout_ns(&self, state: u32, proto: u8) -> u64 {
+        if state & FLOW_CLOSING != 0 {
+            self.closing_timeout_ns
+        } else if proto == PROTO_TCP {
+            if state & FLOW_ESTABLISHED != 0 {
+                self.tcp_timeout_ns
+            } else {
+                self.tcp_handshake_timeout_ns
+            }
+        } else {
+            self.udp_timeout_ns
+        }
+    }
+}
 const _: () = assert!(size_of::<FlowStats>() == 56);
 const _: () = assert!(size_of::<RrState>() == 8);
 const _: () = assert!(size_of::<NoPort>() == 24);

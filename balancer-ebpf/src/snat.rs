@@ -451,7 +451,7 @@ fn holder_state(holder: &NatEntry, reply_key: &FlowKey, settings: &Settings, now
     match unsafe { CONNS.get(&client_key) } {
         Some(conn) if holds(conn, reply_key) => {
             let idle = now.saturating_sub(conn.last_seen_ns);
-            if idle <= timeouts::timeout_ns(conn.state, reply_key.proto, settings) {
+            if idle <= settings.idle_timeout_ns(conn.state, reply_key.proto) {
                 if timeouts::half_open(conn.state, reply_key.proto) {
                     Holder::HalfOpen(idle)
                 } else {

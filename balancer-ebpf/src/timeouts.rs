@@ -19,27 +19,11 @@ pub fn touch_due(last_seen_ns: u64, now: u64) -> bool {
     now.saturating_sub(last_seen_ns) > TOUCH_INTERVAL_NS
 }
 
-/// How long an entry in `state` (`FLOW_*` bits) of protocol `proto` may stay idle.
-#[inline(always)]
-pub fn timeout_ns(state: u32, proto: u8, settings: &Settings) -> u64 {
-    if state & FLOW_CLOSING != 0 {
-        settings.closing_timeout_ns
-    } else if proto == PROTO_TCP {
-        if state & FLOW_ESTABLISHED != 0 {
-            settings.tcp_timeout_ns
-        } else {
-            settings.tcp_handshake_timeout_ns
-        }
-    } else {
-        settings.udp_timeout_ns
-    }
-}
-
 /// Is this entry still the flow of this packet? An idle-expired entry is not, and neither
 /// is a closing one when the client opens the same tuple again with a SYN.
 #[inline(always)]
 pub fn is_live(conn: &Conn, pkt: &Packet, settings: &Settings, now: u64) -> bool {
-    if now.saturating_sub(conn.last_seen_ns) > timeout_ns(conn.state, pkt.key.proto, settings) {
+    if now.saturating_sub(conn.last_seen_ns) > settings.idle_timeout_ns(conn.state, pkt.key.proto) {
         return false;
     }
     !(conn.state & FLOW_CLOSING != 0
@@ -74,7 +58,7 @@ pub fn cache_serves(
         && state & FLOW_CLOSING == 0
         && !half_open(state, pkt.key.proto)
         && idle <= TOUCH_INTERVAL_NS
-        && idle <= timeout_ns(state, pkt.key.proto, settings)
+        && idle <= settings.idle_timeout_ns(state, pkt.key.proto)
 }
 
 /// Which way a packet of a flow goes.

@@ -30,27 +30,11 @@ use crate::{
 /// share of the agent's tick, the next ones skip ticks.
 const BUSY_SHARE: u32 = 20;
 
-/// How long an entry in `state` (`FLOW_*` bits) of protocol `proto` may stay idle: the data
-/// plane's policy (`balancer-ebpf`'s `timeouts::timeout_ns`), on the same settings.
-pub fn timeout_ns(state: u32, proto: u8, settings: &Settings) -> u64 {
-    if state & FLOW_CLOSING != 0 {
-        settings.closing_timeout_ns
-    } else if proto == PROTO_TCP {
-        if state & FLOW_ESTABLISHED != 0 {
-            settings.tcp_timeout_ns
-        } else {
-            settings.tcp_handshake_timeout_ns
-        }
-    } else {
-        settings.udp_timeout_ns
-    }
-}
-
 /// Would the data plane still take `conn` (of protocol `proto`) for its flow at `now` (its
 /// clock, ns)? Not once it has been idle longer than its state allows. (The program also
 /// ends a closing flow when its client opens the tuple again: that needs the packet.)
 pub fn is_live(conn: &Conn, proto: u8, settings: &Settings, now: u64) -> bool {
-    now.saturating_sub(conn.last_seen_ns) <= timeout_ns(conn.state, proto, settings)
+    now.saturating_sub(conn.last_seen_ns) <= settings.idle_timeout_ns(conn.state, proto)
 }
 
 /// Counts one live flow in `flows`: TCP ones established (handshake completed, no FIN or

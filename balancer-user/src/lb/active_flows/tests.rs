@@ -61,7 +61,7 @@ fn liveness_is_the_data_planes_idle_timeout_of_the_entrys_state() {
         ("UDP closing (ICMP error)", FLOW_CLOSING, PROTO_UDP, 10),
     ];
     for (what, state, proto, secs) in cases {
-        assert_eq!(timeout_ns(state, proto, &s), secs * SECOND, "{what}");
+        assert_eq!(s.idle_timeout_ns(state, proto), secs * SECOND, "{what}");
         let conn = |idle| Conn {
             state,
             last_seen_ns: NOW - idle,
