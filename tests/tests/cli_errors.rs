@@ -341,3 +341,69 @@ fn run_without_root_says_so_first_and_touches_nothing() {
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(!pins.exists(), "the pin directory was created without root");
 }
+
+#[test]
+fn decap_errors_name_what_is_wrong_and_attach_nothing() {
+    require_root();
+    let pins = TempDir::new("decap-errors").expect("a scratch directory");
+    let dir = pins.path().display().to_string();
+    let socket = Path::new("/tmp/balancer-tests-no-such-dir/balancer.sock");
+    let decap = |args: &[&str]| {
+        let mut all = vec!["decap"];
+        all.extend_from_slice(args);
+        balancer_cli(socket, &all)
+    };
+
+    let out = decap(&["--interface", "lo", "--pin-dir", &dir]);
+    assert!(
+        !out.success() && out.stderr.contains("--address"),
+        "no address: {out}"
+    );
+    let out = decap(&[
+        "--interface",
+        "lo",
+        "--address",
+        "224.0.0.5",
+        "--pin-dir",
+        &dir,
+    ]);
+    expect_error(&out, "a multicast address");
+    assert!(
+        out.stderr
+            .contains("--address 224.0.0.5: not a unicast address"),
+        "{out}"
+    );
+    let out = decap(&["detach", "--interface", "nosuch0", "--pin-dir", &dir]);
+    expect_error(&out, "detaching what is not attached");
+    assert!(
+        out.stderr
+            .contains("nosuch0: no decapsulation program attached"),
+        "{out}"
+    );
+    let out = decap(&["status", "--interface", "nosuch0", "--pin-dir", &dir]);
+    expect_error(&out, "the status of what is not attached");
+    let out = decap(&["status", "--pin-dir", &dir]);
+    assert!(out.success(), "{out}");
+    assert!(
+        out.stdout.contains("no decapsulation program attached"),
+        "{out}"
+    );
+    let out = decap(&[
+        "--interface",
+        "nosuch0",
+        "--address",
+        "10.0.2.11",
+        "--pin-dir",
+        &dir,
+    ]);
+    expect_error(&out, "an interface that does not exist");
+    assert!(
+        out.stderr
+            .contains("--interface nosuch0: no such interface"),
+        "{out}"
+    );
+    assert!(
+        std::fs::read_dir(pins.path()).unwrap().next().is_none(),
+        "a failed attach leaves nothing pinned behind"
+    );
+}

@@ -81,6 +81,8 @@ pub fn attach(spec: &DecapSpec, root: &Path) -> anyhow::Result<String> {
         ));
     }
     loader::check_privileges("balancer decap")?;
+    crate::sys::ifindex(&spec.interface)
+        .with_context(|| format!("--interface {}: no such interface", spec.interface))?;
     std::fs::create_dir_all(&dir)
         .with_context(|| format!("creating the pin directory {}", dir.display()))?;
     let attached = attach_new(spec, &dir);
