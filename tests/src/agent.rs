@@ -202,6 +202,17 @@ impl Agent {
         })
     }
 
+    /// VIP `name`'s entry in `balancer status --json`. Panics (with the status) if there
+    /// is none.
+    pub fn vip_status(&self, name: &str) -> serde_json::Value {
+        let status = self.status_json();
+        status["vips"]
+            .as_array()
+            .and_then(|vips| vips.iter().find(|v| v["name"] == name))
+            .cloned()
+            .unwrap_or_else(|| panic!("no VIP {name} in {status:#}"))
+    }
+
     /// The control socket path.
     pub fn socket(&self) -> &Path {
         &self.socket

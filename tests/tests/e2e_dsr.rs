@@ -7,16 +7,6 @@
 use std::time::Duration;
 
 use balancer_tests::{config_for, require_root, Agent, Topology, DEFAULT_TIMEOUT, VIP};
-use serde_json::Value;
-
-fn vip_status(agent: &Agent, name: &str) -> Value {
-    let status = agent.status_json();
-    status["vips"]
-        .as_array()
-        .and_then(|vips| vips.iter().find(|v| v["name"] == name))
-        .cloned()
-        .unwrap_or_else(|| panic!("no VIP {name} in {status:#}"))
-}
 
 #[test]
 fn http_through_a_dsr_vip_is_answered_by_the_backends_directly() {
@@ -47,7 +37,7 @@ fn http_through_a_dsr_vip_is_answered_by_the_backends_directly() {
         assert_eq!(kept.get().unwrap(), first, "a dsr flow keeps its backend");
     }
 
-    let web = vip_status(&agent, "web");
+    let web = agent.vip_status("web");
     let counters = &web["counters"];
     assert_eq!(web["forwarding"], "dsr", "{web:#}");
     assert!(
@@ -61,7 +51,7 @@ fn http_through_a_dsr_vip_is_answered_by_the_backends_directly() {
     );
     let tally = client.udp_request_many(Topology::vip_udp(), 10, DEFAULT_TIMEOUT);
     assert!(tally.failures.is_empty(), "the NAT VIP beside it: {tally}");
-    let dns = vip_status(&agent, "dns");
+    let dns = agent.vip_status("dns");
     assert_eq!(dns["forwarding"], "nat");
     assert!(
         dns["counters"]["reply_packets"].as_u64().unwrap() >= 10,

@@ -78,15 +78,6 @@ fn tunnel_config(topo: &Topology, encapsulation: &str, extra: &str) -> String {
     )
 }
 
-fn vip_status(agent: &Agent, name: &str) -> Value {
-    let status = agent.status_json();
-    status["vips"]
-        .as_array()
-        .and_then(|vips| vips.iter().find(|v| v["name"] == name))
-        .cloned()
-        .unwrap_or_else(|| panic!("no VIP {name} in {status:#}"))
-}
-
 #[test]
 fn http_through_ipip_and_gue_tunnels_is_answered_by_the_backends_directly() {
     require_root();
@@ -122,7 +113,7 @@ fn http_through_ipip_and_gue_tunnels_is_answered_by_the_backends_directly() {
                 "a tunnel flow keeps its backend"
             );
         }
-        let web = vip_status(&agent, "web");
+        let web = agent.vip_status("web");
         let counters = &web["counters"];
         assert_eq!(web["forwarding"], "tunnel", "{web:#}");
         assert!(
