@@ -33,7 +33,10 @@ use case::{measure_rounds, once, tcp, Case, Frames};
 pub use flows::{MANY_FLOWS, PORT_RANGE as MANY_FLOWS_PORT_RANGE};
 pub use memory::{default_entries, map_memory, MapMemory};
 pub use setup::{backend_addr, backend_neighbours, ip_batch, load};
-use setup::{backend_mac, in_bench_namespace, program_facts, program_fd, Loaded, DSR_PORT};
+use setup::{
+    backend_mac, in_bench_namespace, program_facts, program_fd, Loaded, DSR_PORT, GUE_PORT,
+    IPIP_PORT,
+};
 pub use syscall::{attach_xdp, EmptyXdp, XdpLink};
 use syscall::{ifindex, test_run, xdp_ctx};
 
@@ -177,6 +180,38 @@ pub fn per_packet(plan: Plan, stop: &Stop) -> Result<PerPacket> {
     in_bench_namespace(|| per_packet_in_ns(plan, stop))
 }
 
+/// Establishes a flow through the direct-server-return VIP, the IPIP VIP and the GUE VIP
+/// (each by its client's SYN and ACK, as the handshake's ACK establishes an untranslated
+/// flow) and returns the ACK of each, to replay.
+fn untranslated_flows(fd: RawFd, client_if: u32) -> Result<[Vec<u8>; 3]> {
+    let mut acks = Vec::new();
+    for (port, what) in [(DSR_PORT, "DSR"), (IPIP_PORT, "IPIP"), (GUE_PORT, "GUE")] {
+        let segment = |flags, payload| {
+            frame::build(&Spec {
+                dport: port,
+                ..tcp(40_003, flags, payload)
+            })
+        };
+        let (syn, ack) = (segment(Flags::SYN, 0), segment(Flags::ACK, 64));
+        once(
+            fd,
+            &syn,
+            client_if,
+            XDP_REDIRECT,
+            &format!("SYN of the {what} flow"),
+        )?;
+        once(
+            fd,
+            &ack,
+            client_if,
+            XDP_REDIRECT,
+            &format!("ACK of the {what} flow"),
+        )?;
+        acks.push(ack);
+    }
+    Ok(acks.try_into().expect("three flows"))
+}
+
 fn per_packet_in_ns(plan: Plan, stop: &Stop) -> Result<PerPacket> {
     // One CPU for every run, as a flow's packets have with RSS: the per-CPU caches
     // (flows, next hops) are then the ones warmed, and no run pays a migration.
@@ -213,28 +248,7 @@ fn per_packet_in_ns(plan: Plan, stop: &Stop) -> Result<PerPacket> {
     });
     once(fd, &other, client_if, XDP_PASS, "non-VIP packet")?;
 
-    // An established direct-server-return flow (its client's ACK established it).
-    let direct = |flags, payload| {
-        frame::build(&Spec {
-            dport: DSR_PORT,
-            ..tcp(40_003, flags, payload)
-        })
-    };
-    once(
-        fd,
-        &direct(Flags::SYN, 0),
-        client_if,
-        XDP_REDIRECT,
-        "SYN of the DSR flow",
-    )?;
-    let direct_ack = direct(Flags::ACK, 64);
-    once(
-        fd,
-        &direct_ack,
-        client_if,
-        XDP_REDIRECT,
-        "ACK of the DSR flow",
-    )?;
+    let [direct_ack, ipip_ack, gue_ack] = untranslated_flows(fd, client_if)?;
 
     let mut cases = vec![
         Case::floor(&empty, client_if, ack.clone()),
@@ -286,6 +300,31 @@ fn per_packet_in_ns(plan: Plan, stop: &Stop) -> Result<PerPacket> {
                 base: Ipv4Addr::new(10, 48, 0, 0),
                 next: 0,
                 dport: DSR_PORT,
+            },
+        ),
+        Case::new(
+            "IPIP tunnel: TCP established (encapsulated)",
+            fd,
+            client_if,
+            XDP_REDIRECT,
+            Frames::Fixed(ipip_ack),
+        ),
+        Case::new(
+            "GUE tunnel: TCP established (encapsulated)",
+            fd,
+            client_if,
+            XDP_REDIRECT,
+            Frames::Fixed(gue_ack),
+        ),
+        Case::new(
+            "IPIP tunnel: TCP SYN, new flow (Maglev, no SNAT)",
+            fd,
+            client_if,
+            XDP_REDIRECT,
+            Frames::Fresh {
+                base: Ipv4Addr::new(10, 64, 0, 0),
+                next: 0,
+                dport: IPIP_PORT,
             },
         ),
         Case::new(

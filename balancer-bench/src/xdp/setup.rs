@@ -95,21 +95,40 @@ pub(super) fn in_bench_namespace<T: Send>(f: impl FnOnce() -> Result<T> + Send) 
 /// each with the same 100 backends; SNAT from 10.0.2.1.
 /// The port of the bench's direct-server-return VIP (its backends listen there too).
 pub(super) const DSR_PORT: u16 = 8080;
+/// The ports of the bench's IPIP and GUE tunnel VIPs (their backends listen there too).
+pub(super) const IPIP_PORT: u16 = 8081;
+pub(super) const GUE_PORT: u16 = 8082;
 
 /// `port_range`: `nat.port_range` when given (else the default).
 pub(super) fn bench_config(port_range: Option<&str>) -> Result<config::Config> {
     let backends: Vec<Ipv4Addr> = (0..N_BACKENDS).map(backend_addr).collect();
-    // The same backends, on the direct-server-return VIP's port.
-    let direct = backends.iter().fold(String::new(), |mut list, addr| {
-        let _ = writeln!(list, "  {{ address = \"{addr}\", port = {DSR_PORT} }},");
-        list
-    });
+    // The same backends on the port of each untranslated VIP: direct server return, and
+    // tunnels (IPIP and GUE) from the SNAT address.
+    let untranslated = [
+        ("direct", DSR_PORT, "forwarding = \"dsr\""),
+        ("ipip", IPIP_PORT, "forwarding = \"tunnel\""),
+        (
+            "gue",
+            GUE_PORT,
+            "forwarding = \"tunnel\"\nencapsulation = \"gue\"",
+        ),
+    ];
+    let mut vips = String::new();
+    for (name, port, forwarding) in untranslated {
+        let list = backends.iter().fold(String::new(), |mut list, addr| {
+            let _ = writeln!(list, "  {{ address = \"{addr}\", port = {port} }},");
+            list
+        });
+        let _ = write!(
+            vips,
+            "[[pool]]\nname = \"{name}\"\nbackends = [\n{list}]\n\n\
+             [[vip]]\nname = \"{name}\"\naddress = \"10.0.100.1\"\nport = {port}\n\
+             protocol = \"tcp\"\npool = \"{name}\"\n{forwarding}\n\n"
+        );
+    }
     let text = format!(
         "[agent]\ninterfaces = [\"{CLIENT_IF}\", \"{BACKEND_IF}\"]\n\n\
-         [nat]\nsource_address = \"{SNAT}\"\n{}\n{}\n\
-         [[pool]]\nname = \"direct\"\nbackends = [\n{direct}]\n\n\
-         [[vip]]\nname = \"direct\"\naddress = \"10.0.100.1\"\nport = {DSR_PORT}\n\
-         protocol = \"tcp\"\npool = \"direct\"\nforwarding = \"dsr\"\n",
+         [nat]\nsource_address = \"{SNAT}\"\n{}\n[tunnel]\nsource = \"{SNAT}\"\n\n{}\n{vips}",
         port_range.map_or(String::new(), |r| format!("port_range = \"{r}\"\n")),
         web_and_dns(&backends, "maglev")
     );
