@@ -207,6 +207,16 @@ fn a_large_upload_through_a_tunnel_with_a_smaller_mtu_on_the_path_completes() {
     topo.backend(1)
         .ip(&["link", "set", "eth0", "mtu", "1400"])
         .unwrap();
+    // An agent whose tunnel.mtu (1500 by default) the interface cannot carry says so.
+    let mut agent = Agent::start(&topo, &tunnel_config(&topo, "ipip", "")).unwrap();
+    agent.stop();
+    assert!(
+        agent
+            .log()
+            .contains(&format!("{lbs}: MTU 1400 is below tunnel.mtu 1500")),
+        "no warning of the interface's MTU:\n{}",
+        agent.log()
+    );
     let _counter = byte_counter(&topo, PORT);
 
     let upload = format!(

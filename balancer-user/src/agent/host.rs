@@ -18,6 +18,33 @@ pub fn check_forwarding(iface: &str) {
     }
 }
 
+/// Warns when `iface`'s MTU is below `tunnel_mtu` (`Some` while a tunnel VIP is
+/// configured): encapsulated packets between the two sizes would be dropped.
+pub fn check_tunnel_mtu(iface: &str, tunnel_mtu: Option<u16>) {
+    let Some(tunnel_mtu) = tunnel_mtu else {
+        return;
+    };
+    let path = format!("/sys/class/net/{iface}/mtu");
+    let mtu = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|v| v.trim().parse::<u32>().ok());
+    if let Some(warning) = mtu.and_then(|mtu| tunnel_mtu_warning(iface, mtu, tunnel_mtu)) {
+        log::warn!("{warning}");
+    }
+}
+
+/// What to say when `iface`'s `mtu` is below `tunnel_mtu`.
+fn tunnel_mtu_warning(iface: &str, mtu: u32, tunnel_mtu: u16) -> Option<String> {
+    (mtu < u32::from(tunnel_mtu)).then(|| {
+        format!(
+            "{iface}: MTU {mtu} is below tunnel.mtu {tunnel_mtu}: tunnelled packets of {} to \
+             {tunnel_mtu} bytes that leave through {iface} are dropped (drop_tunnel_mtu) \
+             instead of answered with \"fragmentation needed\"; set tunnel.mtu to at most {mtu}",
+            mtu + 1
+        )
+    })
+}
+
 /// `accept_local` on the XDP interfaces while the agent runs. When the FIB has no
 /// neighbour entry for a backend yet, the program passes the packet to the stack already
 /// translated, from the SNAT address: one of this host's own, which the kernel drops as a
@@ -184,6 +211,27 @@ pub fn raise_open_files_limit() {
         log::warn!(
             "cannot raise the open files limit from {old}: {}",
             std::io::Error::last_os_error()
+        );
+    }
+}
+
+#[cfg(test)]
+mod mtu_tests {
+    use super::tunnel_mtu_warning;
+
+    #[test]
+    fn an_interface_below_the_tunnel_mtu_is_named_with_the_fix() {
+        assert_eq!(tunnel_mtu_warning("lbs0", 1500, 1500), None);
+        assert_eq!(tunnel_mtu_warning("lbs0", 9000, 1500), None);
+        let warning = tunnel_mtu_warning("lbs0", 1400, 1500).unwrap();
+        assert!(
+            warning.starts_with("lbs0: MTU 1400 is below tunnel.mtu 1500"),
+            "{warning}"
+        );
+        assert!(warning.contains("1401 to 1500 bytes"), "{warning}");
+        assert!(
+            warning.ends_with("set tunnel.mtu to at most 1400"),
+            "{warning}"
         );
     }
 }

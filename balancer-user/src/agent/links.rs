@@ -103,6 +103,9 @@ pub struct DataPlane {
     pins: Option<Pins>,
     mode: XdpMode,
     keep: bool,
+    /// `tunnel.mtu` when the configuration at start has a tunnel VIP: an interface below
+    /// it is warned about when attached.
+    tunnel_mtu: Option<u16>,
 }
 
 impl DataPlane {
@@ -110,8 +113,8 @@ impl DataPlane {
         program: Program,
         accept_local: host::AcceptLocal,
         pins: Option<Pins>,
-        mode: XdpMode,
-        keep: bool,
+        (mode, keep): (XdpMode, bool),
+        tunnel_mtu: Option<u16>,
     ) -> DataPlane {
         DataPlane {
             program,
@@ -119,6 +122,7 @@ impl DataPlane {
             pins,
             mode,
             keep,
+            tunnel_mtu,
         }
     }
 }
@@ -133,6 +137,7 @@ impl Attach for DataPlane {
             .program
             .attach(name, self.pins.as_ref(), self.mode, self.keep)?;
         host::check_forwarding(name);
+        host::check_tunnel_mtu(name, self.tunnel_mtu);
         self.accept_local.turn_on(name);
         Ok(mode)
     }

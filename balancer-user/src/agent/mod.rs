@@ -28,7 +28,7 @@ pub use events::{Agent, Event};
 pub use live::{state_path, Live};
 
 use crate::{
-    config::{self, XdpMode},
+    config::{self, Forwarding, XdpMode},
     dataplane::{
         links::Links,
         loader::{self, Program},
@@ -89,7 +89,12 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         pin_dir.as_deref(),
         keep && pins.is_some(),
     );
-    let data_plane = links::DataPlane::new(program, accept_local, pins, mode, keep);
+    let tunnel_mtu = config
+        .vips
+        .iter()
+        .any(|v| v.forwarding == Forwarding::Tunnel)
+        .then_some(config.tunnel.mtu);
+    let data_plane = links::DataPlane::new(program, accept_local, pins, (mode, keep), tunnel_mtu);
     let links = match Links::start(
         Box::new(data_plane),
         &config.agent.interfaces,
