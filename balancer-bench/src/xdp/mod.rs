@@ -322,7 +322,7 @@ fn per_packet_in_ns(plan: Plan, stop: &Stop) -> Result<PerPacket> {
             client_if,
             XDP_REDIRECT,
             Frames::Fresh {
-                base: Ipv4Addr::new(10, 64, 0, 0),
+                base: Ipv4Addr::new(10, 96, 0, 0),
                 next: 0,
                 dport: IPIP_PORT,
             },
