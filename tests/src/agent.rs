@@ -213,6 +213,43 @@ impl Agent {
             .unwrap_or_else(|| panic!("no VIP {name} in {status:#}"))
     }
 
+    /// Checks the "web" VIP of a topology with 2 backends that answer clients themselves
+    /// (`forwarding`: "dsr" or "tunnel"): 40 requests through it all answered, by both
+    /// backends; a kept-alive connection stays on its backend; the balancer counted every
+    /// client packet and no reply.
+    ///
+    /// # Panics
+    /// When any of that is not so.
+    pub fn assert_answered_directly(&self, client: &crate::ClientNs, forwarding: &str) {
+        let tally = client.http_get_many(Topology::vip_http(), 40, crate::DEFAULT_TIMEOUT);
+        assert!(
+            tally.failures.is_empty(),
+            "through the {forwarding} VIP: {tally}"
+        );
+        assert_eq!(tally.distinct(), 2, "both backends answer: {tally}");
+        let mut kept = client.keepalive(Topology::vip_http()).unwrap();
+        let first = kept.get().unwrap();
+        for _ in 0..10 {
+            assert_eq!(
+                kept.get().unwrap(),
+                first,
+                "a {forwarding} flow keeps its backend"
+            );
+        }
+        let web = self.vip_status("web");
+        let counters = &web["counters"];
+        assert_eq!(web["forwarding"], forwarding, "{web:#}");
+        assert!(
+            counters["new_flows"].as_u64().unwrap() >= 41
+                && counters["packets"].as_u64().unwrap() > 41 * 3,
+            "the balancer sees every client packet: {counters}"
+        );
+        assert_eq!(
+            counters["reply_packets"], 0,
+            "the backends' answers do not pass the balancer: {counters}"
+        );
+    }
+
     /// The control socket path.
     pub fn socket(&self) -> &Path {
         &self.socket

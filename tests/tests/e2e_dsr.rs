@@ -27,28 +27,7 @@ fn http_through_a_dsr_vip_is_answered_by_the_backends_directly() {
     );
     let client = topo.client_ns().expect("a client worker");
 
-    let tally = client.http_get_many(Topology::vip_http(), 40, DEFAULT_TIMEOUT);
-    assert!(tally.failures.is_empty(), "through the dsr VIP: {tally}");
-    assert_eq!(tally.distinct(), 2, "both backends answer: {tally}");
-    // A kept-alive connection stays on its backend.
-    let mut kept = client.keepalive(Topology::vip_http()).unwrap();
-    let first = kept.get().unwrap();
-    for _ in 0..10 {
-        assert_eq!(kept.get().unwrap(), first, "a dsr flow keeps its backend");
-    }
-
-    let web = agent.vip_status("web");
-    let counters = &web["counters"];
-    assert_eq!(web["forwarding"], "dsr", "{web:#}");
-    assert!(
-        counters["new_flows"].as_u64().unwrap() >= 41
-            && counters["packets"].as_u64().unwrap() > 41 * 3,
-        "the balancer sees every client packet: {counters}"
-    );
-    assert_eq!(
-        counters["reply_packets"], 0,
-        "the backends' answers do not pass the balancer: {counters}"
-    );
+    agent.assert_answered_directly(&client, "dsr");
     let tally = client.udp_request_many(Topology::vip_udp(), 10, DEFAULT_TIMEOUT);
     assert!(tally.failures.is_empty(), "the NAT VIP beside it: {tally}");
     let dns = agent.vip_status("dns");

@@ -98,33 +98,7 @@ fn http_through_ipip_and_gue_tunnels_is_answered_by_the_backends_directly() {
                 .any(|l| l.starts_with("web ") && l.contains(&format!("maglev, {encapsulation}"))),
             "{vips}"
         );
-        let tally = client.http_get_many(Topology::vip_http(), 40, DEFAULT_TIMEOUT);
-        assert!(
-            tally.failures.is_empty(),
-            "through the {encapsulation} VIP: {tally}"
-        );
-        assert_eq!(tally.distinct(), 2, "both backends answer: {tally}");
-        let mut kept = client.keepalive(Topology::vip_http()).unwrap();
-        let first = kept.get().unwrap();
-        for _ in 0..10 {
-            assert_eq!(
-                kept.get().unwrap(),
-                first,
-                "a tunnel flow keeps its backend"
-            );
-        }
-        let web = agent.vip_status("web");
-        let counters = &web["counters"];
-        assert_eq!(web["forwarding"], "tunnel", "{web:#}");
-        assert!(
-            counters["new_flows"].as_u64().unwrap() >= 41
-                && counters["packets"].as_u64().unwrap() > 41 * 3,
-            "the balancer sees every client packet: {counters}"
-        );
-        assert_eq!(
-            counters["reply_packets"], 0,
-            "answers bypass the balancer: {counters}"
-        );
+        agent.assert_answered_directly(&client, "tunnel");
         for (i, dir) in dirs.iter().enumerate() {
             let decap = decap_counters(&topo, i + 1, dir);
             assert!(
