@@ -1,6 +1,7 @@
 use super::super::testing::{assert_error, with, NAT, ONE_VIP, ORIGIN, TIMEOUTS};
-use super::super::{parse, MAX_TIMEOUT, MIN_TIMEOUT};
+use super::super::{parse, Protocol, MAX_TIMEOUT, MIN_TIMEOUT};
 use super::*;
+use balancer_common::MAX_VIPS;
 use std::fmt::Write as _;
 
 #[test]
