@@ -38,6 +38,12 @@ pub const RING_ELEMENTS: u32 = RING_ENTRIES / RING_SLOTS_PER_ELEMENT;
 const _: () = assert!(RING_ENTRIES.is_multiple_of(RING_SLOTS_PER_ELEMENT));
 /// Default capacity of each connection-table LRU (forward and reply direction).
 pub const CONN_TABLE_SIZE: u32 = 1 << 20;
+/// How many IPv6 extension headers (hop-by-hop, routing, destination options) the data
+/// plane skips to find a packet's TCP/UDP header; a packet with more is passed.
+pub const MAX_IPV6_EXT_HEADERS: usize = 4;
+/// Capacity of each IPv6 connection-table LRU: a quarter of the IPv4 one, as its entries
+/// are twice the size and the tables are allocated whole at load, used or not.
+pub const CONN6_TABLE_SIZE: u32 = 1 << 18;
 /// Version of the meaning of the connection tables' keys and values (`FlowKey`, `Conn`,
 /// `NatEntry`): part of the names they are pinned under (`CONNS_v1`; bpffs refuses dots),
 /// so that an agent never takes over tables it would misread. Bump it with any change to those types or to how the
@@ -54,6 +60,15 @@ pub const NO_BACKEND: u32 = u32::MAX;
 /// Names of the maps in the object file (userspace looks them up by these).
 pub mod map_names {
     pub const VIPS: &str = "VIPS";
+    // The IPv6 twins of the maps whose keys or values hold addresses.
+    pub const VIPS6: &str = "VIPS6";
+    pub const BACKENDS6: &str = "BACKENDS6";
+    pub const CONNS6: &str = "CONNS6";
+    pub const NAT6: &str = "NAT6";
+    pub const NEXT_HOPS6: &str = "NEXT_HOPS6";
+    pub const CLIENT_HOPS6: &str = "CLIENT_HOPS6";
+    pub const FLOW_CACHE6: &str = "FLOW_CACHE6";
+    pub const NO_PORT6: &str = "NO_PORT6";
     pub const RING: &str = "RING";
     pub const BACKENDS: &str = "BACKENDS";
     pub const CONNS: &str = "CONNS";
@@ -87,6 +102,7 @@ pub use decap::{decap_stat, DecapSettings, MAX_DECAP_ADDRS};
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
 pub const PROTO_ICMP: u8 = 1;
+pub const PROTO_ICMPV6: u8 = 58;
 
 /// The lowest next-hop MTU of a "fragmentation needed" the data plane passes on to a
 /// backend (the IPv6 minimum; `PPPoE`, VPN and tunnel links stay above it). Behind full NAT
@@ -94,12 +110,64 @@ pub const PROTO_ICMP: u8 = 1;
 /// client's error must not shrink everyone's segments to the minimum.
 pub const PMTU_FLOOR: u16 = 1280;
 
+/// An address as the maps hold it, in network byte order: IPv4 in one `u32` ([`V4`]),
+/// IPv6 in four ([`V6`], Linux's `in6_addr` as `__be32[4]`). Every key and value that
+/// holds an address is generic over it, one definition for both families (as Katran's
+/// v4/v6 union), and each family has maps of its own (as Cilium's): an IPv4 flow's key
+/// stays 16 bytes, so its lookups and the flow cache cost what they did before IPv6.
+pub trait Addr: Copy + Eq + Default + 'static {
+    /// Number of 32-bit words.
+    const WORDS: usize;
+    /// Word `i` (`< WORDS`), as it lies in memory.
+    fn word(&self, i: usize) -> u32;
+    /// The words folded to one (XOR): what [`addr_slot`] and the flow hashes start from.
+    #[inline(always)]
+    fn folded(&self) -> u32 {
+        let mut folded = 0;
+        let mut i = 0;
+        while i < Self::WORDS {
+            folded ^= self.word(i);
+            i += 1;
+        }
+        folded
+    }
+}
+
+/// An IPv4 address in the maps.
+pub type V4 = u32;
+/// An IPv6 address in the maps.
+pub type V6 = [u32; 4];
+
+impl Addr for V4 {
+    const WORDS: usize = 1;
+    #[inline(always)]
+    fn word(&self, _: usize) -> u32 {
+        *self
+    }
+    #[inline(always)]
+    fn folded(&self) -> u32 {
+        *self
+    }
+}
+
+impl Addr for V6 {
+    const WORDS: usize = 4;
+    #[inline(always)]
+    fn word(&self, i: usize) -> u32 {
+        self[i & 3]
+    }
+    #[inline(always)]
+    fn folded(&self) -> u32 {
+        self[0] ^ self[1] ^ self[2] ^ self[3]
+    }
+}
+
 /// Key of `VIPS`: the destination a client uses.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
-pub struct VipKey {
-    /// IPv4 address, network byte order.
-    pub addr: u32,
+pub struct VipKey<A = V4> {
+    /// Network byte order.
+    pub addr: A,
     /// Port, network byte order.
     pub port: u16,
     /// IP protocol number (`PROTO_TCP` or `PROTO_UDP`).
@@ -149,9 +217,9 @@ pub const VIP_F_GUE: u32 = 8;
 /// Value of `BACKENDS` (indexed by backend id).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct Backend {
-    /// Backend IPv4 address, network byte order.
-    pub addr: u32,
+pub struct Backend<A = V4> {
+    /// Network byte order.
+    pub addr: A,
     /// Backend port, network byte order.
     pub port: u16,
     pub _pad: u16,
@@ -161,7 +229,7 @@ pub struct Backend {
     /// order: each gives the backend's flows the whole SNAT port range. Every slot is
     /// filled, the configured addresses repeated in order, so the data plane picks one
     /// with a mask (the verifier cannot bound a remainder).
-    pub snat_addrs: [u32; MAX_SNAT_ADDRS],
+    pub snat_addrs: [A; MAX_SNAT_ADDRS],
 }
 
 /// The backend slot holds a configured backend.
@@ -174,11 +242,11 @@ pub const BACKEND_F_RESCHEDULE: u32 = 2;
 /// (client -> VIP); in `NAT` it is the reply's tuple as received (backend -> SNAT address).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
-pub struct FlowKey {
+pub struct FlowKey<A = V4> {
     /// Network byte order.
-    pub src_addr: u32,
+    pub src_addr: A,
     /// Network byte order.
-    pub dst_addr: u32,
+    pub dst_addr: A,
     /// Network byte order.
     pub src_port: u16,
     /// Network byte order.
@@ -190,7 +258,7 @@ pub struct FlowKey {
     pub _pad1: u16,
 }
 
-impl FlowKey {
+impl FlowKey<V4> {
     /// The key as two words, as it lies in memory (little-endian): two compares instead of
     /// one per field.
     #[inline(always)]
@@ -206,6 +274,26 @@ impl FlowKey {
                 | (self.proto as u64) << 32
                 | (self._pad0 as u64) << 40
                 | (self._pad1 as u64) << 48,
+        ]
+    }
+}
+
+impl<A: Addr> FlowKey<A> {
+    /// The key folded to two words: the addresses ([`Addr::folded`]), and the rest as in
+    /// [`FlowKey::words`]. For IPv4 it is the key itself.
+    #[inline(always)]
+    #[expect(
+        clippy::used_underscore_binding,
+        reason = "the padding is part of the key's bytes"
+    )]
+    pub fn folded_words(&self) -> [u64; 2] {
+        [
+            u64::from(self.src_addr.folded()) | u64::from(self.dst_addr.folded()) << 32,
+            u64::from(self.src_port)
+                | u64::from(self.dst_port) << 16
+                | u64::from(self.proto) << 32
+                | u64::from(self._pad0) << 40
+                | u64::from(self._pad1) << 48,
         ]
     }
 }
@@ -254,12 +342,12 @@ pub const GUE_DEFAULT_PORT: u16 = 6080;
 /// Value of `CONNS`: where a client flow goes and how it is translated.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct Conn {
+pub struct Conn<A = V4> {
     /// Backend address, network byte order (kept here so a flow outlives its backend's
     /// removal from the configuration: established flows are never moved).
-    pub backend_addr: u32,
+    pub backend_addr: A,
     /// SNAT source address, network byte order.
-    pub snat_addr: u32,
+    pub snat_addr: A,
     /// Backend port, network byte order.
     pub backend_port: u16,
     /// SNAT source port, network byte order.
@@ -284,11 +372,11 @@ pub struct Conn {
 /// in use is decided by its flow's forward (`CONNS`) entry, which replies refresh too.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct NatEntry {
+pub struct NatEntry<A = V4> {
     /// Client address, network byte order.
-    pub client_addr: u32,
+    pub client_addr: A,
     /// VIP address, network byte order.
-    pub vip_addr: u32,
+    pub vip_addr: A,
     /// Client port, network byte order.
     pub client_port: u16,
     /// VIP port, network byte order.
@@ -376,9 +464,9 @@ pub mod stat;
 /// flow's backend address and `at_ns` is younger than `NEXT_HOP_TTL_NS`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct NextHop {
+pub struct NextHop<A = V4> {
     /// Backend address it was looked up for, network byte order.
-    pub addr: u32,
+    pub addr: A,
     /// Egress interface; 0 = nothing cached.
     pub ifindex: u32,
     pub dmac: [u8; 6],
@@ -407,12 +495,12 @@ pub const VIP_ADDR_SLOTS: u32 = 1 << ADDR_SLOT_BITS;
 /// `CLIENT_HOPS` and `VIP_ADDRS` have 2^12 slots.
 pub const ADDR_SLOT_BITS: u32 = 12;
 
-/// The slot of an IPv4 address (as stored in keys: network byte order in a `u32`) in a
-/// table of 2^[`ADDR_SLOT_BITS`] slots: Fibonacci hashing, whose top bits are well mixed.
+/// The slot of an address (as stored in keys, network byte order; an IPv6 address by its
+/// words folded) in a table of 2^[`ADDR_SLOT_BITS`] slots: Fibonacci hashing, whose top bits are well mixed.
 /// The agent and the kernel must agree on it.
 #[inline(always)]
-pub const fn addr_slot(addr: u32) -> u32 {
-    addr.wrapping_mul(0x9e37_79b9) >> (32 - ADDR_SLOT_BITS)
+pub fn addr_slot<A: Addr>(addr: &A) -> u32 {
+    addr.folded().wrapping_mul(0x9e37_79b9) >> (32 - ADDR_SLOT_BITS)
 }
 
 /// Slots of the per-CPU flow cache (`FLOW_CACHE`), direct-mapped by [`flow_slot`].
@@ -431,16 +519,16 @@ pub const NO_PORT_HOLD_NS: u64 = 1_000_000_000;
 /// the same ports again.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct NoPort {
-    pub key: FlowKey,
+pub struct NoPort<A = V4> {
+    pub key: FlowKey<A>,
     pub until_ns: u64,
 }
 
 /// The slot of a client tuple in `FLOW_CACHE`: the tuple folded to one 64-bit word, then
 /// Fibonacci hashing (the top bits of the product are well mixed).
 #[inline(always)]
-pub const fn flow_slot(key: &FlowKey) -> u32 {
-    let [addrs, rest] = key.words();
+pub fn flow_slot<A: Addr>(key: &FlowKey<A>) -> u32 {
+    let [addrs, rest] = key.folded_words();
     let folded = addrs ^ rest.wrapping_mul(0xff51_afd7_ed55_8ccd);
     (folded.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - FLOW_CACHE_BITS)) as u32
 }
@@ -456,12 +544,12 @@ pub const fn flow_slot(key: &FlowKey) -> u32 {
 /// could be this one's); everything else takes the `CONNS` path, which refreshes the copy.
 #[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct FlowCacheEntry {
+pub struct FlowCacheEntry<A = V4> {
     /// The client's tuple (the `CONNS` key).
-    pub key: FlowKey,
+    pub key: FlowKey<A>,
     /// `Conn::backend_addr`, `snat_addr`, `backend_port`, `snat_port` (network byte order).
-    pub backend_addr: u32,
-    pub snat_addr: u32,
+    pub backend_addr: A,
+    pub snat_addr: A,
     pub backend_port: u16,
     pub snat_port: u16,
     /// The translation's change to the IPv4 header checksum: the one's-complement sum of
@@ -491,6 +579,14 @@ pub struct RrState {
 }
 
 const _: () = assert!(size_of::<VipKey>() == 8);
+const _: () = assert!(size_of::<VipKey<V6>>() == 20);
+const _: () = assert!(size_of::<Backend<V6>>() == 152);
+const _: () = assert!(size_of::<FlowKey<V6>>() == 40);
+const _: () = assert!(size_of::<Conn<V6>>() == 64);
+const _: () = assert!(size_of::<NatEntry<V6>>() == 48);
+const _: () = assert!(size_of::<NoPort<V6>>() == 48);
+const _: () = assert!(size_of::<NextHop<V6>>() == 48);
+const _: () = assert!(size_of::<FlowCacheEntry<V6>>() == 112);
 const _: () = assert!(size_of::<VipMeta>() == 24);
 const _: () = assert!(size_of::<Backend>() == 44);
 const _: () = assert!(MAX_SNAT_ADDRS.is_power_of_two());
@@ -532,7 +628,7 @@ const _: () = assert!(size_of::<FlowCacheEntry>() == 64);
 mod pod {
     use super::{
         Backend, Conn, DecapSettings, FlowCacheEntry, FlowKey, FlowStats, NatEntry, NextHop,
-        NoPort, RrState, Settings, VipKey, VipMeta,
+        NoPort, RrState, Settings, VipKey, VipMeta, V6,
     };
     // SAFETY: all types are repr(C), Copy, with explicit padding and no invalid bit patterns.
     unsafe impl aya::Pod for VipKey {}
@@ -548,4 +644,12 @@ mod pod {
     unsafe impl aya::Pod for NextHop {}
     unsafe impl aya::Pod for FlowCacheEntry {}
     unsafe impl aya::Pod for DecapSettings {}
+    unsafe impl aya::Pod for VipKey<V6> {}
+    unsafe impl aya::Pod for NoPort<V6> {}
+    unsafe impl aya::Pod for Backend<V6> {}
+    unsafe impl aya::Pod for FlowKey<V6> {}
+    unsafe impl aya::Pod for Conn<V6> {}
+    unsafe impl aya::Pod for NatEntry<V6> {}
+    unsafe impl aya::Pod for NextHop<V6> {}
+    unsafe impl aya::Pod for FlowCacheEntry<V6> {}
 }

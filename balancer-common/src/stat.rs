@@ -6,7 +6,7 @@ pub const XDP_TX: u32 = 1;
 pub const XDP_REDIRECT: u32 = 2;
 pub const XDP_DROP: u32 = 3;
 pub const XDP_ABORTED: u32 = 4;
-/// Dropped: truncated or malformed Ethernet/IPv4/TCP/UDP header.
+/// Dropped: truncated or malformed Ethernet/IPv4/IPv6/TCP/UDP header.
 pub const DROP_MALFORMED: u32 = 5;
 /// Dropped: a new flow for a VIP with no usable backend.
 pub const DROP_NO_BACKEND: u32 = 6;
@@ -18,7 +18,8 @@ pub const DROP_FIB: u32 = 8;
 pub const DROP_CONN_TABLE: u32 = 9;
 /// Passed rewritten to the stack: no neighbour entry yet, the stack resolves it.
 pub const PASS_NO_NEIGH: u32 = 10;
-/// Passed: IPv4 fragment (ports unknown; not balanced).
+/// Passed: an IPv4 fragment, or an IPv6 packet with a fragment header (ports unknown; not
+/// balanced).
 pub const PASS_FRAGMENT: u32 = 11;
 /// A reply translated back to a client.
 pub const NAT_REPLY: u32 = 12;
@@ -79,7 +80,11 @@ pub const TUNNEL_TOO_BIG: u32 = 30;
 /// Dropped: a packet of a tunnel flow that fits `Settings::tunnel_mtu` encapsulated
 /// but not the MTU of the interface towards its backend (`tunnel.mtu` is set above it).
 pub const DROP_TUNNEL_MTU: u32 = 31;
-pub const COUNT: u32 = 32;
+/// Passed untouched: an IPv6 packet with more extension headers (hop-by-hop, routing,
+/// destination options) before its TCP/UDP header than the data plane skips
+/// (`MAX_IPV6_EXT_HEADERS`).
+pub const PASS_IPV6_EXT_HEADERS: u32 = 32;
+pub const COUNT: u32 = 33;
 
 /// Human names, indexed like the constants.
 pub const NAMES: [&str; COUNT as usize] = [
@@ -115,4 +120,5 @@ pub const NAMES: [&str; COUNT as usize] = [
     "drop_dsr_not_on_link",
     "tunnel_too_big",
     "drop_tunnel_mtu",
+    "pass_ipv6_ext_headers",
 ];

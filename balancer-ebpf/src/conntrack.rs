@@ -8,9 +8,10 @@ use balancer_common::{
 
 use crate::{
     clock,
+    family::Family,
     flow_cache::{self, Stamp},
     forward::Send,
-    maps::{BACKENDS, CONNS, NAT, VIPS, VIP_GENS},
+    maps::VIP_GENS,
     nat::{csum_diffs, to_backend, to_client_of},
     parse::{Packet, TCP_FIN, TCP_RST, TCP_SYN},
     snat::{client_key, holds, keep_reply_entry, take_back},
@@ -20,20 +21,25 @@ use crate::{
 };
 
 /// What [`established`] found for a packet.
-pub enum Established {
+pub enum Established<A: Family> {
     /// A live flow: the packet goes to its backend.
-    Live(Send),
+    Live(Send<A>),
     /// No live flow on the packet's tuple: the caller looks the VIP up and schedules a
     /// new flow. `Some` holds the entry of the flow that ended there (its SNAT port is
     /// the one the new flow tries first).
-    Ended(Option<Conn>),
+    Ended(Option<Conn<A>>),
 }
 
 /// A packet of an established flow: found in `CONNS`, still its VIP's, not expired, its
 /// backend not to be left: it goes to the backend. No `VIPS` lookup here.
 #[inline(always)]
-pub fn established(pkt: &Packet, settings: &Settings, stamp: Stamp, now: u64) -> Established {
-    let Some(entry) = CONNS.get_ptr_mut(&pkt.key) else {
+pub fn established<A: Family>(
+    pkt: &Packet<A>,
+    settings: &Settings,
+    stamp: Stamp,
+    now: u64,
+) -> Established<A> {
+    let Some(entry) = A::conns().get_ptr_mut(&pkt.key) else {
         return Established::Ended(None);
     };
     // SAFETY: map value pointer, copied out whole.
@@ -66,7 +72,7 @@ pub fn established(pkt: &Packet, settings: &Settings, stamp: Stamp, now: u64) ->
         return Established::Live(Send::untranslated(
             ids,
             &pkt.key,
-            conn.backend_addr,
+            &conn.backend_addr,
             conn.state,
             false,
         ));
@@ -100,9 +106,9 @@ pub fn established(pkt: &Packet, settings: &Settings, stamp: Stamp, now: u64) ->
 /// too, but collisions depend on which VIPs exist). A deleted VIP has no `VIPS` entry,
 /// and one deleted and added again has another generation: their flows still end.
 #[inline(always)]
-fn renumbered(entry: *mut Conn, pkt: &Packet) -> bool {
+fn renumbered<A: Family>(entry: *mut Conn<A>, pkt: &Packet<A>) -> bool {
     // SAFETY: read-only look at a map value.
-    let Some(vip) = (unsafe { VIPS.get(&vip_key(&pkt.key)) }) else {
+    let Some(vip) = (unsafe { A::vips().get(&vip_key(&pkt.key)) }) else {
         return false;
     };
     // SAFETY: `entry` points into a map value; single aligned 4-byte accesses.
@@ -119,8 +125,8 @@ fn renumbered(entry: *mut Conn, pkt: &Packet) -> bool {
 /// with the flow's id is still the flow's: an id is reused after its backend is deleted,
 /// and an agent that took the pinned flow tables over numbers backends afresh.)
 #[inline(always)]
-fn must_move(conn: &Conn) -> bool {
-    BACKENDS.get(conn.backend_id).is_some_and(|b| {
+fn must_move<A: Family>(conn: &Conn<A>) -> bool {
+    A::backends().get(conn.backend_id).is_some_and(|b| {
         b.flags & BACKEND_F_RESCHEDULE != 0
             && b.addr == conn.backend_addr
             && b.port == conn.backend_port
@@ -130,12 +136,16 @@ fn must_move(conn: &Conn) -> bool {
 /// A reply from a backend to a SNAT address:port: it goes back to the client. `Ok(None)`
 /// when the packet is not a reply of a balanced flow.
 #[inline(always)]
-pub fn to_client(pkt: &Packet, settings: &Settings, now: u64) -> Result<Option<Send>, DropReason> {
+pub fn to_client<A: Family>(
+    pkt: &Packet<A>,
+    settings: &Settings,
+    now: u64,
+) -> Result<Option<Send<A>>, DropReason> {
     let port = u16::from_be(pkt.key.dst_port);
     if port < settings.snat_port_min || port > settings.snat_port_max {
         return Ok(None);
     }
-    let Some(slot) = NAT.get_ptr_mut(&pkt.key) else {
+    let Some(slot) = A::nat().get_ptr_mut(&pkt.key) else {
         return Ok(None);
     };
     // SAFETY: map value pointer, copied out whole.
@@ -169,9 +179,9 @@ pub fn to_client(pkt: &Packet, settings: &Settings, now: u64) -> Result<Option<S
 /// (moved to another backend or port); `true` also when the entry is gone (evicted:
 /// nothing tells the reply is stale).
 #[inline(always)]
-fn refresh(entry: &NatEntry, pkt: &Packet, now: u64) -> bool {
+fn refresh<A: Family>(entry: &NatEntry<A>, pkt: &Packet<A>, now: u64) -> bool {
     let client_key = client_key(entry, pkt.key.proto);
-    let Some(conn) = CONNS.get_ptr_mut(&client_key) else {
+    let Some(conn) = A::conns().get_ptr_mut(&client_key) else {
         return true;
     };
     // SAFETY: `conn` points into a map value; read whole.

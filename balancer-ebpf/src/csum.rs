@@ -4,35 +4,37 @@
 //! All values are 16/32-bit words as they sit in the packet, read in host order: the
 //! one's-complement sum is byte-order independent, so no swapping is needed.
 use aya_ebpf::{helpers::bpf_xdp_load_bytes, programs::XdpContext, EbpfContext};
-use balancer_common::PROTO_TCP;
+use balancer_common::{Addr, PROTO_TCP};
 
-use crate::parse::Packet;
+use crate::{
+    family::Family,
+    maps::{CSUM_BUF, CSUM_BUF_WORDS},
+    parse::Packet,
+};
 
 /// The longest IPv4 header, and the longest TCP segment whose checksum is checked (a SYN
 /// with every option; longer segments carry data, and only start a flow picked up
 /// mid-stream).
-const MAX_CHECKED: usize = 60;
+pub const MAX_CHECKED: usize = 60;
 
-/// Whether `pkt`'s IPv4 header checksum, and its TCP checksum if the segment is at most
+/// Whether `pkt`'s IPv4 header checksum (IPv6 has none), and its TCP checksum if the segment is at most
 /// [`MAX_CHECKED`] bytes, are right: a packet that would start a flow must be, or it takes
 /// a SNAT port and a table entry for a packet its backend will drop. (Established flows'
 /// packets are rewritten incrementally: a corrupt one stays corrupt and its receiver
 /// drops it.)
 #[inline(always)]
-pub fn verify(ctx: &XdpContext, pkt: &Packet) -> bool {
-    let ihl = pkt.l4_off - pkt.ip_off;
-    if sum_of(ctx, pkt.ip_off, ihl).is_none_or(|sum| fold(sum) != 0xffff) {
+pub fn verify<A: Family>(ctx: &XdpContext, pkt: &Packet<A>) -> bool {
+    if !A::header_checksum_ok(ctx, pkt) {
         return false;
     }
-    let len = usize::from(pkt.ip_len).saturating_sub(ihl);
+    let len = usize::from(pkt.ip_len).saturating_sub(pkt.l4_off - pkt.ip_off);
     if pkt.key.proto != PROTO_TCP || len > MAX_CHECKED {
         return true;
     }
-    let (src, dst) = (pkt.key.src_addr, pkt.key.dst_addr);
-    let pseudo = u64::from(src & 0xffff)
-        + u64::from(src >> 16)
-        + u64::from(dst & 0xffff)
-        + u64::from(dst >> 16)
+    // The pseudo-header: addresses, protocol and length (RFC 793; RFC 8200 8.1, where
+    // the length is 32 bits, the same sum).
+    let pseudo = addr_sum(&pkt.key.src_addr)
+        + addr_sum(&pkt.key.dst_addr)
         + u64::from(u16::from(PROTO_TCP).to_be())
         + u64::from((len as u16).to_be());
     sum_of(ctx, pkt.l4_off, len).is_some_and(|sum| fold(pseudo + sum) == 0xffff)
@@ -44,33 +46,59 @@ pub fn verify(ctx: &XdpContext, pkt: &Packet) -> bool {
 /// length: a loop over the packet itself, bounded by `len`, leaves the verifier one state
 /// per way out of it, and the new-flow path after it then took more than its limit.
 #[inline(always)]
-fn sum_of(ctx: &XdpContext, off: usize, len: usize) -> Option<u64> {
+pub fn sum_of(ctx: &XdpContext, off: usize, len: usize) -> Option<u64> {
     // `black_box`: the compiler knows `len` is in range and would drop this check, and
     // the verifier, which does not, must see it on the register passed to the helper.
     let len = core::hint::black_box(len as u32);
     if len == 0 || len > MAX_CHECKED as u32 {
         return None;
     }
-    let mut bytes = [0u16; MAX_CHECKED / 2];
-    // SAFETY: `bytes` holds MAX_CHECKED >= len bytes; the helper checks the packet's bounds.
+    // In this CPU's scratch buffer, not on the stack (no room on IPv6's way), zeroed by
+    // eight 8-byte stores (a zeroing loop becomes a memset call on BPF).
+    let buffer = CSUM_BUF.get_ptr_mut(0)?;
+    // SAFETY: this CPU's slot; no other user while the program runs here.
+    let words = unsafe { &mut *buffer };
+    let mut i = 0;
+    while i < CSUM_BUF_WORDS {
+        // SAFETY: in bounds of the slot.
+        unsafe { (&raw mut words[i]).write_volatile(0) };
+        i += 1;
+    }
+    // SAFETY: the slot holds CSUM_BUF_WORDS * 8 >= MAX_CHECKED >= len bytes; the helper
+    // checks the packet's bounds.
     let loaded = unsafe {
         bpf_xdp_load_bytes(
             ctx.as_ptr().cast(),
             off as u32,
-            bytes.as_mut_ptr().cast(),
+            words.as_mut_ptr().cast(),
             len,
         )
     };
     if loaded != 0 {
         return None;
     }
+    let halves = words.as_ptr().cast::<u16>();
     let mut sum = 0u64;
     let mut i = 0;
     while i < MAX_CHECKED / 2 {
-        sum += u64::from(bytes[i]);
+        // SAFETY: within the slot's MAX_CHECKED first bytes.
+        sum += u64::from(unsafe { *halves.add(i) });
         i += 1;
     }
     Some(sum)
+}
+
+/// The one's-complement sum (unfolded) of an address's 16-bit words.
+#[inline(always)]
+fn addr_sum<A: Addr>(addr: &A) -> u64 {
+    let mut sum = 0;
+    let mut i = 0;
+    while i < A::WORDS {
+        let word = addr.word(i);
+        sum += u64::from(word & 0xffff) + u64::from(word >> 16);
+        i += 1;
+    }
+    sum
 }
 
 /// Accumulated changes to one checksum.
@@ -89,6 +117,19 @@ impl Diff {
                 + u64::from(new & 0xffff)
                 + u64::from(new >> 16),
         )
+    }
+
+    /// An address (in the IP header and the TCP/UDP pseudo-header) changes from `old` to
+    /// `new`.
+    #[inline(always)]
+    pub fn addr<A: Addr>(self, old: &A, new: &A) -> Self {
+        let mut diff = self;
+        let mut i = 0;
+        while i < A::WORDS {
+            diff = diff.u32(old.word(i), new.word(i));
+            i += 1;
+        }
+        diff
     }
 
     /// A 16-bit field changes from `old` to `new`.

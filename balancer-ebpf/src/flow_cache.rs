@@ -2,12 +2,13 @@
 //! entries with their translation and checksum changes worked out, each valid under the
 //! [`Stamp`] it was made under. `FLOW_EVICTIONS`, part of the stamp, is changed here.
 use aya_ebpf::helpers::bpf_get_smp_processor_id;
-use balancer_common::{flow_slot, Conn, FlowCacheEntry, FlowKey, Settings, FLOW_DSR};
+use balancer_common::{flow_slot, Addr, Conn, FlowCacheEntry, FlowKey, Settings, FLOW_DSR};
 
 use crate::{
     csum,
+    family::Family,
     forward::Send,
-    maps::{EVICTION_SEQ, FLOW_CACHE, FLOW_EVICTIONS},
+    maps::{EVICTION_SEQ, FLOW_EVICTIONS},
     nat::Rewrite,
     parse::Packet,
     timeouts,
@@ -42,11 +43,19 @@ pub fn stamp(settings: &Settings) -> Stamp {
 /// given to another flow): it goes to the backend, without the `CONNS`, `VIP_GENS` and
 /// `BACKENDS` lookups. `None` otherwise (the caller then tries `conntrack::established`).
 #[inline(always)]
-pub fn cached(pkt: &Packet, settings: &Settings, stamp: Stamp, now: u64) -> Option<Send> {
-    let slot = FLOW_CACHE.get_ptr(flow_slot(&pkt.key))?;
+pub fn cached<A: Family>(
+    pkt: &Packet<A>,
+    settings: &Settings,
+    stamp: Stamp,
+    now: u64,
+) -> Option<Send<A>> {
+    if !A::CACHED {
+        return None;
+    }
+    let slot = A::flow_cache().get_ptr(flow_slot(&pkt.key))?;
     // SAFETY: per-CPU map value, written only by this CPU (not while this program runs).
     let cached = unsafe { &*slot };
-    if cached.key.words() != pkt.key.words()
+    if !A::same(&cached.key, &pkt.key)
         || cached.epoch != stamp.epoch
         || cached.evictions != stamp.evictions
     {
@@ -60,7 +69,7 @@ pub fn cached(pkt: &Packet, settings: &Settings, stamp: Stamp, now: u64) -> Opti
         return Some(Send::untranslated(
             ids,
             &pkt.key,
-            cached.backend_addr,
+            &cached.backend_addr,
             cached.state,
             false,
         ));
@@ -81,8 +90,16 @@ pub fn cached(pkt: &Packet, settings: &Settings, stamp: Stamp, now: u64) -> Opti
 /// Keeps what forwarding the flow's packets needs, from its `CONNS` entry, in this CPU's
 /// `FLOW_CACHE`, under `stamp` (read before the VIP and backend checks the caller did).
 #[inline(always)]
-pub fn remember(key: &FlowKey, conn: &Conn, stamp: Stamp, diffs: (csum::Diff, csum::Diff)) {
-    if let Some(slot) = FLOW_CACHE.get_ptr_mut(flow_slot(key)) {
+pub fn remember<A: Family>(
+    key: &FlowKey<A>,
+    conn: &Conn<A>,
+    stamp: Stamp,
+    diffs: (csum::Diff, csum::Diff),
+) {
+    if !A::CACHED {
+        return;
+    }
+    if let Some(slot) = A::flow_cache().get_ptr_mut(flow_slot(key)) {
         let (ip_diff, l4_diff) = diffs;
         // SAFETY: per-CPU map value; no other writer while this program runs on this CPU.
         unsafe {
@@ -108,7 +125,7 @@ pub fn remember(key: &FlowKey, conn: &Conn, stamp: Stamp, diffs: (csum::Diff, cs
 
 /// A copy of `key`, field by field: a copy of the whole key becomes a memmove call on BPF.
 #[inline(always)]
-pub fn copy_key(key: &FlowKey) -> FlowKey {
+pub fn copy_key<A: Addr>(key: &FlowKey<A>) -> FlowKey<A> {
     FlowKey {
         src_addr: key.src_addr,
         dst_addr: key.dst_addr,

@@ -80,7 +80,7 @@ fn other_end(flow: &FlowKey, settings: &Settings) -> Option<(Rewrite, u32)> {
             return Some((to_client_of(&entry), stat::ICMP_TO_CLIENT));
         }
     }
-    if !crate::vip::maybe_vip(flow.dst_addr) {
+    if !crate::vip::maybe_vip(&flow.dst_addr) {
         return None;
     }
     // SAFETY: the value is copied out at once.

@@ -1,4 +1,5 @@
 //! The BPF maps of the data plane; their key and value types live in `balancer-common`.
+use crate::parse::Packet;
 use aya_ebpf::{
     bindings::BPF_F_MMAPABLE,
     macros::map,
@@ -6,9 +7,9 @@ use aya_ebpf::{
 };
 use balancer_common::{
     decap_stat, stat, Backend, Conn, DecapSettings, FlowCacheEntry, FlowKey, FlowStats, NatEntry,
-    NextHop, NoPort, RrState, Settings, VipKey, VipMeta, CLIENT_HOP_SLOTS, CONN_TABLE_SIZE,
-    FLOW_CACHE_SLOTS, MAX_BACKENDS, MAX_DECAP_ADDRS, MAX_VIPS, NO_PORT_SLOTS, RING_ELEMENTS,
-    VIP_ADDR_SLOTS,
+    NextHop, NoPort, RrState, Settings, VipKey, VipMeta, CLIENT_HOP_SLOTS, CONN6_TABLE_SIZE,
+    CONN_TABLE_SIZE, FLOW_CACHE_SLOTS, MAX_BACKENDS, MAX_DECAP_ADDRS, MAX_VIPS, NO_PORT_SLOTS,
+    RING_ELEMENTS, V6, VIP_ADDR_SLOTS,
 };
 
 /// (address, port, protocol) -> VIP id, scheduler and active ring slice.
@@ -45,6 +46,44 @@ pub static CONNS: LruHashMap<FlowKey, Conn> = LruHashMap::with_max_entries(CONN_
 #[map]
 pub static FLOW_CACHE: PerCpuArray<FlowCacheEntry> =
     PerCpuArray::with_max_entries(FLOW_CACHE_SLOTS, 0);
+
+// The IPv6 twins of the maps above whose keys or values hold addresses (`family::Family`
+// picks a family's). Ids (VIP, backend), rings, generations, counters and `VIP_ADDRS` are
+// shared: a VIP or backend id names one of either family.
+#[map]
+pub static VIPS6: HashMap<VipKey<V6>, VipMeta> = HashMap::with_max_entries(MAX_VIPS, 0);
+#[map]
+pub static BACKENDS6: Array<Backend<V6>> = Array::with_max_entries(MAX_BACKENDS, 0);
+#[map]
+pub static CONNS6: LruHashMap<FlowKey<V6>, Conn<V6>> =
+    LruHashMap::with_max_entries(CONN6_TABLE_SIZE, 0);
+#[map]
+pub static NAT6: LruHashMap<FlowKey<V6>, NatEntry<V6>> =
+    LruHashMap::with_max_entries(CONN6_TABLE_SIZE, 0);
+#[map]
+pub static FLOW_CACHE6: PerCpuArray<FlowCacheEntry<V6>> =
+    PerCpuArray::with_max_entries(FLOW_CACHE_SLOTS, 0);
+#[map]
+pub static NO_PORT6: PerCpuArray<NoPort<V6>> = PerCpuArray::with_max_entries(NO_PORT_SLOTS, 0);
+#[map]
+pub static NEXT_HOPS6: PerCpuArray<NextHop<V6>> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
+#[map]
+pub static CLIENT_HOPS6: PerCpuArray<NextHop<V6>> =
+    PerCpuArray::with_max_entries(CLIENT_HOP_SLOTS, 0);
+
+/// Per CPU, room for the bytes whose checksum a new flow's packet has checked
+/// (`csum::sum_of`).
+#[map]
+pub static CSUM_BUF: PerCpuArray<[u64; CSUM_BUF_WORDS]> = PerCpuArray::with_max_entries(1, 0);
+
+/// 8-byte words of [`CSUM_BUF`]: `csum::MAX_CHECKED` bytes and a few more.
+pub const CSUM_BUF_WORDS: usize = 8;
+const _: () = assert!(CSUM_BUF_WORDS * 8 >= crate::csum::MAX_CHECKED);
+
+/// Per CPU, the description of the IPv6 packet being balanced (`parse::parse6` writes
+/// it): on the stack, with the rest of the way, it would not fit the verifier's 512 bytes.
+#[map]
+pub static PACKET6: PerCpuArray<Packet<V6>> = PerCpuArray::with_max_entries(1, 0);
 
 /// One value, changed (to one it never had) whenever a new flow takes the SNAT port of a
 /// flow whose `CONNS` entry is gone (evicted): every `FLOW_CACHE` copy made before is then

@@ -1,28 +1,29 @@
 //! Full NAT: client -> VIP becomes SNAT address:port -> backend, and the reply
-//! backend -> SNAT address:port becomes VIP -> client. Rewrites addresses and ports and
-//! keeps IPv4 and TCP/UDP checksums right by incremental updates.
+//! backend -> SNAT address:port becomes VIP -> client, in either family (NAT44, NAT66).
+//! Rewrites addresses and ports and keeps the IPv4 and TCP/UDP checksums right by
+//! incremental updates.
 use aya_ebpf::programs::XdpContext;
-use balancer_common::{Conn, FlowKey, NatEntry, PROTO_UDP};
-use network_types::ip::Ipv4Hdr;
+use balancer_common::{Addr, Conn, FlowKey, NatEntry, PROTO_UDP, V4};
 
 use crate::{
     csum,
+    family::Family,
     parse::{ptr_at, Packet, TCP_CHECK_OFF, UDP_CHECK_OFF},
     DropReason,
 };
 
 /// The addresses and ports (network byte order) a translated packet leaves with.
-pub struct Rewrite {
-    pub src_addr: u32,
-    pub dst_addr: u32,
+pub struct Rewrite<A = V4> {
+    pub src_addr: A,
+    pub dst_addr: A,
     pub src_port: u16,
     pub dst_port: u16,
 }
 
-impl Rewrite {
+impl<A: Addr> Rewrite<A> {
     /// The tuple of a packet the other way.
     #[inline(always)]
-    pub fn reversed(&self) -> Rewrite {
+    pub fn reversed(&self) -> Rewrite<A> {
         Rewrite {
             src_addr: self.dst_addr,
             dst_addr: self.src_addr,
@@ -34,7 +35,7 @@ impl Rewrite {
 
 /// How a packet of `conn` leaves for its backend.
 #[inline(always)]
-pub fn to_backend(conn: &Conn) -> Rewrite {
+pub fn to_backend<A: Addr>(conn: &Conn<A>) -> Rewrite<A> {
     Rewrite {
         src_addr: conn.snat_addr,
         dst_addr: conn.backend_addr,
@@ -45,7 +46,7 @@ pub fn to_backend(conn: &Conn) -> Rewrite {
 
 /// How a reply of the flow that owns the reply entry `entry` leaves for its client.
 #[inline(always)]
-pub fn to_client_of(entry: &NatEntry) -> Rewrite {
+pub fn to_client_of<A: Addr>(entry: &NatEntry<A>) -> Rewrite<A> {
     Rewrite {
         src_addr: entry.vip_addr,
         dst_addr: entry.client_addr,
@@ -56,12 +57,13 @@ pub fn to_client_of(entry: &NatEntry) -> Rewrite {
 
 /// The changes to the IPv4 and the TCP/UDP checksums when the tuple `from` becomes `to`
 /// (the addresses are in both: the TCP/UDP checksum covers a pseudo-header) and the TTL
-/// goes down by one, as [`rewrite_with`] does.
+/// goes down by one, as [`rewrite_with`] does. (IPv6 has no header checksum: the first
+/// is unused.)
 #[inline(always)]
-pub fn csum_diffs(from: &FlowKey, to: &Rewrite) -> (csum::Diff, csum::Diff) {
+pub fn csum_diffs<A: Addr>(from: &FlowKey<A>, to: &Rewrite<A>) -> (csum::Diff, csum::Diff) {
     let addr_diff = csum::Diff::default()
-        .u32(from.src_addr, to.src_addr)
-        .u32(from.dst_addr, to.dst_addr);
+        .addr(&from.src_addr, &to.src_addr)
+        .addr(&from.dst_addr, &to.dst_addr);
     let l4_diff = addr_diff
         .u16(from.src_port, to.src_port)
         .u16(from.dst_port, to.dst_port);
@@ -74,29 +76,16 @@ pub fn csum_diffs(from: &FlowKey, to: &Rewrite) -> (csum::Diff, csum::Diff) {
 /// Rewrites addresses and ports to `to` and applies the checksum changes worked out for it
 /// (see [`csum_diffs`]).
 #[inline(always)]
-pub fn rewrite_with(
+pub fn rewrite_with<A: Family>(
     ctx: &XdpContext,
-    pkt: &Packet,
-    to: &Rewrite,
+    pkt: &Packet<A>,
+    to: &Rewrite<A>,
     ip_diff: csum::Diff,
     l4_diff: csum::Diff,
 ) -> Result<(), DropReason> {
-    let &Rewrite {
-        src_addr,
-        dst_addr,
-        src_port,
-        dst_port,
-    } = to;
-    let ip: *mut Ipv4Hdr = ptr_at(ctx, pkt.ip_off)?;
-    // SAFETY: ptr_at checked the bounds.
-    unsafe {
-        // Forwarded as a router forwards: one hop less.
-        (*ip).ttl -= 1;
-        (*ip).src_addr = src_addr.to_ne_bytes();
-        (*ip).dst_addr = dst_addr.to_ne_bytes();
-        let check = u16::from_ne_bytes((*ip).check);
-        (*ip).check = ip_diff.apply(check).to_ne_bytes();
-    }
+    // Forwarded as a router forwards: one hop less.
+    A::rewrite_header(ctx, pkt, to, ip_diff)?;
+    let (src_port, dst_port) = (to.src_port, to.dst_port);
 
     // Source and destination ports are the first 4 bytes of both TCP and UDP headers.
     let ports: *mut [u16; 2] = ptr_at(ctx, pkt.l4_off)?;

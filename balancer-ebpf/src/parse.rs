@@ -1,13 +1,28 @@
-//! Header parsing: Ethernet (with one 802.1Q/802.1ad tag), IPv4 (with options), TCP, UDP,
-//! and ICMP errors with the header they quote.
+//! Header parsing: Ethernet (tagged frames pass), IPv4 (with options), IPv6 (with up to
+//! `MAX_IPV6_EXT_HEADERS` extension headers), TCP, UDP, and ICMP errors with the header
+//! they quote.
 
 use aya_ebpf::programs::XdpContext;
-use balancer_common::{stat, FlowKey, PROTO_ICMP, PROTO_TCP, PROTO_UDP};
-use network_types::{eth::EthHdr, ip::Ipv4Hdr, tcp::TcpHdr, udp::UdpHdr};
+use balancer_common::{
+    stat, Addr, FlowKey, MAX_IPV6_EXT_HEADERS, PROTO_ICMP, PROTO_TCP, PROTO_UDP, V4, V6,
+};
+use network_types::{
+    eth::EthHdr,
+    ip::{Ipv4Hdr, Ipv6Hdr},
+    tcp::TcpHdr,
+    udp::UdpHdr,
+};
 
-use crate::{stats, DropReason};
+use crate::{family::addr6, stats, DropReason};
 
 const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+/// IPv6 extension headers skipped on the way to TCP/UDP (RFC 8200 4.1), and the fragment
+/// header, which ends the search (the packet is passed).
+const IPV6_HOP_BY_HOP: u8 = 0;
+const IPV6_ROUTING: u8 = 43;
+const IPV6_DEST_OPTIONS: u8 = 60;
+const IPV6_FRAGMENT: u8 = 44;
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88a8;
 /// IPv4 "more fragments" flag and fragment offset bits.
@@ -40,10 +55,18 @@ pub const ICMP_CHECK_OFF: usize = 2;
 /// Bytes of the quoted packet's TCP/UDP header every ICMP error carries (RFC 792).
 const QUOTED_L4_LEN: usize = 8;
 
-/// What the program does with a frame ([`parse`]).
-pub enum Parsed {
-    /// An IPv4 TCP or UDP packet, not a later fragment.
-    Flow(Packet),
+/// A frame's network protocol ([`ether`]).
+pub enum Ether {
+    Ipv4,
+    Ipv6,
+    /// Anything else (tagged frames included): passed.
+    Other,
+}
+
+/// What the program does with an IP packet ([`parse4`], [`parse6`]).
+pub enum Parsed<A = V4> {
+    /// A TCP or UDP packet, not a fragment (IPv4: not a later one).
+    Flow(Packet<A>),
     /// An ICMP error about an IPv4 TCP or UDP packet.
     IcmpError(IcmpError),
     /// Anything else: passed.
@@ -74,13 +97,13 @@ pub struct IcmpError {
 }
 
 /// What the rest of the program needs to know about a parsed packet.
-pub struct Packet {
-    /// Offset of the IPv4 header from the start of the frame.
+pub struct Packet<A = V4> {
+    /// Offset of the IP header from the start of the frame.
     pub ip_off: usize,
-    /// Offset of the TCP/UDP header.
+    /// Offset of the TCP/UDP header (after IPv4 options or IPv6 extension headers).
     pub l4_off: usize,
     /// The tuple as received (addresses and ports in network byte order).
-    pub key: FlowKey,
+    pub key: FlowKey<A>,
     /// TCP flags (0 for UDP).
     pub tcp_flags: u8,
     /// TCP sequence and acknowledgement numbers, network byte order (0 for UDP): the
@@ -89,9 +112,12 @@ pub struct Packet {
     pub tcp_ack: u32,
     /// Frame length in bytes (for counters).
     pub len: u64,
-    /// IPv4 total length, host byte order (for the FIB's MTU check).
+    /// The IP datagram's length, headers included (IPv4's total length; IPv6's payload
+    /// length plus its header), host byte order (for the FIB's MTU check).
     pub ip_len: u16,
+    /// IPv4 TOS or IPv6 traffic class.
     pub tos: u8,
+    /// IPv4 TTL or IPv6 hop limit.
     pub ttl: u8,
 }
 
@@ -107,23 +133,31 @@ pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Result<*mut T, DropReason> 
     Ok((start + offset) as *mut T)
 }
 
-/// `Err`: a malformed IPv4 TCP/UDP packet, drop it. (An ICMP error is only looked at: one
-/// whose quote does not parse is `Other`, passed untouched.)
+/// The frame's network protocol; `Err` when it has no Ethernet header.
 #[inline(always)]
-pub fn parse(ctx: &XdpContext) -> Result<Parsed, DropReason> {
+pub fn ether(ctx: &XdpContext) -> Result<Ether, DropReason> {
     let eth: *const EthHdr = ptr_at(ctx, 0)?;
     // SAFETY: ptr_at checked the bounds.
     let ether_type = u16::from_be(unsafe { (*eth).ether_type });
+    Ok(match ether_type {
+        ETH_P_IP => Ether::Ipv4,
+        ETH_P_IPV6 => Ether::Ipv6,
+        ETH_P_8021Q | ETH_P_8021AD => {
+            // Routed, a tagged frame would leave with its tag, into the backends' segment
+            // (VLAN hopping); the stack drops it unless a VLAN device takes it.
+            stats::count(stat::PASS_VLAN);
+            Ether::Other
+        }
+        _ => Ether::Other,
+    })
+}
+
+/// The IPv4 packet after the Ethernet header. `Err`: a malformed IPv4 TCP/UDP packet,
+/// drop it. (An ICMP error is only looked at: one whose quote does not parse is `Other`,
+/// passed untouched.)
+#[inline(always)]
+pub fn parse4(ctx: &XdpContext) -> Result<Parsed<V4>, DropReason> {
     let ip_off = EthHdr::LEN;
-    if ether_type == ETH_P_8021Q || ether_type == ETH_P_8021AD {
-        // Routed, a tagged frame would leave with its tag, into the backends' segment
-        // (VLAN hopping); the stack drops it unless a VLAN device takes it.
-        stats::count(stat::PASS_VLAN);
-        return Ok(Parsed::Other);
-    }
-    if ether_type != ETH_P_IP {
-        return Ok(Parsed::Other);
-    }
 
     let ip: *const Ipv4Hdr = ptr_at(ctx, ip_off)?;
     // SAFETY: ptr_at checked the bounds.
@@ -153,68 +187,190 @@ pub fn parse(ctx: &XdpContext) -> Result<Parsed, DropReason> {
     }
 
     let l4_off = ip_off + ihl;
-    let (src_port, dst_port, tcp_flags, tcp_seq, tcp_ack) = match proto {
+    if proto == PROTO_ICMP {
+        let ip_end = ip_off + tot_len as usize;
+        return Ok(icmp_error(ctx, (ip_off, l4_off, ip_end), src, dst));
+    }
+    let Some(l4) = transport(ctx, proto, l4_off, tot_len as usize - ihl)? else {
+        return Ok(Parsed::Other);
+    };
+    Ok(Parsed::Flow(packet(
+        ctx,
+        (ip_off, l4_off),
+        (src, dst),
+        proto,
+        &l4,
+        (tot_len, tos, ttl),
+    )))
+}
+
+/// The IPv6 packet after the Ethernet header, described in `pkt` when it is a flow's
+/// (`Ok(true)`): its extension headers skipped (at most
+/// `MAX_IPV6_EXT_HEADERS`), a TCP/UDP packet is a flow; a fragment is passed and counted
+/// as IPv4 fragments are; anything else (ICMPv6, neighbour discovery included) is passed.
+#[inline(always)]
+pub fn parse6(ctx: &XdpContext, pkt: &mut Packet<V6>) -> Result<bool, DropReason> {
+    let ip_off = EthHdr::LEN;
+    let ip: *const Ipv6Hdr = ptr_at(ctx, ip_off)?;
+    // SAFETY: ptr_at checked the bounds.
+    let (vcf, payload_len, first, hop_limit, src, dst) = unsafe {
+        (
+            (*ip).vcf,
+            u16::from_be_bytes((*ip).payload_len),
+            (*ip).next_hdr,
+            (*ip).hop_limit,
+            addr6(&(*ip).src_addr),
+            addr6(&(*ip).dst_addr),
+        )
+    };
+    if vcf[0] >> 4 != 6 {
+        return Err(stat::DROP_MALFORMED);
+    }
+    let ip_end = ip_off + Ipv6Hdr::LEN + payload_len as usize;
+    if ctx.data() + ip_end > ctx.data_end() {
+        return Err(stat::DROP_MALFORMED);
+    }
+    let mut next = first;
+    let mut l4_off = ip_off + Ipv6Hdr::LEN;
+    let mut i = 0;
+    while i < MAX_IPV6_EXT_HEADERS {
+        if next != IPV6_HOP_BY_HOP && next != IPV6_ROUTING && next != IPV6_DEST_OPTIONS {
+            break;
+        }
+        // Next header and length in 8-byte units, not counting the first 8.
+        let ext: *const [u8; 2] = ptr_at(ctx, l4_off)?;
+        // SAFETY: ptr_at checked the bounds.
+        let (following, len) = unsafe { ((*ext)[0], (*ext)[1]) };
+        next = following;
+        l4_off += (usize::from(len) + 1) * 8;
+        i += 1;
+    }
+    if next == IPV6_FRAGMENT {
+        stats::count(stat::PASS_FRAGMENT);
+        return Ok(false);
+    }
+    if next == IPV6_HOP_BY_HOP || next == IPV6_ROUTING || next == IPV6_DEST_OPTIONS {
+        stats::count(stat::PASS_IPV6_EXT_HEADERS);
+        return Ok(false);
+    }
+    if l4_off > ip_end {
+        return Err(stat::DROP_MALFORMED);
+    }
+    let Some(l4) = transport(ctx, next, l4_off, ip_end - l4_off)? else {
+        return Ok(false);
+    };
+    // Traffic class: the 8 bits after the version nibble.
+    let tclass = (vcf[0] << 4) | (vcf[1] >> 4);
+    let ip_len = (ip_end - ip_off) as u16;
+    // Field by field: a whole `Packet` built first would take stack room.
+    pkt.ip_off = ip_off;
+    pkt.l4_off = l4_off;
+    pkt.key.src_addr = src;
+    pkt.key.dst_addr = dst;
+    pkt.key.src_port = l4.src_port;
+    pkt.key.dst_port = l4.dst_port;
+    pkt.key.proto = next;
+    pkt.key._pad0 = 0;
+    pkt.key._pad1 = 0;
+    pkt.tcp_flags = l4.tcp_flags;
+    pkt.tcp_seq = l4.tcp_seq;
+    pkt.tcp_ack = l4.tcp_ack;
+    pkt.len = (ctx.data_end() - ctx.data()) as u64;
+    pkt.ip_len = ip_len;
+    pkt.tos = tclass;
+    pkt.ttl = hop_limit;
+    Ok(true)
+}
+
+/// What [`transport`] reads from a TCP or UDP header: ports (network byte order), TCP
+/// flags, sequence and acknowledgement numbers (network byte order; 0 for UDP).
+struct Transport {
+    src_port: u16,
+    dst_port: u16,
+    tcp_flags: u8,
+    tcp_seq: u32,
+    tcp_ack: u32,
+}
+
+/// The TCP or UDP header at `l4_off`, whose segment or datagram may take `l4_len` bytes;
+/// `None` for another protocol. `Err` when the header does not fit.
+#[inline(always)]
+fn transport(
+    ctx: &XdpContext,
+    proto: u8,
+    l4_off: usize,
+    l4_len: usize,
+) -> Result<Option<Transport>, DropReason> {
+    Ok(Some(match proto {
         PROTO_TCP => {
             // One pointer for every TCP field read: the verifier tracks bounds per pointer.
             let tcp: *const [u8; TcpHdr::LEN] = ptr_at(ctx, l4_off)?;
             // SAFETY: ptr_at checked the bounds.
             let tcp = unsafe { &*tcp };
             let doff = (tcp[TCP_DOFF_OFF] >> 4) as usize * 4;
-            if doff < TcpHdr::LEN || doff > tot_len as usize - ihl {
+            if doff < TcpHdr::LEN || doff > l4_len {
                 return Err(stat::DROP_MALFORMED);
             }
-            (
-                u16::from_ne_bytes([tcp[0], tcp[1]]),
-                u16::from_ne_bytes([tcp[2], tcp[3]]),
-                tcp[TCP_FLAGS_OFF],
-                u32::from_ne_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]),
-                u32::from_ne_bytes([tcp[8], tcp[9], tcp[10], tcp[11]]),
-            )
+            Transport {
+                src_port: u16::from_ne_bytes([tcp[0], tcp[1]]),
+                dst_port: u16::from_ne_bytes([tcp[2], tcp[3]]),
+                tcp_flags: tcp[TCP_FLAGS_OFF],
+                tcp_seq: u32::from_ne_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]),
+                tcp_ack: u32::from_ne_bytes([tcp[8], tcp[9], tcp[10], tcp[11]]),
+            }
         }
         PROTO_UDP => {
             let udp: *const UdpHdr = ptr_at(ctx, l4_off)?;
             // SAFETY: ptr_at checked the bounds.
             unsafe {
                 let udp_len = u16::from_be_bytes((*udp).len) as usize;
-                if udp_len < UdpHdr::LEN || udp_len > tot_len as usize - ihl {
+                if udp_len < UdpHdr::LEN || udp_len > l4_len {
                     return Err(stat::DROP_MALFORMED);
                 }
-                (
-                    u16::from_ne_bytes((*udp).src),
-                    u16::from_ne_bytes((*udp).dst),
-                    0,
-                    0,
-                    0,
-                )
+                Transport {
+                    src_port: u16::from_ne_bytes((*udp).src),
+                    dst_port: u16::from_ne_bytes((*udp).dst),
+                    tcp_flags: 0,
+                    tcp_seq: 0,
+                    tcp_ack: 0,
+                }
             }
         }
-        PROTO_ICMP => {
-            let ip_end = ip_off + tot_len as usize;
-            return Ok(icmp_error(ctx, (ip_off, l4_off, ip_end), src, dst));
-        }
-        _ => return Ok(Parsed::Other),
-    };
+        _ => return Ok(None),
+    }))
+}
 
-    Ok(Parsed::Flow(Packet {
+/// A parsed packet of either family: offsets (IP, L4), addresses, protocol, what its
+/// transport header says, and (IP length, TOS or traffic class, TTL or hop limit).
+#[inline(always)]
+fn packet<A: Addr>(
+    ctx: &XdpContext,
+    (ip_off, l4_off): (usize, usize),
+    (src_addr, dst_addr): (A, A),
+    proto: u8,
+    l4: &Transport,
+    (ip_len, tos, ttl): (u16, u8, u8),
+) -> Packet<A> {
+    Packet {
         ip_off,
         l4_off,
         key: FlowKey {
-            src_addr: src,
-            dst_addr: dst,
-            src_port,
-            dst_port,
+            src_addr,
+            dst_addr,
+            src_port: l4.src_port,
+            dst_port: l4.dst_port,
             proto,
             _pad0: 0,
             _pad1: 0,
         },
-        tcp_flags,
-        tcp_seq,
-        tcp_ack,
+        tcp_flags: l4.tcp_flags,
+        tcp_seq: l4.tcp_seq,
+        tcp_ack: l4.tcp_ack,
         len: (ctx.data_end() - ctx.data()) as u64,
-        ip_len: tot_len,
+        ip_len,
         tos,
         ttl,
-    }))
+    }
 }
 
 /// The ICMP message at `icmp_off` of the datagram at `ip_off`..`ip_end`, if it is an error
@@ -225,7 +381,7 @@ fn icmp_error(
     (ip_off, icmp_off, ip_end): (usize, usize, usize),
     src: u32,
     dst: u32,
-) -> Parsed {
+) -> Parsed<V4> {
     let Ok(icmp) = ptr_at::<[u8; ICMP_HDR_LEN]>(ctx, icmp_off) else {
         return Parsed::Other;
     };

@@ -2,18 +2,17 @@
 //! VIP's ring ([`select`]), or the VIP's policy when no backend is up, and a SNAT port
 //! ([`snat`]); the flow is then in both tables and in this CPU's flow cache.
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
-use aya_log_ebpf::warn;
 use balancer_common::{
     stat, Conn, Settings, VipMeta, BACKEND_F_PRESENT, FLOW_CLOSING, FLOW_DSR, FLOW_GUE,
-    FLOW_MIDSTREAM, FLOW_TUNNEL, PROTO_TCP, SNAT_PORT_PROBES, VIP_F_DSR, VIP_F_GUE,
-    VIP_F_PASS_ALL_DOWN, VIP_F_TUNNEL,
+    FLOW_MIDSTREAM, FLOW_TUNNEL, PROTO_TCP, VIP_F_DSR, VIP_F_GUE, VIP_F_PASS_ALL_DOWN,
+    VIP_F_TUNNEL,
 };
 
 use crate::{
     csum,
+    family::Family,
     flow_cache::{self, Stamp},
     forward::{Action, Send},
-    maps::{BACKENDS, CONNS},
     nat::{csum_diffs, to_backend},
     parse::{Packet, TCP_FIN, TCP_RST, TCP_SYN},
     select, snat, stats, DropReason,
@@ -22,16 +21,16 @@ use crate::{
 /// A packet for `vip` that is no established flow: schedule a new flow; the packet goes
 /// to its backend. `ended`: the flow that ended on the packet's tuple.
 #[inline(always)]
-pub fn new_flow(
+pub fn new_flow<A: Family>(
     ctx: &XdpContext,
-    pkt: &Packet,
+    pkt: &Packet<A>,
     vip: &VipMeta,
-    ended: Option<&Conn>,
+    ended: Option<&Conn<A>>,
     settings: &Settings,
     stamp: Stamp,
     now: u64,
-) -> Result<Action, DropReason> {
-    if martian(pkt.key.src_addr) {
+) -> Result<Action<A>, DropReason> {
+    if pkt.key.src_addr.martian() {
         return Err(stat::DROP_MARTIAN);
     }
     // A flow that just found no port: the same ports again would most likely be taken.
@@ -48,13 +47,7 @@ pub fn new_flow(
             if reason == stat::DROP_SNAT_EXHAUSTED {
                 snat::remember_no_port(&pkt.key, now);
                 if stats::log_due(now) {
-                    warn!(
-                        ctx,
-                        "vip {}: no free SNAT port for a new flow from {:i} ({} ports probed; at most one such line a second, drop_snat_exhausted counts them all); widen nat.port_range or add nat.source_addresses",
-                        vip.vip_id,
-                        u32::from_be(pkt.key.src_addr),
-                        SNAT_PORT_PROBES
-                    );
+                    pkt.key.src_addr.warn_no_port(ctx, vip.vip_id);
                 }
             }
             return Err(reason);
@@ -66,7 +59,7 @@ pub fn new_flow(
         return Ok(Action::Send(Send::untranslated(
             ids,
             &pkt.key,
-            conn.backend_addr,
+            &conn.backend_addr,
             conn.state,
             true,
         )));
@@ -75,15 +68,6 @@ pub fn new_flow(
     let diffs = csum_diffs(&pkt.key, &to);
     flow_cache::remember(&pkt.key, &conn, stamp, diffs);
     Ok(Action::Send(Send::to_backend(ids, to, diffs, true)))
-}
-
-/// Whether `addr` (network byte order) is a source no host can have (RFC 1812 5.3.7):
-/// "this network" 0/8, loopback 127/8, multicast 224/4, reserved 240/4 and broadcast. A
-/// flow from it would take a SNAT port for replies that can go nowhere.
-#[inline(always)]
-fn martian(addr: u32) -> bool {
-    let first = u32::from_be(addr) >> 24;
-    first == 0 || first == 127 || first >= 224
 }
 
 /// No backend can take a new flow: drop it, or pass it to the stack if the VIP says so.
@@ -101,13 +85,13 @@ fn all_down(vip: &VipMeta) -> Result<u32, DropReason> {
 /// direct-server-return flow only its own). `None` when
 /// the VIP has no usable backend. A TCP RST starts no flow: it is dropped.
 #[inline(always)]
-fn schedule(
-    pkt: &Packet,
+fn schedule<A: Family>(
+    pkt: &Packet<A>,
     vip: &VipMeta,
-    ended: Option<&Conn>,
+    ended: Option<&Conn<A>>,
     settings: &Settings,
     now: u64,
-) -> Result<Option<Conn>, DropReason> {
+) -> Result<Option<Conn<A>>, DropReason> {
     if pkt.tcp_flags & TCP_RST != 0 {
         // Nothing to reset: a new SNAT port would carry it to a backend that never saw
         // the connection.
@@ -117,7 +101,8 @@ fn schedule(
     let Some(backend_id) = select::pick_backend(vip, hash) else {
         return Ok(None);
     };
-    let Some(backend) = BACKENDS.get(backend_id).copied() else {
+    // By reference: an IPv6 backend (152 bytes) copied would take stack room.
+    let Some(backend) = A::backends().get(backend_id) else {
         return Ok(None);
     };
     if backend.flags & BACKEND_F_PRESENT == 0 {
@@ -134,7 +119,7 @@ fn schedule(
     let mut conn = Conn {
         backend_addr: backend.addr,
         // Both set by the port allocator, with the address it chose.
-        snat_addr: 0,
+        snat_addr: A::default(),
         backend_port: backend.port,
         snat_port: 0,
         backend_id,
@@ -153,14 +138,14 @@ fn schedule(
                 conn.state |= FLOW_GUE;
             }
         }
-        return CONNS
+        return A::conns()
             .insert(&pkt.key, &conn, 0)
             .map(|()| Some(conn))
             .map_err(|_| stat::DROP_CONN_TABLE);
     }
-    if let Err(reason) = snat::allocate_port(pkt, &backend, &mut conn, ended, settings, now, hash) {
+    if let Err(reason) = snat::allocate_port(pkt, backend, &mut conn, ended, settings, now, hash) {
         // Whatever failed, no forward entry may name a port this flow does not hold.
-        let _ = CONNS.remove(&pkt.key);
+        let _ = A::conns().remove(&pkt.key);
         return Err(reason);
     }
     Ok(Some(conn))

@@ -1,15 +1,16 @@
 //! Backend selection for new flows: 5-tuple hash into the VIP's Maglev ring, or the next
 //! step of its weighted round-robin sequence. Both rings are built in userspace; the kernel
 //! only indexes them (O(1)).
-use balancer_common::{FlowKey, VipMeta, NO_BACKEND, SCHED_ROUND_ROBIN};
+use balancer_common::{Addr, FlowKey, VipMeta, NO_BACKEND, SCHED_ROUND_ROBIN};
 
 use crate::maps::{RING, RR_STATE};
 
 /// A well-mixed 64-bit hash of the flow tuple (MurmurHash3's finalizer over two words).
 /// Deterministic, so another balancer with the same ring picks the same backend.
 #[inline(always)]
-pub fn flow_hash(key: &FlowKey) -> u64 {
-    let addrs = (u64::from(key.src_addr) << 32) | u64::from(key.dst_addr);
+pub fn flow_hash<A: Addr>(key: &FlowKey<A>) -> u64 {
+    // (An IPv6 address by its words folded.)
+    let addrs = (u64::from(key.src_addr.folded()) << 32) | u64::from(key.dst_addr.folded());
     let rest =
         (u64::from(key.src_port) << 32) | (u64::from(key.dst_port) << 16) | u64::from(key.proto);
     fmix64(addrs ^ fmix64(rest ^ 0x9e37_79b9_7f4a_7c15))

@@ -9,12 +9,7 @@ use balancer_common::{
     MAX_SNAT_ADDRS, NO_PORT_HOLD_NS, NO_PORT_SLOTS, SNAT_PORT_PROBES,
 };
 
-use crate::{
-    clock, flow_cache,
-    maps::{CONNS, NAT, NO_PORT},
-    parse::Packet,
-    stats, timeouts, DropReason,
-};
+use crate::{clock, family::Family, flow_cache, parse::Packet, stats, timeouts, DropReason};
 
 /// Claims a free SNAT port towards `backend` for this flow and records the flow in both
 /// tables: a hash-chosen start in the configured range and among the backend's SNAT
@@ -36,11 +31,11 @@ use crate::{
 /// never takes the port in the moment between the two inserts (written the other way
 /// round, it would see the holder as evicted, and two flows would share the tuple).
 #[inline(always)]
-pub fn allocate_port(
-    pkt: &Packet,
-    backend: &Backend,
-    conn: &mut Conn,
-    ended: Option<&Conn>,
+pub fn allocate_port<A: Family>(
+    pkt: &Packet<A>,
+    backend: &Backend<A>,
+    conn: &mut Conn<A>,
+    ended: Option<&Conn<A>>,
     settings: &Settings,
     now: u64,
     hash: u64,
@@ -59,7 +54,7 @@ pub fn allocate_port(
     let stride = ((hash as u32 & 0xffff) | 1) % range;
     let first_addr = (hash >> 16) as u32;
     let entry = nat_entry(pkt, conn, now);
-    let mut fallback = Fallback::default();
+    let mut fallback = Fallback::new();
     // A client reusing its tuple towards the same backend tries its old port first, so
     // the backend sees the client's own tuple sequence on it (see `holder_for`), even
     // when a port earlier in the probe order has come free meanwhile.
@@ -67,7 +62,7 @@ pub fn allocate_port(
         let port = u16::from_be(old.snat_port);
         if old.backend_addr == backend.addr
             && old.backend_port == backend.port
-            && has_source(backend, old.snat_addr)
+            && has_source(backend, &old.snat_addr)
             && port >= settings.snat_port_min
             && port <= settings.snat_port_max
             && probe(
@@ -136,19 +131,19 @@ pub fn allocate_port(
 /// Whether the flow of `key` found no free port less than `NO_PORT_HOLD_NS` ago on this
 /// CPU (see [`remember_no_port`]): its packet is then dropped without probing again.
 #[inline(always)]
-pub fn no_port_lately(key: &FlowKey, now: u64) -> bool {
-    let Some(slot) = NO_PORT.get_ptr(flow_slot(key) & (NO_PORT_SLOTS - 1)) else {
+pub fn no_port_lately<A: Family>(key: &FlowKey<A>, now: u64) -> bool {
+    let Some(slot) = A::no_port().get_ptr(flow_slot(key) & (NO_PORT_SLOTS - 1)) else {
         return false;
     };
     // SAFETY: this CPU's slot, read whole.
     let slot = unsafe { &*slot };
-    slot.key.words() == key.words() && now < slot.until_ns
+    A::same(&slot.key, key) && now < slot.until_ns
 }
 
 /// Remembers that the flow of `key` found no free port (see [`no_port_lately`]).
 #[inline(always)]
-pub fn remember_no_port(key: &FlowKey, now: u64) {
-    if let Some(slot) = NO_PORT.get_ptr_mut(flow_slot(key) & (NO_PORT_SLOTS - 1)) {
+pub fn remember_no_port<A: Family>(key: &FlowKey<A>, now: u64) {
+    if let Some(slot) = A::no_port().get_ptr_mut(flow_slot(key) & (NO_PORT_SLOTS - 1)) {
         // SAFETY: this CPU's slot; no other writer while the program runs here.
         unsafe {
             (*slot).key = flow_cache::copy_key(key);
@@ -159,23 +154,23 @@ pub fn remember_no_port(key: &FlowKey, now: u64) {
 
 /// A SNAT address and port, network byte order.
 #[derive(Clone, Copy)]
-struct Source {
-    addr: u32,
+struct Source<A> {
+    addr: A,
     port: u16,
 }
 
 /// SNAT address slot `index` (any number: masked) of `backend`.
 #[inline(always)]
-fn source_addr(backend: &Backend, index: u32) -> u32 {
+fn source_addr<A: Family>(backend: &Backend<A>, index: u32) -> A {
     backend.snat_addrs[index as usize & (MAX_SNAT_ADDRS - 1)]
 }
 
 /// Whether `addr` is one of the SNAT addresses of `backend`.
 #[inline(always)]
-fn has_source(backend: &Backend, addr: u32) -> bool {
+fn has_source<A: Family>(backend: &Backend<A>, addr: &A) -> bool {
     let mut i = 0;
     while i < MAX_SNAT_ADDRS {
-        if backend.snat_addrs[i] == addr {
+        if backend.snat_addrs[i] == *addr {
             return true;
         }
         i += 1;
@@ -185,16 +180,23 @@ fn has_source(backend: &Backend, addr: u32) -> bool {
 
 /// The ports a new flow takes when no probed port is free: the one that has rested longest,
 /// and the one of the half-open flow idle longest, each with that time.
-#[derive(Default)]
-struct Fallback {
-    resting: Option<(Source, u64)>,
-    half_open: Option<(Source, u64)>,
+struct Fallback<A> {
+    resting: Option<(Source<A>, u64)>,
+    half_open: Option<(Source<A>, u64)>,
 }
 
-impl Fallback {
+impl<A: Family> Fallback<A> {
+    #[inline(always)]
+    fn new() -> Self {
+        Fallback {
+            resting: None,
+            half_open: None,
+        }
+    }
+
     /// Keeps `source` in `slot` if it has waited (`idle`) longer than the one there.
     #[inline(always)]
-    fn offer(slot: &mut Option<(Source, u64)>, source: Source, idle: u64) {
+    fn offer(slot: &mut Option<(Source<A>, u64)>, source: Source<A>, idle: u64) {
         if slot.is_none_or(|(_, longest)| idle > longest) {
             *slot = Some((source, idle));
         }
@@ -209,13 +211,13 @@ impl Fallback {
     reason = "the probe loop's state, handed as it is to a step that is always inlined"
 )]
 #[inline(always)]
-fn probe(
-    pkt: &Packet,
-    backend: &Backend,
-    source: Source,
-    conn: &mut Conn,
-    entry: &NatEntry,
-    fallback: &mut Fallback,
+fn probe<A: Family>(
+    pkt: &Packet<A>,
+    backend: &Backend<A>,
+    source: Source<A>,
+    conn: &mut Conn<A>,
+    entry: &NatEntry<A>,
+    fallback: &mut Fallback<A>,
     settings: &Settings,
     now: u64,
 ) -> Result<bool, DropReason> {
@@ -238,7 +240,7 @@ fn probe(
 
 /// The reply (`NAT`) entry of `conn`, the flow of client packet `pkt`.
 #[inline(always)]
-fn nat_entry(pkt: &Packet, conn: &Conn, now: u64) -> NatEntry {
+fn nat_entry<A: Family>(pkt: &Packet<A>, conn: &Conn<A>, now: u64) -> NatEntry<A> {
     NatEntry {
         client_addr: pkt.key.src_addr,
         vip_addr: pkt.key.dst_addr,
@@ -258,16 +260,17 @@ fn nat_entry(pkt: &Packet, conn: &Conn, now: u64) -> NatEntry {
 /// took it meanwhile (the flow must then leave the port, or two clients would share a
 /// tuple towards the backend).
 #[inline(always)]
-pub fn keep_reply_entry(pkt: &Packet, conn: &Conn, now: u64) -> bool {
+pub fn keep_reply_entry<A: Family>(pkt: &Packet<A>, conn: &Conn<A>, now: u64) -> bool {
     let reply_key = reply_key_of(conn, pkt.key.proto);
     // SAFETY: read-only looks at a map value.
-    if let Some(entry) = unsafe { NAT.get(&reply_key) } {
+    if let Some(entry) = unsafe { A::nat().get(&reply_key) } {
         return names(entry, &pkt.key);
     }
     let entry = nat_entry(pkt, conn, now);
-    NAT.insert(&reply_key, &entry, u64::from(BPF_NOEXIST))
+    A::nat()
+        .insert(&reply_key, &entry, u64::from(BPF_NOEXIST))
         .is_ok()
-        || unsafe { NAT.get(&reply_key) }.is_some_and(|e| names(e, &pkt.key))
+        || unsafe { A::nat().get(&reply_key) }.is_some_and(|e| names(e, &pkt.key))
 }
 
 /// Takes the SNAT port of `conn`, client packet `pkt`'s half-open flow, back from the flow
@@ -277,10 +280,15 @@ pub fn keep_reply_entry(pkt: &Packet, conn: &Conn, now: u64) -> bool {
 /// connection on that tuple (its SYN cookie, or its request, which the other flow's SYN
 /// did not replace). `false` when the port stays the other's.
 #[inline(always)]
-pub fn take_back(pkt: &Packet, conn: &Conn, settings: &Settings, now: u64) -> bool {
+pub fn take_back<A: Family>(
+    pkt: &Packet<A>,
+    conn: &Conn<A>,
+    settings: &Settings,
+    now: u64,
+) -> bool {
     let reply_key = reply_key_of(conn, pkt.key.proto);
     // SAFETY: read-only look at a map value.
-    let Some(holder) = (unsafe { NAT.get(&reply_key) }) else {
+    let Some(holder) = (unsafe { A::nat().get(&reply_key) }) else {
         return false;
     };
     let holder = holder_state(holder, &reply_key, settings, now);
@@ -289,7 +297,7 @@ pub fn take_back(pkt: &Packet, conn: &Conn, settings: &Settings, now: u64) -> bo
     }
     stats::count(stat::SNAT_PORT_TAKEN_BACK);
     // SAFETY: read-only look at a map value.
-    unsafe { NAT.get(&reply_key) }.is_some_and(|e| names(e, &pkt.key))
+    unsafe { A::nat().get(&reply_key) }.is_some_and(|e| names(e, &pkt.key))
 }
 
 /// Claims the SNAT port of `reply_key` for `pkt`'s new flow, which a look found usable:
@@ -304,20 +312,23 @@ pub fn take_back(pkt: &Packet, conn: &Conn, settings: &Settings, now: u64) -> bo
 /// without an atomic compare-and-swap on the entry a narrow window remains (both read
 /// back before either overwrites), as it did before ports rested.
 #[inline(always)]
-fn claim(
-    pkt: &Packet,
-    reply_key: &FlowKey,
-    conn: &mut Conn,
-    entry: &NatEntry,
+fn claim<A: Family>(
+    pkt: &Packet<A>,
+    reply_key: &FlowKey<A>,
+    conn: &mut Conn<A>,
+    entry: &NatEntry<A>,
     settings: &Settings,
     now: u64,
 ) -> Result<Option<Holder>, DropReason> {
     conn.snat_addr = reply_key.dst_addr;
     conn.snat_port = reply_key.dst_port;
-    CONNS
+    A::conns()
         .insert(&pkt.key, &*conn, u64::from(BPF_ANY))
         .map_err(|_| stat::DROP_CONN_TABLE)?;
-    if NAT.insert(reply_key, entry, u64::from(BPF_NOEXIST)).is_ok() {
+    if A::nat()
+        .insert(reply_key, entry, u64::from(BPF_NOEXIST))
+        .is_ok()
+    {
         return Ok(Some(Holder::Gone));
     }
     let holder = holder_for(pkt, reply_key, settings, now);
@@ -325,16 +336,21 @@ fn claim(
         return Ok(None);
     }
     // SAFETY: read-only look at a map value.
-    let ours = unsafe { NAT.get(reply_key) }.is_some_and(|e| names(e, &pkt.key));
+    let ours = unsafe { A::nat().get(reply_key) }.is_some_and(|e| names(e, &pkt.key));
     Ok(ours.then_some(holder))
 }
 
 /// What the flow holding the reply tuple `reply_key` means for `pkt`'s new flow, which
 /// wants that SNAT port; `Gone` when no flow holds it.
 #[inline(always)]
-fn holder_for(pkt: &Packet, reply_key: &FlowKey, settings: &Settings, now: u64) -> Holder {
+fn holder_for<A: Family>(
+    pkt: &Packet<A>,
+    reply_key: &FlowKey<A>,
+    settings: &Settings,
+    now: u64,
+) -> Holder {
     // SAFETY: read-only look at a map value.
-    match unsafe { NAT.get(reply_key) } {
+    match unsafe { A::nat().get(reply_key) } {
         // A flow replacing its own tuple (the client reused its port) takes back the same
         // SNAT port: the backend then sees the very tuple sequence the client makes, so
         // its TIME_WAIT/PAWS checks pass as they would without NAT.
@@ -348,24 +364,26 @@ fn holder_for(pkt: &Packet, reply_key: &FlowKey, settings: &Settings, now: u64) 
 /// `Resting`) or has not proved it exists (`HalfOpen`; it finds out at its next packet,
 /// `keep_reply_entry`): overwrites its reply entry with `entry`.
 #[inline(always)]
-fn take(reply_key: &FlowKey, entry: &NatEntry, holder: Holder) -> bool {
+fn take<A: Family>(reply_key: &FlowKey<A>, entry: &NatEntry<A>, holder: Holder) -> bool {
     if holder == Holder::Evicted {
         // The evicted flow may still be forwarded from a CPU's FLOW_CACHE, with this
         // port: no copy made before this point may be used.
         flow_cache::count_eviction();
     }
-    NAT.insert(reply_key, entry, u64::from(BPF_ANY)).is_ok()
+    A::nat()
+        .insert(reply_key, entry, u64::from(BPF_ANY))
+        .is_ok()
 }
 
 /// The tuple of a reply from `backend` to SNAT address and port `source`.
 #[inline(always)]
-fn reply_tuple(backend: &Backend, source: Source, proto: u8) -> FlowKey {
+fn reply_tuple<A: Family>(backend: &Backend<A>, source: Source<A>, proto: u8) -> FlowKey<A> {
     reply_key(backend.addr, source.addr, backend.port, source.port, proto)
 }
 
 /// The tuple of the replies of `conn`'s flow (protocol `proto`): its `NAT` key.
 #[inline(always)]
-pub fn reply_key_of(conn: &Conn, proto: u8) -> FlowKey {
+pub fn reply_key_of<A: Family>(conn: &Conn<A>, proto: u8) -> FlowKey<A> {
     reply_key(
         conn.backend_addr,
         conn.snat_addr,
@@ -378,13 +396,13 @@ pub fn reply_key_of(conn: &Conn, proto: u8) -> FlowKey {
 /// The tuple of a reply from `backend_addr:backend_port` to `snat_addr:snat_port`
 /// (network byte order).
 #[inline(always)]
-fn reply_key(
-    backend_addr: u32,
-    snat_addr: u32,
+fn reply_key<A: Family>(
+    backend_addr: A,
+    snat_addr: A,
     backend_port: u16,
     snat_port: u16,
     proto: u8,
-) -> FlowKey {
+) -> FlowKey<A> {
     FlowKey {
         src_addr: backend_addr,
         dst_addr: snat_addr,
@@ -398,14 +416,14 @@ fn reply_key(
 
 /// Whether the reply entry `entry` belongs to the client flow `key`.
 #[inline(always)]
-pub fn names(entry: &NatEntry, key: &FlowKey) -> bool {
+pub fn names<A: Family>(entry: &NatEntry<A>, key: &FlowKey<A>) -> bool {
     client_key(entry, key.proto) == *key
 }
 
 /// Whether `conn` is the flow on the reply tuple `reply_key` (its backend, SNAT address
 /// and port; the client may have moved its tuple to another).
 #[inline(always)]
-pub fn holds(conn: &Conn, reply_key: &FlowKey) -> bool {
+pub fn holds<A: Family>(conn: &Conn<A>, reply_key: &FlowKey<A>) -> bool {
     conn.snat_port == reply_key.dst_port
         && conn.backend_addr == reply_key.src_addr
         && conn.snat_addr == reply_key.dst_addr
@@ -413,7 +431,7 @@ pub fn holds(conn: &Conn, reply_key: &FlowKey) -> bool {
 
 /// The client's tuple (the `CONNS` key) of the flow a reply entry belongs to.
 #[inline(always)]
-pub fn client_key(entry: &NatEntry, proto: u8) -> FlowKey {
+pub fn client_key<A: Family>(entry: &NatEntry<A>, proto: u8) -> FlowKey<A> {
     FlowKey {
         src_addr: entry.client_addr,
         dst_addr: entry.vip_addr,
@@ -445,10 +463,15 @@ enum Holder {
 
 /// Does the client flow that owns this reply entry still use it?
 #[inline(always)]
-fn holder_state(holder: &NatEntry, reply_key: &FlowKey, settings: &Settings, now: u64) -> Holder {
+fn holder_state<A: Family>(
+    holder: &NatEntry<A>,
+    reply_key: &FlowKey<A>,
+    settings: &Settings,
+    now: u64,
+) -> Holder {
     let client_key = client_key(holder, reply_key.proto);
     // SAFETY: read-only look at a map value.
-    match unsafe { CONNS.get(&client_key) } {
+    match unsafe { A::conns().get(&client_key) } {
         Some(conn) if holds(conn, reply_key) => {
             let idle = now.saturating_sub(conn.last_seen_ns);
             if idle <= settings.idle_timeout_ns(conn.state, reply_key.proto) {

@@ -2,8 +2,8 @@
 //! handshake and FIN/RST handling, applied to entries that `conntrack`, `flow_cache` and
 //! `snat` looked up (no map lookups here).
 use balancer_common::{
-    Conn, Settings, FLOW_BACKEND_CLOSED, FLOW_CLOSING, FLOW_DSR, FLOW_ESTABLISHED, FLOW_MIDSTREAM,
-    FLOW_REPLIED, PROTO_TCP,
+    Addr, Conn, Settings, FLOW_BACKEND_CLOSED, FLOW_CLOSING, FLOW_DSR, FLOW_ESTABLISHED,
+    FLOW_MIDSTREAM, FLOW_REPLIED, PROTO_TCP,
 };
 
 use crate::parse::{Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
@@ -22,7 +22,7 @@ pub fn touch_due(last_seen_ns: u64, now: u64) -> bool {
 /// Is this entry still the flow of this packet? An idle-expired entry is not, and neither
 /// is a closing one when the client opens the same tuple again with a SYN.
 #[inline(always)]
-pub fn is_live(conn: &Conn, pkt: &Packet, settings: &Settings, now: u64) -> bool {
+pub fn is_live<A: Addr>(conn: &Conn<A>, pkt: &Packet<A>, settings: &Settings, now: u64) -> bool {
     if now.saturating_sub(conn.last_seen_ns) > settings.idle_timeout_ns(conn.state, pkt.key.proto) {
         return false;
     }
@@ -45,10 +45,10 @@ pub fn half_open(state: u32, proto: u8) -> bool {
 /// less than [`TOUCH_INTERVAL_NS`] old): then the `CONNS` path would do exactly what the
 /// copy does.
 #[inline(always)]
-pub fn cache_serves(
+pub fn cache_serves<A: Addr>(
     state: u32,
     last_seen_ns: u64,
-    pkt: &Packet,
+    pkt: &Packet<A>,
     settings: &Settings,
     now: u64,
 ) -> bool {
@@ -73,7 +73,7 @@ pub enum From {
 /// from the backend marks it `FLOW_REPLIED`; the handshake's end marks it
 /// `FLOW_ESTABLISHED` ([`handshake`]).
 #[inline(always)]
-pub fn touch(conn: *mut Conn, pkt: &Packet, from: From, now: u64) {
+pub fn touch<A: Addr>(conn: *mut Conn<A>, pkt: &Packet<A>, from: From, now: u64) {
     // SAFETY: `conn` points into a map value; racing writers only store whole fields.
     unsafe {
         let mut state = (*conn).state;
@@ -113,7 +113,7 @@ pub fn touch(conn: *mut Conn, pkt: &Packet, from: From, now: u64) {
 /// Does client packet `pkt` acknowledge the backend's SYN-ACK of `conn`'s flow (the ACK
 /// that completes the handshake, or a retransmission before the backend sent data)?
 #[inline(always)]
-pub fn acks_handshake(conn: &Conn, pkt: &Packet) -> bool {
+pub fn acks_handshake<A: Addr>(conn: &Conn<A>, pkt: &Packet<A>) -> bool {
     pkt.tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_ACK
         && conn.handshake_ack == pkt.tcp_ack
         && pkt.tcp_ack != 0
@@ -129,7 +129,7 @@ pub fn acks_handshake(conn: &Conn, pkt: &Packet) -> bool {
 /// # Safety
 /// `conn` points into a map value.
 #[inline(always)]
-unsafe fn handshake(conn: *mut Conn, pkt: &Packet, from: From, state: u32) -> u32 {
+unsafe fn handshake<A: Addr>(conn: *mut Conn<A>, pkt: &Packet<A>, from: From, state: u32) -> u32 {
     let flags = pkt.tcp_flags;
     match from {
         From::Backend if flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN | TCP_ACK => {

@@ -21,14 +21,12 @@ use balancer_common::{addr_slot, stat, NextHop, NEXT_HOP_TTL_NS};
 use network_types::eth::EthHdr;
 
 use crate::{
-    maps::{CLIENT_HOPS, NEXT_HOPS},
+    family::Family,
     nat::Rewrite,
     parse::Packet,
     stats::{self, Dir},
     DropReason,
 };
-
-const AF_INET: u8 = 2;
 
 /// What next hop a packet may take.
 #[derive(Clone, Copy)]
@@ -53,18 +51,18 @@ impl Via {
 /// slot of `NEXT_HOPS` for it, or to a client at `to.dst_addr` through this CPU's slot of
 /// `CLIENT_HOPS` for that address (see [`transmit_cached`]), as `via` allows.
 #[inline(always)]
-pub fn transmit(
+pub fn transmit<A: Family>(
     ctx: &XdpContext,
-    pkt: &Packet,
-    to: &Rewrite,
+    pkt: &Packet<A>,
+    to: &Rewrite<A>,
     dir: Dir,
     backend_id: u32,
     via: Via,
     now: u64,
 ) -> Result<u32, DropReason> {
     let cache = match dir {
-        Dir::ToBackend => NEXT_HOPS.get_ptr_mut(backend_id),
-        Dir::ToClient => CLIENT_HOPS.get_ptr_mut(addr_slot(to.dst_addr)),
+        Dir::ToBackend => A::next_hops().get_ptr_mut(backend_id),
+        Dir::ToClient => A::client_hops().get_ptr_mut(addr_slot(&to.dst_addr)),
     };
     transmit_cached(ctx, pkt, to, cache, via, now)
 }
@@ -74,11 +72,11 @@ pub fn transmit(
 /// cache. (A cached hop is keyed by destination only and skips the FIB's MTU check; it
 /// lives at most `NEXT_HOP_TTL_NS`.)
 #[inline(always)]
-fn transmit_cached(
+fn transmit_cached<A: Family>(
     ctx: &XdpContext,
-    pkt: &Packet,
-    to: &Rewrite,
-    cache: Option<*mut NextHop>,
+    pkt: &Packet<A>,
+    to: &Rewrite<A>,
+    cache: Option<*mut NextHop<A>>,
     via: Via,
     now: u64,
 ) -> Result<u32, DropReason> {
@@ -114,11 +112,11 @@ fn send(ctx: &XdpContext, ifindex: u32) -> u32 {
 /// The FIB lookup path; a successful result is stored in `refresh` (cache slot, now)
 /// when given.
 #[inline(always)]
-fn transmit_via_fib(
+fn transmit_via_fib<A: Family>(
     ctx: &XdpContext,
-    pkt: &Packet,
-    to: &Rewrite,
-    refresh: Option<(*mut NextHop, u64)>,
+    pkt: &Packet<A>,
+    to: &Rewrite<A>,
+    refresh: Option<(*mut NextHop<A>, u64)>,
     via: Via,
 ) -> Result<u32, DropReason> {
     let mut storage = mem::MaybeUninit::<bpf_fib_lookup>::uninit();
@@ -131,14 +129,11 @@ fn transmit_via_fib(
         Via::Routed(proto, len) | Via::Tunnel(proto, len) => (proto, len),
         Via::OnLink => (pkt.key.proto, pkt.ip_len),
     };
-    params.family = AF_INET;
+    A::fib_params(params, &to.src_addr, &to.dst_addr, pkt.tos);
     params.l4_protocol = proto;
     params.sport = to.src_port;
     params.dport = to.dst_port;
     params.__bindgen_anon_1.tot_len = tot_len;
-    params.__bindgen_anon_2.tos = pkt.tos;
-    params.__bindgen_anon_3.ipv4_src = to.src_addr;
-    params.__bindgen_anon_4.ipv4_dst = to.dst_addr;
     let ingress = ctx.ingress_ifindex() as u32;
     params.ifindex = ingress;
 
@@ -147,8 +142,7 @@ fn transmit_via_fib(
     match rc as u32 {
         BPF_FIB_LKUP_RET_SUCCESS => {
             // The lookup leaves the gateway, if there is one, in place of the destination.
-            // SAFETY: a plain u32 field of the union the helper wrote.
-            let on_link = unsafe { params.__bindgen_anon_4.ipv4_dst } == to.dst_addr;
+            let on_link = A::fib_dst(params) == to.dst_addr;
             if via.on_link() && !on_link {
                 return Err(stat::DROP_DSR_NOT_ON_LINK);
             }

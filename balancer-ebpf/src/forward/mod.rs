@@ -8,10 +8,11 @@ mod fib;
 mod too_big;
 
 use aya_ebpf::programs::XdpContext;
-use balancer_common::{stat, FlowKey, Settings, FLOW_DSR, FLOW_GUE, FLOW_TUNNEL};
+use balancer_common::{stat, FlowKey, Settings, FLOW_DSR, FLOW_GUE, FLOW_TUNNEL, V4};
 
 use crate::{
     csum,
+    family::Family,
     nat::{self, Rewrite},
     parse::Packet,
     stats::{self, Dir},
@@ -19,8 +20,8 @@ use crate::{
 };
 
 /// What becomes of a packet: it leaves translated, or gets this verdict as it is.
-pub enum Action {
-    Send(Send),
+pub enum Action<A: Family> {
+    Send(Send<A>),
     Verdict(u32),
 }
 
@@ -51,10 +52,10 @@ impl Way {
 }
 
 /// How a translated packet leaves ([`deliver`]).
-pub struct Send {
+pub struct Send<A: Family> {
     /// (VIP id, backend id) of its flow: for the counters, and the backend's next hop.
     ids: (u32, u32),
-    to: Rewrite,
+    to: Rewrite<A>,
     /// The changes to the IPv4 and the TCP/UDP checksums ([`nat::csum_diffs`]).
     diffs: (csum::Diff, csum::Diff),
     dir: Dir,
@@ -62,14 +63,14 @@ pub struct Send {
     way: Way,
 }
 
-impl Send {
+impl<A: Family> Send<A> {
     #[inline(always)]
     pub fn to_backend(
         ids: (u32, u32),
-        to: Rewrite,
+        to: Rewrite<A>,
         diffs: (csum::Diff, csum::Diff),
         new_flow: bool,
-    ) -> Send {
+    ) -> Send<A> {
         Send {
             ids,
             to,
@@ -86,17 +87,17 @@ impl Send {
     #[inline(always)]
     pub fn untranslated(
         ids: (u32, u32),
-        key: &FlowKey,
-        backend_addr: u32,
+        key: &FlowKey<A>,
+        backend_addr: &A,
         state: u32,
         new_flow: bool,
-    ) -> Send {
+    ) -> Send<A> {
         debug_assert!(state & FLOW_DSR != 0);
         Send {
             ids,
             to: Rewrite {
                 src_addr: key.src_addr,
-                dst_addr: backend_addr,
+                dst_addr: *backend_addr,
                 src_port: key.src_port,
                 dst_port: key.dst_port,
             },
@@ -109,7 +110,7 @@ impl Send {
 
     /// A reply of an established flow (never a new flow).
     #[inline(always)]
-    pub fn to_client(ids: (u32, u32), to: Rewrite, diffs: (csum::Diff, csum::Diff)) -> Send {
+    pub fn to_client(ids: (u32, u32), to: Rewrite<A>, diffs: (csum::Diff, csum::Diff)) -> Send<A> {
         Send {
             ids,
             to,
@@ -125,10 +126,10 @@ impl Send {
 /// `CONNS`, the new-flow and the reply paths, so that the next-hop and transmit code is in
 /// the program once (every inlined copy of it made the common paths slower).
 #[inline(always)]
-pub fn deliver(
+pub fn deliver<A: Family>(
     ctx: &XdpContext,
-    pkt: &Packet,
-    send: &Send,
+    pkt: &Packet<A>,
+    send: &Send<A>,
     settings: &Settings,
     now: u64,
 ) -> Result<u32, DropReason> {
@@ -153,22 +154,33 @@ pub fn deliver(
                 now,
             )
         }
-        Way::Ipip | Way::Gue => {
-            let gue = send.way == Way::Gue;
-            let overhead = encap::overhead(gue);
-            if u32::from(pkt.ip_len) + u32::from(overhead) > u32::from(settings.tunnel_mtu) {
-                stats::count(stat::TUNNEL_TOO_BIG);
-                return too_big::reply(ctx, pkt, settings.tunnel_mtu.saturating_sub(overhead));
-            }
-            count(pkt, send);
-            let (outer, via) = encap::push(ctx, pkt, gue, send.to.dst_addr, settings)?;
-            fib::transmit(ctx, pkt, &outer, send.dir, backend_id, via, now)
-        }
+        Way::Ipip | Way::Gue => A::encapsulate(ctx, pkt, send, settings, now),
     }
 }
 
+/// A packet of an IPv4 tunnel flow: encapsulated, or answered with an ICMP "fragmentation
+/// needed" when it would not fit `tunnel.mtu` once encapsulated.
 #[inline(always)]
-fn count(pkt: &Packet, send: &Send) {
+pub fn tunnel(
+    ctx: &XdpContext,
+    pkt: &Packet<V4>,
+    send: &Send<V4>,
+    settings: &Settings,
+    now: u64,
+) -> Result<u32, DropReason> {
+    let gue = send.way == Way::Gue;
+    let overhead = encap::overhead(gue);
+    if u32::from(pkt.ip_len) + u32::from(overhead) > u32::from(settings.tunnel_mtu) {
+        stats::count(stat::TUNNEL_TOO_BIG);
+        return too_big::reply(ctx, pkt, settings.tunnel_mtu.saturating_sub(overhead));
+    }
+    count(pkt, send);
+    let (outer, via) = encap::push(ctx, pkt, gue, send.to.dst_addr, settings)?;
+    fib::transmit(ctx, pkt, &outer, send.dir, send.ids.1, via, now)
+}
+
+#[inline(always)]
+fn count<A: Family>(pkt: &Packet<A>, send: &Send<A>) {
     let (vip_id, backend_id) = send.ids;
     stats::count_flow(vip_id, backend_id, pkt.len, send.dir, send.new_flow);
 }

@@ -198,8 +198,8 @@ mod tests {
         let web = key([10, 0, 100, 7], 80);
         m.set_vip(&web, &VipMeta::default()).unwrap();
         m.set_vip(&web, &VipMeta::default()).unwrap();
-        assert_eq!(m.present.count(addr_slot(web.addr)), 1);
+        assert_eq!(m.present.count(addr_slot(&web.addr)), 1);
         m.del_vip(&web).unwrap();
-        assert_eq!(m.present.count(addr_slot(web.addr)), 0);
+        assert_eq!(m.present.count(addr_slot(&web.addr)), 0);
     }
 }

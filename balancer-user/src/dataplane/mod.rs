@@ -108,7 +108,7 @@ impl PresentVips {
     /// What setting VIP `key` with `vip_id` and `generation` must write (changes nothing).
     fn writes_for(&self, key: VipKey, vip_id: u32, generation: u32) -> VipWrites {
         let before = self.vips.get(&key).copied();
-        let slot = addr_slot(key.addr);
+        let slot = addr_slot(&key.addr);
         VipWrites {
             count: before.is_none().then(|| (slot, self.count(slot) + 1)),
             generation: (before != Some((vip_id, generation))).then_some((vip_id, generation)),
@@ -119,14 +119,14 @@ impl PresentVips {
     /// The `VIPS` entry of `key` was written.
     fn record(&mut self, key: VipKey, vip_id: u32, generation: u32) {
         if self.vips.insert(key, (vip_id, generation)).is_none() {
-            *self.counts.entry(addr_slot(key.addr)).or_default() += 1;
+            *self.counts.entry(addr_slot(&key.addr)).or_default() += 1;
         }
     }
 
     /// A VIP was deleted: `Some((slot, new count, its id))` when it was present.
     fn removed(&mut self, key: VipKey) -> Option<(u32, u32, u32)> {
         let (vip_id, _) = self.vips.remove(&key)?;
-        let slot = addr_slot(key.addr);
+        let slot = addr_slot(&key.addr);
         let count = self.counts.entry(slot).or_default();
         *count = count.saturating_sub(1);
         Some((slot, *count, vip_id))
@@ -155,7 +155,7 @@ mod tests {
     fn present_vips_count_addresses_and_remember_ids() {
         let mut c = PresentVips::default();
         let (web, dns) = (key([10, 0, 100, 1], 80), key([10, 0, 100, 1], 53));
-        let slot = addr_slot(web.addr);
+        let slot = addr_slot(&web.addr);
         let writes = |count, generation, clear| VipWrites {
             count,
             generation,
