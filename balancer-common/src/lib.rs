@@ -89,10 +89,15 @@ pub mod map_names {
     pub const DECAP_ADDRS: &str = "DECAP_ADDRS";
     pub const DECAP_STATS: &str = "DECAP_STATS";
     pub const DECAP_SETTINGS: &str = "DECAP_SETTINGS";
+    pub const FAMILIES: &str = "FAMILIES";
 }
 
 /// Name of the XDP program in the object file.
 pub const PROGRAM_NAME: &str = "balancer";
+/// Name of the IPv6 program, which `balancer` tail-calls from slot
+/// [`FAMILY_IPV6_SLOT`] of `FAMILIES` (the loader puts it there).
+pub const IPV6_PROGRAM_NAME: &str = "balancer_ipv6";
+pub const FAMILY_IPV6_SLOT: u32 = 0;
 /// Name of the backends' decapsulation program (`balancer decap`) in the same object.
 pub const DECAP_PROGRAM_NAME: &str = "balancer_decap";
 

@@ -12,7 +12,7 @@ use crate::{
     flow_cache::{self, Stamp},
     forward::Send,
     maps::VIP_GENS,
-    nat::{csum_diffs, to_backend, to_client_of},
+    nat::{early_diffs, to_backend, to_client_of},
     parse::{Packet, TCP_FIN, TCP_RST, TCP_SYN},
     snat::{client_key, holds, keep_reply_entry, take_back},
     stats, timeouts,
@@ -93,7 +93,7 @@ pub fn established<A: Family>(
     }
     timeouts::touch(entry, pkt, timeouts::From::Client, now);
     let to = to_backend(&conn);
-    let diffs = csum_diffs(&pkt.key, &to);
+    let diffs = early_diffs(&pkt.key, &to);
     // SAFETY: as above; the entry as touched.
     flow_cache::remember(&pkt.key, unsafe { &*entry }, stamp, diffs);
     Established::Live(Send::to_backend(ids, to, diffs, false))
@@ -164,7 +164,7 @@ pub fn to_client<A: Family>(
     }
     stats::count(stat::NAT_REPLY);
     let to = to_client_of(&entry);
-    let diffs = csum_diffs(&pkt.key, &to);
+    let diffs = early_diffs(&pkt.key, &to);
     Ok(Some(Send::to_client(
         (entry.vip_id, entry.backend_id),
         to,

@@ -12,7 +12,10 @@ use balancer_common::{
     stat, Addr, Backend, Conn, FlowCacheEntry, FlowKey, NatEntry, NextHop, NoPort, Settings,
     VipKey, VipMeta, SNAT_PORT_PROBES, V4, V6,
 };
-use network_types::ip::{Ipv4Hdr, Ipv6Hdr};
+use network_types::{
+    eth::EthHdr,
+    ip::{Ipv4Hdr, Ipv6Hdr},
+};
 
 use crate::{
     csum,
@@ -42,7 +45,14 @@ macro_rules! warn_no_port {
 
 /// An address family: its maps and its IP-header steps.
 pub trait Family: Addr {
-    /// Whether established flows are served from this CPU's flow cache.
+    /// How many SNAT ports a new flow probes (see `snat::allocate_port`): IPv4's
+    /// `SNAT_PORT_PROBES`; fewer for IPv6, whose unrolled probes, four times as wide,
+    /// would take more than the verifier's budget of instructions.
+    const SNAT_PROBES: u32;
+
+    /// Whether established flows are served from this CPU's flow cache, whose copies keep
+    /// the translation's checksum changes, which the lookups then work out (otherwise
+    /// the delivery does, see `nat::deliver_diffs`).
     const CACHED: bool;
 
     fn vips() -> &'static HashMap<VipKey<Self>, VipMeta>;
@@ -96,6 +106,7 @@ pub trait Family: Addr {
 
 impl Family for V4 {
     const CACHED: bool = true;
+    const SNAT_PROBES: u32 = SNAT_PORT_PROBES;
 
     #[inline(always)]
     fn vips() -> &'static HashMap<VipKey<Self>, VipMeta> {
@@ -203,6 +214,7 @@ impl Family for V4 {
 
 impl Family for V6 {
     const CACHED: bool = false;
+    const SNAT_PROBES: u32 = SNAT_PORT_PROBES / 2;
 
     #[inline(always)]
     fn vips() -> &'static HashMap<VipKey<Self>, VipMeta> {
@@ -279,7 +291,11 @@ impl Family for V6 {
         to: &Rewrite<Self>,
         _: csum::Diff,
     ) -> Result<(), DropReason> {
-        let ip: *mut Ipv6Hdr = ptr_at(ctx, pkt.ip_off)?;
+        // At its constant offset (`parse6` takes untagged frames only), not `pkt.ip_off`:
+        // read back from the map that holds an IPv6 packet's description, that is a
+        // number the verifier knows nothing of.
+        let _ = pkt;
+        let ip: *mut Ipv6Hdr = ptr_at(ctx, EthHdr::LEN)?;
         // SAFETY: ptr_at checked the bounds.
         unsafe {
             (*ip).hop_limit -= 1;

@@ -34,6 +34,7 @@ mod parse;
 mod schedule;
 mod select;
 mod snat;
+mod staged;
 mod stats;
 mod timeouts;
 mod vip;
@@ -43,7 +44,7 @@ use aya_ebpf::{
     macros::xdp,
     programs::XdpContext,
 };
-use balancer_common::{stat, Settings};
+use balancer_common::{stat, Conn, Settings, VipMeta};
 use family::Family;
 use forward::Action;
 
@@ -58,20 +59,34 @@ pub type DropReason = u32;
 pub fn balancer(ctx: XdpContext) -> u32 {
     let verdict = match parse::ether(&ctx) {
         Ok(parse::Ether::Ipv4) => balance4(ctx.ctx),
-        Ok(parse::Ether::Ipv6) if IPV6 => balance6(ctx.ctx),
-        Ok(parse::Ether::Ipv6 | parse::Ether::Other) => xdp_action::XDP_PASS,
+        Ok(parse::Ether::Ipv6) => {
+            // SAFETY: a tail call; when it returns (no program in the slot), the packet
+            // passes as before IPv6 support.
+            unsafe { maps::FAMILIES.tail_call(&ctx, maps::FAMILY_IPV6) };
+            xdp_action::XDP_PASS
+        }
+        Ok(parse::Ether::Other) => xdp_action::XDP_PASS,
         Err(reason) => dropped(reason),
     };
     stats::count_verdict(verdict);
     verdict
 }
 
-/// Whether IPv6 packets are balanced. Off while the IPv6 way does not yet fit the
-/// verifier's 512-byte stack: they then pass untouched, as before IPv6 support.
-const IPV6: bool = false;
+/// The IPv6 way: a program of its own, which `balancer` tail-calls (`maps::FAMILIES`),
+/// so that the verifier's budget of instructions is each family's, not shared.
+#[xdp]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "the signature aya's #[xdp] macro expects"
+)]
+pub fn balancer_ipv6(ctx: XdpContext) -> u32 {
+    let verdict = balance6(ctx.ctx);
+    stats::count_verdict(verdict);
+    verdict
+}
 
-// Each family's way is a BPF function of its own (a call, not inlined): the verifier's
-// 512-byte stack is then the larger of the two, not their sum.
+// Each family's way is a BPF function of its own (a call, not inlined), apart from the
+// entry's frame.
 
 /// An IPv4 frame: its verdict.
 #[inline(never)]
@@ -88,28 +103,22 @@ fn balance4(ctx: *mut xdp_md) -> u32 {
     result.unwrap_or_else(dropped)
 }
 
-/// An IPv6 frame: its verdict.
+/// An IPv6 frame: its verdict. Its way is cut into stages ([`staged`]).
 #[inline(never)]
 fn balance6(ctx: *mut xdp_md) -> u32 {
-    let ctx = XdpContext::new(ctx);
-    // The packet's description lives in this CPU's scratch slot: an IPv6 one on the
-    // stack, with the rest of the way, would not fit the verifier's 512 bytes.
-    let Some(pkt) = maps::PACKET6.get_ptr_mut(0) else {
+    let Some(work) = maps::WORK6.get_ptr_mut(0) else {
         return xdp_action::XDP_PASS;
     };
-    // SAFETY: this CPU's slot; no other user while the program runs here.
-    let pkt = unsafe { &mut *pkt };
-    let result = match parse::parse6(&ctx, pkt) {
-        Ok(true) => balance(&ctx, pkt),
-        Ok(false) => Ok(xdp_action::XDP_PASS),
-        Err(reason) => Err(reason),
-    };
-    result.unwrap_or_else(dropped)
+    match staged::parse_stage(ctx, work) {
+        staged::GO_ON => staged::run(ctx, work),
+        staged::PASS => xdp_action::XDP_PASS,
+        reason => dropped(reason),
+    }
 }
 
 /// A dropped packet's verdict, its reason counted.
 #[inline(always)]
-fn dropped(reason: DropReason) -> u32 {
+pub fn dropped(reason: DropReason) -> u32 {
     stats::count(reason);
     xdp_action::XDP_DROP
 }
@@ -153,27 +162,51 @@ fn route<A: Family>(
     settings: &Settings,
     now: u64,
 ) -> Result<Action<A>, DropReason> {
+    match lookup(pkt, settings, now)? {
+        Step::Act(action) => Ok(action),
+        Step::NewFlow(vip, ended, stamp) => {
+            schedule::admit(ctx, pkt, now)?;
+            schedule::new_flow(ctx, pkt, &vip, ended.as_ref(), settings, stamp, now)
+        }
+    }
+}
+
+/// What a parsed packet needs after [`lookup`].
+pub enum Step<A: Family> {
+    /// It belongs to a flow (or to none): this.
+    Act(Action<A>),
+    /// It starts a flow of this VIP; the flow that ended on its tuple, if any, and the
+    /// flow cache's stamp read before the lookups.
+    NewFlow(VipMeta, Option<Conn<A>>, flow_cache::Stamp),
+}
+
+/// The lookups of a packet's way: for a VIP's address, an established flow (this CPU's
+/// flow cache, else the connection table: no `VIPS` lookup either way), else the VIP
+/// for a new flow; otherwise a reply of a flow, else nothing of ours.
+#[inline(always)]
+fn lookup<A: Family>(
+    pkt: &parse::Packet<A>,
+    settings: &Settings,
+    now: u64,
+) -> Result<Step<A>, DropReason> {
     if vip::maybe_vip(&pkt.key.dst_addr) {
         let stamp = flow_cache::stamp(settings);
-        // Established flows first: from this CPU's flow cache (an array read), else by one
-        // connection-table lookup; no VIPS lookup either way.
         if let Some(send) = flow_cache::cached(pkt, settings, stamp, now) {
-            return Ok(Action::Send(send));
+            return Ok(Step::Act(Action::Send(send)));
         }
         let ended = match conntrack::established(pkt, settings, stamp, now) {
-            conntrack::Established::Live(send) => return Ok(Action::Send(send)),
+            conntrack::Established::Live(send) => return Ok(Step::Act(Action::Send(send))),
             conntrack::Established::Ended(ended) => ended,
         };
         // SAFETY: the value is copied out at once; the agent replaces VIP entries whole.
         if let Some(vip) = unsafe { A::vips().get(&vip::vip_key(&pkt.key)) } {
-            let vip = *vip;
-            return schedule::new_flow(ctx, pkt, &vip, ended.as_ref(), settings, stamp, now);
+            return Ok(Step::NewFlow(*vip, ended, stamp));
         }
     }
-    Ok(match conntrack::to_client(pkt, settings, now)? {
+    Ok(Step::Act(match conntrack::to_client(pkt, settings, now)? {
         Some(send) => Action::Send(send),
         None => Action::Verdict(xdp_action::XDP_PASS),
-    })
+    }))
 }
 
 #[cfg(target_arch = "bpf")]

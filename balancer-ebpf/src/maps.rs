@@ -1,9 +1,9 @@
 //! The BPF maps of the data plane; their key and value types live in `balancer-common`.
-use crate::parse::Packet;
+use crate::staged::Work;
 use aya_ebpf::{
     bindings::BPF_F_MMAPABLE,
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray},
 };
 use balancer_common::{
     decap_stat, stat, Backend, Conn, DecapSettings, FlowCacheEntry, FlowKey, FlowStats, NatEntry,
@@ -80,10 +80,17 @@ pub static CSUM_BUF: PerCpuArray<[u64; CSUM_BUF_WORDS]> = PerCpuArray::with_max_
 pub const CSUM_BUF_WORDS: usize = 8;
 const _: () = assert!(CSUM_BUF_WORDS * 8 >= crate::csum::MAX_CHECKED);
 
-/// Per CPU, the description of the IPv6 packet being balanced (`parse::parse6` writes
-/// it): on the stack, with the rest of the way, it would not fit the verifier's 512 bytes.
+/// The programs of the families other than IPv4, which `balancer` tail-calls: the agent
+/// puts `balancer_ipv6` in slot [`FAMILY_IPV6`].
 #[map]
-pub static PACKET6: PerCpuArray<Packet<V6>> = PerCpuArray::with_max_entries(1, 0);
+pub static FAMILIES: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
+/// Slot of `balancer_ipv6` in [`FAMILIES`].
+pub const FAMILY_IPV6: u32 = balancer_common::FAMILY_IPV6_SLOT;
+
+/// Per CPU, what the stages of an IPv6 packet's way pass on to each other (`staged`).
+#[map]
+pub static WORK6: PerCpuArray<Work<V6>> = PerCpuArray::with_max_entries(1, 0);
 
 /// One value, changed (to one it never had) whenever a new flow takes the SNAT port of a
 /// flow whose `CONNS` entry is gone (evicted): every `FLOW_CACHE` copy made before is then

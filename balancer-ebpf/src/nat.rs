@@ -12,6 +12,10 @@ use crate::{
     DropReason,
 };
 
+/// 16-bit words of the UDP header, and of the TCP header up to its checksum's end.
+const UDP_WORDS: usize = UDP_CHECK_OFF / 2 + 1;
+const TCP_WORDS: usize = TCP_CHECK_OFF / 2 + 1;
+
 /// The addresses and ports (network byte order) a translated packet leaves with.
 pub struct Rewrite<A = V4> {
     pub src_addr: A,
@@ -73,6 +77,33 @@ pub fn csum_diffs<A: Addr>(from: &FlowKey<A>, to: &Rewrite<A>) -> (csum::Diff, c
     (addr_diff.u16(1, 0), l4_diff)
 }
 
+/// [`csum_diffs`] for a family whose lookups work them out (`Family::CACHED`: the flow
+/// cache keeps them); for the other, nothing yet: [`deliver_diffs`] works them out.
+#[inline(always)]
+pub fn early_diffs<A: Family>(from: &FlowKey<A>, to: &Rewrite<A>) -> (csum::Diff, csum::Diff) {
+    if A::CACHED {
+        csum_diffs(from, to)
+    } else {
+        (csum::Diff::default(), csum::Diff::default())
+    }
+}
+
+/// The checksum changes a translated packet leaves with: those its lookups worked out
+/// (`early`, see [`early_diffs`]), or, for a family whose lookups do not, worked out
+/// now (IPv6: its way's stages have no stack room for them before).
+#[inline(always)]
+pub fn deliver_diffs<A: Family>(
+    pkt: &Packet<A>,
+    to: &Rewrite<A>,
+    early: (csum::Diff, csum::Diff),
+) -> (csum::Diff, csum::Diff) {
+    if A::CACHED {
+        early
+    } else {
+        csum_diffs(&pkt.key, to)
+    }
+}
+
 /// Rewrites addresses and ports to `to` and applies the checksum changes worked out for it
 /// (see [`csum_diffs`]).
 #[inline(always)]
@@ -88,23 +119,30 @@ pub fn rewrite_with<A: Family>(
     let (src_port, dst_port) = (to.src_port, to.dst_port);
 
     // Source and destination ports are the first 4 bytes of both TCP and UDP headers.
-    let ports: *mut [u16; 2] = ptr_at(ctx, pkt.l4_off)?;
-    // SAFETY: ptr_at checked the bounds.
-    unsafe { *ports = [src_port, dst_port] };
+    // One pointer per header for the ports and the checksum: the verifier learns the
+    // bounds of the pointer a check was made on, and at an offset it cannot know (an
+    // IPv6 packet's, after its extension headers) not those of another.
     if pkt.key.proto == PROTO_UDP {
-        let check: *mut u16 = ptr_at(ctx, pkt.l4_off + UDP_CHECK_OFF)?;
+        let udp: *mut [u16; UDP_WORDS] = ptr_at(ctx, pkt.l4_off)?;
         // SAFETY: ptr_at checked the bounds.
         unsafe {
+            (*udp)[0] = src_port;
+            (*udp)[1] = dst_port;
             // A zero UDP checksum means "none" and stays zero; a computed zero is sent as 0xffff.
-            if *check != 0 {
-                let new = l4_diff.apply(*check);
-                *check = if new == 0 { 0xffff } else { new };
+            let check = (*udp)[UDP_CHECK_OFF / 2];
+            if check != 0 {
+                let new = l4_diff.apply(check);
+                (*udp)[UDP_CHECK_OFF / 2] = if new == 0 { 0xffff } else { new };
             }
         }
     } else {
-        let check: *mut u16 = ptr_at(ctx, pkt.l4_off + TCP_CHECK_OFF)?;
+        let tcp: *mut [u16; TCP_WORDS] = ptr_at(ctx, pkt.l4_off)?;
         // SAFETY: ptr_at checked the bounds.
-        unsafe { *check = l4_diff.apply(*check) };
+        unsafe {
+            (*tcp)[0] = src_port;
+            (*tcp)[1] = dst_port;
+            (*tcp)[TCP_CHECK_OFF / 2] = l4_diff.apply((*tcp)[TCP_CHECK_OFF / 2]);
+        }
     }
     Ok(())
 }

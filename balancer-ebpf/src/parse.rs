@@ -2,7 +2,7 @@
 //! `MAX_IPV6_EXT_HEADERS` extension headers), TCP, UDP, and ICMP errors with the header
 //! they quote.
 
-use aya_ebpf::programs::XdpContext;
+use aya_ebpf::{bindings::xdp_md, programs::XdpContext};
 use balancer_common::{
     stat, Addr, FlowKey, MAX_IPV6_EXT_HEADERS, PROTO_ICMP, PROTO_TCP, PROTO_UDP, V4, V6,
 };
@@ -125,6 +125,11 @@ pub struct Packet<A = V4> {
 /// the frame is too short to hold it.
 #[inline(always)]
 pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Result<*mut T, DropReason> {
+    // An offset read back from a map (an IPv6 packet's description lives in one) is an
+    // unknown number to the verifier, which refuses it in pointer arithmetic unless
+    // bounded, and learns nothing from a check of a pointer that may pass 2^16 with its
+    // size: no offset in a frame reaches 2^15.
+    let offset = offset & 0x7fff;
     let start = ctx.data();
     let end = ctx.data_end();
     if start + offset + size_of::<T>() > end {
@@ -213,14 +218,16 @@ pub fn parse6(ctx: &XdpContext, pkt: &mut Packet<V6>) -> Result<bool, DropReason
     let ip_off = EthHdr::LEN;
     let ip: *const Ipv6Hdr = ptr_at(ctx, ip_off)?;
     // SAFETY: ptr_at checked the bounds.
-    let (vcf, payload_len, first, hop_limit, src, dst) = unsafe {
+    let (vcf, payload_len, first, hop_limit) = unsafe {
+        // The addresses go to `pkt` at once: held in registers through the rest of the
+        // parse, their 32 bytes were spilled to the stack a byte per slot.
+        pkt.key.src_addr = addr6(&(*ip).src_addr);
+        pkt.key.dst_addr = addr6(&(*ip).dst_addr);
         (
             (*ip).vcf,
             u16::from_be_bytes((*ip).payload_len),
             (*ip).next_hdr,
             (*ip).hop_limit,
-            addr6(&(*ip).src_addr),
-            addr6(&(*ip).dst_addr),
         )
     };
     if vcf[0] >> 4 != 6 {
@@ -230,21 +237,12 @@ pub fn parse6(ctx: &XdpContext, pkt: &mut Packet<V6>) -> Result<bool, DropReason
     if ctx.data() + ip_end > ctx.data_end() {
         return Err(stat::DROP_MALFORMED);
     }
-    let mut next = first;
     let mut l4_off = ip_off + Ipv6Hdr::LEN;
-    let mut i = 0;
-    while i < MAX_IPV6_EXT_HEADERS {
-        if next != IPV6_HOP_BY_HOP && next != IPV6_ROUTING && next != IPV6_DEST_OPTIONS {
-            break;
-        }
-        // Next header and length in 8-byte units, not counting the first 8.
-        let ext: *const [u8; 2] = ptr_at(ctx, l4_off)?;
-        // SAFETY: ptr_at checked the bounds.
-        let (following, len) = unsafe { ((*ext)[0], (*ext)[1]) };
-        next = following;
-        l4_off += (usize::from(len) + 1) * 8;
-        i += 1;
+    let next = skip_extensions(ctx.ctx, first, &mut l4_off);
+    if next == MALFORMED {
+        return Err(stat::DROP_MALFORMED);
     }
+    let next = next as u8;
     if next == IPV6_FRAGMENT {
         stats::count(stat::PASS_FRAGMENT);
         return Ok(false);
@@ -265,8 +263,6 @@ pub fn parse6(ctx: &XdpContext, pkt: &mut Packet<V6>) -> Result<bool, DropReason
     // Field by field: a whole `Packet` built first would take stack room.
     pkt.ip_off = ip_off;
     pkt.l4_off = l4_off;
-    pkt.key.src_addr = src;
-    pkt.key.dst_addr = dst;
     pkt.key.src_port = l4.src_port;
     pkt.key.dst_port = l4.dst_port;
     pkt.key.proto = next;
@@ -280,6 +276,36 @@ pub fn parse6(ctx: &XdpContext, pkt: &mut Packet<V6>) -> Result<bool, DropReason
     pkt.tos = tclass;
     pkt.ttl = hop_limit;
     Ok(true)
+}
+
+/// [`skip_extensions`]'s answer for an extension header that is not in the frame.
+const MALFORMED: u32 = u32::MAX;
+
+/// Skips up to `MAX_IPV6_EXT_HEADERS` extension headers (hop-by-hop, routing,
+/// destination options) from `off`, the first of type `first`: the type of the header
+/// after them (still an extension header when there were more), its offset left in
+/// `off`; [`MALFORMED`] when one is cut short. A BPF function of its own: inlined, the
+/// loop's every way out got a copy of the rest of the parse, and of its stack.
+#[inline(never)]
+fn skip_extensions(ctx: *mut xdp_md, first: u8, off: &mut usize) -> u32 {
+    let ctx = XdpContext::new(ctx);
+    let mut next = first;
+    let mut i = 0;
+    while i < MAX_IPV6_EXT_HEADERS {
+        if next != IPV6_HOP_BY_HOP && next != IPV6_ROUTING && next != IPV6_DEST_OPTIONS {
+            break;
+        }
+        // Next header and length in 8-byte units, not counting the first 8.
+        let Ok(ext) = ptr_at::<[u8; 2]>(&ctx, *off) else {
+            return MALFORMED;
+        };
+        // SAFETY: ptr_at checked the bounds.
+        let (following, len) = unsafe { ((*ext)[0], (*ext)[1]) };
+        next = following;
+        *off += (usize::from(len) + 1) * 8;
+        i += 1;
+    }
+    u32::from(next)
 }
 
 /// What [`transport`] reads from a TCP or UDP header: ports (network byte order), TCP

@@ -3,7 +3,7 @@
 //! ([`snat`]); the flow is then in both tables and in this CPU's flow cache.
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use balancer_common::{
-    stat, Conn, Settings, VipMeta, BACKEND_F_PRESENT, FLOW_CLOSING, FLOW_DSR, FLOW_GUE,
+    stat, Conn, NatEntry, Settings, VipMeta, BACKEND_F_PRESENT, FLOW_CLOSING, FLOW_DSR, FLOW_GUE,
     FLOW_MIDSTREAM, FLOW_TUNNEL, PROTO_TCP, VIP_F_DSR, VIP_F_GUE, VIP_F_PASS_ALL_DOWN,
     VIP_F_TUNNEL,
 };
@@ -13,23 +13,16 @@ use crate::{
     family::Family,
     flow_cache::{self, Stamp},
     forward::{Action, Send},
-    nat::{csum_diffs, to_backend},
+    nat::{early_diffs, to_backend},
     parse::{Packet, TCP_FIN, TCP_RST, TCP_SYN},
     select, snat, stats, DropReason,
 };
 
-/// A packet for `vip` that is no established flow: schedule a new flow; the packet goes
-/// to its backend. `ended`: the flow that ended on the packet's tuple.
+/// Whether a packet that would start a flow may: `Err` when it comes from a martian
+/// source, from a flow that just found no SNAT port, or has a bad checksum (see
+/// [`csum::verify`]). [`new_flow`] follows.
 #[inline(always)]
-pub fn new_flow<A: Family>(
-    ctx: &XdpContext,
-    pkt: &Packet<A>,
-    vip: &VipMeta,
-    ended: Option<&Conn<A>>,
-    settings: &Settings,
-    stamp: Stamp,
-    now: u64,
-) -> Result<Action<A>, DropReason> {
+pub fn admit<A: Family>(ctx: &XdpContext, pkt: &Packet<A>, now: u64) -> Result<(), DropReason> {
     if pkt.key.src_addr.martian() {
         return Err(stat::DROP_MARTIAN);
     }
@@ -40,19 +33,54 @@ pub fn new_flow<A: Family>(
     if !csum::verify(ctx, pkt) {
         return Err(stat::DROP_BAD_CHECKSUM);
     }
-    let conn = match schedule(pkt, vip, ended, settings, now) {
-        Ok(Some(conn)) => conn,
-        Ok(None) => return all_down(vip).map(Action::Verdict),
-        Err(reason) => {
-            if reason == stat::DROP_SNAT_EXHAUSTED {
-                snat::remember_no_port(&pkt.key, now);
-                if stats::log_due(now) {
-                    pkt.key.src_addr.warn_no_port(ctx, vip.vip_id);
-                }
-            }
-            return Err(reason);
-        }
+    Ok(())
+}
+
+/// A packet for `vip` that is no established flow, and that [`admit`] let in: schedule a
+/// new flow ([`start`], [`finish`]); the packet goes to its backend. `ended`: the flow
+/// that ended on the packet's tuple.
+#[inline(always)]
+pub fn new_flow<A: Family>(
+    ctx: &XdpContext,
+    pkt: &Packet<A>,
+    vip: &VipMeta,
+    ended: Option<&Conn<A>>,
+    settings: &Settings,
+    stamp: Stamp,
+    now: u64,
+) -> Result<Action<A>, DropReason> {
+    let mut conn = Conn::default();
+    let mut entry = NatEntry::default();
+    let Some(hash) = start(pkt, vip, &mut conn, now)? else {
+        return all_down(vip).map(Action::Verdict);
     };
+    let flow = (&mut conn, &mut entry, hash);
+    finish(ctx, pkt, vip, ended, flow, settings, stamp, now)
+}
+
+/// The second half of [`new_flow`]: the flow `conn` that [`start`] began, with its hash,
+/// gets its SNAT port and is recorded (its reply entry written in `entry`); the packet
+/// goes to its backend.
+#[inline(always)]
+pub fn finish<A: Family>(
+    ctx: &XdpContext,
+    pkt: &Packet<A>,
+    vip: &VipMeta,
+    ended: Option<&Conn<A>>,
+    (conn, entry, hash): (&mut Conn<A>, &mut NatEntry<A>, u64),
+    settings: &Settings,
+    stamp: Stamp,
+    now: u64,
+) -> Result<Action<A>, DropReason> {
+    if let Err(reason) = record(pkt, vip, ended, (conn, entry, hash), settings, now) {
+        if reason == stat::DROP_SNAT_EXHAUSTED {
+            snat::remember_no_port(&pkt.key, now);
+            if stats::log_due(now) {
+                pkt.key.src_addr.warn_no_port(ctx, vip.vip_id);
+            }
+        }
+        return Err(reason);
+    }
     let ids = (conn.vip_id, conn.backend_id);
     if conn.state & FLOW_DSR != 0 {
         // (Half-open: not remembered until its client's ACK establishes it.)
@@ -64,15 +92,15 @@ pub fn new_flow<A: Family>(
             true,
         )));
     }
-    let to = to_backend(&conn);
-    let diffs = csum_diffs(&pkt.key, &to);
-    flow_cache::remember(&pkt.key, &conn, stamp, diffs);
+    let to = to_backend(conn);
+    let diffs = early_diffs(&pkt.key, &to);
+    flow_cache::remember(&pkt.key, conn, stamp, diffs);
     Ok(Action::Send(Send::to_backend(ids, to, diffs, true)))
 }
 
 /// No backend can take a new flow: drop it, or pass it to the stack if the VIP says so.
 #[inline(always)]
-fn all_down(vip: &VipMeta) -> Result<u32, DropReason> {
+pub fn all_down(vip: &VipMeta) -> Result<u32, DropReason> {
     if vip.flags & VIP_F_PASS_ALL_DOWN != 0 {
         stats::count(stat::PASS_ALL_DOWN);
         Ok(xdp_action::XDP_PASS)
@@ -81,17 +109,16 @@ fn all_down(vip: &VipMeta) -> Result<u32, DropReason> {
     }
 }
 
-/// A new flow: pick a backend, allocate a SNAT port, record both directions (a
-/// direct-server-return flow only its own). `None` when
-/// the VIP has no usable backend. A TCP RST starts no flow: it is dropped.
+/// The first half of a new flow: pick its backend and describe the flow in `conn` (its
+/// SNAT address and port not yet chosen). The flow's hash, or `None` when the VIP has no
+/// usable backend. A TCP RST starts no flow: it is dropped.
 #[inline(always)]
-fn schedule<A: Family>(
+pub fn start<A: Family>(
     pkt: &Packet<A>,
     vip: &VipMeta,
-    ended: Option<&Conn<A>>,
-    settings: &Settings,
+    conn: &mut Conn<A>,
     now: u64,
-) -> Result<Option<Conn<A>>, DropReason> {
+) -> Result<Option<u64>, DropReason> {
     if pkt.tcp_flags & TCP_RST != 0 {
         // Nothing to reset: a new SNAT port would carry it to a backend that never saw
         // the connection.
@@ -116,7 +143,17 @@ fn schedule<A: Family>(
     if pkt.key.proto == PROTO_TCP && pkt.tcp_flags & TCP_SYN == 0 {
         state |= FLOW_MIDSTREAM;
     }
-    let mut conn = Conn {
+    if vip.flags & (VIP_F_DSR | VIP_F_TUNNEL) != 0 {
+        // Not translated: no SNAT port, no reply entry; only the forward entry pins it.
+        state |= FLOW_DSR;
+        if vip.flags & VIP_F_TUNNEL != 0 {
+            state |= FLOW_TUNNEL;
+            if vip.flags & VIP_F_GUE != 0 {
+                state |= FLOW_GUE;
+            }
+        }
+    }
+    *conn = Conn {
         backend_addr: backend.addr,
         // Both set by the port allocator, with the address it chose.
         snat_addr: A::default(),
@@ -129,24 +166,33 @@ fn schedule<A: Family>(
         handshake_ack: 0,
         last_seen_ns: now,
     };
+    Ok(Some(hash))
+}
+
+/// Records the flow `conn` in the connection tables: a direct-server-return flow only its
+/// own entry; any other after the port allocator gave it a SNAT port towards its backend.
+#[inline(always)]
+fn record<A: Family>(
+    pkt: &Packet<A>,
+    vip: &VipMeta,
+    ended: Option<&Conn<A>>,
+    (conn, entry, hash): (&mut Conn<A>, &mut NatEntry<A>, u64),
+    settings: &Settings,
+    now: u64,
+) -> Result<(), DropReason> {
     if vip.flags & (VIP_F_DSR | VIP_F_TUNNEL) != 0 {
-        // Not translated: no SNAT port, no reply entry; only the forward entry pins it.
-        conn.state |= FLOW_DSR;
-        if vip.flags & VIP_F_TUNNEL != 0 {
-            conn.state |= FLOW_TUNNEL;
-            if vip.flags & VIP_F_GUE != 0 {
-                conn.state |= FLOW_GUE;
-            }
-        }
         return A::conns()
-            .insert(&pkt.key, &conn, 0)
-            .map(|()| Some(conn))
+            .insert(&pkt.key, conn, 0)
             .map_err(|_| stat::DROP_CONN_TABLE);
     }
-    if let Err(reason) = snat::allocate_port(pkt, backend, &mut conn, ended, settings, now, hash) {
+    let Some(backend) = A::backends().get(conn.backend_id) else {
+        return Err(stat::DROP_NO_BACKEND);
+    };
+    if let Err(reason) = snat::allocate_port(pkt, backend, conn, entry, ended, settings, now, hash)
+    {
         // Whatever failed, no forward entry may name a port this flow does not hold.
         let _ = A::conns().remove(&pkt.key);
         return Err(reason);
     }
-    Ok(Some(conn))
+    Ok(())
 }

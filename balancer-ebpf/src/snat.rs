@@ -6,15 +6,16 @@
 use aya_ebpf::bindings::{BPF_ANY, BPF_NOEXIST};
 use balancer_common::{
     flow_slot, stat, Backend, Conn, FlowKey, NatEntry, Settings, FLOW_BACKEND_CLOSED,
-    MAX_SNAT_ADDRS, NO_PORT_HOLD_NS, NO_PORT_SLOTS, SNAT_PORT_PROBES,
+    MAX_SNAT_ADDRS, NO_PORT_HOLD_NS, NO_PORT_SLOTS,
 };
 
 use crate::{clock, family::Family, flow_cache, parse::Packet, stats, timeouts, DropReason};
 
 /// Claims a free SNAT port towards `backend` for this flow and records the flow in both
-/// tables: a hash-chosen start in the configured range and among the backend's SNAT
+/// tables (its reply entry written in `entry` first, a place the caller provides: IPv6's
+/// way has no stack room for it here): a hash-chosen start in the configured range and among the backend's SNAT
 /// addresses, then ports a hash-chosen stride apart, each on the next address,
-/// `SNAT_PORT_PROBES` tries in all (so several addresses multiply the ports a backend's flows can hold). A taken port is reclaimed when the flow holding it is
+/// `Family::SNAT_PROBES` tries in all (so several addresses multiply the ports a backend's flows can hold). A taken port is reclaimed when the flow holding it is
 /// gone (its forward entry expired, replaced or evicted). The port of a flow the backend
 /// closed rests until `Settings::snat_time_wait_ns` after the flow's last packet, as the
 /// backend still holds the tuple in TIME-WAIT and may reject another client's SYN on it
@@ -31,10 +32,15 @@ use crate::{clock, family::Family, flow_cache, parse::Packet, stats, timeouts, D
 /// never takes the port in the moment between the two inserts (written the other way
 /// round, it would see the holder as evicted, and two flows would share the tuple).
 #[inline(always)]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the state of one packet's new flow, handed on to a step that is always inlined"
+)]
 pub fn allocate_port<A: Family>(
     pkt: &Packet<A>,
     backend: &Backend<A>,
     conn: &mut Conn<A>,
+    entry: &mut NatEntry<A>,
     ended: Option<&Conn<A>>,
     settings: &Settings,
     now: u64,
@@ -53,7 +59,8 @@ pub fn allocate_port<A: Family>(
     // fall in one found no port at 60% occupancy. (For one or two ports it is the walk.)
     let stride = ((hash as u32 & 0xffff) | 1) % range;
     let first_addr = (hash >> 16) as u32;
-    let entry = nat_entry(pkt, conn, now);
+    *entry = nat_entry(pkt, conn, now);
+    let entry = &*entry;
     let mut fallback = Fallback::new();
     // A client reusing its tuple towards the same backend tries its old port first, so
     // the backend sees the client's own tuple sequence on it (see `holder_for`), even
@@ -73,7 +80,7 @@ pub fn allocate_port<A: Family>(
                     port: old.snat_port,
                 },
                 conn,
-                &entry,
+                entry,
                 &mut fallback,
                 settings,
                 now,
@@ -83,7 +90,7 @@ pub fn allocate_port<A: Family>(
         }
     }
     let mut i = 0;
-    while i < SNAT_PORT_PROBES {
+    while i < A::SNAT_PROBES {
         let source = Source {
             addr: source_addr(backend, first_addr.wrapping_add(i)),
             port: ((min + (start + i * stride) % range) as u16).to_be(),
@@ -93,7 +100,7 @@ pub fn allocate_port<A: Family>(
             backend,
             source,
             conn,
-            &entry,
+            entry,
             &mut fallback,
             settings,
             now,
@@ -109,9 +116,14 @@ pub fn allocate_port<A: Family>(
     // Every probed port is held or resting: better a tuple the backend may still hold in
     // TIME-WAIT (the client's SYN then passes or is retried), else one a half-open flow
     // holds (the backend may hold it in SYN-RECV: the same), than a drop.
-    if let Some((source, _)) = fallback.resting.or(fallback.half_open) {
-        let reply_key = reply_tuple(backend, source, pkt.key.proto);
-        match claim(pkt, &reply_key, conn, &entry, settings, now)? {
+    let pick = if fallback.resting.found {
+        &fallback.resting
+    } else {
+        &fallback.half_open
+    };
+    if pick.found {
+        let reply_key = reply_tuple(backend, pick.source, pkt.key.proto);
+        match claim(pkt, &reply_key, conn, entry, settings, now)? {
             Some(Holder::Resting(_)) => {
                 stats::count(stat::SNAT_PORT_REUSED_EARLY);
                 return Ok(());
@@ -179,26 +191,47 @@ fn has_source<A: Family>(backend: &Backend<A>, addr: &A) -> bool {
 }
 
 /// The ports a new flow takes when no probed port is free: the one that has rested longest,
-/// and the one of the half-open flow idle longest, each with that time.
+/// and the one of the half-open flow idle longest.
 struct Fallback<A> {
-    resting: Option<(Source<A>, u64)>,
-    half_open: Option<(Source<A>, u64)>,
+    resting: Candidate<A>,
+    half_open: Candidate<A>,
+}
+
+/// A port of [`Fallback`], if `found`, and how long it has waited. (Not an `Option`: a
+/// `None` copied carries undefined bytes, which the verifier refuses to store.)
+#[derive(Clone, Copy)]
+struct Candidate<A> {
+    source: Source<A>,
+    idle: u64,
+    found: bool,
 }
 
 impl<A: Family> Fallback<A> {
     #[inline(always)]
     fn new() -> Self {
+        let none = Candidate {
+            source: Source {
+                addr: A::default(),
+                port: 0,
+            },
+            idle: 0,
+            found: false,
+        };
         Fallback {
-            resting: None,
-            half_open: None,
+            resting: none,
+            half_open: none,
         }
     }
 
     /// Keeps `source` in `slot` if it has waited (`idle`) longer than the one there.
     #[inline(always)]
-    fn offer(slot: &mut Option<(Source<A>, u64)>, source: Source<A>, idle: u64) {
-        if slot.is_none_or(|(_, longest)| idle > longest) {
-            *slot = Some((source, idle));
+    fn offer(slot: &mut Candidate<A>, source: Source<A>, idle: u64) {
+        if !slot.found || idle > slot.idle {
+            *slot = Candidate {
+                source,
+                idle,
+                found: true,
+            };
         }
     }
 }

@@ -56,7 +56,7 @@ pub struct Send<A: Family> {
     /// (VIP id, backend id) of its flow: for the counters, and the backend's next hop.
     ids: (u32, u32),
     to: Rewrite<A>,
-    /// The changes to the IPv4 and the TCP/UDP checksums ([`nat::csum_diffs`]).
+    /// The changes to the IPv4 and the TCP/UDP checksums ([`nat::early_diffs`]).
     diffs: (csum::Diff, csum::Diff),
     dir: Dir,
     new_flow: bool,
@@ -137,7 +137,7 @@ pub fn deliver<A: Family>(
     match send.way {
         Way::Nat => {
             count(pkt, send);
-            let (ip_diff, l4_diff) = send.diffs;
+            let (ip_diff, l4_diff) = nat::deliver_diffs(pkt, &send.to, send.diffs);
             nat::rewrite_with(ctx, pkt, &send.to, ip_diff, l4_diff)?;
             let via = fib::Via::Routed(pkt.key.proto, pkt.ip_len);
             fib::transmit(ctx, pkt, &send.to, send.dir, backend_id, via, now)

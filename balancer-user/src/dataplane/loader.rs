@@ -7,10 +7,11 @@ use std::collections::HashMap;
 
 use anyhow::{bail, Context};
 use aya::{
+    maps::ProgramArray,
     programs::{xdp::XdpLinkId, Xdp, XdpMode as AyaXdpMode},
     Ebpf, EbpfLoader,
 };
-use balancer_common::PROGRAM_NAME;
+use balancer_common::{map_names, FAMILY_IPV6_SLOT, IPV6_PROGRAM_NAME, PROGRAM_NAME};
 
 use super::{
     pins::{LinkMode, PinError, Pins},
@@ -138,7 +139,30 @@ impl Program {
             .xdp()?
             .load()
             .context("the kernel refused the XDP program (verifier)")?;
+        program.load_families()?;
         Ok((program, logger))
+    }
+
+    /// Loads the IPv6 program and puts it where `balancer` tail-calls it.
+    fn load_families(&mut self) -> anyhow::Result<()> {
+        let ipv6: &mut Xdp = self
+            .ebpf
+            .program_mut(IPV6_PROGRAM_NAME)
+            .context("the XDP object has no program named `balancer_ipv6`")?
+            .try_into()
+            .context("program `balancer_ipv6` is not an XDP program")?;
+        ipv6.load()
+            .context("the kernel refused the IPv6 XDP program (verifier)")?;
+        let fd = ipv6.fd()?.try_clone()?;
+        let mut families: ProgramArray<_> = self
+            .ebpf
+            .map_mut(map_names::FAMILIES)
+            .context("the XDP object has no map `FAMILIES`")?
+            .try_into()?;
+        families
+            .set(FAMILY_IPV6_SLOT, &fd, 0)
+            .context("putting the IPv6 program in `FAMILIES`")?;
+        Ok(())
     }
 
     fn xdp(&mut self) -> anyhow::Result<&mut Xdp> {
