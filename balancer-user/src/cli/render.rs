@@ -34,7 +34,7 @@ pub(super) fn render_vips(status: &Status) -> String {
             out,
             "{:<16} {:<24} {:<12} {:<16} {:>8} {:<8} {:<6}",
             v.name,
-            format!("{}:{}/{}", v.address, v.port, v.protocol),
+            format!("{}/{}", v.socket_addr(), v.protocol),
             // How packets leave, when it is not the usual NAT.
             match v.forwarding {
                 config::Forwarding::Nat => v.scheduler.to_string(),
@@ -126,7 +126,7 @@ pub(super) fn render_backends(
                 out,
                 "{:<12} {:<21} {:>6} {:<9} {:<5} {:<6} {:>9} {:<28} {:>11} {:>10} {:>9} {:>12} {:<6}",
                 p.name,
-                format!("{}:{}", b.address, b.port),
+                b.socket_addr().to_string(),
                 b.weight,
                 b.state,
                 b.check,

@@ -1,7 +1,7 @@
 //! The stats page's admin forms: a form body (`application/x-www-form-urlencoded`) as the
 //! control [`Request`] the CLI would send for it (`backend weight`).
 
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 
 use crate::api::Request;
 use crate::config::MAX_WEIGHT;
@@ -43,7 +43,7 @@ pub fn parse(body: &str) -> Result<Request, ActionError> {
     };
     let target = field("pool")?.to_owned();
     let backend = field("backend")?;
-    let address: SocketAddrV4 = backend
+    let address: SocketAddr = backend
         .parse()
         .map_err(|_| ActionError::Backend(backend.to_owned()))?;
     let weight = match field("action")? {

@@ -216,7 +216,7 @@ fn vip_config(name: &str, n: u8) -> VipConfig {
 
 fn backend(i: u32) -> BackendStatus {
     BackendStatus {
-        address: Ipv4Addr::from(0x0a00_0000 + i),
+        address: Ipv4Addr::from(0x0a00_0000 + i).into(),
         port: 80,
         weight: [2, 0, 2][(i % 3) as usize],
         state: ["active", "drained", "down"][(i % 3) as usize].to_owned(),
