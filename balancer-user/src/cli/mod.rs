@@ -562,6 +562,12 @@ mod tests {
         assert_eq!(spec.protocol, Protocol::Tcp);
         assert_eq!(scheduler, Scheduler::Maglev);
         assert_eq!(ring_size, 65537);
+        let spec = parse_vip_spec("[fd00:100::1]:443/udp").unwrap();
+        assert_eq!(spec.address, "fd00:100::1".parse::<IpAddr>().unwrap());
+        assert_eq!((spec.port, spec.protocol), (443, Protocol::Udp));
+        assert!(parse_vip_spec("fd00:100::1:443/udp")
+            .unwrap_err()
+            .contains("IPv6 in brackets"));
     }
 
     #[test]
@@ -598,6 +604,11 @@ mod tests {
         // The same check as the configuration file's and the agent's.
         assert!(error_of(&["backend", "add", "web", "10.0.2.11:0"]).contains("port 0"));
         assert!(error_of(&["backend", "add", "web", "0.0.0.0:80"]).contains("unspecified"));
+        assert!(error_of(&["backend", "add", "web", "[fe80::1]:80"]).contains("link-local"));
+        assert_eq!(
+            parse_backend_addr("[fd00:2::11]:80").unwrap().to_string(),
+            "[fd00:2::11]:80"
+        );
         assert!(error_of(&["backend", "del", "web", "224.0.0.1:80"]).contains("multicast"));
         assert!(error_of(&vip_add_args(&["--scheduler", "random"])).contains("random"));
         assert!(error_of(&["run"]).contains("--config"));

@@ -631,6 +631,23 @@ mod tests {
     }
 
     #[test]
+    fn ipv6_addresses_are_shown_in_brackets() {
+        let mut status = crate::telemetry::metrics::tests::status(1, 1);
+        status.vips[0].config.address = "fd00:100::1".parse().unwrap();
+        status.pools[0].backends[0].address = "fd00:2::11".parse().unwrap();
+        let vips = render_vips(&status);
+        assert!(vips.contains("[fd00:100::1]:80/tcp"), "{vips}");
+        let backends = render_backends(&status, None).unwrap();
+        assert!(
+            backends.contains(&format!(
+                "[fd00:2::11]:{}",
+                status.pools[0].backends[0].port
+            )),
+            "{backends}"
+        );
+    }
+
+    #[test]
     fn vip_counters_show_the_active_flows_and_when_they_were_counted() {
         let mut status = crate::telemetry::metrics::tests::status(1, 2);
         let text = trim_lines(&render_status(&status, false));

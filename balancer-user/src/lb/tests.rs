@@ -985,3 +985,5 @@ fn pools_from_discovery_have_the_same_ring_whatever_the_order_of_changes() {
     assert!(ring_a.iter().all(Option::is_some));
     // (A file pool keeps minimal disruption instead: its ring depends on history.)
 }
+
+mod ipv6;

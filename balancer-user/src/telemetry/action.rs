@@ -123,6 +123,10 @@ mod tests {
                 "pool=my+pool&backend=10.0.2.12:8080&action=weight&weight=0",
                 weight("my pool", "10.0.2.12:8080", 0),
             ),
+            (
+                "pool=web6&backend=%5Bfd00%3A2%3A%3A11%5D%3A80&action=drain",
+                weight("web6", "[fd00:2::11]:80", 0),
+            ),
         ];
         for (body, expected) in cases {
             assert_eq!(parse(body), Ok(expected), "{body}");

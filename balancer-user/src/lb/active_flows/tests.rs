@@ -317,6 +317,38 @@ fn a_census_counts_each_vips_and_backends_live_flows() {
 }
 
 #[test]
+fn a_census_counts_ipv6_flows_beside_ipv4_ones() {
+    let mut lb = balancer();
+    let (b6, other6) = (
+        SocketAddr::new("fd00:2::11".parse().unwrap(), 80),
+        SocketAddr::new("fd00:2::12".parse().unwrap(), 80),
+    );
+    lb.add_pool("web6").unwrap();
+    lb.add_backend("web6", b6, 1).unwrap();
+    lb.add_backend("web6", other6, 1).unwrap();
+    lb.add_vip(VipConfig {
+        address: "fd00:100::1".parse().unwrap(),
+        ..vip("web6", 80, Protocol::Tcp, "web6")
+    })
+    .unwrap();
+    let established = FLOW_ESTABLISHED | FLOW_REPLIED;
+    Flow::new("web6", b6, established, 0).insert(&lb, 1000, None);
+    Flow::new("web6", b6, FLOW_REPLIED, 1).insert(&lb, 1001, None);
+    Flow::new("web6", other6, established, 301).insert(&lb, 1002, None);
+    // Renumbered (a previous agent's ids): found by generation and address.
+    Flow::new("web6", other6, established, 0).insert(&lb, 1003, Some((100, 4000)));
+    Flow::new("web", backend(1, 80), established, 0).insert(&lb, 1004, None);
+    let census = lb.census().take().unwrap();
+    assert_eq!(census.entries, 5);
+    lb.record_census(Ok(census));
+    let status = lb.status().unwrap();
+    assert_eq!(of_vip(&status, "web6"), flows(3, 2, 1, 0));
+    assert_eq!(of_backend(&status, "web6", b6), flows(2, 1, 1, 0));
+    assert_eq!(of_backend(&status, "web6", other6), flows(1, 1, 0, 0));
+    assert_eq!(of_vip(&status, "web"), flows(1, 1, 0, 0));
+}
+
+#[test]
 fn a_vip_or_backend_newer_than_the_census_has_no_count_and_a_failure_keeps_the_last() {
     let mut lb = balancer();
     Flow::new("web", backend(1, 80), FLOW_ESTABLISHED, 0).insert(&lb, 1000, None);

@@ -460,6 +460,17 @@ fn label_values_are_escaped() {
     );
 }
 
+#[test]
+fn ipv6_addresses_are_labelled_as_written() {
+    let mut s = status(1, 1);
+    s.vips[0].config.address = "fd00:100::1".parse().unwrap();
+    s.pools[0].backends[0].address = "fd00:2::10".parse().unwrap();
+    let text = render(&s);
+    check(&text);
+    assert!(text.contains(r#"address="fd00:100::1""#), "{text}");
+    assert!(text.contains(r#"backend="[fd00:2::10]:80""#), "{text}");
+}
+
 /// A status with one of everything: an HTTP VIP, a VRRP instance and a reload besides the
 /// L4 VIPs and backends of [`status`].
 fn full_status() -> Status {
