@@ -29,7 +29,7 @@ pub const CLIENT_ADDR6: Ipv6Addr = Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 0, 2);
 pub const LB_CLIENT_ADDR6: Ipv6Addr = Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 0, 1);
 /// IPv6: the balancer's address on `lbs0`, the NAT source address IPv6 backends reply to.
 pub const LB_BACKEND_ADDR6: Ipv6Addr = Ipv6Addr::new(0xfd00, 2, 0, 0, 0, 0, 0, 1);
-/// IPv6: the VIP clients connect to (inside fd00:100::/64, routed to the balancer).
+/// IPv6: the VIP clients connect to (inside `fd00:100::/64`, routed to the balancer).
 pub const VIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x100, 0, 0, 0, 0, 0, 1);
 
 /// The balancer's interfaces in the lb namespace: client side, backend side.
@@ -394,9 +394,9 @@ impl Topology {
     }
 
     /// Adds IPv6 beside IPv4: `cli0` [`CLIENT_ADDR6`], `lbc0` [`LB_CLIENT_ADDR6`], `lbs0`
-    /// [`LB_BACKEND_ADDR6`], backend `i`'s `eth0` fd00:2::(10+i) (all /64, without
+    /// [`LB_BACKEND_ADDR6`], backend `i`'s `eth0` `fd00:2::(10+i)` (all /64, without
     /// duplicate address detection, so they are usable at once), the client's route to
-    /// fd00:100::/64 (the IPv6 VIPs) via the balancer, and IPv6 forwarding in the lb
+    /// `fd00:100::/64` (the IPv6 VIPs) via the balancer, and IPv6 forwarding in the lb
     /// namespace.
     ///
     /// # Errors
@@ -432,7 +432,7 @@ impl Topology {
         Ok(())
     }
 
-    /// IPv6 address of backend `i` (1-based, after [`Topology::add_ipv6`]): fd00:2::(10+i).
+    /// IPv6 address of backend `i` (1-based, after [`Topology::add_ipv6`]): `fd00:2::(10+i)`.
     pub fn backend_addr6(&self, i: usize) -> Ipv6Addr {
         self.check_index(i);
         Ipv6Addr::new(0xfd00, 2, 0, 0, 0, 0, 0, 10 + i as u16)

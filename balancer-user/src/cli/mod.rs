@@ -193,7 +193,7 @@ pub enum PoolCommand {
 pub struct BackendRef {
     /// Pool name, or the name of a VIP (meaning its pool).
     pub pool: String,
-    /// Backend ADDRESS:PORT, e.g. 10.0.2.11:80 or [2001:db8::11]:80
+    /// Backend ADDRESS:PORT, e.g. 10.0.2.11:80 (IPv6 in brackets)
     #[arg(value_parser = parse_backend_addr)]
     pub address: SocketAddr,
 }

@@ -142,7 +142,7 @@ pub fn not_a_host(addr: IpAddr) -> Option<&'static str> {
     }
 }
 
-/// fe80::/10.
+/// `fe80::/10`.
 fn is_link_local(addr: Ipv6Addr) -> bool {
     addr.segments()[0] & 0xffc0 == 0xfe80
 }

@@ -164,6 +164,35 @@ struct Flow {
     idle_secs: u64,
 }
 
+/// `flow`'s entry in either family's table.
+fn entry<A: balancer_common::Addr>(
+    flow: &Flow,
+    (client, vip, backend): (A, A, A),
+    (key, port): (&AnyVipKey, u16),
+    ids: (u32, u32, u32),
+) -> (FlowKey<A>, Conn<A>) {
+    let (vip_id, backend_id, vip_gen) = ids;
+    let key = FlowKey {
+        src_addr: client,
+        dst_addr: vip,
+        src_port: port.to_be(),
+        dst_port: key.port(),
+        proto: key.proto(),
+        ..FlowKey::default()
+    };
+    let conn = Conn {
+        backend_addr: backend,
+        backend_port: flow.backend.port().to_be(),
+        backend_id,
+        vip_id,
+        vip_gen,
+        state: flow.state,
+        last_seen_ns: NOW - flow.idle_secs * SECOND,
+        ..Conn::default()
+    };
+    (key, conn)
+}
+
 impl Flow {
     fn new(vip: &'static str, backend: SocketAddr, state: u32, idle_secs: u64) -> Flow {
         Flow {
@@ -187,34 +216,6 @@ impl Flow {
             .find(|b| b.addr == self.backend)
             .map_or(4000, |b| b.id);
         let (vip_id, backend_id) = renumber.unwrap_or((v.id, backend_id));
-        // The same entry in either family's table.
-        fn entry<A: balancer_common::Addr>(
-            flow: &Flow,
-            (client, vip, backend): (A, A, A),
-            (key, port): (&AnyVipKey, u16),
-            ids: (u32, u32, u32),
-        ) -> (FlowKey<A>, Conn<A>) {
-            let (vip_id, backend_id, vip_gen) = ids;
-            let key = FlowKey {
-                src_addr: client,
-                dst_addr: vip,
-                src_port: port.to_be(),
-                dst_port: key.port(),
-                proto: key.proto(),
-                ..FlowKey::default()
-            };
-            let conn = Conn {
-                backend_addr: backend,
-                backend_port: flow.backend.port().to_be(),
-                backend_id,
-                vip_id,
-                vip_gen,
-                state: flow.state,
-                last_seen_ns: NOW - flow.idle_secs * SECOND,
-                ..Conn::default()
-            };
-            (key, conn)
-        }
         let ids = (vip_id, backend_id, v.generation);
         match (key, self.backend.ip()) {
             (AnyVipKey::V4(k), IpAddr::V4(b)) => {
