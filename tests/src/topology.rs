@@ -435,7 +435,8 @@ impl Topology {
     /// IPv6 address of backend `i` (1-based, after [`Topology::add_ipv6`]): `fd00:2::(10+i)`.
     pub fn backend_addr6(&self, i: usize) -> Ipv6Addr {
         self.check_index(i);
-        Ipv6Addr::new(0xfd00, 2, 0, 0, 0, 0, 0, 10 + i as u16)
+        // Written in hex: 0x11 is `fd00:2::11`.
+        Ipv6Addr::new(0xfd00, 2, 0, 0, 0, 0, 0, 0x10 + i as u16)
     }
 
     /// `[ADDR]:80` of backend `i` over IPv6, as the CLI takes it.

@@ -95,7 +95,8 @@ fn http_through_an_ipv6_nat_vip_reaches_both_backends() {
     let tally = client.http_get_many(Topology::vip6_http(), 40, DEFAULT_TIMEOUT);
     assert!(
         tally.failures.is_empty(),
-        "requests through [{VIP6}]:80 failed: {tally}\nagent log:\n{}",
+        "requests through [{VIP6}]:80 failed: {tally}\nclient's routes:\n{}\nagent log:\n{}",
+        topo.client().ip(&["-6", "route"]).unwrap_or_default(),
         agent.log()
     );
     for i in 1..=2 {
