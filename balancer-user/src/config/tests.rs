@@ -67,7 +67,10 @@ fn the_readme_example_parses() {
 fn the_readme_ipv6_example_parses() {
     let example = readme_toml("# IPv6 beside IPv4");
     let config = parse(example, "README.md").unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(config.vips[0].socket_addr().to_string(), "[2001:db8:100::1]:80");
+    assert_eq!(
+        config.vips[0].socket_addr().to_string(),
+        "[2001:db8:100::1]:80"
+    );
     assert_eq!(
         config.pools[0].backends[0].socket_addr().to_string(),
         "[2001:db8:2::11]:80"

@@ -152,11 +152,12 @@ impl FlowEntry {
     }
 }
 
-impl From<(&FlowKey, &Conn)> for FlowEntry {
-    fn from((key, conn): (&FlowKey, &Conn)) -> Self {
+impl FlowEntry {
+    /// The entry of `key` and `conn`, whose addresses `ip` reads.
+    fn of<A: Copy>(key: &FlowKey<A>, conn: &Conn<A>, ip: impl Fn(A) -> IpAddr) -> Self {
         FlowEntry {
-            dst: (v4_addr(key.dst_addr).into(), key.dst_port, key.proto),
-            backend: (v4_addr(conn.backend_addr).into(), conn.backend_port),
+            dst: (ip(key.dst_addr), key.dst_port, key.proto),
+            backend: (ip(conn.backend_addr), conn.backend_port),
             backend_id: conn.backend_id,
             vip_id: conn.vip_id,
             vip_gen: conn.vip_gen,
@@ -166,17 +167,15 @@ impl From<(&FlowKey, &Conn)> for FlowEntry {
     }
 }
 
+impl From<(&FlowKey, &Conn)> for FlowEntry {
+    fn from((key, conn): (&FlowKey, &Conn)) -> Self {
+        FlowEntry::of(key, conn, |a| v4_addr(a).into())
+    }
+}
+
 impl From<(&FlowKey<V6>, &Conn<V6>)> for FlowEntry {
     fn from((key, conn): (&FlowKey<V6>, &Conn<V6>)) -> Self {
-        FlowEntry {
-            dst: (v6_addr(key.dst_addr).into(), key.dst_port, key.proto),
-            backend: (v6_addr(conn.backend_addr).into(), conn.backend_port),
-            backend_id: conn.backend_id,
-            vip_id: conn.vip_id,
-            vip_gen: conn.vip_gen,
-            state: conn.state,
-            last_seen_ns: conn.last_seen_ns,
-        }
+        FlowEntry::of(key, conn, |a| v6_addr(a).into())
     }
 }
 
