@@ -153,7 +153,8 @@ fn apply(text: &str, edit: &Edit) -> String {
     }
 }
 
-/// Valid control requests, one of each kind the CLI sends.
+/// Valid control requests, one of each kind the CLI sends, and `backend add` of an IPv6
+/// backend.
 fn valid_requests() -> Vec<String> {
     let backend: SocketAddr = "10.0.2.11:80".parse().unwrap();
     let backend6: SocketAddr = "[fd00::2:11]:80".parse().unwrap();
@@ -355,5 +356,5 @@ proptest! {
 #[test]
 fn the_valid_configuration_is_valid() {
     config::parse(VALID, "valid.toml").unwrap();
-    assert_eq!(valid_requests().len(), 10);
+    assert_eq!(valid_requests().len(), 11);
 }

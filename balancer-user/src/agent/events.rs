@@ -386,15 +386,17 @@ impl<M: Maps> Agent<M> {
         let change = !matches!(request, Request::Status | Request::ConfigDump);
         let result: Result<(), BalancerError> = match request {
             Request::Status | Request::ConfigDump => Ok(()),
-            Request::VipAdd { vip } => {
-                // The first IPv6 VIP of an agent whose file had none.
-                if let Some(links) = self.links.as_ref().filter(|_| vip.address.is_ipv6()) {
-                    let names: Vec<String> = links.status().into_iter().map(|i| i.name).collect();
-                    super::host::enable_ipv6_forwarding(&names);
-                }
-                lb.check_new_vip(vip, host)
-                    .and_then(|()| lb.add_vip(vip.clone()))
-            }
+            Request::VipAdd { vip } => lb
+                .check_new_vip(vip, host)
+                .and_then(|()| lb.add_vip(vip.clone()))
+                .inspect(|()| {
+                    // Perhaps the first IPv6 VIP (the file had none).
+                    if let Some(links) = self.links.as_ref().filter(|_| vip.address.is_ipv6()) {
+                        let names: Vec<String> =
+                            links.status().into_iter().map(|i| i.name).collect();
+                        super::host::enable_ipv6_forwarding(&names);
+                    }
+                }),
             Request::VipDel { name } => lb.del_vip(name),
             Request::BackendAdd {
                 target,
