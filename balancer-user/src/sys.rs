@@ -4,7 +4,7 @@
 use std::ffi::CString;
 use std::io;
 use std::mem::size_of;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddrV4};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 /// `rc` as a result: the OS error when it is negative.
@@ -117,13 +117,25 @@ pub fn ipv4_addresses(name: &str) -> io::Result<Vec<(Ipv4Addr, u8)>> {
 }
 
 /// Whether `addr` is an address of some interface of this host (namespace).
-pub fn is_local(addr: Ipv4Addr) -> io::Result<bool> {
-    Ok(all_ipv4_addresses()?.iter().any(|&(_, a, _)| a == addr))
+pub fn is_local(addr: IpAddr) -> io::Result<bool> {
+    Ok(all_addresses()?.iter().any(|&(_, a, _)| a == addr))
 }
 
 /// Every interface's IPv4 addresses: (interface, address, prefix length), in the kernel's
 /// order.
 pub fn all_ipv4_addresses() -> io::Result<Vec<(String, Ipv4Addr, u8)>> {
+    Ok(all_addresses()?
+        .into_iter()
+        .filter_map(|(name, addr, prefix)| match addr {
+            IpAddr::V4(v4) => Some((name, v4, prefix)),
+            IpAddr::V6(_) => None,
+        })
+        .collect())
+}
+
+/// Every interface's addresses of both families: (interface, address, prefix length), in
+/// the kernel's order.
+pub fn all_addresses() -> io::Result<Vec<(String, IpAddr, u8)>> {
     let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs writes a list that freeifaddrs frees below.
     check(unsafe { libc::getifaddrs(&raw mut list) })?;
@@ -137,11 +149,34 @@ pub fn all_ipv4_addresses() -> io::Result<Vec<(String, Ipv4Addr, u8)>> {
             continue;
         }
         // SAFETY: `ifa_addr` points to a sockaddr whose family says its type.
-        if i32::from(unsafe { (*entry.ifa_addr).sa_family }) != libc::AF_INET {
-            continue;
-        }
+        let family = i32::from(unsafe { (*entry.ifa_addr).sa_family });
         // SAFETY: a NUL-terminated name owned by the list.
         let name = unsafe { std::ffi::CStr::from_ptr(entry.ifa_name) };
+        if family == libc::AF_INET6 {
+            // SAFETY: an AF_INET6 address is a sockaddr_in6, and so is its netmask.
+            let (addr, mask) = unsafe {
+                let addr = entry.ifa_addr.cast::<libc::sockaddr_in6>().read_unaligned();
+                let mask = (!entry.ifa_netmask.is_null()).then(|| {
+                    entry
+                        .ifa_netmask
+                        .cast::<libc::sockaddr_in6>()
+                        .read_unaligned()
+                });
+                (addr, mask)
+            };
+            let prefix = mask.map_or(128, |m| {
+                u128::from_be_bytes(m.sin6_addr.s6_addr).count_ones() as u8
+            });
+            found.push((
+                name.to_string_lossy().into_owned(),
+                IpAddr::V6(Ipv6Addr::from(addr.sin6_addr.s6_addr)),
+                prefix,
+            ));
+            continue;
+        }
+        if family != libc::AF_INET {
+            continue;
+        }
         // SAFETY: an AF_INET address is a sockaddr_in.
         let addr = unsafe { entry.ifa_addr.cast::<libc::sockaddr_in>().read_unaligned() };
         let prefix = if entry.ifa_netmask.is_null() {
@@ -158,7 +193,7 @@ pub fn all_ipv4_addresses() -> io::Result<Vec<(String, Ipv4Addr, u8)>> {
         };
         found.push((
             name.to_string_lossy().into_owned(),
-            Ipv4Addr::from(addr.sin_addr.s_addr.to_ne_bytes()),
+            IpAddr::V4(Ipv4Addr::from(addr.sin_addr.s_addr.to_ne_bytes())),
             prefix,
         ));
     }

@@ -4,7 +4,7 @@
 //! mutations of valid input: never a panic; configuration errors always carry a location.
 //! (VRRP adverts are fuzzed beside their decoder, in `vrrp/advert.rs`.)
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use balancer::api::Request;
 use balancer::config::{self, ConfigError};
@@ -153,9 +153,11 @@ fn apply(text: &str, edit: &Edit) -> String {
     }
 }
 
-/// Valid control requests, one of each kind the CLI sends.
+/// Valid control requests, one of each kind the CLI sends, and `backend add` of an IPv6
+/// backend.
 fn valid_requests() -> Vec<String> {
-    let backend: SocketAddrV4 = "10.0.2.11:80".parse().unwrap();
+    let backend: SocketAddr = "10.0.2.11:80".parse().unwrap();
+    let backend6: SocketAddr = "[fd00::2:11]:80".parse().unwrap();
     let vip = config::parse(VALID, "valid.toml").unwrap().vips[0].clone();
     [
         Request::Status,
@@ -165,6 +167,11 @@ fn valid_requests() -> Vec<String> {
             target: "web".into(),
             address: backend,
             weight: 3,
+        },
+        Request::BackendAdd {
+            target: "web6".into(),
+            address: backend6,
+            weight: 1,
         },
         Request::BackendDel {
             target: "web".into(),
@@ -349,5 +356,5 @@ proptest! {
 #[test]
 fn the_valid_configuration_is_valid() {
     config::parse(VALID, "valid.toml").unwrap();
-    assert_eq!(valid_requests().len(), 10);
+    assert_eq!(valid_requests().len(), 11);
 }

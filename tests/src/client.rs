@@ -38,7 +38,7 @@ impl HttpResponse {
     }
 }
 
-fn request_text(addr: SocketAddrV4, close: bool) -> String {
+fn request_text(addr: SocketAddr, close: bool) -> String {
     let connection = if close { "close" } else { "keep-alive" };
     format!(
         "GET / HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: balancer-tests\r\nAccept: */*\r\n\
@@ -111,8 +111,8 @@ fn read_response<R: BufRead>(reader: &mut R, need_length: bool) -> Result<HttpRe
     })
 }
 
-fn connect(addr: SocketAddrV4, timeout: Duration) -> Result<TcpStream> {
-    let stream = TcpStream::connect_timeout(&SocketAddr::V4(addr), timeout)
+fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream> {
+    let stream = TcpStream::connect_timeout(&addr, timeout)
         .with_context(|| format!("connecting to {addr}"))?;
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
@@ -121,7 +121,9 @@ fn connect(addr: SocketAddrV4, timeout: Duration) -> Result<TcpStream> {
 }
 
 /// `GET /` over a new TCP connection (`Connection: close`); returns the whole response.
-pub fn http_request(addr: SocketAddrV4, timeout: Duration) -> Result<HttpResponse> {
+/// `addr` is of either family (an IPv6 one is written `[ADDRESS]:PORT` in `Host`).
+pub fn http_request(addr: impl Into<SocketAddr>, timeout: Duration) -> Result<HttpResponse> {
+    let addr = addr.into();
     let run = || -> Result<HttpResponse> {
         let mut stream = connect(addr, timeout)?;
         stream
@@ -134,7 +136,8 @@ pub fn http_request(addr: SocketAddrV4, timeout: Duration) -> Result<HttpRespons
 
 /// `GET /` over a new TCP connection; returns the body (the test servers answer with
 /// their name). A status other than 200 is an error.
-pub fn http_get(addr: SocketAddrV4, timeout: Duration) -> Result<String> {
+pub fn http_get(addr: impl Into<SocketAddr>, timeout: Duration) -> Result<String> {
+    let addr = addr.into();
     let resp = http_request(addr, timeout)?;
     if resp.status != 200 {
         bail!(
@@ -165,7 +168,8 @@ impl KeepAlive {
 
     /// Connects to `addr`; `timeout` bounds connecting and each request.
     pub fn connect_timeout(addr: SocketAddrV4, timeout: Duration) -> Result<KeepAlive> {
-        let stream = connect(addr, timeout).with_context(|| format!("keep-alive to {addr}"))?;
+        let stream =
+            connect(addr.into(), timeout).with_context(|| format!("keep-alive to {addr}"))?;
         Ok(KeepAlive {
             addr,
             reader: BufReader::new(stream),
@@ -182,7 +186,7 @@ impl KeepAlive {
         let mut run = || -> Result<HttpResponse> {
             self.reader
                 .get_mut()
-                .write_all(request_text(addr, false).as_bytes())
+                .write_all(request_text(addr.into(), false).as_bytes())
                 .context("sending the request")?;
             let resp = read_response(&mut self.reader, true)?;
             if resp.wants_close() {
@@ -332,7 +336,8 @@ fn many(n: usize, mut one: impl FnMut(usize) -> Result<String>) -> Tally {
 }
 
 /// `n` [`http_get`]s, each on a new connection, tallied by answering backend.
-pub fn http_get_many(addr: SocketAddrV4, n: usize, timeout: Duration) -> Tally {
+pub fn http_get_many(addr: impl Into<SocketAddr>, n: usize, timeout: Duration) -> Tally {
+    let addr = addr.into();
     many(n, |_| http_get(addr, timeout))
 }
 
@@ -365,12 +370,18 @@ impl ClientNs {
     }
 
     /// [`http_get`] from inside the namespace.
-    pub fn http_get(&self, addr: SocketAddrV4, timeout: Duration) -> Result<String> {
+    pub fn http_get(&self, addr: impl Into<SocketAddr>, timeout: Duration) -> Result<String> {
+        let addr = addr.into();
         self.run(move || http_get(addr, timeout))
     }
 
     /// [`http_request`] from inside the namespace.
-    pub fn http_request(&self, addr: SocketAddrV4, timeout: Duration) -> Result<HttpResponse> {
+    pub fn http_request(
+        &self,
+        addr: impl Into<SocketAddr>,
+        timeout: Duration,
+    ) -> Result<HttpResponse> {
+        let addr = addr.into();
         self.run(move || http_request(addr, timeout))
     }
 
@@ -391,7 +402,8 @@ impl ClientNs {
     }
 
     /// [`http_get_many`] from inside the namespace.
-    pub fn http_get_many(&self, addr: SocketAddrV4, n: usize, timeout: Duration) -> Tally {
+    pub fn http_get_many(&self, addr: impl Into<SocketAddr>, n: usize, timeout: Duration) -> Tally {
+        let addr = addr.into();
         self.run(move || http_get_many(addr, n, timeout))
     }
 

@@ -64,8 +64,8 @@ pub use netns::{Netns, NsThread};
 pub use running::Running;
 pub use servers::{testsrv_path, ServerSpec, Servers};
 pub use topology::{
-    BpfMount, Topology, CLIENT_ADDR, CLIENT_SIDE_DOOR, HTTP_PORT, LB_BACKEND_ADDR, LB_CLIENT_ADDR,
-    LB_INTERFACES, UDP_PORT, VIP,
+    BpfMount, Topology, CLIENT_ADDR, CLIENT_ADDR6, CLIENT_SIDE_DOOR, HTTP_PORT, LB_BACKEND_ADDR,
+    LB_BACKEND_ADDR6, LB_CLIENT_ADDR, LB_CLIENT_ADDR6, LB_INTERFACES, UDP_PORT, VIP, VIP6,
 };
 
 use std::process::{Command, Stdio};

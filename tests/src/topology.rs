@@ -4,7 +4,7 @@ use crate::client::ClientNs;
 use crate::netns::{run_command, unique_prefix, Netns};
 use crate::util::{SerialGuard, TempDir};
 use anyhow::{bail, Context, Result};
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 
 /// Address of the client (`cli0` in the client namespace).
@@ -22,6 +22,15 @@ pub const UDP_PORT: u16 = 5300;
 /// The client's address on its own link to the backends' switch
 /// ([`Topology::add_direct_return_path`]).
 pub const CLIENT_SIDE_DOOR: &str = "10.0.2.200";
+
+/// IPv6 ([`Topology::add_ipv6`]): the client's address on `cli0`.
+pub const CLIENT_ADDR6: Ipv6Addr = Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 0, 2);
+/// IPv6: the balancer's address on `lbc0`; the client's route to the IPv6 VIPs.
+pub const LB_CLIENT_ADDR6: Ipv6Addr = Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 0, 1);
+/// IPv6: the balancer's address on `lbs0`, the NAT source address IPv6 backends reply to.
+pub const LB_BACKEND_ADDR6: Ipv6Addr = Ipv6Addr::new(0xfd00, 2, 0, 0, 0, 0, 0, 1);
+/// IPv6: the VIP clients connect to (inside `fd00:100::/64`, routed to the balancer).
+pub const VIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x100, 0, 0, 0, 0, 0, 1);
 
 /// The balancer's interfaces in the lb namespace: client side, backend side.
 pub const LB_INTERFACES: [&str; 2] = ["lbc0", "lbs0"];
@@ -382,6 +391,62 @@ impl Topology {
                 .ip(&["route", "add", "10.0.1.0/24", "via", CLIENT_SIDE_DOOR])
                 .expect("the backend's route to the client");
         }
+    }
+
+    /// Adds IPv6 beside IPv4: `cli0` [`CLIENT_ADDR6`], `lbc0` [`LB_CLIENT_ADDR6`], `lbs0`
+    /// [`LB_BACKEND_ADDR6`], backend `i`'s `eth0` `fd00:2::(10+i)` (all /64, without
+    /// duplicate address detection, so they are usable at once), the client's route to
+    /// `fd00:100::/64` (the IPv6 VIPs) via the balancer, and IPv6 forwarding in the lb
+    /// namespace.
+    ///
+    /// # Errors
+    /// When a command fails.
+    pub fn add_ipv6(&self) -> Result<()> {
+        let addr = |ns: &Netns, addr: Ipv6Addr, dev: &str| {
+            ns.ip(&[
+                "-6",
+                "addr",
+                "add",
+                &format!("{addr}/64"),
+                "dev",
+                dev,
+                "nodad",
+            ])
+        };
+        addr(&self.client, CLIENT_ADDR6, "cli0")?;
+        addr(&self.lb, LB_CLIENT_ADDR6, "lbc0")?;
+        addr(&self.lb, LB_BACKEND_ADDR6, "lbs0")?;
+        for i in 1..=self.backends.len() {
+            addr(self.backend(i), self.backend_addr6(i), "eth0")?;
+        }
+        self.client.ip(&[
+            "-6",
+            "route",
+            "add",
+            "fd00:100::/64",
+            "via",
+            &LB_CLIENT_ADDR6.to_string(),
+        ])?;
+        self.lb
+            .run(&["sysctl", "-q", "-w", "net.ipv6.conf.all.forwarding=1"])?;
+        Ok(())
+    }
+
+    /// IPv6 address of backend `i` (1-based, after [`Topology::add_ipv6`]): `fd00:2::(10+i)`.
+    pub fn backend_addr6(&self, i: usize) -> Ipv6Addr {
+        self.check_index(i);
+        // Written in hex: 0x11 is `fd00:2::11`.
+        Ipv6Addr::new(0xfd00, 2, 0, 0, 0, 0, 0, 0x10 + i as u16)
+    }
+
+    /// `[ADDR]:80` of backend `i` over IPv6, as the CLI takes it.
+    pub fn backend_http6(&self, i: usize) -> SocketAddr {
+        SocketAddr::new(self.backend_addr6(i).into(), HTTP_PORT)
+    }
+
+    /// The IPv6 HTTP VIP, `[fd00:100::1]:80`.
+    pub fn vip6_http() -> SocketAddr {
+        SocketAddr::new(VIP6.into(), HTTP_PORT)
     }
 
     /// A worker thread inside the client namespace with the client helpers.

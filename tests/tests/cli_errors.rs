@@ -113,6 +113,59 @@ fn bad_arguments() {
 }
 
 #[test]
+fn mixed_families_are_refused_by_name() {
+    with_agent(|_, agent| {
+        let cases: [(&[&str], &str); 4] = [
+            (
+                &["backend", "add", "web", "[fd00:2::11]:80"],
+                "[fd00:2::11]:80 is an IPv6 address, and pool \"web\" has IPv4 backends",
+            ),
+            (
+                &[
+                    "vip",
+                    "add",
+                    "web6",
+                    "[fd00:100::1]:80/tcp",
+                    "--pool",
+                    "web",
+                ],
+                "VIP \"web6\" is an IPv6 address, and its pool \"web\" has IPv4 backends",
+            ),
+            (
+                &[
+                    "vip",
+                    "add",
+                    "tun6",
+                    "[fd00:100::2]:80/tcp",
+                    "--pool",
+                    "tun6",
+                    "--forwarding",
+                    "tunnel",
+                ],
+                "VIP \"tun6\" is IPv6 and \"tunnel\" encapsulates in IPv4 only",
+            ),
+            (
+                &["backend", "add", "web", "[fe80::1]:80"],
+                "fe80::1 is a link-local address",
+            ),
+        ];
+        for (args, expected) in cases {
+            let out = agent.cli(args);
+            expect_error(&out, &format!("`{}`", args.join(" ")));
+            assert!(
+                out.stderr.contains(expected),
+                "expected {expected:?}, got {out}"
+            );
+        }
+        let vips = agent.cli(&["vip", "list"]);
+        assert!(
+            !vips.stdout.contains("fd00"),
+            "a refused VIP was added: {vips}"
+        );
+    });
+}
+
+#[test]
 fn an_agent_that_does_not_answer_is_a_clear_error_in_time() {
     let dir = TempDir::new("balancer-cli-silent").unwrap();
     let socket = dir.path().join("silent.sock");

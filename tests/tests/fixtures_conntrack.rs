@@ -142,9 +142,9 @@ fn a_late_reset_of_an_ended_flow_does_not_reach_the_clients_new_one() {
             "the DNS server joins the web pool, the web backend is drained",
             |fx| {
                 let lb = fx.lb();
-                lb.add_backend("web", SocketAddrV4::new(DNS_BACKEND, 80), 1)
+                lb.add_backend("web", SocketAddrV4::new(DNS_BACKEND, 80).into(), 1)
                     .unwrap();
-                lb.set_weight("web", SocketAddrV4::new(WEB_BACKEND, 80), 0)
+                lb.set_weight("web", SocketAddrV4::new(WEB_BACKEND, 80).into(), 0)
                     .unwrap();
             },
         ),

@@ -25,7 +25,7 @@ const PORT: u16 = 443;
 fn dsr_vip(fx: &mut Fixture, name: &str, backend: SocketAddrV4) {
     let lb = fx.lb();
     lb.add_pool(name).unwrap();
-    lb.add_backend(name, backend, 1).unwrap();
+    lb.add_backend(name, backend.into(), 1).unwrap();
     lb.add_vip(balancer::config::VipConfig {
         forwarding: Forwarding::Dsr,
         ..vip(name, backend.port(), Protocol::Tcp)

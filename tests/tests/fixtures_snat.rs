@@ -126,7 +126,7 @@ fn each_snat_address_gives_the_whole_port_range() {
     pin_to_one_cpu();
     let second = std::net::Ipv4Addr::new(10, 0, 2, 2);
     let nat = NatConfig {
-        source_addresses: vec![SNAT, second],
+        source_addresses: vec![SNAT.into(), second.into()],
         port_min: 20000,
         port_max: 20000,
     };

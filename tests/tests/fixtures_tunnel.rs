@@ -43,7 +43,7 @@ fn tunnel_fixture(
     let mut fx = Fixture::with_tunnel(&Timeouts::default(), &NatConfig::default(), &tunnel);
     let lb = fx.lb();
     lb.add_pool("tun").unwrap();
-    lb.add_backend("tun", SocketAddrV4::new(WEB_BACKEND, PORT), 1)
+    lb.add_backend("tun", SocketAddrV4::new(WEB_BACKEND, PORT).into(), 1)
         .unwrap();
     lb.add_vip(balancer::config::VipConfig {
         forwarding: Forwarding::Tunnel,
@@ -338,7 +338,7 @@ fn a_tunnel_mtu_above_the_interface_mtu_drops_and_counts() {
             |fx| {
                 let lb = fx.lb();
                 lb.add_pool("udp").unwrap();
-                lb.add_backend("udp", SocketAddrV4::new(WEB_BACKEND, PORT), 1)
+                lb.add_backend("udp", SocketAddrV4::new(WEB_BACKEND, PORT).into(), 1)
                     .unwrap();
                 lb.add_vip(balancer::config::VipConfig {
                     forwarding: Forwarding::Tunnel,

@@ -131,7 +131,7 @@ impl<M: Maps> Agent<M> {
                 Some(_) => self.lb.set_weight(pool, addr, weight),
                 None => {
                     let backend = BackendConfig {
-                        address: *addr.ip(),
+                        address: addr.ip(),
                         port: addr.port(),
                         weight,
                         check: check.clone(),
@@ -176,7 +176,7 @@ impl<M: Maps> Agent<M> {
                 continue;
             };
             for b in &mut pool.backends {
-                if applied.contains_key(&std::net::SocketAddrV4::new(b.address, b.port)) {
+                if applied.contains_key(&b.socket_addr()) {
                     b.source = Source::Etcd;
                 }
             }
@@ -187,15 +187,21 @@ impl<M: Maps> Agent<M> {
 #[cfg(test)]
 mod tests {
     use std::{
-        net::{Ipv4Addr, SocketAddrV4},
+        net::{Ipv4Addr, SocketAddr},
         ops::ControlFlow,
     };
 
-    use balancer_common::{VipKey, PROTO_TCP};
+    use balancer_common::PROTO_TCP;
     use tokio::sync::mpsc;
 
     use super::*;
-    use crate::{agent::events::Event, config, dataplane::FakeMaps, health::Checker, lb::Balancer};
+    use crate::{
+        agent::events::Event,
+        config,
+        dataplane::{AnyVipKey, FakeMaps},
+        health::Checker,
+        lb::Balancer,
+    };
 
     /// Pool "web" from etcd (nothing listens there: the test sends the sets itself)
     /// behind a Maglev VIP.
@@ -233,7 +239,7 @@ pool = "web"
     /// Backends 10.0.2.`first`.. (`n` of them) on port 80.
     fn set(pool: &str, watcher: u64, first: u8, n: u8) -> Update {
         let backends = (first..first + n)
-            .map(|i| (SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, i), 80), 1))
+            .map(|i| (SocketAddr::from((Ipv4Addr::new(10, 0, 2, i), 80)), 1))
             .collect();
         Update {
             pool: pool.into(),
@@ -243,12 +249,11 @@ pool = "web"
     }
 
     fn web_ring(agent: &Agent<FakeMaps>) -> Vec<u32> {
-        agent.lb.maps().active_ring(&VipKey {
-            addr: u32::from_ne_bytes([10, 0, 100, 1]),
-            port: 80u16.to_be(),
-            proto: PROTO_TCP,
-            _pad: 0,
-        })
+        agent.lb.maps().active_ring(&AnyVipKey::new(
+            Ipv4Addr::new(10, 0, 100, 1).into(),
+            80,
+            PROTO_TCP,
+        ))
     }
 
     #[test]

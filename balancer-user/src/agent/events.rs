@@ -7,7 +7,7 @@
 use std::{
     collections::HashMap,
     io,
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, SocketAddr},
     ops::ControlFlow,
 };
 
@@ -61,7 +61,7 @@ pub struct Agent<M: Maps> {
     pub(super) lb: Balancer<M>,
     checker: Checker,
     /// The checks running: (pool, backend) -> the check.
-    checked: HashMap<(String, SocketAddrV4), CheckConfig>,
+    checked: HashMap<(String, SocketAddr), CheckConfig>,
     pub(super) vrrp: Option<Vrrp>,
     /// The VIPs VRRP instances track, and whether each was last said to be up.
     vip_tracks: Vec<(String, Option<bool>)>,
@@ -356,14 +356,14 @@ impl<M: Maps> Agent<M> {
                 log::warn!("cannot list this host's addresses to check a request: {e}");
             })
             .ok()?;
-        let vrrp: Vec<Ipv4Addr> = self
+        let vrrp: Vec<IpAddr> = self
             .vrrp
             .iter()
             .flat_map(|v| {
                 v.status()
                     .iter()
                     .flat_map(|s| &s.addresses)
-                    // "ADDRESS/PREFIX"; IPv6 ones are not a VIP's.
+                    // "ADDRESS/PREFIX".
                     .filter_map(|a| a.split('/').next()?.parse().ok())
                     .collect::<Vec<_>>()
             })
@@ -371,7 +371,7 @@ impl<M: Maps> Agent<M> {
         let http = self
             .http
             .iter()
-            .flat_map(|h| h.status().into_iter().map(|v| *v.listen.ip()));
+            .flat_map(|h| h.status().into_iter().map(|v| v.listen.ip()));
         Some(host.with_ours(vrrp.into_iter().chain(http)))
     }
 
@@ -388,7 +388,15 @@ impl<M: Maps> Agent<M> {
             Request::Status | Request::ConfigDump => Ok(()),
             Request::VipAdd { vip } => lb
                 .check_new_vip(vip, host)
-                .and_then(|()| lb.add_vip(vip.clone())),
+                .and_then(|()| lb.add_vip(vip.clone()))
+                .inspect(|()| {
+                    // Perhaps the first IPv6 VIP (the file had none).
+                    if let Some(links) = self.links.as_ref().filter(|_| vip.address.is_ipv6()) {
+                        let names: Vec<String> =
+                            links.status().into_iter().map(|i| i.name).collect();
+                        super::host::enable_ipv6_forwarding(&names);
+                    }
+                }),
             Request::VipDel { name } => lb.del_vip(name),
             Request::BackendAdd {
                 target,
@@ -478,7 +486,7 @@ impl<M: Maps> Agent<M> {
     /// Starts checks for backends that gained one, stops those of removed backends, and
     /// restarts those whose check changed (from the backend's current health).
     fn sync_checks(&mut self) {
-        let wanted: HashMap<(String, SocketAddrV4), _> = self
+        let wanted: HashMap<(String, SocketAddr), _> = self
             .lb
             .checks()
             .into_iter()

@@ -1,4 +1,4 @@
-//! The host around the data plane: the sysctls it needs (`accept_local`, IPv4
+//! The host around the data plane: the sysctls it needs (`accept_local`, IPv4 and IPv6
 //! forwarding) and the open-files limit the health checks need.
 
 use std::path::{Path, PathBuf};
@@ -15,6 +15,43 @@ pub fn check_forwarding(iface: &str) {
              enable it: sysctl -w net.ipv4.conf.{iface}.forwarding=1 (or net.ipv4.ip_forward=1)"
         ),
         Err(e) => log::warn!("{iface}: cannot read {path}: {e}"),
+    }
+}
+
+/// Where IPv6 forwarding is switched on for every interface at once.
+const IPV6_FORWARDING: &str = "/proc/sys/net/ipv6/conf/all/forwarding";
+
+/// Turns IPv6 forwarding on (`net.ipv6.conf.all.forwarding=1`) when it is off, for the
+/// IPv6 VIPs: the kernel refuses the program's IPv6 FIB lookups on an interface that does
+/// not forward, and forwards nothing the program passes to it (a packet whose next hop's
+/// MAC it does not know yet) while `all` is off. Then checks each of `interfaces`, as
+/// [`check_forwarding`] does for IPv4. It stays on when the agent stops, as an operator's
+/// `sysctl` would (the host is a router as long as it balances).
+pub fn enable_ipv6_forwarding(interfaces: &[String]) {
+    match std::fs::read_to_string(IPV6_FORWARDING) {
+        Ok(v) if v.trim() == "1" => {}
+        Ok(_) => match std::fs::write(IPV6_FORWARDING, "1") {
+            Ok(()) => log::info!(
+                "net.ipv6.conf.all.forwarding set to 1 for the IPv6 VIPs (it stays on when \
+                 the agent stops)"
+            ),
+            Err(e) => log::warn!(
+                "cannot turn IPv6 forwarding on ({IPV6_FORWARDING}: {e}): IPv6 VIP traffic \
+                 is dropped; enable it: sysctl -w net.ipv6.conf.all.forwarding=1"
+            ),
+        },
+        Err(e) => log::warn!("cannot read {IPV6_FORWARDING}: {e}"),
+    }
+    for iface in interfaces {
+        let path = format!("/proc/sys/net/ipv6/conf/{iface}/forwarding");
+        match std::fs::read_to_string(&path) {
+            Ok(v) if v.trim() == "1" => {}
+            Ok(_) => log::warn!(
+                "{iface}: IPv6 forwarding is off, so IPv6 FIB lookups fail and IPv6 VIP \
+                 traffic is dropped; enable it: sysctl -w net.ipv6.conf.{iface}.forwarding=1"
+            ),
+            Err(e) => log::warn!("{iface}: cannot read {path}: {e}"),
+        }
     }
 }
 

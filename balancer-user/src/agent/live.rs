@@ -191,7 +191,7 @@ impl Live {
         for pool in &mut status.pools {
             pool.source = reload::pool_source(file, running, &pool.name);
             for b in &mut pool.backends {
-                let addr = std::net::SocketAddrV4::new(b.address, b.port);
+                let addr = b.socket_addr();
                 b.source = reload::backend_source(file, running, &pool.name, addr);
             }
         }
@@ -418,7 +418,7 @@ pool = "web"
     /// A host that has `FILE`'s SNAT source address.
     fn this_host() -> config::Host {
         config::Host {
-            local: vec![("eth0".into(), std::net::Ipv4Addr::new(10, 0, 2, 1))],
+            local: vec![("eth0".into(), std::net::Ipv4Addr::new(10, 0, 2, 1).into())],
             ..config::Host::default()
         }
     }
@@ -441,7 +441,7 @@ pool = "web"
             .maps()
             .vips
             .iter()
-            .find(|(k, _)| k.addr == u32::from_ne_bytes(addr))
+            .find(|(k, _)| k.addr() == std::net::IpAddr::from(addr))
             .map(|(_, m)| *m)
     }
 
@@ -492,7 +492,7 @@ pool = "web"
         let sources: Vec<(String, u32, Source)> = pool
             .backends
             .iter()
-            .map(|b| (format!("{}:{}", b.address, b.port), b.weight, b.source))
+            .map(|b| (b.socket_addr().to_string(), b.weight, b.source))
             .collect();
         assert_eq!(
             sources,
@@ -609,13 +609,7 @@ pool = "web"
             s.pools
                 .iter()
                 .flat_map(|p| &p.backends)
-                .map(|b| {
-                    (
-                        format!("{}:{}", b.address, b.port),
-                        b.weight,
-                        b.state.clone(),
-                    )
-                })
+                .map(|b| (b.socket_addr().to_string(), b.weight, b.state.clone()))
                 .collect()
         };
         assert_eq!(backends(&after), backends(&before));

@@ -28,7 +28,7 @@ pub use events::{Agent, Event};
 pub use live::{state_path, Live};
 
 use crate::{
-    config::{self, Forwarding, XdpMode},
+    config::{self, Forwarding, VipMode, XdpMode},
     dataplane::{
         links::Links,
         loader::{self, Program},
@@ -89,6 +89,13 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         pin_dir.as_deref(),
         keep && pins.is_some(),
     );
+    if config
+        .vips
+        .iter()
+        .any(|v| v.mode == VipMode::L4 && v.address.is_ipv6())
+    {
+        host::enable_ipv6_forwarding(&config.agent.interfaces);
+    }
     let tunnel_mtu = config
         .vips
         .iter()

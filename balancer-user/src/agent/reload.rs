@@ -8,7 +8,7 @@
 //! section, the SNAT source addresses) is refused, and so is a merged configuration that the
 //! balancer would not accept: nothing is applied then.
 
-use std::{fmt, net::SocketAddrV4};
+use std::{fmt, net::SocketAddr};
 
 use crate::{
     api::{Request, Source},
@@ -33,11 +33,7 @@ fn find_vip<'a>(config: &'a Config, name: &str) -> Option<&'a VipConfig> {
     config.vips.iter().find(|v| v.name == name)
 }
 
-fn find_backend<'a>(
-    config: &'a Config,
-    pool: &str,
-    addr: SocketAddrV4,
-) -> Option<&'a BackendConfig> {
+fn find_backend<'a>(config: &'a Config, pool: &str, addr: SocketAddr) -> Option<&'a BackendConfig> {
     find_pool(config, pool)?
         .backends
         .iter()
@@ -129,7 +125,7 @@ pub fn merge(old: &Config, new: &Config, current: &Config) -> (Config, Vec<Strin
         ) else {
             continue;
         };
-        let addrs = |c: &Config| -> Vec<SocketAddrV4> {
+        let addrs = |c: &Config| -> Vec<SocketAddr> {
             find_pool(c, name)
                 .map(|p| p.backends.iter().map(BackendConfig::socket_addr).collect())
                 .unwrap_or_default()
@@ -275,7 +271,7 @@ pub enum Step {
     DelVip(VipConfig),
     DelBackend {
         pool: String,
-        addr: SocketAddrV4,
+        addr: SocketAddr,
     },
     AddBackend {
         pool: String,
@@ -622,7 +618,7 @@ pub fn record(config: &mut Config, request: &Request) {
             };
             if let Some(p) = config.pools.iter_mut().find(|p| p.name == pool) {
                 p.backends.push(BackendConfig {
-                    address: *address.ip(),
+                    address: address.ip(),
                     port: address.port(),
                     weight: *weight,
                     check: p.check.clone(),
@@ -675,7 +671,7 @@ pub fn pool_source(file: &Config, running: &Config, name: &str) -> Source {
 }
 
 #[must_use]
-pub fn backend_source(file: &Config, running: &Config, pool: &str, addr: SocketAddrV4) -> Source {
+pub fn backend_source(file: &Config, running: &Config, pool: &str, addr: SocketAddr) -> Source {
     source(
         find_backend(file, pool, addr),
         find_backend(running, pool, addr),

@@ -7,7 +7,7 @@ pub mod client;
 
 use std::{
     collections::BTreeMap,
-    net::{IpAddr, Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, SocketAddr},
 };
 
 use balancer_common::FlowStats;
@@ -32,16 +32,16 @@ pub enum Request {
     },
     BackendAdd {
         target: String,
-        address: SocketAddrV4,
+        address: SocketAddr,
         weight: u32,
     },
     BackendDel {
         target: String,
-        address: SocketAddrV4,
+        address: SocketAddr,
     },
     BackendWeight {
         target: String,
-        address: SocketAddrV4,
+        address: SocketAddr,
         weight: u32,
     },
     /// Create an empty pool (with no check; backends added later get none).
@@ -206,7 +206,7 @@ pub struct LastCheck {
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BackendStatus {
-    pub address: Ipv4Addr,
+    pub address: IpAddr,
     pub port: u16,
     pub weight: u32,
     /// "active", "drained" (weight 0), "down" (failed its health checks) or "unchecked"
@@ -235,6 +235,14 @@ pub struct BackendStatus {
     /// over the agent's last window with enough of them; none before.
     #[serde(default)]
     pub snat_ports_in_use: Option<f64>,
+}
+
+impl BackendStatus {
+    /// The backend's address and port (printed `[2001:db8::1]:80` for IPv6).
+    #[must_use]
+    pub fn socket_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.address, self.port)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -302,7 +310,7 @@ pub struct VrrpStatus {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct HttpVipStatus {
     pub name: String,
-    pub listen: SocketAddrV4,
+    pub listen: SocketAddr,
     /// Client connections accepted, and open now.
     pub connections: u64,
     pub active_connections: u64,
@@ -338,7 +346,7 @@ pub struct HttpRuleStatus {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HttpBackendStatus {
-    pub address: SocketAddrV4,
+    pub address: SocketAddr,
     pub requests: u64,
     /// Connect failures and broken answers.
     pub errors: u64,

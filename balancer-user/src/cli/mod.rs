@@ -10,7 +10,7 @@ use std::{
     fmt::Display,
     io::IsTerminal,
     marker::PhantomData,
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
     str::FromStr,
     time::Duration,
@@ -193,9 +193,9 @@ pub enum PoolCommand {
 pub struct BackendRef {
     /// Pool name, or the name of a VIP (meaning its pool).
     pub pool: String,
-    /// Backend ADDRESS:PORT, e.g. 10.0.2.11:80
+    /// Backend ADDRESS:PORT, e.g. 10.0.2.11:80 (IPv6 in brackets)
     #[arg(value_parser = parse_backend_addr)]
-    pub address: SocketAddrV4,
+    pub address: SocketAddr,
 }
 
 #[derive(Debug, Subcommand)]
@@ -231,33 +231,36 @@ pub enum BackendCommand {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VipSpec {
-    pub address: Ipv4Addr,
+    pub address: IpAddr,
     pub port: u16,
     pub protocol: Protocol,
 }
 
 fn parse_vip_spec(s: &str) -> Result<VipSpec, String> {
-    let (addr, protocol) = s
-        .split_once('/')
-        .ok_or_else(|| format!("{s:?} is not ADDRESS:PORT/PROTOCOL (e.g. 10.0.100.1:80/tcp)"))?;
-    let addr: SocketAddrV4 = addr
-        .parse()
-        .map_err(|_| format!("{addr:?} is not an IPv4 ADDRESS:PORT"))?;
+    let (addr, protocol) = s.split_once('/').ok_or_else(|| {
+        format!(
+            "{s:?} is not ADDRESS:PORT/PROTOCOL (e.g. 10.0.100.1:80/tcp or \
+                 [2001:db8::1]:80/tcp)"
+        )
+    })?;
+    let addr: SocketAddr = addr.parse().map_err(|_| {
+        format!("{addr:?} is not an ADDRESS:PORT (IPv6 in brackets: [2001:db8::1]:80)")
+    })?;
     if addr.port() == 0 {
         return Err("port 0 is not a valid VIP port".into());
     }
     let protocol = protocol.parse::<Protocol>().map_err(|e| e.to_string())?;
     Ok(VipSpec {
-        address: *addr.ip(),
+        address: addr.ip(),
         port: addr.port(),
         protocol,
     })
 }
 
-fn parse_backend_addr(s: &str) -> Result<SocketAddrV4, String> {
-    let addr: SocketAddrV4 = s
-        .parse()
-        .map_err(|_| format!("{s:?} is not an IPv4 ADDRESS:PORT (e.g. 10.0.2.11:80)"))?;
+fn parse_backend_addr(s: &str) -> Result<SocketAddr, String> {
+    let addr: SocketAddr = s.parse().map_err(|_| {
+        format!("{s:?} is not an ADDRESS:PORT (e.g. 10.0.2.11:80 or [2001:db8::11]:80)")
+    })?;
     config::check_backend_address(addr).map_err(|e| format!("{s:?}: {e}"))?;
     Ok(addr)
 }
@@ -385,8 +388,9 @@ pub fn client(socket: &Path, command: Command, timeout: Duration) -> Result<Stri
             encapsulation,
         }) => {
             let done = format!(
-                "vip {name} added: {}:{}/{} -> pool {pool}",
-                spec.address, spec.port, spec.protocol
+                "vip {name} added: {}/{} -> pool {pool}",
+                SocketAddr::new(spec.address, spec.port),
+                spec.protocol
             );
             let vip = VipConfig {
                 name,
@@ -553,11 +557,17 @@ mod tests {
         else {
             panic!("parsed as {:?}", cli.command);
         };
-        assert_eq!(spec.address, Ipv4Addr::new(10, 0, 100, 1));
+        assert_eq!(spec.address, std::net::Ipv4Addr::new(10, 0, 100, 1));
         assert_eq!(spec.port, 80);
         assert_eq!(spec.protocol, Protocol::Tcp);
         assert_eq!(scheduler, Scheduler::Maglev);
         assert_eq!(ring_size, 65537);
+        let spec = parse_vip_spec("[fd00:100::1]:443/udp").unwrap();
+        assert_eq!(spec.address, "fd00:100::1".parse::<IpAddr>().unwrap());
+        assert_eq!((spec.port, spec.protocol), (443, Protocol::Udp));
+        assert!(parse_vip_spec("fd00:100::1:443/udp")
+            .unwrap_err()
+            .contains("IPv6 in brackets"));
     }
 
     #[test]
@@ -594,6 +604,11 @@ mod tests {
         // The same check as the configuration file's and the agent's.
         assert!(error_of(&["backend", "add", "web", "10.0.2.11:0"]).contains("port 0"));
         assert!(error_of(&["backend", "add", "web", "0.0.0.0:80"]).contains("unspecified"));
+        assert!(error_of(&["backend", "add", "web", "[fe80::1]:80"]).contains("link-local"));
+        assert_eq!(
+            parse_backend_addr("[fd00:2::11]:80").unwrap().to_string(),
+            "[fd00:2::11]:80"
+        );
         assert!(error_of(&["backend", "del", "web", "224.0.0.1:80"]).contains("multicast"));
         assert!(error_of(&vip_add_args(&["--scheduler", "random"])).contains("random"));
         assert!(error_of(&["run"]).contains("--config"));

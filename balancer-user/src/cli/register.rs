@@ -1,6 +1,6 @@
 //! `balancer register`'s arguments, and the [`Registration`] they make.
 
-use std::{net::SocketAddrV4, path::PathBuf, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::Args;
 
@@ -21,7 +21,7 @@ pub struct RegisterArgs {
     pool: String,
     /// The backend's address and port.
     #[arg(long)]
-    address: SocketAddrV4,
+    address: SocketAddr,
     /// Key prefix the pool's balancers watch [default: /services/POOL/].
     #[arg(long)]
     prefix: Option<String>,

@@ -34,7 +34,7 @@ pub(super) fn render_vips(status: &Status) -> String {
             out,
             "{:<16} {:<24} {:<12} {:<16} {:>8} {:<8} {:<6}",
             v.name,
-            format!("{}:{}/{}", v.address, v.port, v.protocol),
+            format!("{}/{}", v.socket_addr(), v.protocol),
             // How packets leave, when it is not the usual NAT.
             match v.forwarding {
                 config::Forwarding::Nat => v.scheduler.to_string(),
@@ -126,7 +126,7 @@ pub(super) fn render_backends(
                 out,
                 "{:<12} {:<21} {:>6} {:<9} {:<5} {:<6} {:>9} {:<28} {:>11} {:>10} {:>9} {:>12} {:<6}",
                 p.name,
-                format!("{}:{}", b.address, b.port),
+                b.socket_addr().to_string(),
                 b.weight,
                 b.state,
                 b.check,
@@ -627,6 +627,23 @@ mod tests {
                 "-",
                 "file"
             ]
+        );
+    }
+
+    #[test]
+    fn ipv6_addresses_are_shown_in_brackets() {
+        let mut status = crate::telemetry::metrics::tests::status(1, 1);
+        status.vips[0].config.address = "fd00:100::1".parse().unwrap();
+        status.pools[0].backends[0].address = "fd00:2::11".parse().unwrap();
+        let vips = render_vips(&status);
+        assert!(vips.contains("[fd00:100::1]:80/tcp"), "{vips}");
+        let backends = render_backends(&status, None).unwrap();
+        assert!(
+            backends.contains(&format!(
+                "[fd00:2::11]:{}",
+                status.pools[0].backends[0].port
+            )),
+            "{backends}"
         );
     }
 

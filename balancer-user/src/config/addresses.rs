@@ -6,7 +6,7 @@
 use std::{
     collections::HashSet,
     io,
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, Ipv6Addr, SocketAddr},
     ops::RangeInclusive,
 };
 
@@ -19,14 +19,14 @@ const EPHEMERAL_PORTS: &str = "/proc/sys/net/ipv4/ip_local_port_range";
 /// What the checks need to know of the host (the agent's network namespace).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Host {
-    /// Every interface's IPv4 addresses: (interface, address).
-    pub local: Vec<(String, Ipv4Addr)>,
+    /// Every interface's addresses of both families: (interface, address).
+    pub local: Vec<(String, IpAddr)>,
     /// Addresses the agent itself puts on an interface and takes off again: a `[[vrrp]]`
     /// instance's (on its interface while it is Master, gone while it is Backup) and an
     /// HTTP-mode VIP's (on `lo` while the proxy serves it). Being local is what they are
     /// for, not a mistake, whatever the moment the check runs at; so they never count as
     /// the host's own.
-    pub ours: HashSet<Ipv4Addr>,
+    pub ours: HashSet<IpAddr>,
     /// `net.ipv4.ip_local_port_range`, if it could be read.
     pub ephemeral_ports: Option<RangeInclusive<u16>>,
 }
@@ -38,7 +38,7 @@ impl Host {
     ///
     /// When the interfaces' addresses cannot be listed.
     pub fn read() -> io::Result<Host> {
-        let local = sys::all_ipv4_addresses()?
+        let local = sys::all_addresses()?
             .into_iter()
             .map(|(interface, address, _)| (interface, address))
             .collect();
@@ -54,14 +54,14 @@ impl Host {
 
     /// The host with `addresses` counted as the agent's own ([`Host::ours`]).
     #[must_use]
-    pub fn with_ours(mut self, addresses: impl IntoIterator<Item = Ipv4Addr>) -> Host {
+    pub fn with_ours(mut self, addresses: impl IntoIterator<Item = IpAddr>) -> Host {
         self.ours.extend(addresses);
         self
     }
 
     /// The interface that has `address`, when the host has it and the agent did not put
     /// it there.
-    fn own_interface(&self, address: Ipv4Addr) -> Option<&str> {
+    fn own_interface(&self, address: IpAddr) -> Option<&str> {
         if self.ours.contains(&address) {
             return None;
         }
@@ -72,7 +72,7 @@ impl Host {
     }
 
     /// Whether the host has `address`, whoever put it there.
-    fn has(&self, address: Ipv4Addr) -> bool {
+    fn has(&self, address: IpAddr) -> bool {
         self.local.iter().any(|(_, a)| *a == address)
     }
 }
@@ -91,17 +91,14 @@ fn parse_port_pair(text: &str) -> Option<RangeInclusive<u16>> {
 pub enum AddressError {
     /// Not an address a client can send a flow to.
     #[error("{address} is {why}, not a VIP's address")]
-    VipNotUnicast {
-        address: Ipv4Addr,
-        why: &'static str,
-    },
+    VipNotUnicast { address: IpAddr, why: &'static str },
     /// An L4 VIP on one of the host's own addresses.
     #[error(
         "{address} is an address of this host ({interface}): balancing it would take over \
          the host's own traffic to port {port}/{protocol}"
     )]
     VipLocal {
-        address: Ipv4Addr,
+        address: IpAddr,
         interface: String,
         port: u16,
         protocol: Protocol,
@@ -111,41 +108,50 @@ pub enum AddressError {
         "{address} is {what}: the XDP program cannot forward flows to the balancer itself \
          (a local backend can serve only HTTP-mode VIPs, whose proxy connects to it)"
     )]
-    BackendLocal { address: Ipv4Addr, what: String },
+    BackendLocal { address: IpAddr, what: String },
     /// A SNAT source that cannot be anyone's.
     #[error("{address} is {why}, not a source address backends can answer")]
-    SourceNotUnicast {
-        address: Ipv4Addr,
-        why: &'static str,
-    },
+    SourceNotUnicast { address: IpAddr, why: &'static str },
     /// A SNAT source the host does not have.
     #[error(
         "{address} is not an address of this host: the backends' replies to it would never \
          reach the balancer (use an address of one of its interfaces, or of a [[vrrp]] \
          instance that moves it)"
     )]
-    SourceNotLocal { address: Ipv4Addr },
+    SourceNotLocal { address: IpAddr },
 }
 
-/// Why `addr` cannot be a backend's (unicast host) address, if it cannot.
+/// Why `addr` cannot be a backend's (unicast host) address, if it cannot. An IPv6
+/// link-local address names a host only with an interface (which the maps do not hold),
+/// and an IPv4-mapped one is the IPv4 address's, to be written as such.
 #[must_use]
-pub fn not_a_host(addr: Ipv4Addr) -> Option<&'static str> {
+pub fn not_a_host(addr: IpAddr) -> Option<&'static str> {
     if addr.is_unspecified() {
         Some("the unspecified address")
-    } else if addr.is_broadcast() {
-        Some("the broadcast address")
     } else if addr.is_multicast() {
         Some("a multicast address")
     } else {
-        None
+        match addr {
+            IpAddr::V4(v4) if v4.is_broadcast() => Some("the broadcast address"),
+            IpAddr::V6(v6) if is_link_local(v6) => Some("a link-local address"),
+            IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some() => {
+                Some("an IPv4-mapped address (write the IPv4 address)")
+            }
+            _ => None,
+        }
     }
+}
+
+/// `fe80::/10`.
+fn is_link_local(addr: Ipv6Addr) -> bool {
+    addr.segments()[0] & 0xffc0 == 0xfe80
 }
 
 /// Why `addr` cannot be a client's destination or a source others answer: not a unicast
 /// host ([`not_a_host`]), reserved (240/4, which Linux does not route), or loopback.
-fn not_unicast(addr: Ipv4Addr) -> Option<&'static str> {
+fn not_unicast(addr: IpAddr) -> Option<&'static str> {
     not_a_host(addr).or_else(|| {
-        if addr.octets()[0] >= 240 {
+        if matches!(addr, IpAddr::V4(v4) if v4.octets()[0] >= 240) {
             Some("a reserved (class E) address")
         } else if addr.is_loopback() {
             Some("a loopback address")
@@ -165,7 +171,7 @@ fn not_unicast(addr: Ipv4Addr) -> Option<&'static str> {
 ///
 /// Why it cannot.
 pub fn check_vip_address(
-    (address, port, protocol): (Ipv4Addr, u16, Protocol),
+    (address, port, protocol): (IpAddr, u16, Protocol),
     mode: VipMode,
     host: Option<&Host>,
 ) -> Result<(), AddressError> {
@@ -192,7 +198,7 @@ pub fn check_vip_address(
 /// # Errors
 ///
 /// Why it cannot.
-pub fn check_l4_backend(address: Ipv4Addr, host: Option<&Host>) -> Result<(), AddressError> {
+pub fn check_l4_backend(address: IpAddr, host: Option<&Host>) -> Result<(), AddressError> {
     let what = if address.is_loopback() {
         "a loopback address".to_owned()
     } else if let Some(interface) = host.and_then(|h| h.own_interface(address)) {
@@ -210,7 +216,7 @@ pub fn check_l4_backend(address: Ipv4Addr, host: Option<&Host>) -> Result<(), Ad
 /// # Errors
 ///
 /// Why it cannot.
-pub fn check_source_address(address: Ipv4Addr, host: Option<&Host>) -> Result<(), AddressError> {
+pub fn check_source_address(address: IpAddr, host: Option<&Host>) -> Result<(), AddressError> {
     if let Some(why) = not_unicast(address) {
         return Err(AddressError::SourceNotUnicast { address, why });
     }
@@ -250,10 +256,7 @@ pub fn port_range_overlap(ports: RangeInclusive<u16>, host: &Host) -> Option<Str
 pub enum BackendAddressError {
     /// The address is not a unicast host's (see [`not_a_host`]).
     #[error("{address} is {why}, not a backend's address")]
-    NotAHost {
-        address: Ipv4Addr,
-        why: &'static str,
-    },
+    NotAHost { address: IpAddr, why: &'static str },
     /// Port 0.
     #[error("port 0 is out of range 1..=65535")]
     PortZero,
@@ -267,10 +270,10 @@ pub enum BackendAddressError {
 /// # Errors
 ///
 /// Why it cannot.
-pub fn check_backend_address(addr: SocketAddrV4) -> Result<(), BackendAddressError> {
-    if let Some(why) = not_a_host(*addr.ip()) {
+pub fn check_backend_address(addr: SocketAddr) -> Result<(), BackendAddressError> {
+    if let Some(why) = not_a_host(addr.ip()) {
         return Err(BackendAddressError::NotAHost {
-            address: *addr.ip(),
+            address: addr.ip(),
             why,
         });
     }
@@ -280,11 +283,30 @@ pub fn check_backend_address(addr: SocketAddrV4) -> Result<(), BackendAddressErr
     Ok(())
 }
 
+/// The name of `addr`'s family in messages: "IPv4" or "IPv6".
+#[must_use]
+pub fn family(addr: IpAddr) -> &'static str {
+    match addr {
+        IpAddr::V4(_) => "IPv4",
+        IpAddr::V6(_) => "IPv6",
+    }
+}
+
+/// Of the SNAT source addresses `sources`, those a backend at `backend` can be given: its
+/// own family's (each backend uses those).
+pub fn sources_for(sources: &[IpAddr], backend: IpAddr) -> Vec<IpAddr> {
+    sources
+        .iter()
+        .copied()
+        .filter(|s| s.is_ipv4() == backend.is_ipv4())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn ip(s: &str) -> Ipv4Addr {
+    fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
     }
 
@@ -294,6 +316,7 @@ mod tests {
                 ("lo".into(), ip("127.0.0.1")),
                 ("eth0".into(), ip("10.0.0.5")),
                 ("eth0".into(), ip("10.0.100.9")),
+                ("eth0".into(), ip("fd00::5")),
             ],
             ours: HashSet::new(),
             ephemeral_ports: Some(32768..=60999),
@@ -318,6 +341,13 @@ mod tests {
             ("10.0.0.5", Err("10.0.0.5 is an address of this host (eth0): balancing it would take over the host's own traffic to port 22/tcp")),
             // A VRRP or HTTP VIP address the agent put there.
             ("10.0.100.9", Ok(())),
+            ("fd00::100:1", Ok(())),
+            ("::", Err(":: is the unspecified address, not a VIP's address")),
+            ("ff02::1", Err("ff02::1 is a multicast address, not a VIP's address")),
+            ("::1", Err("::1 is a loopback address, not a VIP's address")),
+            ("fe80::1", Err("fe80::1 is a link-local address, not a VIP's address")),
+            ("::ffff:10.0.100.1", Err("::ffff:10.0.100.1 is an IPv4-mapped address (write the IPv4 address), not a VIP's address")),
+            ("fd00::5", Err("fd00::5 is an address of this host (eth0): balancing it would take over the host's own traffic to port 22/tcp")),
         ];
         for (address, expected) in cases {
             assert_eq!(l4(address), expected.map_err(str::to_owned), "{address}");
@@ -346,6 +376,13 @@ mod tests {
             .unwrap_err()
             .starts_with("10.0.0.5 is an address of this host (eth0): the XDP program"));
         assert!(check_l4_backend(ip("127.0.0.1"), None).is_err());
+        assert_eq!(check("fd00::2:11"), Ok(()));
+        assert!(check("::1")
+            .unwrap_err()
+            .starts_with("::1 is a loopback address: the XDP program"));
+        assert!(check("fd00::5")
+            .unwrap_err()
+            .starts_with("fd00::5 is an address of this host (eth0): the XDP program"));
         assert_eq!(check_l4_backend(ip("10.0.0.5"), None), Ok(()));
     }
 
@@ -367,6 +404,41 @@ mod tests {
             "127.0.0.1 is a loopback address, not a source address backends can answer"
         );
         assert_eq!(check_source_address(ip("10.0.2.2"), None), Ok(()));
+        assert_eq!(check("fd00::5"), Ok(()));
+        assert!(check("fd00::6")
+            .unwrap_err()
+            .starts_with("fd00::6 is not an address of this host"));
+        assert_eq!(
+            check("::1").unwrap_err(),
+            "::1 is a loopback address, not a source address backends can answer"
+        );
+    }
+
+    #[test]
+    fn backend_addresses_of_both_families() {
+        let check = |a: &str| check_backend_address(a.parse().unwrap()).map_err(|e| e.to_string());
+        assert_eq!(check("10.0.2.11:80"), Ok(()));
+        assert_eq!(check("[fd00::2:11]:80"), Ok(()));
+        assert_eq!(
+            check("[fe80::1]:80").unwrap_err(),
+            "fe80::1 is a link-local address, not a backend's address"
+        );
+        assert_eq!(
+            check("[::]:80").unwrap_err(),
+            ":: is the unspecified address, not a backend's address"
+        );
+        assert_eq!(
+            check("[fd00::2:11]:0").unwrap_err(),
+            "port 0 is out of range 1..=65535"
+        );
+        assert_eq!(family(ip("fd00::1")), "IPv6");
+        assert_eq!(family(ip("10.0.0.1")), "IPv4");
+        let sources = [ip("10.0.2.1"), ip("fd00::2:1"), ip("10.0.2.2")];
+        assert_eq!(sources_for(&sources, ip("fd00::2:11")), [ip("fd00::2:1")]);
+        assert_eq!(
+            sources_for(&sources, ip("10.0.2.11")),
+            [ip("10.0.2.1"), ip("10.0.2.2")]
+        );
     }
 
     #[test]

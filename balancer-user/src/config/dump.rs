@@ -4,7 +4,7 @@
 //! spelled; what the CLI added or changed is written out (the CLI gives only a VIP's
 //! L4 settings, a backend's address and weight, and a pool's name).
 
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 
 use toml::{Table, Value};
 
@@ -113,10 +113,10 @@ fn named(name: &str) -> Table {
 }
 
 /// A backend entry's address and port as written.
-fn raw_addr(t: &Table) -> Option<SocketAddrV4> {
+fn raw_addr(t: &Table) -> Option<SocketAddr> {
     let address = t.get("address")?.as_str()?.parse().ok()?;
     let port = u16::try_from(t.get("port")?.as_integer()?).ok()?;
-    Some(SocketAddrV4::new(address, port))
+    Some(SocketAddr::new(address, port))
 }
 
 /// A backend the CLI added: its pool's check applies, as the file's omitted `check` says.

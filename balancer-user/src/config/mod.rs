@@ -31,7 +31,7 @@ mod raw;
 mod validate;
 mod words;
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -55,8 +55,8 @@ pub use crate::l7::proxy::ProxySettings;
 pub use crate::ring::is_prime;
 pub use crate::telemetry::config::{Credentials, TelemetryConfig};
 pub use addresses::{
-    check_backend_address, check_l4_backend, check_source_address, check_vip_address, not_a_host,
-    port_range_overlap, AddressError, BackendAddressError, Host,
+    check_backend_address, check_l4_backend, check_source_address, check_vip_address, family,
+    not_a_host, port_range_overlap, sources_for, AddressError, BackendAddressError, Host,
 };
 pub use dump::dump;
 pub use words::{
@@ -158,7 +158,7 @@ pub struct AgentConfig {
 pub struct NatConfig {
     /// SNAT source addresses (`source_address` or `source_addresses`), each giving every
     /// backend the whole port range; empty: one, chosen per backend from the routing table.
-    pub source_addresses: Vec<Ipv4Addr>,
+    pub source_addresses: Vec<IpAddr>,
     pub port_min: u16,
     pub port_max: u16,
 }
@@ -246,7 +246,7 @@ pub struct PoolConfig {
 /// One entry of a pool's `backends`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct BackendConfig {
-    pub address: Ipv4Addr,
+    pub address: IpAddr,
     pub port: u16,
     /// 0 means drained: no new flows.
     pub weight: u32,
@@ -261,8 +261,8 @@ pub struct BackendConfig {
 impl BackendConfig {
     /// The backend's address and port.
     #[must_use]
-    pub fn socket_addr(&self) -> SocketAddrV4 {
-        SocketAddrV4::new(self.address, self.port)
+    pub fn socket_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.address, self.port)
     }
 
     /// The id its persistence cookie carries: `cookie` if given, else one derived from
@@ -279,7 +279,7 @@ impl BackendConfig {
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct VipConfig {
     pub name: String,
-    pub address: Ipv4Addr,
+    pub address: IpAddr,
     pub port: u16,
     pub protocol: Protocol,
     pub scheduler: Scheduler,
@@ -305,6 +305,14 @@ pub struct VipConfig {
     /// an L4 VIP).
     #[serde(skip)]
     pub rules: Vec<Rule>,
+}
+
+impl VipConfig {
+    /// The VIP's address and port (printed `[2001:db8::1]:80` for IPv6).
+    #[must_use]
+    pub fn socket_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.address, self.port)
+    }
 }
 
 /// Why a configuration could not be loaded.

@@ -1,7 +1,7 @@
 //! What the tests of several config modules share: small configurations and assertions
 //! on error messages.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use super::parse;
 
@@ -145,6 +145,6 @@ pub(super) fn readme_toml(first_line: &str) -> &'static str {
     &body[..body.find("```").expect("the example block ends")]
 }
 
-pub(super) fn ip(s: &str) -> Ipv4Addr {
+pub(super) fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }

@@ -64,6 +64,24 @@ fn the_readme_example_parses() {
 }
 
 #[test]
+fn the_readme_ipv6_example_parses() {
+    let example = readme_toml("# IPv6 beside IPv4");
+    let config = parse(example, "README.md").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        config.vips[0].socket_addr().to_string(),
+        "[2001:db8:100::1]:80"
+    );
+    assert_eq!(
+        config.pools[0].backends[0].socket_addr().to_string(),
+        "[2001:db8:2::11]:80"
+    );
+    assert_eq!(
+        config.nat.source_addresses,
+        [ip("10.0.2.1"), ip("2001:db8:2::1")]
+    );
+}
+
+#[test]
 fn the_readme_http_example_parses() {
     let example = readme_toml("# HTTP mode");
     let config = parse(example, "README.md").unwrap_or_else(|e| panic!("{e}"));

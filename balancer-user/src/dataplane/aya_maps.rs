@@ -10,13 +10,21 @@ use aya::{
 };
 use balancer_common::{
     map_names, stat, Backend, Conn, FlowKey, FlowStats, Settings, VipKey, VipMeta,
-    BACKEND_F_RESCHEDULE, MAX_VIPS, RING_ENTRIES,
+    BACKEND_F_RESCHEDULE, MAX_VIPS, RING_ENTRIES, V6,
 };
 
 use super::{
     batch::{self, KernelHash},
-    clock, FlowTable, Maps, MapsError, PresentVips,
+    clock, AnyBackend, AnyVipKey, FlowEntry, FlowTable, Maps, MapsError, PresentVips,
 };
+
+/// The `VIPS` map of `key`'s family.
+fn vips_name(key: &AnyVipKey) -> &'static str {
+    match key {
+        AnyVipKey::V4(_) => map_names::VIPS,
+        AnyVipKey::V6(_) => map_names::VIPS6,
+    }
+}
 
 fn aya_err(map: &'static str) -> impl FnOnce(aya::maps::MapError) -> MapsError {
     move |source| MapsError::Aya { map, source }
@@ -25,11 +33,13 @@ fn aya_err(map: &'static str) -> impl FnOnce(aya::maps::MapError) -> MapsError {
 /// The kernel maps of a loaded program.
 pub struct AyaMaps {
     vips: HashMap<MapData, VipKey, VipMeta>,
+    vips6: HashMap<MapData, VipKey<V6>, VipMeta>,
     vip_addrs: Array<MapData, u32>,
     vip_gens: Array<MapData, u32>,
     present: PresentVips,
     ring: MappedRing,
     backends: Array<MapData, Backend>,
+    backends6: Array<MapData, Backend<V6>>,
     settings: Array<MapData, Settings>,
     /// What `SETTINGS` holds (once written), with the `flow_epoch` this layer counts.
     written_settings: Option<Settings>,
@@ -39,7 +49,7 @@ pub struct AyaMaps {
     vip_stats: PerCpuArray<MapData, FlowStats>,
     backend_stats: PerCpuArray<MapData, FlowStats>,
     global_stats: PerCpuArray<MapData, u64>,
-    /// `CONNS`, read only (the program writes it).
+    /// `CONNS` and `CONNS6`, read only (the program writes them).
     flows: Arc<KernelFlows>,
 }
 
@@ -56,11 +66,13 @@ impl AyaMaps {
     pub fn new(ebpf: &mut Ebpf) -> Result<Self, MapsError> {
         Ok(Self {
             vips: take(ebpf, map_names::VIPS)?,
+            vips6: take(ebpf, map_names::VIPS6)?,
             vip_addrs: take(ebpf, map_names::VIP_ADDRS)?,
             vip_gens: take(ebpf, map_names::VIP_GENS)?,
             present: PresentVips::default(),
             ring: MappedRing::new(ebpf)?,
             backends: take(ebpf, map_names::BACKENDS)?,
+            backends6: take(ebpf, map_names::BACKENDS6)?,
             settings: take(ebpf, map_names::SETTINGS)?,
             written_settings: None,
             flow_epoch: 0,
@@ -72,13 +84,23 @@ impl AyaMaps {
     }
 }
 
-/// `CONNS` of a loaded program, through a descriptor of its own (the program keeps the
-/// map; nothing here writes it).
-struct KernelFlows(KernelHash);
+/// `CONNS` and `CONNS6` of a loaded program, each through a descriptor of its own (the
+/// program keeps the maps; nothing here writes them).
+struct KernelFlows {
+    v4: KernelHash,
+    v6: KernelHash,
+}
 
 impl KernelFlows {
     fn new(ebpf: &Ebpf) -> Result<Self, MapsError> {
-        let name = map_names::CONNS;
+        Ok(KernelFlows {
+            v4: Self::open::<FlowKey, Conn>(ebpf, map_names::CONNS)?,
+            v6: Self::open::<FlowKey<V6>, Conn<V6>>(ebpf, map_names::CONNS6)?,
+        })
+    }
+
+    /// A descriptor of connection table `name`, whose entries must be `K` -> `V`.
+    fn open<K, V>(ebpf: &Ebpf, name: &'static str) -> Result<KernelHash, MapsError> {
         let (aya::maps::Map::LruHashMap(map) | aya::maps::Map::HashMap(map)) =
             ebpf.map(name).ok_or(MapsError::Missing(name))?
         else {
@@ -89,7 +111,7 @@ impl KernelFlows {
         };
         let info = map.info().map_err(aya_err(name))?;
         let sizes = (info.key_size() as usize, info.value_size() as usize);
-        let wanted = (size_of::<FlowKey>(), size_of::<Conn>());
+        let wanted = (size_of::<K>(), size_of::<V>());
         if sizes != wanted {
             return Err(MapsError::Other {
                 map: name,
@@ -105,9 +127,7 @@ impl KernelFlows {
                 message: format!("duplicating its descriptor: {e}"),
             })?;
         // SAFETY: a hash map, not per-CPU (matched above), of these sizes.
-        Ok(KernelFlows(unsafe {
-            KernelHash::new(fd, sizes.0, sizes.1)
-        }))
+        Ok(unsafe { KernelHash::new(fd, sizes.0, sizes.1) })
     }
 }
 
@@ -119,13 +139,24 @@ impl FlowTable for KernelFlows {
         })
     }
 
-    fn walk(&self, each: &mut dyn FnMut(&FlowKey, &Conn)) -> Result<usize, MapsError> {
-        batch::walk(&self.0, batch::CHUNK, |key, conn| each(key, conn)).map_err(|e| {
-            MapsError::Other {
-                map: map_names::CONNS,
+    fn walk(&self, each: &mut dyn FnMut(&FlowEntry)) -> Result<usize, MapsError> {
+        let failed = |map| {
+            move |e| MapsError::Other {
+                map,
                 message: format!("BPF_MAP_LOOKUP_BATCH: {e}"),
             }
+        };
+        let v4 = batch::walk(&self.v4, batch::CHUNK, |key: &FlowKey, conn: &Conn| {
+            each(&(key, conn).into());
         })
+        .map_err(failed(map_names::CONNS))?;
+        let v6 = batch::walk(
+            &self.v6,
+            batch::CHUNK,
+            |key: &FlowKey<V6>, conn: &Conn<V6>| each(&(key, conn).into()),
+        )
+        .map_err(failed(map_names::CONNS6))?;
+        Ok(v4 + v6)
     }
 }
 
@@ -265,7 +296,7 @@ impl Maps for AyaMaps {
         Ok(())
     }
 
-    fn set_vip(&mut self, key: &VipKey, meta: &VipMeta) -> Result<(), MapsError> {
+    fn set_vip(&mut self, key: &AnyVipKey, meta: &VipMeta) -> Result<(), MapsError> {
         let writes = self.present.writes_for(*key, meta.vip_id, meta.generation);
         if let Some((id, generation)) = writes.generation {
             self.set_vip_gen(id, generation)?;
@@ -276,9 +307,11 @@ impl Maps for AyaMaps {
                 .map_err(aya_err(map_names::VIP_ADDRS))?;
         }
         // A failure here leaves at most a count one too high (a VIPS lookup more).
-        self.vips
-            .insert(key, meta, 0)
-            .map_err(aya_err(map_names::VIPS))?;
+        match key {
+            AnyVipKey::V4(k) => self.vips.insert(k, meta, 0),
+            AnyVipKey::V6(k) => self.vips6.insert(k, meta, 0),
+        }
+        .map_err(aya_err(vips_name(key)))?;
         self.present.record(*key, meta.vip_id, meta.generation);
         if let Some(id) = writes.clear {
             self.set_vip_gen(id, 0)?;
@@ -286,13 +319,17 @@ impl Maps for AyaMaps {
         Ok(())
     }
 
-    fn del_vip(&mut self, key: &VipKey) -> Result<(), MapsError> {
-        match self.vips.remove(key) {
+    fn del_vip(&mut self, key: &AnyVipKey) -> Result<(), MapsError> {
+        let removed = match key {
+            AnyVipKey::V4(k) => self.vips.remove(k),
+            AnyVipKey::V6(k) => self.vips6.remove(k),
+        };
+        match removed {
             Ok(()) => {}
             // Absent already: only the bookkeeping (if any) is left.
             Err(aya::maps::MapError::SyscallError(ref e))
                 if e.io_error.raw_os_error() == Some(libc::ENOENT) => {}
-            Err(e) => return Err(aya_err(map_names::VIPS)(e)),
+            Err(e) => return Err(aya_err(vips_name(key))(e)),
         }
         if let Some((slot, count, vip_id)) = self.present.removed(*key) {
             self.set_vip_gen(vip_id, 0)?;
@@ -303,16 +340,32 @@ impl Maps for AyaMaps {
         Ok(())
     }
 
-    fn set_backend(&mut self, id: u32, backend: &Backend) -> Result<(), MapsError> {
-        self.backends
-            .set(id, backend, 0)
-            .map_err(aya_err(map_names::BACKENDS))?;
+    fn set_backend(&mut self, id: u32, backend: &AnyBackend) -> Result<(), MapsError> {
+        match backend {
+            AnyBackend::V4(b) => self
+                .backends
+                .set(id, b, 0)
+                .map_err(aya_err(map_names::BACKENDS))?,
+            AnyBackend::V6(b) => self
+                .backends6
+                .set(id, b, 0)
+                .map_err(aya_err(map_names::BACKENDS6))?,
+        }
         // Of a backend's entry, the established path reads only this flag (its flows'
         // copies hold address and port): a new epoch is needed only when it is set.
-        if backend.flags & BACKEND_F_RESCHEDULE != 0 {
+        if backend.flags() & BACKEND_F_RESCHEDULE != 0 {
             self.new_flow_epoch()?;
         }
         Ok(())
+    }
+
+    fn clear_backend(&mut self, id: u32) -> Result<(), MapsError> {
+        self.backends
+            .set(id, Backend::default(), 0)
+            .map_err(aya_err(map_names::BACKENDS))?;
+        self.backends6
+            .set(id, Backend::default(), 0)
+            .map_err(aya_err(map_names::BACKENDS6))
     }
 
     fn set_ring_slot(&mut self, index: u32, backend_id: u32) -> Result<(), MapsError> {

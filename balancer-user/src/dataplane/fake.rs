@@ -2,23 +2,29 @@
 
 use std::{
     collections::HashMap,
+    net::SocketAddr,
     sync::{Arc, Mutex, PoisonError},
 };
 
 use balancer_common::{
-    stat, Backend, Conn, FlowKey, FlowStats, Settings, VipKey, VipMeta, MAX_VIPS,
+    stat, Backend, Conn, FlowKey, FlowStats, Settings, VipMeta, BACKEND_F_PRESENT, MAX_VIPS, V6,
 };
 
-use super::{FlowTable, Maps, MapsError, PresentVips};
+use super::{
+    family::{v4_addr, v6_addr},
+    AnyBackend, AnyVipKey, FlowEntry, FlowTable, Maps, MapsError, PresentVips,
+};
 
 /// In-memory maps with the kernel's semantics that matter to the agent.
 #[derive(Debug, Default)]
 pub struct FakeMaps {
     pub settings: Settings,
-    pub vips: HashMap<VipKey, VipMeta>,
+    /// `VIPS` and `VIPS6`.
+    pub vips: HashMap<AnyVipKey, VipMeta>,
     pub present: PresentVips,
     pub ring: HashMap<u32, u32>,
     pub backends: HashMap<u32, Backend>,
+    pub backends6: HashMap<u32, Backend<V6>>,
     pub vip_stats: HashMap<u32, FlowStats>,
     pub backend_stats: HashMap<u32, FlowStats>,
     /// `VIP_GENS` by id (absent: 0); set it before the balancer starts to play the
@@ -29,7 +35,7 @@ pub struct FakeMaps {
     /// `Some(n)`: the next `n` writes succeed, the one after fails, and later ones
     /// succeed again (a transient failure, to test how the balancer recovers).
     pub fail_write: Option<usize>,
-    /// `CONNS`, and the data plane's clock its flows are judged by.
+    /// `CONNS` and `CONNS6`, and the data plane's clock their flows are judged by.
     pub flows: Arc<FakeFlows>,
 }
 
@@ -37,6 +43,7 @@ pub struct FakeMaps {
 #[derive(Debug, Default)]
 pub struct FakeFlows {
     pub entries: Mutex<Vec<(FlowKey, Conn)>>,
+    pub entries6: Mutex<Vec<(FlowKey<V6>, Conn<V6>)>>,
     pub now_ns: Mutex<u64>,
 }
 
@@ -44,6 +51,14 @@ impl FakeFlows {
     /// Adds a flow.
     pub fn insert(&self, key: FlowKey, conn: Conn) {
         self.entries
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push((key, conn));
+    }
+
+    /// Adds an IPv6 flow.
+    pub fn insert6(&self, key: FlowKey<V6>, conn: Conn<V6>) {
+        self.entries6
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .push((key, conn));
@@ -60,18 +75,39 @@ impl FlowTable for FakeFlows {
         Ok(*self.now_ns.lock().unwrap_or_else(PoisonError::into_inner))
     }
 
-    fn walk(&self, each: &mut dyn FnMut(&FlowKey, &Conn)) -> Result<usize, MapsError> {
+    fn walk(&self, each: &mut dyn FnMut(&FlowEntry)) -> Result<usize, MapsError> {
         let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
         for (key, conn) in entries.iter() {
-            each(key, conn);
+            each(&(key, conn).into());
         }
-        Ok(entries.len())
+        let entries6 = self.entries6.lock().unwrap_or_else(PoisonError::into_inner);
+        for (key, conn) in entries6.iter() {
+            each(&(key, conn).into());
+        }
+        Ok(entries.len() + entries6.len())
     }
 }
 
 impl FakeMaps {
+    /// The address and port of backend `id`, in whichever family's map holds it.
+    pub fn backend_addr(&self, id: u32) -> Option<SocketAddr> {
+        let present = |flags| flags & BACKEND_F_PRESENT != 0;
+        let v4 = self
+            .backends
+            .get(&id)
+            .filter(|b| present(b.flags))
+            .map(|b| SocketAddr::new(v4_addr(b.addr).into(), u16::from_be(b.port)));
+        v4.or_else(|| {
+            let b = self.backends6.get(&id).filter(|b| present(b.flags))?;
+            Some(SocketAddr::new(
+                v6_addr(b.addr).into(),
+                u16::from_be(b.port),
+            ))
+        })
+    }
+
     /// The backend ids a packet of this VIP can be scheduled to, slot by slot.
-    pub fn active_ring(&self, key: &VipKey) -> Vec<u32> {
+    pub fn active_ring(&self, key: &AnyVipKey) -> Vec<u32> {
         let Some(meta) = self.vips.get(key) else {
             return Vec::new();
         };
@@ -112,7 +148,7 @@ impl Maps for FakeMaps {
         self.settings = *settings;
         Ok(())
     }
-    fn set_vip(&mut self, key: &VipKey, meta: &VipMeta) -> Result<(), MapsError> {
+    fn set_vip(&mut self, key: &AnyVipKey, meta: &VipMeta) -> Result<(), MapsError> {
         self.write("VIPS")?;
         let writes = self.present.writes_for(*key, meta.vip_id, meta.generation);
         if let Some((id, generation)) = writes.generation {
@@ -125,7 +161,7 @@ impl Maps for FakeMaps {
         }
         Ok(())
     }
-    fn del_vip(&mut self, key: &VipKey) -> Result<(), MapsError> {
+    fn del_vip(&mut self, key: &AnyVipKey) -> Result<(), MapsError> {
         self.write("VIPS")?;
         self.vips.remove(key);
         if let Some((_, _, id)) = self.present.removed(*key) {
@@ -133,9 +169,23 @@ impl Maps for FakeMaps {
         }
         Ok(())
     }
-    fn set_backend(&mut self, id: u32, backend: &Backend) -> Result<(), MapsError> {
+    fn set_backend(&mut self, id: u32, backend: &AnyBackend) -> Result<(), MapsError> {
+        match backend {
+            AnyBackend::V4(b) => {
+                self.write("BACKENDS")?;
+                self.backends.insert(id, *b);
+            }
+            AnyBackend::V6(b) => {
+                self.write("BACKENDS6")?;
+                self.backends6.insert(id, *b);
+            }
+        }
+        Ok(())
+    }
+    fn clear_backend(&mut self, id: u32) -> Result<(), MapsError> {
         self.write("BACKENDS")?;
-        self.backends.insert(id, *backend);
+        self.backends.insert(id, Backend::default());
+        self.backends6.insert(id, Backend::default());
         Ok(())
     }
     fn set_ring_slot(&mut self, index: u32, backend_id: u32) -> Result<(), MapsError> {
@@ -187,8 +237,6 @@ impl Maps for FakeMaps {
 
 #[cfg(test)]
 mod tests {
-    use balancer_common::addr_slot;
-
     use super::*;
     use crate::dataplane::tests::key;
 
@@ -198,8 +246,8 @@ mod tests {
         let web = key([10, 0, 100, 7], 80);
         m.set_vip(&web, &VipMeta::default()).unwrap();
         m.set_vip(&web, &VipMeta::default()).unwrap();
-        assert_eq!(m.present.count(addr_slot(&web.addr)), 1);
+        assert_eq!(m.present.count(web.slot()), 1);
         m.del_vip(&web).unwrap();
-        assert_eq!(m.present.count(addr_slot(&web.addr)), 0);
+        assert_eq!(m.present.count(web.slot()), 0);
     }
 }

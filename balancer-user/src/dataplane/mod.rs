@@ -13,6 +13,7 @@ pub mod batch;
 pub mod clock;
 pub mod decap;
 mod fake;
+pub mod family;
 pub mod links;
 pub mod loader;
 pub mod pins;
@@ -20,10 +21,11 @@ pub mod rtnetlink;
 
 use std::{collections::HashMap, sync::Arc};
 
-use balancer_common::{addr_slot, Backend, Conn, FlowKey, FlowStats, Settings, VipKey, VipMeta};
+use balancer_common::{FlowStats, Settings, VipMeta};
 
 pub use aya_maps::AyaMaps;
 pub use fake::{FakeFlows, FakeMaps};
+pub use family::{AnyBackend, AnyVipKey, FlowEntry};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MapsError {
@@ -42,9 +44,14 @@ pub enum MapsError {
 /// Everything the agent writes to or reads from the data plane.
 pub trait Maps {
     fn set_settings(&mut self, settings: &Settings) -> Result<(), MapsError>;
-    fn set_vip(&mut self, key: &VipKey, meta: &VipMeta) -> Result<(), MapsError>;
-    fn del_vip(&mut self, key: &VipKey) -> Result<(), MapsError>;
-    fn set_backend(&mut self, id: u32, backend: &Backend) -> Result<(), MapsError>;
+    /// Writes a VIP into its family's map (`VIPS` or `VIPS6`).
+    fn set_vip(&mut self, key: &AnyVipKey, meta: &VipMeta) -> Result<(), MapsError>;
+    fn del_vip(&mut self, key: &AnyVipKey) -> Result<(), MapsError>;
+    /// Writes backend `id` into its family's map (`BACKENDS` or `BACKENDS6`); the other
+    /// family's entry of `id` must be empty (see [`Maps::clear_backend`]).
+    fn set_backend(&mut self, id: u32, backend: &AnyBackend) -> Result<(), MapsError>;
+    /// Empties backend `id` in both families' maps (the backend is gone).
+    fn clear_backend(&mut self, id: u32) -> Result<(), MapsError>;
     fn set_ring_slot(&mut self, index: u32, backend_id: u32) -> Result<(), MapsError>;
     /// Counters summed over CPUs.
     fn vip_stats(&self, vip_id: u32) -> Result<FlowStats, MapsError>;
@@ -59,12 +66,12 @@ pub trait Maps {
     /// `VIP_GENS[id] = generation` (0: no VIP holds `id`), for ids the previous agent's
     /// VIPs held: the VIPs' own are written with them.
     fn write_vip_gen(&mut self, id: u32, generation: u32) -> Result<(), MapsError>;
-    /// The connection table (`CONNS`), to read from another thread.
+    /// The connection tables (`CONNS`, `CONNS6`), to read from another thread.
     fn flow_table(&self) -> Arc<dyn FlowTable>;
 }
 
-/// The connection table (`CONNS`) as the agent reads it: whole (a full table takes a
-/// while: never on the event loop), and only read.
+/// The connection tables (`CONNS` and `CONNS6`) as the agent reads them: whole (a full
+/// table takes a while: never on the event loop), and only read.
 pub trait FlowTable: Send + Sync {
     /// The data plane's clock now (ns), as the program given `settings` reads it: what a
     /// flow's `last_seen_ns` is compared with.
@@ -72,23 +79,24 @@ pub trait FlowTable: Send + Sync {
     /// # Errors
     /// When the kernel's clock cannot be read.
     fn now_ns(&self, settings: &Settings) -> Result<u64, MapsError>;
-    /// Calls `each` on every entry; returns how many there were.
+    /// Calls `each` on every entry of both families; returns how many there were.
     ///
     /// # Errors
-    /// When the table cannot be read.
-    fn walk(&self, each: &mut dyn FnMut(&FlowKey, &Conn)) -> Result<usize, MapsError>;
+    /// When a table cannot be read.
+    fn walk(&self, each: &mut dyn FnMut(&FlowEntry)) -> Result<usize, MapsError>;
 }
 
 /// The VIPs present in the kernel, for the two arrays that let it skip the `VIPS` hash:
-/// `VIP_ADDRS` (how many VIPs have an address in each [`addr_slot`]) and `VIP_GENS` (the
-/// generation of the VIP holding each id). Both map implementations keep one. A VIP is
+/// `VIP_ADDRS` (how many VIPs of either family have an address in each
+/// [`balancer_common::addr_slot`]) and `VIP_GENS` (the generation of the VIP holding each
+/// id). Both map implementations keep one. A VIP is
 /// counted in (and its generation written) before its `VIPS` entry, recorded here once
 /// that entry is written, and counted out after it is deleted, so the kernel never skips a
 /// present VIP.
 #[derive(Debug, Default)]
 pub struct PresentVips {
     /// Key -> (VIP id, generation).
-    vips: HashMap<VipKey, (u32, u32)>,
+    vips: HashMap<AnyVipKey, (u32, u32)>,
     counts: HashMap<u32, u32>,
 }
 
@@ -106,9 +114,9 @@ pub struct VipWrites {
 
 impl PresentVips {
     /// What setting VIP `key` with `vip_id` and `generation` must write (changes nothing).
-    fn writes_for(&self, key: VipKey, vip_id: u32, generation: u32) -> VipWrites {
+    fn writes_for(&self, key: AnyVipKey, vip_id: u32, generation: u32) -> VipWrites {
         let before = self.vips.get(&key).copied();
-        let slot = addr_slot(&key.addr);
+        let slot = key.slot();
         VipWrites {
             count: before.is_none().then(|| (slot, self.count(slot) + 1)),
             generation: (before != Some((vip_id, generation))).then_some((vip_id, generation)),
@@ -117,16 +125,16 @@ impl PresentVips {
     }
 
     /// The `VIPS` entry of `key` was written.
-    fn record(&mut self, key: VipKey, vip_id: u32, generation: u32) {
+    fn record(&mut self, key: AnyVipKey, vip_id: u32, generation: u32) {
         if self.vips.insert(key, (vip_id, generation)).is_none() {
-            *self.counts.entry(addr_slot(&key.addr)).or_default() += 1;
+            *self.counts.entry(key.slot()).or_default() += 1;
         }
     }
 
     /// A VIP was deleted: `Some((slot, new count, its id))` when it was present.
-    fn removed(&mut self, key: VipKey) -> Option<(u32, u32, u32)> {
+    fn removed(&mut self, key: AnyVipKey) -> Option<(u32, u32, u32)> {
         let (vip_id, _) = self.vips.remove(&key)?;
-        let slot = addr_slot(&key.addr);
+        let slot = key.slot();
         let count = self.counts.entry(slot).or_default();
         *count = count.saturating_sub(1);
         Some((slot, *count, vip_id))
@@ -142,20 +150,15 @@ impl PresentVips {
 mod tests {
     use super::*;
 
-    pub(super) fn key(addr: [u8; 4], port: u16) -> VipKey {
-        VipKey {
-            addr: u32::from_ne_bytes(addr),
-            port: port.to_be(),
-            proto: balancer_common::PROTO_TCP,
-            _pad: 0,
-        }
+    pub(super) fn key(addr: [u8; 4], port: u16) -> AnyVipKey {
+        AnyVipKey::new(addr.into(), port, balancer_common::PROTO_TCP)
     }
 
     #[test]
     fn present_vips_count_addresses_and_remember_ids() {
         let mut c = PresentVips::default();
         let (web, dns) = (key([10, 0, 100, 1], 80), key([10, 0, 100, 1], 53));
-        let slot = addr_slot(&web.addr);
+        let slot = web.slot();
         let writes = |count, generation, clear| VipWrites {
             count,
             generation,

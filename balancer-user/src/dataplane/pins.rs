@@ -1,6 +1,6 @@
 //! State pinned in a bpf filesystem so that it outlives the agent: the flow tables
-//! (`CONNS`, `NAT`), which the next agent takes over so that established flows keep their
-//! backend and SNAT port, and, with `keep_attached`, the XDP links, so that the data plane
+//! (`CONNS`, `NAT` and their IPv6 twins `CONNS6`, `NAT6`), which the next agent takes over
+//! so that established flows keep their backend and SNAT port, and, with `keep_attached`, the XDP links, so that the data plane
 //! forwards on while no agent runs and the next agent swaps its program in atomically
 //! (`bpf_link_update`: no packet meets an interface without XDP).
 use std::{
@@ -24,7 +24,8 @@ use aya::{
     EbpfLoader,
 };
 use balancer_common::{
-    map_names, Conn, FlowKey, NatEntry, CONN_TABLE_SIZE, FLOW_TABLES_VERSION, MAX_VIPS,
+    map_names, Conn, FlowKey, NatEntry, CONN6_TABLE_SIZE, CONN_TABLE_SIZE, FLOW_TABLES_VERSION,
+    MAX_VIPS, V6,
 };
 
 /// `statfs.f_type` of a bpf filesystem.
@@ -91,9 +92,9 @@ struct Table {
     entries: u32,
 }
 
-/// The flow tables, and `VIP_GENS`: the generations their flows name (a VIP deleted and
-/// added again has another, and the next agent must know which is current).
-const TABLES: [Table; 3] = [
+/// The flow tables of both families, and `VIP_GENS`: the generations their flows name (a
+/// VIP deleted and added again has another, and the next agent must know which is current).
+const TABLES: [Table; 5] = [
     Table {
         name: map_names::CONNS,
         map_type: MapType::LruHash,
@@ -107,6 +108,20 @@ const TABLES: [Table; 3] = [
         key_size: size_of::<FlowKey>(),
         value_size: size_of::<NatEntry>(),
         entries: CONN_TABLE_SIZE,
+    },
+    Table {
+        name: map_names::CONNS6,
+        map_type: MapType::LruHash,
+        key_size: size_of::<FlowKey<V6>>(),
+        value_size: size_of::<Conn<V6>>(),
+        entries: CONN6_TABLE_SIZE,
+    },
+    Table {
+        name: map_names::NAT6,
+        map_type: MapType::LruHash,
+        key_size: size_of::<FlowKey<V6>>(),
+        value_size: size_of::<NatEntry<V6>>(),
+        entries: CONN6_TABLE_SIZE,
     },
     Table {
         name: map_names::VIP_GENS,

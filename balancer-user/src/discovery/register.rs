@@ -4,7 +4,7 @@
 //! revoked (etcd deletes the key at once). On SIGTERM or SIGINT it revokes the lease and
 //! exits; killed outright, the lease expires after its TTL and etcd deletes the key.
 
-use std::{net::SocketAddrV4, time::Duration};
+use std::{net::SocketAddr, time::Duration};
 
 use etcd_client::{Client, PutOptions};
 use tokio::{
@@ -19,7 +19,7 @@ use crate::health::{config::CheckConfig, Checker, Health};
 #[derive(Clone, Debug)]
 pub struct Registration {
     pub etcd: EtcdConfig,
-    pub address: SocketAddrV4,
+    pub address: SocketAddr,
     pub weight: u32,
     pub check: CheckConfig,
     /// Lease time to live, in seconds.

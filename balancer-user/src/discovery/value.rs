@@ -4,21 +4,21 @@
 
 use std::{
     collections::BTreeMap,
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, SocketAddr},
 };
 
-use crate::config::{check_backend_address, DEFAULT_WEIGHT, MAX_WEIGHT};
+use crate::config::{check_backend_address, family, DEFAULT_WEIGHT, MAX_WEIGHT};
 
 /// A backend as one key gives it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Discovered {
-    pub addr: SocketAddrV4,
+    pub addr: SocketAddr,
     pub weight: u32,
 }
 
 /// The backends a prefix gives a pool: address -> weight. Ordered by address, so that
 /// every agent applies the same set in the same order.
-pub type Backends = BTreeMap<SocketAddrV4, u32>;
+pub type Backends = BTreeMap<SocketAddr, u32>;
 
 /// Why a key's value is not a backend.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -37,7 +37,7 @@ pub enum ValueError {
 
 #[derive(serde::Deserialize)]
 struct JsonValue {
-    address: Ipv4Addr,
+    address: IpAddr,
     port: u16,
     #[serde(default)]
     weight: Option<u32>,
@@ -55,7 +55,7 @@ pub fn parse(value: &[u8]) -> Result<Discovered, ValueError> {
         let json: JsonValue =
             serde_json::from_str(text).map_err(|e| ValueError::Json(e.to_string()))?;
         (
-            SocketAddrV4::new(json.address, json.port),
+            SocketAddr::new(json.address, json.port),
             json.weight.unwrap_or(DEFAULT_WEIGHT),
         )
     } else {
@@ -83,23 +83,43 @@ fn excerpt(text: &str) -> String {
     }
 }
 
-/// The backend set of `keys` (key -> backend): when two keys name one address, the first
-/// key (in key order) gives its weight, and the other is returned to be logged.
+/// The backend set of `keys` (key -> backend), and the keys skipped with why, to be
+/// logged: when two keys name one address, the first key (in key order) gives its weight;
+/// the backends of a pool are of one family, the first key's.
 #[must_use]
-pub fn backends(keys: &BTreeMap<String, Discovered>) -> (Backends, Vec<(String, SocketAddrV4)>) {
+pub fn backends(keys: &BTreeMap<String, Discovered>) -> (Backends, Vec<(String, String)>) {
     let mut set = Backends::new();
-    let mut duplicates = Vec::new();
+    let mut skipped = Vec::new();
+    let first = keys.iter().next();
     for (key, d) in keys {
+        if let Some((first_key, first)) =
+            first.filter(|(_, f)| f.addr.is_ipv4() != d.addr.is_ipv4())
+        {
+            skipped.push((
+                key.clone(),
+                format!(
+                    "{} is an {} backend, and the first key ({first_key}) an {} one: the \
+                     backends of a pool must be of one family",
+                    d.addr,
+                    family(d.addr.ip()),
+                    family(first.addr.ip())
+                ),
+            ));
+            continue;
+        }
         match set.entry(d.addr) {
             std::collections::btree_map::Entry::Occupied(_) => {
-                duplicates.push((key.clone(), d.addr));
+                skipped.push((
+                    key.clone(),
+                    format!("{} is given by an earlier key", d.addr),
+                ));
             }
             std::collections::btree_map::Entry::Vacant(v) => {
                 v.insert(d.weight);
             }
         }
     }
-    (set, duplicates)
+    (set, skipped)
 }
 
 #[cfg(test)]
@@ -129,6 +149,11 @@ mod tests {
                 r#"{"address": "10.0.2.12", "port": 80, "weight": 0}"#,
                 ok("10.0.2.12:80", 0),
             ),
+            ("[fd00::2:11]:80", ok("[fd00::2:11]:80", DEFAULT_WEIGHT)),
+            (
+                r#"{"address": "fd00::2:12", "port": 80, "weight": 2}"#,
+                ok("[fd00::2:12]:80", 2),
+            ),
             ("web-1:80", Err(ValueError::Unrecognised("web-1:80".into()))),
             ("", Err(ValueError::Unrecognised(String::new()))),
             (
@@ -143,7 +168,9 @@ mod tests {
             &b"\xff\xfe"[..],
             br#"{"address": "10.0.2.12"}"#,
             br#"{"address": "10.0.2.12", "port": 70000}"#,
-            br#"{"address": "fd00::1", "port": 80}"#,
+            // Link-local: no interface to reach it by.
+            br#"{"address": "fe80::1", "port": 80}"#,
+            b"[fe80::1]:80",
             b"10.0.2.11:0",
             b"0.0.0.0:80",
             b"224.0.0.1:80",
@@ -182,7 +209,40 @@ mod tests {
         );
         assert_eq!(
             duplicates,
-            [("/s/b".to_owned(), "10.0.2.11:80".parse().unwrap())]
+            [(
+                "/s/b".to_owned(),
+                "10.0.2.11:80 is given by an earlier key".to_owned()
+            )]
+        );
+    }
+
+    #[test]
+    fn the_first_key_gives_the_family() {
+        let d = |addr: &str| Discovered {
+            addr: addr.parse().unwrap(),
+            weight: 1,
+        };
+        let keys = BTreeMap::from([
+            ("/s/a".to_owned(), d("[fd00::2:11]:80")),
+            ("/s/b".to_owned(), d("10.0.2.12:80")),
+            ("/s/c".to_owned(), d("[fd00::2:12]:80")),
+        ]);
+        let (set, skipped) = backends(&keys);
+        assert_eq!(
+            set,
+            Backends::from([
+                ("[fd00::2:11]:80".parse().unwrap(), 1),
+                ("[fd00::2:12]:80".parse().unwrap(), 1)
+            ])
+        );
+        assert_eq!(
+            skipped,
+            [(
+                "/s/b".to_owned(),
+                "10.0.2.12:80 is an IPv4 backend, and the first key (/s/a) an IPv6 one: the \
+                 backends of a pool must be of one family"
+                    .to_owned()
+            )]
         );
     }
 }

@@ -223,11 +223,9 @@ impl Watch {
 
     /// The set, if it differs from the one last sent.
     fn outcome(&mut self, mut log: Vec<String>) -> Outcome {
-        let (set, duplicates) = value::backends(&self.keys);
-        for (key, addr) in duplicates {
-            log.push(format!(
-                "key {key}: {addr} is given by an earlier key: skipped"
-            ));
+        let (set, skipped) = value::backends(&self.keys);
+        for (key, why) in skipped {
+            log.push(format!("key {key}: {why}: skipped"));
         }
         let backends = (self.sent.as_ref() != Some(&set)).then(|| {
             self.sent = Some(set.clone());

@@ -3,7 +3,7 @@
 //! checks only read them.
 
 use std::fmt;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -78,7 +78,7 @@ pub struct CheckConfig {
     /// Port to check instead of the backend's.
     pub port: Option<u16>,
     /// Address to check instead of the backend's.
-    pub address: Option<Ipv4Addr>,
+    pub address: Option<IpAddr>,
 }
 
 impl Default for CheckConfig {
@@ -115,9 +115,9 @@ impl CheckConfig {
     /// Where checks of `backend` go: its address and port unless `address` or
     /// `port` override them.
     #[must_use]
-    pub fn target(&self, backend: SocketAddrV4) -> SocketAddrV4 {
-        SocketAddrV4::new(
-            self.address.unwrap_or(*backend.ip()),
+    pub fn target(&self, backend: SocketAddr) -> SocketAddr {
+        SocketAddr::new(
+            self.address.unwrap_or(backend.ip()),
             self.port.unwrap_or(backend.port()),
         )
     }

@@ -200,7 +200,15 @@ mod tests {
 
     /// An HTTP server for one request: answers `response` and returns the request.
     async fn http_server(response: &'static str) -> (SocketAddr, JoinHandle<String>) {
-        let listener = TcpListener::bind((LOCALHOST, 0)).await.unwrap();
+        http_server_on(LOCALHOST.into(), response).await
+    }
+
+    /// [`http_server`] on `ip`.
+    async fn http_server_on(
+        ip: std::net::IpAddr,
+        response: &'static str,
+    ) -> (SocketAddr, JoinHandle<String>) {
+        let listener = TcpListener::bind((ip, 0)).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let task = tokio::spawn(async move {
             let (mut stream, _) = listener.accept().await.unwrap();
@@ -226,6 +234,31 @@ mod tests {
         assert!(outcome.ok, "{outcome:?}");
         assert_eq!(outcome.reason, "ok");
         assert!(outcome.latency < ms(1000));
+    }
+
+    #[tokio::test]
+    async fn tcp_and_http_checks_of_ipv6_backends() {
+        // TCP: connected by the kept socket (the SYN engine is IPv4's), then refused.
+        let listener = TcpListener::bind((Ipv6Addr::LOCALHOST, 0)).await.unwrap();
+        let target = listener.local_addr().unwrap();
+        let mut prober = Prober::default();
+        for _ in 0..2 {
+            let outcome = prober.check(&check(CheckKind::Tcp, ms(1000)), target).await;
+            assert!(outcome.ok, "{outcome:?}");
+        }
+        drop(listener);
+        let refused = prober.check(&check(CheckKind::Tcp, ms(1000)), target).await;
+        assert!(refused.reason.contains("refused"), "{refused:?}");
+        // HTTP, with the address in brackets in `Host`.
+        let ok = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+        let (target, server) = http_server_on(Ipv6Addr::LOCALHOST.into(), ok).await;
+        let outcome = check_once(&check(http(Some("ok")), ms(1000)), target).await;
+        assert!(outcome.ok, "{outcome:?}");
+        let request = server.await.unwrap();
+        assert!(
+            request.contains(&format!("\r\nHost: [::1]:{}\r\n", target.port())),
+            "{request}"
+        );
     }
 
     #[tokio::test]

@@ -7,7 +7,7 @@ use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
 use std::io;
-use std::net::{SocketAddr, SocketAddrV4};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -28,7 +28,7 @@ use super::syn::{SynClient, SynProber};
 #[derive(Clone, Debug)]
 pub struct HealthEvent {
     pub pool: String,
-    pub backend: SocketAddrV4,
+    pub backend: SocketAddr,
     pub outcome: CheckOutcome,
     /// `Some((old, new))` only when this check changed the backend's state.
     pub transition: Option<(Health, Health)>,
@@ -108,7 +108,7 @@ impl Jitter {
 #[derive(Debug)]
 pub struct Checker {
     events: mpsc::Sender<HealthEvent>,
-    tasks: HashMap<(String, SocketAddrV4), AbortHandle>,
+    tasks: HashMap<(String, SocketAddr), AbortHandle>,
     /// Salts the jitter seed of each task.
     started: u64,
     /// Origin of the ticks that checks start on (see [`aligned_deadline`]).
@@ -194,7 +194,7 @@ impl Checker {
     pub fn start(
         &mut self,
         pool: &str,
-        backend: SocketAddrV4,
+        backend: SocketAddr,
         check: &CheckConfig,
         initial: Option<Health>,
     ) -> Option<LatestSlot> {
@@ -238,7 +238,7 @@ impl Checker {
     }
 
     /// Stops checking a backend (no-op if unknown).
-    pub fn stop(&mut self, pool: &str, backend: SocketAddrV4) {
+    pub fn stop(&mut self, pool: &str, backend: SocketAddr) {
         if let Some(task) = self.tasks.remove(&(pool.to_owned(), backend)) {
             task.abort();
         }
@@ -246,7 +246,7 @@ impl Checker {
 
     /// Whether a check task was started for the backend (and not stopped since).
     #[must_use]
-    pub fn is_checking(&self, pool: &str, backend: SocketAddrV4) -> bool {
+    pub fn is_checking(&self, pool: &str, backend: SocketAddr) -> bool {
         self.tasks.contains_key(&(pool.to_owned(), backend))
     }
 }
@@ -324,7 +324,7 @@ fn aligned_deadline(epoch: Instant, now: Instant, pause: Duration) -> Instant {
 /// One backend's check task: what it checks and where it reports.
 struct CheckTask {
     pool: String,
-    backend: SocketAddrV4,
+    backend: SocketAddr,
     check: CheckConfig,
     /// `None`: never checked (see [`Checker::start`]).
     initial: Option<Health>,
@@ -345,7 +345,7 @@ impl CheckTask {
     /// The loop of the task; ends when the event receiver is gone.
     async fn run(mut self) {
         let (pool, backend, check) = (&self.pool, self.backend, &self.check);
-        let target = SocketAddr::V4(check.target(backend));
+        let target = check.target(backend);
         let mut tracker = match self.initial {
             Some(initial) => Tracker::new(initial, check.rise, check.fall),
             None => Tracker::unchecked(check.rise, check.fall),
@@ -430,7 +430,7 @@ impl CheckTask {
 /// consecutive failures)`.
 fn log_transition(
     pool: &str,
-    backend: SocketAddrV4,
+    backend: SocketAddr,
     old: Health,
     new: Health,
     tracker: &Tracker,

@@ -9,7 +9,7 @@ mod cookie;
 mod tests;
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -154,7 +154,7 @@ pub struct CookiePersistence {
 /// One usable backend of a pool, as the proxy sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Backend {
-    pub addr: SocketAddrV4,
+    pub addr: SocketAddr,
     /// 0 = drained: no new requests, but clients persisted to it by cookie stay (HAProxy's).
     pub weight: u32,
     /// The id its persistence cookie carries (see [`default_cookie_id`]).
@@ -168,8 +168,8 @@ pub struct Backend {
 /// The cookie id of a backend that names none: its address and port's stable 64-bit key
 /// (the one its Maglev permutation uses) in hex, so it survives restarts and reorderings
 /// and differs between any two addresses.
-pub fn default_cookie_id(addr: SocketAddrV4) -> String {
-    format!("{:016x}", backend_key(*addr.ip(), addr.port()))
+pub fn default_cookie_id(addr: SocketAddr) -> String {
+    format!("{:016x}", backend_key(addr.ip(), addr.port()))
 }
 
 /// An immutable snapshot of the usable backends of a pool (those up by their health
@@ -228,7 +228,7 @@ impl BackendSet {
             .zip(0u32..)
             .map(|(b, id)| RingBackend {
                 id,
-                key: backend_key(*b.addr.ip(), b.addr.port()),
+                key: backend_key(b.addr.ip(), b.addr.port()),
                 weight: b.weight,
             })
             .collect();
@@ -268,7 +268,7 @@ impl BackendSet {
         if self.table.is_empty() {
             return None;
         }
-        let index: HashMap<SocketAddrV4, u32> = backends
+        let index: HashMap<SocketAddr, u32> = backends
             .iter()
             .zip(0u32..)
             .map(|(b, i)| (b.addr, i))
@@ -365,7 +365,7 @@ impl Fnv {
 /// The backend a request goes to.
 #[derive(Debug)]
 pub struct Pick {
-    pub addr: SocketAddrV4,
+    pub addr: SocketAddr,
     /// Counts the request as active on the backend until dropped: keep it for the whole
     /// exchange (response body included).
     pub guard: ActiveGuard,
@@ -403,7 +403,7 @@ pub struct PoolSelector {
     /// Every backend's counter while anything holds it (a set or an in-flight request),
     /// so that a backend keeps its count across sets, even one that left and came back.
     /// Locked by [`PoolSelector::update`] only.
-    counters: Mutex<HashMap<SocketAddrV4, Weak<AtomicUsize>>>,
+    counters: Mutex<HashMap<SocketAddr, Weak<AtomicUsize>>>,
     /// Signalled when a request on a backend with a `maxconn` ends.
     released: Arc<Notify>,
 }
@@ -452,7 +452,7 @@ impl PoolSelector {
     }
 
     /// Requests active on `addr` now (0 for a backend never seen).
-    pub fn active(&self, addr: SocketAddrV4) -> usize {
+    pub fn active(&self, addr: SocketAddr) -> usize {
         let set = self.set.load();
         if let Some(i) = set.backends.iter().position(|b| b.addr == addr) {
             return set.active[i].load(Ordering::Relaxed);
@@ -471,7 +471,7 @@ impl PoolSelector {
     /// The backend for `request`, other than those in `exclude` (already tried), or `None`
     /// when no usable backend is left. A valid persistence cookie wins; otherwise the
     /// pool's algorithm decides among the backends of positive weight.
-    pub fn pick(&self, request: &RequestKey<'_>, exclude: &[SocketAddrV4]) -> Option<Pick> {
+    pub fn pick(&self, request: &RequestKey<'_>, exclude: &[SocketAddr]) -> Option<Pick> {
         let set = self.set.load();
         if set.backends.is_empty() {
             return None;
@@ -513,7 +513,7 @@ impl PoolSelector {
 
     /// Whether requests must wait: some backend not in `exclude` takes requests, and every
     /// such backend is at its `maxconn`.
-    pub fn saturated(&self, exclude: &[SocketAddrV4]) -> bool {
+    pub fn saturated(&self, exclude: &[SocketAddr]) -> bool {
         let set = self.set.load();
         let mut candidates = set
             .live

@@ -5,7 +5,7 @@
 //! progress, VIPs keep their listeners.
 
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use super::balance::{default_cookie_id, Backend, BackendSet, PoolBalance, PoolSelector};
@@ -21,11 +21,11 @@ pub struct Frontend {
     pools: Arc<HashMap<String, Arc<PoolSelector>>>,
     balance: HashMap<String, PoolBalance>,
     /// What the configuration says of each backend: (pool, backend) -> (cookie id, maxconn).
-    backend_settings: HashMap<(String, SocketAddrV4), (String, u32)>,
+    backend_settings: HashMap<(String, SocketAddr), (String, u32)>,
     /// The usable backends last given to each pool, so that an unchanged set is not rebuilt.
-    last: HashMap<String, Vec<(SocketAddrV4, u32)>>,
+    last: HashMap<String, Vec<(SocketAddr, u32)>>,
     /// VIP addresses this agent put on `lo`, removed at shutdown.
-    added: Vec<Ipv4Addr>,
+    added: Vec<IpAddr>,
 }
 
 impl Frontend {
@@ -62,7 +62,7 @@ impl Frontend {
     pub async fn reconfigure(
         &mut self,
         config: &Config,
-        usable: impl Fn(&str) -> Vec<(SocketAddrV4, u32)>,
+        usable: impl Fn(&str) -> Vec<(SocketAddr, u32)>,
     ) -> anyhow::Result<()> {
         let plan = Plan::new(config, &self.pools);
         let added = make_local(config, &plan.addresses, &self.added).await?;
@@ -96,7 +96,7 @@ impl Frontend {
 
     /// Pool `pool`'s usable backends are now `usable` (address, weight); nothing happens
     /// when they are as last given.
-    pub fn update(&mut self, pool: &str, usable: Vec<(SocketAddrV4, u32)>) {
+    pub fn update(&mut self, pool: &str, usable: Vec<(SocketAddr, u32)>) {
         if self.last.get(pool) == Some(&usable) {
             return;
         }
@@ -142,8 +142,12 @@ impl Frontend {
             let sending = || {
                 listeners
                     .iter()
-                    .filter(|l| self.added.contains(l.ip()))
-                    .map(|&l| sys::tcp_sockets_sending(l).unwrap_or(0))
+                    .filter(|l| self.added.contains(&l.ip()))
+                    // HTTP VIPs are IPv4 only (the configuration refuses IPv6 ones).
+                    .filter_map(|l| match l {
+                        SocketAddr::V4(v4) => Some(sys::tcp_sockets_sending(*v4).unwrap_or(0)),
+                        SocketAddr::V6(_) => None,
+                    })
                     .sum::<usize>()
             };
             while sending() > 0 && started.elapsed() < drain {
@@ -151,7 +155,7 @@ impl Frontend {
             }
         }
         for address in self.added {
-            if let Err(e) = sys::set_address(LOOPBACK, &format!("{address}/32"), false).await {
+            if let Err(e) = sys::set_address(LOOPBACK, &host_prefix(address), false).await {
                 log::warn!("removing HTTP VIP address {address} from {LOOPBACK}: {e}");
             }
         }
@@ -164,8 +168,8 @@ struct Plan {
     /// Every pool a rule or a default names; those of `existing` are kept.
     selectors: HashMap<String, Arc<PoolSelector>>,
     balance: HashMap<String, PoolBalance>,
-    backend_settings: HashMap<(String, SocketAddrV4), (String, u32)>,
-    addresses: Vec<Ipv4Addr>,
+    backend_settings: HashMap<(String, SocketAddr), (String, u32)>,
+    addresses: Vec<IpAddr>,
 }
 
 impl Plan {
@@ -206,7 +210,7 @@ impl Plan {
             }
             plan.specs.push(HttpVipSpec {
                 name: vip.name.clone(),
-                listen: SocketAddrV4::new(vip.address, vip.port),
+                listen: vip.socket_addr(),
                 rules,
                 rule_names,
                 settings: config.http.clone(),
@@ -219,19 +223,25 @@ impl Plan {
 
 const LOOPBACK: &str = "lo";
 
+/// `address` alone, as `ip address` takes it: `ADDRESS/32` or `ADDRESS/128`.
+fn host_prefix(address: IpAddr) -> String {
+    let bits = if address.is_ipv4() { 32 } else { 128 };
+    format!("{address}/{bits}")
+}
+
 /// Puts each VIP address that is on no interface and that no VRRP instance moves on `lo`,
 /// so that the host accepts its packets; returns those it added (besides `added` before).
 async fn make_local(
     config: &Config,
-    addresses: &[Ipv4Addr],
-    added_before: &[Ipv4Addr],
-) -> anyhow::Result<Vec<Ipv4Addr>> {
-    let floating = |a: Ipv4Addr| {
+    addresses: &[IpAddr],
+    added_before: &[IpAddr],
+) -> anyhow::Result<Vec<IpAddr>> {
+    let floating = |a: IpAddr| {
         config
             .vrrp
             .iter()
             .flat_map(|i| &i.addresses)
-            .any(|v| v.address == std::net::IpAddr::V4(a))
+            .any(|v| v.address == a)
     };
     let mut added = Vec::new();
     for &address in addresses {
@@ -242,7 +252,7 @@ async fn make_local(
         {
             continue;
         }
-        sys::set_address(LOOPBACK, &format!("{address}/32"), true).await?;
+        sys::set_address(LOOPBACK, &host_prefix(address), true).await?;
         log::info!("HTTP VIP address {address} added to {LOOPBACK} (removed when the agent stops)");
         added.push(address);
     }

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::net::{IpAddr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -89,7 +89,7 @@ impl Default for ProxySettings {
 /// One HTTP VIP to serve.
 pub struct HttpVipSpec {
     pub name: String,
-    pub listen: SocketAddrV4,
+    pub listen: SocketAddr,
     pub rules: Rules,
     /// (name, pool) of each rule, then the default pool's: for status.
     pub rule_names: Vec<(String, String)>,
@@ -160,7 +160,7 @@ impl Proxy {
     }
 
     /// The address each VIP listens on.
-    pub fn listeners(&self) -> Vec<SocketAddrV4> {
+    pub fn listeners(&self) -> Vec<SocketAddr> {
         self.vips.iter().map(|r| r.vip.load().listen).collect()
     }
 
@@ -197,7 +197,14 @@ impl Proxy {
 
 /// A listening socket on `addr` that may be bound before the address is on an interface
 /// (`IP_FREEBIND`), as a VRRP Backup's VIP is not.
-fn listen(addr: SocketAddrV4) -> std::io::Result<TcpListener> {
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    // The configuration refuses IPv6 HTTP VIPs.
+    let SocketAddr::V4(addr) = addr else {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::Unsupported,
+            format!("{addr}: HTTP-mode VIPs are IPv4 only"),
+        ));
+    };
     let fd = sys::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_NONBLOCK, 0)?;
     let one: libc::c_int = 1;
     sys::setsockopt(&fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, &one)?;
@@ -362,7 +369,7 @@ async fn handle(
 #[derive(Debug, Default)]
 struct Trace {
     pool: String,
-    backend: Option<SocketAddrV4>,
+    backend: Option<SocketAddr>,
     retries: usize,
 }
 
@@ -454,7 +461,7 @@ async fn forward(
             .map_or("/", http::uri::PathAndQuery::as_str),
         headers: &request.headers,
     };
-    let mut tried: Vec<SocketAddrV4> = Vec::new();
+    let mut tried: Vec<SocketAddr> = Vec::new();
     // Waiting for a backend under its maxconn, at most the queue timeout in all.
     let mut queued_until: Option<Instant> = None;
     let (pick, active, upstream_response) = loop {
@@ -670,7 +677,7 @@ fn empty_body() -> ProxyBody {
 }
 
 /// The backend's URI for a request: the backend's address, the request's path and query.
-fn backend_uri(backend: SocketAddrV4, uri: &Uri) -> Uri {
+fn backend_uri(backend: SocketAddr, uri: &Uri) -> Uri {
     let path = uri
         .path_and_query()
         .map_or("/", http::uri::PathAndQuery::as_str);

@@ -3,7 +3,7 @@
 //! their snapshot for `balancer status`.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
@@ -77,7 +77,7 @@ pub struct VipCounters {
     latency_sum_us: AtomicU64,
     /// Hits per rule, the default pool's last (replaced when a reload changes the rules).
     rules: arc_swap::ArcSwap<Vec<AtomicU64>>,
-    backends: RwLock<HashMap<SocketAddrV4, Arc<BackendCounters>>>,
+    backends: RwLock<HashMap<SocketAddr, Arc<BackendCounters>>>,
 }
 
 impl VipCounters {
@@ -132,7 +132,7 @@ impl VipCounters {
     }
 
     /// The counters of `backend`, created on first use.
-    pub fn backend(&self, backend: SocketAddrV4) -> Arc<BackendCounters> {
+    pub fn backend(&self, backend: SocketAddr) -> Arc<BackendCounters> {
         if let Some(found) = self
             .backends
             .read()
@@ -153,7 +153,7 @@ impl VipCounters {
     pub fn snapshot(
         &self,
         name: &str,
-        listen: SocketAddrV4,
+        listen: SocketAddr,
         rules: &[(String, String)],
     ) -> HttpVipStatus {
         let load = |a: &AtomicU64| a.load(Relaxed);

@@ -10,19 +10,19 @@
 
 use std::{
     collections::HashMap,
-    net::SocketAddrV4,
+    net::{IpAddr, SocketAddr},
     sync::Arc,
     time::{Duration, Instant, SystemTime},
 };
 
 use balancer_common::{
-    Conn, FlowKey, Settings, FLOW_CLOSING, FLOW_ESTABLISHED, MAX_BACKENDS, MAX_VIPS, PROTO_TCP,
+    Settings, FLOW_CLOSING, FLOW_ESTABLISHED, MAX_BACKENDS, MAX_VIPS, PROTO_TCP,
 };
 
 use super::Balancer;
 use crate::{
     api::{ActiveFlows, FlowCensusStatus},
-    dataplane::{FlowTable, Maps, MapsError},
+    dataplane::{FlowEntry, FlowTable, Maps, MapsError},
 };
 
 /// A census reads the table at most one `BUSY_SHARE`th of the time: reading a full table
@@ -30,11 +30,11 @@ use crate::{
 /// share of the agent's tick, the next ones skip ticks.
 const BUSY_SHARE: u32 = 20;
 
-/// Would the data plane still take `conn` (of protocol `proto`) for its flow at `now` (its
-/// clock, ns)? Not once it has been idle longer than its state allows. (The program also
-/// ends a closing flow when its client opens the tuple again: that needs the packet.)
-pub fn is_live(conn: &Conn, proto: u8, settings: &Settings, now: u64) -> bool {
-    now.saturating_sub(conn.last_seen_ns) <= settings.idle_timeout_ns(conn.state, proto)
+/// Would the data plane still take `flow` for its flow at `now` (its clock, ns)? Not once
+/// it has been idle longer than its state allows. (The program also ends a closing flow
+/// when its client opens the tuple again: that needs the packet.)
+pub fn is_live(flow: &FlowEntry, settings: &Settings, now: u64) -> bool {
+    now.saturating_sub(flow.last_seen_ns) <= settings.idle_timeout_ns(flow.state, flow.proto())
 }
 
 /// Counts one live flow in `flows`: TCP ones established (handshake completed, no FIN or
@@ -56,8 +56,9 @@ struct CensusVip {
     name: String,
     id: u32,
     generation: u32,
-    /// Its key's address, port (as in a [`FlowKey`]'s destination) and protocol.
-    dst: (u32, u16, u8),
+    /// Its key's address, port (network byte order, as in a flow's destination) and
+    /// protocol.
+    dst: (IpAddr, u16, u8),
     /// Its pool, an index into [`Census::pools`].
     pool: Option<usize>,
 }
@@ -66,10 +67,10 @@ struct CensusVip {
 #[derive(Debug)]
 struct CensusBackend {
     pool: usize,
-    addr: SocketAddrV4,
-    /// Its id, address and port as a flow's [`Conn`] holds them.
+    addr: SocketAddr,
+    /// Its id, address and port as a flow holds them (the port in network byte order).
     id: u32,
-    conn_addr: (u32, u16),
+    conn_addr: (IpAddr, u16),
 }
 
 /// What a census needs, gathered on the loop: the table, the settings its flows are judged
@@ -88,7 +89,7 @@ pub struct Census {
     backend_by_id: Vec<Option<usize>>,
     /// (pool, address, port as in a `Conn`) -> index into `backends`, for a flow whose
     /// backend has another id now.
-    backend_by_addr: HashMap<(usize, u32, u16), usize>,
+    backend_by_addr: HashMap<(usize, IpAddr, u16), usize>,
 }
 
 /// The newest census: per VIP and per backend, its live flows.
@@ -103,7 +104,7 @@ pub struct FlowCensus {
     /// (VIP, generation) -> its flows.
     pub vips: HashMap<(String, u32), ActiveFlows>,
     /// (pool, backend) -> its flows (over the pool's VIPs).
-    pub backends: HashMap<(String, SocketAddrV4), ActiveFlows>,
+    pub backends: HashMap<(String, SocketAddr), ActiveFlows>,
 }
 
 impl std::fmt::Debug for Census {
@@ -126,16 +127,16 @@ impl Census {
         let now = self.table.now_ns(&self.settings)?;
         let mut vips = vec![ActiveFlows::default(); self.vips.len()];
         let mut backends = vec![ActiveFlows::default(); self.backends.len()];
-        let entries = self.table.walk(&mut |key, conn| {
-            if !is_live(conn, key.proto, &self.settings, now) {
+        let entries = self.table.walk(&mut |flow| {
+            if !is_live(flow, &self.settings, now) {
                 return;
             }
-            let Some(v) = self.vip_of(key, conn) else {
+            let Some(v) = self.vip_of(flow) else {
                 return;
             };
-            add(&mut vips[v], conn.state, key.proto);
-            if let Some(b) = self.backend_of(v, conn) {
-                add(&mut backends[b], conn.state, key.proto);
+            add(&mut vips[v], flow.state, flow.proto());
+            if let Some(b) = self.backend_of(v, flow) {
+                add(&mut backends[b], flow.state, flow.proto());
             }
         })?;
         Ok(FlowCensus {
@@ -161,33 +162,34 @@ impl Census {
     /// The VIP a flow is of: the one of its id with its generation, or (its VIP has
     /// another id now, as after an agent's restart) the one at its destination with its
     /// generation, as the data plane renumbers it. A deleted VIP's flows are nobody's.
-    fn vip_of(&self, key: &FlowKey, conn: &Conn) -> Option<usize> {
+    fn vip_of(&self, flow: &FlowEntry) -> Option<usize> {
         let by_id = self
             .vip_by_id
-            .get(conn.vip_id as usize)
+            .get(flow.vip_id as usize)
             .copied()
             .flatten()
-            .filter(|&v| self.vips[v].generation == conn.vip_gen);
+            .filter(|&v| self.vips[v].generation == flow.vip_gen);
         by_id.or_else(|| {
-            let v = *self.vip_by_generation.get(&conn.vip_gen)?;
-            (self.vips[v].dst == (key.dst_addr, key.dst_port, key.proto)).then_some(v)
+            let v = *self.vip_by_generation.get(&flow.vip_gen)?;
+            (self.vips[v].dst == flow.dst).then_some(v)
         })
     }
 
     /// The backend of VIP `v`'s pool a flow goes to (by address: an id may name another
     /// backend now); none when the backend left the pool (its flows carry on).
-    fn backend_of(&self, v: usize, conn: &Conn) -> Option<usize> {
+    fn backend_of(&self, v: usize, flow: &FlowEntry) -> Option<usize> {
         let pool = self.vips[v].pool?;
-        let conn_addr = (conn.backend_addr, conn.backend_port);
         let by_id = self
             .backend_by_id
-            .get(conn.backend_id as usize)
+            .get(flow.backend_id as usize)
             .copied()
             .flatten()
-            .filter(|&b| self.backends[b].pool == pool && self.backends[b].conn_addr == conn_addr);
+            .filter(|&b| {
+                self.backends[b].pool == pool && self.backends[b].conn_addr == flow.backend
+            });
         by_id.or_else(|| {
             self.backend_by_addr
-                .get(&(pool, conn.backend_addr, conn.backend_port))
+                .get(&(pool, flow.backend.0, flow.backend.1))
                 .copied()
         })
     }
@@ -211,7 +213,7 @@ impl<M: Maps> Balancer<M> {
                     name: name.clone(),
                     id: vip.id,
                     generation: vip.generation,
-                    dst: (key.addr, key.port, key.proto),
+                    dst: (key.addr(), key.port(), key.proto()),
                     pool: pool_index.get(vip.config.pool.as_str()).copied(),
                 }
             })
@@ -225,10 +227,7 @@ impl<M: Maps> Balancer<M> {
                     pool,
                     addr: b.addr,
                     id: b.id,
-                    conn_addr: (
-                        u32::from_ne_bytes(b.addr.ip().octets()),
-                        b.addr.port().to_be(),
-                    ),
+                    conn_addr: (b.addr.ip(), b.addr.port().to_be()),
                 })
             })
             .collect();
@@ -306,11 +305,7 @@ impl<M: Maps> Balancer<M> {
     }
 
     /// Backend `addr` of `pool`'s active flows at the last census.
-    pub(super) fn backend_active_flows(
-        &self,
-        pool: &str,
-        addr: SocketAddrV4,
-    ) -> Option<ActiveFlows> {
+    pub(super) fn backend_active_flows(&self, pool: &str, addr: SocketAddr) -> Option<ActiveFlows> {
         self.census
             .as_ref()?
             .backends

@@ -2,12 +2,13 @@
 //! data plane can serve and forward to ([`crate::config::check_vip_address`] and the rest,
 //! the file's checks in the same words), and rings large enough for their pools.
 
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 
 use super::{Balancer, BalancerError};
 use crate::{
     config::{
-        check_l4_backend, check_ring_size, check_vip_address, Forwarding, Host, VipConfig, VipMode,
+        check_l4_backend, check_ring_size, check_vip_address, family, Forwarding, Host, VipConfig,
+        VipMode,
     },
     dataplane::Maps,
 };
@@ -28,6 +29,25 @@ impl<M: Maps> Balancer<M> {
                 why: e.to_string(),
             }
         })?;
+        if vip.address.is_ipv6() && vip.forwarding == Forwarding::Tunnel {
+            return Err(BalancerError::Invalid {
+                what: "forwarding",
+                why: format!(
+                    "VIP {:?} is IPv6 and \"tunnel\" encapsulates in IPv4 only: use \"nat\" \
+                     or \"dsr\" for an IPv6 VIP",
+                    vip.name
+                ),
+            });
+        }
+        if vip.address.is_ipv6() && vip.mode == VipMode::Http {
+            return Err(BalancerError::Invalid {
+                what: "VIP address",
+                why: format!(
+                    "VIP {:?} is IPv6, and HTTP-mode VIPs are IPv4 only for now",
+                    vip.name
+                ),
+            });
+        }
         if vip.forwarding == Forwarding::Tunnel && self.settings.tunnel_src == 0 {
             return Err(BalancerError::Invalid {
                 what: "forwarding",
@@ -45,8 +65,24 @@ impl<M: Maps> Balancer<M> {
         else {
             return Ok(());
         };
+        if let Some(b) = pool.backends.first() {
+            if b.addr.is_ipv4() != vip.address.is_ipv4() {
+                return Err(BalancerError::Invalid {
+                    what: "VIP address",
+                    why: format!(
+                        "VIP {:?} is an {} address, and its pool {:?} has {} backends ({}): \
+                         an L4 VIP and its pool must be of one family",
+                        vip.name,
+                        family(vip.address),
+                        vip.pool,
+                        family(b.addr.ip()),
+                        b.addr
+                    ),
+                });
+            }
+        }
         for b in &pool.backends {
-            check_l4_backend(*b.addr.ip(), host).map_err(|e| BalancerError::Invalid {
+            check_l4_backend(b.addr.ip(), host).map_err(|e| BalancerError::Invalid {
                 what: "pool",
                 why: format!("{:?} has backend {}: {e}", vip.pool, b.addr),
             })?;
@@ -70,16 +106,48 @@ impl<M: Maps> Balancer<M> {
     pub fn check_new_backend(
         &self,
         target: &str,
-        addr: SocketAddrV4,
+        addr: SocketAddr,
         host: Option<&Host>,
     ) -> Result<(), BalancerError> {
         let pool = self.pool_name(target)?;
+        if let Some(other) = self.pools[&pool]
+            .backends
+            .iter()
+            .find(|b| b.addr.is_ipv4() != addr.is_ipv4())
+        {
+            return Err(BalancerError::Invalid {
+                what: "backend address",
+                why: format!(
+                    "{addr} is an {} address, and pool {pool:?} has {} backends ({}): the \
+                     backends of a pool must be of one family",
+                    family(addr.ip()),
+                    family(other.addr.ip()),
+                    other.addr
+                ),
+            });
+        }
         // Every VIP of the balancer is an L4 one (the proxy has the HTTP VIPs).
         let mut vips = self.vips.values().filter(|v| v.config.pool == pool);
         let Some(first) = vips.next() else {
             return Ok(());
         };
-        check_l4_backend(*addr.ip(), host).map_err(|e| BalancerError::Invalid {
+        if let Some(vip) = self
+            .vips
+            .values()
+            .find(|v| v.config.pool == pool && v.config.address.is_ipv4() != addr.is_ipv4())
+        {
+            return Err(BalancerError::Invalid {
+                what: "backend address",
+                why: format!(
+                    "{addr} is an {} address, and pool {pool:?} serves {} VIP {:?}: an L4 \
+                     VIP and its pool must be of one family",
+                    family(addr.ip()),
+                    family(vip.config.address),
+                    vip.config.name
+                ),
+            });
+        }
+        check_l4_backend(addr.ip(), host).map_err(|e| BalancerError::Invalid {
             what: "backend address",
             why: format!(
                 "{addr}: {e}; pool {pool:?} serves L4 VIP {:?}",
@@ -102,7 +170,7 @@ impl<M: Maps> Balancer<M> {
 
 /// A direct-server-return or tunnel VIP sends packets to its backends with its own port:
 /// each must listen there.
-fn check_untranslated_port(vip: &VipConfig, backend: SocketAddrV4) -> Result<(), BalancerError> {
+fn check_untranslated_port(vip: &VipConfig, backend: SocketAddr) -> Result<(), BalancerError> {
     let how = match vip.forwarding {
         Forwarding::Nat => return Ok(()),
         Forwarding::Dsr => "by direct server return",

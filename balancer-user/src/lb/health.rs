@@ -1,6 +1,6 @@
 //! Health results applied to the model and the data plane.
 
-use std::{net::SocketAddrV4, time::Instant};
+use std::{net::SocketAddr, time::Instant};
 
 use super::{model::backend_entry, Balancer, BalancerError};
 use crate::{
@@ -12,7 +12,7 @@ use crate::{
 impl<M: Maps> Balancer<M> {
     /// Every checked backend: (pool, address, check, current health or `None` when it was
     /// never checked), for the agent to keep its health checker in step.
-    pub fn checks(&self) -> Vec<(String, SocketAddrV4, CheckConfig, Option<Health>)> {
+    pub fn checks(&self) -> Vec<(String, SocketAddr, CheckConfig, Option<Health>)> {
         self.pools
             .iter()
             .flat_map(|(name, pool)| {
@@ -29,7 +29,7 @@ impl<M: Maps> Balancer<M> {
 
     /// Gives a backend the slot where its check task keeps the newest check (see
     /// [`health::Checker::start`]); unknown backends are ignored.
-    pub fn set_latest_slot(&mut self, pool: &str, backend: SocketAddrV4, slot: LatestSlot) {
+    pub fn set_latest_slot(&mut self, pool: &str, backend: SocketAddr, slot: LatestSlot) {
         if let Some(b) = self.backend_mut(pool, backend) {
             b.check_task = health::latest(&slot).task;
             b.latest = Some(slot);

@@ -1,11 +1,9 @@
 //! Ids and generations that follow what they name, so that an agent taking pinned flow
 //! tables over gives each VIP and backend what the previous agent gave it.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::SocketAddr;
 
-use balancer_common::VipKey;
-
-use crate::ring;
+use crate::{dataplane::AnyVipKey, ring};
 
 /// Ids that follow what they name (a VIP, a backend of a pool): each gets the first free
 /// id from a hash of its identity, so an agent that takes pinned flow tables over gives
@@ -50,18 +48,17 @@ impl HashedIds {
 }
 
 /// A hash of a backend's identity (its pool and address) that every agent computes alike.
-pub(super) fn backend_hash(pool: &str, addr: SocketAddrV4) -> u64 {
+pub(super) fn backend_hash(pool: &str, addr: SocketAddr) -> u64 {
     // FNV-1a over the pool's name.
     let pool_hash = pool.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
     });
-    ring::backend_key(*addr.ip(), addr.port()) ^ pool_hash
+    ring::backend_key(addr.ip(), addr.port()) ^ pool_hash
 }
 
 /// A hash of a VIP's key that every agent computes alike (not std's, which is seeded).
-pub(super) fn vip_hash(key: VipKey) -> u64 {
-    let addr = Ipv4Addr::from(key.addr.to_ne_bytes());
-    ring::backend_key(addr, u16::from_be(key.port)) ^ u64::from(key.proto)
+pub(super) fn vip_hash(key: AnyVipKey) -> u64 {
+    ring::backend_key(key.addr(), u16::from_be(key.port())) ^ u64::from(key.proto())
 }
 
 /// The generation of the VIP with hash `hash` when it is added for the `incarnation`th time

@@ -15,11 +15,11 @@ mod status;
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, SocketAddr},
     time::Instant,
 };
 
-use balancer_common::{Backend, Settings, MAX_BACKENDS, MAX_RING_SIZE, MAX_VIPS};
+use balancer_common::{Settings, MAX_BACKENDS, MAX_RING_SIZE, MAX_VIPS};
 
 pub use active_flows::{Census, FlowCensus};
 pub use settings::{ns_per_tick, settings, SnatSource};
@@ -41,17 +41,17 @@ pub enum BalancerError {
     UnknownTarget(String),
     #[error("VIP {0:?} already exists")]
     DuplicateVip(String),
-    #[error("VIP {name:?} already serves {address}:{port}/{protocol}")]
+    #[error("VIP {name:?} already serves {}/{protocol}", SocketAddr::new(*address, *port))]
     DuplicateVipAddress {
         name: String,
-        address: Ipv4Addr,
+        address: IpAddr,
         port: u16,
         protocol: Protocol,
     },
     #[error("backend {backend} is already in pool {pool:?}")]
-    DuplicateBackend { pool: String, backend: SocketAddrV4 },
+    DuplicateBackend { pool: String, backend: SocketAddr },
     #[error("backend {backend} is not in pool {pool:?}")]
-    UnknownBackend { pool: String, backend: SocketAddrV4 },
+    UnknownBackend { pool: String, backend: SocketAddr },
     #[error("invalid {what}: {why}")]
     Invalid { what: &'static str, why: String },
     #[error("too many VIPs (the data plane holds {MAX_VIPS})")]
@@ -59,7 +59,7 @@ pub enum BalancerError {
     #[error("too many backends (the data plane holds {MAX_BACKENDS} over all pools)")]
     TooManyBackends,
     #[error("no source address towards backend {backend}: {why}")]
-    NoSourceAddress { backend: SocketAddrV4, why: String },
+    NoSourceAddress { backend: SocketAddr, why: String },
     #[error("data plane update failed: {0}")]
     Maps(#[from] MapsError),
     /// An error while applying one part of a configuration file.
@@ -130,7 +130,7 @@ impl<M: Maps> Balancer<M> {
             lb.configure_pool(pool)
                 .map_err(within(format!("pool {:?}", pool.name)))?;
             for b in &pool.backends {
-                let addr = SocketAddrV4::new(b.address, b.port);
+                let addr = b.socket_addr();
                 lb.insert_backend(&pool.name, addr, b.weight, b.check.clone(), false)
                     .map_err(within(format!("pool {:?}, backend {addr}", pool.name)))?;
             }
@@ -342,7 +342,7 @@ impl<M: Maps> Balancer<M> {
     pub fn add_backend(
         &mut self,
         target: &str,
-        addr: SocketAddrV4,
+        addr: SocketAddr,
         weight: u32,
     ) -> Result<(), BalancerError> {
         let pool_name = self.pool_name(target)?;
@@ -356,7 +356,7 @@ impl<M: Maps> Balancer<M> {
     fn insert_backend(
         &mut self,
         target: &str,
-        addr: SocketAddrV4,
+        addr: SocketAddr,
         weight: u32,
         check: CheckConfig,
         at_run_time: bool,
@@ -434,7 +434,7 @@ impl<M: Maps> Balancer<M> {
             lb.pool_mut(&pool_name).backends.retain(|b| b.addr != addr);
         });
         if let Err(e) = applied {
-            let _ = self.maps.set_backend(id, &Backend::default());
+            let _ = self.maps.clear_backend(id);
             self.backend_ids.release(id);
             return Err(e);
         }
@@ -451,7 +451,7 @@ impl<M: Maps> Balancer<M> {
 
     /// Removes a backend: it takes no new flows; its established flows are not moved to
     /// other backends (the connection table keeps sending them to its address).
-    pub fn del_backend(&mut self, target: &str, addr: SocketAddrV4) -> Result<(), BalancerError> {
+    pub fn del_backend(&mut self, target: &str, addr: SocketAddr) -> Result<(), BalancerError> {
         let pool_name = self.pool_name(target)?;
         let index = self.backend_index(&pool_name, addr)?;
         let removed = self.pool_mut(&pool_name).backends.remove(index);
@@ -461,7 +461,7 @@ impl<M: Maps> Balancer<M> {
                 .insert(index, removed.clone());
         };
         self.apply_pool_or_undo(&pool_name, put_back)?;
-        if let Err(e) = self.maps.set_backend(removed.id, &Backend::default()) {
+        if let Err(e) = self.maps.clear_backend(removed.id) {
             // Keep the backend rather than leave its entry behind with its id released.
             put_back(self);
             self.reapply(&pool_name);
@@ -482,7 +482,7 @@ impl<M: Maps> Balancer<M> {
     pub fn set_weight(
         &mut self,
         target: &str,
-        addr: SocketAddrV4,
+        addr: SocketAddr,
         weight: u32,
     ) -> Result<(), BalancerError> {
         let pool_name = self.pool_name(target)?;
@@ -507,7 +507,7 @@ impl<M: Maps> Balancer<M> {
     }
 
     /// Where backend `addr` is in pool `pool` (which the caller resolved).
-    fn backend_index(&self, pool: &str, addr: SocketAddrV4) -> Result<usize, BalancerError> {
+    fn backend_index(&self, pool: &str, addr: SocketAddr) -> Result<usize, BalancerError> {
         self.pools[pool]
             .backends
             .iter()
@@ -522,7 +522,7 @@ impl<M: Maps> Balancer<M> {
         self.pools.get_mut(pool).expect("caller resolved the pool")
     }
 
-    fn backend_mut(&mut self, pool: &str, addr: SocketAddrV4) -> Option<&mut PoolBackend> {
+    fn backend_mut(&mut self, pool: &str, addr: SocketAddr) -> Option<&mut PoolBackend> {
         self.pools
             .get_mut(pool)?
             .backends
@@ -531,7 +531,7 @@ impl<M: Maps> Balancer<M> {
     }
 }
 
-fn check_weight(weight: u32, pool: &str, addr: SocketAddrV4) -> Result<(), BalancerError> {
+fn check_weight(weight: u32, pool: &str, addr: SocketAddr) -> Result<(), BalancerError> {
     if weight > MAX_WEIGHT {
         return Err(BalancerError::Invalid {
             what: "weight",

@@ -2,27 +2,32 @@
 //! entries.
 
 use std::{
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, SocketAddr},
     time::Instant,
 };
 
 use balancer_common::{
-    Backend, VipKey, BACKEND_F_PRESENT, BACKEND_F_RESCHEDULE, MAX_SNAT_ADDRS, PROTO_TCP, PROTO_UDP,
+    Addr, Backend, BACKEND_F_PRESENT, BACKEND_F_RESCHEDULE, MAX_SNAT_ADDRS, PROTO_TCP, PROTO_UDP,
 };
 
 use crate::{
     api::LastCheck,
     config::{DownPolicy, Protocol, VipConfig},
+    dataplane::{
+        family::{v4_word, v6_words},
+        AnyBackend, AnyVipKey,
+    },
     health::{self, config::CheckConfig, Health, LatestSlot},
 };
 
 #[derive(Clone, Debug)]
 pub(super) struct PoolBackend {
-    pub(super) addr: SocketAddrV4,
+    pub(super) addr: SocketAddr,
     pub(super) weight: u32,
     pub(super) id: u32,
     /// Source addresses the data plane uses towards this backend (at least one).
-    pub(super) snat_addrs: Vec<Ipv4Addr>,
+    /// Of the backend's family.
+    pub(super) snat_addrs: Vec<IpAddr>,
     pub(super) check: CheckConfig,
     pub(super) health: Health,
     /// Added at run time with a check, and not checked yet: down (it takes no flows), but
@@ -88,37 +93,54 @@ pub(super) struct Vip {
 }
 
 impl Vip {
-    pub(super) fn key(&self) -> VipKey {
+    pub(super) fn key(&self) -> AnyVipKey {
         vip_key(&self.config)
     }
 }
 
-pub(super) fn vip_key(c: &VipConfig) -> VipKey {
-    VipKey {
-        addr: u32::from_ne_bytes(c.address.octets()),
-        port: c.port.to_be(),
-        proto: match c.protocol {
-            Protocol::Tcp => PROTO_TCP,
-            Protocol::Udp => PROTO_UDP,
-        },
-        _pad: 0,
-    }
+pub(super) fn vip_key(c: &VipConfig) -> AnyVipKey {
+    let proto = match c.protocol {
+        Protocol::Tcp => PROTO_TCP,
+        Protocol::Udp => PROTO_UDP,
+    };
+    AnyVipKey::new(c.address, c.port, proto)
 }
 
-/// The data plane's view of a backend.
-pub(super) fn backend_entry(b: &PoolBackend, policy: DownPolicy) -> Backend {
+/// The data plane's view of a backend, in its family's map.
+pub(super) fn backend_entry(b: &PoolBackend, policy: DownPolicy) -> AnyBackend {
     let mut flags = BACKEND_F_PRESENT;
     // A backend not checked yet has no flows of its own to move.
     if b.health == Health::Down && !b.unchecked && policy == DownPolicy::Shutdown {
         flags |= BACKEND_F_RESCHEDULE;
     }
+    match b.addr.ip() {
+        IpAddr::V4(addr) => AnyBackend::V4(entry(v4_word(addr), b, flags, |a| match a {
+            IpAddr::V4(a) => Some(v4_word(a)),
+            IpAddr::V6(_) => None,
+        })),
+        IpAddr::V6(addr) => AnyBackend::V6(entry(v6_words(addr), b, flags, |a| match a {
+            IpAddr::V6(a) => Some(v6_words(a)),
+            IpAddr::V4(_) => None,
+        })),
+    }
+}
+
+/// Backend `b`'s entry at `addr` (its address in the family `A`), with its SNAT sources
+/// of that family (`word`: the address in `A`, none for the other family's).
+fn entry<A: Addr>(
+    addr: A,
+    b: &PoolBackend,
+    flags: u32,
+    word: impl Fn(IpAddr) -> Option<A>,
+) -> Backend<A> {
+    let sources: Vec<A> = b.snat_addrs.iter().filter_map(|&a| word(a)).collect();
     // Every slot filled, the addresses repeated (see `Backend::snat_addrs`).
-    let mut snat_addrs = [0; MAX_SNAT_ADDRS];
-    for (slot, addr) in snat_addrs.iter_mut().zip(b.snat_addrs.iter().cycle()) {
-        *slot = u32::from_ne_bytes(addr.octets());
+    let mut snat_addrs = [A::default(); MAX_SNAT_ADDRS];
+    for (slot, source) in snat_addrs.iter_mut().zip(sources.iter().cycle()) {
+        *slot = *source;
     }
     Backend {
-        addr: u32::from_ne_bytes(b.addr.ip().octets()),
+        addr,
         port: b.addr.port().to_be(),
         _pad: 0,
         flags,

@@ -2,14 +2,14 @@
 //! and generation, so the data plane keeps its flows), a pool's settings or a backend's
 //! check changed, a pool deleted, the data plane's settings and the HTTP VIPs replaced.
 
-use std::{collections::BTreeMap, net::SocketAddrV4, time::Instant};
+use std::{collections::BTreeMap, net::SocketAddr, time::Instant};
 
-use balancer_common::{Backend, Settings};
+use balancer_common::Settings;
 
 use super::{model::backend_entry, Balancer, BalancerError};
 use crate::{
     config::{BackendConfig, PoolConfig, VipConfig},
-    dataplane::Maps,
+    dataplane::{AnyBackend, Maps},
     health::{config::CheckConfig, Health},
 };
 
@@ -92,7 +92,7 @@ impl<M: Maps> Balancer<M> {
                 why: format!("pool {name:?} is used by VIP {}", users.join(", ")),
             });
         }
-        let addrs: Vec<SocketAddrV4> = pool.backends.iter().map(|b| b.addr).collect();
+        let addrs: Vec<SocketAddr> = pool.backends.iter().map(|b| b.addr).collect();
         for addr in addrs {
             self.del_backend(name, addr)?;
         }
@@ -113,7 +113,7 @@ impl<M: Maps> Balancer<M> {
         self.configure_pool(config)?;
         if old_policy.is_some_and(|p| p != config.on_backend_down) {
             let pool = &self.pools[&config.name];
-            let entries: Vec<(u32, Backend)> = pool
+            let entries: Vec<(u32, AnyBackend)> = pool
                 .backends
                 .iter()
                 .map(|b| (b.id, backend_entry(b, pool.on_backend_down)))
@@ -162,7 +162,7 @@ impl<M: Maps> Balancer<M> {
     pub fn set_check(
         &mut self,
         pool: &str,
-        addr: SocketAddrV4,
+        addr: SocketAddr,
         check: CheckConfig,
     ) -> Result<(), BalancerError> {
         let pool_name = self.pool_name(pool)?;

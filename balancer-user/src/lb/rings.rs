@@ -62,7 +62,7 @@ impl<M: Maps> Balancer<M> {
             .iter()
             .map(|b| RingBackend {
                 id: b.id,
-                key: ring::backend_key(*b.addr.ip(), b.addr.port()),
+                key: ring::backend_key(b.addr.ip(), b.addr.port()),
                 weight: if b.usable() { b.weight } else { 0 },
             })
             .collect();

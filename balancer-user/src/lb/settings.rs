@@ -1,41 +1,52 @@
 //! What the agent derives for the kernel besides the tables: the data plane's settings
 //! and the SNAT source address towards each backend.
 
-use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 
 use balancer_common::Settings;
 
 use super::BalancerError;
-use crate::config::{NatConfig, Timeouts, TunnelConfig};
+use crate::config::{family, sources_for, NatConfig, Timeouts, TunnelConfig};
 
 /// How the SNAT source address towards a backend is chosen.
 #[derive(Clone, Debug)]
 pub enum SnatSource {
-    /// Always these addresses (at least one, at most `MAX_SNAT_ADDRS`).
-    Fixed(Vec<Ipv4Addr>),
+    /// Always these addresses (at least one, at most `MAX_SNAT_ADDRS`), those of a
+    /// backend's family towards it.
+    Fixed(Vec<IpAddr>),
     /// The address the routing table would use to reach the backend.
     Route,
 }
 
 impl SnatSource {
-    pub(super) fn resolve(&self, backend: SocketAddrV4) -> Result<Vec<Ipv4Addr>, BalancerError> {
+    pub(super) fn resolve(&self, backend: SocketAddr) -> Result<Vec<IpAddr>, BalancerError> {
         match self {
-            SnatSource::Fixed(addrs) => Ok(addrs.clone()),
+            SnatSource::Fixed(addrs) => {
+                let ours = sources_for(addrs, backend.ip());
+                if ours.is_empty() {
+                    return Err(BalancerError::NoSourceAddress {
+                        backend,
+                        why: format!(
+                            "nat.source_addresses has no {} address",
+                            family(backend.ip())
+                        ),
+                    });
+                }
+                Ok(ours)
+            }
             SnatSource::Route => {
                 // connect() on a UDP socket sends nothing; it asks the kernel for the route.
                 let err = |e: std::io::Error| BalancerError::NoSourceAddress {
                     backend,
                     why: e.to_string(),
                 };
-                let socket = UdpSocket::bind("0.0.0.0:0").map_err(err)?;
+                let any: SocketAddr = match backend {
+                    SocketAddr::V4(_) => "0.0.0.0:0".parse().expect("an address"),
+                    SocketAddr::V6(_) => "[::]:0".parse().expect("an address"),
+                };
+                let socket = UdpSocket::bind(any).map_err(err)?;
                 socket.connect(backend).map_err(err)?;
-                match socket.local_addr().map_err(err)?.ip() {
-                    std::net::IpAddr::V4(addr) => Ok(vec![addr]),
-                    other @ std::net::IpAddr::V6(_) => Err(BalancerError::NoSourceAddress {
-                        backend,
-                        why: format!("route gives non-IPv4 source {other}"),
-                    }),
-                }
+                Ok(vec![socket.local_addr().map_err(err)?.ip()])
             }
         }
     }

@@ -1,6 +1,6 @@
 //! The agent's state as the control protocol shows it.
 
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 
 use balancer_common::stat;
 
@@ -24,7 +24,7 @@ impl<M: Maps> Balancer<M> {
 
     /// The backends of pool `name` that take new requests, with their weights (for the
     /// HTTP proxy's pools); `None` when there is no such pool.
-    pub fn usable_backends_of(&self, name: &str) -> Option<Vec<(SocketAddrV4, u32)>> {
+    pub fn usable_backends_of(&self, name: &str) -> Option<Vec<(SocketAddr, u32)>> {
         let pool = self.pools.get(name)?;
         Some(
             pool.backends
@@ -65,7 +65,7 @@ impl<M: Maps> Balancer<M> {
                     "active"
                 };
                 backends.push(BackendStatus {
-                    address: *b.addr.ip(),
+                    address: b.addr.ip(),
                     port: b.addr.port(),
                     weight: b.weight,
                     state: state.to_string(),

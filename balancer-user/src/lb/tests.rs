@@ -1,5 +1,9 @@
 //! Unit tests of the balancer API over in-memory maps.
-use std::{collections::HashSet, net::SocketAddrV4, sync::Arc};
+use std::{
+    collections::HashSet,
+    net::{Ipv4Addr, SocketAddr},
+    sync::Arc,
+};
 
 use balancer_common::{
     BACKEND_F_PRESENT, BACKEND_F_RESCHEDULE, MAX_RING_SIZE, MAX_SNAT_ADDRS, NO_BACKEND,
@@ -13,7 +17,10 @@ use crate::{
         AllDownPolicy, DownPolicy, Encapsulation, Forwarding, NatConfig, Scheduler, Timeouts,
         TunnelConfig, VipMode,
     },
-    dataplane::FakeMaps,
+    dataplane::{
+        family::{v4_addr, v4_word},
+        FakeMaps,
+    },
     health::HealthEvent,
 };
 
@@ -28,7 +35,7 @@ fn lb() -> Balancer<FakeMaps> {
     Balancer::new(
         FakeMaps::default(),
         &settings,
-        SnatSource::Fixed(vec![SNAT]),
+        SnatSource::Fixed(vec![SNAT.into()]),
     )
     .unwrap()
 }
@@ -36,7 +43,7 @@ fn lb() -> Balancer<FakeMaps> {
 fn vip(name: &str, port: u16, scheduler: Scheduler) -> VipConfig {
     VipConfig {
         name: name.into(),
-        address: Ipv4Addr::new(10, 0, 100, 1),
+        address: Ipv4Addr::new(10, 0, 100, 1).into(),
         port,
         protocol: Protocol::Tcp,
         scheduler,
@@ -50,21 +57,18 @@ fn vip(name: &str, port: u16, scheduler: Scheduler) -> VipConfig {
     }
 }
 
-fn backend(i: u8) -> SocketAddrV4 {
-    SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 10 + i), 80)
+fn backend(i: u8) -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::new(10, 0, 2, 10 + i), 80))
 }
 
 /// Backend addresses a VIP's active ring can schedule to.
-fn ring_members(lb: &Balancer<FakeMaps>, name: &str) -> HashSet<SocketAddrV4> {
+fn ring_members(lb: &Balancer<FakeMaps>, name: &str) -> HashSet<SocketAddr> {
     let key = lb.vips[name].key();
     lb.maps()
         .active_ring(&key)
         .into_iter()
         .filter(|&id| id != NO_BACKEND)
-        .map(|id| {
-            let b = lb.maps().backends[&id];
-            SocketAddrV4::new(Ipv4Addr::from(b.addr.to_ne_bytes()), u16::from_be(b.port))
-        })
+        .map(|id| lb.maps().backend_addr(id).expect("a present backend"))
         .collect()
 }
 
@@ -79,13 +83,10 @@ fn add_vip_writes_vip_and_full_ring() {
     let key = lb.vips["web"].key();
     let meta = lb.maps().vips[&key];
     assert_eq!(meta.ring_size, 65537);
-    assert_eq!(key.port, 80u16.to_be());
+    assert_eq!(key.port(), 80u16.to_be());
     assert_eq!(ring_members(&lb, "web"), (1..=3).map(backend).collect());
     let b = lb.maps().backends.values().next().unwrap();
-    assert_eq!(
-        b.snat_addrs,
-        [u32::from_ne_bytes(SNAT.octets()); MAX_SNAT_ADDRS]
-    );
+    assert_eq!(b.snat_addrs, [v4_word(SNAT); MAX_SNAT_ADDRS]);
     assert_eq!(b.flags, BACKEND_F_PRESENT);
 }
 
@@ -94,7 +95,7 @@ fn a_dsr_vip_is_flagged_and_keeps_its_backends_on_its_port() {
     let mut lb = lb();
     lb.add_pool("web").unwrap();
     lb.add_backend("web", backend(1), 1).unwrap();
-    let odd = SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 20), 8080);
+    let odd = SocketAddr::from((Ipv4Addr::new(10, 0, 2, 20), 8080));
     let dsr = VipConfig {
         forwarding: Forwarding::Dsr,
         encapsulation: Encapsulation::Ipip,
@@ -259,7 +260,7 @@ fn errors_name_what_is_wrong_and_change_nothing() {
     let e = lb.add_vip(zero_port).unwrap_err().to_string();
     assert!(e.contains("\"zero\"") && e.contains("port"), "{e}");
     for bad in ["0.0.0.0", "255.255.255.255", "224.0.0.1"] {
-        let addr = SocketAddrV4::new(bad.parse().unwrap(), 80);
+        let addr = SocketAddr::new(bad.parse().unwrap(), 80);
         let e = lb.add_backend("web", addr, 1).unwrap_err().to_string();
         assert!(e.contains(bad) && e.contains("\"web\""), "{e}");
     }
@@ -308,8 +309,10 @@ fn vip_and_pool_names_stay_unambiguous() {
 }
 
 /// Each VIP's ring members and the backends the data plane holds.
-fn data_plane(lb: &Balancer<FakeMaps>) -> Vec<(String, Vec<SocketAddrV4>, Vec<Backend>)> {
-    let mut present: Vec<Backend> = lb
+fn data_plane(
+    lb: &Balancer<FakeMaps>,
+) -> Vec<(String, Vec<SocketAddr>, Vec<balancer_common::Backend>)> {
+    let mut present: Vec<balancer_common::Backend> = lb
         .maps()
         .backends
         .values()
@@ -320,7 +323,7 @@ fn data_plane(lb: &Balancer<FakeMaps>) -> Vec<(String, Vec<SocketAddrV4>, Vec<Ba
     lb.vips
         .keys()
         .map(|name| {
-            let mut members: Vec<SocketAddrV4> = ring_members(lb, name).into_iter().collect();
+            let mut members: Vec<SocketAddr> = ring_members(lb, name).into_iter().collect();
             members.sort();
             (name.clone(), members, present.clone())
         })
@@ -459,7 +462,7 @@ fn backend_target_may_name_a_vip() {
     assert_eq!(ring_members(&lb, "front"), [backend(1)].into());
 }
 
-fn event(addr: SocketAddrV4, health: Health, reason: &str) -> HealthEvent {
+fn event(addr: SocketAddr, health: Health, reason: &str) -> HealthEvent {
     HealthEvent {
         pool: "web".into(),
         backend: addr,
@@ -562,11 +565,11 @@ fn a_checked_backend_added_at_run_time_takes_no_flows_before_its_first_check() {
     assert_eq!(lb.checks()[2].3, Some(Health::Down));
 }
 
-fn flags_of(lb: &Balancer<FakeMaps>, addr: SocketAddrV4) -> u32 {
+fn flags_of(lb: &Balancer<FakeMaps>, addr: SocketAddr) -> u32 {
     lb.maps()
         .backends
         .values()
-        .find(|b| b.addr == u32::from_ne_bytes(addr.ip().octets()) && b.flags != 0)
+        .find(|b| IpAddr::from(v4_addr(b.addr)) == addr.ip() && b.flags != 0)
         .map(|b| b.flags)
         .expect("backend present")
 }
@@ -923,16 +926,13 @@ fn a_vip_takes_its_generation_from_its_own_id_first_and_a_failed_start_puts_them
 }
 
 /// The address each slot of VIP `name`'s active ring sends new flows to.
-fn ring_addresses(lb: &Balancer<FakeMaps>, name: &str) -> Vec<Option<SocketAddrV4>> {
+fn ring_addresses(lb: &Balancer<FakeMaps>, name: &str) -> Vec<Option<SocketAddr>> {
     let key = lb.vips[name].key();
     lb.maps()
         .active_ring(&key)
         .into_iter()
         .map(|id| {
-            (id != NO_BACKEND).then(|| {
-                let b = lb.maps().backends[&id];
-                SocketAddrV4::new(Ipv4Addr::from(b.addr.to_ne_bytes()), u16::from_be(b.port))
-            })
+            (id != NO_BACKEND).then(|| lb.maps().backend_addr(id).expect("a present backend"))
         })
         .collect()
 }
@@ -953,7 +953,7 @@ fn pools_from_discovery_have_the_same_ring_whatever_the_order_of_changes() {
     };
     let add = |lb: &mut Balancer<FakeMaps>, i: u8, weight: u32| {
         let b = config::BackendConfig {
-            address: *backend(i).ip(),
+            address: backend(i).ip(),
             port: 80,
             weight,
             check: CheckConfig::default(),
@@ -985,3 +985,5 @@ fn pools_from_discovery_have_the_same_ring_whatever_the_order_of_changes() {
     assert!(ring_a.iter().all(Option::is_some));
     // (A file pool keeps minimal disruption instead: its ring depends on history.)
 }
+
+mod ipv6;

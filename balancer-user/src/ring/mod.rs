@@ -7,7 +7,7 @@ mod round_robin;
 #[cfg(test)]
 mod testing;
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 pub use balancer_common::{MAX_RING_SIZE, NO_BACKEND};
 pub use maglev::{maglev, ENDGAME_FRACTION};
@@ -65,14 +65,22 @@ const fn fmix64(mut k: u64) -> u64 {
     k ^ (k >> 33)
 }
 
-/// Stable 64-bit key for a backend address+port:
-/// `splitmix64((u32::from(addr) as u64) << 16 | port)`.
+/// Stable 64-bit key for a backend address+port: for IPv4
+/// `splitmix64((u32::from(addr) as u64) << 16 | port)`; for IPv6 the same over the
+/// address's two halves chained (`splitmix64(high ^ splitmix64(low << 16 | port))`).
 ///
 /// Deterministic across runs, machines and endianness (the address is taken in
 /// network order as a number, e.g. 10.0.0.1 -> `0x0A00_0001`).
 #[must_use]
-pub fn backend_key(addr: Ipv4Addr, port: u16) -> u64 {
-    splitmix64((u64::from(u32::from(addr)) << 16) | u64::from(port))
+pub fn backend_key(addr: impl Into<IpAddr>, port: u16) -> u64 {
+    match addr.into() {
+        IpAddr::V4(v4) => splitmix64((u64::from(u32::from(v4)) << 16) | u64::from(port)),
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6);
+            let (high, low) = ((bits >> 64) as u64, bits as u64);
+            splitmix64(high ^ splitmix64((low << 16) | u64::from(port)))
+        }
+    }
 }
 
 /// Greatest common divisor.
@@ -85,6 +93,8 @@ fn gcd(mut a: u64, mut b: u64) -> u64 {
 
 #[cfg(test)]
 mod tests {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
     use super::*;
 
     #[test]
@@ -103,6 +113,24 @@ mod tests {
         assert!(!is_prime(u32::MAX));
         let small: Vec<u32> = (0..30).filter(|&n| is_prime(n)).collect();
         assert_eq!(small, [2, 3, 5, 7, 11, 13, 17, 19, 23, 29]);
+    }
+
+    #[test]
+    fn backend_key_of_ipv6_is_stable_and_distinct() {
+        let a: Ipv6Addr = "fd00::2:11".parse().unwrap();
+        let b: Ipv6Addr = "fd00:0:0:1::2:11".parse().unwrap();
+        // high = 0xfd00 << 48, low = 0x0002_0011.
+        assert_eq!(
+            backend_key(a, 80),
+            splitmix64(0xfd00_0000_0000_0000 ^ splitmix64(0x0002_0011_0050))
+        );
+        assert_ne!(backend_key(a, 80), backend_key(b, 80));
+        assert_ne!(backend_key(a, 80), backend_key(a, 81));
+        // An IPv4-mapped address is another backend than the IPv4 one.
+        assert_ne!(
+            backend_key(Ipv4Addr::new(10, 0, 0, 1).to_ipv6_mapped(), 80),
+            backend_key(Ipv4Addr::new(10, 0, 0, 1), 80)
+        );
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The stats page's admin forms: a form body (`application/x-www-form-urlencoded`) as the
 //! control [`Request`] the CLI would send for it (`backend weight`).
 
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 
 use crate::api::Request;
 use crate::config::MAX_WEIGHT;
@@ -43,7 +43,7 @@ pub fn parse(body: &str) -> Result<Request, ActionError> {
     };
     let target = field("pool")?.to_owned();
     let backend = field("backend")?;
-    let address: SocketAddrV4 = backend
+    let address: SocketAddr = backend
         .parse()
         .map_err(|_| ActionError::Backend(backend.to_owned()))?;
     let weight = match field("action")? {
@@ -122,6 +122,10 @@ mod tests {
             (
                 "pool=my+pool&backend=10.0.2.12:8080&action=weight&weight=0",
                 weight("my pool", "10.0.2.12:8080", 0),
+            ),
+            (
+                "pool=web6&backend=%5Bfd00%3A2%3A%3A11%5D%3A80&action=drain",
+                weight("web6", "[fd00:2::11]:80", 0),
             ),
         ];
         for (body, expected) in cases {

@@ -298,7 +298,7 @@ fn backends(w: &mut Writer, pools: &[PoolStatus]) {
         .flat_map(|p| {
             p.backends
                 .iter()
-                .map(|b| (p.name.as_str(), format!("{}:{}", b.address, b.port), b))
+                .map(|b| (p.name.as_str(), b.socket_addr().to_string(), b))
         })
         .collect();
     let gauge = |w: &mut Writer, name: &str, help: &str, value: fn(&BackendStatus) -> f64| {

@@ -165,10 +165,9 @@ fn l4_vips(out: &mut String, status: &Status, rates: &Rates, options: &PageOptio
         }
         let _ = write!(
             out,
-            "<h2 id=\"vip-{name}\">VIP {name} <span class=muted>{}:{} {} &rarr; pool {}, \
+            "<h2 id=\"vip-{name}\">VIP {name} <span class=muted>{} {} &rarr; pool {}, \
              {} active backend(s), {} current flows, {} flows, {}B in, {}B out</span></h2>",
-            c.address,
-            c.port,
+            c.socket_addr(),
             c.protocol,
             esc(&c.pool),
             vip.active_backends,
@@ -211,7 +210,7 @@ fn backend_row(
     rates: &Rates,
     options: &PageOptions,
 ) {
-    let addr = format!("{}:{}", b.address, b.port);
+    let addr = b.socket_addr().to_string();
     let key = backend_key(pool, &addr);
     let _ = write!(
         out,

@@ -69,7 +69,7 @@ impl Rates {
         }
         for p in &status.pools {
             for b in &p.backends {
-                let key = backend_key(&p.name, &format!("{}:{}", b.address, b.port));
+                let key = backend_key(&p.name, &b.socket_addr().to_string());
                 if b.weight > 0 {
                     self.weights.insert(key.clone(), b.weight);
                 }

@@ -22,7 +22,7 @@ fn agent() -> Agent<FakeMaps> {
         &NatConfig::default(),
         &TunnelConfig::default(),
     );
-    let snat = SnatSource::Fixed(vec![Ipv4Addr::new(10, 0, 2, 1)]);
+    let snat = SnatSource::Fixed(vec![Ipv4Addr::new(10, 0, 2, 1).into()]);
     let lb = Balancer::new(FakeMaps::default(), &settings, snat).unwrap();
     let (events, _) = mpsc::channel(1);
     Agent::new(lb, Checker::new(events), None, None)
@@ -31,7 +31,7 @@ fn agent() -> Agent<FakeMaps> {
 fn web() -> VipConfig {
     VipConfig {
         name: "web".into(),
-        address: Ipv4Addr::new(10, 0, 100, 1),
+        address: Ipv4Addr::new(10, 0, 100, 1).into(),
         port: 80,
         protocol: Protocol::Tcp,
         scheduler: Scheduler::Maglev,
@@ -83,9 +83,9 @@ async fn control_events_change_the_balancer_and_answer_with_its_status() {
 fn this_host() -> io::Result<Host> {
     Ok(Host {
         local: vec![
-            ("lo".into(), Ipv4Addr::LOCALHOST),
-            ("eth0".into(), Ipv4Addr::new(10, 0, 100, 1)),
-            ("eth0".into(), Ipv4Addr::new(10, 0, 2, 1)),
+            ("lo".into(), Ipv4Addr::LOCALHOST.into()),
+            ("eth0".into(), Ipv4Addr::new(10, 0, 100, 1).into()),
+            ("eth0".into(), Ipv4Addr::new(10, 0, 2, 1).into()),
         ],
         ..Host::default()
     })
@@ -106,7 +106,7 @@ async fn vip_and_backend_add_are_checked_against_the_host() {
          would take over the host's own traffic to port 22/tcp"
     );
     let elsewhere = VipConfig {
-        address: Ipv4Addr::new(10, 0, 100, 2),
+        address: Ipv4Addr::new(10, 0, 100, 2).into(),
         ring_size: 2,
         ..web()
     };

@@ -44,7 +44,7 @@ fn base_with(from: &str, to: &str) -> Config {
     config(&BASE.replacen(from, to, 1))
 }
 
-fn addr(s: &str) -> SocketAddrV4 {
+fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap()
 }
 
@@ -183,7 +183,7 @@ fn the_file_wins_for_an_object_it_changes_and_says_what_it_replaced() {
         ]
     );
     // The file's order, then what only the CLI added.
-    let web: Vec<SocketAddrV4> = find_pool(&target, "web")
+    let web: Vec<SocketAddr> = find_pool(&target, "web")
         .unwrap()
         .backends
         .iter()

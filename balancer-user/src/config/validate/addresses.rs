@@ -2,13 +2,13 @@
 //! backend's address against the host's own and against what its VIPs' modes allow, the
 //! SNAT source, the SNAT ports against the kernel's, and each ring against its pool.
 
-use std::net::IpAddr;
 use std::ops::Range;
 
 use super::{Checked, Validator};
 use crate::config::{
-    check_l4_backend, check_ring_size, check_source_address, check_vip_address, port_range_overlap,
-    Config, ConfigError, Host, VipMode, DEFAULT_NAT_PORT_MAX, DEFAULT_NAT_PORT_MIN,
+    check_l4_backend, check_ring_size, check_source_address, check_vip_address, family,
+    port_range_overlap, sources_for, Config, ConfigError, Forwarding, Host, PoolConfig, VipMode,
+    DEFAULT_NAT_PORT_MAX, DEFAULT_NAT_PORT_MIN,
 };
 
 /// Where the values checked here were written.
@@ -39,10 +39,7 @@ impl Validator<'_> {
             .vrrp
             .iter()
             .flat_map(|i| &i.addresses)
-            .filter_map(|a| match a.address {
-                IpAddr::V4(v4) => Some(v4),
-                IpAddr::V6(_) => None,
-            })
+            .map(|a| a.address)
             .chain(
                 config
                     .vips
@@ -63,6 +60,7 @@ impl Validator<'_> {
                 .map_err(|e| self.error(place.clone(), field, e.to_string()))?;
         }
         for (pi, pool) in config.pools.iter().enumerate() {
+            self.pool_families(config, pi, pool)?;
             let Some(vip) = config
                 .vips
                 .iter()
@@ -92,6 +90,7 @@ impl Validator<'_> {
                     )
                 },
             )?;
+            self.vip_family(config, vi, &field)?;
             let backends = config.pool(&vip.pool).map_or(0, |p| p.backends.len());
             if vip.mode == VipMode::L4 {
                 check_ring_size(vip.ring_size, backends, &vip.pool).map_err(|why| {
@@ -103,6 +102,86 @@ impl Validator<'_> {
             .and_then(|h| self.port_range_warning(config, &places, h))
             .into_iter()
             .collect())
+    }
+
+    /// Pool `pool` (index `pi`) holds backends of one family, and `nat.source_addresses`,
+    /// when given, has an address of that family for them.
+    fn pool_families(&self, config: &Config, pi: usize, pool: &PoolConfig) -> Checked<()> {
+        let places = self.places.borrow();
+        let field = |bi: usize| format!("pool[{pi}] ({:?}).backends[{bi}].address", pool.name);
+        let Some(first) = pool.backends.first() else {
+            return Ok(());
+        };
+        if let Some((bi, other)) = (pool.backends.iter().enumerate())
+            .find(|(_, b)| b.address.is_ipv4() != first.address.is_ipv4())
+        {
+            return Err(self.error(
+                places.backends[pi][bi].clone(),
+                field(bi),
+                format!(
+                    "{} is an {} address, and backends[0] ({}) an {} one: the backends of \
+                     a pool must be of one family",
+                    other.address,
+                    family(other.address),
+                    first.address,
+                    family(first.address)
+                ),
+            ));
+        }
+        let sources = &config.nat.source_addresses;
+        if !sources.is_empty() && sources_for(sources, first.address).is_empty() {
+            return Err(self.error(
+                places.backends[pi][0].clone(),
+                field(0),
+                format!(
+                    "nat.source_addresses has no {} address, and backend {} of pool {:?} \
+                     needs one (each backend uses the source addresses of its own family)",
+                    family(first.address),
+                    first.socket_addr(),
+                    pool.name
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// VIP `vi`, at key path `field`, is of its pool's family, and an IPv6 one is neither
+    /// a tunnel's (its outer headers are IPv4) nor an HTTP VIP's.
+    fn vip_family(&self, config: &Config, vi: usize, field: &str) -> Checked<()> {
+        let vip = &config.vips[vi];
+        let at = self.places.borrow().vips[vi].address.clone();
+        let refuse =
+            |why: String| Err(self.error(at.clone(), format_args!("{field}.address"), why));
+        if vip.address.is_ipv6() && vip.forwarding == Forwarding::Tunnel {
+            return refuse(format!(
+                "VIP {:?} is IPv6 and forwarding = \"tunnel\" encapsulates in IPv4 only: \
+                 use \"nat\" or \"dsr\" for an IPv6 VIP",
+                vip.name
+            ));
+        }
+        if vip.address.is_ipv6() && vip.mode == VipMode::Http {
+            return refuse(format!(
+                "VIP {:?} is IPv6, and HTTP-mode VIPs are IPv4 only for now",
+                vip.name
+            ));
+        }
+        let backend = config
+            .pool(&vip.pool)
+            .and_then(|p| p.backends.first())
+            .map(|b| b.address);
+        match backend {
+            Some(b) if vip.mode == VipMode::L4 && b.is_ipv4() != vip.address.is_ipv4() => {
+                refuse(format!(
+                    "VIP {:?} is an {} address, and its pool {:?} has {} backends ({b}): an \
+                     L4 VIP and its pool must be of one family",
+                    vip.name,
+                    family(vip.address),
+                    vip.pool,
+                    family(b)
+                ))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// The warning of [`port_range_overlap`], at `nat.port_range` (or the file's start,
@@ -148,7 +227,7 @@ mod tests {
     /// "web" on `vip` (`ADDRESS:PORT`, TCP) with `extra` lines; `tail` follows. The
     /// `[nat]` lines are 3 and 4, the backends line 7, the VIP's address line 10.
     fn file(nat: &str, backends: &str, vip: &str, extra: &str, tail: &str) -> String {
-        let (address, port) = vip.split_once(':').unwrap();
+        let (address, port) = vip.rsplit_once(':').unwrap();
         format!(
             "[agent]\ninterfaces = [\"lbc0\", \"lbs0\"]\n[nat]\n{nat}\n[[pool]]\nname = \"web\"\n\
              backends = [{backends}]\n[[vip]]\nname = \"web\"\naddress = \"{address}\"\n\
@@ -267,9 +346,13 @@ mod tests {
                 ),
             ),
         ];
-        let host = host();
+        expect(&cases, &host());
+    }
+
+    /// Parses each case's file on `host` and checks its error (or none).
+    fn expect(cases: &[(&str, String, Option<&str>)], host: &Host) {
         for (what, text, expected) in cases {
-            let got = parse_on(&text, ORIGIN, Some(&host));
+            let got = parse_on(text, ORIGIN, Some(host));
             match (expected, got) {
                 (None, Ok(_)) => {}
                 (None, Err(e)) => panic!("{what}: expected no error, got {e}\n{text}"),
@@ -283,6 +366,121 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn families_are_checked_with_the_place_and_why() {
+        let b6 = "{ address = \"fd00:2::11\", port = 80 }";
+        let b6_12 = "{ address = \"fd00:2::12\", port = 80 }";
+        let nat6 = "source_addresses = [\"10.0.2.1\", \"fd00:2::1\"]";
+        let cases = [
+            (
+                "an IPv6 VIP and pool, sources of both families",
+                file(nat6, &format!("{b6}, {b6_12}"), "fd00:100::1:80", "", ""),
+                None,
+            ),
+            (
+                "an IPv6 VIP and pool, the source chosen by route",
+                file("", b6, "fd00:100::1:80", "", ""),
+                None,
+            ),
+            (
+                "an IPv6 dsr VIP",
+                file("", b6, "fd00:100::1:80", "forwarding = \"dsr\"", ""),
+                None,
+            ),
+            (
+                "a pool of both families",
+                file("", &format!("{B}, {b6}"), "10.0.100.1:80", "", ""),
+                Some(
+                    "7:63: pool[0] (\"web\").backends[1].address: fd00:2::11 is an IPv6 \
+                     address, and backends[0] (10.0.2.11) an IPv4 one: the backends of a pool \
+                     must be of one family",
+                ),
+            ),
+            (
+                "an IPv6 VIP over an IPv4 pool",
+                file("", B, "fd00:100::1:80", "", ""),
+                Some(
+                    "10:11: vip[0] (\"web\").address: VIP \"web\" is an IPv6 address, and its \
+                     pool \"web\" has IPv4 backends (10.0.2.11): an L4 VIP and its pool must \
+                     be of one family",
+                ),
+            ),
+            (
+                "IPv6 backends and only IPv4 sources",
+                file(
+                    "source_address = \"10.0.2.1\"",
+                    b6,
+                    "fd00:100::1:80",
+                    "",
+                    "",
+                ),
+                Some(
+                    "7:25: pool[0] (\"web\").backends[0].address: nat.source_addresses has no \
+                     IPv6 address, and backend [fd00:2::11]:80 of pool \"web\" needs one (each \
+                     backend uses the source addresses of its own family)",
+                ),
+            ),
+            (
+                "an IPv6 SNAT source the host does not have",
+                file(
+                    "source_address = \"fd00:2::9\"",
+                    b6,
+                    "fd00:100::1:80",
+                    "",
+                    "",
+                ),
+                Some("4:18: nat.source_address: fd00:2::9 is not an address of this host"),
+            ),
+            (
+                "an IPv6 tunnel VIP",
+                file(
+                    "",
+                    b6,
+                    "fd00:100::1:80",
+                    "forwarding = \"tunnel\"",
+                    "[tunnel]\nsource = \"10.0.3.1\"\n",
+                ),
+                Some(
+                    "10:11: vip[0] (\"web\").address: VIP \"web\" is IPv6 and forwarding = \
+                     \"tunnel\" encapsulates in IPv4 only",
+                ),
+            ),
+            (
+                "an IPv6 HTTP VIP",
+                file("", b6, "fd00:100::1:80", "mode = \"http\"", ""),
+                Some(
+                    "10:11: vip[0] (\"web\").address: VIP \"web\" is IPv6, and HTTP-mode VIPs \
+                     are IPv4 only for now",
+                ),
+            ),
+            (
+                "the host's own IPv6 address as an L4 VIP",
+                file("", b6, "fd00:2::1:22", "", ""),
+                Some(
+                    "10:11: vip[0] (\"web\").address: fd00:2::1 is an address of this host \
+                     (lbs0)",
+                ),
+            ),
+            (
+                "a link-local backend",
+                file(
+                    "",
+                    "{ address = \"fe80::11\", port = 80 }",
+                    "fd00:100::1:80",
+                    "",
+                    "",
+                ),
+                Some(
+                    "7:25: pool[0] (\"web\").backends[0].address: fe80::11 is a link-local \
+                     address, not a backend's address",
+                ),
+            ),
+        ];
+        let mut host = host();
+        host.local.push(("lbs0".into(), ip("fd00:2::1")));
+        expect(&cases, &host);
     }
 
     #[test]

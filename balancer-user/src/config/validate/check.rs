@@ -92,7 +92,7 @@ impl Validator<'_> {
             .transpose()?;
         let address = layers
             .pick("address", |r| r.address.as_ref())
-            .map(|(raw, field)| self.ipv4(raw, field))
+            .map(|(raw, field)| self.ip(raw, field))
             .transpose()?;
         let kind = self.check_kind(&layers)?;
         Ok(CheckConfig {
@@ -780,7 +780,7 @@ expect_status = "200"
                 7,
                 "\"10.0.2\"",
                 "pool[0] (\"web\").backends[0].check.address".into(),
-                "invalid IPv4 address \"10.0.2\"",
+                "invalid IP address \"10.0.2\"",
             ),
             (
                 "port = 8081",

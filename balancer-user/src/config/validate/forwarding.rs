@@ -52,8 +52,9 @@ impl Validator<'_> {
                 .map(|(p, b)| {
                     format!(
                         "\"{forwarding}\" sends packets to the backends with the VIP's address and \
-                         port: backend {}:{} of pool {:?} must listen on port {port}",
-                        b.address, b.port, p.name
+                         port: backend {} of pool {:?} must listen on port {port}",
+                        b.socket_addr(),
+                        p.name
                     )
                 })
         };

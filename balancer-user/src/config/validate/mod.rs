@@ -21,7 +21,7 @@ mod vrrp;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr};
 use std::ops::{Range, RangeInclusive};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -236,7 +236,7 @@ impl Validator<'_> {
                 ));
             }
             (Some(addr), None) => {
-                nat.source_addresses = vec![self.ipv4(&addr, "nat.source_address")?];
+                nat.source_addresses = vec![self.ip(&addr, "nat.source_address")?];
                 self.places
                     .borrow_mut()
                     .source_addresses
@@ -254,7 +254,7 @@ impl Validator<'_> {
                 }
                 for (i, raw_addr) in list.iter().enumerate() {
                     let field = format!("nat.source_addresses[{i}]");
-                    let addr = self.ipv4(raw_addr, &field)?;
+                    let addr = self.ip(raw_addr, &field)?;
                     if nat.source_addresses.contains(&addr) {
                         return Err(self.error(
                             raw_addr.span(),
@@ -406,9 +406,9 @@ impl Validator<'_> {
     ) -> Checked<BackendConfig> {
         let span = raw.span();
         let raw = raw.into_inner();
-        let address = self.ipv4(&raw.address, format_args!("{field}.address"))?;
+        let address = self.ip(&raw.address, format_args!("{field}.address"))?;
         let port = self.port(&raw.port, format_args!("{field}.port"))?;
-        check_backend_address(SocketAddrV4::new(address, port)).map_err(|e| match e {
+        check_backend_address(SocketAddr::new(address, port)).map_err(|e| match e {
             BackendAddressError::NotAHost { .. } => self.error(
                 raw.address.span(),
                 format_args!("{field}.address"),
@@ -441,7 +441,10 @@ impl Validator<'_> {
             return Err(self.error(
                 span,
                 field,
-                format!("duplicate backend {address}:{port} (already listed as backends[{first}])"),
+                format!(
+                    "duplicate backend {} (already listed as backends[{first}])",
+                    SocketAddr::new(address, port)
+                ),
             ));
         }
         let (pool_check, pool_config) = pool;
@@ -523,13 +526,17 @@ impl Validator<'_> {
             .map_err(|e: ParseValueError| self.error(raw.span(), field, e.to_string()))
     }
 
-    fn ipv4(&self, raw: &Spanned<String>, field: impl fmt::Display) -> Checked<Ipv4Addr> {
+    /// An IPv4 or IPv6 address, written without brackets.
+    fn ip(&self, raw: &Spanned<String>, field: impl fmt::Display) -> Checked<IpAddr> {
         let text = raw.get_ref();
         text.parse().map_err(|_| {
             self.error(
                 raw.span(),
                 field,
-                format!("invalid IPv4 address {text:?} (expected dotted quad, e.g. \"10.0.0.1\")"),
+                format!(
+                    "invalid IP address {text:?} (expected IPv4 or IPv6, e.g. \"10.0.0.1\" \
+                     or \"2001:db8::1\")"
+                ),
             )
         })
     }
@@ -600,7 +607,7 @@ fn defined<'a>(what: &str, table: &str, names: impl Iterator<Item = &'a str>) ->
 }
 
 /// The backends of one pool so far: (address, port) -> index in the pool.
-type Endpoints = HashMap<(Ipv4Addr, u16), usize>;
+type Endpoints = HashMap<(IpAddr, u16), usize>;
 
 /// Backends over all pools, against the data plane's [`MAX_BACKENDS`].
 struct BackendCount {

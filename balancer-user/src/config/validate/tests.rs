@@ -1,6 +1,6 @@
-use super::super::testing::{assert_error, with, NAT, ONE_VIP, ORIGIN, TIMEOUTS};
+use super::super::testing::{assert_error, ip, with, NAT, ONE_VIP, ORIGIN, TIMEOUTS};
 use super::super::{parse, Protocol, MAX_TIMEOUT, MIN_TIMEOUT};
-use super::*;
+
 use balancer_common::MAX_VIPS;
 use std::fmt::Write as _;
 
@@ -202,10 +202,7 @@ fn several_source_addresses() {
     let nat = parse(&with(NAT, "source_address = \"10.0.2.1\"", list), ORIGIN)
         .unwrap()
         .nat;
-    assert_eq!(
-        nat.source_addresses,
-        [Ipv4Addr::new(10, 0, 2, 1), Ipv4Addr::new(10, 0, 2, 2)]
-    );
+    assert_eq!(nat.source_addresses, [ip("10.0.2.1"), ip("10.0.2.2")]);
     let both = with(NAT, "[nat]\n", &format!("[nat]\n{list}\n"));
     assert_error(
         &both,
@@ -261,7 +258,7 @@ fn bad_nat_source_address() {
     assert_error(
         &text,
         "balancer.toml:4:18: nat.source_address: ",
-        "invalid IPv4 address \"10.0.2\"",
+        "invalid IP address \"10.0.2\" (expected IPv4 or IPv6, e.g. \"10.0.0.1\" or \"2001:db8::1\")",
     );
 }
 
@@ -475,19 +472,25 @@ fn weight_out_of_range() {
 }
 
 #[test]
-fn bad_ipv4_address() {
+fn bad_ip_address() {
     let text = with(ONE_VIP, "\"10.0.100.1\"", "\"10.0.100.300\"");
     assert_error(
         &text,
         "balancer.toml:7:11: vip[0] (\"web\").address: ",
-        "invalid IPv4 address \"10.0.100.300\"",
+        "invalid IP address \"10.0.100.300\"",
     );
     let text = "[agent]\ninterfaces = [\"lbc0\"]\n[[pool]]\nname = \"p\"\n\
                 backends = [{ address = \"fe80::1\", port = 80 }]\n";
     assert_error(
         text,
         "balancer.toml:5:25: pool[0] (\"p\").backends[0].address: ",
-        "invalid IPv4 address \"fe80::1\"",
+        "fe80::1 is a link-local address, not a backend's address",
+    );
+    let text = with(ONE_VIP, "\"10.0.100.1\"", "\"fd00:100::1::2\"");
+    assert_error(
+        &text,
+        "balancer.toml:7:11: vip[0] (\"web\").address: ",
+        "invalid IP address \"fd00:100::1::2\"",
     );
 }
 

@@ -3,7 +3,7 @@
 //! (`forwarding.rs`), and that no two VIPs share a name or a listener.
 
 use std::collections::HashMap;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
 
 use balancer_common::{MAX_RING_SIZE, MAX_VIPS};
@@ -57,7 +57,7 @@ impl Validator<'_> {
         seen: &mut VipsSeen,
     ) -> Checked<VipConfig> {
         let name = self.new_name(&mut seen.names, ("VIP", "vip"), index, &vip.name, field)?;
-        let address = self.ipv4(&vip.address, format_args!("{field}.address"))?;
+        let address = self.ip(&vip.address, format_args!("{field}.address"))?;
         let port = self.port(&vip.port, format_args!("{field}.port"))?;
         let protocol: Protocol = self.word(&vip.protocol, format_args!("{field}.protocol"))?;
         let scheduler = match &vip.scheduler {
@@ -95,7 +95,10 @@ impl Validator<'_> {
             return Err(self.error(
                 span,
                 field,
-                format!("{address}:{port}/{protocol} is already used by vip[{first}] ({first_name:?}) on line {line}"),
+                format!(
+                    "{}/{protocol} is already used by vip[{first}] ({first_name:?}) on line {line}",
+                    SocketAddr::new(address, port)
+                ),
             ));
         }
         seen.listeners
@@ -190,5 +193,5 @@ impl Validator<'_> {
 pub(super) struct VipsSeen {
     names: Names,
     /// listener -> (index, name, line of the vip)
-    listeners: HashMap<(Ipv4Addr, u16, Protocol), (usize, String, usize)>,
+    listeners: HashMap<(IpAddr, u16, Protocol), (usize, String, usize)>,
 }

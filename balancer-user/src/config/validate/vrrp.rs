@@ -620,7 +620,7 @@ impl Validator<'_> {
 fn not_a_unicast_host(address: IpAddr) -> Option<&'static str> {
     match address {
         _ if address.is_loopback() => Some("a loopback address"),
-        IpAddr::V4(v4) => not_a_host(v4),
+        IpAddr::V4(_) => not_a_host(address),
         IpAddr::V6(v6) if v6.is_unspecified() => Some("the unspecified address"),
         IpAddr::V6(v6) if v6.is_multicast() => Some("a multicast address"),
         IpAddr::V6(_) => None,

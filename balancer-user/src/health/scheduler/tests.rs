@@ -1,7 +1,7 @@
 use super::super::config::CheckKind;
 use super::super::testing::{closed_port, ms, LOCALHOST};
 use super::*;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use tokio::net::TcpListener;
 
 #[test]
@@ -56,7 +56,7 @@ fn check_task_is_small() {
     let (tx, _events) = mpsc::channel(1);
     let task = CheckTask {
         pool: "p".into(),
-        backend: SocketAddrV4::new(LOCALHOST, 80),
+        backend: SocketAddr::from((LOCALHOST, 80)),
         check: CheckConfig::default(),
         initial: Some(Health::Up),
         events: tx,
@@ -113,15 +113,13 @@ async fn checked_listener(
     check: &CheckConfig,
 ) -> (
     TcpListener,
-    SocketAddrV4,
+    SocketAddr,
     Checker,
     mpsc::Receiver<HealthEvent>,
     LatestSlot,
 ) {
     let listener = TcpListener::bind((LOCALHOST, 0)).await.unwrap();
-    let SocketAddr::V4(addr) = listener.local_addr().unwrap() else {
-        unreachable!()
-    };
+    let addr = listener.local_addr().unwrap();
     let (tx, events) = mpsc::channel(64);
     let mut checker = Checker::new(tx);
     let slot = checker
@@ -227,11 +225,9 @@ async fn held_failures_change_no_state_until_released() {
 #[tokio::test]
 async fn checker_initial_down_and_restart() {
     let listener = TcpListener::bind((LOCALHOST, 0)).await.unwrap();
-    let SocketAddr::V4(addr) = listener.local_addr().unwrap() else {
-        unreachable!()
-    };
+    let addr = listener.local_addr().unwrap();
     // The backend address is not listening; the check's port override is.
-    let backend = SocketAddrV4::new(LOCALHOST, closed_port().port());
+    let backend = SocketAddr::from((LOCALHOST, closed_port().port()));
     let check = CheckConfig {
         kind: CheckKind::Tcp,
         interval: ms(30),
@@ -281,9 +277,7 @@ async fn checker_initial_down_and_restart() {
 #[tokio::test]
 async fn checker_stops_when_dropped() {
     let listener = TcpListener::bind((LOCALHOST, 0)).await.unwrap();
-    let SocketAddr::V4(addr) = listener.local_addr().unwrap() else {
-        unreachable!()
-    };
+    let addr = listener.local_addr().unwrap();
     let check = CheckConfig {
         kind: CheckKind::Tcp,
         interval: ms(20),
@@ -308,9 +302,7 @@ fn checker_works_outside_a_runtime() {
     // The checker brings its own runtime: no tokio context is needed to start
     // checks, and events arrive on a plain thread.
     let listener = std::net::TcpListener::bind((LOCALHOST, 0)).unwrap();
-    let SocketAddr::V4(addr) = listener.local_addr().unwrap() else {
-        unreachable!()
-    };
+    let addr = listener.local_addr().unwrap();
     let (tx, mut events) = mpsc::channel(16);
     let mut checker = Checker::new(tx);
     let check = CheckConfig {
@@ -400,7 +392,7 @@ fn health_cpu_1000_tcp_backends() {
             kind: CheckKind::Tcp,
             interval: Duration::from_secs(1),
             timeout: Duration::from_secs(1),
-            address: Some(LOCALHOST),
+            address: Some(LOCALHOST.into()),
             port: Some(port),
             ..CheckConfig::default()
         };
@@ -409,7 +401,7 @@ fn health_cpu_1000_tcp_backends() {
         let slots: Vec<LatestSlot> = (0..BACKENDS)
             .map(|i| {
                 let [_, _, hi, lo] = (0x0ac8_0000 + i).to_be_bytes();
-                let backend = SocketAddrV4::new(Ipv4Addr::new(10, 200, hi, lo), 80);
+                let backend = SocketAddr::from((Ipv4Addr::new(10, 200, hi, lo), 80));
                 checker
                     .start("cpu", backend, &check, Some(Health::Up))
                     .expect("a check task")

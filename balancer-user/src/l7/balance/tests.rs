@@ -1,13 +1,13 @@
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use http::header::{CACHE_CONTROL, COOKIE, SET_COOKIE};
 use http::{HeaderMap, HeaderValue};
 
 use super::*;
 
-fn addr(i: u8) -> SocketAddrV4 {
-    SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, i), 80)
+fn addr(i: u8) -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::new(10, 0, 2, i), 80))
 }
 
 fn backend(i: u8, weight: u32) -> Backend {
@@ -48,7 +48,7 @@ fn request<'a>(headers: &'a HeaderMap, uri: &'a str) -> RequestKey<'a> {
 }
 
 /// Picks `n` times without holding the guards; how often each backend came.
-fn tally(s: &PoolSelector, n: usize) -> HashMap<SocketAddrV4, usize> {
+fn tally(s: &PoolSelector, n: usize) -> HashMap<SocketAddr, usize> {
     let h = HeaderMap::new();
     let mut counts = HashMap::new();
     for _ in 0..n {
@@ -104,7 +104,7 @@ fn round_robin_respects_weights_smoothly() {
     assert!(!counts.contains_key(&addr(4)), "drained backend picked");
     // Smooth, as nginx's (7000 picks so far: a new cycle starts).
     let h = HeaderMap::new();
-    let seq: Vec<SocketAddrV4> = (0..7)
+    let seq: Vec<SocketAddr> = (0..7)
         .map(|_| s.pick(&request(&h, "/"), &[]).unwrap().addr)
         .collect();
     let expected = [1, 1, 2, 1, 3, 1, 1].map(addr);
@@ -210,7 +210,7 @@ fn counters_survive_update() {
 }
 
 /// Which backend each of `keys` URIs hashes to.
-fn uri_owners(s: &PoolSelector, keys: usize) -> Vec<SocketAddrV4> {
+fn uri_owners(s: &PoolSelector, keys: usize) -> Vec<SocketAddr> {
     let h = HeaderMap::new();
     (0..keys)
         .map(|k| {
@@ -471,10 +471,10 @@ fn indirect_removes_the_cookie_before_forwarding() {
 
 #[test]
 fn cookie_ids() {
-    let a = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1), 80);
+    let a = SocketAddr::from((Ipv4Addr::new(10, 0, 0, 1), 80));
     assert_eq!(
         default_cookie_id(a),
-        format!("{:016x}", backend_key(*a.ip(), 80))
+        format!("{:016x}", backend_key(a.ip(), 80))
     );
     assert_eq!(default_cookie_id(a).len(), 16);
     assert_ne!(default_cookie_id(a), default_cookie_id(addr(1)));

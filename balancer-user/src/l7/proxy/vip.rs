@@ -3,7 +3,7 @@
 //! ([`Running`]).
 
 use std::collections::HashMap;
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,7 +20,7 @@ use crate::l7::stats::VipCounters;
 /// A running VIP, as one version of its configuration says (see [`Running`]).
 pub(super) struct Vip {
     pub(super) name: String,
-    pub(super) listen: SocketAddrV4,
+    pub(super) listen: SocketAddr,
     pub(super) rules: Rules,
     pub(super) rule_names: Vec<(String, String)>,
     pub(super) pools: Arc<HashMap<String, Arc<PoolSelector>>>,

@@ -1,6 +1,8 @@
 //! The census of active flows over an in-memory connection table.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use balancer_common::{Conn, FlowKey};
 
 use balancer_common::{FLOW_BACKEND_CLOSED, FLOW_MIDSTREAM, FLOW_REPLIED, PROTO_UDP};
 
@@ -11,7 +13,10 @@ use crate::{
         AllDownPolicy, Encapsulation, Forwarding, NatConfig, Protocol, Scheduler, Timeouts,
         TunnelConfig, VipConfig, VipMode,
     },
-    dataplane::FakeMaps,
+    dataplane::{
+        family::{v4_word, v6_words},
+        AnyVipKey, FakeMaps,
+    },
     lb::{settings, SnatSource},
 };
 
@@ -62,27 +67,33 @@ fn liveness_is_the_data_planes_idle_timeout_of_the_entrys_state() {
     ];
     for (what, state, proto, secs) in cases {
         assert_eq!(s.idle_timeout_ns(state, proto), secs * SECOND, "{what}");
-        let conn = |idle| Conn {
-            state,
-            last_seen_ns: NOW - idle,
-            ..Conn::default()
-        };
-        assert!(is_live(&conn(0), proto, &s, NOW), "{what}: just seen");
+        let flow = |idle| seen(state, proto, NOW - idle);
+        assert!(is_live(&flow(0), &s, NOW), "{what}: just seen");
         assert!(
-            is_live(&conn(secs * SECOND), proto, &s, NOW),
+            is_live(&flow(secs * SECOND), &s, NOW),
             "{what}: idle exactly its timeout"
         );
         assert!(
-            !is_live(&conn(secs * SECOND + 1), proto, &s, NOW),
+            !is_live(&flow(secs * SECOND + 1), &s, NOW),
             "{what}: idle past its timeout"
         );
     }
     // Seen after the clock was read (the walk is not instantaneous): live.
-    let later = Conn {
-        last_seen_ns: NOW + SECOND,
-        ..Conn::default()
-    };
-    assert!(is_live(&later, PROTO_TCP, &s, NOW));
+    assert!(is_live(&seen(0, PROTO_TCP, NOW + SECOND), &s, NOW));
+}
+
+/// A flow in `state` of protocol `proto` last seen at `last_seen_ns`.
+fn seen(state: u32, proto: u8, last_seen_ns: u64) -> FlowEntry {
+    let nowhere = IpAddr::from(Ipv4Addr::UNSPECIFIED);
+    FlowEntry {
+        dst: (nowhere, 0, proto),
+        backend: (nowhere, 0),
+        backend_id: 0,
+        vip_id: 0,
+        vip_gen: 0,
+        state,
+        last_seen_ns,
+    }
 }
 
 #[test]
@@ -107,7 +118,7 @@ fn flows_count_by_kind() {
 fn vip(name: &str, port: u16, protocol: Protocol, pool: &str) -> VipConfig {
     VipConfig {
         name: name.into(),
-        address: Ipv4Addr::new(10, 0, 100, 1),
+        address: Ipv4Addr::new(10, 0, 100, 1).into(),
         port,
         protocol,
         scheduler: Scheduler::Maglev,
@@ -121,14 +132,17 @@ fn vip(name: &str, port: u16, protocol: Protocol, pool: &str) -> VipConfig {
     }
 }
 
-fn backend(i: u8, port: u16) -> SocketAddrV4 {
-    SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 10 + i), port)
+fn backend(i: u8, port: u16) -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::new(10, 0, 2, 10 + i), port))
 }
 
 /// Pool "web" (backends 1 and 2 on port 80) behind TCP VIPs "web" (port 80) and "alt"
 /// (port 8080); pool "dns" (backend 1 on port 53) behind UDP VIP "dns".
 fn balancer() -> Balancer<FakeMaps> {
-    let snat = SnatSource::Fixed(vec![Ipv4Addr::new(10, 0, 2, 1)]);
+    let snat = SnatSource::Fixed(vec![
+        Ipv4Addr::new(10, 0, 2, 1).into(),
+        "fd00::2:1".parse().unwrap(),
+    ]);
     let mut lb = Balancer::new(FakeMaps::default(), &timeouts(), snat).unwrap();
     lb.add_pool("web").unwrap();
     lb.add_backend("web", backend(1, 80), 1).unwrap();
@@ -145,13 +159,42 @@ fn balancer() -> Balancer<FakeMaps> {
 /// A flow table entry as the data plane writes it.
 struct Flow {
     vip: &'static str,
-    backend: SocketAddrV4,
+    backend: SocketAddr,
     state: u32,
     idle_secs: u64,
 }
 
+/// `flow`'s entry in either family's table.
+fn entry<A: balancer_common::Addr>(
+    flow: &Flow,
+    (client, vip, backend): (A, A, A),
+    (key, port): (&AnyVipKey, u16),
+    ids: (u32, u32, u32),
+) -> (FlowKey<A>, Conn<A>) {
+    let (vip_id, backend_id, vip_gen) = ids;
+    let key = FlowKey {
+        src_addr: client,
+        dst_addr: vip,
+        src_port: port.to_be(),
+        dst_port: key.port(),
+        proto: key.proto(),
+        ..FlowKey::default()
+    };
+    let conn = Conn {
+        backend_addr: backend,
+        backend_port: flow.backend.port().to_be(),
+        backend_id,
+        vip_id,
+        vip_gen,
+        state: flow.state,
+        last_seen_ns: NOW - flow.idle_secs * SECOND,
+        ..Conn::default()
+    };
+    (key, conn)
+}
+
 impl Flow {
-    fn new(vip: &'static str, backend: SocketAddrV4, state: u32, idle_secs: u64) -> Flow {
+    fn new(vip: &'static str, backend: SocketAddr, state: u32, idle_secs: u64) -> Flow {
         Flow {
             vip,
             backend,
@@ -173,26 +216,20 @@ impl Flow {
             .find(|b| b.addr == self.backend)
             .map_or(4000, |b| b.id);
         let (vip_id, backend_id) = renumber.unwrap_or((v.id, backend_id));
-        lb.maps().flows.insert(
-            FlowKey {
-                src_addr: u32::from_ne_bytes([10, 0, 1, 2]),
-                dst_addr: key.addr,
-                src_port: port.to_be(),
-                dst_port: key.port,
-                proto: key.proto,
-                ..FlowKey::default()
-            },
-            Conn {
-                backend_addr: u32::from_ne_bytes(self.backend.ip().octets()),
-                backend_port: self.backend.port().to_be(),
-                backend_id,
-                vip_id,
-                vip_gen: v.generation,
-                state: self.state,
-                last_seen_ns: NOW - self.idle_secs * SECOND,
-                ..Conn::default()
-            },
-        );
+        let ids = (vip_id, backend_id, v.generation);
+        match (key, self.backend.ip()) {
+            (AnyVipKey::V4(k), IpAddr::V4(b)) => {
+                let addrs = (v4_word(Ipv4Addr::new(10, 0, 1, 2)), k.addr, v4_word(b));
+                let (key, conn) = entry(self, addrs, (&key, port), ids);
+                lb.maps().flows.insert(key, conn);
+            }
+            (AnyVipKey::V6(k), IpAddr::V6(b)) => {
+                let client = v6_words("fd00:1::2".parse().unwrap());
+                let (key, conn) = entry(self, (client, k.addr, v6_words(b)), (&key, port), ids);
+                lb.maps().flows.insert6(key, conn);
+            }
+            _ => panic!("a flow of a VIP and a backend of two families"),
+        }
     }
 }
 
@@ -218,11 +255,11 @@ fn of_vip(status: &Status, name: &str) -> Option<ActiveFlows> {
         .active_flows
 }
 
-fn of_backend(status: &Status, pool: &str, addr: SocketAddrV4) -> Option<ActiveFlows> {
+fn of_backend(status: &Status, pool: &str, addr: SocketAddr) -> Option<ActiveFlows> {
     let pool = status.pools.iter().find(|p| p.name == pool).unwrap();
     pool.backends
         .iter()
-        .find(|b| SocketAddrV4::new(b.address, b.port) == addr)
+        .find(|b| b.socket_addr() == addr)
         .unwrap()
         .active_flows
 }
@@ -278,6 +315,38 @@ fn a_census_counts_each_vips_and_backends_live_flows() {
     let census = status.flow_census.unwrap();
     assert_eq!(census.entries, Some(14));
     assert!(census.at.is_some() && census.age_secs.is_some() && census.last_error.is_none());
+}
+
+#[test]
+fn a_census_counts_ipv6_flows_beside_ipv4_ones() {
+    let mut lb = balancer();
+    let (b6, other6) = (
+        SocketAddr::new("fd00:2::11".parse().unwrap(), 80),
+        SocketAddr::new("fd00:2::12".parse().unwrap(), 80),
+    );
+    lb.add_pool("web6").unwrap();
+    lb.add_backend("web6", b6, 1).unwrap();
+    lb.add_backend("web6", other6, 1).unwrap();
+    lb.add_vip(VipConfig {
+        address: "fd00:100::1".parse().unwrap(),
+        ..vip("web6", 80, Protocol::Tcp, "web6")
+    })
+    .unwrap();
+    let established = FLOW_ESTABLISHED | FLOW_REPLIED;
+    Flow::new("web6", b6, established, 0).insert(&lb, 1000, None);
+    Flow::new("web6", b6, FLOW_REPLIED, 1).insert(&lb, 1001, None);
+    Flow::new("web6", other6, established, 301).insert(&lb, 1002, None);
+    // Renumbered (a previous agent's ids): found by generation and address.
+    Flow::new("web6", other6, established, 0).insert(&lb, 1003, Some((100, 4000)));
+    Flow::new("web", backend(1, 80), established, 0).insert(&lb, 1004, None);
+    let census = lb.census().take().unwrap();
+    assert_eq!(census.entries, 5);
+    lb.record_census(Ok(census));
+    let status = lb.status().unwrap();
+    assert_eq!(of_vip(&status, "web6"), flows(3, 2, 1, 0));
+    assert_eq!(of_backend(&status, "web6", b6), flows(2, 1, 1, 0));
+    assert_eq!(of_backend(&status, "web6", other6), flows(1, 1, 0, 0));
+    assert_eq!(of_vip(&status, "web"), flows(1, 1, 0, 0));
 }
 
 #[test]

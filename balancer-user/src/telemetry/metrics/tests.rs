@@ -216,7 +216,7 @@ fn vip_config(name: &str, n: u8) -> VipConfig {
 
 fn backend(i: u32) -> BackendStatus {
     BackendStatus {
-        address: Ipv4Addr::from(0x0a00_0000 + i),
+        address: Ipv4Addr::from(0x0a00_0000 + i).into(),
         port: 80,
         weight: [2, 0, 2][(i % 3) as usize],
         state: ["active", "drained", "down"][(i % 3) as usize].to_owned(),
@@ -458,6 +458,17 @@ fn label_values_are_escaped() {
         ),
         1.0
     );
+}
+
+#[test]
+fn ipv6_addresses_are_labelled_as_written() {
+    let mut s = status(1, 1);
+    s.vips[0].config.address = "fd00:100::1".parse().unwrap();
+    s.pools[0].backends[0].address = "fd00:2::10".parse().unwrap();
+    let text = render(&s);
+    check(&text);
+    assert!(text.contains(r#"address="fd00:100::1""#), "{text}");
+    assert!(text.contains(r#"backend="[fd00:2::10]:80""#), "{text}");
 }
 
 /// A status with one of everything: an HTTP VIP, a VRRP instance and a reload besides the
