@@ -6,10 +6,10 @@ use std::{
 };
 
 use balancer_common::{
-    stat, Backend, Conn, FlowKey, FlowStats, Settings, VipKey, VipMeta, MAX_VIPS,
+    stat, Backend, Conn, FlowKey, FlowStats, NatEntry, Settings, VipKey, VipMeta, MAX_VIPS,
 };
 
-use super::{FlowTable, Maps, MapsError, PresentVips};
+use super::{names_client, FlowTable, Maps, MapsError, PresentVips};
 
 /// In-memory maps with the kernel's semantics that matter to the agent.
 #[derive(Debug, Default)]
@@ -33,10 +33,12 @@ pub struct FakeMaps {
     pub flows: Arc<FakeFlows>,
 }
 
-/// A connection table in memory, and the data plane's clock (set by the test).
+/// A connection table in memory (with its reply entries, which flow sync writes), and the
+/// data plane's clock (set by the test).
 #[derive(Debug, Default)]
 pub struct FakeFlows {
     pub entries: Mutex<Vec<(FlowKey, Conn)>>,
+    pub nat: Mutex<HashMap<FlowKey, NatEntry>>,
     pub now_ns: Mutex<u64>,
 }
 
@@ -66,6 +68,36 @@ impl FlowTable for FakeFlows {
             each(key, conn);
         }
         Ok(entries.len())
+    }
+
+    fn put(
+        &self,
+        key: &FlowKey,
+        conn: &Conn,
+        reply: Option<&(FlowKey, NatEntry)>,
+    ) -> Result<(), MapsError> {
+        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        match entries.iter_mut().find(|(k, _)| k == key) {
+            Some((_, c)) => *c = *conn,
+            None => entries.push((*key, *conn)),
+        }
+        if let Some((reply_key, entry)) = reply {
+            let mut nat = self.nat.lock().unwrap_or_else(PoisonError::into_inner);
+            nat.insert(*reply_key, *entry);
+        }
+        Ok(())
+    }
+
+    fn remove(&self, key: &FlowKey, reply: Option<&FlowKey>) -> Result<(), MapsError> {
+        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        entries.retain(|(k, _)| k != key);
+        if let Some(reply) = reply {
+            let mut nat = self.nat.lock().unwrap_or_else(PoisonError::into_inner);
+            if nat.get(reply).is_some_and(|h| names_client(h, key)) {
+                nat.remove(reply);
+            }
+        }
+        Ok(())
     }
 }
 
