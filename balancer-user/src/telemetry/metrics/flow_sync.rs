@@ -5,6 +5,9 @@
 use super::{Kind, Plain, Writer};
 use crate::api::{Status, SyncPeerStatus};
 
+/// A gauge of seconds per peer, absent while there is no value: name, help, value.
+type Age = (&'static str, &'static str, fn(&SyncPeerStatus) -> Option<f64>);
+
 pub(super) fn flow_sync(w: &mut Writer, status: &Status) {
     let Some(sync) = &status.sync else {
         return;
@@ -44,7 +47,7 @@ pub(super) fn flow_sync(w: &mut Writer, status: &Status) {
             w.sample(name, &[("peer", &p.address)], value(p));
         });
     }
-    let ages: [(&str, &str, fn(&SyncPeerStatus) -> Option<f64>); 2] = [
+    let ages: [Age; 2] = [
         (
             "balancer_sync_lag_seconds",
             "Seconds since the peer was last heard (a Master sends at least once per interval).",
