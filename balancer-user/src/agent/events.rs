@@ -288,7 +288,9 @@ impl<M: Maps> Agent<M> {
         let Some(events) = &self.events else {
             return;
         };
-        let skip = self.census_running || !self.lb.census_due(std::time::Instant::now());
+        // (Flow sync paces its own walks: see `flowsync::BUSY_SHARE`.)
+        let skip = self.census_running
+            || (outbox.is_none() && !self.lb.census_due(std::time::Instant::now()));
         if skip {
             // (Flow sync tries again at its next interval.)
             if let (Some(outbox), Some(node)) = (outbox, &mut self.sync) {

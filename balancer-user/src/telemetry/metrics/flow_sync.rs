@@ -6,7 +6,11 @@ use super::{Kind, Plain, Writer};
 use crate::api::{Status, SyncPeerStatus};
 
 /// A gauge of seconds per peer, absent while there is no value: name, help, value.
-type Age = (&'static str, &'static str, fn(&SyncPeerStatus) -> Option<f64>);
+type Age = (
+    &'static str,
+    &'static str,
+    fn(&SyncPeerStatus) -> Option<f64>,
+);
 
 pub(super) fn flow_sync(w: &mut Writer, status: &Status) {
     let Some(sync) = &status.sync else {
