@@ -22,8 +22,8 @@ use crate::{
 const MAX_PENDING: usize = 2_000_000;
 
 /// A Master's rounds keep a CPU busy at most one `BUSY_SHARE`th of the time: when a walk
-/// of the table and its comparison take longer than that share of the interval (about
-/// 0.6 s at a million flows), the next rounds wait. (The census alone takes a smaller
+/// of the table and its comparison take longer than that share of the interval (a full
+/// table), the next rounds wait. (The census alone takes a smaller
 /// share; while Master, it is taken in these walks.)
 const BUSY_SHARE: u32 = 4;
 
