@@ -409,6 +409,12 @@ fn lost_sync_datagrams_are_repaired_and_forged_ones_refused() {
         |p| count(p, "auth_failures") >= 5,
     );
     assert_eq!(count(&after, "auth_failures"), 5, "{after:#}");
+    let text = pair.agent(2).cli_ok(&["status"]).expect("balancer status");
+    let section = format!(
+        "Flow sync\nreceiving on {}:{SYNC_PORT}",
+        pair.topo.lb_back_addr(2)
+    );
+    assert!(text.contains(&section), "no {section:?} in:\n{text}");
     thread::sleep(6 * SECOND);
     let web = pair.agent(2).vip_status("web");
     assert_eq!(web["active_flows"]["total"], TCP_FLOWS as u64, "{web:#}");

@@ -282,8 +282,8 @@ impl<M: Maps> Agent<M> {
     /// takes a while, and only reads), unless one runs or the last took long enough to
     /// skip this tick; its outcome comes back as an [`Event::FlowCensus`], whatever
     /// becomes of the thread. With flow sync's `outbox`, the same walk finds what to send
-    /// the peers, which comes back after it as an [`Event::SyncRound`] (with the outbox,
-    /// also when nothing was walked).
+    /// the peers, which comes back after it as an [`Event::SyncRound`] with the outbox
+    /// (a walk that does not start gives the outbox back at once).
     pub(super) fn start_walk(&mut self, outbox: Option<Outbox>) {
         let Some(events) = &self.events else {
             return;

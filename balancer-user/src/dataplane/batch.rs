@@ -251,6 +251,47 @@ impl<K: aya::Pod, V: aya::Pod> BatchRead<K, V> for KernelHash {
     }
 }
 
+/// A new LRU hash map of `K` keys and `V` values (`BPF_MAP_CREATE`), for tests.
+///
+/// # Panics
+/// When the kernel refuses (without root or `CAP_BPF`).
+#[cfg(test)]
+pub(crate) fn lru_hash<K, V>(max_entries: u32) -> KernelHash {
+    use std::os::fd::FromRawFd;
+
+    #[repr(C)]
+    struct CreateAttr {
+        map_type: u32,
+        key_size: u32,
+        value_size: u32,
+        max_entries: u32,
+        map_flags: u32,
+    }
+    let mut attr = CreateAttr {
+        map_type: 9, // BPF_MAP_TYPE_LRU_HASH
+        key_size: size_of::<K>() as u32,
+        value_size: size_of::<V>() as u32,
+        max_entries,
+        map_flags: 0,
+    };
+    // SAFETY: a valid create attribute; the result is a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, 0, &raw mut attr, size_of::<CreateAttr>()) };
+    assert!(
+        fd >= 0,
+        "BPF_MAP_CREATE: {} (this test needs root or CAP_BPF: run it with `cargo xtask test`)",
+        io::Error::last_os_error()
+    );
+    // SAFETY: the kernel just gave us this descriptor, a hash map (not per-CPU) of these
+    // sizes.
+    unsafe {
+        KernelHash::new(
+            OwnedFd::from_raw_fd(i32::try_from(fd).unwrap()),
+            size_of::<K>(),
+            size_of::<V>(),
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::cell::RefCell;
@@ -370,65 +411,13 @@ mod tests {
         assert_eq!(e.raw_os_error(), Some(libc::EBADF));
     }
 
-    /// `BPF_MAP_CREATE` of an LRU hash of `u32` keys and `u64` values.
-    fn lru_hash(max_entries: u32) -> OwnedFd {
-        #[repr(C)]
-        struct CreateAttr {
-            map_type: u32,
-            key_size: u32,
-            value_size: u32,
-            max_entries: u32,
-            map_flags: u32,
-        }
-        let mut attr = CreateAttr {
-            map_type: 9, // BPF_MAP_TYPE_LRU_HASH
-            key_size: 4,
-            value_size: 8,
-            max_entries,
-            map_flags: 0,
-        };
-        // SAFETY: a valid create attribute; the result is a new descriptor or -1.
-        let fd = unsafe { libc::syscall(libc::SYS_bpf, 0, &raw mut attr, size_of::<CreateAttr>()) };
-        assert!(
-            fd >= 0,
-            "BPF_MAP_CREATE: {} (this test needs root or CAP_BPF: run it with `cargo xtask \
-             test`)",
-            io::Error::last_os_error()
-        );
-        // SAFETY: the kernel just gave us this descriptor.
-        unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(i32::try_from(fd).unwrap()) }
-    }
-
-    fn update(fd: &OwnedFd, key: u32, value: u64) {
-        #[repr(C)]
-        struct UpdateAttr {
-            map_fd: u32,
-            _pad: u32,
-            key: u64,
-            value: u64,
-            flags: u64,
-        }
-        let mut attr = UpdateAttr {
-            map_fd: u32::try_from(fd.as_raw_fd()).unwrap(),
-            _pad: 0,
-            key: &raw const key as u64,
-            value: &raw const value as u64,
-            flags: 0,
-        };
-        // SAFETY: a valid update attribute pointing at live key and value.
-        let rc = unsafe { libc::syscall(libc::SYS_bpf, 2, &raw mut attr, size_of::<UpdateAttr>()) };
-        assert_eq!(rc, 0, "BPF_MAP_UPDATE_ELEM: {}", io::Error::last_os_error());
-    }
-
     #[test]
     fn a_kernel_lru_hash_is_read_whole_in_batches() {
-        let fd = lru_hash(4096);
+        let map = lru_hash::<u32, u64>(4096);
         let n = 3000u32;
         for key in 0..n {
-            update(&fd, key, u64::from(key) * 7 + 1);
+            map.update(&key, &(u64::from(key) * 7 + 1)).unwrap();
         }
-        // SAFETY: an LRU hash of u32 keys and u64 values.
-        let map = unsafe { KernelHash::new(fd, 4, 8) };
         for chunk in [1, 64, CHUNK] {
             let mut seen = vec![false; n as usize];
             let total = walk(&map, chunk, |k: &u32, v: &u64| {
@@ -445,8 +434,7 @@ mod tests {
                 "chunks of {chunk}: a key was missed"
             );
         }
-        // SAFETY: as above.
-        let empty = unsafe { KernelHash::new(lru_hash(16), 4, 8) };
+        let empty = lru_hash::<u32, u64>(16);
         assert_eq!(
             walk(&empty, CHUNK, |_: &u32, _: &u64| panic!("empty")).unwrap(),
             0

@@ -374,42 +374,10 @@ mod tests {
     #[test]
     #[ignore = "a measurement, not a check"]
     fn round_cost() {
-        use std::os::fd::{FromRawFd, OwnedFd};
+        use crate::dataplane::batch::{self, lru_hash};
 
-        use crate::dataplane::batch::{self, KernelHash};
-
-        #[repr(C)]
-        struct CreateAttr {
-            map_type: u32,
-            key_size: u32,
-            value_size: u32,
-            max_entries: u32,
-            map_flags: u32,
-        }
         for n in [100_000u32, 1_000_000] {
-            let mut attr = CreateAttr {
-                map_type: 9, // BPF_MAP_TYPE_LRU_HASH, as CONNS
-                key_size: size_of::<FlowKey>() as u32,
-                value_size: size_of::<Conn>() as u32,
-                max_entries: balancer_common::CONN_TABLE_SIZE,
-                map_flags: 0,
-            };
-            // SAFETY: a valid create attribute; the result is a new descriptor or -1.
-            let fd =
-                unsafe { libc::syscall(libc::SYS_bpf, 0, &raw mut attr, size_of::<CreateAttr>()) };
-            assert!(
-                fd >= 0,
-                "BPF_MAP_CREATE (needs root): {}",
-                std::io::Error::last_os_error()
-            );
-            // SAFETY: the kernel just gave us this descriptor, an LRU hash of these sizes.
-            let map = unsafe {
-                KernelHash::new(
-                    OwnedFd::from_raw_fd(fd as i32),
-                    size_of::<FlowKey>(),
-                    size_of::<Conn>(),
-                )
-            };
+            let map = lru_hash::<FlowKey, Conn>(balancer_common::CONN_TABLE_SIZE);
             for i in 0..n {
                 let mut k = key((i % 60_000) as u16, PROTO_TCP);
                 k.src_addr = (i / 60_000).to_be();
