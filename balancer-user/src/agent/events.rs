@@ -57,7 +57,7 @@ pub enum Event {
     FlowCensus(Result<FlowCensus, MapsError>),
     /// Flow sync's interval passed: a Master walks its table for what to send.
     SyncTick,
-    /// A flow-sync walk ended (after its census's [`Event::FlowCensus`]).
+    /// A flow-sync walk ended (just before its census's [`Event::FlowCensus`]).
     SyncRound(Box<Round>),
     /// A peer's flows, or its request for a full resync, passed flow sync's checks.
     Sync(Delivery),
@@ -282,7 +282,7 @@ impl<M: Maps> Agent<M> {
     /// takes a while, and only reads), unless one runs or the last took long enough to
     /// skip this tick; its outcome comes back as an [`Event::FlowCensus`], whatever
     /// becomes of the thread. With flow sync's `outbox`, the same walk finds what to send
-    /// the peers, which comes back after it as an [`Event::SyncRound`] with the outbox
+    /// the peers, which comes back before it as an [`Event::SyncRound`] with the outbox
     /// (a walk that does not start gives the outbox back at once).
     pub(super) fn start_walk(&mut self, outbox: Option<Outbox>) {
         let Some(events) = &self.events else {
@@ -330,11 +330,13 @@ impl<M: Maps> Agent<M> {
                 });
                 (failed, None)
             });
-            // (Closed: the agent is stopping.)
-            let _ = events.send(Event::FlowCensus(result)).await;
+            // The round first: flow sync has its outbox back before the census ends the
+            // walk (a sync tick in between finds the walk still running). (Closed: the
+            // agent is stopping.)
             if let Some(round) = round {
                 let _ = events.send(Event::SyncRound(round)).await;
             }
+            let _ = events.send(Event::FlowCensus(result)).await;
         });
     }
 
