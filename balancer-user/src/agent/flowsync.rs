@@ -337,3 +337,137 @@ impl<M: Maps> Agent<M> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, SocketAddrV4};
+    use std::ops::ControlFlow;
+    use std::sync::{Arc, PoisonError};
+
+    use balancer_common::{Conn, FlowKey, FLOW_ESTABLISHED, PROTO_TCP};
+    use balancer_wire::sync::Op;
+    use tokio::sync::mpsc;
+
+    use super::*;
+    use crate::{
+        config::{
+            AllDownPolicy, Encapsulation, Forwarding, NatConfig, Protocol, Scheduler, Timeouts,
+            TunnelConfig, VipConfig, VipMode,
+        },
+        dataplane::{FakeFlows, FakeMaps},
+        health::Checker,
+        lb::{settings, Balancer, SnatSource},
+        sync::{record::to_record, KeySource},
+    };
+
+    const VIP: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 100);
+    const BACKEND: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 101), 80);
+
+    /// An agent (no VRRP: never Master) with VIP "web" and flow sync on loopback; the loop's
+    /// events come on the receiver.
+    fn agent(flows: &Arc<FakeFlows>) -> (Agent<FakeMaps>, mpsc::Receiver<Event>) {
+        let maps = FakeMaps {
+            flows: Arc::clone(flows),
+            ..FakeMaps::default()
+        };
+        let s = settings(
+            &Timeouts::default(),
+            &NatConfig::default(),
+            &TunnelConfig::default(),
+        );
+        let snat = SnatSource::Fixed(vec![Ipv4Addr::new(10, 0, 2, 1)]);
+        let mut lb = Balancer::new(maps, &s, snat).unwrap();
+        lb.add_pool("web").unwrap();
+        lb.add_backend("web", BACKEND, 1).unwrap();
+        lb.add_vip(VipConfig {
+            name: "web".into(),
+            address: VIP,
+            port: 80,
+            protocol: Protocol::Tcp,
+            scheduler: Scheduler::Maglev,
+            ring_size: 251,
+            pool: "web".into(),
+            on_all_down: AllDownPolicy::Drop,
+            forwarding: Forwarding::Nat,
+            encapsulation: Encapsulation::Ipip,
+            mode: VipMode::L4,
+            rules: Vec::new(),
+        })
+        .unwrap();
+        let config = SyncConfig {
+            peers: vec!["127.0.0.1:9".parse().unwrap()],
+            source: Some("127.0.0.1".parse().unwrap()),
+            interface: None,
+            port: 0,
+            key: KeySource::Inline("0123456789abcdef".into()),
+            instance: None,
+            interval: Duration::from_secs(1),
+            full_resync: Duration::from_mins(1),
+            rate: 100,
+        };
+        let (deliveries, _) = mpsc::channel(1);
+        let node = SyncNode::start(&config, deliveries).unwrap();
+        let (events, rx) = mpsc::channel(8);
+        let (health, _) = mpsc::channel(1);
+        let agent = Agent::new(lb, Checker::new(health), None, None)
+            .with_events(events)
+            .with_sync(Some(node));
+        (agent, rx)
+    }
+
+    #[tokio::test]
+    async fn a_backup_writes_what_its_peer_sent_off_the_loop() {
+        let flows = Arc::new(FakeFlows::default());
+        let (mut agent, mut events) = agent(&flows);
+        let ip = |a: Ipv4Addr| u32::from_ne_bytes(a.octets());
+        let key = FlowKey {
+            src_addr: ip(Ipv4Addr::new(10, 0, 1, 2)),
+            dst_addr: ip(VIP),
+            src_port: 40000u16.to_be(),
+            dst_port: 80u16.to_be(),
+            proto: PROTO_TCP,
+            ..FlowKey::default()
+        };
+        let conn = Conn {
+            backend_addr: ip(*BACKEND.ip()),
+            backend_port: 80u16.to_be(),
+            snat_addr: ip(Ipv4Addr::new(10, 0, 2, 1)),
+            snat_port: 20000u16.to_be(),
+            state: FLOW_ESTABLISHED,
+            ..Conn::default()
+        };
+        let peer: IpAddr = "127.0.0.1".parse().unwrap();
+        let delivery = Delivery::Flows {
+            peer,
+            records: vec![to_record(Op::Upsert, &key, &conn, 0)],
+            full_end: true,
+        };
+        assert_eq!(
+            agent.handle(Event::Sync(delivery)).await,
+            ControlFlow::Continue(())
+        );
+        let applied = tokio::time::timeout(Duration::from_secs(10), events.recv())
+            .await
+            .expect("the write ends")
+            .expect("an event");
+        assert!(matches!(applied, Event::SyncApplied(Ok(_))), "{applied:?}");
+        assert_eq!(agent.handle(applied).await, ControlFlow::Continue(()));
+        let entries = flows
+            .entries
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        assert_eq!(entries.len(), 1);
+        assert_eq!(entries[0].0, key);
+        let status = agent.sync_status().expect("flow sync's status");
+        assert_eq!(status.role, "receiving");
+        assert_eq!(status.peers.len(), 1);
+        assert_eq!(status.peers[0].flows_written, 1);
+        // Without VRRP this node is never Master: a tick starts no round.
+        assert_eq!(
+            agent.handle(Event::SyncTick).await,
+            ControlFlow::Continue(())
+        );
+        assert!(events.try_recv().is_err(), "no walk");
+    }
+}
