@@ -340,63 +340,31 @@ impl<M: Maps> Agent<M> {
 
 #[cfg(test)]
 mod tests {
-    use std::net::{Ipv4Addr, SocketAddrV4};
+    use std::net::Ipv4Addr;
     use std::ops::ControlFlow;
     use std::sync::{Arc, PoisonError};
 
-    use balancer_common::{Conn, FlowKey, FLOW_ESTABLISHED, PROTO_TCP};
+    use balancer_common::PROTO_TCP;
     use balancer_wire::sync::Op;
     use tokio::sync::mpsc;
 
     use super::*;
     use crate::{
-        config::{
-            AllDownPolicy, Encapsulation, Forwarding, NatConfig, Protocol, Scheduler, Timeouts,
-            TunnelConfig, VipConfig, VipMode,
-        },
         dataplane::{FakeFlows, FakeMaps},
         health::Checker,
-        lb::{settings, Balancer, SnatSource},
-        sync::{record::to_record, KeySource},
+        sync::{
+            apply::tests::{backend, flow, receiver},
+            record::to_record,
+            KeySource,
+        },
     };
-
-    const VIP: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 100);
-    const BACKEND: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 101), 80);
 
     /// An agent (no VRRP: never Master) with VIP "web" and flow sync on loopback; the loop's
     /// events come on the receiver.
     fn agent(flows: &Arc<FakeFlows>) -> (Agent<FakeMaps>, mpsc::Receiver<Event>) {
-        let maps = FakeMaps {
-            flows: Arc::clone(flows),
-            ..FakeMaps::default()
-        };
-        let s = settings(
-            &Timeouts::default(),
-            &NatConfig::default(),
-            &TunnelConfig::default(),
-        );
-        let snat = SnatSource::Fixed(vec![Ipv4Addr::new(10, 0, 2, 1)]);
-        let mut lb = Balancer::new(maps, &s, snat).unwrap();
-        lb.add_pool("web").unwrap();
-        lb.add_backend("web", BACKEND, 1).unwrap();
-        lb.add_vip(VipConfig {
-            name: "web".into(),
-            address: VIP,
-            port: 80,
-            protocol: Protocol::Tcp,
-            scheduler: Scheduler::Maglev,
-            ring_size: 251,
-            pool: "web".into(),
-            on_all_down: AllDownPolicy::Drop,
-            forwarding: Forwarding::Nat,
-            encapsulation: Encapsulation::Ipip,
-            mode: VipMode::L4,
-            rules: Vec::new(),
-        })
-        .unwrap();
         let config = SyncConfig {
             peers: vec!["127.0.0.1:9".parse().unwrap()],
-            source: Some("127.0.0.1".parse().unwrap()),
+            source: Some(Ipv4Addr::LOCALHOST.into()),
             interface: None,
             port: 0,
             key: KeySource::Inline("0123456789abcdef".into()),
@@ -409,7 +377,7 @@ mod tests {
         let node = SyncNode::start(&config, deliveries).unwrap();
         let (events, rx) = mpsc::channel(8);
         let (health, _) = mpsc::channel(1);
-        let agent = Agent::new(lb, Checker::new(health), None, None)
+        let agent = Agent::new(receiver(flows), Checker::new(health), None, None)
             .with_events(events)
             .with_sync(Some(node));
         (agent, rx)
@@ -419,33 +387,15 @@ mod tests {
     async fn a_backup_writes_what_its_peer_sent_off_the_loop() {
         let flows = Arc::new(FakeFlows::default());
         let (mut agent, mut events) = agent(&flows);
-        let ip = |a: Ipv4Addr| u32::from_ne_bytes(a.octets());
-        let key = FlowKey {
-            src_addr: ip(Ipv4Addr::new(10, 0, 1, 2)),
-            dst_addr: ip(VIP),
-            src_port: 40000u16.to_be(),
-            dst_port: 80u16.to_be(),
-            proto: PROTO_TCP,
-            ..FlowKey::default()
-        };
-        let conn = Conn {
-            backend_addr: ip(*BACKEND.ip()),
-            backend_port: 80u16.to_be(),
-            snat_addr: ip(Ipv4Addr::new(10, 0, 2, 1)),
-            snat_port: 20000u16.to_be(),
-            state: FLOW_ESTABLISHED,
-            ..Conn::default()
-        };
-        let peer: IpAddr = "127.0.0.1".parse().unwrap();
+        let (key, conn) = flow(1, 80, PROTO_TCP, backend(1, 80));
+        let peer: IpAddr = Ipv4Addr::LOCALHOST.into();
         let delivery = Delivery::Flows {
             peer,
             records: vec![to_record(Op::Upsert, &key, &conn, 0)],
             full_end: true,
         };
-        assert_eq!(
-            agent.handle(Event::Sync(delivery)).await,
-            ControlFlow::Continue(())
-        );
+        let handled = agent.handle(Event::Sync(delivery)).await;
+        assert_eq!(handled, ControlFlow::Continue(()));
         let applied = tokio::time::timeout(Duration::from_secs(10), events.recv())
             .await
             .expect("the write ends")

@@ -71,7 +71,7 @@ pub fn apply(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::net::{Ipv4Addr, SocketAddrV4};
     use std::sync::{Arc, PoisonError};
 
@@ -107,12 +107,13 @@ mod tests {
         }
     }
 
-    fn backend(i: u8, port: u16) -> SocketAddrV4 {
+    pub(crate) fn backend(i: u8, port: u16) -> SocketAddrV4 {
         SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 100 + i), port)
     }
 
-    /// The receiver: an extra pool and VIP added first, so its ids are not the sender's.
-    fn receiver(flows: &Arc<FakeFlows>) -> Balancer<FakeMaps> {
+    /// The receiver: an extra pool and VIP added first, so its ids are not the sender's;
+    /// then pool "web" (backends 2 and 1, port 80) behind TCP VIP "web" (10.0.1.100:80).
+    pub(crate) fn receiver(flows: &Arc<FakeFlows>) -> Balancer<FakeMaps> {
         let maps = FakeMaps {
             flows: Arc::clone(flows),
             ..FakeMaps::default()
@@ -134,8 +135,14 @@ mod tests {
         lb
     }
 
-    /// A flow of the sender, with the sender's ids (which mean nothing here).
-    fn flow(client_port: u16, vip_port: u16, proto: u8, to: SocketAddrV4) -> (FlowKey, Conn) {
+    /// A flow of the sender from 10.0.1.2, with the sender's ids (which mean nothing
+    /// here).
+    pub(crate) fn flow(
+        client_port: u16,
+        vip_port: u16,
+        proto: u8,
+        to: SocketAddrV4,
+    ) -> (FlowKey, Conn) {
         let ip = |a: Ipv4Addr| u32::from_ne_bytes(a.octets());
         let key = FlowKey {
             src_addr: ip(Ipv4Addr::new(10, 0, 1, 2)),
