@@ -50,6 +50,17 @@ impl Pair {
     fn new() -> Pair {
         require_root();
         let topo = HaTopology::new(2, 2).expect("building the HA topology");
+        // The ends of the TCP flows retransmit at least every second (Linux 6.15's
+        // `tcp_rto_max_ms`; before the backends' listeners exist, whose accepted sockets
+        // inherit it): with the default backoff, the first retransmission after a 3.4 s
+        // outage may come 3 s after the new Master serves, a delay no balancer can shorten.
+        let ends = (1..=topo.n_backends())
+            .map(|j| topo.backend(j))
+            .chain([topo.client()]);
+        for ns in ends {
+            ns.run(&["sysctl", "-q", "-w", "net.ipv4.tcp_rto_max_ms=1000"])
+                .expect("setting tcp_rto_max_ms (Linux 6.15 or later)");
+        }
         let backends = topo.start_backends().expect("starting the backends");
         Pair {
             agents: [None, None],
