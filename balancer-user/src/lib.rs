@@ -12,6 +12,7 @@ pub mod lb;
 pub mod logging;
 pub mod ring;
 pub mod spelling;
+pub mod sync;
 pub mod sys;
 pub mod systemd;
 pub mod telemetry;

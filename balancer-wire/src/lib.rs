@@ -1,5 +1,6 @@
 //! Host-side packets: Ethernet (with one VLAN tag), ARP, IPv4, IPv6, TCP, UDP, ICMP for
-//! IPv4 and the Internet checksum, for every part of the project but the XDP program.
+//! IPv4, VRRP, the balancers' flow-sync datagrams (`sync`) and the Internet checksum, for
+//! every part of the project but the XDP program.
 //!
 //! Modelled on smoltcp's `wire` module. Each protocol has
 //!
@@ -97,6 +98,7 @@ pub mod icmpv4;
 pub mod ip;
 pub mod ipv4;
 pub mod ipv6;
+pub mod sync;
 pub mod tcp;
 pub mod udp;
 pub mod vrrp;

@@ -42,6 +42,7 @@ pub mod frame;
 pub mod ha;
 pub mod ha_agent;
 pub mod keepalived;
+pub mod long_flows;
 pub mod model;
 pub mod netns;
 pub mod running;

@@ -13,7 +13,12 @@ use std::{
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::{discovered::Discovered, links::LinkEvent, live::Live};
+use super::{
+    discovered::Discovered,
+    flowsync::{Round, SyncNode},
+    links::LinkEvent,
+    live::Live,
+};
 use crate::{
     api::{Request, Response},
     config::Host,
@@ -22,6 +27,7 @@ use crate::{
     health::{config::CheckConfig, Checker, HealthEvent},
     l7::Frontend,
     lb::{Balancer, BalancerError, FlowCensus},
+    sync::{Applied, Delivery, Outbox},
     vrrp::{Snapshot, TrackTarget, Vrrp},
 };
 
@@ -49,6 +55,14 @@ pub enum Event {
     Tick,
     /// A census of the connection table ended (see [`crate::lb::Census`]).
     FlowCensus(Result<FlowCensus, MapsError>),
+    /// Flow sync's interval passed: a Master walks its table for what to send.
+    SyncTick,
+    /// A flow-sync walk ended (just before its census's [`Event::FlowCensus`]).
+    SyncRound(Box<Round>),
+    /// A peer's flows, or its request for a full resync, passed flow sync's checks.
+    Sync(Delivery),
+    /// Received flows were written (per peer: what became of them).
+    SyncApplied(Result<std::collections::BTreeMap<IpAddr, Applied>, MapsError>),
 }
 
 /// How often the agent samples what it estimates from counters (the SNAT ports' use) and
@@ -79,9 +93,11 @@ pub struct Agent<M: Maps> {
     /// The pools whose backends come from etcd.
     pub(super) discovery: Discovered,
     /// Where a census of the connection table sends its outcome (none: no census).
-    events: Option<mpsc::Sender<Event>>,
-    /// A census runs: at most one at a time.
-    census_running: bool,
+    pub(super) events: Option<mpsc::Sender<Event>>,
+    /// A census (or flow sync's walk, which is one) runs: at most one at a time.
+    pub(super) census_running: bool,
+    /// Flow sync with the VRRP peers, when configured.
+    pub(super) sync: Option<SyncNode>,
 }
 
 impl<M: Maps> Agent<M> {
@@ -107,6 +123,7 @@ impl<M: Maps> Agent<M> {
             discovery: Discovered::default(),
             events: None,
             census_running: false,
+            sync: None,
         };
         agent.set_vrrp(vrrp);
         agent.sync_all();
@@ -144,6 +161,13 @@ impl<M: Maps> Agent<M> {
     #[must_use]
     pub fn with_events(mut self, events: mpsc::Sender<Event>) -> Self {
         self.events = Some(events);
+        self
+    }
+
+    /// The agent syncs its flows with its VRRP peers through `sync`.
+    #[must_use]
+    pub(super) fn with_sync(mut self, sync: Option<SyncNode>) -> Self {
+        self.sync = sync;
         self
     }
 
@@ -212,12 +236,16 @@ impl<M: Maps> Agent<M> {
                 if let Err(e) = self.lb.sample_snat_use() {
                     log::warn!("cannot sample the backends' SNAT use: {e}");
                 }
-                self.start_census();
+                self.start_walk(None);
             }
             Event::FlowCensus(result) => {
                 self.census_running = false;
                 self.lb.record_census(result);
             }
+            Event::SyncTick => self.sync_tick(),
+            Event::SyncRound(round) => self.sync_round(*round),
+            Event::Sync(delivery) => self.sync_delivery(delivery),
+            Event::SyncApplied(result) => self.sync_applied(result),
             Event::Link(event) => {
                 if let Some(links) = &mut self.links {
                     let changed = match &event {
@@ -253,27 +281,61 @@ impl<M: Maps> Agent<M> {
     /// Starts a census of the connection table on a blocking thread (reading a full table
     /// takes a while, and only reads), unless one runs or the last took long enough to
     /// skip this tick; its outcome comes back as an [`Event::FlowCensus`], whatever
-    /// becomes of the thread.
-    fn start_census(&mut self) {
+    /// becomes of the thread. With flow sync's `outbox`, the same walk finds what to send
+    /// the peers, which comes back before it as an [`Event::SyncRound`] with the outbox
+    /// (a walk that does not start gives the outbox back at once).
+    pub(super) fn start_walk(&mut self, outbox: Option<Outbox>) {
         let Some(events) = &self.events else {
             return;
         };
-        if self.census_running || !self.lb.census_due(std::time::Instant::now()) {
+        // (Flow sync paces its own walks: see `flowsync::BUSY_SHARE`.)
+        let skip = self.census_running
+            || (outbox.is_none() && !self.lb.census_due(std::time::Instant::now()));
+        if skip {
+            // (Flow sync tries again at its next interval.)
+            if let (Some(outbox), Some(node)) = (outbox, &mut self.sync) {
+                node.give_back(outbox);
+            }
             return;
         }
         self.census_running = true;
         let census = self.lb.census();
         let events = events.clone();
         tokio::spawn(async move {
-            let result = tokio::task::spawn_blocking(move || census.take())
-                .await
-                .unwrap_or_else(|e| {
-                    Err(MapsError::Other {
-                        map: balancer_common::map_names::CONNS,
-                        message: format!("the census thread failed: {e}"),
-                    })
+            let walk = tokio::task::spawn_blocking(move || match outbox {
+                None => (census.take(), None),
+                Some(mut outbox) => {
+                    let started = std::time::Instant::now();
+                    let settings = *census.table().1;
+                    let mut round = outbox.round(settings, started);
+                    let result =
+                        census.take_with(&mut |now, key, conn| round.visit(now, key, conn));
+                    let full = round.is_full();
+                    let records = round.finish();
+                    let round = Round {
+                        failed: result.is_err(),
+                        outbox,
+                        records,
+                        full,
+                        took: started.elapsed(),
+                    };
+                    (result, Some(Box::new(round)))
+                }
+            })
+            .await;
+            let (result, round) = walk.unwrap_or_else(|e| {
+                let failed = Err(MapsError::Other {
+                    map: balancer_common::map_names::CONNS,
+                    message: format!("the census thread failed: {e}"),
                 });
-            // (Closed: the agent is stopping.)
+                (failed, None)
+            });
+            // The round first: flow sync has its outbox back before the census ends the
+            // walk (a sync tick in between finds the walk still running). (Closed: the
+            // agent is stopping.)
+            if let Some(round) = round {
+                let _ = events.send(Event::SyncRound(round)).await;
+            }
             let _ = events.send(Event::FlowCensus(result)).await;
         });
     }
@@ -467,6 +529,7 @@ impl<M: Maps> Agent<M> {
                     status.config = Some(live.status());
                 }
                 self.set_discovery_status(&mut status);
+                status.sync = self.sync_status();
                 Response {
                     ok: true,
                     error: None,

@@ -9,6 +9,7 @@
 mod control_server;
 mod discovered;
 mod events;
+mod flowsync;
 mod host;
 mod links;
 mod live;
@@ -136,10 +137,18 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     let (health_tx, mut health) = mpsc::channel::<HealthEvent>(1024);
     let http = l7::Frontend::start(&config).await?;
     let vrrp = start_vrrp(&config)?;
+    // What flow sync's peers send comes on a channel of its own too.
+    let (sync_tx, mut sync_rx) = mpsc::channel(1024);
+    let sync = config
+        .sync
+        .as_ref()
+        .map(|s| flowsync::SyncNode::start(s, sync_tx))
+        .transpose()?;
     let mut agent = Agent::new(lb, Checker::new(health_tx), vrrp, http)
         .with_links(links)
         .with_config(live)
-        .with_events(events_tx.clone());
+        .with_events(events_tx.clone())
+        .with_sync(sync);
     // Discovered sets too come on a channel of their own.
     let (discovery_tx, mut discoveries) = mpsc::channel(64);
     agent.start_discovery(&config, discovery_tx);
@@ -149,10 +158,20 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     crate::systemd::notify(crate::systemd::READY);
     let mut tick = tokio::time::interval(events::SAMPLE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let syncing = config.sync.is_some();
+    let mut sync_tick = tokio::time::interval(
+        config
+            .sync
+            .as_ref()
+            .map_or(events::SAMPLE_EVERY, |s| s.interval),
+    );
+    sync_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let event = tokio::select! {
             Some(event) = events.recv() => event,
             _ = tick.tick() => Event::Tick,
+            _ = sync_tick.tick(), if syncing => Event::SyncTick,
+            Some(delivery) = sync_rx.recv() => Event::Sync(delivery),
             Some(result) = health.recv() => Event::Health(result),
             Some(update) = discoveries.recv() => {
                 Event::Discovery(discovered::newest_sets(update, &mut discoveries))

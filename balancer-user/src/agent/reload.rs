@@ -214,6 +214,7 @@ pub fn check_live(old: &Config, new: &Config) -> Result<(), String> {
             old.telemetry != new.telemetry,
             "telemetry: changing the metrics listener",
         ),
+        (old.sync != new.sync, "sync: changing the flow sync"),
     ];
     let refused: Vec<&str> = fixed
         .iter()

@@ -424,4 +424,75 @@ pub struct Status {
     /// come from (absent before the first one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub flow_census: Option<FlowCensusStatus>,
+    /// Flow sync with the VRRP peers, when `[sync]` is configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync: Option<SyncStatus>,
+}
+
+/// Flow-table sync with the VRRP peers (`[sync]`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SyncStatus {
+    /// "sending" while this node is the Master of the sync's VRRP instance, else
+    /// "receiving".
+    pub role: String,
+    /// The socket's address.
+    pub local: Option<String>,
+    /// Datagrams waiting for the rate bound, and those dropped because too many waited.
+    pub queued: u64,
+    pub queue_drops: u64,
+    /// Datagrams from addresses that are not peers.
+    pub strangers: u64,
+    /// Records received while Master (not written), and those dropped because too many
+    /// waited to be written.
+    pub ignored_while_master: u64,
+    pub dropped: u64,
+    /// The newest walk of the table for changes (while Master).
+    pub last_round: Option<SyncRoundStatus>,
+    /// Why the newest write of received flows failed, while none succeeded since.
+    pub last_error: Option<String>,
+    pub peers: Vec<SyncPeerStatus>,
+}
+
+/// One walk of the Master's table for what to send.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SyncRoundStatus {
+    pub age_secs: f64,
+    /// How long the walk and the comparison took.
+    pub took_secs: f64,
+    /// A full round (every live flow).
+    pub full: bool,
+    /// Records it sent.
+    pub records: u64,
+    /// Flows the peers were told of and not told gone since.
+    pub flows: u64,
+}
+
+/// Flow sync with one peer.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SyncPeerStatus {
+    /// Address and port.
+    pub address: String,
+    pub flows_sent: u64,
+    pub datagrams_sent: u64,
+    pub flows_received: u64,
+    pub datagrams_received: u64,
+    /// Seconds since the peer was last heard (a Master sends at least one datagram every
+    /// `interval`); none before.
+    pub lag_secs: Option<f64>,
+    /// Seconds since its last full resync arrived; none before.
+    pub last_full_resync_secs: Option<f64>,
+    /// Received flows written into the tables, and removed.
+    pub flows_written: u64,
+    pub flows_removed: u64,
+    /// Received flows skipped: their VIP or backend is unknown here.
+    pub unknown: u64,
+    /// Datagrams refused: a wrong MAC (forged, or another key), malformed, or stale (an
+    /// older boot, seen before, or older than the window).
+    pub auth_failures: u64,
+    pub malformed: u64,
+    pub stale: u64,
+    /// Datagrams missing from its sequence.
+    pub lost: u64,
+    pub resync_requests_sent: u64,
+    pub resync_requests_received: u64,
 }

@@ -1,5 +1,7 @@
 //! What the CLI prints: the agent's status as tables.
 
+mod flow_sync;
+
 use std::fmt::Write as _;
 
 use crate::api::{client::ClientError, ActiveFlows, InterfaceState, Status};
@@ -501,6 +503,10 @@ pub(super) fn render_status(status: &Status, color: bool) -> String {
     if status.pools.iter().any(|p| p.discovery.is_some()) {
         out += "\n\nDiscovery\n";
         out += &render_discovery(status);
+    }
+    if let Some(sync) = flow_sync::render_sync(status) {
+        out += "\n\nFlow sync\n";
+        out += &sync;
     }
     if let Some(config) = render_config(status) {
         out += "\n\nConfiguration\n";

@@ -53,6 +53,7 @@ pub use crate::l7::headers::ForwardedStyle;
 pub use crate::l7::proxy::ProxySettings;
 /// Whether `n` is a prime number (Maglev ring sizes must be).
 pub use crate::ring::is_prime;
+pub use crate::sync::config::{KeySource, SyncConfig};
 pub use crate::telemetry::config::{Credentials, TelemetryConfig};
 pub use addresses::{
     check_backend_address, check_l4_backend, check_source_address, check_vip_address, family,
@@ -114,6 +115,8 @@ pub struct Config {
     pub telemetry: Option<TelemetryConfig>,
     /// `[tunnel]`: how tunnel VIPs' packets are encapsulated.
     pub tunnel: TunnelConfig,
+    /// `[sync]`: flow-table sync between VRRP peers; `None`: none.
+    pub sync: Option<SyncConfig>,
     pub pools: Vec<PoolConfig>,
     pub vips: Vec<VipConfig>,
     /// `[[vrrp]]`: the VRRP instances, in the order written.

@@ -26,6 +26,8 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub(super) tunnel: Option<RawTunnel>,
     #[serde(default)]
+    pub(super) sync: Option<Spanned<RawSync>>,
+    #[serde(default)]
     pub(super) pool: Vec<Spanned<RawPool>>,
     #[serde(default)]
     pub(super) vip: Vec<Spanned<RawVip>>,
@@ -71,6 +73,31 @@ pub(super) struct RawTunnel {
     pub(super) gue_port: Option<Spanned<Int>>,
     #[serde(default)]
     pub(super) mtu: Option<Spanned<Int>>,
+}
+
+/// `[sync]`: flow-table sync between VRRP peers.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(super) struct RawSync {
+    pub(super) peers: Spanned<Vec<Spanned<String>>>,
+    #[serde(default)]
+    pub(super) source: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) interface: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) port: Option<Spanned<Int>>,
+    #[serde(default)]
+    pub(super) key: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) key_file: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) instance: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) interval: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) full_resync: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) rate: Option<Spanned<Int>>,
 }
 
 #[derive(Deserialize)]

@@ -133,6 +133,7 @@ fn full_example_parses() {
         http: ProxySettings::default(),
         telemetry: None,
         tunnel: TunnelConfig::default(),
+        sync: None,
         pools: vec![
             PoolConfig {
                 name: "web".into(),
@@ -244,6 +245,7 @@ fn minimal_config_uses_defaults() {
             http: ProxySettings::default(),
             telemetry: None,
             tunnel: TunnelConfig::default(),
+            sync: None,
             pools: vec![],
             vips: vec![],
             vrrp: vec![],

@@ -9,13 +9,13 @@ use aya::{
     Ebpf,
 };
 use balancer_common::{
-    map_names, stat, Backend, Conn, FlowKey, FlowStats, Settings, VipKey, VipMeta,
+    map_names, stat, Backend, Conn, FlowKey, FlowStats, NatEntry, Settings, VipKey, VipMeta,
     BACKEND_F_RESCHEDULE, MAX_VIPS, RING_ENTRIES, V6,
 };
 
 use super::{
     batch::{self, KernelHash},
-    clock, AnyBackend, AnyVipKey, FlowEntry, FlowTable, Maps, MapsError, PresentVips,
+    clock, names_client, AnyBackend, AnyVipKey, FlowEntry, FlowTable, Maps, MapsError, PresentVips,
 };
 
 /// The `VIPS` map of `key`'s family.
@@ -49,7 +49,7 @@ pub struct AyaMaps {
     vip_stats: PerCpuArray<MapData, FlowStats>,
     backend_stats: PerCpuArray<MapData, FlowStats>,
     global_stats: PerCpuArray<MapData, u64>,
-    /// `CONNS` and `CONNS6`, read only (the program writes them).
+    /// `CONNS`, `CONNS6` and `NAT` (the program writes them; flow sync too).
     flows: Arc<KernelFlows>,
 }
 
@@ -84,50 +84,61 @@ impl AyaMaps {
     }
 }
 
-/// `CONNS` and `CONNS6` of a loaded program, each through a descriptor of its own (the
-/// program keeps the maps; nothing here writes them).
+/// `CONNS`, `CONNS6` and `NAT` of a loaded program, each through a descriptor of its own
+/// (the program keeps the maps): read whole by the census, written only by flow sync
+/// (IPv4 flows only, so far).
 struct KernelFlows {
     v4: KernelHash,
     v6: KernelHash,
+    nat: KernelHash,
 }
 
 impl KernelFlows {
     fn new(ebpf: &Ebpf) -> Result<Self, MapsError> {
         Ok(KernelFlows {
-            v4: Self::open::<FlowKey, Conn>(ebpf, map_names::CONNS)?,
-            v6: Self::open::<FlowKey<V6>, Conn<V6>>(ebpf, map_names::CONNS6)?,
+            v4: kernel_hash::<FlowKey, Conn>(ebpf, map_names::CONNS)?,
+            v6: kernel_hash::<FlowKey<V6>, Conn<V6>>(ebpf, map_names::CONNS6)?,
+            nat: kernel_hash::<FlowKey, NatEntry>(ebpf, map_names::NAT)?,
         })
     }
+}
+/// Hash map `name` of a loaded program, through a descriptor of its own, checked to hold
+/// `K` keys and `V` values.
+fn kernel_hash<K, V>(ebpf: &Ebpf, name: &'static str) -> Result<KernelHash, MapsError> {
+    let (aya::maps::Map::LruHashMap(map) | aya::maps::Map::HashMap(map)) =
+        ebpf.map(name).ok_or(MapsError::Missing(name))?
+    else {
+        return Err(MapsError::Other {
+            map: name,
+            message: "is not a hash map".into(),
+        });
+    };
+    let info = map.info().map_err(aya_err(name))?;
+    let sizes = (info.key_size() as usize, info.value_size() as usize);
+    let wanted = (size_of::<K>(), size_of::<V>());
+    if sizes != wanted {
+        return Err(MapsError::Other {
+            map: name,
+            message: format!("entry sizes {sizes:?} where this agent reads {wanted:?}"),
+        });
+    }
+    let fd = map
+        .fd()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| MapsError::Other {
+            map: name,
+            message: format!("duplicating its descriptor: {e}"),
+        })?;
+    // SAFETY: a hash map, not per-CPU (matched above), of these sizes.
+    Ok(unsafe { KernelHash::new(fd, sizes.0, sizes.1) })
+}
 
-    /// A descriptor of connection table `name`, whose entries must be `K` -> `V`.
-    fn open<K, V>(ebpf: &Ebpf, name: &'static str) -> Result<KernelHash, MapsError> {
-        let (aya::maps::Map::LruHashMap(map) | aya::maps::Map::HashMap(map)) =
-            ebpf.map(name).ok_or(MapsError::Missing(name))?
-        else {
-            return Err(MapsError::Other {
-                map: name,
-                message: "is not a hash map".into(),
-            });
-        };
-        let info = map.info().map_err(aya_err(name))?;
-        let sizes = (info.key_size() as usize, info.value_size() as usize);
-        let wanted = (size_of::<K>(), size_of::<V>());
-        if sizes != wanted {
-            return Err(MapsError::Other {
-                map: name,
-                message: format!("entry sizes {sizes:?} where this agent reads {wanted:?}"),
-            });
-        }
-        let fd = map
-            .fd()
-            .as_fd()
-            .try_clone_to_owned()
-            .map_err(|e| MapsError::Other {
-                map: name,
-                message: format!("duplicating its descriptor: {e}"),
-            })?;
-        // SAFETY: a hash map, not per-CPU (matched above), of these sizes.
-        Ok(unsafe { KernelHash::new(fd, sizes.0, sizes.1) })
+/// A failed element write of flow sync.
+fn write_err(map: &'static str) -> impl FnOnce(std::io::Error) -> MapsError {
+    move |e| MapsError::Other {
+        map,
+        message: e.to_string(),
     }
 }
 
@@ -157,6 +168,39 @@ impl FlowTable for KernelFlows {
         )
         .map_err(failed(map_names::CONNS6))?;
         Ok(v4 + v6)
+    }
+
+    fn put(
+        &self,
+        key: &FlowKey,
+        conn: &Conn,
+        reply: Option<&(FlowKey, NatEntry)>,
+    ) -> Result<(), MapsError> {
+        self.v4
+            .update(key, conn)
+            .map_err(write_err(map_names::CONNS))?;
+        if let Some((reply_key, entry)) = reply {
+            self.nat
+                .update(reply_key, entry)
+                .map_err(write_err(map_names::NAT))?;
+        }
+        Ok(())
+    }
+
+    fn remove(&self, key: &FlowKey, reply: Option<&FlowKey>) -> Result<(), MapsError> {
+        self.v4
+            .delete::<FlowKey, Conn>(key)
+            .map_err(write_err(map_names::CONNS))?;
+        let Some(reply) = reply else {
+            return Ok(());
+        };
+        let holder: Option<NatEntry> = self.nat.lookup(reply).map_err(write_err(map_names::NAT))?;
+        if holder.is_some_and(|h| names_client(&h, key)) {
+            self.nat
+                .delete::<FlowKey, NatEntry>(reply)
+                .map_err(write_err(map_names::NAT))?;
+        }
+        Ok(())
     }
 }
 

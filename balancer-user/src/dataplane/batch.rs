@@ -1,6 +1,7 @@
 //! A whole hash map read with `BPF_MAP_LOOKUP_BATCH`: thousands of entries per syscall
 //! instead of a `BPF_MAP_GET_NEXT_KEY` and a lookup per entry (aya 0.14 has no batch
-//! calls). The agent's census of live flows reads `CONNS` this way, off its event loop.
+//! calls). The agent's census of live flows reads `CONNS` this way, off its event loop;
+//! flow sync writes a peer's flows into `CONNS` and `NAT` one element at a time.
 
 use std::{
     io,
@@ -110,8 +111,23 @@ impl KernelHash {
     }
 }
 
-impl<K: aya::Pod, V: aya::Pod> BatchRead<K, V> for KernelHash {
-    fn read(&self, from: Option<u64>, keys: &mut [K], values: &mut [V]) -> io::Result<Chunk> {
+/// `bpf(2)` commands of single elements.
+const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
+
+/// The element part of `union bpf_attr` (`BPF_MAP_*_ELEM`).
+#[repr(C)]
+struct ElemAttr {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    value: u64,
+    flags: u64,
+}
+
+impl KernelHash {
+    fn check_sizes<K, V>(&self) -> io::Result<u32> {
         if (size_of::<K>(), size_of::<V>()) != (self.key_size, self.value_size) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -124,6 +140,72 @@ impl<K: aya::Pod, V: aya::Pod> BatchRead<K, V> for KernelHash {
                 ),
             ));
         }
+        u32::try_from(self.fd.as_raw_fd())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a negative descriptor"))
+    }
+
+    /// One element command on `key` (and `value`, which the kernel reads or writes).
+    fn elem<K: aya::Pod, V: aya::Pod>(
+        &self,
+        cmd: libc::c_long,
+        key: &K,
+        value: Option<*mut V>,
+    ) -> io::Result<()> {
+        let map_fd = self.check_sizes::<K, V>()?;
+        let mut attr = ElemAttr {
+            map_fd,
+            _pad: 0,
+            key: std::ptr::from_ref(key) as u64,
+            value: value.map_or(0, |v| v as u64),
+            flags: 0,
+        };
+        // SAFETY: a valid element attribute: key and value point at live `K` and `V` of
+        // the map's sizes (checked above), which take any bytes (`Pod`).
+        let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, &raw mut attr, size_of::<ElemAttr>()) };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+
+    /// `map[key] = value` (created or replaced).
+    ///
+    /// # Errors
+    /// The syscall's.
+    pub fn update<K: aya::Pod, V: aya::Pod>(&self, key: &K, value: &V) -> io::Result<()> {
+        let mut value = *value;
+        self.elem(BPF_MAP_UPDATE_ELEM, key, Some(&raw mut value))
+    }
+
+    /// `map[key]`, if present.
+    ///
+    /// # Errors
+    /// The syscall's, but for an absent key.
+    pub fn lookup<K: aya::Pod, V: aya::Pod + Default>(&self, key: &K) -> io::Result<Option<V>> {
+        let mut value = V::default();
+        match self.elem(BPF_MAP_LOOKUP_ELEM, key, Some(&raw mut value)) {
+            Ok(()) => Ok(Some(value)),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Deletes `key` (absent already: fine).
+    ///
+    /// # Errors
+    /// The syscall's, but for an absent key.
+    pub fn delete<K: aya::Pod, V: aya::Pod>(&self, key: &K) -> io::Result<()> {
+        match self.elem::<K, V>(BPF_MAP_DELETE_ELEM, key, None) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+            other => other,
+        }
+    }
+}
+
+impl<K: aya::Pod, V: aya::Pod> BatchRead<K, V> for KernelHash {
+    fn read(&self, from: Option<u64>, keys: &mut [K], values: &mut [V]) -> io::Result<Chunk> {
+        let map_fd = self.check_sizes::<K, V>()?;
         // A hash map's position is a bucket number (a u32): 8 bytes hold it.
         let start = from.unwrap_or(0);
         let mut next = 0u64;
@@ -138,9 +220,7 @@ impl<K: aya::Pod, V: aya::Pod> BatchRead<K, V> for KernelHash {
             keys: keys.as_mut_ptr() as u64,
             values: values.as_mut_ptr() as u64,
             count: u32::try_from(count).unwrap_or(u32::MAX),
-            map_fd: u32::try_from(self.fd.as_raw_fd()).map_err(|_| {
-                io::Error::new(io::ErrorKind::InvalidInput, "a negative descriptor")
-            })?,
+            map_fd,
             ..BatchAttr::default()
         };
         // SAFETY: `attr` is a valid batch attribute: the buffers hold `count` keys and
@@ -168,6 +248,47 @@ impl<K: aya::Pod, V: aya::Pod> BatchRead<K, V> for KernelHash {
             return Ok(Chunk { count, next: None });
         }
         Err(e)
+    }
+}
+
+/// A new LRU hash map of `K` keys and `V` values (`BPF_MAP_CREATE`), for tests.
+///
+/// # Panics
+/// When the kernel refuses (without root or `CAP_BPF`).
+#[cfg(test)]
+pub(crate) fn lru_hash<K, V>(max_entries: u32) -> KernelHash {
+    use std::os::fd::FromRawFd;
+
+    #[repr(C)]
+    struct CreateAttr {
+        map_type: u32,
+        key_size: u32,
+        value_size: u32,
+        max_entries: u32,
+        map_flags: u32,
+    }
+    let mut attr = CreateAttr {
+        map_type: 9, // BPF_MAP_TYPE_LRU_HASH
+        key_size: size_of::<K>() as u32,
+        value_size: size_of::<V>() as u32,
+        max_entries,
+        map_flags: 0,
+    };
+    // SAFETY: a valid create attribute; the result is a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, 0, &raw mut attr, size_of::<CreateAttr>()) };
+    assert!(
+        fd >= 0,
+        "BPF_MAP_CREATE: {} (this test needs root or CAP_BPF: run it with `cargo xtask test`)",
+        io::Error::last_os_error()
+    );
+    // SAFETY: the kernel just gave us this descriptor, a hash map (not per-CPU) of these
+    // sizes.
+    unsafe {
+        KernelHash::new(
+            OwnedFd::from_raw_fd(i32::try_from(fd).unwrap()),
+            size_of::<K>(),
+            size_of::<V>(),
+        )
     }
 }
 
@@ -290,65 +411,13 @@ mod tests {
         assert_eq!(e.raw_os_error(), Some(libc::EBADF));
     }
 
-    /// `BPF_MAP_CREATE` of an LRU hash of `u32` keys and `u64` values.
-    fn lru_hash(max_entries: u32) -> OwnedFd {
-        #[repr(C)]
-        struct CreateAttr {
-            map_type: u32,
-            key_size: u32,
-            value_size: u32,
-            max_entries: u32,
-            map_flags: u32,
-        }
-        let mut attr = CreateAttr {
-            map_type: 9, // BPF_MAP_TYPE_LRU_HASH
-            key_size: 4,
-            value_size: 8,
-            max_entries,
-            map_flags: 0,
-        };
-        // SAFETY: a valid create attribute; the result is a new descriptor or -1.
-        let fd = unsafe { libc::syscall(libc::SYS_bpf, 0, &raw mut attr, size_of::<CreateAttr>()) };
-        assert!(
-            fd >= 0,
-            "BPF_MAP_CREATE: {} (this test needs root or CAP_BPF: run it with `cargo xtask \
-             test`)",
-            io::Error::last_os_error()
-        );
-        // SAFETY: the kernel just gave us this descriptor.
-        unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(i32::try_from(fd).unwrap()) }
-    }
-
-    fn update(fd: &OwnedFd, key: u32, value: u64) {
-        #[repr(C)]
-        struct UpdateAttr {
-            map_fd: u32,
-            _pad: u32,
-            key: u64,
-            value: u64,
-            flags: u64,
-        }
-        let mut attr = UpdateAttr {
-            map_fd: u32::try_from(fd.as_raw_fd()).unwrap(),
-            _pad: 0,
-            key: &raw const key as u64,
-            value: &raw const value as u64,
-            flags: 0,
-        };
-        // SAFETY: a valid update attribute pointing at live key and value.
-        let rc = unsafe { libc::syscall(libc::SYS_bpf, 2, &raw mut attr, size_of::<UpdateAttr>()) };
-        assert_eq!(rc, 0, "BPF_MAP_UPDATE_ELEM: {}", io::Error::last_os_error());
-    }
-
     #[test]
     fn a_kernel_lru_hash_is_read_whole_in_batches() {
-        let fd = lru_hash(4096);
+        let map = lru_hash::<u32, u64>(4096);
         let n = 3000u32;
         for key in 0..n {
-            update(&fd, key, u64::from(key) * 7 + 1);
+            map.update(&key, &(u64::from(key) * 7 + 1)).unwrap();
         }
-        // SAFETY: an LRU hash of u32 keys and u64 values.
-        let map = unsafe { KernelHash::new(fd, 4, 8) };
         for chunk in [1, 64, CHUNK] {
             let mut seen = vec![false; n as usize];
             let total = walk(&map, chunk, |k: &u32, v: &u64| {
@@ -365,8 +434,7 @@ mod tests {
                 "chunks of {chunk}: a key was missed"
             );
         }
-        // SAFETY: as above.
-        let empty = unsafe { KernelHash::new(lru_hash(16), 4, 8) };
+        let empty = lru_hash::<u32, u64>(16);
         assert_eq!(
             walk(&empty, CHUNK, |_: &u32, _: &u64| panic!("empty")).unwrap(),
             0

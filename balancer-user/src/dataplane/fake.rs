@@ -7,12 +7,13 @@ use std::{
 };
 
 use balancer_common::{
-    stat, Backend, Conn, FlowKey, FlowStats, Settings, VipMeta, BACKEND_F_PRESENT, MAX_VIPS, V6,
+    stat, Backend, Conn, FlowKey, FlowStats, NatEntry, Settings, VipMeta, BACKEND_F_PRESENT,
+    MAX_VIPS, V6,
 };
 
 use super::{
     family::{v4_addr, v6_addr},
-    AnyBackend, AnyVipKey, FlowEntry, FlowTable, Maps, MapsError, PresentVips,
+    names_client, AnyBackend, AnyVipKey, FlowEntry, FlowTable, Maps, MapsError, PresentVips,
 };
 
 /// In-memory maps with the kernel's semantics that matter to the agent.
@@ -39,11 +40,13 @@ pub struct FakeMaps {
     pub flows: Arc<FakeFlows>,
 }
 
-/// A connection table in memory, and the data plane's clock (set by the test).
+/// A connection table in memory (with its reply entries, which flow sync writes), and the
+/// data plane's clock (set by the test).
 #[derive(Debug, Default)]
 pub struct FakeFlows {
     pub entries: Mutex<Vec<(FlowKey, Conn)>>,
     pub entries6: Mutex<Vec<(FlowKey<V6>, Conn<V6>)>>,
+    pub nat: Mutex<HashMap<FlowKey, NatEntry>>,
     pub now_ns: Mutex<u64>,
 }
 
@@ -85,6 +88,36 @@ impl FlowTable for FakeFlows {
             each(&(key, conn).into());
         }
         Ok(entries.len() + entries6.len())
+    }
+
+    fn put(
+        &self,
+        key: &FlowKey,
+        conn: &Conn,
+        reply: Option<&(FlowKey, NatEntry)>,
+    ) -> Result<(), MapsError> {
+        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        match entries.iter_mut().find(|(k, _)| k == key) {
+            Some((_, c)) => *c = *conn,
+            None => entries.push((*key, *conn)),
+        }
+        if let Some((reply_key, entry)) = reply {
+            let mut nat = self.nat.lock().unwrap_or_else(PoisonError::into_inner);
+            nat.insert(*reply_key, *entry);
+        }
+        Ok(())
+    }
+
+    fn remove(&self, key: &FlowKey, reply: Option<&FlowKey>) -> Result<(), MapsError> {
+        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        entries.retain(|(k, _)| k != key);
+        if let Some(reply) = reply {
+            let mut nat = self.nat.lock().unwrap_or_else(PoisonError::into_inner);
+            if nat.get(reply).is_some_and(|h| names_client(h, key)) {
+                nat.remove(reply);
+            }
+        }
+        Ok(())
     }
 }
 

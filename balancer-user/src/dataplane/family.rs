@@ -142,6 +142,8 @@ pub struct FlowEntry {
     /// `FLOW_*` bits.
     pub state: u32,
     pub last_seen_ns: u64,
+    /// An IPv4 flow's entry as the table holds it (what flow sync sends).
+    pub v4: Option<(FlowKey, Conn)>,
 }
 
 impl FlowEntry {
@@ -163,13 +165,17 @@ impl FlowEntry {
             vip_gen: conn.vip_gen,
             state: conn.state,
             last_seen_ns: conn.last_seen_ns,
+            v4: None,
         }
     }
 }
 
 impl From<(&FlowKey, &Conn)> for FlowEntry {
     fn from((key, conn): (&FlowKey, &Conn)) -> Self {
-        FlowEntry::of(key, conn, |a| v4_addr(a).into())
+        FlowEntry {
+            v4: Some((*key, *conn)),
+            ..FlowEntry::of(key, conn, |a| v4_addr(a).into())
+        }
     }
 }
 

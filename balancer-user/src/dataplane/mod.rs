@@ -21,7 +21,7 @@ pub mod rtnetlink;
 
 use std::{collections::HashMap, sync::Arc};
 
-use balancer_common::{FlowStats, Settings, VipMeta};
+use balancer_common::{Conn, FlowKey, FlowStats, NatEntry, Settings, VipMeta};
 
 pub use aya_maps::AyaMaps;
 pub use fake::{FakeFlows, FakeMaps};
@@ -70,8 +70,10 @@ pub trait Maps {
     fn flow_table(&self) -> Arc<dyn FlowTable>;
 }
 
-/// The connection tables (`CONNS` and `CONNS6`) as the agent reads them: whole (a full
-/// table takes a while: never on the event loop), and only read.
+/// The connection tables (`CONNS` and `CONNS6`, and `NAT` for flow sync) as the agent
+/// sees them: read whole (a full table takes a while: never on the event loop), and
+/// written only with the flows a VRRP peer sent (flow sync, on a blocking thread too;
+/// IPv4 flows only, so far).
 pub trait FlowTable: Send + Sync {
     /// The data plane's clock now (ns), as the program given `settings` reads it: what a
     /// flow's `last_seen_ns` is compared with.
@@ -84,6 +86,34 @@ pub trait FlowTable: Send + Sync {
     /// # Errors
     /// When a table cannot be read.
     fn walk(&self, each: &mut dyn FnMut(&FlowEntry)) -> Result<usize, MapsError>;
+    /// Writes a flow a peer sent: its `CONNS` entry, then its `NAT` entry (`reply`: key
+    /// and entry) when it has one, the order in which the data plane claims a SNAT port (a
+    /// CPU that finds the reply entry finds its flow too).
+    ///
+    /// # Errors
+    /// When a table cannot be written.
+    fn put(
+        &self,
+        key: &FlowKey,
+        conn: &Conn,
+        reply: Option<&(FlowKey, NatEntry)>,
+    ) -> Result<(), MapsError>;
+    /// Deletes flow `key`, and the `NAT` entry of key `reply` if it still names that flow
+    /// (another flow may hold the port since).
+    ///
+    /// # Errors
+    /// When a table cannot be written.
+    fn remove(&self, key: &FlowKey, reply: Option<&FlowKey>) -> Result<(), MapsError>;
+}
+
+/// Whether reply entry `holder` is the one of client flow `key`.
+fn names_client(holder: &NatEntry, key: &FlowKey) -> bool {
+    (
+        holder.client_addr,
+        holder.client_port,
+        holder.vip_addr,
+        holder.vip_port,
+    ) == (key.src_addr, key.src_port, key.dst_addr, key.dst_port)
 }
 
 /// The VIPs present in the kernel, for the two arrays that let it skip the `VIPS` hash:

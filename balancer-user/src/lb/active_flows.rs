@@ -16,13 +16,13 @@ use std::{
 };
 
 use balancer_common::{
-    Settings, FLOW_CLOSING, FLOW_ESTABLISHED, MAX_BACKENDS, MAX_VIPS, PROTO_TCP,
+    Conn, FlowKey, Settings, FLOW_CLOSING, FLOW_ESTABLISHED, MAX_BACKENDS, MAX_VIPS, PROTO_TCP,
 };
 
 use super::Balancer;
 use crate::{
     api::{ActiveFlows, FlowCensusStatus},
-    dataplane::{FlowEntry, FlowTable, Maps, MapsError},
+    dataplane::{family::v4_addr, FlowEntry, FlowTable, Maps, MapsError},
 };
 
 /// A census reads the table at most one `BUSY_SHARE`th of the time: reading a full table
@@ -123,11 +123,26 @@ impl Census {
     /// # Errors
     /// When the table or the data plane's clock cannot be read.
     pub fn take(&self) -> Result<FlowCensus, MapsError> {
+        self.take_with(&mut |_, _, _| {})
+    }
+
+    /// [`Census::take`], showing every entry read to `also` as well, with the data plane's
+    /// clock of the walk: flow sync compares the table with what it sent in the same walk.
+    ///
+    /// # Errors
+    /// As [`Census::take`].
+    pub fn take_with(
+        &self,
+        also: &mut dyn FnMut(u64, &FlowKey, &Conn),
+    ) -> Result<FlowCensus, MapsError> {
         let started = Instant::now();
         let now = self.table.now_ns(&self.settings)?;
         let mut vips = vec![ActiveFlows::default(); self.vips.len()];
         let mut backends = vec![ActiveFlows::default(); self.backends.len()];
         let entries = self.table.walk(&mut |flow| {
+            if let Some((key, conn)) = &flow.v4 {
+                also(now, key, conn);
+            }
             if !is_live(flow, &self.settings, now) {
                 return;
             }
@@ -157,6 +172,24 @@ impl Census {
                 .map(|(b, flows)| ((self.pools[b.pool].clone(), b.addr), flows))
                 .collect(),
         })
+    }
+
+    /// The connection table and the settings its flows are judged by.
+    pub fn table(&self) -> (&Arc<dyn FlowTable>, &Settings) {
+        (&self.table, &self.settings)
+    }
+
+    /// This balancer's ids for a flow to `dst` (a VIP's address, port and protocol as in a
+    /// [`FlowKey`]) going to `backend` (address and port as in a [`Conn`]): (VIP id, its
+    /// generation, backend id), or none when the VIP, or the backend in the VIP's pool, is
+    /// unknown here. Flow sync maps a peer's flows onto this balancer's ids with it.
+    pub fn ids_of(&self, dst: (u32, u16, u8), backend: (u32, u16)) -> Option<(u32, u32, u32)> {
+        let dst = (IpAddr::V4(v4_addr(dst.0)), dst.1, dst.2);
+        let vip = self.vips.iter().find(|v| v.dst == dst)?;
+        let b =
+            self.backend_by_addr
+                .get(&(vip.pool?, IpAddr::V4(v4_addr(backend.0)), backend.1))?;
+        Some((vip.id, vip.generation, self.backends[*b].id))
     }
 
     /// The VIP a flow is of: the one of its id with its generation, or (its VIP has

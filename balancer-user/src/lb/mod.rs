@@ -21,7 +21,7 @@ use std::{
 
 use balancer_common::{Settings, MAX_BACKENDS, MAX_RING_SIZE, MAX_VIPS};
 
-pub use active_flows::{Census, FlowCensus};
+pub use active_flows::{is_live, Census, FlowCensus};
 pub use settings::{ns_per_tick, settings, SnatSource};
 
 use crate::{

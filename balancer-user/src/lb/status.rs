@@ -107,6 +107,8 @@ impl<M: Maps> Balancer<M> {
             http: Vec::new(),
             config: None,
             flow_census: self.census_status(),
+            // (The agent adds flow sync, which is not the balancer's either.)
+            sync: None,
         })
     }
 }

@@ -10,6 +10,8 @@
 //! loop (`lb::Census`); a scrape only reads them, and `balancer_flow_census_age_seconds`
 //! says how old they are.
 
+mod flow_sync;
+
 use std::fmt::{Display, Write as _};
 
 use crate::api::{ActiveFlows, BackendStatus, HttpVipStatus, PoolStatus, Status, VrrpStatus};
@@ -107,6 +109,7 @@ pub fn render(status: &Status) -> String {
     data_plane(&mut w, status);
     http(&mut w, &status.http);
     vrrp(&mut w, &status.vrrp);
+    flow_sync::flow_sync(&mut w, status);
     w.out
 }
 

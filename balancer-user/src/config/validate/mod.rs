@@ -13,6 +13,7 @@ mod discovery;
 mod forwarding;
 mod http;
 mod l7;
+mod sync;
 mod telemetry;
 mod tunnel;
 mod vips;
@@ -123,6 +124,10 @@ impl Validator<'_> {
         let vips = self.vips(raw.vip, &pools, &tunnel)?;
         let vrrp = self.vrrp_instances(&raw.vrrp, &vips)?;
         let vrrp_sync_groups = self.vrrp_sync_groups(&raw.vrrp_sync_group, &vrrp)?;
+        let sync = raw
+            .sync
+            .map(|s| self.sync(&s, &vrrp, &vrrp_sync_groups))
+            .transpose()?;
         Ok(Config {
             agent,
             nat,
@@ -130,6 +135,7 @@ impl Validator<'_> {
             http,
             telemetry,
             tunnel,
+            sync,
             pools,
             vips,
             vrrp,

@@ -93,6 +93,7 @@ fn seen(state: u32, proto: u8, last_seen_ns: u64) -> FlowEntry {
         vip_gen: 0,
         state,
         last_seen_ns,
+        v4: None,
     }
 }
 

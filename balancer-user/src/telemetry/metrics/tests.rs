@@ -305,6 +305,7 @@ pub(crate) fn status(vips: u32, backends: u32) -> Status {
             entries: Some(40),
             last_error: None,
         }),
+        sync: None,
     }
 }
 
