@@ -104,42 +104,59 @@ pub trait Family: Addr {
     ) -> Result<u32, DropReason>;
 }
 
+/// A family's map accessors, from its maps' names (in the order `Family` declares them).
+macro_rules! family_maps {
+    ($vips:ident, $backends:ident, $conns:ident, $nat:ident, $cache:ident, $no_port:ident,
+     $next_hops:ident, $client_hops:ident) => {
+        #[inline(always)]
+        fn vips() -> &'static HashMap<VipKey<Self>, VipMeta> {
+            &maps::$vips
+        }
+        #[inline(always)]
+        fn backends() -> &'static Array<Backend<Self>> {
+            &maps::$backends
+        }
+        #[inline(always)]
+        fn conns() -> &'static LruHashMap<FlowKey<Self>, Conn<Self>> {
+            &maps::$conns
+        }
+        #[inline(always)]
+        fn nat() -> &'static LruHashMap<FlowKey<Self>, NatEntry<Self>> {
+            &maps::$nat
+        }
+        #[inline(always)]
+        fn flow_cache() -> &'static PerCpuArray<FlowCacheEntry<Self>> {
+            &maps::$cache
+        }
+        #[inline(always)]
+        fn no_port() -> &'static PerCpuArray<NoPort<Self>> {
+            &maps::$no_port
+        }
+        #[inline(always)]
+        fn next_hops() -> &'static PerCpuArray<NextHop<Self>> {
+            &maps::$next_hops
+        }
+        #[inline(always)]
+        fn client_hops() -> &'static PerCpuArray<NextHop<Self>> {
+            &maps::$client_hops
+        }
+    };
+}
+
 impl Family for V4 {
     const CACHED: bool = true;
     const SNAT_PROBES: u32 = SNAT_PORT_PROBES;
 
-    #[inline(always)]
-    fn vips() -> &'static HashMap<VipKey<Self>, VipMeta> {
-        &maps::VIPS
-    }
-    #[inline(always)]
-    fn backends() -> &'static Array<Backend<Self>> {
-        &maps::BACKENDS
-    }
-    #[inline(always)]
-    fn conns() -> &'static LruHashMap<FlowKey<Self>, Conn<Self>> {
-        &maps::CONNS
-    }
-    #[inline(always)]
-    fn nat() -> &'static LruHashMap<FlowKey<Self>, NatEntry<Self>> {
-        &maps::NAT
-    }
-    #[inline(always)]
-    fn flow_cache() -> &'static PerCpuArray<FlowCacheEntry<Self>> {
-        &maps::FLOW_CACHE
-    }
-    #[inline(always)]
-    fn no_port() -> &'static PerCpuArray<NoPort<Self>> {
-        &maps::NO_PORT
-    }
-    #[inline(always)]
-    fn next_hops() -> &'static PerCpuArray<NextHop<Self>> {
-        &maps::NEXT_HOPS
-    }
-    #[inline(always)]
-    fn client_hops() -> &'static PerCpuArray<NextHop<Self>> {
-        &maps::CLIENT_HOPS
-    }
+    family_maps!(
+        VIPS,
+        BACKENDS,
+        CONNS,
+        NAT,
+        FLOW_CACHE,
+        NO_PORT,
+        NEXT_HOPS,
+        CLIENT_HOPS
+    );
 
     #[inline(always)]
     fn same(a: &FlowKey<Self>, b: &FlowKey<Self>) -> bool {
@@ -216,38 +233,16 @@ impl Family for V6 {
     const CACHED: bool = false;
     const SNAT_PROBES: u32 = SNAT_PORT_PROBES / 2;
 
-    #[inline(always)]
-    fn vips() -> &'static HashMap<VipKey<Self>, VipMeta> {
-        &maps::VIPS6
-    }
-    #[inline(always)]
-    fn backends() -> &'static Array<Backend<Self>> {
-        &maps::BACKENDS6
-    }
-    #[inline(always)]
-    fn conns() -> &'static LruHashMap<FlowKey<Self>, Conn<Self>> {
-        &maps::CONNS6
-    }
-    #[inline(always)]
-    fn nat() -> &'static LruHashMap<FlowKey<Self>, NatEntry<Self>> {
-        &maps::NAT6
-    }
-    #[inline(always)]
-    fn flow_cache() -> &'static PerCpuArray<FlowCacheEntry<Self>> {
-        &maps::FLOW_CACHE6
-    }
-    #[inline(always)]
-    fn no_port() -> &'static PerCpuArray<NoPort<Self>> {
-        &maps::NO_PORT6
-    }
-    #[inline(always)]
-    fn next_hops() -> &'static PerCpuArray<NextHop<Self>> {
-        &maps::NEXT_HOPS6
-    }
-    #[inline(always)]
-    fn client_hops() -> &'static PerCpuArray<NextHop<Self>> {
-        &maps::CLIENT_HOPS6
-    }
+    family_maps!(
+        VIPS6,
+        BACKENDS6,
+        CONNS6,
+        NAT6,
+        FLOW_CACHE6,
+        NO_PORT6,
+        NEXT_HOPS6,
+        CLIENT_HOPS6
+    );
 
     #[inline(always)]
     fn same(a: &FlowKey<Self>, b: &FlowKey<Self>) -> bool {
@@ -262,8 +257,8 @@ impl Family for V6 {
             && a.folded_words()[1] == b.folded_words()[1]
     }
 
-    /// The unspecified address, loopback ::1, multicast ff00::/8, and IPv4-mapped
-    /// ::ffff:0:0/96 (RFC 4291 2.5.2, 2.5.3, 2.7; RFC 4038: mapped addresses never
+    /// The unspecified address, loopback `::1`, multicast `ff00::/8`, and IPv4-mapped
+    /// `::ffff:0:0/96` (RFC 4291 2.5.2, 2.5.3, 2.7; RFC 4038: mapped addresses never
     /// appear on the wire).
     #[inline(always)]
     fn martian(&self) -> bool {

@@ -212,7 +212,7 @@ pub fn parse4(ctx: &XdpContext) -> Result<Parsed<V4>, DropReason> {
 /// The IPv6 packet after the Ethernet header, described in `pkt` when it is a flow's
 /// (`Ok(true)`): its extension headers skipped (at most
 /// `MAX_IPV6_EXT_HEADERS`), a TCP/UDP packet is a flow; a fragment is passed and counted
-/// as IPv4 fragments are; anything else (ICMPv6, neighbour discovery included) is passed.
+/// as IPv4 fragments are; anything else (`ICMPv6`, neighbour discovery included) is passed.
 #[inline(always)]
 pub fn parse6(ctx: &XdpContext, pkt: &mut Packet<V6>) -> Result<bool, DropReason> {
     let ip_off = EthHdr::LEN;

@@ -61,6 +61,10 @@ pub fn new_flow<A: Family>(
 /// The second half of [`new_flow`]: the flow `conn` that [`start`] began, with its hash,
 /// gets its SNAT port and is recorded (its reply entry written in `entry`); the packet
 /// goes to its backend.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the state of one packet's new flow, handed on to a step that is always inlined"
+)]
 #[inline(always)]
 pub fn finish<A: Family>(
     ctx: &XdpContext,
