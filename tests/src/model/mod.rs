@@ -167,6 +167,15 @@ fn judge(
             },
             Lenient::default(),
         ),
+        Parsed::Ipv6(why) => (
+            Expect {
+                pass: true,
+                drop: true,
+                why: (*why).into(),
+                ..Expect::default()
+            },
+            Lenient::default(),
+        ),
         Parsed::Flow(flow) => (
             model.expect_flow(flow, check::new_flow_checksums_ok(input, flow)),
             Lenient {

@@ -100,8 +100,27 @@ pub enum Parsed {
     Malformed(&'static str),
     /// Not the program's business: passed as it is.
     Other(&'static str),
+    /// An IPv6 packet whose header holds together. The model has no IPv6 VIPs, so it is
+    /// passed as it is, or dropped when its extension or TCP/UDP headers do not hold
+    /// together (which the model does not check).
+    Ipv6(&'static str),
     Flow(Flow),
     IcmpError(IcmpError),
+}
+
+/// The IPv6 packet at `ip_off` of `f`: malformed when its fixed header is cut, is not
+/// version 6, or claims more payload than the frame holds.
+fn ipv6(f: &[u8], ip_off: usize) -> Parsed {
+    if f.len() < ip_off + 40 {
+        return Parsed::Malformed("IPv6 header cut");
+    }
+    if f[ip_off] >> 4 != 6 {
+        return Parsed::Malformed("IPv6 version");
+    }
+    if ip_off + 40 + usize::from(be16(f, ip_off + 4)) > f.len() {
+        return Parsed::Malformed("IPv6 payload length beyond the frame");
+    }
+    Parsed::Ipv6("IPv6, for no VIP")
 }
 
 /// Parses a frame as the program must.
@@ -117,8 +136,11 @@ pub fn parse(f: &[u8]) -> Parsed {
         // Not balanced (a routed tag would hop VLANs): passed whatever it holds.
         return Other("VLAN-tagged");
     }
+    if ether_type == 0x86dd {
+        return ipv6(f, ip_off);
+    }
     if ether_type != 0x0800 {
-        return Other("not IPv4 (or a second tag)");
+        return Other("not IPv4 or IPv6 (or a second tag)");
     }
     if f.len() < ip_off + 20 {
         return Malformed("IPv4 header cut");
